@@ -1,0 +1,1 @@
+"""CAD inference service: gRPC transport over a numpy-only domain (no torch here)."""

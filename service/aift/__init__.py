@@ -1,0 +1,43 @@
+"""The shared numpy implementation of the method: candidate -> patches, and AIFT scoring.
+
+Serving, training and benchmarks all call these functions, so the patch the
+server classified is exactly the patch the trainer learns from.
+"""
+
+from service.aift.patches import (
+    RECIPES,
+    Box,
+    Recipe,
+    extract_patches,
+    parse_recipe,
+    validate_box,
+)
+from service.aift.scoring import (
+    DEFAULT_VARIANT,
+    EPS,
+    VARIANTS,
+    CandidateStats,
+    Variant,
+    aift_scores,
+    candidate_stats,
+    total_diversity,
+    total_entropy,
+)
+
+__all__ = [
+    "DEFAULT_VARIANT",
+    "EPS",
+    "RECIPES",
+    "VARIANTS",
+    "Box",
+    "CandidateStats",
+    "Recipe",
+    "Variant",
+    "aift_scores",
+    "candidate_stats",
+    "extract_patches",
+    "parse_recipe",
+    "total_diversity",
+    "total_entropy",
+    "validate_box",
+]

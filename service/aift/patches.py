@@ -1,0 +1,235 @@
+"""Candidate -> patches, by named recipe (numpy only).
+
+A recipe turns one candidate box on one decoded image into ``m`` square
+patches of the model's input size, returned as float32 ``(m, 3, S, S)`` with
+pixel values 0..255 (the model graph normalises). Pixels beyond the image are
+zero (black) padding. Everything is deterministic for a given image, box and
+recipe: pseudo-random choices are seeded from the box itself.
+
+Recipes (``docs/method.md``):
+
+- ``polyp``: the box scaled by 1.0, 1.2 and 1.5; at each scale translated by
+  10% of the resized box horizontally and vertically (the sign of each shift
+  drawn per scale from the candidate's seed); each in the 8 dihedral variants
+  (4 rotations x mirror). 24 patches, ordered dihedral-major so that a prefix
+  ``polyp:m`` still spans all scales.
+- ``single``: the box only, 1 patch.
+- ``frame``: 8 crops of the box (the client sends the whole frame as the box
+  for frame classification): the full box first, then random crops of 75-100%
+  of its sides at random positions.
+
+A recipe spec may end in ``:m`` to keep the first ``m`` patches (``polyp:8``).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import numpy.typing as npt
+
+from service.errors import InvalidInput
+
+Image = npt.NDArray[np.uint8]
+Patches = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Box:
+    """A candidate location in pixels, origin top-left."""
+
+    x: float
+    y: float
+    width: float
+    height: float
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return self.x + self.width / 2.0, self.y + self.height / 2.0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one candidate becomes its patches."""
+
+    name: str
+    scales: tuple[float, ...] = (1.0,)
+    shift: float = 0.0
+    """Translation as a fraction of the resized box, per axis, sign drawn per scale."""
+    dihedral: bool = False
+    crops: int = 0
+    """Number of random crops (``frame`` recipe); 0 for box-based recipes."""
+    min_crop: float = 0.75
+    limit: int | None = None
+    """Keep only the first ``limit`` patches (``name:limit``)."""
+
+    @property
+    def full_count(self) -> int:
+        if self.crops:
+            return self.crops
+        return len(self.scales) * (8 if self.dihedral else 1)
+
+    @property
+    def count(self) -> int:
+        """Patches per candidate."""
+        return min(self.full_count, self.limit) if self.limit else self.full_count
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}:{self.limit}" if self.limit else self.name
+
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe("polyp", scales=(1.0, 1.2, 1.5), shift=0.1, dihedral=True),
+        Recipe("single"),
+        Recipe("frame", crops=8),
+    )
+}
+
+
+def parse_recipe(spec: str, default: str = "polyp") -> Recipe:
+    """Resolve a recipe spec such as ``"polyp"``, ``"polyp:8"`` or ``""`` (the default).
+
+    Raises:
+        InvalidInput: unknown recipe name or a bad patch count.
+    """
+    spec = (spec or default).strip()
+    name, _, limit_text = spec.partition(":")
+    recipe = RECIPES.get(name)
+    if recipe is None:
+        known = ", ".join(sorted(RECIPES))
+        raise InvalidInput(f"unknown recipe {name!r}; known recipes: {known}")
+    if not limit_text:
+        return recipe
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= recipe.full_count:
+        raise InvalidInput(
+            f"recipe {spec!r}: the patch count after ':' must be an integer "
+            f"from 1 to {recipe.full_count}"
+        )
+    limit = int(limit_text)
+    return replace(recipe, limit=None if limit == recipe.full_count else limit)
+
+
+def validate_box(box: Box, height: int, width: int) -> None:
+    """Reject boxes that are not finite, not positive, or entirely outside the image.
+
+    A box partly outside the image is accepted; its outside pixels are padded.
+    """
+    values = (box.x, box.y, box.width, box.height)
+    if not all(math.isfinite(v) for v in values):
+        raise InvalidInput(f"box {values} has a non-finite coordinate")
+    if box.width <= 0 or box.height <= 0:
+        raise InvalidInput(
+            f"box width and height must be positive, got {box.width} x {box.height}"
+        )
+    if box.x >= width or box.y >= height or box.x + box.width <= 0 or box.y + box.height <= 0:
+        raise InvalidInput(
+            f"box (x={box.x}, y={box.y}, width={box.width}, height={box.height}) lies entirely "
+            f"outside the {width}x{height} image"
+        )
+
+
+def _seed(box: Box) -> np.random.Generator:
+    key = np.array([box.x, box.y, box.width, box.height], dtype=np.float64).tobytes()
+    return np.random.default_rng(zlib.crc32(key))
+
+
+def _axis_weights(
+    start: float, length: float, size: int, limit: int
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Bilinear taps along one axis: indices (clipped) and weights (0 outside the image)."""
+    coords = start + (np.arange(size, dtype=np.float64) + 0.5) * (length / size) - 0.5
+    lo = np.floor(coords)
+    frac = coords - lo
+    lo_i = lo.astype(np.intp)
+    hi_i = lo_i + 1
+    w_lo = (1.0 - frac) * ((lo_i >= 0) & (lo_i < limit))
+    w_hi = frac * ((hi_i >= 0) & (hi_i < limit))
+    return (
+        np.clip(lo_i, 0, limit - 1),
+        np.clip(hi_i, 0, limit - 1),
+        w_lo.astype(np.float32),
+        w_hi.astype(np.float32),
+    )
+
+
+def resample_region(
+    image: Image, cx: float, cy: float, width: float, height: float, size: int
+) -> npt.NDArray[np.float32]:
+    """Bilinear resample of the region centred at (cx, cy) to ``size x size``; zero outside.
+
+    Returns float32 ``(size, size, C)``.
+    """
+    h, w = image.shape[:2]
+    y0, y1, wy0, wy1 = _axis_weights(cy - height / 2.0, height, size, h)
+    x0, x1, wx0, wx1 = _axis_weights(cx - width / 2.0, width, size, w)
+    # Only the columns the region touches, then rows, then columns: separable.
+    c_lo, c_hi = int(min(x0.min(), x1.min())), int(max(x0.max(), x1.max())) + 1
+    cols = image[:, c_lo:c_hi].astype(np.float32)
+    rows = wy0[:, None, None] * cols[y0] + wy1[:, None, None] * cols[y1]
+    out = wx0[None, :, None] * rows[:, x0 - c_lo] + wx1[None, :, None] * rows[:, x1 - c_lo]
+    return out
+
+
+def _dihedral(patch: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float32]]:
+    """The 8 dihedral variants: rotations by 0/90/180/270 degrees, then the same mirrored."""
+    mirrored = patch[:, ::-1]
+    return [np.rot90(p, k) for p in (patch, mirrored) for k in range(4)]
+
+
+def _regions(box: Box, recipe: Recipe) -> list[tuple[float, float, float, float]]:
+    rng = _seed(box)
+    cx, cy = box.center
+    if recipe.crops:
+        regions = [(cx, cy, box.width, box.height)]
+        for _ in range(recipe.crops - 1):
+            fw, fh = rng.uniform(recipe.min_crop, 1.0, size=2)
+            cw, ch = box.width * fw, box.height * fh
+            ox = rng.uniform(box.x + cw / 2.0, box.x + box.width - cw / 2.0)
+            oy = rng.uniform(box.y + ch / 2.0, box.y + box.height - ch / 2.0)
+            regions.append((float(ox), float(oy), float(cw), float(ch)))
+        return regions
+    regions = []
+    for scale in recipe.scales:
+        w, h = box.width * scale, box.height * scale
+        sx, sy = rng.choice((-1.0, 1.0), size=2) if recipe.shift else (0.0, 0.0)
+        regions.append((cx + sx * recipe.shift * w, cy + sy * recipe.shift * h, w, h))
+    return regions
+
+
+def extract_patches(image: Image, box: Box, recipe: Recipe, size: int) -> Patches:
+    """The patches of one candidate: float32 ``(recipe.count, 3, size, size)``, values 0..255.
+
+    Args:
+        image: decoded image, uint8 ``(H, W, 3)``.
+        box: the candidate; validated with :func:`validate_box`.
+        recipe: from :func:`parse_recipe`.
+        size: the model's square input size.
+    """
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) image, got {image.shape}")
+    validate_box(box, image.shape[0], image.shape[1])
+    resampled = [resample_region(image, *region, size) for region in _regions(box, recipe)]
+    if recipe.dihedral:
+        variants = [_dihedral(p) for p in resampled]
+        # Dihedral-major: all scales of variant 0, then all scales of variant 1, ...
+        patches = [variants[s][d] for d in range(8) for s in range(len(resampled))]
+    else:
+        patches = resampled
+    patches = patches[: recipe.count]
+    out = np.empty((len(patches), 3, size, size), dtype=np.float32)
+    for i, patch in enumerate(patches):
+        out[i] = patch.transpose(2, 0, 1)
+    return out
+
+
+def extract_many(image: Image, boxes: Sequence[Box], recipe: Recipe, size: int) -> Patches:
+    """Patches of several candidates on one image, concatenated candidate by candidate."""
+    if not boxes:
+        return np.empty((0, 3, size, size), dtype=np.float32)
+    return np.concatenate([extract_patches(image, b, recipe, size) for b in boxes])

@@ -1,0 +1,31 @@
+"""Domain errors. The transport maps each class to one gRPC status code (see interceptors)."""
+
+from __future__ import annotations
+
+
+class CadError(Exception):
+    """Base class of every error the domain raises on purpose."""
+
+
+class InvalidInput(CadError):
+    """The request is malformed; the message says what to change (INVALID_ARGUMENT)."""
+
+
+class UnsupportedImage(InvalidInput):
+    """The image is well formed but cannot be decoded here (missing codec, transfer syntax)."""
+
+
+class LimitExceeded(CadError):
+    """The request is larger than a configured limit (RESOURCE_EXHAUSTED)."""
+
+
+class NotFound(CadError):
+    """An id in the request names nothing the server knows (NOT_FOUND)."""
+
+
+class ModelUnavailable(CadError):
+    """No model is loaded yet, so nothing can be classified (UNAVAILABLE)."""
+
+
+class ModelRejected(CadError):
+    """A model version failed its checks (checksum, signature, warm-up) and was not loaded."""

@@ -1,0 +1,325 @@
+"""Image decoding: DICOM (pydicom), PNG/JPEG (Pillow) and raw pixel buffers -> RGB uint8.
+
+Every decoder returns a :class:`DecodedImage` whose ``pixels`` are the windowed
+8-bit RGB image the model sees (gray is repeated to 3 channels). This is the
+one implementation of decoding shared by the server, the archive and the
+trainer.
+
+Grayscale DICOM: stored values -> Modality LUT (Rescale Slope/Intercept, so CT
+is in HU) -> VOI window (the request's, else the dataset's first Window
+Center/Width, else its VOI LUT Sequence, else the frame's min..max) -> 8 bits;
+MONOCHROME1 is inverted so that higher is brighter.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from service.errors import InvalidInput, LimitExceeded, UnsupportedImage
+
+RGB8 = npt.NDArray[np.uint8]
+
+
+@dataclass(frozen=True)
+class Window:
+    """A linear VOI window in modality units (HU for CT)."""
+
+    center: float
+    width: float
+
+    def validate(self) -> None:
+        if not math.isfinite(self.center):
+            raise InvalidInput(f"window center must be finite, got {self.center}")
+        if not math.isfinite(self.width) or self.width <= 0:
+            raise InvalidInput(f"window width must be a finite positive number, got {self.width}")
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Per-image limits; a request over them is refused with RESOURCE_EXHAUSTED."""
+
+    max_pixels: int = 40_000_000
+    max_frames: int = 10_000
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """Where an image came from. UIDs only: no patient-identifying attributes."""
+
+    kind: str
+    """``dicom``, ``encoded`` or ``raw``."""
+    study_uid: str = ""
+    series_uid: str = ""
+    sop_instance_uid: str = ""
+    modality: str = ""
+    frames: int = 1
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    pixels: RGB8
+    """(H, W, 3) uint8, windowed."""
+    frame_index: int
+    source: SourceRef = field(default_factory=lambda: SourceRef(kind="raw"))
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+
+def _check_size(height: int, width: int, limits: ImageLimits) -> None:
+    if height <= 0 or width <= 0:
+        raise InvalidInput(f"image has no pixels ({width}x{height})")
+    if height * width > limits.max_pixels:
+        raise LimitExceeded(
+            f"image of {width}x{height} = {height * width} pixels is over the limit of "
+            f"{limits.max_pixels} pixels (setting CAD_MAX_IMAGE_PIXELS)"
+        )
+
+
+def apply_window(values: npt.NDArray[np.floating], window: Window) -> RGB8:
+    """DICOM linear VOI function (PS3.3 C.11.2.1.2.1) to 0..255."""
+    c, w = window.center, window.width
+    scaled = ((values - (c - 0.5)) / max(w - 1.0, 1e-6) + 0.5) * 255.0
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _min_max(values: npt.NDArray[np.floating]) -> RGB8:
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return np.zeros(values.shape, dtype=np.uint8)
+    lo, hi = float(finite.min()), float(finite.max())
+    if hi <= lo:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return np.clip(np.rint((values - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+
+
+def gray_to_8bit(values: npt.NDArray[np.number], window: Window | None) -> RGB8:
+    """Window (or min..max scale) a 2-D gray array to uint8."""
+    data = values.astype(np.float64, copy=False)
+    return apply_window(data, window) if window is not None else _min_max(data)
+
+
+def _to_rgb(gray8: RGB8) -> RGB8:
+    return np.repeat(gray8[:, :, None], 3, axis=2)
+
+
+def _color_to_8bit(rgb: npt.NDArray[np.number], bits: int) -> RGB8:
+    if rgb.dtype == np.uint8:
+        return rgb
+    top = float(2**bits - 1) if bits > 0 else float(rgb.max() or 1)
+    return np.clip(np.rint(rgb.astype(np.float64) * (255.0 / top)), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- DICOM
+
+
+def _dataset_window(ds: object) -> Window | None:
+    center = getattr(ds, "WindowCenter", None)
+    width = getattr(ds, "WindowWidth", None)
+    if center is None or width is None:
+        return None
+    c = float(center[0] if _is_multi(center) else center)
+    w = float(width[0] if _is_multi(width) else width)
+    if not (math.isfinite(c) and math.isfinite(w)) or w <= 0:
+        return None
+    return Window(c, w)
+
+
+def _is_multi(value: object) -> bool:
+    return isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue"
+
+
+def _uid(ds: object, name: str) -> str:
+    return str(getattr(ds, name, "") or "")
+
+
+def decode_dicom(
+    data: bytes,
+    frame_index: int = 0,
+    window: Window | None = None,
+    limits: ImageLimits | None = None,
+) -> DecodedImage:
+    """Decode one frame of a DICOM Part 10 file to windowed RGB uint8.
+
+    Raises:
+        InvalidInput: not DICOM, truncated, no pixel data, frame out of range.
+        UnsupportedImage: the transfer syntax cannot be decoded here; the message
+            names the missing plugin.
+        LimitExceeded: the frame is larger than ``limits.max_pixels``.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
+
+    limits = limits or ImageLimits()
+    if window is not None:
+        window.validate()
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+    except InvalidDicomError:
+        raise InvalidInput(
+            "not a DICOM Part 10 file: the 'DICM' prefix and file meta information are missing"
+        ) from None
+    except Exception as exc:  # pydicom raises many types on damaged files
+        raise InvalidInput(f"could not parse the DICOM file: {type(exc).__name__}: {exc}") from None
+    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise InvalidInput("the DICOM file has no pixel data (no PixelData element)")
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    _check_size(rows, cols, limits)
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        frames = 1
+    if frames > limits.max_frames:
+        raise LimitExceeded(f"DICOM has {frames} frames, over the limit of {limits.max_frames}")
+    if not 0 <= frame_index < frames:
+        raise InvalidInput(
+            f"frame_index {frame_index} is out of range: the DICOM file has {frames} frame(s)"
+        )
+    _check_transfer_syntax(ds)
+    try:
+        arr = pixel_array(ds, index=frame_index if frames > 1 else None)
+    except Exception as exc:
+        raise InvalidInput(
+            f"could not decode the DICOM pixel data: {type(exc).__name__}: {exc}"
+        ) from None
+    if arr.ndim == 3 and arr.shape[0] == 1 and frames == 1 and arr.shape[-1] != 3:
+        arr = arr[0]
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    bits = int(ds.get("BitsStored", 8) or 8)
+    if photometric.startswith("MONOCHROME"):
+        values = apply_modality_lut(arr, ds)
+        if window is None:
+            window = _dataset_window(ds)
+            if window is None and "VOILUTSequence" in ds:
+                values = apply_voi_lut(values, ds)
+        gray8 = gray_to_8bit(values, window)
+        if photometric == "MONOCHROME1":
+            gray8 = 255 - gray8
+        pixels = _to_rgb(gray8)
+    elif photometric == "PALETTE COLOR":
+        lut_rgb = apply_color_lut(arr, ds)
+        pixels = _color_to_8bit(lut_rgb, 16 if lut_rgb.dtype != np.uint8 else 8)
+    else:  # RGB, and YBR_* which pydicom converts to RGB when decoding
+        if arr.ndim != 3 or arr.shape[-1] != 3:
+            raise UnsupportedImage(f"unsupported photometric interpretation {photometric!r}")
+        pixels = _color_to_8bit(arr, bits)
+    source = SourceRef(
+        kind="dicom",
+        study_uid=_uid(ds, "StudyInstanceUID"),
+        series_uid=_uid(ds, "SeriesInstanceUID"),
+        sop_instance_uid=_uid(ds, "SOPInstanceUID"),
+        modality=str(ds.get("Modality", "") or ""),
+        frames=frames,
+    )
+    return DecodedImage(np.ascontiguousarray(pixels), frame_index, source)
+
+
+def _check_transfer_syntax(ds: object) -> None:
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import UID
+
+    meta = getattr(ds, "file_meta", None)
+    ts = getattr(meta, "TransferSyntaxUID", None)
+    if ts is None:
+        raise InvalidInput("the DICOM file meta has no Transfer Syntax UID")
+    uid = UID(str(ts))
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        raise UnsupportedImage(
+            f"transfer syntax {uid.name} ({uid}) is not supported: no pixel data decoder exists "
+            "for it; send the image uncompressed or JPEG/JPEG-LS/JPEG 2000/RLE compressed"
+        ) from None
+    if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies) or "a decoding plugin"
+        raise UnsupportedImage(
+            f"transfer syntax {uid.name} ({uid}) cannot be decoded on this server: "
+            f"missing {missing} (install pylibjpeg with its libjpeg, openjpeg and rle plugins)"
+        )
+
+
+# --------------------------------------------------------------------------- PNG / JPEG
+
+
+def decode_encoded(
+    data: bytes,
+    frame_index: int = 0,
+    window: Window | None = None,
+    limits: ImageLimits | None = None,
+) -> DecodedImage:
+    """Decode a PNG or JPEG frame to RGB uint8 (16-bit gray PNGs are windowed)."""
+    from PIL import Image, UnidentifiedImageError
+
+    limits = limits or ImageLimits()
+    if window is not None:
+        window.validate()
+    try:
+        img = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        if isinstance(exc, Image.DecompressionBombError):
+            raise LimitExceeded(f"encoded image is too large: {exc}") from None
+        raise InvalidInput("encoded image is neither a PNG nor a JPEG Pillow can read") from None
+    except Exception as exc:
+        raise InvalidInput(f"could not read the encoded image: {exc}") from None
+    if img.format not in ("PNG", "JPEG"):
+        raise InvalidInput(f"encoded image must be PNG or JPEG, got {img.format}")
+    _check_size(img.height, img.width, limits)
+    try:
+        img.load()
+    except Exception as exc:
+        raise InvalidInput(f"could not decode the {img.format} image: {exc}") from None
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        pixels = _to_rgb(gray_to_8bit(np.asarray(img), window))
+    else:
+        pixels = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return DecodedImage(np.ascontiguousarray(pixels), frame_index, SourceRef(kind="encoded"))
+
+
+# --------------------------------------------------------------------------- raw
+
+
+def decode_raw(
+    height: int,
+    width: int,
+    channels: int,
+    bytes_per_sample: int,
+    pixels: bytes,
+    frame_index: int = 0,
+    window: Window | None = None,
+    limits: ImageLimits | None = None,
+) -> DecodedImage:
+    """Wrap a raw row-major ``H x W x C`` buffer of uint8 or little-endian uint16 samples."""
+    limits = limits or ImageLimits()
+    if window is not None:
+        window.validate()
+    if channels not in (1, 3):
+        raise InvalidInput(f"raw image channels must be 1 or 3, got {channels}")
+    if bytes_per_sample not in (1, 2):
+        raise InvalidInput("raw image pixel type must be UINT8 or UINT16")
+    _check_size(height, width, limits)
+    expected = height * width * channels * bytes_per_sample
+    if len(pixels) != expected:
+        raise InvalidInput(
+            f"raw pixel buffer has {len(pixels)} bytes; {height}x{width}x{channels} samples of "
+            f"{bytes_per_sample} byte(s) need {expected}"
+        )
+    dtype = np.uint8 if bytes_per_sample == 1 else np.dtype("<u2")
+    arr = np.frombuffer(pixels, dtype=dtype).reshape(height, width, channels)
+    if channels == 1:
+        gray = arr[:, :, 0]
+        out = gray if (dtype == np.uint8 and window is None) else gray_to_8bit(gray, window)
+        rgb = _to_rgb(out)
+    else:
+        rgb = _color_to_8bit(arr, 16 if bytes_per_sample == 2 else 8)
+    return DecodedImage(np.ascontiguousarray(rgb), frame_index, SourceRef(kind="raw"))

@@ -1,0 +1,149 @@
+"""One interceptor: domain errors -> gRPC status codes, and per-call latency/status metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from service.errors import (
+    CadError,
+    InvalidInput,
+    LimitExceeded,
+    ModelRejected,
+    ModelUnavailable,
+    NotFound,
+)
+from service.metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+_STATUS: list[tuple[type[CadError], grpc.StatusCode]] = [
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (ModelUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (ModelRejected, grpc.StatusCode.FAILED_PRECONDITION),
+]
+
+
+def status_for(exc: CadError) -> grpc.StatusCode:
+    for cls, code in _STATUS:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+class _Call:
+    """Tracks one call's status code and records metrics when it ends."""
+
+    def __init__(self, metrics: ServiceMetrics, method: str) -> None:
+        self.metrics = metrics
+        self.method = method
+        self.start = time.perf_counter()
+        self.code = grpc.StatusCode.OK
+
+    async def fail(self, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+        """Abort the call with the status matching ``exc`` (raises AbortError)."""
+        if isinstance(exc, CadError):
+            self.code = status_for(exc)
+            await context.abort(self.code, str(exc))
+        ref = uuid.uuid4().hex[:12]
+        log.error("unexpected error in %s (ref %s)", self.method, ref, exc_info=exc)
+        self.code = grpc.StatusCode.INTERNAL
+        await context.abort(self.code, f"internal error (ref {ref}); the server log has details")
+
+    def aborted(self, context: grpc.aio.ServicerContext) -> None:
+        code = context.code()
+        self.code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+
+    def done(self) -> None:
+        self.metrics.requests.labels(self.method, self.code.name).inc()
+        self.metrics.request_latency.labels(self.method).observe(time.perf_counter() - self.start)
+
+
+class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Maps :class:`CadError` subclasses to status codes and records every call's outcome."""
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self.metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._streaming(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                self._streaming(handler.stream_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Awaitable[Any]]:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            call = _Call(self.metrics, method)
+            try:
+                result = behavior(request, context)
+                return await result if inspect.isawaitable(result) else result
+            except grpc.aio.AbortError:
+                call.aborted(context)
+                raise
+            except asyncio.CancelledError:
+                call.code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                try:
+                    await call.fail(context, exc)
+                except grpc.aio.AbortError:
+                    raise
+            finally:
+                call.done()
+
+        return wrapped
+
+    def _streaming(self, behavior: Callable[..., Any], method: str) -> Callable[..., AsyncIterator[Any]]:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            call = _Call(self.metrics, method)
+            try:
+                result = behavior(request, context)
+                if inspect.isasyncgen(result):
+                    async for response in result:
+                        yield response
+                elif inspect.isawaitable(result):
+                    await result
+            except grpc.aio.AbortError:
+                call.aborted(context)
+                raise
+            except asyncio.CancelledError:
+                call.code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                await call.fail(context, exc)
+            finally:
+                call.done()
+
+        return wrapped

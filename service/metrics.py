@@ -1,0 +1,64 @@
+"""Prometheus metrics of the server, on a registry passed in (no global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
+
+
+class ServiceMetrics:
+    """Every metric the inference server exports."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "cad_grpc_requests",
+            "gRPC calls handled, by method and status code.",
+            ["method", "code"],
+            registry=registry,
+        )
+        self.request_latency = Histogram(
+            "cad_grpc_request_duration_seconds",
+            "Time from receiving a gRPC call to its last response, by method.",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.inference_latency = Histogram(
+            "cad_model_inference_duration_seconds",
+            "Time of one ONNX Runtime run over a batch of patches.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "cad_model_batch_patches",
+            "Patches per ONNX Runtime run.",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.candidates = Counter(
+            "cad_candidates", "Candidates classified.", registry=registry
+        )
+        self.patches = Counter("cad_patches", "Patches classified.", registry=registry)
+        self.model = Info(
+            "cad_model", "The model version being served and its execution provider.", registry=registry
+        )
+        self.model_loaded = Gauge(
+            "cad_model_loaded", "1 while a model is loaded and serving, else 0.", registry=registry
+        )
+        self.model_load_failures = Counter(
+            "cad_model_load_failures",
+            "Model versions refused at load (checksum, signature, warm-up).",
+            registry=registry,
+        )
+        self.stream_frames_in_flight = Gauge(
+            "cad_stream_frames_in_flight",
+            "ClassifyStream frames read and not yet sent, over all streams.",
+            registry=registry,
+        )
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.inference_latency.observe(seconds)

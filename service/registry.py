@@ -1,0 +1,149 @@
+"""The model registry on disk (Triton-compatible layout), shared by server and trainer.
+
+Layout::
+
+    <root>/<model>/<version>/model.onnx
+    <root>/<model>/<version>/manifest.json
+    <root>/<model>/<version>/weights.pt        (torch state dict the trainer continues from)
+
+Versions are positive integers. A version is published by writing every file
+into a hidden temporary folder beside the versions, fsyncing files and folder,
+and renaming it to its number: a reader sees a whole version or none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+MODEL_FILE = "model.onnx"
+MANIFEST_FILE = "manifest.json"
+WEIGHTS_FILE = "weights.pt"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: int
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+
+class ModelRegistry:
+    """Versions of one model under ``root/name``."""
+
+    def __init__(self, root: Path, name: str) -> None:
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"invalid model name {name!r}")
+        self.root = Path(root)
+        self.name = name
+        self.model_dir = self.root / name
+
+    def versions(self) -> list[int]:
+        """Published versions, ascending (folders named by a number with a manifest)."""
+        if not self.model_dir.is_dir():
+            return []
+        found = []
+        for entry in self.model_dir.iterdir():
+            if entry.name.isdigit() and (entry / MANIFEST_FILE).is_file():
+                found.append(int(entry.name))
+        return sorted(found)
+
+    def latest(self) -> int | None:
+        versions = self.versions()
+        return versions[-1] if versions else None
+
+    def version_dir(self, version: int) -> Path:
+        return self.model_dir / str(version)
+
+    def get(self, version: int) -> VersionInfo:
+        """Read a version's manifest.
+
+        Raises:
+            FileNotFoundError: no such version.
+            ValueError: the manifest is not valid JSON.
+        """
+        path = self.version_dir(version)
+        text = (path / MANIFEST_FILE).read_text()
+        try:
+            manifest = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"manifest of version {version} is not valid JSON: {exc}") from exc
+        return VersionInfo(version, path, manifest)
+
+    def publish(self, files: Mapping[str, Path], manifest: Mapping[str, Any]) -> VersionInfo:
+        """Atomically publish a new version holding ``files`` (name in version dir -> source).
+
+        ``model.onnx`` is required. The manifest gets ``name``, ``version``,
+        ``created``, ``sha256`` (of model.onnx) and ``files`` (sha256 of each)
+        filled in. Returns the published version.
+        """
+        if MODEL_FILE not in files:
+            raise ValueError(f"a version needs {MODEL_FILE}")
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        staging = self.model_dir / f".staging-{uuid.uuid4().hex}"
+        staging.mkdir()
+        try:
+            hashes = {}
+            for name, source in files.items():
+                target = staging / name
+                shutil.copyfile(source, target)
+                _fsync_path(target)
+                hashes[name] = sha256_file(target)
+            while True:
+                version = (self.latest() or 0) + 1
+                full = {
+                    **manifest,
+                    "name": self.name,
+                    "version": version,
+                    "created": manifest.get("created") or utc_now(),
+                    "sha256": hashes[MODEL_FILE],
+                    "files": hashes,
+                }
+                manifest_path = staging / MANIFEST_FILE
+                manifest_path.write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
+                _fsync_path(manifest_path)
+                _fsync_path(staging)
+                try:
+                    os.rename(staging, self.version_dir(version))
+                except OSError:
+                    if self.version_dir(version).exists():
+                        continue  # another publisher took this number; take the next
+                    raise
+                _fsync_path(self.model_dir)
+                return VersionInfo(version, self.version_dir(version), full)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)

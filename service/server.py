@@ -1,0 +1,258 @@
+"""The inference server: assembly, start/stop, model polling, and the ``cad-server`` entry point."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
+from service.imaging import ImageLimits
+from service.inference import Classifier, ModelManager
+from service.interceptors import ErrorAndMetricsInterceptor
+from service.metrics import ServiceMetrics
+from service.model import SessionOptions, select_providers
+from service.registry import ModelRegistry
+from service.servicers import CadInferenceServicer, ModelAdminServicer
+from service.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    cad_pb2.DESCRIPTOR.services_by_name["CadInference"].full_name,
+    cad_pb2.DESCRIPTOR.services_by_name["ModelAdmin"].full_name,
+)
+
+
+class CadServer:
+    """One server process's gRPC server, metrics endpoint and model manager."""
+
+    def __init__(self, settings: ServerSettings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.metrics = ServiceMetrics(registry or CollectorRegistry())
+        providers = select_providers(settings.providers)
+        self.models = ModelManager(
+            ModelRegistry(settings.registry_root, settings.model_name),
+            SessionOptions(tuple(providers), settings.intra_op_threads),
+            self.metrics,
+            on_change=lambda _model: self._set_serving(True),
+        )
+        self.classifier = Classifier(
+            self.models,
+            self.metrics,
+            ImageLimits(settings.max_image_pixels, settings.max_frames),
+            settings.max_candidates,
+            settings.batch_size,
+        )
+        self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="cad-worker")
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        self.metrics_port = 0
+        self._server: grpc.aio.Server | None = None
+        self._metrics_http: Any = None
+        self._poller: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        loop = self._loop
+        if loop is None:
+            return
+
+        async def apply() -> None:
+            for name in ("", *SERVICE_NAMES):
+                await self.health.set(name, status)
+
+        # Called from the worker thread that loaded the model.
+        asyncio.run_coroutine_threadsafe(apply(), loop)
+
+    async def start(self) -> int:
+        """Bind, start serving, load the model in the background. Returns the gRPC port."""
+        s = self.settings
+        self._loop = asyncio.get_running_loop()
+        limit = s.max_message_bytes
+        server = grpc.aio.server(
+            interceptors=[ErrorAndMetricsInterceptor(self.metrics)],
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+            ],
+        )
+        cad_pb2_grpc.add_CadInferenceServicer_to_server(
+            CadInferenceServicer(self.classifier, self.executor, self.metrics, s.stream_max_inflight),
+            server,
+        )
+        cad_pb2_grpc.add_ModelAdminServicer_to_server(ModelAdminServicer(self.classifier), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        if self.port == 0:
+            raise RuntimeError(f"could not bind gRPC to {s.host}:{s.port}")
+        if s.metrics_port >= 0:
+            self._metrics_http, _ = start_http_server(
+                s.metrics_port, addr=s.metrics_host, registry=self.metrics.registry
+            )
+            self.metrics_port = int(self._metrics_http.server_address[1])
+        await server.start()
+        self._server = server
+        self.metrics.model_loaded.set(0)
+        self._poller = asyncio.ensure_future(self._poll_models())
+        log.info(
+            "CAD server listening on %s:%s (metrics on %s), providers %s",
+            s.host,
+            self.port,
+            self.metrics_port if s.metrics_port >= 0 else "off",
+            ",".join(self.models.options.providers),
+        )
+        return self.port
+
+    async def refresh_models(self) -> bool:
+        """Check the registry now (in a worker thread). True if a new version was swapped in."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.models.refresh)
+
+    async def _poll_models(self) -> None:
+        while True:
+            try:
+                await self.refresh_models()
+            except Exception:
+                log.exception("model registry poll failed")
+            if self.models.current is None:
+                log.warning("%s", self.models.status)
+            await asyncio.sleep(self.settings.poll_interval_s)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting calls, let in-flight ones finish within ``grace`` seconds, release all."""
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        if self._server is not None:
+            await self.health.enter_graceful_shutdown()
+            await self._server.stop(self.settings.grace_s if grace is None else grace)
+            self._server = None
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+            self._metrics_http = None
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+class ServerThread:
+    """Runs a :class:`CadServer` on its own event loop in a background thread.
+
+    For tests, the demo and embedding: ``start()`` returns once the port is
+    bound; ``stop()`` shuts down gracefully and joins the thread.
+    """
+
+    def __init__(self, settings: ServerSettings, registry: CollectorRegistry | None = None) -> None:
+        self.server = CadServer(settings, registry)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="cad-server", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def metrics_port(self) -> int:
+        return self.server.metrics_port
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def call(self, coro: Any, timeout: float = 60.0) -> Any:
+        """Run a coroutine on the server's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        self.call(self.server.start())
+        return self
+
+    def refresh_models(self) -> bool:
+        """Poll the registry now instead of waiting for the poll interval."""
+        return bool(self.call(self.server.refresh_models()))
+
+    def stop(self, grace: float | None = None) -> None:
+        try:
+            self.call(self.server.stop(grace))
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+            self._loop.close()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+async def serve(settings: ServerSettings) -> None:
+    """Run until SIGINT/SIGTERM, then stop gracefully."""
+    server = CadServer(settings)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down (grace %.1fs)", settings.grace_s)
+    await server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``cad-server``: serve the registry's current model over gRPC."""
+    parser = argparse.ArgumentParser(prog="cad-server", description=main.__doc__)
+    parser.add_argument("--port", type=int, help="gRPC port (default CAD_PORT or 50051)")
+    parser.add_argument("--metrics-port", type=int, help="Prometheus port (CAD_METRICS_PORT)")
+    parser.add_argument("--registry", help="registry root (CAD_REGISTRY_ROOT)")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    overrides: dict[str, Any] = {}
+    if args.port is not None:
+        overrides["port"] = args.port
+    if args.metrics_port is not None:
+        overrides["metrics_port"] = args.metrics_port
+    if args.registry:
+        overrides["registry_root"] = args.registry
+    configure_logging(args.log_level)
+    settings = ServerSettings(**overrides)
+    asyncio.run(serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

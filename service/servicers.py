@@ -1,0 +1,122 @@
+"""gRPC servicers: convert, call one domain function in a worker thread, convert back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor
+
+import grpc
+
+from service import converters
+from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
+from service.errors import InvalidInput
+from service.inference import Classifier, ClassifyOutcome
+from service.metrics import ServiceMetrics
+
+
+class CadInferenceServicer(cad_pb2_grpc.CadInferenceServicer):
+    """Classify single images and video streams."""
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        executor: Executor,
+        metrics: ServiceMetrics,
+        stream_max_inflight: int,
+    ) -> None:
+        self.classifier = classifier
+        self.executor = executor
+        self.metrics = metrics
+        self.stream_max_inflight = stream_max_inflight
+
+    async def _classify(self, request: cad_pb2.ClassifyRequest) -> ClassifyOutcome:
+        domain_request = converters.classify_input(request)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.classifier.classify, domain_request)
+
+    async def Classify(  # noqa: N802 (gRPC method name)
+        self, request: cad_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
+    ) -> cad_pb2.ClassifyResponse:
+        return converters.classify_response(await self._classify(request))
+
+    async def ClassifyStream(  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[cad_pb2.ClassifyRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[cad_pb2.ClassifyResponse]:
+        """Frames in, results out in frame order.
+
+        Up to ``stream_max_inflight`` frames are processed concurrently; the
+        reader stops reading once that many are waiting to be sent, so a slow
+        client applies back-pressure through HTTP/2 flow control instead of
+        making the server buffer.
+        """
+        pending: asyncio.Queue[asyncio.Future[ClassifyOutcome] | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(self.stream_max_inflight)
+        gauge = self.metrics.stream_frames_in_flight
+        held = 0  # frames of this stream read and not yet sent
+
+        async def read() -> None:
+            nonlocal held
+            requests = request_iterator.__aiter__()
+            while True:
+                await slots.acquire()  # a frame is read only when one may be in flight
+                try:
+                    request = await requests.__anext__()
+                except StopAsyncIteration:
+                    break
+                held += 1
+                gauge.inc()
+                pending.put_nowait(asyncio.ensure_future(self._classify(request)))
+            pending.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        frame = 0
+        try:
+            while True:
+                if reader.done():
+                    reader.result()  # re-raise a read failure
+                    task = await pending.get()
+                else:
+                    getter = asyncio.ensure_future(pending.get())
+                    done, _ = await asyncio.wait(
+                        {getter, reader}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if getter not in done:
+                        getter.cancel()
+                        continue
+                    task = getter.result()
+                if task is None:
+                    break
+                try:
+                    outcome = await task
+                except InvalidInput as exc:
+                    raise InvalidInput(f"stream frame {frame}: {exc}") from None
+                yield converters.classify_response(outcome)
+                held -= 1
+                gauge.dec()
+                slots.release()
+                frame += 1
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                leftover = pending.get_nowait()
+                if leftover is not None:
+                    leftover.cancel()
+            gauge.dec(held)
+
+
+class ModelAdminServicer(cad_pb2_grpc.ModelAdminServicer):
+    """Which model is served, and how."""
+
+    def __init__(self, classifier: Classifier) -> None:
+        self.models = classifier.models
+
+    async def GetModel(  # noqa: N802
+        self, request: cad_pb2.GetModelRequest, context: grpc.aio.ServicerContext
+    ) -> cad_pb2.ModelInfo:
+        model = self.models.require()
+        manifest = json.dumps(model.info.manifest, sort_keys=True)
+        return converters.model_info(model, manifest)
