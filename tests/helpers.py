@@ -1,0 +1,100 @@
+"""Test helpers: real DICOM files shipped by pydicom / pydicom-data, tiny ONNX models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from service.registry import MODEL_FILE, ModelRegistry, VersionInfo
+
+
+def dicom_path(name: str) -> Path:
+    """A real DICOM file from pydicom's bundled test files or the pydicom-data package.
+
+    Looks only at installed files: never triggers pydicom's network download.
+    """
+    import pydicom
+
+    candidates = [Path(pydicom.__file__).parent / "data" / "test_files" / name]
+    try:
+        import data_store  # the pydicom-data package
+
+        candidates.append(Path(data_store.__file__).parent / "data" / name)
+    except ImportError:
+        pass
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{name} not found in pydicom or pydicom-data")
+
+
+def dicom_bytes(name: str) -> bytes:
+    return dicom_path(name).read_bytes()
+
+
+TINY_WEIGHTS = np.array([[0.03, -0.03], [-0.02, 0.02], [0.01, -0.01]], dtype=np.float32)
+
+
+def make_tiny_onnx(
+    path: Path,
+    size: int = 32,
+    channels: int = 3,
+    nan_output: bool = False,
+    weights: np.ndarray = TINY_WEIGHTS,
+) -> None:
+    """A tiny model honouring the server's contract: patches [N,3,S,S] -> probabilities [N,2].
+
+    probabilities = softmax(mean_pixel_per_channel / 255 @ W * 50 + b): fast, and its
+    output depends on the patch content so different candidates get different results.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("ReduceMean", ["patches", "axes"], ["pooled"], keepdims=0),
+        helper.make_node("Div", ["pooled", "scale"], ["unit"]),
+        helper.make_node("MatMul", ["unit", "W"], ["logits0"]),
+        helper.make_node("Add", ["logits0", "b"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+    ]
+    output = "probs"
+    if nan_output:
+        nodes.append(helper.make_node("Div", ["probs", "zero"], ["inf"]))
+        nodes.append(helper.make_node("Mul", ["inf", "zero"], ["nan"]))
+        output = "nan"
+    nodes.append(helper.make_node("Identity", [output], ["probabilities"]))
+    initializers = [
+        helper.make_tensor("axes", TensorProto.INT64, [2], [2, 3]),
+        helper.make_tensor("scale", TensorProto.FLOAT, [], [255.0 / 50.0]),
+        helper.make_tensor("W", TensorProto.FLOAT, list(weights.shape), weights.flatten().tolist()),
+        helper.make_tensor("b", TensorProto.FLOAT, [2], [0.0, 0.0]),
+        helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("patches", TensorProto.FLOAT, ["batch", channels, size, size])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 2])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def publish_tiny(
+    root: Path, tmp: Path, name: str = "cad", size: int = 32, recipe: str = "polyp", **kwargs: object
+) -> VersionInfo:
+    """Publish a tiny model version into the registry at ``root``."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    onnx_path = tmp / f"tiny-{np.random.default_rng().integers(1 << 30)}.onnx"
+    make_tiny_onnx(onnx_path, size=size, **kwargs)  # type: ignore[arg-type]
+    manifest = {"parent_version": None, "input_size": size, "recipe": recipe, "pretrained": {"source": "test"}}
+    return ModelRegistry(root, name).publish({MODEL_FILE: onnx_path}, manifest)
+
+
+def manifest_of(info: VersionInfo) -> dict[str, object]:
+    return json.loads((info.path / "manifest.json").read_text())
