@@ -79,7 +79,7 @@ def make_tiny_onnx(
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 2])],
         initializers,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save(model, str(path))

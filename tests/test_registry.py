@@ -1,0 +1,92 @@
+"""The model registry: atomic, numbered, checksummed versions; refused broken versions."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from service.inference import ModelManager
+from service.metrics import ServiceMetrics
+from service.model import SessionOptions
+from service.registry import MODEL_FILE, ModelRegistry, sha256_file
+from tests.helpers import make_tiny_onnx, publish_tiny
+
+
+def test_publish_numbers_versions_and_records_checksums(tmp_path: Path) -> None:
+    root = tmp_path / "reg"
+    first = publish_tiny(root, tmp_path / "b")
+    second = publish_tiny(root, tmp_path / "b")
+    registry = ModelRegistry(root, "cad")
+    assert registry.versions() == [1, 2] and registry.latest() == 2
+    assert second.manifest["version"] == 2 and first.manifest["name"] == "cad"
+    assert second.manifest["sha256"] == sha256_file(second.path / MODEL_FILE)
+    assert set(second.manifest["files"]) == {MODEL_FILE}
+
+
+def test_staging_folders_are_never_versions(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path, "cad")
+    (registry.model_dir / ".staging-crashed").mkdir(parents=True)
+    (registry.model_dir / ".staging-crashed" / MODEL_FILE).write_bytes(b"half")
+    (registry.model_dir / "7").mkdir()  # no manifest: an interrupted copy by hand
+    assert registry.versions() == []
+
+
+def test_concurrent_publishers_get_distinct_versions(tmp_path: Path) -> None:
+    onnx_path = tmp_path / "m.onnx"
+    make_tiny_onnx(onnx_path)
+    registry = ModelRegistry(tmp_path / "reg", "cad")
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def publish() -> None:
+        info = registry.publish({MODEL_FILE: onnx_path}, {})
+        with lock:
+            results.append(info.version)
+
+    threads = [threading.Thread(target=publish) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == list(range(1, 9)) and registry.versions() == list(range(1, 9))
+
+
+def _manager(root: Path) -> tuple[ModelManager, ServiceMetrics]:
+    metrics = ServiceMetrics(CollectorRegistry())
+    return ModelManager(ModelRegistry(root, "cad"), SessionOptions(), metrics), metrics
+
+
+@pytest.mark.parametrize("breakage", ["checksum", "truncated", "nan", "shape"])
+def test_broken_version_is_refused_and_the_old_one_keeps_serving(tmp_path: Path, breakage: str) -> None:
+    root = tmp_path / "reg"
+    publish_tiny(root, tmp_path / "b")
+    manager, metrics = _manager(root)
+    assert manager.refresh() and manager.require().version == 1
+    if breakage == "nan":
+        publish_tiny(root, tmp_path / "b", nan_output=True)
+    elif breakage == "shape":
+        bad = tmp_path / "shape.onnx"
+        make_tiny_onnx(bad, channels=1)
+        ModelRegistry(root, "cad").publish({MODEL_FILE: bad}, {})
+    else:
+        info = publish_tiny(root, tmp_path / "b")
+        model = info.path / MODEL_FILE
+        data = model.read_bytes()
+        model.write_bytes(data[: len(data) // 2] if breakage == "truncated" else data + b"\0")
+    assert not manager.refresh()
+    assert manager.require().version == 1
+    assert 2 in manager.refused
+    assert metrics.registry.get_sample_value("cad_model_load_failures_total") == 1
+    assert not manager.refresh()  # refused once, not retried every poll
+    assert metrics.registry.get_sample_value("cad_model_load_failures_total") == 1
+
+
+def test_newest_good_version_is_chosen_when_the_latest_is_broken(tmp_path: Path) -> None:
+    root = tmp_path / "reg"
+    publish_tiny(root, tmp_path / "b")
+    publish_tiny(root, tmp_path / "b", nan_output=True)
+    manager, _ = _manager(root)
+    assert manager.refresh() and manager.require().version == 1
