@@ -12,7 +12,18 @@ import sys
 from pathlib import Path
 
 
+def _require_torch(command: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise SystemExit(
+            f"cad {command}: PyTorch is not installed here (serving images carry none); "
+            "install the trainer extra: pip install 'cad-aift[train]'"
+        )
+
+
 def _model_init(args: argparse.Namespace) -> int:
+    _require_torch("model init")
     from service.server import configure_logging
     from trainer.bootstrap import RegistryNotEmpty, init_model
     from trainer.settings import TrainerSettings
@@ -74,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "demo":
+        _require_torch("demo")
         from cadcli.demo import run_demo
 
         return run_demo(args.workdir, args.log_level)

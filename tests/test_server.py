@@ -226,3 +226,11 @@ def test_patches_run_in_batches_of_at_most_batch_size(registry_root: Path) -> No
         assert total == 240 and runs == at_most_16 and runs >= 15
         assert registry.get_sample_value("cad_candidates_total") == 10
         assert registry.get_sample_value("cad_patches_total") == 240
+
+
+def test_healthcheck_command_exit_codes(server: ServerThread, tmp_path: Path) -> None:
+    from service.healthcheck import main as healthcheck
+
+    assert healthcheck(["--address", server.address]) == 0
+    with ServerThread(make_settings(tmp_path / "empty")) as idle:
+        assert healthcheck(["--address", idle.address]) == 1

@@ -1,0 +1,127 @@
+"""The real AlexNet: bootstrap, ONNX export and parity, registry manifest, served end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from service.aift import Box, parse_recipe
+from service.aift.patches import extract_many
+from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
+from service.imaging import Window, decode_dicom
+from service.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry, sha256_file
+from service.server import ServerThread
+from tests.conftest import make_settings
+from tests.helpers import dicom_bytes
+from trainer.bootstrap import RegistryNotEmpty, init_model
+from trainer.network import CadNet, Probabilities, build_initial
+from trainer.settings import TrainerSettings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def alexnet_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("alexnet") / "registry"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(root.parent / "empty-torch-home"))
+        init_model(TrainerSettings(registry_root=root))
+    return root
+
+
+def test_manifest_records_everything(alexnet_registry: Path) -> None:
+    info = ModelRegistry(alexnet_registry, "cad").get(1)
+    m = info.manifest
+    assert m["version"] == 1 and m["parent_version"] is None and m["architecture"] == "alexnet"
+    assert m["pretrained"]["source"] == "random-init"
+    assert m["input_size"] == 224 and m["recipe"] == "polyp" and m["classes"] == ["background", "finding"]
+    assert m["sha256"] == sha256_file(info.path / MODEL_FILE)
+    assert m["files"][WEIGHTS_FILE] == sha256_file(info.path / WEIGHTS_FILE)
+    assert m["export"]["parity_max_abs_diff"] <= 1e-4
+    assert m["created"].endswith("+00:00")
+
+
+def test_served_alexnet_matches_torch_on_a_real_ct_slice(alexnet_registry: Path) -> None:
+    data = dicom_bytes("CT_small.dcm")
+    boxes = [Box(20, 30, 40, 30), Box(70, 70, 25, 25)]
+    request = cad_pb2.ClassifyRequest(
+        dicom=data,
+        window=cad_pb2.Window(center=40, width=400),
+        candidates=[
+            cad_pb2.Candidate(client_id=str(i), box=cad_pb2.Box(x=b.x, y=b.y, width=b.width, height=b.height))
+            for i, b in enumerate(boxes)
+        ],
+    )
+    with ServerThread(make_settings(alexnet_registry)) as server, grpc.insecure_channel(server.address) as ch:
+        server.refresh_models()
+        response = cad_pb2_grpc.CadInferenceStub(ch).Classify(request, timeout=120)
+    assert response.model_version == "1" and all(r.patches == 24 for r in response.results)
+
+    net = CadNet()
+    net.load_state_dict(torch.load(alexnet_registry / "cad" / "1" / WEIGHTS_FILE, weights_only=True))
+    patches = extract_many(decode_dicom(data, 0, Window(40, 400)).pixels, boxes, parse_recipe("polyp"), 224)
+    with torch.no_grad():
+        probs = Probabilities(net.eval())(torch.from_numpy(patches)).numpy()[:, 1].reshape(2, 24)
+    served = np.array([r.probability for r in response.results])
+    np.testing.assert_allclose(served, probs.mean(axis=1), atol=1e-4)
+
+
+def test_init_refuses_a_registry_with_versions(alexnet_registry: Path) -> None:
+    with pytest.raises(RegistryNotEmpty, match="--force"):
+        init_model(TrainerSettings(registry_root=alexnet_registry))
+
+
+def test_cli_init_exit_code_and_message(alexnet_registry: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cadcli.main", "model", "init", "--registry", str(alexnet_registry)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2 and "already has versions [1]" in result.stderr
+
+
+def _fake_imagenet_file(path: Path) -> Path:
+    from torchvision.models import alexnet
+
+    torch.manual_seed(123)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(alexnet(weights=None).state_dict(), path)
+    return path
+
+
+def test_local_imagenet_weights_from_settings_path(tmp_path: Path) -> None:
+    weights = _fake_imagenet_file(tmp_path / "alexnet.pth")
+    net, pretrained = build_initial(weights, seed=0)
+    assert pretrained.source == "imagenet" and pretrained.path == str(weights)
+    state = torch.load(weights, weights_only=True)
+    assert torch.equal(net.backbone.features[0].weight, state["features.0.weight"])
+    assert net.backbone.classifier[6].out_features == 2
+
+
+def test_local_imagenet_weights_from_the_torch_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    _fake_imagenet_file(tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth")
+    _, pretrained = build_initial(None, seed=0)
+    assert pretrained.source == "imagenet"
+
+
+def test_random_init_is_announced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    _, pretrained = build_initial(None, seed=0)
+    assert pretrained.source == "random-init"
+    assert "RANDOM INITIALISATION" in caplog.text
+
+
+def test_missing_explicit_weights_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        build_initial(tmp_path / "nope.pth", seed=0)
+
+
+def test_manifest_is_valid_json_on_disk(alexnet_registry: Path) -> None:
+    json.loads((alexnet_registry / "cad" / "1" / "manifest.json").read_text())
