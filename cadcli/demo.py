@@ -106,7 +106,8 @@ def run_demo(workdir: str | None = None, log_level: str = "WARNING") -> int:
               f"({time.perf_counter() - t0:.1f}s)")
 
         settings = ServerSettings(
-            registry_root=root, host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0
+            registry_root=root, host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0,
+            store_url=f"sqlite:///{root.parent / 'labels.sqlite3'}", archive_root=root.parent / "archive",
         )
         with ServerThread(settings) as server:
             server.refresh_models()

@@ -16,6 +16,8 @@ from service.inference import (
     RawPixels,
 )
 from service.model import LoadedModel
+from service.review import QueueResult
+from service.store.records import LabeledCandidate, Receipt
 
 _BYTES_PER_SAMPLE = {cad_pb2.RawImage.UINT8: 1, cad_pb2.RawImage.UINT16: 2}
 
@@ -88,4 +90,77 @@ def model_info(model: LoadedModel, manifest_json: str) -> cad_pb2.ModelInfo:
         execution_provider=model.provider,
         input_size=model.input_size,
         default_recipe=model.default_recipe,
+    )
+
+
+# --------------------------------------------------------------------------- review
+
+_LABEL_STATE = {None: cad_pb2.UNLABELED, 1: cad_pb2.POSITIVE, 0: cad_pb2.NEGATIVE}
+
+
+def verdict_name(verdict: int) -> str:
+    """Verdict enum -> domain verdict name ('' when unspecified or unknown)."""
+    return {cad_pb2.TRUE_POSITIVE: "TRUE_POSITIVE", cad_pb2.FALSE_POSITIVE: "FALSE_POSITIVE"}.get(verdict, "")
+
+
+def box_of(message: cad_pb2.Box) -> Box:
+    return Box(message.x, message.y, message.width, message.height)
+
+
+def receipt(r: Receipt) -> cad_pb2.CorrectionReceipt:
+    e = r.event
+    return cad_pb2.CorrectionReceipt(
+        event_id=e.event_id,
+        candidate_id=e.candidate_id,
+        label_before=_LABEL_STATE[e.label_before],
+        label=_LABEL_STATE[e.label_after],
+        conflict=e.conflict,
+        replayed=r.replayed,
+        created=e.created,
+    )
+
+
+def queue_response(result: QueueResult) -> cad_pb2.QueueResponse:
+    return cad_pb2.QueueResponse(
+        variant=result.variant,
+        unlabeled=result.unlabeled,
+        items=[
+            cad_pb2.QueueItem(
+                candidate_id=e.candidate_id,
+                request_id=e.request_id,
+                box=cad_pb2.Box(x=e.x, y=e.y, width=e.width, height=e.height),
+                score=score,
+                probability=e.probability,
+                model_version=e.model_version,
+                frame_index=e.frame_index,
+                source_id=e.source_id,
+            )
+            for e, score in result.items
+        ],
+    )
+
+
+def labeled_candidate(item: LabeledCandidate) -> cad_pb2.LabeledCandidate:
+    c, i = item.candidate, item.image
+    return cad_pb2.LabeledCandidate(
+        candidate_id=c.candidate_id,
+        request_id=c.request_id,
+        box=cad_pb2.Box(x=c.x, y=c.y, width=c.width, height=c.height),
+        label=_LABEL_STATE[item.label],
+        conflict=item.conflict,
+        origin=c.origin,
+        recipe=c.recipe,
+        model_version=c.model_version,
+        probability=c.probability if c.probability is not None else 0.0,
+        image_sha256=i.sha256,
+        image_height=i.height,
+        image_width=i.width,
+        frame_index=i.frame_index,
+        source_id=i.source_id,
+        study_uid=i.study_uid,
+        series_uid=i.series_uid,
+        sop_instance_uid=i.sop_instance_uid,
+        last_event_id=item.last_event_id,
+        labeled_at=item.labeled_at,
+        events=item.events,
     )

@@ -29,3 +29,7 @@ class ModelUnavailable(CadError):
 
 class ModelRejected(CadError):
     """A model version failed its checks (checksum, signature, warm-up) and was not loaded."""
+
+
+class AlreadyExists(CadError):
+    """An idempotency key was reused with a different request body (ALREADY_EXISTS)."""

@@ -11,6 +11,7 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -207,8 +208,11 @@ class Classifier:
         limits: ImageLimits,
         max_candidates: int,
         batch_size: int,
+        recorder: Any = None,
     ) -> None:
         self.models = models
+        self.recorder = recorder
+        """Optional; ``recorder.record(outcome, patch_probs)`` stores what was classified."""
         self.metrics = metrics
         self.limits = limits
         self.max_candidates = max_candidates
@@ -263,7 +267,7 @@ class Classifier:
             )
             for i, cand in enumerate(request.candidates)
         ]
-        return ClassifyOutcome(
+        outcome = ClassifyOutcome(
             request_id=request_id,
             model_version=model.version,
             frame_index=request.frame_index,
@@ -272,3 +276,6 @@ class Classifier:
             results=results,
             source_id=request.source_id,
         )
+        if self.recorder is not None:
+            self.recorder.record(outcome, all_probs)  # durable before the response is sent
+        return outcome

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 
 from service.errors import (
+    AlreadyExists,
     CadError,
     InvalidInput,
     LimitExceeded,
@@ -25,6 +26,7 @@ from service.metrics import ServiceMetrics
 log = logging.getLogger(__name__)
 
 _STATUS: list[tuple[type[CadError], grpc.StatusCode]] = [
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NotFound, grpc.StatusCode.NOT_FOUND),

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
@@ -59,6 +63,59 @@ class ServiceMetrics:
             registry=registry,
         )
 
+        self.corrections = Counter(
+            "cad_corrections",
+            "Reviewer corrections recorded, by verdict (true_positive confirms, false_positive dismisses).",
+            ["verdict"],
+            registry=registry,
+        )
+        self.missed_findings = Counter(
+            "cad_missed_findings", "False negatives added by reviewers.", registry=registry
+        )
+        self.label_conflicts = Counter(
+            "cad_label_conflicts",
+            "Corrections that disagree with an earlier reviewer's label of the same candidate.",
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "cad_annotation_queue_depth", "Classified candidates without a label.", registry=registry
+        )
+
+    def bind_store(
+        self,
+        count_unlabeled: Callable[[], int],
+        precision_by_version: Callable[[], dict[str, tuple[int, int]]],
+    ) -> None:
+        """Metrics read from the label store at scrape time (shared by all replicas)."""
+        self.queue_depth.set_function(lambda: float(count_unlabeled()))
+        self.registry.register(_PrecisionCollector(precision_by_version))
+
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
         self.inference_latency.observe(seconds)
+
+
+class _PrecisionCollector(Collector):
+    """Live precision of each served model version as reviewers see it."""
+
+    def __init__(self, source: Callable[[], dict[str, tuple[int, int]]]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        precision = GaugeMetricFamily(
+            "cad_model_live_precision",
+            "Confirmed / (confirmed + dismissed) among reviewed candidates, by model version.",
+            labels=["version"],
+        )
+        reviewed = GaugeMetricFamily(
+            "cad_model_reviewed_candidates",
+            "Reviewed candidates by model version and current label.",
+            labels=["version", "label"],
+        )
+        for version, (confirmed, dismissed) in sorted(self.source().items()):
+            if confirmed + dismissed:
+                precision.add_metric([version], confirmed / (confirmed + dismissed))
+            reviewed.add_metric([version, "confirmed"], confirmed)
+            reviewed.add_metric([version, "dismissed"], dismissed)
+        yield precision
+        yield reviewed

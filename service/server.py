@@ -17,20 +17,23 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
+from service.archive import ImageArchive, PruneReport, prune
 from service.imaging import ImageLimits
 from service.inference import Classifier, ModelManager
 from service.interceptors import ErrorAndMetricsInterceptor
 from service.metrics import ServiceMetrics
 from service.model import SessionOptions, select_providers
 from service.registry import ModelRegistry
-from service.servicers import CadInferenceServicer, ModelAdminServicer
+from service.review import Recorder, ReviewService
+from service.servicers import CadInferenceServicer, CadReviewServicer, ModelAdminServicer
 from service.settings import ServerSettings
+from service.store import open_store
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAMES = (
-    cad_pb2.DESCRIPTOR.services_by_name["CadInference"].full_name,
-    cad_pb2.DESCRIPTOR.services_by_name["ModelAdmin"].full_name,
+SERVICE_NAMES = tuple(
+    cad_pb2.DESCRIPTOR.services_by_name[name].full_name
+    for name in ("CadInference", "ModelAdmin", "CadReview")
 )
 
 
@@ -47,12 +50,17 @@ class CadServer:
             self.metrics,
             on_change=lambda _model: self._set_serving(True),
         )
+        self.store = open_store(settings.store_url)
+        self.archive = ImageArchive(settings.archive_root)
+        self.metrics.bind_store(self.store.count_unlabeled, self.store.precision_by_version)
+        self.review = ReviewService(self.store, self.metrics, settings.max_note_chars)
         self.classifier = Classifier(
             self.models,
             self.metrics,
             ImageLimits(settings.max_image_pixels, settings.max_frames),
             settings.max_candidates,
             settings.batch_size,
+            recorder=Recorder(self.store, self.archive),
         )
         self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="cad-worker")
         self.health = health.aio.HealthServicer()
@@ -61,6 +69,7 @@ class CadServer:
         self._server: grpc.aio.Server | None = None
         self._metrics_http: Any = None
         self._poller: asyncio.Task[None] | None = None
+        self._retention: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _set_serving(self, serving: bool) -> None:
@@ -97,6 +106,7 @@ class CadServer:
             server,
         )
         cad_pb2_grpc.add_ModelAdminServicer_to_server(ModelAdminServicer(self.classifier), server)
+        cad_pb2_grpc.add_CadReviewServicer_to_server(CadReviewServicer(self.review, self.executor), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -115,6 +125,7 @@ class CadServer:
         self._server = server
         self.metrics.model_loaded.set(0)
         self._poller = asyncio.ensure_future(self._poll_models())
+        self._retention = asyncio.ensure_future(self._retain())
         log.info(
             "CAD server listening on %s:%s (metrics on %s), providers %s",
             s.host,
@@ -139,12 +150,30 @@ class CadServer:
                 log.warning("%s", self.models.status)
             await asyncio.sleep(self.settings.poll_interval_s)
 
+    async def prune_archive(self) -> PruneReport:
+        """Apply the archive retention now (in a worker thread)."""
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.executor,
+            lambda: prune(self.store, self.archive, s.archive_max_age_s, s.archive_max_unlabeled_bytes),
+        )
+
+    async def _retain(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.retention_interval_s)
+            try:
+                await self.prune_archive()
+            except Exception:
+                log.exception("archive retention failed")
+
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let in-flight ones finish within ``grace`` seconds, release all."""
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+        for task in (self._poller, self._retention):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._server is not None:
             await self.health.enter_graceful_shutdown()
             await self._server.stop(self.settings.grace_s if grace is None else grace)
@@ -154,6 +183,7 @@ class CadServer:
             self._metrics_http.server_close()
             self._metrics_http = None
         self.executor.shutdown(wait=True, cancel_futures=True)
+        self.store.close()
 
     async def wait(self) -> None:
         if self._server is not None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
+from typing import Any, TypeVar
 
 import grpc
 
@@ -14,6 +15,9 @@ from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.errors import InvalidInput
 from service.inference import Classifier, ClassifyOutcome
 from service.metrics import ServiceMetrics
+from service.review import ReviewService
+
+T = TypeVar("T")
 
 
 class CadInferenceServicer(cad_pb2_grpc.CadInferenceServicer):
@@ -120,3 +124,55 @@ class ModelAdminServicer(cad_pb2_grpc.ModelAdminServicer):
         model = self.models.require()
         manifest = json.dumps(model.info.manifest, sort_keys=True)
         return converters.model_info(model, manifest)
+
+
+class CadReviewServicer(cad_pb2_grpc.CadReviewServicer):
+    """Reviewer corrections, missed findings, the annotation queue and label export."""
+
+    def __init__(self, review: ReviewService, executor: Executor) -> None:
+        self.review = review
+        self.executor = executor
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, lambda: fn(*args))
+
+    async def SubmitCorrection(  # noqa: N802
+        self, request: cad_pb2.Correction, context: grpc.aio.ServicerContext
+    ) -> cad_pb2.CorrectionReceipt:
+        result = await self._run(
+            self.review.submit_correction,
+            request.candidate_id,
+            converters.verdict_name(request.verdict),
+            request.reviewer,
+            request.idempotency_key,
+            request.note,
+        )
+        return converters.receipt(result)
+
+    async def AddMissedFinding(  # noqa: N802
+        self, request: cad_pb2.MissedFinding, context: grpc.aio.ServicerContext
+    ) -> cad_pb2.CorrectionReceipt:
+        if not request.HasField("box"):
+            raise InvalidInput("box must be set")
+        result = await self._run(
+            self.review.add_missed_finding,
+            request.request_id,
+            converters.box_of(request.box),
+            request.reviewer,
+            request.idempotency_key,
+            request.note,
+        )
+        return converters.receipt(result)
+
+    async def GetAnnotationQueue(  # noqa: N802
+        self, request: cad_pb2.QueueRequest, context: grpc.aio.ServicerContext
+    ) -> cad_pb2.QueueResponse:
+        result = await self._run(self.review.annotation_queue, request.limit, request.variant, request.seed)
+        return converters.queue_response(result)
+
+    async def ExportLabels(  # noqa: N802
+        self, request: cad_pb2.ExportRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[cad_pb2.LabeledCandidate]:
+        items = await self._run(lambda: list(self.review.export(request.since)))
+        for item in items:
+            yield converters.labeled_candidate(item)

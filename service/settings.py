@@ -37,4 +37,17 @@ class ServerSettings(BaseSettings):
         4, ge=1, description="Frames of one ClassifyStream being processed or waiting to be sent."
     )
     poll_interval_s: float = Field(2.0, gt=0, description="How often the registry is checked for new versions.")
+    store_url: str = Field(
+        "sqlite:///data/labels.sqlite3",
+        description="Label store: sqlite:///path (embedded, WAL) or postgresql://user@host/db.",
+    )
+    archive_root: Path = Field(Path("data/archive"), description="Content-addressed image archive folder.")
+    archive_max_age_s: float | None = Field(
+        30 * 24 * 3600.0, description="Unlabeled images older than this are forgotten (None keeps them)."
+    )
+    archive_max_unlabeled_bytes: int | None = Field(
+        20 * 1024**3, description="Oldest unlabeled images are forgotten above this total (None: no cap)."
+    )
+    retention_interval_s: float = Field(3600.0, gt=0, description="How often retention runs.")
+    max_note_chars: int = Field(2000, ge=0, description="Longest reviewer note accepted.")
     grace_s: float = Field(5.0, ge=0, description="Shutdown grace period for in-flight calls.")

@@ -24,6 +24,8 @@ def make_settings(root: Path, **overrides: object) -> ServerSettings:
         "providers": "auto",
         "poll_interval_s": 3600.0,  # tests refresh explicitly; no timing dependence
         "grace_s": 1.0,
+        "store_url": f"sqlite:///{root}-labels.sqlite3",
+        "archive_root": Path(f"{root}-archive"),
     }
     values.update(overrides)
     return ServerSettings(**values)  # type: ignore[arg-type]

@@ -48,7 +48,9 @@ def test_server_runs_with_torch_made_unimportable(tmp_path: Path) -> None:
         from service.settings import ServerSettings
 
         settings = ServerSettings(registry_root={str(root)!r}, host="127.0.0.1", port=0,
-                                  metrics_port=-1, poll_interval_s=3600)
+                                  metrics_port=-1, poll_interval_s=3600,
+                                  store_url="sqlite:///{tmp_path}/labels.sqlite3",
+                                  archive_root={str(tmp_path / "archive")!r})
         with ServerThread(settings) as server:
             server.refresh_models()
             assert server.server.models.current is not None

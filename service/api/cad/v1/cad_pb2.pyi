@@ -7,6 +7,26 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Verdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VERDICT_UNSPECIFIED: _ClassVar[Verdict]
+    TRUE_POSITIVE: _ClassVar[Verdict]
+    FALSE_POSITIVE: _ClassVar[Verdict]
+
+class LabelState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LABEL_STATE_UNSPECIFIED: _ClassVar[LabelState]
+    UNLABELED: _ClassVar[LabelState]
+    POSITIVE: _ClassVar[LabelState]
+    NEGATIVE: _ClassVar[LabelState]
+VERDICT_UNSPECIFIED: Verdict
+TRUE_POSITIVE: Verdict
+FALSE_POSITIVE: Verdict
+LABEL_STATE_UNSPECIFIED: LabelState
+UNLABELED: LabelState
+POSITIVE: LabelState
+NEGATIVE: LabelState
+
 class Box(_message.Message):
     __slots__ = ("x", "y", "width", "height")
     X_FIELD_NUMBER: _ClassVar[int]
@@ -132,3 +152,139 @@ class ModelInfo(_message.Message):
     input_size: int
     default_recipe: str
     def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., manifest_json: _Optional[str] = ..., execution_provider: _Optional[str] = ..., input_size: _Optional[int] = ..., default_recipe: _Optional[str] = ...) -> None: ...
+
+class Correction(_message.Message):
+    __slots__ = ("candidate_id", "verdict", "reviewer", "idempotency_key", "note")
+    CANDIDATE_ID_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    REVIEWER_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    candidate_id: str
+    verdict: Verdict
+    reviewer: str
+    idempotency_key: str
+    note: str
+    def __init__(self, candidate_id: _Optional[str] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., reviewer: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+
+class MissedFinding(_message.Message):
+    __slots__ = ("request_id", "box", "reviewer", "idempotency_key", "note")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    REVIEWER_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    box: Box
+    reviewer: str
+    idempotency_key: str
+    note: str
+    def __init__(self, request_id: _Optional[str] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., reviewer: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+
+class CorrectionReceipt(_message.Message):
+    __slots__ = ("event_id", "candidate_id", "label_before", "label", "conflict", "replayed", "created")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    CONFLICT_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    candidate_id: str
+    label_before: LabelState
+    label: LabelState
+    conflict: bool
+    replayed: bool
+    created: str
+    def __init__(self, event_id: _Optional[str] = ..., candidate_id: _Optional[str] = ..., label_before: _Optional[_Union[LabelState, str]] = ..., label: _Optional[_Union[LabelState, str]] = ..., conflict: _Optional[bool] = ..., replayed: _Optional[bool] = ..., created: _Optional[str] = ...) -> None: ...
+
+class QueueRequest(_message.Message):
+    __slots__ = ("limit", "variant", "seed")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    variant: str
+    seed: int
+    def __init__(self, limit: _Optional[int] = ..., variant: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class QueueItem(_message.Message):
+    __slots__ = ("candidate_id", "request_id", "box", "score", "probability", "model_version", "frame_index", "source_id")
+    CANDIDATE_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    candidate_id: str
+    request_id: str
+    box: Box
+    score: float
+    probability: float
+    model_version: str
+    frame_index: int
+    source_id: str
+    def __init__(self, candidate_id: _Optional[str] = ..., request_id: _Optional[str] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., score: _Optional[float] = ..., probability: _Optional[float] = ..., model_version: _Optional[str] = ..., frame_index: _Optional[int] = ..., source_id: _Optional[str] = ...) -> None: ...
+
+class QueueResponse(_message.Message):
+    __slots__ = ("variant", "unlabeled", "items")
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    UNLABELED_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    variant: str
+    unlabeled: int
+    items: _containers.RepeatedCompositeFieldContainer[QueueItem]
+    def __init__(self, variant: _Optional[str] = ..., unlabeled: _Optional[int] = ..., items: _Optional[_Iterable[_Union[QueueItem, _Mapping]]] = ...) -> None: ...
+
+class ExportRequest(_message.Message):
+    __slots__ = ("since",)
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    since: str
+    def __init__(self, since: _Optional[str] = ...) -> None: ...
+
+class LabeledCandidate(_message.Message):
+    __slots__ = ("candidate_id", "request_id", "box", "label", "conflict", "origin", "recipe", "model_version", "probability", "image_sha256", "image_height", "image_width", "frame_index", "source_id", "study_uid", "series_uid", "sop_instance_uid", "last_event_id", "labeled_at", "events")
+    CANDIDATE_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    CONFLICT_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    STUDY_UID_FIELD_NUMBER: _ClassVar[int]
+    SERIES_UID_FIELD_NUMBER: _ClassVar[int]
+    SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    LAST_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    LABELED_AT_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    candidate_id: str
+    request_id: str
+    box: Box
+    label: LabelState
+    conflict: bool
+    origin: str
+    recipe: str
+    model_version: str
+    probability: float
+    image_sha256: str
+    image_height: int
+    image_width: int
+    frame_index: int
+    source_id: str
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    last_event_id: str
+    labeled_at: str
+    events: int
+    def __init__(self, candidate_id: _Optional[str] = ..., request_id: _Optional[str] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., label: _Optional[_Union[LabelState, str]] = ..., conflict: _Optional[bool] = ..., origin: _Optional[str] = ..., recipe: _Optional[str] = ..., model_version: _Optional[str] = ..., probability: _Optional[float] = ..., image_sha256: _Optional[str] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ..., frame_index: _Optional[int] = ..., source_id: _Optional[str] = ..., study_uid: _Optional[str] = ..., series_uid: _Optional[str] = ..., sop_instance_uid: _Optional[str] = ..., last_event_id: _Optional[str] = ..., labeled_at: _Optional[str] = ..., events: _Optional[int] = ...) -> None: ...

@@ -211,3 +211,204 @@ class ModelAdmin:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class CadReviewStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.SubmitCorrection = channel.unary_unary(
+                '/cad.v1.CadReview/SubmitCorrection',
+                request_serializer=cad_dot_v1_dot_cad__pb2.Correction.SerializeToString,
+                response_deserializer=cad_dot_v1_dot_cad__pb2.CorrectionReceipt.FromString,
+                _registered_method=True)
+        self.AddMissedFinding = channel.unary_unary(
+                '/cad.v1.CadReview/AddMissedFinding',
+                request_serializer=cad_dot_v1_dot_cad__pb2.MissedFinding.SerializeToString,
+                response_deserializer=cad_dot_v1_dot_cad__pb2.CorrectionReceipt.FromString,
+                _registered_method=True)
+        self.GetAnnotationQueue = channel.unary_unary(
+                '/cad.v1.CadReview/GetAnnotationQueue',
+                request_serializer=cad_dot_v1_dot_cad__pb2.QueueRequest.SerializeToString,
+                response_deserializer=cad_dot_v1_dot_cad__pb2.QueueResponse.FromString,
+                _registered_method=True)
+        self.ExportLabels = channel.unary_stream(
+                '/cad.v1.CadReview/ExportLabels',
+                request_serializer=cad_dot_v1_dot_cad__pb2.ExportRequest.SerializeToString,
+                response_deserializer=cad_dot_v1_dot_cad__pb2.LabeledCandidate.FromString,
+                _registered_method=True)
+
+
+class CadReviewServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def SubmitCorrection(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddMissedFinding(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAnnotationQueue(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportLabels(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_CadReviewServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'SubmitCorrection': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitCorrection,
+                    request_deserializer=cad_dot_v1_dot_cad__pb2.Correction.FromString,
+                    response_serializer=cad_dot_v1_dot_cad__pb2.CorrectionReceipt.SerializeToString,
+            ),
+            'AddMissedFinding': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddMissedFinding,
+                    request_deserializer=cad_dot_v1_dot_cad__pb2.MissedFinding.FromString,
+                    response_serializer=cad_dot_v1_dot_cad__pb2.CorrectionReceipt.SerializeToString,
+            ),
+            'GetAnnotationQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAnnotationQueue,
+                    request_deserializer=cad_dot_v1_dot_cad__pb2.QueueRequest.FromString,
+                    response_serializer=cad_dot_v1_dot_cad__pb2.QueueResponse.SerializeToString,
+            ),
+            'ExportLabels': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportLabels,
+                    request_deserializer=cad_dot_v1_dot_cad__pb2.ExportRequest.FromString,
+                    response_serializer=cad_dot_v1_dot_cad__pb2.LabeledCandidate.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'cad.v1.CadReview', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('cad.v1.CadReview', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class CadReview:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def SubmitCorrection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cad.v1.CadReview/SubmitCorrection',
+            cad_dot_v1_dot_cad__pb2.Correction.SerializeToString,
+            cad_dot_v1_dot_cad__pb2.CorrectionReceipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddMissedFinding(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cad.v1.CadReview/AddMissedFinding',
+            cad_dot_v1_dot_cad__pb2.MissedFinding.SerializeToString,
+            cad_dot_v1_dot_cad__pb2.CorrectionReceipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAnnotationQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cad.v1.CadReview/GetAnnotationQueue',
+            cad_dot_v1_dot_cad__pb2.QueueRequest.SerializeToString,
+            cad_dot_v1_dot_cad__pb2.QueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportLabels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cad.v1.CadReview/ExportLabels',
+            cad_dot_v1_dot_cad__pb2.ExportRequest.SerializeToString,
+            cad_dot_v1_dot_cad__pb2.LabeledCandidate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

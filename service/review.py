@@ -1,0 +1,155 @@
+"""Reviewer corrections: recording what was classified, labels, the AIFT annotation queue."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.aift import VARIANTS, Box, aift_scores
+from service.aift.scoring import DEFAULT_VARIANT
+from service.archive import ImageArchive
+from service.errors import InvalidInput
+from service.inference import ClassifyOutcome
+from service.metrics import ServiceMetrics
+from service.store.records import CandidateRecord, ImageRecord, LabeledCandidate, QueueEntry, Receipt
+from service.store.sql import SqlLabelStore
+
+VERDICT_LABELS = {"TRUE_POSITIVE": 1, "FALSE_POSITIVE": 0}
+RANDOM = "random"
+DEFAULT_QUEUE_LIMIT = 20
+MAX_QUEUE_LIMIT = 1000
+
+
+def body_hash(**fields: object) -> str:
+    """Stable hash of a request body, to tell a retry from a reused idempotency key."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+class Recorder:
+    """Archives each classified image and stores its candidates before the response is sent."""
+
+    def __init__(self, store: SqlLabelStore, archive: ImageArchive) -> None:
+        self.store = store
+        self.archive = archive
+
+    def record(self, outcome: ClassifyOutcome, patch_probs: np.ndarray) -> None:
+        sha, size = self.archive.put(outcome.image.pixels)
+        src = outcome.image.source
+        image = ImageRecord(
+            request_id=outcome.request_id, sha256=sha, size_bytes=size,
+            height=outcome.image.height, width=outcome.image.width,
+            frame_index=outcome.frame_index, source_kind=src.kind, source_id=outcome.source_id,
+            study_uid=src.study_uid, series_uid=src.series_uid,
+            sop_instance_uid=src.sop_instance_uid, modality=src.modality,
+            recipe=outcome.recipe, model_version=str(outcome.model_version),
+        )
+        candidates = [
+            CandidateRecord(
+                candidate_id=r.candidate_id, request_id=outcome.request_id, client_id=r.client_id,
+                x=r.box.x, y=r.box.y, width=r.box.width, height=r.box.height,
+                recipe=outcome.recipe, model_version=str(outcome.model_version),
+                probability=r.probability, entropy=r.entropy, diversity=r.diversity, score=r.score,
+                patch_probs=patch_probs[i],
+            )
+            for i, r in enumerate(outcome.results)
+        ]
+        self.store.record_classification(image, candidates)
+
+
+@dataclass(frozen=True)
+class QueueResult:
+    variant: str
+    unlabeled: int
+    items: list[tuple[QueueEntry, float]]
+
+
+class ReviewService:
+    """Domain operations behind the CadReview API."""
+
+    def __init__(self, store: SqlLabelStore, metrics: ServiceMetrics, max_note_chars: int = 2000) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.max_note_chars = max_note_chars
+
+    def _common(self, reviewer: str, note: str, key: str) -> tuple[str, str]:
+        reviewer = reviewer.strip()
+        if not reviewer:
+            raise InvalidInput("reviewer must not be empty")
+        if len(note) > self.max_note_chars:
+            raise InvalidInput(f"note has {len(note)} characters, over the limit of {self.max_note_chars}")
+        return reviewer, key.strip() or f"auto-{uuid.uuid4().hex}"
+
+    def submit_correction(
+        self, candidate_id: str, verdict: str, reviewer: str, key: str, note: str = ""
+    ) -> Receipt:
+        """Confirm (TRUE_POSITIVE) or dismiss (FALSE_POSITIVE) a classified candidate."""
+        if not candidate_id:
+            raise InvalidInput("candidate_id must not be empty")
+        if verdict not in VERDICT_LABELS:
+            raise InvalidInput("verdict must be TRUE_POSITIVE or FALSE_POSITIVE")
+        reviewer, key = self._common(reviewer, note, key)
+        digest = body_hash(kind="correction", candidate_id=candidate_id, verdict=verdict,
+                           reviewer=reviewer, note=note)
+        receipt = self.store.add_label(candidate_id, VERDICT_LABELS[verdict], reviewer, note, key, digest)
+        if not receipt.replayed:
+            self.metrics.corrections.labels(verdict.lower()).inc()
+            if receipt.event.conflict:
+                self.metrics.label_conflicts.inc()
+        return receipt
+
+    def add_missed_finding(
+        self, request_id: str, box: Box, reviewer: str, key: str, note: str = ""
+    ) -> Receipt:
+        """Add a positive candidate a reviewer drew on an archived image (a false negative)."""
+        values = (box.x, box.y, box.width, box.height)
+        if not all(math.isfinite(v) for v in values) or box.width <= 0 or box.height <= 0:
+            raise InvalidInput(f"box must be finite with positive width and height, got {values}")
+        reviewer, key = self._common(reviewer, note, key)
+        image = self.store.get_image(request_id)
+        if box.x < 0 or box.y < 0 or box.x + box.width > image.width or box.y + box.height > image.height:
+            raise InvalidInput(
+                f"box {values} is not inside the archived {image.width}x{image.height} image"
+            )
+        digest = body_hash(kind="missed", request_id=request_id, box=values, reviewer=reviewer, note=note)
+        candidate = CandidateRecord(
+            candidate_id=f"{request_id}-m{uuid.uuid4().hex[:12]}", request_id=request_id,
+            client_id="", x=box.x, y=box.y, width=box.width, height=box.height,
+            recipe=image.recipe, model_version=image.model_version, probability=None,
+            entropy=None, diversity=None, score=None, patch_probs=None, origin="missed",
+        )
+        receipt = self.store.add_missed(candidate, reviewer, note, key, digest)
+        if not receipt.replayed:
+            self.metrics.missed_findings.inc()
+        return receipt
+
+    def annotation_queue(self, limit: int, variant: str, seed: int = 0) -> QueueResult:
+        """The top ``limit`` unlabeled candidates by the chosen AIFT variant (or random)."""
+        variant = variant or DEFAULT_VARIANT
+        if variant != RANDOM and variant not in VARIANTS:
+            raise InvalidInput(f"unknown variant {variant!r}; known: {', '.join([*VARIANTS, RANDOM])}")
+        limit = limit or DEFAULT_QUEUE_LIMIT
+        if limit > MAX_QUEUE_LIMIT:
+            raise InvalidInput(f"limit {limit} is over the maximum of {MAX_QUEUE_LIMIT}")
+        entries = self.store.unlabeled()
+        scores = np.zeros(len(entries))
+        if variant == RANDOM:
+            scores = np.random.default_rng(seed).random(len(entries))
+        else:
+            by_shape: dict[tuple[int, ...], list[int]] = {}
+            for i, e in enumerate(entries):
+                by_shape.setdefault(e.patch_probs.shape, []).append(i)
+            for indices in by_shape.values():
+                stacked = np.stack([entries[i].patch_probs for i in indices])
+                scores[indices] = aift_scores(stacked, variant)
+        order = sorted(range(len(entries)), key=lambda i: (-scores[i], entries[i].candidate_id))
+        items = [(entries[i], float(scores[i])) for i in order[:limit]]
+        return QueueResult(variant, len(entries), items)
+
+    def export(self, since: str = "") -> Iterator[LabeledCandidate]:
+        return self.store.labeled(since)

@@ -1,0 +1,27 @@
+"""Durable label store: candidates, archived-image references and append-only label events.
+
+One interface (:class:`~service.store.sql.SqlLabelStore`), two backends chosen
+by URL: ``sqlite:///path/labels.sqlite3`` (embedded default, WAL) and
+``postgresql://...`` (several server replicas sharing labels).
+"""
+
+from service.store.records import (
+    CandidateRecord,
+    ImageRecord,
+    LabeledCandidate,
+    LabelEvent,
+    QueueEntry,
+    Receipt,
+)
+from service.store.sql import SqlLabelStore, open_store
+
+__all__ = [
+    "CandidateRecord",
+    "ImageRecord",
+    "LabelEvent",
+    "LabeledCandidate",
+    "QueueEntry",
+    "Receipt",
+    "SqlLabelStore",
+    "open_store",
+]

@@ -1,0 +1,78 @@
+"""Numbered schema migrations, portable between SQLite and PostgreSQL.
+
+Append new migrations; never edit an applied one. Each runs in one
+transaction and is recorded in ``schema_migrations``.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (
+        1,
+        "initial schema: images, candidates, label events",
+        [
+            """CREATE TABLE images (
+                request_id TEXT PRIMARY KEY,
+                sha256 TEXT NOT NULL,
+                size_bytes BIGINT NOT NULL,
+                height INTEGER NOT NULL,
+                width INTEGER NOT NULL,
+                frame_index INTEGER NOT NULL,
+                source_kind TEXT NOT NULL,
+                source_id TEXT NOT NULL,
+                study_uid TEXT NOT NULL,
+                series_uid TEXT NOT NULL,
+                sop_instance_uid TEXT NOT NULL,
+                modality TEXT NOT NULL,
+                recipe TEXT NOT NULL,
+                model_version TEXT NOT NULL,
+                labeled INTEGER NOT NULL DEFAULT 0,
+                created TEXT NOT NULL
+            )""",
+            "CREATE INDEX images_sha256 ON images (sha256)",
+            "CREATE INDEX images_unlabeled ON images (labeled, created)",
+            """CREATE TABLE candidates (
+                candidate_id TEXT PRIMARY KEY,
+                request_id TEXT NOT NULL REFERENCES images (request_id),
+                client_id TEXT NOT NULL,
+                x DOUBLE PRECISION NOT NULL,
+                y DOUBLE PRECISION NOT NULL,
+                width DOUBLE PRECISION NOT NULL,
+                height DOUBLE PRECISION NOT NULL,
+                recipe TEXT NOT NULL,
+                model_version TEXT NOT NULL,
+                probability DOUBLE PRECISION,
+                entropy DOUBLE PRECISION,
+                diversity DOUBLE PRECISION,
+                score DOUBLE PRECISION,
+                patch_probs BYTEA,
+                patch_shape TEXT,
+                origin TEXT NOT NULL,
+                label INTEGER,
+                label_reviewer TEXT,
+                label_event_id TEXT,
+                labeled_at TEXT,
+                events INTEGER NOT NULL DEFAULT 0,
+                conflict INTEGER NOT NULL DEFAULT 0,
+                created TEXT NOT NULL
+            )""",
+            "CREATE INDEX candidates_request ON candidates (request_id)",
+            "CREATE INDEX candidates_unlabeled ON candidates (label, origin)",
+            """CREATE TABLE label_events (
+                event_id TEXT PRIMARY KEY,
+                candidate_id TEXT NOT NULL REFERENCES candidates (candidate_id),
+                seq INTEGER NOT NULL,
+                kind TEXT NOT NULL,
+                label_before INTEGER,
+                label_after INTEGER NOT NULL,
+                reviewer TEXT NOT NULL,
+                note TEXT NOT NULL,
+                idempotency_key TEXT NOT NULL UNIQUE,
+                body_sha256 TEXT NOT NULL,
+                conflict INTEGER NOT NULL,
+                created TEXT NOT NULL,
+                UNIQUE (candidate_id, seq)
+            )""",
+        ],
+    ),
+]

@@ -1,0 +1,102 @@
+"""Plain records the store reads and writes (no SQL, no protobuf)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One classified image (one per request), archived by content hash."""
+
+    request_id: str
+    sha256: str
+    size_bytes: int
+    height: int
+    width: int
+    frame_index: int
+    source_kind: str
+    source_id: str = ""
+    study_uid: str = ""
+    series_uid: str = ""
+    sop_instance_uid: str = ""
+    modality: str = ""
+    recipe: str = ""
+    model_version: str = ""
+    created: str = ""
+
+
+@dataclass(frozen=True)
+class CandidateRecord:
+    """One candidate: where it is, what the model said, and its patch predictions."""
+
+    candidate_id: str
+    request_id: str
+    client_id: str
+    x: float
+    y: float
+    width: float
+    height: float
+    recipe: str
+    model_version: str
+    probability: float | None
+    entropy: float | None
+    diversity: float | None
+    score: float | None
+    patch_probs: npt.NDArray[np.float32] | None
+    origin: str = "model"
+    created: str = ""
+
+
+@dataclass(frozen=True)
+class LabelEvent:
+    """One correction, append-only: who, when, the label before and after."""
+
+    event_id: str
+    candidate_id: str
+    seq: int
+    kind: str
+    """``correction`` or ``missed``."""
+    label_before: int | None
+    label_after: int
+    reviewer: str
+    note: str
+    idempotency_key: str
+    body_sha256: str
+    conflict: bool
+    created: str
+
+
+@dataclass(frozen=True)
+class Receipt:
+    event: LabelEvent
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    candidate_id: str
+    request_id: str
+    x: float
+    y: float
+    width: float
+    height: float
+    probability: float
+    model_version: str
+    frame_index: int
+    source_id: str
+    patch_probs: npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class LabeledCandidate:
+    candidate: CandidateRecord
+    image: ImageRecord
+    label: int
+    conflict: bool
+    last_event_id: str
+    labeled_at: str
+    events: int

@@ -1,0 +1,403 @@
+"""The SQL label store: one implementation, SQLite and PostgreSQL dialects.
+
+Every write is one transaction committed before the call returns (SQLite:
+WAL with ``synchronous=FULL``; PostgreSQL: its default durable commit), so an
+acknowledged correction survives a crash of the server at any moment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.errors import AlreadyExists, NotFound
+from service.store.migrations import MIGRATIONS
+from service.store.records import (
+    CandidateRecord,
+    ImageRecord,
+    LabeledCandidate,
+    LabelEvent,
+    QueueEntry,
+    Receipt,
+)
+
+log = logging.getLogger(__name__)
+
+
+class IdempotencyConflict(AlreadyExists):
+    """An idempotency key was reused with a different request body (ALREADY_EXISTS)."""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: str
+    param: str
+    for_update: str
+    begin: str
+
+
+SQLITE = Dialect("sqlite", "?", "", "BEGIN IMMEDIATE")
+POSTGRES = Dialect("postgresql", "%s", " FOR UPDATE", "BEGIN")
+
+_IMAGE_COLUMNS = (
+    "request_id, sha256, size_bytes, height, width, frame_index, source_kind, source_id, "
+    "study_uid, series_uid, sop_instance_uid, modality, recipe, model_version, created"
+)
+_CANDIDATE_COLUMNS = (
+    "candidate_id, request_id, client_id, x, y, width, height, recipe, model_version, "
+    "probability, entropy, diversity, score, patch_probs, patch_shape, origin, created"
+)
+_EVENT_COLUMNS = (
+    "event_id, candidate_id, seq, kind, label_before, label_after, reviewer, note, "
+    "idempotency_key, body_sha256, conflict, created"
+)
+
+
+def _probs_blob(probs: np.ndarray | None) -> tuple[bytes | None, str | None]:
+    if probs is None:
+        return None, None
+    arr = np.ascontiguousarray(probs, dtype="<f4")
+    return arr.tobytes(), json.dumps(list(arr.shape))
+
+
+def _probs_array(blob: Any, shape: str | None) -> np.ndarray | None:
+    if blob is None or shape is None:
+        return None
+    return np.frombuffer(bytes(blob), dtype="<f4").reshape(json.loads(shape))
+
+
+class SqlLabelStore:
+    """Candidates, archived images and label events in SQLite or PostgreSQL.
+
+    Thread-safe: one connection, used under a lock (PostgreSQL row locks
+    serialise writers across replicas).
+    """
+
+    def __init__(self, connection: Any, dialect: Dialect, integrity_errors: tuple[type[BaseException], ...]) -> None:
+        self._conn = connection
+        self.dialect = dialect
+        self._integrity_errors = integrity_errors
+        self._lock = threading.RLock()
+        self.migrate()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _sql(self, text: str) -> str:
+        return text.replace("?", self.dialect.param) if self.dialect.param != "?" else text
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        with self._lock:
+            cur = self._conn.cursor()
+            cur.execute(self.dialect.begin)
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            else:
+                cur.execute("COMMIT")
+            finally:
+                cur.close()
+
+    def _query(self, text: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._tx() as cur:
+            cur.execute(self._sql(text), tuple(params))
+            return list(cur.fetchall())
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def migrate(self) -> list[int]:
+        """Apply pending numbered migrations; returns those applied now."""
+        applied_now = []
+        with self._tx() as cur:
+            if self.dialect is POSTGRES:
+                cur.execute("SELECT pg_advisory_xact_lock(4242)")  # replicas migrate one at a time
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied TEXT NOT NULL)"
+            )
+            cur.execute("SELECT version FROM schema_migrations")
+            done = {row[0] for row in cur.fetchall()}
+            for version, description, statements in MIGRATIONS:
+                if version in done:
+                    continue
+                for statement in statements:
+                    cur.execute(statement)
+                cur.execute(
+                    self._sql("INSERT INTO schema_migrations VALUES (?, ?, ?)"),
+                    (version, description, now()),
+                )
+                applied_now.append(version)
+        if applied_now:
+            log.info("label store: applied migrations %s", applied_now)
+        return applied_now
+
+    def schema_version(self) -> int:
+        rows = self._query("SELECT MAX(version) FROM schema_migrations")
+        return int(rows[0][0] or 0)
+
+    # ------------------------------------------------------------------ classification records
+
+    def record_classification(self, image: ImageRecord, candidates: Sequence[CandidateRecord]) -> None:
+        """Store one classified image and its candidates in one transaction."""
+        created = image.created or now()
+        with self._tx() as cur:
+            cur.execute(
+                self._sql(f"INSERT INTO images ({_IMAGE_COLUMNS}) VALUES ({', '.join('?' * 15)})"),
+                (
+                    image.request_id, image.sha256, image.size_bytes, image.height, image.width,
+                    image.frame_index, image.source_kind, image.source_id, image.study_uid,
+                    image.series_uid, image.sop_instance_uid, image.modality, image.recipe,
+                    image.model_version, created,
+                ),
+            )
+            for c in candidates:
+                self._insert_candidate(cur, c, created)
+
+    def _insert_candidate(self, cur: Any, c: CandidateRecord, created: str) -> None:
+        blob, shape = _probs_blob(c.patch_probs)
+        cur.execute(
+            self._sql(f"INSERT INTO candidates ({_CANDIDATE_COLUMNS}) VALUES ({', '.join('?' * 17)})"),
+            (
+                c.candidate_id, c.request_id, c.client_id, c.x, c.y, c.width, c.height, c.recipe,
+                c.model_version, c.probability, c.entropy, c.diversity, c.score, blob, shape,
+                c.origin, c.created or created,
+            ),
+        )
+
+    def get_image(self, request_id: str) -> ImageRecord:
+        rows = self._query(f"SELECT {_IMAGE_COLUMNS} FROM images WHERE request_id = ?", (request_id,))
+        if not rows:
+            raise NotFound(f"no archived image for request_id {request_id!r}")
+        return ImageRecord(*rows[0])
+
+    def get_candidate(self, candidate_id: str) -> CandidateRecord:
+        rows = self._query(
+            f"SELECT {_CANDIDATE_COLUMNS} FROM candidates WHERE candidate_id = ?", (candidate_id,)
+        )
+        if not rows:
+            raise NotFound(f"unknown candidate_id {candidate_id!r}")
+        return self._candidate(rows[0])
+
+    @staticmethod
+    def _candidate(row: Sequence[Any]) -> CandidateRecord:
+        values = list(row)
+        probs = _probs_array(values[13], values[14])
+        return CandidateRecord(*values[:13], probs, values[15], values[16])  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ label events
+
+    def _replay(self, cur: Any, key: str, body_sha256: str) -> Receipt | None:
+        cur.execute(self._sql(f"SELECT {_EVENT_COLUMNS} FROM label_events WHERE idempotency_key = ?"), (key,))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        event = self._event(row)
+        if event.body_sha256 != body_sha256:
+            raise IdempotencyConflict(
+                f"idempotency_key {key!r} was already used for a different request "
+                f"(event {event.event_id}); use a new key for a new correction"
+            )
+        return Receipt(event, replayed=True)
+
+    @staticmethod
+    def _event(row: Sequence[Any]) -> LabelEvent:
+        v = list(row)
+        return LabelEvent(v[0], v[1], int(v[2]), v[3], v[4], int(v[5]), v[6], v[7], v[8], v[9], bool(v[10]), v[11])
+
+    def _with_idempotency(self, key: str, body_sha256: str, write: Any) -> Receipt:
+        """Run ``write(cur)`` once per idempotency key; replay the stored receipt after."""
+        for _attempt in range(3):
+            try:
+                with self._tx() as cur:
+                    replay = self._replay(cur, key, body_sha256)
+                    if replay is not None:
+                        return replay
+                    return Receipt(write(cur), replayed=False)
+            except self._integrity_errors:
+                continue  # a concurrent writer took the key (or seq); read its result
+        raise RuntimeError(f"could not record the event for idempotency_key {key!r}")
+
+    def add_label(
+        self, candidate_id: str, label: int, reviewer: str, note: str, key: str, body_sha256: str
+    ) -> Receipt:
+        """Append a correction event to an existing candidate and update its current label."""
+
+        def write(cur: Any) -> LabelEvent:
+            cur.execute(
+                self._sql(
+                    "SELECT label, label_reviewer, events, conflict, request_id FROM candidates "
+                    "WHERE candidate_id = ?" + self.dialect.for_update
+                ),
+                (candidate_id,),
+            )
+            row = cur.fetchone()
+            if row is None:
+                raise NotFound(f"unknown candidate_id {candidate_id!r}")
+            before, last_reviewer, events, old_conflict, request_id = row
+            conflict = before is not None and before != label and last_reviewer != reviewer
+            event = LabelEvent(
+                f"ev-{uuid.uuid4().hex}", candidate_id, int(events) + 1, "correction", before, label,
+                reviewer, note, key, body_sha256, conflict, now(),
+            )
+            self._insert_event(cur, event)
+            cur.execute(
+                self._sql(
+                    "UPDATE candidates SET label = ?, label_reviewer = ?, label_event_id = ?, "
+                    "labeled_at = ?, events = ?, conflict = ? WHERE candidate_id = ?"
+                ),
+                (label, reviewer, event.event_id, event.created, event.seq,
+                 int(bool(old_conflict) or conflict), candidate_id),
+            )
+            cur.execute(self._sql("UPDATE images SET labeled = 1 WHERE request_id = ?"), (request_id,))
+            return event
+
+        return self._with_idempotency(key, body_sha256, write)
+
+    def add_missed(
+        self, candidate: CandidateRecord, reviewer: str, note: str, key: str, body_sha256: str
+    ) -> Receipt:
+        """Create a positive candidate supplied by a reviewer (a false negative) with its event."""
+
+        def write(cur: Any) -> LabelEvent:
+            cur.execute(
+                self._sql("SELECT request_id FROM images WHERE request_id = ?" + self.dialect.for_update),
+                (candidate.request_id,),
+            )
+            if cur.fetchone() is None:
+                raise NotFound(f"no archived image for request_id {candidate.request_id!r}")
+            event = LabelEvent(
+                f"ev-{uuid.uuid4().hex}", candidate.candidate_id, 1, "missed", None, 1, reviewer,
+                note, key, body_sha256, False, now(),
+            )
+            self._insert_candidate(cur, candidate, event.created)
+            self._insert_event(cur, event)
+            cur.execute(
+                self._sql(
+                    "UPDATE candidates SET label = 1, label_reviewer = ?, label_event_id = ?, "
+                    "labeled_at = ?, events = 1 WHERE candidate_id = ?"
+                ),
+                (reviewer, event.event_id, event.created, candidate.candidate_id),
+            )
+            cur.execute(
+                self._sql("UPDATE images SET labeled = 1 WHERE request_id = ?"), (candidate.request_id,)
+            )
+            return event
+
+        return self._with_idempotency(key, body_sha256, write)
+
+    def _insert_event(self, cur: Any, e: LabelEvent) -> None:
+        cur.execute(
+            self._sql(f"INSERT INTO label_events ({_EVENT_COLUMNS}) VALUES ({', '.join('?' * 12)})"),
+            (e.event_id, e.candidate_id, e.seq, e.kind, e.label_before, e.label_after, e.reviewer,
+             e.note, e.idempotency_key, e.body_sha256, int(e.conflict), e.created),
+        )
+
+    def events(self, candidate_id: str | None = None) -> list[LabelEvent]:
+        """Label events, oldest first (all, or one candidate's)."""
+        where, params = ("WHERE candidate_id = ?", (candidate_id,)) if candidate_id else ("", ())
+        rows = self._query(f"SELECT {_EVENT_COLUMNS} FROM label_events {where} ORDER BY created, seq", params)
+        return [self._event(r) for r in rows]
+
+    # ------------------------------------------------------------------ queue, export, metrics
+
+    def unlabeled(self) -> list[QueueEntry]:
+        """Every classified candidate without a label, with its patch predictions."""
+        rows = self._query(
+            "SELECT c.candidate_id, c.request_id, c.x, c.y, c.width, c.height, c.probability, "
+            "c.model_version, i.frame_index, i.source_id, c.patch_probs, c.patch_shape "
+            "FROM candidates c JOIN images i ON i.request_id = c.request_id "
+            "WHERE c.label IS NULL AND c.origin = 'model' AND c.patch_probs IS NOT NULL "
+            "ORDER BY c.created, c.candidate_id"
+        )
+        return [QueueEntry(*r[:10], _probs_array(r[10], r[11])) for r in rows]  # type: ignore[arg-type]
+
+    def count_unlabeled(self) -> int:
+        rows = self._query("SELECT COUNT(*) FROM candidates WHERE label IS NULL AND origin = 'model'")
+        return int(rows[0][0])
+
+    def labeled(self, since: str = "") -> Iterator[LabeledCandidate]:
+        """Labeled candidates with their image references, in label order."""
+        rows = self._query(
+            f"SELECT {', '.join('c.' + n.strip() for n in _CANDIDATE_COLUMNS.split(','))}, "
+            f"{', '.join('i.' + n.strip() for n in _IMAGE_COLUMNS.split(','))}, "
+            "c.label, c.conflict, c.label_event_id, c.labeled_at, c.events "
+            "FROM candidates c JOIN images i ON i.request_id = c.request_id "
+            "WHERE c.label IS NOT NULL AND c.labeled_at > ? ORDER BY c.labeled_at, c.candidate_id",
+            (since,),
+        )
+        for r in rows:
+            yield LabeledCandidate(
+                self._candidate(r[:17]), ImageRecord(*r[17:32]), int(r[32]), bool(r[33]), r[34], r[35], int(r[36])
+            )
+
+    def precision_by_version(self) -> dict[str, tuple[int, int]]:
+        """Per served model version: (confirmed, dismissed) among its reviewed candidates."""
+        rows = self._query(
+            "SELECT model_version, SUM(CASE WHEN label = 1 THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN label = 0 THEN 1 ELSE 0 END) FROM candidates "
+            "WHERE origin = 'model' AND label IS NOT NULL GROUP BY model_version"
+        )
+        return {str(v): (int(tp), int(fp)) for v, tp, fp in rows}
+
+    # ------------------------------------------------------------------ retention
+
+    def unlabeled_images(self) -> list[tuple[str, str, int, str]]:
+        """(request_id, sha256, size_bytes, created) of images without any label, oldest first."""
+        rows = self._query(
+            "SELECT request_id, sha256, size_bytes, created FROM images WHERE labeled = 0 ORDER BY created"
+        )
+        return [(r[0], r[1], int(r[2]), r[3]) for r in rows]
+
+    def delete_unlabeled_image(self, request_id: str) -> bool:
+        """Forget an image that has no labels and its candidates. False if it got a label meanwhile."""
+        with self._tx() as cur:
+            cur.execute(
+                self._sql("SELECT labeled FROM images WHERE request_id = ?" + self.dialect.for_update),
+                (request_id,),
+            )
+            row = cur.fetchone()
+            if row is None or row[0]:
+                return False
+            cur.execute(self._sql("DELETE FROM candidates WHERE request_id = ?"), (request_id,))
+            cur.execute(self._sql("DELETE FROM images WHERE request_id = ?"), (request_id,))
+            return True
+
+    def sha_in_use(self, sha256: str) -> bool:
+        return bool(self._query("SELECT 1 FROM images WHERE sha256 = ? LIMIT 1", (sha256,)))
+
+
+def open_store(url: str) -> SqlLabelStore:
+    """Open (and migrate) the store at ``sqlite:///path`` or ``postgresql://...``."""
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return SqlLabelStore(conn, SQLITE, (sqlite3.IntegrityError,))
+    if url.startswith(("postgresql://", "postgres://")):
+        import psycopg
+
+        conn = psycopg.connect(url, autocommit=True)
+        return SqlLabelStore(conn, POSTGRES, (psycopg.errors.IntegrityError,))
+    raise ValueError(f"unsupported store URL {url!r}: use sqlite:///path or postgresql://...")
