@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,28 @@ from service.api.cad.v1 import cad_pb2_grpc
 from service.server import ServerThread
 from service.settings import ServerSettings
 from tests.helpers import publish_tiny
+from tests.pg import TempPostgres
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[TempPostgres]:
+    """A real PostgreSQL server for the session; CI installs it (skip elsewhere if absent)."""
+    try:
+        server = TempPostgres().start()
+    except FileNotFoundError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"{exc}: .ci/run installs the Debian package postgresql")
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same tests against both label store backends."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'labels.sqlite3'}"
+    return request.getfixturevalue("postgres").new_database()
 
 
 def make_settings(root: Path, **overrides: object) -> ServerSettings:

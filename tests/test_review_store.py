@@ -1,0 +1,215 @@
+"""Label store and review domain, the same suite on SQLite and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from service.aift import Box, aift_scores
+from service.archive import ImageArchive, prune
+from service.errors import AlreadyExists, InvalidInput, NotFound
+from service.metrics import ServiceMetrics
+from service.review import ReviewService
+from service.store import CandidateRecord, ImageRecord, SqlLabelStore, open_store
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[SqlLabelStore]:
+    s = open_store(store_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def metrics() -> ServiceMetrics:
+    return ServiceMetrics(CollectorRegistry())
+
+
+@pytest.fixture
+def review(store: SqlLabelStore, metrics: ServiceMetrics) -> ReviewService:
+    metrics.bind_store(store.count_unlabeled, store.precision_by_version)
+    return ReviewService(store, metrics, max_note_chars=100)
+
+
+def add_image(store: SqlLabelStore, request_id: str, n: int = 3, seed: int = 0, version: str = "1",
+              sha: str | None = None, created: str = "") -> list[str]:
+    rng = np.random.default_rng(seed)
+    store.record_classification(
+        ImageRecord(request_id, sha or f"sha-{request_id}", 1000, 100, 120, 0, "dicom", "src",
+                    "1.2.3", "1.2.3.4", "1.2.3.4.5", "CT", "polyp", version, created),
+        [
+            CandidateRecord(
+                f"{request_id}-{i}", request_id, f"c{i}", 10.0 * i, 5.0, 20.0, 20.0, "polyp", version,
+                0.5, 1.0, 2.0, 3.0, rng.dirichlet([1, 1], size=24).astype(np.float32),
+            )
+            for i in range(n)
+        ],
+    )
+    return [f"{request_id}-{i}" for i in range(n)]
+
+
+def test_migrations_are_numbered_and_idempotent(store: SqlLabelStore) -> None:
+    assert store.schema_version() == 1
+    assert store.migrate() == []
+
+
+def test_candidate_round_trip_keeps_patch_predictions(store: SqlLabelStore) -> None:
+    add_image(store, "r1")
+    c = store.get_candidate("r1-2")
+    assert (c.x, c.width, c.origin, c.model_version) == (20.0, 20.0, "model", "1")
+    assert c.patch_probs is not None and c.patch_probs.shape == (24, 2)
+    np.testing.assert_allclose(c.patch_probs.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_corrections_are_append_only_with_conflicts(review: ReviewService, store: SqlLabelStore, metrics: ServiceMetrics) -> None:
+    add_image(store, "r1")
+    first = review.submit_correction("r1-0", "FALSE_POSITIVE", "dr.a", "k1")
+    assert first.event.label_before is None and first.event.label_after == 0 and not first.event.conflict
+    same = review.submit_correction("r1-0", "TRUE_POSITIVE", "dr.a", "k2", "changed my mind")
+    assert same.event.label_before == 0 and not same.event.conflict  # same reviewer: no conflict
+    other = review.submit_correction("r1-0", "FALSE_POSITIVE", "dr.b", "k3")
+    assert other.event.conflict and other.event.seq == 3
+    events = store.events("r1-0")
+    assert [(e.reviewer, e.label_before, e.label_after) for e in events] == [
+        ("dr.a", None, 0), ("dr.a", 0, 1), ("dr.b", 1, 0)]
+    (labeled,) = list(review.export())
+    assert labeled.label == 0 and labeled.conflict and labeled.events == 3
+    r = metrics.registry
+    assert r.get_sample_value("cad_corrections_total", {"verdict": "false_positive"}) == 2
+    assert r.get_sample_value("cad_corrections_total", {"verdict": "true_positive"}) == 1
+    assert r.get_sample_value("cad_label_conflicts_total") == 1
+
+
+def test_idempotent_retry_returns_the_same_receipt(review: ReviewService, store: SqlLabelStore) -> None:
+    add_image(store, "r1")
+    a = review.submit_correction("r1-1", "TRUE_POSITIVE", "dr.a", "key-1", "note")
+    b = review.submit_correction("r1-1", "TRUE_POSITIVE", "dr.a", "key-1", "note")
+    assert b.replayed and not a.replayed and b.event == a.event
+    with pytest.raises(AlreadyExists, match="key-1"):
+        review.submit_correction("r1-1", "FALSE_POSITIVE", "dr.a", "key-1", "note")
+    assert len(store.events()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (("nope", "TRUE_POSITIVE", "dr.a", "k"), NotFound),
+        (("r1-0", "", "dr.a", "k"), InvalidInput),
+        (("r1-0", "MAYBE", "dr.a", "k"), InvalidInput),
+        (("r1-0", "TRUE_POSITIVE", "  ", "k"), InvalidInput),
+        (("r1-0", "TRUE_POSITIVE", "dr.a", "k", "x" * 101), InvalidInput),
+        (("", "TRUE_POSITIVE", "dr.a", "k"), InvalidInput),
+    ],
+)
+def test_bad_corrections_write_nothing(review: ReviewService, store: SqlLabelStore, args: tuple, error: type) -> None:
+    add_image(store, "r1")
+    with pytest.raises(error):
+        review.submit_correction(*args)
+    assert store.events() == [] and store.count_unlabeled() == 3
+
+
+def test_missed_finding_creates_a_positive_candidate(review: ReviewService, store: SqlLabelStore) -> None:
+    add_image(store, "r1")
+    receipt = review.add_missed_finding("r1", Box(50, 40, 30, 30), "dr.a", "m1")
+    c = store.get_candidate(receipt.event.candidate_id)
+    assert c.origin == "missed" and c.request_id == "r1" and (c.x, c.y) == (50, 40)
+    assert receipt.event.label_after == 1 and receipt.event.kind == "missed"
+    assert review.add_missed_finding("r1", Box(50, 40, 30, 30), "dr.a", "m1").replayed
+    assert store.count_unlabeled() == 3  # missed findings are labels, not queue entries
+    with pytest.raises(NotFound):
+        review.add_missed_finding("unknown", Box(1, 1, 5, 5), "dr.a", "m2")
+    for bad in (Box(1, 1, 0, 5), Box(110, 10, 20, 20), Box(-1, 0, 5, 5)):
+        with pytest.raises(InvalidInput):
+            review.add_missed_finding("r1", bad, "dr.a", "m3")
+    assert len(store.events()) == 1
+
+
+def test_queue_ranks_unlabeled_candidates_by_the_chosen_variant(review: ReviewService, store: SqlLabelStore) -> None:
+    ids = add_image(store, "r1", n=6, seed=1) + add_image(store, "r2", n=4, seed=2)
+    review.submit_correction(ids[0], "TRUE_POSITIVE", "dr.a", "k")
+    for variant in ("entropy", "diversity_alpha", "entropy_diversity_alpha"):
+        result = review.annotation_queue(5, variant)
+        assert result.unlabeled == 9 and len(result.items) == 5
+        assert ids[0] not in [e.candidate_id for e, _ in result.items]
+        everything = review.annotation_queue(100, variant).items
+        expected = aift_scores(np.stack([e.patch_probs for e, _ in everything]), variant)
+        np.testing.assert_allclose([s for _, s in everything], expected, rtol=1e-9)
+        assert [s for _, s in everything] == sorted((s for _, s in everything), reverse=True)
+    first = [e.candidate_id for e, _ in review.annotation_queue(9, "random", seed=5).items]
+    again = [e.candidate_id for e, _ in review.annotation_queue(9, "random", seed=5).items]
+    other = [e.candidate_id for e, _ in review.annotation_queue(9, "random", seed=6).items]
+    assert first == again and first != other
+    with pytest.raises(InvalidInput):
+        review.annotation_queue(5, "magic")
+
+
+def test_export_since_and_precision_by_version(review: ReviewService, store: SqlLabelStore, metrics: ServiceMetrics) -> None:
+    a = add_image(store, "r1", version="1")
+    b = add_image(store, "r2", version="2")
+    review.submit_correction(a[0], "TRUE_POSITIVE", "dr.a", "k1")
+    review.submit_correction(a[1], "FALSE_POSITIVE", "dr.a", "k2")
+    cut = review.submit_correction(b[0], "TRUE_POSITIVE", "dr.a", "k3").event.created
+    review.submit_correction(b[1], "TRUE_POSITIVE", "dr.a", "k4")
+    exported = list(review.export())
+    assert [x.candidate.candidate_id for x in exported] == [a[0], a[1], b[0], b[1]]
+    assert exported[0].image.sha256 == "sha-r1" and exported[0].image.sop_instance_uid == "1.2.3.4.5"
+    assert [x.candidate.candidate_id for x in review.export(since=cut)] == [b[1]]
+    assert store.precision_by_version() == {"1": (1, 1), "2": (2, 0)}
+    r = metrics.registry
+    assert r.get_sample_value("cad_model_live_precision", {"version": "1"}) == 0.5
+    assert r.get_sample_value("cad_model_live_precision", {"version": "2"}) == 1.0
+    assert r.get_sample_value("cad_annotation_queue_depth") == 2
+
+
+def test_concurrent_reviewers_never_lose_or_duplicate_events(review: ReviewService, store: SqlLabelStore) -> None:
+    add_image(store, "r1", n=2)
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        try:
+            for i in range(10):
+                verdict = "TRUE_POSITIVE" if (worker + i) % 2 else "FALSE_POSITIVE"
+                review.submit_correction(f"r1-{i % 2}", verdict, f"dr.{worker}", f"w{worker}-{i}")
+                review.submit_correction(f"r1-{i % 2}", verdict, f"dr.{worker}", f"w{worker}-{i}")  # retry
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    events = store.events()
+    assert len(events) == 40
+    for cid in ("r1-0", "r1-1"):
+        mine = [e for e in events if e.candidate_id == cid]
+        assert sorted(e.seq for e in mine) == list(range(1, 21))
+        last = max(mine, key=lambda e: e.seq)
+        assert store.get_candidate(cid) and next(
+            x for x in review.export() if x.candidate.candidate_id == cid).label == last.label_after
+
+
+def test_retention_prunes_only_unlabeled_images(review: ReviewService, store: SqlLabelStore, tmp_path: Path) -> None:
+    archive = ImageArchive(tmp_path / "archive")
+    old = (datetime.now(timezone.utc) - timedelta(days=40)).isoformat()
+    shas = {}
+    for i, rid in enumerate(("old-unlabeled", "old-labeled", "new-1", "new-2")):
+        sha, size = archive.put(np.full((8, 8, 3), i, dtype=np.uint8))
+        shas[rid] = sha
+        add_image(store, rid, n=1, sha=sha, created=old if rid.startswith("old") else "")
+    review.submit_correction("old-labeled-0", "FALSE_POSITIVE", "dr.a", "k")
+    report = prune(store, archive, max_age_s=30 * 24 * 3600, max_unlabeled_bytes=None)
+    assert report.images_removed == 1 and not archive.path(shas["old-unlabeled"]).exists()
+    assert archive.path(shas["old-labeled"]).exists()
+    with pytest.raises(NotFound):
+        store.get_candidate("old-unlabeled-0")
+    report = prune(store, archive, max_age_s=None, max_unlabeled_bytes=1000)  # each image is 1000 bytes
+    assert report.images_removed == 1 and not archive.path(shas["new-1"]).exists()
+    assert archive.path(shas["new-2"]).exists() and archive.path(shas["old-labeled"]).exists()
