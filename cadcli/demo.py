@@ -4,7 +4,9 @@
 2. start the server in-process on free ports,
 3. classify candidates on a real CT slice that ships inside pydicom,
 4. stream a short video (frames of a real multi-frame ultrasound, as PNG),
-5. print the results and a few lines of /metrics, and shut down cleanly.
+5. act as a reviewer: take the AIFT annotation queue, dismiss and confirm
+   candidates, add a missed finding, print the resulting labels,
+6. print a few lines of /metrics, and shut down cleanly.
 """
 
 from __future__ import annotations
@@ -73,6 +75,37 @@ def _video_frames() -> Iterator[cad_pb2.ClassifyRequest]:
         )
 
 
+def _review(channel: grpc.Channel, ct: cad_pb2.ClassifyResponse) -> None:
+    """Act as a reviewer on the annotation queue, then show the labels the trainer will get."""
+    review = cad_pb2_grpc.CadReviewStub(channel)
+    queue = review.GetAnnotationQueue(cad_pb2.QueueRequest(limit=4), timeout=30)
+    print(f"[5/6] reviewer: annotation queue ({queue.variant}), {queue.unlabeled} unlabeled candidates")
+    for item in queue.items:
+        print(f"      {item.candidate_id}  score={item.score:.3f}  P={item.probability:.4f}  "
+              f"source={item.source_id or '-'} frame={item.frame_index}")
+    verdicts = [cad_pb2.FALSE_POSITIVE, cad_pb2.TRUE_POSITIVE, cad_pb2.FALSE_POSITIVE]
+    for item, verdict in zip(queue.items, verdicts):
+        receipt = review.SubmitCorrection(
+            cad_pb2.Correction(candidate_id=item.candidate_id, verdict=verdict, reviewer="dr.demo",
+                               idempotency_key=f"demo-{item.candidate_id}"),
+            timeout=30,
+        )
+        print(f"      {cad_pb2.Verdict.Name(verdict):<14} {item.candidate_id} -> "
+              f"{cad_pb2.LabelState.Name(receipt.label)} (event {receipt.event_id})")
+    missed = review.AddMissedFinding(
+        cad_pb2.MissedFinding(request_id=ct.request_id, box=cad_pb2.Box(x=50, y=20, width=20, height=20),
+                              reviewer="dr.demo", idempotency_key="demo-missed-1", note="missed lesion"),
+        timeout=30,
+    )
+    print(f"      MISSED FINDING on the CT slice -> {missed.candidate_id} "
+          f"{cad_pb2.LabelState.Name(missed.label)}")
+    print("      labels now in the store (what the trainer exports):")
+    for labeled in review.ExportLabels(cad_pb2.ExportRequest(), timeout=30):
+        print(f"        {labeled.candidate_id:<40} {cad_pb2.LabelState.Name(labeled.label):<8} "
+              f"origin={labeled.origin:<6} image={labeled.image_sha256[:12]}... "
+              f"({labeled.image_width}x{labeled.image_height})")
+
+
 def _print_metrics(port: int) -> None:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     wanted = (
@@ -82,6 +115,10 @@ def _print_metrics(port: int) -> None:
         "cad_model_info",
         "cad_model_inference_duration_seconds_count",
         "cad_model_batch_patches_sum",
+        "cad_corrections_total",
+        "cad_missed_findings_total",
+        "cad_annotation_queue_depth",
+        "cad_model_live_precision",
     )
     print("\n/metrics (excerpt):")
     for line in text.splitlines():
@@ -98,7 +135,7 @@ def run_demo(workdir: str | None = None, log_level: str = "WARNING") -> int:
     logging.getLogger("trainer.network").setLevel(logging.INFO)
     with tempfile.TemporaryDirectory(prefix="cad-demo-") as tmp:
         root = Path(workdir or tmp) / "registry"
-        print(f"[1/5] bootstrapping the model into {root}")
+        print(f"[1/6] bootstrapping the model into {root}")
         t0 = time.perf_counter()
         info = init_model(TrainerSettings(registry_root=root), force=True)
         print(f"      version {info.version}, pretrained: {info.manifest['pretrained']['source']}, "
@@ -111,7 +148,7 @@ def run_demo(workdir: str | None = None, log_level: str = "WARNING") -> int:
         )
         with ServerThread(settings) as server:
             server.refresh_models()
-            print(f"[2/5] server on {server.address}, metrics on :{server.metrics_port}")
+            print(f"[2/6] server on {server.address}, metrics on :{server.metrics_port}")
             with grpc.insecure_channel(server.address) as channel:
                 admin = cad_pb2_grpc.ModelAdminStub(channel)
                 model = admin.GetModel(cad_pb2.GetModelRequest(), timeout=30)
@@ -121,7 +158,7 @@ def run_demo(workdir: str | None = None, log_level: str = "WARNING") -> int:
                       f"default recipe {model.default_recipe}, sha256 {manifest['sha256'][:12]}...")
 
                 stub = cad_pb2_grpc.CadInferenceStub(channel)
-                print(f"[3/5] classifying 3 candidates on the CT slice {CT_FILE} (pydicom)")
+                print(f"[3/6] classifying 3 candidates on the CT slice {CT_FILE} (pydicom)")
                 ct = stub.Classify(
                     cad_pb2.ClassifyRequest(
                         dicom=_testdata(CT_FILE).read_bytes(),
@@ -136,7 +173,7 @@ def run_demo(workdir: str | None = None, log_level: str = "WARNING") -> int:
                 )
                 _print_results("CT slice", ct)
 
-                print(f"[4/5] streaming {VIDEO_FRAMES} video frames (PNG) through ClassifyStream")
+                print(f"[4/6] streaming {VIDEO_FRAMES} video frames (PNG) through ClassifyStream")
                 t0 = time.perf_counter()
                 frames = list(stub.ClassifyStream(_video_frames(), timeout=300))
                 elapsed = time.perf_counter() - t0
@@ -146,7 +183,8 @@ def run_demo(workdir: str | None = None, log_level: str = "WARNING") -> int:
                           f"P(finding)={r.probability:.4f} score={r.score:.3f} "
                           f"(model v{response.model_version})")
                 print(f"      {len(frames)} frames in {elapsed:.2f}s")
-            print("[5/5] metrics")
+                _review(channel, ct)
+            print("[6/6] metrics")
             _print_metrics(server.metrics_port)
         print("\nserver stopped cleanly; demo done.")
     return 0

@@ -22,9 +22,11 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    for step in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]", "demo done"):
+    for step in ("[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]", "demo done"):
         assert step in out
     assert "CT slice: model v1, recipe polyp" in out
     assert out.count("(model v1)") == 8
     assert 'cad_candidates_total 11.0' in out
     assert "RANDOM INITIALISATION" in result.stderr
+    assert "MISSED FINDING on the CT slice" in out and out.count("origin=") == 4
+    assert 'cad_corrections_total{verdict="false_positive"} 2.0' in out
