@@ -84,7 +84,7 @@ def _review(channel: grpc.Channel, ct: cad_pb2.ClassifyResponse) -> None:
         print(f"      {item.candidate_id}  score={item.score:.3f}  P={item.probability:.4f}  "
               f"source={item.source_id or '-'} frame={item.frame_index}")
     verdicts = [cad_pb2.FALSE_POSITIVE, cad_pb2.TRUE_POSITIVE, cad_pb2.FALSE_POSITIVE]
-    for item, verdict in zip(queue.items, verdicts):
+    for item, verdict in zip(queue.items, verdicts, strict=False):  # the queue may be shorter
         receipt = review.SubmitCorrection(
             cad_pb2.Correction(candidate_id=item.candidate_id, verdict=verdict, reviewer="dr.demo",
                                idempotency_key=f"demo-{item.candidate_id}"),

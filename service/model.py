@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -137,8 +138,6 @@ class LoadedModel:
         on_batch: Callable[[int, float], None] | None = None,
     ) -> npt.NDArray[np.float32]:
         """Probabilities for any number of patches, run in batches of at most ``batch_size``."""
-        import time
-
         outputs = []
         for start in range(0, len(patches), batch_size):
             batch = np.ascontiguousarray(patches[start : start + batch_size])

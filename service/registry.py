@@ -46,8 +46,9 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def utc_now(timespec: str = "seconds") -> str:
+    """The current UTC time, ISO 8601 (the one clock format of registry and store)."""
+    return datetime.now(timezone.utc).isoformat(timespec=timespec)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,13 @@ from service.archive import ImageArchive
 from service.errors import InvalidInput
 from service.inference import ClassifyOutcome
 from service.metrics import ServiceMetrics
-from service.store.records import CandidateRecord, ImageRecord, LabeledCandidate, QueueEntry, Receipt
+from service.store.records import (
+    CandidateRecord,
+    ImageRecord,
+    LabeledCandidate,
+    QueueEntry,
+    Receipt,
+)
 from service.store.sql import SqlLabelStore
 
 VERDICT_LABELS = {"TRUE_POSITIVE": 1, "FALSE_POSITIVE": 0}

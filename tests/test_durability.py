@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
-import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc

@@ -15,13 +15,13 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from service.errors import AlreadyExists, NotFound
+from service.registry import utc_now
 from service.store.migrations import MIGRATIONS
 from service.store.records import (
     CandidateRecord,
@@ -40,7 +40,8 @@ class IdempotencyConflict(AlreadyExists):
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    """Event time: microseconds, so that label order is the order of events."""
+    return utc_now("microseconds")
 
 
 @dataclass(frozen=True)
