@@ -141,13 +141,15 @@ class CadServer:
         return await loop.run_in_executor(self.executor, self.models.refresh)
 
     async def _poll_models(self) -> None:
+        said = ""
         while True:
             try:
                 await self.refresh_models()
             except Exception:
                 log.exception("model registry poll failed")
-            if self.models.current is None:
-                log.warning("%s", self.models.status)
+            if self.models.current is None and self.models.status != said:
+                said = self.models.status  # say why once, not every poll
+                log.warning("%s", said)
             await asyncio.sleep(self.settings.poll_interval_s)
 
     async def prune_archive(self) -> PruneReport:
