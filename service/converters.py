@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from service.aift import Box
 from service.api.cad.v1 import cad_pb2
 from service.errors import InvalidInput
@@ -16,6 +18,7 @@ from service.inference import (
     RawPixels,
 )
 from service.model import LoadedModel
+from service.registry import VersionInfo
 from service.review import QueueResult
 from service.store.records import LabeledCandidate, Receipt
 
@@ -82,14 +85,48 @@ def classify_response(outcome: ClassifyOutcome) -> cad_pb2.ClassifyResponse:
     )
 
 
-def model_info(model: LoadedModel, manifest_json: str) -> cad_pb2.ModelInfo:
+def model_info(info: VersionInfo, serving: LoadedModel | None) -> cad_pb2.ModelInfo:
+    """A version's manifest; provider and sizes from the session when it is the one serving."""
+    manifest = info.manifest
     return cad_pb2.ModelInfo(
-        model_name=model.name,
-        version=str(model.version),
-        manifest_json=manifest_json,
-        execution_provider=model.provider,
-        input_size=model.input_size,
-        default_recipe=model.default_recipe,
+        model_name=str(manifest.get("name", "")),
+        version=str(info.version),
+        manifest_json=json.dumps(manifest, sort_keys=True),
+        execution_provider=serving.provider if serving else "",
+        input_size=serving.input_size if serving else int(manifest.get("input_size", 0) or 0),
+        default_recipe=str(manifest.get("recipe") or "polyp"),
+    )
+
+
+def version_number(text: str) -> int:
+    if not text.strip().isdigit():
+        raise InvalidInput(f"version must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def versions(
+    infos: list[VersionInfo], serving: LoadedModel | None, pinned: int | None, refused: dict[int, str]
+) -> cad_pb2.ListVersionsResponse:
+    def auc(info: VersionInfo) -> float:
+        value = (info.manifest.get("metrics") or {}).get("val_auc")
+        return float(value) if isinstance(value, (int, float)) else 0.0
+
+    return cad_pb2.ListVersionsResponse(
+        versions=[
+            cad_pb2.VersionSummary(
+                version=str(i.version),
+                created=str(i.manifest.get("created", "")),
+                parent_version=str(i.manifest.get("parent_version") or ""),
+                sha256=str(i.manifest.get("sha256", "")),
+                val_auc=auc(i),
+                serving=serving is not None and serving.version == i.version,
+                pinned=pinned == i.version,
+                refused=refused.get(i.version, ""),
+            )
+            for i in infos
+        ],
+        pinned_version=str(pinned or ""),
+        serving_version=str(serving.version) if serving else "",
     )
 
 

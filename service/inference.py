@@ -17,7 +17,13 @@ import numpy as np
 
 from service.aift import Box, candidate_stats, parse_recipe, validate_box
 from service.aift.patches import extract_many
-from service.errors import InvalidInput, LimitExceeded, ModelRejected, ModelUnavailable
+from service.errors import (
+    InvalidInput,
+    LimitExceeded,
+    ModelRejected,
+    ModelUnavailable,
+    NotFound,
+)
 from service.imaging import (
     DecodedImage,
     ImageLimits,
@@ -60,17 +66,22 @@ class ModelManager:
         self.status = f"no model loaded yet from {registry.model_dir}"
 
     def refresh(self) -> bool:
-        """Load the newest acceptable version newer than the current one. True if it swapped."""
+        """Follow the registry: the pinned version if one is pinned, else the newest acceptable
+        version newer than the current one. True if it swapped."""
         with self._lock:
             current = self.current.version if self.current else 0
-            versions = [v for v in self.registry.versions() if v > current]
-            if not versions and self.current is None:
+            pinned = self.registry.pinned()
+            if pinned is not None:
+                wanted = [pinned] if pinned != current else []
+            else:  # never older than what is served: a rollback is an explicit pin
+                wanted = [v for v in self.registry.versions() if v > current]
+            if not wanted and self.current is None:
                 self.status = (
                     f"no model loaded: the registry {self.registry.model_dir} has no versions; "
                     "create one with `cad model init`"
                 )
                 return False
-            for version in reversed(versions):
+            for version in reversed(wanted):
                 if version in self.refused:
                     continue
                 try:
@@ -106,6 +117,36 @@ class ModelManager:
         )
         if self.on_change is not None:
             self.on_change(model)
+
+    def pin(self, version: int, actor: str = "", reason: str = "") -> LoadedModel:
+        """Pin a version (rollback) and serve it now; refused versions are never pinned.
+
+        Raises:
+            NotFound: no such version. ModelRejected: it fails its load checks.
+        """
+        if version not in self.registry.versions():
+            raise NotFound(f"{self.registry.name} has no version {version}")
+        if version in self.refused:
+            raise ModelRejected(f"version {version} was refused: {self.refused[version]}")
+        previous = self.registry.pinned()
+        self.registry.pin(version, actor, reason)
+        self.refresh()
+        model = self.current
+        if model is None or model.version != version:
+            if previous is None:
+                self.registry.unpin()
+            else:
+                self.registry.pin(previous)
+            raise ModelRejected(f"version {version} was refused: {self.refused.get(version, 'unknown')}")
+        log.info("model %s pinned to version %s by %s (%s)", self.registry.name, version, actor or "-", reason)
+        return model
+
+    def unpin(self, actor: str = "") -> LoadedModel | None:
+        """Follow the newest acceptable version again, now."""
+        if self.registry.unpin():
+            log.info("model %s unpinned by %s", self.registry.name, actor or "-")
+        self.refresh()
+        return self.current
 
     def require(self) -> LoadedModel:
         model = self.current

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 MODEL_FILE = "model.onnx"
+PIN_FILE = "pinned.json"
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "weights.pt"
 
@@ -103,6 +104,46 @@ class ModelRegistry:
         except json.JSONDecodeError as exc:
             raise ValueError(f"manifest of version {version} is not valid JSON: {exc}") from exc
         return VersionInfo(version, path, manifest)
+
+    def pinned(self) -> int | None:
+        """The pinned version (rollback), or None to follow the newest version."""
+        path = self.model_dir / PIN_FILE
+        if not path.is_file():
+            return None
+        return int(json.loads(path.read_text())["version"])
+
+    def pin(self, version: int, actor: str = "", reason: str = "") -> None:
+        """Pin (roll back or forward to) a published version; servers follow it on their next poll.
+
+        Raises:
+            FileNotFoundError: no such version.
+        """
+        if version not in self.versions():
+            raise FileNotFoundError(f"{self.name} has no version {version}; versions: {self.versions()}")
+        body = {"version": version, "actor": actor, "reason": reason, "pinned": utc_now()}
+        self._write_atomic(self.model_dir / PIN_FILE, json.dumps(body, indent=2) + "\n")
+
+    def unpin(self) -> bool:
+        """Follow the newest version again. False if nothing was pinned."""
+        path = self.model_dir / PIN_FILE
+        if not path.exists():
+            return False
+        path.unlink()
+        _fsync_path(self.model_dir)
+        return True
+
+    def _write_atomic(self, path: Path, text: str) -> None:
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        with tmp.open("w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_path(path.parent)
+
+    def target(self) -> int | None:
+        """The version servers should serve: the pinned one, else the newest."""
+        return self.pinned() or self.latest()
 
     def publish(self, files: Mapping[str, Path], manifest: Mapping[str, Any]) -> VersionInfo:
         """Atomically publish a new version holding ``files`` (name in version dir -> source).

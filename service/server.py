@@ -105,7 +105,7 @@ class CadServer:
             CadInferenceServicer(self.classifier, self.executor, self.metrics, s.stream_max_inflight),
             server,
         )
-        cad_pb2_grpc.add_ModelAdminServicer_to_server(ModelAdminServicer(self.classifier), server)
+        cad_pb2_grpc.add_ModelAdminServicer_to_server(ModelAdminServicer(self.classifier, self.executor), server)
         cad_pb2_grpc.add_CadReviewServicer_to_server(CadReviewServicer(self.review, self.executor), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
@@ -12,7 +11,7 @@ import grpc
 
 from service import converters
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.errors import InvalidInput
+from service.errors import InvalidInput, NotFound
 from service.inference import Classifier, ClassifyOutcome
 from service.metrics import ServiceMetrics
 from service.review import ReviewService
@@ -113,17 +112,53 @@ class CadInferenceServicer(cad_pb2_grpc.CadInferenceServicer):
 
 
 class ModelAdminServicer(cad_pb2_grpc.ModelAdminServicer):
-    """Which model is served, and how."""
+    """Which model is served, its versions, and pinning (rollback)."""
 
-    def __init__(self, classifier: Classifier) -> None:
+    def __init__(self, classifier: Classifier, executor: Executor) -> None:
         self.models = classifier.models
+        self.executor = executor
 
     async def GetModel(  # noqa: N802
         self, request: cad_pb2.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> cad_pb2.ModelInfo:
         model = self.models.require()
-        manifest = json.dumps(model.info.manifest, sort_keys=True)
-        return converters.model_info(model, manifest)
+        return converters.model_info(model.info, model)
+
+    async def ListVersions(  # noqa: N802
+        self, request: cad_pb2.ListVersionsRequest, context: grpc.aio.ServicerContext
+    ) -> cad_pb2.ListVersionsResponse:
+        registry = self.models.registry
+        infos = await asyncio.get_running_loop().run_in_executor(
+            self.executor, lambda: [registry.get(v) for v in registry.versions()]
+        )
+        return converters.versions(infos, self.models.current, registry.pinned(), self.models.refused)
+
+    async def GetVersion(  # noqa: N802
+        self, request: cad_pb2.GetVersionRequest, context: grpc.aio.ServicerContext
+    ) -> cad_pb2.ModelInfo:
+        version = converters.version_number(request.version)
+        if version not in self.models.registry.versions():
+            raise NotFound(f"no version {request.version!r}")
+        current = self.models.current
+        info = self.models.registry.get(version)
+        return converters.model_info(info, current if current and current.version == version else None)
+
+    async def PinVersion(  # noqa: N802
+        self, request: cad_pb2.PinRequest, context: grpc.aio.ServicerContext
+    ) -> cad_pb2.PinResponse:
+        version = converters.version_number(request.version)
+        model = await asyncio.get_running_loop().run_in_executor(
+            self.executor, self.models.pin, version, request.actor, request.reason
+        )
+        return cad_pb2.PinResponse(serving_version=str(model.version), pinned_version=str(version))
+
+    async def Unpin(  # noqa: N802
+        self, request: cad_pb2.UnpinRequest, context: grpc.aio.ServicerContext
+    ) -> cad_pb2.PinResponse:
+        model = await asyncio.get_running_loop().run_in_executor(
+            self.executor, self.models.unpin, request.actor
+        )
+        return cad_pb2.PinResponse(serving_version=str(model.version) if model else "")
 
 
 class CadReviewServicer(cad_pb2_grpc.CadReviewServicer):

@@ -155,13 +155,61 @@ class ModelAdminStub:
                 request_serializer=cad_dot_v1_dot_cad__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=cad_dot_v1_dot_cad__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.ListVersions = channel.unary_unary(
+                '/cad.v1.ModelAdmin/ListVersions',
+                request_serializer=cad_dot_v1_dot_cad__pb2.ListVersionsRequest.SerializeToString,
+                response_deserializer=cad_dot_v1_dot_cad__pb2.ListVersionsResponse.FromString,
+                _registered_method=True)
+        self.GetVersion = channel.unary_unary(
+                '/cad.v1.ModelAdmin/GetVersion',
+                request_serializer=cad_dot_v1_dot_cad__pb2.GetVersionRequest.SerializeToString,
+                response_deserializer=cad_dot_v1_dot_cad__pb2.ModelInfo.FromString,
+                _registered_method=True)
+        self.PinVersion = channel.unary_unary(
+                '/cad.v1.ModelAdmin/PinVersion',
+                request_serializer=cad_dot_v1_dot_cad__pb2.PinRequest.SerializeToString,
+                response_deserializer=cad_dot_v1_dot_cad__pb2.PinResponse.FromString,
+                _registered_method=True)
+        self.Unpin = channel.unary_unary(
+                '/cad.v1.ModelAdmin/Unpin',
+                request_serializer=cad_dot_v1_dot_cad__pb2.UnpinRequest.SerializeToString,
+                response_deserializer=cad_dot_v1_dot_cad__pb2.PinResponse.FromString,
+                _registered_method=True)
 
 
 class ModelAdminServicer:
     """Missing associated documentation comment in .proto file."""
 
     def GetModel(self, request, context):
+        """The version serving now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListVersions(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVersion(self, request, context):
+        """Any published version's manifest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PinVersion(self, request, context):
+        """Roll back (or forward) to a published version and stay there.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unpin(self, request, context):
+        """Follow the newest published version again.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -173,6 +221,26 @@ def add_ModelAdminServicer_to_server(servicer, server):
                     servicer.GetModel,
                     request_deserializer=cad_dot_v1_dot_cad__pb2.GetModelRequest.FromString,
                     response_serializer=cad_dot_v1_dot_cad__pb2.ModelInfo.SerializeToString,
+            ),
+            'ListVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVersions,
+                    request_deserializer=cad_dot_v1_dot_cad__pb2.ListVersionsRequest.FromString,
+                    response_serializer=cad_dot_v1_dot_cad__pb2.ListVersionsResponse.SerializeToString,
+            ),
+            'GetVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVersion,
+                    request_deserializer=cad_dot_v1_dot_cad__pb2.GetVersionRequest.FromString,
+                    response_serializer=cad_dot_v1_dot_cad__pb2.ModelInfo.SerializeToString,
+            ),
+            'PinVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.PinVersion,
+                    request_deserializer=cad_dot_v1_dot_cad__pb2.PinRequest.FromString,
+                    response_serializer=cad_dot_v1_dot_cad__pb2.PinResponse.SerializeToString,
+            ),
+            'Unpin': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unpin,
+                    request_deserializer=cad_dot_v1_dot_cad__pb2.UnpinRequest.FromString,
+                    response_serializer=cad_dot_v1_dot_cad__pb2.PinResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -202,6 +270,114 @@ class ModelAdmin:
             '/cad.v1.ModelAdmin/GetModel',
             cad_dot_v1_dot_cad__pb2.GetModelRequest.SerializeToString,
             cad_dot_v1_dot_cad__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cad.v1.ModelAdmin/ListVersions',
+            cad_dot_v1_dot_cad__pb2.ListVersionsRequest.SerializeToString,
+            cad_dot_v1_dot_cad__pb2.ListVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cad.v1.ModelAdmin/GetVersion',
+            cad_dot_v1_dot_cad__pb2.GetVersionRequest.SerializeToString,
+            cad_dot_v1_dot_cad__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PinVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cad.v1.ModelAdmin/PinVersion',
+            cad_dot_v1_dot_cad__pb2.PinRequest.SerializeToString,
+            cad_dot_v1_dot_cad__pb2.PinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unpin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cad.v1.ModelAdmin/Unpin',
+            cad_dot_v1_dot_cad__pb2.UnpinRequest.SerializeToString,
+            cad_dot_v1_dot_cad__pb2.PinResponse.FromString,
             options,
             channel_credentials,
             insecure,
