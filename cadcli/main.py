@@ -51,6 +51,109 @@ def _model_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trainer_settings(args: argparse.Namespace, **extra: object) -> object:
+    from trainer.settings import TrainerSettings
+
+    overrides: dict[str, object] = {k: v for k, v in extra.items() if v is not None}
+    for name in ("registry", "store_url", "archive_root", "preset", "depth", "seed", "val_fraction",
+                 "auc_tolerance", "min_new_labels", "watch_poll_s", "metrics_port", "batch_size"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides["registry_root" if name == "registry" else name] = value
+    for flag in ("hq", "allow_unvalidated"):
+        if getattr(args, flag, False):
+            overrides[flag] = True
+    return TrainerSettings(**overrides)  # type: ignore[arg-type]
+
+
+def _train_round(args: argparse.Namespace) -> int:
+    _require_torch("train round")
+    from service.server import configure_logging
+    from trainer.round import run_round
+
+    configure_logging(args.log_level)
+    report = run_round(_trainer_settings(args))  # type: ignore[arg-type]
+    print(report.summary())
+    return 0 if report.outcome != "rejected" or not args.fail_on_reject else 3
+
+
+def _train_watch(args: argparse.Namespace) -> int:
+    _require_torch("train watch")
+    from service.server import configure_logging
+    from trainer.watch import watch
+
+    configure_logging(args.log_level)
+    watch(_trainer_settings(args))  # type: ignore[arg-type]
+    return 0
+
+
+def _registry(args: argparse.Namespace) -> object:
+    from service.registry import ModelRegistry
+    from service.settings import ServerSettings
+
+    s = ServerSettings()
+    return ModelRegistry(Path(args.registry) if args.registry else s.registry_root, args.name or s.model_name)
+
+
+def _model_list(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    pinned, latest = registry.pinned(), registry.latest()  # type: ignore[attr-defined]
+    print(f"{'version':>7}  {'created':<25} {'parent':>6}  {'val AUC':>7}  {'labels':>6}  note")
+    for v in registry.versions():  # type: ignore[attr-defined]
+        m = registry.get(v).manifest  # type: ignore[attr-defined]
+        auc = (m.get("metrics") or {}).get("val_auc")
+        note = ("pinned " if v == pinned else "") + ("newest" if v == latest else "")
+        print(f"{v:>7}  {m.get('created', ''):<25} {m.get('parent_version') or '-':>6}  "
+              f"{auc if auc is None else round(auc, 4)!s:>7}  {(m.get('labels') or {}).get('count', 0):>6}  {note}")
+    return 0
+
+
+def _model_show(args: argparse.Namespace) -> int:
+    import json
+
+    registry = _registry(args)
+    version = args.version or registry.target()  # type: ignore[attr-defined]
+    try:
+        print(json.dumps(registry.get(int(version)).manifest, indent=2, sort_keys=True))  # type: ignore[attr-defined]
+    except FileNotFoundError:
+        print(f"cad model show: no version {version}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _model_rollback(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    try:
+        registry.pin(args.version, actor=args.actor, reason=args.reason)  # type: ignore[attr-defined]
+    except FileNotFoundError as exc:
+        print(f"cad model rollback: {exc}", file=sys.stderr)
+        return 2
+    print(f"pinned version {args.version}; servers switch on their next registry poll")
+    return 0
+
+
+def _model_unpin(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    print("unpinned; servers follow the newest version" if registry.unpin() else "nothing was pinned")  # type: ignore[attr-defined]
+    return 0
+
+
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--registry", help="registry root (CAD_REGISTRY_ROOT)")
+    p.add_argument("--store-url", help="label store URL (CAD_STORE_URL)")
+    p.add_argument("--archive-root", help="image archive (CAD_ARCHIVE_ROOT)")
+    p.add_argument("--preset", choices=["polyp", "frames", "pe"], help="Table 3 learning parameters")
+    p.add_argument("--depth", help="tuning depth: fc8 ... conv1 (default conv1)")
+    p.add_argument("--hq", action="store_true", help="ACFT HQ training set")
+    p.add_argument("--val-fraction", type=float)
+    p.add_argument("--auc-tolerance", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--allow-unvalidated", action="store_true",
+                   help="publish even without a scorable validation split (demos only)")
+    p.add_argument("--log-level", default="INFO")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cad", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,6 +173,33 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="publish even if versions exist")
     init.add_argument("--log-level", default="INFO")
     init.set_defaults(func=_model_init)
+
+    for name, helptext in (("list", "list versions"), ("show", "print a version's manifest"),
+                           ("rollback", "pin a version"), ("unpin", "follow the newest version")):
+        p = model_sub.add_parser(name, help=helptext)
+        p.add_argument("--registry", help="registry root (CAD_REGISTRY_ROOT)")
+        p.add_argument("--name", help="model name (CAD_MODEL_NAME)")
+        if name == "show":
+            p.add_argument("version", nargs="?", type=int)
+        if name == "rollback":
+            p.add_argument("version", type=int)
+            p.add_argument("--reason", default="")
+            p.add_argument("--actor", default="")
+        p.set_defaults(func={"list": _model_list, "show": _model_show,
+                             "rollback": _model_rollback, "unpin": _model_unpin}[name])
+
+    train = sub.add_parser("train", help="AIFT training rounds")
+    train_sub = train.add_subparsers(dest="train_command", required=True)
+    round_ = train_sub.add_parser("round", help="run one round")
+    _add_training_options(round_)
+    round_.add_argument("--fail-on-reject", action="store_true", help="exit 3 if the gate rejects")
+    round_.set_defaults(func=_train_round)
+    watch_ = train_sub.add_parser("watch", help="run a round whenever enough new labels arrive")
+    _add_training_options(watch_)
+    watch_.add_argument("--min-new-labels", type=int)
+    watch_.add_argument("--watch-poll-s", type=float)
+    watch_.add_argument("--metrics-port", type=int)
+    watch_.set_defaults(func=_train_watch)
 
     demo = sub.add_parser("demo", help="run the whole loop on embedded defaults")
     demo.add_argument("--workdir", help="where the demo registry goes (default: a temp folder)")

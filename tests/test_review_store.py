@@ -55,7 +55,7 @@ def add_image(store: SqlLabelStore, request_id: str, n: int = 3, seed: int = 0, 
 
 
 def test_migrations_are_numbered_and_idempotent(store: SqlLabelStore) -> None:
-    assert store.schema_version() == 1
+    assert store.schema_version() == 2
     assert store.migrate() == []
 
 

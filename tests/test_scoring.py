@@ -112,3 +112,16 @@ def test_bad_shapes_are_rejected() -> None:
         aift_scores(np.zeros((3,)))
     with pytest.raises(ValueError):
         aift_scores(np.zeros((3, 0)))
+
+
+def test_selection_top_b_and_acft_randomised() -> None:
+    from service.aift.scoring import select_for_labeling
+
+    scores = np.array([0.1, 5.0, 3.0, 0.0, 4.0, 2.0, 1.0])
+    np.testing.assert_array_equal(select_for_labeling(scores, 3), [1, 4, 2])
+    picks = [tuple(select_for_labeling(scores, 2, omega=2, rng=np.random.default_rng(s))) for s in range(200)]
+    assert all(set(p) <= {1, 4, 2, 5} and len(set(p)) == 2 for p in picks)  # from the top omega*b = 4
+    counts = np.bincount(np.concatenate(picks), minlength=7)
+    assert counts[1] > counts[5]  # sampled in proportion to score
+    with pytest.raises(ValueError):
+        select_for_labeling(scores, 2, omega=0.5)

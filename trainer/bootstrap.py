@@ -35,7 +35,7 @@ def init_model(settings: TrainerSettings, force: bool = False) -> VersionInfo:
             "pass --force to publish a fresh initial model as a new version"
         )
     recipe = parse_recipe(settings.recipe)
-    net, pretrained = build_initial(settings.pretrained_weights, settings.seed)
+    net, pretrained = build_initial(settings.pretrained_weights, settings.seed, settings.input_size)
     with tempfile.TemporaryDirectory(prefix="cad-init-") as tmp:
         onnx_path = Path(tmp) / MODEL_FILE
         log.info("exporting AlexNet (%d px input) to ONNX", settings.input_size)

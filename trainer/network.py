@@ -23,12 +23,22 @@ CLASSES = ("background", "finding")
 
 
 class CadNet(nn.Module):
-    """Normalisation + AlexNet; ``num_classes``-way last layer (fc8)."""
+    """Normalisation + AlexNet; ``num_classes``-way last layer (fc8).
 
-    def __init__(self, num_classes: int = len(CLASSES)) -> None:
+    For inputs smaller than 224 px whose last feature map is 1, 2 or 3 px, the
+    adaptive 6x6 average pool (which then only replicates pixels) is replaced
+    by the identical nearest-neighbour upsampling, which ONNX can export.
+    Parameters are unchanged, so ImageNet weights load either way.
+    """
+
+    def __init__(self, num_classes: int = len(CLASSES), input_size: int = 224) -> None:
         super().__init__()
         self.backbone = alexnet(weights=None)
         self.backbone.classifier[6] = nn.Linear(4096, num_classes)
+        with torch.no_grad():
+            side = int(self.backbone.features(torch.zeros(1, 3, input_size, input_size)).shape[-1])
+        if side < 6 and 6 % side == 0:
+            self.backbone.avgpool = nn.Upsample(scale_factor=6 // side, mode="nearest")
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0
         self.register_buffer("mean", mean)
@@ -73,10 +83,10 @@ def imagenet_weights_path(explicit: Path | None) -> Path | None:
     return cached if cached.is_file() else None
 
 
-def build_initial(weights: Path | None, seed: int) -> tuple[CadNet, Pretrained]:
+def build_initial(weights: Path | None, seed: int, input_size: int = 224) -> tuple[CadNet, Pretrained]:
     """AlexNet with ImageNet weights when available locally, else seeded random initialisation."""
     torch.manual_seed(seed)
-    net = CadNet()
+    net = CadNet(input_size=input_size)
     path = imagenet_weights_path(weights)
     if path is None:
         log.warning(

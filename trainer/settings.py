@@ -28,3 +28,21 @@ class TrainerSettings(BaseSettings):
     parity_tolerance: float = Field(
         1e-4, gt=0, description="Max |p_onnx - p_torch| accepted when exporting."
     )
+    store_url: str = Field("sqlite:///data/labels.sqlite3", description="Label store (as the server's).")
+    archive_root: Path = Field(Path("data/archive"), description="Image archive (as the server's).")
+    preset: str = Field("polyp", description="Learning parameters of Table 3: polyp, frames or pe.")
+    depth: str = Field("conv1", description="Tuning depth: fc8 (fc8 only) ... conv1 (conv1-fc8).")
+    hq: bool = Field(False, description="ACFT HQ set: new labels + labeled candidates the model gets wrong.")
+    batch_size: int = Field(64, ge=1, description="Patches per training batch (whole candidates).")
+    val_fraction: float = Field(0.25, ge=0, lt=1, description="Share of sources held out for validation.")
+    auc_tolerance: float = Field(
+        0.01, description="Publish only if val AUC >= current version's val AUC - tolerance."
+    )
+    fpr: float = Field(0.1, gt=0, lt=1, description="False-positive rate for the reported sensitivity.")
+    allow_unvalidated: bool = Field(
+        False, description="Publish when the validation split lacks a class (demo only; never in production)."
+    )
+    recipe_override: str = Field("", description="Train on this recipe instead of each candidate's own.")
+    min_new_labels: int = Field(20, ge=1, description="watch: run a round once this many new labels exist.")
+    watch_poll_s: float = Field(60.0, gt=0, description="watch: seconds between label checks.")
+    metrics_port: int = Field(9465, description="watch: Prometheus port (0 = any free, -1 = off).")

@@ -156,3 +156,27 @@ def candidate_stats(probs: npt.ArrayLike) -> CandidateStats:
         diversity=total_diversity(p),
         score=aift_scores(p, DEFAULT_VARIANT),
     )
+
+
+def select_for_labeling(
+    scores: npt.ArrayLike, b: int, omega: float = 0.0, rng: np.random.Generator | None = None
+) -> npt.NDArray[np.intp]:
+    """Indices of the ``b`` candidates to query, best first.
+
+    ``omega = 0``: the top ``b`` by score (AIFT). ``omega >= 1``: ACFT's
+    randomisation: take the top ``omega * b``, normalise their scores to a
+    distribution and sample ``b`` of them without replacement in proportion
+    to score (uniformly if all scores are 0).
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    b = min(b, len(s))
+    order = np.argsort(-s, kind="stable")
+    if omega <= 0 or b == 0:
+        return order[:b]
+    if omega < 1:
+        raise ValueError(f"omega must be 0 (off) or >= 1, got {omega}")
+    rng = rng or np.random.default_rng(0)
+    pool = order[: min(len(s), int(math.ceil(omega * b)))]
+    weights = np.clip(s[pool], 0.0, None)
+    p = weights / weights.sum() if weights.sum() > 0 else None
+    return rng.choice(pool, size=b, replace=False, p=p)

@@ -75,4 +75,12 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        2,
+        "pool re-scoring: which model version produced the stored patch predictions",
+        [
+            "ALTER TABLE candidates ADD COLUMN scored_version TEXT",
+            "UPDATE candidates SET scored_version = model_version",
+        ],
+    ),
 ]

@@ -63,6 +63,7 @@ _CANDIDATE_COLUMNS = (
     "candidate_id, request_id, client_id, x, y, width, height, recipe, model_version, "
     "probability, entropy, diversity, score, patch_probs, patch_shape, origin, created"
 )
+_CANDIDATE_INSERT = _CANDIDATE_COLUMNS + ", scored_version"
 _EVENT_COLUMNS = (
     "event_id, candidate_id, seq, kind, label_before, label_after, reviewer, note, "
     "idempotency_key, body_sha256, conflict, created"
@@ -176,11 +177,11 @@ class SqlLabelStore:
     def _insert_candidate(self, cur: Any, c: CandidateRecord, created: str) -> None:
         blob, shape = _probs_blob(c.patch_probs)
         cur.execute(
-            self._sql(f"INSERT INTO candidates ({_CANDIDATE_COLUMNS}) VALUES ({', '.join('?' * 17)})"),
+            self._sql(f"INSERT INTO candidates ({_CANDIDATE_INSERT}) VALUES ({', '.join('?' * 18)})"),
             (
                 c.candidate_id, c.request_id, c.client_id, c.x, c.y, c.width, c.height, c.recipe,
                 c.model_version, c.probability, c.entropy, c.diversity, c.score, blob, shape,
-                c.origin, c.created or created,
+                c.origin, c.created or created, c.model_version,
             ),
         )
 
@@ -330,6 +331,34 @@ class SqlLabelStore:
             "ORDER BY c.created, c.candidate_id"
         )
         return [QueueEntry(*r[:10], _probs_array(r[10], r[11])) for r in rows]  # type: ignore[arg-type]
+
+    def update_predictions(
+        self, version: str, rows: Sequence[tuple[str, np.ndarray, float, float, float, float]]
+    ) -> None:
+        """Store a re-scoring of unlabeled candidates by model ``version``.
+
+        ``rows``: (candidate_id, patch_probs, probability, entropy, diversity, score). The
+        candidate's ``model_version`` (the model that served it) is kept for live precision.
+        """
+        with self._tx() as cur:
+            for cid, probs, probability, entropy, diversity, score in rows:
+                blob, shape = _probs_blob(probs)
+                cur.execute(
+                    self._sql(
+                        "UPDATE candidates SET patch_probs = ?, patch_shape = ?, probability = ?, "
+                        "entropy = ?, diversity = ?, score = ?, scored_version = ? "
+                        "WHERE candidate_id = ? AND label IS NULL"
+                    ),
+                    (blob, shape, probability, entropy, diversity, score, version, cid),
+                )
+
+    def scored_versions(self) -> dict[str, int]:
+        """How many unlabeled candidates each model version last scored."""
+        rows = self._query(
+            "SELECT scored_version, COUNT(*) FROM candidates WHERE label IS NULL AND origin = 'model' "
+            "GROUP BY scored_version"
+        )
+        return {str(v): int(n) for v, n in rows}
 
     def count_unlabeled(self) -> int:
         rows = self._query("SELECT COUNT(*) FROM candidates WHERE label IS NULL AND origin = 'model'")

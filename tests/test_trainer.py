@@ -1,0 +1,206 @@
+"""AIFT rounds on real DICOM images classified by a real server: continuous fine-tuning,
+evaluation, the publish gate, pool re-scoring, presets, the split, watch mode."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
+from service.registry import WEIGHTS_FILE, ModelRegistry
+from service.server import ServerThread
+from service.store import open_store
+from tests.conftest import make_settings
+from tests.helpers import dicom_bytes
+from trainer.bootstrap import init_model
+from trainer.data import balanced_epoch, split_of
+from trainer.evaluate import auc_ci, roc_auc, sensitivity_at_fpr
+from trainer.finetune import param_groups
+from trainer.network import CadNet
+from trainer.presets import PRESETS, Schedule
+from trainer.round import ROUNDS_FILE, run_round
+from trainer.settings import TrainerSettings
+from trainer.watch import TrainerMetrics, Watcher
+
+pytestmark = pytest.mark.slow
+
+FILES = ["CT_small.dcm", "693_UNCR.dcm", "MR-SIEMENS-DICOM-WithOverlays.dcm", "SC_rgb.dcm",
+         "OBXXXX1A.dcm", "examples_ybr_color.dcm", "emri_small.dcm", "image_dfl.dcm"]
+
+
+@dataclass
+class World:
+    root: Path
+    store_url: str
+    archive: Path
+    unlabeled: int
+
+    def settings(self, **kw: object) -> TrainerSettings:
+        values = dict(registry_root=self.root, store_url=self.store_url, archive_root=self.archive,
+                      val_fraction=0.4, auc_tolerance=1.0, batch_size=32, seed=1)
+        values.update(kw)
+        return TrainerSettings(**values)  # type: ignore[arg-type]
+
+
+def _world(tmp: Path) -> World:
+    root = tmp / "registry"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(tmp / "torch-home"))
+        init_model(TrainerSettings(registry_root=root, input_size=64, recipe="polyp:4"))
+    settings = make_settings(root)
+    unlabeled = 0
+    with ServerThread(settings) as server, grpc.insecure_channel(server.address) as ch:
+        server.refresh_models()
+        stub, review = cad_pb2_grpc.CadInferenceStub(ch), cad_pb2_grpc.CadReviewStub(ch)
+        for name in FILES:
+            r = stub.Classify(cad_pb2.ClassifyRequest(dicom=dicom_bytes(name), candidates=[
+                cad_pb2.Candidate(client_id="a", box=cad_pb2.Box(x=0, y=0, width=10, height=10)),
+                cad_pb2.Candidate(client_id="b", box=cad_pb2.Box(x=20, y=20, width=30, height=30)),
+                cad_pb2.Candidate(client_id="c", box=cad_pb2.Box(x=2, y=30, width=12, height=12)),
+                cad_pb2.Candidate(client_id="d", box=cad_pb2.Box(x=30, y=5, width=25, height=25)),
+                cad_pb2.Candidate(client_id="e", box=cad_pb2.Box(x=10, y=10, width=20, height=20)),
+            ]), timeout=60)
+            for res in r.results[:4]:
+                verdict = cad_pb2.TRUE_POSITIVE if res.client_id in "bd" else cad_pb2.FALSE_POSITIVE
+                review.SubmitCorrection(cad_pb2.Correction(candidate_id=res.candidate_id, verdict=verdict,
+                                                           reviewer="dr.t"), timeout=30)
+            unlabeled += 1
+    return World(root, settings.store_url, settings.archive_root, unlabeled)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    return _world(tmp_path_factory.mktemp("trainer"))
+
+
+def test_split_is_decided_once_per_source() -> None:
+    keys = [f"study:{i}" for i in range(2000)]
+    first = [split_of(k, 0.25) for k in keys]
+    assert first == [split_of(k, 0.25) for k in reversed(keys)][::-1]
+    assert 0.2 < first.count("val") / len(keys) < 0.3
+
+
+def test_world_has_sources_on_both_sides(world: World) -> None:
+    from trainer.data import labeled_examples
+
+    store = open_store(world.store_url)
+    sides = {split_of(e.source_key, 0.4) for e in labeled_examples(store)}
+    store.close()
+    assert sides == {"train", "val"}
+
+
+def test_first_round_publishes_a_child_and_rescores_the_pool(world: World) -> None:
+    report = run_round(world.settings(), progress=False)
+    assert report.outcome == "published", report.reason
+    registry = ModelRegistry(world.root, "cad")
+    m = registry.get(report.version).manifest  # type: ignore[arg-type]
+    assert m["parent_version"] == 1 and m["training"]["round"] == "first"
+    assert m["labels"]["count"] == 32 and len(m["labels"]["ids_sha256"]) == 64
+    assert m["training"]["schedule"] == {"momentum": 0.9, "lr": 1e-3, "lr_last": 1e-2, "gamma": 0.95, "epochs": 5}
+    assert m["metrics"]["val_auc"] is not None and 0 <= m["metrics"]["val_auc"] <= 1
+    assert m["metrics"]["val"]["auc_low"] <= m["metrics"]["val_auc"] <= m["metrics"]["val"]["auc_high"]
+    assert m["export"]["parity_max_abs_diff"] <= 1e-4 and m["recipe"] == "polyp:4"
+    store = open_store(world.store_url)
+    assert store.scored_versions() == {str(report.version): world.unlabeled}  # queue refreshed
+    store.close()
+    lines = (registry.model_dir / ROUNDS_FILE).read_text().splitlines()
+    assert json.loads(lines[-1])["outcome"] == "published"
+
+
+def test_later_round_continues_from_the_previous_version(world: World) -> None:
+    registry = ModelRegistry(world.root, "cad")
+    parent = registry.latest()
+    report = run_round(world.settings(depth="fc8", seed=2), progress=False)
+    assert report.outcome == "published" and report.parent_version == parent
+    child = registry.get(report.version).manifest  # type: ignore[arg-type]
+    assert child["training"]["round"] == "later" and child["training"]["schedule"]["lr"] == 1e-4
+    load = lambda v: torch.load(registry.get(v).path / WEIGHTS_FILE, weights_only=True)  # noqa: E731
+    before, after, original = load(parent), load(report.version), load(1)
+    # fc8-only tuning: everything below fc8 is exactly the parent's (continuous), not v1's.
+    assert torch.equal(after["backbone.features.0.weight"], before["backbone.features.0.weight"])
+    assert not torch.equal(after["backbone.features.0.weight"], original["backbone.features.0.weight"])
+    assert not torch.equal(after["backbone.classifier.6.weight"], before["backbone.classifier.6.weight"])
+
+
+def test_gate_rejects_a_worse_model_and_records_why(world: World) -> None:
+    registry = ModelRegistry(world.root, "cad")
+    versions = registry.versions()
+    report = run_round(world.settings(auc_tolerance=-2.0), progress=False)  # demand +2 AUC
+    assert report.outcome == "rejected" and "below the current" in report.reason
+    assert registry.versions() == versions
+    assert json.loads((registry.model_dir / ROUNDS_FILE).read_text().splitlines()[-1])["outcome"] == "rejected"
+
+
+def test_failed_export_check_is_never_published(world: World) -> None:
+    registry = ModelRegistry(world.root, "cad")
+    versions = registry.versions()
+    report = run_round(world.settings(parity_tolerance=1e-15), progress=False)
+    assert report.outcome == "rejected" and "export check failed" in report.reason
+    assert registry.versions() == versions
+
+
+def test_unscorable_validation_is_refused_unless_allowed(world: World) -> None:
+    registry = ModelRegistry(world.root, "cad")
+    versions = registry.versions()
+    report = run_round(world.settings(val_fraction=0.0), progress=False)
+    assert report.outcome == "rejected" and "validation split cannot be scored" in report.reason
+    assert registry.versions() == versions
+
+
+def test_watch_runs_a_round_when_enough_labels_arrive(world: World) -> None:
+    metrics = TrainerMetrics(__import__("prometheus_client").CollectorRegistry())
+    watcher = Watcher(world.settings(min_new_labels=1000), metrics)
+    assert watcher.step() is None  # not enough new labels
+    watcher = Watcher(world.settings(min_new_labels=1, auc_tolerance=1.0), metrics)
+    stop = threading.Event()
+    # labels used by the newest version == all labels, so force a round with a lower bar
+    watcher.new_labels = lambda: 5  # type: ignore[method-assign]
+    assert watcher.run(stop, max_rounds=1) == 1
+    r = metrics.registry
+    assert r.get_sample_value("cad_trainer_rounds_total", {"outcome": "published"}) == 1
+    assert r.get_sample_value("cad_trainer_labels_used") == 32
+    assert r.get_sample_value("cad_trainer_round_duration_seconds_count") == 1
+
+
+def test_presets_are_table3() -> None:
+    assert PRESETS["frames"].first == Schedule(0.9, 1e-4, 1e-3, 0.95, 20)
+    assert PRESETS["frames"].later == Schedule(0.9, 1e-4, 1e-4, 0.95, 15)
+    assert PRESETS["polyp"].later == Schedule(0.9, 1e-4, 1e-3, 0.10, 3)
+    assert PRESETS["pe"].first == Schedule(0.9, 1e-3, 1e-2, 0.95, 10)
+    assert PRESETS["pe"].later == Schedule(0.9, 1e-3, 1e-2, 0.10, 5)
+    assert [p.scratch.epochs for p in PRESETS.values()] == [20, 10, 20]
+
+
+def test_param_groups_bias_rate_last_layer_and_depth() -> None:
+    net = CadNet()
+    groups = {g["name"]: g["lr"] for g in param_groups(net, Schedule(0.9, 1e-3, 1e-2, 0.95, 1), "fc6")}
+    assert groups == {"fc6.weight": 1e-3, "fc6.bias": 2e-3, "fc7.weight": 1e-3, "fc7.bias": 2e-3,
+                      "fc8.weight": 1e-2, "fc8.bias": 2e-2}
+    assert not net.backbone.features[0].weight.requires_grad and net.backbone.classifier[1].weight.requires_grad
+    deep = param_groups(CadNet(), Schedule(0.9, 1e-3, 1e-2, 0.95, 1), "conv1")
+    assert len(deep) == 16
+
+
+def test_auc_ci_and_sensitivity() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300).astype(bool)
+    s = rng.normal(size=300) + y * 1.0
+    brute = np.mean([(p > n) + 0.5 * (p == n) for p in s[y] for n in s[~y]])
+    assert roc_auc(y, s) == pytest.approx(brute)
+    low, high = auc_ci(y, s)
+    assert low < roc_auc(y, s) < high and high - low < 0.2
+    assert sensitivity_at_fpr([0, 0, 1, 1], [0.1, 0.9, 0.8, 0.95], fpr=0.0) == 0.5
+    assert np.isnan(roc_auc([1, 1], [0.2, 0.3]))
+
+
+def test_balanced_epoch_keeps_every_example() -> None:
+    order = balanced_epoch([0] * 10 + [1] * 3, np.random.default_rng(0))
+    labels = np.array([0] * 10 + [1] * 3)[order]
+    assert (labels == 0).sum() == (labels == 1).sum() == 10 and set(order) == set(range(13))

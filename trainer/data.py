@@ -1,0 +1,109 @@
+"""Training data from the label store and the image archive, through the shared patch code.
+
+A labeled candidate's patches are regenerated from its archived image with the
+recipe it was served with, so training sees exactly what serving saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from service.aift import Box, Recipe, extract_patches, parse_recipe
+from service.archive import ImageArchive
+from service.store import SqlLabelStore
+
+
+@dataclass(frozen=True)
+class Example:
+    candidate_id: str
+    image_sha256: str
+    box: Box
+    recipe: str
+    label: int | None
+    source_key: str
+    """Study UID, else video/source id, else request id: what the split is decided by."""
+    labeled_at: str = ""
+
+
+def source_key(study_uid: str, source_id: str, request_id: str) -> str:
+    return f"study:{study_uid}" if study_uid else (f"source:{source_id}" if source_id else f"request:{request_id}")
+
+
+def split_of(key: str, val_fraction: float, salt: str = "cad-split-v1") -> str:
+    """``val`` or ``train``, decided once per source by a hash: it never reshuffles between rounds."""
+    digest = hashlib.sha256(f"{salt}:{key}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    return "val" if u < val_fraction else "train"
+
+
+def labeled_examples(store: SqlLabelStore) -> list[Example]:
+    """Every labeled candidate, in label order."""
+    return [
+        Example(
+            x.candidate.candidate_id,
+            x.image.sha256,
+            Box(x.candidate.x, x.candidate.y, x.candidate.width, x.candidate.height),
+            x.candidate.recipe or x.image.recipe,
+            x.label,
+            source_key(x.image.study_uid, x.image.source_id, x.image.request_id),
+            x.labeled_at,
+        )
+        for x in store.labeled()
+    ]
+
+
+def unlabeled_examples(store: SqlLabelStore) -> list[Example]:
+    """Every unlabeled classified candidate (the pool)."""
+    out = []
+    for e in store.unlabeled():
+        image = store.get_image(e.request_id)
+        out.append(
+            Example(e.candidate_id, image.sha256, Box(e.x, e.y, e.width, e.height), image.recipe,
+                    None, source_key(image.study_uid, image.source_id, image.request_id))
+        )
+    return out
+
+
+def ids_hash(examples: Sequence[Example]) -> str:
+    """Hash of the labeled candidate ids (recorded in the manifest)."""
+    return hashlib.sha256("\n".join(sorted(e.candidate_id for e in examples)).encode()).hexdigest()
+
+
+class PatchSource:
+    """Regenerates candidates' patches from archived images (images cached by hash)."""
+
+    def __init__(self, archive: ImageArchive, input_size: int, recipe_override: str = "") -> None:
+        self.archive = archive
+        self.input_size = input_size
+        self.recipe_override = recipe_override
+        self._image = lru_cache(maxsize=64)(archive.get)
+
+    def recipe(self, example: Example) -> Recipe:
+        return parse_recipe(self.recipe_override or example.recipe)
+
+    def patches(self, example: Example) -> np.ndarray:
+        return extract_patches(self._image(example.image_sha256), example.box, self.recipe(example), self.input_size)
+
+
+def balanced_epoch(labels: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+    """Example indices for one epoch, class-balanced: each class is drawn as often as the largest
+    (minority examples repeat; none are dropped), shuffled."""
+    labels_arr = np.asarray(labels)
+    classes = np.unique(labels_arr)
+    biggest = max(int((labels_arr == c).sum()) for c in classes)
+    picks = []
+    for c in classes:
+        idx = np.flatnonzero(labels_arr == c)
+        extra = rng.choice(idx, size=biggest - len(idx), replace=True) if biggest > len(idx) else []
+        picks.append(np.concatenate([idx, np.asarray(extra, dtype=int)]))
+    return rng.permutation(np.concatenate(picks))
+
+
+def batches(order: np.ndarray, per_batch: int) -> Iterator[np.ndarray]:
+    for start in range(0, len(order), per_batch):
+        yield order[start : start + per_batch]

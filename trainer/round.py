@@ -1,0 +1,252 @@
+"""One AIFT round: fine-tune the serving version on the labels, evaluate, gate, publish, re-score.
+
+Continuous: the round starts from the weights of the version servers follow
+(pinned, else newest), never from the original weights. Every round, published
+or not, is appended to ``<registry>/<model>/rounds.jsonl`` with its reason.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from service.aift import candidate_stats
+from service.archive import ImageArchive
+from service.model import SessionOptions, load_model
+from service.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry, VersionInfo, utc_now
+from service.store import SqlLabelStore, open_store
+from trainer.data import Example, PatchSource, ids_hash, labeled_examples, split_of, unlabeled_examples
+from trainer.evaluate import Evaluation, evaluate
+from trainer.export import ExportCheckFailed, export_and_check
+from trainer.finetune import candidate_probabilities, fine_tune
+from trainer.network import CadNet
+from trainer.presets import PRESETS
+from trainer.settings import TrainerSettings
+
+log = logging.getLogger(__name__)
+ROUNDS_FILE = "rounds.jsonl"
+
+
+@dataclass
+class RoundReport:
+    outcome: str
+    """``published``, ``rejected`` or ``skipped``."""
+    reason: str
+    parent_version: int | None
+    version: int | None = None
+    labels: int = 0
+    train: int = 0
+    val: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    duration_s: float = 0.0
+    started: str = field(default_factory=utc_now)
+
+    def summary(self) -> str:
+        m = self.metrics
+        auc = m.get("val_auc")
+        parent_auc = m.get("parent_val_auc")
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        target = f"v{self.version}" if self.version else "no new version"
+        return (
+            f"round: {self.outcome} ({target}, parent v{self.parent_version}); labels {self.labels} "
+            f"(train {self.train}, val {self.val}); val AUC {fmt(auc)} vs parent {fmt(parent_auc)}; "
+            f"{self.duration_s:.1f}s; {self.reason}"
+        )
+
+
+def _record(registry: ModelRegistry, report: RoundReport) -> None:
+    registry.model_dir.mkdir(parents=True, exist_ok=True)
+    with (registry.model_dir / ROUNDS_FILE).open("a") as fh:
+        fh.write(json.dumps(asdict(report), sort_keys=True, default=str) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _load_net(info: VersionInfo) -> CadNet:
+    net = CadNet(len(info.manifest.get("classes") or ["background", "finding"]), int(info.manifest["input_size"]))
+    net.load_state_dict(torch.load(info.path / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+    return net.eval()
+
+
+def _evaluate(net: CadNet, examples: Sequence[Example], source: PatchSource, s: TrainerSettings,
+              desc: str, progress: bool) -> Evaluation:
+    probs = candidate_probabilities(net, examples, source, desc=desc, progress=progress)
+    scores = np.array([p[:, -1].mean() for p in probs])
+    return evaluate([e.label for e in examples], scores, fpr=s.fpr, seed=s.seed)
+
+
+def _hq_set(parent: VersionInfo, train: list[Example], net: CadNet, source: PatchSource,
+            progress: bool) -> list[Example]:
+    """ACFT's HQ set: labels newer than the parent's, plus older labels the parent gets wrong."""
+    until = str((parent.manifest.get("labels") or {}).get("until") or "")
+    new = [e for e in train if e.labeled_at > until]
+    old = [e for e in train if e.labeled_at <= until]
+    probs = candidate_probabilities(net, old, source, desc="HQ check", progress=progress)
+    wrong = [e for e, p in zip(old, probs, strict=True) if (p[:, -1].mean() > 0.5) != bool(e.label)]
+    return new + wrong
+
+
+def _val_patches(examples: Sequence[Example], source: PatchSource, limit: int = 64) -> np.ndarray | None:
+    chunks, total = [], 0
+    for e in examples:
+        if total >= limit:
+            break
+        p = source.patches(e)
+        chunks.append(p)
+        total += len(p)
+    return np.concatenate(chunks)[:limit] if chunks else None
+
+
+def rescore_pool(store: SqlLabelStore, archive: ImageArchive, registry: ModelRegistry,
+                 progress: bool = True) -> int:
+    """Score every unlabeled candidate with the version servers follow; the queue reads it."""
+    version = registry.target()
+    if version is None:
+        return 0
+    model = load_model(registry.get(version), SessionOptions())
+    source = PatchSource(archive, model.input_size)
+    pool = unlabeled_examples(store)
+    rows = []
+    from tqdm import tqdm
+
+    for e in tqdm(pool, desc=f"re-scoring pool with v{version}", unit="cand", disable=not progress, leave=False):
+        probs = model.predict(source.patches(e), 64)
+        st = candidate_stats(probs[None])
+        rows.append((e.candidate_id, probs, float(st.probability[0]), float(st.entropy[0]),
+                     float(st.diversity[0]), float(st.score[0])))
+    store.update_predictions(str(version), rows)
+    return len(rows)
+
+
+def run_round(settings: TrainerSettings, progress: bool = True) -> RoundReport:
+    """Run one round; never raises for a model that fails its gate (the report says why)."""
+    t0 = time.perf_counter()
+    registry = ModelRegistry(settings.registry_root, settings.model_name)
+    parent_version = registry.target()
+    if parent_version is None:
+        raise RuntimeError(f"{registry.model_dir} has no model yet: run `cad model init` first")
+    parent = registry.get(parent_version)
+    preset = PRESETS[settings.preset]
+    store = open_store(settings.store_url)
+    archive = ImageArchive(settings.archive_root)
+    try:
+        report = _round(settings, registry, parent, preset, store, archive, progress)
+        served = rescore_pool(store, archive, registry, progress)
+        report.metrics["pool_rescored"] = served
+    finally:
+        store.close()
+    report.duration_s = time.perf_counter() - t0
+    _record(registry, report)
+    log.info("%s", report.summary())
+    return report
+
+
+def _round(settings: TrainerSettings, registry: ModelRegistry, parent: VersionInfo, preset: Any,
+           store: SqlLabelStore, archive: ImageArchive, progress: bool) -> RoundReport:
+    input_size = int(parent.manifest["input_size"])
+    source = PatchSource(archive, input_size, settings.recipe_override)
+    examples = labeled_examples(store)
+    train = [e for e in examples if split_of(e.source_key, settings.val_fraction) == "train"]
+    val = [e for e in examples if split_of(e.source_key, settings.val_fraction) == "val"]
+    report = RoundReport("skipped", "", parent.version, labels=len(examples), train=len(train), val=len(val))
+    if len({e.label for e in train}) < 2:
+        report.reason = "the training split needs labels of both classes"
+        return report
+
+    net = _load_net(parent)
+    parent_net = copy.deepcopy(net)
+    first = "training" not in parent.manifest
+    schedule = preset.first if first else preset.later
+    train_set = _hq_set(parent, train, net, source, progress) if settings.hq and not first else train
+    if len({e.label for e in train_set}) < 2:
+        report.reason = "the HQ training set has a single class"
+        return report
+    result = fine_tune(net, train_set, source, schedule, settings.depth, settings.batch_size,
+                       settings.seed, progress)
+
+    new_eval = _evaluate(net, val, source, settings, "validating new", progress) if val else None
+    old_eval = _evaluate(parent_net, val, source, settings, "validating parent", progress) if val else None
+    metrics: dict[str, Any] = {
+        "val_auc": new_eval.auc if new_eval else None,
+        "val": new_eval.as_dict() if new_eval else None,
+        "parent_val_auc": old_eval.auc if old_eval else None,
+        "train_loss": result.losses,
+    }
+    metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+    report.metrics = metrics
+
+    with tempfile.TemporaryDirectory(prefix="cad-round-") as tmp:
+        onnx_path = Path(tmp) / MODEL_FILE
+        try:
+            export = export_and_check(net, onnx_path, input_size, settings.parity_tolerance,
+                                      _val_patches(val or train_set, source))
+        except ExportCheckFailed as exc:
+            report.outcome, report.reason = "rejected", f"export check failed: {exc}"
+            return report
+        metrics["parity_max_abs_diff"] = export.max_abs_diff
+        new_auc, old_auc = metrics["val_auc"], metrics["parent_val_auc"]
+        if new_auc is None or old_auc is None:
+            if not settings.allow_unvalidated:
+                report.outcome = "rejected"
+                report.reason = (
+                    f"validation split cannot be scored ({len(val)} labels, needs both classes); "
+                    "not publishing an unvalidated model"
+                )
+                return report
+            gate = "UNVALIDATED: published because allow_unvalidated is set"
+        elif new_auc < old_auc - settings.auc_tolerance:
+            report.outcome = "rejected"
+            report.reason = (
+                f"val AUC {new_auc:.4f} is below the current v{parent.version}'s {old_auc:.4f} "
+                f"by more than {settings.auc_tolerance}"
+            )
+            return report
+        else:
+            gate = f"val AUC {new_auc:.4f} >= {old_auc:.4f} - {settings.auc_tolerance}"
+        weights_path = Path(tmp) / WEIGHTS_FILE
+        torch.save(net.state_dict(), weights_path)
+        manifest = {
+            key: parent.manifest.get(key)
+            for key in ("architecture", "classes", "input_size", "input_name", "output_name", "recipe", "pretrained")
+        }
+        manifest.update(
+            parent_version=parent.version,
+            labels={
+                "count": len(examples),
+                "ids_sha256": ids_hash(examples),
+                "until": max(e.labeled_at for e in examples),
+                "train": len(train),
+                "val": len(val),
+                "trained_on": len(train_set),
+            },
+            training={
+                "preset": settings.preset,
+                "round": "first" if first else "later",
+                "schedule": asdict(schedule),
+                "depth": settings.depth,
+                "hq": settings.hq,
+                "batch_size": settings.batch_size,
+                "seed": settings.seed,
+                "val_fraction": settings.val_fraction,
+                "patches_seen": result.patches_seen,
+            },
+            metrics=metrics,
+            gate=gate,
+            export={"opset": export.opset, "parity_max_abs_diff": export.max_abs_diff,
+                    "parity_patches": export.checked_patches, "torch": torch.__version__},
+        )
+        info = registry.publish({MODEL_FILE: onnx_path, WEIGHTS_FILE: weights_path}, manifest)
+    report.outcome, report.version, report.reason = "published", info.version, gate
+    return report

@@ -1,0 +1,94 @@
+"""``cad train watch``: run a round whenever enough new labels have arrived; Prometheus metrics."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from service.registry import ModelRegistry
+from service.store import open_store
+from trainer.round import RoundReport, run_round
+from trainer.settings import TrainerSettings
+
+log = logging.getLogger(__name__)
+
+
+class TrainerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.rounds = Counter("cad_trainer_rounds", "Training rounds by outcome.", ["outcome"], registry=registry)
+        self.last_auc = Gauge("cad_trainer_last_val_auc", "Validation AUC of the last round's model.", registry=registry)
+        self.duration = Histogram(
+            "cad_trainer_round_duration_seconds", "Duration of a training round.",
+            buckets=(10, 30, 60, 120, 300, 600, 1200, 3600, 7200), registry=registry,
+        )
+        self.labels_used = Gauge("cad_trainer_labels_used", "Labels the last round trained on.", registry=registry)
+        self.pending = Gauge("cad_trainer_new_labels", "Labels not yet used by the serving version.", registry=registry)
+
+    def observe(self, report: RoundReport) -> None:
+        self.rounds.labels(report.outcome).inc()
+        self.duration.observe(report.duration_s)
+        self.labels_used.set(report.labels)
+        if report.metrics.get("val_auc") is not None:
+            self.last_auc.set(report.metrics["val_auc"])
+
+
+@dataclass
+class Watcher:
+    settings: TrainerSettings
+    metrics: TrainerMetrics
+
+    def new_labels(self) -> int:
+        registry = ModelRegistry(self.settings.registry_root, self.settings.model_name)
+        target = registry.target()
+        used = 0
+        if target is not None:
+            used = int((registry.get(target).manifest.get("labels") or {}).get("count") or 0)
+        store = open_store(self.settings.store_url)
+        try:
+            total = sum(1 for _ in store.labeled())
+        finally:
+            store.close()
+        return total - used
+
+    def step(self) -> RoundReport | None:
+        """Check once; run a round if enough new labels. Returns its report, if any."""
+        pending = self.new_labels()
+        self.metrics.pending.set(pending)
+        if pending < self.settings.min_new_labels:
+            return None
+        log.info("%d new labels (threshold %d): starting a round", pending, self.settings.min_new_labels)
+        report = run_round(self.settings)
+        self.metrics.observe(report)
+        print(report.summary(), flush=True)
+        return report
+
+    def run(self, stop: threading.Event, max_rounds: int | None = None) -> int:
+        rounds = 0
+        while not stop.is_set():
+            try:
+                if self.step() is not None:
+                    rounds += 1
+            except Exception:
+                log.exception("training round failed; retrying after the poll interval")
+            if max_rounds is not None and rounds >= max_rounds:
+                break
+            stop.wait(self.settings.watch_poll_s)
+        return rounds
+
+
+def watch(settings: TrainerSettings, stop: threading.Event | None = None, max_rounds: int | None = None) -> int:
+    metrics = TrainerMetrics(CollectorRegistry())
+    server = None
+    if settings.metrics_port >= 0:
+        server, _ = start_http_server(settings.metrics_port, registry=metrics.registry)
+        log.info("trainer metrics on :%d", server.server_address[1])
+    try:
+        return Watcher(settings, metrics).run(stop or threading.Event(), max_rounds)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
