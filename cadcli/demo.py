@@ -6,7 +6,9 @@
 4. stream a short video (frames of a real multi-frame ultrasound, as PNG),
 5. act as a reviewer: take the AIFT annotation queue, dismiss and confirm
    candidates, add a missed finding, print the resulting labels,
-6. print a few lines of /metrics, and shut down cleanly.
+6. run one AIFT training round on those labels; the running server swaps the
+   new version in without a restart and its responses say so,
+7. print a few lines of /metrics, and shut down cleanly.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def _review(channel: grpc.Channel, ct: cad_pb2.ClassifyResponse) -> None:
     """Act as a reviewer on the annotation queue, then show the labels the trainer will get."""
     review = cad_pb2_grpc.CadReviewStub(channel)
     queue = review.GetAnnotationQueue(cad_pb2.QueueRequest(limit=4), timeout=30)
-    print(f"[5/6] reviewer: annotation queue ({queue.variant}), {queue.unlabeled} unlabeled candidates")
+    print(f"[5/7] reviewer: annotation queue ({queue.variant}), {queue.unlabeled} unlabeled candidates")
     for item in queue.items:
         print(f"      {item.candidate_id}  score={item.score:.3f}  P={item.probability:.4f}  "
               f"source={item.source_id or '-'} frame={item.frame_index}")
@@ -104,6 +106,39 @@ def _review(channel: grpc.Channel, ct: cad_pb2.ClassifyResponse) -> None:
         print(f"        {labeled.candidate_id:<40} {cad_pb2.LabelState.Name(labeled.label):<8} "
               f"origin={labeled.origin:<6} image={labeled.image_sha256[:12]}... "
               f"({labeled.image_width}x{labeled.image_height})")
+
+
+def _train_and_swap(
+    channel: grpc.Channel,
+    root: Path,
+    settings: ServerSettings,
+    ct_request: cad_pb2.ClassifyRequest,
+    ct: cad_pb2.ClassifyResponse,
+) -> None:
+    """One AIFT round on the reviewer's labels; the running server picks the new version up."""
+    from trainer.round import run_round
+    from trainer.settings import TrainerSettings
+
+    print("[6/7] training round on the reviewer's labels (continuous fine-tuning of v1)")
+    print("      demo only: with 4 labels there is no validation split, so the round publishes an")
+    print("      UNVALIDATED model; a production round refuses to (allow_unvalidated is off).")
+    report = run_round(
+        TrainerSettings(registry_root=root, store_url=settings.store_url,
+                        archive_root=settings.archive_root, val_fraction=0.0, allow_unvalidated=True),
+        progress=False,
+    )
+    print(f"      {report.summary()}")
+    admin = cad_pb2_grpc.ModelAdminStub(channel)
+    deadline = time.monotonic() + 120
+    while admin.GetModel(cad_pb2.GetModelRequest(), timeout=30).version != str(report.version):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the server did not pick up the new version")
+    again = cad_pb2_grpc.CadInferenceStub(channel).Classify(ct_request, timeout=120)
+    print(f"      the server swapped without a restart: the same CT request is now answered by "
+          f"model v{again.model_version}")
+    for before, after in zip(ct.results, again.results, strict=True):
+        print(f"        {after.client_id:<8} P(finding) v1 {before.probability:.4f} -> "
+              f"v{again.model_version} {after.probability:.4f}")
 
 
 def _print_metrics(port: int) -> None:
@@ -135,7 +170,7 @@ def run_demo(workdir: str | None = None, log_level: str = "WARNING") -> int:
     logging.getLogger("trainer.network").setLevel(logging.INFO)
     with tempfile.TemporaryDirectory(prefix="cad-demo-") as tmp:
         root = Path(workdir or tmp) / "registry"
-        print(f"[1/6] bootstrapping the model into {root}")
+        print(f"[1/7] bootstrapping the model into {root}")
         t0 = time.perf_counter()
         info = init_model(TrainerSettings(registry_root=root), force=True)
         print(f"      version {info.version}, pretrained: {info.manifest['pretrained']['source']}, "
@@ -144,11 +179,12 @@ def run_demo(workdir: str | None = None, log_level: str = "WARNING") -> int:
 
         settings = ServerSettings(
             registry_root=root, host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0,
+            poll_interval_s=0.5,
             store_url=f"sqlite:///{root.parent / 'labels.sqlite3'}", archive_root=root.parent / "archive",
         )
         with ServerThread(settings) as server:
             server.refresh_models()
-            print(f"[2/6] server on {server.address}, metrics on :{server.metrics_port}")
+            print(f"[2/7] server on {server.address}, metrics on :{server.metrics_port}")
             with grpc.insecure_channel(server.address) as channel:
                 admin = cad_pb2_grpc.ModelAdminStub(channel)
                 model = admin.GetModel(cad_pb2.GetModelRequest(), timeout=30)
@@ -158,9 +194,8 @@ def run_demo(workdir: str | None = None, log_level: str = "WARNING") -> int:
                       f"default recipe {model.default_recipe}, sha256 {manifest['sha256'][:12]}...")
 
                 stub = cad_pb2_grpc.CadInferenceStub(channel)
-                print(f"[3/6] classifying 3 candidates on the CT slice {CT_FILE} (pydicom)")
-                ct = stub.Classify(
-                    cad_pb2.ClassifyRequest(
+                print(f"[3/7] classifying 3 candidates on the CT slice {CT_FILE} (pydicom)")
+                ct_request = cad_pb2.ClassifyRequest(
                         dicom=_testdata(CT_FILE).read_bytes(),
                         window=cad_pb2.Window(center=40, width=400),
                         candidates=[
@@ -168,12 +203,11 @@ def run_demo(workdir: str | None = None, log_level: str = "WARNING") -> int:
                             cad_pb2.Candidate(client_id="ct-b", box=cad_pb2.Box(x=70, y=60, width=32, height=28)),
                             cad_pb2.Candidate(client_id="ct-edge", box=cad_pb2.Box(x=110, y=110, width=30, height=30)),
                         ],
-                    ),
-                    timeout=120,
                 )
+                ct = stub.Classify(ct_request, timeout=120)
                 _print_results("CT slice", ct)
 
-                print(f"[4/6] streaming {VIDEO_FRAMES} video frames (PNG) through ClassifyStream")
+                print(f"[4/7] streaming {VIDEO_FRAMES} video frames (PNG) through ClassifyStream")
                 t0 = time.perf_counter()
                 frames = list(stub.ClassifyStream(_video_frames(), timeout=300))
                 elapsed = time.perf_counter() - t0
@@ -184,7 +218,8 @@ def run_demo(workdir: str | None = None, log_level: str = "WARNING") -> int:
                           f"(model v{response.model_version})")
                 print(f"      {len(frames)} frames in {elapsed:.2f}s")
                 _review(channel, ct)
-            print("[6/6] metrics")
+                _train_and_swap(channel, root, settings, ct_request, ct)
+            print("[7/7] metrics")
             _print_metrics(server.metrics_port)
         print("\nserver stopped cleanly; demo done.")
     return 0

@@ -22,11 +22,13 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    for step in ("[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]", "demo done"):
+    for step in ("[1/7]", "[2/7]", "[3/7]", "[4/7]", "[5/7]", "[6/7]", "[7/7]", "demo done"):
         assert step in out
     assert "CT slice: model v1, recipe polyp" in out
     assert out.count("(model v1)") == 8
-    assert 'cad_candidates_total 11.0' in out
+    assert 'cad_candidates_total 14.0' in out  # 3 CT + 8 video + the CT again on v2
     assert "RANDOM INITIALISATION" in result.stderr
     assert "MISSED FINDING on the CT slice" in out and out.count("origin=") == 4
     assert 'cad_corrections_total{verdict="false_positive"} 2.0' in out
+    assert "round: published (v2, parent v1)" in out
+    assert "the same CT request is now answered by model v2" in out

@@ -27,7 +27,14 @@ from service.archive import ImageArchive
 from service.model import SessionOptions, load_model
 from service.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry, VersionInfo, utc_now
 from service.store import SqlLabelStore, open_store
-from trainer.data import Example, PatchSource, ids_hash, labeled_examples, split_of, unlabeled_examples
+from trainer.data import (
+    Example,
+    PatchSource,
+    ids_hash,
+    labeled_examples,
+    split_of,
+    unlabeled_examples,
+)
 from trainer.evaluate import Evaluation, evaluate
 from trainer.export import ExportCheckFailed, export_and_check
 from trainer.finetune import candidate_probabilities, fine_tune
