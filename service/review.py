@@ -7,12 +7,12 @@ import json
 import math
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from service.aift import VARIANTS, Box, aift_scores
-from service.aift.scoring import DEFAULT_VARIANT
+from service.aift import VARIANTS, Box, Variant, aift_scores
+from service.aift.scoring import DEFAULT_VARIANT, select_for_labeling
 from service.archive import ImageArchive
 from service.errors import InvalidInput
 from service.inference import ClassifyOutcome
@@ -134,11 +134,30 @@ class ReviewService:
             self.metrics.missed_findings.inc()
         return receipt
 
-    def annotation_queue(self, limit: int, variant: str, seed: int = 0) -> QueueResult:
-        """The top ``limit`` unlabeled candidates by the chosen AIFT variant (or random)."""
+    def annotation_queue(
+        self,
+        limit: int,
+        variant: str,
+        seed: int = 0,
+        omega: float = 0.0,
+        overrides: dict[str, float] | None = None,
+    ) -> QueueResult:
+        """The top ``limit`` unlabeled candidates by the chosen AIFT variant (or random).
+
+        ``omega >= 1`` samples them from the top ``omega * limit`` in proportion to score
+        (ACFT); ``overrides`` may set ``alpha``, ``lambda1``, ``lambda2`` of the variant.
+        """
         variant = variant or DEFAULT_VARIANT
         if variant != RANDOM and variant not in VARIANTS:
             raise InvalidInput(f"unknown variant {variant!r}; known: {', '.join([*VARIANTS, RANDOM])}")
+        if omega and omega < 1:
+            raise InvalidInput(f"omega must be 0 (off) or >= 1, got {omega}")
+        spec: Variant | str = variant
+        if overrides and variant != RANDOM:
+            alpha = overrides.get("alpha", VARIANTS[variant].alpha)
+            if not 0 < alpha <= 1:
+                raise InvalidInput(f"alpha must be in (0, 1], got {alpha}")
+            spec = replace(VARIANTS[variant], **overrides)
         limit = limit or DEFAULT_QUEUE_LIMIT
         if limit > MAX_QUEUE_LIMIT:
             raise InvalidInput(f"limit {limit} is over the maximum of {MAX_QUEUE_LIMIT}")
@@ -152,8 +171,12 @@ class ReviewService:
                 by_shape.setdefault(e.patch_probs.shape, []).append(i)
             for indices in by_shape.values():
                 stacked = np.stack([entries[i].patch_probs for i in indices])
-                scores[indices] = aift_scores(stacked, variant)
-        order = sorted(range(len(entries)), key=lambda i: (-scores[i], entries[i].candidate_id))
+                scores[indices] = aift_scores(stacked, spec)
+        if omega and variant != RANDOM:
+            picked = select_for_labeling(scores, limit, omega, np.random.default_rng(seed))
+            order = sorted(picked, key=lambda i: (-scores[i], entries[i].candidate_id))
+        else:
+            order = sorted(range(len(entries)), key=lambda i: (-scores[i], entries[i].candidate_id))
         items = [(entries[i], float(scores[i])) for i in order[:limit]]
         return QueueResult(variant, len(entries), items)
 

@@ -202,7 +202,10 @@ class CadReviewServicer(cad_pb2_grpc.CadReviewServicer):
     async def GetAnnotationQueue(  # noqa: N802
         self, request: cad_pb2.QueueRequest, context: grpc.aio.ServicerContext
     ) -> cad_pb2.QueueResponse:
-        result = await self._run(self.review.annotation_queue, request.limit, request.variant, request.seed)
+        overrides = {k: getattr(request, k) for k in ("alpha", "lambda1", "lambda2") if request.HasField(k)}
+        result = await self._run(
+            self.review.annotation_queue, request.limit, request.variant, request.seed, request.omega, overrides
+        )
         return converters.queue_response(result)
 
     async def ExportLabels(  # noqa: N802

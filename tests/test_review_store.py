@@ -213,3 +213,19 @@ def test_retention_prunes_only_unlabeled_images(review: ReviewService, store: Sq
     report = prune(store, archive, max_age_s=None, max_unlabeled_bytes=1000)  # each image is 1000 bytes
     assert report.images_removed == 1 and not archive.path(shas["new-1"]).exists()
     assert archive.path(shas["new-2"]).exists() and archive.path(shas["old-labeled"]).exists()
+
+
+def test_queue_with_custom_parameters_and_acft_sampling(review: ReviewService, store: SqlLabelStore) -> None:
+    from service.aift import Variant
+
+    add_image(store, "r1", n=12, seed=3)
+    custom = review.annotation_queue(12, "entropy_diversity", overrides={"alpha": 0.5, "lambda2": 0.1})
+    expected = aift_scores(np.stack([e.patch_probs for e, _ in custom.items]), Variant("c", 1.0, 0.1, 0.5))
+    np.testing.assert_allclose([s for _, s in custom.items], expected, rtol=1e-9)
+    top = {e.candidate_id for e, _ in review.annotation_queue(8, "entropy").items}
+    sampled = review.annotation_queue(4, "entropy", seed=1, omega=2)
+    assert len(sampled.items) == 4 and {e.candidate_id for e, _ in sampled.items} <= top
+    with pytest.raises(InvalidInput):
+        review.annotation_queue(4, "entropy", omega=0.5)
+    with pytest.raises(InvalidInput):
+        review.annotation_queue(4, "entropy", overrides={"alpha": 0.0})

@@ -200,14 +200,22 @@ class CorrectionReceipt(_message.Message):
     def __init__(self, event_id: _Optional[str] = ..., candidate_id: _Optional[str] = ..., label_before: _Optional[_Union[LabelState, str]] = ..., label: _Optional[_Union[LabelState, str]] = ..., conflict: _Optional[bool] = ..., replayed: _Optional[bool] = ..., created: _Optional[str] = ...) -> None: ...
 
 class QueueRequest(_message.Message):
-    __slots__ = ("limit", "variant", "seed")
+    __slots__ = ("limit", "variant", "seed", "omega", "alpha", "lambda1", "lambda2")
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    OMEGA_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    LAMBDA1_FIELD_NUMBER: _ClassVar[int]
+    LAMBDA2_FIELD_NUMBER: _ClassVar[int]
     limit: int
     variant: str
     seed: int
-    def __init__(self, limit: _Optional[int] = ..., variant: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
+    omega: float
+    alpha: float
+    lambda1: float
+    lambda2: float
+    def __init__(self, limit: _Optional[int] = ..., variant: _Optional[str] = ..., seed: _Optional[int] = ..., omega: _Optional[float] = ..., alpha: _Optional[float] = ..., lambda1: _Optional[float] = ..., lambda2: _Optional[float] = ...) -> None: ...
 
 class QueueItem(_message.Message):
     __slots__ = ("candidate_id", "request_id", "box", "score", "probability", "model_version", "frame_index", "source_id")
