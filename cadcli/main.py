@@ -56,6 +56,7 @@ def _trainer_settings(args: argparse.Namespace, **extra: object) -> object:
 
     overrides: dict[str, object] = {k: v for k, v in extra.items() if v is not None}
     for name in ("registry", "store_url", "archive_root", "preset", "depth", "seed", "val_fraction",
+                 "start_version",
                  "auc_tolerance", "min_new_labels", "watch_poll_s", "metrics_port", "batch_size"):
         value = getattr(args, name, None)
         if value is not None:
@@ -149,6 +150,8 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--auc-tolerance", type=float)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int)
+    p.add_argument("--start-version", type=int,
+                   help="fine-tune from this version instead of the serving one (1 = the original)")
     p.add_argument("--allow-unvalidated", action="store_true",
                    help="publish even without a scorable validation split (demos only)")
     p.add_argument("--log-level", default="INFO")

@@ -204,3 +204,43 @@ def test_balanced_epoch_keeps_every_example() -> None:
     order = balanced_epoch([0] * 10 + [1] * 3, np.random.default_rng(0))
     labels = np.array([0] * 10 + [1] * 3)[order]
     assert (labels == 0).sum() == (labels == 1).sum() == 10 and set(order) == set(range(13))
+
+
+def test_fine_tuning_is_seeded_and_reproducible(world: World) -> None:
+    from trainer.data import PatchSource, labeled_examples
+    from trainer.finetune import fine_tune
+
+    store = open_store(world.store_url)
+    examples = labeled_examples(store)[:8]
+    store.close()
+    source = PatchSource(__import__("service.archive", fromlist=["ImageArchive"]).ImageArchive(world.archive), 64)
+    states = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        net = CadNet(input_size=64)
+        fine_tune(net, examples, source, Schedule(0.9, 1e-3, 1e-2, 0.95, 1), "fc6", 16, seed=5, progress=False)
+        states.append(net.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_cli_round_and_model_commands(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    from cadcli.main import main
+
+    common = ["--registry", str(world.root)]
+    args = ["train", "round", *common, "--store-url", world.store_url, "--archive-root", str(world.archive),
+            "--val-fraction", "0.4", "--auc-tolerance", "1.0", "--depth", "fc8", "--start-version", "1",
+            "--log-level", "WARNING"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "round: published" in out and "parent v1" in out
+    newest = ModelRegistry(world.root, "cad").latest()
+    assert main(["model", "list", *common]) == 0
+    listing = capsys.readouterr().out
+    assert f"{newest:>7}" in listing and "newest" in listing
+    assert main(["model", "show", "1", *common]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == 1
+    assert main(["model", "rollback", "1", *common, "--reason", "test"]) == 0
+    assert ModelRegistry(world.root, "cad").pinned() == 1
+    assert main(["model", "rollback", "999", *common]) == 2
+    assert main(["model", "unpin", *common]) == 0
+    assert ModelRegistry(world.root, "cad").pinned() is None

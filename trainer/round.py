@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from service.aift import candidate_stats
 from service.archive import ImageArchive
@@ -126,8 +127,6 @@ def rescore_pool(store: SqlLabelStore, archive: ImageArchive, registry: ModelReg
     source = PatchSource(archive, model.input_size)
     pool = unlabeled_examples(store)
     rows = []
-    from tqdm import tqdm
-
     for e in tqdm(pool, desc=f"re-scoring pool with v{version}", unit="cand", disable=not progress, leave=False):
         probs = model.predict(source.patches(e), 64)
         st = candidate_stats(probs[None])
@@ -141,7 +140,7 @@ def run_round(settings: TrainerSettings, progress: bool = True) -> RoundReport:
     """Run one round; never raises for a model that fails its gate (the report says why)."""
     t0 = time.perf_counter()
     registry = ModelRegistry(settings.registry_root, settings.model_name)
-    parent_version = registry.target()
+    parent_version = settings.start_version or registry.target()
     if parent_version is None:
         raise RuntimeError(f"{registry.model_dir} has no model yet: run `cad model init` first")
     parent = registry.get(parent_version)
@@ -197,8 +196,10 @@ def _round(settings: TrainerSettings, registry: ModelRegistry, parent: VersionIn
     with tempfile.TemporaryDirectory(prefix="cad-round-") as tmp:
         onnx_path = Path(tmp) / MODEL_FILE
         try:
-            export = export_and_check(net, onnx_path, input_size, settings.parity_tolerance,
-                                      _val_patches(val or train_set, source))
+            with tqdm(total=1, desc="ONNX export + parity check", disable=not progress, leave=False) as bar:
+                export = export_and_check(net, onnx_path, input_size, settings.parity_tolerance,
+                                          _val_patches(val or train_set, source))
+                bar.update()
         except ExportCheckFailed as exc:
             report.outcome, report.reason = "rejected", f"export check failed: {exc}"
             return report

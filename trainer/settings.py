@@ -42,6 +42,9 @@ class TrainerSettings(BaseSettings):
     allow_unvalidated: bool = Field(
         False, description="Publish when the validation split lacks a class (demo only; never in production)."
     )
+    start_version: int | None = Field(
+        None, description="Fine-tune from this version instead of the serving one (e.g. 1: the original)."
+    )
     recipe_override: str = Field("", description="Train on this recipe instead of each candidate's own.")
     min_new_labels: int = Field(20, ge=1, description="watch: run a round once this many new labels exist.")
     watch_poll_s: float = Field(60.0, gt=0, description="watch: seconds between label checks.")
