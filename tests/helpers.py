@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +99,17 @@ def publish_tiny(
 
 def manifest_of(info: VersionInfo) -> dict[str, object]:
     return json.loads((info.path / "manifest.json").read_text())
+
+
+def block_model_runs(model: object) -> tuple[threading.Event, threading.Event]:
+    """Make ``model.run`` wait until released: returns (entered, release) events."""
+    entered, release = threading.Event(), threading.Event()
+    original = model.run  # type: ignore[attr-defined]
+
+    def blocking_run(batch: np.ndarray) -> np.ndarray:
+        entered.set()
+        assert release.wait(30), "the test never released the model"
+        return original(batch)
+
+    model.run = blocking_run  # type: ignore[attr-defined]
+    return entered, release

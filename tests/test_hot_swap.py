@@ -15,7 +15,7 @@ from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.registry import MODEL_FILE, ModelRegistry
 from service.server import ServerThread
 from tests.conftest import make_settings
-from tests.helpers import publish_tiny
+from tests.helpers import block_model_runs, publish_tiny
 
 RAW = cad_pb2.RawImage(height=24, width=24, channels=1, pixel_type=cad_pb2.RawImage.UINT8, pixels=bytes(range(24)) * 24)
 REQUEST = cad_pb2.ClassifyRequest(raw=RAW, recipe="polyp:4", candidates=[
@@ -67,15 +67,7 @@ def test_ten_versions_under_eight_concurrent_clients(tmp_path: Path) -> None:
 def test_in_flight_request_finishes_on_the_old_version(server: ServerThread, channel: grpc.Channel, tmp_path: Path) -> None:
     old = server.server.models.current
     assert old is not None
-    entered, release = threading.Event(), threading.Event()
-    original = old.run
-
-    def blocking_run(batch):
-        entered.set()
-        assert release.wait(30)
-        return original(batch)
-
-    old.run = blocking_run  # type: ignore[method-assign]
+    entered, release = block_model_runs(old)
     stub = cad_pb2_grpc.CadInferenceStub(channel)
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(stub.Classify, REQUEST, timeout=60)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from service.imaging import Window, decode_dicom
 from service.registry import ModelRegistry
 from service.server import ServerThread
 from tests.conftest import make_settings
-from tests.helpers import dicom_bytes, publish_tiny
+from tests.helpers import block_model_runs, dicom_bytes, publish_tiny
 
 
 def cand(cid: str, x: float, y: float, w: float, h: float) -> cad_pb2.Candidate:
@@ -185,15 +184,7 @@ def test_reflection_lists_the_services(channel: grpc.Channel) -> None:
 def test_event_loop_keeps_serving_while_the_model_runs(server: ServerThread, channel: grpc.Channel) -> None:
     model = server.server.models.current
     assert model is not None
-    entered, release = threading.Event(), threading.Event()
-    original = model.run
-
-    def blocking_run(batch):
-        entered.set()
-        assert release.wait(30)
-        return original(batch)
-
-    model.run = blocking_run  # type: ignore[method-assign]
+    entered, release = block_model_runs(model)
     stub = cad_pb2_grpc.CadInferenceStub(channel)
     request = cad_pb2.ClassifyRequest(
         raw=cad_pb2.RawImage(height=8, width=8, channels=1, pixel_type=cad_pb2.RawImage.UINT8, pixels=bytes(64)),
