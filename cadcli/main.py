@@ -157,6 +157,35 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="INFO")
 
 
+def _experiment(args: argparse.Namespace) -> int:
+    _require_torch("experiment")
+    from service.server import configure_logging
+    from trainer.cvc import DEFAULT_ROOT
+    from trainer.experiment import METHODS, PRESETS, Experiment, Split, run_all
+    from trainer.report import write_report
+
+    configure_logging(args.log_level)
+    out = Path(args.out)
+    if args.experiment_command == "report":
+        print(write_report(out))
+        return 0
+    split = Split.from_file(Path(args.split))
+    if args.pool:
+        split.pool = args.pool
+    if args.test:
+        split.test = args.test
+    preset = PRESETS[args.preset]
+    seeds = args.seeds if args.seeds is not None else list(preset.seeds)
+    if args.rounds:
+        from dataclasses import replace
+
+        preset = replace(preset, rounds=args.rounds)
+    exp = Experiment(out, preset, split, Path(args.data) if args.data else DEFAULT_ROOT)
+    run_all(exp, args.methods or list(METHODS), seeds, reference=not args.no_reference)
+    print(write_report(out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cad", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -203,6 +232,27 @@ def build_parser() -> argparse.ArgumentParser:
     watch_.add_argument("--watch-poll-s", type=float)
     watch_.add_argument("--metrics-port", type=int)
     watch_.set_defaults(func=_train_watch)
+
+    experiment = sub.add_parser("experiment", help="the AIFT annotation-saving experiment on CVC-ClinicDB")
+    exp_sub = experiment.add_subparsers(dest="experiment_command", required=True)
+    exp_run = exp_sub.add_parser("run", help="run (or resume) the experiment, then write the report")
+    exp_run.add_argument("--preset", choices=["quick", "paper"], default="quick")
+    exp_run.add_argument("--out", default="results/cvc-quick")
+    exp_run.add_argument("--data", help="CVC-ClinicDB folder (default ../shared/data/cvc-clinicdb)")
+    exp_run.add_argument("--split", default=str(Path(__file__).resolve().parent.parent / "experiments" / "cvc_split.json"),
+                         help="JSON file with pool and test sequence lists")
+    exp_run.add_argument("--pool", type=int, nargs="+", help="pool sequences (overrides --split)")
+    exp_run.add_argument("--test", type=int, nargs="+", help="test sequences (overrides --split)")
+    exp_run.add_argument("--methods", nargs="+")
+    exp_run.add_argument("--seeds", type=int, nargs="+")
+    exp_run.add_argument("--rounds", type=int)
+    exp_run.add_argument("--no-reference", action="store_true", help="skip fine-tuning on the whole pool")
+    exp_run.add_argument("--log-level", default="WARNING")
+    exp_rep = exp_sub.add_parser("report", help="CSV -> plot, savings table, summary")
+    exp_rep.add_argument("--out", default="results/cvc-quick")
+    exp_rep.add_argument("--log-level", default="WARNING")
+    for p in (exp_run, exp_rep):
+        p.set_defaults(func=_experiment)
 
     demo = sub.add_parser("demo", help="run the whole loop on embedded defaults")
     demo.add_argument("--workdir", help="where the demo registry goes (default: a temp folder)")

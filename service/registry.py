@@ -132,6 +132,14 @@ class ModelRegistry:
         _fsync_path(self.model_dir)
         return True
 
+    def remove(self, version: int) -> None:
+        """Delete a version that is neither pinned nor the newest (experiments keep disk bounded)."""
+        if version == self.pinned() or version == self.latest():
+            raise ValueError(f"version {version} is pinned or the newest; it cannot be removed")
+        doomed = self.model_dir / f".removing-{version}-{uuid.uuid4().hex}"
+        os.rename(self.version_dir(version), doomed)  # atomic: readers never see half a version
+        shutil.rmtree(doomed)
+
     def _write_atomic(self, path: Path, text: str) -> None:
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         with tmp.open("w") as fh:

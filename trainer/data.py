@@ -59,14 +59,11 @@ def labeled_examples(store: SqlLabelStore) -> list[Example]:
 
 def unlabeled_examples(store: SqlLabelStore) -> list[Example]:
     """Every unlabeled classified candidate (the pool)."""
-    out = []
-    for e in store.unlabeled():
-        image = store.get_image(e.request_id)
-        out.append(
-            Example(e.candidate_id, image.sha256, Box(e.x, e.y, e.width, e.height), image.recipe,
-                    None, source_key(image.study_uid, image.source_id, image.request_id))
-        )
-    return out
+    return [
+        Example(e.candidate_id, e.image_sha256, Box(e.x, e.y, e.width, e.height), e.recipe,
+                None, source_key(e.study_uid, e.source_id, e.request_id))
+        for e in store.unlabeled()
+    ]
 
 
 def ids_hash(examples: Sequence[Example]) -> str:

@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -125,13 +125,28 @@ def rescore_pool(store: SqlLabelStore, archive: ImageArchive, registry: ModelReg
         return 0
     model = load_model(registry.get(version), SessionOptions())
     source = PatchSource(archive, model.input_size)
-    pool = unlabeled_examples(store)
+    pool = sorted(unlabeled_examples(store), key=lambda e: e.image_sha256)  # each image decoded once
     rows = []
+    chunk: list[tuple[Example, np.ndarray]] = []
+
+    def flush() -> None:
+        if not chunk:
+            return
+        probs = model.predict(np.concatenate([p for _, p in chunk]), 256)
+        start = 0
+        for e, p in chunk:
+            mine = probs[start : start + len(p)]
+            start += len(p)
+            st = candidate_stats(mine[None])
+            rows.append((e.candidate_id, mine, float(st.probability[0]), float(st.entropy[0]),
+                         float(st.diversity[0]), float(st.score[0])))
+        chunk.clear()
+
     for e in tqdm(pool, desc=f"re-scoring pool with v{version}", unit="cand", disable=not progress, leave=False):
-        probs = model.predict(source.patches(e), 64)
-        st = candidate_stats(probs[None])
-        rows.append((e.candidate_id, probs, float(st.probability[0]), float(st.entropy[0]),
-                     float(st.diversity[0]), float(st.score[0])))
+        chunk.append((e, source.patches(e)))
+        if sum(len(p) for _, p in chunk) >= 256:
+            flush()
+    flush()
     store.update_predictions(str(version), rows)
     return len(rows)
 
@@ -140,7 +155,7 @@ def run_round(settings: TrainerSettings, progress: bool = True) -> RoundReport:
     """Run one round; never raises for a model that fails its gate (the report says why)."""
     t0 = time.perf_counter()
     registry = ModelRegistry(settings.registry_root, settings.model_name)
-    parent_version = settings.start_version or registry.target()
+    parent_version = settings.start_version or (1 if settings.scratch else registry.target())
     if parent_version is None:
         raise RuntimeError(f"{registry.model_dir} has no model yet: run `cad model init` first")
     parent = registry.get(parent_version)
@@ -174,7 +189,9 @@ def _round(settings: TrainerSettings, registry: ModelRegistry, parent: VersionIn
     net = _load_net(parent)
     parent_net = copy.deepcopy(net)
     first = "training" not in parent.manifest
-    schedule = preset.first if first else preset.later
+    schedule = preset.scratch if settings.scratch else (preset.first if first else preset.later)
+    if settings.epochs:
+        schedule = replace(schedule, epochs=settings.epochs)
     train_set = _hq_set(parent, train, net, source, progress) if settings.hq and not first else train
     if len({e.label for e in train_set}) < 2:
         report.reason = "the HQ training set has a single class"
@@ -241,7 +258,7 @@ def _round(settings: TrainerSettings, registry: ModelRegistry, parent: VersionIn
             },
             training={
                 "preset": settings.preset,
-                "round": "first" if first else "later",
+                "round": "scratch" if settings.scratch else ("first" if first else "later"),
                 "schedule": asdict(schedule),
                 "depth": settings.depth,
                 "hq": settings.hq,

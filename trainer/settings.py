@@ -45,6 +45,12 @@ class TrainerSettings(BaseSettings):
     start_version: int | None = Field(
         None, description="Fine-tune from this version instead of the serving one (e.g. 1: the original)."
     )
+    epochs: int | None = Field(None, ge=1, description="Override the preset's epochs (experiments).")
+    scratch: bool = Field(
+        False,
+        description="Learning from scratch: every round trains the initial version (start_version, "
+        "default 1) on all labels with the preset's scratch schedule (a baseline, not continuous).",
+    )
     recipe_override: str = Field("", description="Train on this recipe instead of each candidate's own.")
     min_new_labels: int = Field(20, ge=1, description="watch: run a round once this many new labels exist.")
     watch_poll_s: float = Field(60.0, gt=0, description="watch: seconds between label checks.")

@@ -89,6 +89,9 @@ class QueueEntry:
     frame_index: int
     source_id: str
     patch_probs: npt.NDArray[np.float32]
+    image_sha256: str = ""
+    recipe: str = ""
+    study_uid: str = ""
 
 
 @dataclass(frozen=True)

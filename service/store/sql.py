@@ -325,12 +325,13 @@ class SqlLabelStore:
         """Every classified candidate without a label, with its patch predictions."""
         rows = self._query(
             "SELECT c.candidate_id, c.request_id, c.x, c.y, c.width, c.height, c.probability, "
-            "c.model_version, i.frame_index, i.source_id, c.patch_probs, c.patch_shape "
+            "c.model_version, i.frame_index, i.source_id, c.patch_probs, c.patch_shape, "
+            "i.sha256, c.recipe, i.study_uid "
             "FROM candidates c JOIN images i ON i.request_id = c.request_id "
             "WHERE c.label IS NULL AND c.origin = 'model' AND c.patch_probs IS NOT NULL "
             "ORDER BY c.created, c.candidate_id"
         )
-        return [QueueEntry(*r[:10], _probs_array(r[10], r[11])) for r in rows]  # type: ignore[arg-type]
+        return [QueueEntry(*r[:10], _probs_array(r[10], r[11]), *r[12:15]) for r in rows]  # type: ignore[arg-type, misc]
 
     def update_predictions(
         self, version: str, rows: Sequence[tuple[str, np.ndarray, float, float, float, float]]

@@ -1,0 +1,76 @@
+"""The CVC-ClinicDB experiment on a tiny slice of the real data (skipped when the data is absent)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.store import open_store
+from trainer.cvc import DEFAULT_ROOT, field_of_view, generate, iou, load_frames
+
+pytestmark = pytest.mark.slow
+
+needs_data = pytest.mark.skipif(not (DEFAULT_ROOT / "sequences.csv").is_file(),
+                                reason="../shared/data/cvc-clinicdb is not beside this checkout")
+
+
+@needs_data
+def test_candidate_generator_imitates_a_cad() -> None:
+    from PIL import Image
+
+    frames = [f for f in load_frames() if f.sequence in (10, 23)]
+    cands = generate(frames, k_negatives=3, seed=1)
+    pos = [c for c in cands if c.label == 1]
+    neg = [c for c in cands if c.label == 0]
+    assert len(pos) == sum(len(f.polyps) for f in frames) and len(neg) == 3 * len(frames)
+    for c in neg:
+        assert all(iou(c.box, p) < 0.1 for p in c.frame.polyps)
+        mask = field_of_view(np.asarray(Image.open(c.frame.path).convert("RGB")))
+        x, y = int(c.box.x), int(c.box.y)
+        assert mask[y : y + int(c.box.height), x : x + int(c.box.width)].mean() >= 0.95
+    sizes = {(p.width, p.height) for f in frames for p in f.polyps}
+    assert all((c.box.width, c.box.height) in sizes for c in neg)
+    for c in pos:  # jittered, but on the polyp
+        assert max(iou(c.box, p) for p in c.frame.polyps) > 0.8
+    assert generate(frames, 3, seed=1) == cands  # seeded
+
+
+@needs_data
+def test_tiny_experiment_runs_resumes_and_reports(tmp_path: Path) -> None:
+    from trainer.experiment import Experiment, ExperimentPreset, Split, run_all
+    from trainer.report import write_report
+
+    preset = ExperimentPreset("tiny", 64, "polyp:2", 1, 4, 2, (0,), batch_size=16)
+    exp = Experiment(tmp_path, preset, Split(pool=[10, 23], test=[4]), progress=False)
+    methods = ["entropy_diversity_alpha", "random", "scratch"]
+    run_all(exp, methods, [0])
+    rows = list(csv.DictReader((tmp_path / "curves.csv").open()))
+    assert {(r["method"], r["round"]) for r in rows} >= {(m, str(i)) for m in methods for i in range(3)}
+    initial = {r["test_auc"] for r in rows if r["round"] == "0"}
+    assert len(initial) == 1  # every method starts from the same initial model
+    assert [r["labels"] for r in rows if r["method"] == "random"] == ["0", "4", "8"]
+    full = [r for r in rows if r["method"] == "full"]
+    assert len(full) == 1 and int(full[0]["labels"]) > 8
+
+    def labeled(method: str) -> set[str]:
+        store = open_store(f"sqlite:///{tmp_path / 'runs' / f'{method}-s0' / 'labels.sqlite3'}")
+        try:
+            events = store.events()
+            assert {e.reviewer for e in events} == {"oracle"}
+            return {e.candidate_id for e in events}
+        finally:
+            store.close()
+
+    assert labeled("random") == labeled("scratch")  # scratch trains on IFT Random's labeled sets
+    from service.registry import ModelRegistry
+
+    scratch = ModelRegistry(tmp_path / "runs" / "scratch-s0" / "registry", "cad")
+    assert scratch.get(scratch.latest()).manifest["training"]["round"] == "scratch"
+
+    run_all(exp, methods, [0])  # resume: nothing is redone
+    assert len(list(csv.DictReader((tmp_path / "curves.csv").open()))) == len(rows)
+    text = write_report(tmp_path)
+    assert "| random |" in text and (tmp_path / "curves.png").stat().st_size > 10_000
