@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -20,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from service.durable import write_atomic
 from service.store.sql import SqlLabelStore
 
 log = logging.getLogger(__name__)
@@ -48,17 +47,7 @@ class ImageArchive:
         if target.exists():
             return sha, len(data)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{sha}.{uuid.uuid4().hex}.tmp")
-        with tmp.open("wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomic(target, data)
         return sha, len(data)
 
     def get(self, sha256: str) -> npt.NDArray[np.uint8]:

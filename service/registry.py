@@ -24,6 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from service.durable import fsync_path, write_atomic
+
 MODEL_FILE = "model.onnx"
 PIN_FILE = "pinned.json"
 MANIFEST_FILE = "manifest.json"
@@ -37,14 +39,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def utc_now(timespec: str = "seconds") -> str:
@@ -121,7 +115,7 @@ class ModelRegistry:
         if version not in self.versions():
             raise FileNotFoundError(f"{self.name} has no version {version}; versions: {self.versions()}")
         body = {"version": version, "actor": actor, "reason": reason, "pinned": utc_now()}
-        self._write_atomic(self.model_dir / PIN_FILE, json.dumps(body, indent=2) + "\n")
+        write_atomic(self.model_dir / PIN_FILE, (json.dumps(body, indent=2) + "\n").encode())
 
     def unpin(self) -> bool:
         """Follow the newest version again. False if nothing was pinned."""
@@ -129,7 +123,7 @@ class ModelRegistry:
         if not path.exists():
             return False
         path.unlink()
-        _fsync_path(self.model_dir)
+        fsync_path(self.model_dir)
         return True
 
     def remove(self, version: int) -> None:
@@ -139,15 +133,6 @@ class ModelRegistry:
         doomed = self.model_dir / f".removing-{version}-{uuid.uuid4().hex}"
         os.rename(self.version_dir(version), doomed)  # atomic: readers never see half a version
         shutil.rmtree(doomed)
-
-    def _write_atomic(self, path: Path, text: str) -> None:
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        with tmp.open("w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_path(path.parent)
 
     def target(self) -> int | None:
         """The version servers should serve: the pinned one, else the newest."""
@@ -170,7 +155,7 @@ class ModelRegistry:
             for name, source in files.items():
                 target = staging / name
                 shutil.copyfile(source, target)
-                _fsync_path(target)
+                fsync_path(target)
                 hashes[name] = sha256_file(target)
             while True:
                 version = (self.latest() or 0) + 1
@@ -184,15 +169,15 @@ class ModelRegistry:
                 }
                 manifest_path = staging / MANIFEST_FILE
                 manifest_path.write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
-                _fsync_path(manifest_path)
-                _fsync_path(staging)
+                fsync_path(manifest_path)
+                fsync_path(staging)
                 try:
                     os.rename(staging, self.version_dir(version))
                 except OSError:
                     if self.version_dir(version).exists():
                         continue  # another publisher took this number; take the next
                     raise
-                _fsync_path(self.model_dir)
+                fsync_path(self.model_dir)
                 return VersionInfo(version, self.version_dir(version), full)
         finally:
             if staging.exists():
