@@ -129,6 +129,32 @@ def test_later_round_continues_from_the_previous_version(world: World) -> None:
     assert not torch.equal(after["backbone.classifier.6.weight"], before["backbone.classifier.6.weight"])
 
 
+def test_round_without_rescore_leaves_the_pool_scores_alone(world: World) -> None:
+    store = open_store(world.store_url)
+    before = store.scored_versions()
+    store.close()
+    report = run_round(world.settings(depth="fc8", rescore=False), progress=False)
+    assert report.outcome == "published" and "pool_rescored" not in report.metrics
+    store = open_store(world.store_url)
+    assert store.scored_versions() == before  # still scored by the version before this round
+    store.close()
+
+
+def test_decoded_image_cache_returns_the_archived_pixels(world: World, tmp_path: Path) -> None:
+    from service.archive import ImageArchive
+    from trainer.data import cached_image, labeled_examples
+
+    store = open_store(world.store_url)
+    sha = labeled_examples(store)[0].image_sha256
+    store.close()
+    archive = ImageArchive(world.archive)
+    first, again = cached_image(archive, sha), cached_image(archive, sha)
+    assert again is first and not first.flags.writeable  # served from the cache, cannot be mutated
+    assert np.array_equal(first, archive.get(sha))
+    with pytest.raises(FileNotFoundError):  # an archive without the blob fails even when cached
+        cached_image(ImageArchive(tmp_path / "empty"), sha)
+
+
 def test_gate_rejects_a_worse_model_and_records_why(world: World) -> None:
     registry = ModelRegistry(world.root, "cad")
     versions = registry.versions()

@@ -7,9 +7,10 @@ recipe it was served with, so training sees exactly what serving saw.
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
@@ -71,20 +72,47 @@ def ids_hash(examples: Sequence[Example]) -> str:
     return hashlib.sha256("\n".join(sorted(e.candidate_id for e in examples)).encode()).hexdigest()
 
 
+DECODED_CACHE_IMAGES = 512
+"""Decoded archive images kept per process (at most ~0.4 GB for 512x512 RGB). Archive blobs are
+named by the SHA-256 of their PNG bytes, so one hash always decodes to the same pixels, whichever
+archive holds it; rounds run one after another in one process (``cad train watch``, experiments)
+reuse them instead of decoding the PNGs again."""
+
+_decoded: OrderedDict[str, np.ndarray] = OrderedDict()
+_decoded_lock = threading.Lock()
+
+
+def cached_image(archive: ImageArchive, sha256: str) -> np.ndarray:
+    """``archive.get(sha256)`` (read-only), through the per-process cache of decoded images."""
+    if not archive.path(sha256).is_file():
+        return archive.get(sha256)  # pruned or never archived here: fail exactly as the archive does
+    with _decoded_lock:
+        if (hit := _decoded.get(sha256)) is not None:
+            _decoded.move_to_end(sha256)
+            return hit
+    image = archive.get(sha256)
+    image.setflags(write=False)
+    with _decoded_lock:
+        _decoded[sha256] = image
+        while len(_decoded) > DECODED_CACHE_IMAGES:
+            _decoded.popitem(last=False)
+    return image
+
+
 class PatchSource:
-    """Regenerates candidates' patches from archived images (images cached by hash)."""
+    """Regenerates candidates' patches from archived images (decoded images cached by hash)."""
 
     def __init__(self, archive: ImageArchive, input_size: int, recipe_override: str = "") -> None:
         self.archive = archive
         self.input_size = input_size
         self.recipe_override = recipe_override
-        self._image = lru_cache(maxsize=64)(archive.get)
 
     def recipe(self, example: Example) -> Recipe:
         return parse_recipe(self.recipe_override or example.recipe)
 
     def patches(self, example: Example) -> np.ndarray:
-        return extract_patches(self._image(example.image_sha256), example.box, self.recipe(example), self.input_size)
+        image = cached_image(self.archive, example.image_sha256)
+        return extract_patches(image, example.box, self.recipe(example), self.input_size)
 
 
 def balanced_epoch(labels: Sequence[int], rng: np.random.Generator) -> np.ndarray:

@@ -190,12 +190,12 @@ class Experiment:
                 writer.writeheader()
             writer.writerow(row)
 
-    def _settings(self, ws: Path, seed: int, scratch: bool) -> TrainerSettings:
+    def _settings(self, ws: Path, seed: int, scratch: bool, rescore: bool = True) -> TrainerSettings:
         return TrainerSettings(
             registry_root=ws / "registry", store_url=f"sqlite:///{ws / 'labels.sqlite3'}",
             archive_root=ws / "archive", preset=self.preset.train_preset, depth=self.preset.depth,
             batch_size=self.preset.batch_size, val_fraction=0.0, allow_unvalidated=True, seed=seed,
-            scratch=scratch,
+            scratch=scratch, rescore=rescore,
         )
 
     def run(self, method: str, seed: int) -> None:
@@ -234,7 +234,10 @@ class Experiment:
                 labels = sum(1 for _ in store.labeled())
             finally:
                 store.close()
-            report = run_round(self._settings(ws, seed, scratch=method == SCRATCH), progress=False)
+            # Only the AIFT variants' next queue reads the pool's scores; the last round has no next queue.
+            rescore = method in VARIANTS and r < rounds
+            report = run_round(self._settings(ws, seed, scratch=method == SCRATCH, rescore=rescore),
+                               progress=False)
             if report.outcome != "published":
                 log.info("%s seed %d round %d: %s", method, seed, r, report.reason)
             auc, version = self.test_auc(ws / "registry")

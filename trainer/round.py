@@ -164,8 +164,8 @@ def run_round(settings: TrainerSettings, progress: bool = True) -> RoundReport:
     archive = ImageArchive(settings.archive_root)
     try:
         report = _round(settings, registry, parent, preset, store, archive, progress)
-        served = rescore_pool(store, archive, registry, progress)
-        report.metrics["pool_rescored"] = served
+        if settings.rescore:
+            report.metrics["pool_rescored"] = rescore_pool(store, archive, registry, progress)
     finally:
         store.close()
     report.duration_s = time.perf_counter() - t0

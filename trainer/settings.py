@@ -51,6 +51,10 @@ class TrainerSettings(BaseSettings):
         description="Learning from scratch: every round trains the initial version (start_version, "
         "default 1) on all labels with the preset's scratch schedule (a baseline, not continuous).",
     )
+    rescore: bool = Field(
+        True, description="After the round, re-score the unlabeled pool with the serving version (the "
+        "annotation queue ranks by these scores; experiments switch it off where nothing reads them).",
+    )
     recipe_override: str = Field("", description="Train on this recipe instead of each candidate's own.")
     min_new_labels: int = Field(20, ge=1, description="watch: run a round once this many new labels exist.")
     watch_poll_s: float = Field(60.0, gt=0, description="watch: seconds between label checks.")
