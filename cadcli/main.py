@@ -96,6 +96,23 @@ def _registry(args: argparse.Namespace) -> object:
     return ModelRegistry(Path(args.registry) if args.registry else s.registry_root, args.name or s.model_name)
 
 
+def _model_quantize(args: argparse.Namespace) -> int:
+    from service.server import configure_logging
+    from trainer.quantize import quantize_from_store
+
+    configure_logging(args.log_level)
+    try:
+        report = quantize_from_store(_trainer_settings(args), args.version,  # type: ignore[arg-type]
+                                     args.calibration_patches)
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"cad model quantize: {exc}", file=sys.stderr)
+        return 2
+    print(f"int8 variant of version {report.version}: AUC {report.auc_fp32:.4f} -> {report.auc_int8:.4f} "
+          f"(drop {report.auc_drop:+.4f}) on {report.eval_candidates} labeled candidates; servers with "
+          "CAD_PRECISION=int8 serve it only if the drop is within CAD_INT8_MAX_AUC_DROP")
+    return 0
+
+
 def _model_list(args: argparse.Namespace) -> int:
     registry = _registry(args)
     pinned, latest = registry.pinned(), registry.latest()  # type: ignore[attr-defined]
@@ -205,6 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="publish even if versions exist")
     init.add_argument("--log-level", default="INFO")
     init.set_defaults(func=_model_init)
+
+    quant = model_sub.add_parser("quantize", help="publish an int8 variant (static, calibrated on labels)")
+    quant.add_argument("version", nargs="?", type=int, help="default: the version servers follow")
+    quant.add_argument("--registry", help="registry root (CAD_REGISTRY_ROOT)")
+    quant.add_argument("--store-url", help="label store (CAD_STORE_URL)")
+    quant.add_argument("--archive-root", help="image archive (CAD_ARCHIVE_ROOT)")
+    quant.add_argument("--calibration-patches", type=int, default=512)
+    quant.add_argument("--log-level", default="INFO")
+    quant.set_defaults(func=_model_quantize)
 
     for name, helptext in (("list", "list versions"), ("show", "print a version's manifest"),
                            ("rollback", "pin a version"), ("unpin", "follow the newest version")):

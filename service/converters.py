@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from service.aift import Box
 from service.api.cad.v1 import cad_pb2
@@ -20,7 +21,7 @@ from service.inference import (
 from service.model import LoadedModel
 from service.registry import VersionInfo
 from service.review import QueueResult
-from service.store.records import LabeledCandidate, Receipt
+from service.store.records import AuditEvent, LabeledCandidate, Receipt
 
 _BYTES_PER_SAMPLE = {cad_pb2.RawImage.UINT8: 1, cad_pb2.RawImage.UINT16: 2}
 
@@ -41,8 +42,10 @@ def _image(request: cad_pb2.ClassifyRequest) -> ImageInput:
     raise InvalidInput("the request has no image: set one of dicom, encoded or raw")
 
 
-def classify_input(request: cad_pb2.ClassifyRequest) -> ClassifyInput:
-    """ClassifyRequest -> ClassifyInput (no decoding here; that runs in a worker)."""
+def classify_input(request: cad_pb2.ClassifyRequest, deadline: float | None = None) -> ClassifyInput:
+    """ClassifyRequest -> ClassifyInput (no decoding here; that runs in a worker).
+
+    ``deadline``: the call's deadline as a :func:`time.monotonic` time."""
     window = (
         Window(request.window.center, request.window.width) if request.HasField("window") else None
     )
@@ -59,6 +62,7 @@ def classify_input(request: cad_pb2.ClassifyRequest) -> ClassifyInput:
         recipe=request.recipe,
         window=window,
         source_id=request.source_id,
+        deadline=deadline,
     )
 
 
@@ -201,3 +205,11 @@ def labeled_candidate(item: LabeledCandidate) -> cad_pb2.LabeledCandidate:
         labeled_at=item.labeled_at,
         events=item.events,
     )
+
+
+def audit_response(events: Sequence[AuditEvent]) -> cad_pb2.AuditResponse:
+    return cad_pb2.AuditResponse(events=[
+        cad_pb2.AuditEvent(event_id=e.event_id, created=e.created, actor=e.actor, action=e.action,
+                           target=e.target, detail_json=json.dumps(e.detail, sort_keys=True, default=str))
+        for e in events
+    ])

@@ -33,3 +33,7 @@ class ModelRejected(CadError):
 
 class AlreadyExists(CadError):
     """An idempotency key was reused with a different request body (ALREADY_EXISTS)."""
+
+
+class DeadlineExceeded(CadError):
+    """The client's deadline passed before the work was done; it was dropped (DEADLINE_EXCEEDED)."""

@@ -7,7 +7,9 @@ Synchronous and free of protobuf and asyncio: the transport runs
 from __future__ import annotations
 
 import logging
+import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,7 +19,9 @@ import numpy as np
 
 from service.aift import Box, candidate_stats, parse_recipe, validate_box
 from service.aift.patches import extract_many
+from service.batcher import DynamicBatcher
 from service.errors import (
+    DeadlineExceeded,
     InvalidInput,
     LimitExceeded,
     ModelRejected,
@@ -34,7 +38,7 @@ from service.imaging import (
 )
 from service.metrics import ServiceMetrics
 from service.model import LoadedModel, SessionOptions, load_model
-from service.registry import ModelRegistry
+from service.registry import ModelRegistry, VersionInfo
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +59,20 @@ class ModelManager:
         options: SessionOptions,
         metrics: ServiceMetrics,
         on_change: Callable[[LoadedModel], None] | None = None,
+        precision: str = "fp32",
+        int8_max_auc_drop: float = 0.005,
+        audit: Callable[[str, str, str, dict[str, Any]], None] | None = None,
+        actor: str = "",
     ) -> None:
+        if precision not in ("fp32", "int8"):
+            raise ValueError(f"precision must be fp32 or int8, not {precision!r}")
         self.registry = registry
         self.options = options
+        self.precision = precision
+        self.int8_max_auc_drop = int8_max_auc_drop
+        self._audit_sink = audit
+        self.actor = actor or f"server:{socket.gethostname()}"
+        """Who swaps versions in the audit trail (this server process)."""
         self.metrics = metrics
         self.on_change = on_change
         self.current: LoadedModel | None = None
@@ -85,7 +100,7 @@ class ModelManager:
                 if version in self.refused:
                     continue
                 try:
-                    model = load_model(self.registry.get(version), self.options)
+                    model = load_model(self._choose(version), self.options)
                 except (ModelRejected, OSError, ValueError) as exc:
                     reason = str(exc)
                     self.refused[version] = reason
@@ -100,18 +115,51 @@ class ModelManager:
                 )
             return False
 
+    def _choose(self, version: int) -> VersionInfo:
+        """The version itself, or its int8 variant where int8 is wanted and it kept the AUC."""
+        info = self.registry.get(version)
+        if self.precision != "int8":
+            return info
+        variant = self.registry.variant(version, "int8")
+        if variant is None:
+            log.warning("version %s has no int8 variant; serving fp32", version)
+            return info
+        drop = variant.manifest.get("auc_drop")
+        if not isinstance(drop, (int, float)) or drop > self.int8_max_auc_drop:
+            log.warning(
+                "int8 variant of version %s not served: its AUC drop %s is over the allowed %.4f; "
+                "serving fp32", version, drop, self.int8_max_auc_drop,
+            )
+            return info
+        return variant
+
+    def _audit(self, action: str, actor: str, target: str, detail: dict[str, Any]) -> None:
+        if self._audit_sink is None:
+            return
+        try:
+            self._audit_sink(action, actor, target, detail)
+        except Exception:  # the change happened; a lost audit line is logged, serving goes on
+            log.exception("could not record the audit event %s %s", action, target)
+
     def _swap(self, model: LoadedModel) -> None:
         previous = self.current
         self.current = model
-        self.status = f"serving {self.registry.name} version {model.version} on {model.provider}"
+        self._audit("swap", self.actor, f"{self.registry.name}/v{model.version}", {
+            "previous": previous.version if previous else None, "precision": model.precision,
+            "provider": model.provider, "pinned": self.registry.pinned()})
+        self.status = (
+            f"serving {self.registry.name} version {model.version} ({model.precision}) on {model.provider}"
+        )
         self.metrics.model.info(
-            {"model": self.registry.name, "version": str(model.version), "provider": model.provider}
+            {"model": self.registry.name, "version": str(model.version), "provider": model.provider,
+             "precision": model.precision}
         )
         self.metrics.model_loaded.set(1)
         log.info(
-            "model %s version %s loaded on %s (previous: %s)",
+            "model %s version %s (%s) loaded on %s (previous: %s)",
             self.registry.name,
             model.version,
+            model.precision,
             model.provider,
             previous.version if previous else "none",
         )
@@ -139,12 +187,14 @@ class ModelManager:
                 self.registry.pin(previous)
             raise ModelRejected(f"version {version} was refused: {self.refused.get(version, 'unknown')}")
         log.info("model %s pinned to version %s by %s (%s)", self.registry.name, version, actor or "-", reason)
+        self._audit("pin", actor, f"{self.registry.name}/v{version}", {"reason": reason, "previous_pin": previous})
         return model
 
     def unpin(self, actor: str = "") -> LoadedModel | None:
         """Follow the newest acceptable version again, now."""
         if self.registry.unpin():
             log.info("model %s unpinned by %s", self.registry.name, actor or "-")
+            self._audit("unpin", actor, self.registry.name, {})
         self.refresh()
         return self.current
 
@@ -194,6 +244,8 @@ class ClassifyInput:
     recipe: str = ""
     window: Window | None = None
     source_id: str = ""
+    deadline: float | None = None
+    """The client's deadline as a :func:`time.monotonic` time (None: no deadline)."""
 
 
 @dataclass(frozen=True)
@@ -250,10 +302,13 @@ class Classifier:
         max_candidates: int,
         batch_size: int,
         recorder: Any = None,
+        batcher: DynamicBatcher | None = None,
     ) -> None:
         self.models = models
         self.recorder = recorder
         """Optional; ``recorder.record(outcome, patch_probs)`` stores what was classified."""
+        self.batcher = batcher
+        """Optional; coalesces concurrent requests' patches (else each request runs its own batches)."""
         self.metrics = metrics
         self.limits = limits
         self.max_candidates = max_candidates
@@ -267,6 +322,9 @@ class Classifier:
             InvalidInput / LimitExceeded: the request is malformed or too large; nothing ran.
         """
         model = self.models.require()
+        if request.deadline is not None and time.monotonic() >= request.deadline:
+            self.metrics.batch_refused.labels("deadline").inc()
+            raise DeadlineExceeded("the request's deadline passed before it was started")
         count = len(request.candidates)
         if count == 0:
             raise InvalidInput("the request has no candidates; send at least one box to classify")
@@ -284,11 +342,15 @@ class Classifier:
                 raise InvalidInput(f"candidate {i} ({cand.client_id or 'no client_id'}): {exc}") from None
 
         boxes = [c.box for c in request.candidates]
-        per_chunk = max(1, (4 * self.batch_size) // recipe.count)
+        chunk_patches = 4 * (self.batcher.config.max_batch if self.batcher else self.batch_size)
+        per_chunk = max(1, chunk_patches // recipe.count)  # bounds the memory of a large request
         probs = []
         for start in range(0, count, per_chunk):
             patches = extract_many(image.pixels, boxes[start : start + per_chunk], recipe, model.input_size)
-            probs.append(model.predict(patches, self.batch_size, self.metrics.observe_batch))
+            if self.batcher is not None:
+                probs.append(self.batcher.predict(model, patches, request.deadline))
+            else:
+                probs.append(model.predict(patches, self.batch_size, self.metrics.observe_batch))
         all_probs = np.concatenate(probs).reshape(count, recipe.count, -1)
         stats = candidate_stats(all_probs)
         self.metrics.candidates.inc(count)

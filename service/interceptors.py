@@ -12,9 +12,11 @@ from typing import Any
 
 import grpc
 
+from service.auth import AccessPolicy, PermissionDenied, Unauthenticated, current_identity
 from service.errors import (
     AlreadyExists,
     CadError,
+    DeadlineExceeded,
     InvalidInput,
     LimitExceeded,
     ModelRejected,
@@ -32,6 +34,9 @@ _STATUS: list[tuple[type[CadError], grpc.StatusCode]] = [
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (ModelUnavailable, grpc.StatusCode.UNAVAILABLE),
     (ModelRejected, grpc.StatusCode.FAILED_PRECONDITION),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 ]
 
 
@@ -71,10 +76,12 @@ class _Call:
 
 
 class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Maps :class:`CadError` subclasses to status codes and records every call's outcome."""
+    """Authorises every call (bearer token and role, see :mod:`service.auth`), maps
+    :class:`CadError` subclasses to status codes and records every call's outcome."""
 
-    def __init__(self, metrics: ServiceMetrics) -> None:
+    def __init__(self, metrics: ServiceMetrics, policy: AccessPolicy | None = None) -> None:
         self.metrics = metrics
+        self.policy = policy or AccessPolicy(None)
 
     async def intercept_service(
         self,
@@ -84,31 +91,36 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method.rsplit("/", 1)[-1]
+        full = handler_call_details.method
+        method = full.rsplit("/", 1)[-1]
+        metadata = handler_call_details.invocation_metadata
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method),
+                self._unary(handler.unary_unary, method, full, metadata),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._streaming(handler.unary_stream, method),
+                self._streaming(handler.unary_stream, method, full, metadata),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(
-                self._streaming(handler.stream_stream, method),
+                self._streaming(handler.stream_stream, method, full, metadata),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
-    def _unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Awaitable[Any]]:
+    def _unary(
+        self, behavior: Callable[..., Any], method: str, full: str, metadata: Any
+    ) -> Callable[..., Awaitable[Any]]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = _Call(self.metrics, method)
             try:
+                current_identity.set(self.policy.authorize(full, metadata))
                 result = behavior(request, context)
                 return await result if inspect.isawaitable(result) else result
             except grpc.aio.AbortError:
@@ -127,10 +139,13 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
 
         return wrapped
 
-    def _streaming(self, behavior: Callable[..., Any], method: str) -> Callable[..., AsyncIterator[Any]]:
+    def _streaming(
+        self, behavior: Callable[..., Any], method: str, full: str, metadata: Any
+    ) -> Callable[..., AsyncIterator[Any]]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             call = _Call(self.metrics, method)
             try:
+                current_identity.set(self.policy.authorize(full, metadata))
                 result = behavior(request, context)
                 if inspect.isasyncgen(result):
                     async for response in result:

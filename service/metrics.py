@@ -32,7 +32,7 @@ class ServiceMetrics:
         )
         self.inference_latency = Histogram(
             "cad_model_inference_duration_seconds",
-            "Time of one ONNX Runtime run over a batch of patches.",
+            "Compute time: one ONNX Runtime run over a batch of patches.",
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
@@ -40,6 +40,21 @@ class ServiceMetrics:
             "cad_model_batch_patches",
             "Patches per ONNX Runtime run.",
             buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.batch_queue_latency = Histogram(
+            "cad_batch_queue_duration_seconds",
+            "Queue time: from a request's patches entering the batcher to their first model run.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_queue_requests = Gauge(
+            "cad_batch_queue_requests", "Requests waiting in the dynamic batcher.", registry=registry
+        )
+        self.batch_refused = Counter(
+            "cad_batch_refused",
+            "Requests the batcher answered without running the model: queue_full or deadline.",
+            ["reason"],
             registry=registry,
         )
         self.candidates = Counter(

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -93,20 +95,43 @@ def _preload_cuda_libraries() -> None:
                 log.debug("onnxruntime.preload_dlls failed: %s", exc)
 
 
+GRAPH_OPTIMIZATION = ("disable", "basic", "extended", "all")
+
+
 @dataclass(frozen=True)
 class SessionOptions:
     providers: tuple[str, ...] = (CPU,)
     intra_op_threads: int = 0
     """0 lets ONNX Runtime choose (one per physical core)."""
     inter_op_threads: int = 0
+    graph_optimization: str = "all"
+    """ONNX Runtime graph optimisation level: disable, basic, extended or all."""
+    optimized_cache: Path | None = None
+    """Folder where optimised graphs are kept per model checksum, runtime and provider."""
+    io_binding: str = "auto"
+    """auto (on for CUDA), on or off: bind inputs/outputs explicitly instead of ``session.run``."""
+    spinning: bool = True
+    """ONNX Runtime intra-op threads spin between runs (lower latency, more CPU use)."""
+
+    def __post_init__(self) -> None:
+        if self.graph_optimization not in GRAPH_OPTIMIZATION:
+            raise ValueError(
+                f"unknown graph optimisation {self.graph_optimization!r}; "
+                f"choose one of {', '.join(GRAPH_OPTIMIZATION)}"
+            )
+        if self.io_binding not in ("auto", "on", "off"):
+            raise ValueError(f"io_binding must be auto, on or off, not {self.io_binding!r}")
 
 
 class LoadedModel:
     """One validated model version with its ONNX Runtime session (thread-safe ``run``)."""
 
-    def __init__(self, info: VersionInfo, session: Any) -> None:
+    def __init__(self, info: VersionInfo, session: Any, io_binding: bool = False,
+                 optimized_from_cache: bool = False) -> None:
         self.info = info
         self.session = session
+        self.io_binding = io_binding
+        self.optimized_from_cache = optimized_from_cache
         inp = session.get_inputs()[0]
         self.input_name: str = inp.name
         self.output_name: str = session.get_outputs()[0].name
@@ -123,12 +148,24 @@ class LoadedModel:
         return self.info.version
 
     @property
+    def precision(self) -> str:
+        """fp32, or the variant's name (int8) when a variant is served."""
+        return str(self.info.manifest.get("variant") or "fp32")
+
+    @property
     def default_recipe(self) -> str:
         return str(self.info.manifest.get("recipe") or "polyp")
 
     def run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Probabilities ``(n, K)`` for one batch ``(n, 3, S, S)``."""
-        out = self.session.run([self.output_name], {self.input_name: batch})[0]
+        if self.io_binding:
+            binding = self.session.io_binding()
+            binding.bind_cpu_input(self.input_name, np.ascontiguousarray(batch, dtype=np.float32))
+            binding.bind_output(self.output_name, "cpu")
+            self.session.run_with_iobinding(binding)
+            out = binding.copy_outputs_to_cpu()[0]
+        else:
+            out = self.session.run([self.output_name], {self.input_name: batch})[0]
         return np.asarray(out, dtype=np.float32)
 
     def predict(
@@ -168,14 +205,66 @@ def _check_signature(session: Any) -> None:
         raise ModelRejected(f"output must be [batch, K>=2] probabilities, got {out_shape}")
 
 
+def _session_options(options: SessionOptions, level: str) -> Any:
+    import onnxruntime as ort
+
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = options.intra_op_threads
+    so.inter_op_num_threads = options.inter_op_threads
+    so.graph_optimization_level = levels[level]
+    so.log_severity_level = 3
+    if not options.spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return so
+
+
+def _session(path: Path, sha256: str, options: SessionOptions, version: int) -> tuple[Any, bool]:
+    """An ONNX Runtime session; with a cache folder, the optimised graph is saved on the first
+    load (keyed by model checksum, runtime version, providers and level) and loaded as is later.
+    Returns (session, loaded from the cache)."""
+    import onnxruntime as ort
+
+    providers = list(options.providers)
+    cache = None
+    if options.optimized_cache is not None and options.graph_optimization != "disable":
+        key = f"{sha256[:32]}-ort{ort.__version__}-{'+'.join(providers)}-{options.graph_optimization}"
+        cache = Path(options.optimized_cache) / f"{key}.onnx"
+        if cache.is_file():
+            try:
+                return ort.InferenceSession(
+                    str(cache), _session_options(options, "disable"), providers=providers
+                ), True
+            except Exception as exc:  # a damaged cache entry is rebuilt, never fatal
+                log.warning("optimised graph cache %s unusable (%s); rebuilding it", cache, exc)
+                cache.unlink(missing_ok=True)
+    so = _session_options(options, options.graph_optimization)
+    tmp = None
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        so.optimized_model_filepath = str(tmp)
+    try:
+        session = ort.InferenceSession(str(path), so, providers=providers)
+    except Exception as exc:
+        raise ModelRejected(f"version {version}: ONNX Runtime cannot load it: {exc}") from None
+    if tmp is not None and cache is not None and tmp.is_file():
+        os.replace(tmp, cache)  # complete files only: a crash leaves a .tmp, never half a cache
+    return session, False
+
+
 def load_model(info: VersionInfo, options: SessionOptions) -> LoadedModel:
     """Load and check one registry version: checksum, signature, warm-up with finite outputs.
 
     Raises:
         ModelRejected: any check failed; the message says which.
     """
-    import onnxruntime as ort
-
     path = info.model_path
     if not path.is_file():
         raise ModelRejected(f"version {info.version}: {path.name} is missing")
@@ -187,16 +276,12 @@ def load_model(info: VersionInfo, options: SessionOptions) -> LoadedModel:
         )
     if CUDA in options.providers:
         _preload_cuda_libraries()
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = options.intra_op_threads
-    so.inter_op_num_threads = options.inter_op_threads
-    so.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(str(path), so, providers=list(options.providers))
-    except Exception as exc:
-        raise ModelRejected(f"version {info.version}: ONNX Runtime cannot load it: {exc}") from None
+    session, cached = _session(path, actual, options, info.version)
     _check_signature(session)
-    model = LoadedModel(info, session)
+    use_binding = options.io_binding == "on" or (
+        options.io_binding == "auto" and session.get_providers()[0] == CUDA
+    )
+    model = LoadedModel(info, session, io_binding=use_binding, optimized_from_cache=cached)
     rng = np.random.default_rng(0)
     warm = rng.uniform(0, 255, (2, 3, model.input_size, model.input_size)).astype(np.float32)
     try:

@@ -5,6 +5,7 @@ Layout::
     <root>/<model>/<version>/model.onnx
     <root>/<model>/<version>/manifest.json
     <root>/<model>/<version>/weights.pt        (torch state dict the trainer continues from)
+    <root>/<model>/<version>/variants/<name>/  (e.g. int8: model.onnx + manifest.json)
 
 Versions are positive integers. A version is published by writing every file
 into a hidden temporary folder beside the versions, fsyncing files and folder,
@@ -28,6 +29,7 @@ from service.durable import fsync_path, write_atomic
 
 MODEL_FILE = "model.onnx"
 PIN_FILE = "pinned.json"
+VARIANTS_DIR = "variants"
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "weights.pt"
 
@@ -133,6 +135,50 @@ class ModelRegistry:
         doomed = self.model_dir / f".removing-{version}-{uuid.uuid4().hex}"
         os.rename(self.version_dir(version), doomed)  # atomic: readers never see half a version
         shutil.rmtree(doomed)
+
+    def publish_variant(
+        self, version: int, variant: str, model: Path, manifest: Mapping[str, Any]
+    ) -> VersionInfo:
+        """Atomically add a variant (e.g. ``int8``) of a published version: its own model.onnx and
+        manifest under ``<version>/variants/<variant>/``. Variants are immutable like versions.
+
+        Raises:
+            FileNotFoundError: no such version. FileExistsError: the variant exists.
+        """
+        if version not in self.versions():
+            raise FileNotFoundError(f"{self.name} has no version {version}")
+        if not variant.isidentifier():
+            raise ValueError(f"invalid variant name {variant!r}")
+        parent = self.version_dir(version) / VARIANTS_DIR
+        target = parent / variant
+        if target.exists():
+            raise FileExistsError(f"version {version} already has a variant {variant!r}")
+        parent.mkdir(exist_ok=True)
+        staging = parent / f".staging-{uuid.uuid4().hex}"
+        staging.mkdir()
+        try:
+            shutil.copyfile(model, staging / MODEL_FILE)
+            fsync_path(staging / MODEL_FILE)
+            full = {**manifest, "variant": variant, "variant_of": version, "created": utc_now(),
+                    "sha256": sha256_file(staging / MODEL_FILE)}
+            write_atomic(staging / MANIFEST_FILE, (json.dumps(full, indent=2, sort_keys=True) + "\n").encode())
+            fsync_path(staging)
+            os.rename(staging, target)
+            fsync_path(parent)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        return self.variant(version, variant)  # type: ignore[return-value]
+
+    def variant(self, version: int, variant: str) -> VersionInfo | None:
+        """A version's variant as a loadable VersionInfo (the version's manifest overlaid with the
+        variant's: its own checksum), or None if it has none."""
+        path = self.version_dir(version) / VARIANTS_DIR / variant
+        if not (path / MANIFEST_FILE).is_file():
+            return None
+        base = self.get(version).manifest
+        own = json.loads((path / MANIFEST_FILE).read_text())
+        return VersionInfo(version, path, {**base, "files": {MODEL_FILE: own["sha256"]}, **own})
 
     def target(self) -> int | None:
         """The version servers should serve: the pinned one, else the newest."""

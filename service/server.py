@@ -18,6 +18,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.archive import ImageArchive, PruneReport, prune
+from service.auth import AccessPolicy, TokenTable
+from service.batcher import BatchingConfig, DynamicBatcher
 from service.imaging import ImageLimits
 from service.inference import Classifier, ModelManager
 from service.interceptors import ErrorAndMetricsInterceptor
@@ -43,17 +45,42 @@ class CadServer:
     def __init__(self, settings: ServerSettings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.metrics = ServiceMetrics(registry or CollectorRegistry())
+        self.policy = AccessPolicy(
+            TokenTable.load(settings.auth_tokens_file) if settings.auth_tokens_file else None,
+            open_health=settings.auth_open_health,
+            open_reflection=settings.auth_open_reflection,
+        )
         providers = select_providers(settings.providers)
         self.models = ModelManager(
             ModelRegistry(settings.registry_root, settings.model_name),
-            SessionOptions(tuple(providers), settings.intra_op_threads),
+            SessionOptions(
+                tuple(providers),
+                settings.intra_op_threads,
+                graph_optimization=settings.graph_optimization,
+                optimized_cache=settings.optimized_model_cache,
+                io_binding=settings.io_binding,
+                spinning=settings.intra_op_spinning,
+            ),
             self.metrics,
             on_change=lambda _model: self._set_serving(True),
+            precision=settings.precision,
+            int8_max_auc_drop=settings.int8_max_auc_drop,
+            audit=lambda *event: self.store.add_audit(*event),
         )
         self.store = open_store(settings.store_url)
         self.archive = ImageArchive(settings.archive_root)
         self.metrics.bind_store(self.store.count_unlabeled, self.store.precision_by_version)
         self.review = ReviewService(self.store, self.metrics, settings.max_note_chars)
+        self.batcher = DynamicBatcher(
+            BatchingConfig(
+                preferred_batch=min(settings.batch_size, settings.batch_max_size),
+                max_batch=settings.batch_max_size,
+                max_queue_delay_s=settings.batch_max_queue_delay_ms / 1000,
+                max_queue_requests=settings.batch_max_queue_requests,
+                runners=settings.batch_runners,
+            ),
+            self.metrics,
+        )
         self.classifier = Classifier(
             self.models,
             self.metrics,
@@ -61,6 +88,7 @@ class CadServer:
             settings.max_candidates,
             settings.batch_size,
             recorder=Recorder(self.store, self.archive),
+            batcher=self.batcher,
         )
         self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="cad-worker")
         self.health = health.aio.HealthServicer()
@@ -95,7 +123,7 @@ class CadServer:
         self._loop = asyncio.get_running_loop()
         limit = s.max_message_bytes
         server = grpc.aio.server(
-            interceptors=[ErrorAndMetricsInterceptor(self.metrics)],
+            interceptors=[ErrorAndMetricsInterceptor(self.metrics, self.policy)],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -105,15 +133,20 @@ class CadServer:
             CadInferenceServicer(self.classifier, self.executor, self.metrics, s.stream_max_inflight),
             server,
         )
-        cad_pb2_grpc.add_ModelAdminServicer_to_server(ModelAdminServicer(self.classifier, self.executor), server)
+        cad_pb2_grpc.add_ModelAdminServicer_to_server(ModelAdminServicer(self.classifier, self.executor, self.store.audit), server)
         cad_pb2_grpc.add_CadReviewServicer_to_server(CadReviewServicer(self.review, self.executor), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        if s.reflection:
+            reflection.enable_server_reflection(
+                (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            )
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        credentials = server_credentials(s)
+        if credentials is None:
+            self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        else:
+            self.port = server.add_secure_port(f"{s.host}:{s.port}", credentials)
         if self.port == 0:
             raise RuntimeError(f"could not bind gRPC to {s.host}:{s.port}")
         if s.metrics_port >= 0:
@@ -127,12 +160,16 @@ class CadServer:
         self._poller = asyncio.ensure_future(self._poll_models())
         self._retention = asyncio.ensure_future(self._retain())
         log.info(
-            "CAD server listening on %s:%s (metrics on %s), providers %s",
+            "CAD server listening on %s:%s (metrics on %s), providers %s, %s, %s",
             s.host,
             self.port,
             self.metrics_port if s.metrics_port >= 0 else "off",
             ",".join(self.models.options.providers),
+            "mutual TLS" if s.tls_client_ca_file else ("TLS" if credentials else "plaintext (no TLS)"),
+            "bearer tokens" if self.policy.tokens else "authentication OFF",
         )
+        if self.policy.tokens is None:
+            log.warning("authentication is off: set CAD_AUTH_TOKENS_FILE before exposing this server")
         return self.port
 
     async def refresh_models(self) -> bool:
@@ -185,6 +222,7 @@ class CadServer:
             self._metrics_http.server_close()
             self._metrics_http = None
         self.executor.shutdown(wait=True, cancel_futures=True)
+        self.batcher.close()  # after the workers: requests they still wait on finish first
         self.store.close()
 
     async def wait(self) -> None:
@@ -242,6 +280,22 @@ class ServerThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def server_credentials(s: ServerSettings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the settings (None: plaintext). Client CA set: mutual TLS."""
+    if (s.tls_cert_file is None) != (s.tls_key_file is None):
+        raise ValueError("set both CAD_TLS_CERT_FILE and CAD_TLS_KEY_FILE, or neither")
+    if s.tls_cert_file is None or s.tls_key_file is None:
+        if s.tls_client_ca_file is not None:
+            raise ValueError("CAD_TLS_CLIENT_CA_FILE (mutual TLS) needs CAD_TLS_CERT_FILE and CAD_TLS_KEY_FILE")
+        return None
+    ca = s.tls_client_ca_file.read_bytes() if s.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(s.tls_key_file.read_bytes(), s.tls_cert_file.read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
 
 
 def configure_logging(level: str = "INFO") -> None:

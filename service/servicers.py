@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
@@ -11,12 +12,25 @@ import grpc
 
 from service import converters
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
+from service.auth import PermissionDenied, current_identity
 from service.errors import InvalidInput, NotFound
 from service.inference import Classifier, ClassifyOutcome
 from service.metrics import ServiceMetrics
 from service.review import ReviewService
+from service.store.records import AuditEvent
 
 T = TypeVar("T")
+
+
+def acting_as(claimed: str, what: str) -> str:
+    """Who performs the call: the token's identity when authentication is on (a different
+    ``claimed`` name is refused), else the name the client sent."""
+    identity = current_identity.get()
+    if identity is None:
+        return claimed
+    if claimed.strip() and claimed.strip() != identity.name:
+        raise PermissionDenied(f"{what} {claimed.strip()!r} is not the caller; the token is {identity.name}'s")
+    return identity.name
 
 
 class CadInferenceServicer(cad_pb2_grpc.CadInferenceServicer):
@@ -34,15 +48,19 @@ class CadInferenceServicer(cad_pb2_grpc.CadInferenceServicer):
         self.metrics = metrics
         self.stream_max_inflight = stream_max_inflight
 
-    async def _classify(self, request: cad_pb2.ClassifyRequest) -> ClassifyOutcome:
-        domain_request = converters.classify_input(request)
+    async def _classify(
+        self, request: cad_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
+    ) -> ClassifyOutcome:
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        domain_request = converters.classify_input(request, deadline)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, self.classifier.classify, domain_request)
 
     async def Classify(  # noqa: N802 (gRPC method name)
         self, request: cad_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> cad_pb2.ClassifyResponse:
-        return converters.classify_response(await self._classify(request))
+        return converters.classify_response(await self._classify(request, context))
 
     async def ClassifyStream(  # noqa: N802
         self,
@@ -72,7 +90,7 @@ class CadInferenceServicer(cad_pb2_grpc.CadInferenceServicer):
                     break
                 held += 1
                 gauge.inc()
-                pending.put_nowait(asyncio.ensure_future(self._classify(request)))
+                pending.put_nowait(asyncio.ensure_future(self._classify(request, context)))
             pending.put_nowait(None)
 
         reader = asyncio.ensure_future(read())
@@ -114,9 +132,15 @@ class CadInferenceServicer(cad_pb2_grpc.CadInferenceServicer):
 class ModelAdminServicer(cad_pb2_grpc.ModelAdminServicer):
     """Which model is served, its versions, and pinning (rollback)."""
 
-    def __init__(self, classifier: Classifier, executor: Executor) -> None:
+    def __init__(
+        self,
+        classifier: Classifier,
+        executor: Executor,
+        audit_trail: Callable[[str, str, int], list[AuditEvent]] | None = None,
+    ) -> None:
         self.models = classifier.models
         self.executor = executor
+        self.audit_trail = audit_trail
 
     async def GetModel(  # noqa: N802
         self, request: cad_pb2.GetModelRequest, context: grpc.aio.ServicerContext
@@ -148,7 +172,7 @@ class ModelAdminServicer(cad_pb2_grpc.ModelAdminServicer):
     ) -> cad_pb2.PinResponse:
         version = converters.version_number(request.version)
         model = await asyncio.get_running_loop().run_in_executor(
-            self.executor, self.models.pin, version, request.actor, request.reason
+            self.executor, self.models.pin, version, acting_as(request.actor, "actor"), request.reason
         )
         return cad_pb2.PinResponse(serving_version=str(model.version), pinned_version=str(version))
 
@@ -156,9 +180,20 @@ class ModelAdminServicer(cad_pb2_grpc.ModelAdminServicer):
         self, request: cad_pb2.UnpinRequest, context: grpc.aio.ServicerContext
     ) -> cad_pb2.PinResponse:
         model = await asyncio.get_running_loop().run_in_executor(
-            self.executor, self.models.unpin, request.actor
+            self.executor, self.models.unpin, acting_as(request.actor, "actor")
         )
         return cad_pb2.PinResponse(serving_version=str(model.version) if model else "")
+
+
+    async def GetAuditTrail(  # noqa: N802
+        self, request: cad_pb2.AuditRequest, context: grpc.aio.ServicerContext
+    ) -> cad_pb2.AuditResponse:
+        if self.audit_trail is None:
+            raise NotFound("this server has no audit trail")
+        events = await asyncio.get_running_loop().run_in_executor(
+            self.executor, self.audit_trail, request.since, request.action, request.limit or 1000
+        )
+        return converters.audit_response(events)
 
 
 class CadReviewServicer(cad_pb2_grpc.CadReviewServicer):
@@ -178,7 +213,7 @@ class CadReviewServicer(cad_pb2_grpc.CadReviewServicer):
             self.review.submit_correction,
             request.candidate_id,
             converters.verdict_name(request.verdict),
-            request.reviewer,
+            acting_as(request.reviewer, "reviewer"),
             request.idempotency_key,
             request.note,
         )
@@ -193,7 +228,7 @@ class CadReviewServicer(cad_pb2_grpc.CadReviewServicer):
             self.review.add_missed_finding,
             request.request_id,
             converters.box_of(request.box),
-            request.reviewer,
+            acting_as(request.reviewer, "reviewer"),
             request.idempotency_key,
             request.note,
         )

@@ -21,7 +21,33 @@ class ServerSettings(BaseSettings):
     metrics_port: int = Field(9464, description="Prometheus /metrics port; 0 picks a free one, -1 disables.")
     providers: str = Field("auto", description="ONNX Runtime providers: auto, cpu or cuda.")
     intra_op_threads: int = Field(0, description="ONNX Runtime intra-op threads; 0 = runtime default.")
-    batch_size: int = Field(32, ge=1, description="Patches per model run.")
+    batch_size: int = Field(
+        32, ge=1, description="Preferred batch: the batcher runs the model once this many patches wait."
+    )
+    batch_max_size: int = Field(64, ge=1, description="Most patches in one model run.")
+    batch_max_queue_delay_ms: float = Field(
+        2.0, ge=0, description="Longest a waiting request is held back to fill a batch."
+    )
+    batch_max_queue_requests: int = Field(
+        256, ge=1, description="Requests allowed to wait for the model; more get RESOURCE_EXHAUSTED."
+    )
+    batch_runners: int = Field(1, ge=1, description="Threads running the model (1 on CPU; 2 can help on GPU).")
+    graph_optimization: str = Field(
+        "all", description="ONNX Runtime graph optimisation: disable, basic, extended or all."
+    )
+    optimized_model_cache: Path | None = Field(
+        None, description="Folder caching optimised graphs per model checksum (None: no cache)."
+    )
+    io_binding: str = Field("auto", description="ONNX Runtime I/O binding: auto (on for CUDA), on or off.")
+    precision: str = Field(
+        "fp32", description="fp32, or int8: serve a version's int8 variant where its AUC drop is allowed."
+    )
+    int8_max_auc_drop: float = Field(
+        0.005, ge=0, description="Largest validation AUC drop of an int8 variant that may be served."
+    )
+    intra_op_spinning: bool = Field(
+        True, description="Let ONNX Runtime worker threads spin between runs (lower latency, more CPU)."
+    )
     workers: int = Field(4, ge=1, description="Threads decoding images and running the model.")
     max_message_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted (RESOURCE_EXHAUSTED over it)."
@@ -51,3 +77,20 @@ class ServerSettings(BaseSettings):
     retention_interval_s: float = Field(3600.0, gt=0, description="How often retention runs.")
     max_note_chars: int = Field(2000, ge=0, description="Longest reviewer note accepted.")
     grace_s: float = Field(5.0, ge=0, description="Shutdown grace period for in-flight calls.")
+    tls_cert_file: Path | None = Field(None, description="PEM server certificate (chain): TLS on the gRPC port.")
+    tls_key_file: Path | None = Field(None, description="PEM private key of the server certificate.")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA bundle: set it to require client certificates (mutual TLS)."
+    )
+    auth_tokens_file: Path | None = Field(
+        None, description="JSON bearer-token table (identities and roles); unset: authentication off."
+    )
+    auth_open_health: bool = Field(True, description="Health checks need no token.")
+    auth_open_reflection: bool = Field(False, description="Server reflection needs no token.")
+    reflection: bool = Field(True, description="Serve gRPC server reflection at all.")
+    hash_uids: bool = Field(
+        False, description="Store Study/Series/SOP Instance UIDs as keyed hashes (HMAC-SHA256), not in clear."
+    )
+    uid_hash_key_file: Path | None = Field(
+        None, description="Secret key for hashed UIDs (the same on every replica); required with hash_uids."
+    )

@@ -2,53 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import queue
-import re
-import subprocess
-import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
+from service.launch import server_process
 from service.store import open_store
 from tests.helpers import publish_tiny
-
-ROOT = Path(__file__).resolve().parent.parent
-LISTENING = re.compile(r"listening on [\d.]+:(\d+)")
-
-
-@contextmanager
-def server_process(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service.server", "--port", "0", "--metrics-port", "-1"],
-        cwd=ROOT, env={**os.environ, **env}, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
-    try:
-        while True:
-            line = lines.get(timeout=60)
-            match = LISTENING.search(line)
-            if match:
-                break
-        address = f"127.0.0.1:{match.group(1)}"
-        with grpc.insecure_channel(address) as channel:  # wait until a model is loaded
-            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=60)
-            for update in watch:
-                if update.status == health_pb2.HealthCheckResponse.SERVING:
-                    watch.cancel()
-                    break
-        yield proc, address
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
 
 
 def test_acknowledged_corrections_survive_kill_9(tmp_path: Path, store_url: str) -> None:

@@ -64,12 +64,15 @@ def test_ten_versions_under_eight_concurrent_clients(tmp_path: Path) -> None:
         assert server.server.metrics.registry.get_sample_value("cad_model_load_failures_total") == 0
 
 
-def test_in_flight_request_finishes_on_the_old_version(server: ServerThread, channel: grpc.Channel, tmp_path: Path) -> None:
-    old = server.server.models.current
-    assert old is not None
-    entered, release = block_model_runs(old)
-    stub = cad_pb2_grpc.CadInferenceStub(channel)
-    with ThreadPoolExecutor(1) as pool:
+def test_in_flight_request_finishes_on_the_old_version(registry_root: Path, tmp_path: Path) -> None:
+    # Two batcher runners: the old version's run is held forever here, and must not hold the new one.
+    with ServerThread(make_settings(registry_root, batch_runners=2)) as server, \
+            grpc.insecure_channel(server.address) as channel, ThreadPoolExecutor(1) as pool:
+        server.refresh_models()
+        old = server.server.models.current
+        assert old is not None
+        entered, release = block_model_runs(old)
+        stub = cad_pb2_grpc.CadInferenceStub(channel)
         pending = pool.submit(stub.Classify, REQUEST, timeout=60)
         assert entered.wait(30)
         publish_tiny(server.server.settings.registry_root, tmp_path / "b")

@@ -41,7 +41,7 @@ def test_scrape_has_the_service_metrics(server: ServerThread, stub: cad_pb2_grpc
         "cad_model_batch_patches_bucket",
         "cad_candidates_total 1.0",
         "cad_patches_total 24.0",
-        'cad_model_info{model="cad",provider="CPUExecutionProvider",version="1"} 1.0',
+        'cad_model_info{model="cad",precision="fp32",provider="CPUExecutionProvider",version="1"} 1.0',
         "cad_model_load_failures_total 0.0",
         "cad_model_loaded 1.0",
     ):

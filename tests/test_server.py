@@ -203,7 +203,7 @@ def test_event_loop_keeps_serving_while_the_model_runs(server: ServerThread, cha
 
 
 def test_patches_run_in_batches_of_at_most_batch_size(registry_root: Path) -> None:
-    with ServerThread(make_settings(registry_root, batch_size=16)) as server, grpc.insecure_channel(server.address) as ch:
+    with ServerThread(make_settings(registry_root, batch_size=16, batch_max_size=16)) as server, grpc.insecure_channel(server.address) as ch:
         server.refresh_models()
         rng = np.random.default_rng(0)
         frame = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)

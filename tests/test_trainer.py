@@ -270,3 +270,19 @@ def test_cli_round_and_model_commands(world: World, capsys: pytest.CaptureFixtur
     assert main(["model", "rollback", "999", *common]) == 2
     assert main(["model", "unpin", *common]) == 0
     assert ModelRegistry(world.root, "cad").pinned() is None
+
+
+def test_quantize_command_publishes_an_int8_variant_from_the_label_store(world: World) -> None:
+    from cadcli.main import main as cad
+
+    registry = ModelRegistry(world.root, "cad")
+    version = registry.target()
+    code = cad(["model", "quantize", "--registry", str(world.root), "--store-url", world.store_url,
+                "--archive-root", str(world.archive), "--calibration-patches", "32"])
+    assert code == 0
+    variant = registry.variant(version, "int8")  # type: ignore[arg-type]
+    assert variant is not None and variant.manifest["eval_candidates"] == 32
+    assert variant.manifest["calibration_patches"] == 32 and "auc_drop" in variant.manifest
+    again = cad(["model", "quantize", "--registry", str(world.root), "--store-url", world.store_url,
+                 "--archive-root", str(world.archive)])
+    assert again == 2  # variants are immutable: a second one for the same version is refused

@@ -6,6 +6,7 @@ by URL: ``sqlite:///path/labels.sqlite3`` (embedded default, WAL) and
 """
 
 from service.store.records import (
+    AuditEvent,
     CandidateRecord,
     ImageRecord,
     LabeledCandidate,
@@ -16,6 +17,7 @@ from service.store.records import (
 from service.store.sql import SqlLabelStore, open_store
 
 __all__ = [
+    "AuditEvent",
     "CandidateRecord",
     "ImageRecord",
     "LabelEvent",

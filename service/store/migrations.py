@@ -83,4 +83,19 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "UPDATE candidates SET scored_version = model_version",
         ],
     ),
+    (
+        3,
+        "audit trail of model publishes, swaps, pins and rollbacks (corrections live in label_events)",
+        [
+            """CREATE TABLE audit_events (
+                event_id TEXT PRIMARY KEY,
+                created TEXT NOT NULL,
+                actor TEXT NOT NULL,
+                action TEXT NOT NULL,
+                target TEXT NOT NULL,
+                detail TEXT NOT NULL
+            )""",
+            "CREATE INDEX audit_events_created ON audit_events (created)",
+        ],
+    ),
 ]

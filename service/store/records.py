@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -103,3 +104,16 @@ class LabeledCandidate:
     last_event_id: str
     labeled_at: str
     events: int
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """Who did what to which model version or candidate, and when."""
+
+    event_id: str
+    created: str
+    actor: str
+    action: str
+    """publish, publish_variant, round_rejected, swap, pin, unpin, correction, missed_finding."""
+    target: str
+    detail: dict[str, Any]

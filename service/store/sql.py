@@ -24,6 +24,7 @@ from service.errors import AlreadyExists, NotFound
 from service.registry import utc_now
 from service.store.migrations import MIGRATIONS
 from service.store.records import (
+    AuditEvent,
     CandidateRecord,
     ImageRecord,
     LabeledCandidate,
@@ -318,6 +319,38 @@ class SqlLabelStore:
         where, params = ("WHERE candidate_id = ?", (candidate_id,)) if candidate_id else ("", ())
         rows = self._query(f"SELECT {_EVENT_COLUMNS} FROM label_events {where} ORDER BY created, seq", params)
         return [self._event(r) for r in rows]
+
+    # ------------------------------------------------------------------ audit trail
+
+    def add_audit(self, action: str, actor: str, target: str, detail: dict[str, Any] | None = None) -> AuditEvent:
+        """Append one audit event (committed before returning)."""
+        event = AuditEvent(uuid.uuid4().hex, now(), actor or "unknown", action, target, dict(detail or {}))
+        with self._tx() as cur:
+            cur.execute(
+                self._sql("INSERT INTO audit_events VALUES (?, ?, ?, ?, ?, ?)"),
+                (event.event_id, event.created, event.actor, event.action, event.target,
+                 json.dumps(event.detail, sort_keys=True, default=str)),
+            )
+        return event
+
+    def audit(self, since: str = "", action: str = "", limit: int = 1000) -> list[AuditEvent]:
+        """Audit events after ``since`` (ISO time), oldest first, model events and label events
+        (``correction``, ``missed_finding``) merged; optionally one action only."""
+        model_rows = self._query(
+            "SELECT event_id, created, actor, action, target, detail FROM audit_events "
+            "WHERE created > ? ORDER BY created LIMIT ?", (since, limit))
+        events = [AuditEvent(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in model_rows]
+        label_rows = self._query(
+            "SELECT event_id, created, reviewer, kind, candidate_id, label_before, label_after, conflict "
+            "FROM label_events WHERE created > ? ORDER BY created, seq LIMIT ?", (since, limit))
+        events += [
+            AuditEvent(r[0], r[1], r[2], "missed_finding" if r[3] == "missed" else "correction", r[4],
+                       {"label_before": r[5], "label_after": r[6], "conflict": bool(r[7])})
+            for r in label_rows
+        ]
+        if action:
+            events = [e for e in events if e.action == action]
+        return sorted(events, key=lambda e: e.created)[:limit]
 
     # ------------------------------------------------------------------ queue, export, metrics
 

@@ -175,6 +175,11 @@ class ModelAdminStub:
                 request_serializer=cad_dot_v1_dot_cad__pb2.UnpinRequest.SerializeToString,
                 response_deserializer=cad_dot_v1_dot_cad__pb2.PinResponse.FromString,
                 _registered_method=True)
+        self.GetAuditTrail = channel.unary_unary(
+                '/cad.v1.ModelAdmin/GetAuditTrail',
+                request_serializer=cad_dot_v1_dot_cad__pb2.AuditRequest.SerializeToString,
+                response_deserializer=cad_dot_v1_dot_cad__pb2.AuditResponse.FromString,
+                _registered_method=True)
 
 
 class ModelAdminServicer:
@@ -214,6 +219,13 @@ class ModelAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAuditTrail(self, request, context):
+        """Who did what, when: model publishes, swaps, pins, rollbacks and reviewer corrections.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -241,6 +253,11 @@ def add_ModelAdminServicer_to_server(servicer, server):
                     servicer.Unpin,
                     request_deserializer=cad_dot_v1_dot_cad__pb2.UnpinRequest.FromString,
                     response_serializer=cad_dot_v1_dot_cad__pb2.PinResponse.SerializeToString,
+            ),
+            'GetAuditTrail': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAuditTrail,
+                    request_deserializer=cad_dot_v1_dot_cad__pb2.AuditRequest.FromString,
+                    response_serializer=cad_dot_v1_dot_cad__pb2.AuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -378,6 +395,33 @@ class ModelAdmin:
             '/cad.v1.ModelAdmin/Unpin',
             cad_dot_v1_dot_cad__pb2.UnpinRequest.SerializeToString,
             cad_dot_v1_dot_cad__pb2.PinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAuditTrail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cad.v1.ModelAdmin/GetAuditTrail',
+            cad_dot_v1_dot_cad__pb2.AuditRequest.SerializeToString,
+            cad_dot_v1_dot_cad__pb2.AuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

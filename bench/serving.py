@@ -1,0 +1,418 @@
+"""Serving benchmark: the real server under load against raw ONNX Runtime and PyTorch eager.
+
+    .venv/bin/python -m bench.serving [--quick] [--providers auto|cpu|cuda] [--out FILE]
+
+One run measures, on the same AlexNet model (224-px patches) and batch sizes:
+
+1. the server (a real ``cad-server`` child process, loopback gRPC, SQLite label store and image
+   archive on) under N concurrent clients sending real DICOM slices and colonoscopy PNG frames
+   with 3 candidates each, ``polyp`` recipe (24 patches per candidate): candidates/s, patches/s,
+   p50/p95/p99 latency per concurrency level;
+2. the ceiling: the raw ONNX Runtime session on ready-made batches;
+3. PyTorch eager on the same weights (what a team without this product would deploy);
+4. video: ``ClassifyStream`` at 30 frames/s, one frame-level patch per frame;
+5. AIFT pool scoring of 100,000 candidates x 24 patches against the model time for them;
+6. resident memory of the server after the 1st and the 50th hot swap;
+7. an int8 variant: throughput against fp32 and AUC change on CVC-ClinicDB.
+
+Prints a table and the ratios, and writes everything to a JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
+from service.launch import server_process
+from service.model import SessionOptions, load_model, select_providers
+from service.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry
+
+ROOT = Path(__file__).resolve().parent.parent
+CVC = ROOT.parent / "shared" / "data" / "cvc-clinicdb"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values) * 1000
+    return {f"p{q}_ms": float(np.percentile(a, q)) for q in (50, 95, 99)} if len(a) else {}
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def dicom_requests() -> list[cad_pb2.ClassifyRequest]:
+    """Real CT/MR slices (pydicom-data) with 3 candidates each."""
+    from tests.helpers import dicom_bytes
+
+    out = []
+    for name in ("CT_small.dcm", "MR_small.dcm", "emri_small.dcm"):
+        data = dicom_bytes(name)
+        out.append(cad_pb2.ClassifyRequest(dicom=data, recipe="polyp", candidates=[
+            cad_pb2.Candidate(client_id=str(i), box=cad_pb2.Box(x=8 + 20 * i, y=10 + 15 * i, width=24, height=24))
+            for i in range(3)]))
+    return out
+
+
+def frame_paths(n: int) -> list[Path]:
+    if (CVC / "images").is_dir():
+        return sorted((CVC / "images").glob("*.png"))[:n]
+    return []
+
+
+def png_frame(path: Path | None, seed: int) -> bytes:
+    if path is not None:
+        return path.read_bytes()
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (288, 384, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def frame_requests(n: int) -> list[cad_pb2.ClassifyRequest]:
+    """Colonoscopy frames (CVC-ClinicDB when present beside the repo, else noise) with 3 candidates."""
+    paths = frame_paths(n) or [None] * n
+    return [cad_pb2.ClassifyRequest(encoded=png_frame(p, i), recipe="polyp", source_id="bench-video", candidates=[
+        cad_pb2.Candidate(client_id=str(k), box=cad_pb2.Box(x=40 + 90 * k, y=60 + 40 * k, width=70, height=60))
+        for k in range(3)]) for i, p in enumerate(paths)]
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def timed_loop(fn: Callable[[], int], seconds: float, warmup: int = 2) -> float:
+    """Items per second of ``fn`` (returns items per call), after warm-up calls."""
+    for _ in range(warmup):
+        fn()
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        done += fn()
+    return done / (time.perf_counter() - t0)
+
+
+def ort_ceiling(version_info: Any, options: SessionOptions, batch: int, seconds: float) -> float:
+    model = load_model(version_info, options)
+    x = np.random.default_rng(0).uniform(0, 255, (batch, 3, model.input_size, model.input_size)).astype(np.float32)
+    return timed_loop(lambda: len(model.run(x)), seconds)
+
+
+def torch_eager(info: Any, batch: int, seconds: float, cuda: bool) -> float:
+    import torch
+
+    from trainer.network import CadNet
+
+    net = CadNet(2, int(info.manifest["input_size"]))
+    net.load_state_dict(torch.load(info.path / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+    net.eval()
+    device = "cuda" if cuda and torch.cuda.is_available() else "cpu"
+    net.to(device)
+    size = int(info.manifest["input_size"])
+    x = torch.from_numpy(np.random.default_rng(0).uniform(0, 255, (batch, 3, size, size)).astype(np.float32))
+
+    def step() -> int:
+        with torch.inference_mode():
+            out = torch.softmax(net(x.to(device)), dim=1).cpu()
+        return len(out)
+
+    return timed_loop(step, seconds)
+
+
+def load(address: str, requests: list[cad_pb2.ClassifyRequest], clients: int, seconds: float) -> dict[str, Any]:
+    """``clients`` threads, each with its own channel, send requests back to back for ``seconds``."""
+    latencies: list[float] = []
+    counts = {"candidates": 0, "patches": 0, "errors": 0}
+    lock = threading.Lock()
+    start = threading.Barrier(clients + 1)
+    stop_at = [0.0]
+
+    def client(k: int) -> None:
+        with grpc.insecure_channel(address) as ch:
+            stub = cad_pb2_grpc.CadInferenceStub(ch)
+            stub.Classify(requests[k % len(requests)], timeout=120)  # warm the channel
+            start.wait()
+            i = k
+            while time.perf_counter() < stop_at[0]:
+                req = requests[i % len(requests)]
+                i += clients
+                t0 = time.perf_counter()
+                try:
+                    r = stub.Classify(req, timeout=120)
+                except grpc.RpcError:
+                    with lock:
+                        counts["errors"] += 1
+                    continue
+                dt = time.perf_counter() - t0
+                with lock:
+                    latencies.append(dt)
+                    counts["candidates"] += len(r.results)
+                    counts["patches"] += sum(x.patches for x in r.results)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    stop_at[0] = time.perf_counter() + 1e9
+    start.wait()
+    t0 = time.perf_counter()
+    stop_at[0] = t0 + seconds
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return {"clients": clients, "requests": len(latencies), "errors": counts["errors"],
+            "candidates_per_s": counts["candidates"] / wall, "patches_per_s": counts["patches"] / wall,
+            **percentiles(latencies)}
+
+
+def video(address: str, frames: list[bytes], fps: float | None, count: int) -> dict[str, Any]:
+    """One ClassifyStream; frames paced at ``fps`` (None: as fast as the server answers)."""
+    sent: dict[int, float] = {}
+    latencies: list[float] = []
+
+    def gen() -> Iterator[cad_pb2.ClassifyRequest]:
+        t0 = time.perf_counter()
+        for i in range(count):
+            if fps is not None:
+                delay = t0 + i / fps - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)  # the endoscope's frame clock
+            data = frames[i % len(frames)]
+            sent[i] = time.perf_counter()
+            yield cad_pb2.ClassifyRequest(encoded=data, recipe="frame:1", source_id="bench-stream", candidates=[
+                cad_pb2.Candidate(client_id="frame", box=cad_pb2.Box(x=0, y=0, width=384, height=288))])
+
+    with grpc.insecure_channel(address) as ch:
+        stub = cad_pb2_grpc.CadInferenceStub(ch)
+        t0 = time.perf_counter()
+        for i, _ in enumerate(stub.ClassifyStream(gen(), timeout=600)):
+            latencies.append(time.perf_counter() - sent[i])
+        wall = time.perf_counter() - t0
+    return {"target_fps": fps, "frames": len(latencies), "fps": len(latencies) / wall, **percentiles(latencies)}
+
+
+def pool_scoring_ratio(patches_per_s: float, n: int = 100_000, m: int = 24) -> dict[str, float]:
+    from service.aift import candidate_stats
+
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 1, (n, m)).astype(np.float32)
+    probs = np.stack([1 - p, p], axis=-1)
+    t0 = time.perf_counter()
+    for start in range(0, n, 10_000):  # as the trainer does it: in chunks
+        candidate_stats(probs[start : start + 10_000])
+    scoring = time.perf_counter() - t0
+    model = n * m / patches_per_s
+    return {"candidates": n, "patches_per_candidate": m, "scoring_s": scoring,
+            "model_s_at_ceiling": model, "ratio": scoring / model}
+
+
+def hot_swaps(registry: ModelRegistry, address: str, pid: int, swaps: int) -> dict[str, Any]:
+    """Publish ``swaps`` versions one after another; RSS after the first and the last swap."""
+    info = registry.get(registry.latest())  # type: ignore[arg-type]
+    files = {MODEL_FILE: info.model_path}
+    manifest = {k: v for k, v in info.manifest.items() if k not in ("version", "sha256", "files", "created")}
+    rss = []
+    with grpc.insecure_channel(address) as ch:
+        admin = cad_pb2_grpc.ModelAdminStub(ch)
+        infer = cad_pb2_grpc.CadInferenceStub(ch)
+        req = frame_requests(1)[0]
+        for k in range(swaps):
+            new = registry.publish(files, manifest).version
+            while admin.GetModel(cad_pb2.GetModelRequest(), timeout=30).version != str(new):
+                time.sleep(0.05)  # the server polls the registry every 0.1 s
+            infer.Classify(req, timeout=60)
+            for old in registry.versions():
+                if old < new:
+                    registry.remove(old)
+            rss.append(rss_mb(pid))
+            if k in (0, swaps - 1) or (k + 1) % 10 == 0:
+                log(f"  swap {k + 1}/{swaps}: server RSS {rss[-1]:.0f} MB")
+    return {"swaps": swaps, "rss_after_first_mb": rss[0], "rss_after_last_mb": rss[-1],
+            "ratio": rss[-1] / rss[0], "rss_mb": rss}
+
+
+def int8(registry: ModelRegistry, version: int, options: SessionOptions, batch: int, seconds: float,
+         quick: bool) -> dict[str, Any]:
+    """Quantise, publish the variant, compare throughput and CVC-ClinicDB AUC."""
+    from service.aift import parse_recipe
+    from service.aift.patches import extract_many
+    from service.imaging import decode_encoded
+    from trainer.cvc import generate, load_frames
+    from trainer.quantize import quantize_version
+
+    if not CVC.is_dir():
+        return {"skipped": f"{CVC} not found"}
+    split = json.loads((ROOT / "experiments" / "cvc_split.json").read_text())
+    frames = load_frames(CVC)
+    recipe = parse_recipe("polyp:4")
+    size = int(registry.get(version).manifest["input_size"])
+
+    def patches_of(sequences: list[int], seed: int, limit: int) -> tuple[np.ndarray, list[int]]:
+        cands = generate([f for f in frames if f.sequence in set(sequences)], 1, seed)
+        cands = [cands[i] for i in np.random.default_rng(seed).permutation(len(cands))[:limit]]
+        out = [extract_many(decode_encoded(c.frame.path.read_bytes()).pixels, [c.box], recipe, size) for c in cands]
+        return np.concatenate(out), [c.label for c in cands]
+
+    calib, _ = patches_of(split["pool"], 1, 64 if quick else 128)
+    test, labels = patches_of(split["test"], 2, 120 if quick else 400)
+    report = quantize_version(registry, version, calib, test, labels, recipe.count)
+    variant = registry.variant(version, "int8")
+    fp32_rate = ort_ceiling(registry.get(version), options, batch, seconds)  # type: ignore[union-attr]
+    int8_rate = ort_ceiling(variant, options, batch, seconds)  # type: ignore[union-attr]
+    return {"auc_fp32": report.auc_fp32, "auc_int8": report.auc_int8, "auc_drop": report.auc_drop,
+            "eval_candidates": report.eval_candidates, "calibration_patches": report.calibration_patches,
+            "fp32_patches_per_s": fp32_rate, "int8_patches_per_s": int8_rate, "speedup": int8_rate / fp32_rate,
+            "served": report.auc_drop <= 0.005}
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="shorter runs (smoke test of the benchmark)")
+    parser.add_argument("--providers", default="auto")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--swaps", type=int, default=50)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    seconds = 4.0 if args.quick else 15.0
+    providers = select_providers(args.providers)
+    cuda = providers[0] == "CUDAExecutionProvider"
+    out = args.out or ROOT / "bench" / "results" / f"serving-{'cuda' if cuda else 'cpu'}.json"
+    work = Path(tempfile.mkdtemp(prefix="cad-bench-"))
+    results: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "providers": providers},
+        "settings": {"seconds_per_level": seconds},
+    }
+    try:
+        from trainer.bootstrap import init_model
+        from trainer.settings import TrainerSettings
+
+        log("building the model (AlexNet, 224-px patches) ...")
+        registry = ModelRegistry(work / "registry", "cad")
+        init_model(TrainerSettings(registry_root=work / "registry", input_size=224, recipe="polyp"))
+        info = registry.get(1)
+        import onnxruntime
+        import torch
+
+        results["machine"].update(onnxruntime=onnxruntime.__version__, torch=torch.__version__,
+                                  pretrained=info.manifest["pretrained"]["source"])
+        batch, preferred = 64, 32
+        options = SessionOptions(tuple(providers))
+        env = {"CAD_REGISTRY_ROOT": str(work / "registry"), "CAD_HOST": "127.0.0.1",
+               "CAD_STORE_URL": f"sqlite:///{work / 'labels.sqlite3'}", "CAD_ARCHIVE_ROOT": str(work / "archive"),
+               "CAD_POLL_INTERVAL_S": "0.1", "CAD_PROVIDERS": args.providers, "CAD_BATCH_SIZE": str(preferred),
+               "CAD_BATCH_MAX_SIZE": str(batch), "CAD_WORKERS": "4"}
+        results["settings"].update(preferred_batch=preferred, max_batch=batch, workers=4,
+                                   store="sqlite (durable, synchronous=FULL)", archive="on")
+
+        log("raw ONNX Runtime ceiling ...")
+        ceiling = {b: ort_ceiling(info, options, b, seconds) for b in (preferred, batch)}
+        log(f"  {ceiling}")
+        log("PyTorch eager ...")
+        eager = {b: torch_eager(info, b, seconds, cuda) for b in (preferred, batch)}
+        log(f"  {eager}")
+        results["ort_ceiling_patches_per_s"] = ceiling
+        results["torch_eager_patches_per_s"] = eager
+
+        requests = dicom_requests() + frame_requests(9)
+        log_lines: list[str] = []
+        with server_process(env, log_lines=log_lines) as (proc, address):
+            levels = []
+            for c in args.concurrency:
+                log(f"server, {c} concurrent clients ...")
+                levels.append(load(address, requests, c, seconds))
+                log(f"  {levels[-1]}")
+            results["server"] = levels
+            frames = [png_frame(p, i) for i, p in enumerate(frame_paths(30) or [None] * 30)]
+            log("video stream at 30 fps ...")
+            results["video_30fps"] = video(address, frames, 30.0, 150 if args.quick else 450)
+            log(f"  {results['video_30fps']}")
+            results["video_max"] = video(address, frames, None, 150 if args.quick else 450)
+            log(f"  unpaced: {results['video_max']}")
+            log(f"hot swaps x{args.swaps} ...")
+            results["hot_swaps"] = hot_swaps(registry, address, proc.pid, args.swaps)
+        best = max(level["patches_per_s"] for level in results["server"])
+        results["pool_scoring"] = pool_scoring_ratio(ceiling[batch])
+        log("int8 variant ...")
+        results["int8"] = int8(registry, registry.latest(), options, batch, seconds, args.quick)  # type: ignore[arg-type]
+        results["ratios"] = {
+            "server_vs_ort_ceiling": best / ceiling[batch],
+            "server_vs_torch_eager": best / eager[batch],
+            "ort_vs_torch_eager": ceiling[batch] / eager[batch],
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(render(results))
+    print(f"\nJSON: {out}")
+    return 0
+
+
+def render(r: dict[str, Any]) -> str:
+    lines = [f"machine: {r['machine']['cpus']} CPUs, providers {','.join(r['machine']['providers'])}, "
+             f"onnxruntime {r['machine'].get('onnxruntime')}, torch {r['machine'].get('torch')}, "
+             f"weights {r['machine'].get('pretrained')}", "",
+             "| clients | requests | candidates/s | patches/s | p50 ms | p95 ms | p99 ms | errors |",
+             "|---|---|---|---|---|---|---|---|"]
+    for lv in r["server"]:
+        lines.append(f"| {lv['clients']} | {lv['requests']} | {lv['candidates_per_s']:.1f} | {lv['patches_per_s']:.1f} "
+                     f"| {lv.get('p50_ms', 0):.0f} | {lv.get('p95_ms', 0):.0f} | {lv.get('p99_ms', 0):.0f} | {lv['errors']} |")
+    ceiling, eager = r["ort_ceiling_patches_per_s"], r["torch_eager_patches_per_s"]
+    lines += ["", "| baseline | " + " | ".join(f"batch {b}" for b in ceiling) + " |",
+              "|---|" + "---|" * len(ceiling),
+              "| raw ONNX Runtime (patches/s) | " + " | ".join(f"{v:.1f}" for v in ceiling.values()) + " |",
+              "| PyTorch eager (patches/s) | " + " | ".join(f"{v:.1f}" for v in eager.values()) + " |", ""]
+    ratios = r["ratios"]
+    lines.append(f"server at saturation / raw ONNX Runtime: {ratios['server_vs_ort_ceiling']:.3f} (target >= 0.9)")
+    lines.append(f"server at saturation / PyTorch eager:    {ratios['server_vs_torch_eager']:.2f}x (target >= 2)")
+    lines.append(f"raw ONNX Runtime / PyTorch eager:        {ratios['ort_vs_torch_eager']:.2f}x")
+    v, vm = r["video_30fps"], r["video_max"]
+    lines.append(f"video, 30 fps paced: {v['fps']:.1f} fps, p50 {v['p50_ms']:.1f} ms, p99 {v['p99_ms']:.1f} ms "
+                 f"(targets >= 30 fps, p99 <= 50 ms); unpaced {vm['fps']:.1f} fps")
+    p = r["pool_scoring"]
+    lines.append(f"pool scoring {p['candidates']} x {p['patches_per_candidate']}: {p['scoring_s']:.3f} s vs model "
+                 f"{p['model_s_at_ceiling']:.0f} s -> ratio {p['ratio']:.2e} (target <= 0.01)")
+    h = r["hot_swaps"]
+    lines.append(f"RSS after swap 1: {h['rss_after_first_mb']:.0f} MB, after swap {h['swaps']}: "
+                 f"{h['rss_after_last_mb']:.0f} MB -> ratio {h['ratio']:.3f} (target <= 1.10)")
+    q = r["int8"]
+    if "skipped" in q:
+        lines.append(f"int8: skipped ({q['skipped']})")
+    else:
+        lines.append(f"int8: {q['int8_patches_per_s']:.1f} vs fp32 {q['fp32_patches_per_s']:.1f} patches/s "
+                     f"({q['speedup']:.2f}x); CVC AUC {q['auc_fp32']:.4f} -> {q['auc_int8']:.4f} "
+                     f"(drop {q['auc_drop']:+.4f}, {q['eval_candidates']} candidates) -> "
+                     f"{'served' if q['served'] else 'NOT served (drop > 0.005)'}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,43 @@
+"""The serving benchmark's load generator, video stream and ratios work against a real server
+(tiny model, short runs: this keeps the benchmark from rotting; it asserts no timings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.serving import frame_requests, load, png_frame, pool_scoring_ratio, render, video
+from service.server import ServerThread
+from tests.conftest import make_settings
+
+
+def test_load_generator_and_video_stream_against_a_real_server(registry_root: Path) -> None:
+    with ServerThread(make_settings(registry_root)) as server:
+        server.refresh_models()
+        level = load(server.address, frame_requests(2), clients=2, seconds=0.5)
+        assert level["requests"] >= 2 and level["errors"] == 0
+        assert level["patches_per_s"] == pytest.approx(level["candidates_per_s"] * 24)
+        assert level["p50_ms"] <= level["p95_ms"] <= level["p99_ms"]
+        frames = [png_frame(None, i) for i in range(3)]
+        stream = video(server.address, frames, fps=None, count=6)
+        assert stream["frames"] == 6 and stream["fps"] > 0
+        registry = server.server.metrics.registry
+        assert registry.get_sample_value("cad_grpc_requests_total", {"method": "ClassifyStream", "code": "OK"}) == 1
+
+
+def test_pool_scoring_ratio_and_report() -> None:
+    ratio = pool_scoring_ratio(patches_per_s=1000.0, n=2000, m=24)
+    assert ratio["model_s_at_ceiling"] == pytest.approx(48.0) and 0 < ratio["ratio"] < 1
+    level = {"clients": 1, "requests": 3, "candidates_per_s": 1.0, "patches_per_s": 24.0, "errors": 0,
+             "p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0}
+    text = render({
+        "machine": {"cpus": 2, "providers": ["CPUExecutionProvider"]}, "server": [level],
+        "ort_ceiling_patches_per_s": {64: 30.0}, "torch_eager_patches_per_s": {64: 20.0},
+        "ratios": {"server_vs_ort_ceiling": 0.8, "server_vs_torch_eager": 1.2, "ort_vs_torch_eager": 1.5},
+        "video_30fps": {"fps": 30.0, "p50_ms": 10.0, "p99_ms": 20.0}, "video_max": {"fps": 50.0},
+        "pool_scoring": ratio, "hot_swaps": {"rss_after_first_mb": 100.0, "rss_after_last_mb": 101.0, "swaps": 50,
+                                             "ratio": 1.01},
+        "int8": {"skipped": "no data"},
+    })
+    assert "0.800 (target >= 0.9)" in text and "ratio 1.010" in text

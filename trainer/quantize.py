@@ -1,0 +1,142 @@
+"""int8 variants: ONNX Runtime static quantisation calibrated on labeled patches, with the AUC
+change measured before it is published (servers only serve it where the drop is allowed)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from service.model import SessionOptions, load_model
+from service.registry import MODEL_FILE, ModelRegistry, VersionInfo, sha256_file
+from trainer.evaluate import roc_auc
+from trainer.settings import TrainerSettings
+
+log = logging.getLogger(__name__)
+
+VARIANT = "int8"
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+
+
+@dataclass(frozen=True)
+class QuantizeReport:
+    version: int
+    auc_fp32: float
+    auc_int8: float
+    eval_candidates: int
+    calibration_patches: int
+
+    @property
+    def auc_drop(self) -> float:
+        return self.auc_fp32 - self.auc_int8
+
+
+class _Calibration:
+    """ONNX Runtime CalibrationDataReader over ready patches (0..255 float32, NCHW)."""
+
+    def __init__(self, input_name: str, patches: npt.NDArray[np.float32], batch: int = 16) -> None:
+        self._batches: Iterator[dict[str, npt.NDArray[np.float32]]] = (
+            {input_name: np.ascontiguousarray(patches[i : i + batch])} for i in range(0, len(patches), batch)
+        )
+
+    def get_next(self) -> dict[str, npt.NDArray[np.float32]] | None:
+        return next(self._batches, None)
+
+
+def quantize_onnx(source: Path, target: Path, input_name: str, calibration: npt.NDArray[np.float32]) -> None:
+    """Static int8 quantisation of the convolutions and fully connected layers (QDQ, per-channel
+    int8 weights, uint8 activations, MinMax calibration)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="cad-quant-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared), str(target), _Calibration(input_name, calibration),
+            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+            op_types_to_quantize=list(QUANTIZED_OPS),  # the softmax output stays exact float
+        )
+
+
+def candidate_auc(info: VersionInfo, patches: npt.NDArray[np.float32], labels: Sequence[int],
+                  per_candidate: int, options: SessionOptions = SessionOptions()) -> float:
+    """AUC of candidate probabilities (mean of each candidate's ``per_candidate`` patches)."""
+    model = load_model(info, options)
+    probs = model.predict(patches, 64)[:, -1].reshape(len(labels), per_candidate).mean(axis=1)
+    return roc_auc(list(labels), probs)
+
+
+def quantize_version(
+    registry: ModelRegistry,
+    version: int,
+    calibration: npt.NDArray[np.float32],
+    eval_patches: npt.NDArray[np.float32],
+    eval_labels: Sequence[int],
+    per_candidate: int,
+) -> QuantizeReport:
+    """Quantise ``version``, measure both AUCs on the evaluation candidates and publish the int8
+    variant with them (whatever the drop: the server decides what it serves)."""
+    if len(set(eval_labels)) < 2:
+        raise ValueError("the evaluation candidates need both classes to measure the AUC change")
+    if len(eval_patches) != len(eval_labels) * per_candidate:
+        raise ValueError("eval_patches must hold per_candidate patches for every label")
+    info = registry.get(version)
+    fp32 = load_model(info, SessionOptions())
+    with tempfile.TemporaryDirectory(prefix="cad-int8-") as tmp:
+        target = Path(tmp) / MODEL_FILE
+        quantize_onnx(info.model_path, target, fp32.input_name, calibration)
+        auc_fp32 = candidate_auc(info, eval_patches, eval_labels, per_candidate)
+        probe = VersionInfo(version, Path(tmp), {**info.manifest, "sha256": sha256_file(target), "variant": VARIANT})
+        auc_int8 = candidate_auc(probe, eval_patches, eval_labels, per_candidate)
+        report = QuantizeReport(version, auc_fp32, auc_int8, len(eval_labels), len(calibration))
+        registry.publish_variant(version, VARIANT, target, {
+            "precision": "int8", "auc_fp32": auc_fp32, "auc_int8": auc_int8, "auc_drop": report.auc_drop,
+            "eval_candidates": len(eval_labels), "calibration_patches": len(calibration),
+            "quantization": {"format": "QDQ", "weights": "int8 per-channel", "activations": "uint8",
+                             "calibration": "MinMax"},
+        })
+    log.info("v%s int8: AUC %.4f -> %.4f (drop %.4f) on %d candidates", version, auc_fp32, auc_int8,
+             report.auc_drop, len(eval_labels))
+    return report
+
+
+def quantize_from_store(settings: TrainerSettings, version: int | None = None,
+                        max_calibration: int = 512, progress: bool = True) -> QuantizeReport:
+    """``cad model quantize``: calibrate on the label store's labeled patches (as many as
+    ``max_calibration``) and measure the AUC change on every labeled candidate; every candidate's
+    patches are cut with the version's recipe so all have the same count."""
+    from tqdm import tqdm
+
+    from service.aift import parse_recipe
+    from service.archive import ImageArchive
+    from service.store import open_store
+    from trainer.data import PatchSource, labeled_examples
+
+    registry = ModelRegistry(settings.registry_root, settings.model_name)
+    version = version or registry.target()
+    if version is None:
+        raise FileNotFoundError(f"{registry.model_dir} has no versions")
+    manifest = registry.get(version).manifest
+    recipe = str(manifest.get("recipe") or "polyp")
+    store = open_store(settings.store_url)
+    try:
+        examples = labeled_examples(store)
+    finally:
+        store.close()
+    source = PatchSource(ImageArchive(settings.archive_root), int(manifest["input_size"]), recipe)
+    chunks = [source.patches(e) for e in tqdm(examples, desc="labeled patches", unit="cand",
+                                              disable=not progress)]
+    if not chunks:
+        raise ValueError("the label store has no labeled candidates to calibrate and evaluate on")
+    patches = np.concatenate(chunks)
+    rng = np.random.default_rng(settings.seed)
+    pick = np.sort(rng.choice(len(patches), size=min(max_calibration, len(patches)), replace=False))
+    return quantize_version(registry, version, patches[pick], patches, [int(e.label or 0) for e in examples],
+                            parse_recipe(recipe).count)
