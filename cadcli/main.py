@@ -139,20 +139,51 @@ def _model_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cli_actor(args: argparse.Namespace) -> str:
+    import getpass
+    import socket
+
+    return getattr(args, "actor", "") or f"{getpass.getuser()}@{socket.gethostname()} (cli)"
+
+
+def _audit(args: argparse.Namespace, action: str, target: str, detail: dict[str, object]) -> None:
+    """Record a CLI registry change in the label store's audit trail (CAD_STORE_URL / --store-url)."""
+    import os
+
+    url = getattr(args, "store_url", None) or os.environ.get("CAD_STORE_URL")
+    if not url:
+        print("note: no --store-url / CAD_STORE_URL, so this change is not in the audit trail", file=sys.stderr)
+        return
+    from service.store import open_store
+
+    store = open_store(url)
+    try:
+        store.add_audit(action, _cli_actor(args), target, detail)
+    finally:
+        store.close()
+
+
 def _model_rollback(args: argparse.Namespace) -> int:
     registry = _registry(args)
+    previous = registry.pinned()  # type: ignore[attr-defined]
     try:
-        registry.pin(args.version, actor=args.actor, reason=args.reason)  # type: ignore[attr-defined]
+        registry.pin(args.version, actor=_cli_actor(args), reason=args.reason)  # type: ignore[attr-defined]
     except FileNotFoundError as exc:
         print(f"cad model rollback: {exc}", file=sys.stderr)
         return 2
+    _audit(args, "pin", f"{registry.name}/v{args.version}",  # type: ignore[attr-defined]
+           {"reason": args.reason, "previous_pin": previous, "via": "cli"})
     print(f"pinned version {args.version}; servers switch on their next registry poll")
     return 0
 
 
 def _model_unpin(args: argparse.Namespace) -> int:
     registry = _registry(args)
-    print("unpinned; servers follow the newest version" if registry.unpin() else "nothing was pinned")  # type: ignore[attr-defined]
+    if registry.unpin():  # type: ignore[attr-defined]
+        _audit(args, "unpin", registry.name, {"via": "cli"})  # type: ignore[attr-defined]
+        print("unpinned; servers follow the newest version")
+    else:
+        print("nothing was pinned")
     return 0
 
 
@@ -239,10 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--name", help="model name (CAD_MODEL_NAME)")
         if name == "show":
             p.add_argument("version", nargs="?", type=int)
+        if name in ("rollback", "unpin"):
+            p.add_argument("--store-url", help="label store for the audit trail (CAD_STORE_URL)")
+            p.add_argument("--actor", default="", help="who (default: user@host)")
         if name == "rollback":
             p.add_argument("version", type=int)
             p.add_argument("--reason", default="")
-            p.add_argument("--actor", default="")
         p.set_defaults(func={"list": _model_list, "show": _model_show,
                              "rollback": _model_rollback, "unpin": _model_unpin}[name])
 

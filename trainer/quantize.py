@@ -138,5 +138,12 @@ def quantize_from_store(settings: TrainerSettings, version: int | None = None,
     patches = np.concatenate(chunks)
     rng = np.random.default_rng(settings.seed)
     pick = np.sort(rng.choice(len(patches), size=min(max_calibration, len(patches)), replace=False))
-    return quantize_version(registry, version, patches[pick], patches, [int(e.label or 0) for e in examples],
-                            parse_recipe(recipe).count)
+    report = quantize_version(registry, version, patches[pick], patches,
+                              [int(e.label or 0) for e in examples], parse_recipe(recipe).count)
+    store = open_store(settings.store_url)
+    try:
+        store.add_audit("publish_variant", settings.actor, f"{registry.name}/v{version}/int8", {
+            "auc_fp32": report.auc_fp32, "auc_int8": report.auc_int8, "auc_drop": report.auc_drop})
+    finally:
+        store.close()
+    return report

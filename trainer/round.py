@@ -164,6 +164,13 @@ def run_round(settings: TrainerSettings, progress: bool = True) -> RoundReport:
     archive = ImageArchive(settings.archive_root)
     try:
         report = _round(settings, registry, parent, preset, store, archive, progress)
+        if report.outcome == "published":
+            store.add_audit("publish", settings.actor, f"{registry.name}/v{report.version}", {
+                "parent": report.parent_version, "labels": report.labels, "gate": report.reason,
+                "val_auc": report.metrics.get("val_auc")})
+        elif report.outcome == "rejected":
+            store.add_audit("round_rejected", settings.actor, f"{registry.name}/v{report.parent_version}",
+                            {"reason": report.reason, "labels": report.labels})
         if settings.rescore:
             report.metrics["pool_rescored"] = rescore_pool(store, archive, registry, progress)
     finally:

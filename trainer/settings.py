@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from pydantic import Field
@@ -50,6 +51,10 @@ class TrainerSettings(BaseSettings):
         False,
         description="Learning from scratch: every round trains the initial version (start_version, "
         "default 1) on all labels with the preset's scratch schedule (a baseline, not continuous).",
+    )
+    actor: str = Field(
+        default_factory=lambda: f"trainer@{socket.gethostname()}",
+        description="Who publishes, in the audit trail.",
     )
     rescore: bool = Field(
         True, description="After the round, re-score the unlabeled pool with the serving version (the "
