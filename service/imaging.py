@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -139,6 +140,25 @@ def _is_multi(value: object) -> bool:
     return isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue"
 
 
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|b'[^']*'")
+_LONG_RUN = re.compile(r"[^\s,;:()\[\]]{24,}")
+
+
+def scrub(message: str, limit: int = 300) -> str:
+    """A library's error message without the values it may quote: a DICOM parser's message can
+    carry an element's value (a patient name, a birth date), which must never reach a client, a
+    log or a metric. Quoted text and long unbroken tokens are replaced."""
+    cleaned = _LONG_RUN.sub("<redacted>", _QUOTED.sub("'<redacted>'", message))
+    return cleaned[:limit]
+
+
+def _quiet_pydicom() -> None:
+    """pydicom's value-validation warnings quote element values (PHI): do not emit them."""
+    import pydicom.config
+
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+
 def _uid(ds: object, name: str) -> str:
     return str(getattr(ds, name, "") or "")
 
@@ -164,6 +184,7 @@ def decode_dicom(
     limits = limits or ImageLimits()
     if window is not None:
         window.validate()
+    _quiet_pydicom()
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except InvalidDicomError:
@@ -171,7 +192,9 @@ def decode_dicom(
             "not a DICOM Part 10 file: the 'DICM' prefix and file meta information are missing"
         ) from None
     except Exception as exc:  # pydicom raises many types on damaged files
-        raise InvalidInput(f"could not parse the DICOM file: {type(exc).__name__}: {exc}") from None
+        raise InvalidInput(
+            f"could not parse the DICOM file: {type(exc).__name__}: {scrub(str(exc))}"
+        ) from None
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise InvalidInput("the DICOM file has no pixel data (no PixelData element)")
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
@@ -191,7 +214,7 @@ def decode_dicom(
         arr = pixel_array(ds, index=frame_index if frames > 1 else None)
     except Exception as exc:
         raise InvalidInput(
-            f"could not decode the DICOM pixel data: {type(exc).__name__}: {exc}"
+            f"could not decode the DICOM pixel data: {type(exc).__name__}: {scrub(str(exc))}"
         ) from None
     if arr.ndim == 3 and arr.shape[0] == 1 and frames == 1 and arr.shape[-1] != 3:
         arr = arr[0]

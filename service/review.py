@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import math
 import uuid
@@ -37,12 +38,33 @@ def body_hash(**fields: object) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
-class Recorder:
-    """Archives each classified image and stores its candidates before the response is sent."""
+class UidHasher:
+    """Keyed hashes of DICOM UIDs (HMAC-SHA256, ``h:`` + 32 hex): the same UID always maps to the
+    same value under one key, so studies still group (validation split, per-study export), but
+    the stored value cannot be traced back to the patient's study without the key."""
 
-    def __init__(self, store: SqlLabelStore, archive: ImageArchive) -> None:
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError("the UID hash key must be at least 16 bytes")
+        self._key = key
+
+    def __call__(self, uid: str) -> str:
+        if not uid:
+            return ""
+        return "h:" + hmac.new(self._key, uid.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+class Recorder:
+    """Archives each classified image and stores its candidates before the response is sent.
+
+    Only pixels (as a PNG without metadata) and the UIDs, modality and geometry are kept; no
+    other DICOM attribute is read into the store. With ``uid_hasher`` the UIDs are stored hashed.
+    """
+
+    def __init__(self, store: SqlLabelStore, archive: ImageArchive, uid_hasher: UidHasher | None = None) -> None:
         self.store = store
         self.archive = archive
+        self.uid = uid_hasher or (lambda uid: uid)
 
     def record(self, outcome: ClassifyOutcome, patch_probs: np.ndarray) -> None:
         sha, size = self.archive.put(outcome.image.pixels)
@@ -51,8 +73,8 @@ class Recorder:
             request_id=outcome.request_id, sha256=sha, size_bytes=size,
             height=outcome.image.height, width=outcome.image.width,
             frame_index=outcome.frame_index, source_kind=src.kind, source_id=outcome.source_id,
-            study_uid=src.study_uid, series_uid=src.series_uid,
-            sop_instance_uid=src.sop_instance_uid, modality=src.modality,
+            study_uid=self.uid(src.study_uid), series_uid=self.uid(src.series_uid),
+            sop_instance_uid=self.uid(src.sop_instance_uid), modality=src.modality,
             recipe=outcome.recipe, model_version=str(outcome.model_version),
         )
         candidates = [

@@ -26,7 +26,7 @@ from service.interceptors import ErrorAndMetricsInterceptor
 from service.metrics import ServiceMetrics
 from service.model import SessionOptions, select_providers
 from service.registry import ModelRegistry
-from service.review import Recorder, ReviewService
+from service.review import Recorder, ReviewService, UidHasher
 from service.servicers import CadInferenceServicer, CadReviewServicer, ModelAdminServicer
 from service.settings import ServerSettings
 from service.store import open_store
@@ -87,7 +87,7 @@ class CadServer:
             ImageLimits(settings.max_image_pixels, settings.max_frames),
             settings.max_candidates,
             settings.batch_size,
-            recorder=Recorder(self.store, self.archive),
+            recorder=Recorder(self.store, self.archive, uid_hasher(settings)),
             batcher=self.batcher,
         )
         self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="cad-worker")
@@ -280,6 +280,14 @@ class ServerThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def uid_hasher(s: ServerSettings) -> UidHasher | None:
+    if not s.hash_uids:
+        return None
+    if s.uid_hash_key_file is None:
+        raise ValueError("CAD_HASH_UIDS needs CAD_UID_HASH_KEY_FILE (a secret shared by all replicas)")
+    return UidHasher(s.uid_hash_key_file.read_bytes().strip())
 
 
 def server_credentials(s: ServerSettings) -> grpc.ServerCredentials | None:

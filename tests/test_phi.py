@@ -1,0 +1,138 @@
+"""No patient-identifying DICOM attribute ever leaves the request: the whole loop (classify, review,
+export, a training round, a hot swap, a metrics scrape, a broken file) on real DICOM files carrying
+distinctive identifying values, then every log line, stored row, archived file, registry file,
+metric and error message is searched for them; UIDs are stored only hashed."""
+
+from __future__ import annotations
+
+import io
+import logging
+import sqlite3
+from pathlib import Path
+
+import grpc
+import pydicom
+import pytest
+from prometheus_client import generate_latest
+
+from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
+from service.server import ServerThread
+from tests.conftest import make_settings
+from tests.helpers import dicom_path
+
+pytestmark = pytest.mark.slow
+
+FILES = ["CT_small.dcm", "MR_small.dcm", "693_UNCR.dcm", "emri_small.dcm"]
+
+# DICOM PS3.15 basic application-level confidentiality profile attributes, with values that
+# cannot occur by chance anywhere else.
+PHI = {
+    "PatientName": "Qzvorak^Elspeth^Mirande",
+    "PatientID": "PIDX-7731-QZV",
+    "PatientBirthDate": "19020317",
+    "PatientAddress": "17 Quillon Lane, Vexmoor",
+    "PatientTelephoneNumbers": "555-0199-4471",
+    "OtherPatientIDs": "OPIDX-99120",
+    "AccessionNumber": "ACCX88127",
+    "InstitutionName": "Saint Orvalle Infirmary",
+    "InstitutionAddress": "3 Brannock Row, Vexmoor",
+    "ReferringPhysicianName": "Trelawney^Ozymandias",
+    "PerformingPhysicianName": "Fennimore^Quaxley",
+    "OperatorsName": "Wimbrel^Tosk",
+    "StudyID": "STDX4471",
+    "StationName": "VEXMOOR-CT9",
+    "DeviceSerialNumber": "SNX-00918273",
+}
+
+
+def with_phi(name: str, n: int) -> tuple[bytes, dict[str, str]]:
+    ds = pydicom.dcmread(dicom_path(name))
+    for keyword, value in PHI.items():
+        setattr(ds, keyword, value if keyword == "PatientBirthDate" else f"{value}")
+    uids = {k: f"1.2.826.0.1.3680043.9.7731.{n}.{i}" for i, k in
+            enumerate(("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))}
+    for keyword, value in uids.items():
+        setattr(ds, keyword, value)
+    ds.file_meta.MediaStorageSOPInstanceUID = uids["SOPInstanceUID"]
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue(), uids
+
+
+def everything_written(tmp: Path, settings, server: ServerThread) -> str:  # noqa: ANN001
+    parts = []
+    db = sqlite3.connect(str(settings.store_url.removeprefix("sqlite:///")))
+    for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+        for row in db.execute(f"SELECT * FROM {table}"):  # noqa: S608 (table names from the schema)
+            parts.append(repr(row))
+    db.close()
+    for root in (Path(settings.archive_root), Path(settings.registry_root)):
+        for path in root.rglob("*"):
+            if path.is_file():
+                parts.append(path.read_bytes().decode("latin-1"))
+    parts.append(generate_latest(server.server.metrics.registry).decode())
+    return "\n".join(parts)
+
+
+def test_no_identifying_value_is_logged_stored_or_echoed(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                         capfd: pytest.CaptureFixture[str]) -> None:
+    from trainer.bootstrap import init_model
+    from trainer.round import run_round
+    from trainer.settings import TrainerSettings
+
+    caplog.set_level(logging.DEBUG)
+    root = tmp_path / "registry"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+        init_model(TrainerSettings(registry_root=root, input_size=64, recipe="polyp:4"))
+    key = tmp_path / "uid.key"
+    key.write_bytes(b"0123456789abcdef-test-only-key")
+    settings = make_settings(root, hash_uids=True, uid_hash_key_file=key)
+    uids: list[str] = []
+    echoed = []
+    with ServerThread(settings) as server, grpc.insecure_channel(server.address) as ch:
+        server.refresh_models()
+        infer, review = cad_pb2_grpc.CadInferenceStub(ch), cad_pb2_grpc.CadReviewStub(ch)
+        first = None
+        for n, name in enumerate(FILES):
+            data, file_uids = with_phi(name, n)
+            uids += file_uids.values()
+            r = infer.Classify(cad_pb2.ClassifyRequest(dicom=data, candidates=[
+                cad_pb2.Candidate(client_id=c, box=cad_pb2.Box(x=4 + 9 * i, y=6 + 7 * i, width=20, height=20))
+                for i, c in enumerate("abcd")]), timeout=60)
+            echoed.append(str(r))
+            first = first or r
+            for res in r.results:
+                verdict = cad_pb2.TRUE_POSITIVE if res.client_id in "bd" else cad_pb2.FALSE_POSITIVE
+                echoed.append(str(review.SubmitCorrection(cad_pb2.Correction(
+                    candidate_id=res.candidate_id, verdict=verdict, reviewer="dr.t"), timeout=30)))
+        echoed.append(str(review.AddMissedFinding(cad_pb2.MissedFinding(
+            request_id=first.request_id, box=cad_pb2.Box(x=30, y=30, width=12, height=12), reviewer="dr.t"),
+            timeout=30)))
+        echoed.append(str(review.GetAnnotationQueue(cad_pb2.QueueRequest(limit=10), timeout=30)))
+        echoed += [str(x) for x in review.ExportLabels(cad_pb2.ExportRequest(), timeout=30)]
+        # A damaged file carrying the same values: the error must not quote them.
+        data, _ = with_phi("CT_small.dcm", 99)
+        broken = data.replace(PHI["PatientBirthDate"].encode(), b"19XX0317")[: len(data) // 2]
+        with pytest.raises(grpc.RpcError) as err:
+            infer.Classify(cad_pb2.ClassifyRequest(dicom=broken, candidates=[
+                cad_pb2.Candidate(client_id="x", box=cad_pb2.Box(x=1, y=1, width=5, height=5))]), timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        echoed.append(err.value.details() or "")
+        report = run_round(TrainerSettings(
+            registry_root=root, store_url=settings.store_url, archive_root=settings.archive_root,
+            val_fraction=0.0, allow_unvalidated=True, batch_size=16, seed=0), progress=False)
+        assert report.outcome == "published"
+        assert server.refresh_models()  # the trained version is swapped in
+        stored = everything_written(tmp_path, settings, server)
+    out, err_text = capfd.readouterr()
+    logs = "\n".join(f"{r.name} {r.levelname} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    haystacks = {"logs": logs + out + err_text, "stored": stored, "responses": "\n".join(echoed)}
+    assert len(caplog.records) > 10 and "hash" not in PHI  # the search has something to look at
+    for where, text in haystacks.items():
+        for keyword, value in PHI.items():
+            for needle in {value, value.replace("^", " "), *value.split("^")}:
+                assert needle.lower() not in text.lower(), f"{keyword} ({needle}) found in {where}"
+    for uid in uids:  # UIDs are stored hashed, and never logged
+        assert uid not in stored and uid not in haystacks["logs"], uid
+    assert "h:" in stored  # the hashed UIDs are there instead
