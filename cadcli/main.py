@@ -43,7 +43,13 @@ def _model_init(args: argparse.Namespace) -> int:
     settings = TrainerSettings(**overrides)  # type: ignore[arg-type]
     try:
         info = init_model(settings, force=args.force)
-    except (RegistryNotEmpty, FileNotFoundError) as exc:
+    except RegistryNotEmpty as exc:
+        if args.if_empty:
+            print(f"cad model init: nothing to do ({exc})")
+            return 0
+        print(f"cad model init: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
         print(f"cad model init: {exc}", file=sys.stderr)
         return 2
     print(f"published {info.manifest['name']} version {info.version} at {info.path}")
@@ -251,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--input-size", type=int, help="patch size (default 224)")
     init.add_argument("--recipe", help="default patch recipe (default polyp)")
     init.add_argument("--force", action="store_true", help="publish even if versions exist")
+    init.add_argument("--if-empty", action="store_true",
+                      help="succeed without publishing when versions exist (container init steps)")
     init.add_argument("--log-level", default="INFO")
     init.set_defaults(func=_model_init)
 

@@ -1,0 +1,215 @@
+"""Deployment files: promtool checks and rule unit tests, a real Prometheus server scraping a
+running service, and the structure of the Dockerfile, compose file, Kubernetes manifests and
+Grafana dashboard (every setting they name must exist)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+
+from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
+from service.server import ServerThread
+from service.settings import ServerSettings
+from tests.conftest import make_settings
+from trainer.settings import TrainerSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+HEALTHCHECK_ENV = {"CAD_HEALTHCHECK_TLS_CA", "CAD_HEALTHCHECK_TLS_SERVER_NAME", "CAD_HEALTHCHECK_TLS_CERT",
+                   "CAD_HEALTHCHECK_TLS_KEY", "CAD_HEALTHCHECK_TOKEN_FILE"}
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} not found: .ci/run installs the Debian package prometheus")
+        pytest.skip(f"{name} not installed")
+    return path
+
+
+def known_setting(name: str) -> bool:
+    field = name.removeprefix("CAD_").lower()
+    return field in ServerSettings.model_fields or field in TrainerSettings.model_fields or name in HEALTHCHECK_ENV
+
+
+# --------------------------------------------------------------------------- Prometheus files
+
+
+@pytest.mark.parametrize("config", ["prometheus.yml", "compose.yml"])
+def test_promtool_accepts_the_configs(config: str) -> None:
+    result = subprocess.run([tool("promtool"), "check", "config", str(DEPLOY / "prometheus" / config)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 rule files found" in result.stdout + result.stderr
+
+
+def test_promtool_accepts_the_rules_and_their_unit_tests_pass() -> None:
+    check = subprocess.run([tool("promtool"), "check", "rules", str(DEPLOY / "prometheus" / "alerts.yml")],
+                           capture_output=True, text=True)
+    assert check.returncode == 0 and "6 rules found" in check.stdout, check.stdout + check.stderr
+    unit = subprocess.run([tool("promtool"), "test", "rules", "alerts_test.yml"], cwd=ROOT / "tests" / "prometheus",
+                          capture_output=True, text=True)
+    assert unit.returncode == 0 and "SUCCESS" in unit.stdout, unit.stdout + unit.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def api(base: str, path: str, **params: str) -> dict:
+    url = f"{base}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (loopback only)
+        return json.loads(response.read())
+
+
+@pytest.fixture
+def prometheus(registry_root: Path, tmp_path: Path) -> Iterator[tuple[str, ServerThread]]:
+    binary = tool("prometheus")
+    with ServerThread(make_settings(registry_root)) as server:
+        server.refresh_models()
+        config = tmp_path / "prometheus.yml"
+        shutil.copy(DEPLOY / "prometheus" / "alerts.yml", tmp_path / "alerts.yml")
+        config.write_text(yaml.safe_dump({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": ["alerts.yml"],
+            "scrape_configs": [{"job_name": "cad-server",
+                                "static_configs": [{"targets": [f"127.0.0.1:{server.metrics_port}"]}]}],
+        }))
+        for _attempt in range(3):  # the port is free when picked; retry if another process took it
+            port = free_port()
+            proc = subprocess.Popen(
+                [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                 f"--web.listen-address=127.0.0.1:{port}"],
+                stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("w"))
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    if api(base, "/api/v1/status/buildinfo")["status"] == "success":
+                        break
+                except OSError:
+                    time.sleep(0.2)  # polling an external process until it answers
+            if proc.poll() is None:
+                break
+        else:
+            pytest.fail("prometheus did not start: " + (tmp_path / "prometheus.log").read_text()[-2000:])
+        try:
+            yield base, server
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def wait_for(base: str, query: str, timeout: float = 60) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = api(base, "/api/v1/query", query=query)["data"]["result"]
+        if result:
+            return result
+        time.sleep(0.25)  # polling Prometheus until its scrape lands
+    raise AssertionError(f"Prometheus never returned a result for {query}")
+
+
+def test_real_prometheus_scrapes_the_service(prometheus: tuple[str, ServerThread]) -> None:
+    base, server = prometheus
+    with grpc.insecure_channel(server.address) as ch:
+        raw = cad_pb2.RawImage(height=40, width=40, channels=1, pixel_type=cad_pb2.RawImage.UINT8,
+                               pixels=bytes(range(40)) * 40)
+        cad_pb2_grpc.CadInferenceStub(ch).Classify(cad_pb2.ClassifyRequest(raw=raw, candidates=[
+            cad_pb2.Candidate(client_id="a", box=cad_pb2.Box(x=2, y=2, width=20, height=20))]), timeout=30)
+    assert wait_for(base, 'up{job="cad-server"} == 1')
+    assert float(wait_for(base, "cad_model_loaded")[0]["value"][1]) == 1
+    requests = wait_for(base, 'cad_grpc_requests_total{method="Classify",code="OK"} >= 1')
+    assert requests[0]["metric"]["job"] == "cad-server"
+    info = wait_for(base, "cad_model_info")[0]["metric"]
+    assert info["version"] == "1" and info["precision"] == "fp32"
+    # The alert rules load and evaluate against the real series.
+    deadline = time.monotonic() + 60
+    while True:
+        groups = api(base, "/api/v1/rules")["data"]["groups"]
+        rules = [r for g in groups for r in g["rules"]]
+        if rules and all(r.get("lastEvaluation", "").startswith("20") for r in rules):
+            break
+        assert time.monotonic() < deadline, "the rules were never evaluated"
+        time.sleep(0.25)
+    assert len(rules) == 6 and all(r["health"] == "ok" for r in rules), rules
+    assert not [r for r in rules if r["state"] == "firing"]  # a healthy server fires nothing
+    # Every query of the Grafana dashboard is valid PromQL for this Prometheus.
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "cad.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            assert api(base, "/api/v1/query", query=target["expr"])["status"] == "success", target["expr"]
+
+
+# --------------------------------------------------------------------------- containers and manifests
+
+
+def test_dockerfile_has_the_four_targets_and_a_safe_serving_image() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    stages = {line.split()[-1] for line in text.splitlines() if line.startswith("FROM ") and " AS " in line}
+    assert {"build", "server", "server-gpu", "trainer", "trainer-gpu"} <= stages
+    server = text.split("AS server\n", 1)[1].split("\nFROM ", 1)[0]
+    assert "USER 10001" in server and "HEALTHCHECK" in server and "service.healthcheck" in server
+    assert "find_spec('torch') is None" in server and "torch==" not in server
+    trainer = text.split("AS trainer\n", 1)[1].split("\nFROM ", 1)[0]
+    assert "torch==2.14.1" in trainer and "USER 10001" in trainer
+
+
+def test_compose_wires_server_trainer_postgres_prometheus_grafana() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    assert {"server", "trainer", "postgres", "prometheus", "grafana"} <= set(services)
+    assert services["trainer"]["command"] == ["train", "watch"]
+    assert services["server"]["build"]["target"] == "server"
+    for name in ("server", "trainer"):
+        env = services[name]["environment"]
+        assert env["CAD_STORE_URL"].startswith("postgresql://")
+        assert all(known_setting(k) for k in env if k.startswith("CAD_")), env
+    for volume in services["prometheus"]["volumes"] + services["grafana"]["volumes"]:
+        assert (DEPLOY / volume.split(":")[0]).exists(), volume
+    assert "alerts.yml" in (DEPLOY / "prometheus" / "compose.yml").read_text()
+    datasource = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    dashboard = json.loads((DEPLOY / "grafana/dashboards/cad.json").read_text())
+    uids = {p["datasource"]["uid"] for p in dashboard["panels"]}
+    assert uids == {datasource["datasources"][0]["uid"]}
+
+
+def test_kubernetes_manifests() -> None:
+    docs = [d for f in sorted((DEPLOY / "k8s").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+    by_kind: dict[str, list[dict]] = {}
+    for doc in docs:
+        by_kind.setdefault(doc["kind"], []).append(doc)
+    deployments = {d["metadata"]["name"]: d for d in by_kind["Deployment"]}
+    server = deployments["cad-server"]["spec"]
+    assert server["replicas"] >= 2
+    container = server["template"]["spec"]["containers"][0]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["exec"]["command"][:3] == ["python", "-m", "service.healthcheck"]
+    assert server["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    trainer = deployments["cad-trainer"]["spec"]
+    assert trainer["replicas"] == 1
+    assert trainer["template"]["spec"]["containers"][0]["args"] == ["train", "watch"]
+    service = by_kind["Service"][0]["spec"]
+    assert {p["name"] for p in service["ports"]} == {"grpc", "metrics"}
+    assert all(c["spec"]["accessModes"] == ["ReadWriteMany"] for c in by_kind["PersistentVolumeClaim"])
+    config = by_kind["ConfigMap"][0]["data"]
+    unknown = [k for k in config if not known_setting(k)]
+    assert not unknown, f"ConfigMap names settings that do not exist: {unknown}"
+    secret = by_kind["Secret"][0]["stringData"]
+    mounted = {Path(v).name for k, v in config.items() if k.endswith(("_FILE", "_CA"))}
+    assert mounted <= set(secret), mounted - set(secret)  # every file setting comes from the Secret
