@@ -72,7 +72,7 @@ def dicom_requests() -> list[cad_pb2.ClassifyRequest]:
     for name in ("CT_small.dcm", "MR_small.dcm", "emri_small.dcm"):
         data = dicom_bytes(name)
         out.append(cad_pb2.ClassifyRequest(dicom=data, recipe="polyp", candidates=[
-            cad_pb2.Candidate(client_id=str(i), box=cad_pb2.Box(x=8 + 20 * i, y=10 + 15 * i, width=24, height=24))
+            cad_pb2.Candidate(client_id=str(i), box=cad_pb2.Box(x=4 + 18 * i, y=4 + 12 * i, width=16, height=16))
             for i in range(3)]))
     return out
 
