@@ -233,7 +233,9 @@ def pool_scoring_ratio(patches_per_s: float, n: int = 100_000, m: int = 24) -> d
 def hot_swaps(registry: ModelRegistry, address: str, pid: int, swaps: int) -> dict[str, Any]:
     """Publish ``swaps`` versions one after another; RSS after the first and the last swap."""
     info = registry.get(registry.latest())  # type: ignore[arg-type]
-    files = {MODEL_FILE: info.model_path}
+    source = registry.root.parent / "swap-source.onnx"  # old versions are removed below
+    shutil.copyfile(info.model_path, source)
+    files = {MODEL_FILE: source}
     manifest = {k: v for k, v in info.manifest.items() if k not in ("version", "sha256", "files", "created")}
     rss = []
     with grpc.insecure_channel(address) as ch:
@@ -362,11 +364,20 @@ def main(argv: list[str] | None = None) -> int:
         results["pool_scoring"] = pool_scoring_ratio(ceiling[batch])
         log("int8 variant ...")
         results["int8"] = int8(registry, registry.latest(), options, batch, seconds, args.quick)  # type: ignore[arg-type]
+        if results["int8"].get("served"):
+            log(f"server with CAD_PRECISION=int8, {max(args.concurrency)} concurrent clients ...")
+            int8_log: list[str] = []
+            with server_process({**env, "CAD_PRECISION": "int8"}, log_lines=int8_log) as (_proc, address):
+                results["server_int8"] = load(address, requests, max(args.concurrency), seconds)
+            results["server_int8"]["served_int8"] = any("(int8)" in line for line in int8_log)
+            log(f"  {results['server_int8']}")
         results["ratios"] = {
             "server_vs_ort_ceiling": best / ceiling[batch],
             "server_vs_torch_eager": best / eager[batch],
             "ort_vs_torch_eager": ceiling[batch] / eager[batch],
         }
+        if "server_int8" in results:
+            results["ratios"]["server_int8_vs_torch_eager"] = results["server_int8"]["patches_per_s"] / eager[batch]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -411,6 +422,10 @@ def render(r: dict[str, Any]) -> str:
                      f"({q['speedup']:.2f}x); CVC AUC {q['auc_fp32']:.4f} -> {q['auc_int8']:.4f} "
                      f"(drop {q['auc_drop']:+.4f}, {q['eval_candidates']} candidates) -> "
                      f"{'served' if q['served'] else 'NOT served (drop > 0.005)'}")
+    if "server_int8" in r:
+        lines.append(f"server serving int8 ({r['server_int8']['clients']} clients): "
+                     f"{r['server_int8']['patches_per_s']:.1f} patches/s, "
+                     f"{ratios['server_int8_vs_torch_eager']:.2f}x PyTorch eager fp32")
     return "\n".join(lines)
 
 

@@ -16,12 +16,18 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+def write_atomic(path: Path, data: bytes, sync: bool = True) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
+
+    ``sync=False`` leaves the fsyncs of the file and of its folder to the caller (the file is
+    complete for every reader and survives a crash of the process, not yet a power loss).
+    """
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     with tmp.open("wb") as fh:
         fh.write(data)
         fh.flush()
-        os.fsync(fh.fileno())
+        if sync:
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
-    fsync_path(path.parent)
+    if sync:
+        fsync_path(path.parent)

@@ -67,6 +67,9 @@ class DecodedImage:
     """(H, W, 3) uint8, windowed."""
     frame_index: int
     source: SourceRef = field(default_factory=lambda: SourceRef(kind="raw"))
+    png: bytes | None = field(default=None, repr=False, compare=False)
+    """These very pixels as a PNG holding only its image chunks, when the upload was an 8-bit
+    RGB PNG: the archive stores it as is instead of compressing the pixels again."""
 
     @property
     def height(self) -> int:
@@ -302,11 +305,44 @@ def decode_encoded(
         img.load()
     except Exception as exc:
         raise InvalidInput(f"could not decode the {img.format} image: {exc}") from None
+    png = None
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         pixels = _to_rgb(gray_to_8bit(np.asarray(img), window))
     else:
+        if img.format == "PNG" and img.mode == "RGB":
+            png = png_image_chunks(data)
         pixels = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    return DecodedImage(np.ascontiguousarray(pixels), frame_index, SourceRef(kind="encoded"))
+    return DecodedImage(np.ascontiguousarray(pixels), frame_index, SourceRef(kind="encoded"), png)
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_KEPT = (b"IHDR", b"IDAT", b"IEND")
+
+
+def png_image_chunks(data: bytes) -> bytes | None:
+    """The PNG ``data`` with only IHDR, IDAT and IEND: the same pixels, and none of the text,
+    time, EXIF, ICC or other ancillary chunks that could carry identifying metadata. None when
+    ``data`` is not an 8-bit truecolour (RGB) PNG whose chunks parse cleanly."""
+    if not data.startswith(PNG_SIGNATURE):
+        return None
+    out, pos, seen_end = [PNG_SIGNATURE], len(PNG_SIGNATURE), False
+    while pos + 12 <= len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
+        end = pos + 12 + length
+        if end > len(data):
+            return None
+        if kind == b"IHDR" and (length != 13 or data[pos + 16] != 8 or data[pos + 17] != 2):
+            return None  # not 8-bit RGB: the decoder converted the pixels
+        if kind in _PNG_KEPT:
+            out.append(data[pos:end])
+        pos = end
+        if kind == b"IEND":
+            seen_end = True
+            break
+    if not seen_end or len(out) < 4 or out[1][4:8] != b"IHDR":
+        return None
+    return b"".join(out)
 
 
 # --------------------------------------------------------------------------- raw

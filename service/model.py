@@ -110,7 +110,7 @@ class SessionOptions:
     """Folder where optimised graphs are kept per model checksum, runtime and provider."""
     io_binding: str = "auto"
     """auto (on for CUDA), on or off: bind inputs/outputs explicitly instead of ``session.run``."""
-    spinning: bool = True
+    spinning: bool = False
     """ONNX Runtime intra-op threads spin between runs (lower latency, more CPU use)."""
 
     def __post_init__(self) -> None:

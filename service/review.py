@@ -64,10 +64,13 @@ class Recorder:
     def __init__(self, store: SqlLabelStore, archive: ImageArchive, uid_hasher: UidHasher | None = None) -> None:
         self.store = store
         self.archive = archive
+        self.durable = archive.fsync == "each"
+        """Records follow the archive's policy: durable before the response (``each``), or
+        relaxed, made durable by the next label (``background``)."""
         self.uid = uid_hasher or (lambda uid: uid)
 
     def record(self, outcome: ClassifyOutcome, patch_probs: np.ndarray) -> None:
-        sha, size = self.archive.put(outcome.image.pixels)
+        sha, size = self.archive.put(outcome.image.pixels, outcome.image.png)
         src = outcome.image.source
         image = ImageRecord(
             request_id=outcome.request_id, sha256=sha, size_bytes=size,
@@ -87,7 +90,7 @@ class Recorder:
             )
             for i, r in enumerate(outcome.results)
         ]
-        self.store.record_classification(image, candidates)
+        self.store.record_classification(image, candidates, durable=self.durable)
 
 
 @dataclass(frozen=True)
@@ -100,10 +103,13 @@ class QueueResult:
 class ReviewService:
     """Domain operations behind the CadReview API."""
 
-    def __init__(self, store: SqlLabelStore, metrics: ServiceMetrics, max_note_chars: int = 2000) -> None:
+    def __init__(self, store: SqlLabelStore, metrics: ServiceMetrics, max_note_chars: int = 2000,
+                 archive: ImageArchive | None = None) -> None:
         self.store = store
         self.metrics = metrics
         self.max_note_chars = max_note_chars
+        self.archive = archive
+        """Optional; the image a label refers to is made durable before the label is stored."""
 
     def _common(self, reviewer: str, note: str, key: str) -> tuple[str, str]:
         reviewer = reviewer.strip()
@@ -124,6 +130,8 @@ class ReviewService:
         reviewer, key = self._common(reviewer, note, key)
         digest = body_hash(kind="correction", candidate_id=candidate_id, verdict=verdict,
                            reviewer=reviewer, note=note)
+        if self.archive is not None:
+            self.archive.make_durable(self.store.get_image(self.store.get_candidate(candidate_id).request_id).sha256)
         receipt = self.store.add_label(candidate_id, VERDICT_LABELS[verdict], reviewer, note, key, digest)
         if not receipt.replayed:
             self.metrics.corrections.labels(verdict.lower()).inc()
@@ -144,6 +152,8 @@ class ReviewService:
             raise InvalidInput(
                 f"box {values} is not inside the archived {image.width}x{image.height} image"
             )
+        if self.archive is not None:
+            self.archive.make_durable(image.sha256)
         digest = body_hash(kind="missed", request_id=request_id, box=values, reviewer=reviewer, note=note)
         candidate = CandidateRecord(
             candidate_id=f"{request_id}-m{uuid.uuid4().hex[:12]}", request_id=request_id,

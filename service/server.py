@@ -68,9 +68,10 @@ class CadServer:
             audit=lambda *event: self.store.add_audit(*event),
         )
         self.store = open_store(settings.store_url)
-        self.archive = ImageArchive(settings.archive_root)
+        self.archive = ImageArchive(settings.archive_root, settings.record_sync,
+                                    settings.record_sync_interval_ms / 1000)
         self.metrics.bind_store(self.store.count_unlabeled, self.store.precision_by_version)
-        self.review = ReviewService(self.store, self.metrics, settings.max_note_chars)
+        self.review = ReviewService(self.store, self.metrics, settings.max_note_chars, self.archive)
         self.batcher = DynamicBatcher(
             BatchingConfig(
                 preferred_batch=min(settings.batch_size, settings.batch_max_size),
@@ -223,6 +224,7 @@ class CadServer:
             self._metrics_http = None
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.batcher.close()  # after the workers: requests they still wait on finish first
+        self.archive.close()  # fsyncs the blobs still pending
         self.store.close()
 
     async def wait(self) -> None:

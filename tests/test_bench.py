@@ -3,11 +3,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from bench.serving import frame_requests, load, png_frame, pool_scoring_ratio, render, video
+from bench.serving import (
+    frame_requests,
+    hot_swaps,
+    load,
+    png_frame,
+    pool_scoring_ratio,
+    render,
+    video,
+)
+from service.registry import ModelRegistry
 from service.server import ServerThread
 from tests.conftest import make_settings
 
@@ -24,6 +34,17 @@ def test_load_generator_and_video_stream_against_a_real_server(registry_root: Pa
         assert stream["frames"] == 6 and stream["fps"] > 0
         registry = server.server.metrics.registry
         assert registry.get_sample_value("cad_grpc_requests_total", {"method": "ClassifyStream", "code": "OK"}) == 1
+
+
+def test_hot_swaps_publish_serve_and_remove_old_versions(registry_root: Path) -> None:
+    with ServerThread(make_settings(registry_root, poll_interval_s=0.05)) as server:
+        server.refresh_models()
+        registry = ModelRegistry(registry_root, "cad")
+        first = registry.latest()
+        swaps = hot_swaps(registry, server.address, os.getpid(), swaps=3)
+        assert swaps["swaps"] == 3 and len(swaps["rss_mb"]) == 3 and swaps["rss_after_first_mb"] > 0
+        assert registry.versions() == [first + 3]  # the source version itself was removed on the way
+        assert server.server.models.require().version == first + 3
 
 
 def test_pool_scoring_ratio_and_report() -> None:

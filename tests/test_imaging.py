@@ -18,6 +18,7 @@ from service.imaging import (
     decode_dicom,
     decode_encoded,
     decode_raw,
+    png_image_chunks,
 )
 from tests.helpers import dicom_bytes, dicom_path
 
@@ -143,6 +144,47 @@ def test_png_rgb_gray_and_16bit() -> None:
     g16 = (np.arange(600, dtype=np.uint16).reshape(20, 30) * 100)
     out = _gray(decode_encoded(_png(g16)).pixels)
     assert out.min() == 0 and out.max() == 255
+
+
+def test_rgb_png_upload_is_kept_for_the_archive_without_its_metadata(tmp_path) -> None:
+    """An 8-bit RGB PNG is archived as sent minus every ancillary chunk (no recompression):
+    the text/time/EXIF chunks that could carry patient data are gone, the pixels are the same."""
+    from PIL import PngImagePlugin
+
+    from service.archive import ImageArchive
+
+    rgb = np.random.default_rng(2).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Patient", "DOE^JANE 19450704")
+    info.add_itxt("Comment", "MRN 4455667", zip=True)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG", pnginfo=info, exif=b"Exif\x00\x00MM\x00*BIRTHDATE")
+    sent = buffer.getvalue()
+    assert b"DOE^JANE" in sent
+    decoded = decode_encoded(sent)
+    assert decoded.png is not None and b"DOE^JANE" not in decoded.png and b"BIRTHDATE" not in decoded.png
+    assert b"iTXt" not in decoded.png and b"tEXt" not in decoded.png and b"eXIf" not in decoded.png
+    with Image.open(io.BytesIO(decoded.png)) as again:
+        np.testing.assert_array_equal(np.asarray(again), rgb)
+    archive = ImageArchive(tmp_path)
+    sha, size = archive.put(decoded.pixels, decoded.png)
+    assert size == len(decoded.png) and archive.path(sha).read_bytes() == decoded.png
+    np.testing.assert_array_equal(archive.get(sha), rgb)
+
+
+def test_other_uploads_are_archived_by_encoding_the_pixels() -> None:
+    rng = np.random.default_rng(4)
+    for pixels in (rng.integers(0, 256, (8, 8), dtype=np.uint8),  # gray
+                   rng.integers(0, 256, (8, 8, 4), dtype=np.uint8),  # RGBA
+                   (np.arange(64, dtype=np.uint16).reshape(8, 8) * 900)):  # 16-bit gray
+        assert decode_encoded(_png(pixels)).png is None
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buffer, format="JPEG")
+    assert decode_encoded(buffer.getvalue()).png is None
+    good = _png(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    assert png_image_chunks(good) is not None
+    assert png_image_chunks(good[:-12]) is None  # no IEND
+    assert png_image_chunks(b"GIF89a" + good[8:]) is None
 
 
 def test_jpeg_frame() -> None:

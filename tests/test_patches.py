@@ -76,6 +76,15 @@ def test_prefix_of_polyp_spans_all_scales(image: np.ndarray) -> None:
     np.testing.assert_array_equal(prefix, full[:3])
 
 
+@pytest.mark.parametrize("name,limits", [("polyp", (1, 2, 3, 4, 8, 23)), ("frame", (1, 2, 5, 7))])
+def test_every_prefix_equals_the_full_recipes_first_patches(image: np.ndarray, name: str, limits: tuple[int, ...]) -> None:
+    """Only the regions a kept patch comes from are resampled; the kept patches are unchanged."""
+    box = Box(30, 20, 70, 60)
+    full = extract_patches(image, box, parse_recipe(name), 20)
+    for m in limits:
+        np.testing.assert_array_equal(extract_patches(image, box, parse_recipe(f"{name}:{m}"), 20), full[:m])
+
+
 def test_pixels_beyond_the_image_are_zero_padded(image: np.ndarray) -> None:
     patch = extract_patches(image, Box(-16, -16, 32, 32), parse_recipe("single"), 32)[0]
     assert np.all(patch[:, :16, :] == 0) and np.all(patch[:, :, :16] == 0)

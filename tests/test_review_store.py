@@ -232,3 +232,94 @@ def test_queue_with_custom_parameters_and_acft_sampling(review: ReviewService, s
         review.annotation_queue(4, "entropy", omega=0.5)
     with pytest.raises(InvalidInput):
         review.annotation_queue(4, "entropy", overrides={"alpha": 0.0})
+
+
+@pytest.fixture
+def fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Every path the archive fsyncs, in order."""
+    import service.archive
+
+    calls: list[Path] = []
+    real = service.archive.fsync_path
+
+    def recording(path: Path) -> None:
+        real(path)
+        calls.append(Path(path))
+
+    monkeypatch.setattr(service.archive, "fsync_path", recording)
+    return calls
+
+
+def test_background_archive_fsyncs_in_batches_and_on_close(tmp_path: Path, fsyncs: list[Path]) -> None:
+    archive = ImageArchive(tmp_path / "archive", fsync="background", sync_interval_s=3600)
+    shas = [archive.put(np.full((8, 8, 3), i, dtype=np.uint8))[0] for i in range(3)]
+    for i, sha in enumerate(shas):  # complete and readable at once, fsynced later
+        assert archive.get(sha)[0, 0, 0] == i
+    assert archive.pending == 3 and fsyncs == []
+    archive.flush()
+    assert archive.pending == 0 and set(fsyncs) >= {archive.path(s) for s in shas}
+    assert {archive.path(s).parent for s in shas} <= set(fsyncs)  # the renames too
+    fsyncs.clear()
+    last, _ = archive.put(np.full((8, 8, 3), 9, dtype=np.uint8))
+    archive.close()
+    assert archive.pending == 0 and archive.path(last) in fsyncs
+    archive.put(np.full((8, 8, 3), 10, dtype=np.uint8))  # after close: synchronous
+    assert archive.pending == 0
+
+
+def test_background_syncer_fsyncs_without_being_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import service.archive
+
+    done = threading.Event()
+    real = service.archive.fsync_path
+    archive = ImageArchive(tmp_path / "archive", fsync="background", sync_interval_s=0.01)
+    sha, _ = archive.put(np.zeros((8, 8, 3), dtype=np.uint8))
+
+    def recording(path: Path) -> None:
+        real(path)
+        if Path(path) == archive.path(sha).parent:
+            done.set()
+
+    monkeypatch.setattr(service.archive, "fsync_path", recording)
+    archive.put(np.ones((8, 8, 3), dtype=np.uint8))  # wakes the syncer
+    assert done.wait(30) and archive.pending == 0
+    archive.close()
+
+
+def test_a_label_makes_its_image_durable_first(store: SqlLabelStore, metrics: ServiceMetrics, tmp_path: Path,
+                                               fsyncs: list[Path]) -> None:
+    archive = ImageArchive(tmp_path / "archive", fsync="background", sync_interval_s=3600)
+    review = ReviewService(store, metrics, archive=archive)
+    first, _ = archive.put(np.full((16, 16, 3), 1, dtype=np.uint8))
+    second, _ = archive.put(np.full((16, 16, 3), 2, dtype=np.uint8))
+    add_image(store, "r1", n=1, sha=first)
+    add_image(store, "r2", n=1, sha=second)
+    assert archive.pending == 2
+    review.submit_correction("r1-0", "TRUE_POSITIVE", "dr.a", "k1")
+    assert archive.path(first) in fsyncs and archive.path(second) not in fsyncs and archive.pending == 1
+    review.add_missed_finding("r2", Box(1, 1, 4, 4), "dr.a", "k2")
+    assert archive.path(second) in fsyncs and archive.pending == 0
+    with pytest.raises(NotFound):  # unknown candidates are refused as before
+        review.submit_correction("nope-0", "TRUE_POSITIVE", "dr.a", "k3")
+    archive.close()
+
+
+def test_archive_fsync_mode_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="each, background"):
+        ImageArchive(tmp_path, fsync="never")
+
+
+def test_relaxed_classification_commits_then_durable_again(store: SqlLabelStore, review: ReviewService) -> None:
+    """A relaxed record is stored and readable; the connection is back to durable commits for
+    everything after it (labels above all)."""
+    from dataclasses import replace as dc_replace
+
+    ids = add_image(store, "fast", n=2)
+    image = store.get_image("fast")
+    store.record_classification(dc_replace(image, request_id="relaxed"), [
+        dc_replace(store.get_candidate(ids[0]), candidate_id="relaxed-0", request_id="relaxed")], durable=False)
+    assert store.get_candidate("relaxed-0").request_id == "relaxed"
+    query = "PRAGMA synchronous" if store.dialect.name == "sqlite" else "SHOW synchronous_commit"
+    assert str(store._query(query)[0][0]) in ("2", "on")  # FULL / on
+    review.submit_correction("relaxed-0", "TRUE_POSITIVE", "dr.a", "k")
+    assert store.events("relaxed-0")[0].label_after == 1

@@ -142,11 +142,19 @@ def rescore_pool(store: SqlLabelStore, archive: ImageArchive, registry: ModelReg
                          float(st.diversity[0]), float(st.score[0])))
         chunk.clear()
 
+    missing = 0
     for e in tqdm(pool, desc=f"re-scoring pool with v{version}", unit="cand", disable=not progress, leave=False):
-        chunk.append((e, source.patches(e)))
+        try:
+            patches = source.patches(e)
+        except FileNotFoundError:  # pruned, or lost with the last unsynced frames in a power cut
+            missing += 1
+            continue
+        chunk.append((e, patches))
         if sum(len(p) for _, p in chunk) >= 256:
             flush()
     flush()
+    if missing:
+        log.warning("re-scoring: %d unlabeled candidates have no archived image and keep their old scores", missing)
     store.update_predictions(str(version), rows)
     return len(rows)
 

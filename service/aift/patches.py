@@ -214,7 +214,10 @@ def extract_patches(image: Image, box: Box, recipe: Recipe, size: int) -> Patche
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) image, got {image.shape}")
     validate_box(box, image.shape[0], image.shape[1])
-    resampled = [resample_region(image, *region, size) for region in _regions(box, recipe)]
+    regions = _regions(box, recipe)  # all drawn, so a region never depends on the count kept
+    # Patch i comes from region i % len(regions) (dihedral-major order), so the first
+    # ``count`` regions are all that is needed (``frame:1`` resamples 1 crop of 8).
+    resampled = [resample_region(image, *region, size) for region in regions[: recipe.count]]
     if recipe.dihedral:
         variants = [_dihedral(p) for p in resampled]
         # Dihedral-major: all scales of variant 0, then all scales of variant 1, ...

@@ -51,10 +51,18 @@ class Dialect:
     param: str
     for_update: str
     begin: str
+    relaxed_before: str
+    """Run before BEGIN of a relaxed transaction (``relaxed_after`` after it ends)."""
+    relaxed_in_tx: str
+    """Run right after BEGIN of a relaxed transaction."""
+    relaxed_after: str
 
 
-SQLITE = Dialect("sqlite", "?", "", "BEGIN IMMEDIATE")
-POSTGRES = Dialect("postgresql", "%s", " FOR UPDATE", "BEGIN")
+# A relaxed commit does not wait for the disk. Both engines write their log in order, so the next
+# durable commit (a label) makes every earlier relaxed one durable too; a power cut can lose only
+# the relaxed commits after the last durable one, a crash of the process none.
+SQLITE = Dialect("sqlite", "?", "", "BEGIN IMMEDIATE", "PRAGMA synchronous=NORMAL", "", "PRAGMA synchronous=FULL")
+POSTGRES = Dialect("postgresql", "%s", " FOR UPDATE", "BEGIN", "", "SET LOCAL synchronous_commit = off", "")
 
 _IMAGE_COLUMNS = (
     "request_id, sha256, size_bytes, height, width, frame_index, source_kind, source_id, "
@@ -104,18 +112,27 @@ class SqlLabelStore:
         return text.replace("?", self.dialect.param) if self.dialect.param != "?" else text
 
     @contextmanager
-    def _tx(self) -> Iterator[Any]:
+    def _tx(self, relaxed: bool = False) -> Iterator[Any]:
+        """One transaction; ``relaxed``: its commit does not wait for the disk (see Dialect)."""
+        d = self.dialect
         with self._lock:
             cur = self._conn.cursor()
-            cur.execute(self.dialect.begin)
+            if relaxed and d.relaxed_before:
+                cur.execute(d.relaxed_before)
             try:
-                yield cur
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            else:
-                cur.execute("COMMIT")
+                cur.execute(d.begin)
+                if relaxed and d.relaxed_in_tx:
+                    cur.execute(d.relaxed_in_tx)
+                try:
+                    yield cur
+                except BaseException:
+                    cur.execute("ROLLBACK")
+                    raise
+                else:
+                    cur.execute("COMMIT")
             finally:
+                if relaxed and d.relaxed_after:
+                    cur.execute(d.relaxed_after)
                 cur.close()
 
     def _query(self, text: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -159,10 +176,15 @@ class SqlLabelStore:
 
     # ------------------------------------------------------------------ classification records
 
-    def record_classification(self, image: ImageRecord, candidates: Sequence[CandidateRecord]) -> None:
-        """Store one classified image and its candidates in one transaction."""
+    def record_classification(
+        self, image: ImageRecord, candidates: Sequence[CandidateRecord], durable: bool = True
+    ) -> None:
+        """Store one classified image and its candidates in one transaction.
+
+        ``durable=False``: a relaxed commit (survives a crash of the process; a power cut can lose
+        it unless a later durable commit, such as any label, came first)."""
         created = image.created or now()
-        with self._tx() as cur:
+        with self._tx(relaxed=not durable) as cur:
             cur.execute(
                 self._sql(f"INSERT INTO images ({_IMAGE_COLUMNS}) VALUES ({', '.join('?' * 15)})"),
                 (
