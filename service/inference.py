@@ -37,7 +37,7 @@ from service.imaging import (
     decode_raw,
 )
 from service.metrics import ServiceMetrics
-from service.model import LoadedModel, SessionOptions, load_model
+from service.model import LoadedModel, SessionOptions, load_model, release_memory
 from service.registry import ModelRegistry, VersionInfo
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,8 @@ class ModelManager:
             model.provider,
             previous.version if previous else "none",
         )
+        del previous  # in-flight requests may still hold it; the next swap trims what they left
+        release_memory()
         if self.on_change is not None:
             self.on_change(model)
 

@@ -293,3 +293,19 @@ def load_model(info: VersionInfo, options: SessionOptions) -> LoadedModel:
     if not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3) or probs.min() < 0:
         raise ModelRejected(f"version {info.version}: outputs are not probabilities")
     return model
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the system (glibc ``malloc_trim``), so
+    the buffers of a swapped-out ONNX Runtime session do not stay in the resident set. A no-op
+    where the C library has no ``malloc_trim``."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
