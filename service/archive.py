@@ -105,9 +105,13 @@ class ImageArchive:
     def flush(self) -> None:
         """fsync every pending blob now."""
         with self._cond:
-            batch = list(self._pending)
-            self._pending.clear()
+            batch = self._take_pending()
         self._sync(batch)
+
+    def _take_pending(self) -> list[Path]:
+        batch = list(self._pending)
+        self._pending.clear()
+        return batch
 
     def close(self) -> None:
         """Flush and stop the syncer; later puts fsync each blob."""
@@ -127,8 +131,7 @@ class ImageArchive:
                     return  # close() flushes what is left
                 # Gather a batch; puts do not cut this short, close() does.
                 self._cond.wait_for(lambda: self._closed, self.sync_interval_s)
-                batch = list(self._pending)
-                self._pending.clear()
+                batch = self._take_pending()
             self._sync(batch)
 
     @staticmethod

@@ -300,12 +300,10 @@ def release_memory() -> None:
     the buffers of a swapped-out ONNX Runtime session do not stay in the resident set. A no-op
     where the C library has no ``malloc_trim``."""
     import ctypes
-    import ctypes.util
     import gc
 
     gc.collect()
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
+        ctypes.CDLL(None).malloc_trim(0)  # the process's own symbols: no library search per swap
     except (OSError, AttributeError):
         pass
