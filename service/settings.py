@@ -49,8 +49,7 @@ class ServerSettings(BaseSettings):
     intra_op_spinning: bool = Field(
         False,
         description="Let ONNX Runtime worker threads spin between runs. Off by default: on a small "
-        "CPU machine the spinning threads starve decoding and patch extraction (bench/serving.py: "
-        "30 fps video p99 243 ms with spinning, 54 ms without, same batch throughput).",
+        "CPU machine the spinning threads starve decoding and patch extraction (video latency tail).",
     )
     workers: int = Field(4, ge=1, description="Threads decoding images and running the model.")
     max_message_bytes: int = Field(
