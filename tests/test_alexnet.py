@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -28,12 +30,13 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def alexnet_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def alexnet_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("alexnet") / "registry"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TORCH_HOME", str(root.parent / "empty-torch-home"))
         init_model(TrainerSettings(registry_root=root))
-    return root
+    yield root
+    shutil.rmtree(root.parent, ignore_errors=True)  # ~0.5 GB; module fixtures outlive their tests
 
 
 def test_manifest_records_everything(alexnet_registry: Path) -> None:

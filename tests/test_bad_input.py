@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -150,6 +151,7 @@ def limited_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerT
     with ServerThread(settings) as server:
         server.refresh_models()
         yield server
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,9 @@ evaluation, the publish gate, pool re-scoring, presets, the split, watch mode.""
 from __future__ import annotations
 
 import json
+import shutil
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,8 +78,10 @@ def _world(tmp: Path) -> World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    return _world(tmp_path_factory.mktemp("trainer"))
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("trainer")
+    yield _world(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)  # every round publishes ~0.5 GB
 
 
 def test_split_is_decided_once_per_source() -> None:
