@@ -23,6 +23,7 @@ from service.server import ServerThread
 from tests.conftest import make_settings
 from tests.helpers import dicom_bytes
 from trainer.bootstrap import RegistryNotEmpty, init_model
+from trainer.export import export_and_check, export_form
 from trainer.network import CadNet, Probabilities, build_initial
 from trainer.settings import TrainerSettings
 
@@ -47,8 +48,28 @@ def test_manifest_records_everything(alexnet_registry: Path) -> None:
     assert m["input_size"] == 224 and m["recipe"] == "polyp" and m["classes"] == ["background", "finding"]
     assert m["sha256"] == sha256_file(info.path / MODEL_FILE)
     assert m["files"][WEIGHTS_FILE] == sha256_file(info.path / WEIGHTS_FILE)
-    assert m["export"]["parity_max_abs_diff"] <= 1e-4
+    assert m["export"]["parity_max_abs_diff"] <= 1e-4 and m["export"]["fc6_fold"] == 1  # 6x6 map: as is
     assert m["created"].endswith("+00:00")
+
+
+@pytest.mark.parametrize(("size", "fold"), [(64, 36), (100, 9), (128, 4), (224, 1)])
+def test_small_inputs_export_fc6_folded_with_the_same_outputs(size: int, fold: int, tmp_path: Path) -> None:
+    torch.manual_seed(size)
+    net = CadNet(input_size=size).eval()
+    with torch.no_grad():  # a trained-looking fc6: no two of the columns a fold sums are alike
+        net.backbone.classifier[1].weight.normal_(0, 0.02)
+    form, k = export_form(net)
+    assert k == fold
+    fc6 = form.backbone.classifier[1]  # type: ignore[index, union-attr]
+    assert fc6.in_features == 9216 // fold
+    x = torch.rand(6, 3, size, size) * 255
+    with torch.no_grad():
+        torch.testing.assert_close(form(x), net(x), atol=2e-5, rtol=1e-4)
+    report = export_and_check(net, tmp_path / "m.onnx", size, 1e-5)
+    assert report.fc6_fold == fold and report.max_abs_diff <= 1e-5
+    params = sum(p.numel() for p in net.parameters())
+    assert sum(p.numel() for p in form.parameters()) == params - 4096 * 9216 * (fold - 1) // fold
+    assert abs((tmp_path / "m.onnx").stat().st_size - 4 * (params - 4096 * 9216 * (fold - 1) // fold)) < 2**20
 
 
 def test_served_alexnet_matches_torch_on_a_real_ct_slice(alexnet_registry: Path) -> None:

@@ -111,6 +111,7 @@ def test_first_round_publishes_a_child_and_rescores_the_pool(world: World) -> No
     assert m["metrics"]["val_auc"] is not None and 0 <= m["metrics"]["val_auc"] <= 1
     assert m["metrics"]["val"]["auc_low"] <= m["metrics"]["val_auc"] <= m["metrics"]["val"]["auc_high"]
     assert m["export"]["parity_max_abs_diff"] <= 1e-4 and m["recipe"] == "polyp:4"
+    assert m["export"]["fc6_fold"] == 36  # 64 px: fc6 applied to the 1x1 map, not its 36 copies
     store = open_store(world.store_url)
     assert store.scored_versions() == {str(report.version): world.unlabeled}  # queue refreshed
     store.close()

@@ -56,6 +56,7 @@ def init_model(settings: TrainerSettings, force: bool = False) -> VersionInfo:
             "export": {
                 "opset": report.opset,
                 "parity_max_abs_diff": report.max_abs_diff,
+                "fc6_fold": report.fc6_fold,
                 "parity_patches": report.checked_patches,
                 "torch": torch.__version__,
             },

@@ -284,7 +284,7 @@ def _round(settings: TrainerSettings, registry: ModelRegistry, parent: VersionIn
             },
             metrics=metrics,
             gate=gate,
-            export={"opset": export.opset, "parity_max_abs_diff": export.max_abs_diff,
+            export={"opset": export.opset, "parity_max_abs_diff": export.max_abs_diff, "fc6_fold": export.fc6_fold,
                     "parity_patches": export.checked_patches, "torch": torch.__version__},
         )
         info = registry.publish({MODEL_FILE: onnx_path, WEIGHTS_FILE: weights_path}, manifest)
