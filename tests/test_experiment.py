@@ -74,3 +74,18 @@ def test_tiny_experiment_runs_resumes_and_reports(tmp_path: Path) -> None:
     assert len(list(csv.DictReader((tmp_path / "curves.csv").open()))) == len(rows)
     text = write_report(tmp_path)
     assert "| random |" in text and (tmp_path / "curves.png").stat().st_size > 10_000
+
+
+def test_variants_that_majority_selection_degenerates_are_named() -> None:
+    from service.aift import aift_scores, parse_recipe
+    from trainer.experiment import PRESETS, degenerate_variants
+
+    quick = degenerate_variants(parse_recipe(PRESETS["quick"].recipe).count)
+    assert set(quick) == {"diversity_alpha", "entropy_diversity_alpha"}
+    assert "entropy alone" in quick["entropy_diversity_alpha"]
+    assert degenerate_variants(parse_recipe(PRESETS["paper"].recipe).count) == {}
+    # What the note claims, on real scoring: 4 patches, alpha 1/4.
+    probs = np.random.default_rng(0).uniform(0.05, 0.95, size=(50, 4))
+    assert not aift_scores(probs, "diversity_alpha").any()
+    assert np.array_equal(aift_scores(probs, "entropy_diversity_alpha"), aift_scores(probs, "entropy_alpha"))
+    assert aift_scores(probs, "diversity").any()
