@@ -67,7 +67,7 @@ class CadServer:
             int8_max_auc_drop=settings.int8_max_auc_drop,
             audit=lambda *event: self.store.add_audit(*event),
         )
-        self.store = open_store(settings.store_url, checkpoint_interval_s=1.0)
+        self.store = open_store(settings.store_url)
         self.archive = ImageArchive(settings.archive_root, settings.record_sync,
                                     settings.record_sync_interval_ms / 1000)
         self.metrics.bind_store(self.store.count_unlabeled, self.store.precision_by_version)

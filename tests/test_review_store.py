@@ -38,7 +38,7 @@ def review(store: SqlLabelStore, metrics: ServiceMetrics) -> ReviewService:
 
 
 def add_image(store: SqlLabelStore, request_id: str, n: int = 3, seed: int = 0, version: str = "1",
-              sha: str | None = None, created: str = "", durable: bool = True) -> list[str]:
+              sha: str | None = None, created: str = "") -> list[str]:
     rng = np.random.default_rng(seed)
     store.record_classification(
         ImageRecord(request_id, sha or f"sha-{request_id}", 1000, 100, 120, 0, "dicom", "src",
@@ -50,7 +50,6 @@ def add_image(store: SqlLabelStore, request_id: str, n: int = 3, seed: int = 0, 
             )
             for i in range(n)
         ],
-        durable=durable,
     )
     return [f"{request_id}-{i}" for i in range(n)]
 
@@ -324,39 +323,3 @@ def test_relaxed_classification_commits_then_durable_again(store: SqlLabelStore,
     assert str(store._query(query)[0][0]) in ("2", "on")  # FULL / on
     review.submit_correction("relaxed-0", "TRUE_POSITIVE", "dr.a", "k")
     assert store.events("relaxed-0")[0].label_after == 1
-
-
-def test_sqlite_commits_leave_wal_checkpoints_to_the_background_thread(tmp_path: Path) -> None:
-    from service.store.sql import WalCheckpointer
-
-    store = open_store(f"sqlite:///{tmp_path / 'labels.db'}", checkpoint_interval_s=3600)
-    assert isinstance(store.checkpointer, WalCheckpointer)
-    assert store._query("PRAGMA wal_autocheckpoint")[0][0] == 0
-    for i in range(400):
-        add_image(store, f"r{i}", n=3, durable=False)
-    frames, done = store.checkpointer.checkpoint()
-    assert frames > 1000 and done == frames  # no commit checkpointed past the default 1000 pages
-    add_image(store, "after", n=1)
-    store.close()  # stops the thread after a last checkpoint
-    again = open_store(f"sqlite:///{tmp_path / 'labels.db'}")
-    assert again.checkpointer is None and again.count_unlabeled() == 400 * 3 + 1
-    again.close()
-
-
-def test_the_wal_checkpointer_runs_by_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.store.sql import WalCheckpointer
-
-    ran = threading.Event()
-    real = WalCheckpointer.checkpoint
-
-    def recording(self: WalCheckpointer) -> tuple[int, int]:
-        result = real(self)
-        ran.set()
-        return result
-
-    monkeypatch.setattr(WalCheckpointer, "checkpoint", recording)
-    store = open_store(f"sqlite:///{tmp_path / 'labels.db'}", checkpoint_interval_s=0.01)
-    add_image(store, "r1", n=2, durable=False)
-    assert ran.wait(30)
-    store.close()
-    assert store.checkpointer is not None and not store.checkpointer._thread.is_alive()

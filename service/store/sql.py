@@ -104,7 +104,6 @@ class SqlLabelStore:
         self.dialect = dialect
         self._integrity_errors = integrity_errors
         self._lock = threading.RLock()
-        self.checkpointer: WalCheckpointer | None = None
         self.migrate()
 
     # ------------------------------------------------------------------ plumbing
@@ -142,8 +141,6 @@ class SqlLabelStore:
             return list(cur.fetchall())
 
     def close(self) -> None:
-        if self.checkpointer is not None:
-            self.checkpointer.close()
         with self._lock:
             self._conn.close()
 
@@ -474,55 +471,8 @@ class SqlLabelStore:
         return bool(self._query("SELECT 1 FROM images WHERE sha256 = ? LIMIT 1", (sha256,)))
 
 
-class WalCheckpointer:
-    """Copies SQLite's write-ahead log into the database file from its own thread and connection.
-
-    By default the commit that takes the WAL over 1000 pages runs that checkpoint itself, with
-    an fsync of the database file: a stall of tens of milliseconds on whichever request
-    happened to commit. Here the serving connection never checkpoints; this thread does a
-    PASSIVE checkpoint (it waits for no one and blocks no writer) every ``interval_s``, so the
-    WAL holds about one interval of writes. Durability is unchanged: a commit is as durable
-    in the WAL as in the database file.
-    """
-
-    def __init__(self, path: Path, interval_s: float = 1.0) -> None:
-        self.interval_s = interval_s
-        self.checkpoints = 0
-        self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="sqlite-checkpoint", daemon=True)
-        self._thread.start()
-
-    def checkpoint(self) -> tuple[int, int]:
-        """One PASSIVE checkpoint: (frames in the WAL, frames now in the database file)."""
-        _busy, log_frames, done = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        self.checkpoints += 1
-        return int(log_frames), int(done)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.checkpoint()
-            except sqlite3.Error as exc:  # the next interval tries again; the WAL only grows meanwhile
-                log.warning("background WAL checkpoint failed: %s", exc)
-
-    def close(self) -> None:
-        if self._stop.is_set():
-            return
-        self._stop.set()
-        self._thread.join()
-        try:
-            self.checkpoint()
-        finally:
-            self._conn.close()
-
-
-def open_store(url: str, checkpoint_interval_s: float | None = None) -> SqlLabelStore:
-    """Open (and migrate) the store at ``sqlite:///path`` or ``postgresql://...``.
-
-    ``checkpoint_interval_s`` (SQLite; the server sets it): WAL checkpoints leave the commit
-    path for a :class:`WalCheckpointer` thread that runs one every so many seconds.
-    """
+def open_store(url: str) -> SqlLabelStore:
+    """Open (and migrate) the store at ``sqlite:///path`` or ``postgresql://...``."""
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///"):])
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -530,11 +480,7 @@ def open_store(url: str, checkpoint_interval_s: float | None = None) -> SqlLabel
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
-        store = SqlLabelStore(conn, SQLITE, (sqlite3.IntegrityError,))
-        if checkpoint_interval_s is not None:
-            conn.execute("PRAGMA wal_autocheckpoint=0")
-            store.checkpointer = WalCheckpointer(path, checkpoint_interval_s)
-        return store
+        return SqlLabelStore(conn, SQLITE, (sqlite3.IntegrityError,))
     if url.startswith(("postgresql://", "postgres://")):
         import psycopg
 
