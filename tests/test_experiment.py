@@ -77,8 +77,8 @@ def test_tiny_experiment_runs_resumes_and_reports(tmp_path: Path) -> None:
 
 
 def test_variants_that_majority_selection_degenerates_are_named() -> None:
-    from service.aift import aift_scores, parse_recipe
-    from trainer.experiment import PRESETS, degenerate_variants
+    from service.aift import aift_scores, degenerate_variants, parse_recipe
+    from trainer.experiment import PRESETS
 
     quick = degenerate_variants(parse_recipe(PRESETS["quick"].recipe).count)
     assert set(quick) == {"diversity_alpha", "entropy_diversity_alpha"}

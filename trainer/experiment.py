@@ -28,8 +28,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 from tqdm import tqdm
 
-from service.aift import VARIANTS, parse_recipe
-from service.aift.scoring import majority_count
+from service.aift import VARIANTS, degenerate_variants, parse_recipe
 from service.aift.patches import extract_many
 from service.archive import ImageArchive
 from service.imaging import ImageLimits, decode_encoded
@@ -263,25 +262,6 @@ def _clone(template: Path, ws: Path) -> None:
                 shutil.copy2(src, dst)
 
     shutil.copytree(template, ws, copy_function=link_or_copy)
-
-
-def degenerate_variants(patches_per_candidate: int, methods: Sequence[str] = METHODS) -> dict[str, str]:
-    """The AIFT variants that majority selection reduces to something else at this patch count.
-
-    With ``round(alpha * m) == 1`` patch kept, the diversity among the kept patches is 0: the
-    entropy+diversity variant ranks by entropy alone, and diversity alone scores every candidate
-    0, so its queue is the tie-break order (candidate ids) - not a diversity ranking.
-    """
-    notes = {}
-    for name in methods:
-        v = VARIANTS.get(name)
-        if v is None or not v.lambda2 or majority_count(patches_per_candidate, v.alpha) > 1:
-            continue
-        notes[name] = (
-            f"keeps 1 of {patches_per_candidate} patches (alpha {v.alpha:g}), whose diversity is 0: "
-            + ("it ranks by entropy alone" if v.lambda1 else "every score is 0 and the queue is in candidate-id order")
-        )
-    return notes
 
 
 def run_all(exp: Experiment, methods: Sequence[str], seeds: Sequence[int], reference: bool = True) -> None:

@@ -20,6 +20,7 @@ from service.aift.scoring import (
     Variant,
     aift_scores,
     candidate_stats,
+    degenerate_variants,
     total_diversity,
     total_entropy,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "Variant",
     "aift_scores",
     "candidate_stats",
+    "degenerate_variants",
     "extract_patches",
     "parse_recipe",
     "total_diversity",

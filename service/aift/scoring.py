@@ -23,6 +23,7 @@ memory; the test suite checks it against the explicit matrix.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,6 +83,25 @@ def majority_count(m: int, alpha: float) -> int:
     if not 0.0 < alpha <= 1.0:
         raise ValueError(f"alpha must be in (0, 1], got {alpha}")
     return max(1, min(m, math.floor(alpha * m + 0.5)))
+
+
+def degenerate_variants(patches_per_candidate: int, names: Iterable[str] = VARIANTS) -> dict[str, str]:
+    """The named variants that majority selection reduces to something else at this patch count.
+
+    With ``round(alpha * m) == 1`` patch kept the diversity among the kept patches is 0: an
+    entropy+diversity variant ranks by entropy alone, and diversity alone scores every candidate
+    0, so a queue built on it is in its tie-break order, not a diversity ranking.
+    """
+    notes = {}
+    for name in names:
+        v = VARIANTS.get(name)
+        if v is None or not v.lambda2 or majority_count(patches_per_candidate, v.alpha) > 1:
+            continue
+        notes[name] = (
+            f"keeps 1 of {patches_per_candidate} patches (alpha {v.alpha:g}), whose diversity is 0: "
+            + ("it ranks by entropy alone" if v.lambda1 else "every score is 0 and the queue is in tie-break order")
+        )
+    return notes
 
 
 def majority_patches(probs: FloatArray, alpha: float) -> FloatArray:
