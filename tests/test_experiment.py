@@ -74,6 +74,7 @@ def test_tiny_experiment_runs_resumes_and_reports(tmp_path: Path) -> None:
     assert len(list(csv.DictReader((tmp_path / "curves.csv").open()))) == len(rows)
     text = write_report(tmp_path)
     assert "| random |" in text and (tmp_path / "curves.png").stat().st_size > 10_000
+    assert "Initial model: random-init = random initialisation" in text  # no ImageNet weights in tests
 
 
 def test_variants_that_majority_selection_degenerates_are_named() -> None:
@@ -89,3 +90,20 @@ def test_variants_that_majority_selection_degenerates_are_named() -> None:
     assert not aift_scores(probs, "diversity_alpha").any()
     assert np.array_equal(aift_scores(probs, "entropy_diversity_alpha"), aift_scores(probs, "entropy_alpha"))
     assert aift_scores(probs, "diversity").any()
+
+
+def test_the_report_states_the_initial_model(tmp_path: Path) -> None:
+    import json
+
+    from trainer.report import markdown, summarise
+
+    rows = ["method,seed,round,labels,test_auc,version,seconds"]
+    rows += [f"{m},0,{r},{10 * r},{0.6 + 0.05 * r},{r + 1},1" for m in ("random", "entropy") for r in range(3)]
+    (tmp_path / "curves.csv").write_text("\n".join(rows) + "\n")
+    assert markdown(summarise(tmp_path)).startswith("Initial model: unknown = not recorded.")
+    manifest = tmp_path / "template" / "registry" / "cad" / "1" / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"version": 1, "pretrained": {"source": "imagenet", "path": "w.pth"}}))
+    summary = summarise(tmp_path)
+    assert summary["initial_model"] == "imagenet"
+    assert markdown(summary).startswith("Initial model: imagenet = ImageNet AlexNet weights.")

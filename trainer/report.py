@@ -10,7 +10,21 @@ from pathlib import Path
 
 import numpy as np
 
+from service.registry import ModelRegistry
+
 TARGET_SHARE = 0.95
+INITIAL_MODEL = {
+    "imagenet": "ImageNet AlexNet weights",
+    "random-init": "random initialisation (no ImageNet AlexNet weights were found locally)",
+}
+
+
+def initial_model(out: Path) -> str:
+    """``pretrained.source`` of the initial model every method started from (version 1 of the template)."""
+    registry = ModelRegistry(out / "template" / "registry", "cad")
+    if 1 not in registry.versions():
+        return "unknown"
+    return str(registry.get(1).manifest.get("pretrained", {}).get("source", "unknown"))
 
 
 def _curves(out: Path) -> dict[str, dict[int, list[tuple[int, float]]]]:
@@ -51,7 +65,8 @@ def summarise(out: Path) -> dict[str, object]:
     for m in methods.values():
         own = m["labels_to_target"]
         m["saving_vs_random"] = (1 - own / random) if (own and random) else None  # type: ignore[operator]
-    return {"reference_auc": reference, "reference": "full pool" if full else "best method",
+    return {"initial_model": initial_model(out),
+            "reference_auc": reference, "reference": "full pool" if full else "best method",
             "target_auc": target, "methods": methods}
 
 
@@ -81,7 +96,10 @@ def plot(summary: dict[str, object], path: Path) -> None:
 
 def markdown(summary: dict[str, object]) -> str:
     fmt = lambda v, p=3: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
+    source = str(summary.get("initial_model", "unknown"))
     lines = [
+        f"Initial model: {source} = {INITIAL_MODEL.get(source, 'not recorded')}.",
+        "",
         f"Target AUC: {summary['target_auc']:.3f} ({TARGET_SHARE:.0%} of the {summary['reference']} "
         f"AUC {summary['reference_auc']:.3f}).",
         "",
