@@ -301,6 +301,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--swaps", type=int, default=50)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="server worker threads (default 4 on CPU, 12 with CUDA: patch extraction is the "
+                        "CPU work that feeds a GPU)")
+    parser.add_argument("--runners", type=int, default=None,
+                        help="batcher model runners (default 1 on CPU, 2 with CUDA: copies overlap compute)")
     args = parser.parse_args(argv)
     seconds = 4.0 if args.quick else 15.0
     providers = select_providers(args.providers)
@@ -327,11 +332,14 @@ def main(argv: list[str] | None = None) -> int:
                                   pretrained=info.manifest["pretrained"]["source"])
         batch, preferred = 64, 32
         options = SessionOptions(tuple(providers))
+        workers = args.workers or (12 if cuda else 4)
+        runners = args.runners or (2 if cuda else 1)
         env = {"CAD_REGISTRY_ROOT": str(work / "registry"), "CAD_HOST": "127.0.0.1",
                "CAD_STORE_URL": f"sqlite:///{work / 'labels.sqlite3'}", "CAD_ARCHIVE_ROOT": str(work / "archive"),
                "CAD_POLL_INTERVAL_S": "0.1", "CAD_PROVIDERS": args.providers, "CAD_BATCH_SIZE": str(preferred),
-               "CAD_BATCH_MAX_SIZE": str(batch), "CAD_WORKERS": "4"}
-        results["settings"].update(preferred_batch=preferred, max_batch=batch, workers=4,
+               "CAD_BATCH_MAX_SIZE": str(batch), "CAD_WORKERS": str(workers), "CAD_BATCH_RUNNERS": str(runners)}
+        results["settings"].update(preferred_batch=preferred, max_batch=batch, workers=workers, runners=runners,
+                                   batch_buckets="on" if cuda else "off",
                                    store="sqlite (durable, synchronous=FULL)", archive="on")
 
         log("raw ONNX Runtime ceiling ...")
@@ -390,7 +398,11 @@ def main(argv: list[str] | None = None) -> int:
 def render(r: dict[str, Any]) -> str:
     lines = [f"machine: {r['machine']['cpus']} CPUs, providers {','.join(r['machine']['providers'])}, "
              f"onnxruntime {r['machine'].get('onnxruntime')}, torch {r['machine'].get('torch')}, "
-             f"weights {r['machine'].get('pretrained')}", "",
+             f"weights {r['machine'].get('pretrained')}",
+             "server: {workers} workers, {runners} model runner(s), batch {preferred_batch}/{max_batch} "
+             "(preferred/max), batch buckets {batch_buckets}".format(**{
+                 "workers": 4, "runners": 1, "preferred_batch": 32, "max_batch": 64, "batch_buckets": "off",
+                 **r.get("settings", {})}), "",
              "| clients | requests | candidates/s | patches/s | p50 ms | p95 ms | p99 ms | errors |",
              "|---|---|---|---|---|---|---|---|"]
     for lv in r["server"]:

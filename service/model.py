@@ -112,6 +112,13 @@ class SessionOptions:
     """auto (on for CUDA), on or off: bind inputs/outputs explicitly instead of ``session.run``."""
     spinning: bool = False
     """ONNX Runtime intra-op threads spin between runs (lower latency, more CPU use)."""
+    batch_buckets: str = "auto"
+    """auto (on for CUDA), on or off: pad each batch to the next of a few fixed sizes (powers of
+    two up to ``max_batch``), all run once at load. On CUDA every new input shape costs a cuDNN
+    algorithm search on its first run (tens of ms); with buckets that happens at load, never
+    while serving. On a CPU padding only costs compute, so auto leaves it off there."""
+    max_batch: int = 64
+    """Largest batch the server runs (its batcher's maximum): the largest bucket."""
 
     def __post_init__(self) -> None:
         if self.graph_optimization not in GRAPH_OPTIMIZATION:
@@ -121,16 +128,32 @@ class SessionOptions:
             )
         if self.io_binding not in ("auto", "on", "off"):
             raise ValueError(f"io_binding must be auto, on or off, not {self.io_binding!r}")
+        if self.batch_buckets not in ("auto", "on", "off"):
+            raise ValueError(f"batch_buckets must be auto, on or off, not {self.batch_buckets!r}")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, not {self.max_batch}")
+
+
+def batch_buckets(max_batch: int) -> tuple[int, ...]:
+    """The padded batch sizes: powers of two below ``max_batch``, then ``max_batch``."""
+    sizes = []
+    size = 1
+    while size < max_batch:
+        sizes.append(size)
+        size *= 2
+    return (*sizes, max_batch)
 
 
 class LoadedModel:
     """One validated model version with its ONNX Runtime session (thread-safe ``run``)."""
 
     def __init__(self, info: VersionInfo, session: Any, io_binding: bool = False,
-                 optimized_from_cache: bool = False) -> None:
+                 optimized_from_cache: bool = False, buckets: tuple[int, ...] = ()) -> None:
         self.info = info
         self.session = session
         self.io_binding = io_binding
+        self.buckets = buckets
+        """Padded batch sizes (empty: batches run at their own size)."""
         self.optimized_from_cache = optimized_from_cache
         inp = session.get_inputs()[0]
         self.input_name: str = inp.name
@@ -158,6 +181,16 @@ class LoadedModel:
 
     def run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Probabilities ``(n, K)`` for one batch ``(n, 3, S, S)``."""
+        n = len(batch)
+        if self.buckets and 0 < n < self.buckets[-1]:
+            size = next(b for b in self.buckets if b >= n)
+            if size > n:  # zero rows: the model treats each row on its own
+                padded = np.zeros((size, *batch.shape[1:]), dtype=np.float32)
+                padded[:n] = batch
+                return self._run(padded)[:n]
+        return self._run(batch)
+
+    def _run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         if self.io_binding:
             binding = self.session.io_binding()
             binding.bind_cpu_input(self.input_name, np.ascontiguousarray(batch, dtype=np.float32))
@@ -281,7 +314,12 @@ def load_model(info: VersionInfo, options: SessionOptions) -> LoadedModel:
     use_binding = options.io_binding == "on" or (
         options.io_binding == "auto" and session.get_providers()[0] == CUDA
     )
-    model = LoadedModel(info, session, io_binding=use_binding, optimized_from_cache=cached)
+    use_buckets = options.batch_buckets == "on" or (
+        options.batch_buckets == "auto" and session.get_providers()[0] == CUDA
+    )
+    buckets = batch_buckets(options.max_batch) if use_buckets else ()
+    model = LoadedModel(info, session, io_binding=use_binding, optimized_from_cache=cached,
+                        buckets=buckets)
     rng = np.random.default_rng(0)
     warm = rng.uniform(0, 255, (2, 3, model.input_size, model.input_size)).astype(np.float32)
     try:
@@ -292,6 +330,17 @@ def load_model(info: VersionInfo, options: SessionOptions) -> LoadedModel:
         raise ModelRejected(f"version {info.version}: warm-up produced non-finite outputs")
     if not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3) or probs.min() < 0:
         raise ModelRejected(f"version {info.version}: outputs are not probabilities")
+    if buckets:
+        t0 = time.perf_counter()
+        for size in buckets:  # each shape's first-run cost (cuDNN search) is paid here
+            try:
+                model._run(np.zeros((size, 3, model.input_size, model.input_size), dtype=np.float32))
+            except Exception as exc:  # any runtime failure rejects the version
+                raise ModelRejected(
+                    f"version {info.version}: warm-up at batch {size} failed: {exc}"
+                ) from None
+        log.info("version %s: batch sizes %s warmed up in %.2f s", info.version,
+                 ",".join(map(str, buckets)), time.perf_counter() - t0)
     return model
 
 

@@ -60,6 +60,8 @@ class CadServer:
                 optimized_cache=settings.optimized_model_cache,
                 io_binding=settings.io_binding,
                 spinning=settings.intra_op_spinning,
+                batch_buckets=settings.batch_buckets,
+                max_batch=settings.batch_max_size,
             ),
             self.metrics,
             on_change=lambda _model: self._set_serving(True),

@@ -40,6 +40,11 @@ class ServerSettings(BaseSettings):
         None, description="Folder caching optimised graphs per model checksum (None: no cache)."
     )
     io_binding: str = Field("auto", description="ONNX Runtime I/O binding: auto (on for CUDA), on or off.")
+    batch_buckets: str = Field(
+        "auto",
+        description="Pad model batches to powers of two up to the max batch, each shape run once at "
+        "load: auto (on for CUDA, where a new shape's first run costs a cuDNN search), on or off.",
+    )
     precision: str = Field(
         "fp32", description="fp32, or int8: serve a version's int8 variant where its AUC drop is allowed."
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.model import SessionOptions, load_model
+from service.model import SessionOptions, batch_buckets, load_model
 from service.registry import ModelRegistry
 from tests.helpers import publish_tiny
 
@@ -52,8 +52,62 @@ def test_optimized_graph_is_cached_and_reused(info, tmp_path: Path) -> None:
     np.testing.assert_allclose(third.run(batch()), first.run(batch()), rtol=1e-6)
 
 
+def test_bucket_sizes_are_powers_of_two_up_to_the_max_batch() -> None:
+    assert batch_buckets(64) == (1, 2, 4, 8, 16, 32, 64)
+    assert batch_buckets(48) == (1, 2, 4, 8, 16, 32, 48)
+    assert batch_buckets(1) == (1,)
+
+
+class ShapeSpy:
+    """Wraps a session and records the batch size of every run."""
+
+    def __init__(self, session) -> None:
+        self.session, self.sizes = session, []
+
+    def run(self, names, feeds):
+        self.sizes.append(len(next(iter(feeds.values()))))
+        return self.session.run(names, feeds)
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+def test_buckets_pad_batches_without_changing_any_probability(info) -> None:
+    plain = load_model(info, SessionOptions(batch_buckets="off"))
+    padded = load_model(info, SessionOptions(batch_buckets="on", max_batch=8))
+    assert plain.buckets == () and padded.buckets == (1, 2, 4, 8)
+    spy = padded.session = ShapeSpy(padded.session)
+    x = batch(11)
+    for n in range(1, 12):
+        out = padded.run(x[:n])
+        assert out.shape == (n, 2)
+        np.testing.assert_allclose(out, plain.run(x[:n]), rtol=1e-5, atol=1e-7)
+    # 3 -> 4, 5..7 -> 8, 8 as is, and a batch over the largest bucket runs at its own size
+    assert spy.sizes == [1, 2, 4, 4, 8, 8, 8, 8, 9, 10, 11]
+
+
+def test_auto_buckets_are_off_on_cpu_and_every_bucket_is_warmed_at_load(info, monkeypatch) -> None:
+    assert load_model(info, SessionOptions()).buckets == ()
+    import onnxruntime as ort
+
+    seen = []
+    real = ort.InferenceSession.run
+
+    def run(self, names, feeds, *args, **kwargs):
+        seen.append(len(next(iter(feeds.values()))))
+        return real(self, names, feeds, *args, **kwargs)
+
+    monkeypatch.setattr(ort.InferenceSession, "run", run)
+    load_model(info, SessionOptions(batch_buckets="on", max_batch=16))
+    assert seen == [2, 1, 2, 4, 8, 16]  # the checked warm-up, then each shape once
+
+
 def test_bad_options_are_named() -> None:
     with pytest.raises(ValueError, match="graph optimisation"):
         SessionOptions(graph_optimization="max")
     with pytest.raises(ValueError, match="io_binding"):
         SessionOptions(io_binding="sometimes")
+    with pytest.raises(ValueError, match="batch_buckets"):
+        SessionOptions(batch_buckets="maybe")
+    with pytest.raises(ValueError, match="max_batch"):
+        SessionOptions(max_batch=0)

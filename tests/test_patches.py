@@ -104,6 +104,17 @@ def test_extract_many_concatenates_in_candidate_order(image: np.ndarray) -> None
     many = extract_many(image, boxes, recipe, 16)
     assert many.shape == (8, 3, 16, 16)
     np.testing.assert_array_equal(many[4:], extract_patches(image, boxes[1], recipe, 16))
+    np.testing.assert_array_equal(many[:4], extract_patches(image, boxes[0], recipe, 16))
+    assert extract_many(image, [], recipe, 16).shape == (0, 3, 16, 16)
+
+
+def test_patches_written_into_a_given_array_or_refused_with_the_wrong_shape(image: np.ndarray) -> None:
+    recipe = parse_recipe("polyp:4")
+    out = np.full((4, 3, 16, 16), -1.0, dtype=np.float32)
+    assert extract_patches(image, Box(10, 10, 20, 20), recipe, 16, out=out) is out
+    np.testing.assert_array_equal(out, extract_patches(image, Box(10, 10, 20, 20), recipe, 16))
+    with pytest.raises(ValueError, match="out must be"):
+        extract_patches(image, Box(10, 10, 20, 20), recipe, 16, out=np.empty((3, 3, 16, 16), np.float32))
 
 
 @pytest.mark.parametrize(
