@@ -21,6 +21,7 @@ Prints a table and the ratios, and writes everything to a JSON file.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -30,6 +31,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +109,24 @@ def frame_requests(n: int) -> list[cad_pb2.ClassifyRequest]:
 # --------------------------------------------------------------------------- measurements
 
 
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause this process's garbage collector while it times the server, as ``timeit`` does.
+
+    The load generator's heap (torch, ONNX Runtime sessions, results) made its full collections
+    take up to 200 ms on 2 cores; one of them during the video phase stalled the client's
+    receive loop and was counted as server latency for several frames in a row.
+    """
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def timed_loop(fn: Callable[[], int], seconds: float, warmup: int = 2) -> float:
     """Items per second of ``fn`` (returns items per call), after warm-up calls."""
     for _ in range(warmup):
@@ -175,15 +195,16 @@ def load(address: str, requests: list[cad_pb2.ClassifyRequest], clients: int, se
                     counts["patches"] += sum(x.patches for x in r.results)
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    for t in threads:
-        t.start()
-    stop_at[0] = time.perf_counter() + 1e9
-    start.wait()
-    t0 = time.perf_counter()
-    stop_at[0] = t0 + seconds
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    with collector_paused():
+        for t in threads:
+            t.start()
+        stop_at[0] = time.perf_counter() + 1e9
+        start.wait()
+        t0 = time.perf_counter()
+        stop_at[0] = t0 + seconds
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
     return {"clients": clients, "requests": len(latencies), "errors": counts["errors"],
             "candidates_per_s": counts["candidates"] / wall, "patches_per_s": counts["patches"] / wall,
             **percentiles(latencies)}
@@ -206,7 +227,7 @@ def video(address: str, frames: list[bytes], fps: float | None, count: int) -> d
             yield cad_pb2.ClassifyRequest(encoded=data, recipe="frame:1", source_id="bench-stream", candidates=[
                 cad_pb2.Candidate(client_id="frame", box=cad_pb2.Box(x=0, y=0, width=384, height=288))])
 
-    with grpc.insecure_channel(address) as ch:
+    with grpc.insecure_channel(address) as ch, collector_paused():
         stub = cad_pb2_grpc.CadInferenceStub(ch)
         t0 = time.perf_counter()
         for i, _ in enumerate(stub.ClassifyStream(gen(), timeout=600)):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import threading
@@ -317,10 +318,23 @@ def configure_logging(level: str = "INFO") -> None:
     )
 
 
+def freeze_startup_objects() -> int:
+    """Move every object alive after start-up (imported modules, gRPC and ONNX Runtime
+    bindings, settings: some 10^5 objects) out of the garbage collector's reach, so that a
+    full collection only walks what requests create. Without it a full collection walked them
+    all while every worker waited on the GIL (pauses of ~15 ms on 2 cores, in the video
+    latency tail). Returns how many objects were frozen."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 async def serve(settings: ServerSettings) -> None:
     """Run until SIGINT/SIGTERM, then stop gracefully."""
     server = CadServer(settings)
     await server.start()
+    log.info("froze %d start-up objects out of the garbage collector's full passes",
+             freeze_startup_objects())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -225,3 +225,32 @@ def test_healthcheck_command_exit_codes(server: ServerThread, tmp_path: Path) ->
     assert healthcheck(["--address", server.address]) == 0
     with ServerThread(make_settings(tmp_path / "empty")) as idle:
         assert healthcheck(["--address", idle.address]) == 1
+
+
+def test_the_server_process_freezes_its_start_up_objects_out_of_full_collections(tmp_path: Path) -> None:
+    import os
+    import re
+    import subprocess
+    import sys
+    import threading
+
+    publish_tiny(tmp_path / "registry", tmp_path / "build")
+    env = {**os.environ, "CAD_REGISTRY_ROOT": str(tmp_path / "registry"), "CAD_HOST": "127.0.0.1",
+           "CAD_STORE_URL": f"sqlite:///{tmp_path / 'labels.sqlite3'}", "CAD_ARCHIVE_ROOT": str(tmp_path / "a"),
+           "CAD_POLL_INTERVAL_S": "3600"}
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-m", "service.server", "--port", "0", "--metrics-port", "-1"],
+                            cwd=root, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    guard = threading.Timer(120, proc.kill)  # a server that never logs it ends the read below
+    guard.start()
+    frozen = None
+    try:
+        for line in proc.stderr:  # type: ignore[union-attr]
+            if m := re.search(r"froze (\d+) start-up objects", line):
+                frozen = int(m.group(1))
+                break
+    finally:
+        guard.cancel()
+        proc.kill()
+        proc.wait(timeout=30)
+    assert frozen is not None and frozen > 10_000  # imports alone are tens of thousands of objects
