@@ -106,6 +106,29 @@ def frame_requests(n: int) -> list[cad_pb2.ClassifyRequest]:
         for k in range(3)]) for i, p in enumerate(paths)]
 
 
+# --------------------------------------------------------------------------- the server under test
+
+PREFERRED_BATCH, MAX_BATCH = 32, 64
+
+
+def build_model(work: Path) -> ModelRegistry:
+    """A fresh registry under ``work`` with version 1: AlexNet at 224-px patches, polyp recipe."""
+    from trainer.bootstrap import init_model
+    from trainer.settings import TrainerSettings
+
+    log("building the model (AlexNet, 224-px patches) ...")
+    init_model(TrainerSettings(registry_root=work / "registry", input_size=224, recipe="polyp"))
+    return ModelRegistry(work / "registry", "cad")
+
+
+def server_env(work: Path, providers: str, workers: int = 4, runners: int = 1) -> dict[str, str]:
+    """``CAD_*`` settings of the benchmarked server: SQLite store and archive on, under ``work``."""
+    return {"CAD_REGISTRY_ROOT": str(work / "registry"), "CAD_HOST": "127.0.0.1",
+            "CAD_STORE_URL": f"sqlite:///{work / 'labels.sqlite3'}", "CAD_ARCHIVE_ROOT": str(work / "archive"),
+            "CAD_POLL_INTERVAL_S": "0.1", "CAD_PROVIDERS": providers, "CAD_BATCH_SIZE": str(PREFERRED_BATCH),
+            "CAD_BATCH_MAX_SIZE": str(MAX_BATCH), "CAD_WORKERS": str(workers), "CAD_BATCH_RUNNERS": str(runners)}
+
+
 # --------------------------------------------------------------------------- measurements
 
 
@@ -339,26 +362,18 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"seconds_per_level": seconds},
     }
     try:
-        from trainer.bootstrap import init_model
-        from trainer.settings import TrainerSettings
-
-        log("building the model (AlexNet, 224-px patches) ...")
-        registry = ModelRegistry(work / "registry", "cad")
-        init_model(TrainerSettings(registry_root=work / "registry", input_size=224, recipe="polyp"))
+        registry = build_model(work)
         info = registry.get(1)
         import onnxruntime
         import torch
 
         results["machine"].update(onnxruntime=onnxruntime.__version__, torch=torch.__version__,
                                   pretrained=info.manifest["pretrained"]["source"])
-        batch, preferred = 64, 32
+        batch, preferred = MAX_BATCH, PREFERRED_BATCH
         options = SessionOptions(tuple(providers))
         workers = args.workers or (12 if cuda else 4)
         runners = args.runners or (2 if cuda else 1)
-        env = {"CAD_REGISTRY_ROOT": str(work / "registry"), "CAD_HOST": "127.0.0.1",
-               "CAD_STORE_URL": f"sqlite:///{work / 'labels.sqlite3'}", "CAD_ARCHIVE_ROOT": str(work / "archive"),
-               "CAD_POLL_INTERVAL_S": "0.1", "CAD_PROVIDERS": args.providers, "CAD_BATCH_SIZE": str(preferred),
-               "CAD_BATCH_MAX_SIZE": str(batch), "CAD_WORKERS": str(workers), "CAD_BATCH_RUNNERS": str(runners)}
+        env = server_env(work, args.providers, workers, runners)
         results["settings"].update(preferred_batch=preferred, max_batch=batch, workers=workers, runners=runners,
                                    batch_buckets="on" if cuda else "off",
                                    store="sqlite (durable, synchronous=FULL)", archive="on")
@@ -417,13 +432,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(r: dict[str, Any]) -> str:
-    lines = [f"machine: {r['machine']['cpus']} CPUs, providers {','.join(r['machine']['providers'])}, "
-             f"onnxruntime {r['machine'].get('onnxruntime')}, torch {r['machine'].get('torch')}, "
-             f"weights {r['machine'].get('pretrained')}",
-             "server: {workers} workers, {runners} model runner(s), batch {preferred_batch}/{max_batch} "
-             "(preferred/max), batch buckets {batch_buckets}".format(**{
-                 "workers": 4, "runners": 1, "preferred_batch": 32, "max_batch": 64, "batch_buckets": "off",
-                 **r.get("settings", {})}), "",
+    st = {"workers": 4, "runners": 1, "preferred_batch": PREFERRED_BATCH, "max_batch": MAX_BATCH,
+          "batch_buckets": "off", **r.get("settings", {})}  # runs before these were recorded: the old defaults
+    lines = [(f"machine: {r['machine']['cpus']} CPUs, providers {','.join(r['machine']['providers'])}, "
+              f"onnxruntime {r['machine'].get('onnxruntime')}, torch {r['machine'].get('torch')}, "
+              f"weights {r['machine'].get('pretrained')}"),
+             (f"server: {st['workers']} workers, {st['runners']} model runner(s), batch {st['preferred_batch']}/"
+              f"{st['max_batch']} (preferred/max), batch buckets {st['batch_buckets']}"), "",
              "| clients | requests | candidates/s | patches/s | p50 ms | p95 ms | p99 ms | errors |",
              "|---|---|---|---|---|---|---|---|"]
     for lv in r["server"]:

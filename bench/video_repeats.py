@@ -16,7 +16,17 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bench.serving import dicom_requests, frame_paths, frame_requests, load, log, png_frame, video
+from bench.serving import (
+    build_model,
+    dicom_requests,
+    frame_paths,
+    frame_requests,
+    load,
+    log,
+    png_frame,
+    server_env,
+    video,
+)
 from service.launch import server_process
 
 
@@ -27,16 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=450)
     parser.add_argument("--load-seconds", type=float, default=15.0)
     args = parser.parse_args(argv)
-    from trainer.bootstrap import init_model
-    from trainer.settings import TrainerSettings
-
     work = Path(tempfile.mkdtemp(prefix="cad-video-"))
     try:
-        init_model(TrainerSettings(registry_root=work / "registry", input_size=224, recipe="polyp"))
-        env = {"CAD_REGISTRY_ROOT": str(work / "registry"), "CAD_HOST": "127.0.0.1",
-               "CAD_STORE_URL": f"sqlite:///{work / 'labels.sqlite3'}", "CAD_ARCHIVE_ROOT": str(work / "archive"),
-               "CAD_POLL_INTERVAL_S": "0.1", "CAD_PROVIDERS": args.providers, "CAD_BATCH_SIZE": "32",
-               "CAD_BATCH_MAX_SIZE": "64", "CAD_WORKERS": "4"}
+        build_model(work)
+        env = server_env(work, args.providers)
         frames = [png_frame(p, i) for i, p in enumerate(frame_paths(30) or [None] * 30)]
         with server_process(env, log_lines=[]) as (_proc, address):
             log(f"load: 8 clients for {args.load_seconds:.0f} s ...")

@@ -311,12 +311,9 @@ def load_model(info: VersionInfo, options: SessionOptions) -> LoadedModel:
         _preload_cuda_libraries()
     session, cached = _session(path, actual, options, info.version)
     _check_signature(session)
-    use_binding = options.io_binding == "on" or (
-        options.io_binding == "auto" and session.get_providers()[0] == CUDA
-    )
-    use_buckets = options.batch_buckets == "on" or (
-        options.batch_buckets == "auto" and session.get_providers()[0] == CUDA
-    )
+    on_cuda = session.get_providers()[0] == CUDA
+    use_binding = options.io_binding == "on" or (options.io_binding == "auto" and on_cuda)
+    use_buckets = options.batch_buckets == "on" or (options.batch_buckets == "auto" and on_cuda)
     buckets = batch_buckets(options.max_batch) if use_buckets else ()
     model = LoadedModel(info, session, io_binding=use_binding, optimized_from_cache=cached,
                         buckets=buckets)
