@@ -74,6 +74,30 @@ class _Request:
         return len(self.patches) - self.taken
 
 
+class _Workspace:
+    """A runner's own batch array, reused from run to run.
+
+    Concatenating the requests' patches into a fresh array cost a new 38 MB of memory per
+    64-patch batch at 224 px (page faults, zeroing, unmapping); the runner fills this one.
+    """
+
+    def __init__(self) -> None:
+        self._array: npt.NDArray[np.float32] | None = None
+
+    def assemble(self, parts: list[npt.NDArray[np.float32]], size: int) -> npt.NDArray[np.float32]:
+        """The parts one after another, then zero rows up to ``size`` (a padded bucket)."""
+        shape = parts[0].shape[1:]
+        array = self._array
+        if array is None or len(array) < size or array.shape[1:] != shape:
+            array = self._array = np.empty((size, *shape), dtype=np.float32)
+        offset = 0
+        for part in parts:
+            array[offset : offset + len(part)] = part
+            offset += len(part)
+        array[offset:size] = 0.0
+        return array[:size]
+
+
 class DynamicBatcher:
     """Coalesces patches of concurrent requests into model runs (thread-safe)."""
 
@@ -201,23 +225,28 @@ class DynamicBatcher:
             return taken
 
     def _run_forever(self) -> None:
+        workspace = _Workspace()
         while True:
             with self._cond:
                 taken = self._next_batch()
             if taken is None:
                 return
-            self._run(taken)
+            self._run(taken, workspace)
 
-    def _run(self, taken: list[tuple[_Request, int, int]]) -> None:
+    def _run(self, taken: list[tuple[_Request, int, int]], workspace: _Workspace) -> None:
         model = taken[0][0].model
         parts = [r.patches[a:b] for r, a, b in taken]
-        batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        n = sum(len(p) for p in parts)
+        size = model.padded_size(n)
+        if len(parts) == 1 and size == n:  # one request's slice: run it where it lies
+            batch = np.ascontiguousarray(parts[0], dtype=np.float32)
+        else:
+            batch = workspace.assemble(parts, size)
         t0 = time.perf_counter()
         try:
-            out = model.run(batch)
+            out = model.run(batch)[:n]
         except BaseException as exc:  # every waiting caller gets the failure, none hangs
-            log.exception("model run over %d patches failed", len(batch))
+            log.exception("model run over %d patches failed", n)
             with self._cond:
                 for request, _, _ in taken:
                     if request in self._queue:
@@ -225,7 +254,7 @@ class DynamicBatcher:
                     if not request.future.done():
                         request.future.set_exception(exc)
             return
-        self.metrics.observe_batch(len(batch), time.perf_counter() - t0)
+        self.metrics.observe_batch(n, time.perf_counter() - t0)
         offset = 0
         finished = []
         with self._cond:

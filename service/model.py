@@ -179,15 +179,25 @@ class LoadedModel:
     def default_recipe(self) -> str:
         return str(self.info.manifest.get("recipe") or "polyp")
 
-    def run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Probabilities ``(n, K)`` for one batch ``(n, 3, S, S)``."""
-        n = len(batch)
+    def padded_size(self, n: int) -> int:
+        """The batch size a batch of ``n`` patches runs at: its bucket, or ``n`` without buckets."""
         if self.buckets and 0 < n < self.buckets[-1]:
-            size = next(b for b in self.buckets if b >= n)
-            if size > n:  # zero rows: the model treats each row on its own
-                padded = np.zeros((size, *batch.shape[1:]), dtype=np.float32)
-                padded[:n] = batch
-                return self._run(padded)[:n]
+            return next(b for b in self.buckets if b >= n)
+        return n
+
+    def run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Probabilities ``(n, K)`` for one batch ``(n, 3, S, S)``.
+
+        A batch smaller than its bucket is padded with zero rows (the model treats each row on
+        its own); a caller that runs many batches can pad into its own array instead (see
+        :meth:`padded_size`) and save the copy.
+        """
+        n = len(batch)
+        size = self.padded_size(n)
+        if size > n:
+            padded = np.zeros((size, *batch.shape[1:]), dtype=np.float32)
+            padded[:n] = batch
+            return self._run(padded)[:n]
         return self._run(batch)
 
     def _run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

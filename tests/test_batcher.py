@@ -107,6 +107,41 @@ def test_a_large_request_is_split_into_max_batch_runs(models) -> None:
     batcher.close()
 
 
+def test_batches_of_several_requests_are_assembled_in_the_runners_own_padded_array(models, pool) -> None:
+    model, _ = models
+    bucketed = load_model(model.info, SessionOptions(batch_buckets="on", max_batch=64))
+    reference = load_model(model.info, SessionOptions())
+    for m in (model, bucketed):
+        batcher, _ = make(BatchingConfig(preferred_batch=24, max_batch=64, max_queue_delay_s=30))
+        seen: list[tuple[int, np.ndarray, bool]] = []  # (rows, the array, rows after the 30th all zero)
+        original = m.run
+
+        def run(batch: np.ndarray, original=original, seen=seen) -> np.ndarray:
+            seen.append((len(batch), batch, not batch[30:].any()))  # kept alive: memory not reused
+            return original(batch)
+
+        for round_ in range(2):
+            m.run = run  # type: ignore[method-assign]
+            entered, release = block_model_runs(m)
+            first = pool.submit(batcher.predict, m, patches(24, 100 + round_))
+            assert entered.wait(30)  # holds the model while three requests queue up
+            inputs = [patches(10, 10 * round_ + s) for s in (1, 2, 3)]
+            waiting = [pool.submit(batcher.predict, m, x) for x in inputs]
+            wait_queued(batcher, 3)
+            release.set()
+            for fut, x in zip(waiting, inputs, strict=True):
+                np.testing.assert_allclose(fut.result(30), reference.predict(x, 64), rtol=1e-5, atol=1e-7)
+            assert first.result(30).shape == (24, 2)
+        batcher.close()
+        # Runs: the first request, then the three together (30 patches), twice over. Without
+        # buckets the three are copied into the runner's array, the same array both times; with
+        # buckets every run is padded to 32 with zero rows in that array.
+        assert [rows for rows, _, _ in seen] == ([24, 30, 24, 30] if m is model else [32] * 4)
+        assert np.shares_memory(seen[1][1], seen[3][1]) and all(zero for _, _, zero in seen)
+        if m is bucketed:
+            assert all(np.shares_memory(seen[0][1], batch) for _, batch, _ in seen)
+
+
 def test_a_full_queue_is_refused_at_once(models, pool) -> None:
     model, _ = models
     batcher, metrics = make(BatchingConfig(preferred_batch=1, max_batch=8, max_queue_requests=2))
@@ -230,6 +265,33 @@ def test_concurrent_grpc_clients_are_batched(registry_root: Path) -> None:
         metrics = server.server.metrics.registry
         assert metrics.get_sample_value("cad_model_batch_patches_count") == 1
         assert metrics.get_sample_value("cad_model_batch_patches_sum") == 48
+
+
+def test_concurrent_grpc_requests_each_get_their_own_answers(registry_root: Path) -> None:
+    # Each worker thread cuts its patches into one array it reuses request after request, and
+    # runners copy several requests into theirs: no request may ever see another's patches.
+    settings = make_settings(registry_root, batch_size=32, batch_max_size=64, batch_max_queue_delay_ms=5,
+                             workers=4)
+    rng = np.random.default_rng(5)
+    requests = []
+    for i in range(12):
+        frame = rng.integers(0, 256, (48 + 4 * i, 64, 3), dtype=np.uint8)
+        raw = cad_pb2.RawImage(height=frame.shape[0], width=64, channels=3, pixel_type=cad_pb2.RawImage.UINT8,
+                               pixels=frame.tobytes())
+        requests.append(cad_pb2.ClassifyRequest(raw=raw, recipe="polyp:8", candidates=[
+            cad_pb2.Candidate(client_id=str(k), box=cad_pb2.Box(x=4 + 9 * k, y=6 + 5 * k, width=20, height=16))
+            for k in range(1 + i % 3)]))
+    with ServerThread(settings) as server, grpc.insecure_channel(server.address) as ch:
+        server.refresh_models()
+        stub = cad_pb2_grpc.CadInferenceStub(ch)
+        alone = [[r.probability for r in stub.Classify(req, timeout=60).results] for req in requests]
+        assert len({p for probs in alone for p in probs}) > 12  # distinct answers to tell apart
+        for _ in range(3):
+            calls = [stub.Classify.future(req, timeout=60) for req in requests]
+            for call, expected in zip(calls, alone, strict=True):
+                np.testing.assert_allclose([r.probability for r in call.result().results], expected, rtol=1e-5)
+        batches = server.server.metrics.registry.get_sample_value("cad_model_batch_patches_count")
+        assert batches < 12 * 4  # concurrent requests did share model runs
 
 
 def test_batching_settings_are_checked() -> None:

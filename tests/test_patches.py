@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
 from service.aift import Box, extract_patches, parse_recipe, validate_box
-from service.aift.patches import extract_many
+from service.aift.patches import PatchBuffers, extract_many, resample_region
 from service.errors import InvalidInput
 
 
@@ -115,6 +117,54 @@ def test_patches_written_into_a_given_array_or_refused_with_the_wrong_shape(imag
     np.testing.assert_array_equal(out, extract_patches(image, Box(10, 10, 20, 20), recipe, 16))
     with pytest.raises(ValueError, match="out must be"):
         extract_patches(image, Box(10, 10, 20, 20), recipe, 16, out=np.empty((3, 3, 16, 16), np.float32))
+
+
+def naive_resample(image: np.ndarray, cx: float, cy: float, w: float, h: float, size: int) -> np.ndarray:
+    """Bilinear sampling written out pixel by pixel (float64), zero outside: the reference."""
+    out = np.zeros((3, size, size))
+    height, width = image.shape[:2]
+    for i in range(size):
+        y = cy - h / 2 + (i + 0.5) * h / size - 0.5
+        for j in range(size):
+            x = cx - w / 2 + (j + 0.5) * w / size - 0.5
+            y0, x0 = int(np.floor(y)), int(np.floor(x))
+            for yy, wy in ((y0, 1 - (y - y0)), (y0 + 1, y - y0)):
+                for xx, wx in ((x0, 1 - (x - x0)), (x0 + 1, x - x0)):
+                    if 0 <= yy < height and 0 <= xx < width:
+                        out[:, i, j] += wy * wx * image[yy, xx]
+    return out
+
+
+@pytest.mark.parametrize(
+    "region",
+    [(40.3, 30.7, 25.0, 18.5), (80.0, 60.0, 160.0, 120.0), (5.0, 110.0, 60.0, 33.0), (150.0, 3.0, 9.0, 70.0)],
+)
+def test_resampling_is_bilinear_with_zero_padding_channel_first(image: np.ndarray, region) -> None:
+    patch = resample_region(image, *region, 21)
+    assert patch.shape == (3, 21, 21) and patch.dtype == np.float32
+    np.testing.assert_allclose(patch, naive_resample(image, *region, 21), rtol=1e-5, atol=1e-3)
+
+
+def test_patch_buffers_are_reused_per_thread_and_never_shared(image: np.ndarray) -> None:
+    buffers = PatchBuffers(max_patches=48)
+    first = buffers.get(48, 16)
+    again = buffers.get(24, 16)
+    assert first.shape == (48, 3, 16, 16) and again.shape == (24, 3, 16, 16)
+    assert np.shares_memory(first, again)  # the same memory, request after request
+    assert not np.shares_memory(buffers.get(24, 20), first)  # another patch size: a new array
+    assert not np.shares_memory(buffers.get(49, 16), buffers.get(8, 16))  # over the cap: fresh
+    others: list[np.ndarray] = []
+    thread = threading.Thread(target=lambda: others.append(buffers.get(24, 20)))
+    thread.start()
+    thread.join()
+    assert not np.shares_memory(others[0], buffers.get(24, 20))  # each thread its own
+    recipe = parse_recipe("polyp")
+    boxes = [Box(10, 10, 20, 20), Box(50, 50, 30, 20)]
+    out = buffers.get(48, 16)
+    assert extract_many(image, boxes, recipe, 16, out=out) is out
+    np.testing.assert_array_equal(out, extract_many(image, boxes, recipe, 16))
+    with pytest.raises(ValueError, match="out must be"):
+        extract_many(image, boxes, recipe, 16, out=buffers.get(47, 16))
 
 
 @pytest.mark.parametrize(
