@@ -13,7 +13,9 @@ One run measures, on the same AlexNet model (224-px patches) and batch sizes:
 4. video: ``ClassifyStream`` at 30 frames/s, one frame-level patch per frame;
 5. AIFT pool scoring of 100,000 candidates x 24 patches against the model time for them;
 6. resident memory of the server after the 1st and the 50th hot swap;
-7. an int8 variant: throughput against fp32 and AUC change on CVC-ClinicDB.
+7. an int8 variant: throughput against fp32 and AUC change on CVC-ClinicDB;
+8. on a CPU, the fp32 rate the machine can reach at all (a large matrix product) against the
+   model's FLOPs: how far any fp32 server could get past PyTorch eager here.
 
 Prints a table and the ratios, and writes everything to a JSON file.
 """
@@ -185,6 +187,42 @@ def torch_eager(info: Any, batch: int, seconds: float, cuda: bool) -> float:
         return len(out)
 
     return timed_loop(step, seconds)
+
+
+def model_flops(info: Any) -> float:
+    """Floating-point operations for one patch through the model (a multiply-add counts 2), by
+    PyTorch's own FLOP counter on the network the ONNX graph was exported from."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from trainer.network import CadNet
+
+    size = int(info.manifest["input_size"])
+    net = CadNet(2, size).eval()
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        net(torch.zeros(1, 3, size, size))
+    return float(counter.get_total_flops())
+
+
+def fp32_ceiling(info: Any, ort_rate: float, eager_rate: float, seconds: float) -> dict[str, float]:
+    """What fp32 can reach on this CPU: the model's FLOPs per patch against the best rate of a
+    large fp32 matrix product (numpy's BLAS and PyTorch's, all cores), the kernel every
+    convolution library is built to approach."""
+    import torch
+
+    n = 3072
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    gemm = {"numpy": timed_loop(lambda: len(a @ b), seconds / 2, warmup=1) / n * 2 * n**3 / 1e9,
+            "torch": timed_loop(lambda: len(ta @ tb), seconds / 2, warmup=1) / n * 2 * n**3 / 1e9}
+    flops = model_flops(info)
+    best = max(gemm.values())
+    return {"gflop_per_patch": flops / 1e9, "sgemm_gflops_numpy": gemm["numpy"], "sgemm_gflops_torch": gemm["torch"],
+            "ort_gflops": ort_rate * flops / 1e9, "eager_gflops": eager_rate * flops / 1e9,
+            "ort_vs_sgemm": ort_rate * flops / 1e9 / best,
+            "needed_for_2x_eager_gflops": 2 * eager_rate * flops / 1e9,
+            "needed_for_2x_eager_vs_sgemm": 2 * eager_rate * flops / 1e9 / best}
 
 
 def load(address: str, requests: list[cad_pb2.ClassifyRequest], clients: int, seconds: float) -> dict[str, Any]:
@@ -386,6 +424,10 @@ def main(argv: list[str] | None = None) -> int:
         log(f"  {eager}")
         results["ort_ceiling_patches_per_s"] = ceiling
         results["torch_eager_patches_per_s"] = eager
+        if not cuda:
+            log("fp32 rate of this CPU (large matrix products) ...")
+            results["fp32_ceiling"] = fp32_ceiling(info, ceiling[batch], eager[batch], seconds)
+            log(f"  {results['fp32_ceiling']}")
 
         requests = dicom_requests() + frame_requests(9)
         log_lines: list[str] = []
@@ -453,6 +495,14 @@ def render(r: dict[str, Any]) -> str:
     lines.append(f"server at saturation / raw ONNX Runtime: {ratios['server_vs_ort_ceiling']:.3f} (target >= 0.9)")
     lines.append(f"server at saturation / PyTorch eager:    {ratios['server_vs_torch_eager']:.2f}x (target >= 2)")
     lines.append(f"raw ONNX Runtime / PyTorch eager:        {ratios['ort_vs_torch_eager']:.2f}x")
+    if "fp32_ceiling" in r:
+        f = r["fp32_ceiling"]
+        lines.append(f"fp32 on this CPU: {f['gflop_per_patch']:.2f} GFLOP per patch; raw ONNX Runtime runs "
+                     f"{f['ort_gflops']:.0f} GFLOP/s, PyTorch eager {f['eager_gflops']:.0f}; a large fp32 matrix "
+                     f"product runs {max(f['sgemm_gflops_numpy'], f['sgemm_gflops_torch']):.0f} (numpy "
+                     f"{f['sgemm_gflops_numpy']:.0f}, torch {f['sgemm_gflops_torch']:.0f}): ONNX Runtime is at "
+                     f"{f['ort_vs_sgemm']:.2f} of it, and 2x eager would need {f['needed_for_2x_eager_gflops']:.0f} "
+                     f"GFLOP/s = {f['needed_for_2x_eager_vs_sgemm']:.2f}x of it")
     v, vm = r["video_30fps"], r["video_max"]
     lines.append(f"video, 30 fps paced: {v['fps']:.1f} fps, p50 {v['p50_ms']:.1f} ms, p99 {v['p99_ms']:.1f} ms "
                  f"(targets >= 30 fps, p99 <= 50 ms); unpaced {vm['fps']:.1f} fps")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -62,3 +63,32 @@ def test_pool_scoring_ratio_and_report() -> None:
         "int8": {"skipped": "no data"},
     })
     assert "0.800 (target >= 0.9)" in text and "ratio 1.010" in text
+
+
+def test_extraction_benchmark_runs_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import extraction
+
+    out = tmp_path / "extraction.json"
+    assert extraction.main(["--seconds", "0.2", "--threads", "1", "2", "--frames", "1", "--no-model",
+                            "--feed", "1000", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [(r["threads"], r["array"]) for r in result["rows"]] == [
+        (1, "fresh per request"), (1, "reused per thread"), (2, "fresh per request"), (2, "reused per thread")]
+    assert all(r["requests_per_s"] > 0 and r["patches_per_s"] > r["requests_per_s"] for r in result["rows"])
+    assert result["cores_to_feed"] > 0 and set(result["reuse_vs_fresh"]) == {"1", "2"}
+    assert "cores of this kind to cut 1000 patches/s" in capsys.readouterr().out
+
+
+def test_fp32_ceiling_counts_the_models_flops_against_a_matrix_product() -> None:
+    from types import SimpleNamespace
+
+    from bench.serving import fp32_ceiling, model_flops
+
+    info = SimpleNamespace(manifest={"input_size": 64})
+    flops = model_flops(info)
+    assert flops > 2 * (9216 * 4096 + 4096 * 4096)  # more than fc6 and fc7 alone
+    f = fp32_ceiling(info, ort_rate=100.0, eager_rate=50.0, seconds=0.2)
+    assert f["gflop_per_patch"] == pytest.approx(flops / 1e9)
+    assert f["needed_for_2x_eager_gflops"] == pytest.approx(f["ort_gflops"])  # 2 x 50 = 100 patches/s
+    assert f["sgemm_gflops_numpy"] > 0 and f["sgemm_gflops_torch"] > 0
+    assert f["ort_vs_sgemm"] == pytest.approx(f["needed_for_2x_eager_vs_sgemm"])
