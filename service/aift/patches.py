@@ -218,6 +218,15 @@ def _regions(box: Box, recipe: Recipe) -> list[tuple[float, float, float, float]
     return regions
 
 
+def _output(out: Patches | None, shape: tuple[int, ...]) -> Patches:
+    """``out`` checked against ``shape`` (float32), or a new array of that shape."""
+    if out is None:
+        return np.empty(shape, dtype=np.float32)
+    if out.shape != shape or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 {shape}, got {out.dtype} {out.shape}")
+    return out
+
+
 def extract_patches(
     image: Image, box: Box, recipe: Recipe, size: int, out: Patches | None = None
 ) -> Patches:
@@ -244,10 +253,7 @@ def extract_patches(
     else:
         patches = resampled
     patches = patches[: recipe.count]
-    if out is None:
-        out = np.empty((len(patches), 3, size, size), dtype=np.float32)
-    elif out.shape != (len(patches), 3, size, size) or out.dtype != np.float32:
-        raise ValueError(f"out must be float32 {(len(patches), 3, size, size)}, got {out.dtype} {out.shape}")
+    out = _output(out, (len(patches), 3, size, size))
     for i, patch in enumerate(patches):
         out[i] = patch
     return out
@@ -261,11 +267,7 @@ def extract_many(
     ``out`` (float32 ``(len(boxes) * recipe.count, 3, size, size)``), when given, receives them.
     """
     m = recipe.count
-    shape = (len(boxes) * m, 3, size, size)
-    if out is None:
-        out = np.empty(shape, dtype=np.float32)
-    elif out.shape != shape or out.dtype != np.float32:
-        raise ValueError(f"out must be float32 {shape}, got {out.dtype} {out.shape}")
+    out = _output(out, (len(boxes) * m, 3, size, size))
     for k, box in enumerate(boxes):  # written in place: a 72-patch request is 43 MB at 224 px
         extract_patches(image, box, recipe, size, out=out[k * m : (k + 1) * m])
     return out
@@ -276,8 +278,8 @@ class PatchBuffers:
 
     A fresh array per request (43 MB for 72 patches at 224 px) is new memory from the kernel
     every time: its pages are faulted in and zeroed on first write and unmapped when freed, which
-    cost about a third of the extraction time on the development machine and serialises threads
-    on the process's memory map. A thread's array stays valid until that thread asks again.
+    cost about a fifth of the extraction time on the development machine (``bench.extraction``)
+    and serialises threads on the process's memory map. A thread's array stays valid until that thread asks again.
     Requests of more than ``max_patches`` get a fresh array, so an odd huge request does not pin
     its memory for good.
     """
