@@ -169,10 +169,32 @@ def test_gate_rejects_a_worse_model_and_records_why(world: World) -> None:
     assert json.loads((registry.model_dir / ROUNDS_FILE).read_text().splitlines()[-1])["outcome"] == "rejected"
 
 
-def test_failed_export_check_is_never_published(world: World) -> None:
+def test_failed_export_check_is_never_published(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exported graph that disagrees with torch on purpose (its 2-way head bias moved by
+    +-4 logits after export) fails the real parity check at the default 1e-4 on any processor."""
+    import onnx
+    from onnx import numpy_helper
+
+    import trainer.export as export
+
+    real_export = export.export_onnx
+
+    def export_then_corrupt(net: torch.nn.Module, path: Path, input_size: int) -> int:
+        fold = real_export(net, path, input_size)
+        model = onnx.load(str(path))
+        heads = [t for t in model.graph.initializer if tuple(t.dims) == (2,)]
+        assert len(heads) == 1, "expected exactly one 2-way head bias in the graph"
+        bias = numpy_helper.to_array(heads[0]) + np.array([4.0, -4.0], dtype=np.float32)
+        heads[0].CopyFrom(numpy_helper.from_array(bias, heads[0].name))
+        onnx.save(model, str(path))
+        return fold
+
+    monkeypatch.setattr(export, "export_onnx", export_then_corrupt)
     registry = ModelRegistry(world.root, "cad")
     versions = registry.versions()
-    report = run_round(world.settings(parity_tolerance=1e-15), progress=False)
+    report = run_round(world.settings(), progress=False)
     assert report.outcome == "rejected" and "export check failed" in report.reason
     assert registry.versions() == versions
 
