@@ -27,6 +27,7 @@ def _model_init(args: argparse.Namespace) -> int:
     from service.server import configure_logging
     from trainer.bootstrap import RegistryNotEmpty, init_model
     from trainer.settings import TrainerSettings
+    from trainer.weights import WeightsUnavailable
 
     configure_logging(args.log_level)
     overrides: dict[str, object] = {}
@@ -35,7 +36,11 @@ def _model_init(args: argparse.Namespace) -> int:
     if args.name:
         overrides["model_name"] = args.name
     if args.weights:
-        overrides["pretrained_weights"] = Path(args.weights)
+        overrides["weights"] = args.weights
+    if args.arch:
+        overrides["architecture"] = args.arch
+    if args.allow_download:
+        overrides["allow_download"] = True
     if args.input_size:
         overrides["input_size"] = args.input_size
     if args.recipe:
@@ -49,11 +54,13 @@ def _model_init(args: argparse.Namespace) -> int:
             return 0
         print(f"cad model init: {exc}", file=sys.stderr)
         return 2
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, WeightsUnavailable, ValueError) as exc:
         print(f"cad model init: {exc}", file=sys.stderr)
         return 2
-    print(f"published {info.manifest['name']} version {info.version} at {info.path}")
-    print(f"pretrained: {info.manifest['pretrained']['source']}  sha256: {info.manifest['sha256']}")
+    pre = info.manifest["pretrained"]
+    print(f"published {info.manifest['name']} version {info.version} ({info.manifest['architecture']}) at {info.path}")
+    print(f"pretrained: {pre['source']}" + (f" ({pre.get('found')}: {pre.get('path')}, {pre.get('licence')})"
+                                           if pre.get("path") else "") + f"  sha256: {info.manifest['sha256']}")
     return 0
 
 
@@ -215,7 +222,7 @@ def _experiment(args: argparse.Namespace) -> int:
     _require_torch("experiment")
     from service.server import configure_logging
     from trainer.cvc import DEFAULT_ROOT
-    from trainer.experiment import METHODS, PRESETS, Experiment, Split, run_all
+    from trainer.experiment import PRESETS, Experiment, Split, run_all
     from trainer.report import write_report
 
     configure_logging(args.log_level)
@@ -235,7 +242,7 @@ def _experiment(args: argparse.Namespace) -> int:
 
         preset = replace(preset, rounds=args.rounds)
     exp = Experiment(out, preset, split, Path(args.data) if args.data else DEFAULT_ROOT)
-    run_all(exp, args.methods or list(METHODS), seeds, reference=not args.no_reference)
+    run_all(exp, args.methods or list(preset.methods), seeds, reference=not args.no_reference)
     print(write_report(out))
     return 0
 
@@ -250,10 +257,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = sub.add_parser("model", help="model registry commands")
     model_sub = model.add_subparsers(dest="model_command", required=True)
-    init = model_sub.add_parser("init", help="publish the initial AlexNet model")
+    init = model_sub.add_parser("init", help="publish the initial model (AlexNet or SqueezeNet v1.0)")
     init.add_argument("--registry", help="registry root (CAD_REGISTRY_ROOT, default ./registry)")
     init.add_argument("--name", help="model name (CAD_MODEL_NAME, default cad)")
-    init.add_argument("--weights", help="local ImageNet AlexNet .pth (CAD_PRETRAINED_WEIGHTS)")
+    init.add_argument("--arch", choices=["alexnet", "squeezenet1_0"],
+                      help="architecture (CAD_ARCHITECTURE, default alexnet)")
+    init.add_argument("--weights", metavar="imagenet|random|PATH",
+                      help="initial weights: imagenet (an error if none is found: CAD_PRETRAINED_WEIGHTS, "
+                      "the torch hub cache, the package's shipped SqueezeNet), random, or a state dict file; "
+                      "default: ImageNet where found locally, else a loud random start")
+    init.add_argument("--allow-download", action="store_true",
+                      help="let torchvision download the ImageNet weights if none is found locally")
     init.add_argument("--input-size", type=int, help="patch size (default 224)")
     init.add_argument("--recipe", help="default patch recipe (default polyp)")
     init.add_argument("--force", action="store_true", help="publish even if versions exist")
@@ -303,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     experiment = sub.add_parser("experiment", help="the AIFT annotation-saving experiment on CVC-ClinicDB")
     exp_sub = experiment.add_subparsers(dest="experiment_command", required=True)
     exp_run = exp_sub.add_parser("run", help="run (or resume) the experiment, then write the report")
-    exp_run.add_argument("--preset", choices=["quick", "paper"], default="quick")
+    exp_run.add_argument("--preset", choices=["quick", "standard", "paper"], default="quick",
+                         help="quick: <= 30 min on 2 cores; standard: <= 3 h, 5 seeds; paper: AlexNet 227 px (GPU)")
     exp_run.add_argument("--out", default="results/cvc-quick")
     exp_run.add_argument("--data", help="CVC-ClinicDB folder (default ../shared/data/cvc-clinicdb)")
     exp_run.add_argument("--split", default=str(Path(__file__).resolve().parent.parent / "experiments" / "cvc_split.json"),

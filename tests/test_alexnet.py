@@ -24,7 +24,8 @@ from tests.conftest import make_settings
 from tests.helpers import dicom_bytes
 from trainer.bootstrap import RegistryNotEmpty, init_model
 from trainer.export import export_and_check, export_form
-from trainer.network import CadNet, Probabilities, build_initial
+from trainer.network import CadNet, Probabilities
+from trainer.weights import WeightsUnavailable, build_initial
 from trainer.settings import TrainerSettings
 
 pytestmark = pytest.mark.slow
@@ -121,8 +122,8 @@ def _fake_imagenet_file(path: Path) -> Path:
 
 def test_local_imagenet_weights_from_settings_path(tmp_path: Path) -> None:
     weights = _fake_imagenet_file(tmp_path / "alexnet.pth")
-    net, pretrained = build_initial(weights, seed=0)
-    assert pretrained.source == "imagenet" and pretrained.path == str(weights)
+    net, pretrained = build_initial("alexnet", explicit=weights, seed=0)
+    assert pretrained.source == "imagenet" and pretrained.path == str(weights) and pretrained.found == "explicit"
     state = torch.load(weights, weights_only=True)
     assert torch.equal(net.backbone.features[0].weight, state["features.0.weight"])
     assert net.backbone.classifier[6].out_features == 2
@@ -131,20 +132,45 @@ def test_local_imagenet_weights_from_settings_path(tmp_path: Path) -> None:
 def test_local_imagenet_weights_from_the_torch_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     _fake_imagenet_file(tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth")
-    _, pretrained = build_initial(None, seed=0)
-    assert pretrained.source == "imagenet"
+    _, pretrained = build_initial("alexnet", seed=0)
+    assert pretrained.source == "imagenet" and pretrained.found == "hub-cache" and len(pretrained.sha256) == 64
 
 
 def test_random_init_is_announced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    _, pretrained = build_initial(None, seed=0)
+    _, pretrained = build_initial("alexnet", seed=0)
     assert pretrained.source == "random-init"
     assert "RANDOM INITIALISATION" in caplog.text
 
 
+def test_explicit_imagenet_that_cannot_be_found_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(WeightsUnavailable) as info:  # AlexNet ships no weights: not a random start
+        build_initial("alexnet", "imagenet", seed=0)
+    message = str(info.value)
+    assert "\n" not in message and str(tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth") in message
+
+
+def test_random_is_an_explicit_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    _fake_imagenet_file(tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth")
+    _, pretrained = build_initial("alexnet", "random", seed=0)
+    assert pretrained.source == "random-init"  # even though ImageNet weights are in the cache
+
+
 def test_missing_explicit_weights_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
-        build_initial(tmp_path / "nope.pth", seed=0)
+        build_initial("alexnet", explicit=tmp_path / "nope.pth", seed=0)
+    with pytest.raises(FileNotFoundError):
+        build_initial("alexnet", tmp_path / "nope.pth", seed=0)
+
+
+def test_a_state_dict_of_another_architecture_is_refused(tmp_path: Path) -> None:
+    weights = _fake_imagenet_file(tmp_path / "alexnet.pth")
+    with pytest.raises(ValueError, match="not a torchvision squeezenet1_0 state dict"):
+        build_initial("squeezenet1_0", weights, seed=0)
 
 
 def test_manifest_is_valid_json_on_disk(alexnet_registry: Path) -> None:

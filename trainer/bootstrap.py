@@ -11,8 +11,9 @@ import torch
 from service.aift import parse_recipe
 from service.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry, VersionInfo
 from trainer.export import export_and_check
-from trainer.network import CLASSES, build_initial
+from trainer.network import CLASSES
 from trainer.settings import TrainerSettings
+from trainer.weights import build_initial
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ def init_model(settings: TrainerSettings, force: bool = False) -> VersionInfo:
 
     Raises:
         RegistryNotEmpty: versions exist and ``force`` is false.
+        trainer.weights.WeightsUnavailable: ImageNet weights asked for and not found.
         trainer.export.ExportCheckFailed: ONNX Runtime disagrees with torch.
     """
     registry = ModelRegistry(settings.registry_root, settings.model_name)
@@ -35,23 +37,24 @@ def init_model(settings: TrainerSettings, force: bool = False) -> VersionInfo:
             "pass --force to publish a fresh initial model as a new version"
         )
     recipe = parse_recipe(settings.recipe)
-    net, pretrained = build_initial(settings.pretrained_weights, settings.seed, settings.input_size)
+    net, pretrained = build_initial(settings.architecture, settings.weights, settings.pretrained_weights,
+                                    settings.allow_download, settings.seed, settings.input_size)
     with tempfile.TemporaryDirectory(prefix="cad-init-") as tmp:
         onnx_path = Path(tmp) / MODEL_FILE
-        log.info("exporting AlexNet (%d px input) to ONNX", settings.input_size)
+        log.info("exporting %s (%d px input) to ONNX", settings.architecture, settings.input_size)
         report = export_and_check(net, onnx_path, settings.input_size, settings.parity_tolerance)
         log.info("ONNX Runtime matches torch: max |dp| = %.2e", report.max_abs_diff)
         weights_path = Path(tmp) / WEIGHTS_FILE
         torch.save(net.state_dict(), weights_path)
         manifest = {
             "parent_version": None,
-            "architecture": "alexnet",
+            "architecture": settings.architecture,
             "classes": list(CLASSES),
             "input_size": settings.input_size,
             "input_name": "patches",
             "output_name": "probabilities",
             "recipe": recipe.spec,
-            "pretrained": {"source": pretrained.source, "path": pretrained.path},
+            "pretrained": pretrained.as_dict(),
             "seed": settings.seed,
             "export": {
                 "opset": report.opset,

@@ -1,10 +1,25 @@
-"""CVC-ClinicDB frames and a candidate generator that imitates a CAD's.
+"""CVC-ClinicDB frames and candidate generators that imitate a CAD's.
 
 Reads the data where it lies (``../shared/data/cvc-clinicdb``; research-only
-licence, never copied). Positives: the polyp boxes with small seeded jitter.
-Negatives: boxes inside the frame's field of view (the octagon inside the
-black border) that overlap no polyp (IoU < 0.1), with sizes drawn from the
-positives' sizes; ``k`` per frame.
+licence, never copied). Positives: the polyp boxes with small seeded jitter,
+every polyp kept whatever its size (small ones are counted apart in the
+experiment's report, not dropped).
+
+:func:`generate` (the earlier, easy pool): ``k`` random negatives per frame.
+
+:func:`generate_pool` (a candidate generator's output): about ``ratio``
+negatives per polyp, ``hard_fraction`` of them hard, each found from the
+frame's own pixels:
+
+- ``near``: boxes of the frame's polyp size next to the polyp (IoU < 0.1);
+- ``specular``: centred on specular highlights (bright, unsaturated blobs);
+- ``bump``: centred on local maxima of the smoothed brightness (bright bumps);
+- ``edge``: centred on the strongest smoothed gradients (folds, lumen edges);
+
+and the rest ``random`` boxes. Every negative has IoU < 0.1 with every polyp,
+at most ``max_polyp`` of its pixels on the polyp mask, and at least
+``min_fov`` of them inside the field of view (the octagon inside the black
+border); sizes come from the polyps' sizes.
 """
 
 from __future__ import annotations
@@ -34,6 +49,8 @@ class GeneratedCandidate:
     frame: Frame
     box: Box
     label: int
+    kind: str = ""
+    """``polyp``, or how a negative was found (``near``, ``specular``, ``bump``, ``edge``, ``random``)."""
 
 
 def load_frames(root: Path = DEFAULT_ROOT) -> list[Frame]:
@@ -98,4 +115,133 @@ def generate(
             if _inside(mask, box) and all(iou(box, p) < 0.1 for p in fr.polyps):
                 out.append(GeneratedCandidate(fr, box, 0))
                 placed += 1
+    return out
+
+
+HARD_KINDS = ("near", "specular", "bump", "edge")
+
+
+def polyp_mask(root: Path, frame: Frame) -> np.ndarray:
+    """The frame's ground-truth polyp mask (a pixel is polyp where its value is > 127)."""
+    from PIL import Image
+
+    mask = np.asarray(Image.open(root / "masks" / f"{frame.frame}.png"))
+    return (mask.max(axis=2) if mask.ndim == 3 else mask) > 127
+
+
+def _blur(gray: np.ndarray, radius: float) -> np.ndarray:
+    from PIL import Image, ImageFilter
+
+    img = Image.fromarray(np.clip(gray, 0, 255).astype(np.uint8))
+    return np.asarray(img.filter(ImageFilter.GaussianBlur(radius)), dtype=np.float32)
+
+
+def _peaks(score: np.ndarray, allowed: np.ndarray, count: int, spacing: int) -> list[tuple[int, int]]:
+    """Up to ``count`` (y, x) maxima of ``score`` inside ``allowed``, at least ``spacing`` apart."""
+    s = np.where(allowed, score, -np.inf).astype(np.float64)
+    out: list[tuple[int, int]] = []
+    for _ in range(count * 4):
+        if len(out) >= count:
+            break
+        i = int(np.argmax(s))
+        if not np.isfinite(s.flat[i]) or s.flat[i] <= 0:
+            break
+        y, x = divmod(i, s.shape[1])
+        out.append((y, x))
+        s[max(0, y - spacing):y + spacing + 1, max(0, x - spacing):x + spacing + 1] = -np.inf
+    return out
+
+
+def _feature_maps(pixels: np.ndarray, fov: np.ndarray) -> dict[str, np.ndarray]:
+    rgb = pixels.astype(np.float32)
+    mx, mn = rgb.max(axis=2), rgb.min(axis=2)
+    gray = rgb.mean(axis=2)
+    inner = _blur(fov.astype(np.float32) * 255, 6) > 250  # away from the border's own edge
+    specular = ((mx > 220) & (mx - mn < 70)).astype(np.float32) * 255
+    smooth = _blur(gray, 6)
+    bump = smooth - _blur(gray, 24)  # brighter than its surroundings
+    gy, gx = np.gradient(_blur(gray, 3))
+    return {"specular": _blur(specular, 4) * inner, "bump": bump * inner,
+            "edge": np.hypot(gx, gy) * inner}
+
+
+def generate_pool(
+    frames: list[Frame], seed: int, root: Path = DEFAULT_ROOT, ratio: float = 10.0,
+    hard_fraction: float = 0.5, max_polyp: float = 0.03, min_fov: float = 0.9,
+    sizes: list[tuple[float, float]] | None = None, jitter: float = 0.05, tries: int = 300,
+) -> list[GeneratedCandidate]:
+    """Candidates like a CAD's candidate generator proposes (see the module docstring)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    sizes = sizes or [(b.width, b.height) for f in frames for b in f.polyps]
+    out: list[GeneratedCandidate] = []
+    for fr in frames:
+        for p in fr.polyps:
+            dx, dy, sw, sh = rng.uniform(-jitter, jitter, 4)
+            w, h = p.width * (1 + sw), p.height * (1 + sh)
+            out.append(GeneratedCandidate(fr, Box(p.x + dx * p.width, p.y + dy * p.height, w, h), 1, "polyp"))
+        pixels = np.asarray(Image.open(fr.path).convert("RGB"))
+        fov = field_of_view(pixels)
+        mask = polyp_mask(root, fr)
+        H, W = mask.shape
+        total = int(round(ratio * max(1, len(fr.polyps))))
+        n_hard = int(round(total * hard_fraction))
+        per_kind = {k: n_hard // len(HARD_KINDS) + (1 if i < n_hard % len(HARD_KINDS) else 0)
+                    for i, k in enumerate(HARD_KINDS)}
+        placed: list[Box] = []
+
+        def ok(box: Box) -> bool:
+            x0, y0 = int(round(box.x)), int(round(box.y))
+            x1, y1 = int(round(box.x + box.width)), int(round(box.y + box.height))
+            if x0 < 0 or y0 < 0 or x1 > W or y1 > H or x1 - x0 < 4 or y1 - y0 < 4:
+                return False
+            if fov[y0:y1, x0:x1].mean() < min_fov or mask[y0:y1, x0:x1].mean() > max_polyp:
+                return False
+            if any(iou(box, p) >= 0.1 for p in fr.polyps):
+                return False
+            return all(iou(box, q) < 0.5 for q in placed)  # no near-duplicate negatives
+
+        def add(box: Box, kind: str) -> bool:
+            if ok(box):
+                placed.append(box)
+                out.append(GeneratedCandidate(fr, box, 0, kind))
+                return True
+            return False
+
+        def size() -> tuple[float, float]:
+            return sizes[int(rng.integers(len(sizes)))]
+
+        # near the polyp: its own size, just outside it
+        got = 0
+        for _ in range(tries):
+            if got >= per_kind["near"] or not fr.polyps:
+                break
+            p = fr.polyps[int(rng.integers(len(fr.polyps)))]
+            s = rng.uniform(0.7, 1.2)
+            w, h = p.width * s, p.height * s
+            angle = rng.uniform(0, 2 * np.pi)
+            dist = rng.uniform(0.8, 1.6)
+            cx = p.center[0] + np.cos(angle) * dist * (p.width + w) / 2
+            cy = p.center[1] + np.sin(angle) * dist * (p.height + h) / 2
+            got += add(Box(float(cx - w / 2), float(cy - h / 2), float(w), float(h)), "near")
+        maps = _feature_maps(pixels, fov)
+        not_polyp = ~(_blur(mask.astype(np.float32) * 255, 4) > 10)
+        for kind in ("specular", "bump", "edge"):
+            got = 0
+            for y, x in _peaks(maps[kind], not_polyp, per_kind[kind] * 6, spacing=12):
+                if got >= per_kind[kind]:
+                    break
+                for _ in range(8):  # a size whose box fits there
+                    w, h = size()
+                    ox, oy = rng.uniform(-0.25, 0.25, 2)
+                    if add(Box(float(x - w * (0.5 + ox)), float(y - h * (0.5 + oy)), w, h), kind):
+                        got += 1
+                        break
+        got = sum(1 for c in out if c.frame is fr and c.label == 0)
+        for _ in range(tries * 2):
+            if got >= total:
+                break
+            w, h = size()
+            got += add(Box(float(rng.uniform(0, W - w)), float(rng.uniform(0, H - h)), w, h), "random")
     return out

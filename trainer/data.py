@@ -110,6 +110,12 @@ class PatchSource:
     def recipe(self, example: Example) -> Recipe:
         return parse_recipe(self.recipe_override or example.recipe)
 
+    def key(self, example: Example) -> tuple[str, tuple[float, ...], str, int]:
+        """What determines a candidate's patches (the trunk cache's key)."""
+        b = example.box
+        return (example.image_sha256, (b.x, b.y, b.width, b.height), self.recipe(example).spec,
+                self.input_size)
+
     def patches(self, example: Example) -> np.ndarray:
         image = cached_image(self.archive, example.image_sha256)
         return extract_patches(image, example.box, self.recipe(example), self.input_size)

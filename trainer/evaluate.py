@@ -26,6 +26,20 @@ def roc_auc(labels: npt.ArrayLike, scores: npt.ArrayLike) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def average_precision(labels: npt.ArrayLike, scores: npt.ArrayLike) -> float:
+    """Average precision (area under the precision-recall curve, step-wise as scikit-learn's):
+    the mean of the precision at each positive's rank, ties broken against the positives. NaN
+    without positives."""
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    if not y.any():
+        return float("nan")
+    order = np.lexsort((y, -s))  # by score descending; within a tie, negatives first
+    hits = y[order]
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(precision[hits].mean())
+
+
 def auc_ci(
     labels: npt.ArrayLike, scores: npt.ArrayLike, n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:

@@ -5,8 +5,17 @@ archive) copied from one template, so all start from the same initial model
 and the same classified pool. Each round an oracle answers the queries through
 the production review service (the annotation queue ranks by the method's AIFT
 variant, or at random), then the production round code (``run_round``)
-fine-tunes, publishes and re-scores the pool. The test sequences are scored
-with the shared patch code and the published ONNX model.
+fine-tunes, publishes and re-scores the pool. The test sequences are archived
+once into the template and scored with the published version's network
+through the production scoring code (``candidate_probabilities``: the trunk
+cache when the preset tunes only the top; parity with the served ONNX model is
+checked at every export).
+
+Methods: the AIFT variants, their ACFT-randomised forms (``<variant>_acft``:
+sampled from the top ``omega * b`` in proportion to score), IFT Random,
+Learning from Scratch (every round trains the initial model on all labels),
+the whole-pool reference, and ``random_alexnet``: IFT Random from a randomly
+initialised AlexNet, the control that shows why pretraining matters.
 
 Resumable: each finished round is a CSV row; a rerun skips them and picks up
 from the workspace state.
@@ -28,28 +37,45 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 from tqdm import tqdm
 
-from service.aift import VARIANTS, degenerate_variants, parse_recipe
-from service.aift.patches import extract_many
+from service.aift import VARIANTS, Box, degenerate_variants, parse_recipe
 from service.archive import ImageArchive
 from service.imaging import ImageLimits, decode_encoded
 from service.inference import CandidateInput, Classifier, ClassifyInput, EncodedImage, ModelManager
 from service.metrics import ServiceMetrics
-from service.model import SessionOptions, load_model
+from service.model import SessionOptions
 from service.registry import ModelRegistry
-from service.review import Recorder, ReviewService
+from service.review import MAX_QUEUE_LIMIT, Recorder, ReviewService
 from service.store import open_store
 from trainer.bootstrap import init_model
-from trainer.cvc import DEFAULT_ROOT, GeneratedCandidate, generate, load_frames
-from trainer.evaluate import roc_auc
-from trainer.round import run_round
+from trainer.cvc import DEFAULT_ROOT, GeneratedCandidate, generate, generate_pool, load_frames
+from trainer.data import Example, PatchSource
+from trainer.evaluate import average_precision, roc_auc
+from trainer.finetune import candidate_probabilities
+from trainer.round import load_net, run_round
 from trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
 
-RANDOM, SCRATCH, FULL = "random", "scratch", "full"
+RANDOM, SCRATCH, FULL, CONTROL = "random", "scratch", "full", "random_alexnet"
+ACFT = "_acft"
+ACFT_OMEGA = 5.0
 METHODS = (*VARIANTS, RANDOM, SCRATCH)
-CSV_FIELDS = ("method", "seed", "round", "labels", "test_auc", "version", "seconds")
+CSV_FIELDS = ("method", "seed", "round", "labels", "test_auc", "test_ap", "positives", "train_loss_first",
+              "train_loss", "version", "seconds")
 CANDIDATE_SEED = 20170721  # the generated candidates are the same for every method and seed
+
+
+def variant_of(method: str) -> tuple[str, float]:
+    """The annotation queue's variant and omega for a method (``entropy_acft`` -> entropy, 5)."""
+    if method.endswith(ACFT):
+        return method[: -len(ACFT)], ACFT_OMEGA
+    if method in (RANDOM, SCRATCH, FULL, CONTROL):
+        return RANDOM, 0.0
+    return method, 0.0
+
+
+def known_method(method: str) -> bool:
+    return variant_of(method)[0] in (*VARIANTS, RANDOM)
 
 
 @dataclass(frozen=True)
@@ -58,21 +84,48 @@ class ExperimentPreset:
     input_size: int
     recipe: str
     k_negatives: int
+    """Random negatives per frame (``ratio`` 0: the old easy pool) ."""
     b: int
     rounds: int
     seeds: tuple[int, ...]
     train_preset: str = "polyp"
     depth: str = "conv1"
     batch_size: int = 64
+    architecture: str = "alexnet"
+    weights: str | None = None
+    """``imagenet``, ``random`` or None (ImageNet where found locally)."""
+    ratio: float = 0.0
+    """Negatives per polyp of the CAD-like pool (:func:`trainer.cvc.generate_pool`); 0: ``generate``."""
+    hard_fraction: float = 0.5
+    epochs: int | None = None
+    """Epochs of every round (None: Table 3's)."""
+    methods: tuple[str, ...] = METHODS
+    control_size: int = 64
+    """Input size of the random-init AlexNet control."""
+    control_rounds: int = 0
+    """Rounds of the control (0: ``rounds``); it covers the same labels in fewer, larger rounds
+    (each AlexNet round writes ~0.3 GB of model files)."""
 
+
+STUDY_METHODS = ("random", "scratch", "entropy", "entropy_alpha", "diversity", "diversity_alpha",
+                 "entropy_diversity", "entropy_diversity_alpha", "entropy_acft", "entropy_alpha_acft", CONTROL)
 
 PRESETS = {
     p.name: p
     for p in (
-        # 2 CPU cores, under 30 minutes: 64-px patches, 4 per candidate, 1 negative per frame, 4 rounds of 10.
-        ExperimentPreset("quick", 64, "polyp:4", 1, 10, 4, (0, 1, 2), batch_size=32),
-        # The paper's setting: 227-px patches, 24 per candidate, Table 3 polyp parameters (GPU).
-        ExperimentPreset("paper", 227, "polyp", 3, 50, 20, (0, 1, 2), batch_size=128),
+        # 2 CPU cores, at most 30 minutes: ImageNet SqueezeNet at 112 px, 8 patches (alpha keeps 2),
+        # 1 polyp per 10 negatives, half of them hard; only fire9 and the head tuned (trunk cached).
+        ExperimentPreset("quick", 112, "polyp-inside:8", 0, 10, 6, (0, 1, 2), "polyp-squeezenet", "fire9", 128,
+                         architecture="squeezenet1_0", weights="imagenet", ratio=10.0, control_rounds=3,
+                         methods=("random", "scratch", "entropy", "entropy_alpha", "entropy_diversity_alpha",
+                                  "entropy_acft", CONTROL)),
+        # 2 CPU cores, at most 3 hours, resumable round by round: every method, 5 paired seeds.
+        ExperimentPreset("standard", 112, "polyp-inside:8", 0, 10, 12, (0, 1, 2, 3, 4), "polyp-squeezenet",
+                         "fire9", 128, architecture="squeezenet1_0", weights="imagenet", ratio=10.0,
+                         control_rounds=4, methods=STUDY_METHODS),
+        # The paper's setting: AlexNet, 227-px patches, 24 per candidate, Table 3 polyp parameters (GPU).
+        ExperimentPreset("paper", 227, "polyp", 3, 50, 20, (0, 1, 2), batch_size=128, ratio=10.0,
+                         methods=(*METHODS, "entropy_acft", "entropy_alpha_acft")),
     )
 }
 
@@ -95,7 +148,8 @@ class Experiment:
     split: Split
     data_root: Path = DEFAULT_ROOT
     progress: bool = True
-    _test: tuple[list[GeneratedCandidate], np.ndarray | None] | None = field(default=None, repr=False)
+    _test: dict[str, list[Example]] = field(default_factory=dict, repr=False)
+    _truth: dict[str, list[int]] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ set-up
 
@@ -103,27 +157,41 @@ class Experiment:
     def template(self) -> Path:
         return self.out / "template"
 
+    def template_of(self, method: str) -> Path:
+        return self.out / "template-alexnet" if method == CONTROL else self.template
+
     def _frames(self, sequences: Sequence[int]) -> list:
         wanted = set(sequences)
         return [f for f in load_frames(self.data_root) if f.sequence in wanted]
 
-    def prepare(self) -> None:
-        """Initial model + the pool classified into a template workspace (once)."""
-        if (self.template / "ready.json").is_file():
+    def _generate(self, sequences: Sequence[int], seed: int) -> list[GeneratedCandidate]:
+        frames = self._frames(sequences)
+        if self.preset.ratio > 0:
+            return generate_pool(frames, seed, self.data_root, self.preset.ratio, self.preset.hard_fraction)
+        return generate(frames, self.preset.k_negatives, seed)
+
+    def prepare(self, control: bool = False) -> None:
+        """Initial model + the pool classified + the test frames archived, into a template (once)."""
+        self._prepare(self.template, self.preset.architecture, self.preset.weights, self.preset.input_size)
+        if control:
+            self._prepare(self.out / "template-alexnet", "alexnet", "random", self.preset.control_size)
+
+    def _prepare(self, template: Path, architecture: str, weights: str | None, input_size: int) -> None:
+        if (template / "ready.json").is_file():
             return
         if overlap := set(self.split.pool) & set(self.split.test):
             raise ValueError(f"sequences {sorted(overlap)} are in both pool and test")
-        shutil.rmtree(self.template, ignore_errors=True)
-        registry_root = self.template / "registry"
-        info = init_model(TrainerSettings(registry_root=registry_root, input_size=self.preset.input_size,
-                                          recipe=self.preset.recipe))
-        store = open_store(f"sqlite:///{self.template / 'labels.sqlite3'}")
+        shutil.rmtree(template, ignore_errors=True)
+        registry_root = template / "registry"
+        info = init_model(TrainerSettings(registry_root=registry_root, input_size=input_size,
+                                          recipe=self.preset.recipe, architecture=architecture, weights=weights))
+        store = open_store(f"sqlite:///{template / 'labels.sqlite3'}")
         metrics = ServiceMetrics(CollectorRegistry())
         models = ModelManager(ModelRegistry(registry_root, "cad"), SessionOptions(), metrics)
         models.refresh()
         classifier = Classifier(models, metrics, ImageLimits(), 1000, 64,
-                                recorder=Recorder(store, ImageArchive(self.template / "archive")))
-        pool = generate(self._frames(self.split.pool), self.preset.k_negatives, CANDIDATE_SEED)
+                                recorder=Recorder(store, ImageArchive(template / "archive")))
+        pool = self._generate(self.split.pool, CANDIDATE_SEED)
         truth: dict[str, int] = {}
         by_frame: dict[int, list[GeneratedCandidate]] = {}
         for c in pool:
@@ -136,41 +204,55 @@ class Experiment:
                 source_id=f"cvc-seq-{fr.sequence}"))
             truth.update({r.candidate_id: int(r.client_id) for r in outcome.results})
         store.close()
-        (self.template / "truth.json").write_text(json.dumps(truth))
-        (self.template / "ready.json").write_text(json.dumps({
+        # The test sequences: archived once (decoded as the server decodes), scored by every method.
+        test_archive = ImageArchive(template / "test-archive")
+        tests = []
+        shas: dict[int, str] = {}
+        for c in self._generate(self.split.test, CANDIDATE_SEED + 1):
+            if c.frame.frame not in shas:
+                shas[c.frame.frame] = test_archive.put(decode_encoded(c.frame.path.read_bytes()).pixels)[0]
+            b = c.box
+            tests.append({"sha": shas[c.frame.frame], "box": [b.x, b.y, b.width, b.height], "label": c.label,
+                          "kind": c.kind, "sequence": c.frame.sequence})
+        test_archive.close()
+        (template / "test.json").write_text(json.dumps(tests))
+        (template / "truth.json").write_text(json.dumps(truth))
+        kinds: dict[str, int] = {}
+        for c in pool:
+            kind = c.kind or ("polyp" if c.label else "random")
+            kinds[kind] = kinds.get(kind, 0) + 1
+        (template / "ready.json").write_text(json.dumps({
             "preset": asdict(self.preset), "split": asdict(self.split), "pool_candidates": len(truth),
-            "positives": sum(truth.values()), "pretrained": info.manifest["pretrained"]}, indent=2))
+            "positives": sum(truth.values()), "pool_kinds": kinds, "test_candidates": len(tests),
+            "test_positives": sum(t["label"] for t in tests), "architecture": architecture,
+            "pretrained": info.manifest["pretrained"]}, indent=2))
 
     # ------------------------------------------------------------------ evaluation
 
-    def _test_set(self) -> tuple[list[GeneratedCandidate], np.ndarray | None]:
-        if self._test is None:
-            cands = generate(self._frames(self.split.test), self.preset.k_negatives, CANDIDATE_SEED + 1)
-            m = parse_recipe(self.preset.recipe).count
-            size = len(cands) * m * 3 * self.preset.input_size**2 * 4
-            patches = self._patches(cands) if size < 1 << 30 else None
-            self._test = (cands, patches)
-        return self._test
+    def test_examples(self, template: Path) -> list[Example]:
+        key = str(template)
+        if key not in self._test:
+            rows = json.loads((template / "test.json").read_text())
+            self._test[key] = [Example(f"test-{i}", r["sha"], Box(*r["box"]), self.preset.recipe, int(r["label"]),
+                                       f"test:{r['sequence']}") for i, r in enumerate(rows)]
+        return self._test[key]
 
-    def _patches(self, cands: Sequence[GeneratedCandidate]) -> np.ndarray:
-        recipe = parse_recipe(self.preset.recipe)
-        chunks = []
-        for c in cands:
-            pixels = decode_encoded(c.frame.path.read_bytes()).pixels
-            chunks.append(extract_many(pixels, [c.box], recipe, self.preset.input_size))
-        return np.concatenate(chunks)
-
-    def test_auc(self, registry_root: Path) -> tuple[float, int]:
+    def test_scores(self, registry_root: Path, template: Path, depth: str) -> tuple[list[int], np.ndarray, int]:
+        """Candidate probabilities of the version servers follow, on the test candidates."""
         registry = ModelRegistry(registry_root, "cad")
         version = registry.target()
-        model = load_model(registry.get(version), SessionOptions())  # type: ignore[arg-type]
-        cands, cached = self._test_set()
-        m = parse_recipe(self.preset.recipe).count
-        if cached is not None:
-            probs = model.predict(cached, 256)[:, -1].reshape(len(cands), m).mean(axis=1)
-        else:
-            probs = np.array([model.predict(self._patches([c]), 256)[:, -1].mean() for c in cands])
-        return roc_auc([c.label for c in cands], probs), int(version)  # type: ignore[arg-type]
+        info = registry.get(version)  # type: ignore[arg-type]
+        examples = self.test_examples(template)
+        source = PatchSource(ImageArchive(template / "test-archive"), int(info.manifest["input_size"]))
+        probs = candidate_probabilities(load_net(info), examples, source, batch_size=256, progress=False,
+                                        depth=depth)
+        return [int(e.label) for e in examples], np.array([p[:, -1].mean() for p in probs]), int(version)  # type: ignore[arg-type]
+
+    def test_auc(self, registry_root: Path, template: Path | None = None, depth: str | None = None
+                 ) -> tuple[float, float, int]:
+        labels, scores, version = self.test_scores(registry_root, template or self.template,
+                                                   depth or self.preset.depth)
+        return roc_auc(labels, scores), average_precision(labels, scores), version
 
     # ------------------------------------------------------------------ runs
 
@@ -189,29 +271,54 @@ class Experiment:
             if new:
                 writer.writeheader()
             writer.writerow(row)
+            fh.flush()
+            os.fsync(fh.fileno())
 
-    def _settings(self, ws: Path, seed: int, scratch: bool, rescore: bool = True) -> TrainerSettings:
+    def starting_set(self, review: ReviewService, truth: dict[str, int], seed: int, size: int = 0) -> list[str]:
+        """Round 1's labels for a seed: the first ``b`` of the pool in a seeded random order,
+        with the first polyp in that order swapped in for the last pick if there is none (a
+        round needs both classes). Every method of a seed starts from this same set."""
+        queue = review.annotation_queue(min(len(truth), MAX_QUEUE_LIMIT), RANDOM, seed=seed * 1000 + 1)
+        order = [entry.candidate_id for entry, _ in queue.items]
+        picks = order[: size or self.preset.b]
+        if not any(truth[c] for c in picks):
+            picks[-1] = next(c for c in order if truth[c])
+        return picks
+
+    def depth_of(self, method: str) -> str:
+        return "conv1" if method == CONTROL else self.preset.depth
+
+    def _settings(self, ws: Path, method: str, seed: int, rescore: bool = True) -> TrainerSettings:
         return TrainerSettings(
             registry_root=ws / "registry", store_url=f"sqlite:///{ws / 'labels.sqlite3'}",
-            archive_root=ws / "archive", preset=self.preset.train_preset, depth=self.preset.depth,
+            archive_root=ws / "archive", depth=self.depth_of(method),
+            preset="polyp" if method == CONTROL else self.preset.train_preset,  # the control: Table 3 as is
             batch_size=self.preset.batch_size, val_fraction=0.0, allow_unvalidated=True, seed=seed,
-            scratch=scratch, rescore=rescore,
+            scratch=method == SCRATCH, rescore=rescore, epochs=self.preset.epochs,
         )
 
     def run(self, method: str, seed: int) -> None:
         """All rounds of one method and seed (skipping the rounds already in curves.csv)."""
-        if method not in (*METHODS, FULL):
-            raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+        if not (known_method(method) or method == FULL):
+            raise ValueError(f"unknown method {method!r}; known: {', '.join(STUDY_METHODS)}")
         done = {int(r["round"]) for r in self._rows() if r["method"] == method and int(r["seed"]) == seed}
+        template = self.template_of(method)
         ws = self.out / "runs" / f"{method}-s{seed}"
         if not ws.exists():
-            _clone(self.template, ws)
+            _clone(template, ws)
         truth = json.loads((ws / "truth.json").read_text())
         rounds = 1 if method == FULL else self.preset.rounds
+        per_round = self.preset.b
+        if method == CONTROL and self.preset.control_rounds:
+            rounds = self.preset.control_rounds
+            per_round = self.preset.b * self.preset.rounds // rounds
+        depth = self.depth_of(method)
         if 0 not in done and method != FULL:
-            auc, version = self.test_auc(ws / "registry")
+            auc, ap, version = self.test_auc(ws / "registry", template, depth)
             self._append({"method": method, "seed": seed, "round": 0, "labels": 0, "test_auc": f"{auc:.6f}",
+                          "test_ap": f"{ap:.6f}", "positives": 0, "train_loss_first": "", "train_loss": "",
                           "version": version, "seconds": 0})
+        variant, omega = variant_of(method)
         for r in tqdm(range(1, rounds + 1), desc=f"{method} seed {seed}", unit="round",
                       disable=not self.progress, leave=False):
             if r in done:
@@ -221,33 +328,40 @@ class Experiment:
             try:
                 review = ReviewService(store, ServiceMetrics(CollectorRegistry()))
                 have = sum(1 for _ in store.labeled())
-                need = (len(truth) if method == FULL else r * self.preset.b) - have
-                variant = RANDOM if method in (RANDOM, SCRATCH, FULL) else method
+                need = (len(truth) if method == FULL else r * per_round) - have
+                if r == 1 and method != FULL:  # the seed's starting labels, the same for every method
+                    for candidate_id in self.starting_set(review, truth, seed, per_round):
+                        verdict = "TRUE_POSITIVE" if truth[candidate_id] else "FALSE_POSITIVE"
+                        review.submit_correction(candidate_id, verdict, "oracle", f"oracle-{candidate_id}")
+                    need = 0
                 while need > 0:
-                    queue = review.annotation_queue(min(need, 1000), variant, seed=seed * 1000 + r)
+                    queue = review.annotation_queue(min(need, 1000), variant, seed=seed * 1000 + r, omega=omega)
                     if not queue.items:
                         break
                     for entry, _ in queue.items:  # the oracle answers from the ground truth
                         verdict = "TRUE_POSITIVE" if truth[entry.candidate_id] else "FALSE_POSITIVE"
                         review.submit_correction(entry.candidate_id, verdict, "oracle", f"oracle-{entry.candidate_id}")
                     need -= len(queue.items)
-                labels = sum(1 for _ in store.labeled())
+                labeled = list(store.labeled())
             finally:
                 store.close()
             # Only the AIFT variants' next queue reads the pool's scores; the last round has no next queue.
-            rescore = method in VARIANTS and r < rounds
-            report = run_round(self._settings(ws, seed, scratch=method == SCRATCH, rescore=rescore),
-                               progress=False)
+            rescore = variant in VARIANTS and r < rounds
+            report = run_round(self._settings(ws, method, seed, rescore=rescore), progress=False)
             if report.outcome != "published":
                 log.info("%s seed %d round %d: %s", method, seed, r, report.reason)
-            auc, version = self.test_auc(ws / "registry")
+            losses = report.metrics.get("train_loss") or []
+            auc, ap, version = self.test_auc(ws / "registry", template, depth)
             registry = ModelRegistry(ws / "registry", "cad")
             for old in registry.versions():
                 if old not in (1, registry.latest()):
                     registry.remove(old)  # keep the initial and the newest: disk stays bounded
-            self._append({"method": method, "seed": seed, "round": r, "labels": labels,
-                          "test_auc": f"{auc:.6f}", "version": version,
-                          "seconds": f"{time.perf_counter() - t0:.1f}"})
+            self._append({"method": method, "seed": seed, "round": r, "labels": len(labeled),
+                          "test_auc": f"{auc:.6f}", "test_ap": f"{ap:.6f}",
+                          "positives": sum(1 for x in labeled if x.label == 1),
+                          "train_loss_first": f"{losses[0]:.5f}" if losses else "",
+                          "train_loss": f"{losses[-1]:.5f}" if losses else "",
+                          "version": version, "seconds": f"{time.perf_counter() - t0:.1f}"})
 
 
 def _clone(template: Path, ws: Path) -> None:
@@ -261,15 +375,18 @@ def _clone(template: Path, ws: Path) -> None:
             except OSError:
                 shutil.copy2(src, dst)
 
-    shutil.copytree(template, ws, copy_function=link_or_copy)
+    shutil.copytree(template, ws, copy_function=link_or_copy, ignore=shutil.ignore_patterns("test-archive"))
 
 
 def run_all(exp: Experiment, methods: Sequence[str], seeds: Sequence[int], reference: bool = True) -> None:
     exp.out.mkdir(parents=True, exist_ok=True)
-    for name, note in degenerate_variants(parse_recipe(exp.preset.recipe).count, methods).items():
+    variants = [variant_of(m)[0] for m in methods]
+    for name, note in degenerate_variants(parse_recipe(exp.preset.recipe).count, variants).items():
         log.warning("%s %s", name, note)
-    exp.prepare()
-    jobs = [(m, s) for s in seeds for m in methods]
+    exp.prepare(control=CONTROL in methods)
+    jobs = [(m, s) for s in seeds for m in methods if m != CONTROL]
+    if CONTROL in methods:
+        jobs.append((CONTROL, seeds[0]))  # one seed: the control, not a contender
     if reference:
         jobs.append((FULL, seeds[0]))
     for method, seed in tqdm(jobs, desc="experiment", unit="run", disable=not exp.progress):

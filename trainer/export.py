@@ -43,7 +43,7 @@ def export_form(net: nn.Module) -> tuple[nn.Module, int]:
     times fewer fc6 weights and multiply-adds; at 64 px the ONNX file is 81
     instead of 228 MB. ``weights.pt`` keeps the trained parameters unchanged.
     """
-    if not isinstance(net, CadNet) or not isinstance(net.backbone.avgpool, nn.Upsample):
+    if not isinstance(net, CadNet) or not isinstance(getattr(net.backbone, "avgpool", None), nn.Upsample):
         return net, 1
     k = int(net.backbone.avgpool.scale_factor)  # type: ignore[arg-type]
     side = 6 // k

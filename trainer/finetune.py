@@ -13,23 +13,56 @@ from tqdm import tqdm
 from trainer.data import Example, PatchSource, balanced_epoch, batches
 from trainer.network import CadNet
 from trainer.presets import Schedule, trained_layers
+from trainer.trunk import CACHE, TrunkCache, is_trivial, trunk_digest
 
 
 def param_groups(net: CadNet, schedule: Schedule, depth: str) -> list[dict[str, object]]:
-    """One group per trained layer and parameter kind; layers below ``depth`` are frozen."""
-    trained = dict(trained_layers(depth))
+    """One group per trained layer and parameter kind; layers below ``depth`` are frozen.
+
+    The head (AlexNet fc8, SqueezeNet's 1x1 conv) gets the schedule's last-layer rate, every
+    other trained layer the base rate; biases twice their layer's rate.
+    """
     for p in net.parameters():
         p.requires_grad_(False)
     groups: list[dict[str, object]] = []
     modules = dict(net.backbone.named_modules())
-    for name, path in trained.items():
-        layer = modules[path]
-        rate = schedule.lr_last if name == "fc8" else schedule.lr
-        layer.weight.requires_grad_(True)
-        layer.bias.requires_grad_(True)
-        groups.append({"params": [layer.weight], "lr": rate, "name": f"{name}.weight"})
-        groups.append({"params": [layer.bias], "lr": 2.0 * rate, "name": f"{name}.bias"})
+    for layer in trained_layers(net.architecture, depth):
+        rate = schedule.lr_last if layer.head else schedule.lr
+        params = list(modules[layer.module].named_parameters())
+        weights = [p for n, p in params if not n.endswith("bias")]
+        biases = [p for n, p in params if n.endswith("bias")]
+        for p in weights + biases:
+            p.requires_grad_(True)
+        groups.append({"params": weights, "lr": rate, "name": f"{layer.name}.weight"})
+        groups.append({"params": biases, "lr": 2.0 * rate, "name": f"{layer.name}.bias"})
     return groups
+
+
+class SplitNet:
+    """A network split at its tuning depth: the frozen trunk's outputs come from the trunk cache
+    (:mod:`trainer.trunk`), the trained top runs on them. At the lowest depth (everything trained)
+    the trunk is only the normalisation and nothing is cached."""
+
+    def __init__(self, net: CadNet, depth: str, source: PatchSource, cache: TrunkCache | None = CACHE) -> None:
+        self.net = net
+        self.trunk, self.top = net.split(depth)
+        self.source = source
+        self.cache = cache if not is_trivial(self.trunk) else None
+        self.digest = trunk_digest(self.trunk) if self.cache is not None else ""
+
+    def inputs(self, example: Example) -> torch.Tensor:
+        """The top's input for one candidate's patches."""
+        if self.cache is None:
+            with torch.no_grad():
+                self.trunk.eval()
+                return self.trunk(torch.from_numpy(self.source.patches(example)))
+        return self.cache.features(self.trunk, self.digest, self.source.key(example),
+                                   lambda: self.source.patches(example))
+
+    def train(self) -> None:
+        """Train mode for the top only; frozen layers stay in eval mode (dropout off)."""
+        self.net.train()
+        self.trunk.eval()
 
 
 @dataclass(frozen=True)
@@ -53,28 +86,30 @@ def fine_tune(
     """Fine-tune ``net`` in place on labeled examples, class-balanced, seeded.
 
     A batch holds whole candidates (all their patches), ``batch_size // patches`` of them.
+    Layers below ``depth`` are frozen and their outputs come from the trunk cache.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     optimizer = torch.optim.SGD(param_groups(net, schedule, depth), momentum=schedule.momentum)
     decay = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=schedule.gamma)
     loss_fn = nn.CrossEntropyLoss()
+    split = SplitNet(net, depth, source)
     labels = [int(e.label) for e in examples]  # type: ignore[arg-type]
     per_patch = max(source.recipe(e).count for e in examples)
     per_batch = max(1, batch_size // per_patch)
     losses, seen = [], 0
-    net.train()
+    split.train()
     for epoch in range(schedule.epochs):
         order = balanced_epoch(labels, rng)
         total, count = 0.0, 0
         bar = tqdm(list(batches(order, per_batch)), desc=f"epoch {epoch + 1}/{schedule.epochs}",
                    unit="batch", disable=not progress, leave=False)
         for batch in bar:
-            parts = [source.patches(examples[i]) for i in batch]
-            x = np.concatenate(parts)
-            y = np.concatenate([np.full(len(p), labels[i]) for p, i in zip(parts, batch, strict=True)])
+            parts = [split.inputs(examples[i]) for i in batch]
+            x = torch.cat(parts)
+            y = torch.cat([torch.full((len(p),), labels[i], dtype=torch.long) for p, i in zip(parts, batch, strict=True)])
             optimizer.zero_grad()
-            loss = loss_fn(net(torch.from_numpy(x)), torch.from_numpy(y).long())
+            loss = loss_fn(split.top(x), y)
             loss.backward()
             optimizer.step()
             total += loss.item() * len(x)
@@ -90,13 +125,37 @@ def fine_tune(
 @torch.no_grad()
 def candidate_probabilities(
     net: CadNet, examples: Sequence[Example], source: PatchSource, batch_size: int = 64,
-    desc: str = "scoring", progress: bool = True,
+    desc: str = "scoring", progress: bool = True, depth: str | None = None,
 ) -> list[np.ndarray]:
-    """Patch probabilities ``(m, 2)`` of each candidate under ``net`` (eval mode)."""
+    """Patch probabilities ``(m, 2)`` of each candidate under ``net`` (eval mode).
+
+    With ``depth``, the layers below it come from the trunk cache (same function: the cache
+    holds exactly what the trunk computes), and the top runs on batches of about ``batch_size``
+    patches gathered across candidates."""
     net.eval()
-    out = []
+    split = SplitNet(net, depth, source) if depth else None
+    out: list[np.ndarray] = []
+    pending: list[torch.Tensor] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        assert split is not None
+        probs = torch.softmax(split.top(torch.cat(pending)), dim=1).numpy()
+        start = 0
+        for part in pending:
+            out.append(probs[start : start + len(part)])
+            start += len(part)
+        pending.clear()
+
     for ex in tqdm(examples, desc=desc, unit="cand", disable=not progress, leave=False):
-        patches = torch.from_numpy(source.patches(ex))
-        probs = torch.cat([torch.softmax(net(chunk), dim=1) for chunk in patches.split(batch_size)])
-        out.append(probs.numpy())
+        if split is not None:
+            pending.append(split.inputs(ex))
+            if sum(len(p) for p in pending) >= batch_size:
+                flush()
+        else:
+            patches = torch.from_numpy(source.patches(ex))
+            probs = torch.cat([torch.softmax(net(chunk), dim=1) for chunk in patches.split(batch_size)])
+            out.append(probs.numpy())
+    flush()
     return out

@@ -40,8 +40,9 @@ from trainer.evaluate import Evaluation, evaluate
 from trainer.export import ExportCheckFailed, export_and_check
 from trainer.finetune import candidate_probabilities, fine_tune
 from trainer.network import CadNet
-from trainer.presets import PRESETS
+from trainer.presets import PRESETS, trained_layers
 from trainer.settings import TrainerSettings
+from trainer.trunk import is_trivial
 
 log = logging.getLogger(__name__)
 ROUNDS_FILE = "rounds.jsonl"
@@ -82,26 +83,29 @@ def _record(registry: ModelRegistry, report: RoundReport) -> None:
         os.fsync(fh.fileno())
 
 
-def _load_net(info: VersionInfo) -> CadNet:
-    net = CadNet(len(info.manifest.get("classes") or ["background", "finding"]), int(info.manifest["input_size"]))
+def load_net(info: VersionInfo) -> CadNet:
+    """A published version's torch network (architecture from its manifest; AlexNet before there
+    was a choice)."""
+    net = CadNet(len(info.manifest.get("classes") or ["background", "finding"]), int(info.manifest["input_size"]),
+                 str(info.manifest.get("architecture") or "alexnet"))
     net.load_state_dict(torch.load(info.path / WEIGHTS_FILE, map_location="cpu", weights_only=True))
     return net.eval()
 
 
 def _evaluate(net: CadNet, examples: Sequence[Example], source: PatchSource, s: TrainerSettings,
               desc: str, progress: bool) -> Evaluation:
-    probs = candidate_probabilities(net, examples, source, desc=desc, progress=progress)
+    probs = candidate_probabilities(net, examples, source, desc=desc, progress=progress, depth=s.depth)
     scores = np.array([p[:, -1].mean() for p in probs])
     return evaluate([e.label for e in examples], scores, fpr=s.fpr, seed=s.seed)
 
 
 def _hq_set(parent: VersionInfo, train: list[Example], net: CadNet, source: PatchSource,
-            progress: bool) -> list[Example]:
+            progress: bool, depth: str) -> list[Example]:
     """ACFT's HQ set: labels newer than the parent's, plus older labels the parent gets wrong."""
     until = str((parent.manifest.get("labels") or {}).get("until") or "")
     new = [e for e in train if e.labeled_at > until]
     old = [e for e in train if e.labeled_at <= until]
-    probs = candidate_probabilities(net, old, source, desc="HQ check", progress=progress)
+    probs = candidate_probabilities(net, old, source, desc="HQ check", progress=progress, depth=depth)
     wrong = [e for e, p in zip(old, probs, strict=True) if (p[:, -1].mean() > 0.5) != bool(e.label)]
     return new + wrong
 
@@ -118,14 +122,33 @@ def _val_patches(examples: Sequence[Example], source: PatchSource, limit: int = 
 
 
 def rescore_pool(store: SqlLabelStore, archive: ImageArchive, registry: ModelRegistry,
-                 progress: bool = True) -> int:
-    """Score every unlabeled candidate with the version servers follow; the queue reads it."""
+                 progress: bool = True, depth: str | None = None) -> int:
+    """Score every unlabeled candidate with the version servers follow; the queue reads it.
+
+    With a tuning ``depth`` that leaves a frozen trunk, the version's torch network scores
+    through the trunk cache (the trunk is the one every round at that depth shares, so only the
+    top runs); otherwise its ONNX model does, as servers run it. Parity between the two is
+    checked at every export (max |dp| <= the parity tolerance).
+    """
     version = registry.target()
     if version is None:
         return 0
-    model = load_model(registry.get(version), SessionOptions())
-    source = PatchSource(archive, model.input_size)
+    info = registry.get(version)
     pool = sorted(unlabeled_examples(store), key=lambda e: e.image_sha256)  # each image decoded once
+    pool, missing = _archived(pool, archive)
+    if missing:
+        log.warning("re-scoring: %d unlabeled candidates have no archived image and keep their old scores", missing)
+    if depth is not None:
+        net = load_net(info)
+        if not is_trivial(net.split(depth)[0]):
+            source = PatchSource(archive, int(info.manifest["input_size"]))
+            probs = candidate_probabilities(net, pool, source, batch_size=256, progress=progress,
+                                            desc=f"re-scoring pool with v{version}", depth=depth)
+            rows = [_score_row(e, p) for e, p in zip(pool, probs, strict=True)]
+            store.update_predictions(str(version), rows)
+            return len(rows)
+    model = load_model(info, SessionOptions())
+    source = PatchSource(archive, model.input_size)
     rows = []
     chunk: list[tuple[Example, np.ndarray]] = []
 
@@ -135,28 +158,31 @@ def rescore_pool(store: SqlLabelStore, archive: ImageArchive, registry: ModelReg
         probs = model.predict(np.concatenate([p for _, p in chunk]), 256)
         start = 0
         for e, p in chunk:
-            mine = probs[start : start + len(p)]
+            rows.append(_score_row(e, probs[start : start + len(p)]))
             start += len(p)
-            st = candidate_stats(mine[None])
-            rows.append((e.candidate_id, mine, float(st.probability[0]), float(st.entropy[0]),
-                         float(st.diversity[0]), float(st.score[0])))
         chunk.clear()
 
-    missing = 0
     for e in tqdm(pool, desc=f"re-scoring pool with v{version}", unit="cand", disable=not progress, leave=False):
-        try:
-            patches = source.patches(e)
-        except FileNotFoundError:  # pruned, or lost with the last unsynced frames in a power cut
-            missing += 1
-            continue
-        chunk.append((e, patches))
+        chunk.append((e, source.patches(e)))
         if sum(len(p) for _, p in chunk) >= 256:
             flush()
     flush()
-    if missing:
-        log.warning("re-scoring: %d unlabeled candidates have no archived image and keep their old scores", missing)
     store.update_predictions(str(version), rows)
     return len(rows)
+
+
+def _archived(pool: list[Example], archive: ImageArchive) -> tuple[list[Example], int]:
+    """The candidates whose image is archived (pruned, or lost with the last unsynced frames in a
+    power cut, otherwise), and how many are not."""
+    present: dict[str, bool] = {}
+    kept = [e for e in pool if present.setdefault(e.image_sha256, archive.path(e.image_sha256).is_file())]
+    return kept, len(pool) - len(kept)
+
+
+def _score_row(e: Example, probs: np.ndarray) -> tuple[str, np.ndarray, float, float, float, float]:
+    st = candidate_stats(probs[None])
+    return (e.candidate_id, probs, float(st.probability[0]), float(st.entropy[0]),
+            float(st.diversity[0]), float(st.score[0]))
 
 
 def run_round(settings: TrainerSettings, progress: bool = True) -> RoundReport:
@@ -180,7 +206,8 @@ def run_round(settings: TrainerSettings, progress: bool = True) -> RoundReport:
             store.add_audit("round_rejected", settings.actor, f"{registry.name}/v{report.parent_version}",
                             {"reason": report.reason, "labels": report.labels})
         if settings.rescore:
-            report.metrics["pool_rescored"] = rescore_pool(store, archive, registry, progress)
+            report.metrics["pool_rescored"] = rescore_pool(store, archive, registry, progress,
+                                                               settings.depth)
     finally:
         store.close()
     report.duration_s = time.perf_counter() - t0
@@ -201,13 +228,14 @@ def _round(settings: TrainerSettings, registry: ModelRegistry, parent: VersionIn
         report.reason = "the training split needs labels of both classes"
         return report
 
-    net = _load_net(parent)
+    net = load_net(parent)
+    trained_layers(net.architecture, settings.depth)  # a depth this architecture has, or ValueError
     parent_net = copy.deepcopy(net)
     first = "training" not in parent.manifest
     schedule = preset.scratch if settings.scratch else (preset.first if first else preset.later)
     if settings.epochs:
         schedule = replace(schedule, epochs=settings.epochs)
-    train_set = _hq_set(parent, train, net, source, progress) if settings.hq and not first else train
+    train_set = _hq_set(parent, train, net, source, progress, settings.depth) if settings.hq and not first else train
     if len({e.label for e in train_set}) < 2:
         report.reason = "the HQ training set has a single class"
         return report

@@ -16,13 +16,19 @@ class TrainerSettings(BaseSettings):
 
     registry_root: Path = Field(Path("registry"), description="Model registry root folder.")
     model_name: str = Field("cad", description="Model name, a folder under the registry.")
+    architecture: str = Field("alexnet", description="init: alexnet or squeezenet1_0 (rounds keep the parent's).")
     pretrained_weights: Path | None = Field(
         None,
         description=(
-            "torchvision AlexNet ImageNet weights (.pth). Unset: the torch hub cache is looked "
-            "at; nothing is ever downloaded."
+            "init: an ImageNet state dict (.pth) of the architecture, looked at first. Unset: the "
+            "torch hub cache, then the weights shipped with the package (SqueezeNet); nothing is "
+            "downloaded unless allow_download."
         ),
     )
+    weights: str | None = Field(
+        None, description="init: imagenet (required), random, or a .pth path; unset: ImageNet where "
+        "found locally, else a loud random start.")
+    allow_download: bool = Field(False, description="init: let torchvision download ImageNet weights.")
     input_size: int = Field(224, ge=32, description="Square patch size the network takes.")
     recipe: str = Field("polyp", description="Default patch recipe recorded in the manifest.")
     seed: int = Field(0, description="Seed for random initialisation and training.")
@@ -32,7 +38,9 @@ class TrainerSettings(BaseSettings):
     store_url: str = Field("sqlite:///data/labels.sqlite3", description="Label store (as the server's).")
     archive_root: Path = Field(Path("data/archive"), description="Image archive (as the server's).")
     preset: str = Field("polyp", description="Learning parameters of Table 3: polyp, frames or pe.")
-    depth: str = Field("conv1", description="Tuning depth: fc8 (fc8 only) ... conv1 (conv1-fc8).")
+    depth: str = Field(
+        "conv1", description="Tuning depth, the lowest trained layer: AlexNet fc8 (head only) ... conv1 "
+        "(all); SqueezeNet classifier (head only), fire9 ... fire2, conv1 (all).")
     hq: bool = Field(False, description="ACFT HQ set: new labels + labeled candidates the model gets wrong.")
     batch_size: int = Field(64, ge=1, description="Patches per training batch (whole candidates).")
     val_fraction: float = Field(0.25, ge=0, lt=1, description="Share of sources held out for validation.")
