@@ -90,6 +90,16 @@ def _inside(mask: np.ndarray, box: Box, need: float = 0.95) -> bool:
     return float(mask[y0:y1, x0:x1].mean()) >= need
 
 
+def _positives(fr: Frame, rng: np.random.Generator, jitter: float) -> list[GeneratedCandidate]:
+    """The frame's polyp boxes, each moved and resized by up to ``jitter`` of its size."""
+    out = []
+    for p in fr.polyps:
+        dx, dy, sw, sh = rng.uniform(-jitter, jitter, 4)
+        w, h = p.width * (1 + sw), p.height * (1 + sh)
+        out.append(GeneratedCandidate(fr, Box(p.x + dx * p.width, p.y + dy * p.height, w, h), 1, "polyp"))
+    return out
+
+
 def generate(
     frames: list[Frame], k_negatives: int, seed: int, sizes: list[tuple[float, float]] | None = None,
     jitter: float = 0.05, tries: int = 200,
@@ -101,10 +111,7 @@ def generate(
     sizes = sizes or [(b.width, b.height) for f in frames for b in f.polyps]
     out: list[GeneratedCandidate] = []
     for fr in frames:
-        for p in fr.polyps:
-            dx, dy, sw, sh = rng.uniform(-jitter, jitter, 4)
-            w, h = p.width * (1 + sw), p.height * (1 + sh)
-            out.append(GeneratedCandidate(fr, Box(p.x + dx * p.width, p.y + dy * p.height, w, h), 1))
+        out += _positives(fr, rng, jitter)
         mask = field_of_view(np.asarray(Image.open(fr.path).convert("RGB")))
         placed = 0
         for _ in range(tries):
@@ -177,10 +184,7 @@ def generate_pool(
     sizes = sizes or [(b.width, b.height) for f in frames for b in f.polyps]
     out: list[GeneratedCandidate] = []
     for fr in frames:
-        for p in fr.polyps:
-            dx, dy, sw, sh = rng.uniform(-jitter, jitter, 4)
-            w, h = p.width * (1 + sw), p.height * (1 + sh)
-            out.append(GeneratedCandidate(fr, Box(p.x + dx * p.width, p.y + dy * p.height, w, h), 1, "polyp"))
+        out += _positives(fr, rng, jitter)
         pixels = np.asarray(Image.open(fr.path).convert("RGB"))
         fov = field_of_view(pixels)
         mask = polyp_mask(root, fr)

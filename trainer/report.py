@@ -1,4 +1,20 @@
-"""Experiment report: learning curves (PNG), annotation savings table, summary (Markdown + JSON)."""
+"""Experiment report: learning curves (PNG), annotation savings the way the AIFT paper counts them,
+summary (Markdown + JSON).
+
+Per method, from ``curves.csv`` (one row per method, seed and round):
+
+- the mean (and std over seeds) test AUC and average precision per round;
+- labels needed to reach IFT Random's final mean AUC, and 95% of the whole-pool AUC, on the
+  mean curve, with the % of labels saved against IFT Random (for the second target: against the
+  labels Random needed for it, when it reached it);
+- the area under the learning curve (ALC: mean AUC integrated over labels from the first trained
+  round on, divided by the span)
+  and, per seed, its difference to IFT Random's on the same seed (paired: every method of a seed
+  starts from the same labels); mean, std and wins. A difference whose 95% interval (mean ± 2
+  standard errors) contains 0 is reported as a tie;
+- polyps labelled by 50 and 100 labels; the training loss of the first and last epoch of each
+  round, and in how many rounds it fell.
+"""
 
 from __future__ import annotations
 
@@ -7,113 +23,206 @@ import json
 import math
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from service.registry import ModelRegistry
 
 TARGET_SHARE = 0.95
-INITIAL_MODEL = {
-    "imagenet": "ImageNet AlexNet weights",
-    "random-init": "random initialisation (no ImageNet AlexNet weights were found locally)",
-}
+RANDOM, FULL = "random", "full"
+CONTROLS = ("random_alexnet",)
 
 
-def initial_model(out: Path) -> str:
-    """``pretrained.source`` of the initial model every method started from (version 1 of the template)."""
+def initial_model(out: Path) -> dict[str, str]:
+    """Architecture and ``pretrained`` of the initial model every method started from (template v1)."""
     registry = ModelRegistry(out / "template" / "registry", "cad")
     if 1 not in registry.versions():
-        return "unknown"
-    return str(registry.get(1).manifest.get("pretrained", {}).get("source", "unknown"))
+        return {"source": "unknown"}
+    m = registry.get(1).manifest
+    pre = dict(m.get("pretrained") or {})
+    pre.setdefault("source", "unknown")
+    pre["architecture"] = str(m.get("architecture") or "alexnet")
+    return {k: str(v) for k, v in pre.items()}
 
 
-def _curves(out: Path) -> dict[str, dict[int, list[tuple[int, float]]]]:
-    """method -> round -> [(labels, auc) per seed]."""
-    curves: dict[str, dict[int, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
+def describe_initial(initial: dict[str, str]) -> str:
+    source = initial.get("source", "unknown")
+    arch = initial.get("architecture", "")
+    if source == "imagenet":
+        where = initial.get("found", "")
+        return f"{arch} with ImageNet weights" + (f" ({where}: {Path(initial.get('path', '')).name}, "
+                                                  f"sha256 {initial.get('sha256', '')[:12]}...)" if where else "")
+    if source == "random-init":
+        return f"{arch} from random initialisation"
+    return "not recorded"
+
+
+def _rows(out: Path) -> list[dict[str, str]]:
     with (out / "curves.csv").open() as fh:
-        for row in csv.DictReader(fh):
-            auc = float(row["test_auc"])
-            if not math.isnan(auc):
-                curves[row["method"]][int(row["round"])].append((int(row["labels"]), auc))
-    return curves
+        return list(csv.DictReader(fh))
 
 
-def summarise(out: Path) -> dict[str, object]:
-    curves = _curves(out)
-    full = [auc for pts in curves.pop("full", {}).values() for _, auc in pts]
-    methods: dict[str, dict[str, object]] = {}
-    for method, rounds in curves.items():
-        order = sorted(rounds)
-        labels = [float(np.mean([lab for lab, _ in rounds[r]])) for r in order]
-        aucs = [[auc for _, auc in rounds[r]] for r in order]
+def _num(v: str | None) -> float:
+    try:
+        return float(v) if v not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
+
+
+def _labels_to(labels: list[float], means: list[float], target: float) -> float | None:
+    for lab, auc in zip(labels, means, strict=True):
+        if auc >= target - 1e-12:
+            return lab
+    return None
+
+
+def _alc(labels: np.ndarray, aucs: np.ndarray) -> float:
+    """Mean AUC over the trained rounds (labels > 0; round 0 is the untrained head, the same for
+    every method), integrated over labels and divided by the span."""
+    keep = labels > 0
+    labels, aucs = labels[keep], aucs[keep]
+    if not len(labels):
+        return math.nan
+    span = labels.max() - labels.min()
+    return float(np.trapezoid(aucs, labels) / span) if span > 0 else float(aucs.mean())
+
+
+def summarise(out: Path) -> dict[str, Any]:
+    rows = _rows(out)
+    full = [_num(r["test_auc"]) for r in rows if r["method"] == FULL]
+    full_ap = [_num(r.get("test_ap")) for r in rows if r["method"] == FULL]
+    by: dict[str, dict[int, dict[int, dict[str, str]]]] = defaultdict(lambda: defaultdict(dict))
+    for r in rows:
+        if r["method"] != FULL:
+            by[r["method"]][int(r["seed"])][int(r["round"])] = r
+    methods: dict[str, dict[str, Any]] = {}
+    for method, seeds in by.items():
+        rounds = sorted(set.intersection(*(set(s) for s in seeds.values())))
+        seed_ids = sorted(seeds)
+
+        def stat(col: str, rounds: list[int] = rounds, seeds: dict = seeds, seed_ids: list = seed_ids) -> np.ndarray:
+            return np.array([[_num(seeds[s][r].get(col)) for r in rounds] for s in seed_ids])
+
+        auc, ap, pos = stat("test_auc"), stat("test_ap"), stat("positives")
+        labels = stat("labels").mean(axis=0)
+        first, last = stat("train_loss_first"), stat("train_loss")
+        trained = ~np.isnan(first) & ~np.isnan(last)
         methods[method] = {
-            "labels": labels,
-            "mean": [float(np.mean(a)) for a in aucs],
-            "std": [float(np.std(a)) for a in aucs],
-            "seeds": min(len(a) for a in aucs),
+            "seeds": len(seed_ids), "seed_ids": seed_ids, "labels": labels.tolist(),
+            "mean": auc.mean(axis=0).tolist(), "std": auc.std(axis=0).tolist(),
+            "ap_mean": np.nanmean(ap, axis=0).tolist() if ap.size else [],
+            "positives_mean": pos.mean(axis=0).tolist(),
+            "per_seed_alc": {s: _alc(labels, auc[i]) for i, s in enumerate(seed_ids)},
+            "alc": _alc(labels, auc.mean(axis=0)),
+            "loss_first_mean": float(np.nanmean(first)) if trained.any() else None,
+            "loss_last_mean": float(np.nanmean(last)) if trained.any() else None,
+            "rounds_trained": int(trained.sum()),
+            "rounds_loss_fell": int((last[trained] < first[trained]).sum()),
         }
-    best = max((max(m["mean"]) for m in methods.values()), default=math.nan)  # type: ignore[type-var, arg-type]
-    reference = float(np.mean(full)) if full else best
+        for n in (50, 100):
+            at = [i for i, lab in enumerate(labels) if abs(lab - n) < 0.5]
+            methods[method][f"positives_at_{n}"] = float(pos[:, at[0]].mean()) if at else None
+    reference = float(np.mean(full)) if full else max((max(m["mean"]) for m in methods.values()), default=math.nan)
     target = TARGET_SHARE * reference
-    for m in methods.values():
-        reached = [lab for lab, auc in zip(m["labels"], m["mean"], strict=True) if auc >= target]  # type: ignore[call-overload]
-        m["labels_to_target"] = reached[0] if reached else None
-        labs, means = np.array(m["labels"]), np.array(m["mean"])
-        span = labs.max() - labs.min()
-        m["alc"] = float(np.trapezoid(means, labs) / span) if span > 0 else float(means.mean())
-    random = methods.get("random", {}).get("labels_to_target")
-    for m in methods.values():
-        own = m["labels_to_target"]
-        m["saving_vs_random"] = (1 - own / random) if (own and random) else None  # type: ignore[operator]
-    return {"initial_model": initial_model(out),
-            "reference_auc": reference, "reference": "full pool" if full else "best method",
-            "target_auc": target, "methods": methods}
+    rnd = methods.get(RANDOM)
+    random_final = rnd["mean"][-1] if rnd else None
+    random_to_target = _labels_to(rnd["labels"], rnd["mean"], target) if rnd else None
+    random_labels = rnd["labels"][-1] if rnd else None
+    for name, m in methods.items():
+        m["labels_to_random_final"] = _labels_to(m["labels"], m["mean"], random_final) if rnd else None
+        own = m["labels_to_random_final"]
+        m["saving_vs_random_final"] = (1 - own / random_labels) if (own and random_labels) else None
+        m["labels_to_target"] = _labels_to(m["labels"], m["mean"], target)
+        t = m["labels_to_target"]
+        m["saving_vs_random"] = (1 - t / random_to_target) if (t and random_to_target) else None
+        if rnd and name != RANDOM:
+            common = [s for s in m["seed_ids"] if s in rnd["per_seed_alc"]]
+            diffs = np.array([m["per_seed_alc"][s] - rnd["per_seed_alc"][s] for s in common])
+            if len(diffs):
+                mean, sd = float(diffs.mean()), float(diffs.std(ddof=1)) if len(diffs) > 1 else math.nan
+                half = 2 * sd / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
+                verdict = ("n/a (one seed)" if math.isnan(half) else
+                           "tie" if abs(mean) <= half else ("better" if mean > 0 else "worse"))
+                m["paired_alc_vs_random"] = {"mean": mean, "std": sd, "wins": int((diffs > 0).sum()),
+                                             "seeds": len(diffs), "verdict": verdict}
+    return {"initial_model": initial_model(out), "reference_auc": reference,
+            "reference_ap": float(np.mean(full_ap)) if full_ap else None,
+            "reference": "whole pool" if full else "best method", "target_auc": target,
+            "random_final_auc": random_final, "methods": methods}
 
 
-def plot(summary: dict[str, object], path: Path) -> None:
+def plot(summary: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
-    for name, m in sorted(summary["methods"].items()):  # type: ignore[attr-defined]
-        labels, mean, std = np.array(m["labels"]), np.array(m["mean"]), np.array(m["std"])
-        style = "--" if name in ("random", "scratch") else "-"
-        line, = ax.plot(labels, mean, style, marker="o", ms=3, label=f"{name} (n={m['seeds']})")
-        ax.fill_between(labels, mean - std, mean + std, color=line.get_color(), alpha=0.12)
-    ax.axhline(summary["target_auc"], color="grey", lw=0.8, ls=":",  # type: ignore[arg-type]
-               label=f"target {TARGET_SHARE:.0%} of {summary['reference']} AUC")
-    ax.set_xlabel("labels queried")
-    ax.set_ylabel("test AUC (candidate level)")
-    ax.set_title("AIFT vs random selection on CVC-ClinicDB (mean ± std over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.2), dpi=110)
+    for name, m in sorted(summary["methods"].items()):
+        labels = np.array(m["labels"])
+        style = "--" if name in (RANDOM, "scratch") else (":" if name in CONTROLS else "-")
+        mean, std = np.array(m["mean"]), np.array(m["std"])
+        line, = axes[0].plot(labels, mean, style, marker="o", ms=3, label=f"{name} (n={m['seeds']})")
+        axes[0].fill_between(labels, mean - std, mean + std, color=line.get_color(), alpha=0.10)
+        axes[1].plot(labels, m["ap_mean"], style, marker="o", ms=3, color=line.get_color())
+        axes[2].plot(labels, m["positives_mean"], style, marker="o", ms=3, color=line.get_color())
+    axes[0].axhline(summary["target_auc"], color="grey", lw=0.8, ls=":",
+                    label=f"{TARGET_SHARE:.0%} of {summary['reference']} AUC")
+    if summary.get("reference_ap") is not None:
+        axes[1].axhline(summary["reference_ap"], color="grey", lw=0.8, ls=":", label="whole pool")
+        axes[1].legend(fontsize=7, loc="lower right")
+    for ax, ylabel, title in (
+        (axes[0], "test AUC (candidate level)", "AUC, mean ± std over seeds"),
+        (axes[1], "test average precision", "average precision (mean)"),
+        (axes[2], "polyps among the labels", "polyps labelled (mean)"),
+    ):
+        ax.set_xlabel("labels queried")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(max(0.0, min(min(m["mean"]) for m in summary["methods"].values()) - 0.05), 1.0)
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle("AIFT vs IFT Random on CVC-ClinicDB (held-out sequences)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def markdown(summary: dict[str, object]) -> str:
-    fmt = lambda v, p=3: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
-    source = str(summary.get("initial_model", "unknown"))
+def _f(v: float | None, p: int = 3, suffix: str = "") -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{p}f}{suffix}"
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    ref_ap = summary.get("reference_ap")
     lines = [
-        f"Initial model: {source} = {INITIAL_MODEL.get(source, 'not recorded')}.",
+        f"Initial model: {describe_initial(summary['initial_model'])}.",
         "",
-        f"Target AUC: {summary['target_auc']:.3f} ({TARGET_SHARE:.0%} of the {summary['reference']} "
-        f"AUC {summary['reference_auc']:.3f}).",
+        f"Whole-pool fine-tuning (reference): AUC {_f(summary['reference_auc'])}"
+        + (f", AP {_f(ref_ap)}" if ref_ap is not None else "")
+        + f". Target {TARGET_SHARE:.0%} of it: AUC {_f(summary['target_auc'])}. "
+        f"IFT Random's final AUC: {_f(summary.get('random_final_auc'))}.",
         "",
-        "| method | seeds | final labels | final AUC (mean ± std) | labels to target | saving vs random | ALC |",
-        "|---|---|---|---|---|---|---|",
+        "| method | seeds | labels | final AUC (mean ± std) | final AP | labels to Random's final AUC "
+        "| saved | labels to 95% whole-pool | saved | ALC | paired ALC diff vs Random (mean ± std, wins) "
+        "| polyps at 50 / 100 | loss first → last epoch (rounds fell) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     methods = summary["methods"]
-    for name in sorted(methods, key=lambda n: -methods[n]["alc"]):  # type: ignore[index]
-        m = methods[name]  # type: ignore[index]
+    for name in sorted(methods, key=lambda n: -methods[n]["alc"]):
+        m = methods[name]
+        pair = m.get("paired_alc_vs_random")
+        pair_text = (f"{pair['mean']:+.4f} ± {_f(pair['std'], 4)}, {pair['wins']}/{pair['seeds']} ({pair['verdict']})"
+                     if pair else "-")
+        reached = lambda v: "not reached" if v is None else f"{v:.0f}"  # noqa: E731
+        saved = lambda v: _f(v * 100 if v is not None else None, 0, "%")  # noqa: E731
+        loss = (f"{_f(m['loss_first_mean'])} → {_f(m['loss_last_mean'])} ({m['rounds_loss_fell']}/{m['rounds_trained']})"
+                if m["rounds_trained"] else "-")
         lines.append(
             f"| {name} | {m['seeds']} | {m['labels'][-1]:.0f} | {m['mean'][-1]:.3f} ± {m['std'][-1]:.3f} | "
-            f"{fmt(m['labels_to_target'], 0) if m['labels_to_target'] is not None else 'not reached'} | "
-            f"{fmt(m['saving_vs_random'] * 100 if m['saving_vs_random'] is not None else None, 0)}"
-            f"{'%' if m['saving_vs_random'] is not None else ''} | {m['alc']:.3f} |"
+            f"{_f(m['ap_mean'][-1] if m['ap_mean'] else None)} | {reached(m['labels_to_random_final'])} | "
+            f"{saved(m['saving_vs_random_final'])} | {reached(m['labels_to_target'])} | {saved(m['saving_vs_random'])} | "
+            f"{m['alc']:.3f} | {pair_text} | {_f(m['positives_at_50'], 1)} / {_f(m['positives_at_100'], 1)} | {loss} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -124,5 +233,5 @@ def write_report(out: Path) -> str:
     plot(summary, out / "curves.png")
     text = markdown(summary)
     (out / "summary.md").write_text(text)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return text
