@@ -228,7 +228,10 @@ def test_presets_are_table3() -> None:
     assert PRESETS["polyp"].later == Schedule(0.9, 1e-4, 1e-3, 0.10, 3)
     assert PRESETS["pe"].first == Schedule(0.9, 1e-3, 1e-2, 0.95, 10)
     assert PRESETS["pe"].later == Schedule(0.9, 1e-3, 1e-2, 0.10, 5)
-    assert [p.scratch.epochs for p in PRESETS.values()] == [20, 10, 20]
+    assert [PRESETS[n].scratch.epochs for n in ("frames", "polyp", "pe")] == [20, 10, 20]
+    # SqueezeNet's: Table 3 polyp's rates / 100 (its Caffe-scale activations), same momentum and bias rule
+    squeeze = PRESETS["polyp-squeezenet"]
+    assert squeeze.first == Schedule(0.9, 1e-5, 1e-4, 0.95, 5) and squeeze.scratch.epochs == 10
 
 
 def test_param_groups_bias_rate_last_layer_and_depth() -> None:
