@@ -120,9 +120,9 @@ PRESETS = {
                          methods=("random", "scratch", "entropy", "entropy_alpha", "entropy_diversity_alpha",
                                   "entropy_acft", CONTROL)),
         # 2 CPU cores, at most 3 hours, resumable round by round: every method, 5 paired seeds.
-        ExperimentPreset("standard", 112, "polyp-inside:8", 0, 10, 12, (0, 1, 2, 3, 4), "polyp-squeezenet",
+        ExperimentPreset("standard", 112, "polyp-inside:8", 0, 10, 10, (0, 1, 2, 3, 4), "polyp-squeezenet",
                          "fire9", 128, architecture="squeezenet1_0", weights="imagenet", ratio=10.0,
-                         control_rounds=4, methods=STUDY_METHODS),
+                         control_rounds=5, methods=STUDY_METHODS),
         # The paper's setting: AlexNet, 227-px patches, 24 per candidate, Table 3 polyp parameters (GPU).
         ExperimentPreset("paper", 227, "polyp", 3, 50, 20, (0, 1, 2), batch_size=128, ratio=10.0,
                          methods=(*METHODS, "entropy_acft", "entropy_alpha_acft")),
