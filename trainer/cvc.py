@@ -172,6 +172,36 @@ def _feature_maps(pixels: np.ndarray, fov: np.ndarray) -> dict[str, np.ndarray]:
             "edge": np.hypot(gx, gy) * inner}
 
 
+class _FrameNegatives:
+    """The negatives placed on one frame, and the rules every one of them keeps."""
+
+    def __init__(self, frame: Frame, fov: np.ndarray, mask: np.ndarray, max_polyp: float, min_fov: float) -> None:
+        self.frame, self.fov, self.mask = frame, fov, mask
+        self.max_polyp, self.min_fov = max_polyp, min_fov
+        self.placed: list[Box] = []
+        self.candidates: list[GeneratedCandidate] = []
+
+    def ok(self, box: Box) -> bool:
+        h, w = self.mask.shape
+        x0, y0 = round(box.x), round(box.y)
+        x1, y1 = round(box.x + box.width), round(box.y + box.height)
+        if x0 < 0 or y0 < 0 or x1 > w or y1 > h or x1 - x0 < 4 or y1 - y0 < 4:
+            return False
+        if self.fov[y0:y1, x0:x1].mean() < self.min_fov or self.mask[y0:y1, x0:x1].mean() > self.max_polyp:
+            return False
+        if any(iou(box, p) >= 0.1 for p in self.frame.polyps):
+            return False
+        return all(iou(box, q) < 0.5 for q in self.placed)  # no near-duplicate negatives
+
+    def add(self, box: Box, kind: str) -> bool:
+        """Place ``box`` if it keeps the rules; whether it was placed."""
+        if not self.ok(box):
+            return False
+        self.placed.append(box)
+        self.candidates.append(GeneratedCandidate(self.frame, box, 0, kind))
+        return True
+
+
 def generate_pool(
     frames: list[Frame], seed: int, root: Path = DEFAULT_ROOT, ratio: float = 10.0,
     hard_fraction: float = 0.5, max_polyp: float = 0.03, min_fov: float = 0.9,
@@ -193,25 +223,8 @@ def generate_pool(
         n_hard = int(round(total * hard_fraction))
         per_kind = {k: n_hard // len(HARD_KINDS) + (1 if i < n_hard % len(HARD_KINDS) else 0)
                     for i, k in enumerate(HARD_KINDS)}
-        placed: list[Box] = []
-
-        def ok(box: Box) -> bool:
-            x0, y0 = int(round(box.x)), int(round(box.y))
-            x1, y1 = int(round(box.x + box.width)), int(round(box.y + box.height))
-            if x0 < 0 or y0 < 0 or x1 > W or y1 > H or x1 - x0 < 4 or y1 - y0 < 4:
-                return False
-            if fov[y0:y1, x0:x1].mean() < min_fov or mask[y0:y1, x0:x1].mean() > max_polyp:
-                return False
-            if any(iou(box, p) >= 0.1 for p in fr.polyps):
-                return False
-            return all(iou(box, q) < 0.5 for q in placed)  # no near-duplicate negatives
-
-        def add(box: Box, kind: str) -> bool:
-            if ok(box):
-                placed.append(box)
-                out.append(GeneratedCandidate(fr, box, 0, kind))
-                return True
-            return False
+        negatives = _FrameNegatives(fr, fov, mask, max_polyp, min_fov)
+        add = negatives.add
 
         def size() -> tuple[float, float]:
             return sizes[int(rng.integers(len(sizes)))]
@@ -242,10 +255,11 @@ def generate_pool(
                     if add(Box(float(x - w * (0.5 + ox)), float(y - h * (0.5 + oy)), w, h), kind):
                         got += 1
                         break
-        got = sum(1 for c in out if c.frame is fr and c.label == 0)
+        got = len(negatives.placed)
         for _ in range(tries * 2):
             if got >= total:
                 break
             w, h = size()
             got += add(Box(float(rng.uniform(0, W - w)), float(rng.uniform(0, H - h)), w, h), "random")
+        out += negatives.candidates
     return out
