@@ -124,9 +124,9 @@ def test_cad_like_pool_has_hard_negatives_and_clean_boxes() -> None:
     negatives = len(cands) - kinds["polyp"]
     assert kinds["polyp"] == polyps  # every polyp kept, small ones included
     assert 8 * polyps <= negatives <= 10 * polyps
-    # hard negatives where the frame has them: 28% on these two sequences, 47.5% over the whole
-    # development pool (docs/results/cvc-quick/pool.json)
-    assert sum(kinds[k] for k in HARD_KINDS) >= 0.25 * negatives and all(kinds[k] > 0 for k in HARD_KINDS)
+    # hard negatives: 48% on these two sequences (a few frames cannot offer five), exactly half over
+    # the whole development pool and test set (docs/results/cvc-quick/pool.json); every kind present
+    assert sum(kinds[k] for k in HARD_KINDS) >= 0.4 * negatives and all(kinds[k] > 0 for k in HARD_KINDS)
     from PIL import Image
 
     for c in cands:

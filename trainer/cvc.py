@@ -16,7 +16,8 @@ frame's own pixels:
 - ``bump``: centred on local maxima of the smoothed brightness (bright bumps);
 - ``edge``: centred on the strongest smoothed gradients (folds, lumen edges);
 
-and the rest ``random`` boxes. Every negative has IoU < 0.1 with every polyp,
+each kind an equal share, the others making up what a kind cannot find on
+the frame, and the rest ``random`` boxes. Every negative has IoU < 0.1 with every polyp,
 at most ``max_polyp`` of its pixels on the polyp mask, and at least
 ``min_fov`` of them inside the field of view (the octagon inside the black
 border); sizes come from the polyps' sizes.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -229,32 +231,47 @@ def generate_pool(
         def size() -> tuple[float, float]:
             return sizes[int(rng.integers(len(sizes)))]
 
-        # near the polyp: its own size, just outside it
-        got = 0
-        for _ in range(tries):
-            if got >= per_kind["near"] or not fr.polyps:
-                break
-            p = fr.polyps[int(rng.integers(len(fr.polyps)))]
-            s = rng.uniform(0.7, 1.2)
-            w, h = p.width * s, p.height * s
-            angle = rng.uniform(0, 2 * np.pi)
-            dist = rng.uniform(0.8, 1.6)
-            cx = p.center[0] + np.cos(angle) * dist * (p.width + w) / 2
-            cy = p.center[1] + np.sin(angle) * dist * (p.height + h) / 2
-            got += add(Box(float(cx - w / 2), float(cy - h / 2), float(w), float(h)), "near")
+        def near() -> Iterator[Iterator[Box]]:
+            """Boxes of the polyp's own size just outside it, one try each."""
+            for _ in range(tries if fr.polyps else 0):
+                p = fr.polyps[int(rng.integers(len(fr.polyps)))]
+                s = rng.uniform(0.7, 1.2)
+                w, h = p.width * s, p.height * s
+                angle = rng.uniform(0, 2 * np.pi)
+                dist = rng.uniform(0.8, 1.6)
+                cx = p.center[0] + np.cos(angle) * dist * (p.width + w) / 2
+                cy = p.center[1] + np.sin(angle) * dist * (p.height + h) / 2
+                yield iter([Box(float(cx - w / 2), float(cy - h / 2), float(w), float(h))])
+
         maps = _feature_maps(pixels, fov)
         not_polyp = ~(_blur(mask.astype(np.float32) * 255, 4) > 10)
-        for kind in ("specular", "bump", "edge"):
-            got = 0
-            for y, x in _peaks(maps[kind], not_polyp, per_kind[kind] * 6, spacing=12):
-                if got >= per_kind[kind]:
+
+        def centred(kind: str) -> Iterator[Iterator[Box]]:
+            """For each peak of the kind's map, up to 8 sizes of box around it (the first that fits)."""
+            for y, x in _peaks(maps[kind], not_polyp, n_hard * 6, spacing=12):
+                def sized(y: int = y, x: int = x) -> Iterator[Box]:
+                    for _ in range(8):
+                        w, h = size()
+                        ox, oy = rng.uniform(-0.25, 0.25, 2)
+                        yield Box(float(x - w * (0.5 + ox)), float(y - h * (0.5 + oy)), w, h)
+                yield sized()
+
+        sources = {k: near() if k == "near" else centred(k) for k in HARD_KINDS}
+
+        def place(kind: str) -> bool:
+            """The kind's next placement; False once its source has run out."""
+            for alternatives in sources[kind]:
+                if any(add(b, kind) for b in alternatives):
+                    return True
+            return False
+
+        for kind in HARD_KINDS:  # each kind its share ...
+            for _ in range(per_kind[kind]):
+                if not place(kind):
                     break
-                for _ in range(8):  # a size whose box fits there
-                    w, h = size()
-                    ox, oy = rng.uniform(-0.25, 0.25, 2)
-                    if add(Box(float(x - w * (0.5 + ox)), float(y - h * (0.5 + oy)), w, h), kind):
-                        got += 1
-                        break
+        live = list(HARD_KINDS)  # ... then the others make up what a kind could not find
+        while live and len(negatives.placed) < n_hard:
+            live = [k for k in live if len(negatives.placed) < n_hard and place(k)]
         got = len(negatives.placed)
         for _ in range(tries * 2):
             if got >= total:
