@@ -209,17 +209,40 @@ def test_unscorable_validation_is_refused_unless_allowed(world: World) -> None:
 
 def test_watch_runs_a_round_when_enough_labels_arrive(world: World) -> None:
     metrics = TrainerMetrics(__import__("prometheus_client").CollectorRegistry())
-    watcher = Watcher(world.settings(min_new_labels=1000), metrics)
-    assert watcher.step() is None  # not enough new labels
-    watcher = Watcher(world.settings(min_new_labels=1, auc_tolerance=1.0), metrics)
-    stop = threading.Event()
-    # labels used by the newest version == all labels, so force a round with a lower bar
-    watcher.new_labels = lambda: 5  # type: ignore[method-assign]
-    assert watcher.run(stop, max_rounds=1) == 1
+    assert Watcher(world.settings(min_new_labels=1000), metrics, attempted=frozenset()).step() is None  # 32 < 1000
+    # a watcher that has attempted nothing yet sees all 32 labels as new
+    watcher = Watcher(world.settings(min_new_labels=1, auc_tolerance=1.0), metrics, attempted=frozenset())
+    assert watcher.run(threading.Event(), max_rounds=1) == 1
     r = metrics.registry
     assert r.get_sample_value("cad_trainer_rounds_total", {"outcome": "published"}) == 1
     assert r.get_sample_value("cad_trainer_labels_used") == 32
     assert r.get_sample_value("cad_trainer_round_duration_seconds_count") == 1
+    assert r.get_sample_value("cad_trainer_new_labels") == 0
+
+
+def test_watch_does_not_retrain_on_the_labels_of_a_rejected_round(tmp_path: Path) -> None:
+    """The real watcher through a rejection, on a world of its own whose serving version (v1)
+    was trained on none of the 32 labels: the same labels never start a second round, in the
+    same process or after a restart; only new labels would."""
+    world = _world(tmp_path)
+    registry = ModelRegistry(world.root, "cad")
+    rounds = registry.model_dir / ROUNDS_FILE
+    metrics = TrainerMetrics(__import__("prometheus_client").CollectorRegistry())
+    settings = world.settings(min_new_labels=1, auc_tolerance=-2.0)  # demand +2 AUC: always rejected
+    watcher = Watcher(settings, metrics)
+    assert watcher.new_labels() == 32 and not rounds.exists()
+    report = watcher.step()
+    assert report is not None and report.outcome == "rejected"
+    recorded = rounds.read_text().splitlines()
+    assert json.loads(recorded[-1])["labels_sha256"] == report.labels_sha256
+    for _ in range(3):  # polls with nothing new
+        assert watcher.step() is None
+    assert Watcher(settings, metrics).step() is None  # restarted: the last recorded round saw these labels
+    assert rounds.read_text().splitlines() == recorded  # no further round ran
+    assert metrics.registry.get_sample_value("cad_trainer_rounds_total", {"outcome": "rejected"}) == 1
+    assert metrics.registry.get_sample_value("cad_trainer_new_labels") == 0
+    some = frozenset(sorted(watcher.attempted or ())[:-3])  # as if the last three had arrived since
+    assert Watcher(settings, metrics, attempted=some).new_labels() == 3
 
 
 def test_presets_are_table3() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,8 +68,12 @@ def unlabeled_examples(store: SqlLabelStore) -> list[Example]:
 
 
 def ids_hash(examples: Sequence[Example]) -> str:
-    """Hash of the labeled candidate ids (recorded in the manifest)."""
-    return hashlib.sha256("\n".join(sorted(e.candidate_id for e in examples)).encode()).hexdigest()
+    """Hash of the labeled candidate ids (recorded in the manifest and in ``rounds.jsonl``)."""
+    return ids_hash_of(e.candidate_id for e in examples)
+
+
+def ids_hash_of(candidate_ids: Iterable[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(candidate_ids)).encode()).hexdigest()
 
 
 DECODED_CACHE_IMAGES = 512

@@ -58,6 +58,8 @@ class RoundReport:
     labels: int = 0
     train: int = 0
     val: int = 0
+    labels_sha256: str = ""
+    """:func:`trainer.data.ids_hash` of the labels the round saw (what ``cad train watch`` compares)."""
     metrics: dict[str, Any] = field(default_factory=dict)
     duration_s: float = 0.0
     started: str = field(default_factory=utc_now)
@@ -223,7 +225,8 @@ def _round(settings: TrainerSettings, registry: ModelRegistry, parent: VersionIn
     examples = labeled_examples(store)
     train = [e for e in examples if split_of(e.source_key, settings.val_fraction) == "train"]
     val = [e for e in examples if split_of(e.source_key, settings.val_fraction) == "val"]
-    report = RoundReport("skipped", "", parent.version, labels=len(examples), train=len(train), val=len(val))
+    report = RoundReport("skipped", "", parent.version, labels=len(examples), train=len(train), val=len(val),
+                         labels_sha256=ids_hash(examples))
     if len({e.label for e in train}) < 2:
         report.reason = "the training split needs labels of both classes"
         return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -10,7 +11,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from service.registry import ModelRegistry
 from service.store import open_store
-from trainer.round import RoundReport, run_round
+from trainer.data import ids_hash_of, labeled_examples
+from trainer.round import ROUNDS_FILE, RoundReport, run_round
 from trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -38,31 +40,52 @@ class TrainerMetrics:
 
 @dataclass
 class Watcher:
+    """Runs a round whenever at least ``min_new_labels`` labels are new.
+
+    New means not seen by the last round this watcher attempted, whatever its outcome: after a
+    rejected (or skipped) round the same labels never start another one; the watcher waits for
+    reviewers to add more. A restarted watcher takes the last round recorded in the registry's
+    ``rounds.jsonl`` as attempted when its label set is the store's current one; otherwise it
+    counts against the labels the serving version was trained on.
+    """
+
     settings: TrainerSettings
     metrics: TrainerMetrics
+    attempted: frozenset[str] | None = None
+    """Candidate ids of the labels the last attempted round saw."""
 
-    def new_labels(self) -> int:
+    def _labeled_ids(self) -> frozenset[str]:
+        store = open_store(self.settings.store_url)
+        try:
+            return frozenset(e.candidate_id for e in labeled_examples(store))
+        finally:
+            store.close()
+
+    def new_labels(self, ids: frozenset[str] | None = None) -> int:
+        ids = self._labeled_ids() if ids is None else ids
         registry = ModelRegistry(self.settings.registry_root, self.settings.model_name)
+        if self.attempted is None and _last_round_hash(registry) == ids_hash_of(ids):
+            self.attempted = ids  # a restart after a round that saw exactly these labels
+        if self.attempted is not None:
+            return len(ids - self.attempted)
         target = registry.target()
         used = 0
         if target is not None:
             used = int((registry.get(target).manifest.get("labels") or {}).get("count") or 0)
-        store = open_store(self.settings.store_url)
-        try:
-            total = sum(1 for _ in store.labeled())
-        finally:
-            store.close()
-        return total - used
+        return len(ids) - used
 
     def step(self) -> RoundReport | None:
         """Check once; run a round if enough new labels. Returns its report, if any."""
-        pending = self.new_labels()
+        ids = self._labeled_ids()
+        pending = self.new_labels(ids)
         self.metrics.pending.set(pending)
         if pending < self.settings.min_new_labels:
             return None
         log.info("%d new labels (threshold %d): starting a round", pending, self.settings.min_new_labels)
-        report = run_round(self.settings)
+        report = run_round(self.settings)  # one that raises (store down, disk full) is retried at the next poll
+        self.attempted = ids
         self.metrics.observe(report)
+        self.metrics.pending.set(self.new_labels())
         print(report.summary(), flush=True)
         return report
 
@@ -78,6 +101,19 @@ class Watcher:
                 break
             stop.wait(self.settings.watch_poll_s)
         return rounds
+
+
+def _last_round_hash(registry: ModelRegistry) -> str | None:
+    path = registry.model_dir / ROUNDS_FILE
+    if not path.is_file():
+        return None
+    lines = path.read_text().splitlines()
+    for line in reversed(lines):
+        try:
+            return str(json.loads(line).get("labels_sha256") or "") or None
+        except ValueError:  # a torn last line after a crash: the one before it
+            continue
+    return None
 
 
 def watch(settings: TrainerSettings, stop: threading.Event | None = None, max_rounds: int | None = None) -> int:
