@@ -41,7 +41,7 @@ import grpc
 import numpy as np
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.launch import server_process
+from bench.launch import server_process
 from service.model import SessionOptions, load_model, select_providers
 from service.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry
 
@@ -70,11 +70,11 @@ def rss_mb(pid: int) -> float:
 
 def dicom_requests() -> list[cad_pb2.ClassifyRequest]:
     """Real CT/MR slices (pydicom-data) with 3 candidates each."""
-    from tests.helpers import dicom_bytes
+    from cadcli.demo import sample_dicom
 
     out = []
     for name in ("CT_small.dcm", "MR_small.dcm", "emri_small.dcm"):
-        data = dicom_bytes(name)
+        data = sample_dicom(name).read_bytes()
         out.append(cad_pb2.ClassifyRequest(dicom=data, recipe="polyp", candidates=[
             cad_pb2.Candidate(client_id=str(i), box=cad_pb2.Box(x=4 + 18 * i, y=4 + 12 * i, width=16, height=16))
             for i in range(3)]))

@@ -27,7 +27,7 @@ from bench.serving import (
     server_env,
     video,
 )
-from service.launch import server_process
+from bench.launch import server_process
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,14 +33,24 @@ VIDEO_FILE = "examples_ybr_color.dcm"
 VIDEO_FRAMES = 8
 
 
-def _testdata(name: str) -> Path:
-    """A file bundled inside the pydicom package (never downloaded)."""
+def sample_dicom(name: str) -> Path:
+    """A real DICOM file bundled with pydicom or the pydicom-data package, by file name.
+
+    Looks only at installed files: never triggers pydicom's network download.
+    """
     import pydicom
 
-    path = Path(pydicom.__file__).parent / "data" / "test_files" / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{name} is not bundled with this pydicom installation")
-    return path
+    candidates = [Path(pydicom.__file__).parent / "data" / "test_files" / name]
+    try:
+        import data_store  # the pydicom-data package
+
+        candidates.append(Path(data_store.__file__).parent / "data" / name)
+    except ImportError:
+        pass
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{name} is installed neither with pydicom nor with pydicom-data")
 
 
 def _print_results(title: str, response: cad_pb2.ClassifyResponse) -> None:
@@ -58,7 +68,7 @@ def _video_frames() -> Iterator[cad_pb2.ClassifyRequest]:
 
     from service.imaging import decode_dicom
 
-    data = _testdata(VIDEO_FILE).read_bytes()
+    data = sample_dicom(VIDEO_FILE).read_bytes()
     for index in range(VIDEO_FRAMES):
         frame = decode_dicom(data, index).pixels
         buffer = io.BytesIO()
@@ -196,7 +206,7 @@ def run_demo(workdir: str | None = None, log_level: str = "WARNING") -> int:
                 stub = cad_pb2_grpc.CadInferenceStub(channel)
                 print(f"[3/7] classifying 3 candidates on the CT slice {CT_FILE} (pydicom)")
                 ct_request = cad_pb2.ClassifyRequest(
-                        dicom=_testdata(CT_FILE).read_bytes(),
+                        dicom=sample_dicom(CT_FILE).read_bytes(),
                         window=cad_pb2.Window(center=40, width=400),
                         candidates=[
                             cad_pb2.Candidate(client_id="ct-a", box=cad_pb2.Box(x=30, y=40, width=24, height=24)),

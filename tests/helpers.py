@@ -8,27 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cadcli.demo import sample_dicom as dicom_path
 from service.registry import MODEL_FILE, ModelRegistry, VersionInfo
-
-
-def dicom_path(name: str) -> Path:
-    """A real DICOM file from pydicom's bundled test files or the pydicom-data package.
-
-    Looks only at installed files: never triggers pydicom's network download.
-    """
-    import pydicom
-
-    candidates = [Path(pydicom.__file__).parent / "data" / "test_files" / name]
-    try:
-        import data_store  # the pydicom-data package
-
-        candidates.append(Path(data_store.__file__).parent / "data" / name)
-    except ImportError:
-        pass
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise FileNotFoundError(f"{name} not found in pydicom or pydicom-data")
 
 
 def dicom_bytes(name: str) -> bytes:

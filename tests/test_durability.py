@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.launch import server_process
+from bench.launch import server_process
 from service.store import open_store
 from tests.helpers import publish_tiny
 
