@@ -53,7 +53,7 @@ USER 10001
 
 # ---------------------------------------------------------------- trainer image (CPU torch)
 FROM runtime AS trainer
-ENV CAD_METRICS_PORT=9465
+ENV CAD_WATCH_METRICS_PORT=9465
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu \
         --extra-index-url https://pypi.org/simple "torch==2.14.1" "torchvision==0.29.1" \
@@ -65,7 +65,7 @@ CMD ["train", "watch"]
 
 # ---------------------------------------------------------------- trainer image (CUDA torch)
 FROM runtime AS trainer-gpu
-ENV CAD_METRICS_PORT=9465
+ENV CAD_WATCH_METRICS_PORT=9465
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir "torch==2.14.1" "torchvision==0.29.1" \
     && pip install --no-cache-dir "$(ls /wheels/*.whl)[train]" "onnxruntime-gpu[cuda,cudnn]" && rm -rf /wheels

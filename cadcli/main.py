@@ -73,7 +73,8 @@ def _trainer_settings(args: argparse.Namespace, **extra: object) -> object:
                  "auc_tolerance", "min_new_labels", "watch_poll_s", "metrics_port", "batch_size"):
         value = getattr(args, name, None)
         if value is not None:
-            overrides["registry_root" if name == "registry" else name] = value
+            overrides[{"registry": "registry_root", "metrics_port": "watch_metrics_port",
+                       "batch_size": "train_batch_size"}.get(name, name)] = value
     for flag in ("hq", "allow_unvalidated"):
         if getattr(args, flag, False):
             overrides[flag] = True

@@ -213,3 +213,25 @@ def test_kubernetes_manifests() -> None:
     secret = by_kind["Secret"][0]["stringData"]
     mounted = {Path(v).name for k, v in config.items() if k.endswith(("_FILE", "_CA"))}
     assert mounted <= set(secret), mounted - set(secret)  # every file setting comes from the Secret
+
+
+def _env_names(cls: type) -> set[str]:
+    return {f"CAD_{name.upper()}" for name in cls.model_fields}  # type: ignore[attr-defined]
+
+
+def test_no_environment_variable_means_two_things() -> None:
+    """Server and trainer share only the storage settings; the shared ConfigMap sets the
+    server's inference batch without touching the trainer's training batch."""
+    from trainer.settings import SHARED_ENV
+
+    assert _env_names(ServerSettings) & _env_names(TrainerSettings) == SHARED_ENV
+    config = yaml.safe_load((DEPLOY / "k8s" / "configmap.yaml").read_text())["data"]
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in config.items():
+            mp.setenv(key, str(value))
+        mp.setenv("CAD_METRICS_PORT", "9464")
+        assert ServerSettings().batch_size == int(config["CAD_BATCH_SIZE"]) == 32
+        trainer = TrainerSettings()
+        assert trainer.train_batch_size == 64 and trainer.watch_metrics_port == 9465
+        mp.setenv("CAD_TRAIN_BATCH_SIZE", "16")
+        assert TrainerSettings().train_batch_size == 16

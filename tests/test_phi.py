@@ -121,7 +121,7 @@ def test_no_identifying_value_is_logged_stored_or_echoed(tmp_path: Path, caplog:
         echoed.append(err.value.details() or "")
         report = run_round(TrainerSettings(
             registry_root=root, store_url=settings.store_url, archive_root=settings.archive_root,
-            val_fraction=0.0, allow_unvalidated=True, batch_size=16, seed=0), progress=False)
+            val_fraction=0.0, allow_unvalidated=True, train_batch_size=16, seed=0), progress=False)
         assert report.outcome == "published"
         assert server.refresh_models()  # the trained version is swapped in
         stored = everything_written(tmp_path, settings, server)

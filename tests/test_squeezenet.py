@@ -186,7 +186,7 @@ def test_served_probabilities_equal_torch_and_a_round_keeps_the_architecture(wor
 
     report = run_round(TrainerSettings(registry_root=world.root, store_url=world.store_url,
                                        archive_root=world.archive, depth="fire9", val_fraction=0.0,
-                                       allow_unvalidated=True, batch_size=32, seed=1), progress=False)
+                                       allow_unvalidated=True, train_batch_size=32, seed=1), progress=False)
     assert report.outcome == "published", report.reason
     child = ModelRegistry(world.root, "cad").get(report.version)  # type: ignore[arg-type]
     assert child.manifest["architecture"] == "squeezenet1_0" and child.manifest["training"]["depth"] == "fire9"

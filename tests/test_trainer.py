@@ -46,7 +46,7 @@ class World:
 
     def settings(self, **kw: object) -> TrainerSettings:
         values = dict(registry_root=self.root, store_url=self.store_url, archive_root=self.archive,
-                      val_fraction=0.4, auc_tolerance=1.0, batch_size=32, seed=1)
+                      val_fraction=0.4, auc_tolerance=1.0, train_batch_size=32, seed=1)
         values.update(kw)
         return TrainerSettings(**values)  # type: ignore[arg-type]
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,6 +204,63 @@ class _FrameNegatives:
         return True
 
 
+class _HardNegatives:
+    """Places a frame's hard negatives: each kind its share, then the others make up what a kind
+    could not find. Each kind is a lazy source of placements, each a few alternative boxes of
+    which the first that keeps the rules is taken."""
+
+    def __init__(self, negatives: _FrameNegatives, rng: np.random.Generator,
+                 size: Callable[[], tuple[float, float]], tries: int, n_hard: int) -> None:
+        self.negatives, self.rng, self.size, self.tries, self.n_hard = negatives, rng, size, tries, n_hard
+        self.sources: dict[str, Iterator[Iterator[Box]]] = {}
+
+    def near(self) -> Iterator[Iterator[Box]]:
+        """Boxes of the polyp's own size just outside it, one try each."""
+        polyps, rng = self.negatives.frame.polyps, self.rng
+        for _ in range(self.tries if polyps else 0):
+            p = polyps[int(rng.integers(len(polyps)))]
+            s = rng.uniform(0.7, 1.2)
+            w, h = p.width * s, p.height * s
+            angle = rng.uniform(0, 2 * np.pi)
+            dist = rng.uniform(0.8, 1.6)
+            cx = p.center[0] + np.cos(angle) * dist * (p.width + w) / 2
+            cy = p.center[1] + np.sin(angle) * dist * (p.height + h) / 2
+            yield iter([Box(float(cx - w / 2), float(cy - h / 2), float(w), float(h))])
+
+    def centred(self, score: np.ndarray, allowed: np.ndarray) -> Iterator[Iterator[Box]]:
+        """For each peak of ``score``, up to 8 sizes of box around it."""
+        for y, x in _peaks(score, allowed, self.n_hard * 6, spacing=12):
+            yield self._sized(y, x)
+
+    def _sized(self, y: int, x: int) -> Iterator[Box]:
+        for _ in range(8):
+            w, h = self.size()
+            ox, oy = self.rng.uniform(-0.25, 0.25, 2)
+            yield Box(float(x - w * (0.5 + ox)), float(y - h * (0.5 + oy)), w, h)
+
+    def _next(self, kind: str) -> bool:
+        """The kind's next placement; False once its source has run out."""
+        for alternatives in self.sources[kind]:
+            if any(self.negatives.add(b, kind) for b in alternatives):
+                return True
+        return False
+
+    def place(self, per_kind: dict[str, int], pixels: np.ndarray) -> None:
+        neg = self.negatives
+        self.sources["near"] = self.near()
+        maps = _feature_maps(pixels, neg.fov)
+        not_polyp = ~(_blur(neg.mask.astype(np.float32) * 255, 4) > 10)
+        for kind in ("specular", "bump", "edge"):
+            self.sources[kind] = self.centred(maps[kind], not_polyp)
+        for kind in HARD_KINDS:  # each kind its share ...
+            for _ in range(per_kind[kind]):
+                if not self._next(kind):
+                    break
+        live = list(HARD_KINDS)  # ... then the others make up what a kind could not find
+        while live and len(neg.placed) < self.n_hard:
+            live = [k for k in live if len(neg.placed) < self.n_hard and self._next(k)]
+
+
 def generate_pool(
     frames: list[Frame], seed: int, root: Path = DEFAULT_ROOT, ratio: float = 10.0,
     hard_fraction: float = 0.5, max_polyp: float = 0.03, min_fov: float = 0.9,
@@ -221,8 +278,8 @@ def generate_pool(
         fov = field_of_view(pixels)
         mask = polyp_mask(root, fr)
         H, W = mask.shape
-        total = int(round(ratio * max(1, len(fr.polyps))))
-        n_hard = int(round(total * hard_fraction))
+        total = round(ratio * max(1, len(fr.polyps)))
+        n_hard = round(total * hard_fraction)
         per_kind = {k: n_hard // len(HARD_KINDS) + (1 if i < n_hard % len(HARD_KINDS) else 0)
                     for i, k in enumerate(HARD_KINDS)}
         negatives = _FrameNegatives(fr, fov, mask, max_polyp, min_fov)
@@ -231,47 +288,7 @@ def generate_pool(
         def size() -> tuple[float, float]:
             return sizes[int(rng.integers(len(sizes)))]
 
-        def near() -> Iterator[Iterator[Box]]:
-            """Boxes of the polyp's own size just outside it, one try each."""
-            for _ in range(tries if fr.polyps else 0):
-                p = fr.polyps[int(rng.integers(len(fr.polyps)))]
-                s = rng.uniform(0.7, 1.2)
-                w, h = p.width * s, p.height * s
-                angle = rng.uniform(0, 2 * np.pi)
-                dist = rng.uniform(0.8, 1.6)
-                cx = p.center[0] + np.cos(angle) * dist * (p.width + w) / 2
-                cy = p.center[1] + np.sin(angle) * dist * (p.height + h) / 2
-                yield iter([Box(float(cx - w / 2), float(cy - h / 2), float(w), float(h))])
-
-        maps = _feature_maps(pixels, fov)
-        not_polyp = ~(_blur(mask.astype(np.float32) * 255, 4) > 10)
-
-        def centred(kind: str) -> Iterator[Iterator[Box]]:
-            """For each peak of the kind's map, up to 8 sizes of box around it (the first that fits)."""
-            for y, x in _peaks(maps[kind], not_polyp, n_hard * 6, spacing=12):
-                def sized(y: int = y, x: int = x) -> Iterator[Box]:
-                    for _ in range(8):
-                        w, h = size()
-                        ox, oy = rng.uniform(-0.25, 0.25, 2)
-                        yield Box(float(x - w * (0.5 + ox)), float(y - h * (0.5 + oy)), w, h)
-                yield sized()
-
-        sources = {k: near() if k == "near" else centred(k) for k in HARD_KINDS}
-
-        def place(kind: str) -> bool:
-            """The kind's next placement; False once its source has run out."""
-            for alternatives in sources[kind]:
-                if any(add(b, kind) for b in alternatives):
-                    return True
-            return False
-
-        for kind in HARD_KINDS:  # each kind its share ...
-            for _ in range(per_kind[kind]):
-                if not place(kind):
-                    break
-        live = list(HARD_KINDS)  # ... then the others make up what a kind could not find
-        while live and len(negatives.placed) < n_hard:
-            live = [k for k in live if len(negatives.placed) < n_hard and place(k)]
+        _HardNegatives(negatives, rng, size, tries, n_hard).place(per_kind, pixels)
         got = len(negatives.placed)
         for _ in range(tries * 2):
             if got >= total:

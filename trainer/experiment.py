@@ -293,7 +293,7 @@ class Experiment:
             registry_root=ws / "registry", store_url=f"sqlite:///{ws / 'labels.sqlite3'}",
             archive_root=ws / "archive", depth=self.depth_of(method),
             preset="polyp" if method == CONTROL else self.preset.train_preset,  # the control: Table 3 as is
-            batch_size=self.preset.batch_size, val_fraction=0.0, allow_unvalidated=True, seed=seed,
+            train_batch_size=self.preset.batch_size, val_fraction=0.0, allow_unvalidated=True, seed=seed,
             scratch=method == SCRATCH, rescore=rescore, epochs=self.preset.epochs,
         )
 

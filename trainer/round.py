@@ -242,7 +242,7 @@ def _round(settings: TrainerSettings, registry: ModelRegistry, parent: VersionIn
     if len({e.label for e in train_set}) < 2:
         report.reason = "the HQ training set has a single class"
         return report
-    result = fine_tune(net, train_set, source, schedule, settings.depth, settings.batch_size,
+    result = fine_tune(net, train_set, source, schedule, settings.depth, settings.train_batch_size,
                        settings.seed, progress)
 
     new_eval = _evaluate(net, val, source, settings, "validating new", progress) if val else None
@@ -308,7 +308,7 @@ def _round(settings: TrainerSettings, registry: ModelRegistry, parent: VersionIn
                 "schedule": asdict(schedule),
                 "depth": settings.depth,
                 "hq": settings.hq,
-                "batch_size": settings.batch_size,
+                "batch_size": settings.train_batch_size,
                 "seed": settings.seed,
                 "val_fraction": settings.val_fraction,
                 "patches_seen": result.patches_seen,

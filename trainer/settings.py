@@ -42,7 +42,7 @@ class TrainerSettings(BaseSettings):
         "conv1", description="Tuning depth, the lowest trained layer: AlexNet fc8 (head only) ... conv1 "
         "(all); SqueezeNet classifier (head only), fire9 ... fire2, conv1 (all).")
     hq: bool = Field(False, description="ACFT HQ set: new labels + labeled candidates the model gets wrong.")
-    batch_size: int = Field(64, ge=1, description="Patches per training batch (whole candidates).")
+    train_batch_size: int = Field(64, ge=1, description="Patches per training batch (whole candidates).")
     val_fraction: float = Field(0.25, ge=0, lt=1, description="Share of sources held out for validation.")
     auc_tolerance: float = Field(
         0.01, description="Publish only if val AUC >= current version's val AUC - tolerance."
@@ -71,4 +71,10 @@ class TrainerSettings(BaseSettings):
     recipe_override: str = Field("", description="Train on this recipe instead of each candidate's own.")
     min_new_labels: int = Field(20, ge=1, description="watch: run a round once this many new labels exist.")
     watch_poll_s: float = Field(60.0, gt=0, description="watch: seconds between label checks.")
-    metrics_port: int = Field(9465, description="watch: Prometheus port (0 = any free, -1 = off).")
+    watch_metrics_port: int = Field(9465, description="watch: Prometheus port (0 = any free, -1 = off).")
+
+
+SHARED_ENV = frozenset({"CAD_REGISTRY_ROOT", "CAD_MODEL_NAME", "CAD_STORE_URL", "CAD_ARCHIVE_ROOT"})
+"""The environment variables that the server and the trainer both read: the same storage. Every
+other trainer setting has a name of its own (``CAD_TRAIN_BATCH_SIZE``, not the server's
+``CAD_BATCH_SIZE``), so one ConfigMap can hold both (tests/test_settings.py checks)."""

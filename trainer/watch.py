@@ -119,8 +119,8 @@ def _last_round_hash(registry: ModelRegistry) -> str | None:
 def watch(settings: TrainerSettings, stop: threading.Event | None = None, max_rounds: int | None = None) -> int:
     metrics = TrainerMetrics(CollectorRegistry())
     server = None
-    if settings.metrics_port >= 0:
-        server, _ = start_http_server(settings.metrics_port, registry=metrics.registry)
+    if settings.watch_metrics_port >= 0:
+        server, _ = start_http_server(settings.watch_metrics_port, registry=metrics.registry)
         log.info("trainer metrics on :%d", server.server_address[1])
     try:
         return Watcher(settings, metrics).run(stop or threading.Event(), max_rounds)
