@@ -178,12 +178,21 @@ def _audit(args: argparse.Namespace, action: str, target: str, detail: dict[str,
 
 
 def _model_rollback(args: argparse.Namespace) -> int:
+    from service.errors import ModelRejected
+    from service.model import SessionOptions, load_model
+
     registry = _registry(args)
     previous = registry.pinned()  # type: ignore[attr-defined]
     try:
+        # the checks a server runs before it serves a version (checksum, signature, warm-up), as
+        # the PinVersion RPC does: a version that would be refused is never pinned
+        load_model(registry.get(args.version), SessionOptions())  # type: ignore[attr-defined]
         registry.pin(args.version, actor=_cli_actor(args), reason=args.reason)  # type: ignore[attr-defined]
     except FileNotFoundError as exc:
         print(f"cad model rollback: {exc}", file=sys.stderr)
+        return 2
+    except ModelRejected as exc:
+        print(f"cad model rollback: not pinned, servers would refuse it: {exc}", file=sys.stderr)
         return 2
     _audit(args, "pin", f"{registry.name}/v{args.version}",  # type: ignore[attr-defined]
            {"reason": args.reason, "previous_pin": previous, "via": "cli"})

@@ -16,6 +16,7 @@ from service.auth import PermissionDenied, current_identity
 from service.errors import InvalidInput, NotFound
 from service.inference import Classifier, ClassifyOutcome
 from service.metrics import ServiceMetrics
+from service.registry import VersionInfo
 from service.review import ReviewService
 from service.store.records import AuditEvent
 
@@ -152,19 +153,24 @@ class ModelAdminServicer(cad_pb2_grpc.ModelAdminServicer):
         self, request: cad_pb2.ListVersionsRequest, context: grpc.aio.ServicerContext
     ) -> cad_pb2.ListVersionsResponse:
         registry = self.models.registry
-        infos = await asyncio.get_running_loop().run_in_executor(
-            self.executor, lambda: [registry.get(v) for v in registry.versions()]
+        infos, pinned = await asyncio.get_running_loop().run_in_executor(
+            self.executor, lambda: ([registry.get(v) for v in registry.versions()], registry.pinned())
         )
-        return converters.versions(infos, self.models.current, registry.pinned(), self.models.refused)
+        return converters.versions(infos, self.models.current, pinned, self.models.refused)
 
     async def GetVersion(  # noqa: N802
         self, request: cad_pb2.GetVersionRequest, context: grpc.aio.ServicerContext
     ) -> cad_pb2.ModelInfo:
         version = converters.version_number(request.version)
-        if version not in self.models.registry.versions():
-            raise NotFound(f"no version {request.version!r}")
+        registry = self.models.registry
+
+        def read() -> VersionInfo:  # the registry is on disk: off the event loop
+            if version not in registry.versions():
+                raise NotFound(f"no version {request.version!r}")
+            return registry.get(version)
+
+        info = await asyncio.get_running_loop().run_in_executor(self.executor, read)
         current = self.models.current
-        info = self.models.registry.get(version)
         return converters.model_info(info, current if current and current.version == version else None)
 
     async def PinVersion(  # noqa: N802
@@ -183,7 +189,6 @@ class ModelAdminServicer(cad_pb2_grpc.ModelAdminServicer):
             self.executor, self.models.unpin, acting_as(request.actor, "actor")
         )
         return cad_pb2.PinResponse(serving_version=str(model.version) if model else "")
-
 
     async def GetAuditTrail(  # noqa: N802
         self, request: cad_pb2.AuditRequest, context: grpc.aio.ServicerContext

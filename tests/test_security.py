@@ -233,3 +233,22 @@ def test_cli_rollback_is_audited(registry_root: Path, tmp_path: Path) -> None:
     trail = [(e.action, e.actor, e.target) for e in store.audit()]
     store.close()
     assert trail[0] == ("pin", "ops.kim", "cad/v1") and trail[1][0] == "unpin" and "(cli)" in trail[1][1]
+
+
+def test_cli_rollback_refuses_a_version_servers_would_refuse(
+    registry_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same load check as the PinVersion RPC: a version whose model file no longer matches
+    its manifest's checksum is not pinned, and nothing is audited."""
+    from cadcli.main import main as cad
+    from service.registry import MODEL_FILE, ModelRegistry
+
+    info = publish_tiny(registry_root, tmp_path / "b")
+    (info.path / MODEL_FILE).write_bytes(b"not an onnx model")
+    url = f"sqlite:///{tmp_path / 'audit.sqlite3'}"
+    assert cad(["model", "rollback", str(info.version), "--registry", str(registry_root), "--store-url", url]) == 2
+    assert "servers would refuse it" in capsys.readouterr().err
+    assert ModelRegistry(registry_root, "cad").pinned() is None
+    store = open_store(url)
+    assert list(store.audit()) == []
+    store.close()
