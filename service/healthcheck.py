@@ -6,28 +6,37 @@ Used by the container HEALTHCHECK and usable as a Kubernetes exec probe.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class HealthcheckSettings(BaseSettings):
+    """The probe's defaults: ``CAD_HEALTHCHECK_*``, and the server's own ``CAD_PORT``."""
+
+    model_config = SettingsConfigDict(env_prefix="CAD_HEALTHCHECK_", extra="ignore")
+
+    port: int = Field(50051, validation_alias="CAD_PORT", description="The server's gRPC port (as the server's).")
+    tls_ca: Path | None = Field(None, description="PEM CA that signed the server certificate: connect with TLS.")
+    tls_server_name: str | None = Field(None, description="Name in the server certificate, when not the host.")
+    tls_cert: Path | None = Field(None, description="Client certificate (mutual TLS).")
+    tls_key: Path | None = Field(None, description="Client key (mutual TLS).")
+    token_file: Path | None = Field(None, description="File holding a bearer token (when health checks are closed).")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--address", default=f"127.0.0.1:{os.environ.get('CAD_PORT', '50051')}")
+    env = HealthcheckSettings()
+    parser.add_argument("--address", default=f"127.0.0.1:{env.port}")
     parser.add_argument("--service", default="", help="service name; empty = the whole server")
     parser.add_argument("--timeout", type=float, default=3.0)
-    env = os.environ.get
-    parser.add_argument("--tls-ca", default=env("CAD_HEALTHCHECK_TLS_CA"),
-                        help="PEM CA that signed the server certificate: connect with TLS")
-    parser.add_argument("--tls-server-name", default=env("CAD_HEALTHCHECK_TLS_SERVER_NAME"),
-                        help="name in the server certificate, when it is not the address's host")
-    parser.add_argument("--tls-cert", default=env("CAD_HEALTHCHECK_TLS_CERT"), help="client certificate (mTLS)")
-    parser.add_argument("--tls-key", default=env("CAD_HEALTHCHECK_TLS_KEY"), help="client key (mTLS)")
-    parser.add_argument("--token-file", default=env("CAD_HEALTHCHECK_TOKEN_FILE"),
-                        help="file holding a bearer token (when health checks are closed)")
+    for name, field in HealthcheckSettings.model_fields.items():
+        if name != "port":
+            parser.add_argument(f"--{name.replace('_', '-')}", default=getattr(env, name), help=field.description)
     args = parser.parse_args(argv)
     metadata = []
     if args.token_file:

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
+from service.healthcheck import HealthcheckSettings
 from service.server import ServerThread
 from service.settings import ServerSettings
 from tests.conftest import make_settings
@@ -27,8 +28,7 @@ from trainer.settings import TrainerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
-HEALTHCHECK_ENV = {"CAD_HEALTHCHECK_TLS_CA", "CAD_HEALTHCHECK_TLS_SERVER_NAME", "CAD_HEALTHCHECK_TLS_CERT",
-                   "CAD_HEALTHCHECK_TLS_KEY", "CAD_HEALTHCHECK_TOKEN_FILE"}
+HEALTHCHECK_ENV = {f"CAD_HEALTHCHECK_{n.upper()}" for n in HealthcheckSettings.model_fields if n != "port"}
 
 
 def tool(name: str) -> str:
