@@ -125,3 +125,13 @@ def test_selection_top_b_and_acft_randomised() -> None:
     assert counts[1] > counts[5]  # sampled in proportion to score
     with pytest.raises(ValueError):
         select_for_labeling(scores, 2, omega=0.5)
+
+
+def test_candidate_probability_is_the_mean_finding_class_over_patches() -> None:
+    from service.aift import candidate_probability, candidate_stats
+
+    one = np.array([[0.9, 0.1], [0.5, 0.5], [0.0, 1.0]])  # one candidate, 3 patches
+    assert candidate_probability(one) == pytest.approx(1.6 / 3)
+    many = np.stack([one, one[::-1] * 0 + [1.0, 0.0]])  # (2, 3, 2)
+    assert candidate_probability(many).tolist() == pytest.approx([1.6 / 3, 0.0])
+    assert candidate_stats(many).probability.tolist() == candidate_probability(many).tolist()

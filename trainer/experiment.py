@@ -37,7 +37,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 from tqdm import tqdm
 
-from service.aift import VARIANTS, Box, degenerate_variants, parse_recipe
+from service.aift import VARIANTS, Box, candidate_probability, degenerate_variants, parse_recipe
 from service.archive import ImageArchive
 from service.imaging import ImageLimits, decode_encoded
 from service.inference import CandidateInput, Classifier, ClassifyInput, EncodedImage, ModelManager
@@ -246,7 +246,7 @@ class Experiment:
         source = PatchSource(ImageArchive(template / "test-archive"), int(info.manifest["input_size"]))
         probs = candidate_probabilities(load_net(info), examples, source, batch_size=256, progress=False,
                                         depth=depth)
-        return [int(e.label) for e in examples], np.array([p[:, -1].mean() for p in probs]), int(version)  # type: ignore[arg-type]
+        return [int(e.label) for e in examples], np.array([candidate_probability(p) for p in probs]), int(version)  # type: ignore[arg-type]
 
     def test_auc(self, registry_root: Path, template: Path | None = None, depth: str | None = None
                  ) -> tuple[float, float, int]:

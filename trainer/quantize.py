@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from service.aift import candidate_probability
 from service.model import SessionOptions, load_model
 from service.registry import MODEL_FILE, ModelRegistry, VersionInfo, sha256_file
 from trainer.evaluate import roc_auc
@@ -69,7 +70,7 @@ def candidate_auc(info: VersionInfo, patches: npt.NDArray[np.float32], labels: S
                   per_candidate: int, options: SessionOptions = SessionOptions()) -> float:
     """AUC of candidate probabilities (mean of each candidate's ``per_candidate`` patches)."""
     model = load_model(info, options)
-    probs = model.predict(patches, 64)[:, -1].reshape(len(labels), per_candidate).mean(axis=1)
+    probs = candidate_probability(model.predict(patches, 64).reshape(len(labels), per_candidate, -1))
     return roc_auc(list(labels), probs)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from service.aift import candidate_stats
+from service.aift import candidate_probability, candidate_stats
 from service.archive import ImageArchive
 from service.model import SessionOptions, load_model
 from service.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry, VersionInfo, utc_now
@@ -97,7 +97,7 @@ def load_net(info: VersionInfo) -> CadNet:
 def _evaluate(net: CadNet, examples: Sequence[Example], source: PatchSource, s: TrainerSettings,
               desc: str, progress: bool) -> Evaluation:
     probs = candidate_probabilities(net, examples, source, desc=desc, progress=progress, depth=s.depth)
-    scores = np.array([p[:, -1].mean() for p in probs])
+    scores = np.array([candidate_probability(p) for p in probs])
     return evaluate([e.label for e in examples], scores, fpr=s.fpr, seed=s.seed)
 
 
@@ -108,7 +108,7 @@ def _hq_set(parent: VersionInfo, train: list[Example], net: CadNet, source: Patc
     new = [e for e in train if e.labeled_at > until]
     old = [e for e in train if e.labeled_at <= until]
     probs = candidate_probabilities(net, old, source, desc="HQ check", progress=progress, depth=depth)
-    wrong = [e for e, p in zip(old, probs, strict=True) if (p[:, -1].mean() > 0.5) != bool(e.label)]
+    wrong = [e for e, p in zip(old, probs, strict=True) if (candidate_probability(p) > 0.5) != bool(e.label)]
     return new + wrong
 
 

@@ -167,11 +167,19 @@ class CandidateStats:
     """AIFT score of the default variant, (Entropy + Diversity)^alpha."""
 
 
+def candidate_probability(patch_probs: npt.ArrayLike) -> FloatArray:
+    """A candidate's probability of being a finding: the mean over its patches of the last
+    (finding) class. ``(m, k)`` patch probabilities give a scalar array, ``(n, m, k)`` one per
+    candidate. The one definition: the server's answer, the trainer's evaluation, the gate and
+    the experiment all use it."""
+    return np.asarray(patch_probs)[..., -1].mean(axis=-1)
+
+
 def candidate_stats(probs: npt.ArrayLike) -> CandidateStats:
     """Candidate-level probability, entropy, diversity and default AIFT score."""
     p = as_class_probs(probs)
     return CandidateStats(
-        probability=p[:, :, -1].mean(axis=1),
+        probability=candidate_probability(p),
         entropy=total_entropy(p),
         diversity=total_diversity(p),
         score=aift_scores(p, DEFAULT_VARIANT),
