@@ -98,7 +98,7 @@ def model_info(info: VersionInfo, serving: LoadedModel | None) -> cad_pb2.ModelI
         manifest_json=json.dumps(manifest, sort_keys=True),
         execution_provider=serving.provider if serving else "",
         input_size=serving.input_size if serving else int(manifest.get("input_size", 0) or 0),
-        default_recipe=str(manifest.get("recipe") or "polyp"),
+        default_recipe=info.default_recipe,
     )
 
 

@@ -177,7 +177,7 @@ class LoadedModel:
 
     @property
     def default_recipe(self) -> str:
-        return str(self.info.manifest.get("recipe") or "polyp")
+        return self.info.default_recipe
 
     def padded_size(self, n: int) -> int:
         """The batch size a batch of ``n`` patches runs at: its bucket, or ``n`` without buckets."""

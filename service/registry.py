@@ -58,6 +58,11 @@ class VersionInfo:
     def model_path(self) -> Path:
         return self.path / MODEL_FILE
 
+    @property
+    def default_recipe(self) -> str:
+        """The patch recipe for candidates that name none (``polyp`` for manifests without one)."""
+        return str(self.manifest.get("recipe") or "polyp")
+
 
 class ModelRegistry:
     """Versions of one model under ``root/name``."""

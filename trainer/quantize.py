@@ -124,8 +124,8 @@ def quantize_from_store(settings: TrainerSettings, version: int | None = None,
     version = version or registry.target()
     if version is None:
         raise FileNotFoundError(f"{registry.model_dir} has no versions")
-    manifest = registry.get(version).manifest
-    recipe = str(manifest.get("recipe") or "polyp")
+    info = registry.get(version)
+    manifest, recipe = info.manifest, info.default_recipe
     store = open_store(settings.store_url)
     try:
         examples = labeled_examples(store)
