@@ -8,7 +8,7 @@ import pytest
 from service.aift import EPS, VARIANTS, aift_scores, candidate_stats, total_diversity
 from service.aift.scoring import majority_count, majority_patches
 
-# Table 1 of Zhou et al. CVPR 2017 (method.md): patch probabilities and the six scores.
+# Table 1 of Zhou et al. CVPR 2017 (docs/method.md): patch probabilities and the six scores.
 TABLE1 = {
     "A": (".4 .4 .4 .5 .5 .5 .5 .5 .5 .6 .6", (7.52, 2.02, 4.38, 0.00, 11.90, 2.02)),
     "B": ("0 .1 .2 .3 .4 .4 .6 .7 .8 1 1", (4.57, 0.83, 1237.21, 20.79, 1241.77, 21.62)),
