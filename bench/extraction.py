@@ -77,8 +77,9 @@ def cut(pixels: np.ndarray, boxes: list[Box], out: np.ndarray | None) -> int:
     return len(boxes) * m
 
 
-def throughput(requests: list[tuple[np.ndarray, list[Box]]], threads: int, reuse: bool,
-               seconds: float) -> dict[str, float]:
+def throughput(
+    requests: list[tuple[np.ndarray, list[Box]]], threads: int, reuse: bool, seconds: float
+) -> dict[str, float]:
     """Requests and patches per second with ``threads`` threads cutting requests in turn."""
     counts = [0] * threads
     patches = [0] * threads
@@ -109,18 +110,31 @@ def throughput(requests: list[tuple[np.ndarray, list[Box]]], threads: int, reuse
             t.join()
         elapsed = time.perf_counter() - t0
     rps, pps = sum(counts) / elapsed, sum(patches) / elapsed
-    return {"threads": threads, "requests_per_s": rps, "patches_per_s": pps,
-            "ms_per_request": 1000 * threads / rps, "core_us_per_patch": 1e6 * threads / pps}
+    return {
+        "threads": threads,
+        "requests_per_s": rps,
+        "patches_per_s": pps,
+        "ms_per_request": 1000 * threads / rps,
+        "core_us_per_patch": 1e6 * threads / pps,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--frames", type=int, default=8, help="colonoscopy frames among the requests")
-    parser.add_argument("--feed", type=float, default=None,
-                        help="patches/s to feed (default: the H100 raw ONNX Runtime ceiling on record)")
-    parser.add_argument("--no-model", action="store_true", help="skip the model's own time per patch")
+    parser.add_argument(
+        "--frames", type=int, default=8, help="colonoscopy frames among the requests"
+    )
+    parser.add_argument(
+        "--feed",
+        type=float,
+        default=None,
+        help="patches/s to feed (default: the H100 raw ONNX Runtime ceiling on record)",
+    )
+    parser.add_argument(
+        "--no-model", action="store_true", help="skip the model's own time per patch"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "extraction.json")
     args = parser.parse_args(argv)
 
@@ -129,17 +143,30 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for threads in args.threads:
         for reuse in (False, True):
-            row = {"array": "reused per thread" if reuse else "fresh per request",
-                   **throughput(requests, threads, reuse, args.seconds)}
+            row = {
+                "array": "reused per thread" if reuse else "fresh per request",
+                **throughput(requests, threads, reuse, args.seconds),
+            }
             log(f"  {threads} thread(s), {row['array']}: {row['requests_per_s']:.1f} requests/s")
             rows.append(row)
     result: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version(), "numpy": np.__version__},
-        "requests": len(requests), "patch_size": SIZE, "recipe": "polyp", "rows": rows,
-        "reuse_vs_fresh": {t: next(r["requests_per_s"] for r in rows if r["threads"] == t and "reused" in r["array"])
-                           / next(r["requests_per_s"] for r in rows if r["threads"] == t and "fresh" in r["array"])
-                           for t in args.threads},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+        },
+        "requests": len(requests),
+        "patch_size": SIZE,
+        "recipe": "polyp",
+        "rows": rows,
+        "reuse_vs_fresh": {
+            t: next(
+                r["requests_per_s"] for r in rows if r["threads"] == t and "reused" in r["array"]
+            )
+            / next(r["requests_per_s"] for r in rows if r["threads"] == t and "fresh" in r["array"])
+            for t in args.threads
+        },
     }
     one = next(r for r in rows if r["threads"] == min(args.threads) and "reused" in r["array"])
     if not args.no_model:
@@ -165,17 +192,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(r: dict[str, Any]) -> str:
-    lines = ["| threads | patch array | requests/s | patches/s | ms per request | core-us per patch |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {x['threads']} | {x['array']} | {x['requests_per_s']:.1f} | {x['patches_per_s']:.0f} | "
-              f"{x['ms_per_request']:.1f} | {x['core_us_per_patch']:.0f} |" for x in r["rows"]]
+    lines = [
+        "| threads | patch array | requests/s | patches/s | ms per request | core-us per patch |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {x['threads']} | {x['array']} | {x['requests_per_s']:.1f} | {x['patches_per_s']:.0f} | "
+        f"{x['ms_per_request']:.1f} | {x['core_us_per_patch']:.0f} |"
+        for x in r["rows"]
+    ]
     lines.append("")
     lines += [f"reused / fresh, {t} thread(s): {v:.2f}x" for t, v in r["reuse_vs_fresh"].items()]
     if "model_cpu_patches_per_s" in r:
-        lines.append(f"model on this CPU: {r['model_cpu_patches_per_s']:.1f} patches/s; extraction costs "
-                     f"{r['extraction_vs_model_cpu']:.3f} of the model's time per patch")
+        lines.append(
+            f"model on this CPU: {r['model_cpu_patches_per_s']:.1f} patches/s; extraction costs "
+            f"{r['extraction_vs_model_cpu']:.3f} of the model's time per patch"
+        )
     if "cores_to_feed" in r:
-        lines.append(f"cores of this kind to cut {r['feed_patches_per_s']:.0f} patches/s: {r['cores_to_feed']:.1f}")
+        lines.append(
+            f"cores of this kind to cut {r['feed_patches_per_s']:.0f} patches/s: {r['cores_to_feed']:.1f}"
+        )
     return "\n".join(lines)
 
 

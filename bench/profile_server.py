@@ -51,13 +51,17 @@ def sample(stop: threading.Event, counts: collections.Counter[str]) -> None:
             name = names.get(ident, "")
             if name.startswith(prefixes):
                 stack = traceback.extract_stack(frame)[-3:]
-                where = " <- ".join(f"{Path(f.filename).name}:{f.name}:{f.lineno}" for f in reversed(stack))
+                where = " <- ".join(
+                    f"{Path(f.filename).name}:{f.name}:{f.lineno}" for f in reversed(stack)
+                )
                 counts[f"{name.rstrip('0123456789_-')} | {where}"] += 1
         time.sleep(0.005)  # the sampling period, not synchronisation
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--providers", default="auto")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -81,21 +85,36 @@ def main(argv: list[str] | None = None) -> int:
     try:
         build_model(work)
         settings = ServerSettings(
-            registry_root=work / "registry", host="127.0.0.1", port=0, metrics_port=-1,
-            store_url=f"sqlite:///{work / 'labels.sqlite3'}", archive_root=work / "archive",
-            providers=args.providers, batch_size=PREFERRED_BATCH, batch_max_size=MAX_BATCH,
-            workers=args.workers, batch_runners=args.runners)
+            registry_root=work / "registry",
+            host="127.0.0.1",
+            port=0,
+            metrics_port=-1,
+            store_url=f"sqlite:///{work / 'labels.sqlite3'}",
+            archive_root=work / "archive",
+            providers=args.providers,
+            batch_size=PREFERRED_BATCH,
+            batch_max_size=MAX_BATCH,
+            workers=args.workers,
+            batch_runners=args.runners,
+        )
         with ServerThread(settings) as server:
             server.refresh_models()
             recorder = server.server.classifier.recorder
             recorder.record = timed("record", recorder.record)
 
             def clients(seconds: float) -> str:
-                code = ("import json; from bench.serving import load, dicom_requests, frame_requests; "
-                        f"print(json.dumps(load({server.address!r}, dicom_requests() + frame_requests(9), "
-                        f"{args.clients}, {seconds})))")
-                return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                                      text=True, check=True).stdout.strip()
+                code = (
+                    "import json; from bench.serving import load, dicom_requests, frame_requests; "
+                    f"print(json.dumps(load({server.address!r}, dicom_requests() + frame_requests(9), "
+                    f"{args.clients}, {seconds})))"
+                )
+                return subprocess.run(
+                    [sys.executable, "-c", code],
+                    cwd=ROOT,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout.strip()
 
             clients(3.0)  # warm-up
             STAGES.clear()

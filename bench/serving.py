@@ -40,8 +40,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from bench.launch import server_process
+from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.model import SessionOptions, load_model, select_providers
 from service.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry
 
@@ -75,9 +75,19 @@ def dicom_requests() -> list[cad_pb2.ClassifyRequest]:
     out = []
     for name in ("CT_small.dcm", "MR_small.dcm", "emri_small.dcm"):
         data = sample_dicom(name).read_bytes()
-        out.append(cad_pb2.ClassifyRequest(dicom=data, recipe="polyp", candidates=[
-            cad_pb2.Candidate(client_id=str(i), box=cad_pb2.Box(x=4 + 18 * i, y=4 + 12 * i, width=16, height=16))
-            for i in range(3)]))
+        out.append(
+            cad_pb2.ClassifyRequest(
+                dicom=data,
+                recipe="polyp",
+                candidates=[
+                    cad_pb2.Candidate(
+                        client_id=str(i),
+                        box=cad_pb2.Box(x=4 + 18 * i, y=4 + 12 * i, width=16, height=16),
+                    )
+                    for i in range(3)
+                ],
+            )
+        )
     return out
 
 
@@ -103,9 +113,21 @@ def png_frame(path: Path | None, seed: int) -> bytes:
 def frame_requests(n: int) -> list[cad_pb2.ClassifyRequest]:
     """Colonoscopy frames (CVC-ClinicDB when present beside the repo, else noise) with 3 candidates."""
     paths = frame_paths(n) or [None] * n
-    return [cad_pb2.ClassifyRequest(encoded=png_frame(p, i), recipe="polyp", source_id="bench-video", candidates=[
-        cad_pb2.Candidate(client_id=str(k), box=cad_pb2.Box(x=40 + 90 * k, y=60 + 40 * k, width=70, height=60))
-        for k in range(3)]) for i, p in enumerate(paths)]
+    return [
+        cad_pb2.ClassifyRequest(
+            encoded=png_frame(p, i),
+            recipe="polyp",
+            source_id="bench-video",
+            candidates=[
+                cad_pb2.Candidate(
+                    client_id=str(k),
+                    box=cad_pb2.Box(x=40 + 90 * k, y=60 + 40 * k, width=70, height=60),
+                )
+                for k in range(3)
+            ],
+        )
+        for i, p in enumerate(paths)
+    ]
 
 
 # --------------------------------------------------------------------------- the server under test
@@ -125,10 +147,18 @@ def build_model(work: Path) -> ModelRegistry:
 
 def server_env(work: Path, providers: str, workers: int = 4, runners: int = 1) -> dict[str, str]:
     """``CAD_*`` settings of the benchmarked server: SQLite store and archive on, under ``work``."""
-    return {"CAD_REGISTRY_ROOT": str(work / "registry"), "CAD_HOST": "127.0.0.1",
-            "CAD_STORE_URL": f"sqlite:///{work / 'labels.sqlite3'}", "CAD_ARCHIVE_ROOT": str(work / "archive"),
-            "CAD_POLL_INTERVAL_S": "0.1", "CAD_PROVIDERS": providers, "CAD_BATCH_SIZE": str(PREFERRED_BATCH),
-            "CAD_BATCH_MAX_SIZE": str(MAX_BATCH), "CAD_WORKERS": str(workers), "CAD_BATCH_RUNNERS": str(runners)}
+    return {
+        "CAD_REGISTRY_ROOT": str(work / "registry"),
+        "CAD_HOST": "127.0.0.1",
+        "CAD_STORE_URL": f"sqlite:///{work / 'labels.sqlite3'}",
+        "CAD_ARCHIVE_ROOT": str(work / "archive"),
+        "CAD_POLL_INTERVAL_S": "0.1",
+        "CAD_PROVIDERS": providers,
+        "CAD_BATCH_SIZE": str(PREFERRED_BATCH),
+        "CAD_BATCH_MAX_SIZE": str(MAX_BATCH),
+        "CAD_WORKERS": str(workers),
+        "CAD_BATCH_RUNNERS": str(runners),
+    }
 
 
 # --------------------------------------------------------------------------- measurements
@@ -164,7 +194,11 @@ def timed_loop(fn: Callable[[], int], seconds: float, warmup: int = 2) -> float:
 
 def ort_ceiling(version_info: Any, options: SessionOptions, batch: int, seconds: float) -> float:
     model = load_model(version_info, options)
-    x = np.random.default_rng(0).uniform(0, 255, (batch, 3, model.input_size, model.input_size)).astype(np.float32)
+    x = (
+        np.random.default_rng(0)
+        .uniform(0, 255, (batch, 3, model.input_size, model.input_size))
+        .astype(np.float32)
+    )
     return timed_loop(lambda: len(model.run(x)), seconds)
 
 
@@ -179,7 +213,9 @@ def torch_eager(info: Any, batch: int, seconds: float, cuda: bool) -> float:
     device = "cuda" if cuda and torch.cuda.is_available() else "cpu"
     net.to(device)
     size = int(info.manifest["input_size"])
-    x = torch.from_numpy(np.random.default_rng(0).uniform(0, 255, (batch, 3, size, size)).astype(np.float32))
+    x = torch.from_numpy(
+        np.random.default_rng(0).uniform(0, 255, (batch, 3, size, size)).astype(np.float32)
+    )
 
     def step() -> int:
         with torch.inference_mode():
@@ -214,27 +250,45 @@ def fp32_ceiling(info: Any, ort_rate: float, eager_rate: float, seconds: float) 
 
     n = 3072
     rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
+    a, b = (
+        rng.standard_normal((n, n), dtype=np.float32),
+        rng.standard_normal((n, n), dtype=np.float32),
+    )
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
     square = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [n, n]) for name in "abc"]
-    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "sgemm", square[:2], square[2:])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])], "sgemm", square[:2], square[2:]
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     per_call = 2 * n**3 / 1e9
-    gemm = {"numpy": timed_loop(lambda: len(a @ b), seconds / 3, warmup=1) / n * per_call,
-            "torch": timed_loop(lambda: len(ta @ tb), seconds / 3, warmup=1) / n * per_call,
-            "onnxruntime": timed_loop(lambda: len(session.run(None, {"a": a, "b": b})[0]), seconds / 3,
-                                      warmup=1) / n * per_call}
+    gemm = {
+        "numpy": timed_loop(lambda: len(a @ b), seconds / 3, warmup=1) / n * per_call,
+        "torch": timed_loop(lambda: len(ta @ tb), seconds / 3, warmup=1) / n * per_call,
+        "onnxruntime": timed_loop(
+            lambda: len(session.run(None, {"a": a, "b": b})[0]), seconds / 3, warmup=1
+        )
+        / n
+        * per_call,
+    }
     flops = model_flops(info) / 1e9
     best = max(gemm.values())
-    return {"gflop_per_patch": flops, **{f"sgemm_gflops_{k}": v for k, v in gemm.items()},
-            "sgemm_gflops_best": best, "ort_gflops": ort_rate * flops, "eager_gflops": eager_rate * flops,
-            "ort_vs_sgemm": ort_rate * flops / best, "needed_for_2x_eager_gflops": 2 * eager_rate * flops,
-            "needed_for_2x_eager_vs_sgemm": 2 * eager_rate * flops / best,
-            "needed_for_2x_eager_vs_ort": 2 * eager_rate / ort_rate}
+    return {
+        "gflop_per_patch": flops,
+        **{f"sgemm_gflops_{k}": v for k, v in gemm.items()},
+        "sgemm_gflops_best": best,
+        "ort_gflops": ort_rate * flops,
+        "eager_gflops": eager_rate * flops,
+        "ort_vs_sgemm": ort_rate * flops / best,
+        "needed_for_2x_eager_gflops": 2 * eager_rate * flops,
+        "needed_for_2x_eager_vs_sgemm": 2 * eager_rate * flops / best,
+        "needed_for_2x_eager_vs_ort": 2 * eager_rate / ort_rate,
+    }
 
 
-def load(address: str, requests: list[cad_pb2.ClassifyRequest], clients: int, seconds: float) -> dict[str, Any]:
+def load(
+    address: str, requests: list[cad_pb2.ClassifyRequest], clients: int, seconds: float
+) -> dict[str, Any]:
     """``clients`` threads, each with its own channel, send requests back to back for ``seconds``."""
     latencies: list[float] = []
     counts = {"candidates": 0, "patches": 0, "errors": 0}
@@ -275,9 +329,14 @@ def load(address: str, requests: list[cad_pb2.ClassifyRequest], clients: int, se
         for t in threads:
             t.join()
         wall = time.perf_counter() - t0
-    return {"clients": clients, "requests": len(latencies), "errors": counts["errors"],
-            "candidates_per_s": counts["candidates"] / wall, "patches_per_s": counts["patches"] / wall,
-            **percentiles(latencies)}
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "errors": counts["errors"],
+        "candidates_per_s": counts["candidates"] / wall,
+        "patches_per_s": counts["patches"] / wall,
+        **percentiles(latencies),
+    }
 
 
 def video(address: str, frames: list[bytes], fps: float | None, count: int) -> dict[str, Any]:
@@ -294,8 +353,16 @@ def video(address: str, frames: list[bytes], fps: float | None, count: int) -> d
                     time.sleep(delay)  # the endoscope's frame clock
             data = frames[i % len(frames)]
             sent[i] = time.perf_counter()
-            yield cad_pb2.ClassifyRequest(encoded=data, recipe="frame:1", source_id="bench-stream", candidates=[
-                cad_pb2.Candidate(client_id="frame", box=cad_pb2.Box(x=0, y=0, width=384, height=288))])
+            yield cad_pb2.ClassifyRequest(
+                encoded=data,
+                recipe="frame:1",
+                source_id="bench-stream",
+                candidates=[
+                    cad_pb2.Candidate(
+                        client_id="frame", box=cad_pb2.Box(x=0, y=0, width=384, height=288)
+                    )
+                ],
+            )
 
     with grpc.insecure_channel(address) as ch, collector_paused():
         stub = cad_pb2_grpc.CadInferenceStub(ch)
@@ -303,7 +370,12 @@ def video(address: str, frames: list[bytes], fps: float | None, count: int) -> d
         for i, _ in enumerate(stub.ClassifyStream(gen(), timeout=600)):
             latencies.append(time.perf_counter() - sent[i])
         wall = time.perf_counter() - t0
-    return {"target_fps": fps, "frames": len(latencies), "fps": len(latencies) / wall, **percentiles(latencies)}
+    return {
+        "target_fps": fps,
+        "frames": len(latencies),
+        "fps": len(latencies) / wall,
+        **percentiles(latencies),
+    }
 
 
 def pool_scoring_ratio(patches_per_s: float, n: int = 100_000, m: int = 24) -> dict[str, float]:
@@ -317,8 +389,13 @@ def pool_scoring_ratio(patches_per_s: float, n: int = 100_000, m: int = 24) -> d
         candidate_stats(probs[start : start + 10_000])
     scoring = time.perf_counter() - t0
     model = n * m / patches_per_s
-    return {"candidates": n, "patches_per_candidate": m, "scoring_s": scoring,
-            "model_s_at_ceiling": model, "ratio": scoring / model}
+    return {
+        "candidates": n,
+        "patches_per_candidate": m,
+        "scoring_s": scoring,
+        "model_s_at_ceiling": model,
+        "ratio": scoring / model,
+    }
 
 
 def hot_swaps(registry: ModelRegistry, address: str, pid: int, swaps: int) -> dict[str, Any]:
@@ -327,7 +404,9 @@ def hot_swaps(registry: ModelRegistry, address: str, pid: int, swaps: int) -> di
     source = registry.root.parent / "swap-source.onnx"  # old versions are removed below
     shutil.copyfile(info.model_path, source)
     files = {MODEL_FILE: source}
-    manifest = {k: v for k, v in info.manifest.items() if k not in ("version", "sha256", "files", "created")}
+    manifest = {
+        k: v for k, v in info.manifest.items() if k not in ("version", "sha256", "files", "created")
+    }
     rss = []
     with grpc.insecure_channel(address) as ch:
         admin = cad_pb2_grpc.ModelAdminStub(ch)
@@ -344,12 +423,23 @@ def hot_swaps(registry: ModelRegistry, address: str, pid: int, swaps: int) -> di
             rss.append(rss_mb(pid))
             if k in (0, swaps - 1) or (k + 1) % 10 == 0:
                 log(f"  swap {k + 1}/{swaps}: server RSS {rss[-1]:.0f} MB")
-    return {"swaps": swaps, "rss_after_first_mb": rss[0], "rss_after_last_mb": rss[-1],
-            "ratio": rss[-1] / rss[0], "rss_mb": rss}
+    return {
+        "swaps": swaps,
+        "rss_after_first_mb": rss[0],
+        "rss_after_last_mb": rss[-1],
+        "ratio": rss[-1] / rss[0],
+        "rss_mb": rss,
+    }
 
 
-def int8(registry: ModelRegistry, version: int, options: SessionOptions, batch: int, seconds: float,
-         quick: bool) -> dict[str, Any]:
+def int8(
+    registry: ModelRegistry,
+    version: int,
+    options: SessionOptions,
+    batch: int,
+    seconds: float,
+    quick: bool,
+) -> dict[str, Any]:
     """Quantise, publish the variant, compare throughput and CVC-ClinicDB AUC."""
     from service.aift import parse_recipe
     from service.aift.patches import extract_many
@@ -367,7 +457,10 @@ def int8(registry: ModelRegistry, version: int, options: SessionOptions, batch: 
     def patches_of(sequences: list[int], seed: int, limit: int) -> tuple[np.ndarray, list[int]]:
         cands = generate([f for f in frames if f.sequence in set(sequences)], 1, seed)
         cands = [cands[i] for i in np.random.default_rng(seed).permutation(len(cands))[:limit]]
-        out = [extract_many(decode_encoded(c.frame.path.read_bytes()).pixels, [c.box], recipe, size) for c in cands]
+        out = [
+            extract_many(decode_encoded(c.frame.path.read_bytes()).pixels, [c.box], recipe, size)
+            for c in cands
+        ]
         return np.concatenate(out), [c.label for c in cands]
 
     calib, _ = patches_of(split["pool"], 1, 64 if quick else 128)
@@ -376,27 +469,46 @@ def int8(registry: ModelRegistry, version: int, options: SessionOptions, batch: 
     variant = registry.variant(version, "int8")
     fp32_rate = ort_ceiling(registry.get(version), options, batch, seconds)  # type: ignore[union-attr]
     int8_rate = ort_ceiling(variant, options, batch, seconds)  # type: ignore[union-attr]
-    return {"auc_fp32": report.auc_fp32, "auc_int8": report.auc_int8, "auc_drop": report.auc_drop,
-            "eval_candidates": report.eval_candidates, "calibration_patches": report.calibration_patches,
-            "fp32_patches_per_s": fp32_rate, "int8_patches_per_s": int8_rate, "speedup": int8_rate / fp32_rate,
-            "served": report.auc_drop <= 0.005}
+    return {
+        "auc_fp32": report.auc_fp32,
+        "auc_int8": report.auc_int8,
+        "auc_drop": report.auc_drop,
+        "eval_candidates": report.eval_candidates,
+        "calibration_patches": report.calibration_patches,
+        "fp32_patches_per_s": fp32_rate,
+        "int8_patches_per_s": int8_rate,
+        "speedup": int8_rate / fp32_rate,
+        "served": report.auc_drop <= 0.005,
+    }
 
 
 # --------------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="shorter runs (smoke test of the benchmark)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="shorter runs (smoke test of the benchmark)"
+    )
     parser.add_argument("--providers", default="auto")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--swaps", type=int, default=50)
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--workers", type=int, default=None,
-                        help="server worker threads (default 4 on CPU, 12 with CUDA: patch extraction is the "
-                        "CPU work that feeds a GPU)")
-    parser.add_argument("--runners", type=int, default=None,
-                        help="batcher model runners (default 1 on CPU, 2 with CUDA: copies overlap compute)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="server worker threads (default 4 on CPU, 12 with CUDA: patch extraction is the "
+        "CPU work that feeds a GPU)",
+    )
+    parser.add_argument(
+        "--runners",
+        type=int,
+        default=None,
+        help="batcher model runners (default 1 on CPU, 2 with CUDA: copies overlap compute)",
+    )
     args = parser.parse_args(argv)
     seconds = 4.0 if args.quick else 15.0
     providers = select_providers(args.providers)
@@ -404,8 +516,12 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or ROOT / "bench" / "results" / f"serving-{'cuda' if cuda else 'cpu'}.json"
     work = Path(tempfile.mkdtemp(prefix="cad-bench-"))
     results: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "providers": providers},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "providers": providers,
+        },
         "settings": {"seconds_per_level": seconds},
     }
     try:
@@ -414,16 +530,25 @@ def main(argv: list[str] | None = None) -> int:
         import onnxruntime
         import torch
 
-        results["machine"].update(onnxruntime=onnxruntime.__version__, torch=torch.__version__,
-                                  pretrained=info.manifest["pretrained"]["source"])
+        results["machine"].update(
+            onnxruntime=onnxruntime.__version__,
+            torch=torch.__version__,
+            pretrained=info.manifest["pretrained"]["source"],
+        )
         batch, preferred = MAX_BATCH, PREFERRED_BATCH
         options = SessionOptions(tuple(providers))
         workers = args.workers or (12 if cuda else 4)
         runners = args.runners or (2 if cuda else 1)
         env = server_env(work, args.providers, workers, runners)
-        results["settings"].update(preferred_batch=preferred, max_batch=batch, workers=workers, runners=runners,
-                                   batch_buckets="on" if cuda else "off",
-                                   store="sqlite (durable, synchronous=FULL)", archive="on")
+        results["settings"].update(
+            preferred_batch=preferred,
+            max_batch=batch,
+            workers=workers,
+            runners=runners,
+            batch_buckets="on" if cuda else "off",
+            store="sqlite (durable, synchronous=FULL)",
+            archive="on",
+        )
 
         log("raw ONNX Runtime ceiling ...")
         ceiling = {b: ort_ceiling(info, options, b, seconds) for b in (preferred, batch)}
@@ -462,7 +587,10 @@ def main(argv: list[str] | None = None) -> int:
         if results["int8"].get("served"):
             log(f"server with CAD_PRECISION=int8, {max(args.concurrency)} concurrent clients ...")
             int8_log: list[str] = []
-            with server_process({**env, "CAD_PRECISION": "int8"}, log_lines=int8_log) as (_proc, address):
+            with server_process({**env, "CAD_PRECISION": "int8"}, log_lines=int8_log) as (
+                _proc,
+                address,
+            ):
                 results["server_int8"] = load(address, requests, max(args.concurrency), seconds)
             results["server_int8"]["served_int8"] = any("(int8)" in line for line in int8_log)
             log(f"  {results['server_int8']}")
@@ -472,7 +600,9 @@ def main(argv: list[str] | None = None) -> int:
             "ort_vs_torch_eager": ceiling[batch] / eager[batch],
         }
         if "server_int8" in results:
-            results["ratios"]["server_int8_vs_torch_eager"] = results["server_int8"]["patches_per_s"] / eager[batch]
+            results["ratios"]["server_int8_vs_torch_eager"] = (
+                results["server_int8"]["patches_per_s"] / eager[batch]
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -483,56 +613,95 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(r: dict[str, Any]) -> str:
-    st = {"workers": 4, "runners": 1, "preferred_batch": PREFERRED_BATCH, "max_batch": MAX_BATCH,
-          "batch_buckets": "off", **r.get("settings", {})}  # runs before these were recorded: the old defaults
-    lines = [(f"machine: {r['machine']['cpus']} CPUs, providers {','.join(r['machine']['providers'])}, "
-              f"onnxruntime {r['machine'].get('onnxruntime')}, torch {r['machine'].get('torch')}, "
-              f"weights {r['machine'].get('pretrained')}"),
-             (f"server: {st['workers']} workers, {st['runners']} model runner(s), batch {st['preferred_batch']}/"
-              f"{st['max_batch']} (preferred/max), batch buckets {st['batch_buckets']}"), "",
-             "| clients | requests | candidates/s | patches/s | p50 ms | p95 ms | p99 ms | errors |",
-             "|---|---|---|---|---|---|---|---|"]
+    st = {
+        "workers": 4,
+        "runners": 1,
+        "preferred_batch": PREFERRED_BATCH,
+        "max_batch": MAX_BATCH,
+        "batch_buckets": "off",
+        **r.get("settings", {}),
+    }  # runs before these were recorded: the old defaults
+    lines = [
+        (
+            f"machine: {r['machine']['cpus']} CPUs, providers {','.join(r['machine']['providers'])}, "
+            f"onnxruntime {r['machine'].get('onnxruntime')}, torch {r['machine'].get('torch')}, "
+            f"weights {r['machine'].get('pretrained')}"
+        ),
+        (
+            f"server: {st['workers']} workers, {st['runners']} model runner(s), batch {st['preferred_batch']}/"
+            f"{st['max_batch']} (preferred/max), batch buckets {st['batch_buckets']}"
+        ),
+        "",
+        "| clients | requests | candidates/s | patches/s | p50 ms | p95 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for lv in r["server"]:
-        lines.append(f"| {lv['clients']} | {lv['requests']} | {lv['candidates_per_s']:.1f} | {lv['patches_per_s']:.1f} "
-                     f"| {lv.get('p50_ms', 0):.0f} | {lv.get('p95_ms', 0):.0f} | {lv.get('p99_ms', 0):.0f} | {lv['errors']} |")
+        lines.append(
+            f"| {lv['clients']} | {lv['requests']} | {lv['candidates_per_s']:.1f} | {lv['patches_per_s']:.1f} "
+            f"| {lv.get('p50_ms', 0):.0f} | {lv.get('p95_ms', 0):.0f} | {lv.get('p99_ms', 0):.0f} | {lv['errors']} |"
+        )
     ceiling, eager = r["ort_ceiling_patches_per_s"], r["torch_eager_patches_per_s"]
-    lines += ["", "| baseline | " + " | ".join(f"batch {b}" for b in ceiling) + " |",
-              "|---|" + "---|" * len(ceiling),
-              "| raw ONNX Runtime (patches/s) | " + " | ".join(f"{v:.1f}" for v in ceiling.values()) + " |",
-              "| PyTorch eager (patches/s) | " + " | ".join(f"{v:.1f}" for v in eager.values()) + " |", ""]
+    lines += [
+        "",
+        "| baseline | " + " | ".join(f"batch {b}" for b in ceiling) + " |",
+        "|---|" + "---|" * len(ceiling),
+        "| raw ONNX Runtime (patches/s) | "
+        + " | ".join(f"{v:.1f}" for v in ceiling.values())
+        + " |",
+        "| PyTorch eager (patches/s) | " + " | ".join(f"{v:.1f}" for v in eager.values()) + " |",
+        "",
+    ]
     ratios = r["ratios"]
-    lines.append(f"server at saturation / raw ONNX Runtime: {ratios['server_vs_ort_ceiling']:.3f} (target >= 0.9)")
-    lines.append(f"server at saturation / PyTorch eager:    {ratios['server_vs_torch_eager']:.2f}x (target >= 2)")
+    lines.append(
+        f"server at saturation / raw ONNX Runtime: {ratios['server_vs_ort_ceiling']:.3f} (target >= 0.9)"
+    )
+    lines.append(
+        f"server at saturation / PyTorch eager:    {ratios['server_vs_torch_eager']:.2f}x (target >= 2)"
+    )
     lines.append(f"raw ONNX Runtime / PyTorch eager:        {ratios['ort_vs_torch_eager']:.2f}x")
     if "fp32_ceiling" in r:
         f = r["fp32_ceiling"]
-        kernels = ", ".join(f"{k} {f['sgemm_gflops_' + k]:.0f}" for k in ("numpy", "torch", "onnxruntime"))
-        lines.append(f"fp32 on this CPU: {f['gflop_per_patch']:.2f} GFLOP per patch; raw ONNX Runtime runs "
-                     f"{f['ort_gflops']:.0f} GFLOP/s, PyTorch eager {f['eager_gflops']:.0f}; the best large fp32 "
-                     f"matrix product {f['sgemm_gflops_best']:.0f} ({kernels}); "
-                     f"2x eager needs {f['needed_for_2x_eager_gflops']:.0f} GFLOP/s = "
-                     f"{f['needed_for_2x_eager_vs_sgemm']:.2f}x that matrix product")
+        kernels = ", ".join(
+            f"{k} {f['sgemm_gflops_' + k]:.0f}" for k in ("numpy", "torch", "onnxruntime")
+        )
+        lines.append(
+            f"fp32 on this CPU: {f['gflop_per_patch']:.2f} GFLOP per patch; raw ONNX Runtime runs "
+            f"{f['ort_gflops']:.0f} GFLOP/s, PyTorch eager {f['eager_gflops']:.0f}; the best large fp32 "
+            f"matrix product {f['sgemm_gflops_best']:.0f} ({kernels}); "
+            f"2x eager needs {f['needed_for_2x_eager_gflops']:.0f} GFLOP/s = "
+            f"{f['needed_for_2x_eager_vs_sgemm']:.2f}x that matrix product"
+        )
     v, vm = r["video_30fps"], r["video_max"]
-    lines.append(f"video, 30 fps paced: {v['fps']:.1f} fps, p50 {v['p50_ms']:.1f} ms, p99 {v['p99_ms']:.1f} ms "
-                 f"(targets >= 30 fps, p99 <= 50 ms); unpaced {vm['fps']:.1f} fps")
+    lines.append(
+        f"video, 30 fps paced: {v['fps']:.1f} fps, p50 {v['p50_ms']:.1f} ms, p99 {v['p99_ms']:.1f} ms "
+        f"(targets >= 30 fps, p99 <= 50 ms); unpaced {vm['fps']:.1f} fps"
+    )
     p = r["pool_scoring"]
-    lines.append(f"pool scoring {p['candidates']} x {p['patches_per_candidate']}: {p['scoring_s']:.3f} s vs model "
-                 f"{p['model_s_at_ceiling']:.0f} s -> ratio {p['ratio']:.2e} (target <= 0.01)")
+    lines.append(
+        f"pool scoring {p['candidates']} x {p['patches_per_candidate']}: {p['scoring_s']:.3f} s vs model "
+        f"{p['model_s_at_ceiling']:.0f} s -> ratio {p['ratio']:.2e} (target <= 0.01)"
+    )
     h = r["hot_swaps"]
-    lines.append(f"RSS after swap 1: {h['rss_after_first_mb']:.0f} MB, after swap {h['swaps']}: "
-                 f"{h['rss_after_last_mb']:.0f} MB -> ratio {h['ratio']:.3f} (target <= 1.10)")
+    lines.append(
+        f"RSS after swap 1: {h['rss_after_first_mb']:.0f} MB, after swap {h['swaps']}: "
+        f"{h['rss_after_last_mb']:.0f} MB -> ratio {h['ratio']:.3f} (target <= 1.10)"
+    )
     q = r["int8"]
     if "skipped" in q:
         lines.append(f"int8: skipped ({q['skipped']})")
     else:
-        lines.append(f"int8: {q['int8_patches_per_s']:.1f} vs fp32 {q['fp32_patches_per_s']:.1f} patches/s "
-                     f"({q['speedup']:.2f}x); CVC AUC {q['auc_fp32']:.4f} -> {q['auc_int8']:.4f} "
-                     f"(drop {q['auc_drop']:+.4f}, {q['eval_candidates']} candidates) -> "
-                     f"{'served' if q['served'] else 'NOT served (drop > 0.005)'}")
+        lines.append(
+            f"int8: {q['int8_patches_per_s']:.1f} vs fp32 {q['fp32_patches_per_s']:.1f} patches/s "
+            f"({q['speedup']:.2f}x); CVC AUC {q['auc_fp32']:.4f} -> {q['auc_int8']:.4f} "
+            f"(drop {q['auc_drop']:+.4f}, {q['eval_candidates']} candidates) -> "
+            f"{'served' if q['served'] else 'NOT served (drop > 0.005)'}"
+        )
     if "server_int8" in r:
-        lines.append(f"server serving int8 ({r['server_int8']['clients']} clients): "
-                     f"{r['server_int8']['patches_per_s']:.1f} patches/s, "
-                     f"{ratios['server_int8_vs_torch_eager']:.2f}x PyTorch eager fp32")
+        lines.append(
+            f"server serving int8 ({r['server_int8']['clients']} clients): "
+            f"{r['server_int8']['patches_per_s']:.1f} patches/s, "
+            f"{ratios['server_int8_vs_torch_eager']:.2f}x PyTorch eager fp32"
+        )
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from bench.launch import server_process
 from bench.serving import (
     build_model,
     dicom_requests,
@@ -27,11 +28,12 @@ from bench.serving import (
     server_env,
     video,
 )
-from bench.launch import server_process
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--providers", default="auto")
     parser.add_argument("--frames", type=int, default=450)
@@ -47,8 +49,18 @@ def main(argv: list[str] | None = None) -> int:
             load(address, dicom_requests() + frame_requests(9), 8, args.load_seconds)
             for k in range(args.repeats):
                 r = video(address, frames, 30.0, args.frames)
-                print(json.dumps({"run": k + 1, **{key: round(v, 1) if isinstance(v, float) else v
-                                                   for key, v in r.items()}}), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "run": k + 1,
+                            **{
+                                key: round(v, 1) if isinstance(v, float) else v
+                                for key, v in r.items()
+                            },
+                        }
+                    ),
+                    flush=True,
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

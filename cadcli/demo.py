@@ -54,13 +54,19 @@ def sample_dicom(name: str) -> Path:
 
 
 def _print_results(title: str, response: cad_pb2.ClassifyResponse) -> None:
-    print(f"\n{title}: model v{response.model_version}, recipe {response.recipe}, "
-          f"image {response.image_width}x{response.image_height}, frame {response.frame_index}")
-    print(f"  {'client_id':<12} {'candidate_id':<36} {'P(finding)':>10} {'patches':>7} "
-          f"{'entropy':>8} {'diversity':>10} {'score':>7}")
+    print(
+        f"\n{title}: model v{response.model_version}, recipe {response.recipe}, "
+        f"image {response.image_width}x{response.image_height}, frame {response.frame_index}"
+    )
+    print(
+        f"  {'client_id':<12} {'candidate_id':<36} {'P(finding)':>10} {'patches':>7} "
+        f"{'entropy':>8} {'diversity':>10} {'score':>7}"
+    )
     for r in response.results:
-        print(f"  {r.client_id:<12} {r.candidate_id:<36} {r.probability:>10.4f} {r.patches:>7} "
-              f"{r.entropy:>8.3f} {r.diversity:>10.3f} {r.score:>7.3f}")
+        print(
+            f"  {r.client_id:<12} {r.candidate_id:<36} {r.probability:>10.4f} {r.patches:>7} "
+            f"{r.entropy:>8.3f} {r.diversity:>10.3f} {r.score:>7.3f}"
+        )
 
 
 def _video_frames() -> Iterator[cad_pb2.ClassifyRequest]:
@@ -91,31 +97,50 @@ def _review(channel: grpc.Channel, ct: cad_pb2.ClassifyResponse) -> None:
     """Act as a reviewer on the annotation queue, then show the labels the trainer will get."""
     review = cad_pb2_grpc.CadReviewStub(channel)
     queue = review.GetAnnotationQueue(cad_pb2.QueueRequest(limit=4), timeout=30)
-    print(f"[5/7] reviewer: annotation queue ({queue.variant}), {queue.unlabeled} unlabeled candidates")
+    print(
+        f"[5/7] reviewer: annotation queue ({queue.variant}), {queue.unlabeled} unlabeled candidates"
+    )
     for item in queue.items:
-        print(f"      {item.candidate_id}  score={item.score:.3f}  P={item.probability:.4f}  "
-              f"source={item.source_id or '-'} frame={item.frame_index}")
+        print(
+            f"      {item.candidate_id}  score={item.score:.3f}  P={item.probability:.4f}  "
+            f"source={item.source_id or '-'} frame={item.frame_index}"
+        )
     verdicts = [cad_pb2.FALSE_POSITIVE, cad_pb2.TRUE_POSITIVE, cad_pb2.FALSE_POSITIVE]
     for item, verdict in zip(queue.items, verdicts, strict=False):  # the queue may be shorter
         receipt = review.SubmitCorrection(
-            cad_pb2.Correction(candidate_id=item.candidate_id, verdict=verdict, reviewer="dr.demo",
-                               idempotency_key=f"demo-{item.candidate_id}"),
+            cad_pb2.Correction(
+                candidate_id=item.candidate_id,
+                verdict=verdict,
+                reviewer="dr.demo",
+                idempotency_key=f"demo-{item.candidate_id}",
+            ),
             timeout=30,
         )
-        print(f"      {cad_pb2.Verdict.Name(verdict):<14} {item.candidate_id} -> "
-              f"{cad_pb2.LabelState.Name(receipt.label)} (event {receipt.event_id})")
+        print(
+            f"      {cad_pb2.Verdict.Name(verdict):<14} {item.candidate_id} -> "
+            f"{cad_pb2.LabelState.Name(receipt.label)} (event {receipt.event_id})"
+        )
     missed = review.AddMissedFinding(
-        cad_pb2.MissedFinding(request_id=ct.request_id, box=cad_pb2.Box(x=50, y=20, width=20, height=20),
-                              reviewer="dr.demo", idempotency_key="demo-missed-1", note="missed lesion"),
+        cad_pb2.MissedFinding(
+            request_id=ct.request_id,
+            box=cad_pb2.Box(x=50, y=20, width=20, height=20),
+            reviewer="dr.demo",
+            idempotency_key="demo-missed-1",
+            note="missed lesion",
+        ),
         timeout=30,
     )
-    print(f"      MISSED FINDING on the CT slice -> {missed.candidate_id} "
-          f"{cad_pb2.LabelState.Name(missed.label)}")
+    print(
+        f"      MISSED FINDING on the CT slice -> {missed.candidate_id} "
+        f"{cad_pb2.LabelState.Name(missed.label)}"
+    )
     print("      labels now in the store (what the trainer exports):")
     for labeled in review.ExportLabels(cad_pb2.ExportRequest(), timeout=30):
-        print(f"        {labeled.candidate_id:<40} {cad_pb2.LabelState.Name(labeled.label):<8} "
-              f"origin={labeled.origin:<6} image={labeled.image_sha256[:12]}... "
-              f"({labeled.image_width}x{labeled.image_height})")
+        print(
+            f"        {labeled.candidate_id:<40} {cad_pb2.LabelState.Name(labeled.label):<8} "
+            f"origin={labeled.origin:<6} image={labeled.image_sha256[:12]}... "
+            f"({labeled.image_width}x{labeled.image_height})"
+        )
 
 
 def _train_and_swap(
@@ -133,8 +158,13 @@ def _train_and_swap(
     print("      demo only: with 4 labels there is no validation split, so the round publishes an")
     print("      UNVALIDATED model; a production round refuses to (allow_unvalidated is off).")
     report = run_round(
-        TrainerSettings(registry_root=root, store_url=settings.store_url,
-                        archive_root=settings.archive_root, val_fraction=0.0, allow_unvalidated=True),
+        TrainerSettings(
+            registry_root=root,
+            store_url=settings.store_url,
+            archive_root=settings.archive_root,
+            val_fraction=0.0,
+            allow_unvalidated=True,
+        ),
         progress=False,
     )
     print(f"      {report.summary()}")
@@ -144,11 +174,15 @@ def _train_and_swap(
         if time.monotonic() > deadline:
             raise RuntimeError("the server did not pick up the new version")
     again = cad_pb2_grpc.CadInferenceStub(channel).Classify(ct_request, timeout=120)
-    print(f"      the server swapped without a restart: the same CT request is now answered by "
-          f"model v{again.model_version}")
+    print(
+        f"      the server swapped without a restart: the same CT request is now answered by "
+        f"model v{again.model_version}"
+    )
     for before, after in zip(ct.results, again.results, strict=True):
-        print(f"        {after.client_id:<8} P(finding) v1 {before.probability:.4f} -> "
-              f"v{again.model_version} {after.probability:.4f}")
+        print(
+            f"        {after.client_id:<8} P(finding) v1 {before.probability:.4f} -> "
+            f"v{again.model_version} {after.probability:.4f}"
+        )
 
 
 def _print_metrics(port: int) -> None:
@@ -183,14 +217,21 @@ def run_demo(workdir: str | None = None, log_level: str = "WARNING") -> int:
         print(f"[1/7] bootstrapping the model into {root}")
         t0 = time.perf_counter()
         info = init_model(TrainerSettings(registry_root=root), force=True)
-        print(f"      version {info.version}, pretrained: {info.manifest['pretrained']['source']}, "
-              f"ONNX/torch max |dp| {info.manifest['export']['parity_max_abs_diff']:.1e} "
-              f"({time.perf_counter() - t0:.1f}s)")
+        print(
+            f"      version {info.version}, pretrained: {info.manifest['pretrained']['source']}, "
+            f"ONNX/torch max |dp| {info.manifest['export']['parity_max_abs_diff']:.1e} "
+            f"({time.perf_counter() - t0:.1f}s)"
+        )
 
         settings = ServerSettings(
-            registry_root=root, host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0,
+            registry_root=root,
+            host="127.0.0.1",
+            port=0,
+            metrics_host="127.0.0.1",
+            metrics_port=0,
             poll_interval_s=0.5,
-            store_url=f"sqlite:///{root.parent / 'labels.sqlite3'}", archive_root=root.parent / "archive",
+            store_url=f"sqlite:///{root.parent / 'labels.sqlite3'}",
+            archive_root=root.parent / "archive",
         )
         with ServerThread(settings) as server:
             server.refresh_models()
@@ -199,20 +240,28 @@ def run_demo(workdir: str | None = None, log_level: str = "WARNING") -> int:
                 admin = cad_pb2_grpc.ModelAdminStub(channel)
                 model = admin.GetModel(cad_pb2.GetModelRequest(), timeout=30)
                 manifest = json.loads(model.manifest_json)
-                print(f"      serving {model.model_name} v{model.version} on "
-                      f"{model.execution_provider}, input {model.input_size}px, "
-                      f"default recipe {model.default_recipe}, sha256 {manifest['sha256'][:12]}...")
+                print(
+                    f"      serving {model.model_name} v{model.version} on "
+                    f"{model.execution_provider}, input {model.input_size}px, "
+                    f"default recipe {model.default_recipe}, sha256 {manifest['sha256'][:12]}..."
+                )
 
                 stub = cad_pb2_grpc.CadInferenceStub(channel)
                 print(f"[3/7] classifying 3 candidates on the CT slice {CT_FILE} (pydicom)")
                 ct_request = cad_pb2.ClassifyRequest(
-                        dicom=sample_dicom(CT_FILE).read_bytes(),
-                        window=cad_pb2.Window(center=40, width=400),
-                        candidates=[
-                            cad_pb2.Candidate(client_id="ct-a", box=cad_pb2.Box(x=30, y=40, width=24, height=24)),
-                            cad_pb2.Candidate(client_id="ct-b", box=cad_pb2.Box(x=70, y=60, width=32, height=28)),
-                            cad_pb2.Candidate(client_id="ct-edge", box=cad_pb2.Box(x=110, y=110, width=30, height=30)),
-                        ],
+                    dicom=sample_dicom(CT_FILE).read_bytes(),
+                    window=cad_pb2.Window(center=40, width=400),
+                    candidates=[
+                        cad_pb2.Candidate(
+                            client_id="ct-a", box=cad_pb2.Box(x=30, y=40, width=24, height=24)
+                        ),
+                        cad_pb2.Candidate(
+                            client_id="ct-b", box=cad_pb2.Box(x=70, y=60, width=32, height=28)
+                        ),
+                        cad_pb2.Candidate(
+                            client_id="ct-edge", box=cad_pb2.Box(x=110, y=110, width=30, height=30)
+                        ),
+                    ],
                 )
                 ct = stub.Classify(ct_request, timeout=120)
                 _print_results("CT slice", ct)
@@ -223,9 +272,11 @@ def run_demo(workdir: str | None = None, log_level: str = "WARNING") -> int:
                 elapsed = time.perf_counter() - t0
                 for response in frames:
                     r = response.results[0]
-                    print(f"      frame {response.frame_index}: {r.client_id} "
-                          f"P(finding)={r.probability:.4f} score={r.score:.3f} "
-                          f"(model v{response.model_version})")
+                    print(
+                        f"      frame {response.frame_index}: {r.client_id} "
+                        f"P(finding)={r.probability:.4f} score={r.score:.3f} "
+                        f"(model v{response.model_version})"
+                    )
                 print(f"      {len(frames)} frames in {elapsed:.2f}s")
                 _review(channel, ct)
                 _train_and_swap(channel, root, settings, ct_request, ct)

@@ -58,9 +58,18 @@ def _model_init(args: argparse.Namespace) -> int:
         print(f"cad model init: {exc}", file=sys.stderr)
         return 2
     pre = info.manifest["pretrained"]
-    print(f"published {info.manifest['name']} version {info.version} ({info.manifest['architecture']}) at {info.path}")
-    print(f"pretrained: {pre['source']}" + (f" ({pre.get('found')}: {pre.get('path')}, {pre.get('licence')})"
-                                           if pre.get("path") else "") + f"  sha256: {info.manifest['sha256']}")
+    print(
+        f"published {info.manifest['name']} version {info.version} ({info.manifest['architecture']}) at {info.path}"
+    )
+    print(
+        f"pretrained: {pre['source']}"
+        + (
+            f" ({pre.get('found')}: {pre.get('path')}, {pre.get('licence')})"
+            if pre.get("path")
+            else ""
+        )
+        + f"  sha256: {info.manifest['sha256']}"
+    )
     return 0
 
 
@@ -68,13 +77,30 @@ def _trainer_settings(args: argparse.Namespace, **extra: object) -> object:
     from trainer.settings import TrainerSettings
 
     overrides: dict[str, object] = {k: v for k, v in extra.items() if v is not None}
-    for name in ("registry", "store_url", "archive_root", "preset", "depth", "seed", "val_fraction",
-                 "start_version",
-                 "auc_tolerance", "min_new_labels", "watch_poll_s", "metrics_port", "batch_size"):
+    for name in (
+        "registry",
+        "store_url",
+        "archive_root",
+        "preset",
+        "depth",
+        "seed",
+        "val_fraction",
+        "start_version",
+        "auc_tolerance",
+        "min_new_labels",
+        "watch_poll_s",
+        "metrics_port",
+        "batch_size",
+    ):
         value = getattr(args, name, None)
         if value is not None:
-            overrides[{"registry": "registry_root", "metrics_port": "watch_metrics_port",
-                       "batch_size": "train_batch_size"}.get(name, name)] = value
+            overrides[
+                {
+                    "registry": "registry_root",
+                    "metrics_port": "watch_metrics_port",
+                    "batch_size": "train_batch_size",
+                }.get(name, name)
+            ] = value
     for flag in ("hq", "allow_unvalidated"):
         if getattr(args, flag, False):
             overrides[flag] = True
@@ -107,7 +133,9 @@ def _registry(args: argparse.Namespace) -> object:
     from service.settings import ServerSettings
 
     s = ServerSettings()
-    return ModelRegistry(Path(args.registry) if args.registry else s.registry_root, args.name or s.model_name)
+    return ModelRegistry(
+        Path(args.registry) if args.registry else s.registry_root, args.name or s.model_name
+    )
 
 
 def _model_quantize(args: argparse.Namespace) -> int:
@@ -116,14 +144,19 @@ def _model_quantize(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_level)
     try:
-        report = quantize_from_store(_trainer_settings(args), args.version,  # type: ignore[arg-type]
-                                     args.calibration_patches)
+        report = quantize_from_store(
+            _trainer_settings(args),
+            args.version,  # type: ignore[arg-type]
+            args.calibration_patches,
+        )
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"cad model quantize: {exc}", file=sys.stderr)
         return 2
-    print(f"int8 variant of version {report.version}: AUC {report.auc_fp32:.4f} -> {report.auc_int8:.4f} "
-          f"(drop {report.auc_drop:+.4f}) on {report.eval_candidates} labeled candidates; servers with "
-          "CAD_PRECISION=int8 serve it only if the drop is within CAD_INT8_MAX_AUC_DROP")
+    print(
+        f"int8 variant of version {report.version}: AUC {report.auc_fp32:.4f} -> {report.auc_int8:.4f} "
+        f"(drop {report.auc_drop:+.4f}) on {report.eval_candidates} labeled candidates; servers with "
+        "CAD_PRECISION=int8 serve it only if the drop is within CAD_INT8_MAX_AUC_DROP"
+    )
     return 0
 
 
@@ -135,8 +168,10 @@ def _model_list(args: argparse.Namespace) -> int:
         m = registry.get(v).manifest  # type: ignore[attr-defined]
         auc = (m.get("metrics") or {}).get("val_auc")
         note = ("pinned " if v == pinned else "") + ("newest" if v == latest else "")
-        print(f"{v:>7}  {m.get('created', ''):<25} {m.get('parent_version') or '-':>6}  "
-              f"{auc if auc is None else round(auc, 4)!s:>7}  {(m.get('labels') or {}).get('count', 0):>6}  {note}")
+        print(
+            f"{v:>7}  {m.get('created', ''):<25} {m.get('parent_version') or '-':>6}  "
+            f"{auc if auc is None else round(auc, 4)!s:>7}  {(m.get('labels') or {}).get('count', 0):>6}  {note}"
+        )
     return 0
 
 
@@ -166,7 +201,10 @@ def _audit(args: argparse.Namespace, action: str, target: str, detail: dict[str,
 
     url = getattr(args, "store_url", None) or os.environ.get("CAD_STORE_URL")
     if not url:
-        print("note: no --store-url / CAD_STORE_URL, so this change is not in the audit trail", file=sys.stderr)
+        print(
+            "note: no --store-url / CAD_STORE_URL, so this change is not in the audit trail",
+            file=sys.stderr,
+        )
         return
     from service.store import open_store
 
@@ -194,8 +232,12 @@ def _model_rollback(args: argparse.Namespace) -> int:
     except ModelRejected as exc:
         print(f"cad model rollback: not pinned, servers would refuse it: {exc}", file=sys.stderr)
         return 2
-    _audit(args, "pin", f"{registry.name}/v{args.version}",  # type: ignore[attr-defined]
-           {"reason": args.reason, "previous_pin": previous, "via": "cli"})
+    _audit(
+        args,
+        "pin",
+        f"{registry.name}/v{args.version}",  # type: ignore[attr-defined]
+        {"reason": args.reason, "previous_pin": previous, "via": "cli"},
+    )
     print(f"pinned version {args.version}; servers switch on their next registry poll")
     return 0
 
@@ -214,17 +256,25 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--registry", help="registry root (CAD_REGISTRY_ROOT)")
     p.add_argument("--store-url", help="label store URL (CAD_STORE_URL)")
     p.add_argument("--archive-root", help="image archive (CAD_ARCHIVE_ROOT)")
-    p.add_argument("--preset", choices=["polyp", "frames", "pe"], help="Table 3 learning parameters")
+    p.add_argument(
+        "--preset", choices=["polyp", "frames", "pe"], help="Table 3 learning parameters"
+    )
     p.add_argument("--depth", help="tuning depth: fc8 ... conv1 (default conv1)")
     p.add_argument("--hq", action="store_true", help="ACFT HQ training set")
     p.add_argument("--val-fraction", type=float)
     p.add_argument("--auc-tolerance", type=float)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int)
-    p.add_argument("--start-version", type=int,
-                   help="fine-tune from this version instead of the serving one (1 = the original)")
-    p.add_argument("--allow-unvalidated", action="store_true",
-                   help="publish even without a scorable validation split (demos only)")
+    p.add_argument(
+        "--start-version",
+        type=int,
+        help="fine-tune from this version instead of the serving one (1 = the original)",
+    )
+    p.add_argument(
+        "--allow-unvalidated",
+        action="store_true",
+        help="publish even without a scorable validation split (demos only)",
+    )
     p.add_argument("--log-level", default="INFO")
 
 
@@ -258,35 +308,53 @@ def _experiment(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cad", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="cad", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("serve", help="run the inference server (options: see cad-server --help)",
-                   add_help=False)
+    sub.add_parser(
+        "serve", help="run the inference server (options: see cad-server --help)", add_help=False
+    )
 
     model = sub.add_parser("model", help="model registry commands")
     model_sub = model.add_subparsers(dest="model_command", required=True)
-    init = model_sub.add_parser("init", help="publish the initial model (AlexNet or SqueezeNet v1.0)")
+    init = model_sub.add_parser(
+        "init", help="publish the initial model (AlexNet or SqueezeNet v1.0)"
+    )
     init.add_argument("--registry", help="registry root (CAD_REGISTRY_ROOT, default ./registry)")
     init.add_argument("--name", help="model name (CAD_MODEL_NAME, default cad)")
-    init.add_argument("--arch", choices=["alexnet", "squeezenet1_0"],
-                      help="architecture (CAD_ARCHITECTURE, default alexnet)")
-    init.add_argument("--weights", metavar="imagenet|random|PATH",
-                      help="initial weights: imagenet (an error if none is found: CAD_PRETRAINED_WEIGHTS, "
-                      "the torch hub cache, the package's shipped SqueezeNet), random, or a state dict file; "
-                      "default: ImageNet where found locally, else a loud random start")
-    init.add_argument("--allow-download", action="store_true",
-                      help="let torchvision download the ImageNet weights if none is found locally")
+    init.add_argument(
+        "--arch",
+        choices=["alexnet", "squeezenet1_0"],
+        help="architecture (CAD_ARCHITECTURE, default alexnet)",
+    )
+    init.add_argument(
+        "--weights",
+        metavar="imagenet|random|PATH",
+        help="initial weights: imagenet (an error if none is found: CAD_PRETRAINED_WEIGHTS, "
+        "the torch hub cache, the package's shipped SqueezeNet), random, or a state dict file; "
+        "default: ImageNet where found locally, else a loud random start",
+    )
+    init.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="let torchvision download the ImageNet weights if none is found locally",
+    )
     init.add_argument("--input-size", type=int, help="patch size (default 224)")
     init.add_argument("--recipe", help="default patch recipe (default polyp)")
     init.add_argument("--force", action="store_true", help="publish even if versions exist")
-    init.add_argument("--if-empty", action="store_true",
-                      help="succeed without publishing when versions exist (container init steps)")
+    init.add_argument(
+        "--if-empty",
+        action="store_true",
+        help="succeed without publishing when versions exist (container init steps)",
+    )
     init.add_argument("--log-level", default="INFO")
     init.set_defaults(func=_model_init)
 
-    quant = model_sub.add_parser("quantize", help="publish an int8 variant (static, calibrated on labels)")
+    quant = model_sub.add_parser(
+        "quantize", help="publish an int8 variant (static, calibrated on labels)"
+    )
     quant.add_argument("version", nargs="?", type=int, help="default: the version servers follow")
     quant.add_argument("--registry", help="registry root (CAD_REGISTRY_ROOT)")
     quant.add_argument("--store-url", help="label store (CAD_STORE_URL)")
@@ -295,8 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--log-level", default="INFO")
     quant.set_defaults(func=_model_quantize)
 
-    for name, helptext in (("list", "list versions"), ("show", "print a version's manifest"),
-                           ("rollback", "pin a version"), ("unpin", "follow the newest version")):
+    for name, helptext in (
+        ("list", "list versions"),
+        ("show", "print a version's manifest"),
+        ("rollback", "pin a version"),
+        ("unpin", "follow the newest version"),
+    ):
         p = model_sub.add_parser(name, help=helptext)
         p.add_argument("--registry", help="registry root (CAD_REGISTRY_ROOT)")
         p.add_argument("--name", help="model name (CAD_MODEL_NAME)")
@@ -308,8 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "rollback":
             p.add_argument("version", type=int)
             p.add_argument("--reason", default="")
-        p.set_defaults(func={"list": _model_list, "show": _model_show,
-                             "rollback": _model_rollback, "unpin": _model_unpin}[name])
+        p.set_defaults(
+            func={
+                "list": _model_list,
+                "show": _model_show,
+                "rollback": _model_rollback,
+                "unpin": _model_unpin,
+            }[name]
+        )
 
     train = sub.add_parser("train", help="AIFT training rounds")
     train_sub = train.add_subparsers(dest="train_command", required=True)
@@ -324,21 +402,34 @@ def build_parser() -> argparse.ArgumentParser:
     watch_.add_argument("--metrics-port", type=int)
     watch_.set_defaults(func=_train_watch)
 
-    experiment = sub.add_parser("experiment", help="the AIFT annotation-saving experiment on CVC-ClinicDB")
+    experiment = sub.add_parser(
+        "experiment", help="the AIFT annotation-saving experiment on CVC-ClinicDB"
+    )
     exp_sub = experiment.add_subparsers(dest="experiment_command", required=True)
-    exp_run = exp_sub.add_parser("run", help="run (or resume) the experiment, then write the report")
-    exp_run.add_argument("--preset", choices=["quick", "standard", "paper"], default="quick",
-                         help="quick: <= 30 min on 2 cores; standard: <= 3 h, 5 seeds; paper: AlexNet 227 px (GPU)")
+    exp_run = exp_sub.add_parser(
+        "run", help="run (or resume) the experiment, then write the report"
+    )
+    exp_run.add_argument(
+        "--preset",
+        choices=["quick", "standard", "paper"],
+        default="quick",
+        help="quick: <= 30 min on 2 cores; standard: <= 3 h, 5 seeds; paper: AlexNet 227 px (GPU)",
+    )
     exp_run.add_argument("--out", default="results/cvc-quick")
     exp_run.add_argument("--data", help="CVC-ClinicDB folder (default ../shared/data/cvc-clinicdb)")
-    exp_run.add_argument("--split", default=str(Path(__file__).resolve().parent.parent / "experiments" / "cvc_split.json"),
-                         help="JSON file with pool and test sequence lists")
+    exp_run.add_argument(
+        "--split",
+        default=str(Path(__file__).resolve().parent.parent / "experiments" / "cvc_split.json"),
+        help="JSON file with pool and test sequence lists",
+    )
     exp_run.add_argument("--pool", type=int, nargs="+", help="pool sequences (overrides --split)")
     exp_run.add_argument("--test", type=int, nargs="+", help="test sequences (overrides --split)")
     exp_run.add_argument("--methods", nargs="+")
     exp_run.add_argument("--seeds", type=int, nargs="+")
     exp_run.add_argument("--rounds", type=int)
-    exp_run.add_argument("--no-reference", action="store_true", help="skip fine-tuning on the whole pool")
+    exp_run.add_argument(
+        "--no-reference", action="store_true", help="skip fine-tuning on the whole pool"
+    )
     exp_run.add_argument("--log-level", default="WARNING")
     exp_rep = exp_sub.add_parser("report", help="CSV -> plot, savings table, summary")
     exp_rep.add_argument("--out", default="results/cvc-quick")

@@ -49,7 +49,9 @@ FSYNC_MODES = ("each", "background")
 class ImageArchive:
     def __init__(self, root: Path, fsync: str = "each", sync_interval_s: float = 0.2) -> None:
         if fsync not in FSYNC_MODES:
-            raise ValueError(f"archive fsync must be one of {', '.join(FSYNC_MODES)}, not {fsync!r}")
+            raise ValueError(
+                f"archive fsync must be one of {', '.join(FSYNC_MODES)}, not {fsync!r}"
+            )
         self.root = Path(root)
         self.fsync = fsync
         self.sync_interval_s = sync_interval_s
@@ -85,7 +87,9 @@ class ImageArchive:
                 write_atomic(target, data, sync=False)
                 self._pending[target] = None
                 if self._syncer is None:
-                    self._syncer = threading.Thread(target=self._sync_loop, name="cad-archive-sync", daemon=True)
+                    self._syncer = threading.Thread(
+                        target=self._sync_loop, name="cad-archive-sync", daemon=True
+                    )
                     self._syncer.start()
                 self._cond.notify_all()
         if not background:
@@ -199,5 +203,10 @@ def prune(
             blobs += 1
             freed += size
     if removed:
-        log.info("archive retention: forgot %d unlabeled images, %d blobs, %d bytes", removed, blobs, freed)
+        log.info(
+            "archive retention: forgot %d unlabeled images, %d blobs, %d bytes",
+            removed,
+            blobs,
+            freed,
+        )
     return PruneReport(removed, blobs, freed)

@@ -66,7 +66,9 @@ class Identity:
 
 
 ANONYMOUS = Identity("", frozenset())
-current_identity: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("cad_identity", default=None)
+current_identity: contextvars.ContextVar[Identity | None] = contextvars.ContextVar(
+    "cad_identity", default=None
+)
 """The authenticated caller of the RPC being handled (None when authentication is off)."""
 
 
@@ -91,7 +93,7 @@ class TokenTable:
         entries = []
         raw = data.get("tokens")
         if not isinstance(raw, list) or not raw:
-            raise ValueError("token file: expected {\"tokens\": [...]} with at least one entry")
+            raise ValueError('token file: expected {"tokens": [...]} with at least one entry')
         for i, item in enumerate(raw):
             if not isinstance(item, dict):
                 raise ValueError(f"token file: entry {i} is not an object")
@@ -99,13 +101,17 @@ class TokenTable:
             if not isinstance(name, str) or not name:
                 raise ValueError(f"token file: entry {i} has no identity")
             if not isinstance(roles, list) or not roles or any(r not in ROLES for r in roles):
-                raise ValueError(f"token file: entry {i} ({name}): roles must be a list of {', '.join(ROLES)}")
+                raise ValueError(
+                    f"token file: entry {i} ({name}): roles must be a list of {', '.join(ROLES)}"
+                )
             if isinstance(item.get("sha256"), str):
                 digest = bytes.fromhex(item["sha256"])
             elif isinstance(item.get("token"), str) and len(item["token"]) >= 16:
                 digest = bytes.fromhex(token_sha256(item["token"]))
             else:  # never echo the value: it may be a secret
-                raise ValueError(f"token file: entry {i} ({name}) needs sha256, or a token of >= 16 characters")
+                raise ValueError(
+                    f"token file: entry {i} ({name}) needs sha256, or a token of >= 16 characters"
+                )
             if len(digest) != 32:
                 raise ValueError(f"token file: entry {i} ({name}): sha256 must be 64 hex digits")
             entries.append(_Entry(digest, Identity(name, frozenset(roles))))
@@ -136,7 +142,9 @@ class AccessPolicy:
     open_health: bool = True
     open_reflection: bool = False
 
-    def authorize(self, method: str, metadata: Sequence[tuple[str, str | bytes]] | None) -> Identity | None:
+    def authorize(
+        self, method: str, metadata: Sequence[tuple[str, str | bytes]] | None
+    ) -> Identity | None:
         """The caller's identity for ``method`` (``/package.Service/Method``).
 
         Raises:
@@ -155,7 +163,9 @@ class AccessPolicy:
                 break
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthenticated("missing bearer token: send the metadata 'authorization: Bearer <token>'")
+            raise Unauthenticated(
+                "missing bearer token: send the metadata 'authorization: Bearer <token>'"
+            )
         identity = self.tokens.identify(token.strip())
         if identity is None:
             raise Unauthenticated("unknown or revoked token")
@@ -163,5 +173,7 @@ class AccessPolicy:
         if method.startswith((HEALTH_PREFIX, REFLECTION_PREFIX)):
             return identity  # any known token may use health and reflection when they are closed
         if needed not in identity.roles:
-            raise PermissionDenied(f"{identity.name} lacks the role {needed!r} needed for {method.rsplit('/', 1)[-1]}")
+            raise PermissionDenied(
+                f"{identity.name} lacks the role {needed!r} needed for {method.rsplit('/', 1)[-1]}"
+            )
         return identity

@@ -198,13 +198,19 @@ class DynamicBatcher:
             if self._closed:
                 return None
             now = self.clock()
-            for request in [r for r in self._queue if r.taken == 0 and r.deadline is not None
-                            and r.deadline <= now]:
+            for request in [
+                r
+                for r in self._queue
+                if r.taken == 0 and r.deadline is not None and r.deadline <= now
+            ]:
                 self._queue.remove(request)
                 self.metrics.batch_refused.labels("deadline").inc()
-                request.future.set_exception(DeadlineExceeded(
-                    f"the request's deadline passed after {now - request.enqueued:.3f} s in the "
-                    "inference queue; the model did not run for it"))
+                request.future.set_exception(
+                    DeadlineExceeded(
+                        f"the request's deadline passed after {now - request.enqueued:.3f} s in the "
+                        "inference queue; the model did not run for it"
+                    )
+                )
             if not self._queue:
                 self.metrics.batch_queue_requests.set(0)
                 continue

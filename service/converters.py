@@ -42,7 +42,9 @@ def _image(request: cad_pb2.ClassifyRequest) -> ImageInput:
     raise InvalidInput("the request has no image: set one of dicom, encoded or raw")
 
 
-def classify_input(request: cad_pb2.ClassifyRequest, deadline: float | None = None) -> ClassifyInput:
+def classify_input(
+    request: cad_pb2.ClassifyRequest, deadline: float | None = None
+) -> ClassifyInput:
     """ClassifyRequest -> ClassifyInput (no decoding here; that runs in a worker).
 
     ``deadline``: the call's deadline as a :func:`time.monotonic` time."""
@@ -109,7 +111,10 @@ def version_number(text: str) -> int:
 
 
 def versions(
-    infos: list[VersionInfo], serving: LoadedModel | None, pinned: int | None, refused: dict[int, str]
+    infos: list[VersionInfo],
+    serving: LoadedModel | None,
+    pinned: int | None,
+    refused: dict[int, str],
 ) -> cad_pb2.ListVersionsResponse:
     def auc(info: VersionInfo) -> float:
         value = (info.manifest.get("metrics") or {}).get("val_auc")
@@ -141,7 +146,9 @@ _LABEL_STATE = {None: cad_pb2.UNLABELED, 1: cad_pb2.POSITIVE, 0: cad_pb2.NEGATIV
 
 def verdict_name(verdict: int) -> str:
     """Verdict enum -> domain verdict name ('' when unspecified or unknown)."""
-    return {cad_pb2.TRUE_POSITIVE: "TRUE_POSITIVE", cad_pb2.FALSE_POSITIVE: "FALSE_POSITIVE"}.get(verdict, "")
+    return {cad_pb2.TRUE_POSITIVE: "TRUE_POSITIVE", cad_pb2.FALSE_POSITIVE: "FALSE_POSITIVE"}.get(
+        verdict, ""
+    )
 
 
 def box_of(message: cad_pb2.Box) -> Box:
@@ -208,8 +215,16 @@ def labeled_candidate(item: LabeledCandidate) -> cad_pb2.LabeledCandidate:
 
 
 def audit_response(events: Sequence[AuditEvent]) -> cad_pb2.AuditResponse:
-    return cad_pb2.AuditResponse(events=[
-        cad_pb2.AuditEvent(event_id=e.event_id, created=e.created, actor=e.actor, action=e.action,
-                           target=e.target, detail_json=json.dumps(e.detail, sort_keys=True, default=str))
-        for e in events
-    ])
+    return cad_pb2.AuditResponse(
+        events=[
+            cad_pb2.AuditEvent(
+                event_id=e.event_id,
+                created=e.created,
+                actor=e.actor,
+                action=e.action,
+                target=e.target,
+                detail_json=json.dumps(e.detail, sort_keys=True, default=str),
+            )
+            for e in events
+        ]
+    )

@@ -20,12 +20,20 @@ class HealthcheckSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CAD_HEALTHCHECK_", extra="ignore")
 
-    port: int = Field(50051, validation_alias="CAD_PORT", description="The server's gRPC port (as the server's).")
-    tls_ca: Path | None = Field(None, description="PEM CA that signed the server certificate: connect with TLS.")
-    tls_server_name: str | None = Field(None, description="Name in the server certificate, when not the host.")
+    port: int = Field(
+        50051, validation_alias="CAD_PORT", description="The server's gRPC port (as the server's)."
+    )
+    tls_ca: Path | None = Field(
+        None, description="PEM CA that signed the server certificate: connect with TLS."
+    )
+    tls_server_name: str | None = Field(
+        None, description="Name in the server certificate, when not the host."
+    )
     tls_cert: Path | None = Field(None, description="Client certificate (mutual TLS).")
     tls_key: Path | None = Field(None, description="Client key (mutual TLS).")
-    token_file: Path | None = Field(None, description="File holding a bearer token (when health checks are closed).")
+    token_file: Path | None = Field(
+        None, description="File holding a bearer token (when health checks are closed)."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=3.0)
     for name, field in HealthcheckSettings.model_fields.items():
         if name != "port":
-            parser.add_argument(f"--{name.replace('_', '-')}", default=getattr(env, name), help=field.description)
+            parser.add_argument(
+                f"--{name.replace('_', '-')}", default=getattr(env, name), help=field.description
+            )
     args = parser.parse_args(argv)
     metadata = []
     if args.token_file:
@@ -48,13 +58,18 @@ def main(argv: list[str] | None = None) -> int:
                 private_key=Path(args.tls_key).read_bytes() if args.tls_key else None,
                 certificate_chain=Path(args.tls_cert).read_bytes() if args.tls_cert else None,
             )
-            options = [("grpc.ssl_target_name_override", args.tls_server_name)] if args.tls_server_name else []
+            options = (
+                [("grpc.ssl_target_name_override", args.tls_server_name)]
+                if args.tls_server_name
+                else []
+            )
             channel = grpc.secure_channel(args.address, creds, options=options)
         else:
             channel = grpc.insecure_channel(args.address)
         with channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout,
+                health_pb2.HealthCheckRequest(service=args.service),
+                timeout=args.timeout,
                 metadata=metadata or None,
             )
     except grpc.RpcError as exc:

@@ -105,7 +105,9 @@ class ModelManager:
                     reason = str(exc)
                     self.refused[version] = reason
                     self.metrics.model_load_failures.inc()
-                    log.error("refused model %s version %s: %s", self.registry.name, version, reason)
+                    log.error(
+                        "refused model %s version %s: %s", self.registry.name, version, reason
+                    )
                     continue
                 self._swap(model)
                 return True
@@ -128,7 +130,10 @@ class ModelManager:
         if not isinstance(drop, (int, float)) or drop > self.int8_max_auc_drop:
             log.warning(
                 "int8 variant of version %s not served: its AUC drop %s is over the allowed %.4f; "
-                "serving fp32", version, drop, self.int8_max_auc_drop,
+                "serving fp32",
+                version,
+                drop,
+                self.int8_max_auc_drop,
             )
             return info
         return variant
@@ -144,15 +149,25 @@ class ModelManager:
     def _swap(self, model: LoadedModel) -> None:
         previous = self.current
         self.current = model
-        self._audit("swap", self.actor, f"{self.registry.name}/v{model.version}", {
-            "previous": previous.version if previous else None, "precision": model.precision,
-            "provider": model.provider, "pinned": self.registry.pinned()})
-        self.status = (
-            f"serving {self.registry.name} version {model.version} ({model.precision}) on {model.provider}"
+        self._audit(
+            "swap",
+            self.actor,
+            f"{self.registry.name}/v{model.version}",
+            {
+                "previous": previous.version if previous else None,
+                "precision": model.precision,
+                "provider": model.provider,
+                "pinned": self.registry.pinned(),
+            },
         )
+        self.status = f"serving {self.registry.name} version {model.version} ({model.precision}) on {model.provider}"
         self.metrics.model.info(
-            {"model": self.registry.name, "version": str(model.version), "provider": model.provider,
-             "precision": model.precision}
+            {
+                "model": self.registry.name,
+                "version": str(model.version),
+                "provider": model.provider,
+                "precision": model.precision,
+            }
         )
         self.metrics.model_loaded.set(1)
         log.info(
@@ -187,9 +202,22 @@ class ModelManager:
                 self.registry.unpin()
             else:
                 self.registry.pin(previous)
-            raise ModelRejected(f"version {version} was refused: {self.refused.get(version, 'unknown')}")
-        log.info("model %s pinned to version %s by %s (%s)", self.registry.name, version, actor or "-", reason)
-        self._audit("pin", actor, f"{self.registry.name}/v{version}", {"reason": reason, "previous_pin": previous})
+            raise ModelRejected(
+                f"version {version} was refused: {self.refused.get(version, 'unknown')}"
+            )
+        log.info(
+            "model %s pinned to version %s by %s (%s)",
+            self.registry.name,
+            version,
+            actor or "-",
+            reason,
+        )
+        self._audit(
+            "pin",
+            actor,
+            f"{self.registry.name}/v{version}",
+            {"reason": reason, "previous_pin": previous},
+        )
         return model
 
     def unpin(self, actor: str = "") -> LoadedModel | None:
@@ -347,7 +375,9 @@ class Classifier:
             try:
                 validate_box(cand.box, image.height, image.width)
             except InvalidInput as exc:
-                raise InvalidInput(f"candidate {i} ({cand.client_id or 'no client_id'}): {exc}") from None
+                raise InvalidInput(
+                    f"candidate {i} ({cand.client_id or 'no client_id'}): {exc}"
+                ) from None
 
         boxes = [c.box for c in request.candidates]
         per_chunk = max(1, self.chunk_patches // recipe.count)

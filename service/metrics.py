@@ -49,7 +49,9 @@ class ServiceMetrics:
             registry=registry,
         )
         self.batch_queue_requests = Gauge(
-            "cad_batch_queue_requests", "Requests waiting in the dynamic batcher.", registry=registry
+            "cad_batch_queue_requests",
+            "Requests waiting in the dynamic batcher.",
+            registry=registry,
         )
         self.batch_refused = Counter(
             "cad_batch_refused",
@@ -57,12 +59,12 @@ class ServiceMetrics:
             ["reason"],
             registry=registry,
         )
-        self.candidates = Counter(
-            "cad_candidates", "Candidates classified.", registry=registry
-        )
+        self.candidates = Counter("cad_candidates", "Candidates classified.", registry=registry)
         self.patches = Counter("cad_patches", "Patches classified.", registry=registry)
         self.model = Info(
-            "cad_model", "The model version being served and its execution provider.", registry=registry
+            "cad_model",
+            "The model version being served and its execution provider.",
+            registry=registry,
         )
         self.model_loaded = Gauge(
             "cad_model_loaded", "1 while a model is loaded and serving, else 0.", registry=registry
@@ -93,7 +95,9 @@ class ServiceMetrics:
             registry=registry,
         )
         self.queue_depth = Gauge(
-            "cad_annotation_queue_depth", "Classified candidates without a label.", registry=registry
+            "cad_annotation_queue_depth",
+            "Classified candidates without a label.",
+            registry=registry,
         )
 
     def bind_store(

@@ -147,8 +147,14 @@ def batch_buckets(max_batch: int) -> tuple[int, ...]:
 class LoadedModel:
     """One validated model version with its ONNX Runtime session (thread-safe ``run``)."""
 
-    def __init__(self, info: VersionInfo, session: Any, io_binding: bool = False,
-                 optimized_from_cache: bool = False, buckets: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self,
+        info: VersionInfo,
+        session: Any,
+        io_binding: bool = False,
+        optimized_from_cache: bool = False,
+        buckets: tuple[int, ...] = (),
+    ) -> None:
         self.info = info
         self.session = session
         self.io_binding = io_binding
@@ -277,7 +283,9 @@ def _session(path: Path, sha256: str, options: SessionOptions, version: int) -> 
     providers = list(options.providers)
     cache = None
     if options.optimized_cache is not None and options.graph_optimization != "disable":
-        key = f"{sha256[:32]}-ort{ort.__version__}-{'+'.join(providers)}-{options.graph_optimization}"
+        key = (
+            f"{sha256[:32]}-ort{ort.__version__}-{'+'.join(providers)}-{options.graph_optimization}"
+        )
         cache = Path(options.optimized_cache) / f"{key}.onnx"
         if cache.is_file():
             try:
@@ -325,8 +333,9 @@ def load_model(info: VersionInfo, options: SessionOptions) -> LoadedModel:
     use_binding = options.io_binding == "on" or (options.io_binding == "auto" and on_cuda)
     use_buckets = options.batch_buckets == "on" or (options.batch_buckets == "auto" and on_cuda)
     buckets = batch_buckets(options.max_batch) if use_buckets else ()
-    model = LoadedModel(info, session, io_binding=use_binding, optimized_from_cache=cached,
-                        buckets=buckets)
+    model = LoadedModel(
+        info, session, io_binding=use_binding, optimized_from_cache=cached, buckets=buckets
+    )
     rng = np.random.default_rng(0)
     warm = rng.uniform(0, 255, (2, 3, model.input_size, model.input_size)).astype(np.float32)
     try:
@@ -341,13 +350,19 @@ def load_model(info: VersionInfo, options: SessionOptions) -> LoadedModel:
         t0 = time.perf_counter()
         for size in buckets:  # each shape's first-run cost (cuDNN search) is paid here
             try:
-                model._run(np.zeros((size, 3, model.input_size, model.input_size), dtype=np.float32))
+                model._run(
+                    np.zeros((size, 3, model.input_size, model.input_size), dtype=np.float32)
+                )
             except Exception as exc:  # any runtime failure rejects the version
                 raise ModelRejected(
                     f"version {info.version}: warm-up at batch {size} failed: {exc}"
                 ) from None
-        log.info("version %s: batch sizes %s warmed up in %.2f s", info.version,
-                 ",".join(map(str, buckets)), time.perf_counter() - t0)
+        log.info(
+            "version %s: batch sizes %s warmed up in %.2f s",
+            info.version,
+            ",".join(map(str, buckets)),
+            time.perf_counter() - t0,
+        )
     return model
 
 

@@ -120,7 +120,9 @@ class ModelRegistry:
             FileNotFoundError: no such version.
         """
         if version not in self.versions():
-            raise FileNotFoundError(f"{self.name} has no version {version}; versions: {self.versions()}")
+            raise FileNotFoundError(
+                f"{self.name} has no version {version}; versions: {self.versions()}"
+            )
         body = {"version": version, "actor": actor, "reason": reason, "pinned": utc_now()}
         write_atomic(self.model_dir / PIN_FILE, (json.dumps(body, indent=2) + "\n").encode())
 
@@ -164,9 +166,17 @@ class ModelRegistry:
         try:
             shutil.copyfile(model, staging / MODEL_FILE)
             fsync_path(staging / MODEL_FILE)
-            full = {**manifest, "variant": variant, "variant_of": version, "created": utc_now(),
-                    "sha256": sha256_file(staging / MODEL_FILE)}
-            write_atomic(staging / MANIFEST_FILE, (json.dumps(full, indent=2, sort_keys=True) + "\n").encode())
+            full = {
+                **manifest,
+                "variant": variant,
+                "variant_of": version,
+                "created": utc_now(),
+                "sha256": sha256_file(staging / MODEL_FILE),
+            }
+            write_atomic(
+                staging / MANIFEST_FILE,
+                (json.dumps(full, indent=2, sort_keys=True) + "\n").encode(),
+            )
             fsync_path(staging)
             os.rename(staging, target)
             fsync_path(parent)

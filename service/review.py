@@ -61,7 +61,9 @@ class Recorder:
     other DICOM attribute is read into the store. With ``uid_hasher`` the UIDs are stored hashed.
     """
 
-    def __init__(self, store: SqlLabelStore, archive: ImageArchive, uid_hasher: UidHasher | None = None) -> None:
+    def __init__(
+        self, store: SqlLabelStore, archive: ImageArchive, uid_hasher: UidHasher | None = None
+    ) -> None:
         self.store = store
         self.archive = archive
         self.durable = archive.fsync == "each"
@@ -73,19 +75,36 @@ class Recorder:
         sha, size = self.archive.put(outcome.image.pixels, outcome.image.png)
         src = outcome.image.source
         image = ImageRecord(
-            request_id=outcome.request_id, sha256=sha, size_bytes=size,
-            height=outcome.image.height, width=outcome.image.width,
-            frame_index=outcome.frame_index, source_kind=src.kind, source_id=outcome.source_id,
-            study_uid=self.uid(src.study_uid), series_uid=self.uid(src.series_uid),
-            sop_instance_uid=self.uid(src.sop_instance_uid), modality=src.modality,
-            recipe=outcome.recipe, model_version=str(outcome.model_version),
+            request_id=outcome.request_id,
+            sha256=sha,
+            size_bytes=size,
+            height=outcome.image.height,
+            width=outcome.image.width,
+            frame_index=outcome.frame_index,
+            source_kind=src.kind,
+            source_id=outcome.source_id,
+            study_uid=self.uid(src.study_uid),
+            series_uid=self.uid(src.series_uid),
+            sop_instance_uid=self.uid(src.sop_instance_uid),
+            modality=src.modality,
+            recipe=outcome.recipe,
+            model_version=str(outcome.model_version),
         )
         candidates = [
             CandidateRecord(
-                candidate_id=r.candidate_id, request_id=outcome.request_id, client_id=r.client_id,
-                x=r.box.x, y=r.box.y, width=r.box.width, height=r.box.height,
-                recipe=outcome.recipe, model_version=str(outcome.model_version),
-                probability=r.probability, entropy=r.entropy, diversity=r.diversity, score=r.score,
+                candidate_id=r.candidate_id,
+                request_id=outcome.request_id,
+                client_id=r.client_id,
+                x=r.box.x,
+                y=r.box.y,
+                width=r.box.width,
+                height=r.box.height,
+                recipe=outcome.recipe,
+                model_version=str(outcome.model_version),
+                probability=r.probability,
+                entropy=r.entropy,
+                diversity=r.diversity,
+                score=r.score,
                 patch_probs=patch_probs[i],
             )
             for i, r in enumerate(outcome.results)
@@ -103,8 +122,13 @@ class QueueResult:
 class ReviewService:
     """Domain operations behind the CadReview API."""
 
-    def __init__(self, store: SqlLabelStore, metrics: ServiceMetrics, max_note_chars: int = 2000,
-                 archive: ImageArchive | None = None) -> None:
+    def __init__(
+        self,
+        store: SqlLabelStore,
+        metrics: ServiceMetrics,
+        max_note_chars: int = 2000,
+        archive: ImageArchive | None = None,
+    ) -> None:
         self.store = store
         self.metrics = metrics
         self.max_note_chars = max_note_chars
@@ -116,7 +140,9 @@ class ReviewService:
         if not reviewer:
             raise InvalidInput("reviewer must not be empty")
         if len(note) > self.max_note_chars:
-            raise InvalidInput(f"note has {len(note)} characters, over the limit of {self.max_note_chars}")
+            raise InvalidInput(
+                f"note has {len(note)} characters, over the limit of {self.max_note_chars}"
+            )
         return reviewer, key.strip() or f"auto-{uuid.uuid4().hex}"
 
     def submit_correction(
@@ -128,11 +154,20 @@ class ReviewService:
         if verdict not in VERDICT_LABELS:
             raise InvalidInput("verdict must be TRUE_POSITIVE or FALSE_POSITIVE")
         reviewer, key = self._common(reviewer, note, key)
-        digest = body_hash(kind="correction", candidate_id=candidate_id, verdict=verdict,
-                           reviewer=reviewer, note=note)
+        digest = body_hash(
+            kind="correction",
+            candidate_id=candidate_id,
+            verdict=verdict,
+            reviewer=reviewer,
+            note=note,
+        )
         if self.archive is not None:
-            self.archive.make_durable(self.store.get_image(self.store.get_candidate(candidate_id).request_id).sha256)
-        receipt = self.store.add_label(candidate_id, VERDICT_LABELS[verdict], reviewer, note, key, digest)
+            self.archive.make_durable(
+                self.store.get_image(self.store.get_candidate(candidate_id).request_id).sha256
+            )
+        receipt = self.store.add_label(
+            candidate_id, VERDICT_LABELS[verdict], reviewer, note, key, digest
+        )
         if not receipt.replayed:
             self.metrics.corrections.labels(verdict.lower()).inc()
             if receipt.event.conflict:
@@ -148,18 +183,36 @@ class ReviewService:
             raise InvalidInput(f"box must be finite with positive width and height, got {values}")
         reviewer, key = self._common(reviewer, note, key)
         image = self.store.get_image(request_id)
-        if box.x < 0 or box.y < 0 or box.x + box.width > image.width or box.y + box.height > image.height:
+        if (
+            box.x < 0
+            or box.y < 0
+            or box.x + box.width > image.width
+            or box.y + box.height > image.height
+        ):
             raise InvalidInput(
                 f"box {values} is not inside the archived {image.width}x{image.height} image"
             )
         if self.archive is not None:
             self.archive.make_durable(image.sha256)
-        digest = body_hash(kind="missed", request_id=request_id, box=values, reviewer=reviewer, note=note)
+        digest = body_hash(
+            kind="missed", request_id=request_id, box=values, reviewer=reviewer, note=note
+        )
         candidate = CandidateRecord(
-            candidate_id=f"{request_id}-m{uuid.uuid4().hex[:12]}", request_id=request_id,
-            client_id="", x=box.x, y=box.y, width=box.width, height=box.height,
-            recipe=image.recipe, model_version=image.model_version, probability=None,
-            entropy=None, diversity=None, score=None, patch_probs=None, origin="missed",
+            candidate_id=f"{request_id}-m{uuid.uuid4().hex[:12]}",
+            request_id=request_id,
+            client_id="",
+            x=box.x,
+            y=box.y,
+            width=box.width,
+            height=box.height,
+            recipe=image.recipe,
+            model_version=image.model_version,
+            probability=None,
+            entropy=None,
+            diversity=None,
+            score=None,
+            patch_probs=None,
+            origin="missed",
         )
         receipt = self.store.add_missed(candidate, reviewer, note, key, digest)
         if not receipt.replayed:
@@ -181,7 +234,9 @@ class ReviewService:
         """
         variant = variant or DEFAULT_VARIANT
         if variant != RANDOM and variant not in VARIANTS:
-            raise InvalidInput(f"unknown variant {variant!r}; known: {', '.join([*VARIANTS, RANDOM])}")
+            raise InvalidInput(
+                f"unknown variant {variant!r}; known: {', '.join([*VARIANTS, RANDOM])}"
+            )
         if omega and omega < 1:
             raise InvalidInput(f"omega must be 0 (off) or >= 1, got {omega}")
         spec: Variant | str = variant

@@ -71,8 +71,9 @@ class CadServer:
             audit=lambda *event: self.store.add_audit(*event),
         )
         self.store = open_store(settings.store_url)
-        self.archive = ImageArchive(settings.archive_root, settings.record_sync,
-                                    settings.record_sync_interval_ms / 1000)
+        self.archive = ImageArchive(
+            settings.archive_root, settings.record_sync, settings.record_sync_interval_ms / 1000
+        )
         self.metrics.bind_store(self.store.count_unlabeled, self.store.precision_by_version)
         self.review = ReviewService(self.store, self.metrics, settings.max_note_chars, self.archive)
         self.batcher = DynamicBatcher(
@@ -134,11 +135,17 @@ class CadServer:
             ],
         )
         cad_pb2_grpc.add_CadInferenceServicer_to_server(
-            CadInferenceServicer(self.classifier, self.executor, self.metrics, s.stream_max_inflight),
+            CadInferenceServicer(
+                self.classifier, self.executor, self.metrics, s.stream_max_inflight
+            ),
             server,
         )
-        cad_pb2_grpc.add_ModelAdminServicer_to_server(ModelAdminServicer(self.classifier, self.executor, self.store.audit), server)
-        cad_pb2_grpc.add_CadReviewServicer_to_server(CadReviewServicer(self.review, self.executor), server)
+        cad_pb2_grpc.add_ModelAdminServicer_to_server(
+            ModelAdminServicer(self.classifier, self.executor, self.store.audit), server
+        )
+        cad_pb2_grpc.add_CadReviewServicer_to_server(
+            CadReviewServicer(self.review, self.executor), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if s.reflection:
             reflection.enable_server_reflection(
@@ -169,11 +176,15 @@ class CadServer:
             self.port,
             self.metrics_port if s.metrics_port >= 0 else "off",
             ",".join(self.models.options.providers),
-            "mutual TLS" if s.tls_client_ca_file else ("TLS" if credentials else "plaintext (no TLS)"),
+            "mutual TLS"
+            if s.tls_client_ca_file
+            else ("TLS" if credentials else "plaintext (no TLS)"),
             "bearer tokens" if self.policy.tokens else "authentication OFF",
         )
         if self.policy.tokens is None:
-            log.warning("authentication is off: set CAD_AUTH_TOKENS_FILE before exposing this server")
+            log.warning(
+                "authentication is off: set CAD_AUTH_TOKENS_FILE before exposing this server"
+            )
         return self.port
 
     async def refresh_models(self) -> bool:
@@ -199,7 +210,9 @@ class CadServer:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self.executor,
-            lambda: prune(self.store, self.archive, s.archive_max_age_s, s.archive_max_unlabeled_bytes),
+            lambda: prune(
+                self.store, self.archive, s.archive_max_age_s, s.archive_max_unlabeled_bytes
+            ),
         )
 
     async def _retain(self) -> None:
@@ -245,7 +258,9 @@ class ServerThread:
     def __init__(self, settings: ServerSettings, registry: CollectorRegistry | None = None) -> None:
         self.server = CadServer(settings, registry)
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="cad-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="cad-server", daemon=True
+        )
 
     @property
     def port(self) -> int:
@@ -291,7 +306,9 @@ def uid_hasher(s: ServerSettings) -> UidHasher | None:
     if not s.hash_uids:
         return None
     if s.uid_hash_key_file is None:
-        raise ValueError("CAD_HASH_UIDS needs CAD_UID_HASH_KEY_FILE (a secret shared by all replicas)")
+        raise ValueError(
+            "CAD_HASH_UIDS needs CAD_UID_HASH_KEY_FILE (a secret shared by all replicas)"
+        )
     return UidHasher(s.uid_hash_key_file.read_bytes().strip())
 
 
@@ -301,7 +318,9 @@ def server_credentials(s: ServerSettings) -> grpc.ServerCredentials | None:
         raise ValueError("set both CAD_TLS_CERT_FILE and CAD_TLS_KEY_FILE, or neither")
     if s.tls_cert_file is None or s.tls_key_file is None:
         if s.tls_client_ca_file is not None:
-            raise ValueError("CAD_TLS_CLIENT_CA_FILE (mutual TLS) needs CAD_TLS_CERT_FILE and CAD_TLS_KEY_FILE")
+            raise ValueError(
+                "CAD_TLS_CLIENT_CA_FILE (mutual TLS) needs CAD_TLS_CERT_FILE and CAD_TLS_KEY_FILE"
+            )
         return None
     ca = s.tls_client_ca_file.read_bytes() if s.tls_client_ca_file else None
     return grpc.ssl_server_credentials(
@@ -333,8 +352,10 @@ async def serve(settings: ServerSettings) -> None:
     """Run until SIGINT/SIGTERM, then stop gracefully."""
     server = CadServer(settings)
     await server.start()
-    log.info("froze %d start-up objects out of the garbage collector's full passes",
-             freeze_startup_objects())
+    log.info(
+        "froze %d start-up objects out of the garbage collector's full passes",
+        freeze_startup_objects(),
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

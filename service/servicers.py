@@ -30,7 +30,9 @@ def acting_as(claimed: str, what: str) -> str:
     if identity is None:
         return claimed
     if claimed.strip() and claimed.strip() != identity.name:
-        raise PermissionDenied(f"{what} {claimed.strip()!r} is not the caller; the token is {identity.name}'s")
+        raise PermissionDenied(
+            f"{what} {claimed.strip()!r} is not the caller; the token is {identity.name}'s"
+        )
     return identity.name
 
 
@@ -154,7 +156,8 @@ class ModelAdminServicer(cad_pb2_grpc.ModelAdminServicer):
     ) -> cad_pb2.ListVersionsResponse:
         registry = self.models.registry
         infos, pinned = await asyncio.get_running_loop().run_in_executor(
-            self.executor, lambda: ([registry.get(v) for v in registry.versions()], registry.pinned())
+            self.executor,
+            lambda: ([registry.get(v) for v in registry.versions()], registry.pinned()),
         )
         return converters.versions(infos, self.models.current, pinned, self.models.refused)
 
@@ -171,14 +174,20 @@ class ModelAdminServicer(cad_pb2_grpc.ModelAdminServicer):
 
         info = await asyncio.get_running_loop().run_in_executor(self.executor, read)
         current = self.models.current
-        return converters.model_info(info, current if current and current.version == version else None)
+        return converters.model_info(
+            info, current if current and current.version == version else None
+        )
 
     async def PinVersion(  # noqa: N802
         self, request: cad_pb2.PinRequest, context: grpc.aio.ServicerContext
     ) -> cad_pb2.PinResponse:
         version = converters.version_number(request.version)
         model = await asyncio.get_running_loop().run_in_executor(
-            self.executor, self.models.pin, version, acting_as(request.actor, "actor"), request.reason
+            self.executor,
+            self.models.pin,
+            version,
+            acting_as(request.actor, "actor"),
+            request.reason,
         )
         return cad_pb2.PinResponse(serving_version=str(model.version), pinned_version=str(version))
 
@@ -242,9 +251,16 @@ class CadReviewServicer(cad_pb2_grpc.CadReviewServicer):
     async def GetAnnotationQueue(  # noqa: N802
         self, request: cad_pb2.QueueRequest, context: grpc.aio.ServicerContext
     ) -> cad_pb2.QueueResponse:
-        overrides = {k: getattr(request, k) for k in ("alpha", "lambda1", "lambda2") if request.HasField(k)}
+        overrides = {
+            k: getattr(request, k) for k in ("alpha", "lambda1", "lambda2") if request.HasField(k)
+        }
         result = await self._run(
-            self.review.annotation_queue, request.limit, request.variant, request.seed, request.omega, overrides
+            self.review.annotation_queue,
+            request.limit,
+            request.variant,
+            request.seed,
+            request.omega,
+            overrides,
         )
         return converters.queue_response(result)
 

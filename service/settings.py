@@ -19,37 +19,52 @@ class ServerSettings(BaseSettings):
     host: str = Field("0.0.0.0", description="gRPC bind address.")
     port: int = Field(50051, description="gRPC port; 0 picks a free one.")
     metrics_host: str = Field("0.0.0.0", description="Prometheus HTTP bind address.")
-    metrics_port: int = Field(9464, description="Prometheus /metrics port; 0 picks a free one, -1 disables.")
+    metrics_port: int = Field(
+        9464, description="Prometheus /metrics port; 0 picks a free one, -1 disables."
+    )
     providers: str = Field("auto", description="ONNX Runtime providers: auto, cpu or cuda.")
-    intra_op_threads: int = Field(0, description="ONNX Runtime intra-op threads; 0 = runtime default.")
+    intra_op_threads: int = Field(
+        0, description="ONNX Runtime intra-op threads; 0 = runtime default."
+    )
     batch_size: int = Field(
-        32, ge=1, description="Preferred batch: the batcher runs the model once this many patches wait."
+        32,
+        ge=1,
+        description="Preferred batch: the batcher runs the model once this many patches wait.",
     )
     batch_max_size: int = Field(64, ge=1, description="Most patches in one model run.")
     batch_max_queue_delay_ms: float = Field(
         2.0, ge=0, description="Longest a waiting request is held back to fill a batch."
     )
     batch_max_queue_requests: int = Field(
-        256, ge=1, description="Requests allowed to wait for the model; more get RESOURCE_EXHAUSTED."
+        256,
+        ge=1,
+        description="Requests allowed to wait for the model; more get RESOURCE_EXHAUSTED.",
     )
-    batch_runners: int = Field(1, ge=1, description="Threads running the model (1 on CPU; 2 can help on GPU).")
+    batch_runners: int = Field(
+        1, ge=1, description="Threads running the model (1 on CPU; 2 can help on GPU)."
+    )
     graph_optimization: str = Field(
         "all", description="ONNX Runtime graph optimisation: disable, basic, extended or all."
     )
     optimized_model_cache: Path | None = Field(
         None, description="Folder caching optimised graphs per model checksum (None: no cache)."
     )
-    io_binding: str = Field("auto", description="ONNX Runtime I/O binding: auto (on for CUDA), on or off.")
+    io_binding: str = Field(
+        "auto", description="ONNX Runtime I/O binding: auto (on for CUDA), on or off."
+    )
     batch_buckets: str = Field(
         "auto",
         description="Pad model batches to powers of two up to the max batch, each shape run once at "
         "load: auto (on for CUDA, where a new shape's first run costs a cuDNN search), on or off.",
     )
     precision: str = Field(
-        "fp32", description="fp32, or int8: serve a version's int8 variant where its AUC drop is allowed."
+        "fp32",
+        description="fp32, or int8: serve a version's int8 variant where its AUC drop is allowed.",
     )
     int8_max_auc_drop: float = Field(
-        0.005, ge=0, description="Largest validation AUC drop of an int8 variant that may be served."
+        0.005,
+        ge=0,
+        description="Largest validation AUC drop of an int8 variant that may be served.",
     )
     intra_op_spinning: bool = Field(
         False,
@@ -58,24 +73,34 @@ class ServerSettings(BaseSettings):
     )
     workers: int = Field(4, ge=1, description="Threads decoding images and running the model.")
     max_message_bytes: int = Field(
-        64 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted (RESOURCE_EXHAUSTED over it)."
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Largest gRPC message accepted (RESOURCE_EXHAUSTED over it).",
     )
     max_image_pixels: int = Field(
-        40_000_000, ge=1, description="Largest decoded frame, height x width (RESOURCE_EXHAUSTED over it)."
+        40_000_000,
+        ge=1,
+        description="Largest decoded frame, height x width (RESOURCE_EXHAUSTED over it).",
     )
-    max_frames: int = Field(10_000, ge=1, description="Most frames a multi-frame DICOM may declare.")
+    max_frames: int = Field(
+        10_000, ge=1, description="Most frames a multi-frame DICOM may declare."
+    )
     max_candidates: int = Field(
         256, ge=1, description="Most candidates in one request (RESOURCE_EXHAUSTED over it)."
     )
     stream_max_inflight: int = Field(
         4, ge=1, description="Frames of one ClassifyStream being processed or waiting to be sent."
     )
-    poll_interval_s: float = Field(2.0, gt=0, description="How often the registry is checked for new versions.")
+    poll_interval_s: float = Field(
+        2.0, gt=0, description="How often the registry is checked for new versions."
+    )
     store_url: str = Field(
         "sqlite:///data/labels.sqlite3",
         description="Label store: sqlite:///path (embedded, WAL) or postgresql://user@host/db.",
     )
-    archive_root: Path = Field(Path("data/archive"), description="Content-addressed image archive folder.")
+    archive_root: Path = Field(
+        Path("data/archive"), description="Content-addressed image archive folder."
+    )
     record_sync: Literal["each", "background"] = Field(
         "background",
         description="When classified frames reach the disk: each (archived image fsynced and "
@@ -87,28 +112,37 @@ class ServerSettings(BaseSettings):
         200.0, gt=0, description="Background mode: how long new images wait to be fsynced together."
     )
     archive_max_age_s: float | None = Field(
-        30 * 24 * 3600.0, description="Unlabeled images older than this are forgotten (None keeps them)."
+        30 * 24 * 3600.0,
+        description="Unlabeled images older than this are forgotten (None keeps them).",
     )
     archive_max_unlabeled_bytes: int | None = Field(
-        20 * 1024**3, description="Oldest unlabeled images are forgotten above this total (None: no cap)."
+        20 * 1024**3,
+        description="Oldest unlabeled images are forgotten above this total (None: no cap).",
     )
     retention_interval_s: float = Field(3600.0, gt=0, description="How often retention runs.")
     max_note_chars: int = Field(2000, ge=0, description="Longest reviewer note accepted.")
     grace_s: float = Field(5.0, ge=0, description="Shutdown grace period for in-flight calls.")
-    tls_cert_file: Path | None = Field(None, description="PEM server certificate (chain): TLS on the gRPC port.")
-    tls_key_file: Path | None = Field(None, description="PEM private key of the server certificate.")
+    tls_cert_file: Path | None = Field(
+        None, description="PEM server certificate (chain): TLS on the gRPC port."
+    )
+    tls_key_file: Path | None = Field(
+        None, description="PEM private key of the server certificate."
+    )
     tls_client_ca_file: Path | None = Field(
         None, description="PEM CA bundle: set it to require client certificates (mutual TLS)."
     )
     auth_tokens_file: Path | None = Field(
-        None, description="JSON bearer-token table (identities and roles); unset: authentication off."
+        None,
+        description="JSON bearer-token table (identities and roles); unset: authentication off.",
     )
     auth_open_health: bool = Field(True, description="Health checks need no token.")
     auth_open_reflection: bool = Field(False, description="Server reflection needs no token.")
     reflection: bool = Field(True, description="Serve gRPC server reflection at all.")
     hash_uids: bool = Field(
-        False, description="Store Study/Series/SOP Instance UIDs as keyed hashes (HMAC-SHA256), not in clear."
+        False,
+        description="Store Study/Series/SOP Instance UIDs as keyed hashes (HMAC-SHA256), not in clear.",
     )
     uid_hash_key_file: Path | None = Field(
-        None, description="Secret key for hashed UIDs (the same on every replica); required with hash_uids."
+        None,
+        description="Secret key for hashed UIDs (the same on every replica); required with hash_uids.",
     )

@@ -57,7 +57,11 @@ def make_tiny_onnx(
     graph = helper.make_graph(
         nodes,
         "tiny",
-        [helper.make_tensor_value_info("patches", TensorProto.FLOAT, ["batch", channels, size, size])],
+        [
+            helper.make_tensor_value_info(
+                "patches", TensorProto.FLOAT, ["batch", channels, size, size]
+            )
+        ],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 2])],
         initializers,
     )
@@ -68,13 +72,23 @@ def make_tiny_onnx(
 
 
 def publish_tiny(
-    root: Path, tmp: Path, name: str = "cad", size: int = 32, recipe: str = "polyp", **kwargs: object
+    root: Path,
+    tmp: Path,
+    name: str = "cad",
+    size: int = 32,
+    recipe: str = "polyp",
+    **kwargs: object,
 ) -> VersionInfo:
     """Publish a tiny model version into the registry at ``root``."""
     tmp.mkdir(parents=True, exist_ok=True)
     onnx_path = tmp / f"tiny-{np.random.default_rng().integers(1 << 30)}.onnx"
     make_tiny_onnx(onnx_path, size=size, **kwargs)  # type: ignore[arg-type]
-    manifest = {"parent_version": None, "input_size": size, "recipe": recipe, "pretrained": {"source": "test"}}
+    manifest = {
+        "parent_version": None,
+        "input_size": size,
+        "recipe": recipe,
+        "pretrained": {"source": "test"},
+    }
     return ModelRegistry(root, name).publish({MODEL_FILE: onnx_path}, manifest)
 
 

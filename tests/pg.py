@@ -40,10 +40,28 @@ class TempPostgres:
         subprocess.run([*self.prefix, *args], check=True, capture_output=True, timeout=120)
 
     def start(self) -> TempPostgres:
-        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "cad", "--auth=trust", "-E", "UTF8")
+        self._run(
+            str(self.bin / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            "cad",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+        )
         options = f"-k {self.base} -c listen_addresses='' -c fsync=on"
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options,
-                  "-l", str(self.base / "log"), "-w", "start")
+        self._run(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.base / "log"),
+            "-w",
+            "start",
+        )
         return self
 
     def url(self, database: str = "postgres") -> str:

@@ -25,8 +25,8 @@ from tests.helpers import dicom_bytes
 from trainer.bootstrap import RegistryNotEmpty, init_model
 from trainer.export import export_and_check, export_form
 from trainer.network import CadNet, Probabilities
-from trainer.weights import WeightsUnavailable, build_initial
 from trainer.settings import TrainerSettings
+from trainer.weights import WeightsUnavailable, build_initial
 
 pytestmark = pytest.mark.slow
 
@@ -46,15 +46,23 @@ def test_manifest_records_everything(alexnet_registry: Path) -> None:
     m = info.manifest
     assert m["version"] == 1 and m["parent_version"] is None and m["architecture"] == "alexnet"
     assert m["pretrained"]["source"] == "random-init"
-    assert m["input_size"] == 224 and m["recipe"] == "polyp" and m["classes"] == ["background", "finding"]
+    assert (
+        m["input_size"] == 224
+        and m["recipe"] == "polyp"
+        and m["classes"] == ["background", "finding"]
+    )
     assert m["sha256"] == sha256_file(info.path / MODEL_FILE)
     assert m["files"][WEIGHTS_FILE] == sha256_file(info.path / WEIGHTS_FILE)
-    assert m["export"]["parity_max_abs_diff"] <= 1e-4 and m["export"]["fc6_fold"] == 1  # 6x6 map: as is
+    assert (
+        m["export"]["parity_max_abs_diff"] <= 1e-4 and m["export"]["fc6_fold"] == 1
+    )  # 6x6 map: as is
     assert m["created"].endswith("+00:00")
 
 
 @pytest.mark.parametrize(("size", "fold"), [(64, 36), (100, 9), (128, 4), (224, 1)])
-def test_small_inputs_export_fc6_folded_with_the_same_outputs(size: int, fold: int, tmp_path: Path) -> None:
+def test_small_inputs_export_fc6_folded_with_the_same_outputs(
+    size: int, fold: int, tmp_path: Path
+) -> None:
     torch.manual_seed(size)
     net = CadNet(input_size=size).eval()
     with torch.no_grad():  # a trained-looking fc6: no two of the columns a fold sums are alike
@@ -70,7 +78,10 @@ def test_small_inputs_export_fc6_folded_with_the_same_outputs(size: int, fold: i
     assert report.fc6_fold == fold and report.max_abs_diff <= 1e-5
     params = sum(p.numel() for p in net.parameters())
     assert sum(p.numel() for p in form.parameters()) == params - 4096 * 9216 * (fold - 1) // fold
-    assert abs((tmp_path / "m.onnx").stat().st_size - 4 * (params - 4096 * 9216 * (fold - 1) // fold)) < 2**20
+    assert (
+        abs((tmp_path / "m.onnx").stat().st_size - 4 * (params - 4096 * 9216 * (fold - 1) // fold))
+        < 2**20
+    )
 
 
 def test_served_alexnet_matches_torch_on_a_real_ct_slice(alexnet_registry: Path) -> None:
@@ -80,18 +91,27 @@ def test_served_alexnet_matches_torch_on_a_real_ct_slice(alexnet_registry: Path)
         dicom=data,
         window=cad_pb2.Window(center=40, width=400),
         candidates=[
-            cad_pb2.Candidate(client_id=str(i), box=cad_pb2.Box(x=b.x, y=b.y, width=b.width, height=b.height))
+            cad_pb2.Candidate(
+                client_id=str(i), box=cad_pb2.Box(x=b.x, y=b.y, width=b.width, height=b.height)
+            )
             for i, b in enumerate(boxes)
         ],
     )
-    with ServerThread(make_settings(alexnet_registry)) as server, grpc.insecure_channel(server.address) as ch:
+    with (
+        ServerThread(make_settings(alexnet_registry)) as server,
+        grpc.insecure_channel(server.address) as ch,
+    ):
         server.refresh_models()
         response = cad_pb2_grpc.CadInferenceStub(ch).Classify(request, timeout=120)
     assert response.model_version == "1" and all(r.patches == 24 for r in response.results)
 
     net = CadNet()
-    net.load_state_dict(torch.load(alexnet_registry / "cad" / "1" / WEIGHTS_FILE, weights_only=True))
-    patches = extract_many(decode_dicom(data, 0, Window(40, 400)).pixels, boxes, parse_recipe("polyp"), 224)
+    net.load_state_dict(
+        torch.load(alexnet_registry / "cad" / "1" / WEIGHTS_FILE, weights_only=True)
+    )
+    patches = extract_many(
+        decode_dicom(data, 0, Window(40, 400)).pixels, boxes, parse_recipe("polyp"), 224
+    )
     with torch.no_grad():
         probs = Probabilities(net.eval())(torch.from_numpy(patches)).numpy()[:, 1].reshape(2, 24)
     served = np.array([r.probability for r in response.results])
@@ -106,7 +126,9 @@ def test_init_refuses_a_registry_with_versions(alexnet_registry: Path) -> None:
 def test_cli_init_exit_code_and_message(alexnet_registry: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "cadcli.main", "model", "init", "--registry", str(alexnet_registry)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2 and "already has versions [1]" in result.stderr
 
@@ -123,20 +145,32 @@ def _fake_imagenet_file(path: Path) -> Path:
 def test_local_imagenet_weights_from_settings_path(tmp_path: Path) -> None:
     weights = _fake_imagenet_file(tmp_path / "alexnet.pth")
     net, pretrained = build_initial("alexnet", explicit=weights, seed=0)
-    assert pretrained.source == "imagenet" and pretrained.path == str(weights) and pretrained.found == "explicit"
+    assert (
+        pretrained.source == "imagenet"
+        and pretrained.path == str(weights)
+        and pretrained.found == "explicit"
+    )
     state = torch.load(weights, weights_only=True)
     assert torch.equal(net.backbone.features[0].weight, state["features.0.weight"])
     assert net.backbone.classifier[6].out_features == 2
 
 
-def test_local_imagenet_weights_from_the_torch_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_local_imagenet_weights_from_the_torch_hub_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     _fake_imagenet_file(tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth")
     _, pretrained = build_initial("alexnet", seed=0)
-    assert pretrained.source == "imagenet" and pretrained.found == "hub-cache" and len(pretrained.sha256) == 64
+    assert (
+        pretrained.source == "imagenet"
+        and pretrained.found == "hub-cache"
+        and len(pretrained.sha256) == 64
+    )
 
 
-def test_random_init_is_announced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_random_init_is_announced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     _, pretrained = build_initial("alexnet", seed=0)
     assert pretrained.source == "random-init"
@@ -150,7 +184,10 @@ def test_explicit_imagenet_that_cannot_be_found_is_an_error(
     with pytest.raises(WeightsUnavailable) as info:  # AlexNet ships no weights: not a random start
         build_initial("alexnet", "imagenet", seed=0)
     message = str(info.value)
-    assert "\n" not in message and str(tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth") in message
+    assert (
+        "\n" not in message
+        and str(tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth") in message
+    )
 
 
 def test_random_is_an_explicit_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

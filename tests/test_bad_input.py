@@ -49,7 +49,9 @@ def _png(shape: tuple[int, ...] = (40, 40, 3)) -> bytes:
 
 def _raw(h: int, w: int, c: int = 1, nbytes: int | None = None) -> cad_pb2.RawImage:
     size = h * w * c if nbytes is None else nbytes
-    return cad_pb2.RawImage(height=h, width=w, channels=c, pixel_type=cad_pb2.RawImage.UINT8, pixels=bytes(size))
+    return cad_pb2.RawImage(
+        height=h, width=w, channels=c, pixel_type=cad_pb2.RawImage.UINT8, pixels=bytes(size)
+    )
 
 
 CT = dicom_bytes("CT_small.dcm")
@@ -57,84 +59,123 @@ CT = dicom_bytes("CT_small.dcm")
 CASES = {
     "non-DICOM bytes": (
         cad_pb2.ClassifyRequest(dicom=b"hello, I am not a DICOM file" * 10, candidates=one()),
-        INVALID, "not a DICOM Part 10 file",
+        INVALID,
+        "not a DICOM Part 10 file",
     ),
     "truncated DICOM": (
         cad_pb2.ClassifyRequest(dicom=CT[: len(CT) // 2], candidates=one()),
-        INVALID, "DICOM",
+        INVALID,
+        "DICOM",
     ),
     "DICOM without pixel data": (
         cad_pb2.ClassifyRequest(dicom=dicom_bytes("test-SR.dcm"), candidates=one()),
-        INVALID, "no pixel data",
+        INVALID,
+        "no pixel data",
     ),
     "unsupported transfer syntax": (
-        cad_pb2.ClassifyRequest(dicom=_with_transfer_syntax("1.2.840.10008.1.2.4.100"), candidates=one()),
-        INVALID, "MPEG2",
+        cad_pb2.ClassifyRequest(
+            dicom=_with_transfer_syntax("1.2.840.10008.1.2.4.100"), candidates=one()
+        ),
+        INVALID,
+        "MPEG2",
     ),
     "frame index out of range": (
         cad_pb2.ClassifyRequest(dicom=CT, frame_index=1, candidates=one()),
-        INVALID, "frame_index 1 is out of range",
+        INVALID,
+        "frame_index 1 is out of range",
     ),
     "undecodable PNG": (
         cad_pb2.ClassifyRequest(encoded=b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, candidates=one()),
-        INVALID, "PNG",
+        INVALID,
+        "PNG",
     ),
     "truncated PNG": (
         cad_pb2.ClassifyRequest(encoded=_png()[:60], candidates=one()),
-        INVALID, "PNG",
+        INVALID,
+        "PNG",
     ),
     "random bytes as encoded image": (
         cad_pb2.ClassifyRequest(encoded=b"GIF89a-no", candidates=one()),
-        INVALID, "neither a PNG nor a JPEG",
+        INVALID,
+        "neither a PNG nor a JPEG",
     ),
     "raw buffer of the wrong length": (
         cad_pb2.ClassifyRequest(raw=_raw(10, 10, nbytes=99), candidates=one()),
-        INVALID, "raw pixel buffer has 99 bytes",
+        INVALID,
+        "raw pixel buffer has 99 bytes",
     ),
     "raw with 2 channels": (
         cad_pb2.ClassifyRequest(raw=_raw(10, 10, c=2), candidates=one()),
-        INVALID, "channels must be 1 or 3",
+        INVALID,
+        "channels must be 1 or 3",
     ),
     "raw without pixel type": (
-        cad_pb2.ClassifyRequest(raw=cad_pb2.RawImage(height=2, width=2, channels=1, pixels=bytes(4)), candidates=one()),
-        INVALID, "UINT8 or UINT16",
+        cad_pb2.ClassifyRequest(
+            raw=cad_pb2.RawImage(height=2, width=2, channels=1, pixels=bytes(4)), candidates=one()
+        ),
+        INVALID,
+        "UINT8 or UINT16",
     ),
     "no image": (cad_pb2.ClassifyRequest(candidates=one()), INVALID, "no image"),
     "no candidates": (cad_pb2.ClassifyRequest(dicom=CT), INVALID, "no candidates"),
     "box of zero width": (
-        cad_pb2.ClassifyRequest(dicom=CT, candidates=one(box(w=0))), INVALID, "must be positive",
+        cad_pb2.ClassifyRequest(dicom=CT, candidates=one(box(w=0))),
+        INVALID,
+        "must be positive",
     ),
     "box of negative height": (
-        cad_pb2.ClassifyRequest(dicom=CT, candidates=one(box(h=-5))), INVALID, "must be positive",
+        cad_pb2.ClassifyRequest(dicom=CT, candidates=one(box(h=-5))),
+        INVALID,
+        "must be positive",
     ),
     "box with NaN": (
-        cad_pb2.ClassifyRequest(dicom=CT, candidates=one(box(x=float("nan")))), INVALID, "non-finite",
+        cad_pb2.ClassifyRequest(dicom=CT, candidates=one(box(x=float("nan")))),
+        INVALID,
+        "non-finite",
     ),
     "box entirely outside the image": (
-        cad_pb2.ClassifyRequest(dicom=CT, candidates=one(box(x=500, y=10))), INVALID, "entirely outside",
+        cad_pb2.ClassifyRequest(dicom=CT, candidates=one(box(x=500, y=10))),
+        INVALID,
+        "entirely outside",
     ),
     "NaN window width": (
-        cad_pb2.ClassifyRequest(dicom=CT, window=cad_pb2.Window(center=40, width=float("nan")), candidates=one()),
-        INVALID, "window width",
+        cad_pb2.ClassifyRequest(
+            dicom=CT, window=cad_pb2.Window(center=40, width=float("nan")), candidates=one()
+        ),
+        INVALID,
+        "window width",
     ),
     "non-positive window width": (
-        cad_pb2.ClassifyRequest(dicom=CT, window=cad_pb2.Window(center=40, width=0), candidates=one()),
-        INVALID, "window width",
+        cad_pb2.ClassifyRequest(
+            dicom=CT, window=cad_pb2.Window(center=40, width=0), candidates=one()
+        ),
+        INVALID,
+        "window width",
     ),
     "unknown recipe": (
-        cad_pb2.ClassifyRequest(dicom=CT, recipe="banana", candidates=one()), INVALID, "unknown recipe 'banana'",
+        cad_pb2.ClassifyRequest(dicom=CT, recipe="banana", candidates=one()),
+        INVALID,
+        "unknown recipe 'banana'",
     ),
     "image over the pixel limit": (
-        cad_pb2.ClassifyRequest(raw=_raw(1100, 1000), candidates=one()), EXHAUSTED, "CAD_MAX_IMAGE_PIXELS",
+        cad_pb2.ClassifyRequest(raw=_raw(1100, 1000), candidates=one()),
+        EXHAUSTED,
+        "CAD_MAX_IMAGE_PIXELS",
     ),
     "DICOM over the pixel limit": (
-        cad_pb2.ClassifyRequest(dicom=dicom_bytes("RG3_J2KR.dcm"), candidates=one()), EXHAUSTED, "over the limit",
+        cad_pb2.ClassifyRequest(dicom=dicom_bytes("RG3_J2KR.dcm"), candidates=one()),
+        EXHAUSTED,
+        "over the limit",
     ),
     "too many candidates": (
-        cad_pb2.ClassifyRequest(dicom=CT, candidates=one() * 17), EXHAUSTED, "CAD_MAX_CANDIDATES",
+        cad_pb2.ClassifyRequest(dicom=CT, candidates=one() * 17),
+        EXHAUSTED,
+        "CAD_MAX_CANDIDATES",
     ),
     "message over the size limit": (
-        cad_pb2.ClassifyRequest(encoded=b"\x00" * (3 * 1024 * 1024), candidates=one()), EXHAUSTED, "",
+        cad_pb2.ClassifyRequest(encoded=b"\x00" * (3 * 1024 * 1024), candidates=one()),
+        EXHAUSTED,
+        "",
     ),
 }
 
@@ -146,7 +187,10 @@ def limited_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerT
     tmp: Path = tmp_path_factory.mktemp("bad-input")
     publish_tiny(tmp / "registry", tmp / "build")
     settings = make_settings(
-        tmp / "registry", max_image_pixels=1_000_000, max_candidates=16, max_message_bytes=2 * 1024 * 1024
+        tmp / "registry",
+        max_image_pixels=1_000_000,
+        max_candidates=16,
+        max_message_bytes=2 * 1024 * 1024,
     )
     with ServerThread(settings) as server:
         server.refresh_models()
@@ -173,7 +217,9 @@ def test_bad_input_gets_a_clear_status(limited: cad_pb2_grpc.CadInferenceStub, c
 
 
 def test_partly_outside_box_is_padded_not_refused(limited: cad_pb2_grpc.CadInferenceStub) -> None:
-    response = limited.Classify(cad_pb2.ClassifyRequest(dicom=CT, candidates=one(box(x=100, y=100, w=60, h=60))), timeout=30)
+    response = limited.Classify(
+        cad_pb2.ClassifyRequest(dicom=CT, candidates=one(box(x=100, y=100, w=60, h=60))), timeout=30
+    )
     assert 0 < response.results[0].probability < 1
 
 

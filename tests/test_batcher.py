@@ -51,7 +51,9 @@ def models(tmp_path: Path) -> tuple[LoadedModel, LoadedModel]:
     publish_tiny(root, tmp_path / "build")
     publish_tiny(root, tmp_path / "build", weights=np.array([[-0.05, 0.05]] * 3, dtype=np.float32))
     registry = ModelRegistry(root, "cad")
-    return load_model(registry.get(1), SessionOptions()), load_model(registry.get(2), SessionOptions())
+    return load_model(registry.get(1), SessionOptions()), load_model(
+        registry.get(2), SessionOptions()
+    )
 
 
 @pytest.fixture
@@ -64,9 +66,13 @@ def patches(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0, 255, (n, 3, 32, 32)).astype(np.float32)
 
 
-def make(config: BatchingConfig, clock: FakeClock | None = None) -> tuple[DynamicBatcher, ServiceMetrics]:
+def make(
+    config: BatchingConfig, clock: FakeClock | None = None
+) -> tuple[DynamicBatcher, ServiceMetrics]:
     metrics = ServiceMetrics(CollectorRegistry())
-    return DynamicBatcher(config, metrics, clock) if clock else DynamicBatcher(config, metrics), metrics
+    return DynamicBatcher(config, metrics, clock) if clock else DynamicBatcher(
+        config, metrics
+    ), metrics
 
 
 def wait_queued(batcher: DynamicBatcher, n: int) -> None:
@@ -107,13 +113,17 @@ def test_a_large_request_is_split_into_max_batch_runs(models) -> None:
     batcher.close()
 
 
-def test_batches_of_several_requests_are_assembled_in_the_runners_own_padded_array(models, pool) -> None:
+def test_batches_of_several_requests_are_assembled_in_the_runners_own_padded_array(
+    models, pool
+) -> None:
     model, _ = models
     bucketed = load_model(model.info, SessionOptions(batch_buckets="on", max_batch=64))
     reference = load_model(model.info, SessionOptions())
     for m in (model, bucketed):
         batcher, _ = make(BatchingConfig(preferred_batch=24, max_batch=64, max_queue_delay_s=30))
-        seen: list[tuple[int, np.ndarray, bool]] = []  # (rows, the array, rows after the 30th all zero)
+        seen: list[
+            tuple[int, np.ndarray, bool]
+        ] = []  # (rows, the array, rows after the 30th all zero)
         original = m.run
 
         def run(batch: np.ndarray, original=original, seen=seen) -> np.ndarray:
@@ -130,7 +140,9 @@ def test_batches_of_several_requests_are_assembled_in_the_runners_own_padded_arr
             wait_queued(batcher, 3)
             release.set()
             for fut, x in zip(waiting, inputs, strict=True):
-                np.testing.assert_allclose(fut.result(30), reference.predict(x, 64), rtol=1e-5, atol=1e-7)
+                np.testing.assert_allclose(
+                    fut.result(30), reference.predict(x, 64), rtol=1e-5, atol=1e-7
+                )
             assert first.result(30).shape == (24, 2)
         batcher.close()
         # Runs: the first request, then the three together (30 patches), twice over. Without
@@ -152,7 +164,9 @@ def test_a_full_queue_is_refused_at_once(models, pool) -> None:
     wait_queued(batcher, 2)
     with pytest.raises(LimitExceeded, match="queue is full"):
         batcher.predict(model, patches(4, 3))  # answered now, not after the blocked run
-    assert metrics.registry.get_sample_value("cad_batch_refused_total", {"reason": "queue_full"}) == 1
+    assert (
+        metrics.registry.get_sample_value("cad_batch_refused_total", {"reason": "queue_full"}) == 1
+    )
     release.set()
     assert running.result(30).shape == (4, 2) and all(f.result(30).shape == (4, 2) for f in queued)
     batcher.close()
@@ -161,7 +175,9 @@ def test_a_full_queue_is_refused_at_once(models, pool) -> None:
 def test_a_request_whose_deadline_passes_in_the_queue_never_runs(models, pool) -> None:
     model, _ = models
     clock = FakeClock()
-    batcher, metrics = make(BatchingConfig(preferred_batch=1, max_batch=8, max_queue_delay_s=0), clock)
+    batcher, metrics = make(
+        BatchingConfig(preferred_batch=1, max_batch=8, max_queue_delay_s=0), clock
+    )
     entered, release = block_model_runs(model)
     running = pool.submit(batcher.predict, model, patches(4, 0))
     assert entered.wait(30)
@@ -222,12 +238,22 @@ def test_grpc_deadline_passed_in_the_queue_is_not_run(registry_root: Path) -> No
         stub = cad_pb2_grpc.CadInferenceStub(ch)
         model = server.server.models.current
         frame = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-        raw = cad_pb2.RawImage(height=64, width=64, channels=3, pixel_type=cad_pb2.RawImage.UINT8,
-                               pixels=frame.tobytes())
+        raw = cad_pb2.RawImage(
+            height=64,
+            width=64,
+            channels=3,
+            pixel_type=cad_pb2.RawImage.UINT8,
+            pixels=frame.tobytes(),
+        )
 
         def request(cid: str) -> cad_pb2.ClassifyRequest:
-            return cad_pb2.ClassifyRequest(raw=raw, recipe="single", candidates=[
-                cad_pb2.Candidate(client_id=cid, box=cad_pb2.Box(x=4, y=4, width=20, height=20))])
+            return cad_pb2.ClassifyRequest(
+                raw=raw,
+                recipe="single",
+                candidates=[
+                    cad_pb2.Candidate(client_id=cid, box=cad_pb2.Box(x=4, y=4, width=20, height=20))
+                ],
+            )
 
         entered, release = block_model_runs(model)
         first = stub.Classify.future(request("first"), timeout=60)
@@ -247,16 +273,26 @@ def test_grpc_deadline_passed_in_the_queue_is_not_run(registry_root: Path) -> No
 
 
 def test_concurrent_grpc_clients_are_batched(registry_root: Path) -> None:
-    settings = make_settings(registry_root, batch_size=48, batch_max_size=64, batch_max_queue_delay_ms=60_000,
-                             workers=4)
+    settings = make_settings(
+        registry_root, batch_size=48, batch_max_size=64, batch_max_queue_delay_ms=60_000, workers=4
+    )
     with ServerThread(settings) as server, grpc.insecure_channel(server.address) as ch:
         server.refresh_models()
         stub = cad_pb2_grpc.CadInferenceStub(ch)
         frame = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-        raw = cad_pb2.RawImage(height=64, width=64, channels=3, pixel_type=cad_pb2.RawImage.UINT8,
-                               pixels=frame.tobytes())
-        req = cad_pb2.ClassifyRequest(raw=raw, candidates=[  # polyp recipe: 24 patches per candidate
-            cad_pb2.Candidate(client_id="a", box=cad_pb2.Box(x=4, y=4, width=20, height=20))])
+        raw = cad_pb2.RawImage(
+            height=64,
+            width=64,
+            channels=3,
+            pixel_type=cad_pb2.RawImage.UINT8,
+            pixels=frame.tobytes(),
+        )
+        req = cad_pb2.ClassifyRequest(
+            raw=raw,
+            candidates=[  # polyp recipe: 24 patches per candidate
+                cad_pb2.Candidate(client_id="a", box=cad_pb2.Box(x=4, y=4, width=20, height=20))
+            ],
+        )
         # Two requests of 24 patches: neither fills the preferred 48 alone, and the queue delay is a
         # minute, so they can only be answered by running together.
         calls = [stub.Classify.future(req, timeout=60) for _ in range(2)]
@@ -270,26 +306,46 @@ def test_concurrent_grpc_clients_are_batched(registry_root: Path) -> None:
 def test_concurrent_grpc_requests_each_get_their_own_answers(registry_root: Path) -> None:
     # Each worker thread cuts its patches into one array it reuses request after request, and
     # runners copy several requests into theirs: no request may ever see another's patches.
-    settings = make_settings(registry_root, batch_size=32, batch_max_size=64, batch_max_queue_delay_ms=5,
-                             workers=4)
+    settings = make_settings(
+        registry_root, batch_size=32, batch_max_size=64, batch_max_queue_delay_ms=5, workers=4
+    )
     rng = np.random.default_rng(5)
     requests = []
     for i in range(12):
         frame = rng.integers(0, 256, (48 + 4 * i, 64, 3), dtype=np.uint8)
-        raw = cad_pb2.RawImage(height=frame.shape[0], width=64, channels=3, pixel_type=cad_pb2.RawImage.UINT8,
-                               pixels=frame.tobytes())
-        requests.append(cad_pb2.ClassifyRequest(raw=raw, recipe="polyp:8", candidates=[
-            cad_pb2.Candidate(client_id=str(k), box=cad_pb2.Box(x=4 + 9 * k, y=6 + 5 * k, width=20, height=16))
-            for k in range(1 + i % 3)]))
+        raw = cad_pb2.RawImage(
+            height=frame.shape[0],
+            width=64,
+            channels=3,
+            pixel_type=cad_pb2.RawImage.UINT8,
+            pixels=frame.tobytes(),
+        )
+        requests.append(
+            cad_pb2.ClassifyRequest(
+                raw=raw,
+                recipe="polyp:8",
+                candidates=[
+                    cad_pb2.Candidate(
+                        client_id=str(k),
+                        box=cad_pb2.Box(x=4 + 9 * k, y=6 + 5 * k, width=20, height=16),
+                    )
+                    for k in range(1 + i % 3)
+                ],
+            )
+        )
     with ServerThread(settings) as server, grpc.insecure_channel(server.address) as ch:
         server.refresh_models()
         stub = cad_pb2_grpc.CadInferenceStub(ch)
-        alone = [[r.probability for r in stub.Classify(req, timeout=60).results] for req in requests]
+        alone = [
+            [r.probability for r in stub.Classify(req, timeout=60).results] for req in requests
+        ]
         assert len({p for probs in alone for p in probs}) > 12  # distinct answers to tell apart
         for _ in range(3):
             calls = [stub.Classify.future(req, timeout=60) for req in requests]
             for call, expected in zip(calls, alone, strict=True):
-                np.testing.assert_allclose([r.probability for r in call.result().results], expected, rtol=1e-5)
+                np.testing.assert_allclose(
+                    [r.probability for r in call.result().results], expected, rtol=1e-5
+                )
         batches = server.server.metrics.registry.get_sample_value("cad_model_batch_patches_count")
         assert batches < 12 * 4  # concurrent requests did share model runs
 

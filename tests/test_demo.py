@@ -18,7 +18,11 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
 
     result = subprocess.run(
         [sys.executable, "-m", "cadcli.main", "demo", "--workdir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, **env_home},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **env_home},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
@@ -26,7 +30,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         assert step in out
     assert "CT slice: model v1, recipe polyp" in out
     assert out.count("(model v1)") == 8
-    assert 'cad_candidates_total 14.0' in out  # 3 CT + 8 video + the CT again on v2
+    assert "cad_candidates_total 14.0" in out  # 3 CT + 8 video + the CT again on v2
     assert "RANDOM INITIALISATION" in result.stderr
     assert "MISSED FINDING on the CT slice" in out and out.count("origin=") == 4
     assert 'cad_corrections_total{verdict="false_positive"} 2.0' in out

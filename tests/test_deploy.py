@@ -28,7 +28,9 @@ from trainer.settings import TrainerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
-HEALTHCHECK_ENV = {f"CAD_HEALTHCHECK_{n.upper()}" for n in HealthcheckSettings.model_fields if n != "port"}
+HEALTHCHECK_ENV = {
+    f"CAD_HEALTHCHECK_{n.upper()}" for n in HealthcheckSettings.model_fields if n != "port"
+}
 
 
 def tool(name: str) -> str:
@@ -42,7 +44,11 @@ def tool(name: str) -> str:
 
 def known_setting(name: str) -> bool:
     field = name.removeprefix("CAD_").lower()
-    return field in ServerSettings.model_fields or field in TrainerSettings.model_fields or name in HEALTHCHECK_ENV
+    return (
+        field in ServerSettings.model_fields
+        or field in TrainerSettings.model_fields
+        or name in HEALTHCHECK_ENV
+    )
 
 
 # --------------------------------------------------------------------------- Prometheus files
@@ -50,18 +56,28 @@ def known_setting(name: str) -> bool:
 
 @pytest.mark.parametrize("config", ["prometheus.yml", "compose.yml"])
 def test_promtool_accepts_the_configs(config: str) -> None:
-    result = subprocess.run([tool("promtool"), "check", "config", str(DEPLOY / "prometheus" / config)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [tool("promtool"), "check", "config", str(DEPLOY / "prometheus" / config)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 rule files found" in result.stdout + result.stderr
 
 
 def test_promtool_accepts_the_rules_and_their_unit_tests_pass() -> None:
-    check = subprocess.run([tool("promtool"), "check", "rules", str(DEPLOY / "prometheus" / "alerts.yml")],
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        [tool("promtool"), "check", "rules", str(DEPLOY / "prometheus" / "alerts.yml")],
+        capture_output=True,
+        text=True,
+    )
     assert check.returncode == 0 and "6 rules found" in check.stdout, check.stdout + check.stderr
-    unit = subprocess.run([tool("promtool"), "test", "rules", "alerts_test.yml"], cwd=ROOT / "tests" / "prometheus",
-                          capture_output=True, text=True)
+    unit = subprocess.run(
+        [tool("promtool"), "test", "rules", "alerts_test.yml"],
+        cwd=ROOT / "tests" / "prometheus",
+        capture_output=True,
+        text=True,
+    )
     assert unit.returncode == 0 and "SUCCESS" in unit.stdout, unit.stdout + unit.stderr
 
 
@@ -84,18 +100,32 @@ def prometheus(registry_root: Path, tmp_path: Path) -> Iterator[tuple[str, Serve
         server.refresh_models()
         config = tmp_path / "prometheus.yml"
         shutil.copy(DEPLOY / "prometheus" / "alerts.yml", tmp_path / "alerts.yml")
-        config.write_text(yaml.safe_dump({
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": ["alerts.yml"],
-            "scrape_configs": [{"job_name": "cad-server",
-                                "static_configs": [{"targets": [f"127.0.0.1:{server.metrics_port}"]}]}],
-        }))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "rule_files": ["alerts.yml"],
+                    "scrape_configs": [
+                        {
+                            "job_name": "cad-server",
+                            "static_configs": [{"targets": [f"127.0.0.1:{server.metrics_port}"]}],
+                        }
+                    ],
+                }
+            )
+        )
         for _attempt in range(3):  # the port is free when picked; retry if another process took it
             port = free_port()
             proc = subprocess.Popen(
-                [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{port}"],
-                stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("w"))
+                [
+                    binary,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=(tmp_path / "prometheus.log").open("w"),
+            )
             base = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 60
             while proc.poll() is None and time.monotonic() < deadline:
@@ -107,7 +137,9 @@ def prometheus(registry_root: Path, tmp_path: Path) -> Iterator[tuple[str, Serve
             if proc.poll() is None:
                 break
         else:
-            pytest.fail("prometheus did not start: " + (tmp_path / "prometheus.log").read_text()[-2000:])
+            pytest.fail(
+                "prometheus did not start: " + (tmp_path / "prometheus.log").read_text()[-2000:]
+            )
         try:
             yield base, server
         finally:
@@ -128,10 +160,22 @@ def wait_for(base: str, query: str, timeout: float = 60) -> list[dict]:
 def test_real_prometheus_scrapes_the_service(prometheus: tuple[str, ServerThread]) -> None:
     base, server = prometheus
     with grpc.insecure_channel(server.address) as ch:
-        raw = cad_pb2.RawImage(height=40, width=40, channels=1, pixel_type=cad_pb2.RawImage.UINT8,
-                               pixels=bytes(range(40)) * 40)
-        cad_pb2_grpc.CadInferenceStub(ch).Classify(cad_pb2.ClassifyRequest(raw=raw, candidates=[
-            cad_pb2.Candidate(client_id="a", box=cad_pb2.Box(x=2, y=2, width=20, height=20))]), timeout=30)
+        raw = cad_pb2.RawImage(
+            height=40,
+            width=40,
+            channels=1,
+            pixel_type=cad_pb2.RawImage.UINT8,
+            pixels=bytes(range(40)) * 40,
+        )
+        cad_pb2_grpc.CadInferenceStub(ch).Classify(
+            cad_pb2.ClassifyRequest(
+                raw=raw,
+                candidates=[
+                    cad_pb2.Candidate(client_id="a", box=cad_pb2.Box(x=2, y=2, width=20, height=20))
+                ],
+            ),
+            timeout=30,
+        )
     assert wait_for(base, 'up{job="cad-server"} == 1')
     assert float(wait_for(base, "cad_model_loaded")[0]["value"][1]) == 1
     requests = wait_for(base, 'cad_grpc_requests_total{method="Classify",code="OK"} >= 1')
@@ -153,7 +197,9 @@ def test_real_prometheus_scrapes_the_service(prometheus: tuple[str, ServerThread
     dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "cad.json").read_text())
     for panel in dashboard["panels"]:
         for target in panel["targets"]:
-            assert api(base, "/api/v1/query", query=target["expr"])["status"] == "success", target["expr"]
+            assert api(base, "/api/v1/query", query=target["expr"])["status"] == "success", target[
+                "expr"
+            ]
 
 
 # --------------------------------------------------------------------------- containers and manifests
@@ -161,7 +207,11 @@ def test_real_prometheus_scrapes_the_service(prometheus: tuple[str, ServerThread
 
 def test_dockerfile_has_the_four_targets_and_a_safe_serving_image() -> None:
     text = (ROOT / "Dockerfile").read_text()
-    stages = {line.split()[-1] for line in text.splitlines() if line.startswith("FROM ") and " AS " in line}
+    stages = {
+        line.split()[-1]
+        for line in text.splitlines()
+        if line.startswith("FROM ") and " AS " in line
+    }
     assert {"build", "server", "server-gpu", "trainer", "trainer-gpu"} <= stages
     server = text.split("AS server\n", 1)[1].split("\nFROM ", 1)[0]
     assert "USER 10001" in server and "HEALTHCHECK" in server and "service.healthcheck" in server
@@ -183,14 +233,21 @@ def test_compose_wires_server_trainer_postgres_prometheus_grafana() -> None:
     for volume in services["prometheus"]["volumes"] + services["grafana"]["volumes"]:
         assert (DEPLOY / volume.split(":")[0]).exists(), volume
     assert "alerts.yml" in (DEPLOY / "prometheus" / "compose.yml").read_text()
-    datasource = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    datasource = yaml.safe_load(
+        (DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text()
+    )
     dashboard = json.loads((DEPLOY / "grafana/dashboards/cad.json").read_text())
     uids = {p["datasource"]["uid"] for p in dashboard["panels"]}
     assert uids == {datasource["datasources"][0]["uid"]}
 
 
 def test_kubernetes_manifests() -> None:
-    docs = [d for f in sorted((DEPLOY / "k8s").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+    docs = [
+        d
+        for f in sorted((DEPLOY / "k8s").glob("*.yaml"))
+        for d in yaml.safe_load_all(f.read_text())
+        if d
+    ]
     by_kind: dict[str, list[dict]] = {}
     for doc in docs:
         by_kind.setdefault(doc["kind"], []).append(doc)
@@ -206,7 +263,9 @@ def test_kubernetes_manifests() -> None:
     assert trainer["template"]["spec"]["containers"][0]["args"] == ["train", "watch"]
     service = by_kind["Service"][0]["spec"]
     assert {p["name"] for p in service["ports"]} == {"grpc", "metrics"}
-    assert all(c["spec"]["accessModes"] == ["ReadWriteMany"] for c in by_kind["PersistentVolumeClaim"])
+    assert all(
+        c["spec"]["accessModes"] == ["ReadWriteMany"] for c in by_kind["PersistentVolumeClaim"]
+    )
     config = by_kind["ConfigMap"][0]["data"]
     unknown = [k for k in config if not known_setting(k)]
     assert not unknown, f"ConfigMap names settings that do not exist: {unknown}"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import grpc
 
-from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from bench.launch import server_process
+from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.store import open_store
 from tests.helpers import publish_tiny
 
@@ -17,18 +17,35 @@ def test_acknowledged_corrections_survive_kill_9(tmp_path: Path, store_url: str)
     registry = tmp_path / "registry"
     publish_tiny(registry, tmp_path / "build")
     env = {
-        "CAD_REGISTRY_ROOT": str(registry), "CAD_HOST": "127.0.0.1", "CAD_STORE_URL": store_url,
-        "CAD_ARCHIVE_ROOT": str(tmp_path / "archive"), "CAD_POLL_INTERVAL_S": "3600",
+        "CAD_REGISTRY_ROOT": str(registry),
+        "CAD_HOST": "127.0.0.1",
+        "CAD_STORE_URL": store_url,
+        "CAD_ARCHIVE_ROOT": str(tmp_path / "archive"),
+        "CAD_POLL_INTERVAL_S": "3600",
     }
     acked: dict[str, tuple[str, str, int]] = {}  # key -> (event_id, candidate_id, label)
     attempted: dict[str, tuple[str, int]] = {}
     lock = threading.Condition()
     with server_process(env) as (proc, address), grpc.insecure_channel(address) as channel:
-        raw = cad_pb2.RawImage(height=64, width=64, channels=1, pixel_type=cad_pb2.RawImage.UINT8, pixels=bytes(range(64)) * 64)
+        raw = cad_pb2.RawImage(
+            height=64,
+            width=64,
+            channels=1,
+            pixel_type=cad_pb2.RawImage.UINT8,
+            pixels=bytes(range(64)) * 64,
+        )
         response = cad_pb2_grpc.CadInferenceStub(channel).Classify(
-            cad_pb2.ClassifyRequest(raw=raw, candidates=[
-                cad_pb2.Candidate(client_id=str(i), box=cad_pb2.Box(x=i * 3, y=i * 2, width=16, height=16)) for i in range(20)
-            ]), timeout=30)
+            cad_pb2.ClassifyRequest(
+                raw=raw,
+                candidates=[
+                    cad_pb2.Candidate(
+                        client_id=str(i), box=cad_pb2.Box(x=i * 3, y=i * 2, width=16, height=16)
+                    )
+                    for i in range(20)
+                ],
+            ),
+            timeout=30,
+        )
         ids = [r.candidate_id for r in response.results]
         review = cad_pb2_grpc.CadReviewStub(channel)
 
@@ -40,8 +57,15 @@ def test_acknowledged_corrections_survive_kill_9(tmp_path: Path, store_url: str)
                     attempted[key] = (cid, label)
                 verdict = cad_pb2.TRUE_POSITIVE if label else cad_pb2.FALSE_POSITIVE
                 try:
-                    receipt = review.SubmitCorrection(cad_pb2.Correction(
-                        candidate_id=cid, verdict=verdict, reviewer=f"dr.{worker}", idempotency_key=key), timeout=10)
+                    receipt = review.SubmitCorrection(
+                        cad_pb2.Correction(
+                            candidate_id=cid,
+                            verdict=verdict,
+                            reviewer=f"dr.{worker}",
+                            idempotency_key=key,
+                        ),
+                        timeout=10,
+                    )
                 except grpc.RpcError:
                     return  # the server was killed
                 with lock:
@@ -63,14 +87,22 @@ def test_acknowledged_corrections_survive_kill_9(tmp_path: Path, store_url: str)
         events = {e.idempotency_key: e for e in store.events()}
         for key, (event_id, cid, label) in acked.items():
             assert key in events, f"acknowledged correction {key} was lost"
-            assert (events[key].event_id, events[key].candidate_id, events[key].label_after) == (event_id, cid, label)
+            assert (events[key].event_id, events[key].candidate_id, events[key].label_after) == (
+                event_id,
+                cid,
+                label,
+            )
         # No half-written correction: every candidate's events are contiguous and its label is the last one's.
         exported = {x.candidate.candidate_id: x for x in store.labeled()}
         for cid in ids:
-            mine = sorted((e for e in events.values() if e.candidate_id == cid), key=lambda e: e.seq)
+            mine = sorted(
+                (e for e in events.values() if e.candidate_id == cid), key=lambda e: e.seq
+            )
             assert [e.seq for e in mine] == list(range(1, len(mine) + 1))
             if mine:
-                assert exported[cid].label == mine[-1].label_after and exported[cid].events == len(mine)
+                assert exported[cid].label == mine[-1].label_after and exported[cid].events == len(
+                    mine
+                )
                 assert exported[cid].last_event_id == mine[-1].event_id
         assert set(events) <= set(attempted)
     finally:
@@ -82,7 +114,11 @@ def test_acknowledged_corrections_survive_kill_9(tmp_path: Path, store_url: str)
         for key, (cid, label) in attempted.items():
             verdict = cad_pb2.TRUE_POSITIVE if label else cad_pb2.FALSE_POSITIVE
             worker = key.split("-")[0][1:]
-            receipt = review.SubmitCorrection(cad_pb2.Correction(
-                candidate_id=cid, verdict=verdict, reviewer=f"dr.{worker}", idempotency_key=key), timeout=10)
+            receipt = review.SubmitCorrection(
+                cad_pb2.Correction(
+                    candidate_id=cid, verdict=verdict, reviewer=f"dr.{worker}", idempotency_key=key
+                ),
+                timeout=10,
+            )
             if key in acked:
                 assert receipt.replayed and receipt.event_id == acked[key][0]

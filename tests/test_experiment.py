@@ -13,8 +13,10 @@ from trainer.cvc import DEFAULT_ROOT, field_of_view, generate, iou, load_frames
 
 pytestmark = pytest.mark.slow
 
-needs_data = pytest.mark.skipif(not (DEFAULT_ROOT / "sequences.csv").is_file(),
-                                reason="../shared/data/cvc-clinicdb is not beside this checkout")
+needs_data = pytest.mark.skipif(
+    not (DEFAULT_ROOT / "sequences.csv").is_file(),
+    reason="../shared/data/cvc-clinicdb is not beside this checkout",
+)
 
 
 @needs_data
@@ -48,7 +50,9 @@ def test_tiny_experiment_runs_resumes_and_reports(tmp_path: Path) -> None:
     methods = ["entropy_diversity_alpha", "random", "scratch"]
     run_all(exp, methods, [0])
     rows = list(csv.DictReader((tmp_path / "curves.csv").open()))
-    assert {(r["method"], r["round"]) for r in rows} >= {(m, str(i)) for m in methods for i in range(3)}
+    assert {(r["method"], r["round"]) for r in rows} >= {
+        (m, str(i)) for m in methods for i in range(3)
+    }
     initial = {r["test_auc"] for r in rows if r["round"] == "0"}
     assert len(initial) == 1  # every method starts from the same initial model
     assert [r["labels"] for r in rows if r["method"] == "random"] == ["0", "4", "8"]
@@ -74,7 +78,9 @@ def test_tiny_experiment_runs_resumes_and_reports(tmp_path: Path) -> None:
     assert len(list(csv.DictReader((tmp_path / "curves.csv").open()))) == len(rows)
     text = write_report(tmp_path)
     assert "| random |" in text and (tmp_path / "curves.png").stat().st_size > 10_000
-    assert "Initial model: alexnet from random initialisation" in text  # no ImageNet AlexNet in tests
+    assert (
+        "Initial model: alexnet from random initialisation" in text
+    )  # no ImageNet AlexNet in tests
 
 
 def test_variants_that_majority_selection_degenerates_are_named() -> None:
@@ -89,7 +95,9 @@ def test_variants_that_majority_selection_degenerates_are_named() -> None:
     # What the note claims, on real scoring: 4 patches, alpha 1/4.
     probs = np.random.default_rng(0).uniform(0.05, 0.95, size=(50, 4))
     assert not aift_scores(probs, "diversity_alpha").any()
-    assert np.array_equal(aift_scores(probs, "entropy_diversity_alpha"), aift_scores(probs, "entropy_alpha"))
+    assert np.array_equal(
+        aift_scores(probs, "entropy_diversity_alpha"), aift_scores(probs, "entropy_alpha")
+    )
     assert aift_scores(probs, "diversity").any()
 
 
@@ -99,12 +107,18 @@ def test_the_report_states_the_initial_model(tmp_path: Path) -> None:
     from trainer.report import markdown, summarise
 
     rows = ["method,seed,round,labels,test_auc,version,seconds"]
-    rows += [f"{m},0,{r},{10 * r},{0.6 + 0.05 * r},{r + 1},1" for m in ("random", "entropy") for r in range(3)]
+    rows += [
+        f"{m},0,{r},{10 * r},{0.6 + 0.05 * r},{r + 1},1"
+        for m in ("random", "entropy")
+        for r in range(3)
+    ]
     (tmp_path / "curves.csv").write_text("\n".join(rows) + "\n")
     assert markdown(summarise(tmp_path)).startswith("Initial model: not recorded.")
     manifest = tmp_path / "template" / "registry" / "cad" / "1" / "manifest.json"
     manifest.parent.mkdir(parents=True)
-    manifest.write_text(json.dumps({"version": 1, "pretrained": {"source": "imagenet", "path": "w.pth"}}))
+    manifest.write_text(
+        json.dumps({"version": 1, "pretrained": {"source": "imagenet", "path": "w.pth"}})
+    )
     summary = summarise(tmp_path)
     assert summary["initial_model"]["source"] == "imagenet"
     assert markdown(summary).startswith("Initial model: alexnet with ImageNet weights.")
@@ -126,7 +140,9 @@ def test_cad_like_pool_has_hard_negatives_and_clean_boxes() -> None:
     assert 8 * polyps <= negatives <= 10 * polyps
     # hard negatives: 48% on these two sequences (a few frames cannot offer five), exactly half over
     # the whole development pool and test set (docs/results/cvc-quick/pool.json); every kind present
-    assert sum(kinds[k] for k in HARD_KINDS) >= 0.4 * negatives and all(kinds[k] > 0 for k in HARD_KINDS)
+    assert sum(kinds[k] for k in HARD_KINDS) >= 0.4 * negatives and all(
+        kinds[k] > 0 for k in HARD_KINDS
+    )
     from PIL import Image
 
     for c in cands:
@@ -147,8 +163,21 @@ def test_a_round_from_the_shipped_imagenet_squeezenet_learns(tmp_path: Path) -> 
     loss first -> last epoch 1.19 -> 0.10 / 3.11 -> 0.73 / 1.44 -> 0.01: wide margins on every seed."""
     from trainer.experiment import Experiment, ExperimentPreset, Split, run_all
 
-    preset = ExperimentPreset("tiny-imagenet", 64, "polyp-inside:8", 0, 24, 1, (0,), "polyp-squeezenet",
-                              "fire9", 64, architecture="squeezenet1_0", weights="imagenet", ratio=3.0)
+    preset = ExperimentPreset(
+        "tiny-imagenet",
+        64,
+        "polyp-inside:8",
+        0,
+        24,
+        1,
+        (0,),
+        "polyp-squeezenet",
+        "fire9",
+        64,
+        architecture="squeezenet1_0",
+        weights="imagenet",
+        ratio=3.0,
+    )
     exp = Experiment(tmp_path, preset, Split(pool=[10, 23], test=[4, 12]), progress=False)
     run_all(exp, ["random"], [0], reference=False)
     rows = {r["round"]: r for r in csv.DictReader((tmp_path / "curves.csv").open())}

@@ -17,12 +17,19 @@ from service.server import ServerThread
 from tests.conftest import make_settings
 from tests.helpers import block_model_runs, publish_tiny
 
-RAW = cad_pb2.RawImage(height=24, width=24, channels=1, pixel_type=cad_pb2.RawImage.UINT8, pixels=bytes(range(24)) * 24)
-REQUEST = cad_pb2.ClassifyRequest(raw=RAW, recipe="polyp:4", candidates=[
-    cad_pb2.Candidate(client_id="c", box=cad_pb2.Box(x=2, y=2, width=12, height=12))])
+RAW = cad_pb2.RawImage(
+    height=24, width=24, channels=1, pixel_type=cad_pb2.RawImage.UINT8, pixels=bytes(range(24)) * 24
+)
+REQUEST = cad_pb2.ClassifyRequest(
+    raw=RAW,
+    recipe="polyp:4",
+    candidates=[cad_pb2.Candidate(client_id="c", box=cad_pb2.Box(x=2, y=2, width=12, height=12))],
+)
 
 
-def wait_for_version(admin: cad_pb2_grpc.ModelAdminStub, version: int, deadline_s: float = 60) -> None:
+def wait_for_version(
+    admin: cad_pb2_grpc.ModelAdminStub, version: int, deadline_s: float = 60
+) -> None:
     end = time.monotonic() + deadline_s
     while int(admin.GetModel(cad_pb2.GetModelRequest(), timeout=10).version) != version:
         assert time.monotonic() < end, f"server never swapped to version {version}"
@@ -31,7 +38,10 @@ def wait_for_version(admin: cad_pb2_grpc.ModelAdminStub, version: int, deadline_
 def test_ten_versions_under_eight_concurrent_clients(tmp_path: Path) -> None:
     root = tmp_path / "registry"
     publish_tiny(root, tmp_path / "b")
-    with ServerThread(make_settings(root, poll_interval_s=0.02)) as server, grpc.insecure_channel(server.address) as ch:
+    with (
+        ServerThread(make_settings(root, poll_interval_s=0.02)) as server,
+        grpc.insecure_channel(server.address) as ch,
+    ):
         server.refresh_models()
         admin = cad_pb2_grpc.ModelAdminStub(ch)
         done = threading.Event()
@@ -51,7 +61,9 @@ def test_ten_versions_under_eight_concurrent_clients(tmp_path: Path) -> None:
             futures = [pool.submit(client, i) for i in range(8)]
             rng = np.random.default_rng(0)
             for version in range(2, 12):  # 10 versions, one after another, noticed by the poller
-                publish_tiny(root, tmp_path / "b", weights=rng.normal(size=(3, 2)).astype(np.float32))
+                publish_tiny(
+                    root, tmp_path / "b", weights=rng.normal(size=(3, 2)).astype(np.float32)
+                )
                 wait_for_version(admin, version)
             done.set()
             for f in futures:
@@ -66,8 +78,11 @@ def test_ten_versions_under_eight_concurrent_clients(tmp_path: Path) -> None:
 
 def test_in_flight_request_finishes_on_the_old_version(registry_root: Path, tmp_path: Path) -> None:
     # Two batcher runners: the old version's run is held forever here, and must not hold the new one.
-    with ServerThread(make_settings(registry_root, batch_runners=2)) as server, \
-            grpc.insecure_channel(server.address) as channel, ThreadPoolExecutor(1) as pool:
+    with (
+        ServerThread(make_settings(registry_root, batch_runners=2)) as server,
+        grpc.insecure_channel(server.address) as channel,
+        ThreadPoolExecutor(1) as pool,
+    ):
         server.refresh_models()
         old = server.server.models.current
         assert old is not None
@@ -82,20 +97,26 @@ def test_in_flight_request_finishes_on_the_old_version(registry_root: Path, tmp_
         assert pending.result(timeout=60).model_version == "1"  # the in-flight one: old version
 
 
-def test_broken_version_is_refused_while_the_old_one_keeps_serving(server: ServerThread, channel: grpc.Channel, tmp_path: Path) -> None:
+def test_broken_version_is_refused_while_the_old_one_keeps_serving(
+    server: ServerThread, channel: grpc.Channel, tmp_path: Path
+) -> None:
     root = server.server.settings.registry_root
     info = publish_tiny(root, tmp_path / "b")
     model = info.path / MODEL_FILE
     model.write_bytes(model.read_bytes()[:100])  # truncated after publish: checksum mismatch
     assert not server.refresh_models()
     assert cad_pb2_grpc.CadInferenceStub(channel).Classify(REQUEST, timeout=30).model_version == "1"
-    listing = cad_pb2_grpc.ModelAdminStub(channel).ListVersions(cad_pb2.ListVersionsRequest(), timeout=10)
+    listing = cad_pb2_grpc.ModelAdminStub(channel).ListVersions(
+        cad_pb2.ListVersionsRequest(), timeout=10
+    )
     refused = {v.version: v.refused for v in listing.versions}
     assert "checksum mismatch" in refused["2"] and refused["1"] == ""
     assert server.server.metrics.registry.get_sample_value("cad_model_load_failures_total") == 1
 
 
-def test_pin_rollback_and_unpin(server: ServerThread, channel: grpc.Channel, tmp_path: Path) -> None:
+def test_pin_rollback_and_unpin(
+    server: ServerThread, channel: grpc.Channel, tmp_path: Path
+) -> None:
     root = server.server.settings.registry_root
     publish_tiny(root, tmp_path / "b")
     publish_tiny(root, tmp_path / "b")
@@ -103,13 +124,19 @@ def test_pin_rollback_and_unpin(server: ServerThread, channel: grpc.Channel, tmp
     admin = cad_pb2_grpc.ModelAdminStub(channel)
     stub = cad_pb2_grpc.CadInferenceStub(channel)
     assert stub.Classify(REQUEST, timeout=30).model_version == "3"
-    pinned = admin.PinVersion(cad_pb2.PinRequest(version="1", actor="ops", reason="FP rate rose"), timeout=30)
+    pinned = admin.PinVersion(
+        cad_pb2.PinRequest(version="1", actor="ops", reason="FP rate rose"), timeout=30
+    )
     assert pinned.serving_version == "1" and ModelRegistry(root, "cad").pinned() == 1
     assert stub.Classify(REQUEST, timeout=30).model_version == "1"
     publish_tiny(root, tmp_path / "b")  # a new version does not override the pin
     assert not server.refresh_models()
     listing = admin.ListVersions(cad_pb2.ListVersionsRequest(), timeout=10)
-    assert listing.pinned_version == "1" and listing.serving_version == "1" and len(listing.versions) == 4
+    assert (
+        listing.pinned_version == "1"
+        and listing.serving_version == "1"
+        and len(listing.versions) == 4
+    )
     manifest = admin.GetVersion(cad_pb2.GetVersionRequest(version="3"), timeout=10)
     assert manifest.version == "3" and manifest.execution_provider == ""
     assert admin.Unpin(cad_pb2.UnpinRequest(actor="ops"), timeout=30).serving_version == "4"
@@ -119,7 +146,9 @@ def test_pin_rollback_and_unpin(server: ServerThread, channel: grpc.Channel, tmp
         assert err.value.code() == code
 
 
-def test_pinning_a_broken_version_is_refused(server: ServerThread, channel: grpc.Channel, tmp_path: Path) -> None:
+def test_pinning_a_broken_version_is_refused(
+    server: ServerThread, channel: grpc.Channel, tmp_path: Path
+) -> None:
     root = server.server.settings.registry_root
     publish_tiny(root, tmp_path / "b", nan_output=True)
     assert not server.refresh_models()

@@ -25,7 +25,9 @@ from tests.helpers import dicom_bytes, dicom_path
 
 def _gray(image: np.ndarray) -> np.ndarray:
     assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8
-    assert np.array_equal(image[:, :, 0], image[:, :, 1]) and np.array_equal(image[:, :, 1], image[:, :, 2])
+    assert np.array_equal(image[:, :, 0], image[:, :, 1]) and np.array_equal(
+        image[:, :, 1], image[:, :, 2]
+    )
     return image[:, :, 0]
 
 
@@ -42,7 +44,9 @@ def test_ct_signed_pixels_are_rescaled_to_hu_and_windowed() -> None:
 def test_dataset_window_is_used_when_the_request_has_none() -> None:
     ds = pydicom.dcmread(dicom_path("MR_small.dcm"))
     center, width = float(ds.WindowCenter), float(ds.WindowWidth)
-    expected = apply_window(apply_modality_lut(ds.pixel_array, ds).astype(float), Window(center, width))
+    expected = apply_window(
+        apply_modality_lut(ds.pixel_array, ds).astype(float), Window(center, width)
+    )
     np.testing.assert_array_equal(_gray(decode_dicom(dicom_bytes("MR_small.dcm")).pixels), expected)
 
 
@@ -54,8 +58,10 @@ def test_without_any_window_the_frame_is_min_max_scaled() -> None:
 def test_monochrome1_is_inverted() -> None:
     ds = pydicom.dcmread(dicom_path("RG3_UNCR.dcm"))
     assert ds.PhotometricInterpretation == "MONOCHROME1"
-    window = Window(float(ds.WindowCenter[0] if ds["WindowCenter"].VM > 1 else ds.WindowCenter),
-                    float(ds.WindowWidth[0] if ds["WindowWidth"].VM > 1 else ds.WindowWidth))
+    window = Window(
+        float(ds.WindowCenter[0] if ds["WindowCenter"].VM > 1 else ds.WindowCenter),
+        float(ds.WindowWidth[0] if ds["WindowWidth"].VM > 1 else ds.WindowWidth),
+    )
     expected = 255 - apply_window(apply_modality_lut(ds.pixel_array, ds).astype(float), window)
     np.testing.assert_array_equal(_gray(decode_dicom(dicom_bytes("RG3_UNCR.dcm")).pixels), expected)
 
@@ -141,7 +147,7 @@ def test_png_rgb_gray_and_16bit() -> None:
     np.testing.assert_array_equal(decode_encoded(_png(rgb)).pixels, rgb)
     gray = rng.integers(0, 256, (20, 30), dtype=np.uint8)
     np.testing.assert_array_equal(_gray(decode_encoded(_png(gray)).pixels), gray)
-    g16 = (np.arange(600, dtype=np.uint16).reshape(20, 30) * 100)
+    g16 = np.arange(600, dtype=np.uint16).reshape(20, 30) * 100
     out = _gray(decode_encoded(_png(g16)).pixels)
     assert out.min() == 0 and out.max() == 255
 
@@ -158,11 +164,17 @@ def test_rgb_png_upload_is_kept_for_the_archive_without_its_metadata(tmp_path) -
     info.add_text("Patient", "DOE^JANE 19450704")
     info.add_itxt("Comment", "MRN 4455667", zip=True)
     buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG", pnginfo=info, exif=b"Exif\x00\x00MM\x00*BIRTHDATE")
+    Image.fromarray(rgb).save(
+        buffer, format="PNG", pnginfo=info, exif=b"Exif\x00\x00MM\x00*BIRTHDATE"
+    )
     sent = buffer.getvalue()
     assert b"DOE^JANE" in sent
     decoded = decode_encoded(sent)
-    assert decoded.png is not None and b"DOE^JANE" not in decoded.png and b"BIRTHDATE" not in decoded.png
+    assert (
+        decoded.png is not None
+        and b"DOE^JANE" not in decoded.png
+        and b"BIRTHDATE" not in decoded.png
+    )
     assert b"iTXt" not in decoded.png and b"tEXt" not in decoded.png and b"eXIf" not in decoded.png
     with Image.open(io.BytesIO(decoded.png)) as again:
         np.testing.assert_array_equal(np.asarray(again), rgb)
@@ -174,9 +186,11 @@ def test_rgb_png_upload_is_kept_for_the_archive_without_its_metadata(tmp_path) -
 
 def test_other_uploads_are_archived_by_encoding_the_pixels() -> None:
     rng = np.random.default_rng(4)
-    for pixels in (rng.integers(0, 256, (8, 8), dtype=np.uint8),  # gray
-                   rng.integers(0, 256, (8, 8, 4), dtype=np.uint8),  # RGBA
-                   (np.arange(64, dtype=np.uint16).reshape(8, 8) * 900)):  # 16-bit gray
+    for pixels in (
+        rng.integers(0, 256, (8, 8), dtype=np.uint8),  # gray
+        rng.integers(0, 256, (8, 8, 4), dtype=np.uint8),  # RGBA
+        (np.arange(64, dtype=np.uint16).reshape(8, 8) * 900),
+    ):  # 16-bit gray
         assert decode_encoded(_png(pixels)).png is None
     buffer = io.BytesIO()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buffer, format="JPEG")

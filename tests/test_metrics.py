@@ -23,14 +23,18 @@ def scrape(server: ServerThread) -> str:
 def _traffic(stub: cad_pb2_grpc.CadInferenceStub) -> None:
     ok = cad_pb2.ClassifyRequest(
         dicom=dicom_bytes("CT_small.dcm"),
-        candidates=[cad_pb2.Candidate(client_id="a", box=cad_pb2.Box(x=1, y=1, width=20, height=20))],
+        candidates=[
+            cad_pb2.Candidate(client_id="a", box=cad_pb2.Box(x=1, y=1, width=20, height=20))
+        ],
     )
     stub.Classify(ok, timeout=30)
     with pytest.raises(grpc.RpcError):
         stub.Classify(cad_pb2.ClassifyRequest(dicom=b"nope", candidates=ok.candidates), timeout=30)
 
 
-def test_scrape_has_the_service_metrics(server: ServerThread, stub: cad_pb2_grpc.CadInferenceStub) -> None:
+def test_scrape_has_the_service_metrics(
+    server: ServerThread, stub: cad_pb2_grpc.CadInferenceStub
+) -> None:
     _traffic(stub)
     text = scrape(server)
     for needle in (
@@ -58,7 +62,13 @@ def test_promtool_check_metrics_passes_on_a_real_scrape(
         pytest.skip("promtool not installed (apt-get install prometheus)")
     _traffic(stub)
     result = subprocess.run(
-        [promtool, "check", "metrics"], input=scrape(server), capture_output=True, text=True, timeout=60
+        [promtool, "check", "metrics"],
+        input=scrape(server),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == "", (
+        result.stdout + result.stderr
+    )

@@ -26,8 +26,9 @@ def test_every_level_and_io_binding_give_the_same_probabilities(info) -> None:
     reference = load_model(info, SessionOptions(graph_optimization="disable")).run(batch())
     for level in ("basic", "extended", "all"):
         for binding in ("on", "off"):
-            model = load_model(info, SessionOptions(graph_optimization=level, io_binding=binding,
-                                                    spinning=False))
+            model = load_model(
+                info, SessionOptions(graph_optimization=level, io_binding=binding, spinning=False)
+            )
             assert model.io_binding == (binding == "on")
             np.testing.assert_allclose(model.run(batch()), reference, rtol=1e-5, atol=1e-7)
 

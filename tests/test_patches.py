@@ -37,7 +37,9 @@ def test_bad_recipes_are_invalid_input(spec: str) -> None:
 def test_single_patch_of_an_aligned_box_is_the_exact_crop(image: np.ndarray) -> None:
     patch = extract_patches(image, Box(10, 20, 32, 32), parse_recipe("single"), 32)
     assert patch.shape == (1, 3, 32, 32) and patch.dtype == np.float32
-    np.testing.assert_array_equal(patch[0].transpose(1, 2, 0), image[20:52, 10:42].astype(np.float32))
+    np.testing.assert_array_equal(
+        patch[0].transpose(1, 2, 0), image[20:52, 10:42].astype(np.float32)
+    )
 
 
 def test_patches_are_deterministic(image: np.ndarray) -> None:
@@ -79,12 +81,16 @@ def test_prefix_of_polyp_spans_all_scales(image: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("name,limits", [("polyp", (1, 2, 3, 4, 8, 23)), ("frame", (1, 2, 5, 7))])
-def test_every_prefix_equals_the_full_recipes_first_patches(image: np.ndarray, name: str, limits: tuple[int, ...]) -> None:
+def test_every_prefix_equals_the_full_recipes_first_patches(
+    image: np.ndarray, name: str, limits: tuple[int, ...]
+) -> None:
     """Only the regions a kept patch comes from are resampled; the kept patches are unchanged."""
     box = Box(30, 20, 70, 60)
     full = extract_patches(image, box, parse_recipe(name), 20)
     for m in limits:
-        np.testing.assert_array_equal(extract_patches(image, box, parse_recipe(f"{name}:{m}"), 20), full[:m])
+        np.testing.assert_array_equal(
+            extract_patches(image, box, parse_recipe(f"{name}:{m}"), 20), full[:m]
+        )
 
 
 def test_pixels_beyond_the_image_are_zero_padded(image: np.ndarray) -> None:
@@ -110,16 +116,22 @@ def test_extract_many_concatenates_in_candidate_order(image: np.ndarray) -> None
     assert extract_many(image, [], recipe, 16).shape == (0, 3, 16, 16)
 
 
-def test_patches_written_into_a_given_array_or_refused_with_the_wrong_shape(image: np.ndarray) -> None:
+def test_patches_written_into_a_given_array_or_refused_with_the_wrong_shape(
+    image: np.ndarray,
+) -> None:
     recipe = parse_recipe("polyp:4")
     out = np.full((4, 3, 16, 16), -1.0, dtype=np.float32)
     assert extract_patches(image, Box(10, 10, 20, 20), recipe, 16, out=out) is out
     np.testing.assert_array_equal(out, extract_patches(image, Box(10, 10, 20, 20), recipe, 16))
     with pytest.raises(ValueError, match="out must be"):
-        extract_patches(image, Box(10, 10, 20, 20), recipe, 16, out=np.empty((3, 3, 16, 16), np.float32))
+        extract_patches(
+            image, Box(10, 10, 20, 20), recipe, 16, out=np.empty((3, 3, 16, 16), np.float32)
+        )
 
 
-def naive_resample(image: np.ndarray, cx: float, cy: float, w: float, h: float, size: int) -> np.ndarray:
+def naive_resample(
+    image: np.ndarray, cx: float, cy: float, w: float, h: float, size: int
+) -> np.ndarray:
     """Bilinear sampling written out pixel by pixel (float64), zero outside: the reference."""
     out = np.zeros((3, size, size))
     height, width = image.shape[:2]
@@ -137,7 +149,12 @@ def naive_resample(image: np.ndarray, cx: float, cy: float, w: float, h: float, 
 
 @pytest.mark.parametrize(
     "region",
-    [(40.3, 30.7, 25.0, 18.5), (80.0, 60.0, 160.0, 120.0), (5.0, 110.0, 60.0, 33.0), (150.0, 3.0, 9.0, 70.0)],
+    [
+        (40.3, 30.7, 25.0, 18.5),
+        (80.0, 60.0, 160.0, 120.0),
+        (5.0, 110.0, 60.0, 33.0),
+        (150.0, 3.0, 9.0, 70.0),
+    ],
 )
 def test_resampling_is_bilinear_with_zero_padding_channel_first(image: np.ndarray, region) -> None:
     patch = resample_region(image, *region, 21)

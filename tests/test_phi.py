@@ -49,8 +49,10 @@ def with_phi(name: str, n: int) -> tuple[bytes, dict[str, str]]:
     ds = pydicom.dcmread(dicom_path(name))
     for keyword, value in PHI.items():
         setattr(ds, keyword, value if keyword == "PatientBirthDate" else f"{value}")
-    uids = {k: f"1.2.826.0.1.3680043.9.7731.{n}.{i}" for i, k in
-            enumerate(("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))}
+    uids = {
+        k: f"1.2.826.0.1.3680043.9.7731.{n}.{i}"
+        for i, k in enumerate(("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))
+    }
     for keyword, value in uids.items():
         setattr(ds, keyword, value)
     ds.file_meta.MediaStorageSOPInstanceUID = uids["SOPInstanceUID"]
@@ -74,8 +76,9 @@ def everything_written(tmp: Path, settings, server: ServerThread) -> str:  # noq
     return "\n".join(parts)
 
 
-def test_no_identifying_value_is_logged_stored_or_echoed(tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                                         capfd: pytest.CaptureFixture[str]) -> None:
+def test_no_identifying_value_is_logged_stored_or_echoed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
     from trainer.bootstrap import init_model
     from trainer.round import run_round
     from trainer.settings import TrainerSettings
@@ -97,36 +100,83 @@ def test_no_identifying_value_is_logged_stored_or_echoed(tmp_path: Path, caplog:
         for n, name in enumerate(FILES):
             data, file_uids = with_phi(name, n)
             uids += file_uids.values()
-            r = infer.Classify(cad_pb2.ClassifyRequest(dicom=data, candidates=[
-                cad_pb2.Candidate(client_id=c, box=cad_pb2.Box(x=4 + 9 * i, y=6 + 7 * i, width=20, height=20))
-                for i, c in enumerate("abcd")]), timeout=60)
+            r = infer.Classify(
+                cad_pb2.ClassifyRequest(
+                    dicom=data,
+                    candidates=[
+                        cad_pb2.Candidate(
+                            client_id=c,
+                            box=cad_pb2.Box(x=4 + 9 * i, y=6 + 7 * i, width=20, height=20),
+                        )
+                        for i, c in enumerate("abcd")
+                    ],
+                ),
+                timeout=60,
+            )
             echoed.append(str(r))
             first = first or r
             for res in r.results:
                 verdict = cad_pb2.TRUE_POSITIVE if res.client_id in "bd" else cad_pb2.FALSE_POSITIVE
-                echoed.append(str(review.SubmitCorrection(cad_pb2.Correction(
-                    candidate_id=res.candidate_id, verdict=verdict, reviewer="dr.t"), timeout=30)))
-        echoed.append(str(review.AddMissedFinding(cad_pb2.MissedFinding(
-            request_id=first.request_id, box=cad_pb2.Box(x=30, y=30, width=12, height=12), reviewer="dr.t"),
-            timeout=30)))
+                echoed.append(
+                    str(
+                        review.SubmitCorrection(
+                            cad_pb2.Correction(
+                                candidate_id=res.candidate_id, verdict=verdict, reviewer="dr.t"
+                            ),
+                            timeout=30,
+                        )
+                    )
+                )
+        echoed.append(
+            str(
+                review.AddMissedFinding(
+                    cad_pb2.MissedFinding(
+                        request_id=first.request_id,
+                        box=cad_pb2.Box(x=30, y=30, width=12, height=12),
+                        reviewer="dr.t",
+                    ),
+                    timeout=30,
+                )
+            )
+        )
         echoed.append(str(review.GetAnnotationQueue(cad_pb2.QueueRequest(limit=10), timeout=30)))
         echoed += [str(x) for x in review.ExportLabels(cad_pb2.ExportRequest(), timeout=30)]
         # A damaged file carrying the same values: the error must not quote them.
         data, _ = with_phi("CT_small.dcm", 99)
         broken = data.replace(PHI["PatientBirthDate"].encode(), b"19XX0317")[: len(data) // 2]
         with pytest.raises(grpc.RpcError) as err:
-            infer.Classify(cad_pb2.ClassifyRequest(dicom=broken, candidates=[
-                cad_pb2.Candidate(client_id="x", box=cad_pb2.Box(x=1, y=1, width=5, height=5))]), timeout=30)
+            infer.Classify(
+                cad_pb2.ClassifyRequest(
+                    dicom=broken,
+                    candidates=[
+                        cad_pb2.Candidate(
+                            client_id="x", box=cad_pb2.Box(x=1, y=1, width=5, height=5)
+                        )
+                    ],
+                ),
+                timeout=30,
+            )
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         echoed.append(err.value.details() or "")
-        report = run_round(TrainerSettings(
-            registry_root=root, store_url=settings.store_url, archive_root=settings.archive_root,
-            val_fraction=0.0, allow_unvalidated=True, train_batch_size=16, seed=0), progress=False)
+        report = run_round(
+            TrainerSettings(
+                registry_root=root,
+                store_url=settings.store_url,
+                archive_root=settings.archive_root,
+                val_fraction=0.0,
+                allow_unvalidated=True,
+                train_batch_size=16,
+                seed=0,
+            ),
+            progress=False,
+        )
         assert report.outcome == "published"
         assert server.refresh_models()  # the trained version is swapped in
         stored = everything_written(tmp_path, settings, server)
     out, err_text = capfd.readouterr()
-    logs = "\n".join(f"{r.name} {r.levelname} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    logs = "\n".join(
+        f"{r.name} {r.levelname} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records
+    )
     haystacks = {"logs": logs + out + err_text, "stored": stored, "responses": "\n".join(echoed)}
     assert len(caplog.records) > 10 and "hash" not in PHI  # the search has something to look at
     for where, text in haystacks.items():

@@ -22,17 +22,25 @@ def labeled_patches(n: int, seed: int) -> tuple[np.ndarray, list[int]]:
     labels = [int(x) for x in rng.integers(0, 2, n)]
     patches = rng.uniform(0, 255, (n, 2, 3, 32, 32)).astype(np.float32)
     for i, y in enumerate(labels):
-        patches[i, :, 0] = np.clip(patches[i, :, 0] * (0.55 if y else 0.45) + rng.normal(0, 20), 0, 255)
+        patches[i, :, 0] = np.clip(
+            patches[i, :, 0] * (0.55 if y else 0.45) + rng.normal(0, 20), 0, 255
+        )
     return patches.reshape(n * 2, 3, 32, 32), labels
 
 
 @pytest.fixture
 def quantized(tmp_path: Path) -> Path:
     root = tmp_path / "registry"
-    publish_tiny(root, tmp_path / "build", weights=np.array([[-0.3, 0.3], [0.0, 0.0], [0.0, 0.0]], np.float32))
+    publish_tiny(
+        root,
+        tmp_path / "build",
+        weights=np.array([[-0.3, 0.3], [0.0, 0.0], [0.0, 0.0]], np.float32),
+    )
     calibration, _ = labeled_patches(32, 0)
     patches, labels = labeled_patches(200, 1)
-    report = quantize_version(ModelRegistry(root, "cad"), 1, calibration, patches, labels, per_candidate=2)
+    report = quantize_version(
+        ModelRegistry(root, "cad"), 1, calibration, patches, labels, per_candidate=2
+    )
     assert 0.5 < report.auc_fp32 <= 1 and 0.5 < report.auc_int8 <= 1
     assert abs(report.auc_drop) < 0.05 and report.eval_candidates == 200
     return root
@@ -55,23 +63,42 @@ def test_int8_variant_is_published_beside_its_version(quantized: Path) -> None:
 
 
 @pytest.mark.parametrize(("drop", "served"), [(0.004, "int8"), (0.006, "fp32")])
-def test_server_serves_int8_only_within_the_allowed_auc_drop(quantized: Path, tmp_path: Path, drop: float,
-                                                             served: str) -> None:
+def test_server_serves_int8_only_within_the_allowed_auc_drop(
+    quantized: Path, tmp_path: Path, drop: float, served: str
+) -> None:
     # The same int8 model published as the variant of a fresh version, recorded with a given drop.
     source = ModelRegistry(quantized, "cad").variant(1, "int8")
     root = tmp_path / "fresh"
-    publish_tiny(root, tmp_path / "build2", weights=np.array([[-0.3, 0.3], [0.0, 0.0], [0.0, 0.0]], np.float32))
+    publish_tiny(
+        root,
+        tmp_path / "build2",
+        weights=np.array([[-0.3, 0.3], [0.0, 0.0], [0.0, 0.0]], np.float32),
+    )
     ModelRegistry(root, "cad").publish_variant(1, "int8", source.model_path, {"auc_drop": drop})
     settings = make_settings(root, precision="int8")  # default: at most 0.005
     with ServerThread(settings) as server, grpc.insecure_channel(server.address) as ch:
         server.refresh_models()
         model = server.server.models.current
         assert model is not None and model.precision == served and model.version == 1
-        raw = cad_pb2.RawImage(height=40, width=40, channels=3, pixel_type=cad_pb2.RawImage.UINT8,
-                               pixels=bytes(range(40)) * 120)
-        r = cad_pb2_grpc.CadInferenceStub(ch).Classify(cad_pb2.ClassifyRequest(raw=raw, candidates=[
-            cad_pb2.Candidate(client_id="a", box=cad_pb2.Box(x=2, y=2, width=30, height=30))]), timeout=30)
+        raw = cad_pb2.RawImage(
+            height=40,
+            width=40,
+            channels=3,
+            pixel_type=cad_pb2.RawImage.UINT8,
+            pixels=bytes(range(40)) * 120,
+        )
+        r = cad_pb2_grpc.CadInferenceStub(ch).Classify(
+            cad_pb2.ClassifyRequest(
+                raw=raw,
+                candidates=[
+                    cad_pb2.Candidate(client_id="a", box=cad_pb2.Box(x=2, y=2, width=30, height=30))
+                ],
+            ),
+            timeout=30,
+        )
         assert 0 <= r.results[0].probability <= 1
         info = server.server.metrics.registry.get_sample_value(
-            "cad_model_info", {"model": "cad", "version": "1", "provider": model.provider, "precision": served})
+            "cad_model_info",
+            {"model": "cad", "version": "1", "provider": model.provider, "precision": served},
+        )
         assert info == 1

@@ -60,7 +60,9 @@ def _manager(root: Path) -> tuple[ModelManager, ServiceMetrics]:
 
 
 @pytest.mark.parametrize("breakage", ["checksum", "truncated", "nan", "shape"])
-def test_broken_version_is_refused_and_the_old_one_keeps_serving(tmp_path: Path, breakage: str) -> None:
+def test_broken_version_is_refused_and_the_old_one_keeps_serving(
+    tmp_path: Path, breakage: str
+) -> None:
     root = tmp_path / "reg"
     publish_tiny(root, tmp_path / "b")
     manager, metrics = _manager(root)

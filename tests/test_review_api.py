@@ -23,7 +23,9 @@ def classify(channel: grpc.Channel, n: int = 3) -> cad_pb2.ClassifyResponse:
             window=cad_pb2.Window(center=40, width=400),
             source_id="ws-7",
             candidates=[
-                cad_pb2.Candidate(client_id=f"c{i}", box=cad_pb2.Box(x=10 + 25 * i, y=20, width=24, height=30))
+                cad_pb2.Candidate(
+                    client_id=f"c{i}", box=cad_pb2.Box(x=10 + 25 * i, y=20, width=24, height=30)
+                )
                 for i in range(n)
             ],
         ),
@@ -35,7 +37,9 @@ def test_correction_flow_and_statuses(channel: grpc.Channel) -> None:
     response = classify(channel)
     review = cad_pb2_grpc.CadReviewStub(channel)
     cid = response.results[0].candidate_id
-    correction = cad_pb2.Correction(candidate_id=cid, verdict=cad_pb2.FALSE_POSITIVE, reviewer="dr.a", idempotency_key="k1")
+    correction = cad_pb2.Correction(
+        candidate_id=cid, verdict=cad_pb2.FALSE_POSITIVE, reviewer="dr.a", idempotency_key="k1"
+    )
     receipt = review.SubmitCorrection(correction, timeout=10)
     assert receipt.label == cad_pb2.NEGATIVE and receipt.label_before == cad_pb2.UNLABELED
     assert receipt.candidate_id == cid and receipt.event_id and not receipt.replayed
@@ -47,11 +51,28 @@ def test_correction_flow_and_statuses(channel: grpc.Channel) -> None:
             review.SubmitCorrection(request, timeout=10)
         return err.value.code()
 
-    assert code(cad_pb2.Correction(candidate_id="nope", verdict=cad_pb2.TRUE_POSITIVE, reviewer="a")) == grpc.StatusCode.NOT_FOUND
-    assert code(cad_pb2.Correction(candidate_id=cid, reviewer="a")) == grpc.StatusCode.INVALID_ARGUMENT
-    assert code(cad_pb2.Correction(candidate_id=cid, verdict=cad_pb2.TRUE_POSITIVE)) == grpc.StatusCode.INVALID_ARGUMENT
-    assert code(cad_pb2.Correction(candidate_id=cid, verdict=cad_pb2.TRUE_POSITIVE, reviewer="a", note="x" * 5000)) == grpc.StatusCode.INVALID_ARGUMENT
-    changed = cad_pb2.Correction(candidate_id=cid, verdict=cad_pb2.TRUE_POSITIVE, reviewer="dr.a", idempotency_key="k1")
+    assert (
+        code(cad_pb2.Correction(candidate_id="nope", verdict=cad_pb2.TRUE_POSITIVE, reviewer="a"))
+        == grpc.StatusCode.NOT_FOUND
+    )
+    assert (
+        code(cad_pb2.Correction(candidate_id=cid, reviewer="a")) == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert (
+        code(cad_pb2.Correction(candidate_id=cid, verdict=cad_pb2.TRUE_POSITIVE))
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert (
+        code(
+            cad_pb2.Correction(
+                candidate_id=cid, verdict=cad_pb2.TRUE_POSITIVE, reviewer="a", note="x" * 5000
+            )
+        )
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    changed = cad_pb2.Correction(
+        candidate_id=cid, verdict=cad_pb2.TRUE_POSITIVE, reviewer="dr.a", idempotency_key="k1"
+    )
     assert code(changed) == grpc.StatusCode.ALREADY_EXISTS
 
 
@@ -59,30 +80,65 @@ def test_missed_finding_queue_and_export(server: ServerThread, channel: grpc.Cha
     response = classify(channel, n=4)
     review = cad_pb2_grpc.CadReviewStub(channel)
     missed = review.AddMissedFinding(
-        cad_pb2.MissedFinding(request_id=response.request_id, box=cad_pb2.Box(x=60, y=60, width=20, height=20),
-                              reviewer="dr.b", idempotency_key="m1"),
+        cad_pb2.MissedFinding(
+            request_id=response.request_id,
+            box=cad_pb2.Box(x=60, y=60, width=20, height=20),
+            reviewer="dr.b",
+            idempotency_key="m1",
+        ),
         timeout=10,
     )
     assert missed.label == cad_pb2.POSITIVE and missed.candidate_id.startswith(response.request_id)
     for bad, expected in (
-        (cad_pb2.MissedFinding(request_id="nope", box=cad_pb2.Box(x=1, y=1, width=2, height=2), reviewer="a"), grpc.StatusCode.NOT_FOUND),
-        (cad_pb2.MissedFinding(request_id=response.request_id, box=cad_pb2.Box(x=1, y=1, width=0, height=2), reviewer="a"), grpc.StatusCode.INVALID_ARGUMENT),
-        (cad_pb2.MissedFinding(request_id=response.request_id, box=cad_pb2.Box(x=120, y=1, width=20, height=2), reviewer="a"), grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            cad_pb2.MissedFinding(
+                request_id="nope", box=cad_pb2.Box(x=1, y=1, width=2, height=2), reviewer="a"
+            ),
+            grpc.StatusCode.NOT_FOUND,
+        ),
+        (
+            cad_pb2.MissedFinding(
+                request_id=response.request_id,
+                box=cad_pb2.Box(x=1, y=1, width=0, height=2),
+                reviewer="a",
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            cad_pb2.MissedFinding(
+                request_id=response.request_id,
+                box=cad_pb2.Box(x=120, y=1, width=20, height=2),
+                reviewer="a",
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
     ):
         with pytest.raises(grpc.RpcError) as err:
             review.AddMissedFinding(bad, timeout=10)
         assert err.value.code() == expected
 
     queue = review.GetAnnotationQueue(cad_pb2.QueueRequest(limit=3), timeout=10)
-    assert queue.variant == "entropy_diversity_alpha" and queue.unlabeled == 4 and len(queue.items) == 3
+    assert (
+        queue.variant == "entropy_diversity_alpha"
+        and queue.unlabeled == 4
+        and len(queue.items) == 3
+    )
     by_id = {r.candidate_id: r for r in response.results}
     for item in queue.items:
         assert item.request_id == response.request_id and item.source_id == "ws-7"
         assert item.score == pytest.approx(by_id[item.candidate_id].score, rel=1e-4)
     assert [i.score for i in queue.items] == sorted((i.score for i in queue.items), reverse=True)
     top = queue.items[0].candidate_id
-    review.SubmitCorrection(cad_pb2.Correction(candidate_id=top, verdict=cad_pb2.TRUE_POSITIVE, reviewer="dr.a"), timeout=10)
-    assert review.GetAnnotationQueue(cad_pb2.QueueRequest(limit=10, variant="random"), timeout=10).unlabeled == 3
+    review.SubmitCorrection(
+        cad_pb2.Correction(candidate_id=top, verdict=cad_pb2.TRUE_POSITIVE, reviewer="dr.a"),
+        timeout=10,
+    )
+    assert (
+        review.GetAnnotationQueue(
+            cad_pb2.QueueRequest(limit=10, variant="random"), timeout=10
+        ).unlabeled
+        == 3
+    )
 
     exported = list(review.ExportLabels(cad_pb2.ExportRequest(), timeout=10))
     assert {e.candidate_id for e in exported} == {missed.candidate_id, top}
@@ -97,7 +153,8 @@ def test_missed_finding_queue_and_export(server: ServerThread, channel: grpc.Cha
     np.testing.assert_array_equal(archived, seen)
     box = Box(10, 20, 24, 30)
     np.testing.assert_array_equal(
-        extract_many(archived, [box], parse_recipe("polyp"), 32), extract_many(seen, [box], parse_recipe("polyp"), 32)
+        extract_many(archived, [box], parse_recipe("polyp"), 32),
+        extract_many(seen, [box], parse_recipe("polyp"), 32),
     )
 
 
@@ -113,11 +170,31 @@ def test_review_metrics_in_a_scrape(server: ServerThread, channel: grpc.Channel)
     response = classify(channel)
     review = cad_pb2_grpc.CadReviewStub(channel)
     ids = [r.candidate_id for r in response.results]
-    review.SubmitCorrection(cad_pb2.Correction(candidate_id=ids[0], verdict=cad_pb2.TRUE_POSITIVE, reviewer="a"), timeout=10)
-    review.SubmitCorrection(cad_pb2.Correction(candidate_id=ids[1], verdict=cad_pb2.FALSE_POSITIVE, reviewer="a"), timeout=10)
-    review.SubmitCorrection(cad_pb2.Correction(candidate_id=ids[1], verdict=cad_pb2.TRUE_POSITIVE, reviewer="b"), timeout=10)
-    review.AddMissedFinding(cad_pb2.MissedFinding(request_id=response.request_id, box=cad_pb2.Box(x=1, y=1, width=9, height=9), reviewer="b"), timeout=10)
-    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+    review.SubmitCorrection(
+        cad_pb2.Correction(candidate_id=ids[0], verdict=cad_pb2.TRUE_POSITIVE, reviewer="a"),
+        timeout=10,
+    )
+    review.SubmitCorrection(
+        cad_pb2.Correction(candidate_id=ids[1], verdict=cad_pb2.FALSE_POSITIVE, reviewer="a"),
+        timeout=10,
+    )
+    review.SubmitCorrection(
+        cad_pb2.Correction(candidate_id=ids[1], verdict=cad_pb2.TRUE_POSITIVE, reviewer="b"),
+        timeout=10,
+    )
+    review.AddMissedFinding(
+        cad_pb2.MissedFinding(
+            request_id=response.request_id,
+            box=cad_pb2.Box(x=1, y=1, width=9, height=9),
+            reviewer="b",
+        ),
+        timeout=10,
+    )
+    text = (
+        urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10)
+        .read()
+        .decode()
+    )
     for needle in (
         'cad_corrections_total{verdict="true_positive"} 2.0',
         'cad_corrections_total{verdict="false_positive"} 1.0',

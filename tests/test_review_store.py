@@ -37,16 +37,50 @@ def review(store: SqlLabelStore, metrics: ServiceMetrics) -> ReviewService:
     return ReviewService(store, metrics, max_note_chars=100)
 
 
-def add_image(store: SqlLabelStore, request_id: str, n: int = 3, seed: int = 0, version: str = "1",
-              sha: str | None = None, created: str = "") -> list[str]:
+def add_image(
+    store: SqlLabelStore,
+    request_id: str,
+    n: int = 3,
+    seed: int = 0,
+    version: str = "1",
+    sha: str | None = None,
+    created: str = "",
+) -> list[str]:
     rng = np.random.default_rng(seed)
     store.record_classification(
-        ImageRecord(request_id, sha or f"sha-{request_id}", 1000, 100, 120, 0, "dicom", "src",
-                    "1.2.3", "1.2.3.4", "1.2.3.4.5", "CT", "polyp", version, created),
+        ImageRecord(
+            request_id,
+            sha or f"sha-{request_id}",
+            1000,
+            100,
+            120,
+            0,
+            "dicom",
+            "src",
+            "1.2.3",
+            "1.2.3.4",
+            "1.2.3.4.5",
+            "CT",
+            "polyp",
+            version,
+            created,
+        ),
         [
             CandidateRecord(
-                f"{request_id}-{i}", request_id, f"c{i}", 10.0 * i, 5.0, 20.0, 20.0, "polyp", version,
-                0.5, 1.0, 2.0, 3.0, rng.dirichlet([1, 1], size=24).astype(np.float32),
+                f"{request_id}-{i}",
+                request_id,
+                f"c{i}",
+                10.0 * i,
+                5.0,
+                20.0,
+                20.0,
+                "polyp",
+                version,
+                0.5,
+                1.0,
+                2.0,
+                3.0,
+                rng.dirichlet([1, 1], size=24).astype(np.float32),
             )
             for i in range(n)
         ],
@@ -70,17 +104,26 @@ def test_candidate_round_trip_keeps_patch_predictions(store: SqlLabelStore) -> N
     np.testing.assert_allclose(c.patch_probs.sum(axis=1), 1.0, rtol=1e-6)
 
 
-def test_corrections_are_append_only_with_conflicts(review: ReviewService, store: SqlLabelStore, metrics: ServiceMetrics) -> None:
+def test_corrections_are_append_only_with_conflicts(
+    review: ReviewService, store: SqlLabelStore, metrics: ServiceMetrics
+) -> None:
     add_image(store, "r1")
     first = review.submit_correction("r1-0", "FALSE_POSITIVE", "dr.a", "k1")
-    assert first.event.label_before is None and first.event.label_after == 0 and not first.event.conflict
+    assert (
+        first.event.label_before is None
+        and first.event.label_after == 0
+        and not first.event.conflict
+    )
     same = review.submit_correction("r1-0", "TRUE_POSITIVE", "dr.a", "k2", "changed my mind")
     assert same.event.label_before == 0 and not same.event.conflict  # same reviewer: no conflict
     other = review.submit_correction("r1-0", "FALSE_POSITIVE", "dr.b", "k3")
     assert other.event.conflict and other.event.seq == 3
     events = store.events("r1-0")
     assert [(e.reviewer, e.label_before, e.label_after) for e in events] == [
-        ("dr.a", None, 0), ("dr.a", 0, 1), ("dr.b", 1, 0)]
+        ("dr.a", None, 0),
+        ("dr.a", 0, 1),
+        ("dr.b", 1, 0),
+    ]
     (labeled,) = list(review.export())
     assert labeled.label == 0 and labeled.conflict and labeled.events == 3
     r = metrics.registry
@@ -89,7 +132,9 @@ def test_corrections_are_append_only_with_conflicts(review: ReviewService, store
     assert r.get_sample_value("cad_label_conflicts_total") == 1
 
 
-def test_idempotent_retry_returns_the_same_receipt(review: ReviewService, store: SqlLabelStore) -> None:
+def test_idempotent_retry_returns_the_same_receipt(
+    review: ReviewService, store: SqlLabelStore
+) -> None:
     add_image(store, "r1")
     a = review.submit_correction("r1-1", "TRUE_POSITIVE", "dr.a", "key-1", "note")
     b = review.submit_correction("r1-1", "TRUE_POSITIVE", "dr.a", "key-1", "note")
@@ -110,14 +155,18 @@ def test_idempotent_retry_returns_the_same_receipt(review: ReviewService, store:
         (("", "TRUE_POSITIVE", "dr.a", "k"), InvalidInput),
     ],
 )
-def test_bad_corrections_write_nothing(review: ReviewService, store: SqlLabelStore, args: tuple, error: type) -> None:
+def test_bad_corrections_write_nothing(
+    review: ReviewService, store: SqlLabelStore, args: tuple, error: type
+) -> None:
     add_image(store, "r1")
     with pytest.raises(error):
         review.submit_correction(*args)
     assert store.events() == [] and store.count_unlabeled() == 3
 
 
-def test_missed_finding_creates_a_positive_candidate(review: ReviewService, store: SqlLabelStore) -> None:
+def test_missed_finding_creates_a_positive_candidate(
+    review: ReviewService, store: SqlLabelStore
+) -> None:
     add_image(store, "r1")
     receipt = review.add_missed_finding("r1", Box(50, 40, 30, 30), "dr.a", "m1")
     c = store.get_candidate(receipt.event.candidate_id)
@@ -133,7 +182,9 @@ def test_missed_finding_creates_a_positive_candidate(review: ReviewService, stor
     assert len(store.events()) == 1
 
 
-def test_queue_ranks_unlabeled_candidates_by_the_chosen_variant(review: ReviewService, store: SqlLabelStore) -> None:
+def test_queue_ranks_unlabeled_candidates_by_the_chosen_variant(
+    review: ReviewService, store: SqlLabelStore
+) -> None:
     ids = add_image(store, "r1", n=6, seed=1) + add_image(store, "r2", n=4, seed=2)
     review.submit_correction(ids[0], "TRUE_POSITIVE", "dr.a", "k")
     for variant in ("entropy", "diversity_alpha", "entropy_diversity_alpha"):
@@ -152,7 +203,9 @@ def test_queue_ranks_unlabeled_candidates_by_the_chosen_variant(review: ReviewSe
         review.annotation_queue(5, "magic")
 
 
-def test_export_since_and_precision_by_version(review: ReviewService, store: SqlLabelStore, metrics: ServiceMetrics) -> None:
+def test_export_since_and_precision_by_version(
+    review: ReviewService, store: SqlLabelStore, metrics: ServiceMetrics
+) -> None:
     a = add_image(store, "r1", version="1")
     b = add_image(store, "r2", version="2")
     review.submit_correction(a[0], "TRUE_POSITIVE", "dr.a", "k1")
@@ -161,7 +214,9 @@ def test_export_since_and_precision_by_version(review: ReviewService, store: Sql
     review.submit_correction(b[1], "TRUE_POSITIVE", "dr.a", "k4")
     exported = list(review.export())
     assert [x.candidate.candidate_id for x in exported] == [a[0], a[1], b[0], b[1]]
-    assert exported[0].image.sha256 == "sha-r1" and exported[0].image.sop_instance_uid == "1.2.3.4.5"
+    assert (
+        exported[0].image.sha256 == "sha-r1" and exported[0].image.sop_instance_uid == "1.2.3.4.5"
+    )
     assert [x.candidate.candidate_id for x in review.export(since=cut)] == [b[1]]
     assert store.precision_by_version() == {"1": (1, 1), "2": (2, 0)}
     r = metrics.registry
@@ -170,7 +225,9 @@ def test_export_since_and_precision_by_version(review: ReviewService, store: Sql
     assert r.get_sample_value("cad_annotation_queue_depth") == 2
 
 
-def test_concurrent_reviewers_never_lose_or_duplicate_events(review: ReviewService, store: SqlLabelStore) -> None:
+def test_concurrent_reviewers_never_lose_or_duplicate_events(
+    review: ReviewService, store: SqlLabelStore
+) -> None:
     add_image(store, "r1", n=2)
     errors: list[BaseException] = []
 
@@ -179,7 +236,9 @@ def test_concurrent_reviewers_never_lose_or_duplicate_events(review: ReviewServi
             for i in range(10):
                 verdict = "TRUE_POSITIVE" if (worker + i) % 2 else "FALSE_POSITIVE"
                 review.submit_correction(f"r1-{i % 2}", verdict, f"dr.{worker}", f"w{worker}-{i}")
-                review.submit_correction(f"r1-{i % 2}", verdict, f"dr.{worker}", f"w{worker}-{i}")  # retry
+                review.submit_correction(
+                    f"r1-{i % 2}", verdict, f"dr.{worker}", f"w{worker}-{i}"
+                )  # retry
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -195,11 +254,16 @@ def test_concurrent_reviewers_never_lose_or_duplicate_events(review: ReviewServi
         mine = [e for e in events if e.candidate_id == cid]
         assert sorted(e.seq for e in mine) == list(range(1, 21))
         last = max(mine, key=lambda e: e.seq)
-        assert store.get_candidate(cid) and next(
-            x for x in review.export() if x.candidate.candidate_id == cid).label == last.label_after
+        assert (
+            store.get_candidate(cid)
+            and next(x for x in review.export() if x.candidate.candidate_id == cid).label
+            == last.label_after
+        )
 
 
-def test_retention_prunes_only_unlabeled_images(review: ReviewService, store: SqlLabelStore, tmp_path: Path) -> None:
+def test_retention_prunes_only_unlabeled_images(
+    review: ReviewService, store: SqlLabelStore, tmp_path: Path
+) -> None:
     archive = ImageArchive(tmp_path / "archive")
     old = (datetime.now(timezone.utc) - timedelta(days=40)).isoformat()
     shas = {}
@@ -213,17 +277,25 @@ def test_retention_prunes_only_unlabeled_images(review: ReviewService, store: Sq
     assert archive.path(shas["old-labeled"]).exists()
     with pytest.raises(NotFound):
         store.get_candidate("old-unlabeled-0")
-    report = prune(store, archive, max_age_s=None, max_unlabeled_bytes=1000)  # each image is 1000 bytes
+    report = prune(
+        store, archive, max_age_s=None, max_unlabeled_bytes=1000
+    )  # each image is 1000 bytes
     assert report.images_removed == 1 and not archive.path(shas["new-1"]).exists()
     assert archive.path(shas["new-2"]).exists() and archive.path(shas["old-labeled"]).exists()
 
 
-def test_queue_with_custom_parameters_and_acft_sampling(review: ReviewService, store: SqlLabelStore) -> None:
+def test_queue_with_custom_parameters_and_acft_sampling(
+    review: ReviewService, store: SqlLabelStore
+) -> None:
     from service.aift import Variant
 
     add_image(store, "r1", n=12, seed=3)
-    custom = review.annotation_queue(12, "entropy_diversity", overrides={"alpha": 0.5, "lambda2": 0.1})
-    expected = aift_scores(np.stack([e.patch_probs for e, _ in custom.items]), Variant("c", 1.0, 0.1, 0.5))
+    custom = review.annotation_queue(
+        12, "entropy_diversity", overrides={"alpha": 0.5, "lambda2": 0.1}
+    )
+    expected = aift_scores(
+        np.stack([e.patch_probs for e, _ in custom.items]), Variant("c", 1.0, 0.1, 0.5)
+    )
     np.testing.assert_allclose([s for _, s in custom.items], expected, rtol=1e-9)
     top = {e.candidate_id for e, _ in review.annotation_queue(8, "entropy").items}
     sampled = review.annotation_queue(4, "entropy", seed=1, omega=2)
@@ -250,7 +322,9 @@ def fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     return calls
 
 
-def test_background_archive_fsyncs_in_batches_and_on_close(tmp_path: Path, fsyncs: list[Path]) -> None:
+def test_background_archive_fsyncs_in_batches_and_on_close(
+    tmp_path: Path, fsyncs: list[Path]
+) -> None:
     archive = ImageArchive(tmp_path / "archive", fsync="background", sync_interval_s=3600)
     shas = [archive.put(np.full((8, 8, 3), i, dtype=np.uint8))[0] for i in range(3)]
     for i, sha in enumerate(shas):  # complete and readable at once, fsynced later
@@ -267,7 +341,9 @@ def test_background_archive_fsyncs_in_batches_and_on_close(tmp_path: Path, fsync
     assert archive.pending == 0
 
 
-def test_background_syncer_fsyncs_without_being_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_background_syncer_fsyncs_without_being_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import service.archive
 
     done = threading.Event()
@@ -286,8 +362,9 @@ def test_background_syncer_fsyncs_without_being_asked(tmp_path: Path, monkeypatc
     archive.close()
 
 
-def test_a_label_makes_its_image_durable_first(store: SqlLabelStore, metrics: ServiceMetrics, tmp_path: Path,
-                                               fsyncs: list[Path]) -> None:
+def test_a_label_makes_its_image_durable_first(
+    store: SqlLabelStore, metrics: ServiceMetrics, tmp_path: Path, fsyncs: list[Path]
+) -> None:
     archive = ImageArchive(tmp_path / "archive", fsync="background", sync_interval_s=3600)
     review = ReviewService(store, metrics, archive=archive)
     first, _ = archive.put(np.full((16, 16, 3), 1, dtype=np.uint8))
@@ -296,7 +373,11 @@ def test_a_label_makes_its_image_durable_first(store: SqlLabelStore, metrics: Se
     add_image(store, "r2", n=1, sha=second)
     assert archive.pending == 2
     review.submit_correction("r1-0", "TRUE_POSITIVE", "dr.a", "k1")
-    assert archive.path(first) in fsyncs and archive.path(second) not in fsyncs and archive.pending == 1
+    assert (
+        archive.path(first) in fsyncs
+        and archive.path(second) not in fsyncs
+        and archive.pending == 1
+    )
     review.add_missed_finding("r2", Box(1, 1, 4, 4), "dr.a", "k2")
     assert archive.path(second) in fsyncs and archive.pending == 0
     with pytest.raises(NotFound):  # unknown candidates are refused as before
@@ -309,15 +390,20 @@ def test_archive_fsync_mode_is_checked(tmp_path: Path) -> None:
         ImageArchive(tmp_path, fsync="never")
 
 
-def test_relaxed_classification_commits_then_durable_again(store: SqlLabelStore, review: ReviewService) -> None:
+def test_relaxed_classification_commits_then_durable_again(
+    store: SqlLabelStore, review: ReviewService
+) -> None:
     """A relaxed record is stored and readable; the connection is back to durable commits for
     everything after it (labels above all)."""
     from dataclasses import replace as dc_replace
 
     ids = add_image(store, "fast", n=2)
     image = store.get_image("fast")
-    store.record_classification(dc_replace(image, request_id="relaxed"), [
-        dc_replace(store.get_candidate(ids[0]), candidate_id="relaxed-0", request_id="relaxed")], durable=False)
+    store.record_classification(
+        dc_replace(image, request_id="relaxed"),
+        [dc_replace(store.get_candidate(ids[0]), candidate_id="relaxed-0", request_id="relaxed")],
+        durable=False,
+    )
     assert store.get_candidate("relaxed-0").request_id == "relaxed"
     query = "PRAGMA synchronous" if store.dialect.name == "sqlite" else "SHOW synchronous_commit"
     assert str(store._query(query)[0][0]) in ("2", "on")  # FULL / on

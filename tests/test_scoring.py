@@ -84,8 +84,13 @@ def test_binary_majority_keeps_bottom_patches_when_mean_is_not_above_half() -> N
     np.testing.assert_allclose(sorted(kept[0, :, 1]), [0.1, 0.2])
 
 
-@pytest.mark.parametrize(("m", "alpha", "expected"), [(11, 0.25, 3), (10, 0.25, 3), (2, 0.25, 1), (24, 0.25, 6), (1, 0.1, 1)])
-def test_majority_count_rounds_half_up_with_at_least_one(m: int, alpha: float, expected: int) -> None:
+@pytest.mark.parametrize(
+    ("m", "alpha", "expected"),
+    [(11, 0.25, 3), (10, 0.25, 3), (2, 0.25, 1), (24, 0.25, 6), (1, 0.1, 1)],
+)
+def test_majority_count_rounds_half_up_with_at_least_one(
+    m: int, alpha: float, expected: int
+) -> None:
     assert majority_count(m, alpha) == expected
 
 
@@ -119,8 +124,13 @@ def test_selection_top_b_and_acft_randomised() -> None:
 
     scores = np.array([0.1, 5.0, 3.0, 0.0, 4.0, 2.0, 1.0])
     np.testing.assert_array_equal(select_for_labeling(scores, 3), [1, 4, 2])
-    picks = [tuple(select_for_labeling(scores, 2, omega=2, rng=np.random.default_rng(s))) for s in range(200)]
-    assert all(set(p) <= {1, 4, 2, 5} and len(set(p)) == 2 for p in picks)  # from the top omega*b = 4
+    picks = [
+        tuple(select_for_labeling(scores, 2, omega=2, rng=np.random.default_rng(s)))
+        for s in range(200)
+    ]
+    assert all(
+        set(p) <= {1, 4, 2, 5} and len(set(p)) == 2 for p in picks
+    )  # from the top omega*b = 4
     counts = np.bincount(np.concatenate(picks), minlength=7)
     assert counts[1] > counts[5]  # sampled in proportion to score
     with pytest.raises(ValueError):

@@ -25,9 +25,14 @@ TOKENS = {
     "review": "tok-review-0123456789abcdef",
     "admin": "tok-admin-0123456789abcdef",
 }
-RAW = cad_pb2.RawImage(height=48, width=48, channels=1, pixel_type=cad_pb2.RawImage.UINT8, pixels=bytes(range(48)) * 48)
-REQUEST = cad_pb2.ClassifyRequest(raw=RAW, recipe="single", candidates=[
-    cad_pb2.Candidate(client_id="a", box=cad_pb2.Box(x=4, y=4, width=20, height=20))])
+RAW = cad_pb2.RawImage(
+    height=48, width=48, channels=1, pixel_type=cad_pb2.RawImage.UINT8, pixels=bytes(range(48)) * 48
+)
+REQUEST = cad_pb2.ClassifyRequest(
+    raw=RAW,
+    recipe="single",
+    candidates=[cad_pb2.Candidate(client_id="a", box=cad_pb2.Box(x=4, y=4, width=20, height=20))],
+)
 
 
 def bearer(role: str) -> list[tuple[str, str]]:
@@ -35,16 +40,32 @@ def bearer(role: str) -> list[tuple[str, str]]:
 
 
 def token_file(path: Path) -> Path:
-    path.write_text(json.dumps({"tokens": [
-        {"identity": "tower-3", "roles": ["infer"], "sha256": token_sha256(TOKENS["infer"])},
-        {"identity": "dr.jones", "roles": ["review"], "token": TOKENS["review"]},
-        {"identity": "ops.kim", "roles": ["admin", "infer"], "sha256": token_sha256(TOKENS["admin"])},
-    ]}))
+    path.write_text(
+        json.dumps(
+            {
+                "tokens": [
+                    {
+                        "identity": "tower-3",
+                        "roles": ["infer"],
+                        "sha256": token_sha256(TOKENS["infer"]),
+                    },
+                    {"identity": "dr.jones", "roles": ["review"], "token": TOKENS["review"]},
+                    {
+                        "identity": "ops.kim",
+                        "roles": ["admin", "infer"],
+                        "sha256": token_sha256(TOKENS["admin"]),
+                    },
+                ]
+            }
+        )
+    )
     return path
 
 
 @pytest.fixture
-def secured(registry_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[ServerThread]:
+def secured(
+    registry_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> Iterator[ServerThread]:
     caplog.set_level(logging.DEBUG)
     settings = make_settings(registry_root, auth_tokens_file=token_file(tmp_path / "tokens.json"))
     with ServerThread(settings) as server:
@@ -58,48 +79,101 @@ def code_of(call, *args, **kwargs) -> grpc.StatusCode:  # noqa: ANN001
     return err.value.code()
 
 
-def test_missing_unknown_and_wrong_role_tokens(secured: ServerThread, caplog: pytest.LogCaptureFixture) -> None:
+def test_missing_unknown_and_wrong_role_tokens(
+    secured: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
     with grpc.insecure_channel(secured.address) as ch:
         infer = cad_pb2_grpc.CadInferenceStub(ch)
         review = cad_pb2_grpc.CadReviewStub(ch)
         admin = cad_pb2_grpc.ModelAdminStub(ch)
         assert code_of(infer.Classify, REQUEST, timeout=10) == grpc.StatusCode.UNAUTHENTICATED
-        assert code_of(infer.Classify, REQUEST, timeout=10, metadata=[("authorization", "Bearer nope-nope")]) \
+        assert (
+            code_of(
+                infer.Classify,
+                REQUEST,
+                timeout=10,
+                metadata=[("authorization", "Bearer nope-nope")],
+            )
             == grpc.StatusCode.UNAUTHENTICATED
-        assert code_of(infer.Classify, REQUEST, timeout=10, metadata=[("authorization", TOKENS["infer"])]) \
-            == grpc.StatusCode.UNAUTHENTICATED  # no "Bearer" scheme
+        )
+        assert (
+            code_of(
+                infer.Classify, REQUEST, timeout=10, metadata=[("authorization", TOKENS["infer"])]
+            )
+            == grpc.StatusCode.UNAUTHENTICATED
+        )  # no "Bearer" scheme
         response = infer.Classify(REQUEST, timeout=10, metadata=bearer("infer"))
         assert response.results[0].client_id == "a"
-        correction = cad_pb2.Correction(candidate_id=response.results[0].candidate_id,
-                                        verdict=cad_pb2.FALSE_POSITIVE)
-        assert code_of(review.SubmitCorrection, correction, timeout=10, metadata=bearer("infer")) \
+        correction = cad_pb2.Correction(
+            candidate_id=response.results[0].candidate_id, verdict=cad_pb2.FALSE_POSITIVE
+        )
+        assert (
+            code_of(review.SubmitCorrection, correction, timeout=10, metadata=bearer("infer"))
             == grpc.StatusCode.PERMISSION_DENIED
-        assert code_of(admin.PinVersion, cad_pb2.PinRequest(version="1"), timeout=10, metadata=bearer("review")) \
+        )
+        assert (
+            code_of(
+                admin.PinVersion,
+                cad_pb2.PinRequest(version="1"),
+                timeout=10,
+                metadata=bearer("review"),
+            )
             == grpc.StatusCode.PERMISSION_DENIED
-        assert code_of(infer.Classify, REQUEST, timeout=10, metadata=bearer("review")) \
+        )
+        assert (
+            code_of(infer.Classify, REQUEST, timeout=10, metadata=bearer("review"))
             == grpc.StatusCode.PERMISSION_DENIED
+        )
         # Streams are checked too.
         stream = infer.ClassifyStream(iter([REQUEST]), timeout=10)
         assert code_of(lambda: list(stream)) == grpc.StatusCode.UNAUTHENTICATED
-        assert len(list(infer.ClassifyStream(iter([REQUEST, REQUEST]), timeout=10, metadata=bearer("infer")))) == 2
+        assert (
+            len(
+                list(
+                    infer.ClassifyStream(
+                        iter([REQUEST, REQUEST]), timeout=10, metadata=bearer("infer")
+                    )
+                )
+            )
+            == 2
+        )
     metrics = secured.server.metrics.registry
-    assert metrics.get_sample_value("cad_grpc_requests_total", {"method": "Classify", "code": "UNAUTHENTICATED"}) == 3
-    assert metrics.get_sample_value("cad_grpc_requests_total", {"method": "Classify", "code": "PERMISSION_DENIED"}) == 1
+    assert (
+        metrics.get_sample_value(
+            "cad_grpc_requests_total", {"method": "Classify", "code": "UNAUTHENTICATED"}
+        )
+        == 3
+    )
+    assert (
+        metrics.get_sample_value(
+            "cad_grpc_requests_total", {"method": "Classify", "code": "PERMISSION_DENIED"}
+        )
+        == 1
+    )
     logged = "\n".join(r.getMessage() + str(r.args) for r in caplog.records)
     assert all(token not in logged for token in TOKENS.values())  # tokens are never logged
 
 
 def test_reviewer_is_the_tokens_identity(secured: ServerThread) -> None:
     with grpc.insecure_channel(secured.address) as ch:
-        result = cad_pb2_grpc.CadInferenceStub(ch).Classify(REQUEST, timeout=10, metadata=bearer("infer")).results[0]
+        result = (
+            cad_pb2_grpc.CadInferenceStub(ch)
+            .Classify(REQUEST, timeout=10, metadata=bearer("infer"))
+            .results[0]
+        )
         review = cad_pb2_grpc.CadReviewStub(ch)
-        spoof = cad_pb2.Correction(candidate_id=result.candidate_id, verdict=cad_pb2.TRUE_POSITIVE,
-                                   reviewer="dr.house")
-        assert code_of(review.SubmitCorrection, spoof, timeout=10, metadata=bearer("review")) \
+        spoof = cad_pb2.Correction(
+            candidate_id=result.candidate_id, verdict=cad_pb2.TRUE_POSITIVE, reviewer="dr.house"
+        )
+        assert (
+            code_of(review.SubmitCorrection, spoof, timeout=10, metadata=bearer("review"))
             == grpc.StatusCode.PERMISSION_DENIED
-        receipt = review.SubmitCorrection(cad_pb2.Correction(candidate_id=result.candidate_id,
-                                                             verdict=cad_pb2.TRUE_POSITIVE),
-                                          timeout=10, metadata=bearer("review"))
+        )
+        receipt = review.SubmitCorrection(
+            cad_pb2.Correction(candidate_id=result.candidate_id, verdict=cad_pb2.TRUE_POSITIVE),
+            timeout=10,
+            metadata=bearer("review"),
+        )
         assert receipt.event_id
     events = secured.server.store.events(result.candidate_id)
     assert [e.reviewer for e in events] == ["dr.jones"]
@@ -111,46 +185,95 @@ def test_health_open_reflection_closed_by_default(secured: ServerThread) -> None
         assert health.status == health_pb2.HealthCheckResponse.SERVING  # no token needed
         stub = reflection_pb2_grpc.ServerReflectionStub(ch)
         ask = reflection_pb2.ServerReflectionRequest(list_services="")
-        assert code_of(lambda: list(stub.ServerReflectionInfo(iter([ask]), timeout=10))) \
+        assert (
+            code_of(lambda: list(stub.ServerReflectionInfo(iter([ask]), timeout=10)))
             == grpc.StatusCode.UNAUTHENTICATED
+        )
         names = list(stub.ServerReflectionInfo(iter([ask]), timeout=10, metadata=bearer("infer")))
         assert "cad.v1.CadInference" in {s.name for s in names[0].list_services_response.service}
 
 
 def test_health_can_be_closed_and_reflection_opened(registry_root: Path, tmp_path: Path) -> None:
-    settings = make_settings(registry_root, auth_tokens_file=token_file(tmp_path / "t.json"),
-                             auth_open_health=False, auth_open_reflection=True)
+    settings = make_settings(
+        registry_root,
+        auth_tokens_file=token_file(tmp_path / "t.json"),
+        auth_open_health=False,
+        auth_open_reflection=True,
+    )
     with ServerThread(settings) as server, grpc.insecure_channel(server.address) as ch:
         server.refresh_models()
         health = health_pb2_grpc.HealthStub(ch)
-        assert code_of(health.Check, health_pb2.HealthCheckRequest(), timeout=10) == grpc.StatusCode.UNAUTHENTICATED
-        assert health.Check(health_pb2.HealthCheckRequest(), timeout=10, metadata=bearer("infer")).status \
+        assert (
+            code_of(health.Check, health_pb2.HealthCheckRequest(), timeout=10)
+            == grpc.StatusCode.UNAUTHENTICATED
+        )
+        assert (
+            health.Check(
+                health_pb2.HealthCheckRequest(), timeout=10, metadata=bearer("infer")
+            ).status
             == health_pb2.HealthCheckResponse.SERVING
+        )
         ask = reflection_pb2.ServerReflectionRequest(list_services="")
-        assert list(reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(iter([ask]), timeout=10))
+        assert list(
+            reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
+                iter([ask]), timeout=10
+            )
+        )
 
 
-def test_admin_actions_and_corrections_are_in_the_audit_trail(secured: ServerThread, tmp_path: Path) -> None:
+def test_admin_actions_and_corrections_are_in_the_audit_trail(
+    secured: ServerThread, tmp_path: Path
+) -> None:
     publish_tiny(secured.server.settings.registry_root, tmp_path / "b")
     secured.refresh_models()  # swap 1 -> 2
     with grpc.insecure_channel(secured.address) as ch:
         admin = cad_pb2_grpc.ModelAdminStub(ch)
-        admin.PinVersion(cad_pb2.PinRequest(version="1", reason="FP rate rose"), timeout=10, metadata=bearer("admin"))
+        admin.PinVersion(
+            cad_pb2.PinRequest(version="1", reason="FP rate rose"),
+            timeout=10,
+            metadata=bearer("admin"),
+        )
         admin.Unpin(cad_pb2.UnpinRequest(), timeout=10, metadata=bearer("admin"))
-        result = cad_pb2_grpc.CadInferenceStub(ch).Classify(REQUEST, timeout=10, metadata=bearer("infer")).results[0]
+        result = (
+            cad_pb2_grpc.CadInferenceStub(ch)
+            .Classify(REQUEST, timeout=10, metadata=bearer("infer"))
+            .results[0]
+        )
         cad_pb2_grpc.CadReviewStub(ch).SubmitCorrection(
             cad_pb2.Correction(candidate_id=result.candidate_id, verdict=cad_pb2.FALSE_POSITIVE),
-            timeout=10, metadata=bearer("review"))
-        assert code_of(admin.GetAuditTrail, cad_pb2.AuditRequest(), timeout=10, metadata=bearer("review")) \
+            timeout=10,
+            metadata=bearer("review"),
+        )
+        assert (
+            code_of(
+                admin.GetAuditTrail, cad_pb2.AuditRequest(), timeout=10, metadata=bearer("review")
+            )
             == grpc.StatusCode.PERMISSION_DENIED
-        trail = admin.GetAuditTrail(cad_pb2.AuditRequest(), timeout=10, metadata=bearer("admin")).events
-        pins = admin.GetAuditTrail(cad_pb2.AuditRequest(action="pin"), timeout=10, metadata=bearer("admin")).events
+        )
+        trail = admin.GetAuditTrail(
+            cad_pb2.AuditRequest(), timeout=10, metadata=bearer("admin")
+        ).events
+        pins = admin.GetAuditTrail(
+            cad_pb2.AuditRequest(action="pin"), timeout=10, metadata=bearer("admin")
+        ).events
     actions = [(e.action, e.actor, e.target) for e in trail]
     # load v1, swap to v2, pin v1 (recorded once the server serves it), unpin, back on v2, a correction
-    assert [a for a, _, _ in actions] == ["swap", "swap", "swap", "pin", "unpin", "swap", "correction"]
+    assert [a for a, _, _ in actions] == [
+        "swap",
+        "swap",
+        "swap",
+        "pin",
+        "unpin",
+        "swap",
+        "correction",
+    ]
     assert actions[3] == ("pin", "ops.kim", "cad/v1") and actions[4] == ("unpin", "ops.kim", "cad")
     assert actions[2][2] == "cad/v1" and actions[5][2] == "cad/v2"
-    assert actions[0][1].startswith("server:") and actions[-1] == ("correction", "dr.jones", result.candidate_id)
+    assert actions[0][1].startswith("server:") and actions[-1] == (
+        "correction",
+        "dr.jones",
+        result.candidate_id,
+    )
     assert json.loads(trail[3].detail_json)["reason"] == "FP rate rose"
     assert [e.target for e in pins] == ["cad/v1"]
     assert trail == sorted(trail, key=lambda e: e.created)
@@ -173,7 +296,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-def tls_channel(address: str, pki: Pki, client_cert: bool = False, ca: Path | None = None) -> grpc.Channel:
+def tls_channel(
+    address: str, pki: Pki, client_cert: bool = False, ca: Path | None = None
+) -> grpc.Channel:
     creds = grpc.ssl_channel_credentials(
         root_certificates=(ca or pki.ca).read_bytes(),
         private_key=pki.client_key.read_bytes() if client_cert else None,
@@ -183,37 +308,71 @@ def tls_channel(address: str, pki: Pki, client_cert: bool = False, ca: Path | No
 
 
 def test_tls_on_the_grpc_port(registry_root: Path, pki: Pki) -> None:
-    settings = make_settings(registry_root, tls_cert_file=pki.server_cert, tls_key_file=pki.server_key)
+    settings = make_settings(
+        registry_root, tls_cert_file=pki.server_cert, tls_key_file=pki.server_key
+    )
     with ServerThread(settings) as server:
         server.refresh_models()
         with tls_channel(server.address, pki) as ch:
             assert cad_pb2_grpc.CadInferenceStub(ch).Classify(REQUEST, timeout=10).results
         with grpc.insecure_channel(server.address) as plain:  # plaintext is not spoken
-            assert code_of(cad_pb2_grpc.CadInferenceStub(plain).Classify, REQUEST, timeout=5) \
+            assert (
+                code_of(cad_pb2_grpc.CadInferenceStub(plain).Classify, REQUEST, timeout=5)
                 == grpc.StatusCode.UNAVAILABLE
+            )
         with tls_channel(server.address, pki, ca=pki.other_ca) as wrong:  # server not trusted
-            assert code_of(cad_pb2_grpc.CadInferenceStub(wrong).Classify, REQUEST, timeout=5) \
+            assert (
+                code_of(cad_pb2_grpc.CadInferenceStub(wrong).Classify, REQUEST, timeout=5)
                 == grpc.StatusCode.UNAVAILABLE
+            )
 
 
-def test_mutual_tls_requires_a_client_certificate(registry_root: Path, pki: Pki, tmp_path: Path) -> None:
+def test_mutual_tls_requires_a_client_certificate(
+    registry_root: Path, pki: Pki, tmp_path: Path
+) -> None:
     from service.healthcheck import main as healthcheck
 
-    settings = make_settings(registry_root, tls_cert_file=pki.server_cert, tls_key_file=pki.server_key,
-                             tls_client_ca_file=pki.ca, auth_tokens_file=token_file(tmp_path / "t.json"))
+    settings = make_settings(
+        registry_root,
+        tls_cert_file=pki.server_cert,
+        tls_key_file=pki.server_key,
+        tls_client_ca_file=pki.ca,
+        auth_tokens_file=token_file(tmp_path / "t.json"),
+    )
     with ServerThread(settings) as server:
         server.refresh_models()
         with tls_channel(server.address, pki) as anonymous:
-            assert code_of(cad_pb2_grpc.CadInferenceStub(anonymous).Classify, REQUEST, timeout=5,
-                           metadata=bearer("infer")) == grpc.StatusCode.UNAVAILABLE
+            assert (
+                code_of(
+                    cad_pb2_grpc.CadInferenceStub(anonymous).Classify,
+                    REQUEST,
+                    timeout=5,
+                    metadata=bearer("infer"),
+                )
+                == grpc.StatusCode.UNAVAILABLE
+            )
         with tls_channel(server.address, pki, client_cert=True) as ch:
             stub = cad_pb2_grpc.CadInferenceStub(ch)
-            assert code_of(stub.Classify, REQUEST, timeout=10) == grpc.StatusCode.UNAUTHENTICATED  # still a token
+            assert (
+                code_of(stub.Classify, REQUEST, timeout=10) == grpc.StatusCode.UNAUTHENTICATED
+            )  # still a token
             assert stub.Classify(REQUEST, timeout=10, metadata=bearer("infer")).results
         # The container / Kubernetes probe speaks mutual TLS too.
-        probe = ["--address", server.address, "--tls-ca", str(pki.ca), "--tls-server-name", "localhost"]
+        probe = [
+            "--address",
+            server.address,
+            "--tls-ca",
+            str(pki.ca),
+            "--tls-server-name",
+            "localhost",
+        ]
         assert healthcheck(probe) == 1  # no client certificate
-        assert healthcheck([*probe, "--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key)]) == 0
+        assert (
+            healthcheck(
+                [*probe, "--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key)]
+            )
+            == 0
+        )
 
 
 def test_half_configured_tls_is_refused(registry_root: Path, pki: Pki) -> None:
@@ -226,13 +385,33 @@ def test_cli_rollback_is_audited(registry_root: Path, tmp_path: Path) -> None:
 
     publish_tiny(registry_root, tmp_path / "b")
     url = f"sqlite:///{tmp_path / 'audit.sqlite3'}"
-    assert cad(["model", "rollback", "1", "--registry", str(registry_root), "--store-url", url,
-                "--actor", "ops.kim", "--reason", "drill"]) == 0
+    assert (
+        cad(
+            [
+                "model",
+                "rollback",
+                "1",
+                "--registry",
+                str(registry_root),
+                "--store-url",
+                url,
+                "--actor",
+                "ops.kim",
+                "--reason",
+                "drill",
+            ]
+        )
+        == 0
+    )
     assert cad(["model", "unpin", "--registry", str(registry_root), "--store-url", url]) == 0
     store = open_store(url)
     trail = [(e.action, e.actor, e.target) for e in store.audit()]
     store.close()
-    assert trail[0] == ("pin", "ops.kim", "cad/v1") and trail[1][0] == "unpin" and "(cli)" in trail[1][1]
+    assert (
+        trail[0] == ("pin", "ops.kim", "cad/v1")
+        and trail[1][0] == "unpin"
+        and "(cli)" in trail[1][1]
+    )
 
 
 def test_cli_rollback_refuses_a_version_servers_would_refuse(
@@ -246,7 +425,20 @@ def test_cli_rollback_refuses_a_version_servers_would_refuse(
     info = publish_tiny(registry_root, tmp_path / "b")
     (info.path / MODEL_FILE).write_bytes(b"not an onnx model")
     url = f"sqlite:///{tmp_path / 'audit.sqlite3'}"
-    assert cad(["model", "rollback", str(info.version), "--registry", str(registry_root), "--store-url", url]) == 2
+    assert (
+        cad(
+            [
+                "model",
+                "rollback",
+                str(info.version),
+                "--registry",
+                str(registry_root),
+                "--store-url",
+                url,
+            ]
+        )
+        == 2
+    )
     assert "servers would refuse it" in capsys.readouterr().err
     assert ModelRegistry(registry_root, "cad").pinned() is None
     store = open_store(url)

@@ -46,7 +46,11 @@ def test_classify_ct_dicom_matches_the_domain_computation(
     request = cad_pb2.ClassifyRequest(
         dicom=data,
         window=cad_pb2.Window(center=40, width=400),
-        candidates=[cand("a", 10, 10, 30, 30), cand("b", 60, 50, 40, 20), cand("edge", 110, 110, 30, 30)],
+        candidates=[
+            cand("a", 10, 10, 30, 30),
+            cand("b", 60, 50, 40, 20),
+            cand("edge", 110, 110, 30, 30),
+        ],
     )
     response = stub.Classify(request, timeout=30)
     assert response.model_version == "1" and response.recipe == "polyp"
@@ -76,9 +80,13 @@ def test_classify_ct_dicom_matches_the_domain_computation(
         ("JPGLosslessP14SV1_1s_1f_8b.dcm", 0),  # JPEG lossless
     ],
 )
-def test_classify_real_dicom_modalities(stub: cad_pb2_grpc.CadInferenceStub, name: str, frame: int) -> None:
+def test_classify_real_dicom_modalities(
+    stub: cad_pb2_grpc.CadInferenceStub, name: str, frame: int
+) -> None:
     response = stub.Classify(
-        cad_pb2.ClassifyRequest(dicom=dicom_bytes(name), frame_index=frame, candidates=[cand("c", 5, 5, 40, 40)]),
+        cad_pb2.ClassifyRequest(
+            dicom=dicom_bytes(name), frame_index=frame, candidates=[cand("c", 5, 5, 40, 40)]
+        ),
         timeout=30,
     )
     assert response.frame_index == frame
@@ -92,13 +100,21 @@ def test_png_jpeg_and_raw_frames(stub: cad_pb2_grpc.CadInferenceStub) -> None:
     Image.fromarray(frame).save(png, format="PNG")
     Image.fromarray(frame).save(jpg, format="JPEG")
     boxes = [cand("x", 8, 8, 20, 20)]
-    raw = cad_pb2.RawImage(height=48, width=64, channels=3, pixel_type=cad_pb2.RawImage.UINT8, pixels=frame.tobytes())
-    by_png = stub.Classify(cad_pb2.ClassifyRequest(encoded=png.getvalue(), candidates=boxes), timeout=30)
+    raw = cad_pb2.RawImage(
+        height=48, width=64, channels=3, pixel_type=cad_pb2.RawImage.UINT8, pixels=frame.tobytes()
+    )
+    by_png = stub.Classify(
+        cad_pb2.ClassifyRequest(encoded=png.getvalue(), candidates=boxes), timeout=30
+    )
     by_raw = stub.Classify(cad_pb2.ClassifyRequest(raw=raw, candidates=boxes), timeout=30)
-    by_jpg = stub.Classify(cad_pb2.ClassifyRequest(encoded=jpg.getvalue(), candidates=boxes), timeout=30)
+    by_jpg = stub.Classify(
+        cad_pb2.ClassifyRequest(encoded=jpg.getvalue(), candidates=boxes), timeout=30
+    )
     assert by_png.results[0].probability == pytest.approx(by_raw.results[0].probability, abs=1e-6)
     assert by_jpg.results[0].probability == pytest.approx(by_raw.results[0].probability, abs=0.02)
-    single = stub.Classify(cad_pb2.ClassifyRequest(raw=raw, candidates=boxes, recipe="single"), timeout=30)
+    single = stub.Classify(
+        cad_pb2.ClassifyRequest(raw=raw, candidates=boxes, recipe="single"), timeout=30
+    )
     assert single.results[0].patches == 1 and single.recipe == "single"
 
 
@@ -108,7 +124,10 @@ def test_stream_returns_results_in_frame_order(stub: cad_pb2_grpc.CadInferenceSt
     def frames():
         for i in range(30):
             yield cad_pb2.ClassifyRequest(
-                dicom=data, frame_index=i, source_id="video-1", candidates=[cand(f"f{i}", 100, 80, 60, 50)],
+                dicom=data,
+                frame_index=i,
+                source_id="video-1",
+                candidates=[cand(f"f{i}", 100, 80, 60, 50)],
                 recipe="frame:1",
             )
 
@@ -132,8 +151,16 @@ def test_stream_bounds_frames_in_flight_for_a_slow_reader(registry_root: Path) -
             for i in range(40):
                 sent += 1
                 yield cad_pb2.ClassifyRequest(
-                    raw=cad_pb2.RawImage(height=32, width=32, channels=3, pixel_type=cad_pb2.RawImage.UINT8, pixels=frame),
-                    frame_index=i, candidates=[cand("c", 0, 0, 32, 32)], recipe="single",
+                    raw=cad_pb2.RawImage(
+                        height=32,
+                        width=32,
+                        channels=3,
+                        pixel_type=cad_pb2.RawImage.UINT8,
+                        pixels=frame,
+                    ),
+                    frame_index=i,
+                    candidates=[cand("c", 0, 0, 32, 32)],
+                    recipe="single",
                 )
 
         seen = []
@@ -144,7 +171,9 @@ def test_stream_bounds_frames_in_flight_for_a_slow_reader(registry_root: Path) -
         assert gauge._value.get() == 0
 
 
-def test_get_model_reports_version_manifest_and_provider(channel: grpc.Channel, registry_root: Path) -> None:
+def test_get_model_reports_version_manifest_and_provider(
+    channel: grpc.Channel, registry_root: Path
+) -> None:
     info = cad_pb2_grpc.ModelAdminStub(channel).GetModel(cad_pb2.GetModelRequest(), timeout=10)
     manifest = json.loads(info.manifest_json)
     assert info.version == "1" and info.model_name == "cad"
@@ -155,7 +184,10 @@ def test_get_model_reports_version_manifest_and_provider(channel: grpc.Channel, 
 
 def test_health_is_not_serving_until_a_model_is_published(tmp_path: Path) -> None:
     root = tmp_path / "empty"
-    with ServerThread(make_settings(root)) as server, grpc.insecure_channel(server.address) as channel:
+    with (
+        ServerThread(make_settings(root)) as server,
+        grpc.insecure_channel(server.address) as channel,
+    ):
         health = health_pb2_grpc.HealthStub(channel)
         check = lambda: health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status  # noqa: E731
         assert check() == health_pb2.HealthCheckResponse.NOT_SERVING
@@ -163,31 +195,40 @@ def test_health_is_not_serving_until_a_model_is_published(tmp_path: Path) -> Non
         assert "cad model init" in server.server.models.status
         with pytest.raises(grpc.RpcError) as err:
             cad_pb2_grpc.CadInferenceStub(channel).Classify(
-                cad_pb2.ClassifyRequest(encoded=b"x", candidates=[cand("c", 0, 0, 1, 1)]), timeout=10
+                cad_pb2.ClassifyRequest(encoded=b"x", candidates=[cand("c", 0, 0, 1, 1)]),
+                timeout=10,
             )
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "cad model init" in err.value.details()
         publish_tiny(root, tmp_path / "build")
         assert server.refresh_models()
         assert check() == health_pb2.HealthCheckResponse.SERVING
-        status = health.Check(health_pb2.HealthCheckRequest(service="cad.v1.CadInference"), timeout=10).status
+        status = health.Check(
+            health_pb2.HealthCheckRequest(service="cad.v1.CadInference"), timeout=10
+        ).status
         assert status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_reflection_lists_the_services(channel: grpc.Channel) -> None:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-    responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+    responses = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+    )
     names = {s.name for r in responses for s in r.list_services_response.service}
     assert {"cad.v1.CadInference", "cad.v1.ModelAdmin", "grpc.health.v1.Health"} <= names
 
 
-def test_event_loop_keeps_serving_while_the_model_runs(server: ServerThread, channel: grpc.Channel) -> None:
+def test_event_loop_keeps_serving_while_the_model_runs(
+    server: ServerThread, channel: grpc.Channel
+) -> None:
     model = server.server.models.current
     assert model is not None
     entered, release = block_model_runs(model)
     stub = cad_pb2_grpc.CadInferenceStub(channel)
     request = cad_pb2.ClassifyRequest(
-        raw=cad_pb2.RawImage(height=8, width=8, channels=1, pixel_type=cad_pb2.RawImage.UINT8, pixels=bytes(64)),
+        raw=cad_pb2.RawImage(
+            height=8, width=8, channels=1, pixel_type=cad_pb2.RawImage.UINT8, pixels=bytes(64)
+        ),
         candidates=[cand("c", 0, 0, 8, 8)],
     )
     with ThreadPoolExecutor(1) as pool:
@@ -195,7 +236,9 @@ def test_event_loop_keeps_serving_while_the_model_runs(server: ServerThread, cha
         assert entered.wait(30)
         # The model is blocked in a worker thread; the event loop must still answer.
         info = cad_pb2_grpc.ModelAdminStub(channel).GetModel(cad_pb2.GetModelRequest(), timeout=10)
-        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=10
+        )
         assert info.version == "1" and health.status == health_pb2.HealthCheckResponse.SERVING
         assert not pending.done()
         release.set()
@@ -203,13 +246,24 @@ def test_event_loop_keeps_serving_while_the_model_runs(server: ServerThread, cha
 
 
 def test_patches_run_in_batches_of_at_most_batch_size(registry_root: Path) -> None:
-    with ServerThread(make_settings(registry_root, batch_size=16, batch_max_size=16)) as server, grpc.insecure_channel(server.address) as ch:
+    with (
+        ServerThread(make_settings(registry_root, batch_size=16, batch_max_size=16)) as server,
+        grpc.insecure_channel(server.address) as ch,
+    ):
         server.refresh_models()
         rng = np.random.default_rng(0)
         frame = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
-        raw = cad_pb2.RawImage(height=64, width=64, channels=3, pixel_type=cad_pb2.RawImage.UINT8, pixels=frame.tobytes())
+        raw = cad_pb2.RawImage(
+            height=64,
+            width=64,
+            channels=3,
+            pixel_type=cad_pb2.RawImage.UINT8,
+            pixels=frame.tobytes(),
+        )
         candidates = [cand(str(i), i * 3, i * 2, 20, 20) for i in range(10)]
-        cad_pb2_grpc.CadInferenceStub(ch).Classify(cad_pb2.ClassifyRequest(raw=raw, candidates=candidates), timeout=30)
+        cad_pb2_grpc.CadInferenceStub(ch).Classify(
+            cad_pb2.ClassifyRequest(raw=raw, candidates=candidates), timeout=30
+        )
         registry = server.server.metrics.registry
         total = registry.get_sample_value("cad_model_batch_patches_sum")
         runs = registry.get_sample_value("cad_model_batch_patches_count")
@@ -227,7 +281,9 @@ def test_healthcheck_command_exit_codes(server: ServerThread, tmp_path: Path) ->
         assert healthcheck(["--address", idle.address]) == 1
 
 
-def test_the_server_process_freezes_its_start_up_objects_out_of_full_collections(tmp_path: Path) -> None:
+def test_the_server_process_freezes_its_start_up_objects_out_of_full_collections(
+    tmp_path: Path,
+) -> None:
     import os
     import re
     import subprocess
@@ -235,12 +291,23 @@ def test_the_server_process_freezes_its_start_up_objects_out_of_full_collections
     import threading
 
     publish_tiny(tmp_path / "registry", tmp_path / "build")
-    env = {**os.environ, "CAD_REGISTRY_ROOT": str(tmp_path / "registry"), "CAD_HOST": "127.0.0.1",
-           "CAD_STORE_URL": f"sqlite:///{tmp_path / 'labels.sqlite3'}", "CAD_ARCHIVE_ROOT": str(tmp_path / "a"),
-           "CAD_POLL_INTERVAL_S": "3600"}
+    env = {
+        **os.environ,
+        "CAD_REGISTRY_ROOT": str(tmp_path / "registry"),
+        "CAD_HOST": "127.0.0.1",
+        "CAD_STORE_URL": f"sqlite:///{tmp_path / 'labels.sqlite3'}",
+        "CAD_ARCHIVE_ROOT": str(tmp_path / "a"),
+        "CAD_POLL_INTERVAL_S": "3600",
+    }
     root = Path(__file__).resolve().parent.parent
-    proc = subprocess.Popen([sys.executable, "-m", "service.server", "--port", "0", "--metrics-port", "-1"],
-                            cwd=root, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.server", "--port", "0", "--metrics-port", "-1"],
+        cwd=root,
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
     guard = threading.Timer(120, proc.kill)  # a server that never logs it ends the read below
     guard.start()
     frozen = None

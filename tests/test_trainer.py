@@ -33,8 +33,16 @@ from trainer.watch import TrainerMetrics, Watcher
 
 pytestmark = pytest.mark.slow
 
-FILES = ["CT_small.dcm", "693_UNCR.dcm", "MR-SIEMENS-DICOM-WithOverlays.dcm", "SC_rgb.dcm",
-         "OBXXXX1A.dcm", "examples_ybr_color.dcm", "emri_small.dcm", "image_dfl.dcm"]
+FILES = [
+    "CT_small.dcm",
+    "693_UNCR.dcm",
+    "MR-SIEMENS-DICOM-WithOverlays.dcm",
+    "SC_rgb.dcm",
+    "OBXXXX1A.dcm",
+    "examples_ybr_color.dcm",
+    "emri_small.dcm",
+    "image_dfl.dcm",
+]
 
 
 @dataclass
@@ -45,8 +53,15 @@ class World:
     unlabeled: int
 
     def settings(self, **kw: object) -> TrainerSettings:
-        values = dict(registry_root=self.root, store_url=self.store_url, archive_root=self.archive,
-                      val_fraction=0.4, auc_tolerance=1.0, train_batch_size=32, seed=1)
+        values = dict(
+            registry_root=self.root,
+            store_url=self.store_url,
+            archive_root=self.archive,
+            val_fraction=0.4,
+            auc_tolerance=1.0,
+            train_batch_size=32,
+            seed=1,
+        )
         values.update(kw)
         return TrainerSettings(**values)  # type: ignore[arg-type]
 
@@ -62,17 +77,37 @@ def _world(tmp: Path) -> World:
         server.refresh_models()
         stub, review = cad_pb2_grpc.CadInferenceStub(ch), cad_pb2_grpc.CadReviewStub(ch)
         for name in FILES:
-            r = stub.Classify(cad_pb2.ClassifyRequest(dicom=dicom_bytes(name), candidates=[
-                cad_pb2.Candidate(client_id="a", box=cad_pb2.Box(x=0, y=0, width=10, height=10)),
-                cad_pb2.Candidate(client_id="b", box=cad_pb2.Box(x=20, y=20, width=30, height=30)),
-                cad_pb2.Candidate(client_id="c", box=cad_pb2.Box(x=2, y=30, width=12, height=12)),
-                cad_pb2.Candidate(client_id="d", box=cad_pb2.Box(x=30, y=5, width=25, height=25)),
-                cad_pb2.Candidate(client_id="e", box=cad_pb2.Box(x=10, y=10, width=20, height=20)),
-            ]), timeout=60)
+            r = stub.Classify(
+                cad_pb2.ClassifyRequest(
+                    dicom=dicom_bytes(name),
+                    candidates=[
+                        cad_pb2.Candidate(
+                            client_id="a", box=cad_pb2.Box(x=0, y=0, width=10, height=10)
+                        ),
+                        cad_pb2.Candidate(
+                            client_id="b", box=cad_pb2.Box(x=20, y=20, width=30, height=30)
+                        ),
+                        cad_pb2.Candidate(
+                            client_id="c", box=cad_pb2.Box(x=2, y=30, width=12, height=12)
+                        ),
+                        cad_pb2.Candidate(
+                            client_id="d", box=cad_pb2.Box(x=30, y=5, width=25, height=25)
+                        ),
+                        cad_pb2.Candidate(
+                            client_id="e", box=cad_pb2.Box(x=10, y=10, width=20, height=20)
+                        ),
+                    ],
+                ),
+                timeout=60,
+            )
             for res in r.results[:4]:
                 verdict = cad_pb2.TRUE_POSITIVE if res.client_id in "bd" else cad_pb2.FALSE_POSITIVE
-                review.SubmitCorrection(cad_pb2.Correction(candidate_id=res.candidate_id, verdict=verdict,
-                                                           reviewer="dr.t"), timeout=30)
+                review.SubmitCorrection(
+                    cad_pb2.Correction(
+                        candidate_id=res.candidate_id, verdict=verdict, reviewer="dr.t"
+                    ),
+                    timeout=30,
+                )
             unlabeled += 1
     return World(root, settings.store_url, settings.archive_root, unlabeled)
 
@@ -107,9 +142,17 @@ def test_first_round_publishes_a_child_and_rescores_the_pool(world: World) -> No
     m = registry.get(report.version).manifest  # type: ignore[arg-type]
     assert m["parent_version"] == 1 and m["training"]["round"] == "first"
     assert m["labels"]["count"] == 32 and len(m["labels"]["ids_sha256"]) == 64
-    assert m["training"]["schedule"] == {"momentum": 0.9, "lr": 1e-3, "lr_last": 1e-2, "gamma": 0.95, "epochs": 5}
+    assert m["training"]["schedule"] == {
+        "momentum": 0.9,
+        "lr": 1e-3,
+        "lr_last": 1e-2,
+        "gamma": 0.95,
+        "epochs": 5,
+    }
     assert m["metrics"]["val_auc"] is not None and 0 <= m["metrics"]["val_auc"] <= 1
-    assert m["metrics"]["val"]["auc_low"] <= m["metrics"]["val_auc"] <= m["metrics"]["val"]["auc_high"]
+    assert (
+        m["metrics"]["val"]["auc_low"] <= m["metrics"]["val_auc"] <= m["metrics"]["val"]["auc_high"]
+    )
     assert m["export"]["parity_max_abs_diff"] <= 1e-4 and m["recipe"] == "polyp:4"
     assert m["export"]["fc6_fold"] == 36  # 64 px: fc6 applied to the 1x1 map, not its 36 copies
     store = open_store(world.store_url)
@@ -130,8 +173,12 @@ def test_later_round_continues_from_the_previous_version(world: World) -> None:
     before, after, original = load(parent), load(report.version), load(1)
     # fc8-only tuning: everything below fc8 is exactly the parent's (continuous), not v1's.
     assert torch.equal(after["backbone.features.0.weight"], before["backbone.features.0.weight"])
-    assert not torch.equal(after["backbone.features.0.weight"], original["backbone.features.0.weight"])
-    assert not torch.equal(after["backbone.classifier.6.weight"], before["backbone.classifier.6.weight"])
+    assert not torch.equal(
+        after["backbone.features.0.weight"], original["backbone.features.0.weight"]
+    )
+    assert not torch.equal(
+        after["backbone.classifier.6.weight"], before["backbone.classifier.6.weight"]
+    )
 
 
 def test_round_without_rescore_leaves_the_pool_scores_alone(world: World) -> None:
@@ -166,7 +213,10 @@ def test_gate_rejects_a_worse_model_and_records_why(world: World) -> None:
     report = run_round(world.settings(auc_tolerance=-2.0), progress=False)  # demand +2 AUC
     assert report.outcome == "rejected" and "below the current" in report.reason
     assert registry.versions() == versions
-    assert json.loads((registry.model_dir / ROUNDS_FILE).read_text().splitlines()[-1])["outcome"] == "rejected"
+    assert (
+        json.loads((registry.model_dir / ROUNDS_FILE).read_text().splitlines()[-1])["outcome"]
+        == "rejected"
+    )
 
 
 def test_failed_export_check_is_never_published(
@@ -209,9 +259,13 @@ def test_unscorable_validation_is_refused_unless_allowed(world: World) -> None:
 
 def test_watch_runs_a_round_when_enough_labels_arrive(world: World) -> None:
     metrics = TrainerMetrics(__import__("prometheus_client").CollectorRegistry())
-    assert Watcher(world.settings(min_new_labels=1000), metrics, attempted=frozenset()).step() is None  # 32 < 1000
+    assert (
+        Watcher(world.settings(min_new_labels=1000), metrics, attempted=frozenset()).step() is None
+    )  # 32 < 1000
     # a watcher that has attempted nothing yet sees all 32 labels as new
-    watcher = Watcher(world.settings(min_new_labels=1, auc_tolerance=1.0), metrics, attempted=frozenset())
+    watcher = Watcher(
+        world.settings(min_new_labels=1, auc_tolerance=1.0), metrics, attempted=frozenset()
+    )
     assert watcher.run(threading.Event(), max_rounds=1) == 1
     r = metrics.registry
     assert r.get_sample_value("cad_trainer_rounds_total", {"outcome": "published"}) == 1
@@ -228,7 +282,9 @@ def test_watch_does_not_retrain_on_the_labels_of_a_rejected_round(tmp_path: Path
     registry = ModelRegistry(world.root, "cad")
     rounds = registry.model_dir / ROUNDS_FILE
     metrics = TrainerMetrics(__import__("prometheus_client").CollectorRegistry())
-    settings = world.settings(min_new_labels=1, auc_tolerance=-2.0)  # demand +2 AUC: always rejected
+    settings = world.settings(
+        min_new_labels=1, auc_tolerance=-2.0
+    )  # demand +2 AUC: always rejected
     watcher = Watcher(settings, metrics)
     assert watcher.new_labels() == 32 and not rounds.exists()
     report = watcher.step()
@@ -237,9 +293,13 @@ def test_watch_does_not_retrain_on_the_labels_of_a_rejected_round(tmp_path: Path
     assert json.loads(recorded[-1])["labels_sha256"] == report.labels_sha256
     for _ in range(3):  # polls with nothing new
         assert watcher.step() is None
-    assert Watcher(settings, metrics).step() is None  # restarted: the last recorded round saw these labels
+    assert (
+        Watcher(settings, metrics).step() is None
+    )  # restarted: the last recorded round saw these labels
     assert rounds.read_text().splitlines() == recorded  # no further round ran
-    assert metrics.registry.get_sample_value("cad_trainer_rounds_total", {"outcome": "rejected"}) == 1
+    assert (
+        metrics.registry.get_sample_value("cad_trainer_rounds_total", {"outcome": "rejected"}) == 1
+    )
     assert metrics.registry.get_sample_value("cad_trainer_new_labels") == 0
     some = frozenset(sorted(watcher.attempted or ())[:-3])  # as if the last three had arrived since
     assert Watcher(settings, metrics, attempted=some).new_labels() == 3
@@ -259,10 +319,21 @@ def test_presets_are_table3() -> None:
 
 def test_param_groups_bias_rate_last_layer_and_depth() -> None:
     net = CadNet()
-    groups = {g["name"]: g["lr"] for g in param_groups(net, Schedule(0.9, 1e-3, 1e-2, 0.95, 1), "fc6")}
-    assert groups == {"fc6.weight": 1e-3, "fc6.bias": 2e-3, "fc7.weight": 1e-3, "fc7.bias": 2e-3,
-                      "fc8.weight": 1e-2, "fc8.bias": 2e-2}
-    assert not net.backbone.features[0].weight.requires_grad and net.backbone.classifier[1].weight.requires_grad
+    groups = {
+        g["name"]: g["lr"] for g in param_groups(net, Schedule(0.9, 1e-3, 1e-2, 0.95, 1), "fc6")
+    }
+    assert groups == {
+        "fc6.weight": 1e-3,
+        "fc6.bias": 2e-3,
+        "fc7.weight": 1e-3,
+        "fc7.bias": 2e-3,
+        "fc8.weight": 1e-2,
+        "fc8.bias": 2e-2,
+    }
+    assert (
+        not net.backbone.features[0].weight.requires_grad
+        and net.backbone.classifier[1].weight.requires_grad
+    )
     deep = param_groups(CadNet(), Schedule(0.9, 1e-3, 1e-2, 0.95, 1), "conv1")
     assert len(deep) == 16
 
@@ -292,12 +363,23 @@ def test_fine_tuning_is_seeded_and_reproducible(world: World) -> None:
     store = open_store(world.store_url)
     examples = labeled_examples(store)[:8]
     store.close()
-    source = PatchSource(__import__("service.archive", fromlist=["ImageArchive"]).ImageArchive(world.archive), 64)
+    source = PatchSource(
+        __import__("service.archive", fromlist=["ImageArchive"]).ImageArchive(world.archive), 64
+    )
     states = []
     for _ in range(2):
         torch.manual_seed(0)
         net = CadNet(input_size=64)
-        fine_tune(net, examples, source, Schedule(0.9, 1e-3, 1e-2, 0.95, 1), "fc6", 16, seed=5, progress=False)
+        fine_tune(
+            net,
+            examples,
+            source,
+            Schedule(0.9, 1e-3, 1e-2, 0.95, 1),
+            "fc6",
+            16,
+            seed=5,
+            progress=False,
+        )
         states.append(net.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
@@ -306,9 +388,25 @@ def test_cli_round_and_model_commands(world: World, capsys: pytest.CaptureFixtur
     from cadcli.main import main
 
     common = ["--registry", str(world.root)]
-    args = ["train", "round", *common, "--store-url", world.store_url, "--archive-root", str(world.archive),
-            "--val-fraction", "0.4", "--auc-tolerance", "1.0", "--depth", "fc8", "--start-version", "1",
-            "--log-level", "WARNING"]
+    args = [
+        "train",
+        "round",
+        *common,
+        "--store-url",
+        world.store_url,
+        "--archive-root",
+        str(world.archive),
+        "--val-fraction",
+        "0.4",
+        "--auc-tolerance",
+        "1.0",
+        "--depth",
+        "fc8",
+        "--start-version",
+        "1",
+        "--log-level",
+        "WARNING",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "round: published" in out and "parent v1" in out
@@ -330,12 +428,34 @@ def test_quantize_command_publishes_an_int8_variant_from_the_label_store(world: 
 
     registry = ModelRegistry(world.root, "cad")
     version = registry.target()
-    code = cad(["model", "quantize", "--registry", str(world.root), "--store-url", world.store_url,
-                "--archive-root", str(world.archive), "--calibration-patches", "32"])
+    code = cad(
+        [
+            "model",
+            "quantize",
+            "--registry",
+            str(world.root),
+            "--store-url",
+            world.store_url,
+            "--archive-root",
+            str(world.archive),
+            "--calibration-patches",
+            "32",
+        ]
+    )
     assert code == 0
     variant = registry.variant(version, "int8")  # type: ignore[arg-type]
     assert variant is not None and variant.manifest["eval_candidates"] == 32
     assert variant.manifest["calibration_patches"] == 32 and "auc_drop" in variant.manifest
-    again = cad(["model", "quantize", "--registry", str(world.root), "--store-url", world.store_url,
-                 "--archive-root", str(world.archive)])
+    again = cad(
+        [
+            "model",
+            "quantize",
+            "--registry",
+            str(world.root),
+            "--store-url",
+            world.store_url,
+            "--archive-root",
+            str(world.archive),
+        ]
+    )
     assert again == 2  # variants are immutable: a second one for the same version is refused

@@ -23,23 +23,75 @@ def _run(*args: str, cwd: Path) -> None:
 
 
 def _ca(d: Path, name: str) -> None:
-    _run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
-         "-keyout", f"{name}.key", "-out", f"{name}.pem", cwd=d)
+    _run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name}",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.pem",
+        cwd=d,
+    )
 
 
 def _leaf(d: Path, name: str, ca: str, ext: str) -> None:
     (d / f"{name}.ext").write_text(ext)
-    _run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
-         "-out", f"{name}.csr", cwd=d)
-    _run("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
-         "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem", cwd=d)
+    _run(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        f"/CN={name}",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        cwd=d,
+    )
+    _run(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        f"{ca}.pem",
+        "-CAkey",
+        f"{ca}.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        f"{name}.ext",
+        "-out",
+        f"{name}.pem",
+        cwd=d,
+    )
 
 
 def make_pki(d: Path) -> Pki:
     d.mkdir(parents=True, exist_ok=True)
     _ca(d, "test-ca")
     _ca(d, "other-ca")
-    _leaf(d, "server", "test-ca", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    _leaf(
+        d,
+        "server",
+        "test-ca",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
     _leaf(d, "client", "test-ca", "extendedKeyUsage=clientAuth\n")
-    return Pki(d / "test-ca.pem", d / "server.pem", d / "server.key", d / "client.pem", d / "client.key",
-               d / "other-ca.pem")
+    return Pki(
+        d / "test-ca.pem",
+        d / "server.pem",
+        d / "server.key",
+        d / "client.pem",
+        d / "client.key",
+        d / "other-ca.pem",
+    )

@@ -37,8 +37,14 @@ def init_model(settings: TrainerSettings, force: bool = False) -> VersionInfo:
             "pass --force to publish a fresh initial model as a new version"
         )
     recipe = parse_recipe(settings.recipe)
-    net, pretrained = build_initial(settings.architecture, settings.weights, settings.pretrained_weights,
-                                    settings.allow_download, settings.seed, settings.input_size)
+    net, pretrained = build_initial(
+        settings.architecture,
+        settings.weights,
+        settings.pretrained_weights,
+        settings.allow_download,
+        settings.seed,
+        settings.input_size,
+    )
     with tempfile.TemporaryDirectory(prefix="cad-init-") as tmp:
         onnx_path = Path(tmp) / MODEL_FILE
         log.info("exporting %s (%d px input) to ONNX", settings.architecture, settings.input_size)
@@ -68,6 +74,10 @@ def init_model(settings: TrainerSettings, force: bool = False) -> VersionInfo:
         }
         info = registry.publish({MODEL_FILE: onnx_path, WEIGHTS_FILE: weights_path}, manifest)
     log.info(
-        "published %s version %d (%s) at %s", registry.name, info.version, pretrained.source, info.path
+        "published %s version %d (%s) at %s",
+        registry.name,
+        info.version,
+        pretrained.source,
+        info.path,
     )
     return info

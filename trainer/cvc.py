@@ -68,7 +68,9 @@ def load_frames(root: Path = DEFAULT_ROOT) -> list[Frame]:
     with (root / "sequences.csv").open() as fh:
         for row in csv.DictReader(fh):
             f = int(row["frame"])
-            frames.append(Frame(f, int(row["sequence"]), root / "images" / f"{f}.png", tuple(boxes[f])))
+            frames.append(
+                Frame(f, int(row["sequence"]), root / "images" / f"{f}.png", tuple(boxes[f]))
+            )
     return sorted(frames, key=lambda fr: fr.frame)
 
 
@@ -98,13 +100,19 @@ def _positives(fr: Frame, rng: np.random.Generator, jitter: float) -> list[Gener
     for p in fr.polyps:
         dx, dy, sw, sh = rng.uniform(-jitter, jitter, 4)
         w, h = p.width * (1 + sw), p.height * (1 + sh)
-        out.append(GeneratedCandidate(fr, Box(p.x + dx * p.width, p.y + dy * p.height, w, h), 1, "polyp"))
+        out.append(
+            GeneratedCandidate(fr, Box(p.x + dx * p.width, p.y + dy * p.height, w, h), 1, "polyp")
+        )
     return out
 
 
 def generate(
-    frames: list[Frame], k_negatives: int, seed: int, sizes: list[tuple[float, float]] | None = None,
-    jitter: float = 0.05, tries: int = 200,
+    frames: list[Frame],
+    k_negatives: int,
+    seed: int,
+    sizes: list[tuple[float, float]] | None = None,
+    jitter: float = 0.05,
+    tries: int = 200,
 ) -> list[GeneratedCandidate]:
     """Positives at the polyps (jittered) and ``k_negatives`` negatives per frame."""
     from PIL import Image
@@ -120,7 +128,12 @@ def generate(
             if placed >= k_negatives:
                 break
             w, h = sizes[int(rng.integers(len(sizes)))]
-            box = Box(float(rng.uniform(0, mask.shape[1] - w)), float(rng.uniform(0, mask.shape[0] - h)), w, h)
+            box = Box(
+                float(rng.uniform(0, mask.shape[1] - w)),
+                float(rng.uniform(0, mask.shape[0] - h)),
+                w,
+                h,
+            )
             if _inside(mask, box) and all(iou(box, p) < 0.1 for p in fr.polyps):
                 out.append(GeneratedCandidate(fr, box, 0))
                 placed += 1
@@ -145,7 +158,9 @@ def _blur(gray: np.ndarray, radius: float) -> np.ndarray:
     return np.asarray(img.filter(ImageFilter.GaussianBlur(radius)), dtype=np.float32)
 
 
-def _peaks(score: np.ndarray, allowed: np.ndarray, count: int, spacing: int) -> list[tuple[int, int]]:
+def _peaks(
+    score: np.ndarray, allowed: np.ndarray, count: int, spacing: int
+) -> list[tuple[int, int]]:
     """Up to ``count`` (y, x) maxima of ``score`` inside ``allowed``, at least ``spacing`` apart."""
     s = np.where(allowed, score, -np.inf).astype(np.float64)
     out: list[tuple[int, int]] = []
@@ -157,7 +172,7 @@ def _peaks(score: np.ndarray, allowed: np.ndarray, count: int, spacing: int) -> 
             break
         y, x = divmod(i, s.shape[1])
         out.append((y, x))
-        s[max(0, y - spacing):y + spacing + 1, max(0, x - spacing):x + spacing + 1] = -np.inf
+        s[max(0, y - spacing) : y + spacing + 1, max(0, x - spacing) : x + spacing + 1] = -np.inf
     return out
 
 
@@ -170,14 +185,19 @@ def _feature_maps(pixels: np.ndarray, fov: np.ndarray) -> dict[str, np.ndarray]:
     smooth = _blur(gray, 6)
     bump = smooth - _blur(gray, 24)  # brighter than its surroundings
     gy, gx = np.gradient(_blur(gray, 3))
-    return {"specular": _blur(specular, 4) * inner, "bump": bump * inner,
-            "edge": np.hypot(gx, gy) * inner}
+    return {
+        "specular": _blur(specular, 4) * inner,
+        "bump": bump * inner,
+        "edge": np.hypot(gx, gy) * inner,
+    }
 
 
 class _FrameNegatives:
     """The negatives placed on one frame, and the rules every one of them keeps."""
 
-    def __init__(self, frame: Frame, fov: np.ndarray, mask: np.ndarray, max_polyp: float, min_fov: float) -> None:
+    def __init__(
+        self, frame: Frame, fov: np.ndarray, mask: np.ndarray, max_polyp: float, min_fov: float
+    ) -> None:
         self.frame, self.fov, self.mask = frame, fov, mask
         self.max_polyp, self.min_fov = max_polyp, min_fov
         self.placed: list[Box] = []
@@ -189,7 +209,10 @@ class _FrameNegatives:
         x1, y1 = round(box.x + box.width), round(box.y + box.height)
         if x0 < 0 or y0 < 0 or x1 > w or y1 > h or x1 - x0 < 4 or y1 - y0 < 4:
             return False
-        if self.fov[y0:y1, x0:x1].mean() < self.min_fov or self.mask[y0:y1, x0:x1].mean() > self.max_polyp:
+        if (
+            self.fov[y0:y1, x0:x1].mean() < self.min_fov
+            or self.mask[y0:y1, x0:x1].mean() > self.max_polyp
+        ):
             return False
         if any(iou(box, p) >= 0.1 for p in self.frame.polyps):
             return False
@@ -209,9 +232,21 @@ class _HardNegatives:
     could not find. Each kind is a lazy source of placements, each a few alternative boxes of
     which the first that keeps the rules is taken."""
 
-    def __init__(self, negatives: _FrameNegatives, rng: np.random.Generator,
-                 size: Callable[[], tuple[float, float]], tries: int, n_hard: int) -> None:
-        self.negatives, self.rng, self.size, self.tries, self.n_hard = negatives, rng, size, tries, n_hard
+    def __init__(
+        self,
+        negatives: _FrameNegatives,
+        rng: np.random.Generator,
+        size: Callable[[], tuple[float, float]],
+        tries: int,
+        n_hard: int,
+    ) -> None:
+        self.negatives, self.rng, self.size, self.tries, self.n_hard = (
+            negatives,
+            rng,
+            size,
+            tries,
+            n_hard,
+        )
         self.sources: dict[str, Iterator[Iterator[Box]]] = {}
 
     def near(self) -> Iterator[Iterator[Box]]:
@@ -262,9 +297,16 @@ class _HardNegatives:
 
 
 def generate_pool(
-    frames: list[Frame], seed: int, root: Path = DEFAULT_ROOT, ratio: float = 10.0,
-    hard_fraction: float = 0.5, max_polyp: float = 0.03, min_fov: float = 0.9,
-    sizes: list[tuple[float, float]] | None = None, jitter: float = 0.05, tries: int = 300,
+    frames: list[Frame],
+    seed: int,
+    root: Path = DEFAULT_ROOT,
+    ratio: float = 10.0,
+    hard_fraction: float = 0.5,
+    max_polyp: float = 0.03,
+    min_fov: float = 0.9,
+    sizes: list[tuple[float, float]] | None = None,
+    jitter: float = 0.05,
+    tries: int = 300,
 ) -> list[GeneratedCandidate]:
     """Candidates like a CAD's candidate generator proposes (see the module docstring)."""
     from PIL import Image
@@ -280,8 +322,10 @@ def generate_pool(
         H, W = mask.shape
         total = round(ratio * max(1, len(fr.polyps)))
         n_hard = round(total * hard_fraction)
-        per_kind = {k: n_hard // len(HARD_KINDS) + (1 if i < n_hard % len(HARD_KINDS) else 0)
-                    for i, k in enumerate(HARD_KINDS)}
+        per_kind = {
+            k: n_hard // len(HARD_KINDS) + (1 if i < n_hard % len(HARD_KINDS) else 0)
+            for i, k in enumerate(HARD_KINDS)
+        }
         negatives = _FrameNegatives(fr, fov, mask, max_polyp, min_fov)
         add = negatives.add
 
@@ -294,6 +338,8 @@ def generate_pool(
             if got >= total:
                 break
             w, h = size()
-            got += add(Box(float(rng.uniform(0, W - w)), float(rng.uniform(0, H - h)), w, h), "random")
+            got += add(
+                Box(float(rng.uniform(0, W - w)), float(rng.uniform(0, H - h)), w, h), "random"
+            )
         out += negatives.candidates
     return out

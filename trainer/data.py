@@ -32,7 +32,11 @@ class Example:
 
 
 def source_key(study_uid: str, source_id: str, request_id: str) -> str:
-    return f"study:{study_uid}" if study_uid else (f"source:{source_id}" if source_id else f"request:{request_id}")
+    return (
+        f"study:{study_uid}"
+        if study_uid
+        else (f"source:{source_id}" if source_id else f"request:{request_id}")
+    )
 
 
 def split_of(key: str, val_fraction: float, salt: str = "cad-split-v1") -> str:
@@ -61,8 +65,14 @@ def labeled_examples(store: SqlLabelStore) -> list[Example]:
 def unlabeled_examples(store: SqlLabelStore) -> list[Example]:
     """Every unlabeled classified candidate (the pool)."""
     return [
-        Example(e.candidate_id, e.image_sha256, Box(e.x, e.y, e.width, e.height), e.recipe,
-                None, source_key(e.study_uid, e.source_id, e.request_id))
+        Example(
+            e.candidate_id,
+            e.image_sha256,
+            Box(e.x, e.y, e.width, e.height),
+            e.recipe,
+            None,
+            source_key(e.study_uid, e.source_id, e.request_id),
+        )
         for e in store.unlabeled()
     ]
 
@@ -89,7 +99,9 @@ _decoded_lock = threading.Lock()
 def cached_image(archive: ImageArchive, sha256: str) -> np.ndarray:
     """``archive.get(sha256)`` (read-only), through the per-process cache of decoded images."""
     if not archive.path(sha256).is_file():
-        return archive.get(sha256)  # pruned or never archived here: fail exactly as the archive does
+        return archive.get(
+            sha256
+        )  # pruned or never archived here: fail exactly as the archive does
     with _decoded_lock:
         if (hit := _decoded.get(sha256)) is not None:
             _decoded.move_to_end(sha256)
@@ -117,8 +129,12 @@ class PatchSource:
     def key(self, example: Example) -> tuple[str, tuple[float, ...], str, int]:
         """What determines a candidate's patches (the trunk cache's key)."""
         b = example.box
-        return (example.image_sha256, (b.x, b.y, b.width, b.height), self.recipe(example).spec,
-                self.input_size)
+        return (
+            example.image_sha256,
+            (b.x, b.y, b.width, b.height),
+            self.recipe(example).spec,
+            self.input_size,
+        )
 
     def patches(self, example: Example) -> np.ndarray:
         image = cached_image(self.archive, example.image_sha256)

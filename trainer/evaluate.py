@@ -41,7 +41,11 @@ def average_precision(labels: npt.ArrayLike, scores: npt.ArrayLike) -> float:
 
 
 def auc_ci(
-    labels: npt.ArrayLike, scores: npt.ArrayLike, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+    labels: npt.ArrayLike,
+    scores: npt.ArrayLike,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
 ) -> tuple[float, float]:
     """Stratified bootstrap percentile interval of the AUC (NaN, NaN without both classes)."""
     y = np.asarray(labels, dtype=bool)
@@ -86,12 +90,23 @@ class Evaluation:
     negatives: int
 
     def as_dict(self) -> dict[str, float]:
-        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}  # type: ignore[misc]
+        return {
+            k: (None if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in asdict(self).items()
+        }  # type: ignore[misc]
 
 
-def evaluate(labels: npt.ArrayLike, scores: npt.ArrayLike, fpr: float = 0.1, seed: int = 0) -> Evaluation:
+def evaluate(
+    labels: npt.ArrayLike, scores: npt.ArrayLike, fpr: float = 0.1, seed: int = 0
+) -> Evaluation:
     y = np.asarray(labels, dtype=bool)
     low, high = auc_ci(y, scores, seed=seed)
     return Evaluation(
-        roc_auc(y, scores), low, high, sensitivity_at_fpr(y, scores, fpr), fpr, int(y.sum()), int((~y).sum())
+        roc_auc(y, scores),
+        low,
+        high,
+        sensitivity_at_fpr(y, scores, fpr),
+        fpr,
+        int(y.sum()),
+        int((~y).sum()),
     )

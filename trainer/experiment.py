@@ -60,8 +60,19 @@ RANDOM, SCRATCH, FULL, CONTROL = "random", "scratch", "full", "random_alexnet"
 ACFT = "_acft"
 ACFT_OMEGA = 5.0
 METHODS = (*VARIANTS, RANDOM, SCRATCH)
-CSV_FIELDS = ("method", "seed", "round", "labels", "test_auc", "test_ap", "positives", "train_loss_first",
-              "train_loss", "version", "seconds")
+CSV_FIELDS = (
+    "method",
+    "seed",
+    "round",
+    "labels",
+    "test_auc",
+    "test_ap",
+    "positives",
+    "train_loss_first",
+    "train_loss",
+    "version",
+    "seconds",
+)
 CANDIDATE_SEED = 20170721  # the generated candidates are the same for every method and seed
 
 
@@ -107,25 +118,81 @@ class ExperimentPreset:
     (each AlexNet round writes ~0.3 GB of model files)."""
 
 
-STUDY_METHODS = ("random", "scratch", "entropy", "entropy_alpha", "diversity", "diversity_alpha",
-                 "entropy_diversity", "entropy_diversity_alpha", "entropy_acft", "entropy_alpha_acft", CONTROL)
+STUDY_METHODS = (
+    "random",
+    "scratch",
+    "entropy",
+    "entropy_alpha",
+    "diversity",
+    "diversity_alpha",
+    "entropy_diversity",
+    "entropy_diversity_alpha",
+    "entropy_acft",
+    "entropy_alpha_acft",
+    CONTROL,
+)
 
 PRESETS = {
     p.name: p
     for p in (
         # 2 CPU cores, at most 30 minutes: ImageNet SqueezeNet at 112 px, 8 patches (alpha keeps 2),
         # 1 polyp per 10 negatives, half of them hard; only fire9 and the head tuned (trunk cached).
-        ExperimentPreset("quick", 112, "polyp-inside:8", 0, 10, 6, (0, 1, 2), "polyp-squeezenet", "fire9", 128,
-                         architecture="squeezenet1_0", weights="imagenet", ratio=10.0, control_rounds=3,
-                         methods=("random", "scratch", "entropy", "entropy_alpha", "entropy_diversity_alpha",
-                                  "entropy_acft", CONTROL)),
+        ExperimentPreset(
+            "quick",
+            112,
+            "polyp-inside:8",
+            0,
+            10,
+            6,
+            (0, 1, 2),
+            "polyp-squeezenet",
+            "fire9",
+            128,
+            architecture="squeezenet1_0",
+            weights="imagenet",
+            ratio=10.0,
+            control_rounds=3,
+            methods=(
+                "random",
+                "scratch",
+                "entropy",
+                "entropy_alpha",
+                "entropy_diversity_alpha",
+                "entropy_acft",
+                CONTROL,
+            ),
+        ),
         # 2 CPU cores, at most 3 hours, resumable round by round: every method, 5 paired seeds.
-        ExperimentPreset("standard", 112, "polyp-inside:8", 0, 10, 10, (0, 1, 2, 3, 4), "polyp-squeezenet",
-                         "fire9", 128, architecture="squeezenet1_0", weights="imagenet", ratio=10.0,
-                         control_rounds=5, methods=STUDY_METHODS),
+        ExperimentPreset(
+            "standard",
+            112,
+            "polyp-inside:8",
+            0,
+            10,
+            10,
+            (0, 1, 2, 3, 4),
+            "polyp-squeezenet",
+            "fire9",
+            128,
+            architecture="squeezenet1_0",
+            weights="imagenet",
+            ratio=10.0,
+            control_rounds=5,
+            methods=STUDY_METHODS,
+        ),
         # The paper's setting: AlexNet, 227-px patches, 24 per candidate, Table 3 polyp parameters (GPU).
-        ExperimentPreset("paper", 227, "polyp", 3, 50, 20, (0, 1, 2), batch_size=128, ratio=10.0,
-                         methods=(*METHODS, "entropy_acft", "entropy_alpha_acft")),
+        ExperimentPreset(
+            "paper",
+            227,
+            "polyp",
+            3,
+            50,
+            20,
+            (0, 1, 2),
+            batch_size=128,
+            ratio=10.0,
+            methods=(*METHODS, "entropy_acft", "entropy_alpha_acft"),
+        ),
     )
 }
 
@@ -167,41 +234,69 @@ class Experiment:
     def _generate(self, sequences: Sequence[int], seed: int) -> list[GeneratedCandidate]:
         frames = self._frames(sequences)
         if self.preset.ratio > 0:
-            return generate_pool(frames, seed, self.data_root, self.preset.ratio, self.preset.hard_fraction)
+            return generate_pool(
+                frames, seed, self.data_root, self.preset.ratio, self.preset.hard_fraction
+            )
         return generate(frames, self.preset.k_negatives, seed)
 
     def prepare(self, control: bool = False) -> None:
         """Initial model + the pool classified + the test frames archived, into a template (once)."""
-        self._prepare(self.template, self.preset.architecture, self.preset.weights, self.preset.input_size)
+        self._prepare(
+            self.template, self.preset.architecture, self.preset.weights, self.preset.input_size
+        )
         if control:
-            self._prepare(self.out / "template-alexnet", "alexnet", "random", self.preset.control_size)
+            self._prepare(
+                self.out / "template-alexnet", "alexnet", "random", self.preset.control_size
+            )
 
-    def _prepare(self, template: Path, architecture: str, weights: str | None, input_size: int) -> None:
+    def _prepare(
+        self, template: Path, architecture: str, weights: str | None, input_size: int
+    ) -> None:
         if (template / "ready.json").is_file():
             return
         if overlap := set(self.split.pool) & set(self.split.test):
             raise ValueError(f"sequences {sorted(overlap)} are in both pool and test")
         shutil.rmtree(template, ignore_errors=True)
         registry_root = template / "registry"
-        info = init_model(TrainerSettings(registry_root=registry_root, input_size=input_size,
-                                          recipe=self.preset.recipe, architecture=architecture, weights=weights))
+        info = init_model(
+            TrainerSettings(
+                registry_root=registry_root,
+                input_size=input_size,
+                recipe=self.preset.recipe,
+                architecture=architecture,
+                weights=weights,
+            )
+        )
         store = open_store(f"sqlite:///{template / 'labels.sqlite3'}")
         metrics = ServiceMetrics(CollectorRegistry())
         models = ModelManager(ModelRegistry(registry_root, "cad"), SessionOptions(), metrics)
         models.refresh()
-        classifier = Classifier(models, metrics, ImageLimits(), 1000, 64,
-                                recorder=Recorder(store, ImageArchive(template / "archive")))
+        classifier = Classifier(
+            models,
+            metrics,
+            ImageLimits(),
+            1000,
+            64,
+            recorder=Recorder(store, ImageArchive(template / "archive")),
+        )
         pool = self._generate(self.split.pool, CANDIDATE_SEED)
         truth: dict[str, int] = {}
         by_frame: dict[int, list[GeneratedCandidate]] = {}
         for c in pool:
             by_frame.setdefault(c.frame.frame, []).append(c)
-        for cands in tqdm(by_frame.values(), desc="classifying the pool", unit="frame", disable=not self.progress):
+        for cands in tqdm(
+            by_frame.values(), desc="classifying the pool", unit="frame", disable=not self.progress
+        ):
             fr = cands[0].frame
-            outcome = classifier.classify(ClassifyInput(
-                EncodedImage(fr.path.read_bytes()), fr.frame,
-                [CandidateInput(str(c.label), c.box) for c in cands], self.preset.recipe,
-                source_id=f"cvc-seq-{fr.sequence}"))
+            outcome = classifier.classify(
+                ClassifyInput(
+                    EncodedImage(fr.path.read_bytes()),
+                    fr.frame,
+                    [CandidateInput(str(c.label), c.box) for c in cands],
+                    self.preset.recipe,
+                    source_id=f"cvc-seq-{fr.sequence}",
+                )
+            )
             truth.update({r.candidate_id: int(r.client_id) for r in outcome.results})
         store.close()
         # The test sequences: archived once (decoded as the server decodes), scored by every method.
@@ -210,10 +305,19 @@ class Experiment:
         shas: dict[int, str] = {}
         for c in self._generate(self.split.test, CANDIDATE_SEED + 1):
             if c.frame.frame not in shas:
-                shas[c.frame.frame] = test_archive.put(decode_encoded(c.frame.path.read_bytes()).pixels)[0]
+                shas[c.frame.frame] = test_archive.put(
+                    decode_encoded(c.frame.path.read_bytes()).pixels
+                )[0]
             b = c.box
-            tests.append({"sha": shas[c.frame.frame], "box": [b.x, b.y, b.width, b.height], "label": c.label,
-                          "kind": c.kind, "sequence": c.frame.sequence})
+            tests.append(
+                {
+                    "sha": shas[c.frame.frame],
+                    "box": [b.x, b.y, b.width, b.height],
+                    "label": c.label,
+                    "kind": c.kind,
+                    "sequence": c.frame.sequence,
+                }
+            )
         test_archive.close()
         (template / "test.json").write_text(json.dumps(tests))
         (template / "truth.json").write_text(json.dumps(truth))
@@ -221,11 +325,22 @@ class Experiment:
         for c in pool:
             kind = c.kind or ("polyp" if c.label else "random")
             kinds[kind] = kinds.get(kind, 0) + 1
-        (template / "ready.json").write_text(json.dumps({
-            "preset": asdict(self.preset), "split": asdict(self.split), "pool_candidates": len(truth),
-            "positives": sum(truth.values()), "pool_kinds": kinds, "test_candidates": len(tests),
-            "test_positives": sum(t["label"] for t in tests), "architecture": architecture,
-            "pretrained": info.manifest["pretrained"]}, indent=2))
+        (template / "ready.json").write_text(
+            json.dumps(
+                {
+                    "preset": asdict(self.preset),
+                    "split": asdict(self.split),
+                    "pool_candidates": len(truth),
+                    "positives": sum(truth.values()),
+                    "pool_kinds": kinds,
+                    "test_candidates": len(tests),
+                    "test_positives": sum(t["label"] for t in tests),
+                    "architecture": architecture,
+                    "pretrained": info.manifest["pretrained"],
+                },
+                indent=2,
+            )
+        )
 
     # ------------------------------------------------------------------ evaluation
 
@@ -233,25 +348,45 @@ class Experiment:
         key = str(template)
         if key not in self._test:
             rows = json.loads((template / "test.json").read_text())
-            self._test[key] = [Example(f"test-{i}", r["sha"], Box(*r["box"]), self.preset.recipe, int(r["label"]),
-                                       f"test:{r['sequence']}") for i, r in enumerate(rows)]
+            self._test[key] = [
+                Example(
+                    f"test-{i}",
+                    r["sha"],
+                    Box(*r["box"]),
+                    self.preset.recipe,
+                    int(r["label"]),
+                    f"test:{r['sequence']}",
+                )
+                for i, r in enumerate(rows)
+            ]
         return self._test[key]
 
-    def test_scores(self, registry_root: Path, template: Path, depth: str) -> tuple[list[int], np.ndarray, int]:
+    def test_scores(
+        self, registry_root: Path, template: Path, depth: str
+    ) -> tuple[list[int], np.ndarray, int]:
         """Candidate probabilities of the version servers follow, on the test candidates."""
         registry = ModelRegistry(registry_root, "cad")
         version = registry.target()
         info = registry.get(version)  # type: ignore[arg-type]
         examples = self.test_examples(template)
-        source = PatchSource(ImageArchive(template / "test-archive"), int(info.manifest["input_size"]))
-        probs = candidate_probabilities(load_net(info), examples, source, batch_size=256, progress=False,
-                                        depth=depth)
-        return [int(e.label) for e in examples], np.array([candidate_probability(p) for p in probs]), int(version)  # type: ignore[arg-type]
+        source = PatchSource(
+            ImageArchive(template / "test-archive"), int(info.manifest["input_size"])
+        )
+        probs = candidate_probabilities(
+            load_net(info), examples, source, batch_size=256, progress=False, depth=depth
+        )
+        return (
+            [int(e.label) for e in examples],
+            np.array([candidate_probability(p) for p in probs]),
+            int(version),
+        )  # type: ignore[arg-type]
 
-    def test_auc(self, registry_root: Path, template: Path | None = None, depth: str | None = None
-                 ) -> tuple[float, float, int]:
-        labels, scores, version = self.test_scores(registry_root, template or self.template,
-                                                   depth or self.preset.depth)
+    def test_auc(
+        self, registry_root: Path, template: Path | None = None, depth: str | None = None
+    ) -> tuple[float, float, int]:
+        labels, scores, version = self.test_scores(
+            registry_root, template or self.template, depth or self.preset.depth
+        )
         return roc_auc(labels, scores), average_precision(labels, scores), version
 
     # ------------------------------------------------------------------ runs
@@ -274,11 +409,15 @@ class Experiment:
             fh.flush()
             os.fsync(fh.fileno())
 
-    def starting_set(self, review: ReviewService, truth: dict[str, int], seed: int, size: int = 0) -> list[str]:
+    def starting_set(
+        self, review: ReviewService, truth: dict[str, int], seed: int, size: int = 0
+    ) -> list[str]:
         """Round 1's labels for a seed: the first ``b`` of the pool in a seeded random order,
         with the first polyp in that order swapped in for the last pick if there is none (a
         round needs both classes). Every method of a seed starts from this same set."""
-        queue = review.annotation_queue(min(len(truth), MAX_QUEUE_LIMIT), RANDOM, seed=seed * 1000 + 1)
+        queue = review.annotation_queue(
+            min(len(truth), MAX_QUEUE_LIMIT), RANDOM, seed=seed * 1000 + 1
+        )
         order = [entry.candidate_id for entry, _ in queue.items]
         picks = order[: size or self.preset.b]
         if not any(truth[c] for c in picks):
@@ -290,18 +429,31 @@ class Experiment:
 
     def _settings(self, ws: Path, method: str, seed: int, rescore: bool = True) -> TrainerSettings:
         return TrainerSettings(
-            registry_root=ws / "registry", store_url=f"sqlite:///{ws / 'labels.sqlite3'}",
-            archive_root=ws / "archive", depth=self.depth_of(method),
-            preset="polyp" if method == CONTROL else self.preset.train_preset,  # the control: Table 3 as is
-            train_batch_size=self.preset.batch_size, val_fraction=0.0, allow_unvalidated=True, seed=seed,
-            scratch=method == SCRATCH, rescore=rescore, epochs=self.preset.epochs,
+            registry_root=ws / "registry",
+            store_url=f"sqlite:///{ws / 'labels.sqlite3'}",
+            archive_root=ws / "archive",
+            depth=self.depth_of(method),
+            preset="polyp"
+            if method == CONTROL
+            else self.preset.train_preset,  # the control: Table 3 as is
+            train_batch_size=self.preset.batch_size,
+            val_fraction=0.0,
+            allow_unvalidated=True,
+            seed=seed,
+            scratch=method == SCRATCH,
+            rescore=rescore,
+            epochs=self.preset.epochs,
         )
 
     def run(self, method: str, seed: int) -> None:
         """All rounds of one method and seed (skipping the rounds already in curves.csv)."""
         if not (known_method(method) or method == FULL):
             raise ValueError(f"unknown method {method!r}; known: {', '.join(STUDY_METHODS)}")
-        done = {int(r["round"]) for r in self._rows() if r["method"] == method and int(r["seed"]) == seed}
+        done = {
+            int(r["round"])
+            for r in self._rows()
+            if r["method"] == method and int(r["seed"]) == seed
+        }
         template = self.template_of(method)
         ws = self.out / "runs" / f"{method}-s{seed}"
         if not ws.exists():
@@ -315,12 +467,29 @@ class Experiment:
         depth = self.depth_of(method)
         if 0 not in done and method != FULL:
             auc, ap, version = self.test_auc(ws / "registry", template, depth)
-            self._append({"method": method, "seed": seed, "round": 0, "labels": 0, "test_auc": f"{auc:.6f}",
-                          "test_ap": f"{ap:.6f}", "positives": 0, "train_loss_first": "", "train_loss": "",
-                          "version": version, "seconds": 0})
+            self._append(
+                {
+                    "method": method,
+                    "seed": seed,
+                    "round": 0,
+                    "labels": 0,
+                    "test_auc": f"{auc:.6f}",
+                    "test_ap": f"{ap:.6f}",
+                    "positives": 0,
+                    "train_loss_first": "",
+                    "train_loss": "",
+                    "version": version,
+                    "seconds": 0,
+                }
+            )
         variant, omega = variant_of(method)
-        for r in tqdm(range(1, rounds + 1), desc=f"{method} seed {seed}", unit="round",
-                      disable=not self.progress, leave=False):
+        for r in tqdm(
+            range(1, rounds + 1),
+            desc=f"{method} seed {seed}",
+            unit="round",
+            disable=not self.progress,
+            leave=False,
+        ):
             if r in done:
                 continue
             t0 = time.perf_counter()
@@ -329,18 +498,26 @@ class Experiment:
                 review = ReviewService(store, ServiceMetrics(CollectorRegistry()))
                 have = sum(1 for _ in store.labeled())
                 need = (len(truth) if method == FULL else r * per_round) - have
-                if r == 1 and method != FULL:  # the seed's starting labels, the same for every method
+                if (
+                    r == 1 and method != FULL
+                ):  # the seed's starting labels, the same for every method
                     for candidate_id in self.starting_set(review, truth, seed, per_round):
                         verdict = "TRUE_POSITIVE" if truth[candidate_id] else "FALSE_POSITIVE"
-                        review.submit_correction(candidate_id, verdict, "oracle", f"oracle-{candidate_id}")
+                        review.submit_correction(
+                            candidate_id, verdict, "oracle", f"oracle-{candidate_id}"
+                        )
                     need = 0
                 while need > 0:
-                    queue = review.annotation_queue(min(need, 1000), variant, seed=seed * 1000 + r, omega=omega)
+                    queue = review.annotation_queue(
+                        min(need, 1000), variant, seed=seed * 1000 + r, omega=omega
+                    )
                     if not queue.items:
                         break
                     for entry, _ in queue.items:  # the oracle answers from the ground truth
                         verdict = "TRUE_POSITIVE" if truth[entry.candidate_id] else "FALSE_POSITIVE"
-                        review.submit_correction(entry.candidate_id, verdict, "oracle", f"oracle-{entry.candidate_id}")
+                        review.submit_correction(
+                            entry.candidate_id, verdict, "oracle", f"oracle-{entry.candidate_id}"
+                        )
                     need -= len(queue.items)
                 labeled = list(store.labeled())
             finally:
@@ -356,16 +533,26 @@ class Experiment:
             for old in registry.versions():
                 if old not in (1, registry.latest()):
                     registry.remove(old)  # keep the initial and the newest: disk stays bounded
-            self._append({"method": method, "seed": seed, "round": r, "labels": len(labeled),
-                          "test_auc": f"{auc:.6f}", "test_ap": f"{ap:.6f}",
-                          "positives": sum(1 for x in labeled if x.label == 1),
-                          "train_loss_first": f"{losses[0]:.5f}" if losses else "",
-                          "train_loss": f"{losses[-1]:.5f}" if losses else "",
-                          "version": version, "seconds": f"{time.perf_counter() - t0:.1f}"})
+            self._append(
+                {
+                    "method": method,
+                    "seed": seed,
+                    "round": r,
+                    "labels": len(labeled),
+                    "test_auc": f"{auc:.6f}",
+                    "test_ap": f"{ap:.6f}",
+                    "positives": sum(1 for x in labeled if x.label == 1),
+                    "train_loss_first": f"{losses[0]:.5f}" if losses else "",
+                    "train_loss": f"{losses[-1]:.5f}" if losses else "",
+                    "version": version,
+                    "seconds": f"{time.perf_counter() - t0:.1f}",
+                }
+            )
 
 
 def _clone(template: Path, ws: Path) -> None:
     """A run workspace: hard links for the immutable files (models, archive), a copy of the store."""
+
     def link_or_copy(src: str, dst: str) -> None:
         if src.endswith((".sqlite3", ".sqlite3-wal", ".sqlite3-shm")):
             shutil.copy2(src, dst)
@@ -375,10 +562,14 @@ def _clone(template: Path, ws: Path) -> None:
             except OSError:
                 shutil.copy2(src, dst)
 
-    shutil.copytree(template, ws, copy_function=link_or_copy, ignore=shutil.ignore_patterns("test-archive"))
+    shutil.copytree(
+        template, ws, copy_function=link_or_copy, ignore=shutil.ignore_patterns("test-archive")
+    )
 
 
-def run_all(exp: Experiment, methods: Sequence[str], seeds: Sequence[int], reference: bool = True) -> None:
+def run_all(
+    exp: Experiment, methods: Sequence[str], seeds: Sequence[int], reference: bool = True
+) -> None:
     exp.out.mkdir(parents=True, exist_ok=True)
     variants = [variant_of(m)[0] for m in methods]
     for name, note in degenerate_variants(parse_recipe(exp.preset.recipe).count, variants).items():

@@ -43,7 +43,9 @@ def export_form(net: nn.Module) -> tuple[nn.Module, int]:
     times fewer fc6 weights and multiply-adds; at 64 px the ONNX file is 81
     instead of 228 MB. ``weights.pt`` keeps the trained parameters unchanged.
     """
-    if not isinstance(net, CadNet) or not isinstance(getattr(net.backbone, "avgpool", None), nn.Upsample):
+    if not isinstance(net, CadNet) or not isinstance(
+        getattr(net.backbone, "avgpool", None), nn.Upsample
+    ):
         return net, 1
     k = int(net.backbone.avgpool.scale_factor)  # type: ignore[arg-type]
     side = 6 // k
@@ -82,9 +84,7 @@ def export_onnx(net: nn.Module, path: Path, input_size: int) -> int:
     return fold
 
 
-def check_parity(
-    net: nn.Module, path: Path, patches: np.ndarray, tolerance: float
-) -> float:
+def check_parity(net: nn.Module, path: Path, patches: np.ndarray, tolerance: float) -> float:
     """Max |p_onnx - p_torch| over ``patches`` (float32 ``[n, 3, S, S]``) on the CPU provider.
 
     Raises:

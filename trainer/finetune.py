@@ -43,7 +43,9 @@ class SplitNet:
     (:mod:`trainer.trunk`), the trained top runs on them. At the lowest depth (everything trained)
     the trunk is only the normalisation and nothing is cached."""
 
-    def __init__(self, net: CadNet, depth: str, source: PatchSource, cache: TrunkCache | None = CACHE) -> None:
+    def __init__(
+        self, net: CadNet, depth: str, source: PatchSource, cache: TrunkCache | None = CACHE
+    ) -> None:
         self.net = net
         self.trunk, self.top = net.split(depth)
         self.source = source
@@ -56,8 +58,9 @@ class SplitNet:
             with torch.no_grad():
                 self.trunk.eval()
                 return self.trunk(torch.from_numpy(self.source.patches(example)))
-        return self.cache.features(self.trunk, self.digest, self.source.key(example),
-                                   lambda: self.source.patches(example))
+        return self.cache.features(
+            self.trunk, self.digest, self.source.key(example), lambda: self.source.patches(example)
+        )
 
     def train(self) -> None:
         """Train mode for the top only; frozen layers stay in eval mode (dropout off)."""
@@ -102,12 +105,22 @@ def fine_tune(
     for epoch in range(schedule.epochs):
         order = balanced_epoch(labels, rng)
         total, count = 0.0, 0
-        bar = tqdm(list(batches(order, per_batch)), desc=f"epoch {epoch + 1}/{schedule.epochs}",
-                   unit="batch", disable=not progress, leave=False)
+        bar = tqdm(
+            list(batches(order, per_batch)),
+            desc=f"epoch {epoch + 1}/{schedule.epochs}",
+            unit="batch",
+            disable=not progress,
+            leave=False,
+        )
         for batch in bar:
             parts = [split.inputs(examples[i]) for i in batch]
             x = torch.cat(parts)
-            y = torch.cat([torch.full((len(p),), labels[i], dtype=torch.long) for p, i in zip(parts, batch, strict=True)])
+            y = torch.cat(
+                [
+                    torch.full((len(p),), labels[i], dtype=torch.long)
+                    for p, i in zip(parts, batch, strict=True)
+                ]
+            )
             optimizer.zero_grad()
             loss = loss_fn(split.top(x), y)
             loss.backward()
@@ -124,8 +137,13 @@ def fine_tune(
 
 @torch.no_grad()
 def candidate_probabilities(
-    net: CadNet, examples: Sequence[Example], source: PatchSource, batch_size: int = 64,
-    desc: str = "scoring", progress: bool = True, depth: str | None = None,
+    net: CadNet,
+    examples: Sequence[Example],
+    source: PatchSource,
+    batch_size: int = 64,
+    desc: str = "scoring",
+    progress: bool = True,
+    depth: str | None = None,
 ) -> list[np.ndarray]:
     """Patch probabilities ``(m, 2)`` of each candidate under ``net`` (eval mode).
 
@@ -155,7 +173,9 @@ def candidate_probabilities(
                 flush()
         else:
             patches = torch.from_numpy(source.patches(ex))
-            probs = torch.cat([torch.softmax(net(chunk), dim=1) for chunk in patches.split(batch_size)])
+            probs = torch.cat(
+                [torch.softmax(net(chunk), dim=1) for chunk in patches.split(batch_size)]
+            )
             out.append(probs.numpy())
     flush()
     return out

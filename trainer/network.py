@@ -74,7 +74,9 @@ LAYERS: dict[str, tuple[Layer, ...]] = {
 
 def layers_of(architecture: str) -> tuple[Layer, ...]:
     if architecture not in LAYERS:
-        raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+        raise ValueError(
+            f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}"
+        )
     return LAYERS[architecture]
 
 
@@ -102,7 +104,9 @@ class CadNet(nn.Module):
     """
 
     def __init__(
-        self, num_classes: int = len(CLASSES), input_size: int = 224,
+        self,
+        num_classes: int = len(CLASSES),
+        input_size: int = 224,
         architecture: str = DEFAULT_ARCHITECTURE,
     ) -> None:
         super().__init__()
@@ -113,7 +117,9 @@ class CadNet(nn.Module):
             self.backbone = alexnet(weights=None)
             self.backbone.classifier[6] = nn.Linear(4096, num_classes)
             with torch.no_grad():
-                side = int(self.backbone.features(torch.zeros(1, 3, input_size, input_size)).shape[-1])
+                side = int(
+                    self.backbone.features(torch.zeros(1, 3, input_size, input_size)).shape[-1]
+                )
             if side < 6 and 6 % side == 0:
                 self.backbone.avgpool = nn.Upsample(scale_factor=6 // side, mode="nearest")
         else:
@@ -144,7 +150,9 @@ class CadNet(nn.Module):
         return (x - self.mean) / self.std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self.normalise(x)) if self.architecture == "alexnet" else self._squeeze(x)
+        return (
+            self.backbone(self.normalise(x)) if self.architecture == "alexnet" else self._squeeze(x)
+        )
 
     def _squeeze(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.backbone.classifier(self.backbone.features(self.normalise(x))), 1)

@@ -65,6 +65,7 @@ PRESETS: dict[str, Preset] = {
     )
 }
 
+
 def trained_layers(architecture: str, depth: str) -> list[Layer]:
     """The layers trained at a tuning depth (from ``depth`` up to the head), bottom to top.
 
@@ -79,4 +80,4 @@ def trained_layers(architecture: str, depth: str) -> list[Layer]:
         raise ValueError(
             f"unknown tuning depth {depth!r} for {architecture}; choose one of {', '.join(names)}"
         )
-    return list(layers[names.index(depth):])
+    return list(layers[names.index(depth) :])

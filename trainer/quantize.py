@@ -42,14 +42,17 @@ class _Calibration:
 
     def __init__(self, input_name: str, patches: npt.NDArray[np.float32], batch: int = 16) -> None:
         self._batches: Iterator[dict[str, npt.NDArray[np.float32]]] = (
-            {input_name: np.ascontiguousarray(patches[i : i + batch])} for i in range(0, len(patches), batch)
+            {input_name: np.ascontiguousarray(patches[i : i + batch])}
+            for i in range(0, len(patches), batch)
         )
 
     def get_next(self) -> dict[str, npt.NDArray[np.float32]] | None:
         return next(self._batches, None)
 
 
-def quantize_onnx(source: Path, target: Path, input_name: str, calibration: npt.NDArray[np.float32]) -> None:
+def quantize_onnx(
+    source: Path, target: Path, input_name: str, calibration: npt.NDArray[np.float32]
+) -> None:
     """Static int8 quantisation of the convolutions and fully connected layers (QDQ, per-channel
     int8 weights, uint8 activations, MinMax calibration)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -59,18 +62,30 @@ def quantize_onnx(source: Path, target: Path, input_name: str, calibration: npt.
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         quantize_static(
-            str(prepared), str(target), _Calibration(input_name, calibration),
-            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+            str(prepared),
+            str(target),
+            _Calibration(input_name, calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
             op_types_to_quantize=list(QUANTIZED_OPS),  # the softmax output stays exact float
         )
 
 
-def candidate_auc(info: VersionInfo, patches: npt.NDArray[np.float32], labels: Sequence[int],
-                  per_candidate: int, options: SessionOptions = SessionOptions()) -> float:
+def candidate_auc(
+    info: VersionInfo,
+    patches: npt.NDArray[np.float32],
+    labels: Sequence[int],
+    per_candidate: int,
+    options: SessionOptions = SessionOptions(),
+) -> float:
     """AUC of candidate probabilities (mean of each candidate's ``per_candidate`` patches)."""
     model = load_model(info, options)
-    probs = candidate_probability(model.predict(patches, 64).reshape(len(labels), per_candidate, -1))
+    probs = candidate_probability(
+        model.predict(patches, 64).reshape(len(labels), per_candidate, -1)
+    )
     return roc_auc(list(labels), probs)
 
 
@@ -94,22 +109,47 @@ def quantize_version(
         target = Path(tmp) / MODEL_FILE
         quantize_onnx(info.model_path, target, fp32.input_name, calibration)
         auc_fp32 = candidate_auc(info, eval_patches, eval_labels, per_candidate)
-        probe = VersionInfo(version, Path(tmp), {**info.manifest, "sha256": sha256_file(target), "variant": VARIANT})
+        probe = VersionInfo(
+            version, Path(tmp), {**info.manifest, "sha256": sha256_file(target), "variant": VARIANT}
+        )
         auc_int8 = candidate_auc(probe, eval_patches, eval_labels, per_candidate)
         report = QuantizeReport(version, auc_fp32, auc_int8, len(eval_labels), len(calibration))
-        registry.publish_variant(version, VARIANT, target, {
-            "precision": "int8", "auc_fp32": auc_fp32, "auc_int8": auc_int8, "auc_drop": report.auc_drop,
-            "eval_candidates": len(eval_labels), "calibration_patches": len(calibration),
-            "quantization": {"format": "QDQ", "weights": "int8 per-channel", "activations": "uint8",
-                             "calibration": "MinMax"},
-        })
-    log.info("v%s int8: AUC %.4f -> %.4f (drop %.4f) on %d candidates", version, auc_fp32, auc_int8,
-             report.auc_drop, len(eval_labels))
+        registry.publish_variant(
+            version,
+            VARIANT,
+            target,
+            {
+                "precision": "int8",
+                "auc_fp32": auc_fp32,
+                "auc_int8": auc_int8,
+                "auc_drop": report.auc_drop,
+                "eval_candidates": len(eval_labels),
+                "calibration_patches": len(calibration),
+                "quantization": {
+                    "format": "QDQ",
+                    "weights": "int8 per-channel",
+                    "activations": "uint8",
+                    "calibration": "MinMax",
+                },
+            },
+        )
+    log.info(
+        "v%s int8: AUC %.4f -> %.4f (drop %.4f) on %d candidates",
+        version,
+        auc_fp32,
+        auc_int8,
+        report.auc_drop,
+        len(eval_labels),
+    )
     return report
 
 
-def quantize_from_store(settings: TrainerSettings, version: int | None = None,
-                        max_calibration: int = 512, progress: bool = True) -> QuantizeReport:
+def quantize_from_store(
+    settings: TrainerSettings,
+    version: int | None = None,
+    max_calibration: int = 512,
+    progress: bool = True,
+) -> QuantizeReport:
     """``cad model quantize``: calibrate on the label store's labeled patches (as many as
     ``max_calibration``) and measure the AUC change on every labeled candidate; every candidate's
     patches are cut with the version's recipe so all have the same count."""
@@ -132,19 +172,31 @@ def quantize_from_store(settings: TrainerSettings, version: int | None = None,
     finally:
         store.close()
     source = PatchSource(ImageArchive(settings.archive_root), int(manifest["input_size"]), recipe)
-    chunks = [source.patches(e) for e in tqdm(examples, desc="labeled patches", unit="cand",
-                                              disable=not progress)]
+    chunks = [
+        source.patches(e)
+        for e in tqdm(examples, desc="labeled patches", unit="cand", disable=not progress)
+    ]
     if not chunks:
         raise ValueError("the label store has no labeled candidates to calibrate and evaluate on")
     patches = np.concatenate(chunks)
     rng = np.random.default_rng(settings.seed)
     pick = np.sort(rng.choice(len(patches), size=min(max_calibration, len(patches)), replace=False))
-    report = quantize_version(registry, version, patches[pick], patches,
-                              [int(e.label or 0) for e in examples], parse_recipe(recipe).count)
+    report = quantize_version(
+        registry,
+        version,
+        patches[pick],
+        patches,
+        [int(e.label or 0) for e in examples],
+        parse_recipe(recipe).count,
+    )
     store = open_store(settings.store_url)
     try:
-        store.add_audit("publish_variant", settings.actor, f"{registry.name}/v{version}/int8", {
-            "auc_fp32": report.auc_fp32, "auc_int8": report.auc_int8, "auc_drop": report.auc_drop})
+        store.add_audit(
+            "publish_variant",
+            settings.actor,
+            f"{registry.name}/v{version}/int8",
+            {"auc_fp32": report.auc_fp32, "auc_int8": report.auc_int8, "auc_drop": report.auc_drop},
+        )
     finally:
         store.close()
     return report

@@ -51,8 +51,12 @@ def describe_initial(initial: dict[str, str]) -> str:
     arch = initial.get("architecture", "")
     if source == "imagenet":
         where = initial.get("found", "")
-        return f"{arch} with ImageNet weights" + (f" ({where}: {Path(initial.get('path', '')).name}, "
-                                                  f"sha256 {initial.get('sha256', '')[:12]}...)" if where else "")
+        return f"{arch} with ImageNet weights" + (
+            f" ({where}: {Path(initial.get('path', '')).name}, "
+            f"sha256 {initial.get('sha256', '')[:12]}...)"
+            if where
+            else ""
+        )
     if source == "random-init":
         return f"{arch} from random initialisation"
     return "not recorded"
@@ -106,7 +110,9 @@ def summarise(out: Path) -> dict[str, Any]:
         rounds = sorted(set.intersection(*(set(s) for s in seeds.values())))
         seed_ids = sorted(seeds)
 
-        def stat(col: str, rounds: list[int] = rounds, seeds: dict = seeds, seed_ids: list = seed_ids) -> np.ndarray:
+        def stat(
+            col: str, rounds: list[int] = rounds, seeds: dict = seeds, seed_ids: list = seed_ids
+        ) -> np.ndarray:
             return np.array([[_num(seeds[s][r].get(col)) for r in rounds] for s in seed_ids])
 
         auc, ap, pos = stat("test_auc"), stat("test_ap"), stat("positives")
@@ -114,8 +120,11 @@ def summarise(out: Path) -> dict[str, Any]:
         first, last = stat("train_loss_first"), stat("train_loss")
         trained = ~np.isnan(first) & ~np.isnan(last)
         methods[method] = {
-            "seeds": len(seed_ids), "seed_ids": seed_ids, "labels": labels.tolist(),
-            "mean": auc.mean(axis=0).tolist(), "std": auc.std(axis=0).tolist(),
+            "seeds": len(seed_ids),
+            "seed_ids": seed_ids,
+            "labels": labels.tolist(),
+            "mean": auc.mean(axis=0).tolist(),
+            "std": auc.std(axis=0).tolist(),
             "ap_mean": ap.mean(axis=0).tolist(),
             "positives_mean": pos.mean(axis=0).tolist(),
             "per_seed_alc": {s: _alc(labels, auc[i]) for i, s in enumerate(seed_ids)},
@@ -128,7 +137,11 @@ def summarise(out: Path) -> dict[str, Any]:
         for n in (50, 100):
             at = [i for i, lab in enumerate(labels) if abs(lab - n) < 0.5]
             methods[method][f"positives_at_{n}"] = float(pos[:, at[0]].mean()) if at else None
-    reference = float(np.mean(full)) if full else max((max(m["mean"]) for m in methods.values()), default=math.nan)
+    reference = (
+        float(np.mean(full))
+        if full
+        else max((max(m["mean"]) for m in methods.values()), default=math.nan)
+    )
     target = TARGET_SHARE * reference
     rnd = methods.get(RANDOM)
     random_final = rnd["mean"][-1] if rnd else None
@@ -136,31 +149,62 @@ def summarise(out: Path) -> dict[str, Any]:
     random_labels = rnd["labels"][-1] if rnd else None
     random_to_final = _labels_to(rnd["labels"], rnd["mean"], random_final) if rnd else None
     for name, m in methods.items():
-        m["labels_to_random_final"] = _labels_to(m["labels"], m["mean"], random_final) if rnd else None
+        m["labels_to_random_final"] = (
+            _labels_to(m["labels"], m["mean"], random_final) if rnd else None
+        )
         own = m["labels_to_random_final"]
-        m["saving_vs_random_final"] = (1 - own / random_to_final) if (own and random_to_final) else None
+        m["saving_vs_random_final"] = (
+            (1 - own / random_to_final) if (own and random_to_final) else None
+        )
         m["labels_to_target"] = _labels_to(m["labels"], m["mean"], target)
         t = m["labels_to_target"]
         # Random never reached the target in the run: it needs more than its last label count, so
         # the saving is at least 1 - t / that count.
-        m["saving_vs_random"] = ((1 - t / random_to_target) if random_to_target else
-                                 (1 - t / random_labels) if (t and random_labels) else None) if t else None
+        m["saving_vs_random"] = (
+            (
+                (1 - t / random_to_target)
+                if random_to_target
+                else (1 - t / random_labels)
+                if (t and random_labels)
+                else None
+            )
+            if t
+            else None
+        )
         m["saving_vs_random_is_bound"] = bool(t and not random_to_target)
         if rnd and name != RANDOM:
             common = [s for s in m["seed_ids"] if s in rnd["per_seed_alc"]]
             diffs = np.array([m["per_seed_alc"][s] - rnd["per_seed_alc"][s] for s in common])
             if len(diffs):
-                mean, sd = float(diffs.mean()), float(diffs.std(ddof=1)) if len(diffs) > 1 else math.nan
+                mean, sd = (
+                    float(diffs.mean()),
+                    float(diffs.std(ddof=1)) if len(diffs) > 1 else math.nan,
+                )
                 half = 2 * sd / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
-                verdict = ("n/a (one seed)" if math.isnan(half) else
-                           "tie" if abs(mean) <= half else ("better" if mean > 0 else "worse"))
-                m["paired_alc_vs_random"] = {"mean": mean, "std": sd, "wins": int((diffs > 0).sum()),
-                                             "seeds": len(diffs), "verdict": verdict}
-    return {"initial_model": initial_model(out), "reference_auc": reference,
-            "random_labels_to_own_final": random_to_final,
-            "reference_ap": float(np.mean(full_ap)) if full_ap else None,
-            "reference": "whole pool" if full else "best method", "target_auc": target,
-            "random_final_auc": random_final, "methods": methods}
+                verdict = (
+                    "n/a (one seed)"
+                    if math.isnan(half)
+                    else "tie"
+                    if abs(mean) <= half
+                    else ("better" if mean > 0 else "worse")
+                )
+                m["paired_alc_vs_random"] = {
+                    "mean": mean,
+                    "std": sd,
+                    "wins": int((diffs > 0).sum()),
+                    "seeds": len(diffs),
+                    "verdict": verdict,
+                }
+    return {
+        "initial_model": initial_model(out),
+        "reference_auc": reference,
+        "random_labels_to_own_final": random_to_final,
+        "reference_ap": float(np.mean(full_ap)) if full_ap else None,
+        "reference": "whole pool" if full else "best method",
+        "target_auc": target,
+        "random_final_auc": random_final,
+        "methods": methods,
+    }
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
@@ -174,12 +218,19 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         labels = np.array(m["labels"])
         style = "--" if name in (RANDOM, "scratch") else (":" if name in CONTROLS else "-")
         mean, std = np.array(m["mean"]), np.array(m["std"])
-        line, = axes[0].plot(labels, mean, style, marker="o", ms=3, label=f"{name} (n={m['seeds']})")
+        (line,) = axes[0].plot(
+            labels, mean, style, marker="o", ms=3, label=f"{name} (n={m['seeds']})"
+        )
         axes[0].fill_between(labels, mean - std, mean + std, color=line.get_color(), alpha=0.10)
         axes[1].plot(labels, m["ap_mean"], style, marker="o", ms=3, color=line.get_color())
         axes[2].plot(labels, m["positives_mean"], style, marker="o", ms=3, color=line.get_color())
-    axes[0].axhline(summary["target_auc"], color="grey", lw=0.8, ls=":",
-                    label=f"{TARGET_SHARE:.0%} of {summary['reference']} AUC")
+    axes[0].axhline(
+        summary["target_auc"],
+        color="grey",
+        lw=0.8,
+        ls=":",
+        label=f"{TARGET_SHARE:.0%} of {summary['reference']} AUC",
+    )
     if summary.get("reference_ap") is not None:
         axes[1].axhline(summary["reference_ap"], color="grey", lw=0.8, ls=":", label="whole pool")
         axes[1].legend(fontsize=7, loc="lower right")
@@ -192,9 +243,16 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-    trained = [a for m in summary["methods"].values() for lab, a in zip(m["labels"], m["mean"], strict=True) if lab > 0]
+    trained = [
+        a
+        for m in summary["methods"].values()
+        for lab, a in zip(m["labels"], m["mean"], strict=True)
+        if lab > 0
+    ]
     low = max(0.0, min(trained, default=0.5) - 0.03)
-    axes[0].set_ylim(low, 1.0)  # round 0 (the untrained head, the same for every method) may fall below
+    axes[0].set_ylim(
+        low, 1.0
+    )  # round 0 (the untrained head, the same for every method) may fall below
     axes[0].set_title(f"AUC, mean ± std over seeds (axis from {low:.2f})", fontsize=10)
     axes[0].legend(fontsize=7, loc="lower right")
     fig.suptitle("AIFT vs IFT Random on CVC-ClinicDB (held-out sequences)", fontsize=11)
@@ -229,13 +287,23 @@ def markdown(summary: dict[str, Any]) -> str:
     for name in sorted(methods, key=lambda n: -methods[n]["alc"]):
         m = methods[name]
         pair = m.get("paired_alc_vs_random")
-        pair_text = (f"{pair['mean']:+.4f} ± {_f(pair['std'], 4)}, {pair['wins']}/{pair['seeds']} ({pair['verdict']})"
-                     if pair else "-")
+        pair_text = (
+            f"{pair['mean']:+.4f} ± {_f(pair['std'], 4)}, {pair['wins']}/{pair['seeds']} ({pair['verdict']})"
+            if pair
+            else "-"
+        )
         reached = lambda v: "not reached" if v is None else f"{v:.0f}"  # noqa: E731
-        saved = lambda v, bound=False: ("> " if bound and v is not None else "") + _f(  # noqa: E731
-            v * 100 if v is not None else None, 0, "%")
-        loss = (f"{_f(m['loss_first_mean'])} → {_f(m['loss_last_mean'])} ({m['rounds_loss_fell']}/{m['rounds_trained']})"
-                if m["rounds_trained"] else "-")
+
+        def saved(v: float | None, bound: bool = False) -> str:
+            return ("> " if bound and v is not None else "") + _f(
+                v * 100 if v is not None else None, 0, "%"
+            )
+
+        loss = (
+            f"{_f(m['loss_first_mean'])} → {_f(m['loss_last_mean'])} ({m['rounds_loss_fell']}/{m['rounds_trained']})"
+            if m["rounds_trained"]
+            else "-"
+        )
         lines.append(
             f"| {name} | {m['seeds']} | {m['labels'][-1]:.0f} | {m['mean'][-1]:.3f} ± {m['std'][-1]:.3f} | "
             f"{_f(m['ap_mean'][-1] if m['ap_mean'] else None)} | {reached(m['labels_to_random_final'])} | "

@@ -88,31 +88,56 @@ def _record(registry: ModelRegistry, report: RoundReport) -> None:
 def load_net(info: VersionInfo) -> CadNet:
     """A published version's torch network (architecture from its manifest; AlexNet before there
     was a choice)."""
-    net = CadNet(len(info.manifest.get("classes") or ["background", "finding"]), int(info.manifest["input_size"]),
-                 str(info.manifest.get("architecture") or "alexnet"))
+    net = CadNet(
+        len(info.manifest.get("classes") or ["background", "finding"]),
+        int(info.manifest["input_size"]),
+        str(info.manifest.get("architecture") or "alexnet"),
+    )
     net.load_state_dict(torch.load(info.path / WEIGHTS_FILE, map_location="cpu", weights_only=True))
     return net.eval()
 
 
-def _evaluate(net: CadNet, examples: Sequence[Example], source: PatchSource, s: TrainerSettings,
-              desc: str, progress: bool) -> Evaluation:
-    probs = candidate_probabilities(net, examples, source, desc=desc, progress=progress, depth=s.depth)
+def _evaluate(
+    net: CadNet,
+    examples: Sequence[Example],
+    source: PatchSource,
+    s: TrainerSettings,
+    desc: str,
+    progress: bool,
+) -> Evaluation:
+    probs = candidate_probabilities(
+        net, examples, source, desc=desc, progress=progress, depth=s.depth
+    )
     scores = np.array([candidate_probability(p) for p in probs])
     return evaluate([e.label for e in examples], scores, fpr=s.fpr, seed=s.seed)
 
 
-def _hq_set(parent: VersionInfo, train: list[Example], net: CadNet, source: PatchSource,
-            progress: bool, depth: str) -> list[Example]:
+def _hq_set(
+    parent: VersionInfo,
+    train: list[Example],
+    net: CadNet,
+    source: PatchSource,
+    progress: bool,
+    depth: str,
+) -> list[Example]:
     """ACFT's HQ set: labels newer than the parent's, plus older labels the parent gets wrong."""
     until = str((parent.manifest.get("labels") or {}).get("until") or "")
     new = [e for e in train if e.labeled_at > until]
     old = [e for e in train if e.labeled_at <= until]
-    probs = candidate_probabilities(net, old, source, desc="HQ check", progress=progress, depth=depth)
-    wrong = [e for e, p in zip(old, probs, strict=True) if (candidate_probability(p) > 0.5) != bool(e.label)]
+    probs = candidate_probabilities(
+        net, old, source, desc="HQ check", progress=progress, depth=depth
+    )
+    wrong = [
+        e
+        for e, p in zip(old, probs, strict=True)
+        if (candidate_probability(p) > 0.5) != bool(e.label)
+    ]
     return new + wrong
 
 
-def _val_patches(examples: Sequence[Example], source: PatchSource, limit: int = 64) -> np.ndarray | None:
+def _val_patches(
+    examples: Sequence[Example], source: PatchSource, limit: int = 64
+) -> np.ndarray | None:
     chunks, total = [], 0
     for e in examples:
         if total >= limit:
@@ -123,8 +148,13 @@ def _val_patches(examples: Sequence[Example], source: PatchSource, limit: int = 
     return np.concatenate(chunks)[:limit] if chunks else None
 
 
-def rescore_pool(store: SqlLabelStore, archive: ImageArchive, registry: ModelRegistry,
-                 progress: bool = True, depth: str | None = None) -> int:
+def rescore_pool(
+    store: SqlLabelStore,
+    archive: ImageArchive,
+    registry: ModelRegistry,
+    progress: bool = True,
+    depth: str | None = None,
+) -> int:
     """Score every unlabeled candidate with the version servers follow; the queue reads it.
 
     With a tuning ``depth`` that leaves a frozen trunk, the version's torch network scores
@@ -136,16 +166,28 @@ def rescore_pool(store: SqlLabelStore, archive: ImageArchive, registry: ModelReg
     if version is None:
         return 0
     info = registry.get(version)
-    pool = sorted(unlabeled_examples(store), key=lambda e: e.image_sha256)  # each image decoded once
+    pool = sorted(
+        unlabeled_examples(store), key=lambda e: e.image_sha256
+    )  # each image decoded once
     pool, missing = _archived(pool, archive)
     if missing:
-        log.warning("re-scoring: %d unlabeled candidates have no archived image and keep their old scores", missing)
+        log.warning(
+            "re-scoring: %d unlabeled candidates have no archived image and keep their old scores",
+            missing,
+        )
     if depth is not None:
         net = load_net(info)
         if not is_trivial(net.split(depth)[0]):
             source = PatchSource(archive, int(info.manifest["input_size"]))
-            probs = candidate_probabilities(net, pool, source, batch_size=256, progress=progress,
-                                            desc=f"re-scoring pool with v{version}", depth=depth)
+            probs = candidate_probabilities(
+                net,
+                pool,
+                source,
+                batch_size=256,
+                progress=progress,
+                desc=f"re-scoring pool with v{version}",
+                depth=depth,
+            )
             rows = [_score_row(e, p) for e, p in zip(pool, probs, strict=True)]
             store.update_predictions(str(version), rows)
             return len(rows)
@@ -164,7 +206,13 @@ def rescore_pool(store: SqlLabelStore, archive: ImageArchive, registry: ModelReg
             start += len(p)
         chunk.clear()
 
-    for e in tqdm(pool, desc=f"re-scoring pool with v{version}", unit="cand", disable=not progress, leave=False):
+    for e in tqdm(
+        pool,
+        desc=f"re-scoring pool with v{version}",
+        unit="cand",
+        disable=not progress,
+        leave=False,
+    ):
         chunk.append((e, source.patches(e)))
         if sum(len(p) for _, p in chunk) >= 256:
             flush()
@@ -177,14 +225,24 @@ def _archived(pool: list[Example], archive: ImageArchive) -> tuple[list[Example]
     """The candidates whose image is archived (pruned, or lost with the last unsynced frames in a
     power cut, otherwise), and how many are not."""
     present: dict[str, bool] = {}
-    kept = [e for e in pool if present.setdefault(e.image_sha256, archive.path(e.image_sha256).is_file())]
+    kept = [
+        e
+        for e in pool
+        if present.setdefault(e.image_sha256, archive.path(e.image_sha256).is_file())
+    ]
     return kept, len(pool) - len(kept)
 
 
 def _score_row(e: Example, probs: np.ndarray) -> tuple[str, np.ndarray, float, float, float, float]:
     st = candidate_stats(probs[None])
-    return (e.candidate_id, probs, float(st.probability[0]), float(st.entropy[0]),
-            float(st.diversity[0]), float(st.score[0]))
+    return (
+        e.candidate_id,
+        probs,
+        float(st.probability[0]),
+        float(st.entropy[0]),
+        float(st.diversity[0]),
+        float(st.score[0]),
+    )
 
 
 def run_round(settings: TrainerSettings, progress: bool = True) -> RoundReport:
@@ -201,15 +259,28 @@ def run_round(settings: TrainerSettings, progress: bool = True) -> RoundReport:
     try:
         report = _round(settings, registry, parent, preset, store, archive, progress)
         if report.outcome == "published":
-            store.add_audit("publish", settings.actor, f"{registry.name}/v{report.version}", {
-                "parent": report.parent_version, "labels": report.labels, "gate": report.reason,
-                "val_auc": report.metrics.get("val_auc")})
+            store.add_audit(
+                "publish",
+                settings.actor,
+                f"{registry.name}/v{report.version}",
+                {
+                    "parent": report.parent_version,
+                    "labels": report.labels,
+                    "gate": report.reason,
+                    "val_auc": report.metrics.get("val_auc"),
+                },
+            )
         elif report.outcome == "rejected":
-            store.add_audit("round_rejected", settings.actor, f"{registry.name}/v{report.parent_version}",
-                            {"reason": report.reason, "labels": report.labels})
+            store.add_audit(
+                "round_rejected",
+                settings.actor,
+                f"{registry.name}/v{report.parent_version}",
+                {"reason": report.reason, "labels": report.labels},
+            )
         if settings.rescore:
-            report.metrics["pool_rescored"] = rescore_pool(store, archive, registry, progress,
-                                                               settings.depth)
+            report.metrics["pool_rescored"] = rescore_pool(
+                store, archive, registry, progress, settings.depth
+            )
     finally:
         store.close()
     report.duration_s = time.perf_counter() - t0
@@ -218,15 +289,29 @@ def run_round(settings: TrainerSettings, progress: bool = True) -> RoundReport:
     return report
 
 
-def _round(settings: TrainerSettings, registry: ModelRegistry, parent: VersionInfo, preset: Any,
-           store: SqlLabelStore, archive: ImageArchive, progress: bool) -> RoundReport:
+def _round(
+    settings: TrainerSettings,
+    registry: ModelRegistry,
+    parent: VersionInfo,
+    preset: Any,
+    store: SqlLabelStore,
+    archive: ImageArchive,
+    progress: bool,
+) -> RoundReport:
     input_size = int(parent.manifest["input_size"])
     source = PatchSource(archive, input_size, settings.recipe_override)
     examples = labeled_examples(store)
     train = [e for e in examples if split_of(e.source_key, settings.val_fraction) == "train"]
     val = [e for e in examples if split_of(e.source_key, settings.val_fraction) == "val"]
-    report = RoundReport("skipped", "", parent.version, labels=len(examples), train=len(train), val=len(val),
-                         labels_sha256=ids_hash(examples))
+    report = RoundReport(
+        "skipped",
+        "",
+        parent.version,
+        labels=len(examples),
+        train=len(train),
+        val=len(val),
+        labels_sha256=ids_hash(examples),
+    )
     if len({e.label for e in train}) < 2:
         report.reason = "the training split needs labels of both classes"
         return report
@@ -238,30 +323,53 @@ def _round(settings: TrainerSettings, registry: ModelRegistry, parent: VersionIn
     schedule = preset.scratch if settings.scratch else (preset.first if first else preset.later)
     if settings.epochs:
         schedule = replace(schedule, epochs=settings.epochs)
-    train_set = _hq_set(parent, train, net, source, progress, settings.depth) if settings.hq and not first else train
+    train_set = (
+        _hq_set(parent, train, net, source, progress, settings.depth)
+        if settings.hq and not first
+        else train
+    )
     if len({e.label for e in train_set}) < 2:
         report.reason = "the HQ training set has a single class"
         return report
-    result = fine_tune(net, train_set, source, schedule, settings.depth, settings.train_batch_size,
-                       settings.seed, progress)
+    result = fine_tune(
+        net,
+        train_set,
+        source,
+        schedule,
+        settings.depth,
+        settings.train_batch_size,
+        settings.seed,
+        progress,
+    )
 
     new_eval = _evaluate(net, val, source, settings, "validating new", progress) if val else None
-    old_eval = _evaluate(parent_net, val, source, settings, "validating parent", progress) if val else None
+    old_eval = (
+        _evaluate(parent_net, val, source, settings, "validating parent", progress) if val else None
+    )
     metrics: dict[str, Any] = {
         "val_auc": new_eval.auc if new_eval else None,
         "val": new_eval.as_dict() if new_eval else None,
         "parent_val_auc": old_eval.auc if old_eval else None,
         "train_loss": result.losses,
     }
-    metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+    metrics = {
+        k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()
+    }
     report.metrics = metrics
 
     with tempfile.TemporaryDirectory(prefix="cad-round-") as tmp:
         onnx_path = Path(tmp) / MODEL_FILE
         try:
-            with tqdm(total=1, desc="ONNX export + parity check", disable=not progress, leave=False) as bar:
-                export = export_and_check(net, onnx_path, input_size, settings.parity_tolerance,
-                                          _val_patches(val or train_set, source))
+            with tqdm(
+                total=1, desc="ONNX export + parity check", disable=not progress, leave=False
+            ) as bar:
+                export = export_and_check(
+                    net,
+                    onnx_path,
+                    input_size,
+                    settings.parity_tolerance,
+                    _val_patches(val or train_set, source),
+                )
                 bar.update()
         except ExportCheckFailed as exc:
             report.outcome, report.reason = "rejected", f"export check failed: {exc}"
@@ -290,7 +398,15 @@ def _round(settings: TrainerSettings, registry: ModelRegistry, parent: VersionIn
         torch.save(net.state_dict(), weights_path)
         manifest = {
             key: parent.manifest.get(key)
-            for key in ("architecture", "classes", "input_size", "input_name", "output_name", "recipe", "pretrained")
+            for key in (
+                "architecture",
+                "classes",
+                "input_size",
+                "input_name",
+                "output_name",
+                "recipe",
+                "pretrained",
+            )
         }
         manifest.update(
             parent_version=parent.version,
@@ -315,8 +431,13 @@ def _round(settings: TrainerSettings, registry: ModelRegistry, parent: VersionIn
             },
             metrics=metrics,
             gate=gate,
-            export={"opset": export.opset, "parity_max_abs_diff": export.max_abs_diff, "fc6_fold": export.fc6_fold,
-                    "parity_patches": export.checked_patches, "torch": torch.__version__},
+            export={
+                "opset": export.opset,
+                "parity_max_abs_diff": export.max_abs_diff,
+                "fc6_fold": export.fc6_fold,
+                "parity_patches": export.checked_patches,
+                "torch": torch.__version__,
+            },
         )
         info = registry.publish({MODEL_FILE: onnx_path, WEIGHTS_FILE: weights_path}, manifest)
     report.outcome, report.version, report.reason = "published", info.version, gate

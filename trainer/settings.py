@@ -16,7 +16,9 @@ class TrainerSettings(BaseSettings):
 
     registry_root: Path = Field(Path("registry"), description="Model registry root folder.")
     model_name: str = Field("cad", description="Model name, a folder under the registry.")
-    architecture: str = Field("alexnet", description="init: alexnet or squeezenet1_0 (rounds keep the parent's).")
+    architecture: str = Field(
+        "alexnet", description="init: alexnet or squeezenet1_0 (rounds keep the parent's)."
+    )
     pretrained_weights: Path | None = Field(
         None,
         description=(
@@ -26,35 +28,55 @@ class TrainerSettings(BaseSettings):
         ),
     )
     weights: str | None = Field(
-        None, description="init: imagenet (required), random, or a .pth path; unset: ImageNet where "
-        "found locally, else a loud random start.")
-    allow_download: bool = Field(False, description="init: let torchvision download ImageNet weights.")
+        None,
+        description="init: imagenet (required), random, or a .pth path; unset: ImageNet where "
+        "found locally, else a loud random start.",
+    )
+    allow_download: bool = Field(
+        False, description="init: let torchvision download ImageNet weights."
+    )
     input_size: int = Field(224, ge=32, description="Square patch size the network takes.")
     recipe: str = Field("polyp", description="Default patch recipe recorded in the manifest.")
     seed: int = Field(0, description="Seed for random initialisation and training.")
     parity_tolerance: float = Field(
         1e-4, gt=0, description="Max |p_onnx - p_torch| accepted when exporting."
     )
-    store_url: str = Field("sqlite:///data/labels.sqlite3", description="Label store (as the server's).")
+    store_url: str = Field(
+        "sqlite:///data/labels.sqlite3", description="Label store (as the server's)."
+    )
     archive_root: Path = Field(Path("data/archive"), description="Image archive (as the server's).")
     preset: str = Field("polyp", description="Learning parameters of Table 3: polyp, frames or pe.")
     depth: str = Field(
-        "conv1", description="Tuning depth, the lowest trained layer: AlexNet fc8 (head only) ... conv1 "
-        "(all); SqueezeNet classifier (head only), fire9 ... fire2, conv1 (all).")
-    hq: bool = Field(False, description="ACFT HQ set: new labels + labeled candidates the model gets wrong.")
-    train_batch_size: int = Field(64, ge=1, description="Patches per training batch (whole candidates).")
-    val_fraction: float = Field(0.25, ge=0, lt=1, description="Share of sources held out for validation.")
+        "conv1",
+        description="Tuning depth, the lowest trained layer: AlexNet fc8 (head only) ... conv1 "
+        "(all); SqueezeNet classifier (head only), fire9 ... fire2, conv1 (all).",
+    )
+    hq: bool = Field(
+        False, description="ACFT HQ set: new labels + labeled candidates the model gets wrong."
+    )
+    train_batch_size: int = Field(
+        64, ge=1, description="Patches per training batch (whole candidates)."
+    )
+    val_fraction: float = Field(
+        0.25, ge=0, lt=1, description="Share of sources held out for validation."
+    )
     auc_tolerance: float = Field(
         0.01, description="Publish only if val AUC >= current version's val AUC - tolerance."
     )
-    fpr: float = Field(0.1, gt=0, lt=1, description="False-positive rate for the reported sensitivity.")
+    fpr: float = Field(
+        0.1, gt=0, lt=1, description="False-positive rate for the reported sensitivity."
+    )
     allow_unvalidated: bool = Field(
-        False, description="Publish when the validation split lacks a class (demo only; never in production)."
+        False,
+        description="Publish when the validation split lacks a class (demo only; never in production).",
     )
     start_version: int | None = Field(
-        None, description="Fine-tune from this version instead of the serving one (e.g. 1: the original)."
+        None,
+        description="Fine-tune from this version instead of the serving one (e.g. 1: the original).",
     )
-    epochs: int | None = Field(None, ge=1, description="Override the preset's epochs (experiments).")
+    epochs: int | None = Field(
+        None, ge=1, description="Override the preset's epochs (experiments)."
+    )
     scratch: bool = Field(
         False,
         description="Learning from scratch: every round trains the initial version (start_version, "
@@ -65,13 +87,20 @@ class TrainerSettings(BaseSettings):
         description="Who publishes, in the audit trail.",
     )
     rescore: bool = Field(
-        True, description="After the round, re-score the unlabeled pool with the serving version (the "
+        True,
+        description="After the round, re-score the unlabeled pool with the serving version (the "
         "annotation queue ranks by these scores; experiments switch it off where nothing reads them).",
     )
-    recipe_override: str = Field("", description="Train on this recipe instead of each candidate's own.")
-    min_new_labels: int = Field(20, ge=1, description="watch: run a round once this many new labels exist.")
+    recipe_override: str = Field(
+        "", description="Train on this recipe instead of each candidate's own."
+    )
+    min_new_labels: int = Field(
+        20, ge=1, description="watch: run a round once this many new labels exist."
+    )
     watch_poll_s: float = Field(60.0, gt=0, description="watch: seconds between label checks.")
-    watch_metrics_port: int = Field(9465, description="watch: Prometheus port (0 = any free, -1 = off).")
+    watch_metrics_port: int = Field(
+        9465, description="watch: Prometheus port (0 = any free, -1 = off)."
+    )
 
 
 SHARED_ENV = frozenset({"CAD_REGISTRY_ROOT", "CAD_MODEL_NAME", "CAD_STORE_URL", "CAD_ARCHIVE_ROOT"})

@@ -21,14 +21,28 @@ log = logging.getLogger(__name__)
 class TrainerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.rounds = Counter("cad_trainer_rounds", "Training rounds by outcome.", ["outcome"], registry=registry)
-        self.last_auc = Gauge("cad_trainer_last_val_auc", "Validation AUC of the last round's model.", registry=registry)
-        self.duration = Histogram(
-            "cad_trainer_round_duration_seconds", "Duration of a training round.",
-            buckets=(10, 30, 60, 120, 300, 600, 1200, 3600, 7200), registry=registry,
+        self.rounds = Counter(
+            "cad_trainer_rounds", "Training rounds by outcome.", ["outcome"], registry=registry
         )
-        self.labels_used = Gauge("cad_trainer_labels_used", "Labels the last round trained on.", registry=registry)
-        self.pending = Gauge("cad_trainer_new_labels", "Labels not yet used by the serving version.", registry=registry)
+        self.last_auc = Gauge(
+            "cad_trainer_last_val_auc",
+            "Validation AUC of the last round's model.",
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "cad_trainer_round_duration_seconds",
+            "Duration of a training round.",
+            buckets=(10, 30, 60, 120, 300, 600, 1200, 3600, 7200),
+            registry=registry,
+        )
+        self.labels_used = Gauge(
+            "cad_trainer_labels_used", "Labels the last round trained on.", registry=registry
+        )
+        self.pending = Gauge(
+            "cad_trainer_new_labels",
+            "Labels not yet used by the serving version.",
+            registry=registry,
+        )
 
     def observe(self, report: RoundReport) -> None:
         self.rounds.labels(report.outcome).inc()
@@ -81,8 +95,12 @@ class Watcher:
         self.metrics.pending.set(pending)
         if pending < self.settings.min_new_labels:
             return None
-        log.info("%d new labels (threshold %d): starting a round", pending, self.settings.min_new_labels)
-        report = run_round(self.settings)  # one that raises (store down, disk full) is retried at the next poll
+        log.info(
+            "%d new labels (threshold %d): starting a round", pending, self.settings.min_new_labels
+        )
+        report = run_round(
+            self.settings
+        )  # one that raises (store down, disk full) is retried at the next poll
         self.attempted = ids
         self.metrics.observe(report)
         self.metrics.pending.set(self.new_labels())
@@ -116,7 +134,9 @@ def _last_round_hash(registry: ModelRegistry) -> str | None:
     return None
 
 
-def watch(settings: TrainerSettings, stop: threading.Event | None = None, max_rounds: int | None = None) -> int:
+def watch(
+    settings: TrainerSettings, stop: threading.Event | None = None, max_rounds: int | None = None
+) -> int:
     metrics = TrainerMetrics(CollectorRegistry())
     server = None
     if settings.watch_metrics_port >= 0:

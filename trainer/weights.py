@@ -46,9 +46,11 @@ class KnownWeights:
 
 KNOWN: dict[str, KnownWeights] = {
     "alexnet": KnownWeights(
-        "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", "BSD-3-Clause (torchvision)"),
+        "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", "BSD-3-Clause (torchvision)"
+    ),
     "squeezenet1_0": KnownWeights(
-        "https://download.pytorch.org/models/squeezenet1_0-b66bff10.pth", "BSD-3-Clause (torchvision)",
+        "https://download.pytorch.org/models/squeezenet1_0-b66bff10.pth",
+        "BSD-3-Clause (torchvision)",
         shipped="squeezenet1_0-imagenet-deepcompression.pth",
         shipped_sha256="4ba88a9c544cef063b50949ffb505fd862eb226585bc642a79f264fcaee6d59c",
         shipped_licence="BSD-2-Clause (DeepScale SqueezeNet / Deep Compression, Song Han)",
@@ -110,7 +112,9 @@ def _download(architecture: str) -> Path:
 
 
 def resolve(
-    architecture: str, choice: str | Path | None, explicit: Path | None = None,
+    architecture: str,
+    choice: str | Path | None,
+    explicit: Path | None = None,
     allow_download: bool = False,
 ) -> Pretrained | None:
     """Where the initial weights come from; None means a (seeded) random start.
@@ -135,8 +139,12 @@ def resolve(
         return Pretrained("file", "explicit", str(path), file_sha256(path), "as supplied")
     if explicit is not None:
         if not explicit.is_file():
-            raise FileNotFoundError(f"pretrained weights file {explicit} (CAD_PRETRAINED_WEIGHTS) does not exist")
-        return Pretrained("imagenet", "explicit", str(explicit), file_sha256(explicit), "as supplied")
+            raise FileNotFoundError(
+                f"pretrained weights file {explicit} (CAD_PRETRAINED_WEIGHTS) does not exist"
+            )
+        return Pretrained(
+            "imagenet", "explicit", str(explicit), file_sha256(explicit), "as supplied"
+        )
     cached = hub_cache_path(architecture)
     if cached.is_file():
         return Pretrained("imagenet", "hub-cache", str(cached), file_sha256(cached), known.licence)
@@ -144,7 +152,9 @@ def resolve(
     if shipped is not None and shipped.is_file():
         digest = file_sha256(shipped)
         if digest != known.shipped_sha256:
-            raise WeightsUnavailable(f"shipped weights {shipped} are damaged (sha256 {digest[:12]}...)")
+            raise WeightsUnavailable(
+                f"shipped weights {shipped} are damaged (sha256 {digest[:12]}...)"
+            )
         return Pretrained("imagenet", "shipped", str(shipped), digest, known.shipped_licence)
     if allow_download:
         path = _download(architecture)
@@ -174,7 +184,9 @@ def load_backbone(net: CadNet, path: Path) -> None:
     try:
         missing, unexpected = net.backbone.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches
-        raise ValueError(f"{path} is not a torchvision {net.architecture} state dict: {exc}") from None
+        raise ValueError(
+            f"{path} is not a torchvision {net.architecture} state dict: {exc}"
+        ) from None
     if unexpected or set(missing) != {f"{head}weight", f"{head}bias"}:
         raise ValueError(
             f"{path} is not a torchvision {net.architecture} state dict (missing {missing}, "
@@ -183,8 +195,12 @@ def load_backbone(net: CadNet, path: Path) -> None:
 
 
 def build_initial(
-    architecture: str = DEFAULT_ARCHITECTURE, choice: str | Path | None = None,
-    explicit: Path | None = None, allow_download: bool = False, seed: int = 0, input_size: int = 224,
+    architecture: str = DEFAULT_ARCHITECTURE,
+    choice: str | Path | None = None,
+    explicit: Path | None = None,
+    allow_download: bool = False,
+    seed: int = 0,
+    input_size: int = 224,
 ) -> tuple[CadNet, Pretrained]:
     """The initial network (new 2-way head, seeded) and where its weights came from (:func:`resolve`)."""
     torch.manual_seed(seed)
@@ -194,13 +210,20 @@ def build_initial(
         log.warning(
             "ImageNet %s weights are not available locally (torch hub cache %s, CAD_PRETRAINED_WEIGHTS, "
             "or shipped weights); starting from RANDOM INITIALISATION (seed %d). Nothing is downloaded.",
-            architecture, hub_cache_path(architecture).parent, seed,
+            architecture,
+            hub_cache_path(architecture).parent,
+            seed,
         )
         return net, Pretrained("random-init")
     if pretrained.source == "random-init":
         log.warning("%s: RANDOM INITIALISATION asked for (seed %d)", architecture, seed)
         return net, pretrained
     load_backbone(net, Path(pretrained.path))
-    log.info("initialised %s from %s weights %s (%s; the 2-way head is new)",
-             architecture, pretrained.source, pretrained.path, pretrained.found)
+    log.info(
+        "initialised %s from %s weights %s (%s; the 2-way head is new)",
+        architecture,
+        pretrained.source,
+        pretrained.path,
+        pretrained.found,
+    )
     return net, pretrained

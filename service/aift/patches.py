@@ -132,9 +132,7 @@ def validate_box(box: Box, height: int, width: int) -> None:
     if not all(math.isfinite(v) for v in values):
         raise InvalidInput(f"box {values} has a non-finite coordinate")
     if box.width <= 0 or box.height <= 0:
-        raise InvalidInput(
-            f"box width and height must be positive, got {box.width} x {box.height}"
-        )
+        raise InvalidInput(f"box width and height must be positive, got {box.width} x {box.height}")
     if box.x >= width or box.y >= height or box.x + box.width <= 0 or box.y + box.height <= 0:
         raise InvalidInput(
             f"box (x={box.x}, y={box.y}, width={box.width}, height={box.height}) lies entirely "
@@ -149,7 +147,9 @@ def _seed(box: Box) -> np.random.Generator:
 
 def _axis_weights(
     start: float, length: float, size: int, limit: int
-) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+) -> tuple[
+    npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.float32], npt.NDArray[np.float32]
+]:
     """Bilinear taps along one axis: indices (clipped) and weights (0 outside the image)."""
     coords = start + (np.arange(size, dtype=np.float64) + 0.5) * (length / size) - 0.5
     lo = np.floor(coords)
@@ -212,7 +212,9 @@ def _fit(centre: float, length: float, limit: int) -> float:
     return min(max(centre, length / 2.0), limit - length / 2.0)
 
 
-def _regions(box: Box, recipe: Recipe, height: int = 0, width: int = 0) -> list[tuple[float, float, float, float]]:
+def _regions(
+    box: Box, recipe: Recipe, height: int = 0, width: int = 0
+) -> list[tuple[float, float, float, float]]:
     rng = _seed(box)
     cx, cy = box.center
     if recipe.crops:
@@ -259,7 +261,9 @@ def extract_patches(
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) image, got {image.shape}")
     validate_box(box, image.shape[0], image.shape[1])
-    regions = _regions(box, recipe, image.shape[0], image.shape[1])  # all drawn, so a region never depends on the count kept
+    regions = _regions(
+        box, recipe, image.shape[0], image.shape[1]
+    )  # all drawn, so a region never depends on the count kept
     # Patch i comes from region i % len(regions) (dihedral-major order), so the first
     # ``count`` regions are all that is needed (``frame:1`` resamples 1 crop of 8).
     resampled = [resample_region(image, *region, size) for region in regions[: recipe.count]]

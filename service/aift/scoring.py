@@ -85,7 +85,9 @@ def majority_count(m: int, alpha: float) -> int:
     return max(1, min(m, math.floor(alpha * m + 0.5)))
 
 
-def degenerate_variants(patches_per_candidate: int, names: Iterable[str] = VARIANTS) -> dict[str, str]:
+def degenerate_variants(
+    patches_per_candidate: int, names: Iterable[str] = VARIANTS
+) -> dict[str, str]:
     """The named variants that majority selection reduces to something else at this patch count.
 
     With ``round(alpha * m) == 1`` patch kept the diversity among the kept patches is 0: an
@@ -99,7 +101,11 @@ def degenerate_variants(patches_per_candidate: int, names: Iterable[str] = VARIA
             continue
         notes[name] = (
             f"keeps 1 of {patches_per_candidate} patches (alpha {v.alpha:g}), whose diversity is 0: "
-            + ("it ranks by entropy alone" if v.lambda1 else "every score is 0 and the queue is in tie-break order")
+            + (
+                "it ranks by entropy alone"
+                if v.lambda1
+                else "every score is 0 and the queue is in tie-break order"
+            )
         )
     return notes
 

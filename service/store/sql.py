@@ -61,8 +61,12 @@ class Dialect:
 # A relaxed commit does not wait for the disk. Both engines write their log in order, so the next
 # durable commit (a label) makes every earlier relaxed one durable too; a power cut can lose only
 # the relaxed commits after the last durable one, a crash of the process none.
-SQLITE = Dialect("sqlite", "?", "", "BEGIN IMMEDIATE", "PRAGMA synchronous=NORMAL", "", "PRAGMA synchronous=FULL")
-POSTGRES = Dialect("postgresql", "%s", " FOR UPDATE", "BEGIN", "", "SET LOCAL synchronous_commit = off", "")
+SQLITE = Dialect(
+    "sqlite", "?", "", "BEGIN IMMEDIATE", "PRAGMA synchronous=NORMAL", "", "PRAGMA synchronous=FULL"
+)
+POSTGRES = Dialect(
+    "postgresql", "%s", " FOR UPDATE", "BEGIN", "", "SET LOCAL synchronous_commit = off", ""
+)
 
 _IMAGE_COLUMNS = (
     "request_id, sha256, size_bytes, height, width, frame_index, source_kind, source_id, "
@@ -99,7 +103,9 @@ class SqlLabelStore:
     serialise writers across replicas).
     """
 
-    def __init__(self, connection: Any, dialect: Dialect, integrity_errors: tuple[type[BaseException], ...]) -> None:
+    def __init__(
+        self, connection: Any, dialect: Dialect, integrity_errors: tuple[type[BaseException], ...]
+    ) -> None:
         self._conn = connection
         self.dialect = dialect
         self._integrity_errors = integrity_errors
@@ -188,10 +194,21 @@ class SqlLabelStore:
             cur.execute(
                 self._sql(f"INSERT INTO images ({_IMAGE_COLUMNS}) VALUES ({', '.join('?' * 15)})"),
                 (
-                    image.request_id, image.sha256, image.size_bytes, image.height, image.width,
-                    image.frame_index, image.source_kind, image.source_id, image.study_uid,
-                    image.series_uid, image.sop_instance_uid, image.modality, image.recipe,
-                    image.model_version, created,
+                    image.request_id,
+                    image.sha256,
+                    image.size_bytes,
+                    image.height,
+                    image.width,
+                    image.frame_index,
+                    image.source_kind,
+                    image.source_id,
+                    image.study_uid,
+                    image.series_uid,
+                    image.sop_instance_uid,
+                    image.modality,
+                    image.recipe,
+                    image.model_version,
+                    created,
                 ),
             )
             for c in candidates:
@@ -200,16 +217,35 @@ class SqlLabelStore:
     def _insert_candidate(self, cur: Any, c: CandidateRecord, created: str) -> None:
         blob, shape = _probs_blob(c.patch_probs)
         cur.execute(
-            self._sql(f"INSERT INTO candidates ({_CANDIDATE_INSERT}) VALUES ({', '.join('?' * 18)})"),
+            self._sql(
+                f"INSERT INTO candidates ({_CANDIDATE_INSERT}) VALUES ({', '.join('?' * 18)})"
+            ),
             (
-                c.candidate_id, c.request_id, c.client_id, c.x, c.y, c.width, c.height, c.recipe,
-                c.model_version, c.probability, c.entropy, c.diversity, c.score, blob, shape,
-                c.origin, c.created or created, c.model_version,
+                c.candidate_id,
+                c.request_id,
+                c.client_id,
+                c.x,
+                c.y,
+                c.width,
+                c.height,
+                c.recipe,
+                c.model_version,
+                c.probability,
+                c.entropy,
+                c.diversity,
+                c.score,
+                blob,
+                shape,
+                c.origin,
+                c.created or created,
+                c.model_version,
             ),
         )
 
     def get_image(self, request_id: str) -> ImageRecord:
-        rows = self._query(f"SELECT {_IMAGE_COLUMNS} FROM images WHERE request_id = ?", (request_id,))
+        rows = self._query(
+            f"SELECT {_IMAGE_COLUMNS} FROM images WHERE request_id = ?", (request_id,)
+        )
         if not rows:
             raise NotFound(f"no archived image for request_id {request_id!r}")
         return ImageRecord(*rows[0])
@@ -231,7 +267,10 @@ class SqlLabelStore:
     # ------------------------------------------------------------------ label events
 
     def _replay(self, cur: Any, key: str, body_sha256: str) -> Receipt | None:
-        cur.execute(self._sql(f"SELECT {_EVENT_COLUMNS} FROM label_events WHERE idempotency_key = ?"), (key,))
+        cur.execute(
+            self._sql(f"SELECT {_EVENT_COLUMNS} FROM label_events WHERE idempotency_key = ?"),
+            (key,),
+        )
         row = cur.fetchone()
         if row is None:
             return None
@@ -246,7 +285,9 @@ class SqlLabelStore:
     @staticmethod
     def _event(row: Sequence[Any]) -> LabelEvent:
         v = list(row)
-        return LabelEvent(v[0], v[1], int(v[2]), v[3], v[4], int(v[5]), v[6], v[7], v[8], v[9], bool(v[10]), v[11])
+        return LabelEvent(
+            v[0], v[1], int(v[2]), v[3], v[4], int(v[5]), v[6], v[7], v[8], v[9], bool(v[10]), v[11]
+        )
 
     def _with_idempotency(self, key: str, body_sha256: str, write: Any) -> Receipt:
         """Run ``write(cur)`` once per idempotency key; replay the stored receipt after."""
@@ -280,8 +321,18 @@ class SqlLabelStore:
             before, last_reviewer, events, old_conflict, request_id = row
             conflict = before is not None and before != label and last_reviewer != reviewer
             event = LabelEvent(
-                f"ev-{uuid.uuid4().hex}", candidate_id, int(events) + 1, "correction", before, label,
-                reviewer, note, key, body_sha256, conflict, now(),
+                f"ev-{uuid.uuid4().hex}",
+                candidate_id,
+                int(events) + 1,
+                "correction",
+                before,
+                label,
+                reviewer,
+                note,
+                key,
+                body_sha256,
+                conflict,
+                now(),
             )
             self._insert_event(cur, event)
             cur.execute(
@@ -289,10 +340,19 @@ class SqlLabelStore:
                     "UPDATE candidates SET label = ?, label_reviewer = ?, label_event_id = ?, "
                     "labeled_at = ?, events = ?, conflict = ? WHERE candidate_id = ?"
                 ),
-                (label, reviewer, event.event_id, event.created, event.seq,
-                 int(bool(old_conflict) or conflict), candidate_id),
+                (
+                    label,
+                    reviewer,
+                    event.event_id,
+                    event.created,
+                    event.seq,
+                    int(bool(old_conflict) or conflict),
+                    candidate_id,
+                ),
             )
-            cur.execute(self._sql("UPDATE images SET labeled = 1 WHERE request_id = ?"), (request_id,))
+            cur.execute(
+                self._sql("UPDATE images SET labeled = 1 WHERE request_id = ?"), (request_id,)
+            )
             return event
 
         return self._with_idempotency(key, body_sha256, write)
@@ -304,14 +364,26 @@ class SqlLabelStore:
 
         def write(cur: Any) -> LabelEvent:
             cur.execute(
-                self._sql("SELECT request_id FROM images WHERE request_id = ?" + self.dialect.for_update),
+                self._sql(
+                    "SELECT request_id FROM images WHERE request_id = ?" + self.dialect.for_update
+                ),
                 (candidate.request_id,),
             )
             if cur.fetchone() is None:
                 raise NotFound(f"no archived image for request_id {candidate.request_id!r}")
             event = LabelEvent(
-                f"ev-{uuid.uuid4().hex}", candidate.candidate_id, 1, "missed", None, 1, reviewer,
-                note, key, body_sha256, False, now(),
+                f"ev-{uuid.uuid4().hex}",
+                candidate.candidate_id,
+                1,
+                "missed",
+                None,
+                1,
+                reviewer,
+                note,
+                key,
+                body_sha256,
+                False,
+                now(),
             )
             self._insert_candidate(cur, candidate, event.created)
             self._insert_event(cur, event)
@@ -323,7 +395,8 @@ class SqlLabelStore:
                 (reviewer, event.event_id, event.created, candidate.candidate_id),
             )
             cur.execute(
-                self._sql("UPDATE images SET labeled = 1 WHERE request_id = ?"), (candidate.request_id,)
+                self._sql("UPDATE images SET labeled = 1 WHERE request_id = ?"),
+                (candidate.request_id,),
             )
             return event
 
@@ -331,27 +404,53 @@ class SqlLabelStore:
 
     def _insert_event(self, cur: Any, e: LabelEvent) -> None:
         cur.execute(
-            self._sql(f"INSERT INTO label_events ({_EVENT_COLUMNS}) VALUES ({', '.join('?' * 12)})"),
-            (e.event_id, e.candidate_id, e.seq, e.kind, e.label_before, e.label_after, e.reviewer,
-             e.note, e.idempotency_key, e.body_sha256, int(e.conflict), e.created),
+            self._sql(
+                f"INSERT INTO label_events ({_EVENT_COLUMNS}) VALUES ({', '.join('?' * 12)})"
+            ),
+            (
+                e.event_id,
+                e.candidate_id,
+                e.seq,
+                e.kind,
+                e.label_before,
+                e.label_after,
+                e.reviewer,
+                e.note,
+                e.idempotency_key,
+                e.body_sha256,
+                int(e.conflict),
+                e.created,
+            ),
         )
 
     def events(self, candidate_id: str | None = None) -> list[LabelEvent]:
         """Label events, oldest first (all, or one candidate's)."""
         where, params = ("WHERE candidate_id = ?", (candidate_id,)) if candidate_id else ("", ())
-        rows = self._query(f"SELECT {_EVENT_COLUMNS} FROM label_events {where} ORDER BY created, seq", params)
+        rows = self._query(
+            f"SELECT {_EVENT_COLUMNS} FROM label_events {where} ORDER BY created, seq", params
+        )
         return [self._event(r) for r in rows]
 
     # ------------------------------------------------------------------ audit trail
 
-    def add_audit(self, action: str, actor: str, target: str, detail: dict[str, Any] | None = None) -> AuditEvent:
+    def add_audit(
+        self, action: str, actor: str, target: str, detail: dict[str, Any] | None = None
+    ) -> AuditEvent:
         """Append one audit event (committed before returning)."""
-        event = AuditEvent(uuid.uuid4().hex, now(), actor or "unknown", action, target, dict(detail or {}))
+        event = AuditEvent(
+            uuid.uuid4().hex, now(), actor or "unknown", action, target, dict(detail or {})
+        )
         with self._tx() as cur:
             cur.execute(
                 self._sql("INSERT INTO audit_events VALUES (?, ?, ?, ?, ?, ?)"),
-                (event.event_id, event.created, event.actor, event.action, event.target,
-                 json.dumps(event.detail, sort_keys=True, default=str)),
+                (
+                    event.event_id,
+                    event.created,
+                    event.actor,
+                    event.action,
+                    event.target,
+                    json.dumps(event.detail, sort_keys=True, default=str),
+                ),
             )
         return event
 
@@ -360,14 +459,24 @@ class SqlLabelStore:
         (``correction``, ``missed_finding``) merged; optionally one action only."""
         model_rows = self._query(
             "SELECT event_id, created, actor, action, target, detail FROM audit_events "
-            "WHERE created > ? ORDER BY created LIMIT ?", (since, limit))
+            "WHERE created > ? ORDER BY created LIMIT ?",
+            (since, limit),
+        )
         events = [AuditEvent(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in model_rows]
         label_rows = self._query(
             "SELECT event_id, created, reviewer, kind, candidate_id, label_before, label_after, conflict "
-            "FROM label_events WHERE created > ? ORDER BY created, seq LIMIT ?", (since, limit))
+            "FROM label_events WHERE created > ? ORDER BY created, seq LIMIT ?",
+            (since, limit),
+        )
         events += [
-            AuditEvent(r[0], r[1], r[2], "missed_finding" if r[3] == "missed" else "correction", r[4],
-                       {"label_before": r[5], "label_after": r[6], "conflict": bool(r[7])})
+            AuditEvent(
+                r[0],
+                r[1],
+                r[2],
+                "missed_finding" if r[3] == "missed" else "correction",
+                r[4],
+                {"label_before": r[5], "label_after": r[6], "conflict": bool(r[7])},
+            )
             for r in label_rows
         ]
         if action:
@@ -417,7 +526,9 @@ class SqlLabelStore:
         return {str(v): int(n) for v, n in rows}
 
     def count_unlabeled(self) -> int:
-        rows = self._query("SELECT COUNT(*) FROM candidates WHERE label IS NULL AND origin = 'model'")
+        rows = self._query(
+            "SELECT COUNT(*) FROM candidates WHERE label IS NULL AND origin = 'model'"
+        )
         return int(rows[0][0])
 
     def labeled(self, since: str = "") -> Iterator[LabeledCandidate]:
@@ -432,7 +543,13 @@ class SqlLabelStore:
         )
         for r in rows:
             yield LabeledCandidate(
-                self._candidate(r[:17]), ImageRecord(*r[17:32]), int(r[32]), bool(r[33]), r[34], r[35], int(r[36])
+                self._candidate(r[:17]),
+                ImageRecord(*r[17:32]),
+                int(r[32]),
+                bool(r[33]),
+                r[34],
+                r[35],
+                int(r[36]),
             )
 
     def precision_by_version(self) -> dict[str, tuple[int, int]]:
@@ -457,7 +574,9 @@ class SqlLabelStore:
         """Forget an image that has no labels and its candidates. False if it got a label meanwhile."""
         with self._tx() as cur:
             cur.execute(
-                self._sql("SELECT labeled FROM images WHERE request_id = ?" + self.dialect.for_update),
+                self._sql(
+                    "SELECT labeled FROM images WHERE request_id = ?" + self.dialect.for_update
+                ),
                 (request_id,),
             )
             row = cur.fetchone()
@@ -474,7 +593,7 @@ class SqlLabelStore:
 def open_store(url: str) -> SqlLabelStore:
     """Open (and migrate) the store at ``sqlite:///path`` or ``postgresql://...``."""
     if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///"):])
+        path = Path(url[len("sqlite:///") :])
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
         conn.execute("PRAGMA journal_mode=WAL")
