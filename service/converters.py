@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from service import validation
 from service.aift import Box
 from service.api.cad.v1 import cad_pb2
 from service.errors import InvalidInput
@@ -54,16 +55,19 @@ def classify_input(
     if window is not None:
         window.validate()
     candidates = [
-        CandidateInput(c.client_id, Box(c.box.x, c.box.y, c.box.width, c.box.height))
+        CandidateInput(
+            validation.bounded(c.client_id, "candidate client_id", validation.MAX_ID_CHARS),
+            Box(*validation.box_values(c.box.x, c.box.y, c.box.width, c.box.height)),
+        )
         for c in request.candidates
     ]
     return ClassifyInput(
         image=_image(request),
         frame_index=request.frame_index,
         candidates=candidates,
-        recipe=request.recipe,
+        recipe=validation.bounded(request.recipe, "recipe", validation.MAX_RECIPE_CHARS),
         window=window,
-        source_id=request.source_id,
+        source_id=validation.bounded(request.source_id, "source_id", validation.MAX_ID_CHARS),
         deadline=deadline,
     )
 
@@ -105,8 +109,8 @@ def model_info(info: VersionInfo, serving: LoadedModel | None) -> cad_pb2.ModelI
 
 
 def version_number(text: str) -> int:
-    if not text.strip().isdigit():
-        raise InvalidInput(f"version must be a positive integer, got {text!r}")
+    if not (text.isascii() and text.isdigit() and len(text) <= 12) or int(text) < 1:
+        raise InvalidInput(f"version must be a positive integer, got {validation.quote(text)}")
     return int(text)
 
 
@@ -152,7 +156,17 @@ def verdict_name(verdict: int) -> str:
 
 
 def box_of(message: cad_pb2.Box) -> Box:
-    return Box(message.x, message.y, message.width, message.height)
+    return Box(*validation.box_values(message.x, message.y, message.width, message.height))
+
+
+def identifier(value: str, field: str) -> str:
+    """An id field of a request (candidate, request, idempotency key), bounded in length."""
+    return validation.bounded(value, field, validation.MAX_ID_CHARS)
+
+
+def person(value: str, field: str) -> str:
+    """A reviewer or actor name, bounded in length."""
+    return validation.bounded(value, field, validation.MAX_NAME_CHARS)
 
 
 def receipt(r: Receipt) -> cad_pb2.CorrectionReceipt:

@@ -16,12 +16,16 @@ from __future__ import annotations
 import io
 import math
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from service.errors import InvalidInput, LimitExceeded, UnsupportedImage
+from service.errors import CadError, InvalidInput, LimitExceeded, UnsupportedImage
+from service.validation import MAX_WINDOW, quote
 
 RGB8 = npt.NDArray[np.uint8]
 
@@ -34,10 +38,16 @@ class Window:
     width: float
 
     def validate(self) -> None:
-        if not math.isfinite(self.center):
-            raise InvalidInput(f"window center must be finite, got {self.center}")
-        if not math.isfinite(self.width) or self.width <= 0:
-            raise InvalidInput(f"window width must be a finite positive number, got {self.width}")
+        if not math.isfinite(self.center) or abs(self.center) > MAX_WINDOW:
+            raise InvalidInput(
+                f"window center must be finite, at most {MAX_WINDOW:g} in magnitude, "
+                f"got {self.center:g}"
+            )
+        if not math.isfinite(self.width) or not 0 < self.width <= MAX_WINDOW:
+            raise InvalidInput(
+                f"window width must be a finite positive number up to {MAX_WINDOW:g}, "
+                f"got {self.width:g}"
+            )
 
 
 @dataclass(frozen=True)
@@ -128,13 +138,15 @@ def _color_to_8bit(rgb: npt.NDArray[np.number], bits: int) -> RGB8:
 
 
 def _dataset_window(ds: object) -> Window | None:
+    """The dataset's first VOI window, or None when it has none or its width is not positive
+    (the header values were checked by :func:`_check_header_numbers`)."""
     center = getattr(ds, "WindowCenter", None)
     width = getattr(ds, "WindowWidth", None)
-    if center is None or width is None:
+    if center is None or width is None or center == "" or width == "":
         return None
     c = float(center[0] if _is_multi(center) else center)
     w = float(width[0] if _is_multi(width) else width)
-    if not (math.isfinite(c) and math.isfinite(w)) or w <= 0:
+    if w <= 0:
         return None
     return Window(c, w)
 
@@ -143,16 +155,149 @@ def _is_multi(value: object) -> bool:
     return isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue"
 
 
-_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|b'[^']*'")
-_LONG_RUN = re.compile(r"[^\s,;:()\[\]]{24,}")
+_QUOTED = re.compile(r"b?'([^']*)'|\"([^\"]*)\"")
+_LONG_RUN = re.compile(r"[^\s,;:()\[\]'\"]{24,}")
+_HARMLESS = re.compile(
+    r"[-+]?\d+(\.\d+)?([eE][-+]?\d+)?|\(?[0-9A-Fa-f]{4},\s?[0-9A-Fa-f]{4}\)?|[A-Z]{2}"
+)
 
 
-def scrub(message: str, limit: int = 300) -> str:
+def _harmless(text: str) -> bool:
+    """A DICOM keyword, a VR, a tag or a number: safe to show (it is no element value)."""
+    from pydicom.datadict import keyword_dict
+
+    return text in keyword_dict or _HARMLESS.fullmatch(text) is not None
+
+
+def scrub(message: str, limit: int = 200) -> str:
     """A library's error message without the values it may quote: a DICOM parser's message can
     carry an element's value (a patient name, a birth date), which must never reach a client, a
-    log or a metric. Quoted text and long unbroken tokens are replaced."""
-    cleaned = _LONG_RUN.sub("<redacted>", _QUOTED.sub("'<redacted>'", message))
-    return cleaned[:limit]
+    log or a metric. Quoted text and long unbroken tokens are replaced unless they are DICOM
+    keywords, VRs, tags or numbers; the result is cut to ``limit`` characters."""
+
+    def quoted(match: re.Match[str]) -> str:
+        inner = match.group(1) if match.group(1) is not None else match.group(2)
+        return match.group(0) if _harmless(inner) else "'<redacted>'"
+
+    def long_run(match: re.Match[str]) -> str:
+        return match.group(0) if _harmless(match.group(0)) else "<redacted>"
+
+    cleaned = _LONG_RUN.sub(long_run, _QUOTED.sub(quoted, message))
+    first_line = cleaned.strip().splitlines()[0] if cleaned.strip() else ""
+    return first_line[:limit]
+
+
+_NOT_INTERRUPTS = (KeyboardInterrupt, SystemExit)
+
+
+@contextmanager
+def _stage(what: str, syntax: str) -> Iterator[None]:
+    """Contain one decoding stage: any failure in it, ``BaseException`` subclasses from native
+    decoder plugins included (a Rust panic is one), becomes InvalidInput naming the stage and
+    the transfer syntax, never the decoder's message or stack (they may quote element values
+    and name internals no client can act on)."""
+    try:
+        yield
+    except (CadError, *_NOT_INTERRUPTS):
+        raise
+    except BaseException as exc:
+        raise InvalidInput(
+            f"could not {what} (transfer syntax {syntax}): {type(exc).__name__}; "
+            "the file's data is damaged or not what its header declares"
+        ) from None
+
+
+_SLOPE_RANGE = 1e6
+_INTERCEPT_RANGE = 1e9
+
+
+def _numbers(ds: Any, keyword: str, low: float, high: float) -> list[float]:
+    """The numeric values of a decimal-string attribute, each finite and in [low, high].
+
+    Messages name the attribute and its tag, never its value (it is whatever the modality
+    wrote)."""
+    from pydicom.datadict import tag_for_keyword
+
+    if keyword not in ds:
+        return []
+    value = ds[keyword].value
+    if value is None or value == "":
+        return []
+    tag = tag_for_keyword(keyword) or 0
+    where = f"DICOM attribute {keyword} ({tag >> 16:04X},{tag & 0xFFFF:04X})"
+    out = []
+    for item in list(value) if _is_multi(value) else [value]:
+        try:
+            number = float(item)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"{where} is not a number") from None
+        if not math.isfinite(number):
+            raise InvalidInput(f"{where} is not a finite number")
+        if not low <= number <= high:
+            raise InvalidInput(f"{where} is outside the accepted range [{low:g}, {high:g}]")
+        out.append(number)
+    return out
+
+
+def _check_lut_items(ds: Any, keyword: str) -> None:
+    for item in ds.get(keyword) or []:
+        if "LUTDescriptor" not in item or "LUTData" not in item:
+            raise InvalidInput(f"DICOM {keyword} has an item without LUTDescriptor and LUTData")
+        if len(list(item.LUTDescriptor)) != 3:
+            raise InvalidInput(f"DICOM {keyword} has a LUTDescriptor without 3 values")
+
+
+def _check_header(ds: Any, photometric: str, window: Window | None) -> None:
+    """Every header value the pixels are transformed with, checked before it is used."""
+    if photometric.startswith("MONOCHROME"):
+        slopes = _numbers(ds, "RescaleSlope", -_SLOPE_RANGE, _SLOPE_RANGE)
+        if any(v == 0 for v in slopes):
+            raise InvalidInput("DICOM attribute RescaleSlope (0028,1053) is zero")
+        _numbers(ds, "RescaleIntercept", -_INTERCEPT_RANGE, _INTERCEPT_RANGE)
+        _check_lut_items(ds, "ModalityLUTSequence")
+        if window is None:
+            _numbers(ds, "WindowCenter", -MAX_WINDOW, MAX_WINDOW)
+            _numbers(ds, "WindowWidth", -MAX_WINDOW, MAX_WINDOW)
+            _check_lut_items(ds, "VOILUTSequence")
+    elif photometric == "PALETTE COLOR":
+        for color in ("Red", "Green", "Blue"):
+            if f"{color}PaletteColorLookupTableDescriptor" not in ds or not (
+                f"{color}PaletteColorLookupTableData" in ds
+                or f"Segmented{color}PaletteColorLookupTableData" in ds
+            ):
+                raise InvalidInput(
+                    "the DICOM image is PALETTE COLOR but has no complete palette "
+                    f"({color} Palette Color Lookup Table Descriptor and Data)"
+                )
+
+
+def _palette_bits(ds: Any, lut_rgb: npt.NDArray[np.number]) -> int:
+    """Bits of the palette's entries. A 16-bit palette whose entries are all at most 255 holds
+    8-bit values in 16-bit words, a known writer quirk (PS3.3 C.7.6.3.1.5 notes it); pydicom's
+    big-endian ``OBXXXX1A_expb.dcm`` reads that way. Scaling those by 1/257 would leave 4
+    colours of ~200, so they are taken as 8-bit."""
+    from pydicom.pixels import apply_color_lut
+
+    if lut_rgb.dtype == np.uint8:
+        return 8
+    entries, first = (int(v) for v in list(ds.RedPaletteColorLookupTableDescriptor)[:2])
+    every_entry = np.arange(max(first, 0), max(first, 0) + (entries or 65536), dtype=np.int64)
+    full = apply_color_lut(
+        every_entry.astype(np.uint16 if every_entry[-1] < 65536 else np.uint32), ds
+    )
+    return 8 if int(full.max()) <= 255 else 16
+
+
+def _positive_int(ds: Any, keyword: str, tag: str, default: int) -> int:
+    if keyword not in ds or ds[keyword].value in (None, ""):
+        return default
+    try:
+        value = int(ds[keyword].value)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"DICOM attribute {keyword} {tag} is not an integer") from None
+    if value < 1:
+        raise InvalidInput(f"DICOM attribute {keyword} {tag} must be at least 1, got {value}")
+    return value
 
 
 def _quiet_pydicom() -> None:
@@ -175,7 +320,8 @@ def decode_dicom(
     """Decode one frame of a DICOM Part 10 file to windowed RGB uint8.
 
     Raises:
-        InvalidInput: not DICOM, truncated, no pixel data, frame out of range.
+        InvalidInput: not DICOM, truncated, no pixel data, frame out of range, a header value
+            that is not a finite number in range, pixel data a decoder fails on.
         UnsupportedImage: the transfer syntax cannot be decoded here; the message
             names the missing plugin.
         LimitExceeded: the frame is larger than ``limits.max_pixels``.
@@ -194,64 +340,74 @@ def decode_dicom(
         raise InvalidInput(
             "not a DICOM Part 10 file: the 'DICM' prefix and file meta information are missing"
         ) from None
-    except Exception as exc:  # pydicom raises many types on damaged files
+    except _NOT_INTERRUPTS:
+        raise
+    except BaseException as exc:  # pydicom raises many types on damaged files
         raise InvalidInput(
             f"could not parse the DICOM file: {type(exc).__name__}: {scrub(str(exc))}"
         ) from None
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise InvalidInput("the DICOM file has no pixel data (no PixelData element)")
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    _check_size(rows, cols, limits)
-    try:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (TypeError, ValueError):
-        frames = 1
-    if frames > limits.max_frames:
-        raise LimitExceeded(f"DICOM has {frames} frames, over the limit of {limits.max_frames}")
-    if not 0 <= frame_index < frames:
-        raise InvalidInput(
-            f"frame_index {frame_index} is out of range: the DICOM file has {frames} frame(s)"
-        )
-    _check_transfer_syntax(ds)
-    try:
+    syntax = _check_transfer_syntax(ds)
+    with _stage("read the DICOM image attributes", syntax):
+        missing = [k for k in ("Rows", "Columns") if ds.get(k) in (None, "")]
+        if missing:
+            raise InvalidInput(
+                f"the DICOM image has no {' and no '.join(missing)} attribute: its size is unknown"
+            )
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        _check_size(rows, cols, limits)
+        frames = _positive_int(ds, "NumberOfFrames", "(0028,0008)", 1)
+        if frames > limits.max_frames:
+            raise LimitExceeded(f"DICOM has {frames} frames, over the limit of {limits.max_frames}")
+        if not 0 <= frame_index < frames:
+            raise InvalidInput(
+                f"frame_index {frame_index} is out of range: the DICOM file has {frames} frame(s)"
+            )
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "").upper()
+        bits = _positive_int(ds, "BitsStored", "(0028,0101)", 8)
+        _check_header(ds, photometric, window)
+    with _stage("decode the DICOM pixel data", syntax):
         arr = pixel_array(ds, index=frame_index if frames > 1 else None)
-    except Exception as exc:
-        raise InvalidInput(
-            f"could not decode the DICOM pixel data: {type(exc).__name__}: {scrub(str(exc))}"
-        ) from None
-    if arr.ndim == 3 and arr.shape[0] == 1 and frames == 1 and arr.shape[-1] != 3:
-        arr = arr[0]
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    bits = int(ds.get("BitsStored", 8) or 8)
-    if photometric.startswith("MONOCHROME"):
-        values = apply_modality_lut(arr, ds)
-        if window is None:
-            window = _dataset_window(ds)
-            if window is None and "VOILUTSequence" in ds:
-                values = apply_voi_lut(values, ds)
-        gray8 = gray_to_8bit(values, window)
-        if photometric == "MONOCHROME1":
-            gray8 = 255 - gray8
-        pixels = _to_rgb(gray8)
-    elif photometric == "PALETTE COLOR":
-        lut_rgb = apply_color_lut(arr, ds)
-        pixels = _color_to_8bit(lut_rgb, 16 if lut_rgb.dtype != np.uint8 else 8)
-    else:  # RGB, and YBR_* which pydicom converts to RGB when decoding
-        if arr.ndim != 3 or arr.shape[-1] != 3:
-            raise UnsupportedImage(f"unsupported photometric interpretation {photometric!r}")
-        pixels = _color_to_8bit(arr, bits)
-    source = SourceRef(
-        kind="dicom",
-        study_uid=_uid(ds, "StudyInstanceUID"),
-        series_uid=_uid(ds, "SeriesInstanceUID"),
-        sop_instance_uid=_uid(ds, "SOPInstanceUID"),
-        modality=str(ds.get("Modality", "") or ""),
-        frames=frames,
-    )
+    with _stage("apply the DICOM lookup tables and window", syntax):
+        if arr.ndim == 3 and arr.shape[0] == 1 and frames == 1 and arr.shape[-1] != 3:
+            arr = arr[0]
+        if photometric.startswith("MONOCHROME"):
+            if arr.ndim != 2:
+                raise InvalidInput(
+                    f"the {photometric} pixel data has {arr.ndim} dimensions, not 2 (one frame)"
+                )
+            values = apply_modality_lut(arr, ds)
+            if window is None:
+                window = _dataset_window(ds)
+                if window is None and "VOILUTSequence" in ds:
+                    values = apply_voi_lut(values, ds)
+            gray8 = gray_to_8bit(values, window)
+            if photometric == "MONOCHROME1":
+                gray8 = 255 - gray8
+            pixels = _to_rgb(gray8)
+        elif photometric == "PALETTE COLOR":
+            lut_rgb = apply_color_lut(arr, ds)
+            pixels = _color_to_8bit(lut_rgb, _palette_bits(ds, lut_rgb))
+        else:  # RGB, and YBR_* which pydicom converts to RGB when decoding
+            if arr.ndim != 3 or arr.shape[-1] != 3:
+                raise UnsupportedImage(
+                    f"unsupported photometric interpretation {quote(photometric)}"
+                )
+            pixels = _color_to_8bit(arr, bits)
+        source = SourceRef(
+            kind="dicom",
+            study_uid=_uid(ds, "StudyInstanceUID"),
+            series_uid=_uid(ds, "SeriesInstanceUID"),
+            sop_instance_uid=_uid(ds, "SOPInstanceUID"),
+            modality=str(ds.get("Modality", "") or "")[:16],
+            frames=frames,
+        )
     return DecodedImage(np.ascontiguousarray(pixels), frame_index, source)
 
 
-def _check_transfer_syntax(ds: object) -> None:
+def _check_transfer_syntax(ds: object) -> str:
+    """The transfer syntax's name for messages; UnsupportedImage if it cannot be decoded."""
     from pydicom.pixels import get_decoder
     from pydicom.uid import UID
 
@@ -260,19 +416,21 @@ def _check_transfer_syntax(ds: object) -> None:
     if ts is None:
         raise InvalidInput("the DICOM file meta has no Transfer Syntax UID")
     uid = UID(str(ts))
+    label = f"{uid.name} ({uid})" if uid.is_valid else quote(str(uid))
     try:
         decoder = get_decoder(uid)
     except NotImplementedError:
         raise UnsupportedImage(
-            f"transfer syntax {uid.name} ({uid}) is not supported: no pixel data decoder exists "
+            f"transfer syntax {label} is not supported: no pixel data decoder exists "
             "for it; send the image uncompressed or JPEG/JPEG-LS/JPEG 2000/RLE compressed"
         ) from None
     if not decoder.is_available:
         missing = "; ".join(decoder.missing_dependencies) or "a decoding plugin"
         raise UnsupportedImage(
-            f"transfer syntax {uid.name} ({uid}) cannot be decoded on this server: "
+            f"transfer syntax {label} cannot be decoded on this server: "
             f"missing {missing} (install pylibjpeg with its libjpeg, openjpeg and rle plugins)"
         )
+    return label
 
 
 # --------------------------------------------------------------------------- PNG / JPEG

@@ -24,8 +24,12 @@ from service.errors import (
     NotFound,
 )
 from service.metrics import ServiceMetrics
+from service.validation import MAX_STATUS_CHARS
 
 log = logging.getLogger(__name__)
+
+_PASS_THROUGH = (KeyboardInterrupt, SystemExit)
+"""Exceptions that stop the server rather than fail one call."""
 
 _STATUS: list[tuple[type[CadError], grpc.StatusCode]] = [
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
@@ -55,15 +59,24 @@ class _Call:
         self.method = method
         self.start = time.perf_counter()
         self.code = grpc.StatusCode.OK
+        self.recorded = False
 
     async def fail(self, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
-        """Abort the call with the status matching ``exc`` (raises AbortError)."""
+        """Abort the call with the status matching ``exc`` (raises AbortError).
+
+        Any exception becomes a status, ``BaseException`` subclasses included (a native
+        decoder's panic surfaces as one): a call never ends without an answer."""
         if isinstance(exc, CadError):
             self.code = status_for(exc)
-            await context.abort(self.code, str(exc))
+            message = str(exc)
+            if len(message) > MAX_STATUS_CHARS:  # metadata has a hard size limit
+                message = message[: MAX_STATUS_CHARS - 3] + "..."
+            self.done()  # abort sends the status: count it before any client can see it
+            await context.abort(self.code, message)
         ref = uuid.uuid4().hex[:12]
         log.error("unexpected error in %s (ref %s)", self.method, ref, exc_info=exc)
         self.code = grpc.StatusCode.INTERNAL
+        self.done()
         await context.abort(self.code, f"internal error (ref {ref}); the server log has details")
 
     def aborted(self, context: grpc.aio.ServicerContext) -> None:
@@ -71,6 +84,10 @@ class _Call:
         self.code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
 
     def done(self) -> None:
+        """Record the call once, with the status decided so far."""
+        if self.recorded:
+            return
+        self.recorded = True
         self.metrics.requests.labels(self.method, self.code.name).inc()
         self.metrics.request_latency.labels(self.method).observe(time.perf_counter() - self.start)
 
@@ -129,11 +146,11 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
             except asyncio.CancelledError:
                 call.code = grpc.StatusCode.CANCELLED
                 raise
-            except Exception as exc:
-                try:
-                    await call.fail(context, exc)
-                except grpc.aio.AbortError:
-                    raise
+            except _PASS_THROUGH:
+                call.code = grpc.StatusCode.UNKNOWN
+                raise
+            except BaseException as exc:
+                await call.fail(context, exc)
             finally:
                 call.done()
 
@@ -155,10 +172,13 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
             except grpc.aio.AbortError:
                 call.aborted(context)
                 raise
-            except asyncio.CancelledError:
-                call.code = grpc.StatusCode.CANCELLED
+            except (asyncio.CancelledError, GeneratorExit):
+                call.code = grpc.StatusCode.CANCELLED  # the client went away mid-stream
                 raise
-            except Exception as exc:
+            except _PASS_THROUGH:
+                call.code = grpc.StatusCode.UNKNOWN
+                raise
+            except BaseException as exc:
                 await call.fail(context, exc)
             finally:
                 call.done()

@@ -10,10 +10,10 @@ from typing import Any, TypeVar
 
 import grpc
 
-from service import converters
+from service import converters, validation
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.auth import PermissionDenied, current_identity
-from service.errors import InvalidInput, NotFound
+from service.errors import InvalidInput, LimitExceeded, NotFound
 from service.inference import Classifier, ClassifyOutcome
 from service.metrics import ServiceMetrics
 from service.registry import VersionInfo
@@ -116,8 +116,8 @@ class CadInferenceServicer(cad_pb2_grpc.CadInferenceServicer):
                     break
                 try:
                     outcome = await task
-                except InvalidInput as exc:
-                    raise InvalidInput(f"stream frame {frame}: {exc}") from None
+                except (InvalidInput, LimitExceeded, NotFound) as exc:
+                    raise type(exc)(f"stream frame {frame}: {exc}") from None
                 yield converters.classify_response(outcome)
                 held -= 1
                 gauge.dec()
@@ -186,8 +186,8 @@ class ModelAdminServicer(cad_pb2_grpc.ModelAdminServicer):
             self.executor,
             self.models.pin,
             version,
-            acting_as(request.actor, "actor"),
-            request.reason,
+            acting_as(converters.person(request.actor, "actor"), "actor"),
+            validation.bounded(request.reason, "reason", validation.MAX_REASON_CHARS),
         )
         return cad_pb2.PinResponse(serving_version=str(model.version), pinned_version=str(version))
 
@@ -195,7 +195,9 @@ class ModelAdminServicer(cad_pb2_grpc.ModelAdminServicer):
         self, request: cad_pb2.UnpinRequest, context: grpc.aio.ServicerContext
     ) -> cad_pb2.PinResponse:
         model = await asyncio.get_running_loop().run_in_executor(
-            self.executor, self.models.unpin, acting_as(request.actor, "actor")
+            self.executor,
+            self.models.unpin,
+            acting_as(converters.person(request.actor, "actor"), "actor"),
         )
         return cad_pb2.PinResponse(serving_version=str(model.version) if model else "")
 
@@ -204,8 +206,10 @@ class ModelAdminServicer(cad_pb2_grpc.ModelAdminServicer):
     ) -> cad_pb2.AuditResponse:
         if self.audit_trail is None:
             raise NotFound("this server has no audit trail")
+        since = validation.parse_time(request.since)
+        action = validation.bounded(request.action, "action", validation.MAX_VARIANT_CHARS)
         events = await asyncio.get_running_loop().run_in_executor(
-            self.executor, self.audit_trail, request.since, request.action, request.limit or 1000
+            self.executor, self.audit_trail, since, action, request.limit or 1000
         )
         return converters.audit_response(events)
 
@@ -225,10 +229,10 @@ class CadReviewServicer(cad_pb2_grpc.CadReviewServicer):
     ) -> cad_pb2.CorrectionReceipt:
         result = await self._run(
             self.review.submit_correction,
-            request.candidate_id,
+            converters.identifier(request.candidate_id, "candidate_id"),
             converters.verdict_name(request.verdict),
-            acting_as(request.reviewer, "reviewer"),
-            request.idempotency_key,
+            acting_as(converters.person(request.reviewer, "reviewer"), "reviewer"),
+            converters.identifier(request.idempotency_key, "idempotency_key"),
             request.note,
         )
         return converters.receipt(result)
@@ -240,10 +244,10 @@ class CadReviewServicer(cad_pb2_grpc.CadReviewServicer):
             raise InvalidInput("box must be set")
         result = await self._run(
             self.review.add_missed_finding,
-            request.request_id,
+            converters.identifier(request.request_id, "request_id"),
             converters.box_of(request.box),
-            acting_as(request.reviewer, "reviewer"),
-            request.idempotency_key,
+            acting_as(converters.person(request.reviewer, "reviewer"), "reviewer"),
+            converters.identifier(request.idempotency_key, "idempotency_key"),
             request.note,
         )
         return converters.receipt(result)
@@ -254,12 +258,17 @@ class CadReviewServicer(cad_pb2_grpc.CadReviewServicer):
         overrides = {
             k: getattr(request, k) for k in ("alpha", "lambda1", "lambda2") if request.HasField(k)
         }
+        for k in ("lambda1", "lambda2"):
+            if k in overrides:
+                validation.finite(overrides[k], k, 0.0, validation.MAX_QUEUE_WEIGHT)
+        if "alpha" in overrides:
+            validation.finite(overrides["alpha"], "alpha", 0.0, 1.0)
         result = await self._run(
             self.review.annotation_queue,
             request.limit,
-            request.variant,
+            validation.bounded(request.variant, "variant", validation.MAX_VARIANT_CHARS),
             request.seed,
-            request.omega,
+            validation.finite(request.omega, "omega", 0.0, validation.MAX_QUEUE_WEIGHT),
             overrides,
         )
         return converters.queue_response(result)
@@ -267,6 +276,7 @@ class CadReviewServicer(cad_pb2_grpc.CadReviewServicer):
     async def ExportLabels(  # noqa: N802
         self, request: cad_pb2.ExportRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[cad_pb2.LabeledCandidate]:
-        items = await self._run(lambda: list(self.review.export(request.since)))
+        since = validation.parse_time(request.since)
+        items = await self._run(lambda: list(self.review.export(since)))
         for item in items:
             yield converters.labeled_candidate(item)

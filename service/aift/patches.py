@@ -27,7 +27,6 @@ A recipe spec may end in ``:m`` to keep the first ``m`` patches (``polyp:8``).
 
 from __future__ import annotations
 
-import math
 import threading
 import zlib
 from collections.abc import Sequence
@@ -37,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.errors import InvalidInput
+from service.validation import MAX_RECIPE_CHARS, bounded, box_values, quote
 
 Image = npt.NDArray[np.uint8]
 Patches = npt.NDArray[np.float32]
@@ -103,20 +103,26 @@ RECIPES: dict[str, Recipe] = {
 def parse_recipe(spec: str, default: str = "polyp") -> Recipe:
     """Resolve a recipe spec such as ``"polyp"``, ``"polyp:8"`` or ``""`` (the default).
 
+    Parsed strictly: a known name exactly (no surrounding spaces), optionally ``:`` and an
+    ASCII decimal patch count.
+
     Raises:
         InvalidInput: unknown recipe name or a bad patch count.
     """
-    spec = (spec or default).strip()
-    name, _, limit_text = spec.partition(":")
+    spec = bounded(spec, "recipe", MAX_RECIPE_CHARS) or default
+    name, colon, limit_text = spec.partition(":")
     recipe = RECIPES.get(name)
     if recipe is None:
         known = ", ".join(sorted(RECIPES))
-        raise InvalidInput(f"unknown recipe {name!r}; known recipes: {known}")
-    if not limit_text:
+        raise InvalidInput(f"unknown recipe {quote(name)}; known recipes: {known}")
+    if not colon:
         return recipe
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= recipe.full_count:
+    if (
+        not (limit_text.isascii() and limit_text.isdigit())
+        or not 1 <= int(limit_text) <= recipe.full_count
+    ):
         raise InvalidInput(
-            f"recipe {spec!r}: the patch count after ':' must be an integer "
+            f"recipe {quote(spec)}: the patch count after ':' must be an integer "
             f"from 1 to {recipe.full_count}"
         )
     limit = int(limit_text)
@@ -128,11 +134,7 @@ def validate_box(box: Box, height: int, width: int) -> None:
 
     A box partly outside the image is accepted; its outside pixels are padded.
     """
-    values = (box.x, box.y, box.width, box.height)
-    if not all(math.isfinite(v) for v in values):
-        raise InvalidInput(f"box {values} has a non-finite coordinate")
-    if box.width <= 0 or box.height <= 0:
-        raise InvalidInput(f"box width and height must be positive, got {box.width} x {box.height}")
+    box_values(box.x, box.y, box.width, box.height)
     if box.x >= width or box.y >= height or box.x + box.width <= 0 or box.y + box.height <= 0:
         raise InvalidInput(
             f"box (x={box.x}, y={box.y}, width={box.width}, height={box.height}) lies entirely "
