@@ -26,6 +26,7 @@ from service.store.records import (
     Receipt,
 )
 from service.store.sql import SqlLabelStore
+from service.validation import quote
 
 VERDICT_LABELS = {"TRUE_POSITIVE": 1, "FALSE_POSITIVE": 0}
 RANDOM = "random"
@@ -235,7 +236,7 @@ class ReviewService:
         variant = variant or DEFAULT_VARIANT
         if variant != RANDOM and variant not in VARIANTS:
             raise InvalidInput(
-                f"unknown variant {variant!r}; known: {', '.join([*VARIANTS, RANDOM])}"
+                f"unknown variant {quote(variant)}; known: {', '.join([*VARIANTS, RANDOM])}"
             )
         if omega and omega < 1:
             raise InvalidInput(f"omega must be 0 (off) or >= 1, got {omega}")

@@ -31,7 +31,7 @@ def acting_as(claimed: str, what: str) -> str:
         return claimed
     if claimed.strip() and claimed.strip() != identity.name:
         raise PermissionDenied(
-            f"{what} {claimed.strip()!r} is not the caller; the token is {identity.name}'s"
+            f"{what} {validation.quote(claimed.strip())} is not the caller; the token is {identity.name}'s"
         )
     return identity.name
 
@@ -169,7 +169,7 @@ class ModelAdminServicer(cad_pb2_grpc.ModelAdminServicer):
 
         def read() -> VersionInfo:  # the registry is on disk: off the event loop
             if version not in registry.versions():
-                raise NotFound(f"no version {request.version!r}")
+                raise NotFound(f"no version {validation.quote(request.version)}")
             return registry.get(version)
 
         info = await asyncio.get_running_loop().run_in_executor(self.executor, read)

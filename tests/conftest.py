@@ -8,12 +8,32 @@ from pathlib import Path
 
 import grpc
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from service.api.cad.v1 import cad_pb2_grpc
 from service.server import ServerThread
 from service.settings import ServerSettings
 from tests.helpers import publish_tiny
 from tests.pg import TempPostgres
+
+CI_FUZZ_EXAMPLES = 300
+"""Examples per fuzz test in CI (9 tests: 2,700 examples, about a minute)."""
+LONG_FUZZ_EXAMPLES = 2000
+
+
+# Fuzz profiles (tests/test_fuzz.py). "ci", the default, is derandomised and keeps no example
+# database, so every CI run sends the same examples; "long" is for a run by hand:
+#   .venv/bin/python -m pytest -m fuzz --hypothesis-profile=long
+_FUZZ = {
+    "deadline": None,  # the property has its own deadline: each call's gRPC timeout
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+}
+hypothesis_settings.register_profile(
+    "ci", max_examples=CI_FUZZ_EXAMPLES, derandomize=True, database=None, **_FUZZ
+)
+hypothesis_settings.register_profile("long", max_examples=LONG_FUZZ_EXAMPLES, **_FUZZ)
+hypothesis_settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")

@@ -108,3 +108,25 @@ def block_model_runs(model: object) -> tuple[threading.Event, threading.Event]:
 
     model.run = blocking_run  # type: ignore[attr-defined]
     return entered, release
+
+
+def with_raw(name: str, **values: str | bytes) -> bytes:
+    """A bundled DICOM file with attributes replaced by raw bytes, exactly as a broken modality
+    could write them (pydicom would refuse to set such values through its API)."""
+    import io
+
+    import pydicom
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    ds = pydicom.dcmread(dicom_path(name))
+    for keyword, raw in values.items():
+        tag = Tag(tag_for_keyword(keyword))
+        data = raw.encode() if isinstance(raw, str) else raw
+        data += b" " * (len(data) % 2)
+        implicit, little = ds.original_encoding
+        ds[tag] = RawDataElement(tag, dictionary_VR(tag), len(data), data, 0, implicit, little)
+    out = io.BytesIO()
+    ds.save_as(out)
+    return out.getvalue()

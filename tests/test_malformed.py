@@ -18,18 +18,15 @@ import numpy as np
 import pydicom
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.tag import Tag
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.imaging import decode_dicom, scrub
 from service.server import ServerThread
 from service.validation import MAX_ID_CHARS, MAX_STATUS_CHARS, parse_time, quote
 from tests.conftest import make_settings
-from tests.helpers import dicom_bytes, dicom_path
+from tests.helpers import dicom_bytes, dicom_path, with_raw
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -43,20 +40,6 @@ def box(x: float = 10, y: float = 10, w: float = 20, h: float = 20) -> cad_pb2.B
 
 def one(b: cad_pb2.Box | None = None, client_id: str = "c") -> list[cad_pb2.Candidate]:
     return [cad_pb2.Candidate(client_id=client_id, box=b or box())]
-
-
-def with_raw(name: str, **values: str | bytes) -> bytes:
-    """A real DICOM file with attributes replaced by raw bytes, exactly as a broken modality
-    could write them (pydicom would refuse to set such values through its API)."""
-    ds = pydicom.dcmread(dicom_path(name))
-    for keyword, raw in values.items():
-        tag = Tag(tag_for_keyword(keyword))
-        data = raw.encode() if isinstance(raw, str) else raw
-        data += b" " * (len(data) % 2)
-        ds[tag] = RawDataElement(tag, dictionary_VR(tag), len(data), data, 0, True, True)
-    out = io.BytesIO()
-    ds.save_as(out)
-    return out.getvalue()
 
 
 def with_empty_modality_lut_item() -> bytes:

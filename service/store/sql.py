@@ -32,6 +32,7 @@ from service.store.records import (
     QueueEntry,
     Receipt,
 )
+from service.validation import quote
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,7 @@ class SqlLabelStore:
             f"SELECT {_IMAGE_COLUMNS} FROM images WHERE request_id = ?", (request_id,)
         )
         if not rows:
-            raise NotFound(f"no archived image for request_id {request_id!r}")
+            raise NotFound(f"no archived image for request_id {quote(request_id)}")
         return ImageRecord(*rows[0])
 
     def get_candidate(self, candidate_id: str) -> CandidateRecord:
@@ -255,7 +256,7 @@ class SqlLabelStore:
             f"SELECT {_CANDIDATE_COLUMNS} FROM candidates WHERE candidate_id = ?", (candidate_id,)
         )
         if not rows:
-            raise NotFound(f"unknown candidate_id {candidate_id!r}")
+            raise NotFound(f"unknown candidate_id {quote(candidate_id)}")
         return self._candidate(rows[0])
 
     @staticmethod
@@ -317,7 +318,7 @@ class SqlLabelStore:
             )
             row = cur.fetchone()
             if row is None:
-                raise NotFound(f"unknown candidate_id {candidate_id!r}")
+                raise NotFound(f"unknown candidate_id {quote(candidate_id)}")
             before, last_reviewer, events, old_conflict, request_id = row
             conflict = before is not None and before != label and last_reviewer != reviewer
             event = LabelEvent(
@@ -370,7 +371,7 @@ class SqlLabelStore:
                 (candidate.request_id,),
             )
             if cur.fetchone() is None:
-                raise NotFound(f"no archived image for request_id {candidate.request_id!r}")
+                raise NotFound(f"no archived image for request_id {quote(candidate.request_id)}")
             event = LabelEvent(
                 f"ev-{uuid.uuid4().hex}",
                 candidate.candidate_id,
