@@ -137,6 +137,21 @@ def test_selection_top_b_and_acft_randomised() -> None:
         select_for_labeling(scores, 2, omega=0.5)
 
 
+def test_acft_selection_with_fewer_positive_scores_than_b() -> None:
+    # Found by the fuzz suite: numpy refuses to draw b items without replacement when fewer
+    # than b have non-zero probability (GetAnnotationQueue answered INTERNAL).
+    from service.aift.scoring import select_for_labeling
+
+    scores = np.array([0.0, 2.0, 0.0, 0.0, 1.0, 0.0])
+    for seed in range(20):
+        picks = select_for_labeling(scores, 4, omega=1.5, rng=np.random.default_rng(seed))
+        assert len(set(picks.tolist())) == 4
+        assert {1, 4} <= set(picks.tolist())  # every positive one is taken first
+        assert set(picks[:2].tolist()) == {1, 4}
+    zeros = select_for_labeling(np.zeros(5), 3, omega=1.0, rng=np.random.default_rng(0))
+    assert len(set(zeros.tolist())) == 3
+
+
 def test_candidate_probability_is_the_mean_finding_class_over_patches() -> None:
     from service.aift import candidate_probability, candidate_stats
 

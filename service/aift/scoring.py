@@ -200,7 +200,9 @@ def select_for_labeling(
     ``omega = 0``: the top ``b`` by score (AIFT). ``omega >= 1``: ACFT's
     randomisation: take the top ``omega * b``, normalise their scores to a
     distribution and sample ``b`` of them without replacement in proportion
-    to score (uniformly if all scores are 0).
+    to score. Candidates of score 0 have probability 0 while any positive one is left: when
+    fewer than ``b`` are positive, all positive ones are taken and the rest drawn uniformly
+    from the zeros (all of them uniformly if every score is 0).
     """
     s = np.asarray(scores, dtype=np.float64)
     b = min(b, len(s))
@@ -211,6 +213,10 @@ def select_for_labeling(
         raise ValueError(f"omega must be 0 (off) or >= 1, got {omega}")
     rng = rng or np.random.default_rng(0)
     pool = order[: min(len(s), int(math.ceil(omega * b)))]
-    weights = np.clip(s[pool], 0.0, None)
-    p = weights / weights.sum() if weights.sum() > 0 else None
-    return rng.choice(pool, size=b, replace=False, p=p)
+    weights = np.clip(np.nan_to_num(s[pool], nan=0.0, posinf=0.0), 0.0, None)
+    positive = pool[weights > 0]
+    if len(positive) >= b:
+        return rng.choice(pool, size=b, replace=False, p=weights / weights.sum())
+    zeros = pool[weights <= 0]
+    rest = rng.choice(zeros, size=b - len(positive), replace=False)
+    return np.concatenate([rng.permutation(positive), rest]).astype(np.intp)
