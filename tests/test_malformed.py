@@ -405,4 +405,3 @@ def counts(served: ServerThread, method: str) -> dict[str, float]:
         for sample in metric.samples
         if sample.name == "cad_grpc_requests_total" and sample.labels["method"] == method
     }
-
