@@ -119,6 +119,9 @@ class SessionOptions:
     while serving. On a CPU padding only costs compute, so auto leaves it off there."""
     max_batch: int = 64
     """Largest batch the server runs (its batcher's maximum): the largest bucket."""
+    cpu_mem_arena: bool = True
+    """ONNX Runtime's CPU memory arena: buffers of the largest batch seen are kept for reuse
+    (RSS stays at that high-water mark); off, every run allocates and frees its own."""
 
     def __post_init__(self) -> None:
         if self.graph_optimization not in GRAPH_OPTIMIZATION:
@@ -268,6 +271,7 @@ def _session_options(options: SessionOptions, level: str) -> Any:
     so.inter_op_num_threads = options.inter_op_threads
     so.graph_optimization_level = levels[level]
     so.log_severity_level = 3
+    so.enable_cpu_mem_arena = options.cpu_mem_arena
     if not options.spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.add_session_config_entry("session.inter_op.allow_spinning", "0")

@@ -63,6 +63,7 @@ class CadServer:
                 spinning=settings.intra_op_spinning,
                 batch_buckets=settings.batch_buckets,
                 max_batch=settings.batch_max_size,
+                cpu_mem_arena=settings.cpu_mem_arena,
             ),
             self.metrics,
             on_change=lambda _model: self._set_serving(True),

@@ -57,6 +57,11 @@ class ServerSettings(BaseSettings):
         description="Pad model batches to powers of two up to the max batch, each shape run once at "
         "load: auto (on for CUDA, where a new shape's first run costs a cuDNN search), on or off.",
     )
+    cpu_mem_arena: bool = Field(
+        True,
+        description="ONNX Runtime's CPU memory arena: keeps the largest batch's buffers for reuse "
+        "(RSS stays at that high-water mark); false allocates and frees per run.",
+    )
     precision: str = Field(
         "fp32",
         description="fp32, or int8: serve a version's int8 variant where its AUC drop is allowed.",

@@ -112,3 +112,18 @@ def test_bad_options_are_named() -> None:
         SessionOptions(batch_buckets="maybe")
     with pytest.raises(ValueError, match="max_batch"):
         SessionOptions(max_batch=0)
+
+
+def test_the_cpu_memory_arena_setting_reaches_the_session(info) -> None:
+    from service.model import _session_options
+    from service.settings import ServerSettings
+
+    assert _session_options(SessionOptions(), "all").enable_cpu_mem_arena is True
+    assert (
+        _session_options(SessionOptions(cpu_mem_arena=False), "all").enable_cpu_mem_arena is False
+    )
+    assert ServerSettings(cpu_mem_arena="false").cpu_mem_arena is False  # CAD_CPU_MEM_ARENA
+    # Without the arena the probabilities are the same.
+    with_arena = load_model(info, SessionOptions()).run(batch())
+    without = load_model(info, SessionOptions(cpu_mem_arena=False)).run(batch())
+    np.testing.assert_allclose(without, with_arena, rtol=1e-5, atol=1e-7)
