@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -72,6 +74,45 @@ def make_settings(root: Path, **overrides: object) -> ServerSettings:
     }
     values.update(overrides)
     return ServerSettings(**values)  # type: ignore[arg-type]
+
+
+@contextmanager
+def limited_server(tmp: Path, **overrides: object) -> Iterator[ServerThread]:
+    """A real server over a tiny model in ``tmp``, with small limits (a module's own, for the
+    malformed-input and fuzz tests: one server for many requests)."""
+    publish_tiny(tmp / "registry", tmp / "build")
+    limits: dict[str, object] = {"max_image_pixels": 1_000_000, "max_candidates": 16}
+    with ServerThread(make_settings(tmp / "registry", **{**limits, **overrides})) as server:
+        server.refresh_models()
+        yield server
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+class Stubs:
+    """The three service stubs over one channel."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.channel = channel
+        self.inference = cad_pb2_grpc.CadInferenceStub(channel)
+        self.review = cad_pb2_grpc.CadReviewStub(channel)
+        self.admin = cad_pb2_grpc.ModelAdminStub(channel)
+
+
+@pytest.fixture(scope="module")
+def stubs(served: ServerThread) -> Iterator[Stubs]:
+    """Stubs to the module's own ``served`` server (a module fixture of the modules using it)."""
+    with grpc.insecure_channel(served.address) as channel:
+        yield Stubs(channel)
+
+
+@pytest.fixture(scope="module")
+def inference(stubs: Stubs) -> cad_pb2_grpc.CadInferenceStub:
+    return stubs.inference
+
+
+@pytest.fixture(scope="module")
+def review(stubs: Stubs) -> cad_pb2_grpc.CadReviewStub:
+    return stubs.review
 
 
 @pytest.fixture

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import io
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -15,7 +13,7 @@ from PIL import Image
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.server import ServerThread
-from tests.conftest import make_settings
+from tests import conftest
 from tests.helpers import dicom_bytes, dicom_path
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -182,20 +180,9 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def limited_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    from tests.helpers import publish_tiny
-
-    tmp: Path = tmp_path_factory.mktemp("bad-input")
-    publish_tiny(tmp / "registry", tmp / "build")
-    settings = make_settings(
-        tmp / "registry",
-        max_image_pixels=1_000_000,
-        max_candidates=16,
-        max_message_bytes=2 * 1024 * 1024,
-    )
-    with ServerThread(settings) as server:
-        server.refresh_models()
+    tmp = tmp_path_factory.mktemp("bad-input")
+    with conftest.limited_server(tmp, max_message_bytes=2 * 1024 * 1024) as server:
         yield server
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

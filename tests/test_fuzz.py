@@ -17,10 +17,8 @@ examples every time; a few hundred in all) and ``long`` (thousands, random), run
 from __future__ import annotations
 
 import io
-import shutil
 import string
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -32,7 +30,7 @@ from PIL import Image
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.server import ServerThread
-from tests.conftest import make_settings
+from tests.conftest import Stubs, limited_server
 from tests.helpers import dicom_bytes, with_raw
 
 pytestmark = pytest.mark.fuzz
@@ -177,37 +175,10 @@ recipes = st.one_of(
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    from tests.helpers import publish_tiny
-
-    tmp: Path = tmp_path_factory.mktemp("fuzz")
-    publish_tiny(tmp / "registry", tmp / "build")
-    settings = make_settings(
-        tmp / "registry",
-        max_image_pixels=1_000_000,
-        max_candidates=16,
-        max_frames=64,
-        max_message_bytes=4 * 1024 * 1024,
-    )
-    with ServerThread(settings) as server:
-        server.refresh_models()
+    with limited_server(
+        tmp_path_factory.mktemp("fuzz"), max_frames=64, max_message_bytes=4 * 1024 * 1024
+    ) as server:
         yield server
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def channel(served: ServerThread) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(served.address) as ch:
-        yield ch
-
-
-@pytest.fixture(scope="module")
-def inference(channel: grpc.Channel) -> cad_pb2_grpc.CadInferenceStub:
-    return cad_pb2_grpc.CadInferenceStub(channel)
-
-
-@pytest.fixture(scope="module")
-def review(channel: grpc.Channel) -> cad_pb2_grpc.CadReviewStub:
-    return cad_pb2_grpc.CadReviewStub(channel)
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +214,7 @@ def answered(
 
 @given(data=dicom_files(), frame=st.integers(0, 3), recipe=recipes)
 def test_mutated_dicom_files(
-    channel: grpc.Channel,
+    stubs: Stubs,
     inference: cad_pb2_grpc.CadInferenceStub,
     data: bytes,
     frame: int,
@@ -252,23 +223,23 @@ def test_mutated_dicom_files(
     request = cad_pb2.ClassifyRequest(
         dicom=data, frame_index=frame, recipe=recipe, candidates=[cad_pb2.Candidate(box=plain_box)]
     )
-    answered(channel, inference.Classify, request)
+    answered(stubs.channel, inference.Classify, request)
 
 
 @given(data=encoded_files())
 def test_mutated_png_and_jpeg_files(
-    channel: grpc.Channel, inference: cad_pb2_grpc.CadInferenceStub, data: bytes
+    stubs: Stubs, inference: cad_pb2_grpc.CadInferenceStub, data: bytes
 ) -> None:
     request = cad_pb2.ClassifyRequest(encoded=data, candidates=[cad_pb2.Candidate(box=plain_box)])
-    answered(channel, inference.Classify, request)
+    answered(stubs.channel, inference.Classify, request)
 
 
 @given(raw=raw_images())
 def test_raw_buffers(
-    channel: grpc.Channel, inference: cad_pb2_grpc.CadInferenceStub, raw: cad_pb2.RawImage
+    stubs: Stubs, inference: cad_pb2_grpc.CadInferenceStub, raw: cad_pb2.RawImage
 ) -> None:
     request = cad_pb2.ClassifyRequest(raw=raw, candidates=[cad_pb2.Candidate(box=plain_box)])
-    answered(channel, inference.Classify, request)
+    answered(stubs.channel, inference.Classify, request)
 
 
 @given(
@@ -279,7 +250,7 @@ def test_raw_buffers(
     frame=st.integers(0, 2**32 - 1),
 )
 def test_classify_request_fields(
-    channel: grpc.Channel,
+    stubs: Stubs,
     inference: cad_pb2_grpc.CadInferenceStub,
     cands: list,
     recipe: str,
@@ -296,18 +267,18 @@ def test_classify_request_fields(
     )
     if window is not None:
         request.window.CopyFrom(window)
-    answered(channel, inference.Classify, request)
+    answered(stubs.channel, inference.Classify, request)
 
 
 @given(frames=st.lists(st.one_of(dicom_files(), st.just(b"")), min_size=1, max_size=4))
 def test_streams_of_mutated_frames(
-    channel: grpc.Channel, inference: cad_pb2_grpc.CadInferenceStub, frames: list[bytes]
+    stubs: Stubs, inference: cad_pb2_grpc.CadInferenceStub, frames: list[bytes]
 ) -> None:
     requests = [
         cad_pb2.ClassifyRequest(dicom=data, candidates=[cad_pb2.Candidate(box=plain_box)])
         for data in frames
     ]
-    answered(channel, inference.ClassifyStream, iter(requests))
+    answered(stubs.channel, inference.ClassifyStream, iter(requests))
 
 
 @given(
@@ -319,7 +290,7 @@ def test_streams_of_mutated_frames(
     note=st.one_of(safe_text, st.just("n" * 3000)),
 )
 def test_correction_fields(
-    channel: grpc.Channel,
+    stubs: Stubs,
     review: cad_pb2_grpc.CadReviewStub,
     known: cad_pb2.ClassifyResponse,
     which: str,
@@ -338,7 +309,7 @@ def test_correction_fields(
         idempotency_key=key,
         note=note,
     )
-    answered(channel, review.SubmitCorrection, request, REVIEW_ACTIONABLE)
+    answered(stubs.channel, review.SubmitCorrection, request, REVIEW_ACTIONABLE)
 
 
 @given(
@@ -349,7 +320,7 @@ def test_correction_fields(
     key=any_text,
 )
 def test_missed_finding_fields(
-    channel: grpc.Channel,
+    stubs: Stubs,
     review: cad_pb2_grpc.CadReviewStub,
     known: cad_pb2.ClassifyResponse,
     which: str,
@@ -365,7 +336,7 @@ def test_missed_finding_fields(
     )
     if b is not None:
         request.box.CopyFrom(b)
-    answered(channel, review.AddMissedFinding, request, REVIEW_ACTIONABLE)
+    answered(stubs.channel, review.AddMissedFinding, request, REVIEW_ACTIONABLE)
 
 
 @given(
@@ -379,7 +350,7 @@ def test_missed_finding_fields(
     extra=st.dictionaries(st.sampled_from(["alpha", "lambda1", "lambda2"]), any_double),
 )
 def test_queue_fields(
-    channel: grpc.Channel,
+    stubs: Stubs,
     review: cad_pb2_grpc.CadReviewStub,
     known: cad_pb2.ClassifyResponse,
     limit: int,
@@ -389,7 +360,7 @@ def test_queue_fields(
     extra: dict[str, float],
 ) -> None:
     request = cad_pb2.QueueRequest(limit=limit, variant=variant, seed=seed, omega=omega, **extra)
-    answered(channel, review.GetAnnotationQueue, request)
+    answered(stubs.channel, review.GetAnnotationQueue, request)
 
 
 @given(
@@ -398,13 +369,13 @@ def test_queue_fields(
     version=any_text,
 )
 def test_export_audit_and_version_fields(
-    channel: grpc.Channel,
+    stubs: Stubs,
     review: cad_pb2_grpc.CadReviewStub,
     since: str,
     action: str,
     version: str,
 ) -> None:
-    admin = cad_pb2_grpc.ModelAdminStub(channel)
-    answered(channel, review.ExportLabels, cad_pb2.ExportRequest(since=since))
-    answered(channel, admin.GetAuditTrail, cad_pb2.AuditRequest(since=since, action=action))
-    answered(channel, admin.GetVersion, cad_pb2.GetVersionRequest(version=version))
+    admin = cad_pb2_grpc.ModelAdminStub(stubs.channel)
+    answered(stubs.channel, review.ExportLabels, cad_pb2.ExportRequest(since=since))
+    answered(stubs.channel, admin.GetAuditTrail, cad_pb2.AuditRequest(since=since, action=action))
+    answered(stubs.channel, admin.GetVersion, cad_pb2.GetVersionRequest(version=version))

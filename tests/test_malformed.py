@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -25,7 +23,7 @@ from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.imaging import decode_dicom, scrub
 from service.server import ServerThread
 from service.validation import MAX_ID_CHARS, MAX_STATUS_CHARS, parse_time, quote
-from tests.conftest import make_settings
+from tests.conftest import Stubs, limited_server
 from tests.helpers import dicom_bytes, dicom_path, with_raw
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -61,31 +59,8 @@ def corrupted_rle() -> bytes:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    from tests.helpers import publish_tiny
-
-    tmp: Path = tmp_path_factory.mktemp("malformed")
-    publish_tiny(tmp / "registry", tmp / "build")
-    settings = make_settings(tmp / "registry", max_image_pixels=1_000_000, max_candidates=16)
-    with ServerThread(settings) as server:
-        server.refresh_models()
+    with limited_server(tmp_path_factory.mktemp("malformed")) as server:
         yield server
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def channel(served: ServerThread) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(served.address) as ch:
-        yield ch
-
-
-@pytest.fixture(scope="module")
-def inference(channel: grpc.Channel) -> cad_pb2_grpc.CadInferenceStub:
-    return cad_pb2_grpc.CadInferenceStub(channel)
-
-
-@pytest.fixture(scope="module")
-def review(channel: grpc.Channel) -> cad_pb2_grpc.CadReviewStub:
-    return cad_pb2_grpc.CadReviewStub(channel)
 
 
 @pytest.fixture(scope="module")
@@ -340,8 +315,8 @@ def test_export_since_is_parsed_strictly(
     assert list(review.ExportLabels(cad_pb2.ExportRequest(since="2999-01-01T00:00:00Z"))) == []
 
 
-def test_audit_since_is_parsed_strictly(channel: grpc.Channel) -> None:
-    admin = cad_pb2_grpc.ModelAdminStub(channel)
+def test_audit_since_is_parsed_strictly(stubs: Stubs) -> None:
+    admin = cad_pb2_grpc.ModelAdminStub(stubs.channel)
     refused(admin.GetAuditTrail, cad_pb2.AuditRequest(since="not-a-time"))
     refused(admin.GetVersion, cad_pb2.GetVersionRequest(version=LONG))
 
