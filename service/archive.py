@@ -164,6 +164,14 @@ class ImageArchive:
         with Image.open(self.path(sha256)) as img:
             return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
+    def png(self, sha256: str) -> bytes:
+        """The archived PNG file as stored (8-bit RGB, image chunks only).
+
+        Raises:
+            FileNotFoundError: nothing is archived under ``sha256`` (any more).
+        """
+        return self.path(sha256).read_bytes()
+
     def delete(self, sha256: str) -> None:
         self.path(sha256).unlink(missing_ok=True)
 

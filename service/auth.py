@@ -46,6 +46,7 @@ METHOD_ROLES: dict[str, str] = {
     "/cad.v1.CadReview/AddMissedFinding": REVIEW,
     "/cad.v1.CadReview/GetAnnotationQueue": REVIEW,
     "/cad.v1.CadReview/ExportLabels": REVIEW,
+    "/cad.v1.CadReview/GetReviewImage": REVIEW,
 }
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIX = "/grpc.reflection."

@@ -21,7 +21,7 @@ from service.inference import (
 )
 from service.model import LoadedModel
 from service.registry import VersionInfo
-from service.review import QueueResult
+from service.review import QueueResult, ReviewImage
 from service.store.records import AuditEvent, LabeledCandidate, Receipt
 
 _BYTES_PER_SAMPLE = {cad_pb2.RawImage.UINT8: 1, cad_pb2.RawImage.UINT16: 2}
@@ -200,6 +200,36 @@ def queue_response(result: QueueResult) -> cad_pb2.QueueResponse:
             for e, score in result.items
         ],
     )
+
+
+def review_image(result: ReviewImage) -> cad_pb2.ReviewImage:
+    image = result.image
+    return cad_pb2.ReviewImage(
+        request_id=image.request_id,
+        png=result.png,
+        width=image.width,
+        height=image.height,
+        frame_index=image.frame_index,
+        model_version=image.model_version,
+        recipe=image.recipe,
+        candidates=[
+            cad_pb2.ReviewCandidate(
+                candidate_id=c.candidate.candidate_id,
+                box=cad_pb2.Box(
+                    x=c.candidate.x, y=c.candidate.y, width=c.candidate.width,
+                    height=c.candidate.height,
+                ),
+                probability=c.candidate.probability,
+                label=_LABEL_STATE[c.label],
+                labeled_by=c.labeled_by,
+                conflict=c.conflict,
+                model_version=c.candidate.model_version,
+                origin=c.candidate.origin,
+                score=c.candidate.score or 0.0,
+            )
+            for c in result.candidates
+        ],
+    )  # fmt: skip
 
 
 def labeled_candidate(item: LabeledCandidate) -> cad_pb2.LabeledCandidate:

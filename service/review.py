@@ -15,11 +15,12 @@ import numpy as np
 from service.aift import VARIANTS, Box, Variant, aift_scores
 from service.aift.scoring import DEFAULT_VARIANT, select_for_labeling
 from service.archive import ImageArchive
-from service.errors import InvalidInput
+from service.errors import InvalidInput, NotFound
 from service.inference import ClassifyOutcome
 from service.metrics import ServiceMetrics
 from service.store.records import (
     CandidateRecord,
+    ImageCandidate,
     ImageRecord,
     LabeledCandidate,
     QueueEntry,
@@ -118,6 +119,13 @@ class QueueResult:
     variant: str
     unlabeled: int
     items: list[tuple[QueueEntry, float]]
+
+
+@dataclass(frozen=True)
+class ReviewImage:
+    image: ImageRecord
+    png: bytes
+    candidates: list[ImageCandidate]
 
 
 class ReviewService:
@@ -267,6 +275,19 @@ class ReviewService:
             order = sorted(range(len(entries)), key=lambda i: (-scores[i], entries[i].candidate_id))
         items = [(entries[i], float(scores[i])) for i in order[:limit]]
         return QueueResult(variant, len(entries), items)
+
+    def review_image(self, request_id: str) -> ReviewImage:
+        """A request's archived image (PNG as stored) and every candidate recorded on it."""
+        image = self.store.get_image(request_id)
+        if self.archive is None:
+            raise NotFound("this server keeps no image archive")
+        try:
+            png = self.archive.png(image.sha256)
+        except FileNotFoundError:
+            raise NotFound(
+                f"the image of request {quote(request_id)} is no longer archived (retention)"
+            ) from None
+        return ReviewImage(image, png, self.store.candidates_of(request_id))
 
     def export(self, since: str = "") -> Iterator[LabeledCandidate]:
         return self.store.labeled(since)

@@ -273,6 +273,12 @@ class CadReviewServicer(cad_pb2_grpc.CadReviewServicer):
         )
         return converters.queue_response(result)
 
+    async def GetReviewImage(  # noqa: N802
+        self, request: cad_pb2.ReviewImageRequest, context: grpc.aio.ServicerContext
+    ) -> cad_pb2.ReviewImage:
+        request_id = converters.identifier(request.request_id, "request_id")
+        return converters.review_image(await self._run(self.review.review_image, request_id))
+
     async def ExportLabels(  # noqa: N802
         self, request: cad_pb2.ExportRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[cad_pb2.LabeledCandidate]:

@@ -379,3 +379,5 @@ def test_export_audit_and_version_fields(
     answered(stubs.channel, review.ExportLabels, cad_pb2.ExportRequest(since=since))
     answered(stubs.channel, admin.GetAuditTrail, cad_pb2.AuditRequest(since=since, action=action))
     answered(stubs.channel, admin.GetVersion, cad_pb2.GetVersionRequest(version=version))
+    image = cad_pb2.ReviewImageRequest(request_id=version)
+    answered(stubs.channel, review.GetReviewImage, image)

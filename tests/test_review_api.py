@@ -205,3 +205,83 @@ def test_review_metrics_in_a_scrape(server: ServerThread, channel: grpc.Channel)
         'cad_model_reviewed_candidates{label="confirmed",version="1"} 2.0',
     ):
         assert needle in text, needle
+
+
+def test_review_image_returns_the_archived_pixels_and_every_candidate(
+    server: ServerThread, channel: grpc.Channel
+) -> None:
+    import io
+
+    from PIL import Image
+
+    response = classify(channel, n=3)
+    review = cad_pb2_grpc.CadReviewStub(channel)
+    first = response.results[0].candidate_id
+    review.SubmitCorrection(
+        cad_pb2.Correction(candidate_id=first, verdict=cad_pb2.TRUE_POSITIVE, reviewer="dr.a"),
+        timeout=10,
+    )
+    missed = review.AddMissedFinding(
+        cad_pb2.MissedFinding(
+            request_id=response.request_id,
+            box=cad_pb2.Box(x=60, y=60, width=20, height=20),
+            reviewer="dr.b",
+        ),
+        timeout=10,
+    )
+    image = review.GetReviewImage(
+        cad_pb2.ReviewImageRequest(request_id=response.request_id), timeout=10
+    )
+    pixels = np.asarray(Image.open(io.BytesIO(image.png)).convert("RGB"))
+    expected = decode_dicom(dicom_bytes("CT_small.dcm"), 0, Window(40, 400)).pixels
+    np.testing.assert_array_equal(pixels, expected)  # the windowed image the model saw
+    assert (image.width, image.height) == (expected.shape[1], expected.shape[0])
+    assert image.model_version == response.model_version and image.recipe == response.recipe
+    by_id = {c.candidate_id: c for c in image.candidates}
+    assert set(by_id) == {r.candidate_id for r in response.results} | {missed.candidate_id}
+    for r in response.results:
+        c = by_id[r.candidate_id]
+        assert c.HasField("probability") and abs(c.probability - r.probability) < 1e-6
+        assert c.origin == "model" and c.model_version == response.model_version
+    assert by_id[first].label == cad_pb2.POSITIVE and by_id[first].labeled_by == "dr.a"
+    unlabeled = by_id[response.results[1].candidate_id]
+    assert unlabeled.label == cad_pb2.UNLABELED and unlabeled.labeled_by == ""
+    drawn = by_id[missed.candidate_id]
+    assert drawn.origin == "missed" and not drawn.HasField("probability")
+    assert drawn.label == cad_pb2.POSITIVE and drawn.labeled_by == "dr.b"
+    assert (drawn.box.x, drawn.box.y, drawn.box.width, drawn.box.height) == (60, 60, 20, 20)
+
+
+def test_review_image_of_a_png_is_the_upload_without_its_metadata(channel: grpc.Channel) -> None:
+    import io
+
+    from PIL import Image, PngImagePlugin
+
+    from service.imaging import png_image_chunks
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("PatientName", "SMITH^JOHN")
+    buffer = io.BytesIO()
+    rgb = np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(buffer, format="PNG", pnginfo=info)
+    upload = buffer.getvalue()
+    response = cad_pb2_grpc.CadInferenceStub(channel).Classify(
+        cad_pb2.ClassifyRequest(
+            encoded=upload,
+            candidates=[cad_pb2.Candidate(box=cad_pb2.Box(x=5, y=5, width=20, height=20))],
+        ),
+        timeout=30,
+    )
+    image = cad_pb2_grpc.CadReviewStub(channel).GetReviewImage(
+        cad_pb2.ReviewImageRequest(request_id=response.request_id), timeout=10
+    )
+    assert image.png == png_image_chunks(upload) and b"SMITH" not in image.png
+    assert (image.width, image.height) == (64, 48)
+
+
+def test_review_image_of_an_unknown_request_is_not_found(channel: grpc.Channel) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        cad_pb2_grpc.CadReviewStub(channel).GetReviewImage(
+            cad_pb2.ReviewImageRequest(request_id="no-such-request"), timeout=10
+        )
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND

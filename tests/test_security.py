@@ -179,6 +179,24 @@ def test_reviewer_is_the_tokens_identity(secured: ServerThread) -> None:
     assert [e.reviewer for e in events] == ["dr.jones"]
 
 
+def test_review_images_need_the_review_role(secured: ServerThread) -> None:
+    with grpc.insecure_channel(secured.address) as ch:
+        request_id = (
+            cad_pb2_grpc.CadInferenceStub(ch)
+            .Classify(REQUEST, timeout=10, metadata=bearer("infer"))
+            .request_id
+        )
+        review = cad_pb2_grpc.CadReviewStub(ch)
+        ask = cad_pb2.ReviewImageRequest(request_id=request_id)
+        assert code_of(review.GetReviewImage, ask, timeout=10) == grpc.StatusCode.UNAUTHENTICATED
+        assert (
+            code_of(review.GetReviewImage, ask, timeout=10, metadata=bearer("infer"))
+            == grpc.StatusCode.PERMISSION_DENIED
+        )
+        image = review.GetReviewImage(ask, timeout=10, metadata=bearer("review"))
+        assert image.request_id == request_id and image.png.startswith(b"\x89PNG")
+
+
 def test_health_open_reflection_closed_by_default(secured: ServerThread) -> None:
     with grpc.insecure_channel(secured.address) as ch:
         health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)

@@ -53,6 +53,16 @@ class CandidateRecord:
 
 
 @dataclass(frozen=True)
+class ImageCandidate:
+    """A candidate on an image, with its current label (for a reviewer's display)."""
+
+    candidate: CandidateRecord
+    label: int | None
+    labeled_by: str
+    conflict: bool
+
+
+@dataclass(frozen=True)
 class LabelEvent:
     """One correction, append-only: who, when, the label before and after."""
 

@@ -26,6 +26,7 @@ from service.store.migrations import MIGRATIONS
 from service.store.records import (
     AuditEvent,
     CandidateRecord,
+    ImageCandidate,
     ImageRecord,
     LabeledCandidate,
     LabelEvent,
@@ -258,6 +259,18 @@ class SqlLabelStore:
         if not rows:
             raise NotFound(f"unknown candidate_id {quote(candidate_id)}")
         return self._candidate(rows[0])
+
+    def candidates_of(self, request_id: str) -> list[ImageCandidate]:
+        """Every candidate recorded on a request's image, model-proposed and missed, with its
+        current label, in the order they were recorded."""
+        rows = self._query(
+            f"SELECT {_CANDIDATE_COLUMNS}, label, label_reviewer, conflict FROM candidates "
+            "WHERE request_id = ? ORDER BY created, candidate_id",
+            (request_id,),
+        )
+        return [
+            ImageCandidate(self._candidate(r[:17]), r[17], r[18] or "", bool(r[19])) for r in rows
+        ]
 
     @staticmethod
     def _candidate(row: Sequence[Any]) -> CandidateRecord:

@@ -297,6 +297,54 @@ class LabeledCandidate(_message.Message):
     events: int
     def __init__(self, candidate_id: _Optional[str] = ..., request_id: _Optional[str] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., label: _Optional[_Union[LabelState, str]] = ..., conflict: _Optional[bool] = ..., origin: _Optional[str] = ..., recipe: _Optional[str] = ..., model_version: _Optional[str] = ..., probability: _Optional[float] = ..., image_sha256: _Optional[str] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ..., frame_index: _Optional[int] = ..., source_id: _Optional[str] = ..., study_uid: _Optional[str] = ..., series_uid: _Optional[str] = ..., sop_instance_uid: _Optional[str] = ..., last_event_id: _Optional[str] = ..., labeled_at: _Optional[str] = ..., events: _Optional[int] = ...) -> None: ...
 
+class ReviewImageRequest(_message.Message):
+    __slots__ = ("request_id",)
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+
+class ReviewCandidate(_message.Message):
+    __slots__ = ("candidate_id", "box", "probability", "label", "labeled_by", "conflict", "model_version", "origin", "score")
+    CANDIDATE_ID_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    LABELED_BY_FIELD_NUMBER: _ClassVar[int]
+    CONFLICT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    candidate_id: str
+    box: Box
+    probability: float
+    label: LabelState
+    labeled_by: str
+    conflict: bool
+    model_version: str
+    origin: str
+    score: float
+    def __init__(self, candidate_id: _Optional[str] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., probability: _Optional[float] = ..., label: _Optional[_Union[LabelState, str]] = ..., labeled_by: _Optional[str] = ..., conflict: _Optional[bool] = ..., model_version: _Optional[str] = ..., origin: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class ReviewImage(_message.Message):
+    __slots__ = ("request_id", "png", "width", "height", "frame_index", "model_version", "recipe", "candidates")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PNG_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    png: bytes
+    width: int
+    height: int
+    frame_index: int
+    model_version: str
+    recipe: str
+    candidates: _containers.RepeatedCompositeFieldContainer[ReviewCandidate]
+    def __init__(self, request_id: _Optional[str] = ..., png: _Optional[bytes] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frame_index: _Optional[int] = ..., model_version: _Optional[str] = ..., recipe: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[ReviewCandidate, _Mapping]]] = ...) -> None: ...
+
 class ListVersionsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -462,6 +462,11 @@ class CadReviewStub:
                 request_serializer=cad_dot_v1_dot_cad__pb2.ExportRequest.SerializeToString,
                 response_deserializer=cad_dot_v1_dot_cad__pb2.LabeledCandidate.FromString,
                 _registered_method=True)
+        self.GetReviewImage = channel.unary_unary(
+                '/cad.v1.CadReview/GetReviewImage',
+                request_serializer=cad_dot_v1_dot_cad__pb2.ReviewImageRequest.SerializeToString,
+                response_deserializer=cad_dot_v1_dot_cad__pb2.ReviewImage.FromString,
+                _registered_method=True)
 
 
 class CadReviewServicer:
@@ -491,6 +496,14 @@ class CadReviewServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetReviewImage(self, request, context):
+        """The archived image of a classified request and every candidate recorded on it, so that a
+        reviewer's client can draw them. Unknown or no longer archived request: NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CadReviewServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -513,6 +526,11 @@ def add_CadReviewServicer_to_server(servicer, server):
                     servicer.ExportLabels,
                     request_deserializer=cad_dot_v1_dot_cad__pb2.ExportRequest.FromString,
                     response_serializer=cad_dot_v1_dot_cad__pb2.LabeledCandidate.SerializeToString,
+            ),
+            'GetReviewImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReviewImage,
+                    request_deserializer=cad_dot_v1_dot_cad__pb2.ReviewImageRequest.FromString,
+                    response_serializer=cad_dot_v1_dot_cad__pb2.ReviewImage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -623,6 +641,33 @@ class CadReview:
             '/cad.v1.CadReview/ExportLabels',
             cad_dot_v1_dot_cad__pb2.ExportRequest.SerializeToString,
             cad_dot_v1_dot_cad__pb2.LabeledCandidate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReviewImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cad.v1.CadReview/GetReviewImage',
+            cad_dot_v1_dot_cad__pb2.ReviewImageRequest.SerializeToString,
+            cad_dot_v1_dot_cad__pb2.ReviewImage.FromString,
             options,
             channel_credentials,
             insecure,
