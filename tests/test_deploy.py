@@ -294,3 +294,22 @@ def test_no_environment_variable_means_two_things() -> None:
         assert trainer.train_batch_size == 64 and trainer.watch_metrics_port == 9465
         mp.setenv("CAD_TRAIN_BATCH_SIZE", "16")
         assert TrainerSettings().train_batch_size == 16
+
+
+def test_the_settings_reference_is_generated_from_the_code() -> None:
+    import importlib.util
+    import re
+
+    path = ROOT / "scripts" / "gen_settings_docs.py"
+    spec = importlib.util.spec_from_file_location("gen_settings_docs", path)
+    gen = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(gen)  # type: ignore[union-attr]
+    readme = (ROOT / "README.md").read_text()
+    assert gen.with_reference(readme) == readme, "run scripts/gen_settings_docs.py"
+    # ... and every CAD_* name the prose mentions is a real setting (or a prefix of some).
+    known = {row[0] for row in gen.rows()}
+    for doc in ("README.md", "docs/performance.md", "docs/results.md"):
+        for name in set(re.findall(r"CAD_[A-Z0-9_]+", (ROOT / doc).read_text())):
+            assert name in known or any(k.startswith(name) for k in known if name.endswith("_")), (
+                f"{doc} mentions {name}, which no settings class reads"
+            )

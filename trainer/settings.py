@@ -94,6 +94,12 @@ class TrainerSettings(BaseSettings):
     recipe_override: str = Field(
         "", description="Train on this recipe instead of each candidate's own."
     )
+    trunk_cache_mb: float = Field(
+        4096,
+        gt=0,
+        description="Memory for cached activations of frozen trunks (shared by rounds, re-scoring "
+        "and experiments).",
+    )
     min_new_labels: int = Field(
         20, ge=1, description="watch: run a round once this many new labels exist."
     )

@@ -17,7 +17,6 @@ least recently used entries go first. Frozen layers always run in eval mode
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -26,8 +25,6 @@ import numpy as np
 import torch
 
 from trainer.network import Trunk
-
-DEFAULT_MAX_MB = 4096
 
 
 def trunk_digest(trunk: Trunk) -> str:
@@ -49,7 +46,9 @@ class TrunkCache:
 
     def __init__(self, max_bytes: int | None = None) -> None:
         if max_bytes is None:
-            max_bytes = int(float(os.environ.get("CAD_TRUNK_CACHE_MB", DEFAULT_MAX_MB)) * (1 << 20))
+            from trainer.settings import TrainerSettings
+
+            max_bytes = int(TrainerSettings().trunk_cache_mb * (1 << 20))
         self.max_bytes = max_bytes
         self._entries: OrderedDict[tuple[str, Hashable], torch.Tensor] = OrderedDict()
         self._bytes = 0
