@@ -22,7 +22,9 @@ class ServerSettings(BaseSettings):
     metrics_port: int = Field(
         9464, description="Prometheus /metrics port; 0 picks a free one, -1 disables."
     )
-    providers: str = Field("auto", description="ONNX Runtime providers: auto, cpu or cuda.")
+    providers: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="ONNX Runtime providers: auto, cpu or cuda."
+    )
     intra_op_threads: int = Field(
         0, description="ONNX Runtime intra-op threads; 0 = runtime default."
     )
@@ -43,16 +45,16 @@ class ServerSettings(BaseSettings):
     batch_runners: int = Field(
         1, ge=1, description="Threads running the model (1 on CPU; 2 can help on GPU)."
     )
-    graph_optimization: str = Field(
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
         "all", description="ONNX Runtime graph optimisation: disable, basic, extended or all."
     )
     optimized_model_cache: Path | None = Field(
         None, description="Folder caching optimised graphs per model checksum (None: no cache)."
     )
-    io_binding: str = Field(
+    io_binding: Literal["auto", "on", "off"] = Field(
         "auto", description="ONNX Runtime I/O binding: auto (on for CUDA), on or off."
     )
-    batch_buckets: str = Field(
+    batch_buckets: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Pad model batches to powers of two up to the max batch, each shape run once at "
         "load: auto (on for CUDA, where a new shape's first run costs a cuDNN search), on or off.",
@@ -62,7 +64,7 @@ class ServerSettings(BaseSettings):
         description="ONNX Runtime's CPU memory arena: keeps the largest batch's buffers for reuse "
         "(RSS stays at that high-water mark); false allocates and frees per run.",
     )
-    precision: str = Field(
+    precision: Literal["fp32", "int8"] = Field(
         "fp32",
         description="fp32, or int8: serve a version's int8 variant where its AUC drop is allowed.",
     )

@@ -313,3 +313,28 @@ def test_the_settings_reference_is_generated_from_the_code() -> None:
             assert name in known or any(k.startswith(name) for k in known if name.endswith("_")), (
                 f"{doc} mentions {name}, which no settings class reads"
             )
+
+
+def test_enum_like_settings_fail_at_start_with_the_allowed_values() -> None:
+    import typing
+
+    import pydantic
+
+    from service.settings import ServerSettings
+    from trainer.network import ARCHITECTURES
+    from trainer.presets import PRESETS
+    from trainer.settings import TrainerSettings
+
+    for cls, field, bad in (
+        (ServerSettings, "providers", "gpu"),
+        (ServerSettings, "precision", "fp16"),
+        (ServerSettings, "io_binding", "yes"),
+        (TrainerSettings, "preset", "polyps"),
+        (TrainerSettings, "architecture", "resnet"),
+    ):
+        with pytest.raises(pydantic.ValidationError) as err:
+            cls(**{field: bad})
+        assert field in str(err.value) and "Input should be" in str(err.value)
+    # The literal types name exactly what the code implements.
+    assert set(typing.get_args(TrainerSettings.model_fields["preset"].annotation)) == set(PRESETS)
+    assert typing.get_args(TrainerSettings.model_fields["architecture"].annotation) == ARCHITECTURES

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -16,7 +17,7 @@ class TrainerSettings(BaseSettings):
 
     registry_root: Path = Field(Path("registry"), description="Model registry root folder.")
     model_name: str = Field("cad", description="Model name, a folder under the registry.")
-    architecture: str = Field(
+    architecture: Literal["alexnet", "squeezenet1_0"] = Field(
         "alexnet", description="init: alexnet or squeezenet1_0 (rounds keep the parent's)."
     )
     pretrained_weights: Path | None = Field(
@@ -45,7 +46,11 @@ class TrainerSettings(BaseSettings):
         "sqlite:///data/labels.sqlite3", description="Label store (as the server's)."
     )
     archive_root: Path = Field(Path("data/archive"), description="Image archive (as the server's).")
-    preset: str = Field("polyp", description="Learning parameters of Table 3: polyp, frames or pe.")
+    preset: Literal["polyp", "frames", "pe", "polyp-squeezenet"] = Field(
+        "polyp",
+        description="Learning parameters: Table 3's polyp, frames or pe, or polyp-squeezenet "
+        "(polyp's rates / 100, for SqueezeNet's Caffe-scale activations).",
+    )
     depth: str = Field(
         "conv1",
         description="Tuning depth, the lowest trained layer: AlexNet fc8 (head only) ... conv1 "
