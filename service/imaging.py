@@ -189,6 +189,15 @@ def scrub(message: str, limit: int = 200) -> str:
 
 _NOT_INTERRUPTS = (KeyboardInterrupt, SystemExit)
 
+_PHOTOMETRIC_TERMS = frozenset(
+    {
+        "MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "HSV", "ARGB", "CMYK", "YBR_FULL",
+        "YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT",
+    }
+)  # fmt: skip
+"""The DICOM defined terms of Photometric Interpretation: safe to name in a message (any other
+value is whatever the modality wrote, and is not echoed)."""
+
 
 @contextmanager
 def _stage(what: str, syntax: str) -> Iterator[None]:
@@ -391,8 +400,10 @@ def decode_dicom(
             pixels = _color_to_8bit(lut_rgb, _palette_bits(ds, lut_rgb))
         else:  # RGB, and YBR_* which pydicom converts to RGB when decoding
             if arr.ndim != 3 or arr.shape[-1] != 3:
+                named = photometric if photometric in _PHOTOMETRIC_TERMS else "not a defined term"
                 raise UnsupportedImage(
-                    f"unsupported photometric interpretation {quote(photometric)}"
+                    f"unsupported photometric interpretation (0028,0004) ({named}): "
+                    "send MONOCHROME1/2, RGB, YBR or PALETTE COLOR"
                 )
             pixels = _color_to_8bit(arr, bits)
         source = SourceRef(

@@ -380,3 +380,13 @@ def counts(served: ServerThread, method: str) -> dict[str, float]:
         for sample in metric.samples
         if sample.name == "cad_grpc_requests_total" and sample.labels["method"] == method
     }
+
+
+def test_an_unknown_photometric_interpretation_is_not_echoed(
+    inference: cad_pb2_grpc.CadInferenceStub,
+) -> None:
+    data = with_raw("SC_rgb_small_odd.dcm", PhotometricInterpretation=SECRET)
+    request = cad_pb2.ClassifyRequest(dicom=data, candidates=one(box(0, 0, 2, 2)))
+    with pytest.raises(grpc.RpcError) as err:
+        inference.Classify(request, timeout=30)
+    assert err.value.code() == INVALID and SECRET not in (err.value.details() or "")
