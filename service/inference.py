@@ -7,11 +7,10 @@ Synchronous and free of protobuf and asyncio: the transport runs
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,8 +35,9 @@ from service.imaging import (
     decode_encoded,
     decode_raw,
 )
+from service.lifecycle import MetricsListener, ModelListener, announce
 from service.metrics import ServiceMetrics
-from service.model import LoadedModel, SessionOptions, load_model, release_memory
+from service.model import LoadedModel, SessionOptions, load_model
 from service.registry import ModelRegistry, VersionInfo
 
 log = logging.getLogger(__name__)
@@ -57,12 +57,10 @@ class ModelManager:
         self,
         registry: ModelRegistry,
         options: SessionOptions,
-        metrics: ServiceMetrics,
-        on_change: Callable[[LoadedModel], None] | None = None,
+        metrics: ServiceMetrics | None = None,
         precision: str = "fp32",
         int8_max_auc_drop: float = 0.005,
-        audit: Callable[[str, str, str, dict[str, Any]], None] | None = None,
-        actor: str = "",
+        listeners: Sequence[ModelListener] = (),
     ) -> None:
         if precision not in ("fp32", "int8"):
             raise ValueError(f"precision must be fp32 or int8, not {precision!r}")
@@ -70,15 +68,22 @@ class ModelManager:
         self.options = options
         self.precision = precision
         self.int8_max_auc_drop = int8_max_auc_drop
-        self._audit_sink = audit
-        self.actor = actor or f"server:{socket.gethostname()}"
-        """Who swaps versions in the audit trail (this server process)."""
-        self.metrics = metrics
-        self.on_change = on_change
+        self.listeners: list[ModelListener] = [
+            *([MetricsListener(metrics)] if metrics is not None else []),
+            *listeners,
+        ]
+        """Told of every swap, refusal, pin and unpin, in order (see :mod:`service.lifecycle`)."""
         self.current: LoadedModel | None = None
         self.refused: dict[int, str] = {}
         self._lock = threading.Lock()
         self.status = f"no model loaded yet from {registry.model_dir}"
+
+    def add_listener(self, listener: ModelListener) -> None:
+        """Register a listener (at start-up, before the first refresh)."""
+        self.listeners.append(listener)
+
+    def _announce(self, hook: str, *args: Any) -> None:
+        announce(self.listeners, hook, self.registry.name, *args)
 
     def refresh(self) -> bool:
         """Follow the registry: the pinned version if one is pinned, else the newest acceptable
@@ -104,10 +109,10 @@ class ModelManager:
                 except (ModelRejected, OSError, ValueError) as exc:
                     reason = str(exc)
                     self.refused[version] = reason
-                    self.metrics.model_load_failures.inc()
                     log.error(
                         "refused model %s version %s: %s", self.registry.name, version, reason
                     )
+                    self._announce("on_refused", version, reason)
                     continue
                 self._swap(model)
                 return True
@@ -138,50 +143,22 @@ class ModelManager:
             return info
         return variant
 
-    def _audit(self, action: str, actor: str, target: str, detail: dict[str, Any]) -> None:
-        if self._audit_sink is None:
-            return
-        try:
-            self._audit_sink(action, actor, target, detail)
-        except Exception:  # the change happened; a lost audit line is logged, serving goes on
-            log.exception("could not record the audit event %s %s", action, target)
-
     def _swap(self, model: LoadedModel) -> None:
-        previous = self.current
-        self.current = model
-        self._audit(
-            "swap",
-            self.actor,
-            f"{self.registry.name}/v{model.version}",
-            {
-                "previous": previous.version if previous else None,
-                "precision": model.precision,
-                "provider": model.provider,
-                "pinned": self.registry.pinned(),
-            },
+        previous = self.current.version if self.current else None
+        self.current = model  # the replaced model is freed once in-flight requests finish
+        self.status = (
+            f"serving {self.registry.name} version {model.version} ({model.precision}) "
+            f"on {model.provider}"
         )
-        self.status = f"serving {self.registry.name} version {model.version} ({model.precision}) on {model.provider}"
-        self.metrics.model.info(
-            {
-                "model": self.registry.name,
-                "version": str(model.version),
-                "provider": model.provider,
-                "precision": model.precision,
-            }
-        )
-        self.metrics.model_loaded.set(1)
         log.info(
             "model %s version %s (%s) loaded on %s (previous: %s)",
             self.registry.name,
             model.version,
             model.precision,
             model.provider,
-            previous.version if previous else "none",
+            previous or "none",
         )
-        del previous  # in-flight requests may still hold it; the next swap trims what they left
-        release_memory()
-        if self.on_change is not None:
-            self.on_change(model)
+        self._announce("on_swap", previous, model, self.registry.pinned())
 
     def pin(self, version: int, actor: str = "", reason: str = "") -> LoadedModel:
         """Pin a version (rollback) and serve it now; refused versions are never pinned.
@@ -212,19 +189,14 @@ class ModelManager:
             actor or "-",
             reason,
         )
-        self._audit(
-            "pin",
-            actor,
-            f"{self.registry.name}/v{version}",
-            {"reason": reason, "previous_pin": previous},
-        )
+        self._announce("on_pin", version, actor, reason, previous)
         return model
 
     def unpin(self, actor: str = "") -> LoadedModel | None:
         """Follow the newest acceptable version again, now."""
         if self.registry.unpin():
             log.info("model %s unpinned by %s", self.registry.name, actor or "-")
-            self._audit("unpin", actor, self.registry.name, {})
+            self._announce("on_unpin", actor)
         self.refresh()
         return self.current
 

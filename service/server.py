@@ -24,6 +24,7 @@ from service.batcher import BatchingConfig, DynamicBatcher
 from service.imaging import ImageLimits
 from service.inference import Classifier, ModelManager
 from service.interceptors import ErrorAndMetricsInterceptor
+from service.lifecycle import AuditListener, CallbackListener, MemoryTrimListener
 from service.metrics import ServiceMetrics
 from service.model import SessionOptions, select_providers
 from service.registry import ModelRegistry
@@ -66,12 +67,16 @@ class CadServer:
                 cpu_mem_arena=settings.cpu_mem_arena,
             ),
             self.metrics,
-            on_change=lambda _model: self._set_serving(True),
             precision=settings.precision,
             int8_max_auc_drop=settings.int8_max_auc_drop,
-            audit=lambda *event: self.store.add_audit(*event),
         )
         self.store = open_store(settings.store_url)
+        for listener in (  # after the metrics listener the manager made; the store exists now
+            AuditListener(self.store.add_audit),
+            MemoryTrimListener(),
+            CallbackListener(lambda _model: self._set_serving(True)),
+        ):
+            self.models.add_listener(listener)
         self.archive = ImageArchive(
             settings.archive_root, settings.record_sync, settings.record_sync_interval_ms / 1000
         )

@@ -92,3 +92,49 @@ def test_newest_good_version_is_chosen_when_the_latest_is_broken(tmp_path: Path)
     publish_tiny(root, tmp_path / "b", nan_output=True)
     manager, _ = _manager(root)
     assert manager.refresh() and manager.require().version == 1
+
+
+def test_listeners_hear_every_swap_refusal_pin_and_unpin_even_when_one_fails(
+    tmp_path: Path,
+) -> None:
+    from service.lifecycle import ModelListener
+
+    heard: list[tuple] = []
+
+    class Recorder(ModelListener):
+        def on_swap(self, name, previous, model, pinned) -> None:  # noqa: ANN001
+            heard.append(("swap", name, previous, model.version, pinned))
+
+        def on_refused(self, name, version, reason) -> None:  # noqa: ANN001
+            heard.append(("refused", name, version))
+
+        def on_pin(self, name, version, actor, reason, previous) -> None:  # noqa: ANN001
+            heard.append(("pin", version, actor, reason, previous))
+
+        def on_unpin(self, name, actor) -> None:  # noqa: ANN001
+            heard.append(("unpin", actor))
+
+    class Broken(ModelListener):
+        def on_swap(self, name, previous, model, pinned) -> None:  # noqa: ANN001
+            raise RuntimeError("audit store down")
+
+    root = tmp_path / "reg"
+    publish_tiny(root, tmp_path / "b")
+    manager = ModelManager(ModelRegistry(root, "cad"), SessionOptions(), listeners=[Broken()])
+    manager.add_listener(Recorder())
+    assert manager.refresh() and manager.require().version == 1  # the failing listener is skipped
+    publish_tiny(root, tmp_path / "b", nan_output=True)  # v2: refused at its warm-up
+    assert not manager.refresh() and manager.require().version == 1
+    publish_tiny(root, tmp_path / "b")  # v3
+    assert manager.refresh() and manager.require().version == 3
+    manager.pin(1, "dr.ops", "rollback drill")
+    manager.unpin("dr.ops")
+    assert heard == [
+        ("swap", "cad", None, 1, None),
+        ("refused", "cad", 2),
+        ("swap", "cad", 1, 3, None),
+        ("swap", "cad", 3, 1, 1),
+        ("pin", 1, "dr.ops", "rollback drill", None),
+        ("unpin", "dr.ops"),
+        ("swap", "cad", 1, 3, None),
+    ]

@@ -41,6 +41,7 @@ from service.aift import VARIANTS, Box, candidate_probability, degenerate_varian
 from service.archive import ImageArchive
 from service.imaging import ImageLimits, decode_encoded
 from service.inference import CandidateInput, Classifier, ClassifyInput, EncodedImage, ModelManager
+from service.lifecycle import MemoryTrimListener
 from service.metrics import ServiceMetrics
 from service.model import SessionOptions
 from service.registry import ModelRegistry
@@ -269,7 +270,12 @@ class Experiment:
         )
         store = open_store(f"sqlite:///{template / 'labels.sqlite3'}")
         metrics = ServiceMetrics(CollectorRegistry())
-        models = ModelManager(ModelRegistry(registry_root, "cad"), SessionOptions(), metrics)
+        models = ModelManager(
+            ModelRegistry(registry_root, "cad"),
+            SessionOptions(),
+            metrics,
+            listeners=[MemoryTrimListener()],
+        )
         models.refresh()
         classifier = Classifier(
             models,
