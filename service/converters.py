@@ -226,6 +226,8 @@ def review_image(result: ReviewImage) -> cad_pb2.ReviewImage:
                 model_version=c.candidate.model_version,
                 origin=c.candidate.origin,
                 score=c.candidate.score or 0.0,
+                entropy=c.candidate.entropy or 0.0,
+                diversity=c.candidate.diversity or 0.0,
             )
             for c in result.candidates
         ],

@@ -242,6 +242,10 @@ def test_review_image_returns_the_archived_pixels_and_every_candidate(
     for r in response.results:
         c = by_id[r.candidate_id]
         assert c.HasField("probability") and abs(c.probability - r.probability) < 1e-6
+        # The stored AIFT terms are read back as the classifier computed them.
+        assert (c.score, c.entropy, c.diversity) == pytest.approx(
+            (r.score, r.entropy, r.diversity), rel=1e-6, abs=1e-7
+        )
         assert c.origin == "model" and c.model_version == response.model_version
     assert by_id[first].label == cad_pb2.POSITIVE and by_id[first].labeled_by == "dr.a"
     unlabeled = by_id[response.results[1].candidate_id]

@@ -304,7 +304,7 @@ class ReviewImageRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ...) -> None: ...
 
 class ReviewCandidate(_message.Message):
-    __slots__ = ("candidate_id", "box", "probability", "label", "labeled_by", "conflict", "model_version", "origin", "score")
+    __slots__ = ("candidate_id", "box", "probability", "label", "labeled_by", "conflict", "model_version", "origin", "score", "entropy", "diversity")
     CANDIDATE_ID_FIELD_NUMBER: _ClassVar[int]
     BOX_FIELD_NUMBER: _ClassVar[int]
     PROBABILITY_FIELD_NUMBER: _ClassVar[int]
@@ -314,6 +314,8 @@ class ReviewCandidate(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    ENTROPY_FIELD_NUMBER: _ClassVar[int]
+    DIVERSITY_FIELD_NUMBER: _ClassVar[int]
     candidate_id: str
     box: Box
     probability: float
@@ -323,7 +325,9 @@ class ReviewCandidate(_message.Message):
     model_version: str
     origin: str
     score: float
-    def __init__(self, candidate_id: _Optional[str] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., probability: _Optional[float] = ..., label: _Optional[_Union[LabelState, str]] = ..., labeled_by: _Optional[str] = ..., conflict: _Optional[bool] = ..., model_version: _Optional[str] = ..., origin: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+    entropy: float
+    diversity: float
+    def __init__(self, candidate_id: _Optional[str] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., probability: _Optional[float] = ..., label: _Optional[_Union[LabelState, str]] = ..., labeled_by: _Optional[str] = ..., conflict: _Optional[bool] = ..., model_version: _Optional[str] = ..., origin: _Optional[str] = ..., score: _Optional[float] = ..., entropy: _Optional[float] = ..., diversity: _Optional[float] = ...) -> None: ...
 
 class ReviewImage(_message.Message):
     __slots__ = ("request_id", "png", "width", "height", "frame_index", "model_version", "recipe", "candidates")
