@@ -40,7 +40,7 @@ RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
 USER 10001
 EXPOSE 50051 9464
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-m", "service.healthcheck"]
+    CMD ["python", "-m", "service.rpc.healthcheck"]
 ENTRYPOINT ["cad-server"]
 
 # ---------------------------------------------------------------- serving image (CUDA)

@@ -26,7 +26,7 @@ def server_process(
     """A real server on a free port with ``env`` (``CAD_*`` settings); yields (process, address)
     once its health check says SERVING. Killed on exit. ``log_lines`` collects its log."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.server", "--port", "0", "--metrics-port", "-1"],
+        [sys.executable, "-m", "service.rpc.server", "--port", "0", "--metrics-port", "-1"],
         cwd=ROOT,
         env={**os.environ, **env},
         stderr=subprocess.PIPE,

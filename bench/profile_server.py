@@ -70,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from service import inference
-    from service.batcher import DynamicBatcher
-    from service.model import LoadedModel
-    from service.server import ServerThread
+    from service.models.batcher import DynamicBatcher
+    from service.models.model import LoadedModel
+    from service.rpc.server import ServerThread
     from service.settings import ServerSettings
 
     inference.decode_image = timed("decode", inference.decode_image)

@@ -24,7 +24,7 @@ def _require_torch(command: str) -> None:
 
 def _model_init(args: argparse.Namespace) -> int:
     _require_torch("model init")
-    from service.server import configure_logging
+    from service.rpc.server import configure_logging
     from trainer.bootstrap import RegistryNotEmpty, init_model
     from trainer.settings import TrainerSettings
     from trainer.weights import WeightsUnavailable
@@ -109,7 +109,7 @@ def _trainer_settings(args: argparse.Namespace, **extra: object) -> object:
 
 def _train_round(args: argparse.Namespace) -> int:
     _require_torch("train round")
-    from service.server import configure_logging
+    from service.rpc.server import configure_logging
     from trainer.round import run_round
 
     configure_logging(args.log_level)
@@ -120,7 +120,7 @@ def _train_round(args: argparse.Namespace) -> int:
 
 def _train_watch(args: argparse.Namespace) -> int:
     _require_torch("train watch")
-    from service.server import configure_logging
+    from service.rpc.server import configure_logging
     from trainer.watch import watch
 
     configure_logging(args.log_level)
@@ -129,7 +129,7 @@ def _train_watch(args: argparse.Namespace) -> int:
 
 
 def _registry(args: argparse.Namespace) -> object:
-    from service.registry import ModelRegistry
+    from service.models.registry import ModelRegistry
     from service.settings import ServerSettings
 
     s = ServerSettings()
@@ -139,7 +139,7 @@ def _registry(args: argparse.Namespace) -> object:
 
 
 def _model_quantize(args: argparse.Namespace) -> int:
-    from service.server import configure_logging
+    from service.rpc.server import configure_logging
     from trainer.quantize import quantize_from_store
 
     configure_logging(args.log_level)
@@ -206,7 +206,7 @@ def _audit(args: argparse.Namespace, action: str, target: str, detail: dict[str,
             file=sys.stderr,
         )
         return
-    from service.store import open_store
+    from service.labels.store import open_store
 
     store = open_store(url)
     try:
@@ -217,7 +217,7 @@ def _audit(args: argparse.Namespace, action: str, target: str, detail: dict[str,
 
 def _model_rollback(args: argparse.Namespace) -> int:
     from service.errors import ModelRejected
-    from service.model import SessionOptions, load_model
+    from service.models.model import SessionOptions, load_model
 
     registry = _registry(args)
     previous = registry.pinned()  # type: ignore[attr-defined]
@@ -280,7 +280,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
 
 def _experiment(args: argparse.Namespace) -> int:
     _require_torch("experiment")
-    from service.server import configure_logging
+    from service.rpc.server import configure_logging
     from trainer.cvc import DEFAULT_ROOT
     from trainer.experiment import PRESETS, Experiment, Split, run_all
     from trainer.report import write_report
@@ -446,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:
-        from service.server import main as serve_main
+        from service.rpc.server import main as serve_main
 
         return serve_main(argv[1:])
     args = build_parser().parse_args(argv)

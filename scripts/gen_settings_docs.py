@@ -25,7 +25,7 @@ END = "<!-- settings:end -->"
 
 def _classes() -> list[tuple[str, Any]]:
     sys.path.insert(0, str(ROOT))
-    from service.healthcheck import HealthcheckSettings
+    from service.rpc.healthcheck import HealthcheckSettings
     from service.settings import ServerSettings
     from trainer.settings import TrainerSettings
 

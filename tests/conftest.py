@@ -14,7 +14,7 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
 from service.api.cad.v1 import cad_pb2_grpc
-from service.server import ServerThread
+from service.rpc.server import ServerThread
 from service.settings import ServerSettings
 from tests.helpers import publish_tiny
 from tests.pg import TempPostgres

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from cadcli.demo import sample_dicom as dicom_path
-from service.registry import MODEL_FILE, ModelRegistry, VersionInfo
+from service.models.registry import MODEL_FILE, ModelRegistry, VersionInfo
 
 
 def dicom_bytes(name: str) -> bytes:

@@ -18,8 +18,8 @@ from service.aift import Box, parse_recipe
 from service.aift.patches import extract_many
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.imaging import Window, decode_dicom
-from service.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry, sha256_file
-from service.server import ServerThread
+from service.models.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry, sha256_file
+from service.rpc.server import ServerThread
 from tests.conftest import make_settings
 from tests.helpers import dicom_bytes
 from trainer.bootstrap import RegistryNotEmpty, init_model

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.server import ServerThread
+from service.rpc.server import ServerThread
 from tests import conftest
 from tests.helpers import dicom_bytes, dicom_path
 

@@ -13,12 +13,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.batcher import BatchingConfig, DynamicBatcher
 from service.errors import DeadlineExceeded, LimitExceeded
 from service.metrics import ServiceMetrics
-from service.model import LoadedModel, SessionOptions, load_model
-from service.registry import ModelRegistry
-from service.server import ServerThread
+from service.models.batcher import BatchingConfig, DynamicBatcher
+from service.models.model import LoadedModel, SessionOptions, load_model
+from service.models.registry import ModelRegistry
+from service.rpc.server import ServerThread
 from tests.conftest import make_settings
 from tests.helpers import block_model_runs, publish_tiny
 

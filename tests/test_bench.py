@@ -18,8 +18,8 @@ from bench.serving import (
     render,
     video,
 )
-from service.registry import ModelRegistry
-from service.server import ServerThread
+from service.models.registry import ModelRegistry
+from service.rpc.server import ServerThread
 from tests.conftest import make_settings
 
 

@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.healthcheck import HealthcheckSettings
-from service.server import ServerThread
+from service.rpc.healthcheck import HealthcheckSettings
+from service.rpc.server import ServerThread
 from service.settings import ServerSettings
 from tests.conftest import make_settings
 from trainer.settings import TrainerSettings
@@ -214,7 +214,9 @@ def test_dockerfile_has_the_four_targets_and_a_safe_serving_image() -> None:
     }
     assert {"build", "server", "server-gpu", "trainer", "trainer-gpu"} <= stages
     server = text.split("AS server\n", 1)[1].split("\nFROM ", 1)[0]
-    assert "USER 10001" in server and "HEALTHCHECK" in server and "service.healthcheck" in server
+    assert (
+        "USER 10001" in server and "HEALTHCHECK" in server and "service.rpc.healthcheck" in server
+    )
     assert "find_spec('torch') is None" in server and "torch==" not in server
     trainer = text.split("AS trainer\n", 1)[1].split("\nFROM ", 1)[0]
     assert "torch==2.14.1" in trainer and "USER 10001" in trainer
@@ -256,7 +258,11 @@ def test_kubernetes_manifests() -> None:
     assert server["replicas"] >= 2
     container = server["template"]["spec"]["containers"][0]
     for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["exec"]["command"][:3] == ["python", "-m", "service.healthcheck"]
+        assert container[probe]["exec"]["command"][:3] == [
+            "python",
+            "-m",
+            "service.rpc.healthcheck",
+        ]
     assert server["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
     trainer = deployments["cad-trainer"]["spec"]
     assert trainer["replicas"] == 1

@@ -9,7 +9,7 @@ import grpc
 
 from bench.launch import server_process
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.store import open_store
+from service.labels.store import open_store
 from tests.helpers import publish_tiny
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.store import open_store
+from service.labels.store import open_store
 from trainer.cvc import DEFAULT_ROOT, field_of_view, generate, iou, load_frames
 
 pytestmark = pytest.mark.slow
@@ -69,7 +69,7 @@ def test_tiny_experiment_runs_resumes_and_reports(tmp_path: Path) -> None:
             store.close()
 
     assert labeled("random") == labeled("scratch")  # scratch trains on IFT Random's labeled sets
-    from service.registry import ModelRegistry
+    from service.models.registry import ModelRegistry
 
     scratch = ModelRegistry(tmp_path / "runs" / "scratch-s0" / "registry", "cad")
     assert scratch.get(scratch.latest()).manifest["training"]["round"] == "scratch"

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.server import ServerThread
+from service.rpc.server import ServerThread
 from tests.conftest import Stubs, limited_server
 from tests.helpers import dicom_bytes, with_raw
 

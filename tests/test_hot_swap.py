@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.registry import MODEL_FILE, ModelRegistry
-from service.server import ServerThread
+from service.models.registry import MODEL_FILE, ModelRegistry
+from service.rpc.server import ServerThread
 from tests.conftest import make_settings
 from tests.helpers import block_model_runs, publish_tiny
 

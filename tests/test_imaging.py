@@ -157,7 +157,7 @@ def test_rgb_png_upload_is_kept_for_the_archive_without_its_metadata(tmp_path) -
     the text/time/EXIF chunks that could carry patient data are gone, the pixels are the same."""
     from PIL import PngImagePlugin
 
-    from service.archive import ImageArchive
+    from service.labels.archive import ImageArchive
 
     rgb = np.random.default_rng(2).integers(0, 256, (24, 40, 3), dtype=np.uint8)
     info = PngImagePlugin.PngInfo()

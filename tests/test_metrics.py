@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.server import ServerThread
+from service.rpc.server import ServerThread
 from tests.helpers import dicom_bytes
 
 

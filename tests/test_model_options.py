@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.model import SessionOptions, batch_buckets, load_model
-from service.registry import ModelRegistry
+from service.models.model import SessionOptions, batch_buckets, load_model
+from service.models.registry import ModelRegistry
 from tests.helpers import publish_tiny
 
 
@@ -115,7 +115,7 @@ def test_bad_options_are_named() -> None:
 
 
 def test_the_cpu_memory_arena_setting_reaches_the_session(info) -> None:
-    from service.model import _session_options
+    from service.models.model import _session_options
     from service.settings import ServerSettings
 
     assert _session_options(SessionOptions(), "all").enable_cpu_mem_arena is True

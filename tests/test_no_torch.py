@@ -46,7 +46,7 @@ def test_server_runs_with_torch_made_unimportable(tmp_path: Path) -> None:
         sys.meta_path.insert(0, Block())
         import grpc
         from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-        from service.server import ServerThread
+        from service.rpc.server import ServerThread
         from service.settings import ServerSettings
 
         settings = ServerSettings(registry_root={str(root)!r}, host="127.0.0.1", port=0,

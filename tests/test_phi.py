@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.server import ServerThread
+from service.rpc.server import ServerThread
 from tests.conftest import make_settings
 from tests.helpers import dicom_path
 

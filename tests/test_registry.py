@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from service.inference import ModelManager
 from service.metrics import ServiceMetrics
-from service.model import SessionOptions
-from service.registry import MODEL_FILE, ModelRegistry, sha256_file
+from service.models.inference import ModelManager
+from service.models.model import SessionOptions
+from service.models.registry import MODEL_FILE, ModelRegistry, sha256_file
 from tests.helpers import make_tiny_onnx, publish_tiny
 
 
@@ -97,7 +97,7 @@ def test_newest_good_version_is_chosen_when_the_latest_is_broken(tmp_path: Path)
 def test_listeners_hear_every_swap_refusal_pin_and_unpin_even_when_one_fails(
     tmp_path: Path,
 ) -> None:
-    from service.lifecycle import ModelListener
+    from service.models.lifecycle import ModelListener
 
     heard: list[tuple] = []
 

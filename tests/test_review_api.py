@@ -12,7 +12,7 @@ from service.aift import Box, parse_recipe
 from service.aift.patches import extract_many
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.imaging import Window, decode_dicom
-from service.server import ServerThread
+from service.rpc.server import ServerThread
 from tests.helpers import dicom_bytes
 
 

@@ -12,11 +12,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service.aift import Box, aift_scores
-from service.archive import ImageArchive, prune
 from service.errors import AlreadyExists, InvalidInput, NotFound
+from service.labels.archive import ImageArchive, prune
+from service.labels.review import ReviewService
+from service.labels.store import CandidateRecord, ImageRecord, SqlLabelStore, open_store
 from service.metrics import ServiceMetrics
-from service.review import ReviewService
-from service.store import CandidateRecord, ImageRecord, SqlLabelStore, open_store
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def add_image(
 
 
 def test_migrations_are_numbered_and_idempotent(store: SqlLabelStore) -> None:
-    from service.store.migrations import MIGRATIONS
+    from service.labels.store.migrations import MIGRATIONS
 
     assert [m[0] for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
     assert store.schema_version() == len(MIGRATIONS) >= 3  # 3: audit_events
@@ -309,16 +309,16 @@ def test_queue_with_custom_parameters_and_acft_sampling(
 @pytest.fixture
 def fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Every path the archive fsyncs, in order."""
-    import service.archive
+    import service.labels.archive
 
     calls: list[Path] = []
-    real = service.archive.fsync_path
+    real = service.labels.archive.fsync_path
 
     def recording(path: Path) -> None:
         real(path)
         calls.append(Path(path))
 
-    monkeypatch.setattr(service.archive, "fsync_path", recording)
+    monkeypatch.setattr(service.labels.archive, "fsync_path", recording)
     return calls
 
 
@@ -344,10 +344,10 @@ def test_background_archive_fsyncs_in_batches_and_on_close(
 def test_background_syncer_fsyncs_without_being_asked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import service.archive
+    import service.labels.archive
 
     done = threading.Event()
-    real = service.archive.fsync_path
+    real = service.labels.archive.fsync_path
     archive = ImageArchive(tmp_path / "archive", fsync="background", sync_interval_s=0.01)
     sha, _ = archive.put(np.zeros((8, 8, 3), dtype=np.uint8))
 
@@ -356,7 +356,7 @@ def test_background_syncer_fsyncs_without_being_asked(
         if Path(path) == archive.path(sha).parent:
             done.set()
 
-    monkeypatch.setattr(service.archive, "fsync_path", recording)
+    monkeypatch.setattr(service.labels.archive, "fsync_path", recording)
     archive.put(np.ones((8, 8, 3), dtype=np.uint8))  # wakes the syncer
     assert done.wait(30) and archive.pending == 0
     archive.close()

@@ -13,9 +13,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.auth import TokenTable, token_sha256
-from service.server import ServerThread
-from service.store import open_store
+from service.labels.store import open_store
+from service.rpc.auth import TokenTable, token_sha256
+from service.rpc.server import ServerThread
 from tests.conftest import make_settings
 from tests.helpers import publish_tiny
 from tests.tls import Pki, make_pki
@@ -348,7 +348,7 @@ def test_tls_on_the_grpc_port(registry_root: Path, pki: Pki) -> None:
 def test_mutual_tls_requires_a_client_certificate(
     registry_root: Path, pki: Pki, tmp_path: Path
 ) -> None:
-    from service.healthcheck import main as healthcheck
+    from service.rpc.healthcheck import main as healthcheck
 
     settings = make_settings(
         registry_root,
@@ -438,7 +438,7 @@ def test_cli_rollback_refuses_a_version_servers_would_refuse(
     """The same load check as the PinVersion RPC: a version whose model file no longer matches
     its manifest's checksum is not pinned, and nothing is audited."""
     from cadcli.main import main as cad
-    from service.registry import MODEL_FILE, ModelRegistry
+    from service.models.registry import MODEL_FILE, ModelRegistry
 
     info = publish_tiny(registry_root, tmp_path / "b")
     (info.path / MODEL_FILE).write_bytes(b"not an onnx model")

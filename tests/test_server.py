@@ -19,8 +19,8 @@ from service.aift import Box, candidate_stats, parse_recipe
 from service.aift.patches import extract_many
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.imaging import Window, decode_dicom
-from service.registry import ModelRegistry
-from service.server import ServerThread
+from service.models.registry import ModelRegistry
+from service.rpc.server import ServerThread
 from tests.conftest import make_settings
 from tests.helpers import block_model_runs, dicom_bytes, publish_tiny
 
@@ -274,7 +274,7 @@ def test_patches_run_in_batches_of_at_most_batch_size(registry_root: Path) -> No
 
 
 def test_healthcheck_command_exit_codes(server: ServerThread, tmp_path: Path) -> None:
-    from service.healthcheck import main as healthcheck
+    from service.rpc.healthcheck import main as healthcheck
 
     assert healthcheck(["--address", server.address]) == 0
     with ServerThread(make_settings(tmp_path / "empty")) as idle:
@@ -301,7 +301,7 @@ def test_the_server_process_freezes_its_start_up_objects_out_of_full_collections
     }
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.server", "--port", "0", "--metrics-port", "-1"],
+        [sys.executable, "-m", "service.rpc.server", "--port", "0", "--metrics-port", "-1"],
         cwd=root,
         env=env,
         stderr=subprocess.PIPE,

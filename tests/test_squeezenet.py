@@ -17,11 +17,11 @@ import torch
 
 from service.aift import Box, extract_patches, parse_recipe
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.archive import ImageArchive
 from service.imaging import decode_dicom
-from service.registry import WEIGHTS_FILE, ModelRegistry
-from service.server import ServerThread
-from service.store import open_store
+from service.labels.archive import ImageArchive
+from service.labels.store import open_store
+from service.models.registry import WEIGHTS_FILE, ModelRegistry
+from service.rpc.server import ServerThread
 from tests.conftest import make_settings
 from tests.helpers import dicom_bytes
 from trainer.data import PatchSource, labeled_examples, unlabeled_examples

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.registry import WEIGHTS_FILE, ModelRegistry
-from service.server import ServerThread
-from service.store import open_store
+from service.labels.store import open_store
+from service.models.registry import WEIGHTS_FILE, ModelRegistry
+from service.rpc.server import ServerThread
 from tests.conftest import make_settings
 from tests.helpers import dicom_bytes
 from trainer.bootstrap import init_model
@@ -193,7 +193,7 @@ def test_round_without_rescore_leaves_the_pool_scores_alone(world: World) -> Non
 
 
 def test_decoded_image_cache_returns_the_archived_pixels(world: World, tmp_path: Path) -> None:
-    from service.archive import ImageArchive
+    from service.labels.archive import ImageArchive
     from trainer.data import cached_image, labeled_examples
 
     store = open_store(world.store_url)
@@ -364,7 +364,8 @@ def test_fine_tuning_is_seeded_and_reproducible(world: World) -> None:
     examples = labeled_examples(store)[:8]
     store.close()
     source = PatchSource(
-        __import__("service.archive", fromlist=["ImageArchive"]).ImageArchive(world.archive), 64
+        __import__("service.labels.archive", fromlist=["ImageArchive"]).ImageArchive(world.archive),
+        64,
     )
     states = []
     for _ in range(2):

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.aift import Box, Recipe, extract_patches, parse_recipe
-from service.archive import ImageArchive
-from service.store import SqlLabelStore
+from service.labels.archive import ImageArchive
+from service.labels.store import SqlLabelStore
 
 
 @dataclass(frozen=True)

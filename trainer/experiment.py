@@ -38,15 +38,21 @@ from prometheus_client import CollectorRegistry
 from tqdm import tqdm
 
 from service.aift import VARIANTS, Box, candidate_probability, degenerate_variants, parse_recipe
-from service.archive import ImageArchive
 from service.imaging import ImageLimits, decode_encoded
-from service.inference import CandidateInput, Classifier, ClassifyInput, EncodedImage, ModelManager
-from service.lifecycle import MemoryTrimListener
+from service.labels.archive import ImageArchive
+from service.labels.review import MAX_QUEUE_LIMIT, Recorder, ReviewService
+from service.labels.store import open_store
 from service.metrics import ServiceMetrics
-from service.model import SessionOptions
-from service.registry import ModelRegistry
-from service.review import MAX_QUEUE_LIMIT, Recorder, ReviewService
-from service.store import open_store
+from service.models.inference import (
+    CandidateInput,
+    Classifier,
+    ClassifyInput,
+    EncodedImage,
+    ModelManager,
+)
+from service.models.lifecycle import MemoryTrimListener
+from service.models.model import SessionOptions
+from service.models.registry import ModelRegistry
 from trainer.bootstrap import init_model
 from trainer.cvc import DEFAULT_ROOT, GeneratedCandidate, generate, generate_pool, load_frames
 from trainer.data import Example, PatchSource

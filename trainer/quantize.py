@@ -13,8 +13,8 @@ import numpy as np
 import numpy.typing as npt
 
 from service.aift import candidate_probability
-from service.model import SessionOptions, load_model
-from service.registry import MODEL_FILE, ModelRegistry, VersionInfo, sha256_file
+from service.models.model import SessionOptions, load_model
+from service.models.registry import MODEL_FILE, ModelRegistry, VersionInfo, sha256_file
 from trainer.evaluate import roc_auc
 from trainer.settings import TrainerSettings
 
@@ -156,8 +156,8 @@ def quantize_from_store(
     from tqdm import tqdm
 
     from service.aift import parse_recipe
-    from service.archive import ImageArchive
-    from service.store import open_store
+    from service.labels.archive import ImageArchive
+    from service.labels.store import open_store
     from trainer.data import PatchSource, labeled_examples
 
     registry = ModelRegistry(settings.registry_root, settings.model_name)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from service.registry import ModelRegistry
+from service.models.registry import ModelRegistry
 
 TARGET_SHARE = 0.95
 RANDOM, FULL = "random", "full"

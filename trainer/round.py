@@ -24,10 +24,10 @@ import torch
 from tqdm import tqdm
 
 from service.aift import candidate_probability, candidate_stats
-from service.archive import ImageArchive
-from service.model import SessionOptions, load_model
-from service.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry, VersionInfo, utc_now
-from service.store import SqlLabelStore, open_store
+from service.labels.archive import ImageArchive
+from service.labels.store import SqlLabelStore, open_store
+from service.models.model import SessionOptions, load_model
+from service.models.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry, VersionInfo, utc_now
 from trainer.data import (
     Example,
     PatchSource,

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from service.registry import ModelRegistry
-from service.store import open_store
+from service.labels.store import open_store
+from service.models.registry import ModelRegistry
 from trainer.data import ids_hash_of, labeled_examples
 from trainer.round import ROUNDS_FILE, RoundReport, run_round
 from trainer.settings import TrainerSettings

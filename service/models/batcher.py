@@ -30,7 +30,7 @@ import numpy.typing as npt
 
 from service.errors import DeadlineExceeded, LimitExceeded, ModelUnavailable
 from service.metrics import ServiceMetrics
-from service.model import LoadedModel
+from service.models.model import LoadedModel
 
 log = logging.getLogger(__name__)
 

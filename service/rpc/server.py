@@ -18,20 +18,20 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.archive import ImageArchive, PruneReport, prune
-from service.auth import AccessPolicy, TokenTable
-from service.batcher import BatchingConfig, DynamicBatcher
 from service.imaging import ImageLimits
-from service.inference import Classifier, ModelManager
-from service.interceptors import ErrorAndMetricsInterceptor
-from service.lifecycle import AuditListener, CallbackListener, MemoryTrimListener
+from service.labels.archive import ImageArchive, PruneReport, prune
+from service.labels.review import Recorder, ReviewService, UidHasher
+from service.labels.store import open_store
 from service.metrics import ServiceMetrics
-from service.model import SessionOptions, select_providers
-from service.registry import ModelRegistry
-from service.review import Recorder, ReviewService, UidHasher
-from service.servicers import CadInferenceServicer, CadReviewServicer, ModelAdminServicer
+from service.models.batcher import BatchingConfig, DynamicBatcher
+from service.models.inference import Classifier, ModelManager
+from service.models.lifecycle import AuditListener, CallbackListener, MemoryTrimListener
+from service.models.model import SessionOptions, select_providers
+from service.models.registry import ModelRegistry
+from service.rpc.auth import AccessPolicy, TokenTable
+from service.rpc.interceptors import ErrorAndMetricsInterceptor
+from service.rpc.servicers import CadInferenceServicer, CadReviewServicer, ModelAdminServicer
 from service.settings import ServerSettings
-from service.store import open_store
 
 log = logging.getLogger(__name__)
 

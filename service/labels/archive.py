@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.durable import fsync_path, write_atomic
-from service.store.sql import SqlLabelStore
+from service.labels.store.sql import SqlLabelStore
 
 log = logging.getLogger(__name__)
 

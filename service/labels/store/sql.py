@@ -21,9 +21,8 @@ from typing import Any
 import numpy as np
 
 from service.errors import AlreadyExists, NotFound
-from service.registry import utc_now
-from service.store.migrations import MIGRATIONS
-from service.store.records import (
+from service.labels.store.migrations import MIGRATIONS
+from service.labels.store.records import (
     AuditEvent,
     CandidateRecord,
     ImageCandidate,
@@ -33,6 +32,7 @@ from service.store.records import (
     QueueEntry,
     Receipt,
 )
+from service.models.registry import utc_now
 from service.validation import quote
 
 log = logging.getLogger(__name__)

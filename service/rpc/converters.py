@@ -10,7 +10,9 @@ from service.aift import Box
 from service.api.cad.v1 import cad_pb2
 from service.errors import InvalidInput
 from service.imaging import Window
-from service.inference import (
+from service.labels.review import QueueResult, ReviewImage
+from service.labels.store.records import AuditEvent, LabeledCandidate, Receipt
+from service.models.inference import (
     CandidateInput,
     ClassifyInput,
     ClassifyOutcome,
@@ -19,10 +21,8 @@ from service.inference import (
     ImageInput,
     RawPixels,
 )
-from service.model import LoadedModel
-from service.registry import VersionInfo
-from service.review import QueueResult, ReviewImage
-from service.store.records import AuditEvent, LabeledCandidate, Receipt
+from service.models.model import LoadedModel
+from service.models.registry import VersionInfo
 
 _BYTES_PER_SAMPLE = {cad_pb2.RawImage.UINT8: 1, cad_pb2.RawImage.UINT16: 2}
 

@@ -1,4 +1,4 @@
-"""``python -m service.healthcheck``: exit 0 if the server's gRPC health says SERVING.
+"""``python -m service.rpc.healthcheck``: exit 0 if the server's gRPC health says SERVING.
 
 Used by the container HEALTHCHECK and usable as a Kubernetes exec probe.
 """

@@ -12,7 +12,6 @@ from typing import Any
 
 import grpc
 
-from service.auth import AccessPolicy, PermissionDenied, Unauthenticated, current_identity
 from service.errors import (
     AlreadyExists,
     CadError,
@@ -24,6 +23,7 @@ from service.errors import (
     NotFound,
 )
 from service.metrics import ServiceMetrics
+from service.rpc.auth import AccessPolicy, PermissionDenied, Unauthenticated, current_identity
 from service.validation import MAX_STATUS_CHARS
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class _Call:
 
 
 class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Authorises every call (bearer token and role, see :mod:`service.auth`), maps
+    """Authorises every call (bearer token and role, see :mod:`service.rpc.auth`), maps
     :class:`CadError` subclasses to status codes and records every call's outcome."""
 
     def __init__(self, metrics: ServiceMetrics, policy: AccessPolicy | None = None) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.errors import ModelRejected
-from service.registry import VersionInfo, sha256_file
+from service.models.registry import VersionInfo, sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -10,15 +10,16 @@ from typing import Any, TypeVar
 
 import grpc
 
-from service import converters, validation
+from service import validation
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.auth import PermissionDenied, current_identity
 from service.errors import InvalidInput, LimitExceeded, NotFound
-from service.inference import Classifier, ClassifyOutcome
+from service.labels.review import ReviewService
+from service.labels.store.records import AuditEvent
 from service.metrics import ServiceMetrics
-from service.registry import VersionInfo
-from service.review import ReviewService
-from service.store.records import AuditEvent
+from service.models.inference import Classifier, ClassifyOutcome
+from service.models.registry import VersionInfo
+from service.rpc import converters
+from service.rpc.auth import PermissionDenied, current_identity
 
 T = TypeVar("T")
 

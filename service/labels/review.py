@@ -14,11 +14,9 @@ import numpy as np
 
 from service.aift import VARIANTS, Box, Variant, aift_scores
 from service.aift.scoring import DEFAULT_VARIANT, select_for_labeling
-from service.archive import ImageArchive
 from service.errors import InvalidInput, NotFound
-from service.inference import ClassifyOutcome
-from service.metrics import ServiceMetrics
-from service.store.records import (
+from service.labels.archive import ImageArchive
+from service.labels.store.records import (
     CandidateRecord,
     ImageCandidate,
     ImageRecord,
@@ -26,7 +24,9 @@ from service.store.records import (
     QueueEntry,
     Receipt,
 )
-from service.store.sql import SqlLabelStore
+from service.labels.store.sql import SqlLabelStore
+from service.metrics import ServiceMetrics
+from service.models.inference import ClassifyOutcome
 from service.validation import quote
 
 VERDICT_LABELS = {"TRUE_POSITIVE": 1, "FALSE_POSITIVE": 0}

@@ -1,11 +1,11 @@
 """Durable label store: candidates, archived-image references and append-only label events.
 
-One interface (:class:`~service.store.sql.SqlLabelStore`), two backends chosen
+One interface (:class:`~service.labels.store.sql.SqlLabelStore`), two backends chosen
 by URL: ``sqlite:///path/labels.sqlite3`` (embedded default, WAL) and
 ``postgresql://...`` (several server replicas sharing labels).
 """
 
-from service.store.records import (
+from service.labels.store.records import (
     AuditEvent,
     CandidateRecord,
     ImageRecord,
@@ -14,7 +14,7 @@ from service.store.records import (
     QueueEntry,
     Receipt,
 )
-from service.store.sql import SqlLabelStore, open_store
+from service.labels.store.sql import SqlLabelStore, open_store
 
 __all__ = [
     "AuditEvent",

@@ -18,7 +18,6 @@ import numpy as np
 
 from service.aift import Box, candidate_stats, parse_recipe, validate_box
 from service.aift.patches import PatchBuffers, extract_many
-from service.batcher import DynamicBatcher
 from service.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -35,10 +34,11 @@ from service.imaging import (
     decode_encoded,
     decode_raw,
 )
-from service.lifecycle import MetricsListener, ModelListener, announce
 from service.metrics import ServiceMetrics
-from service.model import LoadedModel, SessionOptions, load_model
-from service.registry import ModelRegistry, VersionInfo
+from service.models.batcher import DynamicBatcher
+from service.models.lifecycle import MetricsListener, ModelListener, announce
+from service.models.model import LoadedModel, SessionOptions, load_model
+from service.models.registry import ModelRegistry, VersionInfo
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class ModelManager:
             *([MetricsListener(metrics)] if metrics is not None else []),
             *listeners,
         ]
-        """Told of every swap, refusal, pin and unpin, in order (see :mod:`service.lifecycle`)."""
+        """Told of every swap, refusal, pin and unpin, in order (see :mod:`service.models.lifecycle`)."""
         self.current: LoadedModel | None = None
         self.refused: dict[int, str] = {}
         self._lock = threading.Lock()

@@ -1,4 +1,4 @@
-"""What happens around a model swap, as listeners of :class:`service.inference.ModelManager`.
+"""What happens around a model swap, as listeners of :class:`service.models.inference.ModelManager`.
 
 The manager only loads, checks, swaps and pins; everything that reacts to that (metrics, the
 audit trail, health, memory trimming) is a listener registered at start-up, the way MLServer's
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from service.metrics import ServiceMetrics
-from service.model import LoadedModel, release_memory
+from service.models.model import LoadedModel, release_memory
 
 log = logging.getLogger(__name__)
 

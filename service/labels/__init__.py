@@ -1,0 +1,1 @@
+"""Labels: the label store (SQLite/PostgreSQL), the review service and the image archive."""

@@ -1,0 +1,1 @@
+"""The transport: the gRPC server, servicers, protobuf converters, the interceptor, authorisation and the container health probe."""
