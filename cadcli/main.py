@@ -197,9 +197,9 @@ def _cli_actor(args: argparse.Namespace) -> str:
 
 def _audit(args: argparse.Namespace, action: str, target: str, detail: dict[str, object]) -> None:
     """Record a CLI registry change in the label store's audit trail (CAD_STORE_URL / --store-url)."""
-    import os
+    from cadcli.settings import CliSettings
 
-    url = getattr(args, "store_url", None) or os.environ.get("CAD_STORE_URL")
+    url = getattr(args, "store_url", None) or CliSettings().store_url
     if not url:
         print(
             "note: no --store-url / CAD_STORE_URL, so this change is not in the audit trail",

@@ -344,3 +344,17 @@ def test_enum_like_settings_fail_at_start_with_the_allowed_values() -> None:
     # The literal types name exactly what the code implements.
     assert set(typing.get_args(TrainerSettings.model_fields["preset"].annotation)) == set(PRESETS)
     assert typing.get_args(TrainerSettings.model_fields["architecture"].annotation) == ARCHITECTURES
+
+
+def test_no_module_reads_a_cad_variable_behind_the_settings_classes_back() -> None:
+    import re
+
+    direct = re.compile(r"(environ(\.get)?\(|getenv\(|environ\[)\s*[\"']CAD_")
+    offenders = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for package in ("service", "trainer", "cadcli")
+        for path in (ROOT / package).rglob("*.py")
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if direct.search(line)
+    ]
+    assert offenders == []  # every CAD_* variable is a field of a settings class (documented)
