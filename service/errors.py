@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+INTERRUPTS = (KeyboardInterrupt, SystemExit)
+"""Exceptions that stop the process rather than fail one request: never turned into a status."""
+
 
 class CadError(Exception):
     """Base class of every error the domain raises on purpose."""

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.errors import CadError, InvalidInput, LimitExceeded, UnsupportedImage
+from service.errors import INTERRUPTS, CadError, InvalidInput, LimitExceeded, UnsupportedImage
 from service.validation import MAX_WINDOW, quote
 
 RGB8 = npt.NDArray[np.uint8]
@@ -139,7 +139,7 @@ def _color_to_8bit(rgb: npt.NDArray[np.number], bits: int) -> RGB8:
 
 def _dataset_window(ds: object) -> Window | None:
     """The dataset's first VOI window, or None when it has none or its width is not positive
-    (the header values were checked by :func:`_check_header_numbers`)."""
+    (the header values were checked by :func:`_check_header`)."""
     center = getattr(ds, "WindowCenter", None)
     width = getattr(ds, "WindowWidth", None)
     if center is None or width is None or center == "" or width == "":
@@ -187,8 +187,6 @@ def scrub(message: str, limit: int = 200) -> str:
     return first_line[:limit]
 
 
-_NOT_INTERRUPTS = (KeyboardInterrupt, SystemExit)
-
 _PHOTOMETRIC_TERMS = frozenset(
     {
         "MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "HSV", "ARGB", "CMYK", "YBR_FULL",
@@ -207,7 +205,7 @@ def _stage(what: str, syntax: str) -> Iterator[None]:
     and name internals no client can act on)."""
     try:
         yield
-    except (CadError, *_NOT_INTERRUPTS):
+    except (CadError, *INTERRUPTS):
         raise
     except BaseException as exc:
         raise InvalidInput(
@@ -349,7 +347,7 @@ def decode_dicom(
         raise InvalidInput(
             "not a DICOM Part 10 file: the 'DICM' prefix and file meta information are missing"
         ) from None
-    except _NOT_INTERRUPTS:
+    except INTERRUPTS:
         raise
     except BaseException as exc:  # pydicom raises many types on damaged files
         raise InvalidInput(

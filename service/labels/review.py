@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import math
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -27,7 +26,7 @@ from service.labels.store.records import (
 from service.labels.store.sql import SqlLabelStore
 from service.metrics import ServiceMetrics
 from service.models.inference import ClassifyOutcome
-from service.validation import quote
+from service.validation import MAX_QUEUE_WEIGHT, box_values, finite, quote
 
 VERDICT_LABELS = {"TRUE_POSITIVE": 1, "FALSE_POSITIVE": 0}
 RANDOM = "random"
@@ -187,9 +186,7 @@ class ReviewService:
         self, request_id: str, box: Box, reviewer: str, key: str, note: str = ""
     ) -> Receipt:
         """Add a positive candidate a reviewer drew on an archived image (a false negative)."""
-        values = (box.x, box.y, box.width, box.height)
-        if not all(math.isfinite(v) for v in values) or box.width <= 0 or box.height <= 0:
-            raise InvalidInput(f"box must be finite with positive width and height, got {values}")
+        values = box_values(box.x, box.y, box.width, box.height)
         reviewer, key = self._common(reviewer, note, key)
         image = self.store.get_image(request_id)
         if (
@@ -246,8 +243,12 @@ class ReviewService:
             raise InvalidInput(
                 f"unknown variant {quote(variant)}; known: {', '.join([*VARIANTS, RANDOM])}"
             )
+        finite(omega, "omega", 0.0, MAX_QUEUE_WEIGHT)
         if omega and omega < 1:
             raise InvalidInput(f"omega must be 0 (off) or >= 1, got {omega}")
+        for k in ("lambda1", "lambda2"):
+            if overrides and k in overrides:
+                finite(overrides[k], k, 0.0, MAX_QUEUE_WEIGHT)
         spec: Variant | str = variant
         if overrides and variant != RANDOM:
             alpha = overrides.get("alpha", VARIANTS[variant].alpha)

@@ -65,7 +65,7 @@ def classify_input(
         image=_image(request),
         frame_index=request.frame_index,
         candidates=candidates,
-        recipe=validation.bounded(request.recipe, "recipe", validation.MAX_RECIPE_CHARS),
+        recipe=request.recipe,  # parse_recipe checks it (length included)
         window=window,
         source_id=validation.bounded(request.source_id, "source_id", validation.MAX_ID_CHARS),
         deadline=deadline,

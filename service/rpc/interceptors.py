@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 
 from service.errors import (
+    INTERRUPTS,
     AlreadyExists,
     CadError,
     DeadlineExceeded,
@@ -28,8 +29,6 @@ from service.validation import MAX_STATUS_CHARS
 
 log = logging.getLogger(__name__)
 
-_PASS_THROUGH = (KeyboardInterrupt, SystemExit)
-"""Exceptions that stop the server rather than fail one call."""
 
 _STATUS: list[tuple[type[CadError], grpc.StatusCode]] = [
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
@@ -146,7 +145,7 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
             except asyncio.CancelledError:
                 call.code = grpc.StatusCode.CANCELLED
                 raise
-            except _PASS_THROUGH:
+            except INTERRUPTS:
                 call.code = grpc.StatusCode.UNKNOWN
                 raise
             except BaseException as exc:
@@ -175,7 +174,7 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
             except (asyncio.CancelledError, GeneratorExit):
                 call.code = grpc.StatusCode.CANCELLED  # the client went away mid-stream
                 raise
-            except _PASS_THROUGH:
+            except INTERRUPTS:
                 call.code = grpc.StatusCode.UNKNOWN
                 raise
             except BaseException as exc:

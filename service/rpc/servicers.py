@@ -259,17 +259,12 @@ class CadReviewServicer(cad_pb2_grpc.CadReviewServicer):
         overrides = {
             k: getattr(request, k) for k in ("alpha", "lambda1", "lambda2") if request.HasField(k)
         }
-        for k in ("lambda1", "lambda2"):
-            if k in overrides:
-                validation.finite(overrides[k], k, 0.0, validation.MAX_QUEUE_WEIGHT)
-        if "alpha" in overrides:
-            validation.finite(overrides["alpha"], "alpha", 0.0, 1.0)
         result = await self._run(
             self.review.annotation_queue,
             request.limit,
             validation.bounded(request.variant, "variant", validation.MAX_VARIANT_CHARS),
             request.seed,
-            validation.finite(request.omega, "omega", 0.0, validation.MAX_QUEUE_WEIGHT),
+            request.omega,
             overrides,
         )
         return converters.queue_response(result)
