@@ -207,12 +207,12 @@ def torch_eager(info: Any, batch: int, seconds: float, cuda: bool) -> float:
 
     from trainer.network import CadNet
 
-    net = CadNet(2, int(info.manifest["input_size"]))
+    net = CadNet(2, info.manifest.input_size)
     net.load_state_dict(torch.load(info.path / WEIGHTS_FILE, map_location="cpu", weights_only=True))
     net.eval()
     device = "cuda" if cuda and torch.cuda.is_available() else "cpu"
     net.to(device)
-    size = int(info.manifest["input_size"])
+    size = info.manifest.input_size
     x = torch.from_numpy(
         np.random.default_rng(0).uniform(0, 255, (batch, 3, size, size)).astype(np.float32)
     )
@@ -233,7 +233,7 @@ def model_flops(info: Any) -> float:
 
     from trainer.network import CadNet
 
-    size = int(info.manifest["input_size"])
+    size = info.manifest.input_size
     net = CadNet(2, size).eval()
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         net(torch.zeros(1, 3, size, size))
@@ -405,7 +405,9 @@ def hot_swaps(registry: ModelRegistry, address: str, pid: int, swaps: int) -> di
     shutil.copyfile(info.model_path, source)
     files = {MODEL_FILE: source}
     manifest = {
-        k: v for k, v in info.manifest.items() if k not in ("version", "sha256", "files", "created")
+        k: v
+        for k, v in info.manifest.to_json().items()
+        if k not in ("version", "sha256", "files", "created")
     }
     rss = []
     with grpc.insecure_channel(address) as ch:
@@ -452,7 +454,7 @@ def int8(
     split = json.loads((ROOT / "experiments" / "cvc_split.json").read_text())
     frames = load_frames(CVC)
     recipe = parse_recipe("polyp:4")
-    size = int(registry.get(version).manifest["input_size"])
+    size = registry.get(version).manifest.input_size
 
     def patches_of(sequences: list[int], seed: int, limit: int) -> tuple[np.ndarray, list[int]]:
         cands = generate([f for f in frames if f.sequence in set(sequences)], 1, seed)
@@ -533,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         results["machine"].update(
             onnxruntime=onnxruntime.__version__,
             torch=torch.__version__,
-            pretrained=info.manifest["pretrained"]["source"],
+            pretrained=info.manifest.pretrained.source,
         )
         batch, preferred = MAX_BATCH, PREFERRED_BATCH
         options = SessionOptions(tuple(providers))

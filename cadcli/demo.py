@@ -217,9 +217,10 @@ def run_demo(workdir: str | None = None, log_level: str = "WARNING") -> int:
         print(f"[1/7] bootstrapping the model into {root}")
         t0 = time.perf_counter()
         info = init_model(TrainerSettings(registry_root=root), force=True)
+        parity = info.manifest.export.parity_max_abs_diff if info.manifest.export else float("nan")
         print(
-            f"      version {info.version}, pretrained: {info.manifest['pretrained']['source']}, "
-            f"ONNX/torch max |dp| {info.manifest['export']['parity_max_abs_diff']:.1e} "
+            f"      version {info.version}, pretrained: {info.manifest.pretrained.source}, "
+            f"ONNX/torch max |dp| {parity:.1e} "
             f"({time.perf_counter() - t0:.1f}s)"
         )
 

@@ -57,18 +57,14 @@ def _model_init(args: argparse.Namespace) -> int:
     except (FileNotFoundError, WeightsUnavailable, ValueError) as exc:
         print(f"cad model init: {exc}", file=sys.stderr)
         return 2
-    pre = info.manifest["pretrained"]
+    manifest, pre = info.manifest, info.manifest.pretrained
     print(
-        f"published {info.manifest['name']} version {info.version} ({info.manifest['architecture']}) at {info.path}"
+        f"published {manifest.name} version {info.version} ({manifest.architecture}) at {info.path}"
     )
     print(
-        f"pretrained: {pre['source']}"
-        + (
-            f" ({pre.get('found')}: {pre.get('path')}, {pre.get('licence')})"
-            if pre.get("path")
-            else ""
-        )
-        + f"  sha256: {info.manifest['sha256']}"
+        f"pretrained: {pre.source}"
+        + (f" ({pre.found}: {pre.path}, {pre.licence})" if pre.path else "")
+        + f"  sha256: {manifest.sha256}"
     )
     return 0
 
@@ -166,11 +162,11 @@ def _model_list(args: argparse.Namespace) -> int:
     print(f"{'version':>7}  {'created':<25} {'parent':>6}  {'val AUC':>7}  {'labels':>6}  note")
     for v in registry.versions():  # type: ignore[attr-defined]
         m = registry.get(v).manifest  # type: ignore[attr-defined]
-        auc = (m.get("metrics") or {}).get("val_auc")
+        auc = m.val_auc
         note = ("pinned " if v == pinned else "") + ("newest" if v == latest else "")
         print(
-            f"{v:>7}  {m.get('created', ''):<25} {m.get('parent_version') or '-':>6}  "
-            f"{auc if auc is None else round(auc, 4)!s:>7}  {(m.get('labels') or {}).get('count', 0):>6}  {note}"
+            f"{v:>7}  {m.created:<25} {m.parent_version or '-':>6}  "
+            f"{auc if auc is None else round(auc, 4)!s:>7}  {m.labels.count:>6}  {note}"
         )
     return 0
 
@@ -181,7 +177,8 @@ def _model_show(args: argparse.Namespace) -> int:
     registry = _registry(args)
     version = args.version or registry.target()  # type: ignore[attr-defined]
     try:
-        print(json.dumps(registry.get(int(version)).manifest, indent=2, sort_keys=True))  # type: ignore[attr-defined]
+        manifest = registry.get(int(version)).manifest  # type: ignore[attr-defined]
+        print(json.dumps(manifest.to_json(), indent=2, sort_keys=True))
     except FileNotFoundError:
         print(f"cad model show: no version {version}", file=sys.stderr)
         return 2

@@ -71,6 +71,10 @@ def make_tiny_onnx(
     onnx.save(model, str(path))
 
 
+TINY_MANIFEST = {"input_size": 32, "pretrained": {"source": "test"}}
+"""The fields a test publisher gives (the registry fills in the rest)."""
+
+
 def publish_tiny(
     root: Path,
     tmp: Path,
@@ -83,12 +87,7 @@ def publish_tiny(
     tmp.mkdir(parents=True, exist_ok=True)
     onnx_path = tmp / f"tiny-{np.random.default_rng().integers(1 << 30)}.onnx"
     make_tiny_onnx(onnx_path, size=size, **kwargs)  # type: ignore[arg-type]
-    manifest = {
-        "parent_version": None,
-        "input_size": size,
-        "recipe": recipe,
-        "pretrained": {"source": "test"},
-    }
+    manifest = {"input_size": size, "recipe": recipe, "pretrained": {"source": "test"}}
     return ModelRegistry(root, name).publish({MODEL_FILE: onnx_path}, manifest)
 
 

@@ -44,19 +44,13 @@ def alexnet_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
 def test_manifest_records_everything(alexnet_registry: Path) -> None:
     info = ModelRegistry(alexnet_registry, "cad").get(1)
     m = info.manifest
-    assert m["version"] == 1 and m["parent_version"] is None and m["architecture"] == "alexnet"
-    assert m["pretrained"]["source"] == "random-init"
-    assert (
-        m["input_size"] == 224
-        and m["recipe"] == "polyp"
-        and m["classes"] == ["background", "finding"]
-    )
-    assert m["sha256"] == sha256_file(info.path / MODEL_FILE)
-    assert m["files"][WEIGHTS_FILE] == sha256_file(info.path / WEIGHTS_FILE)
-    assert (
-        m["export"]["parity_max_abs_diff"] <= 1e-4 and m["export"]["fc6_fold"] == 1
-    )  # 6x6 map: as is
-    assert m["created"].endswith("+00:00")
+    assert m.version == 1 and m.parent_version is None and m.architecture == "alexnet"
+    assert m.pretrained.source == "random-init"
+    assert m.input_size == 224 and m.recipe == "polyp" and m.classes == ("background", "finding")
+    assert m.sha256 == sha256_file(info.path / MODEL_FILE)
+    assert m.files[WEIGHTS_FILE] == sha256_file(info.path / WEIGHTS_FILE)
+    assert m.export.parity_max_abs_diff <= 1e-4 and m.export.fc6_fold == 1  # 6x6 map: as is
+    assert m.created.endswith("+00:00")
 
 
 @pytest.mark.parametrize(("size", "fold"), [(64, 36), (100, 9), (128, 4), (224, 1)])

@@ -92,7 +92,7 @@ def test_concurrent_requests_share_one_model_run(models, pool) -> None:
     wait_queued(batcher, 3)
     release.set()
     for fut, x in zip(waiting, inputs, strict=True):
-        np.testing.assert_allclose(fut.result(30), model.predict(x, 64), rtol=1e-6)
+        np.testing.assert_allclose(fut.result(30), model.run(x), rtol=1e-6)
     assert first.result(30).shape == (24, 2)
     # 8 + 8 + 8 = 24 patches (the preferred batch) ran as ONE batch, not three; then the checks above.
     assert sizes.sizes[0] == 24
@@ -108,7 +108,7 @@ def test_a_large_request_is_split_into_max_batch_runs(models) -> None:
     out = batcher.predict(model, x)
     assert sizes.sizes == [32, 32, 32, 4]
     sizes.sizes.clear()
-    np.testing.assert_allclose(out, model.predict(x, 100), rtol=1e-6)
+    np.testing.assert_allclose(out, model.run(x), rtol=1e-6)
     assert metrics.registry.get_sample_value("cad_model_batch_patches_sum") == 100
     batcher.close()
 
@@ -140,9 +140,7 @@ def test_batches_of_several_requests_are_assembled_in_the_runners_own_padded_arr
             wait_queued(batcher, 3)
             release.set()
             for fut, x in zip(waiting, inputs, strict=True):
-                np.testing.assert_allclose(
-                    fut.result(30), reference.predict(x, 64), rtol=1e-5, atol=1e-7
-                )
+                np.testing.assert_allclose(fut.result(30), reference.run(x), rtol=1e-5, atol=1e-7)
             assert first.result(30).shape == (24, 2)
         batcher.close()
         # Runs: the first request, then the three together (30 patches), twice over. Without
@@ -212,9 +210,9 @@ def test_requests_on_different_versions_never_share_a_run(models, pool) -> None:
     release.set()
     got_new, got_old = f_new.result(30), f_old.result(30)
     assert sizes_new.sizes == [6] and sizes_old.sizes == [6]  # two runs of 6, not one of 12
-    np.testing.assert_allclose(got_new, new.predict(x_new, 64), rtol=1e-6)
-    np.testing.assert_allclose(got_old, old.predict(x_old, 64), rtol=1e-6)
-    assert not np.allclose(new.predict(x_old, 64), old.predict(x_old, 64))  # the versions differ
+    np.testing.assert_allclose(got_new, new.run(x_new), rtol=1e-6)
+    np.testing.assert_allclose(got_old, old.run(x_old), rtol=1e-6)
+    assert not np.allclose(new.run(x_old), old.run(x_old))  # the versions differ
     assert blocker.result(30).shape == (64, 2)
     batcher.close()
 

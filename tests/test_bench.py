@@ -138,7 +138,7 @@ def test_fp32_ceiling_counts_the_models_flops_against_a_matrix_product() -> None
 
     from bench.serving import fp32_ceiling, model_flops
 
-    info = SimpleNamespace(manifest={"input_size": 64})
+    info = SimpleNamespace(manifest=SimpleNamespace(input_size=64))
     flops = model_flops(info)
     assert flops > 2 * (9216 * 4096 + 4096 * 4096)  # more than fc6 and fc7 alone
     f = fp32_ceiling(info, ort_rate=100.0, eager_rate=50.0, seconds=0.2)

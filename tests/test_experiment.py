@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from service.labels.store import open_store
+from service.models.registry import ModelRegistry
 from trainer.cvc import DEFAULT_ROOT, field_of_view, generate, iou, load_frames
 
 pytestmark = pytest.mark.slow
@@ -69,10 +70,9 @@ def test_tiny_experiment_runs_resumes_and_reports(tmp_path: Path) -> None:
             store.close()
 
     assert labeled("random") == labeled("scratch")  # scratch trains on IFT Random's labeled sets
-    from service.models.registry import ModelRegistry
-
     scratch = ModelRegistry(tmp_path / "runs" / "scratch-s0" / "registry", "cad")
-    assert scratch.get(scratch.latest()).manifest["training"]["round"] == "scratch"
+    training = scratch.get(scratch.latest()).manifest.training  # type: ignore[arg-type]
+    assert training is not None and training["round"] == "scratch"
 
     run_all(exp, methods, [0])  # resume: nothing is redone
     assert len(list(csv.DictReader((tmp_path / "curves.csv").open()))) == len(rows)
@@ -102,7 +102,6 @@ def test_variants_that_majority_selection_degenerates_are_named() -> None:
 
 
 def test_the_report_states_the_initial_model(tmp_path: Path) -> None:
-    import json
 
     from trainer.report import markdown, summarise
 
@@ -114,10 +113,11 @@ def test_the_report_states_the_initial_model(tmp_path: Path) -> None:
     ]
     (tmp_path / "curves.csv").write_text("\n".join(rows) + "\n")
     assert markdown(summarise(tmp_path)).startswith("Initial model: not recorded.")
-    manifest = tmp_path / "template" / "registry" / "cad" / "1" / "manifest.json"
-    manifest.parent.mkdir(parents=True)
-    manifest.write_text(
-        json.dumps({"version": 1, "pretrained": {"source": "imagenet", "path": "w.pth"}})
+    onnx_model = tmp_path / "model.onnx"
+    onnx_model.write_bytes(b"not loaded")
+    ModelRegistry(tmp_path / "template" / "registry", "cad").publish(
+        {"model.onnx": onnx_model},
+        {"input_size": 32, "pretrained": {"source": "imagenet", "path": "w.pth"}},
     )
     summary = summarise(tmp_path)
     assert summary["initial_model"]["source"] == "imagenet"

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service.models.batcher import SerialBatcher
 from service.models.model import SessionOptions, batch_buckets, load_model
 from service.models.registry import ModelRegistry
 from tests.helpers import publish_tiny
@@ -43,7 +44,7 @@ def test_optimized_graph_is_cached_and_reused(info, tmp_path: Path) -> None:
     first = load_model(info, options)
     files = list(cache.glob("*.onnx"))
     assert not first.optimized_from_cache and len(files) == 1
-    assert info.manifest["sha256"][:32] in files[0].name and not list(cache.glob("*.tmp"))
+    assert info.manifest.sha256[:32] in files[0].name and not list(cache.glob("*.tmp"))
     second = load_model(info, options)
     assert second.optimized_from_cache
     np.testing.assert_allclose(second.run(batch()), first.run(batch()), rtol=1e-6)
@@ -79,12 +80,15 @@ def test_buckets_pad_batches_without_changing_any_probability(info) -> None:
     assert plain.buckets == () and padded.buckets == (1, 2, 4, 8)
     spy = padded.session = ShapeSpy(padded.session)
     x = batch(11)
+    serial = SerialBatcher(16)  # the batchers pad; the model runs what it is given
     for n in range(1, 12):
-        out = padded.run(x[:n])
+        out = serial.predict(padded, x[:n])
         assert out.shape == (n, 2)
         np.testing.assert_allclose(out, plain.run(x[:n]), rtol=1e-5, atol=1e-7)
     # 3 -> 4, 5..7 -> 8, 8 as is, and a batch over the largest bucket runs at its own size
     assert spy.sizes == [1, 2, 4, 4, 8, 8, 8, 8, 9, 10, 11]
+    spy.sizes.clear()
+    assert padded.run(x[:3]).shape == (3, 2) and spy.sizes == [3]
 
 
 def test_auto_buckets_are_off_on_cpu_and_every_bucket_is_warmed_at_load(info, monkeypatch) -> None:

@@ -51,9 +51,10 @@ def test_int8_variant_is_published_beside_its_version(quantized: Path) -> None:
     variant = registry.variant(1, "int8")
     assert variant is not None and registry.versions() == [1]  # a variant, not a new version
     m = variant.manifest
-    assert m["variant_of"] == 1 and m["precision"] == "int8"
-    assert m["sha256"] != registry.get(1).manifest["sha256"]
-    assert m["auc_drop"] == pytest.approx(m["auc_fp32"] - m["auc_int8"])
+    q = m.quantization
+    assert m.variant_of == 1 and m.variant == "int8" and q is not None and q.precision == "int8"
+    assert m.sha256 != registry.get(1).manifest.sha256
+    assert q.auc_drop == pytest.approx(q.auc_fp32 - q.auc_int8)
     import onnx
 
     ops = {n.op_type for n in onnx.load(str(variant.model_path)).graph.node}
@@ -74,7 +75,13 @@ def test_server_serves_int8_only_within_the_allowed_auc_drop(
         tmp_path / "build2",
         weights=np.array([[-0.3, 0.3], [0.0, 0.0], [0.0, 0.0]], np.float32),
     )
-    ModelRegistry(root, "cad").publish_variant(1, "int8", source.model_path, {"auc_drop": drop})
+    facts = {"precision": "int8", "auc_fp32": 0.9, "auc_int8": 0.9 - drop, "auc_drop": drop}
+    ModelRegistry(root, "cad").publish_variant(
+        1,
+        "int8",
+        source.model_path,
+        {"quantization": {**facts, "eval_candidates": 10, "calibration_patches": 10}},
+    )
     settings = make_settings(root, precision="int8")  # default: at most 0.005
     with ServerThread(settings) as server, grpc.insecure_channel(server.address) as ch:
         server.refresh_models()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import threading
 from pathlib import Path
 
@@ -10,9 +12,10 @@ from prometheus_client import CollectorRegistry
 
 from service.metrics import ServiceMetrics
 from service.models.inference import ModelManager
+from service.models.manifest import ManifestError
 from service.models.model import SessionOptions
 from service.models.registry import MODEL_FILE, ModelRegistry, sha256_file
-from tests.helpers import make_tiny_onnx, publish_tiny
+from tests.helpers import TINY_MANIFEST, make_tiny_onnx, manifest_of, publish_tiny
 
 
 def test_publish_numbers_versions_and_records_checksums(tmp_path: Path) -> None:
@@ -21,9 +24,9 @@ def test_publish_numbers_versions_and_records_checksums(tmp_path: Path) -> None:
     second = publish_tiny(root, tmp_path / "b")
     registry = ModelRegistry(root, "cad")
     assert registry.versions() == [1, 2] and registry.latest() == 2
-    assert second.manifest["version"] == 2 and first.manifest["name"] == "cad"
-    assert second.manifest["sha256"] == sha256_file(second.path / MODEL_FILE)
-    assert set(second.manifest["files"]) == {MODEL_FILE}
+    assert second.manifest.version == 2 and first.manifest.name == "cad"
+    assert second.manifest.sha256 == sha256_file(second.path / MODEL_FILE)
+    assert set(second.manifest.files) == {MODEL_FILE}
 
 
 def test_staging_folders_are_never_versions(tmp_path: Path) -> None:
@@ -42,7 +45,7 @@ def test_concurrent_publishers_get_distinct_versions(tmp_path: Path) -> None:
     lock = threading.Lock()
 
     def publish() -> None:
-        info = registry.publish({MODEL_FILE: onnx_path}, {})
+        info = registry.publish({MODEL_FILE: onnx_path}, TINY_MANIFEST)
         with lock:
             results.append(info.version)
 
@@ -72,7 +75,7 @@ def test_broken_version_is_refused_and_the_old_one_keeps_serving(
     elif breakage == "shape":
         bad = tmp_path / "shape.onnx"
         make_tiny_onnx(bad, channels=1)
-        ModelRegistry(root, "cad").publish({MODEL_FILE: bad}, {})
+        ModelRegistry(root, "cad").publish({MODEL_FILE: bad}, TINY_MANIFEST)
     else:
         info = publish_tiny(root, tmp_path / "b")
         model = info.path / MODEL_FILE
@@ -138,3 +141,79 @@ def test_listeners_hear_every_swap_refusal_pin_and_unpin_even_when_one_fails(
         ("unpin", "dr.ops"),
         ("swap", "cad", 1, 3, None),
     ]
+
+
+# --------------------------------------------------------------------------- the typed manifest
+
+
+def _write_manifest(root: Path, body: object) -> Path:
+    path = root / "cad" / "1" / "manifest.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(body))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"colour": "blue"}, "unknown field 'colour'"),
+        ({"input_size": None}, "field 'input_size' has a bad value"),
+        ({"input_size": "64"}, "field 'input_size' has a bad value"),
+        ({"input_size": True}, "field 'input_size' has a bad value"),
+        ({"pretrained": {"source": "x", "origin": "y"}}, "unknown field 'pretrained.origin'"),
+        ({"pretrained": {}}, "missing required field 'pretrained.source'"),
+        ({"labels": {"count": 1.5}}, "field 'labels.count' has a bad value"),
+        ({"classes": "background"}, "field 'classes' has a bad value"),
+    ],
+)
+def test_a_bad_manifest_is_refused_naming_the_file_and_field(
+    tmp_path: Path, change: dict[str, object], says: str
+) -> None:
+    info = publish_tiny(tmp_path / "good", tmp_path / "b")
+    body = {**manifest_of(info), **change}
+    path = _write_manifest(tmp_path / "bad", body)
+    with pytest.raises(ManifestError) as caught:
+        ModelRegistry(tmp_path / "bad", "cad").get(1)
+    assert str(path) in str(caught.value) and says in str(caught.value)
+
+
+@pytest.mark.parametrize("missing", ["input_size", "pretrained", "sha256", "name"])
+def test_a_manifest_without_a_required_field_is_refused(tmp_path: Path, missing: str) -> None:
+    info = publish_tiny(tmp_path / "good", tmp_path / "b")
+    body = {k: v for k, v in manifest_of(info).items() if k != missing}
+    _write_manifest(tmp_path / "bad", body)
+    with pytest.raises(ManifestError, match=f"missing required field '{missing}'"):
+        ModelRegistry(tmp_path / "bad", "cad").get(1)
+
+
+def test_a_manifest_that_is_not_json_is_refused_naming_the_file(tmp_path: Path) -> None:
+    path = _write_manifest(tmp_path, [])
+    path.write_text("{ not json")
+    with pytest.raises(ManifestError, match="manifest.json: not valid JSON"):
+        ModelRegistry(tmp_path, "cad").get(1)
+
+
+def test_nothing_is_published_from_fields_that_make_no_manifest(tmp_path: Path) -> None:
+    onnx_path = tmp_path / "m.onnx"
+    make_tiny_onnx(onnx_path)
+    registry = ModelRegistry(tmp_path / "reg", "cad")
+    with pytest.raises(ManifestError, match="missing required field 'pretrained'"):
+        registry.publish({MODEL_FILE: onnx_path}, {"input_size": 32})
+    with pytest.raises(ManifestError, match="unknown field 'auc_drop'"):
+        registry.publish({MODEL_FILE: onnx_path}, {**TINY_MANIFEST, "auc_drop": 0.1})
+    assert registry.versions() == [] and not list(registry.model_dir.glob(".staging-*"))
+
+
+def test_the_manifest_reads_back_typed_and_round_trips(tmp_path: Path) -> None:
+    info = publish_tiny(tmp_path / "reg", tmp_path / "b", recipe="polyp:4")
+    m = ModelRegistry(tmp_path / "reg", "cad").get(1).manifest
+    assert m == info.manifest and m.to_json() == manifest_of(info)
+    assert (m.recipe, m.input_size, m.pretrained.source) == ("polyp:4", 32, "test")
+    assert (m.architecture, m.classes, m.variant, m.labels.count) == (
+        "alexnet",
+        ("background", "finding"),
+        "fp32",
+        0,
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        m.recipe = "lesion"  # type: ignore[misc]

@@ -179,7 +179,7 @@ def test_get_model_reports_version_manifest_and_provider(
     assert info.version == "1" and info.model_name == "cad"
     assert info.execution_provider == "CPUExecutionProvider"  # no CUDA device on test machines
     assert info.input_size == 32 and info.default_recipe == "polyp"
-    assert manifest["sha256"] == ModelRegistry(registry_root, "cad").get(1).manifest["sha256"]
+    assert manifest["sha256"] == ModelRegistry(registry_root, "cad").get(1).manifest.sha256
 
 
 def test_health_is_not_serving_until_a_model_is_published(tmp_path: Path) -> None:

@@ -213,13 +213,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 def test_init_publishes_an_imagenet_squeezenet(world: World) -> None:
     m = ModelRegistry(world.root, "cad").get(1).manifest
-    assert m["architecture"] == "squeezenet1_0" and m["input_size"] == 64
-    pre = m["pretrained"]
-    assert (pre["source"], pre["found"]) == ("imagenet", "shipped")
-    assert (
-        pre["sha256"] == KNOWN["squeezenet1_0"].shipped_sha256 and "BSD-2-Clause" in pre["licence"]
-    )
-    assert m["export"]["parity_max_abs_diff"] <= 1e-4
+    assert m.architecture == "squeezenet1_0" and m.input_size == 64
+    pre = m.pretrained
+    assert (pre.source, pre.found) == ("imagenet", "shipped")
+    assert pre.sha256 == KNOWN["squeezenet1_0"].shipped_sha256 and "BSD-2-Clause" in pre.licence
+    assert m.export.parity_max_abs_diff <= 1e-4
 
 
 def test_served_probabilities_equal_torch_and_a_round_keeps_the_architecture(world: World) -> None:
@@ -277,8 +275,8 @@ def test_served_probabilities_equal_torch_and_a_round_keeps_the_architecture(wor
     assert report.outcome == "published", report.reason
     child = ModelRegistry(world.root, "cad").get(report.version)  # type: ignore[arg-type]
     assert (
-        child.manifest["architecture"] == "squeezenet1_0"
-        and child.manifest["training"]["depth"] == "fire9"
+        child.manifest.architecture == "squeezenet1_0"
+        and child.manifest.training["depth"] == "fire9"
     )
     new, old = (
         torch.load(child.path / WEIGHTS_FILE, weights_only=True),

@@ -140,21 +140,19 @@ def test_first_round_publishes_a_child_and_rescores_the_pool(world: World) -> No
     assert report.outcome == "published", report.reason
     registry = ModelRegistry(world.root, "cad")
     m = registry.get(report.version).manifest  # type: ignore[arg-type]
-    assert m["parent_version"] == 1 and m["training"]["round"] == "first"
-    assert m["labels"]["count"] == 32 and len(m["labels"]["ids_sha256"]) == 64
-    assert m["training"]["schedule"] == {
+    assert m.parent_version == 1 and m.training["round"] == "first"
+    assert m.labels.count == 32 and len(m.labels.ids_sha256) == 64
+    assert m.training["schedule"] == {
         "momentum": 0.9,
         "lr": 1e-3,
         "lr_last": 1e-2,
         "gamma": 0.95,
         "epochs": 5,
     }
-    assert m["metrics"]["val_auc"] is not None and 0 <= m["metrics"]["val_auc"] <= 1
-    assert (
-        m["metrics"]["val"]["auc_low"] <= m["metrics"]["val_auc"] <= m["metrics"]["val"]["auc_high"]
-    )
-    assert m["export"]["parity_max_abs_diff"] <= 1e-4 and m["recipe"] == "polyp:4"
-    assert m["export"]["fc6_fold"] == 36  # 64 px: fc6 applied to the 1x1 map, not its 36 copies
+    assert m.metrics["val_auc"] is not None and 0 <= m.metrics["val_auc"] <= 1
+    assert m.metrics["val"]["auc_low"] <= m.metrics["val_auc"] <= m.metrics["val"]["auc_high"]
+    assert m.export.parity_max_abs_diff <= 1e-4 and m.recipe == "polyp:4"
+    assert m.export.fc6_fold == 36  # 64 px: fc6 applied to the 1x1 map, not its 36 copies
     store = open_store(world.store_url)
     assert store.scored_versions() == {str(report.version): world.unlabeled}  # queue refreshed
     store.close()
@@ -168,7 +166,7 @@ def test_later_round_continues_from_the_previous_version(world: World) -> None:
     report = run_round(world.settings(depth="fc8", seed=2), progress=False)
     assert report.outcome == "published" and report.parent_version == parent
     child = registry.get(report.version).manifest  # type: ignore[arg-type]
-    assert child["training"]["round"] == "later" and child["training"]["schedule"]["lr"] == 1e-4
+    assert child.training["round"] == "later" and child.training["schedule"]["lr"] == 1e-4
     load = lambda v: torch.load(registry.get(v).path / WEIGHTS_FILE, weights_only=True)  # noqa: E731
     before, after, original = load(parent), load(report.version), load(1)
     # fc8-only tuning: everything below fc8 is exactly the parent's (continuous), not v1's.
@@ -445,8 +443,8 @@ def test_quantize_command_publishes_an_int8_variant_from_the_label_store(world: 
     )
     assert code == 0
     variant = registry.variant(version, "int8")  # type: ignore[arg-type]
-    assert variant is not None and variant.manifest["eval_candidates"] == 32
-    assert variant.manifest["calibration_patches"] == 32 and "auc_drop" in variant.manifest
+    q = variant.manifest.quantization if variant else None
+    assert q is not None and q.eval_candidates == 32 and q.calibration_patches == 32
     again = cad(
         [
             "model",

@@ -43,6 +43,7 @@ from service.labels.archive import ImageArchive
 from service.labels.review import MAX_QUEUE_LIMIT, Recorder, ReviewService
 from service.labels.store import open_store
 from service.metrics import ServiceMetrics
+from service.models.batcher import SerialBatcher
 from service.models.inference import (
     CandidateInput,
     Classifier,
@@ -288,8 +289,8 @@ class Experiment:
             metrics,
             ImageLimits(),
             1000,
-            64,
-            recorder=Recorder(store, ImageArchive(template / "archive")),
+            SerialBatcher(64, metrics),
+            Recorder(store, ImageArchive(template / "archive")),
         )
         pool = self._generate(self.split.pool, CANDIDATE_SEED)
         truth: dict[str, int] = {}
@@ -348,7 +349,7 @@ class Experiment:
                     "test_candidates": len(tests),
                     "test_positives": sum(t["label"] for t in tests),
                     "architecture": architecture,
-                    "pretrained": info.manifest["pretrained"],
+                    "pretrained": info.manifest.pretrained.as_dict(),
                 },
                 indent=2,
             )
@@ -381,9 +382,7 @@ class Experiment:
         version = registry.target()
         info = registry.get(version)  # type: ignore[arg-type]
         examples = self.test_examples(template)
-        source = PatchSource(
-            ImageArchive(template / "test-archive"), int(info.manifest["input_size"])
-        )
+        source = PatchSource(ImageArchive(template / "test-archive"), info.manifest.input_size)
         probs = candidate_probabilities(
             load_net(info), examples, source, batch_size=256, progress=False, depth=depth
         )

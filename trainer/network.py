@@ -19,11 +19,12 @@ import torch
 from torch import nn
 from torchvision.models import alexnet, squeezenet1_0
 
+from service.models.manifest import CLASSES
+
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CLASSES = ("background", "finding")
 ARCHITECTURES = ("alexnet", "squeezenet1_0")
 DEFAULT_ARCHITECTURE = "alexnet"
 HEAD_INIT_STD = 1e-4

@@ -3,6 +3,7 @@ change measured before it is published (servers only serve it where the drop is 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -13,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.aift import candidate_probability
+from service.models.batcher import SerialBatcher
 from service.models.model import SessionOptions, load_model
 from service.models.registry import MODEL_FILE, ModelRegistry, VersionInfo, sha256_file
 from trainer.evaluate import roc_auc
@@ -84,7 +86,7 @@ def candidate_auc(
     """AUC of candidate probabilities (mean of each candidate's ``per_candidate`` patches)."""
     model = load_model(info, options)
     probs = candidate_probability(
-        model.predict(patches, 64).reshape(len(labels), per_candidate, -1)
+        SerialBatcher(64).predict(model, patches).reshape(len(labels), per_candidate, -1)
     )
     return roc_auc(list(labels), probs)
 
@@ -110,7 +112,9 @@ def quantize_version(
         quantize_onnx(info.model_path, target, fp32.input_name, calibration)
         auc_fp32 = candidate_auc(info, eval_patches, eval_labels, per_candidate)
         probe = VersionInfo(
-            version, Path(tmp), {**info.manifest, "sha256": sha256_file(target), "variant": VARIANT}
+            version,
+            Path(tmp),
+            dataclasses.replace(info.manifest, sha256=sha256_file(target), variant=VARIANT),
         )
         auc_int8 = candidate_auc(probe, eval_patches, eval_labels, per_candidate)
         report = QuantizeReport(version, auc_fp32, auc_int8, len(eval_labels), len(calibration))
@@ -119,18 +123,20 @@ def quantize_version(
             VARIANT,
             target,
             {
-                "precision": "int8",
-                "auc_fp32": auc_fp32,
-                "auc_int8": auc_int8,
-                "auc_drop": report.auc_drop,
-                "eval_candidates": len(eval_labels),
-                "calibration_patches": len(calibration),
                 "quantization": {
-                    "format": "QDQ",
-                    "weights": "int8 per-channel",
-                    "activations": "uint8",
-                    "calibration": "MinMax",
-                },
+                    "precision": "int8",
+                    "auc_fp32": auc_fp32,
+                    "auc_int8": auc_int8,
+                    "auc_drop": report.auc_drop,
+                    "eval_candidates": len(eval_labels),
+                    "calibration_patches": len(calibration),
+                    "scheme": {
+                        "format": "QDQ",
+                        "weights": "int8 per-channel",
+                        "activations": "uint8",
+                        "calibration": "MinMax",
+                    },
+                }
             },
         )
     log.info(
@@ -165,13 +171,13 @@ def quantize_from_store(
     if version is None:
         raise FileNotFoundError(f"{registry.model_dir} has no versions")
     info = registry.get(version)
-    manifest, recipe = info.manifest, info.default_recipe
+    recipe = info.manifest.recipe
     store = open_store(settings.store_url)
     try:
         examples = labeled_examples(store)
     finally:
         store.close()
-    source = PatchSource(ImageArchive(settings.archive_root), int(manifest["input_size"]), recipe)
+    source = PatchSource(ImageArchive(settings.archive_root), info.manifest.input_size, recipe)
     chunks = [
         source.patches(e)
         for e in tqdm(examples, desc="labeled patches", unit="cand", disable=not progress)

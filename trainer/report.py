@@ -39,11 +39,8 @@ def initial_model(out: Path) -> dict[str, str]:
     registry = ModelRegistry(out / "template" / "registry", "cad")
     if 1 not in registry.versions():
         return {"source": "unknown"}
-    m = registry.get(1).manifest
-    pre = dict(m.get("pretrained") or {})
-    pre.setdefault("source", "unknown")
-    pre["architecture"] = str(m.get("architecture") or "alexnet")
-    return {k: str(v) for k, v in pre.items()}
+    manifest = registry.get(1).manifest
+    return {**manifest.pretrained.as_dict(), "architecture": manifest.architecture}
 
 
 def describe_initial(initial: dict[str, str]) -> str:

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from service.aift import candidate_probability, candidate_stats
 from service.labels.archive import ImageArchive
 from service.labels.store import SqlLabelStore, open_store
+from service.models.batcher import SerialBatcher
 from service.models.model import SessionOptions, load_model
 from service.models.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry, VersionInfo, utc_now
 from trainer.data import (
@@ -86,13 +87,9 @@ def _record(registry: ModelRegistry, report: RoundReport) -> None:
 
 
 def load_net(info: VersionInfo) -> CadNet:
-    """A published version's torch network (architecture from its manifest; AlexNet before there
-    was a choice)."""
-    net = CadNet(
-        len(info.manifest.get("classes") or ["background", "finding"]),
-        int(info.manifest["input_size"]),
-        str(info.manifest.get("architecture") or "alexnet"),
-    )
+    """A published version's torch network (architecture, classes and input size from its
+    manifest)."""
+    net = CadNet(len(info.manifest.classes), info.manifest.input_size, info.manifest.architecture)
     net.load_state_dict(torch.load(info.path / WEIGHTS_FILE, map_location="cpu", weights_only=True))
     return net.eval()
 
@@ -121,7 +118,7 @@ def _hq_set(
     depth: str,
 ) -> list[Example]:
     """ACFT's HQ set: labels newer than the parent's, plus older labels the parent gets wrong."""
-    until = str((parent.manifest.get("labels") or {}).get("until") or "")
+    until = parent.manifest.labels.until
     new = [e for e in train if e.labeled_at > until]
     old = [e for e in train if e.labeled_at <= until]
     probs = candidate_probabilities(
@@ -178,7 +175,7 @@ def rescore_pool(
     if depth is not None:
         net = load_net(info)
         if not is_trivial(net.split(depth)[0]):
-            source = PatchSource(archive, int(info.manifest["input_size"]))
+            source = PatchSource(archive, info.manifest.input_size)
             probs = candidate_probabilities(
                 net,
                 pool,
@@ -192,6 +189,7 @@ def rescore_pool(
             store.update_predictions(str(version), rows)
             return len(rows)
     model = load_model(info, SessionOptions())
+    batcher = SerialBatcher(256)
     source = PatchSource(archive, model.input_size)
     rows = []
     chunk: list[tuple[Example, np.ndarray]] = []
@@ -199,7 +197,7 @@ def rescore_pool(
     def flush() -> None:
         if not chunk:
             return
-        probs = model.predict(np.concatenate([p for _, p in chunk]), 256)
+        probs = batcher.predict(model, np.concatenate([p for _, p in chunk]))
         start = 0
         for e, p in chunk:
             rows.append(_score_row(e, probs[start : start + len(p)]))
@@ -298,7 +296,7 @@ def _round(
     archive: ImageArchive,
     progress: bool,
 ) -> RoundReport:
-    input_size = int(parent.manifest["input_size"])
+    input_size = parent.manifest.input_size
     source = PatchSource(archive, input_size, settings.recipe_override)
     examples = labeled_examples(store)
     train = [e for e in examples if split_of(e.source_key, settings.val_fraction) == "train"]
@@ -319,7 +317,7 @@ def _round(
     net = load_net(parent)
     trained_layers(net.architecture, settings.depth)  # a depth this architecture has, or ValueError
     parent_net = copy.deepcopy(net)
-    first = "training" not in parent.manifest
+    first = parent.manifest.training is None
     schedule = preset.scratch if settings.scratch else (preset.first if first else preset.later)
     if settings.epochs:
         schedule = replace(schedule, epochs=settings.epochs)
@@ -396,19 +394,15 @@ def _round(
             gate = f"val AUC {new_auc:.4f} >= {old_auc:.4f} - {settings.auc_tolerance}"
         weights_path = Path(tmp) / WEIGHTS_FILE
         torch.save(net.state_dict(), weights_path)
-        manifest = {
-            key: parent.manifest.get(key)
-            for key in (
-                "architecture",
-                "classes",
-                "input_size",
-                "input_name",
-                "output_name",
-                "recipe",
-                "pretrained",
-            )
-        }
-        manifest.update(
+        inherited = parent.manifest
+        manifest = dict(
+            architecture=inherited.architecture,
+            classes=list(inherited.classes),
+            input_size=inherited.input_size,
+            input_name=inherited.input_name,
+            output_name=inherited.output_name,
+            recipe=inherited.recipe,
+            pretrained=inherited.pretrained.as_dict(),
             parent_version=parent.version,
             labels={
                 "count": len(examples),

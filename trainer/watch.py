@@ -85,7 +85,7 @@ class Watcher:
         target = registry.target()
         used = 0
         if target is not None:
-            used = int((registry.get(target).manifest.get("labels") or {}).get("count") or 0)
+            used = registry.get(target).manifest.labels.count
         return len(ids) - used
 
     def step(self) -> RoundReport | None:

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from service.models.manifest import Pretrained
 from trainer.network import DEFAULT_ARCHITECTURE, CadNet
 
 log = logging.getLogger(__name__)
@@ -63,22 +64,6 @@ CHOICES = ("imagenet", "random")
 
 class WeightsUnavailable(RuntimeError):
     """ImageNet weights were asked for and none could be had (one line: what to place where)."""
-
-
-@dataclass(frozen=True)
-class Pretrained:
-    """Where a model's initial weights came from: the manifest's ``pretrained``."""
-
-    source: str
-    """``imagenet``, ``file`` (an explicit file of unknown training) or ``random-init``."""
-    found: str = ""
-    """``explicit``, ``hub-cache``, ``shipped`` or ``download`` (how an ``imagenet`` file was found)."""
-    path: str = ""
-    sha256: str = ""
-    licence: str = ""
-
-    def as_dict(self) -> dict[str, str]:
-        return {k: v for k, v in asdict(self).items() if v or k == "source"}
 
 
 def file_sha256(path: Path) -> str:

@@ -13,6 +13,10 @@ run. A request larger than ``max_batch`` is split across consecutive runs.
   :class:`DeadlineExceeded` without running the model for it.
 - Only requests on the same model version share a run; during a hot swap the
   old version's requests finish on it.
+
+:class:`SerialBatcher` is the same contract without threads (one caller, batches in turn), for
+the trainer and the experiment. Both pad a batch to the model's bucket (:func:`bucket_size`);
+nothing else pads.
 """
 
 from __future__ import annotations
@@ -33,6 +37,14 @@ from service.metrics import ServiceMetrics
 from service.models.model import LoadedModel
 
 log = logging.getLogger(__name__)
+
+
+def bucket_size(model: LoadedModel, n: int) -> int:
+    """The batch size ``n`` patches run at on ``model``: its bucket, or ``n`` without buckets."""
+    buckets = model.buckets
+    if buckets and 0 < n < buckets[-1]:
+        return next(b for b in buckets if b >= n)
+    return n
 
 
 @dataclass(frozen=True)
@@ -98,6 +110,46 @@ class _Workspace:
         return array[:size]
 
 
+class SerialBatcher:
+    """Runs one caller's patches in batches of at most ``max_batch``, each padded to its bucket."""
+
+    def __init__(self, max_batch: int, metrics: ServiceMetrics | None = None) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.max_batch = max_batch
+        self.metrics = metrics
+        self._workspace = _Workspace()
+
+    def predict(
+        self,
+        model: LoadedModel,
+        patches: npt.NDArray[np.float32],
+        deadline: float | None = None,
+    ) -> npt.NDArray[np.float32]:
+        """Probabilities ``(n, K)`` for ``patches`` (``deadline`` is checked before each batch).
+
+        Raises:
+            DeadlineExceeded: the deadline passed before all batches ran.
+        """
+        outputs = []
+        for start in range(0, len(patches), self.max_batch):
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DeadlineExceeded("the request's deadline passed before it reached the model")
+            part = patches[start : start + self.max_batch]
+            n, size = len(part), bucket_size(model, len(part))
+            if size == n:
+                batch = np.ascontiguousarray(part, dtype=np.float32)
+            else:
+                batch = self._workspace.assemble([part], size)
+            t0 = time.perf_counter()
+            outputs.append(model.run(batch)[:n])
+            if self.metrics is not None:
+                self.metrics.observe_batch(n, time.perf_counter() - t0)
+        if not outputs:
+            return np.empty((0, model.num_classes), dtype=np.float32)
+        return np.concatenate(outputs)
+
+
 class DynamicBatcher:
     """Coalesces patches of concurrent requests into model runs (thread-safe)."""
 
@@ -121,6 +173,10 @@ class DynamicBatcher:
             runner.start()
 
     # ------------------------------------------------------------------ callers
+
+    @property
+    def max_batch(self) -> int:
+        return self.config.max_batch
 
     def predict(
         self,
@@ -243,7 +299,7 @@ class DynamicBatcher:
         model = taken[0][0].model
         parts = [r.patches[a:b] for r, a, b in taken]
         n = sum(len(p) for p in parts)
-        size = model.padded_size(n)
+        size = bucket_size(model, n)
         if len(parts) == 1 and size == n:  # one request's slice: run it where it lies
             batch = np.ascontiguousarray(parts[0], dtype=np.float32)
         else:

@@ -12,9 +12,10 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from service.aift import Box, candidate_stats, parse_recipe, validate_box
 from service.aift.patches import PatchBuffers, extract_many
@@ -35,7 +36,6 @@ from service.imaging import (
     decode_raw,
 )
 from service.metrics import ServiceMetrics
-from service.models.batcher import DynamicBatcher
 from service.models.lifecycle import MetricsListener, ModelListener, announce
 from service.models.model import LoadedModel, SessionOptions, load_model
 from service.models.registry import ModelRegistry, VersionInfo
@@ -131,8 +131,9 @@ class ModelManager:
         if variant is None:
             log.warning("version %s has no int8 variant; serving fp32", version)
             return info
-        drop = variant.manifest.get("auc_drop")
-        if not isinstance(drop, (int, float)) or drop > self.int8_max_auc_drop:
+        quantization = variant.manifest.quantization
+        drop = quantization.auc_drop if quantization else None
+        if drop is None or drop > self.int8_max_auc_drop:
             log.warning(
                 "int8 variant of version %s not served: its AUC drop %s is over the allowed %.4f; "
                 "serving fp32",
@@ -293,6 +294,23 @@ def decode_image(
     )
 
 
+class PatchBatcher(Protocol):
+    """What the classifier runs its patches through (:mod:`service.models.batcher`)."""
+
+    @property
+    def max_batch(self) -> int: ...
+
+    def predict(
+        self, model: LoadedModel, patches: npt.NDArray[np.float32], deadline: float | None = None
+    ) -> npt.NDArray[np.float32]: ...
+
+
+class ClassificationRecorder(Protocol):
+    """Where a classification is kept (:class:`service.labels.review.Recorder`)."""
+
+    def record(self, outcome: ClassifyOutcome, patch_probs: npt.NDArray[np.float32]) -> None: ...
+
+
 class Classifier:
     """Image + candidates -> probability and AIFT scores per candidate, on the current model."""
 
@@ -302,20 +320,18 @@ class Classifier:
         metrics: ServiceMetrics,
         limits: ImageLimits,
         max_candidates: int,
-        batch_size: int,
-        recorder: Any = None,
-        batcher: DynamicBatcher | None = None,
+        batcher: PatchBatcher,
+        recorder: ClassificationRecorder | None = None,
     ) -> None:
         self.models = models
         self.recorder = recorder
-        """Optional; ``recorder.record(outcome, patch_probs)`` stores what was classified."""
+        """Optional; stores what was classified before the answer is sent."""
         self.batcher = batcher
-        """Optional; coalesces concurrent requests' patches (else each request runs its own batches)."""
+        """Runs the patches: the server's dynamic batcher, or a serial one for a single caller."""
         self.metrics = metrics
         self.limits = limits
         self.max_candidates = max_candidates
-        self.batch_size = batch_size
-        batch = batcher.config.max_batch if batcher else batch_size
+        batch = batcher.max_batch
         self.chunk_patches = 4 * batch
         """Patches cut and predicted at a time: bounds the memory of a large request."""
         self._buffers = PatchBuffers(2 * batch)
@@ -358,10 +374,7 @@ class Classifier:
             chunk = boxes[start : start + per_chunk]
             out = self._buffers.get(len(chunk) * recipe.count, model.input_size)
             patches = extract_many(image.pixels, chunk, recipe, model.input_size, out=out)
-            if self.batcher is not None:
-                probs.append(self.batcher.predict(model, patches, request.deadline))
-            else:
-                probs.append(model.predict(patches, self.batch_size, self.metrics.observe_batch))
+            probs.append(self.batcher.predict(model, patches, request.deadline))
         all_probs = np.concatenate(probs).reshape(count, recipe.count, -1)
         stats = candidate_stats(all_probs)
         self.metrics.candidates.inc(count)

@@ -13,7 +13,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,7 +172,7 @@ class LoadedModel:
 
     @property
     def name(self) -> str:
-        return str(self.info.manifest.get("name", ""))
+        return self.info.manifest.name
 
     @property
     def version(self) -> int:
@@ -182,34 +181,15 @@ class LoadedModel:
     @property
     def precision(self) -> str:
         """fp32, or the variant's name (int8) when a variant is served."""
-        return str(self.info.manifest.get("variant") or "fp32")
+        return self.info.manifest.variant
 
     @property
     def default_recipe(self) -> str:
-        return self.info.default_recipe
-
-    def padded_size(self, n: int) -> int:
-        """The batch size a batch of ``n`` patches runs at: its bucket, or ``n`` without buckets."""
-        if self.buckets and 0 < n < self.buckets[-1]:
-            return next(b for b in self.buckets if b >= n)
-        return n
+        return self.info.manifest.recipe
 
     def run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Probabilities ``(n, K)`` for one batch ``(n, 3, S, S)``.
-
-        A batch smaller than its bucket is padded with zero rows (the model treats each row on
-        its own); a caller that runs many batches can pad into its own array instead (see
-        :meth:`padded_size`) and save the copy.
-        """
-        n = len(batch)
-        size = self.padded_size(n)
-        if size > n:
-            padded = np.zeros((size, *batch.shape[1:]), dtype=np.float32)
-            padded[:n] = batch
-            return self._run(padded)[:n]
-        return self._run(batch)
-
-    def _run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Probabilities ``(n, K)`` for one batch ``(n, 3, S, S)``, run as given (the batchers in
+        :mod:`service.models.batcher` pad it to a bucket first)."""
         if self.io_binding:
             binding = self.session.io_binding()
             binding.bind_cpu_input(self.input_name, np.ascontiguousarray(batch, dtype=np.float32))
@@ -219,24 +199,6 @@ class LoadedModel:
         else:
             out = self.session.run([self.output_name], {self.input_name: batch})[0]
         return np.asarray(out, dtype=np.float32)
-
-    def predict(
-        self,
-        patches: npt.NDArray[np.float32],
-        batch_size: int,
-        on_batch: Callable[[int, float], None] | None = None,
-    ) -> npt.NDArray[np.float32]:
-        """Probabilities for any number of patches, run in batches of at most ``batch_size``."""
-        outputs = []
-        for start in range(0, len(patches), batch_size):
-            batch = np.ascontiguousarray(patches[start : start + batch_size])
-            t0 = time.perf_counter()
-            outputs.append(self.run(batch))
-            if on_batch is not None:
-                on_batch(len(batch), time.perf_counter() - t0)
-        if not outputs:
-            return np.empty((0, self.num_classes), dtype=np.float32)
-        return np.concatenate(outputs)
 
 
 def _check_signature(session: Any) -> None:
@@ -323,7 +285,7 @@ def load_model(info: VersionInfo, options: SessionOptions) -> LoadedModel:
     path = info.model_path
     if not path.is_file():
         raise ModelRejected(f"version {info.version}: {path.name} is missing")
-    expected = info.manifest.get("sha256")
+    expected = info.manifest.sha256
     actual = sha256_file(path)
     if expected != actual:
         raise ModelRejected(
@@ -354,9 +316,7 @@ def load_model(info: VersionInfo, options: SessionOptions) -> LoadedModel:
         t0 = time.perf_counter()
         for size in buckets:  # each shape's first-run cost (cuDNN search) is paid here
             try:
-                model._run(
-                    np.zeros((size, 3, model.input_size, model.input_size), dtype=np.float32)
-                )
+                model.run(np.zeros((size, 3, model.input_size, model.input_size), dtype=np.float32))
             except Exception as exc:  # any runtime failure rejects the version
                 raise ModelRejected(
                     f"version {info.version}: warm-up at batch {size} failed: {exc}"

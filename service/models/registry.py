@@ -26,6 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from service.durable import fsync_path, write_atomic
+from service.models.manifest import (
+    Manifest,
+    ManifestError,
+    overlay,
+    parse_manifest,
+    parse_variant,
+)
 
 MODEL_FILE = "model.onnx"
 PIN_FILE = "pinned.json"
@@ -52,16 +59,11 @@ def utc_now(timespec: str = "seconds") -> str:
 class VersionInfo:
     version: int
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @property
     def model_path(self) -> Path:
         return self.path / MODEL_FILE
-
-    @property
-    def default_recipe(self) -> str:
-        """The patch recipe for candidates that name none (``polyp`` for manifests without one)."""
-        return str(self.manifest.get("recipe") or "polyp")
 
 
 class ModelRegistry:
@@ -96,15 +98,10 @@ class ModelRegistry:
 
         Raises:
             FileNotFoundError: no such version.
-            ValueError: the manifest is not valid JSON.
+            ManifestError: the manifest is not valid JSON or not a valid manifest (names the file).
         """
         path = self.version_dir(version)
-        text = (path / MANIFEST_FILE).read_text()
-        try:
-            manifest = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"manifest of version {version} is not valid JSON: {exc}") from exc
-        return VersionInfo(version, path, manifest)
+        return VersionInfo(version, path, _read_manifest(path / MANIFEST_FILE, parse_manifest))
 
     def pinned(self) -> int | None:
         """The pinned version (rollback), or None to follow the newest version."""
@@ -173,6 +170,7 @@ class ModelRegistry:
                 "created": utc_now(),
                 "sha256": sha256_file(staging / MODEL_FILE),
             }
+            parse_variant(full, f"the {variant} manifest for version {version}")
             write_atomic(
                 staging / MANIFEST_FILE,
                 (json.dumps(full, indent=2, sort_keys=True) + "\n").encode(),
@@ -191,9 +189,8 @@ class ModelRegistry:
         path = self.version_dir(version) / VARIANTS_DIR / variant
         if not (path / MANIFEST_FILE).is_file():
             return None
-        base = self.get(version).manifest
-        own = json.loads((path / MANIFEST_FILE).read_text())
-        return VersionInfo(version, path, {**base, "files": {MODEL_FILE: own["sha256"]}, **own})
+        own = _read_manifest(path / MANIFEST_FILE, parse_variant)
+        return VersionInfo(version, path, overlay(self.get(version).manifest, own))
 
     def target(self) -> int | None:
         """The version servers should serve: the pinned one, else the newest."""
@@ -204,10 +201,16 @@ class ModelRegistry:
 
         ``model.onnx`` is required. The manifest gets ``name``, ``version``,
         ``created``, ``sha256`` (of model.onnx) and ``files`` (sha256 of each)
-        filled in. Returns the published version.
+        filled in, and is checked as :class:`Manifest` before anything is written.
+        Returns the published version.
+
+        Raises:
+            ManifestError: the fields do not make a valid manifest.
         """
         if MODEL_FILE not in files:
             raise ValueError(f"a version needs {MODEL_FILE}")
+        draft = {"name": self.name, "version": 0, "created": "", "sha256": "", "files": {}}
+        parse_manifest({**manifest, **draft}, f"the manifest to publish as {self.name}")
         self.model_dir.mkdir(parents=True, exist_ok=True)
         staging = self.model_dir / f".staging-{uuid.uuid4().hex}"
         staging.mkdir()
@@ -228,8 +231,10 @@ class ModelRegistry:
                     "sha256": hashes[MODEL_FILE],
                     "files": hashes,
                 }
+                typed = parse_manifest(full, f"{self.name} version {version}")
                 manifest_path = staging / MANIFEST_FILE
-                manifest_path.write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
+                text = json.dumps(typed.to_json(), indent=2, sort_keys=True)
+                manifest_path.write_text(text + "\n")
                 fsync_path(manifest_path)
                 fsync_path(staging)
                 try:
@@ -239,7 +244,15 @@ class ModelRegistry:
                         continue  # another publisher took this number; take the next
                     raise
                 fsync_path(self.model_dir)
-                return VersionInfo(version, self.version_dir(version), full)
+                return VersionInfo(version, self.version_dir(version), typed)
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
+
+
+def _read_manifest(path: Path, parse: Any) -> Any:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path}: not valid JSON: {exc}") from exc
+    return parse(data, path)

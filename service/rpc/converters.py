@@ -99,12 +99,12 @@ def model_info(info: VersionInfo, serving: LoadedModel | None) -> cad_pb2.ModelI
     """A version's manifest; provider and sizes from the session when it is the one serving."""
     manifest = info.manifest
     return cad_pb2.ModelInfo(
-        model_name=str(manifest.get("name", "")),
+        model_name=manifest.name,
         version=str(info.version),
-        manifest_json=json.dumps(manifest, sort_keys=True),
+        manifest_json=json.dumps(manifest.to_json(), sort_keys=True),
         execution_provider=serving.provider if serving else "",
-        input_size=serving.input_size if serving else int(manifest.get("input_size", 0) or 0),
-        default_recipe=info.default_recipe,
+        input_size=serving.input_size if serving else manifest.input_size,
+        default_recipe=manifest.recipe,
     )
 
 
@@ -120,18 +120,14 @@ def versions(
     pinned: int | None,
     refused: dict[int, str],
 ) -> cad_pb2.ListVersionsResponse:
-    def auc(info: VersionInfo) -> float:
-        value = (info.manifest.get("metrics") or {}).get("val_auc")
-        return float(value) if isinstance(value, (int, float)) else 0.0
-
     return cad_pb2.ListVersionsResponse(
         versions=[
             cad_pb2.VersionSummary(
                 version=str(i.version),
-                created=str(i.manifest.get("created", "")),
-                parent_version=str(i.manifest.get("parent_version") or ""),
-                sha256=str(i.manifest.get("sha256", "")),
-                val_auc=auc(i),
+                created=i.manifest.created,
+                parent_version=str(i.manifest.parent_version or ""),
+                sha256=i.manifest.sha256,
+                val_auc=i.manifest.val_auc or 0.0,
                 serving=serving is not None and serving.version == i.version,
                 pinned=pinned == i.version,
                 refused=refused.get(i.version, ""),

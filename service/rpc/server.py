@@ -97,9 +97,8 @@ class CadServer:
             self.metrics,
             ImageLimits(settings.max_image_pixels, settings.max_frames),
             settings.max_candidates,
-            settings.batch_size,
-            recorder=Recorder(self.store, self.archive, uid_hasher(settings)),
-            batcher=self.batcher,
+            self.batcher,
+            Recorder(self.store, self.archive, uid_hasher(settings)),
         )
         self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="cad-worker")
         self.health = health.aio.HealthServicer()
