@@ -4,6 +4,7 @@
 #   docker build --target server-gpu  -t cad-server:gpu .    # + CUDA/cuDNN wheels for the CUDA provider
 #   docker build --target trainer     -t cad-trainer .       # + torch/torchvision (CPU wheels)
 #   docker build --target trainer-gpu -t cad-trainer:gpu .   # + CUDA torch
+#   docker build --target review-ui   -t cad-review-ui .     # the reviewers' web page (no torch)
 #
 # GPU images need only the NVIDIA driver on the host (NVIDIA Container Toolkit): CUDA and cuDNN
 # come from pip wheels (onnxruntime-gpu[cuda,cudnn], torch). ONNX Runtime falls back to the CPU
@@ -19,6 +20,7 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 COPY trainer ./trainer
 COPY cadcli ./cadcli
+COPY reviewui ./reviewui
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 # ---------------------------------------------------------------- common runtime base
@@ -50,6 +52,18 @@ RUN pip install --no-cache-dir "onnxruntime-gpu[cuda,cudnn]" \
     && python -c "import importlib.util as u; assert u.find_spec('torch') is None"
 ENV CAD_PROVIDERS=auto CAD_IO_BINDING=auto CAD_BATCH_RUNNERS=2
 USER 10001
+
+# ---------------------------------------------------------------- reviewers' web page
+FROM runtime AS review-ui
+ENV CAD_REVIEW_UI_HOST=0.0.0.0 CAD_REVIEW_UI_PORT=8080
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
+    && python -c "import importlib.util as u; assert u.find_spec('torch') is None"
+USER 10001
+EXPOSE 8080
+HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-m", "reviewui.healthcheck"]
+ENTRYPOINT ["cad", "review-ui"]
 
 # ---------------------------------------------------------------- trainer image (CPU torch)
 FROM runtime AS trainer

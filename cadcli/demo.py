@@ -284,4 +284,10 @@ def run_demo(workdir: str | None = None, log_level: str = "WARNING") -> int:
             print("[7/7] metrics")
             _print_metrics(server.metrics_port)
         print("\nserver stopped cleanly; demo done.")
+    print(
+        "\nReviewers do step 5 in the browser: start a server with a token file\n"
+        "(CAD_AUTH_TOKENS_FILE, one review token per reviewer), then\n"
+        "  cad review-ui --server 127.0.0.1:50051 --port 8080\n"
+        "and open http://127.0.0.1:8080/ to sign in with your own token (README: The reviewers' page)."
+    )
     return 0

@@ -313,6 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "serve", help="run the inference server (options: see cad-server --help)", add_help=False
     )
+    sub.add_parser(
+        "review-ui",
+        help="serve the reviewers' web page (options: see cad review-ui --help)",
+        add_help=False,
+    )
 
     model = sub.add_parser("model", help="model registry commands")
     model_sub = model.add_subparsers(dest="model_command", required=True)
@@ -446,6 +451,10 @@ def main(argv: list[str] | None = None) -> int:
         from service.rpc.server import main as serve_main
 
         return serve_main(argv[1:])
+    if argv[:1] == ["review-ui"]:
+        from reviewui.app import main as review_ui_main
+
+        return review_ui_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         _require_torch("demo")

@@ -3,7 +3,8 @@
 The one way the reference is written: the table between the ``settings:begin`` and
 ``settings:end`` markers in README.md is replaced by one row per environment variable of the
 server (``ServerSettings``), the trainer (``TrainerSettings``), the container health check
-(``HealthcheckSettings``) and the ``cad model`` commands (``CliSettings``), with its default as the code has it. ``tests/test_deploy.py``
+(``HealthcheckSettings``), the ``cad model`` commands (``CliSettings``) and the review page
+(``ReviewUiSettings``), with its default as the code has it. ``tests/test_deploy.py``
 renders it again and fails on any difference, so the docs cannot drift from the code.
 
 Usage: ``python scripts/gen_settings_docs.py [--check]``
@@ -26,6 +27,7 @@ END = "<!-- settings:end -->"
 def _classes() -> list[tuple[str, Any]]:
     sys.path.insert(0, str(ROOT))
     from cadcli.settings import CliSettings
+    from reviewui.settings import ReviewUiSettings
     from service.rpc.healthcheck import HealthcheckSettings
     from service.settings import ServerSettings
     from trainer.settings import TrainerSettings
@@ -35,6 +37,7 @@ def _classes() -> list[tuple[str, Any]]:
         ("trainer", TrainerSettings),
         ("health check", HealthcheckSettings),
         ("cad model", CliSettings),
+        ("review page", ReviewUiSettings),
     ]
 
 

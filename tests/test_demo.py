@@ -36,3 +36,4 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert 'cad_corrections_total{verdict="false_positive"} 2.0' in out
     assert "round: published (v2, parent v1)" in out
     assert "the same CT request is now answered by model v2" in out
+    assert "cad review-ui --server" in out  # where reviewers do step 5 for real

@@ -220,6 +220,17 @@ def test_dockerfile_has_the_four_targets_and_a_safe_serving_image() -> None:
     assert "find_spec('torch') is None" in server and "torch==" not in server
     trainer = text.split("AS trainer\n", 1)[1].split("\nFROM ", 1)[0]
     assert "torch==2.14.1" in trainer and "USER 10001" in trainer
+    ui = text.split("AS review-ui\n", 1)[1].split("\nFROM ", 1)[0]
+    assert "USER 10001" in ui and "reviewui.healthcheck" in ui and "torch==" not in ui
+    assert 'ENTRYPOINT ["cad", "review-ui"]' in ui and "COPY reviewui ./reviewui" in text
+
+
+def review_ui_setting(name: str) -> bool:
+    from reviewui.settings import ReviewUiSettings
+
+    return name.removeprefix("CAD_REVIEW_UI_").lower() in ReviewUiSettings.model_fields and (
+        name.startswith("CAD_REVIEW_UI_")
+    )
 
 
 def test_compose_wires_server_trainer_postgres_prometheus_grafana() -> None:
@@ -232,6 +243,13 @@ def test_compose_wires_server_trainer_postgres_prometheus_grafana() -> None:
         env = services[name]["environment"]
         assert env["CAD_STORE_URL"].startswith("postgresql://")
         assert all(known_setting(k) for k in env if k.startswith("CAD_")), env
+    ui = services["review-ui"]
+    assert ui["build"]["target"] == "review-ui"
+    unknown = [k for k in ui["environment"] if not review_ui_setting(k)]
+    assert not unknown, f"the review UI is given variables it does not read: {unknown}"
+    assert ui["environment"]["CAD_REVIEW_UI_TLS_CA"]  # it calls the server over TLS
+    for name in ("server", "review-ui", "trainer"):
+        assert set(services[name].get("secrets", [])) <= set(compose["secrets"]), name
     for volume in services["prometheus"]["volumes"] + services["grafana"]["volumes"]:
         assert (DEPLOY / volume.split(":")[0]).exists(), volume
     assert "alerts.yml" in (DEPLOY / "prometheus" / "compose.yml").read_text()
@@ -267,17 +285,27 @@ def test_kubernetes_manifests() -> None:
     trainer = deployments["cad-trainer"]["spec"]
     assert trainer["replicas"] == 1
     assert trainer["template"]["spec"]["containers"][0]["args"] == ["train", "watch"]
-    service = by_kind["Service"][0]["spec"]
-    assert {p["name"] for p in service["ports"]} == {"grpc", "metrics"}
+    services = {s["metadata"]["name"]: s["spec"] for s in by_kind["Service"]}
+    assert {p["name"] for p in services["cad-server"]["ports"]} == {"grpc", "metrics"}
+    ui = deployments["cad-review-ui"]["spec"]["template"]["spec"]
+    assert ui["securityContext"]["runAsNonRoot"] is True
+    (ui_container,) = ui["containers"]
+    assert ui_container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert {p["name"] for p in services["cad-review-ui"]["ports"]} == {"https"}
     assert all(
         c["spec"]["accessModes"] == ["ReadWriteMany"] for c in by_kind["PersistentVolumeClaim"]
     )
-    config = by_kind["ConfigMap"][0]["data"]
+    maps = {m["metadata"]["name"]: m["data"] for m in by_kind["ConfigMap"]}
+    config, ui_config = maps["cad-settings"], maps["cad-review-ui-settings"]
     unknown = [k for k in config if not known_setting(k)]
     assert not unknown, f"ConfigMap names settings that do not exist: {unknown}"
+    unknown = [k for k in ui_config if not review_ui_setting(k)]
+    assert not unknown, f"the review UI's ConfigMap names settings it does not read: {unknown}"
+    assert ui_container["envFrom"] == [{"configMapRef": {"name": "cad-review-ui-settings"}}]
     secret = by_kind["Secret"][0]["stringData"]
-    mounted = {Path(v).name for k, v in config.items() if k.endswith(("_FILE", "_CA"))}
-    assert mounted <= set(secret), mounted - set(secret)  # every file setting comes from the Secret
+    for data in (config, ui_config):
+        mounted = {Path(v).name for k, v in data.items() if k.endswith(("_FILE", "_CA"))}
+        assert mounted <= set(secret), mounted - set(secret)  # file settings come from the Secret
 
 
 def _env_names(cls: type) -> set[str]:

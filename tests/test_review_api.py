@@ -289,3 +289,28 @@ def test_review_image_of_an_unknown_request_is_not_found(channel: grpc.Channel) 
             cad_pb2.ReviewImageRequest(request_id="no-such-request"), timeout=10
         )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_review_stats_count_the_queue_and_each_versions_verdicts(channel: grpc.Channel) -> None:
+    review = cad_pb2_grpc.CadReviewStub(channel)
+    empty = review.GetReviewStats(cad_pb2.ReviewStatsRequest(), timeout=10)
+    assert (empty.reviewer, empty.unlabeled, list(empty.versions)) == ("", 0, [])
+    response = classify(channel, n=3)
+    verdicts = [cad_pb2.TRUE_POSITIVE, cad_pb2.FALSE_POSITIVE]
+    for result, verdict in zip(response.results, verdicts, strict=False):
+        review.SubmitCorrection(
+            cad_pb2.Correction(candidate_id=result.candidate_id, verdict=verdict, reviewer="dr.a"),
+            timeout=10,
+        )
+    review.AddMissedFinding(  # a missed finding is not the model's: no precision change
+        cad_pb2.MissedFinding(
+            request_id=response.request_id,
+            box=cad_pb2.Box(x=60, y=60, width=20, height=20),
+            reviewer="dr.a",
+        ),
+        timeout=10,
+    )
+    stats = review.GetReviewStats(cad_pb2.ReviewStatsRequest(), timeout=10)
+    assert stats.reviewer == "" and stats.unlabeled == 1
+    (version,) = stats.versions
+    assert (version.model_version, version.confirmed, version.dismissed) == ("1", 1, 1)

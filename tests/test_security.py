@@ -195,6 +195,14 @@ def test_review_images_need_the_review_role(secured: ServerThread) -> None:
         )
         image = review.GetReviewImage(ask, timeout=10, metadata=bearer("review"))
         assert image.request_id == request_id and image.png.startswith(b"\x89PNG")
+        stats = cad_pb2.ReviewStatsRequest()
+        assert code_of(review.GetReviewStats, stats, timeout=10) == grpc.StatusCode.UNAUTHENTICATED
+        assert (
+            code_of(review.GetReviewStats, stats, timeout=10, metadata=bearer("infer"))
+            == grpc.StatusCode.PERMISSION_DENIED
+        )
+        mine = review.GetReviewStats(stats, timeout=10, metadata=bearer("review"))
+        assert mine.reviewer == "dr.jones"  # who the server takes the caller to be
 
 
 def test_health_open_reflection_closed_by_default(secured: ServerThread) -> None:

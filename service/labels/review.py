@@ -290,5 +290,9 @@ class ReviewService:
             ) from None
         return ReviewImage(image, png, self.store.candidates_of(request_id))
 
+    def stats(self) -> tuple[int, dict[str, tuple[int, int]]]:
+        """The queue depth and, per model version, (confirmed, dismissed) model candidates."""
+        return self.store.count_unlabeled(), self.store.precision_by_version()
+
     def export(self, since: str = "") -> Iterator[LabeledCandidate]:
         return self.store.labeled(since)

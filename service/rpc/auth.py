@@ -47,6 +47,7 @@ METHOD_ROLES: dict[str, str] = {
     "/cad.v1.CadReview/GetAnnotationQueue": REVIEW,
     "/cad.v1.CadReview/ExportLabels": REVIEW,
     "/cad.v1.CadReview/GetReviewImage": REVIEW,
+    "/cad.v1.CadReview/GetReviewStats": REVIEW,
 }
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIX = "/grpc.reflection."

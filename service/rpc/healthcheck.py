@@ -14,6 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.rpc.channel import client_channel
+
 
 class HealthcheckSettings(BaseSettings):
     """The probe's defaults: ``CAD_HEALTHCHECK_*``, and the server's own ``CAD_PORT``."""
@@ -52,20 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.token_file:
         metadata.append(("authorization", f"Bearer {Path(args.token_file).read_text().strip()}"))
     try:
-        if args.tls_ca:
-            creds = grpc.ssl_channel_credentials(
-                root_certificates=Path(args.tls_ca).read_bytes(),
-                private_key=Path(args.tls_key).read_bytes() if args.tls_key else None,
-                certificate_chain=Path(args.tls_cert).read_bytes() if args.tls_cert else None,
-            )
-            options = (
-                [("grpc.ssl_target_name_override", args.tls_server_name)]
-                if args.tls_server_name
-                else []
-            )
-            channel = grpc.secure_channel(args.address, creds, options=options)
-        else:
-            channel = grpc.insecure_channel(args.address)
+        channel = client_channel(
+            args.address,
+            Path(args.tls_ca) if args.tls_ca else None,
+            args.tls_server_name,
+            Path(args.tls_cert) if args.tls_cert else None,
+            Path(args.tls_key) if args.tls_key else None,
+        )
         with channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=args.service),

@@ -275,6 +275,20 @@ class CadReviewServicer(cad_pb2_grpc.CadReviewServicer):
         request_id = converters.identifier(request.request_id, "request_id")
         return converters.review_image(await self._run(self.review.review_image, request_id))
 
+    async def GetReviewStats(  # noqa: N802
+        self, request: cad_pb2.ReviewStatsRequest, context: grpc.aio.ServicerContext
+    ) -> cad_pb2.ReviewStats:
+        identity = current_identity.get()
+        unlabeled, precision = await self._run(self.review.stats)
+        return cad_pb2.ReviewStats(
+            reviewer=identity.name if identity else "",
+            unlabeled=unlabeled,
+            versions=[
+                cad_pb2.VersionPrecision(model_version=v, confirmed=tp, dismissed=fp)
+                for v, (tp, fp) in sorted(precision.items(), key=lambda kv: _version_key(kv[0]))
+            ],
+        )
+
     async def ExportLabels(  # noqa: N802
         self, request: cad_pb2.ExportRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[cad_pb2.LabeledCandidate]:
@@ -282,3 +296,7 @@ class CadReviewServicer(cad_pb2_grpc.CadReviewServicer):
         items = await self._run(lambda: list(self.review.export(since)))
         for item in items:
             yield converters.labeled_candidate(item)
+
+
+def _version_key(version: str) -> tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (1 << 62, version)

@@ -297,6 +297,30 @@ class LabeledCandidate(_message.Message):
     events: int
     def __init__(self, candidate_id: _Optional[str] = ..., request_id: _Optional[str] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., label: _Optional[_Union[LabelState, str]] = ..., conflict: _Optional[bool] = ..., origin: _Optional[str] = ..., recipe: _Optional[str] = ..., model_version: _Optional[str] = ..., probability: _Optional[float] = ..., image_sha256: _Optional[str] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ..., frame_index: _Optional[int] = ..., source_id: _Optional[str] = ..., study_uid: _Optional[str] = ..., series_uid: _Optional[str] = ..., sop_instance_uid: _Optional[str] = ..., last_event_id: _Optional[str] = ..., labeled_at: _Optional[str] = ..., events: _Optional[int] = ...) -> None: ...
 
+class ReviewStatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class VersionPrecision(_message.Message):
+    __slots__ = ("model_version", "confirmed", "dismissed")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMED_FIELD_NUMBER: _ClassVar[int]
+    DISMISSED_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    confirmed: int
+    dismissed: int
+    def __init__(self, model_version: _Optional[str] = ..., confirmed: _Optional[int] = ..., dismissed: _Optional[int] = ...) -> None: ...
+
+class ReviewStats(_message.Message):
+    __slots__ = ("reviewer", "unlabeled", "versions")
+    REVIEWER_FIELD_NUMBER: _ClassVar[int]
+    UNLABELED_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    reviewer: str
+    unlabeled: int
+    versions: _containers.RepeatedCompositeFieldContainer[VersionPrecision]
+    def __init__(self, reviewer: _Optional[str] = ..., unlabeled: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[VersionPrecision, _Mapping]]] = ...) -> None: ...
+
 class ReviewImageRequest(_message.Message):
     __slots__ = ("request_id",)
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]

@@ -467,6 +467,11 @@ class CadReviewStub:
                 request_serializer=cad_dot_v1_dot_cad__pb2.ReviewImageRequest.SerializeToString,
                 response_deserializer=cad_dot_v1_dot_cad__pb2.ReviewImage.FromString,
                 _registered_method=True)
+        self.GetReviewStats = channel.unary_unary(
+                '/cad.v1.CadReview/GetReviewStats',
+                request_serializer=cad_dot_v1_dot_cad__pb2.ReviewStatsRequest.SerializeToString,
+                response_deserializer=cad_dot_v1_dot_cad__pb2.ReviewStats.FromString,
+                _registered_method=True)
 
 
 class CadReviewServicer:
@@ -504,6 +509,14 @@ class CadReviewServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetReviewStats(self, request, context):
+        """Who the caller is, the queue depth and the live precision of each model version (what a
+        reviewer's client shows as progress).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CadReviewServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -531,6 +544,11 @@ def add_CadReviewServicer_to_server(servicer, server):
                     servicer.GetReviewImage,
                     request_deserializer=cad_dot_v1_dot_cad__pb2.ReviewImageRequest.FromString,
                     response_serializer=cad_dot_v1_dot_cad__pb2.ReviewImage.SerializeToString,
+            ),
+            'GetReviewStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReviewStats,
+                    request_deserializer=cad_dot_v1_dot_cad__pb2.ReviewStatsRequest.FromString,
+                    response_serializer=cad_dot_v1_dot_cad__pb2.ReviewStats.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -668,6 +686,33 @@ class CadReview:
             '/cad.v1.CadReview/GetReviewImage',
             cad_dot_v1_dot_cad__pb2.ReviewImageRequest.SerializeToString,
             cad_dot_v1_dot_cad__pb2.ReviewImage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReviewStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cad.v1.CadReview/GetReviewStats',
+            cad_dot_v1_dot_cad__pb2.ReviewStatsRequest.SerializeToString,
+            cad_dot_v1_dot_cad__pb2.ReviewStats.FromString,
             options,
             channel_credentials,
             insecure,

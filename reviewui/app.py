@@ -1,0 +1,594 @@
+"""The reviewer's workstation: a small web application that talks to the CAD server over gRPC.
+
+Run it with ``cad review-ui``. A reviewer signs in with their own ``review`` token (from the
+server's token file); the page keeps a random session id in an HttpOnly, SameSite=Strict cookie
+and this process forwards the reviewer's token on every call, so each label is recorded under
+the reviewer's own identity. The token itself never reaches the browser after sign-in.
+
+Every state-changing request (sign-in, sign-out, a verdict, a missed finding) must carry the
+session's CSRF token and come from the page's own origin. Every asset is served by this
+process; the page loads nothing from anywhere else (Content-Security-Policy ``'self'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import html
+import json
+import logging
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+import grpc
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from reviewui.settings import ReviewUiSettings
+from service.aift import VARIANTS
+from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
+from service.rpc.channel import client_channel
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
+SESSION_COOKIE = "cad_review_session"
+SIGNIN_COOKIE = "cad_review_signin"
+CSRF_HEADER = "x-csrf-token"
+MAX_BODY_BYTES = 64 * 1024
+QUEUE_VARIANTS = (*VARIANTS, "random")
+LABELS = {
+    cad_pb2.UNLABELED: "unlabeled",
+    cad_pb2.POSITIVE: "finding",
+    cad_pb2.NEGATIVE: "no finding",
+    cad_pb2.LABEL_STATE_UNSPECIFIED: "unlabeled",
+}
+SIGNIN_MESSAGES = {
+    "expired": "Your session has ended. Sign in again to go on reviewing.",
+    "signedout": "You are signed out.",
+    "revoked": "The CAD server no longer accepts your token. Sign in with a current one.",
+}
+SECURITY_HEADERS = {
+    "content-security-policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "same-origin",  # no-referrer would make the browser send Origin: null
+    "cache-control": "no-store",
+}
+
+
+class PageError(Exception):
+    """A request the page answers with a status and a message for the reviewer."""
+
+    def __init__(self, status: int, message: str, signin: str = "") -> None:
+        super().__init__(message)
+        self.status, self.message, self.signin = status, message, signin
+        """``signin``: why the reviewer must sign in again (a key of SIGNIN_MESSAGES), if so."""
+
+
+@dataclass
+class Session:
+    token: str
+    reviewer: str
+    csrf: str
+    started: float
+    seen: float
+    reviewed: int = 0
+    images: OrderedDict[str, cad_pb2.ReviewImage] = field(default_factory=OrderedDict)
+
+
+class Sessions:
+    """Signed-in reviewers, by an unguessable id (in memory: a restart signs everyone out)."""
+
+    def __init__(self, idle_s: float, max_s: float, clock: Callable[[], float] = time.monotonic):
+        self.idle_s, self.max_s, self.clock = idle_s, max_s, clock
+        self._by_id: dict[str, Session] = {}
+        self._lock = threading.Lock()
+
+    def create(self, token: str, reviewer: str) -> tuple[str, Session]:
+        now = self.clock()
+        sid = secrets.token_urlsafe(32)
+        session = Session(token, reviewer, secrets.token_urlsafe(32), now, now)
+        with self._lock:
+            self._expire(now)
+            self._by_id[sid] = session
+        return sid, session
+
+    def get(self, sid: str | None) -> Session | None:
+        if not sid:
+            return None
+        now = self.clock()
+        with self._lock:
+            self._expire(now)
+            session = self._by_id.get(sid)
+            if session is not None:
+                session.seen = now
+            return session
+
+    def drop(self, sid: str | None) -> None:
+        with self._lock:
+            self._by_id.pop(sid or "", None)
+
+    def _expire(self, now: float) -> None:
+        for sid, s in list(self._by_id.items()):
+            if now - s.seen > self.idle_s or now - s.started > self.max_s:
+                del self._by_id[sid]
+
+
+class ReviewApp:
+    """The routes; one gRPC channel to the CAD server, each call made with the caller's token."""
+
+    def __init__(self, settings: ReviewUiSettings, channel: grpc.Channel | None = None) -> None:
+        self.settings = settings
+        self.channel = channel or client_channel(
+            settings.server,
+            settings.tls_ca,
+            settings.tls_server_name,
+            settings.tls_client_cert,
+            settings.tls_client_key,
+        )
+        self.stub = cad_pb2_grpc.CadReviewStub(self.channel)
+        self.sessions = Sessions(settings.session_idle_s, settings.session_max_s)
+        https = settings.tls_cert_file is not None
+        self.secure = settings.secure_cookies if settings.secure_cookies is not None else https
+        routes = [
+            Route("/", self.page, methods=["GET"]),
+            Route("/signin", self.signin_form, methods=["GET"]),
+            Route("/signin", self.signin, methods=["POST"]),
+            Route("/signout", self.signout, methods=["POST"]),
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/favicon.ico", self.no_icon, methods=["GET"]),
+            Route("/api/queue", self.api(self.queue), methods=["GET"]),
+            Route("/api/progress", self.api(self.progress), methods=["GET"]),
+            Route("/api/image/{request_id}", self.api(self.image), methods=["GET"]),
+            Route("/api/image/{request_id}/png", self.png, methods=["GET"]),
+            Route("/api/verdict", self.api(self.verdict, changes=True), methods=["POST"]),
+            Route("/api/missed", self.api(self.missed, changes=True), methods=["POST"]),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        ]
+        self.app = Starlette(routes=routes)
+        self.app.add_middleware(_HeadersMiddleware)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _cookie(self, response: Response, name: str, value: str, path: str = "/") -> None:
+        response.set_cookie(
+            name, value, path=path, httponly=True, samesite="strict", secure=self.secure
+        )
+
+    def _call(self, session: Session, method: str, request: Any) -> Any:
+        rpc = getattr(self.stub, method)
+        try:
+            return rpc(
+                request,
+                timeout=self.settings.rpc_timeout_s,
+                metadata=[("authorization", f"Bearer {session.token}")],
+            )
+        except grpc.RpcError as exc:
+            raise _page_error(exc) from None
+
+    async def call(self, session: Session, method: str, request: Any) -> Any:
+        return await run_in_threadpool(self._call, session, method, request)
+
+    def session_of(self, request: Request) -> tuple[str | None, Session | None]:
+        sid = request.cookies.get(SESSION_COOKIE)
+        return sid, self.sessions.get(sid)
+
+    def api(
+        self, handler: Callable[[Request, Session], Awaitable[Any]], changes: bool = False
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            sid, session = self.session_of(request)
+            if session is None:
+                return _json_error(PageError(401, SIGNIN_MESSAGES["expired"], signin="expired"))
+            try:
+                if changes:
+                    _same_origin(request)
+                    _csrf_ok(request.headers.get(CSRF_HEADER, ""), session.csrf)
+                body = await handler(request, session)
+            except PageError as exc:
+                if exc.signin:
+                    self.sessions.drop(sid)
+                return _json_error(exc)
+            return body if isinstance(body, Response) else JSONResponse(body)
+
+        return endpoint
+
+    # ------------------------------------------------------------------ pages
+
+    async def healthz(self, request: Request) -> Response:
+        return Response("ok\n", media_type="text/plain")
+
+    async def no_icon(self, request: Request) -> Response:
+        return Response(status_code=204)
+
+    async def page(self, request: Request) -> Response:
+        _, session = self.session_of(request)
+        if session is None:
+            return RedirectResponse("/signin", status_code=303)
+        variants = "".join(
+            f'<option value="{v}"{" selected" if v == "entropy_diversity_alpha" else ""}>{v}</option>'
+            for v in QUEUE_VARIANTS
+        )
+        text = (STATIC / "review.html").read_text()
+        text = text.replace("{{csrf}}", html.escape(session.csrf))
+        text = text.replace("{{reviewer}}", html.escape(session.reviewer))
+        text = text.replace("{{variants}}", variants)
+        text = text.replace("{{queue_max}}", str(self.settings.queue_max))
+        return HTMLResponse(text)
+
+    def _signin_page(self, message: str = "", status: int = 200) -> Response:
+        nonce = secrets.token_urlsafe(32)
+        text = (STATIC / "signin.html").read_text()
+        text = text.replace("{{csrf}}", nonce)
+        text = text.replace(
+            "{{message}}",
+            f'<p id="message" class="error" role="alert">{html.escape(message)}</p>'
+            if message
+            else "",
+        )
+        response = HTMLResponse(text, status_code=status)
+        self._cookie(response, SIGNIN_COOKIE, nonce, path="/signin")
+        return response
+
+    async def signin_form(self, request: Request) -> Response:
+        reason = request.query_params.get("m", "")
+        return self._signin_page(SIGNIN_MESSAGES.get(reason, ""))
+
+    async def signin(self, request: Request) -> Response:
+        try:
+            _same_origin(request)
+            form = await _form(request)
+            _csrf_ok(form.get("csrf", ""), request.cookies.get(SIGNIN_COOKIE, ""))
+        except PageError as exc:
+            return self._signin_page(exc.message, exc.status)
+        token = form.get("token", "").strip()
+        if not token:
+            return self._signin_page("Enter your review token.", 400)
+        probe = Session(token, "", "", 0.0, 0.0)
+        try:
+            stats = await self.call(probe, "GetReviewStats", cad_pb2.ReviewStatsRequest())
+        except PageError as exc:
+            if exc.status in (401, 403):
+                message = (
+                    "The CAD server refused this token: it is unknown, expired or revoked."
+                    if exc.status == 401
+                    else "This token has no review role on the CAD server."
+                )
+                return self._signin_page(message, exc.status)
+            return self._signin_page(exc.message, exc.status)
+        if not stats.reviewer:
+            return self._signin_page(
+                "The CAD server runs without authentication, so a label could not be tied to its "
+                "reviewer. Ask ops to start it with CAD_AUTH_TOKENS_FILE.",
+                409,
+            )
+        sid, _ = self.sessions.create(token, stats.reviewer)
+        log.info("reviewer %s signed in", stats.reviewer)
+        response = RedirectResponse("/", status_code=303)
+        self._cookie(response, SESSION_COOKIE, sid)
+        response.delete_cookie(SIGNIN_COOKIE, path="/signin")
+        return response
+
+    async def signout(self, request: Request) -> Response:
+        sid, session = self.session_of(request)
+        if session is not None:
+            try:
+                _same_origin(request)
+                form = await _form(request)
+                _csrf_ok(form.get("csrf", ""), session.csrf)
+            except PageError as exc:
+                return _json_error(exc)
+            self.sessions.drop(sid)
+            log.info("reviewer %s signed out", session.reviewer)
+        response = RedirectResponse("/signin?" + urlencode({"m": "signedout"}), status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    # ------------------------------------------------------------------ the API the page uses
+
+    async def queue(self, request: Request, session: Session) -> Any:
+        variant = request.query_params.get("variant", "entropy_diversity_alpha")
+        if variant not in QUEUE_VARIANTS:
+            raise PageError(400, f"unknown variant; choose one of {', '.join(QUEUE_VARIANTS)}")
+        try:
+            limit = int(request.query_params.get("limit", "20"))
+        except ValueError:
+            raise PageError(400, "how many items: a whole number") from None
+        if not 1 <= limit <= self.settings.queue_max:
+            raise PageError(400, f"how many items: between 1 and {self.settings.queue_max}")
+        reply = await self.call(
+            session,
+            "GetAnnotationQueue",
+            cad_pb2.QueueRequest(limit=limit, variant=variant, seed=secrets.randbits(32) or 1),
+        )
+        return {
+            "variant": reply.variant,
+            "unlabeled": reply.unlabeled,
+            "items": [
+                {
+                    "candidate_id": i.candidate_id,
+                    "request_id": i.request_id,
+                    "box": _box(i.box),
+                    "score": i.score,
+                    "probability": i.probability,
+                    "model_version": i.model_version,
+                    "frame_index": i.frame_index,
+                }
+                for i in reply.items
+            ],
+        }
+
+    async def _review_image(self, session: Session, request_id: str) -> cad_pb2.ReviewImage:
+        cached = session.images.get(request_id)
+        if cached is not None:
+            return cached
+        reply = await self.call(
+            session, "GetReviewImage", cad_pb2.ReviewImageRequest(request_id=request_id)
+        )
+        session.images[request_id] = reply
+        while len(session.images) > 8:
+            session.images.popitem(last=False)
+        return reply
+
+    async def image(self, request: Request, session: Session) -> Any:
+        request_id = request.path_params["request_id"]
+        session.images.pop(request_id, None)  # fresh labels each time the page asks
+        reply = await self._review_image(session, request_id)
+        return {
+            "request_id": reply.request_id,
+            "width": reply.width,
+            "height": reply.height,
+            "model_version": reply.model_version,
+            "candidates": [
+                {
+                    "candidate_id": c.candidate_id,
+                    "box": _box(c.box),
+                    "probability": c.probability if c.HasField("probability") else None,
+                    "score": c.score,
+                    "label": LABELS.get(c.label, "unlabeled"),
+                    "labeled_by": c.labeled_by,
+                    "conflict": c.conflict,
+                    "model_version": c.model_version,
+                    "origin": c.origin,
+                }
+                for c in reply.candidates
+            ],
+        }
+
+    async def png(self, request: Request) -> Response:
+        sid, session = self.session_of(request)
+        if session is None:
+            return _json_error(PageError(401, SIGNIN_MESSAGES["expired"], signin="expired"))
+        try:
+            reply = await self._review_image(session, request.path_params["request_id"])
+        except PageError as exc:
+            if exc.signin:
+                self.sessions.drop(sid)
+            return _json_error(exc)
+        return Response(reply.png, media_type="image/png")
+
+    async def verdict(self, request: Request, session: Session) -> Any:
+        body = await _json_body(request)
+        verdicts = {"confirm": cad_pb2.TRUE_POSITIVE, "dismiss": cad_pb2.FALSE_POSITIVE}
+        verdict = body.get("verdict")
+        if verdict not in verdicts:
+            raise PageError(400, "verdict must be confirm or dismiss")
+        receipt = await self.call(
+            session,
+            "SubmitCorrection",
+            cad_pb2.Correction(
+                candidate_id=_text(body, "candidate_id"),
+                verdict=verdicts[verdict],
+                idempotency_key=_text(body, "key"),
+                note=_text(body, "note", required=False),
+            ),
+        )
+        return self._receipt(session, receipt)
+
+    async def missed(self, request: Request, session: Session) -> Any:
+        body = await _json_body(request)
+        box = body.get("box")
+        if not isinstance(box, dict):
+            raise PageError(400, "draw a box first")
+        try:
+            values = {k: float(box[k]) for k in ("x", "y", "width", "height")}
+        except (KeyError, TypeError, ValueError):
+            raise PageError(400, "the box needs numbers x, y, width and height") from None
+        receipt = await self.call(
+            session,
+            "AddMissedFinding",
+            cad_pb2.MissedFinding(
+                request_id=_text(body, "request_id"),
+                box=cad_pb2.Box(**values),
+                idempotency_key=_text(body, "key"),
+                note=_text(body, "note", required=False),
+            ),
+        )
+        session.images.pop(_text(body, "request_id"), None)
+        return self._receipt(session, receipt)
+
+    def _receipt(self, session: Session, receipt: cad_pb2.CorrectionReceipt) -> dict[str, Any]:
+        if not receipt.replayed:
+            session.reviewed += 1
+        return {
+            "event_id": receipt.event_id,
+            "candidate_id": receipt.candidate_id,
+            "label_before": LABELS.get(receipt.label_before, "unlabeled"),
+            "label": LABELS.get(receipt.label, "unlabeled"),
+            "conflict": receipt.conflict,
+            "replayed": receipt.replayed,
+            "reviewed": session.reviewed,
+        }
+
+    async def progress(self, request: Request, session: Session) -> Any:
+        stats = await self.call(session, "GetReviewStats", cad_pb2.ReviewStatsRequest())
+        return {
+            "reviewer": session.reviewer,
+            "reviewed": session.reviewed,
+            "unlabeled": stats.unlabeled,
+            "versions": [
+                {
+                    "model_version": v.model_version,
+                    "confirmed": v.confirmed,
+                    "dismissed": v.dismissed,
+                    "precision": v.confirmed / (v.confirmed + v.dismissed)
+                    if v.confirmed + v.dismissed
+                    else None,
+                }
+                for v in stats.versions
+            ],
+        }
+
+
+class _HeadersMiddleware:
+    """Security headers on every response (pure ASGI: streaming and static files untouched)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"cache-control"
+                ]
+                headers += [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _page_error(exc: grpc.RpcError) -> PageError:
+    code, details = exc.code(), exc.details() or ""
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return PageError(
+            503,
+            "The CAD server is not reachable right now, so nothing was recorded. "
+            "Try again in a moment; if it persists, tell ops.",
+        )
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return PageError(401, SIGNIN_MESSAGES["revoked"], signin="revoked")
+    statuses = {
+        grpc.StatusCode.PERMISSION_DENIED: 403,
+        grpc.StatusCode.NOT_FOUND: 404,
+        grpc.StatusCode.INVALID_ARGUMENT: 400,
+        grpc.StatusCode.ALREADY_EXISTS: 409,
+        grpc.StatusCode.FAILED_PRECONDITION: 409,
+        grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    }
+    return PageError(statuses.get(code, 502), f"The CAD server answered: {details}")
+
+
+def _json_error(exc: PageError) -> JSONResponse:
+    return JSONResponse({"error": exc.message, "signin": exc.signin}, status_code=exc.status)
+
+
+def _csrf_ok(given: str, expected: str) -> None:
+    if not expected or not given or not hmac.compare_digest(given, expected):
+        raise PageError(403, "This form has expired (CSRF check failed). Reload the page.")
+
+
+def _same_origin(request: Request) -> None:
+    """Refuse a state-changing request sent from another site's page."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise PageError(403, "Requests from other sites are refused.")
+    origin = request.headers.get("origin")
+    if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+        raise PageError(403, "Requests from other sites are refused.")
+
+
+async def _read_body(request: Request) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+        raise PageError(413, "The request is too large.")
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise PageError(413, "The request is too large.")
+    return body
+
+
+async def _form(request: Request) -> dict[str, str]:
+    body = await _read_body(request)
+    try:
+        fields = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=20)
+    except (UnicodeDecodeError, ValueError):
+        raise PageError(400, "The form could not be read.") from None
+    return {k: v[0] for k, v in fields.items()}
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    body = await _read_body(request)
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        raise PageError(400, "The request body is not JSON.") from None
+    if not isinstance(data, dict):
+        raise PageError(400, "The request body must be a JSON object.")
+    return data
+
+
+def _text(body: dict[str, Any], name: str, required: bool = True) -> str:
+    value = body.get(name, "")
+    if not isinstance(value, str) or (required and not value):
+        raise PageError(400, f"{name} is missing")
+    return value
+
+
+def _box(box: cad_pb2.Box) -> dict[str, float]:
+    return {"x": box.x, "y": box.y, "width": box.width, "height": box.height}
+
+
+def create_app(settings: ReviewUiSettings, channel: grpc.Channel | None = None) -> ReviewApp:
+    return ReviewApp(settings, channel)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``cad review-ui``: serve the review page until interrupted."""
+    import uvicorn
+
+    env = ReviewUiSettings()
+    parser = argparse.ArgumentParser(prog="cad review-ui", description=main.__doc__)
+    parser.add_argument("--host", default=env.host, help="HTTP bind address")
+    parser.add_argument("--port", type=int, default=env.port, help="HTTP port")
+    parser.add_argument("--server", default=env.server, help="CAD server gRPC address host:port")
+    args = parser.parse_args(argv)
+    settings = env.model_copy(update={"host": args.host, "port": args.port, "server": args.server})
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    review = create_app(settings)
+    scheme = "https" if settings.tls_cert_file else "http"
+    print(
+        f"review page on {scheme}://{settings.host}:{settings.port}/ (CAD server {settings.server})"
+    )
+    uvicorn.run(
+        review.app,
+        host=settings.host,
+        port=settings.port,
+        ssl_certfile=str(settings.tls_cert_file) if settings.tls_cert_file else None,
+        ssl_keyfile=str(settings.tls_key_file) if settings.tls_key_file else None,
+        log_level="info",
+        server_header=False,
+    )
+    return 0

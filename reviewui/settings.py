@@ -1,0 +1,53 @@
+"""Settings of the review UI process (``CAD_REVIEW_UI_*``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ReviewUiSettings(BaseSettings):
+    """The reviewer's web page: where it listens, which CAD server it talks to, and how."""
+
+    model_config = SettingsConfigDict(env_prefix="CAD_REVIEW_UI_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="HTTP bind address of the review page.")
+    port: int = Field(
+        8080, ge=0, le=65535, description="HTTP port of the review page; 0 picks one."
+    )
+    server: str = Field(
+        "127.0.0.1:50051", description="gRPC address (host:port) of the CAD server it talks to."
+    )
+    tls_ca: Path | None = Field(
+        None, description="PEM CA that signed the CAD server's certificate: connect with TLS."
+    )
+    tls_server_name: str | None = Field(
+        None, description="Name in the CAD server's certificate, when not the host."
+    )
+    tls_client_cert: Path | None = Field(
+        None, description="Client certificate for a server that requires mutual TLS."
+    )
+    tls_client_key: Path | None = Field(None, description="Key of the client certificate.")
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate (chain) of the page itself: serve HTTPS."
+    )
+    tls_key_file: Path | None = Field(
+        None, description="PEM private key of the page's certificate."
+    )
+    secure_cookies: bool | None = Field(
+        None, description="Mark cookies Secure; unset: on when the page serves HTTPS."
+    )
+    session_idle_s: float = Field(
+        1800.0, gt=0, description="A sign-in ends after this long without a request."
+    )
+    session_max_s: float = Field(
+        43200.0, gt=0, description="A sign-in ends this long after it began, active or not."
+    )
+    rpc_timeout_s: float = Field(
+        15.0, gt=0, description="Longest the page waits for one call to the CAD server."
+    )
+    queue_max: int = Field(
+        200, ge=1, le=10000, description="Most queue items a reviewer may ask for at once."
+    )

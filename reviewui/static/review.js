@@ -1,0 +1,354 @@
+// The review page: the queue, one candidate at a time on its image, verdicts by click or key.
+// Talks only to its own origin (/api/...); all text from the server is set with textContent.
+"use strict";
+
+(function () {
+  const csrf = document.querySelector('meta[name="csrf-token"]').content;
+  const $ = (id) => document.getElementById(id);
+  const canvas = $("image");
+  const zoom = $("zoom");
+  const state = {
+    items: [], index: 0, image: null, bitmap: null, last: null, k: 1,
+    drawing: false, drag: null, missed: null, missedKey: null,
+  };
+
+  function newKey() {
+    const bytes = new Uint8Array(16);
+    crypto.getRandomValues(bytes);
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  function say(text, kind) {
+    const box = $("message");
+    box.textContent = text;
+    box.className = kind === "info" ? "info" : "";
+    box.hidden = !text;
+  }
+
+  async function api(path, body) {
+    const init = { credentials: "same-origin", headers: {} };
+    if (body !== undefined) {
+      init.method = "POST";
+      init.headers["Content-Type"] = "application/json";
+      init.headers["X-CSRF-Token"] = csrf;
+      init.body = JSON.stringify(body);
+    }
+    let response;
+    try {
+      response = await fetch(path, init);
+    } catch (err) {
+      throw new Error("The review page cannot reach its own server; check the network and retry.");
+    }
+    const data = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      if (data.signin) {
+        window.location.assign("/signin?m=" + encodeURIComponent(data.signin));
+      }
+      throw new Error(data.error || ("The server answered " + response.status));
+    }
+    return data;
+  }
+
+  function fmt(value, digits) {
+    return value === null || value === undefined ? "n/a" : Number(value).toFixed(digits);
+  }
+
+  async function refreshProgress() {
+    try {
+      const p = await api("/api/progress");
+      const versions = p.versions.map((v) =>
+        "v" + v.model_version + " " + (v.precision === null ? "n/a" :
+          Math.round(100 * v.precision) + "% (" + v.confirmed + " of " + (v.confirmed + v.dismissed) + ")"));
+      $("progress").textContent = "Reviewed in this sitting: " + p.reviewed +
+        " · Queue depth: " + p.unlabeled + " unlabeled" +
+        " · Live precision: " + (versions.length ? versions.join(", ") : "no verdicts yet");
+    } catch (err) {
+      say(err.message);
+    }
+  }
+
+  async function loadQueue() {
+    say("");
+    const variant = $("variant").value;
+    const limit = $("limit").value;
+    try {
+      const q = await api("/api/queue?variant=" + encodeURIComponent(variant) + "&limit=" + encodeURIComponent(limit));
+      state.items = q.items.map((item) => Object.assign(item, {
+        keys: { confirm: newKey(), dismiss: newKey() }, done: false,
+      }));
+      state.index = 0;
+      $("empty").hidden = state.items.length > 0;
+      $("work").hidden = state.items.length === 0;
+      if (state.items.length) await show();
+    } catch (err) {
+      say(err.message);
+    }
+    refreshProgress();
+  }
+
+  async function show() {
+    const item = state.items[state.index];
+    if (!item) {
+      $("work").hidden = true;
+      $("empty").hidden = false;
+      $("empty").textContent = "You have reached the end of this queue. Load it again for more.";
+      return;
+    }
+    stopDrawing();
+    $("note").value = "";
+    $("position").textContent = (state.index + 1) + " of " + state.items.length;
+    $("probability").textContent = fmt(item.probability, 3);
+    $("score").textContent = fmt(item.score, 3);
+    $("version").textContent = item.model_version;
+    $("label").textContent = "…";
+    try {
+      const [image, bitmap] = await Promise.all([
+        api("/api/image/" + encodeURIComponent(item.request_id)),
+        fetch("/api/image/" + encodeURIComponent(item.request_id) + "/png", { credentials: "same-origin" })
+          .then((r) => { if (!r.ok) throw new Error("The image could not be loaded."); return r.blob(); })
+          .then((b) => createImageBitmap(b)),
+      ]);
+      if (state.items[state.index] !== item) return; // moved on meanwhile
+      state.image = image;
+      state.bitmap = bitmap;
+      const mine = image.candidates.find((c) => c.candidate_id === item.candidate_id);
+      const label = mine ? mine.label + (mine.labeled_by ? " (by " + mine.labeled_by + ")" : "") : "unknown";
+      $("label").textContent = label + (mine && mine.conflict ? " · CONFLICT" : "");
+      draw();
+    } catch (err) {
+      say(err.message);
+    }
+  }
+
+  function draw() {
+    const item = state.items[state.index];
+    const image = state.image;
+    if (!item || !image || !state.bitmap) return;
+    // Drawn at the size it is shown (small images enlarged), boxes in image coordinates * k.
+    const room = Math.max(320, $("stage").clientWidth);
+    const k = Math.min(room / image.width, (window.innerHeight * 0.8) / image.height);
+    state.k = k;
+    canvas.width = Math.round(image.width * k);
+    canvas.height = Math.round(image.height * k);
+    const ctx = canvas.getContext("2d");
+    ctx.drawImage(state.bitmap, 0, 0, canvas.width, canvas.height);
+    const rect = (b) => ctx.strokeRect(b.x * k, b.y * k, b.width * k, b.height * k);
+    for (const c of image.candidates) {
+      if (c.candidate_id === item.candidate_id) continue;
+      ctx.strokeStyle = "rgba(255,255,255,0.4)";
+      ctx.lineWidth = 1;
+      ctx.setLineDash([6, 4]);
+      rect(c.box);
+    }
+    ctx.setLineDash([]);
+    ctx.strokeStyle = "#ffd54a";
+    ctx.lineWidth = 2;
+    rect(item.box);
+    const missed = state.drag || state.missed;
+    if (missed) {
+      ctx.strokeStyle = "#4dd0e1";
+      ctx.lineWidth = 2;
+      rect(missed);
+    }
+    drawZoom(item.box);
+  }
+
+  function drawZoom(box) {
+    const ctx = zoom.getContext("2d");
+    ctx.fillStyle = "#000";
+    ctx.fillRect(0, 0, zoom.width, zoom.height);
+    const side = Math.max(box.width, box.height) * 1.6;
+    const cx = box.x + box.width / 2, cy = box.y + box.height / 2;
+    const sx = cx - side / 2, sy = cy - side / 2;
+    ctx.drawImage(state.bitmap, sx, sy, side, side, 0, 0, zoom.width, zoom.height);
+    const k = zoom.width / side;
+    ctx.strokeStyle = "#ffd54a";
+    ctx.lineWidth = 2;
+    ctx.strokeRect((box.x - sx) * k, (box.y - sy) * k, box.width * k, box.height * k);
+  }
+
+  function remember(text) {
+    const li = document.createElement("li");
+    li.textContent = text;
+    $("history").prepend(li);
+  }
+
+  function describe(receipt, what, note) {
+    let text = what + " " + receipt.candidate_id.slice(0, 12) + "…";
+    if (note) text += " — note: " + note;
+    if (receipt.replayed) text += " (already recorded)";
+    return text;
+  }
+
+  async function submit(verdict) {
+    const item = state.items[state.index];
+    if (!item) return;
+    const note = $("note").value;
+    setBusy(true);
+    try {
+      const receipt = await api("/api/verdict", {
+        candidate_id: item.candidate_id, verdict: verdict, note: note, key: item.keys[verdict],
+      });
+      if (receipt.conflict) {
+        say("Someone else had labeled this candidate meanwhile (" + receipt.label_before +
+          "). Your verdict is recorded as well, and both are flagged as a conflict to adjudicate.", "info");
+      } else {
+        say("");
+      }
+      if (!receipt.replayed) {
+        remember(describe(receipt, verdict === "confirm" ? "Confirmed" : "Dismissed", note));
+        state.last = { item: item, verdict: verdict };
+        $("undo").disabled = false;
+      }
+      if (state.items[state.index] === item && !item.done) {
+        item.done = true;
+        state.index += 1;
+        await show();
+      }
+    } catch (err) {
+      say(err.message);
+    } finally {
+      setBusy(false);
+      refreshProgress();
+    }
+  }
+
+  async function undo() {
+    const last = state.last;
+    if (!last) return;
+    const opposite = last.verdict === "confirm" ? "dismiss" : "confirm";
+    setBusy(true);
+    try {
+      const receipt = await api("/api/verdict", {
+        candidate_id: last.item.candidate_id, verdict: opposite, note: "undo", key: newKey(),
+      });
+      remember(describe(receipt, "Undid (recorded " + (opposite === "confirm" ? "confirmed" : "dismissed") + ")", ""));
+      state.last = null;
+      $("undo").disabled = true;
+      last.item.keys = { confirm: newKey(), dismiss: newKey() };
+      last.item.done = false;
+      const at = state.items.indexOf(last.item);
+      if (at >= 0) {
+        state.index = at;
+        await show();
+      }
+      say("Undone: the opposite verdict is recorded; the history keeps both.", "info");
+    } catch (err) {
+      say(err.message);
+    } finally {
+      setBusy(false);
+      refreshProgress();
+    }
+  }
+
+  function skip() {
+    if (state.index < state.items.length) {
+      state.index += 1;
+      show();
+    }
+  }
+
+  function setBusy(busy) {
+    for (const id of ["confirm", "dismiss", "skip"]) $(id).disabled = busy;
+  }
+
+  function toImage(event) {
+    const rect = canvas.getBoundingClientRect();
+    const w = state.image.width, h = state.image.height;
+    const x = (event.clientX - rect.left) * (w / rect.width);
+    const y = (event.clientY - rect.top) * (h / rect.height);
+    return { x: Math.min(Math.max(x, 0), w), y: Math.min(Math.max(y, 0), h) };
+  }
+
+  function startDrawing() {
+    state.drawing = !state.drawing;
+    canvas.classList.toggle("drawing", state.drawing);
+    $("draw").textContent = state.drawing ? "Cancel drawing" : "Mark missed finding";
+    if (!state.drawing) {
+      state.missed = null;
+      $("save-missed").disabled = true;
+      draw();
+    } else {
+      say("Drag a box around the finding the model missed, then save it.", "info");
+    }
+  }
+
+  function stopDrawing() {
+    state.drawing = false;
+    state.drag = null;
+    state.missed = null;
+    canvas.classList.remove("drawing");
+    $("draw").textContent = "Mark missed finding";
+    $("save-missed").disabled = true;
+  }
+
+  canvas.addEventListener("mousedown", (event) => {
+    if (!state.drawing) return;
+    const p = toImage(event);
+    state.drag = { x: p.x, y: p.y, width: 0, height: 0, x0: p.x, y0: p.y };
+  });
+  canvas.addEventListener("mousemove", (event) => {
+    if (!state.drag) return;
+    const p = toImage(event);
+    const d = state.drag;
+    d.x = Math.min(d.x0, p.x); d.y = Math.min(d.y0, p.y);
+    d.width = Math.abs(p.x - d.x0); d.height = Math.abs(p.y - d.y0);
+    draw();
+  });
+  window.addEventListener("mouseup", () => {
+    if (!state.drag) return;
+    const d = state.drag;
+    state.drag = null;
+    if (d.width >= 2 && d.height >= 2) {
+      state.missed = { x: d.x, y: d.y, width: d.width, height: d.height };
+      state.missedKey = newKey();
+      $("save-missed").disabled = false;
+    }
+    draw();
+  });
+
+  async function saveMissed() {
+    const item = state.items[state.index];
+    if (!item || !state.missed) return;
+    const note = $("note").value;
+    const box = state.missed;
+    try {
+      const receipt = await api("/api/missed", {
+        request_id: item.request_id, box: box, note: note, key: state.missedKey,
+      });
+      remember(describe(receipt, "Marked a missed finding", note));
+      say("Missed finding saved.", "info");
+      stopDrawing();
+      await show();
+    } catch (err) {
+      say(err.message);
+    } finally {
+      refreshProgress();
+    }
+  }
+
+  window.addEventListener("resize", () => draw());
+  $("load").addEventListener("click", loadQueue);
+  $("confirm").addEventListener("click", () => submit("confirm"));
+  $("dismiss").addEventListener("click", () => submit("dismiss"));
+  $("undo").addEventListener("click", undo);
+  $("skip").addEventListener("click", skip);
+  $("draw").addEventListener("click", startDrawing);
+  $("save-missed").addEventListener("click", saveMissed);
+  document.addEventListener("keydown", (event) => {
+    const tag = event.target.tagName;
+    if (tag === "INPUT" || tag === "TEXTAREA" || tag === "SELECT") return;
+    if (event.ctrlKey || event.metaKey || event.altKey || $("work").hidden) return;
+    const actions = {
+      c: () => submit("confirm"), d: () => submit("dismiss"), u: undo, s: skip, m: startDrawing,
+    };
+    const action = actions[event.key.toLowerCase()];
+    if (action) {
+      event.preventDefault();
+      action();
+    }
+  });
+
+  window.cadReview = { submit: submit, state: state, loadQueue: loadQueue };
+  refreshProgress();
+})();

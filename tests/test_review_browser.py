@@ -1,0 +1,221 @@
+"""A reviewer works through the queue in a real headless Chromium (Debian's ``chromium`` driven
+by ``chromium-driver``; no browser is downloaded), against a real server and real images."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.labels.store import open_store
+from tests.review_world import TOKENS, World, review_world
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "review-ui.png"
+
+pytestmark = pytest.mark.skipif(
+    (CHROMIUM is None or DRIVER is None) and not os.environ.get("CI"),
+    reason="needs Debian's chromium and chromium-driver (.ci/run installs them)",
+)
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    assert CHROMIUM is not None and DRIVER is not None, "install chromium and chromium-driver"
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1000",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait(driver: Any, condition: Any, what: str, timeout: float = 30) -> Any:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition, what)
+
+
+def text_of(driver: Any, element_id: str) -> str:
+    return str(driver.find_element("id", element_id).text)
+
+
+def at_item(driver: Any, k: int) -> Any:
+    """A condition: the page shows queue item ``k`` (1-based) with its image drawn."""
+
+    def shown(d: Any) -> bool:
+        return bool(
+            text_of(d, "position").startswith(f"{k} of ")
+            and d.execute_script(
+                "const s = window.cadReview.state; return s.image !== null && "
+                "s.items[s.index] !== undefined && "
+                "s.image.request_id === s.items[s.index].request_id;"
+            )
+        )
+
+    return shown
+
+
+def history(driver: Any) -> list[str]:
+    return [li.text for li in driver.find_elements("css selector", "#history li")]
+
+
+def current(driver: Any) -> dict[str, Any]:
+    return dict(driver.execute_script("const s = cadReview.state; return s.items[s.index];"))
+
+
+def pixel(driver: Any, x: float, y: float) -> list[int]:
+    return list(
+        driver.execute_script(
+            "return Array.from(document.getElementById('image').getContext('2d')"
+            ".getImageData(arguments[0], arguments[1], 1, 1).data);",
+            x,
+            y,
+        )
+    )
+
+
+def test_a_reviewer_works_through_the_queue_in_chromium(browser: Any, tmp_path: Path) -> None:
+    with review_world(tmp_path) as world:
+        run_the_sitting(browser, world)
+
+
+def run_the_sitting(driver: Any, world: World) -> None:
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+    # A wrong token is refused on the page, with a message that says so.
+    driver.get(world.ui.url + "/")
+    wait(driver, lambda d: d.current_url.endswith("/signin"), "the sign-in page")
+    driver.find_element("id", "token").send_keys("wrong-token")
+    driver.find_element("id", "signin-button").click()
+    wait(driver, lambda d: "refused this token" in text_of(d, "message"), "the refusal")
+
+    driver.find_element("id", "token").send_keys(TOKENS["dr.jones"])
+    driver.find_element("id", "signin-button").click()
+    wait(driver, lambda d: d.find_elements("id", "load"), "the review page")
+    assert "Signed in as dr.jones" in text_of(driver, "who")
+    cookies = {c["name"]: c for c in driver.get_cookies()}
+    session = cookies["cad_review_session"]
+    assert session["httpOnly"] and session["sameSite"] == "Strict"
+
+    # The queue: every candidate of both images, the first drawn with its box.
+    driver.find_element("id", "limit").clear()
+    driver.find_element("id", "limit").send_keys("10")
+    driver.find_element("id", "load").click()
+    wait(driver, at_item(driver, 1), "the first item")
+    items = driver.execute_script("return cadReview.state.items.map(i => i.candidate_id);")
+    assert sorted(items) == sorted(world.candidates)
+    first = current(driver)
+    box = first["box"]
+    k = driver.execute_script("return cadReview.state.k;")
+    assert k > 2  # the 128-px slice is shown enlarged
+    edge = pixel(driver, round((box["x"] + box["width"] / 2) * k), round(box["y"] * k))
+    assert edge[:3] == [255, 213, 74]  # the candidate's box, drawn over the image
+    assert text_of(driver, "probability") != "" and text_of(driver, "version") == "1"
+    wait(driver, lambda d: "Queue depth: 5 unlabeled" in text_of(d, "progress"), "progress")
+    driver.save_screenshot(str(SCREENSHOT))
+
+    # Confirm the first with the mouse, with a note that would be markup if it were not text.
+    note = "<script>window.pwned = 1</script> polyp, 6 mm"
+    driver.find_element("id", "note").send_keys(note)
+    driver.find_element("id", "confirm").click()
+    wait(driver, at_item(driver, 2), "the second item")
+    assert history(driver)[0].startswith("Confirmed") and note in history(driver)[0]
+    assert driver.execute_script("return window.pwned === undefined;")
+    second = current(driver)
+
+    # Dismiss the second with the keyboard.
+    driver.find_element("tag name", "body").send_keys("d")
+    wait(driver, at_item(driver, 3), "the third item")
+    assert history(driver)[0].startswith("Dismissed")
+
+    # Undo it: the opposite verdict is recorded and the page goes back to that item.
+    driver.find_element("id", "undo").click()
+    wait(driver, lambda d: history(d)[0].startswith("Undid"), "the undo")
+    wait(driver, at_item(driver, 2), "back at the second item")
+    assert current(driver)["candidate_id"] == second["candidate_id"]
+
+    # A forced double submit of the same verdict records it once.
+    driver.find_element("id", "skip").click()
+    wait(driver, at_item(driver, 3), "the third item again")
+    third = current(driver)
+    driver.execute_script("cadReview.submit('dismiss'); cadReview.submit('dismiss');")
+    wait(driver, at_item(driver, 4), "the fourth item")
+    wait(driver, lambda d: "Reviewed in this sitting: 4" in text_of(d, "progress"), "the count")
+
+    # Draw a missed finding on the fourth item's image and save it.
+    fourth = current(driver)
+    driver.find_element("id", "draw").click()
+    left, top, scale = driver.execute_script(
+        "const r = document.getElementById('image').getBoundingClientRect();"
+        "return [r.left, r.top, r.width / cadReview.state.image.width];"
+    )  # viewport position of the canvas, and screen pixels per image pixel
+    drag = ActionBuilder(driver)
+    drag.pointer_action.move_to_location(round(left + 8 * scale), round(top + 10 * scale))
+    drag.pointer_action.pointer_down()
+    drag.pointer_action.move_to_location(round(left + 28 * scale), round(top + 26 * scale))
+    drag.pointer_action.pointer_up()
+    drag.perform()
+    wait(driver, lambda d: d.find_element("id", "save-missed").is_enabled(), "a drawn box")
+    driver.find_element("id", "save-missed").click()
+    wait(driver, lambda d: history(d)[0].startswith("Marked a missed finding"), "the missed box")
+
+    # Sign out: back at the sign-in page; the review page needs a sign-in again.
+    driver.find_element("id", "signout-button").click()
+    wait(driver, lambda d: "You are signed out" in text_of(d, "message"), "signed out")
+    driver.get(world.ui.url + "/")
+    wait(driver, lambda d: d.current_url.endswith("/signin"), "the sign-in page again")
+
+    # The store holds exactly those events, each under dr.jones, none twice.
+    store = open_store(world.store_url)
+    try:
+        rows = [
+            (e.candidate_id, e.seq, e.kind, e.label_after, e.reviewer, e.note)
+            for e in store.events()
+        ]
+        missed = [
+            c for c in store.candidates_of(fourth["request_id"]) if c.candidate.origin == "missed"
+        ]
+    finally:
+        store.close()
+    assert len(missed) == 1
+    drawn = missed[0].candidate
+    assert (round(drawn.x), round(drawn.y), round(drawn.width), round(drawn.height)) == (
+        8,
+        10,
+        20,
+        16,
+    )
+    assert sorted(rows) == sorted(
+        [
+            (first["candidate_id"], 1, "correction", 1, "dr.jones", note),
+            (second["candidate_id"], 1, "correction", 0, "dr.jones", ""),
+            (second["candidate_id"], 2, "correction", 1, "dr.jones", "undo"),
+            (third["candidate_id"], 1, "correction", 0, "dr.jones", ""),
+            (drawn.candidate_id, 1, "missed", 1, "dr.jones", ""),
+        ]
+    )
+    print("\nevents recorded by the browser sitting:")
+    for row in rows:
+        print("  ", row)

@@ -1,0 +1,327 @@
+"""The review page over HTTP: sign-in and cookies, CSRF, escaping, same-origin assets, and the
+messages a reviewer sees when the server is away, the token is refused or a label conflicts."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import socket
+from collections.abc import Iterator
+from http.cookies import SimpleCookie
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlparse
+
+import grpc
+import pytest
+
+from reviewui.app import Sessions
+from reviewui.settings import ReviewUiSettings
+from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
+from service.labels.store import open_store
+from tests.review_world import TOKENS, World, review_ui, review_world
+
+
+class Browser:
+    """A minimal HTTP client that keeps cookies like a browser (per name, as Set-Cookie says)."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.netloc = urlparse(base).netloc
+        self.cookies: dict[str, str] = {}
+        self.set_cookie_headers: list[str] = []
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection(self.netloc, timeout=30)
+        sent = dict(headers or {})
+        if self.cookies:
+            sent["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        conn.request(method, path, body=body, headers=sent)
+        response = conn.getresponse()
+        data = response.read()
+        for header in response.headers.get_all("set-cookie") or []:
+            self.set_cookie_headers.append(header)
+            for name, morsel in SimpleCookie(header).items():
+                if morsel.value and morsel["max-age"] != "0":
+                    self.cookies[name] = morsel.value
+                else:
+                    self.cookies.pop(name, None)
+        conn.close()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+
+    def form(self, path: str, fields: dict[str, str], **headers: str) -> tuple[int, dict, bytes]:
+        return self.request(
+            "POST",
+            path,
+            urlencode(fields).encode(),
+            {"Content-Type": "application/x-www-form-urlencoded", **headers},
+        )
+
+    def signin_csrf(self) -> str:
+        status, _, body = self.request("GET", "/signin")
+        assert status == 200
+        match = re.search(rb'name="csrf" value="([^"]+)"', body)
+        assert match is not None
+        return match.group(1).decode()
+
+    def sign_in(self, token: str) -> tuple[int, dict, bytes]:
+        return self.form("/signin", {"csrf": self.signin_csrf(), "token": token})
+
+    def page_csrf(self) -> str:
+        status, _, body = self.request("GET", "/")
+        assert status == 200
+        match = re.search(rb'<meta name="csrf-token" content="([^"]+)">', body)
+        assert match is not None
+        return match.group(1).decode()
+
+    def api(self, path: str, body: dict[str, Any] | None = None, **headers: str) -> tuple[int, Any]:
+        if body is None:
+            status, _, data = self.request("GET", path, headers=headers)
+        else:
+            status, _, data = self.request(
+                "POST",
+                path,
+                json.dumps(body).encode(),
+                {"Content-Type": "application/json", **headers},
+            )
+        return status, json.loads(data)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with review_world(tmp_path_factory.mktemp("review-ui")) as w:
+        yield w
+
+
+def signed_in(world: World, who: str = "dr.jones") -> tuple[Browser, str]:
+    browser = Browser(world.ui.url)
+    status, headers, _ = browser.sign_in(TOKENS[who])
+    assert status == 303 and headers["location"] == "/"
+    return browser, browser.page_csrf()
+
+
+def events(world: World, candidate_id: str) -> list[Any]:
+    store = open_store(world.store_url)
+    try:
+        return store.events(candidate_id)
+    finally:
+        store.close()
+
+
+def test_the_page_needs_a_sign_in_and_the_session_cookie_is_httponly_and_strict(
+    world: World,
+) -> None:
+    browser = Browser(world.ui.url)
+    status, headers, _ = browser.request("GET", "/")
+    assert status == 303 and headers["location"] == "/signin"
+    status, _, _ = browser.request("GET", "/api/queue")
+    assert status == 401
+    status, headers, _ = browser.sign_in(TOKENS["dr.jones"])
+    assert status == 303
+    session = [h for h in browser.set_cookie_headers if h.startswith("cad_review_session=")]
+    assert len(session) == 1
+    flags = {part.strip().lower() for part in session[0].split(";")[1:]}
+    assert {"httponly", "samesite=strict", "path=/"} <= flags
+    assert "secure" not in flags  # plain HTTP here; on with the page's own TLS
+    assert TOKENS["dr.jones"] not in session[0]  # the browser holds an opaque id, not the token
+    status, _, body = browser.request("GET", "/")
+    assert status == 200 and b"Signed in as <b>dr.jones</b>" in body
+
+
+def test_a_wrong_token_is_refused_with_a_clear_message(world: World) -> None:
+    browser = Browser(world.ui.url)
+    status, _, body = browser.sign_in("not-a-token")
+    assert status == 401 and b"refused this token" in body
+    assert "cad_review_session" not in browser.cookies
+    status, _, body = browser.sign_in(TOKENS["tower-3"])  # an infer token, not a reviewer's
+    assert status == 403 and b"no review role" in body
+    status, _, body = browser.sign_in("")
+    assert status == 400 and b"Enter your review token" in body
+
+
+def test_state_changing_requests_without_the_csrf_token_are_refused(world: World) -> None:
+    browser, csrf = signed_in(world)
+    cid = world.candidates[0]
+    body = {"candidate_id": cid, "verdict": "confirm", "key": "csrf-test-1"}
+    assert browser.api("/api/verdict", body)[0] == 403  # no token
+    assert browser.api("/api/verdict", body, **{"X-CSRF-Token": "guess"})[0] == 403
+    cross = {"X-CSRF-Token": csrf, "Origin": "https://evil.example"}
+    assert browser.api("/api/verdict", body, **cross)[0] == 403
+    fetched = {"X-CSRF-Token": csrf, "Sec-Fetch-Site": "cross-site"}
+    assert browser.api("/api/verdict", body, **fetched)[0] == 403
+    missed = {"request_id": world.dicom_request, "box": {"x": 1, "y": 1, "width": 5, "height": 5}}
+    assert browser.api("/api/missed", {**missed, "key": "csrf-test-2"})[0] == 403
+    assert events(world, cid) == []  # nothing recorded by any of them
+    # Sign-out is state-changing too: without the token the session stays.
+    assert browser.form("/signout", {"csrf": "guess"})[0] == 403
+    assert browser.request("GET", "/")[0] == 200
+    # Sign-in needs the form's own token (bound to a cookie set with the form).
+    other = Browser(world.ui.url)
+    status, _, _ = other.form("/signin", {"csrf": "forged", "token": TOKENS["dr.jones"]})
+    assert status == 403 and "cad_review_session" not in other.cookies
+
+
+def test_a_verdict_is_recorded_once_under_the_reviewers_identity(world: World) -> None:
+    browser, csrf = signed_in(world)
+    cid = world.candidates[1]
+    body = {"candidate_id": cid, "verdict": "dismiss", "key": "http-once", "note": "fold"}
+    status, first = browser.api("/api/verdict", body, **{"X-CSRF-Token": csrf})
+    assert status == 200 and first["label"] == "no finding" and not first["replayed"]
+    status, again = browser.api("/api/verdict", body, **{"X-CSRF-Token": csrf})
+    assert status == 200 and again["replayed"] and again["event_id"] == first["event_id"]
+    (event,) = events(world, cid)
+    assert (event.reviewer, event.label_after, event.note) == ("dr.jones", 0, "fold")
+    status, progress = browser.api("/api/progress")
+    assert status == 200 and progress["reviewed"] == 1 and progress["reviewer"] == "dr.jones"
+
+
+def test_a_conflicting_label_is_reported(world: World) -> None:
+    cid = world.candidates[2]
+    with grpc.insecure_channel(world.server.address) as channel:
+        cad_pb2_grpc.CadReviewStub(channel).SubmitCorrection(
+            cad_pb2.Correction(
+                candidate_id=cid, verdict=cad_pb2.TRUE_POSITIVE, idempotency_key="smith-1"
+            ),
+            timeout=10,
+            metadata=[("authorization", f"Bearer {TOKENS['dr.smith']}")],
+        )
+    browser, csrf = signed_in(world)
+    body = {"candidate_id": cid, "verdict": "dismiss", "key": "jones-conflict"}
+    status, receipt = browser.api("/api/verdict", body, **{"X-CSRF-Token": csrf})
+    assert status == 200 and receipt["conflict"] and receipt["label_before"] == "finding"
+    status, image = browser.api(f"/api/image/{world.dicom_request}")
+    (mine,) = [c for c in image["candidates"] if c["candidate_id"] == cid]
+    assert mine["conflict"] and mine["labeled_by"] == "dr.jones"
+
+
+def test_the_queue_and_the_image_come_through(world: World) -> None:
+    browser, _ = signed_in(world)
+    status, queue = browser.api("/api/queue?variant=entropy&limit=50")
+    assert status == 200 and queue["variant"] == "entropy"
+    assert {i["request_id"] for i in queue["items"]} <= {world.dicom_request, world.png_request}
+    status, image = browser.api(f"/api/image/{world.png_request}")
+    assert status == 200 and (image["width"], image["height"]) == (128, 96)
+    status, headers, png = browser.request("GET", f"/api/image/{world.png_request}/png")
+    assert (
+        status == 200 and headers["content-type"] == "image/png" and png[:8] == b"\x89PNG\r\n\x1a\n"
+    )
+    assert browser.api("/api/queue?variant=nonsense")[0] == 400
+    assert browser.api("/api/queue?limit=100000")[0] == 400
+    status, missing = browser.api("/api/image/no-such-request")
+    assert status == 404 and "no-such-request" in missing["error"]
+
+
+def test_the_reviewer_name_is_escaped_on_the_page(tmp_path: Path) -> None:
+    token = "odd-name-token-0123456789"
+    odd = [{"identity": "<script>x</script>", "roles": ["review"], "token": token}]
+    with review_world(tmp_path, extra_tokens=odd) as world:
+        browser = Browser(world.ui.url)
+        assert browser.sign_in(token)[0] == 303
+        _, _, body = browser.request("GET", "/")
+        assert b"<script>x</script>" not in body and b"&lt;script&gt;x&lt;/script&gt;" in body
+
+
+def test_the_page_loads_nothing_from_another_origin(world: World) -> None:
+    browser, _ = signed_in(world)
+    served = {}
+    for path in ("/", "/signin", "/static/review.js", "/static/review.css"):
+        status, headers, body = browser.request("GET", path)
+        assert status == 200, path
+        served[path] = body.decode()
+        csp = headers["content-security-policy"]
+        assert "default-src 'none'" in csp and "script-src 'self'" in csp
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["x-frame-options"] == "DENY"
+    for path, text in served.items():
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.I), path
+        assert "<script>" not in text.replace('<script src="/static/review.js" defer></script>', "")
+    assert (
+        "textContent" in served["/static/review.js"]
+        and "innerHTML" not in served["/static/review.js"]
+    )
+
+
+def test_an_unreachable_server_and_a_revoked_token_get_clear_messages(world: World) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    settings = ReviewUiSettings(server=f"127.0.0.1:{port}", rpc_timeout_s=5)
+    with review_ui(settings) as away:
+        browser = Browser(away.url)
+        status, _, body = browser.sign_in(TOKENS["dr.jones"])
+        assert status == 503 and b"not reachable" in body
+        sid, _ = away.review.sessions.create(TOKENS["dr.jones"], "dr.jones")
+        browser.cookies["cad_review_session"] = sid
+        status, reply = browser.api("/api/queue")
+        assert status == 503 and "nothing was recorded" in reply["error"]
+    # A session whose token the server no longer knows: sent back to sign in, session ended.
+    sid, _ = world.ui.review.sessions.create("revoked-token", "dr.gone")
+    browser = Browser(world.ui.url)
+    browser.cookies["cad_review_session"] = sid
+    status, reply = browser.api("/api/queue")
+    assert status == 401 and reply["signin"] == "revoked"
+    status, reply = browser.api("/api/queue")
+    assert status == 401 and reply["signin"] == "expired"
+    status, _, body = browser.request("GET", "/signin?m=revoked")
+    assert b"no longer accepts your token" in body
+
+
+def test_sign_out_ends_the_session(world: World) -> None:
+    browser, csrf = signed_in(world)
+    status, headers, _ = browser.form("/signout", {"csrf": csrf})
+    assert status == 303 and headers["location"] == "/signin?m=signedout"
+    assert browser.request("GET", "/")[0] == 303
+    assert browser.api("/api/progress")[0] == 401
+
+
+def test_sessions_end_when_idle_or_old() -> None:
+    now = [0.0]
+    sessions = Sessions(idle_s=10, max_s=25, clock=lambda: now[0])
+    sid, _ = sessions.create("t", "dr.a")
+    now[0] = 9
+    assert sessions.get(sid) is not None
+    now[0] = 18
+    assert sessions.get(sid) is not None  # seen at 9: idle for 9 s
+    now[0] = 26
+    assert sessions.get(sid) is None  # older than 25 s in all
+    sid, _ = sessions.create("t", "dr.a")
+    now[0] = 37
+    assert sessions.get(sid) is None  # idle for 11 s
+    assert sessions.get("") is None and sessions.get("unknown") is None
+
+
+def test_cad_review_ui_help_and_the_container_health_check(world: World) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from cadcli.main import build_parser
+
+    assert "review-ui" in build_parser().format_help()
+    port = urlparse(world.ui.url).port
+    ok = subprocess.run(
+        [sys.executable, "-m", "reviewui.healthcheck"],
+        env={**os.environ, "CAD_REVIEW_UI_PORT": str(port)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ok.returncode == 0 and ok.stdout.strip() == "ok", ok.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    down = subprocess.run(
+        [sys.executable, "-m", "reviewui.healthcheck"],
+        env={**os.environ, "CAD_REVIEW_UI_PORT": str(free)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert down.returncode == 1 and "unhealthy" in down.stderr
