@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _require_torch(command: str) -> None:
@@ -192,7 +193,13 @@ def _cli_actor(args: argparse.Namespace) -> str:
     return getattr(args, "actor", "") or f"{getpass.getuser()}@{socket.gethostname()} (cli)"
 
 
-def _audit(args: argparse.Namespace, action: str, target: str, detail: dict[str, object]) -> None:
+def _audit(
+    args: argparse.Namespace,
+    action: str,
+    target: str,
+    detail: dict[str, Any],
+    actor: str = "",
+) -> None:
     """Record a CLI registry change in the label store's audit trail (CAD_STORE_URL / --store-url)."""
     from cadcli.settings import CliSettings
 
@@ -207,34 +214,35 @@ def _audit(args: argparse.Namespace, action: str, target: str, detail: dict[str,
 
     store = open_store(url)
     try:
-        store.add_audit(action, _cli_actor(args), target, detail)
+        store.add_audit(action, actor or _cli_actor(args), target, detail)
     finally:
         store.close()
 
 
 def _model_rollback(args: argparse.Namespace) -> int:
-    from service.errors import ModelRejected
-    from service.models.model import SessionOptions, load_model
+    from service.errors import ModelRejected, NotFound
+    from service.models.inference import ModelManager
+    from service.models.lifecycle import AuditListener
+    from service.models.model import SessionOptions
 
-    registry = _registry(args)
-    previous = registry.pinned()  # type: ignore[attr-defined]
+    def sink(action: str, actor: str, target: str, detail: dict[str, Any]) -> None:
+        _audit(args, action, target, {**detail, "via": "cli"}, actor)
+
+    # The PinVersion RPC's pin: the version is loaded and checked (checksum, signature, warm-up)
+    # as a server would before anything is pinned, and the pin is audited by the same listener.
+    manager = ModelManager(
+        _registry(args),  # type: ignore[arg-type]
+        SessionOptions(),
+        listeners=[AuditListener(sink, swaps=False)],
+    )
     try:
-        # the checks a server runs before it serves a version (checksum, signature, warm-up), as
-        # the PinVersion RPC does: a version that would be refused is never pinned
-        load_model(registry.get(args.version), SessionOptions())  # type: ignore[attr-defined]
-        registry.pin(args.version, actor=_cli_actor(args), reason=args.reason)  # type: ignore[attr-defined]
-    except FileNotFoundError as exc:
+        manager.pin(args.version, actor=_cli_actor(args), reason=args.reason)
+    except NotFound as exc:
         print(f"cad model rollback: {exc}", file=sys.stderr)
         return 2
     except ModelRejected as exc:
         print(f"cad model rollback: not pinned, servers would refuse it: {exc}", file=sys.stderr)
         return 2
-    _audit(
-        args,
-        "pin",
-        f"{registry.name}/v{args.version}",  # type: ignore[attr-defined]
-        {"reason": args.reason, "previous_pin": previous, "via": "cli"},
-    )
     print(f"pinned version {args.version}; servers switch on their next registry poll")
     return 0
 

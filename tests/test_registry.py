@@ -217,3 +217,26 @@ def test_the_manifest_reads_back_typed_and_round_trips(tmp_path: Path) -> None:
     )
     with pytest.raises(dataclasses.FrozenInstanceError):
         m.recipe = "lesion"  # type: ignore[misc]
+
+
+def test_a_version_that_fails_its_checks_is_never_pinned_even_briefly(tmp_path: Path) -> None:
+    from service.errors import ModelRejected
+
+    root = tmp_path / "reg"
+    publish_tiny(root, tmp_path / "b")
+    bad = publish_tiny(root, tmp_path / "b")
+    (bad.path / MODEL_FILE).write_bytes(b"not a model")
+    manager, _ = _manager(root)
+    writes: list[tuple[object, ...]] = []
+    real_pin = manager.registry.pin
+
+    def spy(*args: object, **kwargs: object) -> None:
+        writes.append(args)
+        real_pin(*args, **kwargs)  # type: ignore[arg-type]
+
+    manager.registry.pin = spy  # type: ignore[method-assign]
+    with pytest.raises(ModelRejected, match="checksum"):
+        manager.pin(bad.version, "ops.kim", "drill")
+    assert writes == [] and manager.registry.pinned() is None and bad.version in manager.refused
+    served = manager.pin(1, "ops.kim", "drill")
+    assert served.version == 1 and writes == [(1, "ops.kim", "drill")]

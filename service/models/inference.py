@@ -162,7 +162,9 @@ class ModelManager:
         self._announce("on_swap", previous, model, self.registry.pinned())
 
     def pin(self, version: int, actor: str = "", reason: str = "") -> LoadedModel:
-        """Pin a version (rollback) and serve it now; refused versions are never pinned.
+        """Pin a version (rollback) and serve it now. The version is loaded and checked first,
+        as a refresh would; one that fails is never pinned, not even for a moment. The RPC and
+        ``cad model rollback`` both pin through here.
 
         Raises:
             NotFound: no such version. ModelRejected: it fails its load checks.
@@ -171,18 +173,20 @@ class ModelManager:
             raise NotFound(f"{self.registry.name} has no version {version}")
         if version in self.refused:
             raise ModelRejected(f"version {version} was refused: {self.refused[version]}")
-        previous = self.registry.pinned()
-        self.registry.pin(version, actor, reason)
-        self.refresh()
-        model = self.current
-        if model is None or model.version != version:
-            if previous is None:
-                self.registry.unpin()
-            else:
-                self.registry.pin(previous)
-            raise ModelRejected(
-                f"version {version} was refused: {self.refused.get(version, 'unknown')}"
-            )
+        with self._lock:
+            model = self.current
+            if model is None or model.version != version:
+                try:
+                    model = load_model(self._choose(version), self.options)
+                except (ModelRejected, OSError, ValueError) as exc:
+                    self.refused[version] = str(exc)
+                    log.error("refused model %s version %s: %s", self.registry.name, version, exc)
+                    self._announce("on_refused", version, str(exc))
+                    raise ModelRejected(f"version {version} was refused: {exc}") from None
+            previous = self.registry.pinned()
+            self.registry.pin(version, actor, reason)
+            if model is not self.current:
+                self._swap(model)
         log.info(
             "model %s pinned to version %s by %s (%s)",
             self.registry.name,

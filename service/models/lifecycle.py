@@ -64,15 +64,22 @@ class AuditListener(ModelListener):
     """Swaps, pins and unpins in the audit trail (``sink(action, actor, target, detail)``)."""
 
     def __init__(
-        self, sink: Callable[[str, str, str, dict[str, Any]], None], actor: str = ""
+        self,
+        sink: Callable[[str, str, str, dict[str, Any]], None],
+        actor: str = "",
+        swaps: bool = True,
     ) -> None:
         self.sink = sink
         self.actor = actor or f"server:{socket.gethostname()}"
         """Who swaps versions (this server process); pins carry their own actor."""
+        self.swaps = swaps
+        """False where the manager is not serving (``cad model rollback`` loads only to check)."""
 
     def on_swap(
         self, name: str, previous: int | None, model: LoadedModel, pinned: int | None
     ) -> None:
+        if not self.swaps:
+            return
         detail = {
             "previous": previous,
             "precision": model.precision,
