@@ -308,6 +308,48 @@ def test_kubernetes_manifests() -> None:
         assert mounted <= set(secret), mounted - set(secret)  # file settings come from the Secret
 
 
+@pytest.mark.skipif(
+    shutil.which("docker-compose") is None and not os.environ.get("CI"),
+    reason="needs Debian's docker-compose (.ci/run installs it)",
+)
+def test_compose_file_is_valid_for_debians_docker_compose() -> None:
+    """docker-compose 1.29 (Debian's) reads the file: no top-level ``name:`` and nothing else it
+    refuses; Compose v2 reads the same file."""
+    result = subprocess.run(
+        ["docker-compose", "-f", str(DEPLOY / "compose.yaml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "name" not in yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+
+
+def test_kubernetes_manifests_validate_against_the_openapi_schemas() -> None:
+    """Every manifest against the Kubernetes OpenAPI schemas bundled with kubernetes-validate
+    (offline), strictly: an unknown or misplaced field fails."""
+    import kubernetes_validate
+
+    version = kubernetes_validate.latest_version()
+    checked = []
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                kubernetes_validate.validate(doc, version, strict=True)
+                checked.append(f"{doc['kind']}/{doc['metadata']['name']}")
+    assert {"Deployment/cad-server", "Deployment/cad-review-ui", "Service/cad-server"} <= set(
+        checked
+    )
+    broken = next(yaml.safe_load_all((DEPLOY / "k8s" / "server.yaml").read_text()))
+    broken["spec"]["replicas"] = "three"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, version, strict=True)
+    broken = next(yaml.safe_load_all((DEPLOY / "k8s" / "server.yaml").read_text()))
+    broken["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Never"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, version, strict=True)
+
+
 def _env_names(cls: type) -> set[str]:
     return {f"CAD_{name.upper()}" for name in cls.model_fields}  # type: ignore[attr-defined]
 
