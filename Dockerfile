@@ -51,18 +51,21 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin cad \
     && mkdir -p /models /data && chown cad /models /data
 
-# ---------------------------------------------------------------- serving image (CPU)
-FROM runtime AS server
+# ---------------------------------------------------------------- the project on CPU (no torch)
+FROM runtime AS cpu
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 ARG PIP_TRUSTED_HOST
 ARG PIP_FIND_LINKS
-ENV CAD_PORT=50051 CAD_METRICS_PORT=9464
 # The wheels are mounted for the install, never copied into a layer.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir -r /wheels/requirements-cpu.txt \
     && pip install --no-cache-dir --no-deps /wheels/*.whl \
     && python -c "import importlib.util as u; assert u.find_spec('torch') is None, 'torch must not be in the serving image'"
+
+# ---------------------------------------------------------------- serving image (CPU)
+FROM cpu AS server
+ENV CAD_PORT=50051 CAD_METRICS_PORT=9464
 USER 10001
 EXPOSE 50051 9464
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
@@ -83,16 +86,8 @@ ENV CAD_PROVIDERS=auto CAD_IO_BINDING=auto CAD_BATCH_RUNNERS=2
 USER 10001
 
 # ---------------------------------------------------------------- reviewers' web page
-FROM runtime AS review-ui
-ARG PIP_INDEX_URL
-ARG PIP_EXTRA_INDEX_URL
-ARG PIP_TRUSTED_HOST
-ARG PIP_FIND_LINKS
+FROM cpu AS review-ui
 ENV CAD_REVIEW_UI_HOST=0.0.0.0 CAD_REVIEW_UI_PORT=8080
-RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir -r /wheels/requirements-cpu.txt \
-    && pip install --no-cache-dir --no-deps /wheels/*.whl \
-    && python -c "import importlib.util as u; assert u.find_spec('torch') is None"
 USER 10001
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \

@@ -7,7 +7,8 @@
 #
 # 1. Uses the Docker daemon DOCKER_HOST points at if one answers; otherwise starts a private
 #    dockerd (overlay2, no iptables, no bridge) with its images under BUILD_DOCKER_DATA_ROOT
-#    (default /var/lib/cad-docker) and stops it again at the end (by its PID).
+#    (default /var/lib/cad-docker) and stops it again at the end (by its PID). A DOCKER_HOST that
+#    does not answer is an error, never silently replaced.
 # 2. Makes the base image cad-base:bookworm with debootstrap (python3 in a venv on PATH, useradd,
 #    the host's CA bundle trusted by pip) unless it exists; BUILD_DEBIAN_MIRROR picks the mirror.
 # 3. Passes the host's pip configuration (index URL, extra index URLs, find-links) as build
@@ -52,6 +53,10 @@ say() { printf '[build-local] %s\n' "$*"; }
 
 # ------------------------------------------------------------------ 1. a Docker daemon
 if ! "$DOCKER" info >/dev/null 2>&1; then
+  if [ -n "${DOCKER_HOST:-}" ]; then
+    say "DOCKER_HOST=$DOCKER_HOST does not answer; start that daemon, or unset DOCKER_HOST"
+    exit 1
+  fi
   say "no Docker daemon answers; starting a private one (images under $DATA_ROOT)"
   mkdir -p "$DATA_ROOT"
   dockerd --data-root "$DATA_ROOT" --exec-root "$WORK/exec" -H "unix://$WORK/docker.sock" \

@@ -45,6 +45,17 @@ class Docker:
     env: dict[str, str]
     work: Path
 
+    def answers(self) -> bool:
+        """The daemon's API answers (``docker info`` prints its client part even when not)."""
+        probe = subprocess.run(
+            [DOCKER, "version", "--format", "{{.Server.Version}}"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return probe.returncode == 0 and bool(probe.stdout.strip())
+
     def __call__(self, *args: str, timeout: float = 120, check: bool = True) -> str:
         result = subprocess.run(
             [DOCKER, *args], env=self.env, capture_output=True, text=True, timeout=timeout
@@ -91,7 +102,7 @@ def docker() -> Iterator[Docker]:
     client = Docker(env, work)
     try:
         deadline = time.monotonic() + 120
-        while client("info", check=False, timeout=30) == "":
+        while not client.answers():
             assert daemon.poll() is None, (work / "dockerd.log").read_text()[-2000:]
             assert time.monotonic() < deadline, "dockerd did not answer within 120 s"
             time.sleep(0.5)  # polling an external process we started until its API answers

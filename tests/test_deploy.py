@@ -217,11 +217,19 @@ def test_dockerfile_has_the_four_targets_and_a_safe_serving_image() -> None:
     assert (
         "USER 10001" in server and "HEALTHCHECK" in server and "service.rpc.healthcheck" in server
     )
-    assert "find_spec('torch') is None" in server and "torch==" not in server
+    cpu = text.split("AS cpu\n", 1)[1].split("\nFROM ", 1)[0]  # what server and review-ui are
+    assert "FROM cpu AS server" in text and "FROM cpu AS review-ui" in text
+    assert "find_spec('torch') is None" in cpu and "torch==" not in cpu + server
+    assert "--mount=type=bind,from=build" in cpu and "COPY --from" not in text  # wheels mounted
+    assert "https://" not in text and "http://" not in text  # nothing names an external host
     trainer = text.split("AS trainer\n", 1)[1].split("\nFROM ", 1)[0]
     assert "torch==2.14.1" in trainer and "USER 10001" in trainer
     ui = text.split("AS review-ui\n", 1)[1].split("\nFROM ", 1)[0]
     assert "USER 10001" in ui and "reviewui.healthcheck" in ui and "torch==" not in ui
+    for stage in text.split("\nFROM ")[1:]:
+        if "pip install" in stage or "pip wheel" in stage:  # every stage running pip: its index
+            for arg in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST"):
+                assert f"ARG {arg}\n" in stage, (stage.split("\n", 1)[0], arg)
     assert 'ENTRYPOINT ["cad", "review-ui"]' in ui and "COPY reviewui ./reviewui" in text
 
 
