@@ -160,6 +160,10 @@ class ReviewApp:
             Route("/api/missed", self.api(self.missed, changes=True), methods=["POST"]),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ]
+        self._templates = {
+            name: (STATIC / name).read_text() for name in ("review.html", "signin.html")
+        }
+        """The two HTML pages, read once at start (filled in per request)."""
         self.app = Starlette(routes=routes)
         self.app.add_middleware(_HeadersMiddleware)
 
@@ -224,7 +228,7 @@ class ReviewApp:
             f'<option value="{v}"{" selected" if v == "entropy_diversity_alpha" else ""}>{v}</option>'
             for v in QUEUE_VARIANTS
         )
-        text = (STATIC / "review.html").read_text()
+        text = self._templates["review.html"]
         text = text.replace("{{csrf}}", html.escape(session.csrf))
         text = text.replace("{{reviewer}}", html.escape(session.reviewer))
         text = text.replace("{{variants}}", variants)
@@ -233,7 +237,7 @@ class ReviewApp:
 
     def _signin_page(self, message: str = "", status: int = 200) -> Response:
         nonce = secrets.token_urlsafe(32)
-        text = (STATIC / "signin.html").read_text()
+        text = self._templates["signin.html"]
         text = text.replace("{{csrf}}", nonce)
         text = text.replace(
             "{{message}}",

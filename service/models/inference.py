@@ -105,14 +105,8 @@ class ModelManager:
                 if version in self.refused:
                     continue
                 try:
-                    model = load_model(self._choose(version), self.options)
-                except (ModelRejected, OSError, ValueError) as exc:
-                    reason = str(exc)
-                    self.refused[version] = reason
-                    log.error(
-                        "refused model %s version %s: %s", self.registry.name, version, reason
-                    )
-                    self._announce("on_refused", version, reason)
+                    model = self._load(version)
+                except ModelRejected:
                     continue
                 self._swap(model)
                 return True
@@ -121,6 +115,21 @@ class ModelManager:
                     f"v{v}: {r}" for v, r in sorted(self.refused.items())
                 )
             return False
+
+    def _load(self, version: int) -> LoadedModel:
+        """Load and check a version (or its int8 variant); a failure is remembered as refused.
+
+        Raises:
+            ModelRejected: it fails its checks (announced to the listeners).
+        """
+        try:
+            return load_model(self._choose(version), self.options)
+        except (ModelRejected, OSError, ValueError) as exc:
+            reason = str(exc)
+            self.refused[version] = reason
+            log.error("refused model %s version %s: %s", self.registry.name, version, reason)
+            self._announce("on_refused", version, reason)
+            raise ModelRejected(f"version {version} was refused: {reason}") from None
 
     def _choose(self, version: int) -> VersionInfo:
         """The version itself, or its int8 variant where int8 is wanted and it kept the AUC."""
@@ -176,13 +185,7 @@ class ModelManager:
         with self._lock:
             model = self.current
             if model is None or model.version != version:
-                try:
-                    model = load_model(self._choose(version), self.options)
-                except (ModelRejected, OSError, ValueError) as exc:
-                    self.refused[version] = str(exc)
-                    log.error("refused model %s version %s: %s", self.registry.name, version, exc)
-                    self._announce("on_refused", version, str(exc))
-                    raise ModelRejected(f"version {version} was refused: {exc}") from None
+                model = self._load(version)
             previous = self.registry.pinned()
             self.registry.pin(version, actor, reason)
             if model is not self.current:
