@@ -66,8 +66,8 @@ def cut(pixels: np.ndarray, boxes: list[Box], out: np.ndarray | None) -> int:
     """One request's patches, into ``out`` or into a fresh array; returns the patch count.
 
     Candidate by candidate through ``extract_patches(out=...)`` (what ``extract_many`` does), so
-    that this script also runs on code from before ``extract_many`` took ``out``: the README's
-    before/after figures are this script on both."""
+    that this script also runs on code from before ``extract_many`` took ``out``: the
+    before/after figures in docs/performance.md are this script on both."""
     recipe = parse_recipe("polyp")
     m = recipe.count
     if out is None:

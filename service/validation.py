@@ -19,7 +19,7 @@ QUOTE_CHARS = 40
 MAX_STATUS_CHARS = 1000
 """Longest status message the server sends (the interceptor cuts longer ones)."""
 
-# Length limits of string fields (characters). Documented in README "Limits".
+# Length limits of string fields (characters); README "API in brief" points here.
 MAX_ID_CHARS = 256
 """client_id, candidate_id, request_id, source_id, idempotency_key."""
 MAX_NAME_CHARS = 128
