@@ -59,6 +59,12 @@ class ServerSettings(BaseSettings):
         description="Pad model batches to powers of two up to the max batch, each shape run once at "
         "load: auto (on for CUDA, where a new shape's first run costs a cuDNN search), on or off.",
     )
+    patch_sampling: Literal["auto", "host", "graph"] = Field(
+        "auto",
+        description="Where patches are cut: host (numpy on the CPU, then copied to the model), "
+        "graph (the image and one affine map per patch go to an ONNX sampling graph in front of "
+        "the model, on its device) or auto (graph on CUDA, host otherwise).",
+    )
     cpu_mem_arena: bool = Field(
         True,
         description="ONNX Runtime's CPU memory arena: keeps the largest batch's buffers for reuse "

@@ -25,17 +25,24 @@ def make_tiny_onnx(
     channels: int = 3,
     nan_output: bool = False,
     weights: np.ndarray = TINY_WEIGHTS,
+    spatial: bool = False,
 ) -> None:
     """A tiny model honouring the server's contract: patches [N,3,S,S] -> probabilities [N,2].
 
     probabilities = softmax(mean_pixel_per_channel / 255 @ W * 50 + b): fast, and its
     output depends on the patch content so different candidates get different results.
+    ``spatial``: each pixel is first weighted by a fixed random map, so that the output also
+    depends on where in the patch a pixel lies (a flipped or rotated patch scores differently).
     """
     import onnx
     from onnx import TensorProto, helper
 
-    nodes = [
-        helper.make_node("ReduceMean", ["patches", "axes"], ["pooled"], keepdims=0),
+    pixel_map = np.random.default_rng(7).uniform(-3, 5, (1, channels, size, size))
+    nodes = [helper.make_node("Mul", ["patches", "pixel_map"], ["weighted"])] if spatial else []
+    nodes += [
+        helper.make_node(
+            "ReduceMean", ["weighted" if spatial else "patches", "axes"], ["pooled"], keepdims=0
+        ),
         helper.make_node("Div", ["pooled", "scale"], ["unit"]),
         helper.make_node("MatMul", ["unit", "W"], ["logits0"]),
         helper.make_node("Add", ["logits0", "b"], ["logits"]),
@@ -54,6 +61,12 @@ def make_tiny_onnx(
         helper.make_tensor("b", TensorProto.FLOAT, [2], [0.0, 0.0]),
         helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
     ]
+    if spatial:
+        initializers.append(
+            helper.make_tensor(
+                "pixel_map", TensorProto.FLOAT, list(pixel_map.shape), pixel_map.ravel().tolist()
+            )
+        )
     graph = helper.make_graph(
         nodes,
         "tiny",

@@ -282,6 +282,48 @@ def extract_patches(
     return out
 
 
+def _dihedral_matrices() -> npt.NDArray[np.float64]:
+    """:func:`_dihedral` as matrices: variant ``d`` shows, at a patch's centred coordinates
+    ``(u, v)`` (column, row, each in [-1, 1]), the resampled patch at ``D[d] @ (u, v)``.
+
+    Read off :func:`_dihedral` itself (applied to a 2x2 patch of its own coordinates), so the
+    graph path (:func:`patch_affines`) cannot drift from the numpy path."""
+    coords = np.array([-1.0, 1.0])
+    u, v = np.meshgrid(coords, coords)  # u varies along columns, v along rows
+    at = np.stack([u.ravel(), v.ravel()], axis=1)  # (4, 2): each output pixel's (u, v)
+    out = []
+    for variant in _dihedral(np.stack([u, v])):
+        source = variant.reshape(2, -1).T  # (4, 2): the (u, v) each output pixel shows
+        out.append(np.linalg.lstsq(at, source, rcond=None)[0].T)
+    return np.rint(np.stack(out))
+
+
+_DIHEDRAL = _dihedral_matrices()
+
+
+def patch_affines(height: int, width: int, box: Box, recipe: Recipe) -> npt.NDArray[np.float32]:
+    """The patches of :func:`extract_patches` as affine maps, for sampling them elsewhere (an
+    ONNX ``GridSample`` on the model's device, :mod:`service.models.sampler`).
+
+    Row ``i`` maps patch ``i``'s centred output coordinates ``(u, v, 1)`` (``u`` along columns,
+    ``v`` along rows, pixel centres at ``(2k + 1) / S - 1``) to the image pixel it samples
+    (``x`` column, ``y`` row, pixel centres at integers): float32 ``(recipe.count, 2, 3)``.
+    Bilinear sampling at those points with zeros outside the image gives the same patches as
+    :func:`extract_patches` (which stays the reference), up to float32 rounding of the points.
+    """
+    validate_box(box, height, width)
+    regions = _regions(box, recipe, height, width)[: recipe.count]
+    variants = range(8) if recipe.dihedral else range(1)
+    out = np.empty((len(variants) * len(regions), 2, 3), dtype=np.float64)
+    k = 0
+    for d in variants:  # dihedral-major, as extract_patches orders them
+        for cx, cy, w, h in regions:
+            out[k, :, :2] = np.diag([w / 2.0, h / 2.0]) @ _DIHEDRAL[d]
+            out[k, :, 2] = (cx - 0.5, cy - 0.5)
+            k += 1
+    return out[: recipe.count].astype(np.float32)
+
+
 def extract_many(
     image: Image, boxes: Sequence[Box], recipe: Recipe, size: int, out: Patches | None = None
 ) -> Patches:

@@ -35,6 +35,11 @@ import numpy.typing as npt
 from service.errors import DeadlineExceeded, LimitExceeded, ModelUnavailable
 from service.metrics import ServiceMetrics
 from service.models.model import LoadedModel
+from service.models.sampler import ImagePatches
+
+Patches = npt.NDArray[np.float32] | ImagePatches
+"""A request's patches: cut (float32 ``(n, 3, S, S)``, the host path) or still to be cut from
+their image on the model's device (the graph path, when ``model.samples_on_device``)."""
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +77,7 @@ class BatchingConfig:
 @dataclass(eq=False)
 class _Request:
     model: LoadedModel
-    patches: npt.NDArray[np.float32]
+    patches: Patches
     deadline: float | None
     enqueued: float
     future: Future[npt.NDArray[np.float32]] = field(default_factory=Future)
@@ -109,6 +114,17 @@ class _Workspace:
         array[offset:size] = 0.0
         return array[:size]
 
+    def run(self, model: LoadedModel, parts: list[Patches]) -> npt.NDArray[np.float32]:
+        """Probabilities ``(n, K)`` for the parts' ``n`` patches in order, run as one batch
+        padded to the model's bucket."""
+        n = sum(len(p) for p in parts)
+        size = bucket_size(model, n)
+        if isinstance(parts[0], ImagePatches):
+            return model.run_images(parts, size)[:n]  # type: ignore[arg-type]
+        if len(parts) == 1 and size == n:  # one request's slice: run it where it lies
+            return model.run(np.ascontiguousarray(parts[0], dtype=np.float32))
+        return model.run(self.assemble(parts, size))[:n]  # type: ignore[arg-type]
+
 
 class SerialBatcher:
     """Runs one caller's patches in batches of at most ``max_batch``, each padded to its bucket."""
@@ -123,7 +139,7 @@ class SerialBatcher:
     def predict(
         self,
         model: LoadedModel,
-        patches: npt.NDArray[np.float32],
+        patches: Patches,
         deadline: float | None = None,
     ) -> npt.NDArray[np.float32]:
         """Probabilities ``(n, K)`` for ``patches`` (``deadline`` is checked before each batch).
@@ -136,15 +152,10 @@ class SerialBatcher:
             if deadline is not None and time.monotonic() >= deadline:
                 raise DeadlineExceeded("the request's deadline passed before it reached the model")
             part = patches[start : start + self.max_batch]
-            n, size = len(part), bucket_size(model, len(part))
-            if size == n:
-                batch = np.ascontiguousarray(part, dtype=np.float32)
-            else:
-                batch = self._workspace.assemble([part], size)
             t0 = time.perf_counter()
-            outputs.append(model.run(batch)[:n])
+            outputs.append(self._workspace.run(model, [part]))
             if self.metrics is not None:
-                self.metrics.observe_batch(n, time.perf_counter() - t0)
+                self.metrics.observe_batch(len(part), time.perf_counter() - t0)
         if not outputs:
             return np.empty((0, model.num_classes), dtype=np.float32)
         return np.concatenate(outputs)
@@ -181,7 +192,7 @@ class DynamicBatcher:
     def predict(
         self,
         model: LoadedModel,
-        patches: npt.NDArray[np.float32],
+        patches: Patches,
         deadline: float | None = None,
     ) -> npt.NDArray[np.float32]:
         """Probabilities ``(n, K)`` for ``patches``; blocks until its batches have run.
@@ -299,14 +310,9 @@ class DynamicBatcher:
         model = taken[0][0].model
         parts = [r.patches[a:b] for r, a, b in taken]
         n = sum(len(p) for p in parts)
-        size = bucket_size(model, n)
-        if len(parts) == 1 and size == n:  # one request's slice: run it where it lies
-            batch = np.ascontiguousarray(parts[0], dtype=np.float32)
-        else:
-            batch = workspace.assemble(parts, size)
         t0 = time.perf_counter()
         try:
-            out = model.run(batch)[:n]
+            out = workspace.run(model, parts)
         except BaseException as exc:  # every waiting caller gets the failure, none hangs
             log.exception("model run over %d patches failed", n)
             with self._cond:

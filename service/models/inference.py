@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.aift import Box, candidate_stats, parse_recipe, validate_box
-from service.aift.patches import PatchBuffers, extract_many
+from service.aift.patches import PatchBuffers, extract_many, patch_affines
 from service.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -39,6 +39,7 @@ from service.metrics import ServiceMetrics
 from service.models.lifecycle import MetricsListener, ModelListener, announce
 from service.models.model import LoadedModel, SessionOptions, load_model
 from service.models.registry import ModelRegistry, VersionInfo
+from service.models.sampler import ImagePatches
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +309,10 @@ class PatchBatcher(Protocol):
     def max_batch(self) -> int: ...
 
     def predict(
-        self, model: LoadedModel, patches: npt.NDArray[np.float32], deadline: float | None = None
+        self,
+        model: LoadedModel,
+        patches: npt.NDArray[np.float32] | ImagePatches,
+        deadline: float | None = None,
     ) -> npt.NDArray[np.float32]: ...
 
 
@@ -379,8 +383,14 @@ class Classifier:
         probs = []
         for start in range(0, count, per_chunk):
             chunk = boxes[start : start + per_chunk]
-            out = self._buffers.get(len(chunk) * recipe.count, model.input_size)
-            patches = extract_many(image.pixels, chunk, recipe, model.input_size, out=out)
+            patches: npt.NDArray[np.float32] | ImagePatches
+            if model.samples_on_device:  # the image and an affine map per patch, cut there
+                h, w = image.height, image.width
+                affines = np.concatenate([patch_affines(h, w, b, recipe) for b in chunk])
+                patches = ImagePatches(image.pixels, affines)
+            else:
+                out = self._buffers.get(len(chunk) * recipe.count, model.input_size)
+                patches = extract_many(image.pixels, chunk, recipe, model.input_size, out=out)
             probs.append(self.batcher.predict(model, patches, request.deadline))
         all_probs = np.concatenate(probs).reshape(count, recipe.count, -1)
         stats = candidate_stats(all_probs)

@@ -20,8 +20,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from service.aift.patches import Box, extract_patches, parse_recipe, patch_affines
 from service.errors import ModelRejected
 from service.models.registry import VersionInfo, sha256_file
+from service.models.sampler import AFFINES, IMAGES, INDEX, MIN_OPSET, ImagePatches, pack
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,8 @@ class SessionOptions:
     cpu_mem_arena: bool = True
     """ONNX Runtime's CPU memory arena: buffers of the largest batch seen are kept for reuse
     (RSS stays at that high-water mark); off, every run allocates and frees its own."""
+    patch_sampling: str = "auto"
+    """host, graph or auto (graph on CUDA): see :mod:`service.models.sampler`."""
 
     def __post_init__(self) -> None:
         if self.graph_optimization not in GRAPH_OPTIMIZATION:
@@ -134,6 +138,10 @@ class SessionOptions:
             raise ValueError(f"batch_buckets must be auto, on or off, not {self.batch_buckets!r}")
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, not {self.max_batch}")
+        if self.patch_sampling not in ("auto", "host", "graph"):
+            raise ValueError(
+                f"patch_sampling must be auto, host or graph, not {self.patch_sampling!r}"
+            )
 
 
 def batch_buckets(max_batch: int) -> tuple[int, ...]:
@@ -156,9 +164,12 @@ class LoadedModel:
         io_binding: bool = False,
         optimized_from_cache: bool = False,
         buckets: tuple[int, ...] = (),
+        sampler: Any = None,
     ) -> None:
         self.info = info
         self.session = session
+        self.sampler = sampler
+        """The session of the model with the patch sampler in front (the graph path), or None."""
         self.io_binding = io_binding
         self.buckets = buckets
         """Padded batch sizes (empty: batches run at their own size)."""
@@ -187,17 +198,32 @@ class LoadedModel:
     def default_recipe(self) -> str:
         return self.info.manifest.recipe
 
+    @property
+    def samples_on_device(self) -> bool:
+        """Patches are cut by the sampling graph (send :class:`ImagePatches`), not in numpy."""
+        return self.sampler is not None
+
     def run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Probabilities ``(n, K)`` for one batch ``(n, 3, S, S)``, run as given (the batchers in
         :mod:`service.models.batcher` pad it to a bucket first)."""
+        return self._run(self.session, {self.input_name: batch})
+
+    def run_images(self, parts: list[ImagePatches], size: int) -> npt.NDArray[np.float32]:
+        """Probabilities ``(size, K)`` for the patches of ``parts``, in order, cut on the model's
+        device by the sampling graph; rows past the parts' patches are bucket padding."""
+        canvas, affines, index = pack(parts, size)
+        return self._run(self.sampler, {IMAGES: canvas, AFFINES: affines, INDEX: index})
+
+    def _run(self, session: Any, feeds: dict[str, npt.NDArray[Any]]) -> npt.NDArray[np.float32]:
         if self.io_binding:
-            binding = self.session.io_binding()
-            binding.bind_cpu_input(self.input_name, np.ascontiguousarray(batch, dtype=np.float32))
+            binding = session.io_binding()
+            for name, value in feeds.items():
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
             binding.bind_output(self.output_name, "cpu")
-            self.session.run_with_iobinding(binding)
+            session.run_with_iobinding(binding)
             out = binding.copy_outputs_to_cpu()[0]
         else:
-            out = self.session.run([self.output_name], {self.input_name: batch})[0]
+            out = session.run([self.output_name], feeds)[0]
         return np.asarray(out, dtype=np.float32)
 
 
@@ -276,6 +302,47 @@ def _session(path: Path, sha256: str, options: SessionOptions, version: int) -> 
     return session, False
 
 
+def _sampler_session(path: Path, options: SessionOptions, version: int) -> Any:
+    """A session of the model with the patch sampler in front, or None where its opset is older
+    than the sampler's (it is then served on the host path, with a warning)."""
+    import onnx
+    import onnxruntime as ort
+
+    from service.models.sampler import opset_of, with_sampler
+
+    proto = onnx.load(str(path))
+    if opset_of(proto) < MIN_OPSET:
+        log.warning(
+            "version %s: ONNX opset %s is older than the patch sampler's (%s); patches are cut "
+            "on the host",
+            version,
+            opset_of(proto),
+            MIN_OPSET,
+        )
+        return None
+    try:
+        combined = with_sampler(proto).SerializeToString()
+        so = _session_options(options, options.graph_optimization)
+        return ort.InferenceSession(combined, so, providers=list(options.providers))
+    except Exception as exc:
+        raise ModelRejected(f"version {version}: the patch sampling graph failed: {exc}") from None
+
+
+def _check_sampler(model: LoadedModel) -> None:
+    """The graph path must give the host path's probabilities on a test image (1e-3)."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    box, recipe = Box(-4.0, 6.0, 30.0, 24.0), parse_recipe(model.default_recipe)
+    host = model.run(extract_patches(image, box, recipe, model.input_size))
+    affines = patch_affines(image.shape[0], image.shape[1], box, recipe)
+    graph = model.run_images([ImagePatches(image, affines)], recipe.count)
+    if host.shape != graph.shape or not np.allclose(host, graph, atol=1e-3):
+        raise ModelRejected(
+            f"version {model.version}: the patch sampling graph disagrees with the host path "
+            f"(largest difference {np.abs(host - graph).max():.2e})"
+        )
+
+
 def load_model(info: VersionInfo, options: SessionOptions) -> LoadedModel:
     """Load and check one registry version: checksum, signature, warm-up with finite outputs.
 
@@ -299,8 +366,15 @@ def load_model(info: VersionInfo, options: SessionOptions) -> LoadedModel:
     use_binding = options.io_binding == "on" or (options.io_binding == "auto" and on_cuda)
     use_buckets = options.batch_buckets == "on" or (options.batch_buckets == "auto" and on_cuda)
     buckets = batch_buckets(options.max_batch) if use_buckets else ()
+    graph = options.patch_sampling == "graph" or (options.patch_sampling == "auto" and on_cuda)
+    sampler = _sampler_session(path, options, info.version) if graph else None
     model = LoadedModel(
-        info, session, io_binding=use_binding, optimized_from_cache=cached, buckets=buckets
+        info,
+        session,
+        io_binding=use_binding,
+        optimized_from_cache=cached,
+        buckets=buckets,
+        sampler=sampler,
     )
     rng = np.random.default_rng(0)
     warm = rng.uniform(0, 255, (2, 3, model.input_size, model.input_size)).astype(np.float32)
@@ -312,11 +386,25 @@ def load_model(info: VersionInfo, options: SessionOptions) -> LoadedModel:
         raise ModelRejected(f"version {info.version}: warm-up produced non-finite outputs")
     if not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3) or probs.min() < 0:
         raise ModelRejected(f"version {info.version}: outputs are not probabilities")
+    if model.samples_on_device:
+        try:
+            _check_sampler(model)
+        except ModelRejected:
+            raise
+        except Exception as exc:
+            raise ModelRejected(
+                f"version {info.version}: the sampling graph failed: {exc}"
+            ) from None
     if buckets:
         t0 = time.perf_counter()
         for size in buckets:  # each shape's first-run cost (cuDNN search) is paid here
             try:
                 model.run(np.zeros((size, 3, model.input_size, model.input_size), dtype=np.float32))
+                if model.samples_on_device:  # its own session: its own first runs
+                    tiny = ImagePatches(
+                        np.zeros((8, 8, 3), np.uint8), np.zeros((1, 2, 3), np.float32)
+                    )
+                    model.run_images([tiny], size)
             except Exception as exc:  # any runtime failure rejects the version
                 raise ModelRejected(
                     f"version {info.version}: warm-up at batch {size} failed: {exc}"

@@ -65,6 +65,7 @@ class CadServer:
                 batch_buckets=settings.batch_buckets,
                 max_batch=settings.batch_max_size,
                 cpu_mem_arena=settings.cpu_mem_arena,
+                patch_sampling=settings.patch_sampling,
             ),
             self.metrics,
             precision=settings.precision,
