@@ -15,7 +15,12 @@ One run measures, on the same AlexNet model (224-px patches) and batch sizes:
 6. resident memory of the server after the 1st and the 50th hot swap;
 7. an int8 variant: throughput against fp32 and AUC change on CVC-ClinicDB;
 8. on a CPU, the fp32 rate the machine can reach at all (a large matrix product) against the
-   model's FLOPs: how far any fp32 server could get past PyTorch eager here.
+   model's FLOPs: how far any fp32 server could get past PyTorch eager here;
+9. where patches are cut: the server with ``CAD_PATCH_SAMPLING=host`` (numpy on the CPU) and
+   ``graph`` (the sampling graph on the model's device) at the highest concurrency, and the
+   bytes each request hands the model on either path.
+
+``--no-extras`` skips 4-8 (video, pool scoring, swaps, int8, the CPU's fp32 rate).
 
 Prints a table and the ratios, and writes everything to a JSON file.
 """
@@ -339,6 +344,40 @@ def load(
     }
 
 
+def model_input_bytes(requests: list[cad_pb2.ClassifyRequest], size: int) -> dict[str, float]:
+    """Mean bytes per request handed to the model: cut float32 patches (host path) against the
+    decoded 8-bit image once plus a 2x3 float32 map and an int64 index per patch (graph path)."""
+    from service.aift.patches import parse_recipe
+    from service.imaging import decode_dicom, decode_encoded
+
+    host, graph = [], []
+    for req in requests:
+        kind = req.WhichOneof("image")
+        decode = decode_dicom if kind == "dicom" else decode_encoded
+        pixels = decode(getattr(req, kind), req.frame_index).pixels
+        patches = len(req.candidates) * parse_recipe(req.recipe).count
+        host.append(patches * 3 * size * size * 4)
+        graph.append(pixels.nbytes + patches * (6 * 4 + 8))
+    return {
+        "host_mb": float(np.mean(host)) / 1e6,
+        "graph_mb": float(np.mean(graph)) / 1e6,
+        "ratio": float(np.mean(graph) / np.mean(host)),
+    }
+
+
+def sampling_comparison(
+    env: dict[str, str], requests: list[cad_pb2.ClassifyRequest], clients: int, seconds: float
+) -> dict[str, Any]:
+    """The server on either patch path, one fresh process each, at ``clients`` clients."""
+    out: dict[str, Any] = {}
+    for sampling in ("host", "graph"):
+        log(f"server, CAD_PATCH_SAMPLING={sampling}, {clients} concurrent clients ...")
+        with server_process({**env, "CAD_PATCH_SAMPLING": sampling}) as (_proc, address):
+            out[sampling] = load(address, requests, clients, seconds)
+        log(f"  {out[sampling]}")
+    return out
+
+
 def video(address: str, frames: list[bytes], fps: float | None, count: int) -> dict[str, Any]:
     """One ClassifyStream; frames paced at ``fps`` (None: as fast as the server answers)."""
     sent: dict[int, float] = {}
@@ -499,6 +538,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--swaps", type=int, default=50)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
+        "--no-extras",
+        action="store_true",
+        help="only the server, the baselines and the patch paths (no video, pool scoring, swaps, "
+        "int8, CPU fp32 rate)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=None,
@@ -548,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=workers,
             runners=runners,
             batch_buckets="on" if cuda else "off",
+            patch_sampling="graph" if cuda else "host",
             store="sqlite (durable, synchronous=FULL)",
             archive="on",
         )
@@ -560,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"  {eager}")
         results["ort_ceiling_patches_per_s"] = ceiling
         results["torch_eager_patches_per_s"] = eager
-        if not cuda:
+        if not cuda and not args.no_extras:
             log("fp32 rate of this CPU (large matrix products) ...")
             results["fp32_ceiling"] = fp32_ceiling(info, ceiling[batch], eager[batch], seconds)
             log(f"  {results['fp32_ceiling']}")
@@ -574,19 +620,32 @@ def main(argv: list[str] | None = None) -> int:
                 levels.append(load(address, requests, c, seconds))
                 log(f"  {levels[-1]}")
             results["server"] = levels
-            frames = [png_frame(p, i) for i, p in enumerate(frame_paths(30) or [None] * 30)]
-            log("video stream at 30 fps ...")
-            results["video_30fps"] = video(address, frames, 30.0, 150 if args.quick else 450)
-            log(f"  {results['video_30fps']}")
-            results["video_max"] = video(address, frames, None, 150 if args.quick else 450)
-            log(f"  unpaced: {results['video_max']}")
-            log(f"hot swaps x{args.swaps} ...")
-            results["hot_swaps"] = hot_swaps(registry, address, proc.pid, args.swaps)
+            if args.no_extras:
+                results["settings"]["extras"] = "skipped (--no-extras)"
+        results["sampling"] = sampling_comparison(env, requests, max(args.concurrency), seconds)
+        results["model_input_bytes"] = model_input_bytes(requests, info.manifest.input_size)
+        if not args.no_extras:
+            with server_process(env) as (proc, address):
+                frames = [png_frame(p, i) for i, p in enumerate(frame_paths(30) or [None] * 30)]
+                log("video stream at 30 fps ...")
+                results["video_30fps"] = video(address, frames, 30.0, 150 if args.quick else 450)
+                log(f"  {results['video_30fps']}")
+                results["video_max"] = video(address, frames, None, 150 if args.quick else 450)
+                log(f"  unpaced: {results['video_max']}")
+                log(f"hot swaps x{args.swaps} ...")
+                results["hot_swaps"] = hot_swaps(registry, address, proc.pid, args.swaps)
+            results["pool_scoring"] = pool_scoring_ratio(ceiling[batch])
+            log("int8 variant ...")
+            results["int8"] = int8(
+                registry,
+                registry.latest(),  # type: ignore[arg-type]
+                options,
+                batch,
+                seconds,
+                args.quick,
+            )
         best = max(level["patches_per_s"] for level in results["server"])
-        results["pool_scoring"] = pool_scoring_ratio(ceiling[batch])
-        log("int8 variant ...")
-        results["int8"] = int8(registry, registry.latest(), options, batch, seconds, args.quick)  # type: ignore[arg-type]
-        if results["int8"].get("served"):
+        if results.get("int8", {}).get("served"):
             log(f"server with CAD_PRECISION=int8, {max(args.concurrency)} concurrent clients ...")
             int8_log: list[str] = []
             with server_process({**env, "CAD_PRECISION": "int8"}, log_lines=int8_log) as (
@@ -600,6 +659,14 @@ def main(argv: list[str] | None = None) -> int:
             "server_vs_ort_ceiling": best / ceiling[batch],
             "server_vs_torch_eager": best / eager[batch],
             "ort_vs_torch_eager": ceiling[batch] / eager[batch],
+            **{
+                f"server_{k}_sampling_vs_ort_ceiling": v["patches_per_s"] / ceiling[batch]
+                for k, v in results["sampling"].items()
+            },
+            **{
+                f"server_{k}_sampling_vs_torch_eager": v["patches_per_s"] / eager[batch]
+                for k, v in results["sampling"].items()
+            },
         }
         if "server_int8" in results:
             results["ratios"]["server_int8_vs_torch_eager"] = (
@@ -661,6 +728,19 @@ def render(r: dict[str, Any]) -> str:
         f"server at saturation / PyTorch eager:    {ratios['server_vs_torch_eager']:.2f}x (target >= 2)"
     )
     lines.append(f"raw ONNX Runtime / PyTorch eager:        {ratios['ort_vs_torch_eager']:.2f}x")
+    for path, level in r.get("sampling", {}).items():
+        lines.append(
+            f"patches cut on the {'host (numpy)' if path == 'host' else 'device (graph)'}, "
+            f"{level['clients']} clients: {level['patches_per_s']:.1f} patches/s = "
+            f"{ratios[f'server_{path}_sampling_vs_ort_ceiling']:.3f} of raw ONNX Runtime, "
+            f"{ratios[f'server_{path}_sampling_vs_torch_eager']:.2f}x PyTorch eager"
+        )
+    if "model_input_bytes" in r:
+        b = r["model_input_bytes"]
+        lines.append(
+            f"handed to the model per request: {b['host_mb']:.2f} MB of patches (host) vs "
+            f"{b['graph_mb']:.3f} MB of image and maps (graph), {b['ratio']:.3f}x"
+        )
     if "fp32_ceiling" in r:
         f = r["fp32_ceiling"]
         kernels = ", ".join(
@@ -673,31 +753,32 @@ def render(r: dict[str, Any]) -> str:
             f"2x eager needs {f['needed_for_2x_eager_gflops']:.0f} GFLOP/s = "
             f"{f['needed_for_2x_eager_vs_sgemm']:.2f}x that matrix product"
         )
-    v, vm = r["video_30fps"], r["video_max"]
-    lines.append(
-        f"video, 30 fps paced: {v['fps']:.1f} fps, p50 {v['p50_ms']:.1f} ms, p99 {v['p99_ms']:.1f} ms "
-        f"(targets >= 30 fps, p99 <= 50 ms); unpaced {vm['fps']:.1f} fps"
-    )
-    p = r["pool_scoring"]
-    lines.append(
-        f"pool scoring {p['candidates']} x {p['patches_per_candidate']}: {p['scoring_s']:.3f} s vs model "
-        f"{p['model_s_at_ceiling']:.0f} s -> ratio {p['ratio']:.2e} (target <= 0.01)"
-    )
-    h = r["hot_swaps"]
-    lines.append(
-        f"RSS after swap 1: {h['rss_after_first_mb']:.0f} MB, after swap {h['swaps']}: "
-        f"{h['rss_after_last_mb']:.0f} MB -> ratio {h['ratio']:.3f} (target <= 1.10)"
-    )
-    q = r["int8"]
-    if "skipped" in q:
-        lines.append(f"int8: skipped ({q['skipped']})")
-    else:
+    if "video_30fps" in r:
+        v, vm = r["video_30fps"], r["video_max"]
         lines.append(
-            f"int8: {q['int8_patches_per_s']:.1f} vs fp32 {q['fp32_patches_per_s']:.1f} patches/s "
-            f"({q['speedup']:.2f}x); CVC AUC {q['auc_fp32']:.4f} -> {q['auc_int8']:.4f} "
-            f"(drop {q['auc_drop']:+.4f}, {q['eval_candidates']} candidates) -> "
-            f"{'served' if q['served'] else 'NOT served (drop > 0.005)'}"
+            f"video, 30 fps paced: {v['fps']:.1f} fps, p50 {v['p50_ms']:.1f} ms, p99 {v['p99_ms']:.1f} ms "
+            f"(targets >= 30 fps, p99 <= 50 ms); unpaced {vm['fps']:.1f} fps"
         )
+        p = r["pool_scoring"]
+        lines.append(
+            f"pool scoring {p['candidates']} x {p['patches_per_candidate']}: {p['scoring_s']:.3f} s vs model "
+            f"{p['model_s_at_ceiling']:.0f} s -> ratio {p['ratio']:.2e} (target <= 0.01)"
+        )
+        h = r["hot_swaps"]
+        lines.append(
+            f"RSS after swap 1: {h['rss_after_first_mb']:.0f} MB, after swap {h['swaps']}: "
+            f"{h['rss_after_last_mb']:.0f} MB -> ratio {h['ratio']:.3f} (target <= 1.10)"
+        )
+        q = r["int8"]
+        if "skipped" in q:
+            lines.append(f"int8: skipped ({q['skipped']})")
+        else:
+            lines.append(
+                f"int8: {q['int8_patches_per_s']:.1f} vs fp32 {q['fp32_patches_per_s']:.1f} patches/s "
+                f"({q['speedup']:.2f}x); CVC AUC {q['auc_fp32']:.4f} -> {q['auc_int8']:.4f} "
+                f"(drop {q['auc_drop']:+.4f}, {q['eval_candidates']} candidates) -> "
+                f"{'served' if q['served'] else 'NOT served (drop > 0.005)'}"
+            )
     if "server_int8" in r:
         lines.append(
             f"server serving int8 ({r['server_int8']['clients']} clients): "
