@@ -13,14 +13,15 @@ One run measures, on the same AlexNet model (224-px patches) and batch sizes:
 4. video: ``ClassifyStream`` at 30 frames/s, one frame-level patch per frame;
 5. AIFT pool scoring of 100,000 candidates x 24 patches against the model time for them;
 6. resident memory of the server after the 1st and the 50th hot swap;
-7. an int8 variant: throughput against fp32 and AUC change on CVC-ClinicDB;
+7. a reduced-precision variant (int8 on a CPU, fp16 on CUDA): throughput against fp32, AUC
+   change on CVC-ClinicDB, and the server serving it where the drop is allowed;
 8. on a CPU, the fp32 rate the machine can reach at all (a large matrix product) against the
    model's FLOPs: how far any fp32 server could get past PyTorch eager here;
 9. where patches are cut: the server with ``CAD_PATCH_SAMPLING=host`` (numpy on the CPU) and
    ``graph`` (the sampling graph on the model's device) at the highest concurrency, and the
    bytes each request hands the model on either path.
 
-``--no-extras`` skips 4-8 (video, pool scoring, swaps, int8, the CPU's fp32 rate).
+``--no-extras`` skips 4-8 (video, pool scoring, swaps, the variant, the CPU's fp32 rate).
 
 Prints a table and the ratios, and writes everything to a JSON file.
 """
@@ -473,15 +474,16 @@ def hot_swaps(registry: ModelRegistry, address: str, pid: int, swaps: int) -> di
     }
 
 
-def int8(
+def reduced_precision(
     registry: ModelRegistry,
     version: int,
     options: SessionOptions,
     batch: int,
     seconds: float,
     quick: bool,
+    precision: str = "int8",
 ) -> dict[str, Any]:
-    """Quantise, publish the variant, compare throughput and CVC-ClinicDB AUC."""
+    """Make and publish the ``precision`` variant, compare throughput and CVC-ClinicDB AUC."""
     from service.aift import parse_recipe
     from service.aift.patches import extract_many
     from service.imaging import decode_encoded
@@ -506,19 +508,20 @@ def int8(
 
     calib, _ = patches_of(split["pool"], 1, 64 if quick else 128)
     test, labels = patches_of(split["test"], 2, 120 if quick else 400)
-    report = quantize_version(registry, version, calib, test, labels, recipe.count)
-    variant = registry.variant(version, "int8")
+    report = quantize_version(registry, version, calib, test, labels, recipe.count, precision)
+    variant = registry.variant(version, precision)
     fp32_rate = ort_ceiling(registry.get(version), options, batch, seconds)  # type: ignore[union-attr]
-    int8_rate = ort_ceiling(variant, options, batch, seconds)  # type: ignore[union-attr]
+    rate = ort_ceiling(variant, options, batch, seconds)  # type: ignore[union-attr]
     return {
+        "precision": precision,
         "auc_fp32": report.auc_fp32,
-        "auc_int8": report.auc_int8,
+        f"auc_{precision}": report.auc_variant,
         "auc_drop": report.auc_drop,
         "eval_candidates": report.eval_candidates,
         "calibration_patches": report.calibration_patches,
         "fp32_patches_per_s": fp32_rate,
-        "int8_patches_per_s": int8_rate,
-        "speedup": int8_rate / fp32_rate,
+        f"{precision}_patches_per_s": rate,
+        "speedup": rate / fp32_rate,
         "served": report.auc_drop <= 0.005,
     }
 
@@ -541,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         "--no-extras",
         action="store_true",
         help="only the server, the baselines and the patch paths (no video, pool scoring, swaps, "
-        "int8, CPU fp32 rate)",
+        "the reduced-precision variant, CPU fp32 rate)",
     )
     parser.add_argument(
         "--workers",
@@ -583,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
             pretrained=info.manifest.pretrained.source,
         )
         batch, preferred = MAX_BATCH, PREFERRED_BATCH
+        reduced = "fp16" if cuda else "int8"
         options = SessionOptions(tuple(providers))
         workers = args.workers or (12 if cuda else 4)
         runners = args.runners or (2 if cuda else 1)
@@ -635,26 +639,30 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"hot swaps x{args.swaps} ...")
                 results["hot_swaps"] = hot_swaps(registry, address, proc.pid, args.swaps)
             results["pool_scoring"] = pool_scoring_ratio(ceiling[batch])
-            log("int8 variant ...")
-            results["int8"] = int8(
+            log(f"{reduced} variant ...")
+            results[reduced] = reduced_precision(
                 registry,
                 registry.latest(),  # type: ignore[arg-type]
                 options,
                 batch,
                 seconds,
                 args.quick,
+                reduced,
             )
         best = max(level["patches_per_s"] for level in results["server"])
-        if results.get("int8", {}).get("served"):
-            log(f"server with CAD_PRECISION=int8, {max(args.concurrency)} concurrent clients ...")
-            int8_log: list[str] = []
-            with server_process({**env, "CAD_PRECISION": "int8"}, log_lines=int8_log) as (
+        if results.get(reduced, {}).get("served"):
+            log(
+                f"server with CAD_PRECISION={reduced}, {max(args.concurrency)} concurrent clients ..."
+            )
+            variant_log: list[str] = []
+            with server_process({**env, "CAD_PRECISION": reduced}, log_lines=variant_log) as (
                 _proc,
                 address,
             ):
-                results["server_int8"] = load(address, requests, max(args.concurrency), seconds)
-            results["server_int8"]["served_int8"] = any("(int8)" in line for line in int8_log)
-            log(f"  {results['server_int8']}")
+                served = load(address, requests, max(args.concurrency), seconds)
+            served[f"served_{reduced}"] = any(f"({reduced})" in line for line in variant_log)
+            results[f"server_{reduced}"] = served
+            log(f"  {served}")
         results["ratios"] = {
             "server_vs_ort_ceiling": best / ceiling[batch],
             "server_vs_torch_eager": best / eager[batch],
@@ -668,9 +676,9 @@ def main(argv: list[str] | None = None) -> int:
                 for k, v in results["sampling"].items()
             },
         }
-        if "server_int8" in results:
-            results["ratios"]["server_int8_vs_torch_eager"] = (
-                results["server_int8"]["patches_per_s"] / eager[batch]
+        if f"server_{reduced}" in results:
+            results["ratios"][f"server_{reduced}_vs_torch_eager"] = (
+                results[f"server_{reduced}"]["patches_per_s"] / eager[batch]
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -769,22 +777,25 @@ def render(r: dict[str, Any]) -> str:
             f"RSS after swap 1: {h['rss_after_first_mb']:.0f} MB, after swap {h['swaps']}: "
             f"{h['rss_after_last_mb']:.0f} MB -> ratio {h['ratio']:.3f} (target <= 1.10)"
         )
-        q = r["int8"]
+    for p in ("int8", "fp16"):
+        q = r.get(p)
+        if q is None:
+            continue
         if "skipped" in q:
-            lines.append(f"int8: skipped ({q['skipped']})")
+            lines.append(f"{p}: skipped ({q['skipped']})")
         else:
             lines.append(
-                f"int8: {q['int8_patches_per_s']:.1f} vs fp32 {q['fp32_patches_per_s']:.1f} patches/s "
-                f"({q['speedup']:.2f}x); CVC AUC {q['auc_fp32']:.4f} -> {q['auc_int8']:.4f} "
+                f"{p}: {q[p + '_patches_per_s']:.1f} vs fp32 {q['fp32_patches_per_s']:.1f} patches/s "
+                f"({q['speedup']:.2f}x); CVC AUC {q['auc_fp32']:.4f} -> {q['auc_' + p]:.4f} "
                 f"(drop {q['auc_drop']:+.4f}, {q['eval_candidates']} candidates) -> "
                 f"{'served' if q['served'] else 'NOT served (drop > 0.005)'}"
             )
-    if "server_int8" in r:
-        lines.append(
-            f"server serving int8 ({r['server_int8']['clients']} clients): "
-            f"{r['server_int8']['patches_per_s']:.1f} patches/s, "
-            f"{ratios['server_int8_vs_torch_eager']:.2f}x PyTorch eager fp32"
-        )
+        if f"server_{p}" in r:
+            lines.append(
+                f"server serving {p} ({r[f'server_{p}']['clients']} clients): "
+                f"{r[f'server_{p}']['patches_per_s']:.1f} patches/s, "
+                f"{ratios[f'server_{p}_vs_torch_eager']:.2f}x PyTorch eager fp32"
+            )
     return "\n".join(lines)
 
 

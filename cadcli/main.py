@@ -145,14 +145,17 @@ def _model_quantize(args: argparse.Namespace) -> int:
             _trainer_settings(args),
             args.version,  # type: ignore[arg-type]
             args.calibration_patches,
+            precision=args.precision,
         )
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"cad model quantize: {exc}", file=sys.stderr)
         return 2
+    p = report.precision
     print(
-        f"int8 variant of version {report.version}: AUC {report.auc_fp32:.4f} -> {report.auc_int8:.4f} "
-        f"(drop {report.auc_drop:+.4f}) on {report.eval_candidates} labeled candidates; servers with "
-        "CAD_PRECISION=int8 serve it only if the drop is within CAD_INT8_MAX_AUC_DROP"
+        f"{p} variant of version {report.version}: AUC {report.auc_fp32:.4f} -> "
+        f"{report.auc_variant:.4f} (drop {report.auc_drop:+.4f}) on {report.eval_candidates} labeled "
+        f"candidates; servers with CAD_PRECISION={p} serve it only if the drop is within "
+        f"CAD_{p.upper()}_MAX_AUC_DROP"
     )
     return 0
 
@@ -363,13 +366,15 @@ def build_parser() -> argparse.ArgumentParser:
     init.set_defaults(func=_model_init)
 
     quant = model_sub.add_parser(
-        "quantize", help="publish an int8 variant (static, calibrated on labels)"
+        "quantize",
+        help="publish an int8 (static, calibrated on labels) or fp16 (for CUDA) variant",
     )
     quant.add_argument("version", nargs="?", type=int, help="default: the version servers follow")
     quant.add_argument("--registry", help="registry root (CAD_REGISTRY_ROOT)")
     quant.add_argument("--store-url", help="label store (CAD_STORE_URL)")
     quant.add_argument("--archive-root", help="image archive (CAD_ARCHIVE_ROOT)")
-    quant.add_argument("--calibration-patches", type=int, default=512)
+    quant.add_argument("--calibration-patches", type=int, default=512, help="int8 only")
+    quant.add_argument("--precision", choices=["int8", "fp16"], default="int8")
     quant.add_argument("--log-level", default="INFO")
     quant.set_defaults(func=_model_quantize)
 

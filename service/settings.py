@@ -70,14 +70,20 @@ class ServerSettings(BaseSettings):
         description="ONNX Runtime's CPU memory arena: keeps the largest batch's buffers for reuse "
         "(RSS stays at that high-water mark); false allocates and frees per run.",
     )
-    precision: Literal["fp32", "int8"] = Field(
+    precision: Literal["fp32", "int8", "fp16"] = Field(
         "fp32",
-        description="fp32, or int8: serve a version's int8 variant where its AUC drop is allowed.",
+        description="fp32, or int8 or fp16: serve a version's variant of that precision where its "
+        "AUC drop is allowed (`cad model quantize --precision`); fp16 pays off on CUDA only.",
     )
     int8_max_auc_drop: float = Field(
         0.005,
         ge=0,
         description="Largest validation AUC drop of an int8 variant that may be served.",
+    )
+    fp16_max_auc_drop: float = Field(
+        0.005,
+        ge=0,
+        description="Largest validation AUC drop of an fp16 variant that may be served.",
     )
     intra_op_spinning: bool = Field(
         False,

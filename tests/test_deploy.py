@@ -411,7 +411,7 @@ def test_enum_like_settings_fail_at_start_with_the_allowed_values() -> None:
 
     for cls, field, bad in (
         (ServerSettings, "providers", "gpu"),
-        (ServerSettings, "precision", "fp16"),
+        (ServerSettings, "precision", "bf16"),
         (ServerSettings, "io_binding", "yes"),
         (TrainerSettings, "preset", "polyps"),
         (TrainerSettings, "architecture", "resnet"),

@@ -1,4 +1,5 @@
-"""int8 variants: quantised with ONNX Runtime, AUC change recorded, served only within the allowed drop."""
+"""int8 and fp16 variants: made with ONNX Runtime, AUC change recorded, served only within the
+allowed drop."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def quantized(tmp_path: Path) -> Path:
     report = quantize_version(
         ModelRegistry(root, "cad"), 1, calibration, patches, labels, per_candidate=2
     )
-    assert 0.5 < report.auc_fp32 <= 1 and 0.5 < report.auc_int8 <= 1
+    assert 0.5 < report.auc_fp32 <= 1 and 0.5 < report.auc_variant <= 1
     assert abs(report.auc_drop) < 0.05 and report.eval_candidates == 200
     return root
 
@@ -63,26 +64,57 @@ def test_int8_variant_is_published_beside_its_version(quantized: Path) -> None:
         registry.publish_variant(1, "int8", variant.model_path, {})
 
 
-@pytest.mark.parametrize(("drop", "served"), [(0.004, "int8"), (0.006, "fp32")])
-def test_server_serves_int8_only_within_the_allowed_auc_drop(
-    quantized: Path, tmp_path: Path, drop: float, served: str
+def test_fp16_variant_keeps_float32_inputs_and_records_its_auc(tmp_path: Path) -> None:
+    import onnx
+
+    root = tmp_path / "registry"
+    publish_tiny(root, tmp_path / "build", weights=TINY_CUE)
+    patches, labels = labeled_patches(200, 1)
+    report = quantize_version(
+        ModelRegistry(root, "cad"), 1, patches[:0], patches, labels, 2, precision="fp16"
+    )
+    assert report.precision == "fp16" and report.calibration_patches == 0
+    assert abs(report.auc_drop) < 0.01 and 0.5 < report.auc_variant <= 1
+    variant = ModelRegistry(root, "cad").variant(1, "fp16")
+    assert variant is not None and variant.manifest.variant == "fp16"
+    q = variant.manifest.quantization
+    assert q is not None and q.precision == "fp16" and q.auc_fp16 == report.auc_variant
+    assert q.auc_int8 is None and q.auc_drop == pytest.approx(report.auc_drop)
+    graph = onnx.load(str(variant.model_path)).graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert onnx.TensorProto.FLOAT16 in {i.data_type for i in graph.initializer}
+
+
+TINY_CUE = np.array([[-0.3, 0.3], [0.0, 0.0], [0.0, 0.0]], np.float32)
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp16"])
+@pytest.mark.parametrize(("drop", "allowed"), [(0.004, True), (0.006, False)])
+def test_server_serves_a_variant_only_within_the_allowed_auc_drop(
+    quantized: Path, tmp_path: Path, drop: float, allowed: bool, precision: str
 ) -> None:
-    # The same int8 model published as the variant of a fresh version, recorded with a given drop.
+    # The int8 model, or an fp16 conversion of the version, published as the variant of a fresh
+    # version, recorded with a given drop.
+    served = precision if allowed else "fp32"
     source = ModelRegistry(quantized, "cad").variant(1, "int8")
+    if precision == "fp16":
+        from trainer.quantize import to_fp16
+
+        to_fp16(ModelRegistry(quantized, "cad").get(1).model_path, tmp_path / "fp16.onnx")
     root = tmp_path / "fresh"
     publish_tiny(
         root,
         tmp_path / "build2",
         weights=np.array([[-0.3, 0.3], [0.0, 0.0], [0.0, 0.0]], np.float32),
     )
-    facts = {"precision": "int8", "auc_fp32": 0.9, "auc_int8": 0.9 - drop, "auc_drop": drop}
+    facts = {"precision": precision, "auc_fp32": 0.9, f"auc_{precision}": 0.9 - drop}
     ModelRegistry(root, "cad").publish_variant(
         1,
-        "int8",
-        source.model_path,
-        {"quantization": {**facts, "eval_candidates": 10, "calibration_patches": 10}},
+        precision,
+        tmp_path / "fp16.onnx" if precision == "fp16" else source.model_path,
+        {"quantization": {**facts, "auc_drop": drop, "eval_candidates": 10}},
     )
-    settings = make_settings(root, precision="int8")  # default: at most 0.005
+    settings = make_settings(root, precision=precision)  # default: at most 0.005
     with ServerThread(settings) as server, grpc.insecure_channel(server.address) as ch:
         server.refresh_models()
         model = server.server.models.current

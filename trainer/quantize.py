@@ -1,5 +1,7 @@
-"""int8 variants: ONNX Runtime static quantisation calibrated on labeled patches, with the AUC
-change measured before it is published (servers only serve it where the drop is allowed)."""
+"""Reduced-precision variants, with the AUC change measured before they are published (servers
+only serve one where the drop is allowed): int8 by ONNX Runtime static quantisation calibrated
+on labeled patches, fp16 (for CUDA) by converting the weights and arithmetic to half precision
+with float32 inputs and outputs kept."""
 
 from __future__ import annotations
 
@@ -22,21 +24,31 @@ from trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
 
-VARIANT = "int8"
+PRECISIONS = ("int8", "fp16")
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+SCHEMES = {
+    "int8": {
+        "format": "QDQ",
+        "weights": "int8 per-channel",
+        "activations": "uint8",
+        "calibration": "MinMax",
+    },
+    "fp16": {"weights": "fp16", "arithmetic": "fp16", "inputs_outputs": "fp32"},
+}
 
 
 @dataclass(frozen=True)
 class QuantizeReport:
     version: int
+    precision: str
     auc_fp32: float
-    auc_int8: float
+    auc_variant: float
     eval_candidates: int
     calibration_patches: int
 
     @property
     def auc_drop(self) -> float:
-        return self.auc_fp32 - self.auc_int8
+        return self.auc_fp32 - self.auc_variant
 
 
 class _Calibration:
@@ -76,6 +88,14 @@ def quantize_onnx(
         )
 
 
+def to_fp16(source: Path, target: Path) -> None:
+    """The model in half precision, its float32 input and output kept (the server's contract)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    onnx.save(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True), str(target))
+
+
 def candidate_auc(
     info: VersionInfo,
     patches: npt.NDArray[np.float32],
@@ -98,52 +118,56 @@ def quantize_version(
     eval_patches: npt.NDArray[np.float32],
     eval_labels: Sequence[int],
     per_candidate: int,
+    precision: str = "int8",
 ) -> QuantizeReport:
-    """Quantise ``version``, measure both AUCs on the evaluation candidates and publish the int8
-    variant with them (whatever the drop: the server decides what it serves)."""
+    """Make the ``precision`` variant of ``version`` (``calibration`` patches are used by int8
+    only), measure both AUCs on the evaluation candidates and publish the variant with them
+    (whatever the drop: the server decides what it serves)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if len(set(eval_labels)) < 2:
         raise ValueError("the evaluation candidates need both classes to measure the AUC change")
     if len(eval_patches) != len(eval_labels) * per_candidate:
         raise ValueError("eval_patches must hold per_candidate patches for every label")
     info = registry.get(version)
-    fp32 = load_model(info, SessionOptions())
-    with tempfile.TemporaryDirectory(prefix="cad-int8-") as tmp:
+    calibrated = len(calibration) if precision == "int8" else 0
+    with tempfile.TemporaryDirectory(prefix=f"cad-{precision}-") as tmp:
         target = Path(tmp) / MODEL_FILE
-        quantize_onnx(info.model_path, target, fp32.input_name, calibration)
+        if precision == "int8":
+            input_name = load_model(info, SessionOptions()).input_name
+            quantize_onnx(info.model_path, target, input_name, calibration)
+        else:
+            to_fp16(info.model_path, target)
         auc_fp32 = candidate_auc(info, eval_patches, eval_labels, per_candidate)
         probe = VersionInfo(
             version,
             Path(tmp),
-            dataclasses.replace(info.manifest, sha256=sha256_file(target), variant=VARIANT),
+            dataclasses.replace(info.manifest, sha256=sha256_file(target), variant=precision),
         )
-        auc_int8 = candidate_auc(probe, eval_patches, eval_labels, per_candidate)
-        report = QuantizeReport(version, auc_fp32, auc_int8, len(eval_labels), len(calibration))
+        auc = candidate_auc(probe, eval_patches, eval_labels, per_candidate)
+        report = QuantizeReport(version, precision, auc_fp32, auc, len(eval_labels), calibrated)
         registry.publish_variant(
             version,
-            VARIANT,
+            precision,
             target,
             {
                 "quantization": {
-                    "precision": "int8",
+                    "precision": precision,
                     "auc_fp32": auc_fp32,
-                    "auc_int8": auc_int8,
+                    f"auc_{precision}": auc,
                     "auc_drop": report.auc_drop,
                     "eval_candidates": len(eval_labels),
-                    "calibration_patches": len(calibration),
-                    "scheme": {
-                        "format": "QDQ",
-                        "weights": "int8 per-channel",
-                        "activations": "uint8",
-                        "calibration": "MinMax",
-                    },
+                    "calibration_patches": calibrated,
+                    "scheme": SCHEMES[precision],
                 }
             },
         )
     log.info(
-        "v%s int8: AUC %.4f -> %.4f (drop %.4f) on %d candidates",
+        "v%s %s: AUC %.4f -> %.4f (drop %.4f) on %d candidates",
         version,
+        precision,
         auc_fp32,
-        auc_int8,
+        auc,
         report.auc_drop,
         len(eval_labels),
     )
@@ -155,6 +179,7 @@ def quantize_from_store(
     version: int | None = None,
     max_calibration: int = 512,
     progress: bool = True,
+    precision: str = "int8",
 ) -> QuantizeReport:
     """``cad model quantize``: calibrate on the label store's labeled patches (as many as
     ``max_calibration``) and measure the AUC change on every labeled candidate; every candidate's
@@ -194,14 +219,19 @@ def quantize_from_store(
         patches,
         [int(e.label or 0) for e in examples],
         parse_recipe(recipe).count,
+        precision,
     )
     store = open_store(settings.store_url)
     try:
         store.add_audit(
             "publish_variant",
             settings.actor,
-            f"{registry.name}/v{version}/int8",
-            {"auc_fp32": report.auc_fp32, "auc_int8": report.auc_int8, "auc_drop": report.auc_drop},
+            f"{registry.name}/v{version}/{precision}",
+            {
+                "auc_fp32": report.auc_fp32,
+                f"auc_{precision}": report.auc_variant,
+                "auc_drop": report.auc_drop,
+            },
         )
     finally:
         store.close()

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -60,15 +60,16 @@ class ModelManager:
         options: SessionOptions,
         metrics: ServiceMetrics | None = None,
         precision: str = "fp32",
-        int8_max_auc_drop: float = 0.005,
+        max_auc_drop: Mapping[str, float] | None = None,
         listeners: Sequence[ModelListener] = (),
     ) -> None:
-        if precision not in ("fp32", "int8"):
-            raise ValueError(f"precision must be fp32 or int8, not {precision!r}")
+        if precision not in ("fp32", "int8", "fp16"):
+            raise ValueError(f"precision must be fp32, int8 or fp16, not {precision!r}")
         self.registry = registry
         self.options = options
         self.precision = precision
-        self.int8_max_auc_drop = int8_max_auc_drop
+        self.max_auc_drop = {"int8": 0.005, "fp16": 0.005, **(max_auc_drop or {})}
+        """Largest AUC drop of a variant that may be served, per precision."""
         self.listeners: list[ModelListener] = [
             *([MetricsListener(metrics)] if metrics is not None else []),
             *listeners,
@@ -133,23 +134,26 @@ class ModelManager:
             raise ModelRejected(f"version {version} was refused: {reason}") from None
 
     def _choose(self, version: int) -> VersionInfo:
-        """The version itself, or its int8 variant where int8 is wanted and it kept the AUC."""
+        """The version itself, or its int8/fp16 variant where that precision is wanted and the
+        variant kept the AUC."""
         info = self.registry.get(version)
-        if self.precision != "int8":
+        if self.precision == "fp32":
             return info
-        variant = self.registry.variant(version, "int8")
+        variant = self.registry.variant(version, self.precision)
         if variant is None:
-            log.warning("version %s has no int8 variant; serving fp32", version)
+            log.warning("version %s has no %s variant; serving fp32", version, self.precision)
             return info
         quantization = variant.manifest.quantization
         drop = quantization.auc_drop if quantization else None
-        if drop is None or drop > self.int8_max_auc_drop:
+        allowed = self.max_auc_drop[self.precision]
+        if drop is None or drop > allowed:
             log.warning(
-                "int8 variant of version %s not served: its AUC drop %s is over the allowed %.4f; "
+                "%s variant of version %s not served: its AUC drop %s is over the allowed %.4f; "
                 "serving fp32",
+                self.precision,
                 version,
                 drop,
-                self.int8_max_auc_drop,
+                allowed,
             )
             return info
         return variant

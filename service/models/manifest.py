@@ -63,14 +63,16 @@ class LabelSet:
 
 @dataclass(frozen=True)
 class Quantization:
-    """How an int8 variant was made and what it costs in AUC on the evaluation candidates."""
+    """How a reduced-precision variant (int8 or fp16) was made and what it costs in AUC on the
+    evaluation candidates (``auc_drop``: fp32's AUC minus the variant's, what servers gate on)."""
 
     precision: str
     auc_fp32: float
-    auc_int8: float
     auc_drop: float
     eval_candidates: int
-    calibration_patches: int
+    auc_int8: float | None = None
+    auc_fp16: float | None = None
+    calibration_patches: int = 0
     scheme: Mapping[str, str] = field(default_factory=dict)
 
 

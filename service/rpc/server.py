@@ -69,7 +69,7 @@ class CadServer:
             ),
             self.metrics,
             precision=settings.precision,
-            int8_max_auc_drop=settings.int8_max_auc_drop,
+            max_auc_drop={"int8": settings.int8_max_auc_drop, "fp16": settings.fp16_max_auc_drop},
         )
         self.store = open_store(settings.store_url)
         for listener in (  # after the metrics listener the manager made; the store exists now
