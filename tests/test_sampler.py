@@ -178,8 +178,26 @@ def test_auto_cuts_on_the_host_on_a_cpu(spatial_registry: Path) -> None:
         assert not server.server.models.require().samples_on_device
 
 
+def _cuda_usable() -> bool:
+    from service.models.model import CUDA, select_providers
+
+    return select_providers("auto")[0] == CUDA
+
+
 @pytest.mark.slow
-def test_a_real_squeezenet_gives_the_same_probabilities_on_both_paths(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "providers",
+    [
+        ("CPUExecutionProvider",),
+        pytest.param(
+            ("CUDAExecutionProvider", "CPUExecutionProvider"),
+            marks=pytest.mark.skipif(not _cuda_usable(), reason="no usable CUDA device"),
+        ),
+    ],
+)
+def test_a_real_squeezenet_gives_the_same_probabilities_on_both_paths(
+    tmp_path: Path, providers: tuple[str, ...]
+) -> None:
     from cadcli.main import main
     from service.models.model import SessionOptions, load_model
 
@@ -190,9 +208,13 @@ def test_a_real_squeezenet_gives_the_same_probabilities_on_both_paths(tmp_path: 
         args += ["--registry", str(root), "--input-size", "64", "--log-level", "WARNING"]
         assert main(args) == 0
     info = ModelRegistry(root, "cad").get(1)
-    host = load_model(info, SessionOptions(patch_sampling="host"))
-    graph = load_model(info, SessionOptions(patch_sampling="graph"))
+    host = load_model(info, SessionOptions(providers, patch_sampling="host"))
+    graph = load_model(info, SessionOptions(providers, patch_sampling="auto"))  # graph on CUDA
+    if providers[0] == "CPUExecutionProvider":
+        assert not graph.samples_on_device
+        graph = load_model(info, SessionOptions(providers, patch_sampling="graph"))
     assert graph.samples_on_device and not host.samples_on_device
+    assert graph.provider == host.provider == providers[0]
     for pixels in (IMAGES_UNDER_TEST["CT DICOM"](), IMAGES_UNDER_TEST["PNG"]()):
         h, w = pixels.shape[:2]
         for spec in ("polyp", "frame"):
