@@ -21,13 +21,17 @@ LISTENING = re.compile(r"listening on [\d.]+:(\d+)")
 
 @contextmanager
 def server_process(
-    env: dict[str, str], timeout_s: float = 120.0, log_lines: list[str] | None = None
+    env: dict[str, str],
+    timeout_s: float = 120.0,
+    log_lines: list[str] | None = None,
+    tree: Path = ROOT,
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """A real server on a free port with ``env`` (``CAD_*`` settings); yields (process, address)
-    once its health check says SERVING. Killed on exit. ``log_lines`` collects its log."""
+    once its health check says SERVING. Killed on exit. ``log_lines`` collects its log. ``tree``:
+    the checkout whose ``service`` package runs (another revision's, for A/B comparisons)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "service.rpc.server", "--port", "0", "--metrics-port", "-1"],
-        cwd=ROOT,
+        cwd=tree,
         env={**os.environ, **env},
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
