@@ -55,9 +55,15 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 
 
 def wait(driver: Any, condition: Any, what: str, timeout: float = 30) -> Any:
+    """Poll ``condition`` until it holds. An element found on a page the browser is leaving (a
+    sign-out navigates) goes stale between finding and reading it: that poll is retried."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition, what)
+    retried = (NoSuchElementException, StaleElementReferenceException)
+    return WebDriverWait(driver, timeout, poll_frequency=0.05, ignored_exceptions=retried).until(
+        condition, what
+    )
 
 
 def text_of(driver: Any, element_id: str) -> str:
