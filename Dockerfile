@@ -30,14 +30,16 @@ ARG PIP_EXTRA_INDEX_URL
 ARG PIP_TRUSTED_HOST
 ARG PIP_FIND_LINKS
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY service ./service
 COPY trainer ./trainer
 COPY cadcli ./cadcli
 COPY reviewui ./reviewui
 # The project's wheel, and its dependencies for the CPU serving image (onnxruntime in place of
 # onnxruntime-gpu), read from pyproject.toml so the two lists cannot drift.
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+# constraints.txt is the lock (scripts/lock.sh): every pip install below takes its releases.
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels -c constraints.txt . \
+    && cp constraints.txt /wheels/ \
     && python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; open('/wheels/requirements-cpu.txt', 'w').write(''.join(d.replace('onnxruntime-gpu', 'onnxruntime') + chr(10) for d in deps))"
 
 # ---------------------------------------------------------------- common runtime base
@@ -59,7 +61,7 @@ ARG PIP_TRUSTED_HOST
 ARG PIP_FIND_LINKS
 # The wheels are mounted for the install, never copied into a layer.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir -r /wheels/requirements-cpu.txt \
+    pip install --no-cache-dir -c /wheels/constraints.txt -r /wheels/requirements-cpu.txt \
     && pip install --no-cache-dir --no-deps /wheels/*.whl \
     && python -c "import importlib.util as u; assert u.find_spec('torch') is None, 'torch must not be in the serving image'"
 
@@ -79,8 +81,9 @@ ARG PIP_EXTRA_INDEX_URL
 ARG PIP_TRUSTED_HOST
 ARG PIP_FIND_LINKS
 USER root
-RUN pip uninstall -y onnxruntime \
-    && pip install --no-cache-dir "onnxruntime-gpu[cuda,cudnn]" \
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip uninstall -y onnxruntime \
+    && pip install --no-cache-dir -c /wheels/constraints.txt "onnxruntime-gpu[cuda,cudnn]" \
     && python -c "import importlib.util as u; assert u.find_spec('torch') is None"
 ENV CAD_PROVIDERS=auto CAD_IO_BINDING=auto CAD_BATCH_RUNNERS=2
 USER 10001
@@ -104,8 +107,8 @@ ARG TORCH_INDEX_URL
 ENV CAD_WATCH_METRICS_PORT=9465
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} \
-        "torch==2.14.1" "torchvision==0.29.1" \
-    && pip install --no-cache-dir "$(ls /wheels/*.whl)[train]"
+        -c /wheels/constraints.txt "torch==2.14.1" "torchvision==0.29.1" \
+    && pip install --no-cache-dir -c /wheels/constraints.txt "$(ls /wheels/*.whl)[train]"
 USER 10001
 EXPOSE 9465
 ENTRYPOINT ["cad"]
@@ -120,8 +123,9 @@ ARG PIP_FIND_LINKS
 ENV CAD_WATCH_METRICS_PORT=9465
 # PyPI's torch wheels for Linux are the CUDA build.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir "torch==2.14.1" "torchvision==0.29.1" \
-    && pip install --no-cache-dir "$(ls /wheels/*.whl)[train]" "onnxruntime-gpu[cuda,cudnn]"
+    pip install --no-cache-dir -c /wheels/constraints.txt "torch==2.14.1" "torchvision==0.29.1" \
+    && pip install --no-cache-dir -c /wheels/constraints.txt "$(ls /wheels/*.whl)[train]" \
+        "onnxruntime-gpu[cuda,cudnn]"
 USER 10001
 EXPOSE 9465
 ENTRYPOINT ["cad"]
