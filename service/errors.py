@@ -30,6 +30,11 @@ class ModelUnavailable(CadError):
     """No model is loaded yet, so nothing can be classified (UNAVAILABLE)."""
 
 
+class StoreUnavailable(CadError):
+    """The label store cannot be reached (a database outage or failover): UNAVAILABLE, and the
+    caller may retry, with the same idempotency key for a correction."""
+
+
 class ModelRejected(CadError):
     """A model version failed its checks (checksum, signature, warm-up) and was not loaded."""
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from service.errors import StoreUnavailable
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
@@ -100,14 +103,59 @@ class ServiceMetrics:
             registry=registry,
         )
 
+        self.store_up = Gauge(
+            "cad_store_up",
+            "1 while this replica reaches the label store, else 0 (classifications are spooled).",
+            registry=registry,
+        )
+        self.spool_records = Gauge(
+            "cad_spool_records",
+            "Classification records waiting in this replica's local spool for the label store.",
+            registry=registry,
+        )
+        self.spool_oldest_age = Gauge(
+            "cad_spool_oldest_age_seconds",
+            "How long the oldest spooled record has waited (0 when the spool is empty).",
+            registry=registry,
+        )
+        self.spool_written = Counter(
+            "cad_spool_written",
+            "Spooled classification records written to the label store once it was back.",
+            registry=registry,
+        )
+        self.spool_dropped = Counter(
+            "cad_spool_dropped",
+            "Classification records dropped because the spool was full (answered, not recorded).",
+            registry=registry,
+        )
+
     def bind_store(
         self,
         count_unlabeled: Callable[[], int],
         precision_by_version: Callable[[], dict[str, tuple[int, int]]],
+        reachable: Callable[[], bool] = lambda: True,
     ) -> None:
-        """Metrics read from the label store at scrape time (shared by all replicas)."""
-        self.queue_depth.set_function(lambda: float(count_unlabeled()))
-        self.registry.register(_PrecisionCollector(precision_by_version))
+        """Metrics read from the label store at scrape time (shared by all replicas). While the
+        store is unreachable they are left out (NaN, no series), never a failed scrape."""
+
+        def depth() -> float:
+            if not reachable():
+                return math.nan
+            try:
+                return float(count_unlabeled())
+            except StoreUnavailable:
+                return math.nan
+
+        def precision() -> dict[str, tuple[int, int]]:
+            if not reachable():
+                return {}
+            try:
+                return precision_by_version()
+            except StoreUnavailable:
+                return {}
+
+        self.queue_depth.set_function(depth)
+        self.registry.register(_PrecisionCollector(precision))
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)

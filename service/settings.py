@@ -117,6 +117,32 @@ class ServerSettings(BaseSettings):
         "sqlite:///data/labels.sqlite3",
         description="Label store: sqlite:///path (embedded, WAL) or postgresql://user@host/db.",
     )
+    store_pool_size: int = Field(
+        8, ge=1, description="Most PostgreSQL connections one server process holds (a pool)."
+    )
+    store_timeout_s: float = Field(
+        3.0,
+        gt=0,
+        description="Longest a call waits for a label store connection before the store counts as "
+        "unreachable (UNAVAILABLE for reviews; classifications go to the spool).",
+    )
+    store_probe_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="How often the server checks the label store (readiness, writing the spool).",
+    )
+    spool_dir: Path | None = Field(
+        None,
+        description="Local folder where classification records wait while the label store is "
+        "unreachable: one per replica (a second process is refused), on a disk that survives a "
+        "restart of the process. None: the archive root's sibling `<archive>-spool`.",
+    )
+    spool_max_records: int = Field(
+        50_000,
+        ge=1,
+        description="Most records the spool holds; more are answered but not recorded "
+        "(cad_spool_dropped_total).",
+    )
     archive_root: Path = Field(
         Path("data/archive"), description="Content-addressed image archive folder."
     )

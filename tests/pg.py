@@ -50,6 +50,16 @@ class TempPostgres:
             "-E",
             "UTF8",
         )
+        self.restart()
+        return self
+
+    def crash(self) -> None:
+        """Stop at once, as a failover or a crash does (``pg_ctl stop -m immediate``): clients'
+        connections break; what was committed is kept (it is replayed from the WAL at start)."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def restart(self) -> None:
+        """Start again after :meth:`crash`, on the same socket and data."""
         options = f"-k {self.base} -c listen_addresses='' -c fsync=on"
         self._run(
             str(self.bin / "pg_ctl"),
@@ -62,7 +72,6 @@ class TempPostgres:
             "-w",
             "start",
         )
-        return self
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://cad@/{database}?host={self.base}"

@@ -13,8 +13,9 @@ import numpy as np
 
 from service.aift import VARIANTS, Box, Variant, aift_scores
 from service.aift.scoring import DEFAULT_VARIANT, select_for_labeling
-from service.errors import InvalidInput, NotFound
+from service.errors import InvalidInput, NotFound, StoreUnavailable
 from service.labels.archive import ImageArchive
+from service.labels.spool import RecordSpool
 from service.labels.store.records import (
     CandidateRecord,
     ImageCandidate,
@@ -23,7 +24,7 @@ from service.labels.store.records import (
     QueueEntry,
     Receipt,
 )
-from service.labels.store.sql import SqlLabelStore
+from service.labels.store.sql import SqlLabelStore, now
 from service.metrics import ServiceMetrics
 from service.models.inference import ClassifyOutcome
 from service.validation import MAX_QUEUE_WEIGHT, box_values, finite, quote
@@ -63,10 +64,16 @@ class Recorder:
     """
 
     def __init__(
-        self, store: SqlLabelStore, archive: ImageArchive, uid_hasher: UidHasher | None = None
+        self,
+        store: SqlLabelStore,
+        archive: ImageArchive,
+        uid_hasher: UidHasher | None = None,
+        spool: RecordSpool | None = None,
     ) -> None:
         self.store = store
         self.archive = archive
+        self.spool = spool
+        """Optional; where records wait while the store is unreachable (else: StoreUnavailable)."""
         self.durable = archive.fsync == "each"
         """Records follow the archive's policy: durable before the response (``each``), or
         relaxed, made durable by the next label (``background``)."""
@@ -110,7 +117,25 @@ class Recorder:
             )
             for i, r in enumerate(outcome.results)
         ]
+        spool = self.spool
+        if spool is not None and (spool.pending or not self.store.available):
+            # behind earlier spooled records (order), or the store is known down: no waiting
+            spool.append(replace(image, created=now()), candidates)
+            return
+        try:
+            self.store.record_classification(image, candidates, durable=self.durable)
+        except StoreUnavailable:
+            if spool is None:
+                raise
+            spool.append(replace(image, created=now()), candidates)
+
+    def write_spooled(self, image: ImageRecord, candidates: list[CandidateRecord]) -> None:
+        """Write one spooled record to the store (:meth:`RecordSpool.drain`)."""
         self.store.record_classification(image, candidates, durable=self.durable)
+
+    def drain(self) -> int:
+        """Write the spooled records now, oldest first; how many were written."""
+        return self.spool.drain(self.write_spooled) if self.spool is not None else 0
 
 
 @dataclass(frozen=True)

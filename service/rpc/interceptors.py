@@ -22,6 +22,7 @@ from service.errors import (
     ModelRejected,
     ModelUnavailable,
     NotFound,
+    StoreUnavailable,
 )
 from service.metrics import ServiceMetrics
 from service.rpc.auth import AccessPolicy, PermissionDenied, Unauthenticated, current_identity
@@ -36,6 +37,7 @@ _STATUS: list[tuple[type[CadError], grpc.StatusCode]] = [
     (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (ModelUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (ModelRejected, grpc.StatusCode.FAILED_PRECONDITION),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),

@@ -21,6 +21,7 @@ from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.imaging import ImageLimits
 from service.labels.archive import ImageArchive, PruneReport, prune
 from service.labels.review import Recorder, ReviewService, UidHasher
+from service.labels.spool import RecordSpool
 from service.labels.store import open_store
 from service.metrics import ServiceMetrics
 from service.models.batcher import BatchingConfig, DynamicBatcher
@@ -39,6 +40,7 @@ SERVICE_NAMES = tuple(
     cad_pb2.DESCRIPTOR.services_by_name[name].full_name
     for name in ("CadInference", "ModelAdmin", "CadReview")
 )
+INFERENCE = cad_pb2.DESCRIPTOR.services_by_name["CadInference"].full_name
 
 
 class CadServer:
@@ -71,17 +73,31 @@ class CadServer:
             precision=settings.precision,
             max_auc_drop={"int8": settings.int8_max_auc_drop, "fp16": settings.fp16_max_auc_drop},
         )
-        self.store = open_store(settings.store_url)
+        self.store = open_store(
+            settings.store_url, settings.store_pool_size, settings.store_timeout_s, require=False
+        )
+        self.metrics.store_up.set(1 if self.store.available else 0)
         for listener in (  # after the metrics listener the manager made; the store exists now
             AuditListener(self.store.add_audit),
             MemoryTrimListener(),
-            CallbackListener(lambda _model: self._set_serving(True)),
+            CallbackListener(lambda _model: self._update_health()),
         ):
             self.models.add_listener(listener)
         self.archive = ImageArchive(
             settings.archive_root, settings.record_sync, settings.record_sync_interval_ms / 1000
         )
-        self.metrics.bind_store(self.store.count_unlabeled, self.store.precision_by_version)
+        self.metrics.bind_store(
+            self.store.count_unlabeled,
+            self.store.precision_by_version,
+            lambda: self.store.available,
+        )
+        archive = settings.archive_root
+        self.spool = RecordSpool(
+            settings.spool_dir or archive.with_name(f"{archive.name}-spool"),
+            settings.spool_max_records,
+            self.metrics,
+        )
+        self.recorder = Recorder(self.store, self.archive, uid_hasher(settings), self.spool)
         self.review = ReviewService(self.store, self.metrics, settings.max_note_chars, self.archive)
         self.batcher = DynamicBatcher(
             BatchingConfig(
@@ -99,7 +115,7 @@ class CadServer:
             ImageLimits(settings.max_image_pixels, settings.max_frames),
             settings.max_candidates,
             self.batcher,
-            Recorder(self.store, self.archive, uid_hasher(settings)),
+            self.recorder,
         )
         self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="cad-worker")
         self.health = health.aio.HealthServicer()
@@ -109,23 +125,35 @@ class CadServer:
         self._metrics_http: Any = None
         self._poller: asyncio.Task[None] | None = None
         self._retention: asyncio.Task[None] | None = None
+        self._store_watch: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _set_serving(self, serving: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+    def health_statuses(self) -> dict[str, bool]:
+        """What the gRPC health service says, by service name: inference needs a model only
+        (it spools while the label store is down); the whole server (readiness), review and
+        model administration need the store too."""
+        model = self.models.current is not None
+        ready = model and self.store.available
+        statuses = dict.fromkeys(("", *SERVICE_NAMES), ready)
+        statuses[INFERENCE] = model
+        return statuses
+
+    def _update_health(self) -> None:
+        """Set the health statuses from the model and the store (from any thread)."""
         loop = self._loop
         if loop is None:
             return
+        statuses = self.health_statuses()
 
         async def apply() -> None:
-            for name in ("", *SERVICE_NAMES):
-                await self.health.set(name, status)
+            for name, serving in statuses.items():
+                await self.health.set(
+                    name,
+                    health_pb2.HealthCheckResponse.SERVING
+                    if serving
+                    else health_pb2.HealthCheckResponse.NOT_SERVING,
+                )
 
-        # Called from the worker thread that loaded the model.
         asyncio.run_coroutine_threadsafe(apply(), loop)
 
     async def start(self) -> int:
@@ -176,6 +204,7 @@ class CadServer:
         self.metrics.model_loaded.set(0)
         self._poller = asyncio.ensure_future(self._poll_models())
         self._retention = asyncio.ensure_future(self._retain())
+        self._store_watch = asyncio.ensure_future(self._watch_store())
         log.info(
             "CAD server listening on %s:%s (metrics on %s), providers %s, %s, %s",
             s.host,
@@ -210,6 +239,26 @@ class CadServer:
                 log.warning("%s", said)
             await asyncio.sleep(self.settings.poll_interval_s)
 
+    def check_store(self) -> bool:
+        """Reach the label store now; when it answers, write what was spooled meanwhile. Updates
+        readiness and ``cad_store_up``. True: the store is reachable."""
+        up = self.store.ping()
+        if up and self.spool.pending:
+            self.recorder.drain()
+            up = self.store.available
+        self.metrics.store_up.set(1 if up else 0)
+        self._update_health()
+        return up
+
+    async def _watch_store(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await loop.run_in_executor(self.executor, self.check_store)
+            except Exception:
+                log.exception("label store check failed")
+            await asyncio.sleep(self.settings.store_probe_interval_s)
+
     async def prune_archive(self) -> PruneReport:
         """Apply the archive retention now (in a worker thread)."""
         s = self.settings
@@ -231,7 +280,7 @@ class CadServer:
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let in-flight ones finish within ``grace`` seconds, release all."""
-        for task in (self._poller, self._retention):
+        for task in (self._poller, self._retention, self._store_watch):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -247,6 +296,7 @@ class CadServer:
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.batcher.close()  # after the workers: requests they still wait on finish first
         self.archive.close()  # fsyncs the blobs still pending
+        self.spool.close()
         self.store.close()
 
     async def wait(self) -> None:

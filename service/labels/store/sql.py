@@ -3,24 +3,32 @@
 Every write is one transaction committed before the call returns (SQLite:
 WAL with ``synchronous=FULL``; PostgreSQL: its default durable commit), so an
 acknowledged correction survives a crash of the server at any moment.
+
+PostgreSQL is reached through a bounded pool that checks a connection before lending it and
+reconnects after an outage by itself. Every operation is safe to run twice (reads; writes keyed
+by an idempotency key, a request id or an event id), so one that meets a dead connection is run
+once more on a fresh one; if that fails too the store is unreachable and the caller gets
+:class:`~service.errors.StoreUnavailable` (UNAVAILABLE), never an internal error.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import sqlite3
 import threading
+import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from service.errors import AlreadyExists, NotFound
+from service.errors import AlreadyExists, NotFound, StoreUnavailable
 from service.labels.store.migrations import MIGRATIONS
 from service.labels.store.records import (
     AuditEvent,
@@ -36,6 +44,8 @@ from service.models.registry import utc_now
 from service.validation import quote
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class IdempotencyConflict(AlreadyExists):
@@ -98,21 +108,103 @@ def _probs_array(blob: Any, shape: str | None) -> np.ndarray | None:
     return np.frombuffer(bytes(blob), dtype="<f4").reshape(json.loads(shape))
 
 
+class Connections(Protocol):
+    """Where a store's connections come from."""
+
+    def connection(self) -> AbstractContextManager[Any]: ...
+
+    def close(self) -> None: ...
+
+
+class SqliteConnection:
+    """One connection under a lock: SQLite is a local file, with no outage to come back from."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._lock = threading.RLock()
+
+    @contextmanager
+    def connection(self) -> Iterator[Any]:
+        with self._lock:
+            yield self._conn
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class PostgresPool:
+    """A bounded psycopg pool: each connection is checked before it is lent, a broken one is
+    replaced, and the pool reconnects in the background after an outage. Waiting for a
+    connection is bounded by ``timeout_s``; then the store is taken to be unreachable."""
+
+    def __init__(self, url: str, max_size: int, timeout_s: float) -> None:
+        from psycopg_pool import ConnectionPool
+
+        self.pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_size,
+            kwargs={"autocommit": True, "connect_timeout": max(1, math.ceil(timeout_s))},
+            check=ConnectionPool.check_connection,
+            timeout=timeout_s,
+            name="cad-label-store",
+            open=False,
+        )
+        self.pool.open(wait=False)  # a server starts even while the database is down
+
+    def connection(self) -> AbstractContextManager[Any]:
+        return self.pool.connection()
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def _postgres_outage(exc: BaseException) -> str:
+    """``refused``: no connection could be had in time (trying again at once is pointless);
+    ``lost``: a lent connection broke; "": not an outage (a constraint, a syntax error...)."""
+    import psycopg
+    from psycopg_pool import PoolTimeout
+
+    if isinstance(exc, PoolTimeout):
+        return "refused"
+    if isinstance(exc, psycopg.InterfaceError):
+        return "lost"
+    if not isinstance(exc, psycopg.OperationalError):
+        return ""
+    state = getattr(exc, "sqlstate", None)
+    # no SQLSTATE: the socket went away; 08: connection exceptions; 57P0x: the server shut down
+    return "lost" if state is None or state.startswith(("08", "57P")) else ""
+
+
 class SqlLabelStore:
     """Candidates, archived images and label events in SQLite or PostgreSQL.
 
-    Thread-safe: one connection, used under a lock (PostgreSQL row locks
-    serialise writers across replicas).
+    Thread-safe: SQLite through one connection under a lock; PostgreSQL through a pool
+    (PostgreSQL row locks serialise writers across threads and replicas).
     """
 
     def __init__(
-        self, connection: Any, dialect: Dialect, integrity_errors: tuple[type[BaseException], ...]
+        self,
+        connections: Connections,
+        dialect: Dialect,
+        integrity_errors: tuple[type[BaseException], ...],
+        outage: Callable[[BaseException], str] = lambda _exc: "",
+        migrate: bool = True,
     ) -> None:
-        self._conn = connection
+        self._connections = connections
         self.dialect = dialect
         self._integrity_errors = integrity_errors
-        self._lock = threading.RLock()
-        self.migrate()
+        self._outage = outage
+        self._migrated = False
+        self._migrate_lock = threading.Lock()
+        self.available = True
+        """False from an operation that found the store unreachable until one that reached it."""
+        self.last_error = ""
+        self.unavailable_since: float | None = None
+        """``time.monotonic()`` of the first failure of the current outage (None: reachable)."""
+        if migrate:
+            self.migrate()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -121,10 +213,11 @@ class SqlLabelStore:
 
     @contextmanager
     def _tx(self, relaxed: bool = False) -> Iterator[Any]:
-        """One transaction; ``relaxed``: its commit does not wait for the disk (see Dialect)."""
+        """One transaction on one connection, one attempt; ``relaxed``: its commit does not wait
+        for the disk (see Dialect)."""
         d = self.dialect
-        with self._lock:
-            cur = self._conn.cursor()
+        with self._connections.connection() as conn:
+            cur = conn.cursor()
             if relaxed and d.relaxed_before:
                 cur.execute(d.relaxed_before)
             try:
@@ -143,37 +236,93 @@ class SqlLabelStore:
                     cur.execute(d.relaxed_after)
                 cur.close()
 
+    def _run(self, body: Callable[[Any], T], relaxed: bool = False) -> T:
+        """Run ``body(cursor)`` in one transaction; on a lost connection once more on a fresh
+        one (every operation of this store is safe to repeat), then StoreUnavailable."""
+        if not self._migrated:
+            self.migrate()
+        return self._attempt(body, relaxed)
+
+    def _attempt(self, body: Callable[[Any], T], relaxed: bool = False) -> T:
+        for attempt in (1, 2):
+            try:
+                with self._tx(relaxed) as cur:
+                    result = body(cur)
+            except Exception as exc:
+                kind = self._outage(exc)
+                if not kind:
+                    raise
+                if attempt == 1 and kind == "lost":
+                    log.warning("label store: %s; retrying on a fresh connection", _first(exc))
+                    continue
+                self._mark_down(exc)
+                raise StoreUnavailable(
+                    f"the label store is unreachable ({_first(exc)}); nothing was stored, "
+                    "retry later"
+                ) from None
+            self._mark_up()
+            return result
+        raise AssertionError("unreachable")
+
+    def _mark_down(self, exc: BaseException) -> None:
+        if self.available:
+            log.error("label store unreachable: %s", _first(exc))
+            self.unavailable_since = time.monotonic()
+        self.available = False
+        self.last_error = _first(exc)
+
+    def _mark_up(self) -> None:
+        if not self.available:
+            log.warning("label store reachable again")
+        self.available = True
+        self.unavailable_since = None
+
     def _query(self, text: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._tx() as cur:
+        def body(cur: Any) -> list[tuple[Any, ...]]:
             cur.execute(self._sql(text), tuple(params))
             return list(cur.fetchall())
 
+        return self._run(body)
+
+    def ping(self) -> bool:
+        """Reach the store now (migrating it if it was unreachable at start). False: down."""
+        try:
+            self._query("SELECT 1")
+        except StoreUnavailable:
+            return False
+        return True
+
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self._connections.close()
 
     def migrate(self) -> list[int]:
         """Apply pending numbered migrations; returns those applied now."""
-        applied_now = []
-        with self._tx() as cur:
-            if self.dialect is POSTGRES:
-                cur.execute("SELECT pg_advisory_xact_lock(4242)")  # replicas migrate one at a time
-            cur.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations "
-                "(version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied TEXT NOT NULL)"
-            )
-            cur.execute("SELECT version FROM schema_migrations")
-            done = {row[0] for row in cur.fetchall()}
-            for version, description, statements in MIGRATIONS:
-                if version in done:
-                    continue
-                for statement in statements:
-                    cur.execute(statement)
+        with self._migrate_lock:
+            applied_now: list[int] = []
+
+            def body(cur: Any) -> None:
+                applied_now.clear()
+                if self.dialect is POSTGRES:
+                    cur.execute("SELECT pg_advisory_xact_lock(4242)")  # replicas migrate in turn
                 cur.execute(
-                    self._sql("INSERT INTO schema_migrations VALUES (?, ?, ?)"),
-                    (version, description, now()),
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+                    "description TEXT NOT NULL, applied TEXT NOT NULL)"
                 )
-                applied_now.append(version)
+                cur.execute("SELECT version FROM schema_migrations")
+                done = {row[0] for row in cur.fetchall()}
+                for version, description, statements in MIGRATIONS:
+                    if version in done:
+                        continue
+                    for statement in statements:
+                        cur.execute(statement)
+                    cur.execute(
+                        self._sql("INSERT INTO schema_migrations VALUES (?, ?, ?)"),
+                        (version, description, now()),
+                    )
+                    applied_now.append(version)
+
+            self._attempt(body)
+            self._migrated = True
         if applied_now:
             log.info("label store: applied migrations %s", applied_now)
         return applied_now
@@ -192,9 +341,13 @@ class SqlLabelStore:
         ``durable=False``: a relaxed commit (survives a crash of the process; a power cut can lose
         it unless a later durable commit, such as any label, came first)."""
         created = image.created or now()
-        with self._tx(relaxed=not durable) as cur:
+
+        def body(cur: Any) -> None:
             cur.execute(
-                self._sql(f"INSERT INTO images ({_IMAGE_COLUMNS}) VALUES ({', '.join('?' * 15)})"),
+                self._sql(
+                    f"INSERT INTO images ({_IMAGE_COLUMNS}) VALUES ({', '.join('?' * 15)}) "
+                    "ON CONFLICT (request_id) DO NOTHING"
+                ),
                 (
                     image.request_id,
                     image.sha256,
@@ -213,8 +366,12 @@ class SqlLabelStore:
                     created,
                 ),
             )
+            if cur.rowcount == 0:
+                return  # recorded before (a retry, or a spooled record written twice): once only
             for c in candidates:
                 self._insert_candidate(cur, c, created)
+
+        self._run(body, relaxed=not durable)
 
     def _insert_candidate(self, cur: Any, c: CandidateRecord, created: str) -> None:
         blob, shape = _probs_blob(c.patch_probs)
@@ -307,11 +464,14 @@ class SqlLabelStore:
         """Run ``write(cur)`` once per idempotency key; replay the stored receipt after."""
         for _attempt in range(3):
             try:
-                with self._tx() as cur:
+
+                def body(cur: Any) -> Receipt:
                     replay = self._replay(cur, key, body_sha256)
                     if replay is not None:
                         return replay
                     return Receipt(write(cur), replayed=False)
+
+                return self._run(body)
             except self._integrity_errors:
                 continue  # a concurrent writer took the key (or seq); read its result
         raise RuntimeError(f"could not record the event for idempotency_key {key!r}")
@@ -454,9 +614,12 @@ class SqlLabelStore:
         event = AuditEvent(
             uuid.uuid4().hex, now(), actor or "unknown", action, target, dict(detail or {})
         )
-        with self._tx() as cur:
-            cur.execute(
-                self._sql("INSERT INTO audit_events VALUES (?, ?, ?, ?, ?, ?)"),
+        self._run(
+            lambda cur: cur.execute(
+                self._sql(
+                    "INSERT INTO audit_events VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (event_id) DO NOTHING"  # a retry after a lost commit: once
+                ),
                 (
                     event.event_id,
                     event.created,
@@ -466,35 +629,42 @@ class SqlLabelStore:
                     json.dumps(event.detail, sort_keys=True, default=str),
                 ),
             )
+        )
         return event
 
     def audit(self, since: str = "", action: str = "", limit: int = 1000) -> list[AuditEvent]:
         """Audit events after ``since`` (ISO time), oldest first, model events and label events
         (``correction``, ``missed_finding``) merged; optionally one action only."""
-        model_rows = self._query(
-            "SELECT event_id, created, actor, action, target, detail FROM audit_events "
-            "WHERE created > ? ORDER BY created LIMIT ?",
-            (since, limit),
-        )
-        events = [AuditEvent(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in model_rows]
-        label_rows = self._query(
-            "SELECT event_id, created, reviewer, kind, candidate_id, label_before, label_after, conflict "
-            "FROM label_events WHERE created > ? ORDER BY created, seq LIMIT ?",
-            (since, limit),
-        )
-        events += [
-            AuditEvent(
-                r[0],
-                r[1],
-                r[2],
-                "missed_finding" if r[3] == "missed" else "correction",
-                r[4],
-                {"label_before": r[5], "label_after": r[6], "conflict": bool(r[7])},
+        label_kinds = {"correction": "correction", "missed_finding": "missed"}
+        events: list[AuditEvent] = []
+        if action not in label_kinds:  # the filter is in the query, before its LIMIT
+            where, params = ("AND action = ? ", (action,)) if action else ("", ())
+            model_rows = self._query(
+                "SELECT event_id, created, actor, action, target, detail FROM audit_events "
+                f"WHERE created > ? {where}ORDER BY created LIMIT ?",
+                (since, *params, limit),
             )
-            for r in label_rows
-        ]
-        if action:
-            events = [e for e in events if e.action == action]
+            events += [
+                AuditEvent(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in model_rows
+            ]
+        if not action or action in label_kinds:
+            where, params = ("AND kind = ? ", (label_kinds[action],)) if action else ("", ())
+            label_rows = self._query(
+                "SELECT event_id, created, reviewer, kind, candidate_id, label_before, label_after, "
+                f"conflict FROM label_events WHERE created > ? {where}ORDER BY created, seq LIMIT ?",
+                (since, *params, limit),
+            )
+            events += [
+                AuditEvent(
+                    r[0],
+                    r[1],
+                    r[2],
+                    "missed_finding" if r[3] == "missed" else "correction",
+                    r[4],
+                    {"label_before": r[5], "label_after": r[6], "conflict": bool(r[7])},
+                )
+                for r in label_rows
+            ]
         return sorted(events, key=lambda e: e.created)[:limit]
 
     # ------------------------------------------------------------------ queue, export, metrics
@@ -519,7 +689,8 @@ class SqlLabelStore:
         ``rows``: (candidate_id, patch_probs, probability, entropy, diversity, score). The
         candidate's ``model_version`` (the model that served it) is kept for live precision.
         """
-        with self._tx() as cur:
+
+        def body(cur: Any) -> None:
             for cid, probs, probability, entropy, diversity, score in rows:
                 blob, shape = _probs_blob(probs)
                 cur.execute(
@@ -530,6 +701,8 @@ class SqlLabelStore:
                     ),
                     (blob, shape, probability, entropy, diversity, score, version, cid),
                 )
+
+        self._run(body)
 
     def scored_versions(self) -> dict[str, int]:
         """How many unlabeled candidates each model version last scored."""
@@ -586,7 +759,8 @@ class SqlLabelStore:
 
     def delete_unlabeled_image(self, request_id: str) -> bool:
         """Forget an image that has no labels and its candidates. False if it got a label meanwhile."""
-        with self._tx() as cur:
+
+        def body(cur: Any) -> bool:
             cur.execute(
                 self._sql(
                     "SELECT labeled FROM images WHERE request_id = ?" + self.dialect.for_update
@@ -600,12 +774,30 @@ class SqlLabelStore:
             cur.execute(self._sql("DELETE FROM images WHERE request_id = ?"), (request_id,))
             return True
 
+        return self._run(body)
+
     def sha_in_use(self, sha256: str) -> bool:
         return bool(self._query("SELECT 1 FROM images WHERE sha256 = ? LIMIT 1", (sha256,)))
 
 
-def open_store(url: str) -> SqlLabelStore:
-    """Open (and migrate) the store at ``sqlite:///path`` or ``postgresql://...``."""
+def _first(exc: BaseException) -> str:
+    """The first line of an exception's message (psycopg's run over several)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def open_store(
+    url: str, pool_size: int = 8, timeout_s: float = 3.0, require: bool = True
+) -> SqlLabelStore:
+    """Open (and migrate) the store at ``sqlite:///path`` or ``postgresql://...``.
+
+    ``pool_size``: most PostgreSQL connections of this process; ``timeout_s``: longest wait for
+    one before the store counts as unreachable. ``require=False`` (the server): open even while
+    the database is down, and migrate on first contact.
+
+    Raises:
+        StoreUnavailable: ``require`` and PostgreSQL cannot be reached.
+    """
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///") :])
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -613,10 +805,23 @@ def open_store(url: str) -> SqlLabelStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
-        return SqlLabelStore(conn, SQLITE, (sqlite3.IntegrityError,))
+        return SqlLabelStore(SqliteConnection(conn), SQLITE, (sqlite3.IntegrityError,))
     if url.startswith(("postgresql://", "postgres://")):
         import psycopg
 
-        conn = psycopg.connect(url, autocommit=True)
-        return SqlLabelStore(conn, POSTGRES, (psycopg.errors.IntegrityError,))
+        store = SqlLabelStore(
+            PostgresPool(url, pool_size, timeout_s),
+            POSTGRES,
+            (psycopg.errors.IntegrityError,),
+            outage=_postgres_outage,
+            migrate=False,
+        )
+        try:
+            store.migrate()
+        except StoreUnavailable:
+            if require:
+                store.close()
+                raise
+            log.error("label store unreachable at start; classifications are spooled until it is")
+        return store
     raise ValueError(f"unsupported store URL {url!r}: use sqlite:///path or postgresql://...")

@@ -1,0 +1,230 @@
+"""A label store outage, for real: a PostgreSQL server of this module's own is stopped with
+``pg_ctl stop -m immediate`` and started again while a real gRPC server runs on it.
+
+Inference must not depend on the store (answers go out, records are spooled and written once
+when it is back), reviews get UNAVAILABLE (never INTERNAL), readiness says the truth, and the
+server comes back by itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
+
+from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
+from service.errors import StoreUnavailable
+from service.labels.spool import RecordSpool
+from service.labels.store import CandidateRecord, ImageRecord, open_store
+from service.metrics import ServiceMetrics
+from service.rpc.server import ServerThread
+from tests.conftest import make_settings
+from tests.helpers import dicom_bytes
+from tests.pg import TempPostgres, pg_bin
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[TempPostgres]:
+    if pg_bin() is None:
+        pytest.skip("PostgreSQL server binaries are not installed")
+    server = TempPostgres().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def up(pg: TempPostgres) -> Iterator[TempPostgres]:
+    """The module's database, running again after the test whatever the test did to it."""
+    yield pg
+    try:
+        pg.restart()
+    except Exception:
+        pass  # it was running
+
+
+def request(n: int = 2) -> cad_pb2.ClassifyRequest:
+    return cad_pb2.ClassifyRequest(
+        dicom=dicom_bytes("CT_small.dcm"),
+        window=cad_pb2.Window(center=40, width=400),
+        candidates=[
+            cad_pb2.Candidate(
+                client_id=f"c{i}", box=cad_pb2.Box(x=10 + 25 * i, y=20, width=24, height=30)
+            )
+            for i in range(n)
+        ],
+    )
+
+
+def test_a_dead_database_is_unavailable_and_the_store_reconnects_by_itself(
+    up: TempPostgres,
+) -> None:
+    store = open_store(up.new_database(), timeout_s=1.0)
+    try:
+        store.add_audit("pin", "ops", "cad", {"version": 1})
+        up.crash()
+        with pytest.raises(StoreUnavailable, match="label store is unreachable"):
+            store.audit()
+        assert not store.available and not store.ping()
+        up.restart()
+        # the same store object, no reopening: its dead connections are replaced
+        assert [e.action for e in store.audit()] == ["pin"]
+        assert store.available
+    finally:
+        store.close()
+
+
+def test_an_unreachable_database_at_start_is_refused_by_the_cli_and_tolerated_by_servers(
+    up: TempPostgres,
+) -> None:
+    url = up.new_database()
+    up.crash()
+    with pytest.raises(StoreUnavailable):
+        open_store(url, timeout_s=0.5)
+    store = open_store(url, timeout_s=0.5, require=False)  # what a server does
+    try:
+        assert not store.available
+        up.restart()
+        assert store.ping() and store.schema_version() >= 3  # migrated on first contact
+    finally:
+        store.close()
+
+
+def health(channel: grpc.Channel) -> dict[str, int]:
+    stub = health_pb2_grpc.HealthStub(channel)
+    names = ["", "cad.v1.CadInference", "cad.v1.CadReview", "cad.v1.ModelAdmin"]
+    return {
+        n: stub.Check(health_pb2.HealthCheckRequest(service=n), timeout=5).status for n in names
+    }
+
+
+def test_classify_answers_through_an_outage_records_once_after_and_reviews_are_unavailable(
+    up: TempPostgres, registry_root: Path, tmp_path: Path
+) -> None:
+    url = up.new_database()
+    settings = make_settings(
+        registry_root,
+        store_url=url,
+        store_timeout_s=1.0,
+        store_probe_interval_s=3600.0,  # the test checks the store itself: no timing
+        # rows committed durably: a relaxed commit (background) can be lost by a database crash
+        # within PostgreSQL's WAL writer delay, and the correction below refers to one
+        record_sync="each",
+    )
+    metrics = CollectorRegistry()
+    with ServerThread(settings, metrics) as running, grpc.insecure_channel(running.address) as ch:
+        running.refresh_models()
+        server = running.server
+        assert server.check_store()
+        infer = cad_pb2_grpc.CadInferenceStub(ch)
+        review = cad_pb2_grpc.CadReviewStub(ch)
+        before = infer.Classify(request(), timeout=30)
+        assert set(health(ch).values()) == {SERVING}
+
+        up.crash()
+        during = [infer.Classify(request(3), timeout=30) for _ in range(3)]
+        during += list(infer.ClassifyStream(iter([request(1), request(1)]), timeout=30))
+        assert all(r.request_id and len(r.results) >= 1 for r in during)
+        correction = cad_pb2.Correction(
+            candidate_id=before.results[0].candidate_id,
+            verdict=cad_pb2.TRUE_POSITIVE,
+            reviewer="dr.a",
+            idempotency_key="outage-1",
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            review.SubmitCorrection(correction, timeout=30)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "label store is unreachable" in (err.value.details() or "")
+        assert not server.check_store()
+        statuses = health(ch)
+        assert statuses["cad.v1.CadInference"] == SERVING  # video keeps its overlay
+        assert statuses[""] == NOT_SERVING and statuses["cad.v1.CadReview"] == NOT_SERVING
+        assert metrics.get_sample_value("cad_store_up") == 0
+        assert metrics.get_sample_value("cad_spool_records") == len(during)
+        assert metrics.get_sample_value("cad_spool_oldest_age_seconds") >= 0
+
+        up.restart()
+        assert server.check_store()  # no restart of the server: it reconnects and drains
+        assert metrics.get_sample_value("cad_spool_records") == 0
+        assert metrics.get_sample_value("cad_spool_written_total") == len(during)
+        assert set(health(ch).values()) == {SERVING}
+        receipt = review.SubmitCorrection(correction, timeout=30)  # the same key, retried
+        assert not receipt.replayed and receipt.label == cad_pb2.POSITIVE
+
+    check = open_store(url)
+    try:
+        for response in during:  # every spooled record written exactly once, as answered
+            image = check.get_image(response.request_id)
+            stored = check.candidates_of(response.request_id)
+            assert [c.candidate.candidate_id for c in stored] == [
+                r.candidate_id for r in response.results
+            ]
+            for c, r in zip(stored, response.results, strict=True):
+                assert c.candidate.probability == pytest.approx(r.probability, abs=1e-6)
+            assert image.created  # the time it was classified, kept through the spool
+        created = [check.get_image(r.request_id).created for r in during]
+        assert created == sorted(created)  # written in the order they were answered
+        assert sum(1 for _ in check.labeled()) == 1
+    finally:
+        check.close()
+
+
+def record(i: int) -> tuple[ImageRecord, list[CandidateRecord]]:
+    rid = f"req-{i}"
+    image = ImageRecord(rid, "0" * 64, 10, 8, 8, 0, "png", created=f"2026-01-01T00:00:0{i}Z")
+    probs = np.arange(6, dtype=np.float32).reshape(3, 2) / 10
+    cand = CandidateRecord(
+        f"{rid}-0", rid, "c", 1, 1, 2, 2, "single", "1", 0.5, 0.1, 0.2, 0.3, probs
+    )
+    return image, [cand]
+
+
+def test_the_spool_is_ordered_bounded_single_owner_and_writes_once_after_a_crash(
+    tmp_path: Path,
+) -> None:
+    metrics = ServiceMetrics(CollectorRegistry())
+    folder = tmp_path / "spool"
+    spool = RecordSpool(folder, max_records=3, metrics=metrics)
+    with pytest.raises(RuntimeError, match="in use by another server process"):
+        RecordSpool(folder, max_records=3, metrics=metrics)
+    assert all(spool.append(*record(i)) for i in range(3))
+    assert not spool.append(*record(3))  # full: dropped and counted
+    assert metrics.registry.get_sample_value("cad_spool_dropped_total") == 1
+
+    written: list[str] = []
+
+    def down(image: ImageRecord, candidates: list[CandidateRecord]) -> None:
+        raise StoreUnavailable("down")
+
+    assert spool.drain(down) == 0 and spool.pending == 3
+    # a crash after the store took the first record but before its file was removed
+    store = open_store(f"sqlite:///{tmp_path / 'labels.sqlite3'}")
+    first = sorted(folder.glob("*.record.json"))[0]
+    from service.labels.spool import _decode
+
+    store.record_classification(*_decode(first.read_bytes()))
+    spool.close()
+
+    again = RecordSpool(folder, max_records=3, metrics=metrics)  # the restarted process
+    assert again.pending == 3
+
+    def write(image: ImageRecord, candidates: list[CandidateRecord]) -> None:
+        written.append(image.request_id)
+        store.record_classification(image, candidates)
+
+    assert again.drain(write) == 3 and again.pending == 0
+    assert written == ["req-0", "req-1", "req-2"]  # oldest first
+    for i in range(3):
+        (stored,) = store.candidates_of(f"req-{i}")  # once, with its patch predictions
+        assert np.array_equal(stored.candidate.patch_probs, record(i)[1][0].patch_probs)
+    again.close()
+    store.close()
