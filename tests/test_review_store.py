@@ -409,3 +409,17 @@ def test_relaxed_classification_commits_then_durable_again(
     assert str(store._query(query)[0][0]) in ("2", "on")  # FULL / on
     review.submit_correction("relaxed-0", "TRUE_POSITIVE", "dr.a", "k")
     assert store.events("relaxed-0")[0].label_after == 1
+
+
+def test_the_audit_action_filter_finds_events_behind_the_limit(store: SqlLabelStore) -> None:
+    """GetAuditTrail(action="pin") must find a pin behind many other events (the filter was
+    applied after the LIMIT, so it returned nothing)."""
+    for i in range(6):
+        store.add_audit("swap", "server", "cad", {"version": i})
+    pin = store.add_audit("pin", "ops", "cad", {"version": 2})
+    add_image(store, "r1")
+    store.add_label("r1-0", 1, "dr.a", "", "k-audit", "body")
+    assert [e.event_id for e in store.audit(action="pin", limit=3)] == [pin.event_id]
+    assert [e.action for e in store.audit(action="correction", limit=3)] == ["correction"]
+    assert store.audit(action="missed_finding", limit=3) == []
+    assert len(store.audit(limit=3)) == 3 and len(store.audit()) == 8
