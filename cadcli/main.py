@@ -474,7 +474,16 @@ def main(argv: list[str] | None = None) -> int:
         from cadcli.demo import run_demo
 
         return run_demo(args.workdir, args.log_level)
-    return int(args.func(args))
+    from service.errors import LeaseHeld, StoreUnavailable
+
+    try:
+        return int(args.func(args))
+    except LeaseHeld as exc:  # another trainer or pruner is at work: say who, no traceback
+        print(f"cad: {exc}", file=sys.stderr)
+        return 4
+    except StoreUnavailable as exc:
+        print(f"cad: {exc}", file=sys.stderr)
+        return 5
 
 
 if __name__ == "__main__":

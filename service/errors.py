@@ -35,6 +35,11 @@ class StoreUnavailable(CadError):
     caller may retry, with the same idempotency key for a correction."""
 
 
+class LeaseHeld(CadError):
+    """Another process holds a lease this work needs (one trainer, one pruner at a time); the
+    message names the holder (FAILED_PRECONDITION)."""
+
+
 class ModelRejected(CadError):
     """A model version failed its checks (checksum, signature, warm-up) and was not loaded."""
 

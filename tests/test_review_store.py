@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service.aift import Box, aift_scores
-from service.errors import AlreadyExists, InvalidInput, NotFound
+from service.errors import AlreadyExists, InvalidInput, LeaseHeld, NotFound
 from service.labels.archive import ImageArchive, prune
 from service.labels.review import ReviewService
 from service.labels.store import CandidateRecord, ImageRecord, SqlLabelStore, open_store
@@ -423,3 +423,15 @@ def test_the_audit_action_filter_finds_events_behind_the_limit(store: SqlLabelSt
     assert [e.action for e in store.audit(action="correction", limit=3)] == ["correction"]
     assert store.audit(action="missed_finding", limit=3) == []
     assert len(store.audit(limit=3)) == 3 and len(store.audit()) == 8
+
+
+def test_a_lease_is_exclusive_names_its_holder_and_is_released(store: SqlLabelStore) -> None:
+    first = store.lease("trainer", "cad train watch on host-a (pid 1)").acquire()
+    with pytest.raises(LeaseHeld, match=r"held by cad train watch on host-a \(pid 1\)"):
+        store.lease("trainer", "cad train round on host-b (pid 2)").acquire()
+    with store.lease("archive-prune", "server on host-b (pid 2)"):  # another name: its own
+        pass
+    first.ensure()  # still held
+    first.release()
+    with store.lease("trainer", "cad train round on host-b (pid 2)"):
+        pass

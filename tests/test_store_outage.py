@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.errors import StoreUnavailable
+from service.errors import LeaseHeld, StoreUnavailable
 from service.labels.spool import RecordSpool
 from service.labels.store import CandidateRecord, ImageRecord, open_store
 from service.metrics import ServiceMetrics
@@ -228,3 +228,19 @@ def test_the_spool_is_ordered_bounded_single_owner_and_writes_once_after_a_crash
         assert np.array_equal(stored.candidate.patch_probs, record(i)[1][0].patch_probs)
     again.close()
     store.close()
+
+
+def test_a_lease_lost_with_the_database_is_taken_again(up: TempPostgres) -> None:
+    store = open_store(up.new_database(), timeout_s=1.0)
+    lease = store.lease("trainer", "cad train watch on here (pid 1)").acquire()
+    try:
+        up.crash()
+        with pytest.raises(StoreUnavailable):
+            lease.ensure()
+        up.restart()
+        lease.ensure()  # taken again on a new connection
+        with pytest.raises(LeaseHeld, match="cad train watch on here"):
+            store.lease("trainer", "cad train round").acquire()
+    finally:
+        lease.release()
+        store.close()

@@ -16,7 +16,9 @@ import pytest
 import torch
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
+from service.errors import LeaseHeld
 from service.labels.store import open_store
+from service.labels.store.sql import holder_name
 from service.models.registry import WEIGHTS_FILE, ModelRegistry
 from service.rpc.server import ServerThread
 from tests.conftest import make_settings
@@ -27,7 +29,7 @@ from trainer.evaluate import auc_ci, roc_auc, sensitivity_at_fpr
 from trainer.finetune import param_groups
 from trainer.network import CadNet
 from trainer.presets import PRESETS, Schedule
-from trainer.round import ROUNDS_FILE, run_round
+from trainer.round import ROUNDS_FILE, TRAINER_LEASE, run_round
 from trainer.settings import TrainerSettings
 from trainer.watch import TrainerMetrics, Watcher
 
@@ -458,3 +460,44 @@ def test_quantize_command_publishes_an_int8_variant_from_the_label_store(world: 
         ]
     )
     assert again == 2  # variants are immutable: a second one for the same version is refused
+
+
+def test_a_second_trainer_is_refused_while_one_holds_the_lease(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two trainers would publish two children of one parent: `cad train round` and a watcher
+    refuse, naming the holder, while another trainer holds the store's lease."""
+    from cadcli.main import main
+
+    registry = ModelRegistry(world.root, "cad")
+    rounds = registry.model_dir / ROUNDS_FILE
+    versions, before = registry.versions(), rounds.read_text() if rounds.exists() else ""
+    store = open_store(world.store_url)
+    holder = holder_name("cad train watch")
+    try:
+        with store.lease(TRAINER_LEASE, holder):
+            code = main(
+                [
+                    "train",
+                    "round",
+                    "--registry",
+                    str(world.root),
+                    "--store-url",
+                    world.store_url,
+                    "--archive-root",
+                    str(world.archive),
+                    "--log-level",
+                    "WARNING",
+                ]
+            )
+            err = capsys.readouterr().err
+            assert code == 4 and holder in err and "trainer lease is held" in err
+            metrics = TrainerMetrics(__import__("prometheus_client").CollectorRegistry())
+            with pytest.raises(LeaseHeld, match="cad train watch on"):
+                Watcher(world.settings(min_new_labels=1), metrics).run(threading.Event(), 1)
+        assert registry.versions() == versions  # nothing published, no round recorded
+        assert (rounds.read_text() if rounds.exists() else "") == before
+        with store.lease(TRAINER_LEASE, holder):  # released: it can be taken again
+            pass
+    finally:
+        store.close()

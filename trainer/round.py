@@ -26,6 +26,7 @@ from tqdm import tqdm
 from service.aift import candidate_probability, candidate_stats
 from service.labels.archive import ImageArchive
 from service.labels.store import SqlLabelStore, open_store
+from service.labels.store.sql import Lease, holder_name
 from service.models.batcher import SerialBatcher
 from service.models.model import SessionOptions, load_model
 from service.models.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry, VersionInfo, utc_now
@@ -47,6 +48,7 @@ from trainer.trunk import is_trivial
 
 log = logging.getLogger(__name__)
 ROUNDS_FILE = "rounds.jsonl"
+TRAINER_LEASE = "trainer"
 
 
 @dataclass
@@ -243,8 +245,26 @@ def _score_row(e: Example, probs: np.ndarray) -> tuple[str, np.ndarray, float, f
     )
 
 
-def run_round(settings: TrainerSettings, progress: bool = True) -> RoundReport:
-    """Run one round; never raises for a model that fails its gate (the report says why)."""
+def run_round(
+    settings: TrainerSettings, progress: bool = True, lease: Lease | None = None
+) -> RoundReport:
+    """Run one round; never raises for a model that fails its gate (the report says why).
+
+    One trainer at a time: the round holds the store's ``trainer`` lease from before it reads
+    the parent until its line is in ``rounds.jsonl`` (``lease``: one the caller holds already,
+    as ``cad train watch`` does for its lifetime).
+
+    Raises:
+        LeaseHeld: another trainer holds the lease (the message names it).
+    """
+    if lease is None:
+        store = open_store(settings.store_url)
+        try:
+            with store.lease(TRAINER_LEASE, holder_name("cad train round")) as own:
+                return run_round(settings, progress, own)
+        finally:
+            store.close()
+    lease.ensure()
     t0 = time.perf_counter()
     registry = ModelRegistry(settings.registry_root, settings.model_name)
     parent_version = settings.start_version or (1 if settings.scratch else registry.target())

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from service.errors import LeaseHeld
 from service.labels.store import open_store
+from service.labels.store.sql import Lease, holder_name
 from service.models.registry import ModelRegistry
 from trainer.data import ids_hash_of, labeled_examples
-from trainer.round import ROUNDS_FILE, RoundReport, run_round
+from trainer.round import ROUNDS_FILE, TRAINER_LEASE, RoundReport, run_round
 from trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,8 @@ class Watcher:
     metrics: TrainerMetrics
     attempted: frozenset[str] | None = None
     """Candidate ids of the labels the last attempted round saw."""
+    lease: Lease | None = None
+    """The trainer lease while :meth:`run` holds it (a bare :meth:`step` takes its own)."""
 
     def _labeled_ids(self) -> frozenset[str]:
         store = open_store(self.settings.store_url)
@@ -98,9 +102,8 @@ class Watcher:
         log.info(
             "%d new labels (threshold %d): starting a round", pending, self.settings.min_new_labels
         )
-        report = run_round(
-            self.settings
-        )  # one that raises (store down, disk full) is retried at the next poll
+        # one that raises (store down, disk full) is retried at the next poll
+        report = run_round(self.settings, lease=self.lease)
         self.attempted = ids
         self.metrics.observe(report)
         self.metrics.pending.set(self.new_labels())
@@ -108,11 +111,29 @@ class Watcher:
         return report
 
     def run(self, stop: threading.Event, max_rounds: int | None = None) -> int:
+        """Watch until ``stop``, holding the store's trainer lease all along.
+
+        Raises:
+            LeaseHeld: another trainer holds the lease (at start, or took it while the database
+                was away).
+        """
+        store = open_store(self.settings.store_url)
+        try:
+            with store.lease(TRAINER_LEASE, holder_name("cad train watch")) as lease:
+                self.lease = lease
+                return self._loop(stop, max_rounds)
+        finally:
+            self.lease = None
+            store.close()
+
+    def _loop(self, stop: threading.Event, max_rounds: int | None) -> int:
         rounds = 0
         while not stop.is_set():
             try:
                 if self.step() is not None:
                     rounds += 1
+            except LeaseHeld:
+                raise
             except Exception:
                 log.exception("training round failed; retrying after the poll interval")
             if max_rounds is not None and rounds >= max_rounds:

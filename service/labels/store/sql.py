@@ -5,7 +5,7 @@ WAL with ``synchronous=FULL``; PostgreSQL: its default durable commit), so an
 acknowledged correction survives a crash of the server at any moment.
 
 PostgreSQL is reached through a bounded pool that checks a connection before lending it and
-reconnects after an outage by itself. Every operation is safe to run twice (reads; writes keyed
+connects afresh after an outage (:class:`PostgresPool`). Every operation is safe to run twice (reads; writes keyed
 by an idempotency key, a request id or an event id), so one that meets a dead connection is run
 once more on a fresh one; if that fails too the store is unreachable and the caller gets
 :class:`~service.errors.StoreUnavailable` (UNAVAILABLE), never an internal error.
@@ -13,13 +13,17 @@ once more on a fresh one; if that fails too the store is unreachable and the cal
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
+import os
+import socket
 import sqlite3
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -28,7 +32,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from service.errors import AlreadyExists, NotFound, StoreUnavailable
+from service.errors import AlreadyExists, LeaseHeld, NotFound, StoreUnavailable
 from service.labels.store.migrations import MIGRATIONS
 from service.labels.store.records import (
     AuditEvent,
@@ -133,40 +137,87 @@ class SqliteConnection:
             self._conn.close()
 
 
+class ConnectFailed(Exception):
+    """No new PostgreSQL connection could be made (the database refused or did not answer)."""
+
+
 class PostgresPool:
-    """A bounded psycopg pool: each connection is checked before it is lent, a broken one is
-    replaced, and the pool reconnects in the background after an outage. Waiting for a
-    connection is bounded by ``timeout_s``; then the store is taken to be unreachable."""
+    """A bounded pool of PostgreSQL connections, made on demand.
+
+    Every idle connection is checked (an empty query) before it is lent and replaced if it is
+    dead, so the first call after a database restart gets a fresh connection; a broken
+    connection is dropped when it comes back. Connecting is tried afresh by each call that needs
+    it, bounded by ``timeout_s``: no background reconnect schedule, so the store is usable again
+    the moment the database answers. At most ``max_size`` connections are lent at once; a call
+    waits up to ``timeout_s`` for one.
+    """
 
     def __init__(self, url: str, max_size: int, timeout_s: float) -> None:
-        from psycopg_pool import ConnectionPool
+        self.url = url
+        self.timeout_s = timeout_s
+        self.max_size = max_size
+        self._slots = threading.BoundedSemaphore(max_size)
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
 
-        self.pool = ConnectionPool(
-            url,
-            min_size=1,
-            max_size=max_size,
-            kwargs={"autocommit": True, "connect_timeout": max(1, math.ceil(timeout_s))},
-            check=ConnectionPool.check_connection,
-            timeout=timeout_s,
-            name="cad-label-store",
-            open=False,
-        )
-        self.pool.open(wait=False)  # a server starts even while the database is down
+    def _connect(self) -> Any:
+        import psycopg
 
-    def connection(self) -> AbstractContextManager[Any]:
-        return self.pool.connection()
+        try:
+            return psycopg.connect(
+                self.url, autocommit=True, connect_timeout=max(1, math.ceil(self.timeout_s))
+            )
+        except psycopg.OperationalError as exc:
+            raise ConnectFailed(_first(exc)) from None
+
+    def _checkout(self) -> Any:
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                return self._connect()
+            try:
+                conn.execute("")
+                return conn
+            except Exception:
+                conn.close()  # died while idle (a database restart): the next one, or a new one
+
+    @contextmanager
+    def connection(self) -> Iterator[Any]:
+        if not self._slots.acquire(timeout=self.timeout_s):
+            raise ConnectFailed(f"all {self.max_size} label store connections stayed busy")
+        try:
+            conn = self._checkout()
+            try:
+                yield conn
+            finally:
+                from psycopg.pq import TransactionStatus
+
+                if (
+                    conn.broken
+                    or conn.closed
+                    or conn.info.transaction_status != TransactionStatus.IDLE
+                ):
+                    conn.close()
+                else:
+                    with self._lock:
+                        self._idle.append(conn)
+        finally:
+            self._slots.release()
 
     def close(self) -> None:
-        self.pool.close()
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
 
 def _postgres_outage(exc: BaseException) -> str:
-    """``refused``: no connection could be had in time (trying again at once is pointless);
-    ``lost``: a lent connection broke; "": not an outage (a constraint, a syntax error...)."""
+    """``refused``: no connection could be had (trying again at once is pointless); ``lost``: a
+    lent connection broke; "": not an outage (a constraint, a syntax error...)."""
     import psycopg
-    from psycopg_pool import PoolTimeout
 
-    if isinstance(exc, PoolTimeout):
+    if isinstance(exc, ConnectFailed):
         return "refused"
     if isinstance(exc, psycopg.InterfaceError):
         return "lost"
@@ -203,6 +254,11 @@ class SqlLabelStore:
         self.last_error = ""
         self.unavailable_since: float | None = None
         """``time.monotonic()`` of the first failure of the current outage (None: reachable)."""
+        self.url = ""
+        """PostgreSQL: the connection URL (a lease opens a connection of its own)."""
+        self.path: Path | None = None
+        """SQLite: the database file (leases are files beside it)."""
+        self.timeout_s = 3.0
         if migrate:
             self.migrate()
 
@@ -294,6 +350,10 @@ class SqlLabelStore:
 
     def close(self) -> None:
         self._connections.close()
+
+    def lease(self, name: str, holder: str) -> Lease:
+        """An exclusive lease on ``name`` (``with store.lease(...)``, or acquire/release)."""
+        return Lease(self, name, holder)
 
     def migrate(self) -> list[int]:
         """Apply pending numbered migrations; returns those applied now."""
@@ -780,6 +840,138 @@ class SqlLabelStore:
         return bool(self._query("SELECT 1 FROM images WHERE sha256 = ? LIMIT 1", (sha256,)))
 
 
+LEASE_CLASS = 4243
+"""First key of every lease's PostgreSQL advisory lock (the second is the name's CRC-32)."""
+
+
+def holder_name(what: str) -> str:
+    """Who holds a lease, as its message names them: what, host, process id."""
+    return f"{what} on {socket.gethostname()} (pid {os.getpid()})"
+
+
+class Lease:
+    """An exclusive lease on a named piece of work (``trainer``, ``archive-prune``), so that one
+    process does it at a time across every host sharing the store.
+
+    PostgreSQL: a session advisory lock on a connection of its own, named after the holder
+    (``application_name``), so a refusal can name the holder and the lock goes away with the
+    holder's process or connection. SQLite: an exclusive ``flock`` on a file beside the
+    database, holding the holder's name.
+    """
+
+    def __init__(self, store: SqlLabelStore, name: str, holder: str) -> None:
+        self.store = store
+        self.name = name
+        self.holder = holder
+        self.key = zlib.crc32(name.encode()) & 0x7FFFFFFF
+        self._conn: Any = None
+        self._file: Any = None
+        self._lost = False
+
+    def acquire(self) -> Lease:
+        """Take the lease now or raise.
+
+        Raises:
+            LeaseHeld: another process holds it (the message names it).
+            StoreUnavailable: the store cannot be reached.
+        """
+        if self.store.dialect is SQLITE:
+            self._acquire_file()
+        else:
+            self._acquire_advisory()
+        log.info("lease %r taken by %s", self.name, self.holder)
+        return self
+
+    def _refused(self, other: str) -> LeaseHeld:
+        return LeaseHeld(
+            f"the {self.name} lease is held by {other or 'another process'}; "
+            "one at a time: wait for it to finish, or stop it"
+        )
+
+    def _acquire_file(self) -> None:
+        path = Path(f"{self.store.path}.{self.name}.lease")
+        fh = path.open("a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            other = fh.read().strip()
+            fh.close()
+            raise self._refused(other) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(self.holder)
+        fh.flush()
+        self._file = fh
+
+    def _acquire_advisory(self) -> None:
+        import psycopg
+
+        try:
+            conn = psycopg.connect(
+                self.store.url,
+                autocommit=True,
+                application_name=self.holder[:63],
+                connect_timeout=max(1, math.ceil(self.store.timeout_s)),
+            )
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(
+                f"the label store is unreachable ({_first(exc)}); the {self.name} lease "
+                "could not be taken"
+            ) from None
+        got = conn.execute(
+            "SELECT pg_try_advisory_lock(%s, %s)", (LEASE_CLASS, self.key)
+        ).fetchone()
+        if got and got[0]:
+            self._conn = conn
+            return
+        row = conn.execute(
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s",
+            (LEASE_CLASS, self.key),
+        ).fetchone()
+        conn.close()
+        raise self._refused(row[0] if row else "")
+
+    def ensure(self) -> None:
+        """Check the lease is still held before more of the work; after a lost connection (a
+        database restart drops advisory locks) take it again.
+
+        Raises:
+            LeaseHeld: someone else took it meanwhile. StoreUnavailable: the store is down.
+        """
+        if self._conn is None and not self._lost:
+            return  # SQLite (a file lock), or never taken
+        if self._conn is not None:
+            try:
+                self._conn.execute("SELECT 1")
+                return
+            except Exception:
+                log.warning("lease %r: its connection was lost; taking it again", self.name)
+            self.release()
+            self._lost = True
+        self._acquire_advisory()
+        self._lost = False
+
+    def release(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()  # the session's advisory lock goes with it
+            finally:
+                self._conn = None
+        if self._file is not None:
+            try:
+                self._file.close()
+            finally:
+                self._file = None
+
+    def __enter__(self) -> Lease:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 def _first(exc: BaseException) -> str:
     """The first line of an exception's message (psycopg's run over several)."""
     text = str(exc).strip().splitlines()
@@ -805,7 +997,9 @@ def open_store(
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
-        return SqlLabelStore(SqliteConnection(conn), SQLITE, (sqlite3.IntegrityError,))
+        store = SqlLabelStore(SqliteConnection(conn), SQLITE, (sqlite3.IntegrityError,))
+        store.path = path
+        return store
     if url.startswith(("postgresql://", "postgres://")):
         import psycopg
 
@@ -816,6 +1010,8 @@ def open_store(
             outage=_postgres_outage,
             migrate=False,
         )
+        store.url = url
+        store.timeout_s = timeout_s
         try:
             store.migrate()
         except StoreUnavailable:
