@@ -435,3 +435,54 @@ def test_a_lease_is_exclusive_names_its_holder_and_is_released(store: SqlLabelSt
     first.release()
     with store.lease("trainer", "cad train round on host-b (pid 2)"):
         pass
+
+
+def test_a_pruner_racing_a_writer_never_leaves_a_row_pointing_at_a_deleted_file(
+    store: SqlLabelStore, tmp_path: Path
+) -> None:
+    """Another replica records a frame whose image (same content) a pruner is deleting: in
+    both orders the row that ends up stored has its file."""
+    from service.imaging import DecodedImage
+    from service.labels.review import Recorder
+    from service.models.inference import CandidateResult, ClassifyOutcome
+
+    archive = ImageArchive(tmp_path / "archive")
+    pixels = np.full((8, 8, 3), 7, dtype=np.uint8)
+    sha, _ = archive.put(pixels)
+
+    # 1. the pruner moved the blob aside, then the writer's row landed: its re-check keeps it
+    def row_lands_meanwhile() -> bool:
+        add_image(store, "writer-1", n=1, sha=sha)
+        return store.sha_in_use(sha)
+
+    assert not archive.delete_unless_used(sha, row_lands_meanwhile)
+    assert archive.path(sha).exists() and not list(archive.path(sha).parent.glob(".*pruning"))
+
+    # 2. the pruner deleted the blob after the writer's put, before its row: the writer puts it
+    # back once its row is stored
+    recorder = Recorder(store, archive)
+    original = store.record_classification
+
+    def pruned_in_between(*args: object, **kw: object) -> None:
+        archive.delete(sha)
+        original(*args, **kw)  # type: ignore[arg-type]
+
+    store.record_classification = pruned_in_between  # type: ignore[method-assign]
+    box = Box(1, 1, 4, 4)
+    outcome = ClassifyOutcome(
+        "writer-2",
+        1,
+        0,
+        "single",
+        DecodedImage(pixels, 0),
+        [CandidateResult("writer-2-0", "c", box, 0.5, 1, 0.1, 0.2, 0.3)],
+    )
+    recorder.record(outcome, np.full((1, 1, 2), 0.5, dtype=np.float32))
+    assert store.get_image("writer-2").sha256 == sha and archive.path(sha).exists()
+
+    # 3. nothing refers to it any more: the pruner deletes it
+    store.record_classification = original  # type: ignore[method-assign]
+    for rid in ("writer-1", "writer-2"):
+        assert store.delete_unlabeled_image(rid)
+    assert archive.delete_unless_used(sha, lambda: store.sha_in_use(sha))
+    assert not archive.path(sha).exists()

@@ -244,3 +244,16 @@ def test_a_lease_lost_with_the_database_is_taken_again(up: TempPostgres) -> None
     finally:
         lease.release()
         store.close()
+
+
+def test_one_pruner_at_a_time_across_replicas(registry_root: Path, up: TempPostgres) -> None:
+    url = up.new_database()
+    with ServerThread(make_settings(registry_root, store_url=url)) as running:
+        other = open_store(url)
+        try:
+            with other.lease("archive-prune", "cad-server on replica-2 (pid 9)"):
+                assert running.server.prune_archive_now() is None  # skipped: replica-2 prunes
+            report = running.server.prune_archive_now()
+            assert report is not None and report.images_removed == 0
+        finally:
+            other.close()

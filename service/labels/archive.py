@@ -21,7 +21,10 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import threading
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -175,6 +178,34 @@ class ImageArchive:
     def delete(self, sha256: str) -> None:
         self.path(sha256).unlink(missing_ok=True)
 
+    def delete_unless_used(self, sha256: str, in_use: Callable[[], bool]) -> bool:
+        """Delete a blob no row refers to, without racing a writer that is about to refer to it.
+
+        The blob is first moved aside, then ``in_use`` is asked again: a row written meanwhile
+        (writers insert their row, then check the blob is there: see :meth:`ensure`) puts it
+        back. True: deleted."""
+        path = self.path(sha256)
+        aside = path.with_name(f".{path.name}.{uuid.uuid4().hex}.pruning")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return False
+        if in_use():
+            os.replace(aside, path)  # the same bytes: content-addressed
+            return False
+        aside.unlink()
+        return True
+
+    def ensure(self, sha256: str, pixels: npt.NDArray[np.uint8], png: bytes | None) -> None:
+        """After a row referring to ``sha256`` was stored: put the blob back if a pruner removed
+        it between :meth:`put` and the row (the pruner re-checks rows after moving a blob aside,
+        so once the row exists the blob stays)."""
+        if not self.path(sha256).exists():
+            log.warning(
+                "archive: image %s was pruned while it was being recorded; restored", sha256[:12]
+            )
+            self.put(pixels, png)
+
 
 @dataclass(frozen=True)
 class PruneReport:
@@ -206,8 +237,9 @@ def prune(
             continue
         removed += 1
         total -= size
-        if not store.sha_in_use(sha):
-            archive.delete(sha)
+        if not store.sha_in_use(sha) and archive.delete_unless_used(
+            sha, lambda sha=sha: store.sha_in_use(sha)
+        ):
             blobs += 1
             freed += size
     if removed:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -28,6 +29,8 @@ from service.labels.store.sql import SqlLabelStore, now
 from service.metrics import ServiceMetrics
 from service.models.inference import ClassifyOutcome
 from service.validation import MAX_QUEUE_WEIGHT, box_values, finite, quote
+
+log = logging.getLogger(__name__)
 
 VERDICT_LABELS = {"TRUE_POSITIVE": 1, "FALSE_POSITIVE": 0}
 RANDOM = "random"
@@ -128,10 +131,20 @@ class Recorder:
             if spool is None:
                 raise
             spool.append(replace(image, created=now()), candidates)
+            return
+        # a pruner on another replica may have removed a blob of the same content between the
+        # put and the row: now that the row exists it cannot any more, so put it back if gone
+        self.archive.ensure(sha, outcome.image.pixels, outcome.image.png)
 
     def write_spooled(self, image: ImageRecord, candidates: list[CandidateRecord]) -> None:
         """Write one spooled record to the store (:meth:`RecordSpool.drain`)."""
         self.store.record_classification(image, candidates, durable=self.durable)
+        if not self.archive.path(image.sha256).exists():
+            log.error(
+                "spooled record %s: its image was pruned while the record waited; candidates "
+                "are kept, their patches cannot be regenerated",
+                image.request_id,
+            )
 
     def drain(self) -> int:
         """Write the spooled records now, oldest first; how many were written."""

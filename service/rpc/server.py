@@ -18,11 +18,13 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
+from service.errors import LeaseHeld
 from service.imaging import ImageLimits
 from service.labels.archive import ImageArchive, PruneReport, prune
 from service.labels.review import Recorder, ReviewService, UidHasher
 from service.labels.spool import RecordSpool
 from service.labels.store import open_store
+from service.labels.store.sql import holder_name
 from service.metrics import ServiceMetrics
 from service.models.batcher import BatchingConfig, DynamicBatcher
 from service.models.inference import Classifier, ModelManager
@@ -40,6 +42,7 @@ SERVICE_NAMES = tuple(
     cad_pb2.DESCRIPTOR.services_by_name[name].full_name
     for name in ("CadInference", "ModelAdmin", "CadReview")
 )
+ARCHIVE_LEASE = "archive-prune"
 INFERENCE = cad_pb2.DESCRIPTOR.services_by_name["CadInference"].full_name
 
 
@@ -259,16 +262,23 @@ class CadServer:
                 log.exception("label store check failed")
             await asyncio.sleep(self.settings.store_probe_interval_s)
 
-    async def prune_archive(self) -> PruneReport:
-        """Apply the archive retention now (in a worker thread)."""
+    def prune_archive_now(self) -> PruneReport | None:
+        """Apply the archive retention, if no other replica is at it (one pruner at a time, by
+        the store's ``archive-prune`` lease). None: another holds the lease; it was skipped."""
         s = self.settings
+        try:
+            with self.store.lease(ARCHIVE_LEASE, holder_name("cad-server")):
+                return prune(
+                    self.store, self.archive, s.archive_max_age_s, s.archive_max_unlabeled_bytes
+                )
+        except LeaseHeld as exc:
+            log.info("archive retention skipped: %s", exc)
+            return None
+
+    async def prune_archive(self) -> PruneReport | None:
+        """:meth:`prune_archive_now` in a worker thread."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self.executor,
-            lambda: prune(
-                self.store, self.archive, s.archive_max_age_s, s.archive_max_unlabeled_bytes
-            ),
-        )
+        return await loop.run_in_executor(self.executor, self.prune_archive_now)
 
     async def _retain(self) -> None:
         while True:
