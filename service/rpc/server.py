@@ -246,11 +246,13 @@ class CadServer:
         """Reach the label store now; when it answers, write what was spooled meanwhile. Updates
         readiness and ``cad_store_up``. True: the store is reachable."""
         up = self.store.ping()
-        if up and self.spool.pending:
-            self.recorder.drain()
-            up = self.store.available
         self.metrics.store_up.set(1 if up else 0)
         self._update_health()
+        if up and self.spool.pending:  # ready first: reviews need not wait for the backlog
+            self.recorder.drain()
+            up = self.store.available
+            self.metrics.store_up.set(1 if up else 0)
+            self._update_health()
         return up
 
     async def _watch_store(self) -> None:

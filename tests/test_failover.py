@@ -1,0 +1,35 @@
+"""The serving tier through real failures, at the scale of one machine (bench/failover.py): a
+real PostgreSQL stopped with ``pg_ctl stop -m immediate`` twice, three ``cad serve`` processes,
+one killed with SIGKILL and started again, a version published, clients classifying, streaming
+and correcting throughout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.pg import pg_bin
+
+
+@pytest.mark.skipif(pg_bin() is None, reason="PostgreSQL server binaries are not installed")
+def test_the_serving_tier_survives_database_outages_a_killed_replica_and_a_publish(
+    tmp_path: Path,
+) -> None:
+    from bench.failover import run
+
+    result = run(tmp_path, say=lambda line: None)
+    assert result["internal_errors"] == 0, result["errors"]
+    for name, outage in result["outages"].items():
+        assert outage["classifications_answered_during"] > 0, name  # inference kept answering
+        assert all(outage["not_serving_seen"]), name  # readiness said the store was down
+        assert all(s >= 0 for s in outage["recover_s"]), name  # and SERVING again, no restart
+    # the only errors: UNAVAILABLE, for reviews while the store was down and for the replica
+    # while it was killed; Classify never failed during a database outage
+    assert {key.split(":")[1] for key in result["errors"]} <= {"UNAVAILABLE", "NOT_FOUND"}
+    assert not [k for k in result["errors"] if k.startswith("outage") and "Classify" in k]
+    assert result["corrections_acknowledged"] > 0 and result["corrections_lost"] == 0
+    assert result["records_missing"] == 0  # every answered frame recorded, spooled ones too
+    assert result["images_in_store"] == result["records_acknowledged"]  # each exactly once
+    assert max(result["spool_peak"]) > 0
+    assert result["starts"] == [1, 1, 2] and all(result["still_running"])
