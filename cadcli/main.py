@@ -130,9 +130,21 @@ def _registry(args: argparse.Namespace) -> object:
     from service.settings import ServerSettings
 
     s = ServerSettings()
-    return ModelRegistry(
+    registry = ModelRegistry(
         Path(args.registry) if args.registry else s.registry_root, args.name or s.model_name
     )
+    url = _store_url(args)
+    if url:  # the pin lives in the label store, where the servers read it
+        from service.labels.store import open_store
+
+        registry.with_pins_in(open_store(url))
+    return registry
+
+
+def _store_url(args: argparse.Namespace) -> str:
+    from cadcli.settings import CliSettings
+
+    return getattr(args, "store_url", None) or CliSettings().store_url or ""
 
 
 def _model_quantize(args: argparse.Namespace) -> int:
@@ -204,9 +216,7 @@ def _audit(
     actor: str = "",
 ) -> None:
     """Record a CLI registry change in the label store's audit trail (CAD_STORE_URL / --store-url)."""
-    from cadcli.settings import CliSettings
-
-    url = getattr(args, "store_url", None) or CliSettings().store_url
+    url = _store_url(args)
     if not url:
         print(
             "note: no --store-url / CAD_STORE_URL, so this change is not in the audit trail",
@@ -389,8 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--name", help="model name (CAD_MODEL_NAME)")
         if name == "show":
             p.add_argument("version", nargs="?", type=int)
+        p.add_argument(
+            "--store-url", help="label store holding the pin and the audit trail (CAD_STORE_URL)"
+        )
         if name in ("rollback", "unpin"):
-            p.add_argument("--store-url", help="label store for the audit trail (CAD_STORE_URL)")
             p.add_argument("--actor", default="", help="who (default: user@host)")
         if name == "rollback":
             p.add_argument("version", type=int)

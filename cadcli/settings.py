@@ -14,5 +14,6 @@ class CliSettings(BaseSettings):
 
     store_url: str | None = Field(
         None,
-        description="cad model pin/unpin/rollback: the label store whose audit trail records it.",
+        description="cad model commands: the label store where pins live (as servers read them) and "
+        "whose audit trail records each change.",
     )

@@ -72,6 +72,17 @@ class ServiceMetrics:
         self.model_loaded = Gauge(
             "cad_model_loaded", "1 while a model is loaded and serving, else 0.", registry=registry
         )
+        self.model_version = Gauge(
+            "cad_model_version",
+            "The model version this replica serves (0: none yet). Replicas that disagree for "
+            "longer than a few registry polls raise CadReplicasServeDifferentVersions.",
+            registry=registry,
+        )
+        self.model_followed = Gauge(
+            "cad_model_followed_version",
+            "The version this replica should serve: the pinned one, else the newest it accepted.",
+            registry=registry,
+        )
         self.model_load_failures = Counter(
             "cad_model_load_failures",
             "Model versions refused at load (checksum, signature, warm-up).",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
+from service.labels.store import open_store
 from service.models.registry import MODEL_FILE, ModelRegistry
 from service.rpc.server import ServerThread
 from tests.conftest import make_settings
@@ -103,6 +105,7 @@ def test_broken_version_is_refused_while_the_old_one_keeps_serving(
     root = server.server.settings.registry_root
     info = publish_tiny(root, tmp_path / "b")
     model = info.path / MODEL_FILE
+    shutil.copyfile(model, tmp_path / "good.onnx")
     model.write_bytes(model.read_bytes()[:100])  # truncated after publish: checksum mismatch
     assert not server.refresh_models()
     assert cad_pb2_grpc.CadInferenceStub(channel).Classify(REQUEST, timeout=30).model_version == "1"
@@ -112,6 +115,13 @@ def test_broken_version_is_refused_while_the_old_one_keeps_serving(
     refused = {v.version: v.refused for v in listing.versions}
     assert "checksum mismatch" in refused["2"] and refused["1"] == ""
     assert server.server.metrics.registry.get_sample_value("cad_model_load_failures_total") == 1
+    assert not server.refresh_models()  # unchanged: not tried again on every poll
+    assert server.server.metrics.registry.get_sample_value("cad_model_load_failures_total") == 1
+    # the operator puts the right file back (the same path, as a restore from backup does):
+    # the replica tries the version again without a restart
+    shutil.copyfile(tmp_path / "good.onnx", model)
+    assert server.refresh_models()
+    assert cad_pb2_grpc.CadInferenceStub(channel).Classify(REQUEST, timeout=30).model_version == "2"
 
 
 def test_pin_rollback_and_unpin(
@@ -127,7 +137,13 @@ def test_pin_rollback_and_unpin(
     pinned = admin.PinVersion(
         cad_pb2.PinRequest(version="1", actor="ops", reason="FP rate rose"), timeout=30
     )
-    assert pinned.serving_version == "1" and ModelRegistry(root, "cad").pinned() == 1
+    assert pinned.serving_version == "1"
+    # the pin is in the label store, where every replica and the CLI read it; nothing is
+    # written into the registry, which servers mount read-only
+    store = open_store(server.server.settings.store_url)
+    assert ModelRegistry(root, "cad").with_pins_in(store).pinned() == 1
+    store.close()
+    assert not (root / "cad" / "pinned.json").exists()
     assert stub.Classify(REQUEST, timeout=30).model_version == "1"
     publish_tiny(root, tmp_path / "b")  # a new version does not override the pin
     assert not server.refresh_models()

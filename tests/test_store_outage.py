@@ -257,3 +257,40 @@ def test_one_pruner_at_a_time_across_replicas(registry_root: Path, up: TempPostg
             assert report is not None and report.images_removed == 0
         finally:
             other.close()
+
+
+def test_a_pin_over_grpc_reaches_every_replica_without_writing_the_registry(
+    registry_root: Path, tmp_path: Path, up: TempPostgres, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Servers mount the registry read-only: PinVersion keeps the pin in the label store, where
+    the other replicas and the CLI read it (and they converge on it)."""
+    from cadcli.main import main
+    from tests.helpers import publish_tiny
+
+    publish_tiny(registry_root, tmp_path / "b")  # version 2
+    before = sorted(p.name for p in (registry_root / "cad").iterdir())
+    url = up.new_database()
+
+    def replica(i: int) -> ServerThread:
+        return ServerThread(
+            make_settings(registry_root, store_url=url, spool_dir=tmp_path / f"spool-{i}")
+        )
+
+    with replica(0) as a, replica(1) as b, grpc.insecure_channel(a.address) as ch:
+        a.refresh_models(), b.refresh_models()
+        assert a.server.models.current.version == b.server.models.current.version == 2
+        admin = cad_pb2_grpc.ModelAdminStub(ch)
+        admin.PinVersion(cad_pb2.PinRequest(version="1", actor="ops", reason="FP rate"), timeout=30)
+        assert a.server.models.current.version == 1
+        b.refresh_models()
+        assert b.server.models.current.version == 1  # the other replica follows the pin
+        assert main(["model", "list", "--registry", str(registry_root), "--store-url", url]) == 0
+        assert "pinned" in next(
+            line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("1 ")
+        )
+        assert main(["model", "unpin", "--registry", str(registry_root), "--store-url", url]) == 0
+        a.refresh_models(), b.refresh_models()
+        assert a.server.models.current.version == b.server.models.current.version == 2
+        trail = [e.action for e in open_store(url).audit()]
+        assert "pin" in trail and "unpin" in trail
+    assert sorted(p.name for p in (registry_root / "cad").iterdir()) == before  # nothing written

@@ -192,16 +192,17 @@ def quantize_from_store(
     from trainer.data import PatchSource, labeled_examples
 
     registry = ModelRegistry(settings.registry_root, settings.model_name)
-    version = version or registry.target()
-    if version is None:
-        raise FileNotFoundError(f"{registry.model_dir} has no versions")
-    info = registry.get(version)
-    recipe = info.manifest.recipe
     store = open_store(settings.store_url)
     try:
+        version = version or registry.with_pins_in(store).target()  # the pin is in the store
         examples = labeled_examples(store)
     finally:
         store.close()
+    if version is None:
+        raise FileNotFoundError(f"{registry.model_dir} has no versions")
+    registry.pins = None  # the version is chosen; the store is closed
+    info = registry.get(version)
+    recipe = info.manifest.recipe
     source = PatchSource(ImageArchive(settings.archive_root), info.manifest.input_size, recipe)
     chunks = [
         source.patches(e)

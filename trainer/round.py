@@ -266,15 +266,16 @@ def run_round(
             store.close()
     lease.ensure()
     t0 = time.perf_counter()
-    registry = ModelRegistry(settings.registry_root, settings.model_name)
-    parent_version = settings.start_version or (1 if settings.scratch else registry.target())
-    if parent_version is None:
-        raise RuntimeError(f"{registry.model_dir} has no model yet: run `cad model init` first")
-    parent = registry.get(parent_version)
-    preset = PRESETS[settings.preset]
     store = open_store(settings.store_url)
+    # the version servers follow: the pin is in the store, as the servers read it
+    registry = ModelRegistry(settings.registry_root, settings.model_name).with_pins_in(store)
     archive = ImageArchive(settings.archive_root)
     try:
+        parent_version = settings.start_version or (1 if settings.scratch else registry.target())
+        if parent_version is None:
+            raise RuntimeError(f"{registry.model_dir} has no model yet: run `cad model init` first")
+        parent = registry.get(parent_version)
+        preset = PRESETS[settings.preset]
         report = _round(settings, registry, parent, preset, store, archive, progress)
         if report.outcome == "published":
             store.add_audit(

@@ -82,11 +82,15 @@ class Watcher:
     def new_labels(self, ids: frozenset[str] | None = None) -> int:
         ids = self._labeled_ids() if ids is None else ids
         registry = ModelRegistry(self.settings.registry_root, self.settings.model_name)
+        store = open_store(self.settings.store_url)
+        try:
+            target = registry.with_pins_in(store).target()  # the pin is in the store
+        finally:
+            store.close()
         if self.attempted is None and _last_round_hash(registry) == ids_hash_of(ids):
             self.attempted = ids  # a restart after a round that saw exactly these labels
         if self.attempted is not None:
             return len(ids - self.attempted)
-        target = registry.target()
         used = 0
         if target is not None:
             used = registry.get(target).manifest.labels.count

@@ -77,6 +77,7 @@ class ModelManager:
         """Told of every swap, refusal, pin and unpin, in order (see :mod:`service.models.lifecycle`)."""
         self.current: LoadedModel | None = None
         self.refused: dict[int, str] = {}
+        self._refused_files: dict[int, tuple[tuple[str, int, int], ...]] = {}
         self._lock = threading.Lock()
         self.status = f"no model loaded yet from {registry.model_dir}"
 
@@ -104,7 +105,7 @@ class ModelManager:
                 )
                 return False
             for version in reversed(wanted):
-                if version in self.refused:
+                if version in self.refused and not self._changed_since_refused(version):
                     continue
                 try:
                     model = self._load(version)
@@ -118,6 +119,14 @@ class ModelManager:
                 )
             return False
 
+    def _changed_since_refused(self, version: int) -> bool:
+        """A refused version whose files changed since (fixed in place) is tried again."""
+        if self.registry.fingerprint(version) == self._refused_files.get(version):
+            return False
+        log.info("version %s changed since it was refused; trying it again", version)
+        self.refused.pop(version, None)
+        return True
+
     def _load(self, version: int) -> LoadedModel:
         """Load and check a version (or its int8 variant); a failure is remembered as refused.
 
@@ -129,6 +138,7 @@ class ModelManager:
         except (ModelRejected, OSError, ValueError) as exc:
             reason = str(exc)
             self.refused[version] = reason
+            self._refused_files[version] = self.registry.fingerprint(version)
             log.error("refused model %s version %s: %s", self.registry.name, version, reason)
             self._announce("on_refused", version, reason)
             raise ModelRejected(f"version {version} was refused: {reason}") from None
@@ -185,7 +195,7 @@ class ModelManager:
         """
         if version not in self.registry.versions():
             raise NotFound(f"{self.registry.name} has no version {version}")
-        if version in self.refused:
+        if version in self.refused and not self._changed_since_refused(version):
             raise ModelRejected(f"version {version} was refused: {self.refused[version]}")
         with self._lock:
             model = self.current
@@ -207,7 +217,7 @@ class ModelManager:
 
     def unpin(self, actor: str = "") -> LoadedModel | None:
         """Follow the newest acceptable version again, now."""
-        if self.registry.unpin():
+        if self.registry.unpin(actor):
             log.info("model %s unpinned by %s", self.registry.name, actor or "-")
             self._announce("on_unpin", actor)
         self.refresh()

@@ -55,6 +55,8 @@ class MetricsListener(ModelListener):
             }
         )
         self.metrics.model_loaded.set(1)
+        self.metrics.model_version.set(model.version)
+        self.metrics.model_followed.set(pinned if pinned is not None else model.version)
 
     def on_refused(self, name: str, version: int, reason: str) -> None:
         self.metrics.model_load_failures.inc()

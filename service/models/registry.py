@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from service.durable import fsync_path, write_atomic
 from service.models.manifest import (
@@ -66,15 +66,36 @@ class VersionInfo:
         return self.path / MODEL_FILE
 
 
+class PinBackend(Protocol):
+    """Where a registry's pin lives (:class:`service.labels.store.sql.StorePins`)."""
+
+    def pinned(self) -> int | None: ...
+
+    def pin(self, version: int, actor: str, reason: str) -> None: ...
+
+    def unpin(self, actor: str = "") -> bool: ...
+
+
 class ModelRegistry:
     """Versions of one model under ``root/name``."""
 
-    def __init__(self, root: Path, name: str) -> None:
+    def __init__(self, root: Path, name: str, pins: PinBackend | None = None) -> None:
         if not name or "/" in name or name.startswith("."):
             raise ValueError(f"invalid model name {name!r}")
         self.root = Path(root)
         self.name = name
         self.model_dir = self.root / name
+        self.pins = pins
+        """Where the pin is kept: the label store (servers, and the CLI and trainer given a
+        store), else ``pinned.json`` in the registry."""
+
+    def with_pins_in(self, store: Any, cache: Path | None = None) -> ModelRegistry:
+        """This registry with its pin kept in ``store`` (a label store); ``cache``: a local
+        file remembering the last pin read, for outages of the store."""
+        from service.labels.store.sql import StorePins
+
+        self.pins = StorePins(store, self.name, self.file_pinned, cache)
+        return self
 
     def versions(self) -> list[int]:
         """Published versions, ascending (folders named by a number with a manifest)."""
@@ -103,8 +124,28 @@ class ModelRegistry:
         path = self.version_dir(version)
         return VersionInfo(version, path, _read_manifest(path / MANIFEST_FILE, parse_manifest))
 
+    def fingerprint(self, version: int) -> tuple[tuple[str, int, int], ...]:
+        """(path, size, mtime) of every file of a version, variants included: what a server
+        compares to retry a refused version whose files were replaced."""
+        root = self.version_dir(version)
+        found = []
+        for path in sorted(root.rglob("*")) if root.is_dir() else []:
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            if path.is_file():
+                found.append((str(path.relative_to(root)), st.st_size, st.st_mtime_ns))
+        return tuple(found)
+
     def pinned(self) -> int | None:
         """The pinned version (rollback), or None to follow the newest version."""
+        if self.pins is not None:
+            return self.pins.pinned()
+        return self.file_pinned()
+
+    def file_pinned(self) -> int | None:
+        """The pin of ``pinned.json`` (a registry without a pin store)."""
         path = self.model_dir / PIN_FILE
         if not path.is_file():
             return None
@@ -120,11 +161,16 @@ class ModelRegistry:
             raise FileNotFoundError(
                 f"{self.name} has no version {version}; versions: {self.versions()}"
             )
+        if self.pins is not None:
+            self.pins.pin(version, actor, reason)
+            return
         body = {"version": version, "actor": actor, "reason": reason, "pinned": utc_now()}
         write_atomic(self.model_dir / PIN_FILE, (json.dumps(body, indent=2) + "\n").encode())
 
-    def unpin(self) -> bool:
+    def unpin(self, actor: str = "") -> bool:
         """Follow the newest version again. False if nothing was pinned."""
+        if self.pins is not None:
+            return self.pins.unpin(actor)
         path = self.model_dir / PIN_FILE
         if not path.exists():
             return False

@@ -7,8 +7,12 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
+import socket
 import threading
+import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -18,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.errors import LeaseHeld
+from service.errors import LeaseHeld, StoreUnavailable
 from service.imaging import ImageLimits
 from service.labels.archive import ImageArchive, PruneReport, prune
 from service.labels.review import Recorder, ReviewService, UidHasher
@@ -30,7 +34,7 @@ from service.models.batcher import BatchingConfig, DynamicBatcher
 from service.models.inference import Classifier, ModelManager
 from service.models.lifecycle import AuditListener, CallbackListener, MemoryTrimListener
 from service.models.model import SessionOptions, select_providers
-from service.models.registry import ModelRegistry
+from service.models.registry import ModelRegistry, utc_now
 from service.rpc.auth import AccessPolicy, TokenTable
 from service.rpc.interceptors import ErrorAndMetricsInterceptor
 from service.rpc.servicers import CadInferenceServicer, CadReviewServicer, ModelAdminServicer
@@ -43,6 +47,8 @@ SERVICE_NAMES = tuple(
     for name in ("CadInference", "ModelAdmin", "CadReview")
 )
 ARCHIVE_LEASE = "archive-prune"
+HEARTBEAT_S = 15.0
+"""How often a server tells the store what it serves, besides every change."""
 INFERENCE = cad_pb2.DESCRIPTOR.services_by_name["CadInference"].full_name
 
 
@@ -101,6 +107,8 @@ class CadServer:
             self.metrics,
         )
         self.recorder = Recorder(self.store, self.archive, uid_hasher(settings), self.spool)
+        # the pin lives in the store (registries are mounted read-only on servers)
+        self.models.registry.with_pins_in(self.store, self.spool.folder / "last-pin.json")
         self.review = ReviewService(self.store, self.metrics, settings.max_note_chars, self.archive)
         self.batcher = DynamicBatcher(
             BatchingConfig(
@@ -121,6 +129,10 @@ class CadServer:
             self.recorder,
         )
         self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="cad-worker")
+        self.replica_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._started = utc_now()
+        self._beat_state: tuple[int | None, str] | None = None
+        self._beat_at = 0.0
         self.health = health.aio.HealthServicer()
         self.port = 0
         self.metrics_port = 0
@@ -248,12 +260,35 @@ class CadServer:
         up = self.store.ping()
         self.metrics.store_up.set(1 if up else 0)
         self._update_health()
+        if up:
+            self._heartbeat()
         if up and self.spool.pending:  # ready first: reviews need not wait for the backlog
             self.recorder.drain()
             up = self.store.available
             self.metrics.store_up.set(1 if up else 0)
             self._update_health()
         return up
+
+    def _heartbeat(self) -> None:
+        """Tell the store what this process serves (``cad model prune`` never removes it), when
+        it changed or every :data:`HEARTBEAT_S` seconds."""
+        model = self.models.current
+        state = (model.version, model.precision) if model else (None, self.models.precision)
+        due = time.monotonic() - self._beat_at >= HEARTBEAT_S
+        if state == self._beat_state and not due:
+            return
+        try:
+            self.store.heartbeat(
+                self.replica_id,
+                self.models.registry.name,
+                state[0],
+                state[1],
+                socket.gethostname(),
+                self._started,
+            )
+        except StoreUnavailable:
+            return
+        self._beat_state, self._beat_at = state, time.monotonic()
 
     async def _watch_store(self) -> None:
         loop = asyncio.get_running_loop()
@@ -308,6 +343,8 @@ class CadServer:
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.batcher.close()  # after the workers: requests they still wait on finish first
         self.archive.close()  # fsyncs the blobs still pending
+        with contextlib.suppress(StoreUnavailable):
+            self.store.forget_replica(self.replica_id)
         self.spool.close()
         self.store.close()
 

@@ -98,4 +98,27 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "CREATE INDEX audit_events_created ON audit_events (created)",
         ],
     ),
+    (
+        4,
+        "pins and replicas in the store: the pin every replica and the CLI follow (servers mount "
+        "the registry read-only), and what each server process serves",
+        [
+            """CREATE TABLE model_pins (
+                model TEXT PRIMARY KEY,
+                version INTEGER,
+                actor TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                updated TEXT NOT NULL
+            )""",
+            """CREATE TABLE replicas (
+                replica_id TEXT PRIMARY KEY,
+                model TEXT NOT NULL,
+                version INTEGER,
+                precision TEXT NOT NULL,
+                host TEXT NOT NULL,
+                started TEXT NOT NULL,
+                seen TEXT NOT NULL
+            )""",
+        ],
+    ),
 ]

@@ -27,11 +27,13 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from service.durable import write_atomic
 from service.errors import AlreadyExists, LeaseHeld, NotFound, StoreUnavailable
 from service.labels.store.migrations import MIGRATIONS
 from service.labels.store.records import (
@@ -83,6 +85,11 @@ SQLITE = Dialect(
 POSTGRES = Dialect(
     "postgresql", "%s", " FOR UPDATE", "BEGIN", "", "SET LOCAL synchronous_commit = off", ""
 )
+
+_PG_NOW = (
+    "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"
+)
+"""PostgreSQL's clock in the format of :func:`now`."""
 
 _IMAGE_COLUMNS = (
     "request_id, sha256, size_bytes, height, width, frame_index, source_kind, source_id, "
@@ -333,6 +340,18 @@ class SqlLabelStore:
         self.available = True
         self.unavailable_since = None
 
+    def _now(self, cur: Any) -> str:
+        """Event time from the database's clock (PostgreSQL), so that every replica's events
+        order by one clock; SQLite is on this machine, whose clock it is."""
+        if self.dialect is not POSTGRES:
+            return now()
+        cur.execute(_PG_NOW)
+        return str(cur.fetchone()[0])
+
+    def db_now(self) -> str:
+        """The store's clock now (ISO 8601, UTC, microseconds)."""
+        return self._run(self._now)
+
     def _query(self, text: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         def body(cur: Any) -> list[tuple[Any, ...]]:
             cur.execute(self._sql(text), tuple(params))
@@ -400,9 +419,10 @@ class SqlLabelStore:
 
         ``durable=False``: a relaxed commit (survives a crash of the process; a power cut can lose
         it unless a later durable commit, such as any label, came first)."""
-        created = image.created or now()
+        given = image.created
 
         def body(cur: Any) -> None:
+            created = given or self._now(cur)
             cur.execute(
                 self._sql(
                     f"INSERT INTO images ({_IMAGE_COLUMNS}) VALUES ({', '.join('?' * 15)}) "
@@ -566,7 +586,7 @@ class SqlLabelStore:
                 key,
                 body_sha256,
                 conflict,
-                now(),
+                self._now(cur),
             )
             self._insert_event(cur, event)
             cur.execute(
@@ -617,7 +637,7 @@ class SqlLabelStore:
                 key,
                 body_sha256,
                 False,
-                now(),
+                self._now(cur),
             )
             self._insert_candidate(cur, candidate, event.created)
             self._insert_event(cur, event)
@@ -671,14 +691,16 @@ class SqlLabelStore:
         self, action: str, actor: str, target: str, detail: dict[str, Any] | None = None
     ) -> AuditEvent:
         """Append one audit event (committed before returning)."""
-        event = AuditEvent(
-            uuid.uuid4().hex, now(), actor or "unknown", action, target, dict(detail or {})
-        )
-        self._run(
-            lambda cur: cur.execute(
+        event_id = uuid.uuid4().hex  # a retry after a lost commit stores it once
+
+        def body(cur: Any) -> AuditEvent:
+            event = AuditEvent(
+                event_id, self._now(cur), actor or "unknown", action, target, dict(detail or {})
+            )
+            cur.execute(
                 self._sql(
                     "INSERT INTO audit_events VALUES (?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (event_id) DO NOTHING"  # a retry after a lost commit: once
+                    "ON CONFLICT (event_id) DO NOTHING"
                 ),
                 (
                     event.event_id,
@@ -689,7 +711,9 @@ class SqlLabelStore:
                     json.dumps(event.detail, sort_keys=True, default=str),
                 ),
             )
-        )
+            return event
+
+        event = self._run(body)
         return event
 
     def audit(self, since: str = "", action: str = "", limit: int = 1000) -> list[AuditEvent]:
@@ -726,6 +750,87 @@ class SqlLabelStore:
                 for r in label_rows
             ]
         return sorted(events, key=lambda e: e.created)[:limit]
+
+    # ------------------------------------------------------------------ pins and replicas
+
+    def get_pin(self, model: str) -> tuple[bool, int | None]:
+        """(whether the store holds the model's pin state, the pinned version or None)."""
+        rows = self._query("SELECT version FROM model_pins WHERE model = ?", (model,))
+        if not rows:
+            return False, None
+        return True, None if rows[0][0] is None else int(rows[0][0])
+
+    def set_pin(self, model: str, version: int | None, actor: str, reason: str) -> int | None:
+        """Pin ``version`` (None: follow the newest). Returns the version pinned before."""
+
+        def body(cur: Any) -> int | None:
+            cur.execute(
+                self._sql(
+                    "SELECT version FROM model_pins WHERE model = ?" + self.dialect.for_update
+                ),
+                (model,),
+            )
+            row = cur.fetchone()
+            cur.execute(
+                self._sql(
+                    "INSERT INTO model_pins VALUES (?, ?, ?, ?, ?) ON CONFLICT (model) DO UPDATE "
+                    "SET version = excluded.version, actor = excluded.actor, "
+                    "reason = excluded.reason, updated = excluded.updated"
+                ),
+                (model, version, actor, reason, self._now(cur)),
+            )
+            return None if row is None or row[0] is None else int(row[0])
+
+        return self._run(body)
+
+    def heartbeat(
+        self,
+        replica_id: str,
+        model: str,
+        version: int | None,
+        precision: str,
+        host: str,
+        started: str,
+    ) -> None:
+        """Say what this server process serves now (``replicas``; seen by the store's clock)."""
+
+        def body(cur: Any) -> None:
+            cur.execute(
+                self._sql(
+                    "INSERT INTO replicas VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (replica_id) "
+                    "DO UPDATE SET model = excluded.model, version = excluded.version, "
+                    "precision = excluded.precision, seen = excluded.seen"
+                ),
+                (replica_id, model, version, precision, host, started, self._now(cur)),
+            )
+
+        self._run(body)
+
+    def forget_replica(self, replica_id: str) -> None:
+        self._run(
+            lambda cur: cur.execute(
+                self._sql("DELETE FROM replicas WHERE replica_id = ?"), (replica_id,)
+            )
+        )
+
+    def replicas(self, model: str, within_s: float) -> list[tuple[str, int | None, str, str]]:
+        """Server processes of ``model`` seen within ``within_s`` seconds (by the store's
+        clock): (replica id, version, host, last seen), newest first."""
+
+        def body(cur: Any) -> list[tuple[str, int | None, str, str]]:
+            cutoff = (
+                datetime.fromisoformat(self._now(cur)) - timedelta(seconds=within_s)
+            ).isoformat()
+            cur.execute(
+                self._sql(
+                    "SELECT replica_id, version, host, seen FROM replicas "
+                    "WHERE model = ? AND seen >= ? ORDER BY seen DESC"
+                ),
+                (model, cutoff),
+            )
+            return [(r[0], None if r[1] is None else int(r[1]), r[2], r[3]) for r in cur.fetchall()]
+
+        return self._run(body)
 
     # ------------------------------------------------------------------ queue, export, metrics
 
@@ -838,6 +943,62 @@ class SqlLabelStore:
 
     def sha_in_use(self, sha256: str) -> bool:
         return bool(self._query("SELECT 1 FROM images WHERE sha256 = ? LIMIT 1", (sha256,)))
+
+
+class StorePins:
+    """A model's pin kept in the label store, where every replica and the CLI read it: servers
+    mount the registry read-only. A registry pinned by a file (``pinned.json``, before pins moved
+    to the store) is honoured until the store holds a pin state of its own.
+
+    While the store is unreachable the last pin read is used, kept in ``cache`` (a local file, so
+    a server started during an outage follows the pin it last knew; with no cache it follows the
+    newest version and says so). Pinning then fails as UNAVAILABLE.
+    """
+
+    def __init__(
+        self,
+        store: SqlLabelStore,
+        model: str,
+        legacy: Callable[[], int | None],
+        cache: Path | None = None,
+    ) -> None:
+        self.store = store
+        self.model = model
+        self.legacy = legacy
+        self.cache = cache
+
+    def _remember(self, version: int | None) -> None:
+        if self.cache is not None:
+            try:
+                known = json.loads(self.cache.read_text()) if self.cache.exists() else {}
+            except ValueError:
+                known = {}
+            if known.get("version", "unset") != version:
+                write_atomic(self.cache, json.dumps({"version": version}).encode())
+
+    def pinned(self) -> int | None:
+        try:
+            found, version = self.store.get_pin(self.model)
+        except StoreUnavailable:
+            if self.cache is not None and self.cache.exists():
+                try:
+                    return json.loads(self.cache.read_text())["version"]
+                except (ValueError, KeyError):
+                    pass
+            log.warning("label store unreachable and no pin known here: following the newest")
+            return None
+        version = version if found else self.legacy()
+        self._remember(version)
+        return version
+
+    def pin(self, version: int, actor: str, reason: str) -> None:
+        self.store.set_pin(self.model, version, actor, reason)
+        self._remember(version)
+
+    def unpin(self, actor: str = "") -> bool:
+        was = self.store.set_pin(self.model, None, actor, "unpin")
+        self._remember(None)
+        return was is not None
 
 
 LEASE_CLASS = 4243
