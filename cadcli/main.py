@@ -260,6 +260,52 @@ def _model_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_prune(args: argparse.Namespace) -> int:
+    """Remove old versions: all but the newest --keep, never the pinned or followed one or one a
+    server reported serving within --replica-window-s (the store's replicas table)."""
+    from service.labels.store import open_store
+    from service.models.registry import ModelRegistry, plan_prune
+    from service.settings import ServerSettings
+
+    url = _store_url(args)
+    if not url:
+        print(
+            "cad model prune: needs --store-url / CAD_STORE_URL: the pin and the versions servers "
+            "serve are kept there, and each removal is audited",
+            file=sys.stderr,
+        )
+        return 2
+    s = ServerSettings()
+    store = open_store(url)
+    try:
+        registry = ModelRegistry(
+            Path(args.registry) if args.registry else s.registry_root, args.name or s.model_name
+        ).with_pins_in(store)
+        served: dict[int, str] = {}
+        for replica_id, version, host, seen in store.replicas(registry.name, args.replica_window_s):
+            if version is not None:
+                served.setdefault(version, f"replica {replica_id} on {host} (seen {seen})")
+        try:
+            doomed, kept = plan_prune(registry, args.keep, served)
+        except ValueError as exc:
+            print(f"cad model prune: {exc}", file=sys.stderr)
+            return 2
+        for v, why in sorted(kept.items()):
+            print(f"keep    {v:>5}  {why}")
+        for v in doomed:
+            if args.dry_run:
+                print(f"would remove {v:>5}")
+                continue
+            registry.remove(v)
+            store.add_audit(
+                "prune_version", _cli_actor(args), f"{registry.name}/v{v}", {"keep": args.keep}
+            )
+            print(f"removed {v:>5}")
+    finally:
+        store.close()
+    return 0
+
+
 def _model_unpin(args: argparse.Namespace) -> int:
     registry = _registry(args)
     if registry.unpin():  # type: ignore[attr-defined]
@@ -393,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("show", "print a version's manifest"),
         ("rollback", "pin a version"),
         ("unpin", "follow the newest version"),
+        ("prune", "remove old versions (never the pinned, followed or served ones)"),
     ):
         p = model_sub.add_parser(name, help=helptext)
         p.add_argument("--registry", help="registry root (CAD_REGISTRY_ROOT)")
@@ -402,8 +449,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--store-url", help="label store holding the pin and the audit trail (CAD_STORE_URL)"
         )
-        if name in ("rollback", "unpin"):
+        if name in ("rollback", "unpin", "prune"):
             p.add_argument("--actor", default="", help="who (default: user@host)")
+        if name == "prune":
+            p.add_argument("--keep", type=int, required=True, help="newest versions to keep")
+            p.add_argument(
+                "--replica-window-s",
+                type=float,
+                default=600.0,
+                help="a version a server reported serving this recently is kept (default 600)",
+            )
+            p.add_argument("--dry-run", action="store_true", help="say what would go, remove none")
         if name == "rollback":
             p.add_argument("version", type=int)
             p.add_argument("--reason", default="")
@@ -413,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "show": _model_show,
                 "rollback": _model_rollback,
                 "unpin": _model_unpin,
+                "prune": _model_prune,
             }[name]
         )
 

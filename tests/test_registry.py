@@ -240,3 +240,37 @@ def test_a_version_that_fails_its_checks_is_never_pinned_even_briefly(tmp_path: 
     assert writes == [] and manager.registry.pinned() is None and bad.version in manager.refused
     served = manager.pin(1, "ops.kim", "drill")
     assert served.version == 1 and writes == [(1, "ops.kim", "drill")]
+
+
+def test_model_prune_keeps_the_pinned_followed_and_served_versions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cadcli.main import main
+    from service.labels.store import open_store
+
+    root = tmp_path / "registry"
+    for _ in range(6):
+        publish_tiny(root, tmp_path / "b")
+    url = f"sqlite:///{tmp_path / 'labels.sqlite3'}"
+    store = open_store(url)
+    registry = ModelRegistry(root, "cad").with_pins_in(store)
+    registry.pin(2, "ops", "rollback")
+    store.heartbeat("replica-a", "cad", 3, "fp32", "host-a", "2026-01-01T00:00:00+00:00")
+    store.heartbeat("replica-old", "cad", 4, "fp32", "host-b", "2026-01-01T00:00:00+00:00")
+    store._query(
+        "UPDATE replicas SET seen = '2020-01-01T00:00:00+00:00' WHERE replica_id = ?",
+        ("replica-old",),
+    )
+    common = ["model", "prune", "--registry", str(root)]
+    assert main([*common, "--keep", "2"]) == 2  # no store: refused, nothing removed
+    assert "needs --store-url" in capsys.readouterr().err
+    assert main([*common, "--keep", "2", "--store-url", url, "--dry-run"]) == 0
+    assert registry.versions() == [1, 2, 3, 4, 5, 6]
+    assert main([*common, "--keep", "2", "--store-url", url]) == 0
+    out = capsys.readouterr().out
+    # 5 and 6: the newest two; 2: pinned; 3: served by replica-a; 4's replica went silent
+    assert registry.versions() == [2, 3, 5, 6], out
+    assert "served by replica replica-a" in out and "pinned" in out
+    pruned = [e for e in store.audit(action="prune_version")]
+    assert sorted(e.target for e in pruned) == ["cad/v1", "cad/v4"]
+    store.close()

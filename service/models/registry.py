@@ -296,6 +296,28 @@ class ModelRegistry:
                 shutil.rmtree(staging, ignore_errors=True)
 
 
+def plan_prune(
+    registry: ModelRegistry, keep: int, served: Mapping[int, str]
+) -> tuple[list[int], dict[int, str]]:
+    """Which versions ``cad model prune --keep N`` removes: all but the newest ``keep``, never
+    the pinned one, the followed one (pinned, else newest) or one a replica serves (``served``:
+    version -> who). Returns (to remove, oldest first; why each other version stays)."""
+    if keep < 1:
+        raise ValueError("--keep must be at least 1: the newest version is always kept")
+    versions = registry.versions()
+    pinned = registry.pinned()
+    why: dict[int, str] = {}
+    for v in versions[-keep:]:
+        why[v] = "among the newest kept"
+    if versions:
+        why[versions[-1]] = "newest (followed when nothing is pinned)"
+    if pinned is not None:
+        why[pinned] = "pinned (followed)"
+    for v, who in served.items():
+        why.setdefault(v, f"served by {who}")
+    return [v for v in versions if v not in why], why
+
+
 def _read_manifest(path: Path, parse: Any) -> Any:
     try:
         data = json.loads(path.read_text())
