@@ -269,32 +269,39 @@ def test_compose_wires_server_trainer_postgres_prometheus_grafana() -> None:
     assert uids == {datasource["datasources"][0]["uid"]}
 
 
-def test_kubernetes_manifests() -> None:
-    docs = [
-        d
-        for f in sorted((DEPLOY / "k8s").glob("*.yaml"))
-        for d in yaml.safe_load_all(f.read_text())
-        if d
-    ]
+def k8s_docs() -> dict[str, list[dict]]:
     by_kind: dict[str, list[dict]] = {}
-    for doc in docs:
-        by_kind.setdefault(doc["kind"], []).append(doc)
+    for f in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(f.read_text()):
+            if doc:
+                by_kind.setdefault(doc["kind"], []).append(doc)
+    return by_kind
+
+
+def test_kubernetes_manifests() -> None:
+    by_kind = k8s_docs()
     deployments = {d["metadata"]["name"]: d for d in by_kind["Deployment"]}
-    server = deployments["cad-server"]["spec"]
-    assert server["replicas"] >= 2
+    (statefulset,) = by_kind["StatefulSet"]
+    server = statefulset["spec"]  # each replica keeps its own spool volume
+    assert server["replicas"] >= 2 and server["serviceName"] == "cad-server"
+    assert [t["metadata"]["name"] for t in server["volumeClaimTemplates"]] == ["spool"]
     container = server["template"]["spec"]["containers"][0]
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["exec"]["command"][:3] == [
+    assert {"name": "CAD_SPOOL_DIR", "value": "/spool"} in container["env"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["exec"]["command"] == [
             "python",
             "-m",
             "service.rpc.healthcheck",
-        ]
+            "--service",
+            "cad.v1.CadInference",  # in rotation while the database is down: it spools
+        ], probe
     assert server["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
     trainer = deployments["cad-trainer"]["spec"]
-    assert trainer["replicas"] == 1
+    assert trainer["replicas"] == 1 and trainer["strategy"]["type"] == "Recreate"
     assert trainer["template"]["spec"]["containers"][0]["args"] == ["train", "watch"]
     services = {s["metadata"]["name"]: s["spec"] for s in by_kind["Service"]}
     assert {p["name"] for p in services["cad-server"]["ports"]} == {"grpc", "metrics"}
+    assert services["cad-server"]["clusterIP"] == "None"  # headless: clients balance per call
     ui = deployments["cad-review-ui"]["spec"]["template"]["spec"]
     assert ui["securityContext"]["runAsNonRoot"] is True
     (ui_container,) = ui["containers"]
@@ -310,10 +317,84 @@ def test_kubernetes_manifests() -> None:
     unknown = [k for k in ui_config if not review_ui_setting(k)]
     assert not unknown, f"the review UI's ConfigMap names settings it does not read: {unknown}"
     assert ui_container["envFrom"] == [{"configMapRef": {"name": "cad-review-ui-settings"}}]
-    secret = by_kind["Secret"][0]["stringData"]
-    for data in (config, ui_config):
+    (pdb,) = by_kind["PodDisruptionBudget"]
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"] == server["selector"]
+    policies = {p["metadata"]["name"]: p["spec"] for p in by_kind["NetworkPolicy"]}
+    assert {"cad-server", "cad-trainer", "cad-review-ui", "cad-db"} <= set(policies)
+    assert all(set(p["policyTypes"]) >= {"Ingress"} for p in policies.values())
+    ui_egress = policies["cad-review-ui"]["egress"]
+    assert {p["port"] for rule in ui_egress for p in rule["ports"]} == {50051, 53}  # no database
+
+
+def workload_secrets(workload: dict) -> dict[str, set[str]]:
+    """Secret name -> the keys a workload's pods can read (mounted whole, or one key by ref)."""
+    secrets = k8s_docs()["Secret"]
+    keys = {s["metadata"]["name"]: set(s["stringData"]) for s in secrets}
+    spec = workload["spec"]["template"]["spec"]
+    found: dict[str, set[str]] = {}
+    for volume in spec.get("volumes", []):
+        if "secret" in volume:
+            name = volume["secret"]["secretName"]
+            found.setdefault(name, set()).update(keys[name])
+    for container in spec.get("containers", []) + spec.get("initContainers", []):
+        for env in container.get("env", []):
+            ref = env.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                found.setdefault(ref["name"], set()).add(ref["key"])
+        for source in container.get("envFrom", []):
+            assert "secretRef" not in source, "a whole Secret as environment"
+    return found
+
+
+def test_each_component_gets_only_the_secrets_it_needs() -> None:
+    """One Secret per component: the review page never sees the database password or the
+    server's TLS key, the trainer only the database URL (every pod mounted all of them)."""
+    by_kind = k8s_docs()
+    workloads = {w["metadata"]["name"]: w for w in by_kind["Deployment"] + by_kind["StatefulSet"]}
+
+    def readable(name: str) -> set[str]:
+        return {key for keys in workload_secrets(workloads[name]).values() for key in keys}
+
+    assert readable("cad-review-ui") == {"review-ui.crt", "review-ui.key", "ca.crt"}
+    assert readable("cad-trainer") == {"uri"}
+    assert readable("cad-server") == {
+        "tokens.json",
+        "tls.crt",
+        "tls.key",
+        "ca.crt",
+        "uid_hash_key",
+        "uri",
+    }
+    # every file setting of a component's ConfigMap is a key it can read (the trainer shares
+    # cad-settings but reads none of its files)
+    config = {m["metadata"]["name"]: m["data"] for m in by_kind["ConfigMap"]}
+    for name, data in (
+        ("cad-server", config["cad-settings"]),
+        ("cad-review-ui", config["cad-review-ui-settings"]),
+    ):
         mounted = {Path(v).name for k, v in data.items() if k.endswith(("_FILE", "_CA"))}
-        assert mounted <= set(secret), mounted - set(secret)  # file settings come from the Secret
+        assert mounted <= readable(name), (name, mounted - readable(name))
+
+
+def test_images_are_tagged_with_the_project_version_and_postgres_is_described() -> None:
+    import tomllib
+
+    version = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["project"]["version"]
+    images = [
+        c["image"]
+        for w in k8s_docs()["Deployment"] + k8s_docs()["StatefulSet"]
+        for c in w["spec"]["template"]["spec"]["containers"]
+        + w["spec"]["template"]["spec"].get("initContainers", [])
+    ]
+    assert images and all(i.split(":", 1)[1] == version for i in images), images
+    (cluster,) = list(
+        yaml.safe_load_all((DEPLOY / "k8s" / "postgres" / "cloudnative-pg.yaml").read_text())
+    )
+    assert cluster["apiVersion"] == "postgresql.cnpg.io/v1" and cluster["kind"] == "Cluster"
+    assert cluster["spec"]["instances"] >= 2
+    assert cluster["spec"]["bootstrap"]["initdb"] == {"database": "cad", "owner": "cad"}
+    assert cluster["metadata"]["name"] == "cad-db"  # its Secret cad-db-app holds the uri
 
 
 @pytest.mark.skipif(
@@ -345,9 +426,13 @@ def test_kubernetes_manifests_validate_against_the_openapi_schemas() -> None:
             if doc:
                 kubernetes_validate.validate(doc, version, strict=True)
                 checked.append(f"{doc['kind']}/{doc['metadata']['name']}")
-    assert {"Deployment/cad-server", "Deployment/cad-review-ui", "Service/cad-server"} <= set(
-        checked
-    )
+    assert {
+        "StatefulSet/cad-server",
+        "Deployment/cad-review-ui",
+        "Service/cad-server",
+        "PodDisruptionBudget/cad-server",
+        "NetworkPolicy/cad-server",
+    } <= set(checked)
     broken = next(yaml.safe_load_all((DEPLOY / "k8s" / "server.yaml").read_text()))
     broken["spec"]["replicas"] = "three"
     with pytest.raises(kubernetes_validate.ValidationError):

@@ -22,12 +22,17 @@ def client_channel(
     Raises:
         OSError: a certificate or key file cannot be read.
     """
+    # Every address a name resolves to, in turn: with a headless Kubernetes Service
+    # (dns:///cad-server.cad.svc:50051) calls spread over the ready replicas instead of sticking
+    # to one for the life of the connection.
+    options: list[tuple[str, str]] = [("grpc.lb_policy_name", "round_robin")]
     if tls_ca is None:
-        return grpc.insecure_channel(address)
+        return grpc.insecure_channel(address, options=options)
     creds = grpc.ssl_channel_credentials(
         root_certificates=Path(tls_ca).read_bytes(),
         private_key=Path(tls_key).read_bytes() if tls_key else None,
         certificate_chain=Path(tls_cert).read_bytes() if tls_cert else None,
     )
-    options = [("grpc.ssl_target_name_override", tls_server_name)] if tls_server_name else []
+    if tls_server_name:
+        options.append(("grpc.ssl_target_name_override", tls_server_name))
     return grpc.secure_channel(address, creds, options=options)
