@@ -486,3 +486,22 @@ def test_a_pruner_racing_a_writer_never_leaves_a_row_pointing_at_a_deleted_file(
         assert store.delete_unlabeled_image(rid)
     assert archive.delete_unless_used(sha, lambda: store.sha_in_use(sha))
     assert not archive.path(sha).exists()
+
+
+def test_event_times_come_from_the_database_clock_on_postgresql(
+    store: SqlLabelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replicas' clocks differ; label order and labeled(since) must not: on PostgreSQL every
+    event time is the database's (SQLite lives on one machine, whose clock it uses)."""
+    import service.labels.store.sql as sql
+
+    monkeypatch.setattr(sql, "now", lambda: "1999-01-01T00:00:00.000000+00:00")  # a skewed replica
+    add_image(store, "r-clock", n=1)
+    receipt = store.add_label("r-clock-0", 1, "dr.a", "", "k-clock", "body")
+    audit = store.add_audit("pin", "ops", "cad")
+    times = [receipt.event.created, audit.created, store.get_image("r-clock").created]
+    if store.dialect.name == "postgresql":
+        assert not [t for t in times if t.startswith("1999")], times
+        assert receipt.event.created <= store.db_now()
+    else:
+        assert all(t.startswith("1999") for t in times), times
