@@ -17,6 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
+from bench.failover import request
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.errors import LeaseHeld, StoreUnavailable
 from service.labels.spool import RecordSpool
@@ -24,7 +25,6 @@ from service.labels.store import CandidateRecord, ImageRecord, open_store
 from service.metrics import ServiceMetrics
 from service.rpc.server import ServerThread
 from tests.conftest import make_settings
-from tests.helpers import dicom_bytes
 from tests.pg import TempPostgres, pg_bin
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -50,19 +50,6 @@ def up(pg: TempPostgres) -> Iterator[TempPostgres]:
         pg.restart()
     except Exception:
         pass  # it was running
-
-
-def request(n: int = 2) -> cad_pb2.ClassifyRequest:
-    return cad_pb2.ClassifyRequest(
-        dicom=dicom_bytes("CT_small.dcm"),
-        window=cad_pb2.Window(center=40, width=400),
-        candidates=[
-            cad_pb2.Candidate(
-                client_id=f"c{i}", box=cad_pb2.Box(x=10 + 25 * i, y=20, width=24, height=30)
-            )
-            for i in range(n)
-        ],
-    )
 
 
 def test_a_dead_database_is_unavailable_and_the_store_reconnects_by_itself(

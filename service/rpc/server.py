@@ -133,6 +133,7 @@ class CadServer:
         self._started = utc_now()
         self._beat_state: tuple[int | None, str] | None = None
         self._beat_at = 0.0
+        self._health_said: dict[str, bool] = {}
         self.health = health.aio.HealthServicer()
         self.port = 0
         self.metrics_port = 0
@@ -159,6 +160,9 @@ class CadServer:
         if loop is None:
             return
         statuses = self.health_statuses()
+        if statuses == self._health_said:
+            return  # unchanged: the store check runs every second
+        self._health_said = statuses
 
         async def apply() -> None:
             for name, serving in statuses.items():
