@@ -51,7 +51,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     CAD_STORE_URL=sqlite:////data/labels.sqlite3 \
     CAD_ARCHIVE_ROOT=/data/archive
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin cad \
-    && mkdir -p /models /data && chown cad /models /data
+    && mkdir -p /models /data/archive /data/spool && chown cad /models /data /data/archive /data/spool
 
 # ---------------------------------------------------------------- the project on CPU (no torch)
 FROM runtime AS cpu
