@@ -159,6 +159,17 @@ def aift_scores(probs: npt.ArrayLike, variant: Variant | str = DEFAULT_VARIANT) 
     return score
 
 
+def majority_terms(
+    probs: npt.ArrayLike, alpha: float = PAPER_ALPHA
+) -> tuple[FloatArray, FloatArray]:
+    """Total entropy and total diversity of each candidate's ``alpha``-majority patches: with
+    the all-patch totals of :func:`candidate_stats` they give every variant's score as
+    ``lambda1 * E + lambda2 * D``, so the store can rank by them (``aift_scores`` computes the
+    same sums in the same order)."""
+    p = majority_patches(as_class_probs(probs), alpha)
+    return total_entropy(p), total_diversity(p)
+
+
 @dataclass(frozen=True)
 class CandidateStats:
     """What the server reports per candidate; arrays of shape ``(n,)``."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from service.aift import VARIANTS, Box, Variant, aift_scores
-from service.aift.scoring import DEFAULT_VARIANT, select_for_labeling
+from service.aift.scoring import DEFAULT_VARIANT, PAPER_ALPHA, select_for_labeling
 from service.errors import InvalidInput, NotFound, StoreUnavailable
 from service.labels.archive import ImageArchive
 from service.labels.spool import RecordSpool
@@ -25,7 +25,7 @@ from service.labels.store.records import (
     QueueEntry,
     Receipt,
 )
-from service.labels.store.sql import SqlLabelStore, now
+from service.labels.store.sql import SqlLabelStore
 from service.metrics import ServiceMetrics
 from service.models.inference import ClassifyOutcome
 from service.validation import MAX_QUEUE_WEIGHT, box_values, finite, quote
@@ -123,14 +123,14 @@ class Recorder:
         spool = self.spool
         if spool is not None and (spool.pending or not self.store.available):
             # behind earlier spooled records (order), or the store is known down: no waiting
-            spool.append(replace(image, created=now()), candidates)
+            spool.append(image, candidates)  # timed as it is spooled
             return
         try:
             self.store.record_classification(image, candidates, durable=self.durable)
         except StoreUnavailable:
             if spool is None:
                 raise
-            spool.append(replace(image, created=now()), candidates)
+            spool.append(image, candidates)  # timed as it is spooled
             return
         # a pruner on another replica may have removed a blob of the same content between the
         # put and the row: now that the row exists it cannot any more, so put it back if gone
@@ -296,6 +296,12 @@ class ReviewService:
         limit = limit or DEFAULT_QUEUE_LIMIT
         if limit > MAX_QUEUE_LIMIT:
             raise InvalidInput(f"limit {limit} is over the maximum of {MAX_QUEUE_LIMIT}")
+        ranked = VARIANTS[variant] if isinstance(spec, str) and spec != RANDOM else spec
+        if isinstance(ranked, Variant) and not omega and ranked.alpha in (1.0, PAPER_ALPHA):
+            # ranked where the data is: the stored terms, an index per named variant, a LIMIT
+            items = self.store.ranked_unlabeled(ranked, limit)
+            return QueueResult(variant, self.store.count_unlabeled(), items)
+        # random order, ACFT sampling and other alphas: every unlabeled candidate, scored here
         entries = self.store.unlabeled()
         scores = np.zeros(len(entries))
         if variant == RANDOM:

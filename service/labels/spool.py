@@ -31,6 +31,7 @@ from service.durable import write_atomic
 from service.errors import StoreUnavailable
 from service.labels.store.records import CandidateRecord, ImageRecord
 from service.metrics import ServiceMetrics
+from service.models.registry import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +121,14 @@ class RecordSpool:
             return max(0.0, time.time() - self._added[self._files[0]])
 
     def append(self, image: ImageRecord, candidates: Sequence[CandidateRecord]) -> bool:
-        """Keep a record until the store can take it. False: the spool is full; it was dropped."""
-        data = _encode(image, candidates)
+        """Keep a record until the store can take it. False: the spool is full; it was dropped.
+
+        An image without a ``created`` time gets the time it is spooled, taken in order with
+        the sequence number, so that the spool's order is the order of those times."""
         with self._lock:
+            if not image.created:
+                image = replace(image, created=utc_now("microseconds"))
+            data = _encode(image, candidates)
             if len(self._files) >= self.max_records:
                 self.metrics.spool_dropped.inc()
                 if not self._full_said:

@@ -121,4 +121,25 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        5,
+        "the annotation queue ranked in SQL: the alpha-majority entropy and diversity terms "
+        "beside the all-patch ones, and an index per named variant over unlabeled candidates",
+        [
+            "ALTER TABLE candidates ADD COLUMN entropy_alpha DOUBLE PRECISION",
+            "ALTER TABLE candidates ADD COLUMN diversity_alpha DOUBLE PRECISION",
+            *(
+                f"CREATE INDEX queue_{name} ON candidates (({expression}) DESC, candidate_id) "
+                "WHERE label IS NULL AND origin = 'model' AND patch_probs IS NOT NULL"
+                for name, expression in (
+                    ("entropy", "entropy"),
+                    ("diversity", "diversity"),
+                    ("entropy_diversity", "entropy + diversity"),
+                    ("entropy_alpha", "entropy_alpha"),
+                    ("diversity_alpha", "diversity_alpha"),
+                    ("entropy_diversity_alpha", "entropy_alpha + diversity_alpha"),
+                )
+            ),
+        ],
+    ),
 ]

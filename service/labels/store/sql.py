@@ -33,6 +33,14 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from service.aift.scoring import (
+    PAPER_ALPHA,
+    Variant,
+    as_class_probs,
+    majority_terms,
+    total_diversity,
+    total_entropy,
+)
 from service.durable import write_atomic
 from service.errors import AlreadyExists, LeaseHeld, NotFound, StoreUnavailable
 from service.labels.store.migrations import MIGRATIONS
@@ -99,7 +107,7 @@ _CANDIDATE_COLUMNS = (
     "candidate_id, request_id, client_id, x, y, width, height, recipe, model_version, "
     "probability, entropy, diversity, score, patch_probs, patch_shape, origin, created"
 )
-_CANDIDATE_INSERT = _CANDIDATE_COLUMNS + ", scored_version"
+_CANDIDATE_INSERT = _CANDIDATE_COLUMNS + ", scored_version, entropy_alpha, diversity_alpha"
 _EVENT_COLUMNS = (
     "event_id, candidate_id, seq, kind, label_before, label_after, reviewer, note, "
     "idempotency_key, body_sha256, conflict, created"
@@ -111,6 +119,25 @@ def _probs_blob(probs: np.ndarray | None) -> tuple[bytes | None, str | None]:
         return None, None
     arr = np.ascontiguousarray(probs, dtype="<f4")
     return arr.tobytes(), json.dumps(list(arr.shape))
+
+
+def _ranking_terms(
+    probs: np.ndarray | None, entropy: float | None, diversity: float | None
+) -> tuple[float | None, float | None, float | None, float | None]:
+    """What the annotation queue ranks by, computed here from the patch predictions so that it
+    is what ``aift_scores`` would compute from the stored blob: total entropy and diversity over
+    all patches and over the alpha-majority patches (every named variant is a sum of two)."""
+    if probs is None:
+        return entropy, diversity, None, None
+    stored = np.asarray(probs, dtype="<f4")[None]  # as the blob holds them
+    p = as_class_probs(stored)
+    ea, da = majority_terms(p)
+    return (
+        float(total_entropy(p)[0]),
+        float(total_diversity(p)[0]),
+        float(ea[0]),
+        float(da[0]),
+    )
 
 
 def _probs_array(blob: Any, shape: str | None) -> np.ndarray | None:
@@ -404,7 +431,45 @@ class SqlLabelStore:
             self._migrated = True
         if applied_now:
             log.info("label store: applied migrations %s", applied_now)
+        if 5 in applied_now:
+            self._backfill_ranking_terms()
         return applied_now
+
+    def _backfill_ranking_terms(self, batch: int = 2000) -> int:
+        """Compute the queue's ranking terms of candidates stored before migration 5."""
+        done = 0
+        while True:
+            rows = self._attempt(
+                lambda cur: (
+                    cur.execute(
+                        self._sql(
+                            "SELECT candidate_id, patch_probs, patch_shape, entropy, diversity "
+                            "FROM candidates WHERE entropy_alpha IS NULL AND patch_probs IS NOT NULL "
+                            "LIMIT ?"
+                        ),
+                        (batch,),
+                    ),
+                    cur.fetchall(),
+                )[1]
+            )
+            if not rows:
+                break
+            updates = [(*_ranking_terms(_probs_array(r[1], r[2]), r[3], r[4]), r[0]) for r in rows]
+
+            def write(cur: Any, updates: list[tuple[Any, ...]] = updates) -> None:
+                cur.executemany(
+                    self._sql(
+                        "UPDATE candidates SET entropy = ?, diversity = ?, entropy_alpha = ?, "
+                        "diversity_alpha = ? WHERE candidate_id = ?"
+                    ),
+                    updates,
+                )
+
+            self._attempt(write)
+            done += len(rows)
+        if done:
+            log.info("label store: ranking terms computed for %d earlier candidates", done)
+        return done
 
     def schema_version(self) -> int:
         rows = self._query("SELECT MAX(version) FROM schema_migrations")
@@ -455,9 +520,12 @@ class SqlLabelStore:
 
     def _insert_candidate(self, cur: Any, c: CandidateRecord, created: str) -> None:
         blob, shape = _probs_blob(c.patch_probs)
+        entropy, diversity, entropy_alpha, diversity_alpha = _ranking_terms(
+            c.patch_probs, c.entropy, c.diversity
+        )
         cur.execute(
             self._sql(
-                f"INSERT INTO candidates ({_CANDIDATE_INSERT}) VALUES ({', '.join('?' * 18)})"
+                f"INSERT INTO candidates ({_CANDIDATE_INSERT}) VALUES ({', '.join('?' * 20)})"
             ),
             (
                 c.candidate_id,
@@ -470,14 +538,16 @@ class SqlLabelStore:
                 c.recipe,
                 c.model_version,
                 c.probability,
-                c.entropy,
-                c.diversity,
+                entropy,
+                diversity,
                 c.score,
                 blob,
                 shape,
                 c.origin,
                 c.created or created,
                 c.model_version,
+                entropy_alpha,
+                diversity_alpha,
             ),
         )
 
@@ -846,6 +916,56 @@ class SqlLabelStore:
         )
         return [QueueEntry(*r[:10], _probs_array(r[10], r[11]), *r[12:15]) for r in rows]  # type: ignore[arg-type, misc]
 
+    def ranked_unlabeled(self, spec: Variant, limit: int) -> list[tuple[QueueEntry, float]]:
+        """The top ``limit`` unlabeled candidates by an AIFT variant, ranked in SQL from the
+        stored terms (``lambda1 * E + lambda2 * D`` over all patches, or over the
+        alpha-majority ones), best first, ties by candidate id. A named variant reads its own
+        index, so the cost does not grow with the pool; other weights scan the stored numbers
+        (never the patch predictions).
+
+        Raises:
+            ValueError: ``spec.alpha`` is neither 1 nor the paper's (no stored terms for it).
+        """
+        if spec.alpha == 1.0:
+            e, d = "c.entropy", "c.diversity"
+        elif spec.alpha == PAPER_ALPHA:
+            e, d = "c.entropy_alpha", "c.diversity_alpha"
+        else:
+            raise ValueError(f"no stored ranking terms for alpha {spec.alpha}")
+        named = {(1.0, 0.0): e, (0.0, 1.0): d, (1.0, 1.0): f"{e} + {d}"}
+        expression = named.get((spec.lambda1, spec.lambda2))
+        params: tuple[Any, ...] = ()
+        hint = ""
+        if expression is None:
+            expression, params = f"? * {e} + ? * {d}", (spec.lambda1, spec.lambda2)
+        elif self.dialect is SQLITE:
+            # without ANALYZE statistics SQLite prefers the (label, origin) index and sorts
+            # every unlabeled row; the variant's own index answers with the LIMIT alone
+            index = {"c.entropy": "entropy", "c.diversity": "diversity"}.get(expression)
+            index = (
+                index
+                or {
+                    "c.entropy_alpha": "entropy_alpha",
+                    "c.diversity_alpha": "diversity_alpha",
+                    "c.entropy + c.diversity": "entropy_diversity",
+                    "c.entropy_alpha + c.diversity_alpha": "entropy_diversity_alpha",
+                }[expression]
+            )
+            hint = f" INDEXED BY queue_{index}"
+        rows = self._query(
+            "SELECT c.candidate_id, c.request_id, c.x, c.y, c.width, c.height, c.probability, "
+            "c.model_version, i.frame_index, i.source_id, c.patch_probs, c.patch_shape, "
+            f"i.sha256, c.recipe, i.study_uid, ({expression}) AS ranking "
+            f"FROM candidates c{hint} JOIN images i ON i.request_id = c.request_id "
+            "WHERE c.label IS NULL AND c.origin = 'model' AND c.patch_probs IS NOT NULL "
+            f"ORDER BY ({expression}) DESC, c.candidate_id LIMIT ?",
+            (*params, *params, limit),
+        )
+        return [
+            (QueueEntry(*r[:10], _probs_array(r[10], r[11]), *r[12:15]), float(r[15]))  # type: ignore[arg-type, misc]
+            for r in rows
+        ]
+
     def update_predictions(
         self, version: str, rows: Sequence[tuple[str, np.ndarray, float, float, float, float]]
     ) -> None:
@@ -858,13 +978,28 @@ class SqlLabelStore:
         def body(cur: Any) -> None:
             for cid, probs, probability, entropy, diversity, score in rows:
                 blob, shape = _probs_blob(probs)
+                entropy, diversity, entropy_alpha, diversity_alpha = _ranking_terms(
+                    probs, entropy, diversity
+                )
                 cur.execute(
                     self._sql(
                         "UPDATE candidates SET patch_probs = ?, patch_shape = ?, probability = ?, "
-                        "entropy = ?, diversity = ?, score = ?, scored_version = ? "
+                        "entropy = ?, diversity = ?, score = ?, scored_version = ?, "
+                        "entropy_alpha = ?, diversity_alpha = ? "
                         "WHERE candidate_id = ? AND label IS NULL"
                     ),
-                    (blob, shape, probability, entropy, diversity, score, version, cid),
+                    (
+                        blob,
+                        shape,
+                        probability,
+                        entropy,
+                        diversity,
+                        score,
+                        version,
+                        entropy_alpha,
+                        diversity_alpha,
+                        cid,
+                    ),
                 )
 
         self._run(body)
