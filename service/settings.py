@@ -165,6 +165,12 @@ class ServerSettings(BaseSettings):
         description="Oldest unlabeled images are forgotten above this total (None: no cap).",
     )
     retention_interval_s: float = Field(3600.0, gt=0, description="How often retention runs.")
+    queue_claim_s: float = Field(
+        600.0,
+        ge=0,
+        description="How long an annotation-queue item handed to an authenticated reviewer stays "
+        "theirs: other reviewers' queues skip it until a verdict or the claim ends (0: no claims).",
+    )
     max_note_chars: int = Field(2000, ge=0, description="Longest reviewer note accepted.")
     grace_s: float = Field(5.0, ge=0, description="Shutdown grace period for in-flight calls.")
     tls_cert_file: Path | None = Field(

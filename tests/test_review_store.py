@@ -543,3 +543,57 @@ def test_the_queue_is_ranked_in_sql_exactly_as_scoring_every_candidate_would(
 
     plan = " ".join(str(r) for r in store._run(explain))
     assert "queue_entropy_diversity_alpha" in plan and "TEMP B-TREE" not in plan, plan
+
+
+def test_two_reviewers_asking_at_once_get_disjoint_claimed_items(
+    store: SqlLabelStore, store_url: str, metrics: ServiceMetrics
+) -> None:
+    """Claims, with a connection per reviewer as two replicas would have: disjoint queues, one's
+    own items again on asking again, a verdict or an ended claim frees an item."""
+    for i in range(5):
+        add_image(store, f"q{i}", n=8, seed=i)  # 40 unlabeled
+    stores = [open_store(store_url) for _ in range(2)]
+    services = [ReviewService(s, metrics) for s in stores]
+    barrier = threading.Barrier(2)
+    got: dict[str, list[str]] = {}
+
+    def ask(name: str, service: ReviewService) -> None:
+        barrier.wait()
+        result = service.annotation_queue(15, "entropy", reviewer=name, claim_s=600)
+        got[name] = [e.candidate_id for e, _ in result.items]
+
+    try:
+        threads = [
+            threading.Thread(target=ask, args=(n, s))
+            for n, s in zip(("dr.a", "dr.b"), services, strict=True)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert len(got["dr.a"]) == len(got["dr.b"]) == 15
+        assert not set(got["dr.a"]) & set(got["dr.b"])  # nobody gets another's item
+        best = [e.candidate_id for e, _ in services[0].annotation_queue(40, "entropy").items]
+        assert set(got["dr.a"]) | set(got["dr.b"]) == set(best[:30])  # the best 30 between them
+        again = services[0].annotation_queue(15, "entropy", reviewer="dr.a", claim_s=600)
+        assert {e.candidate_id for e, _ in again.items} == set(got["dr.a"])  # still theirs
+        third = services[1].annotation_queue(15, "entropy", reviewer="dr.c", claim_s=600)
+        assert {e.candidate_id for e, _ in third.items} == set(best[30:40])
+        # a verdict frees the item for good; an ended claim frees it for others
+        services[0].submit_correction(got["dr.a"][0], "TRUE_POSITIVE", "dr.a", "k-claim")
+        store._run(  # dr.b's claims end
+            lambda cur: cur.execute(
+                store._sql("UPDATE candidates SET claimed_until = ? WHERE claimed_by = ?"),
+                ("2000-01-01T00:00:00+00:00", "dr.b"),
+            )
+        )
+        later = services[1].annotation_queue(15, "entropy", reviewer="dr.d", claim_s=600)
+        assert {e.candidate_id for e, _ in later.items} == set(got["dr.b"])
+        # without a reviewer (the experiment's oracle) there are no claims: the plain ranking
+        plain = services[0].annotation_queue(5, "entropy")
+        assert [e.candidate_id for e, _ in plain.items] == [c for c in best if c != got["dr.a"][0]][
+            :5
+        ]
+    finally:
+        for s in stores:
+            s.close()

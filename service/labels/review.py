@@ -174,7 +174,10 @@ class ReviewService:
         metrics: ServiceMetrics,
         max_note_chars: int = 2000,
         archive: ImageArchive | None = None,
+        claim_s: float = 0.0,
     ) -> None:
+        self.claim_s = claim_s
+        """How long a queue item handed to an authenticated reviewer stays theirs (0: no claims)."""
         self.store = store
         self.metrics = metrics
         self.max_note_chars = max_note_chars
@@ -270,11 +273,16 @@ class ReviewService:
         seed: int = 0,
         omega: float = 0.0,
         overrides: dict[str, float] | None = None,
+        reviewer: str = "",
+        claim_s: float = 0.0,
     ) -> QueueResult:
         """The top ``limit`` unlabeled candidates by the chosen AIFT variant (or random).
 
         ``omega >= 1`` samples them from the top ``omega * limit`` in proportion to score
         (ACFT); ``overrides`` may set ``alpha``, ``lambda1``, ``lambda2`` of the variant.
+        With a ``reviewer`` and ``claim_s > 0`` each item handed out is claimed for that
+        reviewer for ``claim_s`` seconds: other reviewers' queues skip it until a verdict or
+        the claim ends, and two reviewers asking at once get different items.
         """
         variant = variant or DEFAULT_VARIANT
         if variant != RANDOM and variant not in VARIANTS:
@@ -297,9 +305,22 @@ class ReviewService:
         if limit > MAX_QUEUE_LIMIT:
             raise InvalidInput(f"limit {limit} is over the maximum of {MAX_QUEUE_LIMIT}")
         ranked = VARIANTS[variant] if isinstance(spec, str) and spec != RANDOM else spec
+        claims = bool(reviewer) and claim_s > 0
         if isinstance(ranked, Variant) and not omega and ranked.alpha in (1.0, PAPER_ALPHA):
             # ranked where the data is: the stored terms, an index per named variant, a LIMIT
-            items = self.store.ranked_unlabeled(ranked, limit)
+            if not claims:
+                items = self.store.ranked_unlabeled(ranked, limit)
+                return QueueResult(variant, self.store.count_unlabeled(), items)
+            window = 2 * limit + 20
+            for _attempt in range(4):  # others may claim some of the window meanwhile
+                offered = self.store.ranked_unlabeled(ranked, window, unclaimed_for=reviewer)
+                taken = set(
+                    self.store.claim([e.candidate_id for e, _ in offered], reviewer, claim_s, limit)
+                )
+                if len(taken) >= limit or len(offered) < window:
+                    break
+                window *= 4
+            items = [(e, s) for e, s in offered if e.candidate_id in taken]
             return QueueResult(variant, self.store.count_unlabeled(), items)
         # random order, ACFT sampling and other alphas: every unlabeled candidate, scored here
         entries = self.store.unlabeled()
@@ -318,6 +339,11 @@ class ReviewService:
             order = sorted(picked, key=lambda i: (-scores[i], entries[i].candidate_id))
         else:
             order = sorted(range(len(entries)), key=lambda i: (-scores[i], entries[i].candidate_id))
+        if claims:  # in ranked order, the first ones nobody else holds
+            taken = set(
+                self.store.claim([entries[i].candidate_id for i in order], reviewer, claim_s, limit)
+            )
+            order = [i for i in order if entries[i].candidate_id in taken]
         items = [(entries[i], float(scores[i])) for i in order[:limit]]
         return QueueResult(variant, len(entries), items)
 

@@ -109,7 +109,9 @@ class CadServer:
         self.recorder = Recorder(self.store, self.archive, uid_hasher(settings), self.spool)
         # the pin lives in the store (registries are mounted read-only on servers)
         self.models.registry.with_pins_in(self.store, self.spool.folder / "last-pin.json")
-        self.review = ReviewService(self.store, self.metrics, settings.max_note_chars, self.archive)
+        self.review = ReviewService(
+            self.store, self.metrics, settings.max_note_chars, self.archive, settings.queue_claim_s
+        )
         self.batcher = DynamicBatcher(
             BatchingConfig(
                 preferred_batch=min(settings.batch_size, settings.batch_max_size),

@@ -259,6 +259,7 @@ class CadReviewServicer(cad_pb2_grpc.CadReviewServicer):
         overrides = {
             k: getattr(request, k) for k in ("alpha", "lambda1", "lambda2") if request.HasField(k)
         }
+        identity = current_identity.get()  # claims are per authenticated reviewer
         result = await self._run(
             self.review.annotation_queue,
             request.limit,
@@ -266,6 +267,8 @@ class CadReviewServicer(cad_pb2_grpc.CadReviewServicer):
             request.seed,
             request.omega,
             overrides,
+            identity.name if identity else "",
+            self.review.claim_s,
         )
         return converters.queue_response(result)
 

@@ -142,4 +142,12 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             ),
         ],
     ),
+    (
+        6,
+        "claims: a queue item handed to a reviewer is theirs until a verdict or the claim ends",
+        [
+            "ALTER TABLE candidates ADD COLUMN claimed_by TEXT",
+            "ALTER TABLE candidates ADD COLUMN claimed_until TEXT",
+        ],
+    ),
 ]

@@ -662,7 +662,8 @@ class SqlLabelStore:
             cur.execute(
                 self._sql(
                     "UPDATE candidates SET label = ?, label_reviewer = ?, label_event_id = ?, "
-                    "labeled_at = ?, events = ?, conflict = ? WHERE candidate_id = ?"
+                    "labeled_at = ?, events = ?, conflict = ?, claimed_by = NULL, "
+                    "claimed_until = NULL WHERE candidate_id = ?"
                 ),
                 (
                     label,
@@ -916,7 +917,53 @@ class SqlLabelStore:
         )
         return [QueueEntry(*r[:10], _probs_array(r[10], r[11]), *r[12:15]) for r in rows]  # type: ignore[arg-type, misc]
 
-    def ranked_unlabeled(self, spec: Variant, limit: int) -> list[tuple[QueueEntry, float]]:
+    def claim(
+        self, candidate_ids: Sequence[str], reviewer: str, seconds: float, limit: int
+    ) -> list[str]:
+        """Claim for ``reviewer``, in the given order, the first ``limit`` of these candidates
+        that are unlabeled and not claimed by another reviewer (or whose claim has ended): each
+        claim is one conditional update, so two reviewers asking at once never get the same
+        item. Returns the ids claimed, in order."""
+
+        def body(cur: Any) -> list[str]:
+            now_ = self._now(cur)
+            until = (datetime.fromisoformat(now_) + timedelta(seconds=seconds)).isoformat()
+            taken: list[str] = []
+            for cid in candidate_ids:
+                if len(taken) >= limit:
+                    break
+                cur.execute(
+                    self._sql(
+                        "UPDATE candidates SET claimed_by = ?, claimed_until = ? "
+                        "WHERE candidate_id = ? AND label IS NULL AND (claimed_until IS NULL "
+                        "OR claimed_until < ? OR claimed_by = ?)"
+                    ),
+                    (reviewer, until, cid, now_, reviewer),
+                )
+                if cur.rowcount == 1:
+                    taken.append(cid)
+            return taken
+
+        return self._run(body)
+
+    def release_claims(self, reviewer: str) -> int:
+        """End every claim of a reviewer (sign-out); returns how many."""
+
+        def body(cur: Any) -> int:
+            cur.execute(
+                self._sql(
+                    "UPDATE candidates SET claimed_by = NULL, claimed_until = NULL "
+                    "WHERE claimed_by = ?"
+                ),
+                (reviewer,),
+            )
+            return int(cur.rowcount)
+
+        return self._run(body)
+
+    def ranked_unlabeled(
+        self, spec: Variant, limit: int, unclaimed_for: str | None = None
+    ) -> list[tuple[QueueEntry, float]]:
         """The top ``limit`` unlabeled candidates by an AIFT variant, ranked in SQL from the
         stored terms (``lambda1 * E + lambda2 * D`` over all patches, or over the
         alpha-majority ones), best first, ties by candidate id. A named variant reads its own
@@ -952,15 +999,26 @@ class SqlLabelStore:
                 }[expression]
             )
             hint = f" INDEXED BY queue_{index}"
-        rows = self._query(
-            "SELECT c.candidate_id, c.request_id, c.x, c.y, c.width, c.height, c.probability, "
-            "c.model_version, i.frame_index, i.source_id, c.patch_probs, c.patch_shape, "
-            f"i.sha256, c.recipe, i.study_uid, ({expression}) AS ranking "
-            f"FROM candidates c{hint} JOIN images i ON i.request_id = c.request_id "
-            "WHERE c.label IS NULL AND c.origin = 'model' AND c.patch_probs IS NOT NULL "
-            f"ORDER BY ({expression}) DESC, c.candidate_id LIMIT ?",
-            (*params, *params, limit),
-        )
+
+        def body(cur: Any) -> list[tuple[Any, ...]]:
+            claims, claim_params = "", ()
+            if unclaimed_for is not None:  # others' live claims are not offered
+                claims = "AND (c.claimed_until IS NULL OR c.claimed_until < ? OR c.claimed_by = ?) "
+                claim_params = (self._now(cur), unclaimed_for)
+            cur.execute(
+                self._sql(
+                    "SELECT c.candidate_id, c.request_id, c.x, c.y, c.width, c.height, "
+                    "c.probability, c.model_version, i.frame_index, i.source_id, c.patch_probs, "
+                    f"c.patch_shape, i.sha256, c.recipe, i.study_uid, ({expression}) AS ranking "
+                    f"FROM candidates c{hint} JOIN images i ON i.request_id = c.request_id "
+                    "WHERE c.label IS NULL AND c.origin = 'model' AND c.patch_probs IS NOT NULL "
+                    f"{claims}ORDER BY ({expression}) DESC, c.candidate_id LIMIT ?"
+                ),
+                (*params, *claim_params, *params, limit),
+            )
+            return list(cur.fetchall())
+
+        rows = self._run(body)
         return [
             (QueueEntry(*r[:10], _probs_array(r[10], r[11]), *r[12:15]), float(r[15]))  # type: ignore[arg-type, misc]
             for r in rows
