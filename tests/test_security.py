@@ -470,3 +470,60 @@ def test_cli_rollback_refuses_a_version_servers_would_refuse(
     store = open_store(url)
     assert list(store.audit()) == []
     store.close()
+
+
+def test_a_revoked_token_is_refused_without_a_restart(
+    secured: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = secured.server.settings.auth_tokens_file
+    assert path is not None
+    infer_only = {
+        "tokens": [
+            {"identity": "tower-3", "roles": ["infer"], "sha256": token_sha256(TOKENS["infer"])}
+        ]
+    }
+    with grpc.insecure_channel(secured.address) as ch:
+        stats = cad_pb2_grpc.CadReviewStub(ch).GetReviewStats
+        assert stats(cad_pb2.ReviewStatsRequest(), timeout=10, metadata=bearer("review")).reviewer
+        path.write_text(json.dumps(infer_only))  # dr.jones revoked, the server left running
+        assert (
+            code_of(stats, cad_pb2.ReviewStatsRequest(), timeout=10, metadata=bearer("review"))
+            == grpc.StatusCode.UNAUTHENTICATED
+        )
+        path.write_text('{"tokens": [')  # a half-written file: the last good table stays
+        infer = cad_pb2_grpc.CadInferenceStub(ch)
+        assert infer.Classify(REQUEST, timeout=10, metadata=bearer("infer")).results
+        assert (
+            code_of(stats, cad_pb2.ReviewStatsRequest(), timeout=10, metadata=bearer("review"))
+            == grpc.StatusCode.UNAUTHENTICATED
+        )
+    assert "changed but was not loaded" in caplog.text and TOKENS["review"] not in caplog.text
+
+
+def test_queue_claims_belong_to_the_token_identity(registry_root: Path, tmp_path: Path) -> None:
+    """Two reviewers asking for the queue get different items: claims follow the token."""
+    path = token_file(tmp_path / "tokens.json")
+    table = json.loads(path.read_text())
+    second = "lee-review-token-0123456789"
+    table["tokens"].append({"identity": "dr.lee", "roles": ["review"], "token": second})
+    path.write_text(json.dumps(table))
+    with (
+        ServerThread(make_settings(registry_root, auth_tokens_file=path)) as server,
+        grpc.insecure_channel(server.address) as ch,
+    ):
+        server.refresh_models()
+        for _ in range(4):
+            cad_pb2_grpc.CadInferenceStub(ch).Classify(
+                REQUEST, timeout=10, metadata=bearer("infer")
+            )
+        queue = cad_pb2_grpc.CadReviewStub(ch).GetAnnotationQueue
+        jones = queue(cad_pb2.QueueRequest(limit=2), timeout=10, metadata=bearer("review"))
+        lee = queue(
+            cad_pb2.QueueRequest(limit=2),
+            timeout=10,
+            metadata=[("authorization", f"Bearer {second}")],
+        )
+        ids = [{i.candidate_id for i in r.items} for r in (jones, lee)]
+        assert len(ids[0]) == len(ids[1]) == 2 and not ids[0] & ids[1]
+        again = queue(cad_pb2.QueueRequest(limit=2), timeout=10, metadata=bearer("review"))
+        assert {i.candidate_id for i in again.items} == ids[0]  # still dr.jones's

@@ -22,6 +22,8 @@ import contextvars
 import hashlib
 import hmac
 import json
+import logging
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +53,9 @@ METHOD_ROLES: dict[str, str] = {
 }
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIX = "/grpc.reflection."
+
+
+log = logging.getLogger(__name__)
 
 
 class Unauthenticated(CadError):
@@ -137,9 +142,41 @@ class TokenTable:
         return found
 
 
+class ReloadingTokenTable:
+    """The token file, read again when it changes (size or modification time), so revoking or
+    adding a token needs no restart. A file that fails to parse (half written, invalid) is
+    refused with one log line and the previous table stays in force."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._stamp = self._stat()
+        self._table = TokenTable.load(self.path)  # a bad file at start is a start-up error
+        self._lock = threading.Lock()
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def identify(self, token: str) -> Identity | None:
+        stamp = self._stat()
+        if stamp != self._stamp:
+            with self._lock:
+                if stamp != self._stamp:
+                    self._stamp = stamp
+                    try:
+                        self._table = TokenTable.load(self.path)
+                        log.warning("token file %s changed: tokens reloaded", self.path)
+                    except (OSError, ValueError) as exc:
+                        log.error("token file %s changed but was not loaded: %s", self.path, exc)
+        return self._table.identify(token)
+
+
 @dataclass(frozen=True)
 class AccessPolicy:
-    tokens: TokenTable | None
+    tokens: TokenTable | ReloadingTokenTable | None
     """None: authentication off (every call allowed, identity unknown)."""
     open_health: bool = True
     open_reflection: bool = False

@@ -35,7 +35,7 @@ from service.models.inference import Classifier, ModelManager
 from service.models.lifecycle import AuditListener, CallbackListener, MemoryTrimListener
 from service.models.model import SessionOptions, select_providers
 from service.models.registry import ModelRegistry, utc_now
-from service.rpc.auth import AccessPolicy, TokenTable
+from service.rpc.auth import AccessPolicy, ReloadingTokenTable
 from service.rpc.interceptors import ErrorAndMetricsInterceptor
 from service.rpc.servicers import CadInferenceServicer, CadReviewServicer, ModelAdminServicer
 from service.settings import ServerSettings
@@ -59,7 +59,7 @@ class CadServer:
         self.settings = settings
         self.metrics = ServiceMetrics(registry or CollectorRegistry())
         self.policy = AccessPolicy(
-            TokenTable.load(settings.auth_tokens_file) if settings.auth_tokens_file else None,
+            ReloadingTokenTable(settings.auth_tokens_file) if settings.auth_tokens_file else None,
             open_health=settings.auth_open_health,
             open_reflection=settings.auth_open_reflection,
         )
