@@ -68,7 +68,11 @@ SECURITY_HEADERS = {
     "x-frame-options": "DENY",
     "referrer-policy": "same-origin",  # no-referrer would make the browser send Origin: null
     "cache-control": "no-store",
+    # another site's <img> or fetch must not show an archived frame, even knowing its id
+    "cross-origin-resource-policy": "same-origin",
 }
+HSTS = "max-age=31536000"
+"""Strict-Transport-Security, under HTTPS: the browser never tries plain HTTP again."""
 
 
 class PageError(Exception):
@@ -165,7 +169,7 @@ class ReviewApp:
         }
         """The two HTML pages, read once at start (filled in per request)."""
         self.app = Starlette(routes=routes)
-        self.app.add_middleware(_HeadersMiddleware)
+        self.app.add_middleware(_HeadersMiddleware, https=https)
 
     # ------------------------------------------------------------------ helpers
 
@@ -200,6 +204,7 @@ class ReviewApp:
             if session is None:
                 return _json_error(PageError(401, SIGNIN_MESSAGES["expired"], signin="expired"))
             try:
+                _same_site(request)  # reads too: another site's page gets nothing
                 if changes:
                     _same_origin(request)
                     _csrf_ok(request.headers.get(CSRF_HEADER, ""), session.csrf)
@@ -379,6 +384,7 @@ class ReviewApp:
         if session is None:
             return _json_error(PageError(401, SIGNIN_MESSAGES["expired"], signin="expired"))
         try:
+            _same_site(request)
             reply = await self._review_image(session, request.path_params["request_id"])
         except PageError as exc:
             if exc.signin:
@@ -462,8 +468,11 @@ class ReviewApp:
 class _HeadersMiddleware:
     """Security headers on every response (pure ASGI: streaming and static files untouched)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, https: bool = False) -> None:
         self.app = app
+        self.headers = [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+        if https:
+            self.headers.append((b"strict-transport-security", HSTS.encode()))
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -475,7 +484,7 @@ class _HeadersMiddleware:
                 headers = [
                     (k, v) for k, v in message.get("headers", []) if k.lower() != b"cache-control"
                 ]
-                headers += [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+                headers += self.headers
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -510,6 +519,13 @@ def _json_error(exc: PageError) -> JSONResponse:
 def _csrf_ok(given: str, expected: str) -> None:
     if not expected or not given or not hmac.compare_digest(given, expected):
         raise PageError(403, "This form has expired (CSRF check failed). Reload the page.")
+
+
+def _same_site(request: Request) -> None:
+    """Refuse a request another site's page made (its browser says so in Sec-Fetch-Site)."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise PageError(403, "Requests from other sites are refused.")
 
 
 def _same_origin(request: Request) -> None:

@@ -325,3 +325,41 @@ def test_cad_review_ui_help_and_the_container_health_check(world: World) -> None
         timeout=60,
     )
     assert down.returncode == 1 and "unhealthy" in down.stderr
+
+
+def test_another_sites_page_cannot_read_an_archived_frame(world: World) -> None:
+    """An <img> or fetch on another origin, even one that knows a request id, gets nothing:
+    Sec-Fetch-Site is checked on reads and every response says Cross-Origin-Resource-Policy."""
+    browser, _ = signed_in(world)
+    png = f"/api/image/{world.png_request}/png"
+    for site in ("cross-site", "same-site"):
+        status, headers, body = browser.request("GET", png, headers={"Sec-Fetch-Site": site})
+        assert status == 403 and not body.startswith(b"\x89PNG"), site
+        assert browser.api("/api/queue", **{"Sec-Fetch-Site": site})[0] == 403
+    status, headers, body = browser.request("GET", png, headers={"Sec-Fetch-Site": "same-origin"})
+    assert status == 200 and body.startswith(b"\x89PNG")
+    assert headers["cross-origin-resource-policy"] == "same-origin"
+    assert "strict-transport-security" not in headers  # plain HTTP here; HTTPS sends it
+
+
+def test_https_responses_carry_hsts() -> None:
+    import asyncio
+
+    from reviewui.app import _HeadersMiddleware
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    def headers_of(https: bool) -> dict[bytes, bytes]:
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        asyncio.run(_HeadersMiddleware(app, https=https)({"type": "http"}, None, send))
+        return dict(sent[0]["headers"])
+
+    assert headers_of(True)[b"strict-transport-security"].startswith(b"max-age=")
+    assert b"strict-transport-security" not in headers_of(False)
+    assert headers_of(False)[b"cross-origin-resource-policy"] == b"same-origin"
