@@ -35,6 +35,10 @@ class StoreUnavailable(CadError):
     caller may retry, with the same idempotency key for a correction."""
 
 
+class Settled(CadError):
+    """The candidate's label was settled by adjudication and is final (FAILED_PRECONDITION)."""
+
+
 class LeaseHeld(CadError):
     """Another process holds a lease this work needs (one trainer, one pruner at a time); the
     message names the holder (FAILED_PRECONDITION)."""

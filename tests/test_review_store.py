@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service.aift import Box, aift_scores
-from service.errors import AlreadyExists, InvalidInput, LeaseHeld, NotFound
+from service.errors import AlreadyExists, InvalidInput, LeaseHeld, NotFound, Settled
 from service.labels.archive import ImageArchive, prune
 from service.labels.review import ReviewService
 from service.labels.store import CandidateRecord, ImageRecord, SqlLabelStore, open_store
@@ -597,3 +597,43 @@ def test_two_reviewers_asking_at_once_get_disjoint_claimed_items(
     finally:
         for s in stores:
             s.close()
+
+
+def test_a_disagreement_is_told_to_both_reviewers_and_settled_by_a_third(
+    review: ReviewService, store: SqlLabelStore
+) -> None:
+    from trainer.data import labeled_examples, unsettled_count
+
+    add_image(store, "d1", n=2)
+    review.submit_correction("d1-0", "TRUE_POSITIVE", "dr.a", "k-a")
+    assert review.notices("dr.a") == []
+    receipt = review.submit_correction("d1-0", "FALSE_POSITIVE", "dr.b", "k-b")
+    assert receipt.event.conflict
+    review.submit_correction("d1-1", "FALSE_POSITIVE", "dr.b", "k-b2")  # no dispute
+    # both are told, once each, naming the other reviewer and both verdicts
+    (told_a,) = review.notices("dr.a")
+    assert (told_a.other_reviewer, told_a.your_label, told_a.their_label) == ("dr.b", 1, 0)
+    (told_b,) = review.notices("dr.b")
+    assert (told_b.other_reviewer, told_b.your_label, told_b.their_label) == ("dr.a", 0, 1)
+    assert review.notices("dr.a") == [] and review.notices("dr.b") == []
+    # it waits for adjudication, out of training until then
+    (conflict,) = review.conflicts()
+    assert conflict.candidate.candidate_id == "d1-0"
+    assert [(v.reviewer, v.label_after) for v in conflict.verdicts] == [("dr.a", 1), ("dr.b", 0)]
+    assert [e.candidate_id for e in labeled_examples(store)] == ["d1-1"]
+    assert unsettled_count(store) == 1
+    with pytest.raises(InvalidInput, match="gave a verdict"):
+        review.adjudicate("d1-0", "TRUE_POSITIVE", "dr.a", "k-adj-a")
+    with pytest.raises(InvalidInput, match="no disagreement"):
+        review.adjudicate("d1-1", "TRUE_POSITIVE", "dr.c", "k-adj-x")
+    settled = review.adjudicate("d1-0", "TRUE_POSITIVE", "dr.c", "k-adj", note="clear polyp")
+    assert settled.event.kind == "adjudication" and settled.event.label_after == 1
+    assert review.adjudicate("d1-0", "TRUE_POSITIVE", "dr.c", "k-adj", note="clear polyp").replayed
+    assert review.conflicts() == []
+    # final: what the trainer and the export use; later corrections are refused
+    assert {e.candidate_id: e.label for e in labeled_examples(store)} == {"d1-0": 1, "d1-1": 0}
+    (exported,) = [x for x in store.labeled() if x.candidate.candidate_id == "d1-0"]
+    assert exported.label == 1 and exported.adjudicated and exported.conflict
+    with pytest.raises(Settled):
+        review.submit_correction("d1-0", "FALSE_POSITIVE", "dr.b", "k-b3")
+    assert [e.action for e in store.audit(action="adjudication")] == ["adjudication"]

@@ -527,3 +527,80 @@ def test_queue_claims_belong_to_the_token_identity(registry_root: Path, tmp_path
         assert len(ids[0]) == len(ids[1]) == 2 and not ids[0] & ids[1]
         again = queue(cad_pb2.QueueRequest(limit=2), timeout=10, metadata=bearer("review"))
         assert {i.candidate_id for i in again.items} == ids[0]  # still dr.jones's
+
+
+def test_disagreements_are_told_to_both_and_settled_over_grpc(
+    registry_root: Path, tmp_path: Path
+) -> None:
+    path = token_file(tmp_path / "tokens.json")
+    table = json.loads(path.read_text())
+    others = {"dr.lee": "lee-review-token-0123456789", "dr.moss": "moss-review-token-0123456789"}
+    table["tokens"] += [{"identity": n, "roles": ["review"], "token": t} for n, t in others.items()]
+    path.write_text(json.dumps(table))
+
+    def as_(name: str) -> list[tuple[str, str]]:
+        return (
+            bearer("review")
+            if name == "dr.jones"
+            else [("authorization", f"Bearer {others[name]}")]
+        )
+
+    with (
+        ServerThread(make_settings(registry_root, auth_tokens_file=path)) as server,
+        grpc.insecure_channel(server.address) as ch,
+    ):
+        server.refresh_models()
+        cid = (
+            cad_pb2_grpc.CadInferenceStub(ch)
+            .Classify(REQUEST, timeout=10, metadata=bearer("infer"))
+            .results[0]
+            .candidate_id
+        )
+        review = cad_pb2_grpc.CadReviewStub(ch)
+
+        def correct(name: str, verdict: int) -> cad_pb2.CorrectionReceipt:
+            return review.SubmitCorrection(
+                cad_pb2.Correction(candidate_id=cid, verdict=verdict),
+                timeout=10,
+                metadata=as_(name),
+            )
+
+        assert not correct("dr.jones", cad_pb2.TRUE_POSITIVE).notices
+        second = correct("dr.lee", cad_pb2.FALSE_POSITIVE)
+        assert second.conflict and [n.other_reviewer for n in second.notices] == ["dr.jones"]
+        queue = review.GetAnnotationQueue(
+            cad_pb2.QueueRequest(), timeout=10, metadata=as_("dr.jones")
+        )
+        (told,) = queue.notices  # the first reviewer hears of it on their next action
+        assert told.other_reviewer == "dr.lee" and told.their_label == cad_pb2.NEGATIVE
+        (conflict,) = review.GetConflicts(
+            cad_pb2.ConflictsRequest(), timeout=10, metadata=as_("dr.moss")
+        ).conflicts
+        assert [v.reviewer for v in conflict.verdicts] == ["dr.jones", "dr.lee"]
+        refused = code_of(
+            review.Adjudicate,
+            cad_pb2.Adjudication(candidate_id=cid, verdict=cad_pb2.TRUE_POSITIVE),
+            timeout=10,
+            metadata=as_("dr.lee"),
+        )
+        assert refused == grpc.StatusCode.INVALID_ARGUMENT  # one of the two cannot settle it
+        settled = review.Adjudicate(
+            cad_pb2.Adjudication(
+                candidate_id=cid, verdict=cad_pb2.TRUE_POSITIVE, idempotency_key="adj-1"
+            ),
+            timeout=10,
+            metadata=as_("dr.moss"),
+        )
+        assert settled.label == cad_pb2.POSITIVE
+        assert (
+            code_of(correct, "dr.lee", cad_pb2.FALSE_POSITIVE)
+            == grpc.StatusCode.FAILED_PRECONDITION
+        )
+        (exported,) = [
+            x
+            for x in review.ExportLabels(
+                cad_pb2.ExportRequest(), timeout=10, metadata=as_("dr.moss")
+            )
+            if x.candidate_id == cid
+        ]
+        assert exported.adjudicated and exported.label == cad_pb2.POSITIVE

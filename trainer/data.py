@@ -47,7 +47,8 @@ def split_of(key: str, val_fraction: float, salt: str = "cad-split-v1") -> str:
 
 
 def labeled_examples(store: SqlLabelStore) -> list[Example]:
-    """Every labeled candidate, in label order."""
+    """Every labeled candidate, in label order, but those reviewers disagree on and nobody has
+    adjudicated yet (:func:`unsettled_count` says how many): an adjudicated label is used."""
     return [
         Example(
             x.candidate.candidate_id,
@@ -59,7 +60,13 @@ def labeled_examples(store: SqlLabelStore) -> list[Example]:
             x.labeled_at,
         )
         for x in store.labeled()
+        if not x.conflict or x.adjudicated
     ]
+
+
+def unsettled_count(store: SqlLabelStore) -> int:
+    """Labeled candidates left out of training: reviewers disagree and nobody adjudicated."""
+    return sum(1 for x in store.labeled() if x.conflict and not x.adjudicated)
 
 
 def unlabeled_examples(store: SqlLabelStore) -> list[Example]:

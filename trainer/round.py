@@ -37,6 +37,7 @@ from trainer.data import (
     labeled_examples,
     split_of,
     unlabeled_examples,
+    unsettled_count,
 )
 from trainer.evaluate import Evaluation, evaluate
 from trainer.export import ExportCheckFailed, export_and_check
@@ -63,6 +64,8 @@ class RoundReport:
     val: int = 0
     labels_sha256: str = ""
     """:func:`trainer.data.ids_hash` of the labels the round saw (what ``cad train watch`` compares)."""
+    unsettled: int = 0
+    """Labeled candidates left out: reviewers disagree and nobody has adjudicated them yet."""
     metrics: dict[str, Any] = field(default_factory=dict)
     duration_s: float = 0.0
     started: str = field(default_factory=utc_now)
@@ -75,7 +78,9 @@ class RoundReport:
         target = f"v{self.version}" if self.version else "no new version"
         return (
             f"round: {self.outcome} ({target}, parent v{self.parent_version}); labels {self.labels} "
-            f"(train {self.train}, val {self.val}); val AUC {fmt(auc)} vs parent {fmt(parent_auc)}; "
+            f"(train {self.train}, val {self.val})"
+            + (f", {self.unsettled} disputed left out until adjudicated" if self.unsettled else "")
+            + f"; val AUC {fmt(auc)} vs parent {fmt(parent_auc)}; "
             f"{self.duration_s:.1f}s; {self.reason}"
         )
 
@@ -330,7 +335,13 @@ def _round(
         train=len(train),
         val=len(val),
         labels_sha256=ids_hash(examples),
+        unsettled=unsettled_count(store),
     )
+    if report.unsettled:
+        log.info(
+            "%d labeled candidates left out: reviewers disagree and nobody adjudicated them",
+            report.unsettled,
+        )
     if len({e.label for e in train}) < 2:
         report.reason = "the training split needs labels of both classes"
         return report

@@ -19,6 +19,8 @@ from service.labels.archive import ImageArchive
 from service.labels.spool import RecordSpool
 from service.labels.store.records import (
     CandidateRecord,
+    Conflict,
+    ConflictNotice,
     ImageCandidate,
     ImageRecord,
     LabeledCandidate,
@@ -359,6 +361,37 @@ class ReviewService:
                 f"the image of request {quote(request_id)} is no longer archived (retention)"
             ) from None
         return ReviewImage(image, png, self.store.candidates_of(request_id))
+
+    def notices(self, reviewer: str) -> list[ConflictNotice]:
+        """Disagreements ``reviewer`` has not been told of yet (each is told once)."""
+        return self.store.take_notices(reviewer.strip()) if reviewer.strip() else []
+
+    def conflicts(self, limit: int = 0) -> list[Conflict]:
+        """Disputed candidates nobody has settled, oldest first."""
+        limit = limit or DEFAULT_QUEUE_LIMIT
+        if limit > MAX_QUEUE_LIMIT:
+            raise InvalidInput(f"limit {limit} is over the maximum of {MAX_QUEUE_LIMIT}")
+        return self.store.conflicts(limit)
+
+    def adjudicate(
+        self, candidate_id: str, verdict: str, adjudicator: str, key: str, note: str = ""
+    ) -> Receipt:
+        """Settle a disagreement for good: a reviewer who gave no verdict on the candidate."""
+        if not candidate_id:
+            raise InvalidInput("candidate_id must not be empty")
+        if verdict not in VERDICT_LABELS:
+            raise InvalidInput("verdict must be TRUE_POSITIVE or FALSE_POSITIVE")
+        adjudicator, key = self._common(adjudicator, note, key)
+        digest = body_hash(
+            kind="adjudication",
+            candidate_id=candidate_id,
+            verdict=verdict,
+            reviewer=adjudicator,
+            note=note,
+        )
+        return self.store.adjudicate(
+            candidate_id, VERDICT_LABELS[verdict], adjudicator, note, key, digest
+        )
 
     def stats(self) -> tuple[int, dict[str, tuple[int, int]]]:
         """The queue depth and, per model version, (confirmed, dismissed) model candidates."""

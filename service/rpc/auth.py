@@ -50,6 +50,8 @@ METHOD_ROLES: dict[str, str] = {
     "/cad.v1.CadReview/ExportLabels": REVIEW,
     "/cad.v1.CadReview/GetReviewImage": REVIEW,
     "/cad.v1.CadReview/GetReviewStats": REVIEW,
+    "/cad.v1.CadReview/GetConflicts": REVIEW,
+    "/cad.v1.CadReview/Adjudicate": REVIEW,
 }
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIX = "/grpc.reflection."

@@ -11,7 +11,13 @@ from service.api.cad.v1 import cad_pb2
 from service.errors import InvalidInput
 from service.imaging import Window
 from service.labels.review import QueueResult, ReviewImage
-from service.labels.store.records import AuditEvent, LabeledCandidate, Receipt
+from service.labels.store.records import (
+    AuditEvent,
+    Conflict,
+    ConflictNotice,
+    LabeledCandidate,
+    Receipt,
+)
 from service.models.inference import (
     CandidateInput,
     ClassifyInput,
@@ -178,6 +184,47 @@ def receipt(r: Receipt) -> cad_pb2.CorrectionReceipt:
     )
 
 
+def notices(items: list[ConflictNotice]) -> list[cad_pb2.ConflictNotice]:
+    return [
+        cad_pb2.ConflictNotice(
+            candidate_id=n.candidate_id,
+            request_id=n.request_id,
+            your_label=_LABEL_STATE[n.your_label],
+            other_reviewer=n.other_reviewer,
+            their_label=_LABEL_STATE[n.their_label],
+            created=n.created,
+        )
+        for n in items
+    ]
+
+
+def conflict_list(items: list[Conflict]) -> cad_pb2.ConflictList:
+    return cad_pb2.ConflictList(
+        conflicts=[
+            cad_pb2.Conflict(
+                candidate_id=c.candidate.candidate_id,
+                request_id=c.candidate.request_id,
+                box=cad_pb2.Box(
+                    x=c.candidate.x,
+                    y=c.candidate.y,
+                    width=c.candidate.width,
+                    height=c.candidate.height,
+                ),
+                verdicts=[
+                    cad_pb2.ConflictVerdict(
+                        reviewer=e.reviewer,
+                        label=_LABEL_STATE[e.label_after],
+                        created=e.created,
+                        note=e.note,
+                    )
+                    for e in c.verdicts
+                ],
+            )
+            for c in items
+        ]
+    )
+
+
 def queue_response(result: QueueResult) -> cad_pb2.QueueResponse:
     return cad_pb2.QueueResponse(
         variant=result.variant,
@@ -238,6 +285,7 @@ def labeled_candidate(item: LabeledCandidate) -> cad_pb2.LabeledCandidate:
         box=cad_pb2.Box(x=c.x, y=c.y, width=c.width, height=c.height),
         label=_LABEL_STATE[item.label],
         conflict=item.conflict,
+        adjudicated=item.adjudicated,
         origin=c.origin,
         recipe=c.recipe,
         model_version=c.model_version,

@@ -23,6 +23,7 @@ from service.errors import (
     ModelRejected,
     ModelUnavailable,
     NotFound,
+    Settled,
     StoreUnavailable,
 )
 from service.metrics import ServiceMetrics
@@ -41,6 +42,7 @@ _STATUS: list[tuple[type[CadError], grpc.StatusCode]] = [
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (ModelRejected, grpc.StatusCode.FAILED_PRECONDITION),
     (LeaseHeld, grpc.StatusCode.FAILED_PRECONDITION),
+    (Settled, grpc.StatusCode.FAILED_PRECONDITION),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),

@@ -236,6 +236,34 @@ class CadReviewServicer(cad_pb2_grpc.CadReviewServicer):
             converters.identifier(request.idempotency_key, "idempotency_key"),
             request.note,
         )
+        return await self._told(converters.receipt(result), result.event.reviewer)
+
+    async def _told(self, message: Any, reviewer: str) -> Any:
+        """Add the disagreements ``reviewer`` has not been told of to a reply (each told once)."""
+        message.notices.extend(converters.notices(await self._run(self.review.notices, reviewer)))
+        return message
+
+    async def GetConflicts(  # noqa: N802
+        self, request: cad_pb2.ConflictsRequest, context: grpc.aio.ServicerContext
+    ) -> cad_pb2.ConflictList:
+        return converters.conflict_list(await self._run(self.review.conflicts, request.limit))
+
+    async def Adjudicate(  # noqa: N802
+        self, request: cad_pb2.Adjudication, context: grpc.aio.ServicerContext
+    ) -> cad_pb2.CorrectionReceipt:
+        identity = current_identity.get()
+        if identity is None:
+            raise InvalidInput(
+                "adjudication needs authentication: who settles a disagreement must be known"
+            )
+        result = await self._run(
+            self.review.adjudicate,
+            converters.identifier(request.candidate_id, "candidate_id"),
+            converters.verdict_name(request.verdict),
+            identity.name,
+            converters.identifier(request.idempotency_key, "idempotency_key"),
+            request.note,
+        )
         return converters.receipt(result)
 
     async def AddMissedFinding(  # noqa: N802
@@ -251,7 +279,7 @@ class CadReviewServicer(cad_pb2_grpc.CadReviewServicer):
             converters.identifier(request.idempotency_key, "idempotency_key"),
             request.note,
         )
-        return converters.receipt(result)
+        return await self._told(converters.receipt(result), result.event.reviewer)
 
     async def GetAnnotationQueue(  # noqa: N802
         self, request: cad_pb2.QueueRequest, context: grpc.aio.ServicerContext
@@ -270,7 +298,8 @@ class CadReviewServicer(cad_pb2_grpc.CadReviewServicer):
             identity.name if identity else "",
             self.review.claim_s,
         )
-        return converters.queue_response(result)
+        response = converters.queue_response(result)
+        return await self._told(response, identity.name) if identity else response
 
     async def GetReviewImage(  # noqa: N802
         self, request: cad_pb2.ReviewImageRequest, context: grpc.aio.ServicerContext

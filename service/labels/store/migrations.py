@@ -150,4 +150,22 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "ALTER TABLE candidates ADD COLUMN claimed_until TEXT",
         ],
     ),
+    (
+        7,
+        "conflicts settled: an adjudicated label is final; reviewers are told of disagreements",
+        [
+            "ALTER TABLE candidates ADD COLUMN adjudicated INTEGER NOT NULL DEFAULT 0",
+            """CREATE TABLE conflict_notices (
+                notice_id TEXT PRIMARY KEY,
+                reviewer TEXT NOT NULL,
+                candidate_id TEXT NOT NULL REFERENCES candidates (candidate_id),
+                your_label INTEGER NOT NULL,
+                other_reviewer TEXT NOT NULL,
+                their_label INTEGER NOT NULL,
+                created TEXT NOT NULL,
+                told INTEGER NOT NULL DEFAULT 0
+            )""",
+            "CREATE INDEX conflict_notices_reviewer ON conflict_notices (reviewer, told)",
+        ],
+    ),
 ]

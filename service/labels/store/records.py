@@ -114,6 +114,28 @@ class LabeledCandidate:
     last_event_id: str
     labeled_at: str
     events: int
+    adjudicated: bool = False
+    """The label is an adjudicator's final verdict on a disagreement."""
+
+
+@dataclass(frozen=True)
+class ConflictNotice:
+    """A disagreement told to one of the reviewers in it."""
+
+    candidate_id: str
+    request_id: str
+    your_label: int
+    other_reviewer: str
+    their_label: int
+    created: str
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A candidate reviewers disagree on, waiting for adjudication, with every verdict."""
+
+    candidate: CandidateRecord
+    verdicts: list[LabelEvent]
 
 
 @dataclass(frozen=True)

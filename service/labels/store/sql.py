@@ -42,11 +42,20 @@ from service.aift.scoring import (
     total_entropy,
 )
 from service.durable import write_atomic
-from service.errors import AlreadyExists, LeaseHeld, NotFound, StoreUnavailable
+from service.errors import (
+    AlreadyExists,
+    InvalidInput,
+    LeaseHeld,
+    NotFound,
+    Settled,
+    StoreUnavailable,
+)
 from service.labels.store.migrations import MIGRATIONS
 from service.labels.store.records import (
     AuditEvent,
     CandidateRecord,
+    Conflict,
+    ConflictNotice,
     ImageCandidate,
     ImageRecord,
     LabeledCandidate,
@@ -634,15 +643,20 @@ class SqlLabelStore:
         def write(cur: Any) -> LabelEvent:
             cur.execute(
                 self._sql(
-                    "SELECT label, label_reviewer, events, conflict, request_id FROM candidates "
-                    "WHERE candidate_id = ?" + self.dialect.for_update
+                    "SELECT label, label_reviewer, events, conflict, request_id, adjudicated "
+                    "FROM candidates WHERE candidate_id = ?" + self.dialect.for_update
                 ),
                 (candidate_id,),
             )
             row = cur.fetchone()
             if row is None:
                 raise NotFound(f"unknown candidate_id {quote(candidate_id)}")
-            before, last_reviewer, events, old_conflict, request_id = row
+            before, last_reviewer, events, old_conflict, request_id, adjudicated = row
+            if adjudicated:
+                raise Settled(
+                    f"candidate {quote(candidate_id)} was settled by adjudication; its label is "
+                    "final"
+                )
             conflict = before is not None and before != label and last_reviewer != reviewer
             event = LabelEvent(
                 f"ev-{uuid.uuid4().hex}",
@@ -677,6 +691,116 @@ class SqlLabelStore:
             )
             cur.execute(
                 self._sql("UPDATE images SET labeled = 1 WHERE request_id = ?"), (request_id,)
+            )
+            if conflict:  # both are told, on their next action
+                for who, mine, other, theirs in (
+                    (last_reviewer, before, reviewer, label),
+                    (reviewer, label, last_reviewer, before),
+                ):
+                    cur.execute(
+                        self._sql("INSERT INTO conflict_notices VALUES (?, ?, ?, ?, ?, ?, ?, 0)"),
+                        (
+                            f"cn-{uuid.uuid4().hex}",
+                            who,
+                            candidate_id,
+                            mine,
+                            other,
+                            theirs,
+                            event.created,
+                        ),
+                    )
+            return event
+
+        return self._with_idempotency(key, body_sha256, write)
+
+    def take_notices(self, reviewer: str) -> list[ConflictNotice]:
+        """The disagreements ``reviewer`` has not been told of, oldest first, now marked told."""
+
+        def body(cur: Any) -> list[ConflictNotice]:
+            cur.execute(
+                self._sql(
+                    "SELECT n.notice_id, n.candidate_id, c.request_id, n.your_label, "
+                    "n.other_reviewer, n.their_label, n.created FROM conflict_notices n "
+                    "JOIN candidates c ON c.candidate_id = n.candidate_id "
+                    "WHERE n.reviewer = ? AND n.told = 0 ORDER BY n.created, n.notice_id"
+                ),
+                (reviewer,),
+            )
+            rows = cur.fetchall()
+            for r in rows:
+                cur.execute(
+                    self._sql("UPDATE conflict_notices SET told = 1 WHERE notice_id = ?"), (r[0],)
+                )
+            return [ConflictNotice(r[1], r[2], int(r[3]), r[4], int(r[5]), r[6]) for r in rows]
+
+        return self._run(body)
+
+    def conflicts(self, limit: int = 100) -> list[Conflict]:
+        """Candidates reviewers disagree on that nobody has adjudicated, oldest first."""
+        rows = self._query(
+            f"SELECT {_CANDIDATE_COLUMNS} FROM candidates WHERE conflict = 1 AND adjudicated = 0 "
+            "ORDER BY labeled_at, candidate_id LIMIT ?",
+            (limit,),
+        )
+        return [Conflict(self._candidate(r), self.events(r[0])) for r in rows]
+
+    def adjudicate(
+        self, candidate_id: str, label: int, adjudicator: str, note: str, key: str, body_sha256: str
+    ) -> Receipt:
+        """The final verdict on a disputed candidate, by a reviewer who gave none on it.
+
+        Raises:
+            NotFound: no such candidate. InvalidInput: nothing to settle, or the adjudicator
+            took part. Settled: it was settled already.
+        """
+
+        def write(cur: Any) -> LabelEvent:
+            cur.execute(
+                self._sql(
+                    "SELECT label, events, conflict, adjudicated FROM candidates "
+                    "WHERE candidate_id = ?" + self.dialect.for_update
+                ),
+                (candidate_id,),
+            )
+            row = cur.fetchone()
+            if row is None:
+                raise NotFound(f"unknown candidate_id {quote(candidate_id)}")
+            before, events, conflict, adjudicated = row
+            if adjudicated:
+                raise Settled(f"candidate {quote(candidate_id)} was settled already")
+            if not conflict:
+                raise InvalidInput(f"candidate {quote(candidate_id)} has no disagreement to settle")
+            cur.execute(
+                self._sql("SELECT DISTINCT reviewer FROM label_events WHERE candidate_id = ?"),
+                (candidate_id,),
+            )
+            if adjudicator in {r[0] for r in cur.fetchall()}:
+                raise InvalidInput(
+                    f"{adjudicator} gave a verdict on {quote(candidate_id)}: a reviewer who "
+                    "gave none settles it"
+                )
+            event = LabelEvent(
+                f"ev-{uuid.uuid4().hex}",
+                candidate_id,
+                int(events) + 1,
+                "adjudication",
+                before,
+                label,
+                adjudicator,
+                note,
+                key,
+                body_sha256,
+                False,
+                self._now(cur),
+            )
+            self._insert_event(cur, event)
+            cur.execute(
+                self._sql(
+                    "UPDATE candidates SET label = ?, label_reviewer = ?, label_event_id = ?, "
+                    "labeled_at = ?, events = ?, adjudicated = 1, claimed_by = NULL, "
+                    "claimed_until = NULL WHERE candidate_id = ?"
+                ),
+                (label, adjudicator, event.event_id, event.created, event.seq, candidate_id),
             )
             return event
 
@@ -789,8 +913,13 @@ class SqlLabelStore:
 
     def audit(self, since: str = "", action: str = "", limit: int = 1000) -> list[AuditEvent]:
         """Audit events after ``since`` (ISO time), oldest first, model events and label events
-        (``correction``, ``missed_finding``) merged; optionally one action only."""
-        label_kinds = {"correction": "correction", "missed_finding": "missed"}
+        (``correction``, ``missed_finding``, ``adjudication``) merged; optionally one action."""
+        label_kinds = {
+            "correction": "correction",
+            "missed_finding": "missed",
+            "adjudication": "adjudication",
+        }
+        action_of = {kind: name for name, kind in label_kinds.items()}
         events: list[AuditEvent] = []
         if action not in label_kinds:  # the filter is in the query, before its LIMIT
             where, params = ("AND action = ? ", (action,)) if action else ("", ())
@@ -814,7 +943,7 @@ class SqlLabelStore:
                     r[0],
                     r[1],
                     r[2],
-                    "missed_finding" if r[3] == "missed" else "correction",
+                    action_of.get(r[3], r[3]),
                     r[4],
                     {"label_before": r[5], "label_after": r[6], "conflict": bool(r[7])},
                 )
@@ -1081,7 +1210,7 @@ class SqlLabelStore:
         rows = self._query(
             f"SELECT {', '.join('c.' + n.strip() for n in _CANDIDATE_COLUMNS.split(','))}, "
             f"{', '.join('i.' + n.strip() for n in _IMAGE_COLUMNS.split(','))}, "
-            "c.label, c.conflict, c.label_event_id, c.labeled_at, c.events "
+            "c.label, c.conflict, c.label_event_id, c.labeled_at, c.events, c.adjudicated "
             "FROM candidates c JOIN images i ON i.request_id = c.request_id "
             "WHERE c.label IS NOT NULL AND c.labeled_at > ? ORDER BY c.labeled_at, c.candidate_id",
             (since,),
@@ -1095,6 +1224,7 @@ class SqlLabelStore:
                 r[34],
                 r[35],
                 int(r[36]),
+                bool(r[37]),
             )
 
     def precision_by_version(self) -> dict[str, tuple[int, int]]:

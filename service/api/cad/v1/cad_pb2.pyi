@@ -182,7 +182,7 @@ class MissedFinding(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., reviewer: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
 
 class CorrectionReceipt(_message.Message):
-    __slots__ = ("event_id", "candidate_id", "label_before", "label", "conflict", "replayed", "created")
+    __slots__ = ("event_id", "candidate_id", "label_before", "label", "conflict", "replayed", "created", "notices")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_ID_FIELD_NUMBER: _ClassVar[int]
     LABEL_BEFORE_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +190,7 @@ class CorrectionReceipt(_message.Message):
     CONFLICT_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
+    NOTICES_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     candidate_id: str
     label_before: LabelState
@@ -197,7 +198,72 @@ class CorrectionReceipt(_message.Message):
     conflict: bool
     replayed: bool
     created: str
-    def __init__(self, event_id: _Optional[str] = ..., candidate_id: _Optional[str] = ..., label_before: _Optional[_Union[LabelState, str]] = ..., label: _Optional[_Union[LabelState, str]] = ..., conflict: _Optional[bool] = ..., replayed: _Optional[bool] = ..., created: _Optional[str] = ...) -> None: ...
+    notices: _containers.RepeatedCompositeFieldContainer[ConflictNotice]
+    def __init__(self, event_id: _Optional[str] = ..., candidate_id: _Optional[str] = ..., label_before: _Optional[_Union[LabelState, str]] = ..., label: _Optional[_Union[LabelState, str]] = ..., conflict: _Optional[bool] = ..., replayed: _Optional[bool] = ..., created: _Optional[str] = ..., notices: _Optional[_Iterable[_Union[ConflictNotice, _Mapping]]] = ...) -> None: ...
+
+class ConflictNotice(_message.Message):
+    __slots__ = ("candidate_id", "request_id", "your_label", "other_reviewer", "their_label", "created")
+    CANDIDATE_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    YOUR_LABEL_FIELD_NUMBER: _ClassVar[int]
+    OTHER_REVIEWER_FIELD_NUMBER: _ClassVar[int]
+    THEIR_LABEL_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    candidate_id: str
+    request_id: str
+    your_label: LabelState
+    other_reviewer: str
+    their_label: LabelState
+    created: str
+    def __init__(self, candidate_id: _Optional[str] = ..., request_id: _Optional[str] = ..., your_label: _Optional[_Union[LabelState, str]] = ..., other_reviewer: _Optional[str] = ..., their_label: _Optional[_Union[LabelState, str]] = ..., created: _Optional[str] = ...) -> None: ...
+
+class ConflictsRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class ConflictVerdict(_message.Message):
+    __slots__ = ("reviewer", "label", "created", "note")
+    REVIEWER_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    reviewer: str
+    label: LabelState
+    created: str
+    note: str
+    def __init__(self, reviewer: _Optional[str] = ..., label: _Optional[_Union[LabelState, str]] = ..., created: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+
+class Conflict(_message.Message):
+    __slots__ = ("candidate_id", "request_id", "box", "verdicts")
+    CANDIDATE_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    VERDICTS_FIELD_NUMBER: _ClassVar[int]
+    candidate_id: str
+    request_id: str
+    box: Box
+    verdicts: _containers.RepeatedCompositeFieldContainer[ConflictVerdict]
+    def __init__(self, candidate_id: _Optional[str] = ..., request_id: _Optional[str] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., verdicts: _Optional[_Iterable[_Union[ConflictVerdict, _Mapping]]] = ...) -> None: ...
+
+class ConflictList(_message.Message):
+    __slots__ = ("conflicts",)
+    CONFLICTS_FIELD_NUMBER: _ClassVar[int]
+    conflicts: _containers.RepeatedCompositeFieldContainer[Conflict]
+    def __init__(self, conflicts: _Optional[_Iterable[_Union[Conflict, _Mapping]]] = ...) -> None: ...
+
+class Adjudication(_message.Message):
+    __slots__ = ("candidate_id", "verdict", "idempotency_key", "note")
+    CANDIDATE_ID_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    candidate_id: str
+    verdict: Verdict
+    idempotency_key: str
+    note: str
+    def __init__(self, candidate_id: _Optional[str] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., idempotency_key: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
 
 class QueueRequest(_message.Message):
     __slots__ = ("limit", "variant", "seed", "omega", "alpha", "lambda1", "lambda2")
@@ -238,14 +304,16 @@ class QueueItem(_message.Message):
     def __init__(self, candidate_id: _Optional[str] = ..., request_id: _Optional[str] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., score: _Optional[float] = ..., probability: _Optional[float] = ..., model_version: _Optional[str] = ..., frame_index: _Optional[int] = ..., source_id: _Optional[str] = ...) -> None: ...
 
 class QueueResponse(_message.Message):
-    __slots__ = ("variant", "unlabeled", "items")
+    __slots__ = ("variant", "unlabeled", "items", "notices")
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     UNLABELED_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    NOTICES_FIELD_NUMBER: _ClassVar[int]
     variant: str
     unlabeled: int
     items: _containers.RepeatedCompositeFieldContainer[QueueItem]
-    def __init__(self, variant: _Optional[str] = ..., unlabeled: _Optional[int] = ..., items: _Optional[_Iterable[_Union[QueueItem, _Mapping]]] = ...) -> None: ...
+    notices: _containers.RepeatedCompositeFieldContainer[ConflictNotice]
+    def __init__(self, variant: _Optional[str] = ..., unlabeled: _Optional[int] = ..., items: _Optional[_Iterable[_Union[QueueItem, _Mapping]]] = ..., notices: _Optional[_Iterable[_Union[ConflictNotice, _Mapping]]] = ...) -> None: ...
 
 class ExportRequest(_message.Message):
     __slots__ = ("since",)
@@ -254,7 +322,7 @@ class ExportRequest(_message.Message):
     def __init__(self, since: _Optional[str] = ...) -> None: ...
 
 class LabeledCandidate(_message.Message):
-    __slots__ = ("candidate_id", "request_id", "box", "label", "conflict", "origin", "recipe", "model_version", "probability", "image_sha256", "image_height", "image_width", "frame_index", "source_id", "study_uid", "series_uid", "sop_instance_uid", "last_event_id", "labeled_at", "events")
+    __slots__ = ("candidate_id", "request_id", "box", "label", "conflict", "origin", "recipe", "model_version", "probability", "image_sha256", "image_height", "image_width", "frame_index", "source_id", "study_uid", "series_uid", "sop_instance_uid", "last_event_id", "labeled_at", "events", "adjudicated")
     CANDIDATE_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     BOX_FIELD_NUMBER: _ClassVar[int]
@@ -275,6 +343,7 @@ class LabeledCandidate(_message.Message):
     LAST_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     LABELED_AT_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    ADJUDICATED_FIELD_NUMBER: _ClassVar[int]
     candidate_id: str
     request_id: str
     box: Box
@@ -295,7 +364,8 @@ class LabeledCandidate(_message.Message):
     last_event_id: str
     labeled_at: str
     events: int
-    def __init__(self, candidate_id: _Optional[str] = ..., request_id: _Optional[str] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., label: _Optional[_Union[LabelState, str]] = ..., conflict: _Optional[bool] = ..., origin: _Optional[str] = ..., recipe: _Optional[str] = ..., model_version: _Optional[str] = ..., probability: _Optional[float] = ..., image_sha256: _Optional[str] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ..., frame_index: _Optional[int] = ..., source_id: _Optional[str] = ..., study_uid: _Optional[str] = ..., series_uid: _Optional[str] = ..., sop_instance_uid: _Optional[str] = ..., last_event_id: _Optional[str] = ..., labeled_at: _Optional[str] = ..., events: _Optional[int] = ...) -> None: ...
+    adjudicated: bool
+    def __init__(self, candidate_id: _Optional[str] = ..., request_id: _Optional[str] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., label: _Optional[_Union[LabelState, str]] = ..., conflict: _Optional[bool] = ..., origin: _Optional[str] = ..., recipe: _Optional[str] = ..., model_version: _Optional[str] = ..., probability: _Optional[float] = ..., image_sha256: _Optional[str] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ..., frame_index: _Optional[int] = ..., source_id: _Optional[str] = ..., study_uid: _Optional[str] = ..., series_uid: _Optional[str] = ..., sop_instance_uid: _Optional[str] = ..., last_event_id: _Optional[str] = ..., labeled_at: _Optional[str] = ..., events: _Optional[int] = ..., adjudicated: _Optional[bool] = ...) -> None: ...
 
 class ReviewStatsRequest(_message.Message):
     __slots__ = ()

@@ -472,6 +472,16 @@ class CadReviewStub:
                 request_serializer=cad_dot_v1_dot_cad__pb2.ReviewStatsRequest.SerializeToString,
                 response_deserializer=cad_dot_v1_dot_cad__pb2.ReviewStats.FromString,
                 _registered_method=True)
+        self.GetConflicts = channel.unary_unary(
+                '/cad.v1.CadReview/GetConflicts',
+                request_serializer=cad_dot_v1_dot_cad__pb2.ConflictsRequest.SerializeToString,
+                response_deserializer=cad_dot_v1_dot_cad__pb2.ConflictList.FromString,
+                _registered_method=True)
+        self.Adjudicate = channel.unary_unary(
+                '/cad.v1.CadReview/Adjudicate',
+                request_serializer=cad_dot_v1_dot_cad__pb2.Adjudication.SerializeToString,
+                response_deserializer=cad_dot_v1_dot_cad__pb2.CorrectionReceipt.FromString,
+                _registered_method=True)
 
 
 class CadReviewServicer:
@@ -517,6 +527,21 @@ class CadReviewServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetConflicts(self, request, context):
+        """Candidates reviewers disagree on and nobody has settled, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Adjudicate(self, request, context):
+        """Settle a disagreement: any reviewer who gave no verdict on the candidate; final (later
+        corrections are FAILED_PRECONDITION), and what ExportLabels and the trainer use.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CadReviewServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -549,6 +574,16 @@ def add_CadReviewServicer_to_server(servicer, server):
                     servicer.GetReviewStats,
                     request_deserializer=cad_dot_v1_dot_cad__pb2.ReviewStatsRequest.FromString,
                     response_serializer=cad_dot_v1_dot_cad__pb2.ReviewStats.SerializeToString,
+            ),
+            'GetConflicts': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConflicts,
+                    request_deserializer=cad_dot_v1_dot_cad__pb2.ConflictsRequest.FromString,
+                    response_serializer=cad_dot_v1_dot_cad__pb2.ConflictList.SerializeToString,
+            ),
+            'Adjudicate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Adjudicate,
+                    request_deserializer=cad_dot_v1_dot_cad__pb2.Adjudication.FromString,
+                    response_serializer=cad_dot_v1_dot_cad__pb2.CorrectionReceipt.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -713,6 +748,60 @@ class CadReview:
             '/cad.v1.CadReview/GetReviewStats',
             cad_dot_v1_dot_cad__pb2.ReviewStatsRequest.SerializeToString,
             cad_dot_v1_dot_cad__pb2.ReviewStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConflicts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cad.v1.CadReview/GetConflicts',
+            cad_dot_v1_dot_cad__pb2.ConflictsRequest.SerializeToString,
+            cad_dot_v1_dot_cad__pb2.ConflictList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Adjudicate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cad.v1.CadReview/Adjudicate',
+            cad_dot_v1_dot_cad__pb2.Adjudication.SerializeToString,
+            cad_dot_v1_dot_cad__pb2.CorrectionReceipt.FromString,
             options,
             channel_credentials,
             insecure,
