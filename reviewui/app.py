@@ -48,6 +48,16 @@ SIGNIN_COOKIE = "cad_review_signin"
 CSRF_HEADER = "x-csrf-token"
 MAX_BODY_BYTES = 64 * 1024
 QUEUE_VARIANTS = (*VARIANTS, "random")
+RANKING_NAMES = {
+    "entropy_diversity_alpha": "Most informative first (uncertain and inconsistent; default)",
+    "entropy_diversity": "Most informative first, all views (uncertain and inconsistent)",
+    "entropy_alpha": "Most uncertain first",
+    "entropy": "Most uncertain first, all views",
+    "diversity_alpha": "Most inconsistent between views first",
+    "diversity": "Most inconsistent between views first, all views",
+    "random": "Random order",
+}
+"""What a clinician reads for each ranking; the AIFT variant stays visible as a detail."""
 LABELS = {
     cad_pb2.UNLABELED: "unlabeled",
     cad_pb2.POSITIVE: "finding",
@@ -230,7 +240,8 @@ class ReviewApp:
         if session is None:
             return RedirectResponse("/signin", status_code=303)
         variants = "".join(
-            f'<option value="{v}"{" selected" if v == "entropy_diversity_alpha" else ""}>{v}</option>'
+            f'<option value="{v}"{" selected" if v == "entropy_diversity_alpha" else ""}>'
+            f"{html.escape(RANKING_NAMES[v])} ({v})</option>"
             for v in QUEUE_VARIANTS
         )
         text = self._templates["review.html"]
@@ -340,6 +351,7 @@ class ReviewApp:
                 }
                 for i in reply.items
             ],
+            "notices": _notices(reply.notices),
         }
 
     async def _review_image(self, session: Session, request_id: str) -> cad_pb2.ReviewImage:
@@ -443,6 +455,7 @@ class ReviewApp:
             "conflict": receipt.conflict,
             "replayed": receipt.replayed,
             "reviewed": session.reviewed,
+            "notices": _notices(receipt.notices),
         }
 
     async def progress(self, request: Request, session: Session) -> Any:
@@ -489,6 +502,20 @@ class _HeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def _notices(notices: Any) -> list[dict[str, str]]:
+    """Disagreements to tell the reviewer of (each comes once from the server)."""
+    return [
+        {
+            "candidate_id": n.candidate_id,
+            "request_id": n.request_id,
+            "yours": LABELS.get(n.your_label, "unlabeled"),
+            "other_reviewer": n.other_reviewer,
+            "theirs": LABELS.get(n.their_label, "unlabeled"),
+        }
+        for n in notices
+    ]
 
 
 def _page_error(exc: grpc.RpcError) -> PageError:

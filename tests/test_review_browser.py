@@ -79,7 +79,9 @@ def at_item(driver: Any, k: int) -> Any:
             and d.execute_script(
                 "const s = window.cadReview.state; return s.image !== null && "
                 "s.items[s.index] !== undefined && "
-                "s.image.request_id === s.items[s.index].request_id;"
+                "s.image.request_id === s.items[s.index].request_id && "
+                # drawn, and on screen long enough for keys to count (the page's key guard)
+                "s.drawn === s.items[s.index] && performance.now() >= s.keysFrom;"
             )
         )
 
@@ -228,3 +230,86 @@ def run_the_sitting(driver: Any, world: World) -> None:
     print("\nevents recorded by the browser sitting:")
     for row in rows:
         print("  ", row)
+
+
+def sign_in(driver: Any, world: World, who: str = "dr.jones") -> None:
+    driver.get(world.ui.url + "/")
+    wait(driver, lambda d: d.current_url.endswith("/signin"), "the sign-in page")
+    driver.find_element("id", "token").send_keys(TOKENS[who])
+    driver.find_element("id", "signin-button").click()
+    wait(driver, lambda d: d.find_elements("id", "load"), "the review page")
+
+
+def test_the_work_area_is_hidden_until_the_queue_loads_and_after_its_end(
+    browser: Any, tmp_path: Path
+) -> None:
+    """`hidden` lost to `main#work {display: flex}`: black canvases and live buttons before the
+    queue loaded, and a stale item after the last one."""
+    with review_world(tmp_path) as world:
+        sign_in(browser, world)
+        assert not browser.find_element("id", "work").is_displayed()
+        assert not browser.find_element("id", "confirm").is_displayed()
+        browser.find_element("id", "limit").clear()
+        browser.find_element("id", "limit").send_keys("1")
+        browser.find_element("id", "load").click()
+        wait(browser, at_item(browser, 1), "the only item")
+        assert browser.find_element("id", "work").is_displayed()
+        browser.find_element("tag name", "body").send_keys("d")
+        wait(browser, lambda d: d.find_element("id", "empty").is_displayed(), "the end")
+        assert "end of this queue" in text_of(browser, "empty")
+        assert not browser.find_element("id", "work").is_displayed()
+
+
+def test_a_second_key_press_or_a_held_key_does_not_label_the_next_item(
+    browser: Any, tmp_path: Path
+) -> None:
+    """A second press 30-90 ms after the first used to label the item that had just appeared;
+    so did a key's auto-repeat."""
+    with review_world(tmp_path) as world:
+        sign_in(browser, world)
+        browser.find_element("id", "load").click()
+        wait(browser, at_item(browser, 1), "the first item")
+        first = current(browser)
+        browser.find_element("tag name", "body").send_keys("dd")  # a double press
+        wait(browser, at_item(browser, 2), "the second item")
+        second = current(browser)
+        browser.execute_script(  # a held key: repeats are ignored
+            "document.dispatchEvent(new KeyboardEvent('keydown', {key: 'c', repeat: true}));"
+        )
+        browser.find_element("tag name", "body").send_keys("s")  # a real press still works
+        wait(browser, at_item(browser, 3), "the third item")
+        store = open_store(world.store_url)
+        try:
+            labeled = {e.candidate_id: e.label_after for e in store.events()}
+        finally:
+            store.close()
+        assert labeled == {first["candidate_id"]: 0}, labeled  # the second item: no verdict
+        assert second["candidate_id"] not in labeled
+
+
+def test_both_reviewers_see_their_disagreement(browser: Any, tmp_path: Path) -> None:
+    """Only the second reviewer used to hear of a conflict; the first is now told on their next
+    action, naming the other reviewer."""
+    import grpc
+
+    from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
+
+    with review_world(tmp_path) as world:
+        sign_in(browser, world)
+        browser.find_element("id", "load").click()
+        wait(browser, at_item(browser, 1), "the first item")
+        first = current(browser)
+        browser.find_element("id", "confirm").click()
+        wait(browser, at_item(browser, 2), "the second item")
+        with grpc.insecure_channel(world.server.address) as ch:  # dr.smith, elsewhere, dismisses
+            receipt = cad_pb2_grpc.CadReviewStub(ch).SubmitCorrection(
+                cad_pb2.Correction(
+                    candidate_id=first["candidate_id"], verdict=cad_pb2.FALSE_POSITIVE
+                ),
+                timeout=10,
+                metadata=[("authorization", f"Bearer {TOKENS['dr.smith']}")],
+            )
+        assert receipt.conflict and [n.other_reviewer for n in receipt.notices] == ["dr.jones"]
+        browser.find_element("tag name", "body").send_keys("d")  # dr.jones's next action
+        wait(browser, lambda d: "dr.smith disagrees" in text_of(d, "message"), "the notice")
+        assert "(you: finding, dr.smith: no finding)" in text_of(browser, "message")

@@ -3,13 +3,14 @@
 "use strict";
 
 (function () {
+  const KEY_GUARD_MS = 250;
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
   const $ = (id) => document.getElementById(id);
   const canvas = $("image");
   const zoom = $("zoom");
   const state = {
     items: [], index: 0, image: null, bitmap: null, last: null, k: 1,
-    drawing: false, drag: null, missed: null, missedKey: null,
+    drawing: false, drag: null, missed: null, missedKey: null, drawn: null, keysFrom: 0,
   };
 
   function newKey() {
@@ -77,6 +78,7 @@
         keys: { confirm: newKey(), dismiss: newKey() }, done: false,
       }));
       state.index = 0;
+      tell(q.notices);
       $("empty").hidden = state.items.length > 0;
       $("work").hidden = state.items.length === 0;
       if (state.items.length) await show();
@@ -86,7 +88,16 @@
     refreshProgress();
   }
 
+  function tell(notices) {
+    if (!notices || !notices.length) return;
+    const lines = notices.map((n) => n.other_reviewer + " disagrees on candidate " +
+      n.candidate_id.slice(0, 12) + "… (you: " + n.yours + ", " + n.other_reviewer + ": " + n.theirs +
+      "). It waits for another reviewer to settle it.");
+    say(lines.join(" "), "info");
+  }
+
   async function show() {
+    state.drawn = null; // no verdict and no key until this item is on screen
     const item = state.items[state.index];
     if (!item) {
       $("work").hidden = true;
@@ -115,6 +126,8 @@
       const label = mine ? mine.label + (mine.labeled_by ? " (by " + mine.labeled_by + ")" : "") : "unknown";
       $("label").textContent = label + (mine && mine.conflict ? " · CONFLICT" : "");
       draw();
+      state.drawn = item;
+      state.keysFrom = performance.now() + KEY_GUARD_MS;
     } catch (err) {
       say(err.message);
     }
@@ -182,7 +195,7 @@
 
   async function submit(verdict) {
     const item = state.items[state.index];
-    if (!item) return;
+    if (!item || state.drawn !== item) return; // only the item drawn on screen gets a verdict
     const note = $("note").value;
     setBusy(true);
     try {
@@ -195,6 +208,7 @@
       } else {
         say("");
       }
+      tell(receipt.notices);
       if (!receipt.replayed) {
         remember(describe(receipt, verdict === "confirm" ? "Confirmed" : "Dismissed", note));
         state.last = { item: item, verdict: verdict };
@@ -339,6 +353,9 @@
     const tag = event.target.tagName;
     if (tag === "INPUT" || tag === "TEXTAREA" || tag === "SELECT") return;
     if (event.ctrlKey || event.metaKey || event.altKey || $("work").hidden) return;
+    // a held key repeats, and a second press can land on an item that appeared a moment ago:
+    // keys count only once the item has been on screen for KEY_GUARD_MS
+    if (event.repeat || !state.drawn || performance.now() < state.keysFrom) return;
     const actions = {
       c: () => submit("confirm"), d: () => submit("dismiss"), u: undo, s: skip, m: startDrawing,
     };
