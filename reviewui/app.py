@@ -172,6 +172,7 @@ class ReviewApp:
             Route("/api/image/{request_id}/png", self.png, methods=["GET"]),
             Route("/api/verdict", self.api(self.verdict, changes=True), methods=["POST"]),
             Route("/api/missed", self.api(self.missed, changes=True), methods=["POST"]),
+            Route("/api/retract", self.api(self.retract, changes=True), methods=["POST"]),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ]
         self._templates = {
@@ -444,8 +445,24 @@ class ReviewApp:
         session.images.pop(_text(body, "request_id"), None)
         return self._receipt(session, receipt)
 
-    def _receipt(self, session: Session, receipt: cad_pb2.CorrectionReceipt) -> dict[str, Any]:
+    async def retract(self, request: Request, session: Session) -> Any:
+        """Undo: take back one's own last verdict or missed finding (a retraction event)."""
+        body = await _json_body(request)
+        receipt = await self.call(
+            session,
+            "Retract",
+            cad_pb2.Retraction(
+                event_id=_text(body, "event_id"), idempotency_key=_text(body, "key")
+            ),
+        )
         if not receipt.replayed:
+            session.reviewed = max(0, session.reviewed - 1)
+        return self._receipt(session, receipt, counts=False)
+
+    def _receipt(
+        self, session: Session, receipt: cad_pb2.CorrectionReceipt, counts: bool = True
+    ) -> dict[str, Any]:
+        if counts and not receipt.replayed:
             session.reviewed += 1
         return {
             "event_id": receipt.event_id,

@@ -161,11 +161,12 @@ def run_the_sitting(driver: Any, world: World) -> None:
     wait(driver, at_item(driver, 3), "the third item")
     assert history(driver)[0].startswith("Dismissed")
 
-    # Undo it: the opposite verdict is recorded and the page goes back to that item.
+    # Undo it: the verdict is retracted (not a new opposite one) and the page goes back to it.
     driver.find_element("id", "undo").click()
-    wait(driver, lambda d: history(d)[0].startswith("Undid"), "the undo")
+    wait(driver, lambda d: history(d)[0].startswith("Took back the verdict"), "the undo")
     wait(driver, at_item(driver, 2), "back at the second item")
     assert current(driver)["candidate_id"] == second["candidate_id"]
+    assert text_of(driver, "label").startswith("unlabeled")
 
     # A forced double submit of the same verdict records it once.
     driver.find_element("id", "skip").click()
@@ -173,7 +174,7 @@ def run_the_sitting(driver: Any, world: World) -> None:
     third = current(driver)
     driver.execute_script("cadReview.submit('dismiss'); cadReview.submit('dismiss');")
     wait(driver, at_item(driver, 4), "the fourth item")
-    wait(driver, lambda d: "Reviewed in this sitting: 4" in text_of(d, "progress"), "the count")
+    wait(driver, lambda d: "Reviewed in this sitting: 2" in text_of(d, "progress"), "the count")
 
     # Draw a missed finding on the fourth item's image and save it.
     fourth = current(driver)
@@ -211,6 +212,8 @@ def run_the_sitting(driver: Any, world: World) -> None:
     finally:
         store.close()
     assert len(missed) == 1
+    (retracted,) = [r[5] for r in rows if r[2] == "retraction"]
+    assert retracted.startswith("retracts ev-")
     drawn = missed[0].candidate
     assert (round(drawn.x), round(drawn.y), round(drawn.width), round(drawn.height)) == (
         8,
@@ -222,7 +225,7 @@ def run_the_sitting(driver: Any, world: World) -> None:
         [
             (first["candidate_id"], 1, "correction", 1, "dr.jones", note),
             (second["candidate_id"], 1, "correction", 0, "dr.jones", ""),
-            (second["candidate_id"], 2, "correction", 1, "dr.jones", "undo"),
+            (second["candidate_id"], 2, "retraction", -1, "dr.jones", retracted),
             (third["candidate_id"], 1, "correction", 0, "dr.jones", ""),
             (drawn.candidate_id, 1, "missed", 1, "dr.jones", ""),
         ]
@@ -313,3 +316,55 @@ def test_both_reviewers_see_their_disagreement(browser: Any, tmp_path: Path) -> 
         browser.find_element("tag name", "body").send_keys("d")  # dr.jones's next action
         wait(browser, lambda d: "dr.smith disagrees" in text_of(d, "message"), "the notice")
         assert "(you: finding, dr.smith: no finding)" in text_of(browser, "message")
+
+
+def test_undo_takes_back_a_missed_box_and_the_skip_it_follows(browser: Any, tmp_path: Path) -> None:
+    """Undo after a missed box used to flip an earlier verdict (a wrong POSITIVE on a
+    non-polyp) while the page said "Undone"; a saved box could not be undone at all."""
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+    with review_world(tmp_path) as world:
+        sign_in(browser, world)
+        browser.find_element("id", "load").click()
+        wait(browser, at_item(browser, 1), "the first item")
+        first = current(browser)
+        browser.find_element("tag name", "body").send_keys("d")
+        wait(browser, at_item(browser, 2), "the second item")
+        second = current(browser)
+        browser.find_element("id", "draw").click()
+        left, top, scale = browser.execute_script(
+            "const r = document.getElementById('image').getBoundingClientRect();"
+            "return [r.left, r.top, r.width / cadReview.state.image.width];"
+        )
+        drag = ActionBuilder(browser)
+        drag.pointer_action.move_to_location(round(left + 8 * scale), round(top + 10 * scale))
+        drag.pointer_action.pointer_down()
+        drag.pointer_action.move_to_location(round(left + 28 * scale), round(top + 26 * scale))
+        drag.pointer_action.pointer_up()
+        drag.perform()
+        wait(browser, lambda d: d.find_element("id", "save-missed").is_enabled(), "a drawn box")
+        browser.find_element("id", "save-missed").click()
+        wait(browser, lambda d: history(d)[0].startswith("Marked a missed"), "the missed box")
+        browser.find_element("id", "undo").click()
+        wait(browser, lambda d: history(d)[0].startswith("Took back the missed"), "the undo")
+        wait(browser, at_item(browser, 2), "the second item, redrawn without the box")
+        browser.find_element("tag name", "body").send_keys("s")  # skip, then undo the skip
+        wait(browser, at_item(browser, 3), "the third item")
+        browser.find_element("id", "undo").click()
+        wait(browser, at_item(browser, 2), "back at the skipped item")
+        assert current(browser)["candidate_id"] == second["candidate_id"]
+        store = open_store(world.store_url)
+        try:
+            kinds = [(e.candidate_id, e.kind, e.label_after) for e in store.events()]
+            missed = [
+                c
+                for c in store.candidates_of(second["request_id"])
+                if c.candidate.origin == "missed"
+            ]
+            labels = {x.candidate.candidate_id: x.label for x in store.labeled()}
+        finally:
+            store.close()
+        assert labels == {first["candidate_id"]: 0}  # the first verdict stands, untouched
+        (box,) = missed
+        assert box.label is None  # the retracted box is no label: not trained on, not exported
+        assert sorted(k for _, k, _ in kinds) == ["correction", "missed", "retraction"]

@@ -637,3 +637,33 @@ def test_a_disagreement_is_told_to_both_reviewers_and_settled_by_a_third(
     with pytest.raises(Settled):
         review.submit_correction("d1-0", "FALSE_POSITIVE", "dr.b", "k-b3")
     assert [e.action for e in store.audit(action="adjudication")] == ["adjudication"]
+
+
+def test_undo_is_a_retraction_of_ones_own_latest_event(
+    review: ReviewService, store: SqlLabelStore
+) -> None:
+    add_image(store, "u1", n=2)
+    first = review.submit_correction("u1-0", "TRUE_POSITIVE", "dr.a", "k-1").event
+    undone = review.retract(first.event_id, "dr.a", "k-undo")
+    assert undone.event.kind == "retraction" and undone.event.label_after == -1
+    assert review.retract(first.event_id, "dr.a", "k-undo").replayed  # a retried undo: once
+    assert "u1-0" in {e.candidate_id for e in store.unlabeled()}  # back in the queue
+    assert [x.candidate.candidate_id for x in store.labeled()] == []
+    again = review.submit_correction("u1-0", "FALSE_POSITIVE", "dr.a", "k-2").event
+    with pytest.raises(InvalidInput, match="dr.a's, not dr.b's"):
+        review.retract(again.event_id, "dr.b", "k-x")
+    clash = review.submit_correction("u1-0", "TRUE_POSITIVE", "dr.b", "k-3").event
+    assert clash.conflict and review.conflicts()
+    with pytest.raises(Settled, match="labeled again since"):
+        review.retract(again.event_id, "dr.a", "k-y")  # dr.b labeled it since
+    review.retract(clash.event_id, "dr.b", "k-z")  # dr.b takes theirs back: no dispute left
+    assert review.conflicts() == []
+    (x,) = [x for x in store.labeled() if x.candidate.candidate_id == "u1-0"]
+    assert x.label == 0 and not x.conflict  # dr.a's verdict stands again
+    assert [e.kind for e in store.events("u1-0")] == [
+        "correction",
+        "retraction",
+        "correction",
+        "correction",
+        "retraction",
+    ]

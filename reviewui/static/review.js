@@ -148,9 +148,11 @@
     const rect = (b) => ctx.strokeRect(b.x * k, b.y * k, b.width * k, b.height * k);
     for (const c of image.candidates) {
       if (c.candidate_id === item.candidate_id) continue;
-      ctx.strokeStyle = "rgba(255,255,255,0.4)";
-      ctx.lineWidth = 1;
-      ctx.setLineDash([6, 4]);
+      const savedMissed = c.origin === "missed" && c.label !== "unlabeled";
+      // a reviewer's saved missed finding: solid cyan, not one of the model's faint candidates
+      ctx.strokeStyle = savedMissed ? "#4dd0e1" : "rgba(255,255,255,0.4)";
+      ctx.lineWidth = savedMissed ? 2 : 1;
+      ctx.setLineDash(savedMissed ? [] : [6, 4]);
       rect(c.box);
     }
     ctx.setLineDash([]);
@@ -211,7 +213,7 @@
       tell(receipt.notices);
       if (!receipt.replayed) {
         remember(describe(receipt, verdict === "confirm" ? "Confirmed" : "Dismissed", note));
-        state.last = { item: item, verdict: verdict };
+        state.last = { kind: "verdict", item: item, eventId: receipt.event_id, key: newKey() };
         $("undo").disabled = false;
       }
       if (state.items[state.index] === item && !item.done) {
@@ -228,25 +230,30 @@
   }
 
   async function undo() {
+    // the last action of this sitting, whatever it was; its item is shown again while undoing
     const last = state.last;
     if (!last) return;
-    const opposite = last.verdict === "confirm" ? "dismiss" : "confirm";
     setBusy(true);
     try {
-      const receipt = await api("/api/verdict", {
-        candidate_id: last.item.candidate_id, verdict: opposite, note: "undo", key: newKey(),
-      });
-      remember(describe(receipt, "Undid (recorded " + (opposite === "confirm" ? "confirmed" : "dismissed") + ")", ""));
-      state.last = null;
-      $("undo").disabled = true;
-      last.item.keys = { confirm: newKey(), dismiss: newKey() };
-      last.item.done = false;
       const at = state.items.indexOf(last.item);
-      if (at >= 0) {
+      if (at >= 0 && at !== state.index) {
         state.index = at;
         await show();
       }
-      say("Undone: the opposite verdict is recorded; the history keeps both.", "info");
+      if (last.kind === "skip") {
+        remember("Undid a skip of " + last.item.candidate_id.slice(0, 12) + "…");
+        say("Back at the item you skipped.", "info");
+      } else {
+        const receipt = await api("/api/retract", { event_id: last.eventId, key: last.key });
+        const what = last.kind === "missed" ? "the missed finding" : "the verdict";
+        remember(describe(receipt, "Took back " + what + " on", ""));
+        say("Undone: " + what + " is retracted (the history keeps both); the candidate is as it was before.", "info");
+        last.item.keys = { confirm: newKey(), dismiss: newKey() };
+        last.item.done = false;
+        if (state.items[state.index] === last.item) await show(); // as it is now: label, boxes
+      }
+      state.last = null;
+      $("undo").disabled = true;
     } catch (err) {
       say(err.message);
     } finally {
@@ -257,6 +264,8 @@
 
   function skip() {
     if (state.index < state.items.length) {
+      state.last = { kind: "skip", item: state.items[state.index] };
+      $("undo").disabled = false;
       state.index += 1;
       show();
     }
@@ -332,6 +341,10 @@
       });
       remember(describe(receipt, "Marked a missed finding", note));
       say("Missed finding saved.", "info");
+      if (!receipt.replayed) {
+        state.last = { kind: "missed", item: item, eventId: receipt.event_id, key: newKey() };
+        $("undo").disabled = false;
+      }
       stopDrawing();
       await show();
     } catch (err) {

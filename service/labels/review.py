@@ -362,6 +362,15 @@ class ReviewService:
             ) from None
         return ReviewImage(image, png, self.store.candidates_of(request_id))
 
+    def retract(self, event_id: str, reviewer: str, key: str) -> Receipt:
+        """Undo one's own latest verdict or missed finding on a candidate (a retraction event)."""
+        if not event_id:
+            raise InvalidInput("event_id must not be empty")
+        reviewer, key = self._common(reviewer, "", key)
+        digest = body_hash(kind="retraction", event_id=event_id, reviewer=reviewer)
+        receipt = self.store.retract(event_id, reviewer, key, digest)
+        return receipt
+
     def notices(self, reviewer: str) -> list[ConflictNotice]:
         """Disagreements ``reviewer`` has not been told of yet (each is told once)."""
         return self.store.take_notices(reviewer.strip()) if reviewer.strip() else []

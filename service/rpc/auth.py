@@ -52,6 +52,7 @@ METHOD_ROLES: dict[str, str] = {
     "/cad.v1.CadReview/GetReviewStats": REVIEW,
     "/cad.v1.CadReview/GetConflicts": REVIEW,
     "/cad.v1.CadReview/Adjudicate": REVIEW,
+    "/cad.v1.CadReview/Retract": REVIEW,
 }
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIX = "/grpc.reflection."

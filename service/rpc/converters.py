@@ -147,7 +147,12 @@ def versions(
 
 # --------------------------------------------------------------------------- review
 
-_LABEL_STATE = {None: cad_pb2.UNLABELED, 1: cad_pb2.POSITIVE, 0: cad_pb2.NEGATIVE}
+_LABEL_STATE = {
+    None: cad_pb2.UNLABELED,
+    -1: cad_pb2.UNLABELED,
+    1: cad_pb2.POSITIVE,
+    0: cad_pb2.NEGATIVE,
+}
 
 
 def verdict_name(verdict: int) -> str:

@@ -266,6 +266,17 @@ class CadReviewServicer(cad_pb2_grpc.CadReviewServicer):
         )
         return converters.receipt(result)
 
+    async def Retract(  # noqa: N802
+        self, request: cad_pb2.Retraction, context: grpc.aio.ServicerContext
+    ) -> cad_pb2.CorrectionReceipt:
+        result = await self._run(
+            self.review.retract,
+            converters.identifier(request.event_id, "event_id"),
+            acting_as(converters.person(request.reviewer, "reviewer"), "reviewer"),
+            converters.identifier(request.idempotency_key, "idempotency_key"),
+        )
+        return await self._told(converters.receipt(result), result.event.reviewer)
+
     async def AddMissedFinding(  # noqa: N802
         self, request: cad_pb2.MissedFinding, context: grpc.aio.ServicerContext
     ) -> cad_pb2.CorrectionReceipt:

@@ -70,9 +70,10 @@ class LabelEvent:
     candidate_id: str
     seq: int
     kind: str
-    """``correction`` or ``missed``."""
+    """``correction``, ``missed``, ``adjudication`` or ``retraction``."""
     label_before: int | None
     label_after: int
+    """1 finding, 0 no finding; -1 (a retraction only): back to unlabeled."""
     reviewer: str
     note: str
     idempotency_key: str

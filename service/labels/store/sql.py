@@ -713,6 +713,87 @@ class SqlLabelStore:
 
         return self._with_idempotency(key, body_sha256, write)
 
+    def retract(self, event_id: str, reviewer: str, key: str, body_sha256: str) -> Receipt:
+        """Take back ``reviewer``'s own latest event on a candidate (undo): a ``retraction``
+        event, and the label goes back to what it was before that event (a retracted missed
+        finding: no label, so it is neither trained on nor exported).
+
+        Raises:
+            NotFound: no such event. InvalidInput: another reviewer's event. Settled: someone
+            labeled the candidate since, or it was adjudicated.
+        """
+
+        def write(cur: Any) -> LabelEvent:
+            cur.execute(
+                self._sql(
+                    "SELECT candidate_id, reviewer, label_before, conflict FROM label_events "
+                    "WHERE event_id = ?"
+                ),
+                (event_id,),
+            )
+            row = cur.fetchone()
+            if row is None:
+                raise NotFound(f"unknown event_id {quote(event_id)}")
+            candidate_id, author, label_before, made_conflict = row
+            if author != reviewer:
+                raise InvalidInput(f"event {quote(event_id)} is {author}'s, not {reviewer}'s")
+            cur.execute(
+                self._sql(
+                    "SELECT label_event_id, events, adjudicated, label FROM candidates "
+                    "WHERE candidate_id = ?" + self.dialect.for_update
+                ),
+                (candidate_id,),
+            )
+            latest, events, adjudicated, label = cur.fetchone()
+            if adjudicated or latest != event_id:
+                raise Settled(
+                    f"candidate {quote(candidate_id)} was labeled again since event "
+                    f"{quote(event_id)}; it can no longer be undone"
+                )
+            cur.execute(  # who set the label the candidate goes back to
+                self._sql(
+                    "SELECT reviewer, event_id, created FROM label_events WHERE candidate_id = ? "
+                    "AND kind <> 'retraction' AND event_id <> ? ORDER BY seq DESC LIMIT 1"
+                ),
+                (candidate_id, event_id),
+            )
+            before = cur.fetchone() if label_before is not None else None
+            event = LabelEvent(
+                f"ev-{uuid.uuid4().hex}",
+                candidate_id,
+                int(events) + 1,
+                "retraction",
+                label,
+                -1 if label_before is None else int(label_before),
+                reviewer,
+                f"retracts {event_id}",
+                key,
+                body_sha256,
+                False,
+                self._now(cur),
+            )
+            self._insert_event(cur, event)
+            cur.execute(
+                self._sql(
+                    "UPDATE candidates SET label = ?, label_reviewer = ?, label_event_id = ?, "
+                    "labeled_at = ?, events = ?"
+                    # the disagreement this event made is withdrawn with it
+                    + (", conflict = 0" if made_conflict else "")
+                    + " WHERE candidate_id = ?"
+                ),
+                (
+                    label_before,
+                    before[0] if before else None,
+                    before[1] if before else None,
+                    before[2] if before else None,
+                    event.seq,
+                    candidate_id,
+                ),
+            )
+            return event
+
+        return self._with_idempotency(key, body_sha256, write)
+
     def take_notices(self, reviewer: str) -> list[ConflictNotice]:
         """The disagreements ``reviewer`` has not been told of, oldest first, now marked told."""
 
@@ -918,6 +999,7 @@ class SqlLabelStore:
             "correction": "correction",
             "missed_finding": "missed",
             "adjudication": "adjudication",
+            "retraction": "retraction",
         }
         action_of = {kind: name for name, kind in label_kinds.items()}
         events: list[AuditEvent] = []

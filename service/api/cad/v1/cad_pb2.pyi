@@ -253,6 +253,16 @@ class ConflictList(_message.Message):
     conflicts: _containers.RepeatedCompositeFieldContainer[Conflict]
     def __init__(self, conflicts: _Optional[_Iterable[_Union[Conflict, _Mapping]]] = ...) -> None: ...
 
+class Retraction(_message.Message):
+    __slots__ = ("event_id", "idempotency_key", "reviewer")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    REVIEWER_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    idempotency_key: str
+    reviewer: str
+    def __init__(self, event_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., reviewer: _Optional[str] = ...) -> None: ...
+
 class Adjudication(_message.Message):
     __slots__ = ("candidate_id", "verdict", "idempotency_key", "note")
     CANDIDATE_ID_FIELD_NUMBER: _ClassVar[int]

@@ -482,6 +482,11 @@ class CadReviewStub:
                 request_serializer=cad_dot_v1_dot_cad__pb2.Adjudication.SerializeToString,
                 response_deserializer=cad_dot_v1_dot_cad__pb2.CorrectionReceipt.FromString,
                 _registered_method=True)
+        self.Retract = channel.unary_unary(
+                '/cad.v1.CadReview/Retract',
+                request_serializer=cad_dot_v1_dot_cad__pb2.Retraction.SerializeToString,
+                response_deserializer=cad_dot_v1_dot_cad__pb2.CorrectionReceipt.FromString,
+                _registered_method=True)
 
 
 class CadReviewServicer:
@@ -542,6 +547,13 @@ class CadReviewServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Retract(self, request, context):
+        """Undo: FAILED_PRECONDITION when someone labeled the candidate since, or it was settled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CadReviewServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -583,6 +595,11 @@ def add_CadReviewServicer_to_server(servicer, server):
             'Adjudicate': grpc.unary_unary_rpc_method_handler(
                     servicer.Adjudicate,
                     request_deserializer=cad_dot_v1_dot_cad__pb2.Adjudication.FromString,
+                    response_serializer=cad_dot_v1_dot_cad__pb2.CorrectionReceipt.SerializeToString,
+            ),
+            'Retract': grpc.unary_unary_rpc_method_handler(
+                    servicer.Retract,
+                    request_deserializer=cad_dot_v1_dot_cad__pb2.Retraction.FromString,
                     response_serializer=cad_dot_v1_dot_cad__pb2.CorrectionReceipt.SerializeToString,
             ),
     }
@@ -801,6 +818,33 @@ class CadReview:
             target,
             '/cad.v1.CadReview/Adjudicate',
             cad_dot_v1_dot_cad__pb2.Adjudication.SerializeToString,
+            cad_dot_v1_dot_cad__pb2.CorrectionReceipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Retract(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cad.v1.CadReview/Retract',
+            cad_dot_v1_dot_cad__pb2.Retraction.SerializeToString,
             cad_dot_v1_dot_cad__pb2.CorrectionReceipt.FromString,
             options,
             channel_credentials,
