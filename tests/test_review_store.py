@@ -667,3 +667,43 @@ def test_undo_is_a_retraction_of_ones_own_latest_event(
         "correction",
         "retraction",
     ]
+
+
+def test_a_large_pool_is_never_read_whole(
+    review: ReviewService, store: SqlLabelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above SCORE_ALL_MAX unlabeled candidates: random order off its index, ACFT sampling and
+    other alphas within a window of the best by the stored terms; small pools stay exact."""
+    import service.labels.review as review_module
+
+    for i in range(4):
+        add_image(store, f"big{i}", n=10, seed=i)  # 40 unlabeled
+    exact_omega = [
+        e.candidate_id for e, _ in review.annotation_queue(4, "entropy", seed=3, omega=2).items
+    ]
+    exact_alpha = review.annotation_queue(5, "entropy", overrides={"alpha": 0.5})
+    monkeypatch.setattr(review_module, "SCORE_ALL_MAX", 10)  # the pool is "large" now
+    monkeypatch.setattr(review_module, "SCORE_WINDOW", 40)
+
+    def no_full_read() -> None:
+        raise AssertionError("the whole pool was read")
+
+    monkeypatch.setattr(store, "unlabeled", no_full_read)
+    bounded = review.annotation_queue(4, "entropy", seed=3, omega=2)
+    assert [e.candidate_id for e, _ in bounded.items] == exact_omega and bounded.unlabeled == 40
+    alpha = review.annotation_queue(5, "entropy", overrides={"alpha": 0.5})
+    assert [e.candidate_id for e, _ in alpha.items] == [
+        e.candidate_id for e, _ in exact_alpha.items
+    ]
+    monkeypatch.setattr(review_module, "SCORE_WINDOW", 8)  # a window smaller than the pool
+    windowed = review.annotation_queue(5, "entropy", overrides={"alpha": 0.5})
+    top8 = {e.candidate_id for e, _ in review.annotation_queue(8, "entropy_alpha").items}
+    assert len(windowed.items) == 5 and {e.candidate_id for e, _ in windowed.items} <= top8
+    first = [e.candidate_id for e, _ in review.annotation_queue(9, "random", seed=5).items]
+    again = [e.candidate_id for e, _ in review.annotation_queue(9, "random", seed=5).items]
+    other = [e.candidate_id for e, _ in review.annotation_queue(9, "random", seed=6).items]
+    assert first == again and len(set(first)) == 9 and first != other
+    claimed = review.annotation_queue(9, "random", seed=5, reviewer="dr.r", claim_s=600)
+    rest = review.annotation_queue(40, "random", seed=5, reviewer="dr.s", claim_s=600)
+    assert not {e.candidate_id for e, _ in claimed.items} & {e.candidate_id for e, _ in rest.items}
+    assert len(rest.items) == 31  # everything dr.r does not hold

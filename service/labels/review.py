@@ -6,6 +6,8 @@ import hashlib
 import hmac
 import json
 import logging
+import math
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -37,6 +39,11 @@ log = logging.getLogger(__name__)
 VERDICT_LABELS = {"TRUE_POSITIVE": 1, "FALSE_POSITIVE": 0}
 RANDOM = "random"
 DEFAULT_QUEUE_LIMIT = 20
+SCORE_ALL_MAX = 20_000
+"""Up to this many unlabeled candidates, random order, ACFT sampling and custom alphas score
+the whole pool exactly; above it they are bounded (see :meth:`ReviewService.annotation_queue`)."""
+SCORE_WINDOW = 5_000
+"""Above :data:`SCORE_ALL_MAX`: how many of the best by the stored terms are scored exactly."""
 MAX_QUEUE_LIMIT = 1000
 
 
@@ -179,6 +186,7 @@ class ReviewService:
         claim_s: float = 0.0,
     ) -> None:
         self.claim_s = claim_s
+        self._count: tuple[float, int] | None = None
         """How long a queue item handed to an authenticated reviewer stays theirs (0: no claims)."""
         self.store = store
         self.metrics = metrics
@@ -312,7 +320,7 @@ class ReviewService:
             # ranked where the data is: the stored terms, an index per named variant, a LIMIT
             if not claims:
                 items = self.store.ranked_unlabeled(ranked, limit)
-                return QueueResult(variant, self.store.count_unlabeled(), items)
+                return QueueResult(variant, self._unlabeled(), items)
             window = 2 * limit + 20
             for _attempt in range(4):  # others may claim some of the window meanwhile
                 offered = self.store.ranked_unlabeled(ranked, window, unclaimed_for=reviewer)
@@ -323,9 +331,24 @@ class ReviewService:
                     break
                 window *= 4
             items = [(e, s) for e, s in offered if e.candidate_id in taken]
-            return QueueResult(variant, self.store.count_unlabeled(), items)
-        # random order, ACFT sampling and other alphas: every unlabeled candidate, scored here
-        entries = self.store.unlabeled()
+            return QueueResult(variant, self._unlabeled(), items)
+        unlabeled = self._unlabeled()
+        if unlabeled > SCORE_ALL_MAX:
+            # a large pool is never read whole: random order off the random-key index; ACFT
+            # sampling and other alphas within the top SCORE_WINDOW by the same weights at the
+            # nearest stored alpha, scored exactly there
+            if variant == RANDOM:
+                window_items = self.store.random_unlabeled(
+                    seed, 2 * limit + 20 if claims else limit, reviewer if claims else None
+                )
+                return self._claimed(variant, unlabeled, window_items, reviewer, claim_s, limit)
+            assert isinstance(ranked, Variant)
+            stock = replace(ranked, alpha=1.0 if ranked.alpha == 1.0 else PAPER_ALPHA)
+            window = max(SCORE_WINDOW, math.ceil(omega * limit))
+            entries = [e for e, _ in self.store.ranked_unlabeled(stock, window)]
+        else:
+            # a pool this size is scored whole, exactly (the experiment's pools are)
+            entries = self.store.unlabeled()
         scores = np.zeros(len(entries))
         if variant == RANDOM:
             scores = np.random.default_rng(seed).random(len(entries))
@@ -347,7 +370,23 @@ class ReviewService:
             )
             order = [i for i in order if entries[i].candidate_id in taken]
         items = [(entries[i], float(scores[i])) for i in order[:limit]]
-        return QueueResult(variant, len(entries), items)
+        return QueueResult(variant, unlabeled, items)
+
+    def _claimed(
+        self,
+        variant: str,
+        unlabeled: int,
+        offered: list[tuple[QueueEntry, float]],
+        reviewer: str,
+        claim_s: float,
+        limit: int,
+    ) -> QueueResult:
+        if reviewer and claim_s > 0:
+            taken = set(
+                self.store.claim([e.candidate_id for e, _ in offered], reviewer, claim_s, limit)
+            )
+            offered = [(e, s) for e, s in offered if e.candidate_id in taken]
+        return QueueResult(variant, unlabeled, offered[:limit])
 
     def review_image(self, request_id: str) -> ReviewImage:
         """A request's archived image (PNG as stored) and every candidate recorded on it."""
@@ -370,6 +409,16 @@ class ReviewService:
         digest = body_hash(kind="retraction", event_id=event_id, reviewer=reviewer)
         receipt = self.store.retract(event_id, reviewer, key, digest)
         return receipt
+
+    def _unlabeled(self) -> int:
+        """The queue depth, for a reply: counted afresh, except that a large pool's count
+        (over SCORE_ALL_MAX, where counting reads a large index) is reused for a few seconds."""
+        cached = self._count
+        if cached is not None and cached[1] > SCORE_ALL_MAX and time.monotonic() - cached[0] < 5:
+            return cached[1]
+        count = self.store.count_unlabeled()
+        self._count = (time.monotonic(), count)
+        return count
 
     def notices(self, reviewer: str) -> list[ConflictNotice]:
         """Disagreements ``reviewer`` has not been told of yet (each is told once)."""
@@ -404,7 +453,7 @@ class ReviewService:
 
     def stats(self) -> tuple[int, dict[str, tuple[int, int]]]:
         """The queue depth and, per model version, (confirmed, dismissed) model candidates."""
-        return self.store.count_unlabeled(), self.store.precision_by_version()
+        return self._unlabeled(), self.store.precision_by_version()
 
     def export(self, since: str = "") -> Iterator[LabeledCandidate]:
         return self.store.labeled(since)

@@ -168,4 +168,13 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "CREATE INDEX conflict_notices_reviewer ON conflict_notices (reviewer, told)",
         ],
     ),
+    (
+        8,
+        "random order without reading the pool: a fixed pseudo-random key per candidate, indexed",
+        [
+            "ALTER TABLE candidates ADD COLUMN random_key DOUBLE PRECISION",
+            "CREATE INDEX queue_random ON candidates (random_key, candidate_id) "
+            "WHERE label IS NULL AND origin = 'model' AND patch_probs IS NOT NULL",
+        ],
+    ),
 ]

@@ -14,6 +14,7 @@ once more on a fresh one; if that fails too the store is unreachable and the cal
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import math
@@ -116,7 +117,9 @@ _CANDIDATE_COLUMNS = (
     "candidate_id, request_id, client_id, x, y, width, height, recipe, model_version, "
     "probability, entropy, diversity, score, patch_probs, patch_shape, origin, created"
 )
-_CANDIDATE_INSERT = _CANDIDATE_COLUMNS + ", scored_version, entropy_alpha, diversity_alpha"
+_CANDIDATE_INSERT = (
+    _CANDIDATE_COLUMNS + ", scored_version, entropy_alpha, diversity_alpha, random_key"
+)
 _EVENT_COLUMNS = (
     "event_id, candidate_id, seq, kind, label_before, label_after, reviewer, note, "
     "idempotency_key, body_sha256, conflict, created"
@@ -128,6 +131,11 @@ def _probs_blob(probs: np.ndarray | None) -> tuple[bytes | None, str | None]:
         return None, None
     arr = np.ascontiguousarray(probs, dtype="<f4")
     return arr.tobytes(), json.dumps(list(arr.shape))
+
+
+def random_key(text: str) -> float:
+    """A fixed pseudo-random number in [0, 1) for a candidate id (random queue order)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "big") / float(1 << 56)
 
 
 def _ranking_terms(
@@ -440,7 +448,7 @@ class SqlLabelStore:
             self._migrated = True
         if applied_now:
             log.info("label store: applied migrations %s", applied_now)
-        if 5 in applied_now:
+        if 5 in applied_now or 8 in applied_now:
             self._backfill_ranking_terms()
         return applied_now
 
@@ -453,7 +461,8 @@ class SqlLabelStore:
                     cur.execute(
                         self._sql(
                             "SELECT candidate_id, patch_probs, patch_shape, entropy, diversity "
-                            "FROM candidates WHERE entropy_alpha IS NULL AND patch_probs IS NOT NULL "
+                            "FROM candidates WHERE (entropy_alpha IS NULL OR random_key IS NULL) AND "
+                            "patch_probs IS NOT NULL "
                             "LIMIT ?"
                         ),
                         (batch,),
@@ -463,13 +472,16 @@ class SqlLabelStore:
             )
             if not rows:
                 break
-            updates = [(*_ranking_terms(_probs_array(r[1], r[2]), r[3], r[4]), r[0]) for r in rows]
+            updates = [
+                (*_ranking_terms(_probs_array(r[1], r[2]), r[3], r[4]), random_key(r[0]), r[0])
+                for r in rows
+            ]
 
             def write(cur: Any, updates: list[tuple[Any, ...]] = updates) -> None:
                 cur.executemany(
                     self._sql(
                         "UPDATE candidates SET entropy = ?, diversity = ?, entropy_alpha = ?, "
-                        "diversity_alpha = ? WHERE candidate_id = ?"
+                        "diversity_alpha = ?, random_key = ? WHERE candidate_id = ?"
                     ),
                     updates,
                 )
@@ -534,7 +546,7 @@ class SqlLabelStore:
         )
         cur.execute(
             self._sql(
-                f"INSERT INTO candidates ({_CANDIDATE_INSERT}) VALUES ({', '.join('?' * 20)})"
+                f"INSERT INTO candidates ({_CANDIDATE_INSERT}) VALUES ({', '.join('?' * 21)})"
             ),
             (
                 c.candidate_id,
@@ -557,6 +569,7 @@ class SqlLabelStore:
                 c.model_version,
                 entropy_alpha,
                 diversity_alpha,
+                random_key(c.candidate_id),
             ),
         )
 
@@ -1171,6 +1184,45 @@ class SqlLabelStore:
             return int(cur.rowcount)
 
         return self._run(body)
+
+    def random_unlabeled(
+        self, seed: int, limit: int, unclaimed_for: str | None = None
+    ) -> list[tuple[QueueEntry, float]]:
+        """``limit`` unlabeled candidates in a seeded random order read off an index (the
+        candidates' fixed random keys from a seed's starting point, wrapping round): a random
+        sample without reading the pool. Score: the key."""
+        start = random_key(f"seed:{seed}")
+        rows: list[tuple[Any, ...]] = []
+        for where in ("c.random_key >= ?", "c.random_key < ?"):
+
+            def body(cur: Any, where: str = where, wanted: int = limit - len(rows)) -> list[Any]:
+                claims, claim_params = "", ()
+                if unclaimed_for is not None:
+                    claims = (
+                        "AND (c.claimed_until IS NULL OR c.claimed_until < ? OR c.claimed_by = ?) "
+                    )
+                    claim_params = (self._now(cur), unclaimed_for)
+                cur.execute(
+                    self._sql(
+                        "SELECT c.candidate_id, c.request_id, c.x, c.y, c.width, c.height, "
+                        "c.probability, c.model_version, i.frame_index, i.source_id, "
+                        "c.patch_probs, c.patch_shape, i.sha256, c.recipe, i.study_uid, "
+                        "c.random_key FROM candidates c JOIN images i ON i.request_id = "
+                        "c.request_id WHERE c.label IS NULL AND c.origin = 'model' AND "
+                        f"c.patch_probs IS NOT NULL AND {where} {claims}"
+                        "ORDER BY c.random_key, c.candidate_id LIMIT ?"
+                    ),
+                    (start, *claim_params, wanted),
+                )
+                return list(cur.fetchall())
+
+            rows += self._run(body)
+            if len(rows) >= limit:
+                break
+        return [
+            (QueueEntry(*r[:10], _probs_array(r[10], r[11]), *r[12:15]), float(r[15]))  # type: ignore[arg-type, misc]
+            for r in rows
+        ]
 
     def ranked_unlabeled(
         self, spec: Variant, limit: int, unclaimed_for: str | None = None
