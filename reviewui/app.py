@@ -17,6 +17,7 @@ import hmac
 import html
 import json
 import logging
+import math
 import secrets
 import threading
 import time
@@ -143,6 +144,36 @@ class Sessions:
                 del self._by_id[sid]
 
 
+class SignInAttempts:
+    """Failed sign-ins per client address: after ``limit`` within ``window_s`` seconds, further
+    attempts from that address are refused until the oldest failure leaves the window."""
+
+    def __init__(self, limit: int = 10, window_s: float = 300.0) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._failures: dict[str, list[float]] = {}
+
+    def _recent(self, client: str) -> list[float]:
+        now = time.monotonic()
+        recent = [t for t in self._failures.get(client, []) if now - t < self.window_s]
+        if recent:
+            self._failures[client] = recent
+        else:
+            self._failures.pop(client, None)
+        return recent
+
+    def failed(self, client: str) -> None:
+        self._recent(client)
+        self._failures.setdefault(client, []).append(time.monotonic())
+
+    def blocked_for(self, client: str) -> float:
+        """Seconds until ``client`` may try again (0: now)."""
+        recent = self._recent(client)
+        if len(recent) < self.limit:
+            return 0.0
+        return max(1.0, self.window_s - (time.monotonic() - recent[0]))
+
+
 class ReviewApp:
     """The routes; one gRPC channel to the CAD server, each call made with the caller's token."""
 
@@ -157,6 +188,7 @@ class ReviewApp:
         )
         self.stub = cad_pb2_grpc.CadReviewStub(self.channel)
         self.sessions = Sessions(settings.session_idle_s, settings.session_max_s)
+        self.attempts = SignInAttempts()
         https = settings.tls_cert_file is not None
         self.secure = settings.secure_cookies if settings.secure_cookies is not None else https
         routes = [
@@ -280,11 +312,22 @@ class ReviewApp:
         token = form.get("token", "").strip()
         if not token:
             return self._signin_page("Enter your review token.", 400)
+        client = request.client.host if request.client else "unknown"
+        wait_s = self.attempts.blocked_for(client)
+        if wait_s:
+            log.warning("sign-in from %s refused: too many failed attempts", client)
+            return self._signin_page(
+                f"Too many failed sign-ins from here. Try again in {math.ceil(wait_s / 60)} "
+                "minute(s), or ask ops if your token was revoked.",
+                429,
+            )
         probe = Session(token, "", "", 0.0, 0.0)
         try:
             stats = await self.call(probe, "GetReviewStats", cad_pb2.ReviewStatsRequest())
         except PageError as exc:
             if exc.status in (401, 403):
+                self.attempts.failed(client)
+                log.warning("failed sign-in from %s (%s)", client, exc.status)
                 message = (
                     "The CAD server refused this token: it is unknown, expired or revoked."
                     if exc.status == 401

@@ -363,3 +363,29 @@ def test_https_responses_carry_hsts() -> None:
     assert headers_of(True)[b"strict-transport-security"].startswith(b"max-age=")
     assert b"strict-transport-security" not in headers_of(False)
     assert headers_of(False)[b"cross-origin-resource-policy"] == b"same-origin"
+
+
+def test_sign_in_attempts_are_limited(tmp_path: Path) -> None:
+    """Guessing tokens: after 10 refused sign-ins from one address, further ones from it are
+    refused for a while, even with a good token (a page of its own: the limit is per UI)."""
+    with review_world(tmp_path) as own:
+        browser = Browser(own.ui.url)
+        for _ in range(10):
+            assert browser.sign_in("not-a-token-at-all")[0] == 401
+        status, _, body = browser.sign_in(TOKENS["dr.jones"])
+        assert status == 429 and b"Too many failed sign-ins" in body
+        assert "cad_review_session" not in browser.cookies
+
+
+def test_the_attempt_window_forgets_old_failures() -> None:
+    from reviewui.app import SignInAttempts
+
+    attempts = SignInAttempts(limit=2, window_s=0.0)  # every failure is already out of the window
+    for _ in range(5):
+        attempts.failed("10.0.0.9")
+    assert attempts.blocked_for("10.0.0.9") == 0.0
+    strict = SignInAttempts(limit=2, window_s=3600.0)
+    strict.failed("a")
+    assert strict.blocked_for("a") == 0.0 and strict.blocked_for("b") == 0.0
+    strict.failed("a")
+    assert strict.blocked_for("a") > 0 and strict.blocked_for("b") == 0.0
