@@ -137,6 +137,9 @@ def run_the_sitting(driver: Any, world: World) -> None:
     wait(driver, at_item(driver, 1), "the first item")
     items = driver.execute_script("return cadReview.state.items.map(i => i.candidate_id);")
     assert sorted(items) == sorted(world.candidates)
+    frames = driver.execute_script("return cadReview.state.items.map(i => i.request_id);")
+    runs = [r for k, r in enumerate(frames) if k == 0 or frames[k - 1] != r]
+    assert len(runs) == len(set(frames)) == 2  # each frame's candidates in a row
     first = current(driver)
     box = first["box"]
     k = driver.execute_script("return cadReview.state.k;")
@@ -313,8 +316,11 @@ def test_both_reviewers_see_their_disagreement(browser: Any, tmp_path: Path) -> 
                 metadata=[("authorization", f"Bearer {TOKENS['dr.smith']}")],
             )
         assert receipt.conflict and [n.other_reviewer for n in receipt.notices] == ["dr.jones"]
+        top = browser.execute_script("return image.getBoundingClientRect().top;")
         browser.find_element("tag name", "body").send_keys("d")  # dr.jones's next action
         wait(browser, lambda d: "dr.smith disagrees" in text_of(d, "message"), "the notice")
+        # the message floats: the image did not move under the reviewer's mouse
+        assert browser.execute_script("return image.getBoundingClientRect().top;") == top
         assert "(you: finding, dr.smith: no finding)" in text_of(browser, "message")
 
 

@@ -74,7 +74,13 @@
     const limit = $("limit").value;
     try {
       const q = await api("/api/queue?variant=" + encodeURIComponent(variant) + "&limit=" + encodeURIComponent(limit));
-      state.items = q.items.map((item) => Object.assign(item, {
+      // all candidates of one frame in a row, frames in the order of their best candidate
+      const frames = new Map();
+      for (const item of q.items) {
+        if (!frames.has(item.request_id)) frames.set(item.request_id, []);
+        frames.get(item.request_id).push(item);
+      }
+      state.items = [].concat(...frames.values()).map((item) => Object.assign(item, {
         keys: { confirm: newKey(), dismiss: newKey() }, done: false,
       }));
       state.index = 0;
