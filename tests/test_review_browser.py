@@ -374,3 +374,35 @@ def test_undo_takes_back_a_missed_box_and_the_skip_it_follows(browser: Any, tmp_
         (box,) = missed
         assert box.label is None  # the retracted box is no label: not trained on, not exported
         assert sorted(k for _, k, _ in kinds) == ["correction", "missed", "retraction"]
+
+
+def test_no_verdict_lands_on_an_item_that_was_never_drawn(browser: Any, tmp_path: Path) -> None:
+    """With the server briefly unreachable, Skip moved the panel to the next item while the
+    image still showed the previous one, and Confirm then stored a verdict for the undrawn item.
+    Now only the item drawn on screen takes a verdict."""
+    with review_world(tmp_path) as world:
+        sign_in(browser, world)
+        browser.find_element("id", "load").click()
+        wait(browser, at_item(browser, 1), "the first item")
+        # the image requests fail from now on, as they do while the server is unreachable
+        browser.execute_script(
+            "window.realFetch = window.fetch;"
+            "window.fetch = (url, init) => String(url).includes('/api/image/') ?"
+            " Promise.reject(new TypeError('unreachable')) : window.realFetch(url, init);"
+        )
+        browser.find_element("tag name", "body").send_keys("s")
+        wait(browser, lambda d: text_of(d, "position").startswith("2 of "), "the panel moved on")
+        wait(browser, lambda d: text_of(d, "message"), "the failure said")
+        browser.execute_script("window.fetch = window.realFetch;")  # the server is back
+        browser.find_element("tag name", "body").send_keys("c")
+        browser.find_element("id", "confirm").click()
+        browser.execute_async_script(  # awaited: a verdict it sent would be stored by now
+            "const done = arguments[arguments.length - 1];"
+            "cadReview.submit('confirm').then(() => done(true), () => done(false));"
+        )
+        assert browser.execute_script("return cadReview.state.drawn === null;")
+        store = open_store(world.store_url)
+        try:
+            assert store.events() == []  # nothing recorded for the item never drawn
+        finally:
+            store.close()
