@@ -406,3 +406,41 @@ def test_no_verdict_lands_on_an_item_that_was_never_drawn(browser: Any, tmp_path
             assert store.events() == []  # nothing recorded for the item never drawn
         finally:
             store.close()
+
+
+def test_a_missed_finding_can_be_marked_with_the_keyboard(browser: Any, tmp_path: Path) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    with review_world(tmp_path) as world:
+        sign_in(browser, world)
+        browser.find_element("id", "load").click()
+        wait(browser, at_item(browser, 1), "the first item")
+        item = current(browser)
+        body = browser.find_element("tag name", "body")
+        body.send_keys("m")
+        body.send_keys(Keys.ARROW_RIGHT * 3 + Keys.ARROW_DOWN * 2)
+        body.send_keys(Keys.SHIFT + Keys.ARROW_RIGHT * 4)
+        box = browser.execute_script("return Object.assign({}, cadReview.state.missed);")
+        body.send_keys(Keys.ENTER)
+        wait(
+            browser,
+            lambda d: history(d)[:1] and history(d)[0].startswith("Marked a missed"),
+            "the saved box",
+        )
+        store = open_store(world.store_url)
+        try:
+            (missed,) = [
+                c.candidate
+                for c in store.candidates_of(item["request_id"])
+                if c.candidate.origin == "missed"
+            ]
+        finally:
+            store.close()
+        side = box["height"]  # a square placed at the centre, moved, then widened by 4
+        assert box["width"] == side + 4
+        assert (missed.x, missed.y, missed.width, missed.height) == (
+            box["x"],
+            box["y"],
+            box["width"],
+            box["height"],
+        )

@@ -298,8 +298,47 @@
       $("save-missed").disabled = true;
       draw();
     } else {
-      say("Drag a box around the finding the model missed, then save it.", "info");
+      say("Drag a box around the finding the model missed, or place it with the arrow keys " +
+        "(Shift+arrows: size), then save it (Enter).", "info");
     }
+  }
+
+  // Marking a missed finding by keyboard: arrows move the box (a held arrow keeps moving it),
+  // Shift+arrows resize it, Enter saves, Escape cancels.
+  function drawingKey(event) {
+    const steps = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
+    if (event.key === "Escape") {
+      stopDrawing();
+      draw();
+      say("");
+      return true;
+    }
+    if (event.key === "Enter") {
+      if (state.missed) saveMissed();
+      return true;
+    }
+    const step = steps[event.key];
+    if (!step) return false;
+    const image = state.image;
+    if (!state.missed) {
+      const side = Math.max(4, Math.round(Math.min(image.width, image.height) / 8));
+      state.missed = {
+        x: Math.round((image.width - side) / 2), y: Math.round((image.height - side) / 2),
+        width: side, height: side,
+      };
+      state.missedKey = newKey();
+    }
+    const b = state.missed;
+    if (event.shiftKey) {
+      b.width = Math.min(image.width - b.x, Math.max(2, b.width + step[0]));
+      b.height = Math.min(image.height - b.y, Math.max(2, b.height + step[1]));
+    } else {
+      b.x = Math.min(image.width - b.width, Math.max(0, b.x + step[0]));
+      b.y = Math.min(image.height - b.height, Math.max(0, b.y + step[1]));
+    }
+    $("save-missed").disabled = false;
+    draw();
+    return true;
   }
 
   function stopDrawing() {
@@ -372,6 +411,10 @@
     const tag = event.target.tagName;
     if (tag === "INPUT" || tag === "TEXTAREA" || tag === "SELECT") return;
     if (event.ctrlKey || event.metaKey || event.altKey || $("work").hidden) return;
+    if (state.drawing && state.drawn && drawingKey(event)) {
+      event.preventDefault();
+      return;
+    }
     // a held key repeats, and a second press can land on an item that appeared a moment ago:
     // keys count only once the item has been on screen for KEY_GUARD_MS
     if (event.repeat || !state.drawn || performance.now() < state.keysFrom) return;
