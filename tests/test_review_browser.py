@@ -107,13 +107,32 @@ def pixel(driver: Any, x: float, y: float) -> list[int]:
     )
 
 
+def draw_box(driver: Any, start: tuple[int, int], end: tuple[int, int]) -> None:
+    """Mark a missed finding with the mouse: a drag from ``start`` to ``end`` (image pixels)."""
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+    driver.find_element("id", "draw").click()
+    left, top, scale = driver.execute_script(
+        "const r = document.getElementById('image').getBoundingClientRect();"
+        "return [r.left, r.top, r.width / cadReview.state.image.width];"
+    )  # viewport position of the canvas, and screen pixels per image pixel
+    drag = ActionBuilder(driver)
+    drag.pointer_action.move_to_location(
+        round(left + start[0] * scale), round(top + start[1] * scale)
+    )
+    drag.pointer_action.pointer_down()
+    drag.pointer_action.move_to_location(round(left + end[0] * scale), round(top + end[1] * scale))
+    drag.pointer_action.pointer_up()
+    drag.perform()
+    wait(driver, lambda d: d.find_element("id", "save-missed").is_enabled(), "a drawn box")
+
+
 def test_a_reviewer_works_through_the_queue_in_chromium(browser: Any, tmp_path: Path) -> None:
     with review_world(tmp_path) as world:
         run_the_sitting(browser, world)
 
 
 def run_the_sitting(driver: Any, world: World) -> None:
-    from selenium.webdriver.common.actions.action_builder import ActionBuilder
 
     # A wrong token is refused on the page, with a message that says so.
     driver.get(world.ui.url + "/")
@@ -181,18 +200,7 @@ def run_the_sitting(driver: Any, world: World) -> None:
 
     # Draw a missed finding on the fourth item's image and save it.
     fourth = current(driver)
-    driver.find_element("id", "draw").click()
-    left, top, scale = driver.execute_script(
-        "const r = document.getElementById('image').getBoundingClientRect();"
-        "return [r.left, r.top, r.width / cadReview.state.image.width];"
-    )  # viewport position of the canvas, and screen pixels per image pixel
-    drag = ActionBuilder(driver)
-    drag.pointer_action.move_to_location(round(left + 8 * scale), round(top + 10 * scale))
-    drag.pointer_action.pointer_down()
-    drag.pointer_action.move_to_location(round(left + 28 * scale), round(top + 26 * scale))
-    drag.pointer_action.pointer_up()
-    drag.perform()
-    wait(driver, lambda d: d.find_element("id", "save-missed").is_enabled(), "a drawn box")
+    draw_box(driver, (8, 10), (28, 26))
     driver.find_element("id", "save-missed").click()
     wait(driver, lambda d: history(d)[0].startswith("Marked a missed finding"), "the missed box")
 
@@ -327,7 +335,6 @@ def test_both_reviewers_see_their_disagreement(browser: Any, tmp_path: Path) -> 
 def test_undo_takes_back_a_missed_box_and_the_skip_it_follows(browser: Any, tmp_path: Path) -> None:
     """Undo after a missed box used to flip an earlier verdict (a wrong POSITIVE on a
     non-polyp) while the page said "Undone"; a saved box could not be undone at all."""
-    from selenium.webdriver.common.actions.action_builder import ActionBuilder
 
     with review_world(tmp_path) as world:
         sign_in(browser, world)
@@ -337,18 +344,7 @@ def test_undo_takes_back_a_missed_box_and_the_skip_it_follows(browser: Any, tmp_
         browser.find_element("tag name", "body").send_keys("d")
         wait(browser, at_item(browser, 2), "the second item")
         second = current(browser)
-        browser.find_element("id", "draw").click()
-        left, top, scale = browser.execute_script(
-            "const r = document.getElementById('image').getBoundingClientRect();"
-            "return [r.left, r.top, r.width / cadReview.state.image.width];"
-        )
-        drag = ActionBuilder(browser)
-        drag.pointer_action.move_to_location(round(left + 8 * scale), round(top + 10 * scale))
-        drag.pointer_action.pointer_down()
-        drag.pointer_action.move_to_location(round(left + 28 * scale), round(top + 26 * scale))
-        drag.pointer_action.pointer_up()
-        drag.perform()
-        wait(browser, lambda d: d.find_element("id", "save-missed").is_enabled(), "a drawn box")
+        draw_box(browser, (8, 10), (28, 26))
         browser.find_element("id", "save-missed").click()
         wait(browser, lambda d: history(d)[0].startswith("Marked a missed"), "the missed box")
         browser.find_element("id", "undo").click()

@@ -204,21 +204,26 @@ class ReviewService:
             )
         return reviewer, key.strip() or f"auto-{uuid.uuid4().hex}"
 
-    def submit_correction(
-        self, candidate_id: str, verdict: str, reviewer: str, key: str, note: str = ""
-    ) -> Receipt:
-        """Confirm (TRUE_POSITIVE) or dismiss (FALSE_POSITIVE) a classified candidate."""
+    def _verdict(
+        self, kind: str, candidate_id: str, verdict: str, reviewer: str, key: str, note: str
+    ) -> tuple[str, str, str]:
+        """Check a verdict's fields; (reviewer, idempotency key, body hash)."""
         if not candidate_id:
             raise InvalidInput("candidate_id must not be empty")
         if verdict not in VERDICT_LABELS:
             raise InvalidInput("verdict must be TRUE_POSITIVE or FALSE_POSITIVE")
         reviewer, key = self._common(reviewer, note, key)
         digest = body_hash(
-            kind="correction",
-            candidate_id=candidate_id,
-            verdict=verdict,
-            reviewer=reviewer,
-            note=note,
+            kind=kind, candidate_id=candidate_id, verdict=verdict, reviewer=reviewer, note=note
+        )
+        return reviewer, key, digest
+
+    def submit_correction(
+        self, candidate_id: str, verdict: str, reviewer: str, key: str, note: str = ""
+    ) -> Receipt:
+        """Confirm (TRUE_POSITIVE) or dismiss (FALSE_POSITIVE) a classified candidate."""
+        reviewer, key, digest = self._verdict(
+            "correction", candidate_id, verdict, reviewer, key, note
         )
         if self.archive is not None:
             self.archive.make_durable(
@@ -435,17 +440,8 @@ class ReviewService:
         self, candidate_id: str, verdict: str, adjudicator: str, key: str, note: str = ""
     ) -> Receipt:
         """Settle a disagreement for good: a reviewer who gave no verdict on the candidate."""
-        if not candidate_id:
-            raise InvalidInput("candidate_id must not be empty")
-        if verdict not in VERDICT_LABELS:
-            raise InvalidInput("verdict must be TRUE_POSITIVE or FALSE_POSITIVE")
-        adjudicator, key = self._common(adjudicator, note, key)
-        digest = body_hash(
-            kind="adjudication",
-            candidate_id=candidate_id,
-            verdict=verdict,
-            reviewer=adjudicator,
-            note=note,
+        adjudicator, key, digest = self._verdict(
+            "adjudication", candidate_id, verdict, adjudicator, key, note
         )
         return self.store.adjudicate(
             candidate_id, VERDICT_LABELS[verdict], adjudicator, note, key, digest
