@@ -29,7 +29,10 @@ def test_the_serving_tier_survives_database_outages_a_killed_replica_and_a_publi
     assert {key.split(":")[1] for key in result["errors"]} <= {"UNAVAILABLE", "NOT_FOUND"}
     assert not [k for k in result["errors"] if k.startswith("outage") and "Classify" in k]
     assert result["corrections_acknowledged"] > 0 and result["corrections_lost"] == 0
-    assert result["records_missing"] == 0  # every answered frame recorded, spooled ones too
-    assert result["images_in_store"] == result["records_acknowledged"]  # each exactly once
+    # every answered frame recorded, spooled ones too, each exactly once (its candidates are
+    # exactly the answered ones; request ids are keys); a frame recorded whose answer never
+    # reached its client (a stream closed at the end, the SIGKILL) may be there as well
+    assert result["records_missing"] == 0
+    assert result["images_in_store"] >= result["records_acknowledged"]
     assert max(result["spool_peak"]) > 0
     assert result["starts"] == [1, 1, 2] and all(result["still_running"])
