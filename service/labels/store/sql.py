@@ -138,23 +138,32 @@ def random_key(text: str) -> float:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "big") / float(1 << 56)
 
 
+Terms = tuple[float | None, float | None, float | None, float | None]
+
+
 def _ranking_terms(
-    probs: np.ndarray | None, entropy: float | None, diversity: float | None
-) -> tuple[float | None, float | None, float | None, float | None]:
-    """What the annotation queue ranks by, computed here from the patch predictions so that it
-    is what ``aift_scores`` would compute from the stored blob: total entropy and diversity over
-    all patches and over the alpha-majority patches (every named variant is a sum of two)."""
-    if probs is None:
-        return entropy, diversity, None, None
-    stored = np.asarray(probs, dtype="<f4")[None]  # as the blob holds them
-    p = as_class_probs(stored)
-    ea, da = majority_terms(p)
-    return (
-        float(total_entropy(p)[0]),
-        float(total_diversity(p)[0]),
-        float(ea[0]),
-        float(da[0]),
-    )
+    probs: Sequence[np.ndarray | None],
+    entropy: Sequence[float | None],
+    diversity: Sequence[float | None],
+) -> list[Terms]:
+    """What the annotation queue ranks by, per candidate, computed here from the patch
+    predictions so that it is what ``aift_scores`` computes from the stored blobs: total entropy
+    and diversity over all patches and over the alpha-majority patches (every named variant is a
+    sum of two). Candidates without predictions keep the given entropy and diversity. One
+    vectorised pass per patch-array shape, outside any transaction."""
+    terms: list[Terms] = [(e, d, None, None) for e, d in zip(entropy, diversity, strict=True)]
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, pr in enumerate(probs):
+        if pr is not None:
+            by_shape.setdefault(np.shape(pr), []).append(i)
+    for indices in by_shape.values():
+        stored = np.stack([np.asarray(probs[i], dtype="<f4") for i in indices])  # as the blobs
+        p = as_class_probs(stored)
+        e, d = total_entropy(p), total_diversity(p)
+        ea, da = majority_terms(p)
+        for row, i in enumerate(indices):
+            terms[i] = (float(e[row]), float(d[row]), float(ea[row]), float(da[row]))
+    return terms
 
 
 def _probs_array(blob: Any, shape: str | None) -> np.ndarray | None:
@@ -472,10 +481,10 @@ class SqlLabelStore:
             )
             if not rows:
                 break
-            updates = [
-                (*_ranking_terms(_probs_array(r[1], r[2]), r[3], r[4]), random_key(r[0]), r[0])
-                for r in rows
-            ]
+            terms = _ranking_terms(
+                [_probs_array(r[1], r[2]) for r in rows], [r[3] for r in rows], [r[4] for r in rows]
+            )
+            updates = [(*t, random_key(r[0]), r[0]) for t, r in zip(terms, rows, strict=True)]
 
             def write(cur: Any, updates: list[tuple[Any, ...]] = updates) -> None:
                 cur.executemany(
@@ -506,6 +515,11 @@ class SqlLabelStore:
         ``durable=False``: a relaxed commit (survives a crash of the process; a power cut can lose
         it unless a later durable commit, such as any label, came first)."""
         given = image.created
+        terms = _ranking_terms(
+            [c.patch_probs for c in candidates],
+            [c.entropy for c in candidates],
+            [c.diversity for c in candidates],
+        )
 
         def body(cur: Any) -> None:
             created = given or self._now(cur)
@@ -534,15 +548,19 @@ class SqlLabelStore:
             )
             if cur.rowcount == 0:
                 return  # recorded before (a retry, or a spooled record written twice): once only
-            for c in candidates:
-                self._insert_candidate(cur, c, created)
+            for c, t in zip(candidates, terms, strict=True):
+                self._insert_candidate(cur, c, created, t)
 
         self._run(body, relaxed=not durable)
 
-    def _insert_candidate(self, cur: Any, c: CandidateRecord, created: str) -> None:
+    def _insert_candidate(
+        self, cur: Any, c: CandidateRecord, created: str, terms: Terms | None = None
+    ) -> None:
+        """``terms``: the candidate's ranking terms (:func:`_ranking_terms`); computed here when
+        not given."""
         blob, shape = _probs_blob(c.patch_probs)
-        entropy, diversity, entropy_alpha, diversity_alpha = _ranking_terms(
-            c.patch_probs, c.entropy, c.diversity
+        entropy, diversity, entropy_alpha, diversity_alpha = (
+            terms or _ranking_terms([c.patch_probs], [c.entropy], [c.diversity])[0]
         )
         cur.execute(
             self._sql(
@@ -1296,12 +1314,12 @@ class SqlLabelStore:
         candidate's ``model_version`` (the model that served it) is kept for live precision.
         """
 
+        all_terms = _ranking_terms([r[1] for r in rows], [r[3] for r in rows], [r[4] for r in rows])
+
         def body(cur: Any) -> None:
-            for cid, probs, probability, entropy, diversity, score in rows:
+            for (cid, probs, probability, _, _, score), terms in zip(rows, all_terms, strict=True):
                 blob, shape = _probs_blob(probs)
-                entropy, diversity, entropy_alpha, diversity_alpha = _ranking_terms(
-                    probs, entropy, diversity
-                )
+                entropy, diversity, entropy_alpha, diversity_alpha = terms
                 cur.execute(
                     self._sql(
                         "UPDATE candidates SET patch_probs = ?, patch_shape = ?, probability = ?, "
@@ -1423,15 +1441,14 @@ class StorePins:
         self.model = model
         self.legacy = legacy
         self.cache = cache
+        self._cached: tuple[int | None] | tuple[()] = ()
+        """The version last written to ``cache`` by this process (empty: none yet)."""
 
     def _remember(self, version: int | None) -> None:
-        if self.cache is not None:
-            try:
-                known = json.loads(self.cache.read_text()) if self.cache.exists() else {}
-            except ValueError:
-                known = {}
-            if known.get("version", "unset") != version:
-                write_atomic(self.cache, json.dumps({"version": version}).encode())
+        """Keep the pin in the cache file when it changed (servers read it every poll)."""
+        if self.cache is not None and (not self._cached or self._cached[0] != version):
+            write_atomic(self.cache, json.dumps({"version": version}).encode())
+            self._cached = (version,)
 
     def pinned(self) -> int | None:
         try:
