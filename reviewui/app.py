@@ -23,7 +23,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -36,9 +35,12 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from reviewui.sessions import MemorySessions, Session, Sessions, StoreSessions
 from reviewui.settings import ReviewUiSettings
 from service.aift import VARIANTS
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
+from service.errors import StoreUnavailable
+from service.labels.store import open_store
 from service.rpc.channel import client_channel
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,8 @@ SESSION_COOKIE = "cad_review_session"
 SIGNIN_COOKIE = "cad_review_signin"
 CSRF_HEADER = "x-csrf-token"
 MAX_BODY_BYTES = 64 * 1024
+IMAGE_CACHE = 64
+"""Review images (PNG and candidates) kept in this process across sessions, most recent."""
 QUEUE_VARIANTS = (*VARIANTS, "random")
 RANKING_NAMES = {
     "entropy_diversity_alpha": "Most informative first (uncertain and inconsistent; default)",
@@ -82,6 +86,9 @@ SECURITY_HEADERS = {
     # another site's <img> or fetch must not show an archived frame, even knowing its id
     "cross-origin-resource-policy": "same-origin",
 }
+STORE_DOWN = (
+    "The store that keeps review sign-ins is unreachable; nothing was recorded. Retry in a moment."
+)
 HSTS = "max-age=31536000"
 """Strict-Transport-Security, under HTTPS: the browser never tries plain HTTP again."""
 
@@ -93,55 +100,6 @@ class PageError(Exception):
         super().__init__(message)
         self.status, self.message, self.signin = status, message, signin
         """``signin``: why the reviewer must sign in again (a key of SIGNIN_MESSAGES), if so."""
-
-
-@dataclass
-class Session:
-    token: str
-    reviewer: str
-    csrf: str
-    started: float
-    seen: float
-    reviewed: int = 0
-    images: OrderedDict[str, cad_pb2.ReviewImage] = field(default_factory=OrderedDict)
-
-
-class Sessions:
-    """Signed-in reviewers, by an unguessable id (in memory: a restart signs everyone out)."""
-
-    def __init__(self, idle_s: float, max_s: float, clock: Callable[[], float] = time.monotonic):
-        self.idle_s, self.max_s, self.clock = idle_s, max_s, clock
-        self._by_id: dict[str, Session] = {}
-        self._lock = threading.Lock()
-
-    def create(self, token: str, reviewer: str) -> tuple[str, Session]:
-        now = self.clock()
-        sid = secrets.token_urlsafe(32)
-        session = Session(token, reviewer, secrets.token_urlsafe(32), now, now)
-        with self._lock:
-            self._expire(now)
-            self._by_id[sid] = session
-        return sid, session
-
-    def get(self, sid: str | None) -> Session | None:
-        if not sid:
-            return None
-        now = self.clock()
-        with self._lock:
-            self._expire(now)
-            session = self._by_id.get(sid)
-            if session is not None:
-                session.seen = now
-            return session
-
-    def drop(self, sid: str | None) -> None:
-        with self._lock:
-            self._by_id.pop(sid or "", None)
-
-    def _expire(self, now: float) -> None:
-        for sid, s in list(self._by_id.items()):
-            if now - s.seen > self.idle_s or now - s.started > self.max_s:
-                del self._by_id[sid]
 
 
 class SignInAttempts:
@@ -187,7 +145,18 @@ class ReviewApp:
             settings.tls_client_key,
         )
         self.stub = cad_pb2_grpc.CadReviewStub(self.channel)
-        self.sessions = Sessions(settings.session_idle_s, settings.session_max_s)
+        self.store = (
+            open_store(settings.store_url, pool_size=4, require=False)
+            if settings.store_url
+            else None
+        )
+        self.sessions: Sessions = (
+            StoreSessions(self.store, settings.session_idle_s, settings.session_max_s)
+            if self.store is not None
+            else MemorySessions(settings.session_idle_s, settings.session_max_s)
+        )
+        self._images: OrderedDict[tuple[str, str], cad_pb2.ReviewImage] = OrderedDict()
+        self._images_lock = threading.Lock()
         self.attempts = SignInAttempts()
         https = settings.tls_cert_file is not None
         self.secure = settings.secure_cookies if settings.secure_cookies is not None else https
@@ -205,6 +174,9 @@ class ReviewApp:
             Route("/api/verdict", self.api(self.verdict, changes=True), methods=["POST"]),
             Route("/api/missed", self.api(self.missed, changes=True), methods=["POST"]),
             Route("/api/retract", self.api(self.retract, changes=True), methods=["POST"]),
+            Route("/api/skip", self.api(self.skip, changes=True), methods=["POST"]),
+            Route("/api/conflicts", self.api(self.conflicts), methods=["GET"]),
+            Route("/api/adjudicate", self.api(self.adjudicate, changes=True), methods=["POST"]),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ]
         self._templates = {
@@ -213,6 +185,11 @@ class ReviewApp:
         """The two HTML pages, read once at start (filled in per request)."""
         self.app = Starlette(routes=routes)
         self.app.add_middleware(_HeadersMiddleware, https=https)
+
+    def close(self) -> None:
+        self.channel.close()
+        if self.store is not None:
+            self.store.close()
 
     # ------------------------------------------------------------------ helpers
 
@@ -236,15 +213,32 @@ class ReviewApp:
         return await run_in_threadpool(self._call, session, method, request)
 
     def session_of(self, request: Request) -> tuple[str | None, Session | None]:
+        """The request's session. PageError 503 while the store that keeps sessions is down."""
         sid = request.cookies.get(SESSION_COOKIE)
-        return sid, self.sessions.get(sid)
+        try:
+            return sid, self.sessions.get(sid)
+        except StoreUnavailable:
+            raise PageError(503, STORE_DOWN) from None
+
+    async def _session_of(self, request: Request) -> tuple[str | None, Session | None]:
+        return await run_in_threadpool(self.session_of, request)
+
+    async def _sessions(self, method: str, *args: Any) -> Any:
+        """A call on the session table, off the event loop (it may be the database)."""
+        try:
+            return await run_in_threadpool(getattr(self.sessions, method), *args)
+        except StoreUnavailable:
+            raise PageError(503, STORE_DOWN) from None
 
     def api(
         self, handler: Callable[[Request, Session], Awaitable[Any]], changes: bool = False
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            sid, session = self.session_of(request)
-            if session is None:
+            try:
+                sid, session = await self._session_of(request)
+            except PageError as exc:
+                return _json_error(exc)
+            if session is None or sid is None:
                 return _json_error(PageError(401, SIGNIN_MESSAGES["expired"], signin="expired"))
             try:
                 _same_site(request)  # reads too: another site's page gets nothing
@@ -254,7 +248,7 @@ class ReviewApp:
                 body = await handler(request, session)
             except PageError as exc:
                 if exc.signin:
-                    self.sessions.drop(sid)
+                    await self._drop(sid)
                 return _json_error(exc)
             return body if isinstance(body, Response) else JSONResponse(body)
 
@@ -269,7 +263,10 @@ class ReviewApp:
         return Response(status_code=204)
 
     async def page(self, request: Request) -> Response:
-        _, session = self.session_of(request)
+        try:
+            _, session = await self._session_of(request)
+        except PageError as exc:
+            return Response(exc.message + "\n", status_code=exc.status, media_type="text/plain")
         if session is None:
             return RedirectResponse("/signin", status_code=303)
         variants = "".join(
@@ -341,7 +338,10 @@ class ReviewApp:
                 "reviewer. Ask ops to start it with CAD_AUTH_TOKENS_FILE.",
                 409,
             )
-        sid, _ = self.sessions.create(token, stats.reviewer)
+        try:
+            sid, _ = await run_in_threadpool(self.sessions.create, token, stats.reviewer)
+        except StoreUnavailable:
+            return self._signin_page(STORE_DOWN, 503)
         log.info("reviewer %s signed in", stats.reviewer)
         response = RedirectResponse("/", status_code=303)
         self._cookie(response, SESSION_COOKIE, sid)
@@ -349,7 +349,10 @@ class ReviewApp:
         return response
 
     async def signout(self, request: Request) -> Response:
-        sid, session = self.session_of(request)
+        try:
+            sid, session = await self._session_of(request)
+        except PageError as exc:
+            return _json_error(exc)
         if session is not None:
             try:
                 _same_origin(request)
@@ -357,13 +360,24 @@ class ReviewApp:
                 _csrf_ok(form.get("csrf", ""), session.csrf)
             except PageError as exc:
                 return _json_error(exc)
-            self.sessions.drop(sid)
+            try:  # the items handed out to this reviewer go back to the others' queues
+                await self.call(session, "ReleaseClaims", cad_pb2.ClaimRelease())
+            except PageError as exc:
+                log.warning("claims of %s not given back at sign-out: %s", session.reviewer, exc)
+            await self._drop(sid)
             log.info("reviewer %s signed out", session.reviewer)
         response = RedirectResponse("/signin?" + urlencode({"m": "signedout"}), status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
 
-    # ------------------------------------------------------------------ the API the page uses
+    async def _drop(self, sid: str | None) -> None:
+        with self._images_lock:
+            for key in [k for k in self._images if k[0] == sid]:
+                del self._images[key]
+        try:
+            await run_in_threadpool(self.sessions.drop, sid)
+        except StoreUnavailable:
+            log.warning("a session could not be ended: the label store is unreachable")
 
     async def queue(self, request: Request, session: Session) -> Any:
         variant = request.query_params.get("variant", "entropy_diversity_alpha")
@@ -392,33 +406,46 @@ class ReviewApp:
                     "probability": i.probability,
                     "model_version": i.model_version,
                     "frame_index": i.frame_index,
+                    "source_id": i.source_id,
                 }
                 for i in reply.items
             ],
             "notices": _notices(reply.notices),
         }
 
-    async def _review_image(self, session: Session, request_id: str) -> cad_pb2.ReviewImage:
-        cached = session.images.get(request_id)
-        if cached is not None:
+    async def _review_image(
+        self, session: Session, request_id: str, fresh: bool = False
+    ) -> cad_pb2.ReviewImage:
+        """A frame's image and candidates, as this session last fetched them (``fresh``: the
+        labels as they are now, the PNG kept from before when there is one)."""
+        key = (session.sid, request_id)
+        with self._images_lock:
+            cached = self._images.get(key)
+        if cached is not None and not fresh:
             return cached
         reply = await self.call(
-            session, "GetReviewImage", cad_pb2.ReviewImageRequest(request_id=request_id)
+            session,
+            "GetReviewImage",
+            cad_pb2.ReviewImageRequest(request_id=request_id, labels_only=cached is not None),
         )
-        session.images[request_id] = reply
-        while len(session.images) > 8:
-            session.images.popitem(last=False)
+        if cached is not None:
+            reply.png = cached.png
+        with self._images_lock:
+            self._images[key] = reply
+            self._images.move_to_end(key)
+            while len(self._images) > IMAGE_CACHE:
+                self._images.popitem(last=False)
         return reply
 
     async def image(self, request: Request, session: Session) -> Any:
         request_id = request.path_params["request_id"]
-        session.images.pop(request_id, None)  # fresh labels each time the page asks
-        reply = await self._review_image(session, request_id)
+        reply = await self._review_image(session, request_id, fresh=True)  # labels as they are
         return {
             "request_id": reply.request_id,
             "width": reply.width,
             "height": reply.height,
             "model_version": reply.model_version,
+            "frame_index": reply.frame_index,
             "candidates": [
                 {
                     "candidate_id": c.candidate_id,
@@ -436,17 +463,44 @@ class ReviewApp:
         }
 
     async def png(self, request: Request) -> Response:
-        sid, session = self.session_of(request)
-        if session is None:
+        try:
+            sid, session = await self._session_of(request)
+        except PageError as exc:
+            return _json_error(exc)
+        if session is None or sid is None:
             return _json_error(PageError(401, SIGNIN_MESSAGES["expired"], signin="expired"))
+        request_id = request.path_params["request_id"]
         try:
             _same_site(request)
-            reply = await self._review_image(session, request.path_params["request_id"])
+            reply = await self._review_image(session, request_id)
+            if not reply.png:  # cached without its image: fetch it whole
+                with self._images_lock:
+                    self._images.pop((sid, request_id), None)
+                reply = await self._review_image(session, request_id)
+            await self._sessions("mark_shown", sid, request_id)  # this page has the frame now
         except PageError as exc:
             if exc.signin:
-                self.sessions.drop(sid)
+                await self._drop(sid)
             return _json_error(exc)
         return Response(reply.png, media_type="image/png")
+
+    async def _on_screen(self, session: Session, body: dict[str, Any], candidate: str) -> str:
+        """The frame a verdict was given on: one whose image this session was served, holding
+        ``candidate`` (empty: any candidate). Else 409, and nothing is recorded."""
+        request_id = _text(body, "request_id")
+        if not await self._sessions("was_shown", session.sid, request_id):
+            raise PageError(
+                409,
+                "Nothing was recorded: this item's image was never shown on your screen. "
+                "Wait until it is drawn, then decide.",
+            )
+        if candidate:
+            frame = await self._review_image(session, request_id)
+            if candidate not in {c.candidate_id for c in frame.candidates}:
+                raise PageError(
+                    409, "Nothing was recorded: that candidate is not on the frame on your screen."
+                )
+        return request_id
 
     async def verdict(self, request: Request, session: Session) -> Any:
         body = await _json_body(request)
@@ -454,17 +508,19 @@ class ReviewApp:
         verdict = body.get("verdict")
         if verdict not in verdicts:
             raise PageError(400, "verdict must be confirm or dismiss")
+        candidate = _text(body, "candidate_id")
+        await self._on_screen(session, body, candidate)
         receipt = await self.call(
             session,
             "SubmitCorrection",
             cad_pb2.Correction(
-                candidate_id=_text(body, "candidate_id"),
+                candidate_id=candidate,
                 verdict=verdicts[verdict],
                 idempotency_key=_text(body, "key"),
                 note=_text(body, "note", required=False),
             ),
         )
-        return self._receipt(session, receipt)
+        return await self._receipt(session, receipt)
 
     async def missed(self, request: Request, session: Session) -> Any:
         body = await _json_body(request)
@@ -475,18 +531,18 @@ class ReviewApp:
             values = {k: float(box[k]) for k in ("x", "y", "width", "height")}
         except (KeyError, TypeError, ValueError):
             raise PageError(400, "the box needs numbers x, y, width and height") from None
+        request_id = await self._on_screen(session, body, "")
         receipt = await self.call(
             session,
             "AddMissedFinding",
             cad_pb2.MissedFinding(
-                request_id=_text(body, "request_id"),
+                request_id=request_id,
                 box=cad_pb2.Box(**values),
                 idempotency_key=_text(body, "key"),
                 note=_text(body, "note", required=False),
             ),
         )
-        session.images.pop(_text(body, "request_id"), None)
-        return self._receipt(session, receipt)
+        return await self._receipt(session, receipt)
 
     async def retract(self, request: Request, session: Session) -> Any:
         """Undo: take back one's own last verdict or missed finding (a retraction event)."""
@@ -498,15 +554,72 @@ class ReviewApp:
                 event_id=_text(body, "event_id"), idempotency_key=_text(body, "key")
             ),
         )
-        if not receipt.replayed:
-            session.reviewed = max(0, session.reviewed - 1)
-        return self._receipt(session, receipt, counts=False)
+        return await self._receipt(session, receipt, counts=-1)
 
-    def _receipt(
-        self, session: Session, receipt: cad_pb2.CorrectionReceipt, counts: bool = True
+    async def skip(self, request: Request, session: Session) -> Any:
+        """Skip: the item goes back to the other reviewers' queues at once (its claim ends)."""
+        body = await _json_body(request)
+        reply = await self.call(
+            session,
+            "ReleaseClaims",
+            cad_pb2.ClaimRelease(candidate_ids=[_text(body, "candidate_id")]),
+        )
+        return {"released": reply.released}
+
+    async def conflicts(self, request: Request, session: Session) -> Any:
+        """Disagreements nobody has settled, oldest first: what an adjudicator works through."""
+        reply = await self.call(
+            session, "GetConflicts", cad_pb2.ConflictsRequest(limit=self.settings.queue_max)
+        )
+        return {
+            "conflicts": [
+                {
+                    "candidate_id": c.candidate_id,
+                    "request_id": c.request_id,
+                    "box": _box(c.box),
+                    "verdicts": [
+                        {
+                            "reviewer": v.reviewer,
+                            "label": LABELS.get(v.label, "unlabeled"),
+                            "created": v.created,
+                            "note": v.note,
+                        }
+                        for v in c.verdicts
+                    ],
+                    "yours": any(v.reviewer == session.reviewer for v in c.verdicts),
+                }
+                for c in reply.conflicts
+            ]
+        }
+
+    async def adjudicate(self, request: Request, session: Session) -> Any:
+        """The final verdict on a disagreement, by a reviewer who gave none on it."""
+        body = await _json_body(request)
+        verdicts = {"confirm": cad_pb2.TRUE_POSITIVE, "dismiss": cad_pb2.FALSE_POSITIVE}
+        verdict = body.get("verdict")
+        if verdict not in verdicts:
+            raise PageError(400, "verdict must be confirm or dismiss")
+        candidate = _text(body, "candidate_id")
+        await self._on_screen(session, body, candidate)
+        receipt = await self.call(
+            session,
+            "Adjudicate",
+            cad_pb2.Adjudication(
+                candidate_id=candidate,
+                verdict=verdicts[verdict],
+                idempotency_key=_text(body, "key"),
+                note=_text(body, "note", required=False),
+            ),
+        )
+        return await self._receipt(session, receipt)
+
+    async def _receipt(
+        self, session: Session, receipt: cad_pb2.CorrectionReceipt, counts: int = 1
     ) -> dict[str, Any]:
-        if counts and not receipt.replayed:
-            session.reviewed += 1
+        """What the page shows of a receipt; the sitting's count moves unless it was a replay."""
+        reviewed = session.reviewed
+        if not receipt.replayed:
+            reviewed = await self._sessions("count", session.sid, counts)
         return {
             "event_id": receipt.event_id,
             "candidate_id": receipt.candidate_id,
@@ -514,7 +627,7 @@ class ReviewApp:
             "label": LABELS.get(receipt.label, "unlabeled"),
             "conflict": receipt.conflict,
             "replayed": receipt.replayed,
-            "reviewed": session.reviewed,
+            "reviewed": reviewed,
             "notices": _notices(receipt.notices),
         }
 
@@ -686,8 +799,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     review = create_app(settings)
     scheme = "https" if settings.tls_cert_file else "http"
+    kept = "the label store" if settings.store_url else "this process (one replica only)"
     print(
-        f"review page on {scheme}://{settings.host}:{settings.port}/ (CAD server {settings.server})"
+        f"review page on {scheme}://{settings.host}:{settings.port}/ (CAD server {settings.server}; "
+        f"sign-ins kept in {kept})"
     )
     uvicorn.run(
         review.app,

@@ -39,6 +39,12 @@ class ReviewUiSettings(BaseSettings):
     secure_cookies: bool | None = Field(
         None, description="Mark cookies Secure; unset: on when the page serves HTTPS."
     )
+    store_url: str | None = Field(
+        None,
+        description="Label store (the CAD server's CAD_STORE_URL) that keeps sign-ins, so that "
+        "several replicas serve the page behind a load balancer; unset: in this process's memory "
+        "(run one replica).",
+    )
     session_idle_s: float = Field(
         1800.0, gt=0, description="A sign-in ends after this long without a request."
     )

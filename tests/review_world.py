@@ -59,7 +59,7 @@ def review_ui(settings: ReviewUiSettings) -> Iterator[UiProcess]:
         server.should_exit = True
         thread.join(30)
         sock.close()
-        review.channel.close()
+        review.close()
 
 
 @dataclass

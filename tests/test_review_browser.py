@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
+@contextmanager
+def chromium(profile: Path) -> Iterator[Any]:
+    """A headless Chromium with a profile of its own (its own cookies: a browser of its own)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -43,7 +45,7 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         "--disable-component-update",
         "--disable-sync",
         "--disable-quic",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        f"--user-data-dir={profile}",
     ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
@@ -52,6 +54,12 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    with chromium(tmp_path / "chromium-profile") as driver:
+        yield driver
 
 
 def wait(driver: Any, condition: Any, what: str, timeout: float = 30) -> Any:
@@ -89,7 +97,9 @@ def at_item(driver: Any, k: int) -> Any:
 
 
 def history(driver: Any) -> list[str]:
-    return [li.text for li in driver.find_elements("css selector", "#history li")]
+    """The sitting's history, newest first (read even while the work area is hidden)."""
+    items = driver.find_elements("css selector", "#history li")
+    return [str(li.get_attribute("textContent")) for li in items]
 
 
 def current(driver: Any) -> dict[str, Any]:
@@ -175,6 +185,7 @@ def run_the_sitting(driver: Any, world: World) -> None:
     driver.find_element("id", "confirm").click()
     wait(driver, at_item(driver, 2), "the second item")
     assert history(driver)[0].startswith("Confirmed") and note in history(driver)[0]
+    assert "candidate 1 of " in history(driver)[0] and " on frame 1 " in history(driver)[0]
     assert driver.execute_script("return window.pwned === undefined;")
     second = current(driver)
 
@@ -198,8 +209,17 @@ def run_the_sitting(driver: Any, world: World) -> None:
     wait(driver, at_item(driver, 4), "the fourth item")
     wait(driver, lambda d: "Reviewed in this sitting: 2" in text_of(d, "progress"), "the count")
 
-    # Draw a missed finding on the fourth item's image and save it.
+    # Each frame was fetched and decoded once, however many of its candidates were shown.
     fourth = current(driver)
+    pngs = driver.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+        ".filter(n => n.endsWith('/png'));"
+    )
+    shown_frames = {first["request_id"], second["request_id"], third["request_id"]}
+    shown_frames.add(fourth["request_id"])
+    assert sorted(pngs) == sorted(f"{world.ui.url}/api/image/{r}/png" for r in shown_frames)
+
+    # Draw a missed finding on the fourth item's image and save it.
     draw_box(driver, (8, 10), (28, 26))
     driver.find_element("id", "save-missed").click()
     wait(driver, lambda d: history(d)[0].startswith("Marked a missed finding"), "the missed box")
@@ -246,10 +266,10 @@ def run_the_sitting(driver: Any, world: World) -> None:
         print("  ", row)
 
 
-def sign_in(driver: Any, world: World, who: str = "dr.jones") -> None:
+def sign_in(driver: Any, world: World, who: str = "dr.jones", token: str = "") -> None:
     driver.get(world.ui.url + "/")
     wait(driver, lambda d: d.current_url.endswith("/signin"), "the sign-in page")
-    driver.find_element("id", "token").send_keys(TOKENS[who])
+    driver.find_element("id", "token").send_keys(token or TOKENS[who])
     driver.find_element("id", "signin-button").click()
     wait(driver, lambda d: d.find_elements("id", "load"), "the review page")
 
@@ -380,6 +400,13 @@ def test_no_verdict_lands_on_an_item_that_was_never_drawn(browser: Any, tmp_path
         sign_in(browser, world)
         browser.find_element("id", "load").click()
         wait(browser, at_item(browser, 1), "the first item")
+        items = browser.execute_script("return cadReview.state.items;")
+        last_of_first = max(
+            i for i, x in enumerate(items) if x["request_id"] == items[0]["request_id"]
+        )
+        for k in range(last_of_first):  # to the first frame's last candidate: the next is elsewhere
+            browser.find_element("tag name", "body").send_keys("s")
+            wait(browser, at_item(browser, k + 2), "the next item")
         # the image requests fail from now on, as they do while the server is unreachable
         browser.execute_script(
             "window.realFetch = window.fetch;"
@@ -387,8 +414,10 @@ def test_no_verdict_lands_on_an_item_that_was_never_drawn(browser: Any, tmp_path
             " Promise.reject(new TypeError('unreachable')) : window.realFetch(url, init);"
         )
         browser.find_element("tag name", "body").send_keys("s")
-        wait(browser, lambda d: text_of(d, "position").startswith("2 of "), "the panel moved on")
         wait(browser, lambda d: text_of(d, "message"), "the failure said")
+        # the panel still describes the item drawn, dimmed: it moves only with the image
+        assert text_of(browser, "position").startswith(f"{last_of_first + 1} of ")
+        assert "loading" in browser.find_element("id", "work").get_attribute("class")
         browser.execute_script("window.fetch = window.realFetch;")  # the server is back
         browser.find_element("tag name", "body").send_keys("c")
         browser.find_element("id", "confirm").click()
@@ -397,6 +426,17 @@ def test_no_verdict_lands_on_an_item_that_was_never_drawn(browser: Any, tmp_path
             "cadReview.submit('confirm').then(() => done(true), () => done(false));"
         )
         assert browser.execute_script("return cadReview.state.drawn === null;")
+        # and the server refuses a verdict on a frame the page never drew, whatever it sends
+        status, error = browser.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "const item = cadReview.state.items[cadReview.state.index];"
+            "fetch('/api/verdict', {method: 'POST', credentials: 'same-origin', headers: {"
+            "'Content-Type': 'application/json', 'X-CSRF-Token': "
+            "document.querySelector('meta[name=csrf-token]').content}, body: JSON.stringify({"
+            "candidate_id: item.candidate_id, request_id: item.request_id, verdict: 'confirm',"
+            "key: 'forced'})}).then(async (r) => done([r.status, (await r.json()).error]));"
+        )
+        assert status == 409 and "never shown on your screen" in error
         store = open_store(world.store_url)
         try:
             assert store.events() == []  # nothing recorded for the item never drawn
@@ -439,4 +479,92 @@ def test_a_missed_finding_can_be_marked_with_the_keyboard(browser: Any, tmp_path
             box["y"],
             box["width"],
             box["height"],
+        )
+
+
+def test_two_reviewers_in_two_browsers_get_disjoint_items_and_a_third_settles_them(
+    browser: Any, tmp_path: Path
+) -> None:
+    """Two reviewers used to get identical queues; when they disagreed only the second heard of
+    it, and nothing asked anyone to settle it. Now each browser's queue holds items nobody else
+    holds; when a claim runs out and both label one item differently, both are told, naming the
+    other; a third reviewer settles it on the page, and that verdict is final."""
+    lee = "lee-review-token-0123456789"
+    extra = [{"identity": "dr.lee", "roles": ["review"], "token": lee}]
+    with (
+        review_world(tmp_path, extra_tokens=extra) as world,
+        chromium(tmp_path / "second-profile") as other,
+    ):
+        sign_in(browser, world, "dr.jones")
+        sign_in(other, world, "dr.smith")
+        browser.find_element("id", "limit").clear()
+        browser.find_element("id", "limit").send_keys("2")
+        browser.find_element("id", "load").click()
+        wait(browser, at_item(browser, 1), "dr.jones's first item")
+        other.find_element("id", "load").click()
+        wait(other, at_item(other, 1), "dr.smith's first item")
+        ids = "return cadReview.state.items.map(i => i.candidate_id);"
+        jones_items, smith_items = browser.execute_script(ids), other.execute_script(ids)
+        assert len(jones_items) == 2 and len(smith_items) == 3
+        assert not set(jones_items) & set(smith_items)  # disjoint: each item has one reviewer
+        assert set(jones_items) | set(smith_items) == set(world.candidates)
+
+        # dr.jones's claims run out (away from the desk); dr.smith's next queue offers them
+        store = open_store(world.store_url)
+        try:
+            store._run(
+                lambda cur: cur.execute(
+                    store._sql("UPDATE candidates SET claimed_until = ? WHERE claimed_by = ?"),
+                    ("2000-01-01T00:00:00+00:00", "dr.jones"),
+                )
+            )
+        finally:
+            store.close()
+        disputed = jones_items[0]  # on dr.jones's screen all along
+        other.find_element("id", "load").click()
+        wait(other, at_item(other, 1), "dr.smith's queue again")
+        k = other.execute_script(ids).index(disputed)
+        for step in range(k):
+            other.find_element("tag name", "body").send_keys("s")
+            wait(other, at_item(other, step + 2), "the next item")
+        browser.find_element("tag name", "body").send_keys("d")  # dr.jones: no finding
+        wait(browser, at_item(browser, 2), "dr.jones's second item")
+        other.find_element("tag name", "body").send_keys("c")  # dr.smith: a finding
+        wait(other, lambda d: "dr.jones disagrees" in text_of(d, "message"), "smith told")
+        browser.find_element("tag name", "body").send_keys("d")  # dr.jones's next action
+        wait(browser, lambda d: "dr.smith disagrees" in text_of(d, "message"), "jones told")
+        assert "(you: no finding, dr.smith: finding)" in text_of(browser, "message")
+
+        # neither of them may settle it; the page says so and offers nothing to settle
+        other.find_element("id", "disputes").click()
+        wait(other, lambda d: "include your own verdict" in text_of(d, "message"), "not theirs")
+        assert other.find_element("id", "empty").is_displayed()
+
+        # dr.lee settles it on the page: the frame, the box and both verdicts are shown
+        browser.find_element("id", "signout-button").click()
+        wait(browser, lambda d: d.current_url.endswith("/signin?m=signedout"), "signed out")
+        sign_in(browser, world, "dr.lee", lee)
+        browser.find_element("id", "disputes").click()
+        wait(browser, at_item(browser, 1), "the dispute")
+        assert current(browser)["candidate_id"] == disputed
+        assert text_of(browser, "verdicts") == "dr.jones: no finding; dr.smith: finding"
+        assert not browser.find_element("id", "draw").is_displayed()
+        browser.find_element("id", "note").send_keys("clear polyp on review")
+        browser.find_element("tag name", "body").send_keys("c")
+        wait(browser, lambda d: d.find_element("id", "empty").is_displayed(), "all settled")
+        assert history(browser)[0].startswith("Settled as a finding:")
+        assert browser.find_element("id", "undo").get_attribute("disabled") is not None
+
+        store = open_store(world.store_url)
+        try:
+            (settled,) = [x for x in store.labeled() if x.candidate.candidate_id == disputed]
+            final = store.events(disputed)[-1]
+            assert store.conflicts() == []
+        finally:
+            store.close()
+        assert settled.label == 1 and settled.adjudicated
+        assert (final.kind, final.reviewer, final.note) == (
+            "adjudication",
+            "dr.lee",
+            "clear polyp on review",
         )

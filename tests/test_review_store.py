@@ -593,6 +593,17 @@ def test_two_reviewers_asking_at_once_get_disjoint_claimed_items(
         )
         later = services[1].annotation_queue(15, "entropy", reviewer="dr.d", claim_s=600)
         assert {e.candidate_id for e, _ in later.items} == set(got["dr.b"])
+        # a skip gives one item back at once, and only the skipper's own claim
+        skipped, kept = got["dr.a"][1], got["dr.a"][2]
+        assert services[1].release_claims("dr.d", [skipped]) == 0  # not dr.d's to give back
+        assert services[0].release_claims("dr.a", [skipped]) == 1
+        assert services[0].release_claims("dr.a", [skipped]) == 0  # a double click: no-op
+        after_skip = services[1].annotation_queue(1, "entropy", reviewer="dr.e", claim_s=600)
+        assert [e.candidate_id for e, _ in after_skip.items] == [skipped]
+        assert services[0].release_claims("dr.a") == 13  # a sign-out: all of dr.a's others
+        after_out = services[1].annotation_queue(20, "entropy", reviewer="dr.e", claim_s=600)
+        assert kept in {e.candidate_id for e, _ in after_out.items}
+        assert services[0].release_claims("") == 0  # without authentication nothing is claimed
         # without a reviewer (the experiment's oracle) there are no claims: the plain ranking
         plain = services[0].annotation_queue(5, "entropy")
         assert [e.candidate_id for e, _ in plain.items] == [c for c in best if c != got["dr.a"][0]][

@@ -16,7 +16,7 @@ from urllib.parse import urlencode, urlparse
 import grpc
 import pytest
 
-from reviewui.app import Sessions
+from reviewui.sessions import MemorySessions, StoreSessions
 from reviewui.settings import ReviewUiSettings
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.labels.store import open_store
@@ -149,7 +149,9 @@ def test_a_wrong_token_is_refused_with_a_clear_message(world: World) -> None:
 def test_state_changing_requests_without_the_csrf_token_are_refused(world: World) -> None:
     browser, csrf = signed_in(world)
     cid = world.candidates[0]
-    body = {"candidate_id": cid, "verdict": "confirm", "key": "csrf-test-1"}
+    body = {"candidate_id": cid, "request_id": world.dicom_request, "verdict": "confirm"}
+    body["key"] = "csrf-test-1"
+    shown(browser, world.dicom_request)
     assert browser.api("/api/verdict", body)[0] == 403  # no token
     assert browser.api("/api/verdict", body, **{"X-CSRF-Token": "guess"})[0] == 403
     cross = {"X-CSRF-Token": csrf, "Origin": "https://evil.example"}
@@ -168,10 +170,32 @@ def test_state_changing_requests_without_the_csrf_token_are_refused(world: World
     assert status == 403 and "cad_review_session" not in other.cookies
 
 
+def shown(browser: Browser, request_id: str) -> None:
+    """What the page does before it takes a verdict: fetch (and draw) the frame's image."""
+    status, _, png = browser.request("GET", f"/api/image/{request_id}/png")
+    assert status == 200 and png[:4] == b"\x89PNG"
+
+
 def test_a_verdict_is_recorded_once_under_the_reviewers_identity(world: World) -> None:
     browser, csrf = signed_in(world)
     cid = world.candidates[1]
     body = {"candidate_id": cid, "verdict": "dismiss", "key": "http-once", "note": "fold"}
+    token = {"X-CSRF-Token": csrf}
+    # only on a frame this session's page was served: what is stored is what was on screen
+    status, refused = browser.api(
+        "/api/verdict", {**body, "request_id": world.dicom_request}, **token
+    )
+    assert status == 409 and "never shown on your screen" in refused["error"]
+    shown(browser, world.png_request)
+    status, refused = browser.api(
+        "/api/verdict", {**body, "request_id": world.png_request}, **token
+    )
+    assert status == 409 and "not on the frame on your screen" in refused["error"]
+    missed = {"request_id": world.dicom_request, "box": {"x": 1, "y": 1, "width": 5, "height": 5}}
+    assert browser.api("/api/missed", {**missed, "key": "unseen-box"}, **token)[0] == 409
+    assert events(world, cid) == []
+    shown(browser, world.dicom_request)
+    body["request_id"] = world.dicom_request
     status, first = browser.api("/api/verdict", body, **{"X-CSRF-Token": csrf})
     assert status == 200 and first["label"] == "no finding" and not first["replayed"]
     status, again = browser.api("/api/verdict", body, **{"X-CSRF-Token": csrf})
@@ -193,7 +217,9 @@ def test_a_conflicting_label_is_reported(world: World) -> None:
             metadata=[("authorization", f"Bearer {TOKENS['dr.smith']}")],
         )
     browser, csrf = signed_in(world)
-    body = {"candidate_id": cid, "verdict": "dismiss", "key": "jones-conflict"}
+    shown(browser, world.dicom_request)
+    body = {"candidate_id": cid, "request_id": world.dicom_request, "verdict": "dismiss"}
+    body["key"] = "jones-conflict"
     status, receipt = browser.api("/api/verdict", body, **{"X-CSRF-Token": csrf})
     assert status == 200 and receipt["conflict"] and receipt["label_before"] == "finding"
     status, image = browser.api(f"/api/image/{world.dicom_request}")
@@ -281,9 +307,15 @@ def test_sign_out_ends_the_session(world: World) -> None:
     assert browser.api("/api/progress")[0] == 401
 
 
-def test_sessions_end_when_idle_or_old() -> None:
+@pytest.mark.parametrize("where", ["memory", "store"])
+def test_sessions_end_when_idle_or_old(where: str, tmp_path: Path) -> None:
     now = [0.0]
-    sessions = Sessions(idle_s=10, max_s=25, clock=lambda: now[0])
+    store = open_store(f"sqlite:///{tmp_path / 'labels.sqlite3'}")
+    sessions = (
+        MemorySessions(idle_s=10, max_s=25, clock=lambda: now[0])
+        if where == "memory"
+        else StoreSessions(store, idle_s=10, max_s=25, clock=lambda: now[0])
+    )
     sid, _ = sessions.create("t", "dr.a")
     now[0] = 9
     assert sessions.get(sid) is not None
@@ -389,3 +421,81 @@ def test_the_attempt_window_forgets_old_failures() -> None:
     assert strict.blocked_for("a") == 0.0 and strict.blocked_for("b") == 0.0
     strict.failed("a")
     assert strict.blocked_for("a") > 0 and strict.blocked_for("b") == 0.0
+
+
+def test_replicas_share_sign_ins_through_the_store(store_url: str, tmp_path: Path) -> None:
+    """Sign-ins in the store: a replica started after the sign-in (a new pod, a restart) serves
+    the reviewer, a frame served by one replica counts on another (a load balancer sends each
+    request anywhere), the sitting's count is shared, and signing out on one ends the sign-in
+    everywhere. The store keeps neither the session id nor the reviewer's token."""
+    with review_world(tmp_path, store_url=store_url) as world:
+        a = Browser(world.ui.url)
+        assert a.sign_in(TOKENS["dr.jones"])[0] == 303
+        sid = a.cookies["cad_review_session"]
+        settings = ReviewUiSettings(server=world.server.address, store_url=store_url)
+        with review_ui(settings) as other:
+            b = Browser(other.url)
+            b.cookies = a.cookies  # one browser, two replicas behind one address
+            csrf = b.page_csrf()
+            shown(a, world.png_request)
+            verdict = {
+                "candidate_id": world.candidates[3],
+                "request_id": world.png_request,
+                "verdict": "confirm",
+                "key": "replica-b",
+            }
+            status, receipt = b.api("/api/verdict", verdict, **{"X-CSRF-Token": csrf})
+            assert status == 200 and receipt["reviewed"] == 1
+            assert a.api("/api/progress")[1]["reviewed"] == 1
+            store = open_store(store_url)
+            try:
+                rows = store._query("SELECT * FROM review_sessions")
+                frames = store._query("SELECT request_id FROM review_session_frames")
+            finally:
+                store.close()
+            assert len(rows) == 1 and [f[0] for f in frames] == [world.png_request]
+            assert sid not in repr(rows) and TOKENS["dr.jones"] not in repr(rows)
+            assert b.form("/signout", {"csrf": csrf})[0] == 303
+            assert a.api("/api/progress")[0] == 401 and b.api("/api/progress")[0] == 401
+
+
+def test_sign_ins_survive_a_store_outage_and_say_so_meanwhile(tmp_path: Path) -> None:
+    from tests.pg import TempPostgres
+
+    try:
+        pg = TempPostgres().start()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    try:
+        with review_world(tmp_path, store_url=pg.new_database()) as world:
+            browser, _ = signed_in(world)
+            pg.crash()  # pg_ctl stop -m immediate
+            status, reply = browser.api("/api/progress")
+            assert status == 503 and "keeps review sign-ins is unreachable" in reply["error"]
+            assert browser.request("GET", "/")[0] == 503
+            status, _, body = Browser(world.ui.url).sign_in(TOKENS["dr.smith"])
+            assert status == 503 and b"unreachable" in body
+            pg.restart()
+            status, progress = browser.api("/api/progress")  # still signed in
+            assert status == 200 and progress["reviewer"] == "dr.jones"
+    finally:
+        pg.stop()
+
+
+def test_a_skipped_item_goes_back_to_the_other_reviewers_at_once(world: World) -> None:
+    jones, csrf = signed_in(world)
+    status, mine = jones.api("/api/queue?variant=entropy&limit=200")
+    assert status == 200 and mine["items"]
+    smith, _ = signed_in(world, "dr.smith")
+    held = {i["candidate_id"] for i in mine["items"]}
+    status, theirs = smith.api("/api/queue?variant=entropy&limit=200")
+    assert not held & {i["candidate_id"] for i in theirs["items"]}  # all claimed by dr.jones
+    skipped = mine["items"][0]["candidate_id"]
+    status, reply = jones.api("/api/skip", {"candidate_id": skipped}, **{"X-CSRF-Token": csrf})
+    assert status == 200 and reply["released"] == 1
+    status, theirs = smith.api("/api/queue?variant=entropy&limit=200")
+    assert skipped in {i["candidate_id"] for i in theirs["items"]}
+    assert jones.form("/signout", {"csrf": csrf})[0] == 303  # a sign-out gives back the rest
+    status, theirs = smith.api("/api/queue?variant=entropy&limit=200")
+    assert held <= {i["candidate_id"] for i in theirs["items"]}
+    assert smith.form("/signout", {"csrf": smith.page_csrf()})[0] == 303  # nothing left held

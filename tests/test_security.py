@@ -527,6 +527,22 @@ def test_queue_claims_belong_to_the_token_identity(registry_root: Path, tmp_path
         assert len(ids[0]) == len(ids[1]) == 2 and not ids[0] & ids[1]
         again = queue(cad_pb2.QueueRequest(limit=2), timeout=10, metadata=bearer("review"))
         assert {i.candidate_id for i in again.items} == ids[0]  # still dr.jones's
+        # a skip gives an item back: only the caller's own claims, whoever they name
+        release = cad_pb2_grpc.CadReviewStub(ch).ReleaseClaims
+        lee_meta = [("authorization", f"Bearer {second}")]
+        mine = sorted(ids[0])
+        theirs = release(cad_pb2.ClaimRelease(candidate_ids=mine), timeout=10, metadata=lee_meta)
+        assert theirs.released == 0
+        given = release(
+            cad_pb2.ClaimRelease(candidate_ids=mine[:1]), timeout=10, metadata=bearer("review")
+        )
+        assert given.released == 1
+        lee_again = queue(cad_pb2.QueueRequest(limit=3), timeout=10, metadata=lee_meta)
+        assert mine[0] in {i.candidate_id for i in lee_again.items}
+        assert (
+            code_of(release, cad_pb2.ClaimRelease(), timeout=10, metadata=bearer("infer"))
+            == grpc.StatusCode.PERMISSION_DENIED
+        )
 
 
 def test_disagreements_are_told_to_both_and_settled_over_grpc(

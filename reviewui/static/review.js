@@ -11,7 +11,10 @@
   const state = {
     items: [], index: 0, image: null, bitmap: null, last: null, k: 1,
     drawing: false, drag: null, missed: null, missedKey: null, drawn: null, keysFrom: 0,
+    mode: "queue", // or "adjudicate": settling disagreements
+    bitmaps: new Map(), // request id -> decoded frame: each frame is fetched and decoded once
   };
+  const BITMAPS_KEPT = 4;
 
   function newKey() {
     const bytes = new Uint8Array(16);
@@ -80,10 +83,12 @@
         if (!frames.has(item.request_id)) frames.set(item.request_id, []);
         frames.get(item.request_id).push(item);
       }
-      state.items = [].concat(...frames.values()).map((item) => Object.assign(item, {
-        keys: { confirm: newKey(), dismiss: newKey() }, done: false,
-      }));
-      state.index = 0;
+      let frameNo = 0;
+      for (const group of frames.values()) {
+        frameNo += 1;
+        group.forEach((item, k) => Object.assign(item, { frameNo: frameNo, ordinal: k + 1, ofFrame: group.length }));
+      }
+      start("queue", [].concat(...frames.values()));
       tell(q.notices);
       $("empty").hidden = state.items.length > 0;
       $("work").hidden = state.items.length === 0;
@@ -94,6 +99,40 @@
     refreshProgress();
   }
 
+  function start(mode, items) {
+    state.mode = mode;
+    state.items = items.map((item) => Object.assign(item, {
+      keys: { confirm: newKey(), dismiss: newKey() }, done: false,
+    }));
+    state.index = 0;
+    state.last = null;
+    $("undo").disabled = true;
+    document.body.classList.toggle("adjudicating", mode === "adjudicate");
+  }
+
+  // Settling disagreements: each disputed candidate on its frame with every verdict given;
+  // a reviewer who gave one of them cannot settle it (the server refuses too).
+  async function loadDisputes() {
+    say("");
+    try {
+      const d = await api("/api/conflicts");
+      const open = d.conflicts.filter((c) => !c.yours);
+      const own = d.conflicts.length - open.length;
+      start("adjudicate", open.map((c, k) => Object.assign(c, {
+        probability: null, score: null, model_version: "", frameNo: k + 1, ordinal: 1, ofFrame: 1,
+      })));
+      $("empty").textContent = "No disagreement waits for you to settle.";
+      $("empty").hidden = state.items.length > 0;
+      $("work").hidden = state.items.length === 0;
+      if (own) {
+        say(own + " disagreement(s) include your own verdict; another reviewer settles those.", "info");
+      }
+      if (state.items.length) await show();
+    } catch (err) {
+      say(err.message);
+    }
+  }
+
   function tell(notices) {
     if (!notices || !notices.length) return;
     const lines = notices.map((n) => n.other_reviewer + " disagrees on candidate " +
@@ -102,36 +141,58 @@
     say(lines.join(" "), "info");
   }
 
+  async function frameBitmap(requestId) {
+    if (state.bitmaps.has(requestId)) return state.bitmaps.get(requestId);
+    const r = await fetch("/api/image/" + encodeURIComponent(requestId) + "/png", { credentials: "same-origin" });
+    if (!r.ok) throw new Error("The image could not be loaded.");
+    const bitmap = await createImageBitmap(await r.blob());
+    state.bitmaps.set(requestId, bitmap);
+    while (state.bitmaps.size > BITMAPS_KEPT) state.bitmaps.delete(state.bitmaps.keys().next().value);
+    return bitmap;
+  }
+
+  function where(item) {
+    // the frame and candidate in words: "candidate 2 of 3 on frame 4 (source …1a2b, frame 0)"
+    const source = item.source_id ? "source …" + item.source_id.slice(-8) + ", " : "";
+    return "candidate " + item.ordinal + " of " + item.ofFrame + " on frame " + item.frameNo +
+      " (" + source + "frame " + (item.frame_index || 0) + ")";
+  }
+
   async function show() {
     state.drawn = null; // no verdict and no key until this item is on screen
     const item = state.items[state.index];
     if (!item) {
       $("work").hidden = true;
       $("empty").hidden = false;
-      $("empty").textContent = "You have reached the end of this queue. Load it again for more.";
+      $("empty").textContent = state.mode === "adjudicate"
+        ? "Every disagreement shown has been settled." :
+        "You have reached the end of this queue. Load it again for more.";
       return;
     }
     stopDrawing();
-    $("note").value = "";
-    $("position").textContent = (state.index + 1) + " of " + state.items.length;
-    $("probability").textContent = fmt(item.probability, 3);
-    $("score").textContent = fmt(item.score, 3);
-    $("version").textContent = item.model_version;
-    $("label").textContent = "…";
+    $("work").classList.add("loading");
     try {
+      // the labels as they are now; the frame itself only when it is not the one on screen
       const [image, bitmap] = await Promise.all([
         api("/api/image/" + encodeURIComponent(item.request_id)),
-        fetch("/api/image/" + encodeURIComponent(item.request_id) + "/png", { credentials: "same-origin" })
-          .then((r) => { if (!r.ok) throw new Error("The image could not be loaded."); return r.blob(); })
-          .then((b) => createImageBitmap(b)),
+        frameBitmap(item.request_id),
       ]);
       if (state.items[state.index] !== item) return; // moved on meanwhile
       state.image = image;
       state.bitmap = bitmap;
+      $("note").value = "";
+      $("position").textContent = (state.index + 1) + " of " + state.items.length + " · " + where(item);
+      $("probability").textContent = fmt(item.probability, 3);
+      $("score").textContent = fmt(item.score, 3);
+      $("version").textContent = item.model_version || "n/a";
+      $("verdicts").textContent = (item.verdicts || []).map((v) =>
+        v.reviewer + ": " + v.label + (v.note ? " (" + v.note + ")" : "")).join("; ");
       const mine = image.candidates.find((c) => c.candidate_id === item.candidate_id);
+      if (mine && state.mode === "queue") item.probability = mine.probability;
       const label = mine ? mine.label + (mine.labeled_by ? " (by " + mine.labeled_by + ")" : "") : "unknown";
       $("label").textContent = label + (mine && mine.conflict ? " · CONFLICT" : "");
       draw();
+      $("work").classList.remove("loading");
       state.drawn = item;
       state.keysFrom = performance.now() + KEY_GUARD_MS;
     } catch (err) {
@@ -194,8 +255,8 @@
     $("history").prepend(li);
   }
 
-  function describe(receipt, what, note) {
-    let text = what + " " + receipt.candidate_id.slice(0, 12) + "…";
+  function describe(receipt, what, note, item) {
+    let text = what + " " + (item ? where(item) : "candidate " + receipt.candidate_id.slice(0, 12) + "…");
     if (note) text += " — note: " + note;
     if (receipt.replayed) text += " (already recorded)";
     return text;
@@ -205,10 +266,12 @@
     const item = state.items[state.index];
     if (!item || state.drawn !== item) return; // only the item drawn on screen gets a verdict
     const note = $("note").value;
+    const settling = state.mode === "adjudicate";
     setBusy(true);
     try {
-      const receipt = await api("/api/verdict", {
-        candidate_id: item.candidate_id, verdict: verdict, note: note, key: item.keys[verdict],
+      const receipt = await api(settling ? "/api/adjudicate" : "/api/verdict", {
+        candidate_id: item.candidate_id, request_id: item.request_id, verdict: verdict, note: note,
+        key: item.keys[verdict],
       });
       if (receipt.conflict) {
         say("Someone else had labeled this candidate meanwhile (" + receipt.label_before +
@@ -218,9 +281,12 @@
       }
       tell(receipt.notices);
       if (!receipt.replayed) {
-        remember(describe(receipt, verdict === "confirm" ? "Confirmed" : "Dismissed", note));
-        state.last = { kind: "verdict", item: item, eventId: receipt.event_id, key: newKey() };
-        $("undo").disabled = false;
+        const what = (settling ? "Settled as " : "") + (verdict === "confirm" ?
+          (settling ? "a finding:" : "Confirmed") : (settling ? "no finding:" : "Dismissed"));
+        remember(describe(receipt, what, note, item));
+        // an adjudication is final: there is nothing to undo
+        state.last = settling ? null : { kind: "verdict", item: item, eventId: receipt.event_id, key: newKey() };
+        $("undo").disabled = settling;
       }
       if (state.items[state.index] === item && !item.done) {
         item.done = true;
@@ -247,12 +313,12 @@
         await show();
       }
       if (last.kind === "skip") {
-        remember("Undid a skip of " + last.item.candidate_id.slice(0, 12) + "…");
+        remember("Undid the skip of " + where(last.item));
         say("Back at the item you skipped.", "info");
       } else {
         const receipt = await api("/api/retract", { event_id: last.eventId, key: last.key });
         const what = last.kind === "missed" ? "the missed finding" : "the verdict";
-        remember(describe(receipt, "Took back " + what + " on", ""));
+        remember(describe(receipt, "Took back " + what + " on", "", last.item));
         say("Undone: " + what + " is retracted (the history keeps both); the candidate is as it was before.", "info");
         last.item.keys = { confirm: newKey(), dismiss: newKey() };
         last.item.done = false;
@@ -269,12 +335,17 @@
   }
 
   function skip() {
-    if (state.index < state.items.length) {
-      state.last = { kind: "skip", item: state.items[state.index] };
-      $("undo").disabled = false;
-      state.index += 1;
-      show();
+    const item = state.items[state.index];
+    if (!item) return;
+    if (state.mode === "queue") {
+      // given back at once: another reviewer's queue may offer it (undo still shows it here)
+      api("/api/skip", { candidate_id: item.candidate_id }).catch((err) => say(err.message));
     }
+    remember("Skipped " + where(item));
+    state.last = { kind: "skip", item: item };
+    $("undo").disabled = false;
+    state.index += 1;
+    show();
   }
 
   function setBusy(busy) {
@@ -384,7 +455,7 @@
       const receipt = await api("/api/missed", {
         request_id: item.request_id, box: box, note: note, key: state.missedKey,
       });
-      remember(describe(receipt, "Marked a missed finding", note));
+      remember(describe(receipt, "Marked a missed finding near", note, item));
       say("Missed finding saved.", "info");
       if (!receipt.replayed) {
         state.last = { kind: "missed", item: item, eventId: receipt.event_id, key: newKey() };
@@ -401,6 +472,7 @@
 
   window.addEventListener("resize", () => draw());
   $("load").addEventListener("click", loadQueue);
+  $("disputes").addEventListener("click", loadDisputes);
   $("confirm").addEventListener("click", () => submit("confirm"));
   $("dismiss").addEventListener("click", () => submit("dismiss"));
   $("undo").addEventListener("click", undo);
@@ -419,7 +491,8 @@
     // keys count only once the item has been on screen for KEY_GUARD_MS
     if (event.repeat || !state.drawn || performance.now() < state.keysFrom) return;
     const actions = {
-      c: () => submit("confirm"), d: () => submit("dismiss"), u: undo, s: skip, m: startDrawing,
+      c: () => submit("confirm"), d: () => submit("dismiss"), u: undo, s: skip,
+      m: () => { if (state.mode === "queue") startDrawing(); },
     };
     const action = actions[event.key.toLowerCase()];
     if (action) {
@@ -428,6 +501,6 @@
     }
   });
 
-  window.cadReview = { submit: submit, state: state, loadQueue: loadQueue };
+  window.cadReview = { submit: submit, state: state, loadQueue: loadQueue, loadDisputes: loadDisputes };
   refreshProgress();
 })();

@@ -9,7 +9,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -393,9 +393,12 @@ class ReviewService:
             offered = [(e, s) for e, s in offered if e.candidate_id in taken]
         return QueueResult(variant, unlabeled, offered[:limit])
 
-    def review_image(self, request_id: str) -> ReviewImage:
-        """A request's archived image (PNG as stored) and every candidate recorded on it."""
+    def review_image(self, request_id: str, labels_only: bool = False) -> ReviewImage:
+        """A request's archived image (PNG as stored) and every candidate recorded on it;
+        ``labels_only``: the candidates without the PNG (read from the archive otherwise)."""
         image = self.store.get_image(request_id)
+        if labels_only:
+            return ReviewImage(image, b"", self.store.candidates_of(request_id))
         if self.archive is None:
             raise NotFound("this server keeps no image archive")
         try:
@@ -414,6 +417,17 @@ class ReviewService:
         digest = body_hash(kind="retraction", event_id=event_id, reviewer=reviewer)
         receipt = self.store.retract(event_id, reviewer, key, digest)
         return receipt
+
+    def release_claims(self, reviewer: str, candidate_ids: Sequence[str] = ()) -> int:
+        """Give back ``reviewer``'s queue items (those named, or all): other reviewers' queues
+        offer them again at once."""
+        if not reviewer.strip():
+            return 0  # without authentication nothing is claimed
+        if len(candidate_ids) > MAX_QUEUE_LIMIT:
+            raise InvalidInput(
+                f"{len(candidate_ids)} candidates is over the maximum of {MAX_QUEUE_LIMIT}"
+            )
+        return self.store.release_claims(reviewer.strip(), candidate_ids)
 
     def _unlabeled(self) -> int:
         """The queue depth, for a reply: counted afresh, except that a large pool's count

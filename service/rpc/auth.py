@@ -53,6 +53,7 @@ METHOD_ROLES: dict[str, str] = {
     "/cad.v1.CadReview/GetConflicts": REVIEW,
     "/cad.v1.CadReview/Adjudicate": REVIEW,
     "/cad.v1.CadReview/Retract": REVIEW,
+    "/cad.v1.CadReview/ReleaseClaims": REVIEW,
 }
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIX = "/grpc.reflection."

@@ -277,6 +277,16 @@ class CadReviewServicer(cad_pb2_grpc.CadReviewServicer):
         )
         return await self._told(converters.receipt(result), result.event.reviewer)
 
+    async def ReleaseClaims(  # noqa: N802
+        self, request: cad_pb2.ClaimRelease, context: grpc.aio.ServicerContext
+    ) -> cad_pb2.ClaimReleaseReply:
+        identity = current_identity.get()  # claims are the authenticated reviewer's own
+        ids = [converters.identifier(c, "candidate_ids") for c in request.candidate_ids]
+        released = await self._run(
+            self.review.release_claims, identity.name if identity else "", ids
+        )
+        return cad_pb2.ClaimReleaseReply(released=released)
+
     async def AddMissedFinding(  # noqa: N802
         self, request: cad_pb2.MissedFinding, context: grpc.aio.ServicerContext
     ) -> cad_pb2.CorrectionReceipt:
@@ -316,7 +326,9 @@ class CadReviewServicer(cad_pb2_grpc.CadReviewServicer):
         self, request: cad_pb2.ReviewImageRequest, context: grpc.aio.ServicerContext
     ) -> cad_pb2.ReviewImage:
         request_id = converters.identifier(request.request_id, "request_id")
-        return converters.review_image(await self._run(self.review.review_image, request_id))
+        return converters.review_image(
+            await self._run(self.review.review_image, request_id, request.labels_only)
+        )
 
     async def GetReviewStats(  # noqa: N802
         self, request: cad_pb2.ReviewStatsRequest, context: grpc.aio.ServicerContext

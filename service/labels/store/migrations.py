@@ -177,4 +177,28 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "WHERE label IS NULL AND origin = 'model' AND patch_probs IS NOT NULL",
         ],
     ),
+    (
+        9,
+        "review page sign-ins in the store, so that the review UI runs as several replicas: a "
+        "hash of each session id, the reviewer's token sealed with a key only the id gives, and "
+        "the frames each session's page was served",
+        [
+            """CREATE TABLE review_sessions (
+                session_hash TEXT PRIMARY KEY,
+                reviewer TEXT NOT NULL,
+                sealed_token TEXT NOT NULL,
+                started DOUBLE PRECISION NOT NULL,
+                seen DOUBLE PRECISION NOT NULL,
+                reviewed INTEGER NOT NULL DEFAULT 0
+            )""",
+            "CREATE INDEX review_sessions_seen ON review_sessions (seen)",
+            """CREATE TABLE review_session_frames (
+                session_hash TEXT NOT NULL
+                    REFERENCES review_sessions (session_hash) ON DELETE CASCADE,
+                request_id TEXT NOT NULL,
+                shown DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (session_hash, request_id)
+            )""",
+        ],
+    ),
 ]

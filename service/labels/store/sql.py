@@ -359,6 +359,17 @@ class SqlLabelStore:
             self.migrate()
         return self._attempt(body, relaxed)
 
+    def run(self, body: Callable[[Any], T]) -> T:
+        """Run ``body(cursor)`` in one transaction as this store's own operations are run (once
+        more on a lost connection, else StoreUnavailable); for tables other modules keep in the
+        store (the review UI's sign-ins). ``body`` must be safe to repeat; write its SQL with
+        ``?`` placeholders through :meth:`sql`."""
+        return self._run(body)
+
+    def sql(self, text: str) -> str:
+        """``text`` with ``?`` placeholders in this store's dialect."""
+        return self._sql(text)
+
     def _attempt(self, body: Callable[[Any], T], relaxed: bool = False) -> T:
         for attempt in (1, 2):
             try:
@@ -1163,22 +1174,40 @@ class SqlLabelStore:
         self, candidate_ids: Sequence[str], reviewer: str, seconds: float, limit: int
     ) -> list[str]:
         """Claim for ``reviewer``, in the given order, the first ``limit`` of these candidates
-        that are unlabeled and not claimed by another reviewer (or whose claim has ended): each
-        claim is one conditional update, so two reviewers asking at once never get the same
-        item. Returns the ids claimed, in order."""
+        that are unlabeled and not claimed by another reviewer (or whose claim has ended), so
+        that two reviewers asking at once never get the same item. PostgreSQL: one statement
+        that locks the rows it takes and skips rows another transaction holds (``FOR UPDATE
+        SKIP LOCKED``: a reviewer never waits on another's claim); SQLite, whose writers are
+        serialised: one conditional update per candidate. Returns the ids claimed, in order."""
+        ids = list(candidate_ids)
 
         def body(cur: Any) -> list[str]:
             now_ = self._now(cur)
             until = (datetime.fromisoformat(now_) + timedelta(seconds=seconds)).isoformat()
+            free = (
+                "label IS NULL AND (claimed_until IS NULL OR claimed_until < ? OR claimed_by = ?)"
+            )
+            if self.dialect is POSTGRES:
+                cur.execute(
+                    self._sql(
+                        "UPDATE candidates SET claimed_by = ?, claimed_until = ? "
+                        "WHERE candidate_id IN (SELECT candidate_id FROM candidates "
+                        f"WHERE candidate_id = ANY(?) AND {free} "
+                        "ORDER BY array_position(?, candidate_id) LIMIT ? "
+                        "FOR UPDATE SKIP LOCKED) RETURNING candidate_id"
+                    ),
+                    (reviewer, until, ids, now_, reviewer, ids, limit),
+                )
+                got = {r[0] for r in cur.fetchall()}
+                return [cid for cid in ids if cid in got]
             taken: list[str] = []
-            for cid in candidate_ids:
+            for cid in ids:
                 if len(taken) >= limit:
                     break
                 cur.execute(
                     self._sql(
                         "UPDATE candidates SET claimed_by = ?, claimed_until = ? "
-                        "WHERE candidate_id = ? AND label IS NULL AND (claimed_until IS NULL "
-                        "OR claimed_until < ? OR claimed_by = ?)"
+                        f"WHERE candidate_id = ? AND {free}"
                     ),
                     (reviewer, until, cid, now_, reviewer),
                 )
@@ -1188,18 +1217,25 @@ class SqlLabelStore:
 
         return self._run(body)
 
-    def release_claims(self, reviewer: str) -> int:
-        """End every claim of a reviewer (sign-out); returns how many."""
+    def release_claims(self, reviewer: str, candidate_ids: Sequence[str] = ()) -> int:
+        """End ``reviewer``'s claims on these candidates (a skip), or on every candidate when
+        none are given (a sign-out); another reviewer's claims are left alone. Returns how
+        many ended."""
+        ids = list(candidate_ids)
 
         def body(cur: Any) -> int:
-            cur.execute(
-                self._sql(
-                    "UPDATE candidates SET claimed_by = NULL, claimed_until = NULL "
-                    "WHERE claimed_by = ?"
-                ),
-                (reviewer,),
-            )
-            return int(cur.rowcount)
+            released = 0
+            where = "claimed_by = ?" + (" AND candidate_id = ?" if ids else "")
+            for cid in ids or [None]:
+                cur.execute(
+                    self._sql(
+                        "UPDATE candidates SET claimed_by = NULL, claimed_until = NULL "
+                        f"WHERE {where}"
+                    ),
+                    (reviewer, cid) if cid is not None else (reviewer,),
+                )
+                released += int(cur.rowcount)
+            return released
 
         return self._run(body)
 

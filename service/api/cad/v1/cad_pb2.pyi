@@ -377,6 +377,18 @@ class LabeledCandidate(_message.Message):
     adjudicated: bool
     def __init__(self, candidate_id: _Optional[str] = ..., request_id: _Optional[str] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., label: _Optional[_Union[LabelState, str]] = ..., conflict: _Optional[bool] = ..., origin: _Optional[str] = ..., recipe: _Optional[str] = ..., model_version: _Optional[str] = ..., probability: _Optional[float] = ..., image_sha256: _Optional[str] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ..., frame_index: _Optional[int] = ..., source_id: _Optional[str] = ..., study_uid: _Optional[str] = ..., series_uid: _Optional[str] = ..., sop_instance_uid: _Optional[str] = ..., last_event_id: _Optional[str] = ..., labeled_at: _Optional[str] = ..., events: _Optional[int] = ..., adjudicated: _Optional[bool] = ...) -> None: ...
 
+class ClaimRelease(_message.Message):
+    __slots__ = ("candidate_ids",)
+    CANDIDATE_IDS_FIELD_NUMBER: _ClassVar[int]
+    candidate_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, candidate_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ClaimReleaseReply(_message.Message):
+    __slots__ = ("released",)
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: int
+    def __init__(self, released: _Optional[int] = ...) -> None: ...
+
 class ReviewStatsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -402,10 +414,12 @@ class ReviewStats(_message.Message):
     def __init__(self, reviewer: _Optional[str] = ..., unlabeled: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[VersionPrecision, _Mapping]]] = ...) -> None: ...
 
 class ReviewImageRequest(_message.Message):
-    __slots__ = ("request_id",)
+    __slots__ = ("request_id", "labels_only")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    LABELS_ONLY_FIELD_NUMBER: _ClassVar[int]
     request_id: str
-    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+    labels_only: bool
+    def __init__(self, request_id: _Optional[str] = ..., labels_only: _Optional[bool] = ...) -> None: ...
 
 class ReviewCandidate(_message.Message):
     __slots__ = ("candidate_id", "box", "probability", "label", "labeled_by", "conflict", "model_version", "origin", "score", "entropy", "diversity")

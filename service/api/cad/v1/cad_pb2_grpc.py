@@ -487,6 +487,11 @@ class CadReviewStub:
                 request_serializer=cad_dot_v1_dot_cad__pb2.Retraction.SerializeToString,
                 response_deserializer=cad_dot_v1_dot_cad__pb2.CorrectionReceipt.FromString,
                 _registered_method=True)
+        self.ReleaseClaims = channel.unary_unary(
+                '/cad.v1.CadReview/ReleaseClaims',
+                request_serializer=cad_dot_v1_dot_cad__pb2.ClaimRelease.SerializeToString,
+                response_deserializer=cad_dot_v1_dot_cad__pb2.ClaimReleaseReply.FromString,
+                _registered_method=True)
 
 
 class CadReviewServicer:
@@ -554,6 +559,14 @@ class CadReviewServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReleaseClaims(self, request, context):
+        """Give back queue items the caller was handed and will not review now (a skip, a sign-out),
+        so that other reviewers' queues offer them again at once rather than when the claim ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CadReviewServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -601,6 +614,11 @@ def add_CadReviewServicer_to_server(servicer, server):
                     servicer.Retract,
                     request_deserializer=cad_dot_v1_dot_cad__pb2.Retraction.FromString,
                     response_serializer=cad_dot_v1_dot_cad__pb2.CorrectionReceipt.SerializeToString,
+            ),
+            'ReleaseClaims': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseClaims,
+                    request_deserializer=cad_dot_v1_dot_cad__pb2.ClaimRelease.FromString,
+                    response_serializer=cad_dot_v1_dot_cad__pb2.ClaimReleaseReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -846,6 +864,33 @@ class CadReview:
             '/cad.v1.CadReview/Retract',
             cad_dot_v1_dot_cad__pb2.Retraction.SerializeToString,
             cad_dot_v1_dot_cad__pb2.CorrectionReceipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseClaims(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cad.v1.CadReview/ReleaseClaims',
+            cad_dot_v1_dot_cad__pb2.ClaimRelease.SerializeToString,
+            cad_dot_v1_dot_cad__pb2.ClaimReleaseReply.FromString,
             options,
             channel_credentials,
             insecure,

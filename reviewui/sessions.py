@@ -1,0 +1,272 @@
+"""Signed-in reviewers: in this process's memory (one replica), or in the label store so that
+any replica of the review UI behind a load balancer serves any reviewer.
+
+A session is known by an unguessable id that lives only in the reviewer's HttpOnly cookie.
+What a session needs besides (the reviewer's token, forwarded on every call to the CAD server)
+is kept so that neither side alone gives it away:
+- the store keeps a hash of the id, never the id, and the token sealed with a key derived from
+  the id (a reader of the database cannot call the CAD server as a reviewer);
+- the browser keeps the id, never the token.
+The CSRF token is derived from the id, so it needs no storage either.
+
+Each session also remembers which frames' images it was served: a verdict is accepted only for
+a candidate on a frame this session's page has drawn (see ``ReviewApp.verdict``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from service.labels.store import SqlLabelStore
+
+
+@dataclass
+class Session:
+    token: str
+    reviewer: str
+    csrf: str
+    started: float
+    seen: float
+    reviewed: int = 0
+    sid: str = ""
+    """The session id (the cookie's value)."""
+    shown: set[str] = field(default_factory=set)
+    """Memory sessions only: request ids whose image this session was served."""
+
+
+def csrf_of(sid: str) -> str:
+    """The session's CSRF token: derived from its id, so no replica needs to store it."""
+    return hmac.new(sid.encode(), b"cad-review csrf", hashlib.sha256).hexdigest()
+
+
+class Sessions(Protocol):
+    """Where sign-ins live. ``clock``: seconds (tests move it)."""
+
+    def create(self, token: str, reviewer: str) -> tuple[str, Session]: ...
+
+    def get(self, sid: str | None) -> Session | None: ...
+
+    def drop(self, sid: str | None) -> None: ...
+
+    def count(self, sid: str, delta: int) -> int:
+        """Add ``delta`` to the labels given in this sitting (never below 0); the new count."""
+        ...
+
+    def mark_shown(self, sid: str, request_id: str) -> None: ...
+
+    def was_shown(self, sid: str, request_id: str) -> bool: ...
+
+
+class MemorySessions:
+    """Sign-ins in this process (a restart signs everyone out; run one replica)."""
+
+    def __init__(self, idle_s: float, max_s: float, clock: Callable[[], float] = time.time):
+        self.idle_s, self.max_s, self.clock = idle_s, max_s, clock
+        self._by_id: dict[str, Session] = {}
+        self._lock = threading.Lock()
+
+    def create(self, token: str, reviewer: str) -> tuple[str, Session]:
+        now = self.clock()
+        sid = secrets.token_urlsafe(32)
+        session = Session(token, reviewer, csrf_of(sid), now, now, sid=sid)
+        with self._lock:
+            self._expire(now)
+            self._by_id[sid] = session
+        return sid, session
+
+    def get(self, sid: str | None) -> Session | None:
+        if not sid:
+            return None
+        now = self.clock()
+        with self._lock:
+            self._expire(now)
+            session = self._by_id.get(sid)
+            if session is not None:
+                session.seen = now
+            return session
+
+    def drop(self, sid: str | None) -> None:
+        with self._lock:
+            self._by_id.pop(sid or "", None)
+
+    def count(self, sid: str, delta: int) -> int:
+        with self._lock:
+            session = self._by_id.get(sid)
+            if session is None:
+                return 0
+            session.reviewed = max(0, session.reviewed + delta)
+            return session.reviewed
+
+    def mark_shown(self, sid: str, request_id: str) -> None:
+        with self._lock:
+            session = self._by_id.get(sid)
+            if session is not None:
+                session.shown.add(request_id)
+
+    def was_shown(self, sid: str, request_id: str) -> bool:
+        with self._lock:
+            session = self._by_id.get(sid)
+            return session is not None and request_id in session.shown
+
+    def _expire(self, now: float) -> None:
+        for sid, s in list(self._by_id.items()):
+            if now - s.seen > self.idle_s or now - s.started > self.max_s:
+                del self._by_id[sid]
+
+
+def _hash(sid: str) -> str:
+    return hashlib.sha256(b"cad-review session id\0" + sid.encode()).hexdigest()
+
+
+def _keys(sid: str) -> tuple[bytes, bytes]:
+    root = hashlib.sha256(b"cad-review session key\0" + sid.encode()).digest()
+    return (
+        hmac.new(root, b"encrypt", hashlib.sha256).digest(),
+        hmac.new(root, b"authenticate", hashlib.sha256).digest(),
+    )
+
+
+def _stream(key: bytes, n: int) -> bytes:
+    blocks = (hmac.new(key, i.to_bytes(4, "big"), hashlib.sha256).digest() for i in range(n))
+    return b"".join(blocks)
+
+
+def seal(token: str, sid: str) -> str:
+    """The token encrypted and authenticated with keys derived from the session id (a fresh
+    id per session, so each key seals one message: an HMAC-SHA256 keystream and tag)."""
+    enc, mac = _keys(sid)
+    data = token.encode()
+    stream = _stream(enc, -(-len(data) // 32))
+    sealed = bytes(a ^ b for a, b in zip(data, stream, strict=False))
+    tag = hmac.new(mac, sealed, hashlib.sha256).digest()[:16]
+    return base64.b64encode(sealed + tag).decode()
+
+
+def unseal(text: str, sid: str) -> str | None:
+    """The token, or None when ``text`` was not sealed for this id."""
+    enc, mac = _keys(sid)
+    try:
+        raw = base64.b64decode(text.encode(), validate=True)
+    except ValueError:
+        return None
+    sealed, tag = raw[:-16], raw[-16:]
+    if not hmac.compare_digest(tag, hmac.new(mac, sealed, hashlib.sha256).digest()[:16]):
+        return None
+    stream = _stream(enc, -(-len(sealed) // 32))
+    return bytes(a ^ b for a, b in zip(sealed, stream, strict=False)).decode()
+
+
+class StoreSessions:
+    """Sign-ins in the label store (tables ``review_sessions`` and ``review_session_frames``),
+    shared by every replica of the review UI. ``seen`` is written at most every ``idle_s / 20``
+    seconds per session, so a session may end up to 5% of ``idle_s`` early, never late."""
+
+    def __init__(
+        self,
+        store: SqlLabelStore,
+        idle_s: float,
+        max_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store, self.idle_s, self.max_s, self.clock = store, idle_s, max_s, clock
+
+    def _run(self, text: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        def body(cur: Any) -> list[tuple[Any, ...]]:
+            cur.execute(self.store.sql(text), params)
+            return list(cur.fetchall()) if cur.description else []
+
+        return self.store.run(body)
+
+    def create(self, token: str, reviewer: str) -> tuple[str, Session]:
+        now = self.clock()
+        sid = secrets.token_urlsafe(32)
+
+        def body(cur: Any) -> None:
+            cur.execute(  # ended sign-ins go (their frames with them)
+                self.store.sql("DELETE FROM review_sessions WHERE seen < ? OR started < ?"),
+                (now - self.idle_s, now - self.max_s),
+            )
+            cur.execute(
+                self.store.sql(
+                    "INSERT INTO review_sessions (session_hash, reviewer, sealed_token, started, "
+                    "seen, reviewed) VALUES (?, ?, ?, ?, ?, 0)"
+                ),
+                (_hash(sid), reviewer, seal(token, sid), now, now),
+            )
+
+        self.store.run(body)
+        return sid, Session(token, reviewer, csrf_of(sid), now, now, sid=sid)
+
+    def get(self, sid: str | None) -> Session | None:
+        if not sid:
+            return None
+        now = self.clock()
+        rows = self._run(
+            "SELECT reviewer, sealed_token, started, seen, reviewed FROM review_sessions "
+            "WHERE session_hash = ?",
+            (_hash(sid),),
+        )
+        if not rows:
+            return None
+        reviewer, sealed, started, seen, reviewed = rows[0]
+        token = unseal(sealed, sid)
+        if token is None or now - seen > self.idle_s or now - started > self.max_s:
+            self.drop(sid)
+            return None
+        if now - seen >= self.idle_s / 20:
+            self._run(
+                "UPDATE review_sessions SET seen = ? WHERE session_hash = ? AND seen < ?",
+                (now, _hash(sid), now),
+            )
+        return Session(token, reviewer, csrf_of(sid), started, now, int(reviewed), sid=sid)
+
+    def drop(self, sid: str | None) -> None:
+        if sid:
+            self._run("DELETE FROM review_sessions WHERE session_hash = ?", (_hash(sid),))
+
+    def count(self, sid: str, delta: int) -> int:
+        def body(cur: Any) -> int:
+            cur.execute(
+                self.store.sql(
+                    "UPDATE review_sessions SET reviewed = CASE WHEN reviewed + ? < 0 THEN 0 "
+                    "ELSE reviewed + ? END WHERE session_hash = ?"
+                ),
+                (delta, delta, _hash(sid)),
+            )
+            cur.execute(
+                self.store.sql("SELECT reviewed FROM review_sessions WHERE session_hash = ?"),
+                (_hash(sid),),
+            )
+            row = cur.fetchone()
+            return int(row[0]) if row else 0
+
+        return self.store.run(body)
+
+    def mark_shown(self, sid: str, request_id: str) -> None:
+        def body(cur: Any) -> None:
+            cur.execute(
+                self.store.sql(
+                    "INSERT INTO review_session_frames (session_hash, request_id, shown) "
+                    "SELECT session_hash, ?, ? FROM review_sessions WHERE session_hash = ? "
+                    "ON CONFLICT (session_hash, request_id) DO NOTHING"
+                ),
+                (request_id, self.clock(), _hash(sid)),
+            )
+
+        self.store.run(body)
+
+    def was_shown(self, sid: str, request_id: str) -> bool:
+        return bool(
+            self._run(
+                "SELECT 1 FROM review_session_frames WHERE session_hash = ? AND request_id = ?",
+                (_hash(sid), request_id),
+            )
+        )
