@@ -317,14 +317,18 @@ def test_kubernetes_manifests() -> None:
     unknown = [k for k in ui_config if not review_ui_setting(k)]
     assert not unknown, f"the review UI's ConfigMap names settings it does not read: {unknown}"
     assert ui_container["envFrom"] == [{"configMapRef": {"name": "cad-review-ui-settings"}}]
-    (pdb,) = by_kind["PodDisruptionBudget"]
-    assert pdb["spec"]["maxUnavailable"] == 1
-    assert pdb["spec"]["selector"] == server["selector"]
+    pdbs = {p["metadata"]["name"]: p["spec"] for p in by_kind["PodDisruptionBudget"]}
+    assert pdbs["cad-server"]["maxUnavailable"] == 1
+    assert pdbs["cad-server"]["selector"] == server["selector"]
+    assert pdbs["cad-review-ui"]["selector"] == deployments["cad-review-ui"]["spec"]["selector"]
     policies = {p["metadata"]["name"]: p["spec"] for p in by_kind["NetworkPolicy"]}
     assert {"cad-server", "cad-trainer", "cad-review-ui", "cad-db"} <= set(policies)
     assert all(set(p["policyTypes"]) >= {"Ingress"} for p in policies.values())
     ui_egress = policies["cad-review-ui"]["egress"]
-    assert {p["port"] for rule in ui_egress for p in rule["ports"]} == {50051, 53}  # no database
+    assert {p["port"] for rule in ui_egress for p in rule["ports"]} == {50051, 5432, 53}
+    assert deployments["cad-review-ui"]["spec"]["replicas"] >= 2  # sign-ins are in the store
+    (ui_store,) = [e for e in ui_container["env"] if e["name"] == "CAD_REVIEW_UI_STORE_URL"]
+    assert ui_store["valueFrom"]["secretKeyRef"] == {"name": "cad-review-ui-db", "key": "uri"}
 
 
 def workload_secrets(workload: dict) -> dict[str, set[str]]:
@@ -356,7 +360,11 @@ def test_each_component_gets_only_the_secrets_it_needs() -> None:
     def readable(name: str) -> set[str]:
         return {key for keys in workload_secrets(workloads[name]).values() for key in keys}
 
-    assert readable("cad-review-ui") == {"review-ui.crt", "review-ui.key", "ca.crt"}
+    ui = workload_secrets(workloads["cad-review-ui"])  # sign-ins: a database of their own
+    assert ui == {
+        "cad-review-ui-secrets": {"review-ui.crt", "review-ui.key", "ca.crt"},
+        "cad-review-ui-db": {"uri"},
+    }
     assert readable("cad-trainer") == {"uri"}
     assert readable("cad-server") == {
         "tokens.json",
@@ -388,8 +396,14 @@ def test_images_are_tagged_with_the_project_version_and_postgres_is_described() 
         + w["spec"]["template"]["spec"].get("initContainers", [])
     ]
     assert images and all(i.split(":", 1)[1] == version for i in images), images
-    (cluster,) = list(
+    cluster, sessions = list(
         yaml.safe_load_all((DEPLOY / "k8s" / "postgres" / "cloudnative-pg.yaml").read_text())
+    )
+    # the review page's sign-ins: a database and a role of their own, never the labels'
+    (role,) = cluster["spec"]["managed"]["roles"]
+    assert sessions["kind"] == "Database" and sessions["spec"]["owner"] == role["name"]
+    assert (
+        sessions["spec"]["name"] != "cad" and role["passwordSecret"]["name"] == "cad-review-ui-db"
     )
     assert cluster["apiVersion"] == "postgresql.cnpg.io/v1" and cluster["kind"] == "Cluster"
     assert cluster["spec"]["instances"] >= 2
