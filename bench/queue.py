@@ -9,6 +9,13 @@ then the default variant's queue (20 items) is asked for ``--calls`` times while
 records classifications into the same store, as a server's Classify does. Printed: p50 and p95
 of the queue call, and of the concurrent record calls, for both implementations; the old one is
 skipped where one call would take longer than ``--old-limit-s``.
+
+With ``--grpc``, each pool is then served by a real ``cad-server`` process (CPU, a tiny model)
+and measured as the review page meets it: ``GetAnnotationQueue`` over gRPC by ``--reviewers``
+authenticated reviewers in turn, each call claiming its items (so every reviewer's queue skips
+the items the others hold), while a client sends ``Classify`` calls (a 128x96 frame, 4
+candidates, 8 patches each) back to back. Classify's latency is measured alone first and then
+during the queue calls, in the same run: the ratio says what the queue costs the CAD client.
 """
 
 from __future__ import annotations
@@ -128,7 +135,118 @@ def measure(store: SqlLabelStore, queue: Any, calls: int) -> dict[str, Any]:
     return {"queue": percentiles(times), "concurrent_record": percentiles(writes)}
 
 
-def run(sizes: list[int], calls: int, old_limit_s: float, backends: list[str]) -> dict[str, Any]:
+TOKENS = {"infer": "bench-infer-token-0123456789"}
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    pixels = np.random.default_rng(3).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+def grpc_measure(url: str, work: Path, calls: int, reviewers: int) -> dict[str, Any]:
+    """Queue calls with claims over gRPC against a real server on the store at ``url``, with a
+    Classify load; Classify alone first, as the baseline of the same run."""
+    import grpc
+
+    from bench.launch import server_process
+    from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
+    from tests.helpers import publish_tiny
+
+    registry = work / "registry"
+    if not registry.exists():
+        publish_tiny(registry, work / "build", recipe="polyp:8")
+    names = [f"dr.bench{i}" for i in range(reviewers)]
+    tokens = {**TOKENS, **{n: f"{n}-review-token-0123456789" for n in names}}
+    table = [{"identity": "tower", "roles": ["infer"], "token": tokens["infer"]}]
+    table += [{"identity": n, "roles": ["review"], "token": tokens[n]} for n in names]
+    (work / "tokens.json").write_text(json.dumps({"tokens": table}))
+    env = {
+        "CAD_STORE_URL": url,
+        "CAD_REGISTRY_ROOT": str(registry),
+        "CAD_ARCHIVE_ROOT": str(work / "archive"),
+        "CAD_SPOOL_DIR": str(work / "spool"),
+        "CAD_AUTH_TOKENS_FILE": str(work / "tokens.json"),
+        "CAD_HOST": "127.0.0.1",
+        "CAD_PROVIDERS": "cpu",
+        "CAD_INTRA_OP_THREADS": "1",
+        "CAD_WORKERS": "2",
+        "CAD_QUEUE_CLAIM_S": "600",
+    }
+    request = cad_pb2.ClassifyRequest(
+        encoded=_png(),
+        candidates=[
+            cad_pb2.Candidate(
+                client_id=f"c{i}", box=cad_pb2.Box(x=8 + 28 * i, y=30, width=24, height=24)
+            )
+            for i in range(4)
+        ],
+    )
+
+    def bearer(who: str) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {tokens[who]}")]
+
+    with server_process(env) as (_, address), grpc.insecure_channel(address) as channel:
+        infer = cad_pb2_grpc.CadInferenceStub(channel)
+        review = cad_pb2_grpc.CadReviewStub(channel)
+        stop = threading.Event()
+        classify_times: list[float] = []
+
+        def classify_load() -> None:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                infer.Classify(request, timeout=60, metadata=bearer("infer"))
+                classify_times.append(time.perf_counter() - t0)
+
+        for _ in range(5):  # warm the model and the connection
+            infer.Classify(request, timeout=60, metadata=bearer("infer"))
+        thread = threading.Thread(target=classify_load, daemon=True)
+        thread.start()
+        deadline = time.perf_counter() + 10
+        while time.perf_counter() < deadline and len(classify_times) < 200:
+            time.sleep(0.05)
+        alone = list(classify_times)
+        classify_times.clear()
+        queue_times: list[float] = []
+        handed: list[set[str]] = [set() for _ in names]
+        try:
+            for k in range(calls):
+                who = k % len(names)
+                t0 = time.perf_counter()
+                reply = review.GetAnnotationQueue(
+                    cad_pb2.QueueRequest(limit=20), timeout=60, metadata=bearer(names[who])
+                )
+                queue_times.append(time.perf_counter() - t0)
+                handed[who] |= {i.candidate_id for i in reply.items}
+        finally:
+            stop.set()
+            thread.join()
+        during = list(classify_times)
+        overlap = sum(len(a & b) for i, a in enumerate(handed) for b in handed[i + 1 :])
+    base, load = percentiles(alone), percentiles(during)
+    return {
+        "reviewers": reviewers,
+        "queue_with_claims": percentiles(queue_times),
+        "items_held_by_two_reviewers": overlap,
+        "classify_alone": base,
+        "classify_during_queue_calls": load,
+        "classify_p95_ratio": round(load["p95_ms"] / base["p95_ms"], 2) if base and load else None,
+    }
+
+
+def run(
+    sizes: list[int],
+    calls: int,
+    old_limit_s: float,
+    backends: list[str],
+    grpc_calls: int = 0,
+    reviewers: int = 4,
+) -> dict[str, Any]:
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs",
         "patches_per_candidate": PATCHES,
@@ -171,6 +289,16 @@ def run(sizes: list[int], calls: int, old_limit_s: float, backends: list[str]) -
                             "one_call_s": round(one, 2),
                             "skipped": "over --old-limit-s",
                         }
+                    if grpc_calls:
+                        work = Path(tmp) / f"grpc-{backend}"
+                        work.mkdir(exist_ok=True)
+                        row["grpc"] = grpc_measure(url, work, grpc_calls, reviewers)
+                        store._run(  # the next size starts with nothing claimed
+                            lambda cur: cur.execute(
+                                "UPDATE candidates SET claimed_by = NULL, claimed_until = NULL "
+                                "WHERE claimed_by IS NOT NULL"
+                            )
+                        )
                     print(json.dumps(row), flush=True)
                     results["runs"].append(row)
             finally:
@@ -186,9 +314,20 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--old-limit-s", type=float, default=10.0)
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"])
+    parser.add_argument(
+        "--grpc",
+        type=int,
+        default=0,
+        metavar="CALLS",
+        help="also this many queue calls with claims over gRPC to a real server under a "
+        "Classify load (0: skip)",
+    )
+    parser.add_argument("--reviewers", type=int, default=4)
     parser.add_argument("--out")
     args = parser.parse_args()
-    results = run(args.sizes, args.calls, args.old_limit_s, args.backends)
+    results = run(
+        args.sizes, args.calls, args.old_limit_s, args.backends, args.grpc, args.reviewers
+    )
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     return 0
