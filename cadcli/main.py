@@ -10,7 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported where used: `cad serve` never imports torch
+    from service.models.registry import ModelRegistry
+    from trainer.settings import TrainerSettings
 
 
 def _require_torch(command: str) -> None:
@@ -31,7 +35,7 @@ def _model_init(args: argparse.Namespace) -> int:
     from trainer.weights import WeightsUnavailable
 
     configure_logging(args.log_level)
-    overrides: dict[str, object] = {}
+    overrides: dict[str, Any] = {}
     if args.registry:
         overrides["registry_root"] = Path(args.registry)
     if args.name:
@@ -46,7 +50,7 @@ def _model_init(args: argparse.Namespace) -> int:
         overrides["input_size"] = args.input_size
     if args.recipe:
         overrides["recipe"] = args.recipe
-    settings = TrainerSettings(**overrides)  # type: ignore[arg-type]
+    settings = TrainerSettings(**overrides)
     try:
         info = init_model(settings, force=args.force)
     except RegistryNotEmpty as exc:
@@ -70,10 +74,10 @@ def _model_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _trainer_settings(args: argparse.Namespace, **extra: object) -> object:
+def _trainer_settings(args: argparse.Namespace, **extra: object) -> TrainerSettings:
     from trainer.settings import TrainerSettings
 
-    overrides: dict[str, object] = {k: v for k, v in extra.items() if v is not None}
+    overrides: dict[str, Any] = {k: v for k, v in extra.items() if v is not None}
     for name in (
         "registry",
         "store_url",
@@ -101,7 +105,7 @@ def _trainer_settings(args: argparse.Namespace, **extra: object) -> object:
     for flag in ("hq", "allow_unvalidated"):
         if getattr(args, flag, False):
             overrides[flag] = True
-    return TrainerSettings(**overrides)  # type: ignore[arg-type]
+    return TrainerSettings(**overrides)
 
 
 def _train_round(args: argparse.Namespace) -> int:
@@ -110,7 +114,7 @@ def _train_round(args: argparse.Namespace) -> int:
     from trainer.round import run_round
 
     configure_logging(args.log_level)
-    report = run_round(_trainer_settings(args))  # type: ignore[arg-type]
+    report = run_round(_trainer_settings(args))
     print(report.summary())
     return 0 if report.outcome != "rejected" or not args.fail_on_reject else 3
 
@@ -121,11 +125,11 @@ def _train_watch(args: argparse.Namespace) -> int:
     from trainer.watch import watch
 
     configure_logging(args.log_level)
-    watch(_trainer_settings(args))  # type: ignore[arg-type]
+    watch(_trainer_settings(args))
     return 0
 
 
-def _registry(args: argparse.Namespace) -> object:
+def _registry(args: argparse.Namespace) -> ModelRegistry:
     from service.models.registry import ModelRegistry
     from service.settings import ServerSettings
 
@@ -155,7 +159,7 @@ def _model_quantize(args: argparse.Namespace) -> int:
     try:
         report = quantize_from_store(
             _trainer_settings(args),
-            args.version,  # type: ignore[arg-type]
+            args.version,
             args.calibration_patches,
             precision=args.precision,
         )
@@ -174,10 +178,10 @@ def _model_quantize(args: argparse.Namespace) -> int:
 
 def _model_list(args: argparse.Namespace) -> int:
     registry = _registry(args)
-    pinned, latest = registry.pinned(), registry.latest()  # type: ignore[attr-defined]
+    pinned, latest = registry.pinned(), registry.latest()
     print(f"{'version':>7}  {'created':<25} {'parent':>6}  {'val AUC':>7}  {'labels':>6}  note")
-    for v in registry.versions():  # type: ignore[attr-defined]
-        m = registry.get(v).manifest  # type: ignore[attr-defined]
+    for v in registry.versions():
+        m = registry.get(v).manifest
         auc = m.val_auc
         note = ("pinned " if v == pinned else "") + ("newest" if v == latest else "")
         print(
@@ -191,9 +195,12 @@ def _model_show(args: argparse.Namespace) -> int:
     import json
 
     registry = _registry(args)
-    version = args.version or registry.target()  # type: ignore[attr-defined]
+    version = args.version or registry.target()
+    if version is None:
+        print(f"cad model show: no version of {registry.name} is published yet", file=sys.stderr)
+        return 2
     try:
-        manifest = registry.get(int(version)).manifest  # type: ignore[attr-defined]
+        manifest = registry.get(int(version)).manifest
         print(json.dumps(manifest.to_json(), indent=2, sort_keys=True))
     except FileNotFoundError:
         print(f"cad model show: no version {version}", file=sys.stderr)
@@ -244,7 +251,7 @@ def _model_rollback(args: argparse.Namespace) -> int:
     # The PinVersion RPC's pin: the version is loaded and checked (checksum, signature, warm-up)
     # as a server would before anything is pinned, and the pin is audited by the same listener.
     manager = ModelManager(
-        _registry(args),  # type: ignore[arg-type]
+        _registry(args),
         SessionOptions(),
         listeners=[AuditListener(sink, swaps=False)],
     )
@@ -308,8 +315,8 @@ def _model_prune(args: argparse.Namespace) -> int:
 
 def _model_unpin(args: argparse.Namespace) -> int:
     registry = _registry(args)
-    if registry.unpin():  # type: ignore[attr-defined]
-        _audit(args, "unpin", registry.name, {"via": "cli"})  # type: ignore[attr-defined]
+    if registry.unpin():
+        _audit(args, "unpin", registry.name, {"via": "cli"})
         print("unpinned; servers follow the newest version")
     else:
         print("nothing was pinned")

@@ -117,19 +117,19 @@ def _min_max(values: npt.NDArray[np.floating]) -> RGB8:
     return np.clip(np.rint((values - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
 
 
-def gray_to_8bit(values: npt.NDArray[np.number], window: Window | None) -> RGB8:
+def gray_to_8bit(values: npt.NDArray[Any], window: Window | None) -> RGB8:
     """Window (or min..max scale) a 2-D gray array to uint8."""
     data = values.astype(np.float64, copy=False)
     return apply_window(data, window) if window is not None else _min_max(data)
 
 
-def _to_rgb(gray8: RGB8) -> RGB8:
+def _to_rgb(gray8: npt.NDArray[Any]) -> RGB8:
     return np.repeat(gray8[:, :, None], 3, axis=2)
 
 
-def _color_to_8bit(rgb: npt.NDArray[np.number], bits: int) -> RGB8:
+def _color_to_8bit(rgb: npt.NDArray[Any], bits: int) -> RGB8:
     if rgb.dtype == np.uint8:
-        return rgb
+        return rgb.astype(np.uint8, copy=False)
     top = float(2**bits - 1) if bits > 0 else float(rgb.max() or 1)
     return np.clip(np.rint(rgb.astype(np.float64) * (255.0 / top)), 0, 255).astype(np.uint8)
 

@@ -31,6 +31,15 @@ class Example:
     labeled_at: str = ""
 
 
+def labels_of(examples: Sequence[Example]) -> list[int]:
+    """The examples' labels (0/1); every example must be labeled."""
+    labels = [e.label for e in examples]
+    missing = sum(label is None for label in labels)
+    if missing:
+        raise ValueError(f"{missing} of {len(labels)} examples have no label")
+    return [int(label) for label in labels if label is not None]
+
+
 def source_key(study_uid: str, source_id: str, request_id: str) -> str:
     return (
         f"study:{study_uid}"
@@ -157,8 +166,12 @@ def balanced_epoch(labels: Sequence[int], rng: np.random.Generator) -> np.ndarra
     picks = []
     for c in classes:
         idx = np.flatnonzero(labels_arr == c)
-        extra = rng.choice(idx, size=biggest - len(idx), replace=True) if biggest > len(idx) else []
-        picks.append(np.concatenate([idx, np.asarray(extra, dtype=int)]))
+        extra = (
+            rng.choice(idx, size=biggest - len(idx), replace=True)
+            if biggest > len(idx)
+            else np.empty(0, dtype=int)
+        )
+        picks.append(np.concatenate([idx, extra.astype(int)]))
     return rng.permutation(np.concatenate(picks))
 
 

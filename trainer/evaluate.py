@@ -89,11 +89,12 @@ class Evaluation:
     positives: int
     negatives: int
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, float | None]:
+        """The figures, NaN (undefined: one class only) as None, for JSON."""
         return {
             k: (None if isinstance(v, float) and math.isnan(v) else v)
             for k, v in asdict(self).items()
-        }  # type: ignore[misc]
+        }
 
 
 def evaluate(

@@ -56,7 +56,7 @@ from service.models.model import SessionOptions
 from service.models.registry import ModelRegistry
 from trainer.bootstrap import init_model
 from trainer.cvc import DEFAULT_ROOT, GeneratedCandidate, generate, generate_pool, load_frames
-from trainer.data import Example, PatchSource
+from trainer.data import Example, PatchSource, labels_of
 from trainer.evaluate import average_precision, roc_auc
 from trainer.finetune import candidate_probabilities
 from trainer.round import load_net, run_round
@@ -380,17 +380,19 @@ class Experiment:
         """Candidate probabilities of the version servers follow, on the test candidates."""
         registry = ModelRegistry(registry_root, "cad")
         version = registry.target()
-        info = registry.get(version)  # type: ignore[arg-type]
+        if version is None:
+            raise RuntimeError(f"no model version in {registry_root} to test")
+        info = registry.get(version)
         examples = self.test_examples(template)
         source = PatchSource(ImageArchive(template / "test-archive"), info.manifest.input_size)
         probs = candidate_probabilities(
             load_net(info), examples, source, batch_size=256, progress=False, depth=depth
         )
         return (
-            [int(e.label) for e in examples],
+            labels_of(examples),
             np.array([candidate_probability(p) for p in probs]),
-            int(version),
-        )  # type: ignore[arg-type]
+            version,
+        )
 
     def test_auc(
         self, registry_root: Path, template: Path | None = None, depth: str | None = None

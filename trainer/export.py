@@ -47,7 +47,7 @@ def export_form(net: nn.Module) -> tuple[nn.Module, int]:
         getattr(net.backbone, "avgpool", None), nn.Upsample
     ):
         return net, 1
-    k = int(net.backbone.avgpool.scale_factor)  # type: ignore[arg-type]
+    k = int(net.backbone.avgpool.scale_factor)
     side = 6 // k
     folded = copy.deepcopy(net)
     fc6 = folded.backbone.classifier[1]

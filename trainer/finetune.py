@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from trainer.data import Example, PatchSource, balanced_epoch, batches
+from trainer.data import Example, PatchSource, balanced_epoch, batches, labels_of
 from trainer.network import CadNet
 from trainer.presets import Schedule, trained_layers
 from trainer.trunk import CACHE, TrunkCache, is_trivial, trunk_digest
@@ -97,7 +97,7 @@ def fine_tune(
     decay = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=schedule.gamma)
     loss_fn = nn.CrossEntropyLoss()
     split = SplitNet(net, depth, source)
-    labels = [int(e.label) for e in examples]  # type: ignore[arg-type]
+    labels = labels_of(examples)
     per_patch = max(source.recipe(e).count for e in examples)
     per_batch = max(1, batch_size // per_patch)
     losses, seen = [], 0

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torchvision.models import alexnet, squeezenet1_0
+from torchvision.models import AlexNet, SqueezeNet, alexnet, squeezenet1_0
 
 from service.models.manifest import CLASSES
 
@@ -104,6 +104,9 @@ class CadNet(nn.Module):
     takes any input size, so small inputs need nothing special.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(
         self,
         num_classes: int = len(CLASSES),
@@ -113,7 +116,7 @@ class CadNet(nn.Module):
         super().__init__()
         layers_of(architecture)
         self.architecture = architecture
-        self.backbone: nn.Module
+        self.backbone: AlexNet | SqueezeNet
         if architecture == "alexnet":
             self.backbone = alexnet(weights=None)
             self.backbone.classifier[6] = nn.Linear(4096, num_classes)
@@ -127,6 +130,7 @@ class CadNet(nn.Module):
             self.backbone = squeezenet1_0(weights=None)
             head = nn.Conv2d(512, num_classes, kernel_size=1)
             nn.init.normal_(head.weight, mean=0.0, std=HEAD_INIT_STD)
+            assert head.bias is not None
             nn.init.zeros_(head.bias)
             self.backbone.classifier[1] = head
             self.backbone.classifier[2] = nn.Identity()
@@ -167,7 +171,7 @@ class CadNet(nn.Module):
             f"choose one of {', '.join(depths_of(self.architecture))}"
         )
 
-    def split(self, depth: str) -> tuple[nn.Module, nn.Module]:
+    def split(self, depth: str) -> tuple[Trunk, nn.Module]:
         """(trunk, top) at a tuning depth: ``top(trunk(x)) == forward(x)``.
 
         The trunk (normalisation and every module below ``depth``'s cut) is frozen at
@@ -182,6 +186,9 @@ class CadNet(nn.Module):
 
 class Trunk(nn.Module):
     """Normalisation and the frozen modules below a tuning depth (shares the net's tensors)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, body: nn.Sequential) -> None:
         super().__init__()

@@ -71,9 +71,11 @@ def _num(v: str | None) -> float:
         return math.nan
 
 
-def _labels_to(labels: list[float], means: list[float], target: float) -> float | None:
+def _labels_to(labels: list[float], means: list[float], target: float | None) -> float | None:
     """The fewest labels from which the mean curve stays at or above ``target`` to the end of the
     run (a curve that touches the target once and falls back has not reached it)."""
+    if target is None:
+        return None
     reached = None
     for lab, auc in zip(labels, means, strict=True):
         if auc >= target - 1e-12:

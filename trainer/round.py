@@ -35,6 +35,7 @@ from trainer.data import (
     PatchSource,
     ids_hash,
     labeled_examples,
+    labels_of,
     split_of,
     unlabeled_examples,
     unsettled_count,
@@ -113,7 +114,7 @@ def _evaluate(
         net, examples, source, desc=desc, progress=progress, depth=s.depth
     )
     scores = np.array([candidate_probability(p) for p in probs])
-    return evaluate([e.label for e in examples], scores, fpr=s.fpr, seed=s.seed)
+    return evaluate(labels_of(examples), scores, fpr=s.fpr, seed=s.seed)
 
 
 def _hq_set(

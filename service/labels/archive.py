@@ -18,6 +18,7 @@ When a blob is made durable (``fsync``):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -238,7 +239,7 @@ def prune(
         removed += 1
         total -= size
         if not store.sha_in_use(sha) and archive.delete_unless_used(
-            sha, lambda sha=sha: store.sha_in_use(sha)
+            sha, functools.partial(store.sha_in_use, sha)
         ):
             blobs += 1
             freed += size

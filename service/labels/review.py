@@ -315,7 +315,12 @@ class ReviewService:
             alpha = overrides.get("alpha", VARIANTS[variant].alpha)
             if not 0 < alpha <= 1:
                 raise InvalidInput(f"alpha must be in (0, 1], got {alpha}")
-            spec = replace(VARIANTS[variant], **overrides)
+            spec = replace(
+                VARIANTS[variant],
+                alpha=alpha,
+                lambda1=overrides.get("lambda1", VARIANTS[variant].lambda1),
+                lambda2=overrides.get("lambda2", VARIANTS[variant].lambda2),
+            )
         limit = limit or DEFAULT_QUEUE_LIMIT
         if limit > MAX_QUEUE_LIMIT:
             raise InvalidInput(f"limit {limit} is over the maximum of {MAX_QUEUE_LIMIT}")

@@ -67,7 +67,7 @@ class AuditListener(ModelListener):
 
     def __init__(
         self,
-        sink: Callable[[str, str, str, dict[str, Any]], None],
+        sink: Callable[[str, str, str, dict[str, Any]], object],
         actor: str = "",
         swaps: bool = True,
     ) -> None:

@@ -191,7 +191,7 @@ def _value(hint: Any, value: object, where: str, path: str) -> Any:
             return None
         (inner,) = [o for o in options if o is not type(None)]
         return _value(inner, value, where, path)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, where, f"{path}.")
     if hint is Any:
         return value

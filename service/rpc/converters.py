@@ -157,9 +157,11 @@ _LABEL_STATE = {
 
 def verdict_name(verdict: int) -> str:
     """Verdict enum -> domain verdict name ('' when unspecified or unknown)."""
-    return {cad_pb2.TRUE_POSITIVE: "TRUE_POSITIVE", cad_pb2.FALSE_POSITIVE: "FALSE_POSITIVE"}.get(
-        verdict, ""
-    )
+    names: dict[int, str] = {
+        cad_pb2.TRUE_POSITIVE: "TRUE_POSITIVE",
+        cad_pb2.FALSE_POSITIVE: "FALSE_POSITIVE",
+    }
+    return names.get(verdict, "")
 
 
 def box_of(message: cad_pb2.Box) -> Box:

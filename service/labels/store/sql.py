@@ -117,6 +117,7 @@ _CANDIDATE_COLUMNS = (
     "candidate_id, request_id, client_id, x, y, width, height, recipe, model_version, "
     "probability, entropy, diversity, score, patch_probs, patch_shape, origin, created"
 )
+_CANDIDATE_FIELDS = tuple(name.strip() for name in _CANDIDATE_COLUMNS.split(","))
 _CANDIDATE_INSERT = (
     _CANDIDATE_COLUMNS + ", scored_version, entropy_alpha, diversity_alpha, random_key"
 )
@@ -164,6 +165,16 @@ def _ranking_terms(
         for row, i in enumerate(indices):
             terms[i] = (float(e[row]), float(d[row]), float(ea[row]), float(da[row]))
     return terms
+
+
+def _queue_entry(r: Sequence[Any]) -> QueueEntry:
+    """A queue entry from a row of candidate_id .. source_id, patch_probs, patch_shape, sha256,
+    recipe, study_uid (the order every queue query reads them in)."""
+    probs = _probs_array(r[10], r[11])
+    assert probs is not None  # queue queries read candidates with predictions only
+    return QueueEntry(
+        r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], probs, r[12], r[13], r[14]
+    )
 
 
 def _probs_array(blob: Any, shape: str | None) -> np.ndarray | None:
@@ -634,7 +645,8 @@ class SqlLabelStore:
     def _candidate(row: Sequence[Any]) -> CandidateRecord:
         values = list(row)
         probs = _probs_array(values[13], values[14])
-        return CandidateRecord(*values[:13], probs, values[15], values[16])  # type: ignore[arg-type]
+        fields = dict(zip(_CANDIDATE_FIELDS[:13], values[:13], strict=True))
+        return CandidateRecord(**fields, patch_probs=probs, origin=values[15], created=values[16])
 
     # ------------------------------------------------------------------ label events
 
@@ -1168,7 +1180,7 @@ class SqlLabelStore:
             "WHERE c.label IS NULL AND c.origin = 'model' AND c.patch_probs IS NOT NULL "
             "ORDER BY c.created, c.candidate_id"
         )
-        return [QueueEntry(*r[:10], _probs_array(r[10], r[11]), *r[12:15]) for r in rows]  # type: ignore[arg-type, misc]
+        return [_queue_entry(r) for r in rows]
 
     def claim(
         self, candidate_ids: Sequence[str], reviewer: str, seconds: float, limit: int
@@ -1226,13 +1238,13 @@ class SqlLabelStore:
         def body(cur: Any) -> int:
             released = 0
             where = "claimed_by = ?" + (" AND candidate_id = ?" if ids else "")
-            for cid in ids or [None]:
+            for cid in ids or [""]:
                 cur.execute(
                     self._sql(
                         "UPDATE candidates SET claimed_by = NULL, claimed_until = NULL "
                         f"WHERE {where}"
                     ),
-                    (reviewer, cid) if cid is not None else (reviewer,),
+                    (reviewer, cid) if cid else (reviewer,),
                 )
                 released += int(cur.rowcount)
             return released
@@ -1250,7 +1262,7 @@ class SqlLabelStore:
         for where in ("c.random_key >= ?", "c.random_key < ?"):
 
             def body(cur: Any, where: str = where, wanted: int = limit - len(rows)) -> list[Any]:
-                claims, claim_params = "", ()
+                claims, claim_params = "", tuple[Any, ...]()
                 if unclaimed_for is not None:
                     claims = (
                         "AND (c.claimed_until IS NULL OR c.claimed_until < ? OR c.claimed_by = ?) "
@@ -1273,10 +1285,7 @@ class SqlLabelStore:
             rows += self._run(body)
             if len(rows) >= limit:
                 break
-        return [
-            (QueueEntry(*r[:10], _probs_array(r[10], r[11]), *r[12:15]), float(r[15]))  # type: ignore[arg-type, misc]
-            for r in rows
-        ]
+        return [(_queue_entry(r), float(r[15])) for r in rows]
 
     def ranked_unlabeled(
         self, spec: Variant, limit: int, unclaimed_for: str | None = None
@@ -1318,7 +1327,7 @@ class SqlLabelStore:
             hint = f" INDEXED BY queue_{index}"
 
         def body(cur: Any) -> list[tuple[Any, ...]]:
-            claims, claim_params = "", ()
+            claims, claim_params = "", tuple[Any, ...]()
             if unclaimed_for is not None:  # others' live claims are not offered
                 claims = "AND (c.claimed_until IS NULL OR c.claimed_until < ? OR c.claimed_by = ?) "
                 claim_params = (self._now(cur), unclaimed_for)
@@ -1336,10 +1345,7 @@ class SqlLabelStore:
             return list(cur.fetchall())
 
         rows = self._run(body)
-        return [
-            (QueueEntry(*r[:10], _probs_array(r[10], r[11]), *r[12:15]), float(r[15]))  # type: ignore[arg-type, misc]
-            for r in rows
-        ]
+        return [(_queue_entry(r), float(r[15])) for r in rows]
 
     def update_predictions(
         self, version: str, rows: Sequence[tuple[str, np.ndarray, float, float, float, float]]
