@@ -484,15 +484,15 @@ def reduced_precision(
     precision: str = "int8",
 ) -> dict[str, Any]:
     """Make and publish the ``precision`` variant, compare throughput and CVC-ClinicDB AUC."""
+    from experiments.cvc.pool import generate, load_frames
     from service.aift import parse_recipe
     from service.aift.patches import extract_many
     from service.imaging import decode_encoded
-    from trainer.cvc import generate, load_frames
     from trainer.quantize import quantize_version
 
     if not CVC.is_dir():
         return {"skipped": f"{CVC} not found"}
-    split = json.loads((ROOT / "experiments" / "cvc_split.json").read_text())
+    split = json.loads((ROOT / "experiments" / "cvc" / "split.json").read_text())
     frames = load_frames(CVC)
     recipe = parse_recipe("polyp:4")
     size = registry.get(version).manifest.input_size

@@ -25,7 +25,8 @@ from pathlib import Path
 import grpc
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.rpc.server import ServerThread, configure_logging
+from service.logs import configure_logging
+from service.rpc.server import ServerThread
 from service.settings import ServerSettings
 
 CT_FILE = "CT_small.dcm"

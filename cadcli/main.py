@@ -29,7 +29,7 @@ def _require_torch(command: str) -> None:
 
 def _model_init(args: argparse.Namespace) -> int:
     _require_torch("model init")
-    from service.rpc.server import configure_logging
+    from service.logs import configure_logging
     from trainer.bootstrap import RegistryNotEmpty, init_model
     from trainer.settings import TrainerSettings
     from trainer.weights import WeightsUnavailable
@@ -110,7 +110,7 @@ def _trainer_settings(args: argparse.Namespace, **extra: object) -> TrainerSetti
 
 def _train_round(args: argparse.Namespace) -> int:
     _require_torch("train round")
-    from service.rpc.server import configure_logging
+    from service.logs import configure_logging
     from trainer.round import run_round
 
     configure_logging(args.log_level)
@@ -121,7 +121,7 @@ def _train_round(args: argparse.Namespace) -> int:
 
 def _train_watch(args: argparse.Namespace) -> int:
     _require_torch("train watch")
-    from service.rpc.server import configure_logging
+    from service.logs import configure_logging
     from trainer.watch import watch
 
     configure_logging(args.log_level)
@@ -152,7 +152,7 @@ def _store_url(args: argparse.Namespace) -> str:
 
 
 def _model_quantize(args: argparse.Namespace) -> int:
-    from service.rpc.server import configure_logging
+    from service.logs import configure_logging
     from trainer.quantize import quantize_from_store
 
     configure_logging(args.log_level)
@@ -349,33 +349,13 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="INFO")
 
 
-def _experiment(args: argparse.Namespace) -> int:
-    _require_torch("experiment")
-    from service.rpc.server import configure_logging
-    from trainer.cvc import DEFAULT_ROOT
-    from trainer.experiment import PRESETS, Experiment, Split, run_all
-    from trainer.report import write_report
-
-    configure_logging(args.log_level)
-    out = Path(args.out)
-    if args.experiment_command == "report":
-        print(write_report(out))
-        return 0
-    split = Split.from_file(Path(args.split))
-    if args.pool:
-        split.pool = args.pool
-    if args.test:
-        split.test = args.test
-    preset = PRESETS[args.preset]
-    seeds = args.seeds if args.seeds is not None else list(preset.seeds)
-    if args.rounds:
-        from dataclasses import replace
-
-        preset = replace(preset, rounds=args.rounds)
-    exp = Experiment(out, preset, split, Path(args.data) if args.data else DEFAULT_ROOT)
-    run_all(exp, args.methods or list(preset.methods), seeds, reference=not args.no_reference)
-    print(write_report(out))
-    return 0
+def _experiment_moved(args: argparse.Namespace | None = None) -> int:
+    print(
+        "cad experiment: the CVC-ClinicDB experiment is research, kept apart from the product; "
+        "run it from a checkout: python -m experiments.cvc run|report ...",
+        file=sys.stderr,
+    )
+    return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -493,40 +473,13 @@ def build_parser() -> argparse.ArgumentParser:
     watch_.add_argument("--metrics-port", type=int)
     watch_.set_defaults(func=_train_watch)
 
-    experiment = sub.add_parser(
-        "experiment", help="the AIFT annotation-saving experiment on CVC-ClinicDB"
+    moved = sub.add_parser(
+        "experiment",
+        help="moved: the CVC-ClinicDB experiment is research, run it from a checkout with "
+        "python -m experiments.cvc",
+        add_help=False,
     )
-    exp_sub = experiment.add_subparsers(dest="experiment_command", required=True)
-    exp_run = exp_sub.add_parser(
-        "run", help="run (or resume) the experiment, then write the report"
-    )
-    exp_run.add_argument(
-        "--preset",
-        choices=["quick", "standard", "paper"],
-        default="quick",
-        help="quick: <= 30 min on 2 cores; standard: <= 3 h, 5 seeds; paper: AlexNet 227 px (GPU)",
-    )
-    exp_run.add_argument("--out", default="results/cvc-quick")
-    exp_run.add_argument("--data", help="CVC-ClinicDB folder (default ../shared/data/cvc-clinicdb)")
-    exp_run.add_argument(
-        "--split",
-        default=str(Path(__file__).resolve().parent.parent / "experiments" / "cvc_split.json"),
-        help="JSON file with pool and test sequence lists",
-    )
-    exp_run.add_argument("--pool", type=int, nargs="+", help="pool sequences (overrides --split)")
-    exp_run.add_argument("--test", type=int, nargs="+", help="test sequences (overrides --split)")
-    exp_run.add_argument("--methods", nargs="+")
-    exp_run.add_argument("--seeds", type=int, nargs="+")
-    exp_run.add_argument("--rounds", type=int)
-    exp_run.add_argument(
-        "--no-reference", action="store_true", help="skip fine-tuning on the whole pool"
-    )
-    exp_run.add_argument("--log-level", default="WARNING")
-    exp_rep = exp_sub.add_parser("report", help="CSV -> plot, savings table, summary")
-    exp_rep.add_argument("--out", default="results/cvc-quick")
-    exp_rep.add_argument("--log-level", default="WARNING")
-    for p in (exp_run, exp_rep):
-        p.set_defaults(func=_experiment)
+    moved.set_defaults(func=_experiment_moved)
 
     demo = sub.add_parser("demo", help="run the whole loop on embedded defaults")
     demo.add_argument("--workdir", help="where the demo registry goes (default: a temp folder)")
@@ -544,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
         from reviewui.app import main as review_ui_main
 
         return review_ui_main(argv[1:])
+    if argv[:1] == ["experiment"]:
+        return _experiment_moved()
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         _require_torch("demo")

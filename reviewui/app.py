@@ -41,6 +41,7 @@ from service.aift import VARIANTS
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.errors import StoreUnavailable
 from service.labels.store import open_store
+from service.logs import configure_logging
 from service.rpc.channel import client_channel
 
 log = logging.getLogger(__name__)
@@ -794,9 +795,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server", default=env.server, help="CAD server gRPC address host:port")
     args = parser.parse_args(argv)
     settings = env.model_copy(update={"host": args.host, "port": args.port, "server": args.server})
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging("INFO")
     review = create_app(settings)
     scheme = "https" if settings.tls_cert_file else "http"
     kept = "the label store" if settings.store_url else "this process (one replica only)"

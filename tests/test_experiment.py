@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from experiments.cvc.pool import DEFAULT_ROOT, field_of_view, generate, iou, load_frames
 from service.labels.store import open_store
 from service.models.registry import ModelRegistry
-from trainer.cvc import DEFAULT_ROOT, field_of_view, generate, iou, load_frames
 
 pytestmark = pytest.mark.slow
 
@@ -43,8 +43,8 @@ def test_candidate_generator_imitates_a_cad() -> None:
 
 @needs_data
 def test_tiny_experiment_runs_resumes_and_reports(tmp_path: Path) -> None:
-    from trainer.experiment import Experiment, ExperimentPreset, Split, run_all
-    from trainer.report import write_report
+    from experiments.cvc.report import write_report
+    from experiments.cvc.run import Experiment, ExperimentPreset, Split, run_all
 
     preset = ExperimentPreset("tiny", 64, "polyp:2", 1, 4, 2, (0,), batch_size=16)
     exp = Experiment(tmp_path, preset, Split(pool=[10, 23], test=[4]), progress=False)
@@ -84,8 +84,8 @@ def test_tiny_experiment_runs_resumes_and_reports(tmp_path: Path) -> None:
 
 
 def test_variants_that_majority_selection_degenerates_are_named() -> None:
+    from experiments.cvc.run import PRESETS
     from service.aift import aift_scores, degenerate_variants, parse_recipe
-    from trainer.experiment import PRESETS
 
     for name in ("quick", "standard", "paper"):  # 8+ patches per candidate: alpha keeps 2 or more
         assert degenerate_variants(parse_recipe(PRESETS[name].recipe).count) == {}
@@ -103,7 +103,7 @@ def test_variants_that_majority_selection_degenerates_are_named() -> None:
 
 def test_the_report_states_the_initial_model(tmp_path: Path) -> None:
 
-    from trainer.report import markdown, summarise
+    from experiments.cvc.report import markdown, summarise
 
     rows = ["method,seed,round,labels,test_auc,version,seconds"]
     rows += [
@@ -128,7 +128,7 @@ def test_the_report_states_the_initial_model(tmp_path: Path) -> None:
 def test_cad_like_pool_has_hard_negatives_and_clean_boxes() -> None:
     from collections import Counter
 
-    from trainer.cvc import HARD_KINDS, generate_pool, polyp_mask
+    from experiments.cvc.pool import HARD_KINDS, generate_pool, polyp_mask
 
     frames = [f for f in load_frames() if f.sequence in (10, 23)]
     cands = generate_pool(frames, seed=3, ratio=10.0, hard_fraction=0.5)
@@ -161,7 +161,7 @@ def test_a_round_from_the_shipped_imagenet_squeezenet_learns(tmp_path: Path) -> 
     """CI scale: ~90 candidates of 2 pool sequences, one round of 24 labels, tested on 2 other
     sequences, seed 0. Measured with seeds 0, 1, 2: test AUC 0.245 -> 0.688 / 0.784 / 0.752, training
     loss first -> last epoch 1.19 -> 0.10 / 3.11 -> 0.73 / 1.44 -> 0.01: wide margins on every seed."""
-    from trainer.experiment import Experiment, ExperimentPreset, Split, run_all
+    from experiments.cvc.run import Experiment, ExperimentPreset, Split, run_all
 
     preset = ExperimentPreset(
         "tiny-imagenet",
@@ -185,3 +185,35 @@ def test_a_round_from_the_shipped_imagenet_squeezenet_learns(tmp_path: Path) -> 
     assert last < 0.7 * first
     assert float(rows["1"]["test_auc"]) > float(rows["0"]["test_auc"]) + 0.1
     assert int(rows["1"]["positives"]) >= 1 and int(rows["1"]["labels"]) == 24
+
+
+def test_the_experiment_lives_apart_from_the_product() -> None:
+    """Research is kept out of the product: no module of service, trainer, reviewui or cadcli
+    imports the experiments, which run from a checkout with their own entry point."""
+    import ast
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    for package in ("service", "trainer", "reviewui", "cadcli"):
+        for path in (root / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else []
+                )
+                assert not any(n.split(".")[0] == "experiments" for n in names), path
+    run = subprocess.run(
+        [sys.executable, "-m", "experiments.cvc", "run", "--help"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0 and "--preset" in run.stdout
+    from cadcli.main import main
+
+    assert main(["experiment", "run"]) == 2  # says where it went

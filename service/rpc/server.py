@@ -29,6 +29,7 @@ from service.labels.review import Recorder, ReviewService, UidHasher
 from service.labels.spool import RecordSpool
 from service.labels.store import open_store
 from service.labels.store.sql import holder_name
+from service.logs import configure_logging
 from service.metrics import ServiceMetrics
 from service.models.batcher import BatchingConfig, DynamicBatcher
 from service.models.inference import Classifier, ModelManager
@@ -438,13 +439,6 @@ def server_credentials(s: ServerSettings) -> grpc.ServerCredentials | None:
         [(s.tls_key_file.read_bytes(), s.tls_cert_file.read_bytes())],
         root_certificates=ca,
         require_client_auth=ca is not None,
-    )
-
-
-def configure_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
 
 

@@ -37,6 +37,13 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 from tqdm import tqdm
 
+from experiments.cvc.pool import (
+    DEFAULT_ROOT,
+    GeneratedCandidate,
+    generate,
+    generate_pool,
+    load_frames,
+)
 from service.aift import VARIANTS, Box, candidate_probability, degenerate_variants, parse_recipe
 from service.imaging import ImageLimits, decode_encoded
 from service.labels.archive import ImageArchive
@@ -55,7 +62,6 @@ from service.models.lifecycle import MemoryTrimListener
 from service.models.model import SessionOptions
 from service.models.registry import ModelRegistry
 from trainer.bootstrap import init_model
-from trainer.cvc import DEFAULT_ROOT, GeneratedCandidate, generate, generate_pool, load_frames
 from trainer.data import Example, PatchSource, labels_of
 from trainer.evaluate import average_precision, roc_auc
 from trainer.finetune import candidate_probabilities
@@ -114,7 +120,7 @@ class ExperimentPreset:
     weights: str | None = None
     """``imagenet``, ``random`` or None (ImageNet where found locally)."""
     ratio: float = 0.0
-    """Negatives per polyp of the CAD-like pool (:func:`trainer.cvc.generate_pool`); 0: ``generate``."""
+    """Negatives per polyp of the CAD-like pool (:func:`experiments.cvc.pool.generate_pool`); 0: ``generate``."""
     hard_fraction: float = 0.5
     epochs: int | None = None
     """Epochs of every round (None: Table 3's)."""

@@ -35,7 +35,7 @@ import numpy as np
 
 from service.aift import Box
 
-DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "cvc-clinicdb"
+DEFAULT_ROOT = Path(__file__).resolve().parents[3] / "shared" / "data" / "cvc-clinicdb"
 
 
 @dataclass(frozen=True)

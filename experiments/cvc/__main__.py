@@ -1,0 +1,81 @@
+"""``python -m experiments.cvc run|report``: the AIFT annotation-saving experiment on
+CVC-ClinicDB, run from a checkout with the trainer extra installed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+SPLIT = Path(__file__).resolve().parent / "split.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m experiments.cvc", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run (or resume) the experiment, then write the report")
+    run.add_argument(
+        "--preset",
+        choices=["quick", "standard", "paper"],
+        default="quick",
+        help="quick: <= 30 min on 2 cores; standard: <= 3 h, 5 seeds; paper: AlexNet 227 px (GPU)",
+    )
+    run.add_argument("--out", default="results/cvc-quick")
+    run.add_argument("--data", help="CVC-ClinicDB folder (default ../shared/data/cvc-clinicdb)")
+    run.add_argument(
+        "--split", default=str(SPLIT), help="JSON file with pool and test sequence lists"
+    )
+    run.add_argument("--pool", type=int, nargs="+", help="pool sequences (overrides --split)")
+    run.add_argument("--test", type=int, nargs="+", help="test sequences (overrides --split)")
+    run.add_argument("--methods", nargs="+")
+    run.add_argument("--seeds", type=int, nargs="+")
+    run.add_argument("--rounds", type=int)
+    run.add_argument(
+        "--no-reference", action="store_true", help="skip fine-tuning on the whole pool"
+    )
+    run.add_argument("--log-level", default="WARNING")
+    report = sub.add_parser("report", help="CSV -> plot, savings table, summary")
+    report.add_argument("--out", default="results/cvc-quick")
+    report.add_argument("--log-level", default="WARNING")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        print(
+            "python -m experiments.cvc: PyTorch is not installed here; install the trainer "
+            "extra: pip install -c constraints.txt -e '.[train]'",
+            file=sys.stderr,
+        )
+        return 2
+    from experiments.cvc.pool import DEFAULT_ROOT
+    from experiments.cvc.report import write_report
+    from experiments.cvc.run import PRESETS, Experiment, Split, run_all
+    from service.logs import configure_logging
+
+    configure_logging(args.log_level)
+    out = Path(args.out)
+    if args.command == "report":
+        print(write_report(out))
+        return 0
+    split = Split.from_file(Path(args.split))
+    if args.pool:
+        split.pool = args.pool
+    if args.test:
+        split.test = args.test
+    preset = PRESETS[args.preset]
+    seeds = args.seeds if args.seeds is not None else list(preset.seeds)
+    if args.rounds:
+        preset = replace(preset, rounds=args.rounds)
+    exp = Experiment(out, preset, split, Path(args.data) if args.data else DEFAULT_ROOT)
+    run_all(exp, args.methods or list(preset.methods), seeds, reference=not args.no_reference)
+    print(write_report(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
