@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from service.settings import from_flags
+
 if TYPE_CHECKING:  # imported where used: `cad serve` never imports torch
     from service.models.registry import ModelRegistry
     from trainer.settings import TrainerSettings
@@ -35,22 +37,19 @@ def _model_init(args: argparse.Namespace) -> int:
     from trainer.weights import WeightsUnavailable
 
     configure_logging(args.log_level)
-    overrides: dict[str, Any] = {}
-    if args.registry:
-        overrides["registry_root"] = Path(args.registry)
-    if args.name:
-        overrides["model_name"] = args.name
-    if args.weights:
-        overrides["weights"] = args.weights
-    if args.arch:
-        overrides["architecture"] = args.arch
-    if args.allow_download:
-        overrides["allow_download"] = True
-    if args.input_size:
-        overrides["input_size"] = args.input_size
-    if args.recipe:
-        overrides["recipe"] = args.recipe
-    settings = TrainerSettings(**overrides)
+    settings = from_flags(
+        TrainerSettings,
+        args,
+        {
+            "registry": "registry_root",
+            "name": "model_name",
+            "weights": "weights",
+            "arch": "architecture",
+            "allow_download": "allow_download",
+            "input_size": "input_size",
+            "recipe": "recipe",
+        },
+    )
     try:
         info = init_model(settings, force=args.force)
     except RegistryNotEmpty as exc:
@@ -77,35 +76,27 @@ def _model_init(args: argparse.Namespace) -> int:
 def _trainer_settings(args: argparse.Namespace, **extra: object) -> TrainerSettings:
     from trainer.settings import TrainerSettings
 
-    overrides: dict[str, Any] = {k: v for k, v in extra.items() if v is not None}
-    for name in (
-        "registry",
-        "store_url",
-        "archive_root",
-        "preset",
-        "depth",
-        "seed",
-        "val_fraction",
-        "start_version",
-        "auc_tolerance",
-        "min_new_labels",
-        "watch_poll_s",
-        "metrics_port",
-        "batch_size",
-    ):
-        value = getattr(args, name, None)
-        if value is not None:
-            overrides[
-                {
-                    "registry": "registry_root",
-                    "metrics_port": "watch_metrics_port",
-                    "batch_size": "train_batch_size",
-                }.get(name, name)
-            ] = value
-    for flag in ("hq", "allow_unvalidated"):
-        if getattr(args, flag, False):
-            overrides[flag] = True
-    return TrainerSettings(**overrides)
+    flags = {
+        name: name
+        for name in (
+            "store_url",
+            "archive_root",
+            "preset",
+            "depth",
+            "seed",
+            "val_fraction",
+            "start_version",
+            "auc_tolerance",
+            "min_new_labels",
+            "watch_poll_s",
+            "hq",
+            "allow_unvalidated",
+        )
+    }
+    flags.update(
+        registry="registry_root", metrics_port="watch_metrics_port", batch_size="train_batch_size"
+    )
+    return from_flags(TrainerSettings, args, flags, **extra)
 
 
 def _train_round(args: argparse.Namespace) -> int:

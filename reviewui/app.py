@@ -37,12 +37,13 @@ from starlette.staticfiles import StaticFiles
 
 from reviewui.sessions import MemorySessions, Session, Sessions, StoreSessions
 from reviewui.settings import ReviewUiSettings
-from service.aift import VARIANTS
+from service.aift import QUEUE_ORDERS, RANDOM
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.errors import StoreUnavailable
 from service.labels.store import open_store
 from service.logs import configure_logging
 from service.rpc.channel import client_channel
+from service.settings import from_flags
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,6 @@ CSRF_HEADER = "x-csrf-token"
 MAX_BODY_BYTES = 64 * 1024
 IMAGE_CACHE = 64
 """Review images (PNG and candidates) kept in this process across sessions, most recent."""
-QUEUE_VARIANTS = (*VARIANTS, "random")
 RANKING_NAMES = {
     "entropy_diversity_alpha": "Most informative first (uncertain and inconsistent; default)",
     "entropy_diversity": "Most informative first, all views (uncertain and inconsistent)",
@@ -61,7 +61,7 @@ RANKING_NAMES = {
     "entropy": "Most uncertain first, all views",
     "diversity_alpha": "Most inconsistent between views first",
     "diversity": "Most inconsistent between views first, all views",
-    "random": "Random order",
+    RANDOM: "Random order",
 }
 """What a clinician reads for each ranking; the AIFT variant stays visible as a detail."""
 LABELS = {
@@ -273,7 +273,7 @@ class ReviewApp:
         variants = "".join(
             f'<option value="{v}"{" selected" if v == "entropy_diversity_alpha" else ""}>'
             f"{html.escape(RANKING_NAMES[v])} ({v})</option>"
-            for v in QUEUE_VARIANTS
+            for v in QUEUE_ORDERS
         )
         text = self._templates["review.html"]
         text = text.replace("{{csrf}}", html.escape(session.csrf))
@@ -382,8 +382,8 @@ class ReviewApp:
 
     async def queue(self, request: Request, session: Session) -> Any:
         variant = request.query_params.get("variant", "entropy_diversity_alpha")
-        if variant not in QUEUE_VARIANTS:
-            raise PageError(400, f"unknown variant; choose one of {', '.join(QUEUE_VARIANTS)}")
+        if variant not in QUEUE_ORDERS:
+            raise PageError(400, f"unknown variant; choose one of {', '.join(QUEUE_ORDERS)}")
         try:
             limit = int(request.query_params.get("limit", "20"))
         except ValueError:
@@ -788,13 +788,12 @@ def main(argv: list[str] | None = None) -> int:
     """``cad review-ui``: serve the review page until interrupted."""
     import uvicorn
 
-    env = ReviewUiSettings()
     parser = argparse.ArgumentParser(prog="cad review-ui", description=main.__doc__)
-    parser.add_argument("--host", default=env.host, help="HTTP bind address")
-    parser.add_argument("--port", type=int, default=env.port, help="HTTP port")
-    parser.add_argument("--server", default=env.server, help="CAD server gRPC address host:port")
+    parser.add_argument("--host", help="HTTP bind address (CAD_REVIEW_UI_HOST)")
+    parser.add_argument("--port", type=int, help="HTTP port (CAD_REVIEW_UI_PORT)")
+    parser.add_argument("--server", help="CAD server gRPC address host:port (CAD_REVIEW_UI_SERVER)")
     args = parser.parse_args(argv)
-    settings = env.model_copy(update={"host": args.host, "port": args.port, "server": args.server})
+    settings = from_flags(ReviewUiSettings, args, ("host", "port", "server"))
     configure_logging("INFO")
     review = create_app(settings)
     scheme = "https" if settings.tls_cert_file else "http"

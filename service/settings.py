@@ -2,11 +2,39 @@
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def from_flags(
+    cls: type[S],
+    args: argparse.Namespace,
+    flags: Mapping[str, str] | Iterable[str],
+    **given: Any,
+) -> S:
+    """Settings of ``cls`` from the environment, with the command line on top: the one way
+    every process of the product turns its flags into settings.
+
+    ``flags`` names the argparse destinations that override a setting, as a mapping from
+    destination to setting name where they differ (an iterable: the same names). A flag
+    overrides only when given: None (not on the command line), False (a ``store_true`` flag
+    left off) and "" are skipped; 0 counts. ``given``: further settings, None skipped.
+    """
+    renames = flags if isinstance(flags, Mapping) else {name: name for name in flags}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    for dest, setting in renames.items():
+        value = getattr(args, dest, None)
+        if value is None or value is False or value == "":
+            continue
+        overrides[setting] = value
+    return cls(**overrides)
 
 
 class ServerSettings(BaseSettings):

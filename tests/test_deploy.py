@@ -535,3 +535,39 @@ def test_no_module_reads_a_cad_variable_behind_the_settings_classes_back() -> No
         if direct.search(line)
     ]
     assert offenders == []  # every CAD_* variable is a field of a settings class (documented)
+
+
+def test_flags_reach_settings_one_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every process turns its flags into settings through service.settings.from_flags: a flag
+    given wins over the environment, a flag left off (None, an unset store_true) does not, and
+    0 is a value (port 0 picks a free one)."""
+    import argparse
+
+    from cadcli.main import _trainer_settings, build_parser
+    from reviewui.settings import ReviewUiSettings
+    from service.settings import ServerSettings, from_flags
+
+    monkeypatch.setenv("CAD_PORT", "6000")
+    monkeypatch.setenv("CAD_METRICS_PORT", "7000")
+    args = argparse.Namespace(port=0, metrics_port=None, registry="/models")
+    server = from_flags(
+        ServerSettings,
+        args,
+        {"port": "port", "metrics_port": "metrics_port", "registry": "registry_root"},
+    )
+    assert (server.port, server.metrics_port, str(server.registry_root)) == (0, 7000, "/models")
+    monkeypatch.setenv("CAD_REVIEW_UI_SERVER", "cad:50051")
+    ui = from_flags(
+        ReviewUiSettings,
+        argparse.Namespace(host="0.0.0.0", port=None, server=None),
+        ("host", "port", "server"),
+    )
+    assert (ui.host, ui.port, ui.server) == ("0.0.0.0", 8080, "cad:50051")
+    monkeypatch.setenv("CAD_SEED", "7")
+    trainer = _trainer_settings(
+        build_parser().parse_args(
+            ["train", "round", "--registry", "/r", "--batch-size", "16", "--hq"]
+        )
+    )
+    assert (str(trainer.registry_root), trainer.train_batch_size, trainer.seed) == ("/r", 16, 7)
+    assert trainer.hq and not trainer.allow_unvalidated

@@ -27,10 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from service.aift import RANDOM
 from service.models.registry import ModelRegistry
 
 TARGET_SHARE = 0.95
-RANDOM, FULL = "random", "full"
+FULL = "full"
 CONTROLS = ("random_alexnet",)
 
 

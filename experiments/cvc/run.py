@@ -44,7 +44,14 @@ from experiments.cvc.pool import (
     generate_pool,
     load_frames,
 )
-from service.aift import VARIANTS, Box, candidate_probability, degenerate_variants, parse_recipe
+from service.aift import (
+    RANDOM,
+    VARIANTS,
+    Box,
+    candidate_probability,
+    degenerate_variants,
+    parse_recipe,
+)
 from service.imaging import ImageLimits, decode_encoded
 from service.labels.archive import ImageArchive
 from service.labels.review import MAX_QUEUE_LIMIT, Recorder, ReviewService
@@ -70,7 +77,7 @@ from trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
 
-RANDOM, SCRATCH, FULL, CONTROL = "random", "scratch", "full", "random_alexnet"
+SCRATCH, FULL, CONTROL = "scratch", "full", "random_alexnet"
 ACFT = "_acft"
 ACFT_OMEGA = 5.0
 METHODS = (*VARIANTS, RANDOM, SCRATCH)
@@ -133,7 +140,7 @@ class ExperimentPreset:
 
 
 STUDY_METHODS = (
-    "random",
+    RANDOM,
     "scratch",
     "entropy",
     "entropy_alpha",
@@ -167,7 +174,7 @@ PRESETS = {
             ratio=10.0,
             control_rounds=3,
             methods=(
-                "random",
+                RANDOM,
                 "scratch",
                 "entropy",
                 "entropy_alpha",

@@ -15,6 +15,8 @@ from service.aift.patches import (
 from service.aift.scoring import (
     DEFAULT_VARIANT,
     EPS,
+    QUEUE_ORDERS,
+    RANDOM,
     VARIANTS,
     CandidateStats,
     Variant,
@@ -29,6 +31,8 @@ from service.aift.scoring import (
 __all__ = [
     "DEFAULT_VARIANT",
     "EPS",
+    "QUEUE_ORDERS",
+    "RANDOM",
     "RECIPES",
     "VARIANTS",
     "Box",

@@ -59,6 +59,10 @@ VARIANTS: dict[str, Variant] = {
     )
 }
 DEFAULT_VARIANT = "entropy_diversity_alpha"
+RANDOM = "random"
+"""The annotation queue's other order: IFT Random, the paper's baseline (no AIFT score)."""
+QUEUE_ORDERS = (*VARIANTS, RANDOM)
+"""Every order the annotation queue can be asked for."""
 
 
 def as_class_probs(probs: npt.ArrayLike) -> FloatArray:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from service.aift import VARIANTS, Box, Variant, aift_scores
+from service.aift import QUEUE_ORDERS, RANDOM, VARIANTS, Box, Variant, aift_scores
 from service.aift.scoring import DEFAULT_VARIANT, PAPER_ALPHA, select_for_labeling
 from service.errors import InvalidInput, NotFound, StoreUnavailable
 from service.labels.archive import ImageArchive
@@ -37,7 +37,6 @@ from service.validation import MAX_QUEUE_WEIGHT, box_values, finite, quote
 log = logging.getLogger(__name__)
 
 VERDICT_LABELS = {"TRUE_POSITIVE": 1, "FALSE_POSITIVE": 0}
-RANDOM = "random"
 DEFAULT_QUEUE_LIMIT = 20
 SCORE_ALL_MAX = 20_000
 """Up to this many unlabeled candidates, random order, ACFT sampling and custom alphas score
@@ -302,7 +301,7 @@ class ReviewService:
         variant = variant or DEFAULT_VARIANT
         if variant != RANDOM and variant not in VARIANTS:
             raise InvalidInput(
-                f"unknown variant {quote(variant)}; known: {', '.join([*VARIANTS, RANDOM])}"
+                f"unknown variant {quote(variant)}; known: {', '.join(QUEUE_ORDERS)}"
             )
         finite(omega, "omega", 0.0, MAX_QUEUE_WEIGHT)
         if omega and omega < 1:

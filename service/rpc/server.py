@@ -39,7 +39,7 @@ from service.models.registry import ModelRegistry, utc_now
 from service.rpc.auth import AccessPolicy, ReloadingTokenTable
 from service.rpc.interceptors import ErrorAndMetricsInterceptor
 from service.rpc.servicers import CadInferenceServicer, CadReviewServicer, ModelAdminServicer
-from service.settings import ServerSettings
+from service.settings import ServerSettings, from_flags
 
 log = logging.getLogger(__name__)
 
@@ -479,15 +479,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--registry", help="registry root (CAD_REGISTRY_ROOT)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    overrides: dict[str, Any] = {}
-    if args.port is not None:
-        overrides["port"] = args.port
-    if args.metrics_port is not None:
-        overrides["metrics_port"] = args.metrics_port
-    if args.registry:
-        overrides["registry_root"] = args.registry
     configure_logging(args.log_level)
-    settings = ServerSettings(**overrides)
+    settings = from_flags(
+        ServerSettings,
+        args,
+        {"port": "port", "metrics_port": "metrics_port", "registry": "registry_root"},
+    )
     asyncio.run(serve(settings))
     return 0
 
