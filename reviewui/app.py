@@ -13,19 +13,14 @@ process; the page loads nothing from anywhere else (Content-Security-Policy ``'s
 from __future__ import annotations
 
 import argparse
-import hmac
 import html
-import json
 import logging
 import math
 import secrets
-import threading
-import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 import grpc
 from starlette.applications import Starlette
@@ -35,14 +30,27 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from reviewui.proxy import LABELS, CadProxy, box_json, notices_json
+from reviewui.security import (
+    SIGNIN_MESSAGES,
+    HeadersMiddleware,
+    PageError,
+    SignInAttempts,
+    csrf_ok,
+    form,
+    json_body,
+    json_error,
+    same_origin,
+    same_site,
+    text,
+)
 from reviewui.sessions import MemorySessions, Session, Sessions, StoreSessions
 from reviewui.settings import ReviewUiSettings
 from service.aift import QUEUE_ORDERS, RANDOM
-from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
+from service.api.cad.v1 import cad_pb2
 from service.errors import StoreUnavailable
 from service.labels.store import open_store
 from service.logs import configure_logging
-from service.rpc.channel import client_channel
 from service.settings import from_flags
 
 log = logging.getLogger(__name__)
@@ -51,9 +59,6 @@ STATIC = Path(__file__).resolve().parent / "static"
 SESSION_COOKIE = "cad_review_session"
 SIGNIN_COOKIE = "cad_review_signin"
 CSRF_HEADER = "x-csrf-token"
-MAX_BODY_BYTES = 64 * 1024
-IMAGE_CACHE = 64
-"""Review images (PNG and candidates) kept in this process across sessions, most recent."""
 RANKING_NAMES = {
     "entropy_diversity_alpha": "Most informative first (uncertain and inconsistent; default)",
     "entropy_diversity": "Most informative first, all views (uncertain and inconsistent)",
@@ -64,73 +69,9 @@ RANKING_NAMES = {
     RANDOM: "Random order",
 }
 """What a clinician reads for each ranking; the AIFT variant stays visible as a detail."""
-LABELS = {
-    cad_pb2.UNLABELED: "unlabeled",
-    cad_pb2.POSITIVE: "finding",
-    cad_pb2.NEGATIVE: "no finding",
-    cad_pb2.LABEL_STATE_UNSPECIFIED: "unlabeled",
-}
-SIGNIN_MESSAGES = {
-    "expired": "Your session has ended. Sign in again to go on reviewing.",
-    "signedout": "You are signed out.",
-    "revoked": "The CAD server no longer accepts your token. Sign in with a current one.",
-}
-SECURITY_HEADERS = {
-    "content-security-policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
-        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-    ),
-    "x-content-type-options": "nosniff",
-    "x-frame-options": "DENY",
-    "referrer-policy": "same-origin",  # no-referrer would make the browser send Origin: null
-    "cache-control": "no-store",
-    # another site's <img> or fetch must not show an archived frame, even knowing its id
-    "cross-origin-resource-policy": "same-origin",
-}
 STORE_DOWN = (
     "The store that keeps review sign-ins is unreachable; nothing was recorded. Retry in a moment."
 )
-HSTS = "max-age=31536000"
-"""Strict-Transport-Security, under HTTPS: the browser never tries plain HTTP again."""
-
-
-class PageError(Exception):
-    """A request the page answers with a status and a message for the reviewer."""
-
-    def __init__(self, status: int, message: str, signin: str = "") -> None:
-        super().__init__(message)
-        self.status, self.message, self.signin = status, message, signin
-        """``signin``: why the reviewer must sign in again (a key of SIGNIN_MESSAGES), if so."""
-
-
-class SignInAttempts:
-    """Failed sign-ins per client address: after ``limit`` within ``window_s`` seconds, further
-    attempts from that address are refused until the oldest failure leaves the window."""
-
-    def __init__(self, limit: int = 10, window_s: float = 300.0) -> None:
-        self.limit = limit
-        self.window_s = window_s
-        self._failures: dict[str, list[float]] = {}
-
-    def _recent(self, client: str) -> list[float]:
-        now = time.monotonic()
-        recent = [t for t in self._failures.get(client, []) if now - t < self.window_s]
-        if recent:
-            self._failures[client] = recent
-        else:
-            self._failures.pop(client, None)
-        return recent
-
-    def failed(self, client: str) -> None:
-        self._recent(client)
-        self._failures.setdefault(client, []).append(time.monotonic())
-
-    def blocked_for(self, client: str) -> float:
-        """Seconds until ``client`` may try again (0: now)."""
-        recent = self._recent(client)
-        if len(recent) < self.limit:
-            return 0.0
-        return max(1.0, self.window_s - (time.monotonic() - recent[0]))
 
 
 class ReviewApp:
@@ -138,14 +79,7 @@ class ReviewApp:
 
     def __init__(self, settings: ReviewUiSettings, channel: grpc.Channel | None = None) -> None:
         self.settings = settings
-        self.channel = channel or client_channel(
-            settings.server,
-            settings.tls_ca,
-            settings.tls_server_name,
-            settings.tls_client_cert,
-            settings.tls_client_key,
-        )
-        self.stub = cad_pb2_grpc.CadReviewStub(self.channel)
+        self.cad = CadProxy(settings, channel)
         self.store = (
             open_store(settings.store_url, pool_size=4, require=False)
             if settings.store_url
@@ -156,8 +90,6 @@ class ReviewApp:
             if self.store is not None
             else MemorySessions(settings.session_idle_s, settings.session_max_s)
         )
-        self._images: OrderedDict[tuple[str, str], cad_pb2.ReviewImage] = OrderedDict()
-        self._images_lock = threading.Lock()
         self.attempts = SignInAttempts()
         https = settings.tls_cert_file is not None
         self.secure = settings.secure_cookies if settings.secure_cookies is not None else https
@@ -185,10 +117,10 @@ class ReviewApp:
         }
         """The two HTML pages, read once at start (filled in per request)."""
         self.app = Starlette(routes=routes)
-        self.app.add_middleware(_HeadersMiddleware, https=https)
+        self.app.add_middleware(HeadersMiddleware, https=https)
 
     def close(self) -> None:
-        self.channel.close()
+        self.cad.close()
         if self.store is not None:
             self.store.close()
 
@@ -198,20 +130,6 @@ class ReviewApp:
         response.set_cookie(
             name, value, path=path, httponly=True, samesite="strict", secure=self.secure
         )
-
-    def _call(self, session: Session, method: str, request: Any) -> Any:
-        rpc = getattr(self.stub, method)
-        try:
-            return rpc(
-                request,
-                timeout=self.settings.rpc_timeout_s,
-                metadata=[("authorization", f"Bearer {session.token}")],
-            )
-        except grpc.RpcError as exc:
-            raise _page_error(exc) from None
-
-    async def call(self, session: Session, method: str, request: Any) -> Any:
-        return await run_in_threadpool(self._call, session, method, request)
 
     def session_of(self, request: Request) -> tuple[str | None, Session | None]:
         """The request's session. PageError 503 while the store that keeps sessions is down."""
@@ -238,19 +156,19 @@ class ReviewApp:
             try:
                 sid, session = await self._session_of(request)
             except PageError as exc:
-                return _json_error(exc)
+                return json_error(exc)
             if session is None or sid is None:
-                return _json_error(PageError(401, SIGNIN_MESSAGES["expired"], signin="expired"))
+                return json_error(PageError(401, SIGNIN_MESSAGES["expired"], signin="expired"))
             try:
-                _same_site(request)  # reads too: another site's page gets nothing
+                same_site(request)  # reads too: another site's page gets nothing
                 if changes:
-                    _same_origin(request)
-                    _csrf_ok(request.headers.get(CSRF_HEADER, ""), session.csrf)
+                    same_origin(request)
+                    csrf_ok(request.headers.get(CSRF_HEADER, ""), session.csrf)
                 body = await handler(request, session)
             except PageError as exc:
                 if exc.signin:
                     await self._drop(sid)
-                return _json_error(exc)
+                return json_error(exc)
             return body if isinstance(body, Response) else JSONResponse(body)
 
         return endpoint
@@ -302,12 +220,12 @@ class ReviewApp:
 
     async def signin(self, request: Request) -> Response:
         try:
-            _same_origin(request)
-            form = await _form(request)
-            _csrf_ok(form.get("csrf", ""), request.cookies.get(SIGNIN_COOKIE, ""))
+            same_origin(request)
+            fields = await form(request)
+            csrf_ok(fields.get("csrf", ""), request.cookies.get(SIGNIN_COOKIE, ""))
         except PageError as exc:
             return self._signin_page(exc.message, exc.status)
-        token = form.get("token", "").strip()
+        token = fields.get("token", "").strip()
         if not token:
             return self._signin_page("Enter your review token.", 400)
         client = request.client.host if request.client else "unknown"
@@ -321,7 +239,7 @@ class ReviewApp:
             )
         probe = Session(token, "", "", 0.0, 0.0)
         try:
-            stats = await self.call(probe, "GetReviewStats", cad_pb2.ReviewStatsRequest())
+            stats = await self.cad.call(probe, "GetReviewStats", cad_pb2.ReviewStatsRequest())
         except PageError as exc:
             if exc.status in (401, 403):
                 self.attempts.failed(client)
@@ -353,16 +271,16 @@ class ReviewApp:
         try:
             sid, session = await self._session_of(request)
         except PageError as exc:
-            return _json_error(exc)
+            return json_error(exc)
         if session is not None:
             try:
-                _same_origin(request)
-                form = await _form(request)
-                _csrf_ok(form.get("csrf", ""), session.csrf)
+                same_origin(request)
+                fields = await form(request)
+                csrf_ok(fields.get("csrf", ""), session.csrf)
             except PageError as exc:
-                return _json_error(exc)
+                return json_error(exc)
             try:  # the items handed out to this reviewer go back to the others' queues
-                await self.call(session, "ReleaseClaims", cad_pb2.ClaimRelease())
+                await self.cad.call(session, "ReleaseClaims", cad_pb2.ClaimRelease())
             except PageError as exc:
                 log.warning("claims of %s not given back at sign-out: %s", session.reviewer, exc)
             await self._drop(sid)
@@ -372,9 +290,7 @@ class ReviewApp:
         return response
 
     async def _drop(self, sid: str | None) -> None:
-        with self._images_lock:
-            for key in [k for k in self._images if k[0] == sid]:
-                del self._images[key]
+        self.cad.forget(sid or "")
         try:
             await run_in_threadpool(self.sessions.drop, sid)
         except StoreUnavailable:
@@ -390,7 +306,7 @@ class ReviewApp:
             raise PageError(400, "how many items: a whole number") from None
         if not 1 <= limit <= self.settings.queue_max:
             raise PageError(400, f"how many items: between 1 and {self.settings.queue_max}")
-        reply = await self.call(
+        reply = await self.cad.call(
             session,
             "GetAnnotationQueue",
             cad_pb2.QueueRequest(limit=limit, variant=variant, seed=secrets.randbits(32) or 1),
@@ -402,7 +318,7 @@ class ReviewApp:
                 {
                     "candidate_id": i.candidate_id,
                     "request_id": i.request_id,
-                    "box": _box(i.box),
+                    "box": box_json(i.box),
                     "score": i.score,
                     "probability": i.probability,
                     "model_version": i.model_version,
@@ -411,36 +327,12 @@ class ReviewApp:
                 }
                 for i in reply.items
             ],
-            "notices": _notices(reply.notices),
+            "notices": notices_json(reply.notices),
         }
-
-    async def _review_image(
-        self, session: Session, request_id: str, fresh: bool = False
-    ) -> cad_pb2.ReviewImage:
-        """A frame's image and candidates, as this session last fetched them (``fresh``: the
-        labels as they are now, the PNG kept from before when there is one)."""
-        key = (session.sid, request_id)
-        with self._images_lock:
-            cached = self._images.get(key)
-        if cached is not None and not fresh:
-            return cached
-        reply = await self.call(
-            session,
-            "GetReviewImage",
-            cad_pb2.ReviewImageRequest(request_id=request_id, labels_only=cached is not None),
-        )
-        if cached is not None:
-            reply.png = cached.png
-        with self._images_lock:
-            self._images[key] = reply
-            self._images.move_to_end(key)
-            while len(self._images) > IMAGE_CACHE:
-                self._images.popitem(last=False)
-        return reply
 
     async def image(self, request: Request, session: Session) -> Any:
         request_id = request.path_params["request_id"]
-        reply = await self._review_image(session, request_id, fresh=True)  # labels as they are
+        reply = await self.cad.review_image(session, request_id, fresh=True)  # labels as they are
         return {
             "request_id": reply.request_id,
             "width": reply.width,
@@ -450,7 +342,7 @@ class ReviewApp:
             "candidates": [
                 {
                     "candidate_id": c.candidate_id,
-                    "box": _box(c.box),
+                    "box": box_json(c.box),
                     "probability": c.probability if c.HasField("probability") else None,
                     "score": c.score,
                     "label": LABELS.get(c.label, "unlabeled"),
@@ -467,28 +359,27 @@ class ReviewApp:
         try:
             sid, session = await self._session_of(request)
         except PageError as exc:
-            return _json_error(exc)
+            return json_error(exc)
         if session is None or sid is None:
-            return _json_error(PageError(401, SIGNIN_MESSAGES["expired"], signin="expired"))
+            return json_error(PageError(401, SIGNIN_MESSAGES["expired"], signin="expired"))
         request_id = request.path_params["request_id"]
         try:
-            _same_site(request)
-            reply = await self._review_image(session, request_id)
+            same_site(request)
+            reply = await self.cad.review_image(session, request_id)
             if not reply.png:  # cached without its image: fetch it whole
-                with self._images_lock:
-                    self._images.pop((sid, request_id), None)
-                reply = await self._review_image(session, request_id)
+                self.cad.forget(sid, request_id)
+                reply = await self.cad.review_image(session, request_id)
             await self._sessions("mark_shown", sid, request_id)  # this page has the frame now
         except PageError as exc:
             if exc.signin:
                 await self._drop(sid)
-            return _json_error(exc)
+            return json_error(exc)
         return Response(reply.png, media_type="image/png")
 
     async def _on_screen(self, session: Session, body: dict[str, Any], candidate: str) -> str:
         """The frame a verdict was given on: one whose image this session was served, holding
         ``candidate`` (empty: any candidate). Else 409, and nothing is recorded."""
-        request_id = _text(body, "request_id")
+        request_id = text(body, "request_id")
         if not await self._sessions("was_shown", session.sid, request_id):
             raise PageError(
                 409,
@@ -496,7 +387,7 @@ class ReviewApp:
                 "Wait until it is drawn, then decide.",
             )
         if candidate:
-            frame = await self._review_image(session, request_id)
+            frame = await self.cad.review_image(session, request_id)
             if candidate not in {c.candidate_id for c in frame.candidates}:
                 raise PageError(
                     409, "Nothing was recorded: that candidate is not on the frame on your screen."
@@ -504,27 +395,27 @@ class ReviewApp:
         return request_id
 
     async def verdict(self, request: Request, session: Session) -> Any:
-        body = await _json_body(request)
+        body = await json_body(request)
         verdicts = {"confirm": cad_pb2.TRUE_POSITIVE, "dismiss": cad_pb2.FALSE_POSITIVE}
         verdict = body.get("verdict")
         if verdict not in verdicts:
             raise PageError(400, "verdict must be confirm or dismiss")
-        candidate = _text(body, "candidate_id")
+        candidate = text(body, "candidate_id")
         await self._on_screen(session, body, candidate)
-        receipt = await self.call(
+        receipt = await self.cad.call(
             session,
             "SubmitCorrection",
             cad_pb2.Correction(
                 candidate_id=candidate,
                 verdict=verdicts[verdict],
-                idempotency_key=_text(body, "key"),
-                note=_text(body, "note", required=False),
+                idempotency_key=text(body, "key"),
+                note=text(body, "note", required=False),
             ),
         )
         return await self._receipt(session, receipt)
 
     async def missed(self, request: Request, session: Session) -> Any:
-        body = await _json_body(request)
+        body = await json_body(request)
         box = body.get("box")
         if not isinstance(box, dict):
             raise PageError(400, "draw a box first")
@@ -533,43 +424,41 @@ class ReviewApp:
         except (KeyError, TypeError, ValueError):
             raise PageError(400, "the box needs numbers x, y, width and height") from None
         request_id = await self._on_screen(session, body, "")
-        receipt = await self.call(
+        receipt = await self.cad.call(
             session,
             "AddMissedFinding",
             cad_pb2.MissedFinding(
                 request_id=request_id,
                 box=cad_pb2.Box(**values),
-                idempotency_key=_text(body, "key"),
-                note=_text(body, "note", required=False),
+                idempotency_key=text(body, "key"),
+                note=text(body, "note", required=False),
             ),
         )
         return await self._receipt(session, receipt)
 
     async def retract(self, request: Request, session: Session) -> Any:
         """Undo: take back one's own last verdict or missed finding (a retraction event)."""
-        body = await _json_body(request)
-        receipt = await self.call(
+        body = await json_body(request)
+        receipt = await self.cad.call(
             session,
             "Retract",
-            cad_pb2.Retraction(
-                event_id=_text(body, "event_id"), idempotency_key=_text(body, "key")
-            ),
+            cad_pb2.Retraction(event_id=text(body, "event_id"), idempotency_key=text(body, "key")),
         )
         return await self._receipt(session, receipt, counts=-1)
 
     async def skip(self, request: Request, session: Session) -> Any:
         """Skip: the item goes back to the other reviewers' queues at once (its claim ends)."""
-        body = await _json_body(request)
-        reply = await self.call(
+        body = await json_body(request)
+        reply = await self.cad.call(
             session,
             "ReleaseClaims",
-            cad_pb2.ClaimRelease(candidate_ids=[_text(body, "candidate_id")]),
+            cad_pb2.ClaimRelease(candidate_ids=[text(body, "candidate_id")]),
         )
         return {"released": reply.released}
 
     async def conflicts(self, request: Request, session: Session) -> Any:
         """Disagreements nobody has settled, oldest first: what an adjudicator works through."""
-        reply = await self.call(
+        reply = await self.cad.call(
             session, "GetConflicts", cad_pb2.ConflictsRequest(limit=self.settings.queue_max)
         )
         return {
@@ -577,7 +466,7 @@ class ReviewApp:
                 {
                     "candidate_id": c.candidate_id,
                     "request_id": c.request_id,
-                    "box": _box(c.box),
+                    "box": box_json(c.box),
                     "verdicts": [
                         {
                             "reviewer": v.reviewer,
@@ -595,21 +484,21 @@ class ReviewApp:
 
     async def adjudicate(self, request: Request, session: Session) -> Any:
         """The final verdict on a disagreement, by a reviewer who gave none on it."""
-        body = await _json_body(request)
+        body = await json_body(request)
         verdicts = {"confirm": cad_pb2.TRUE_POSITIVE, "dismiss": cad_pb2.FALSE_POSITIVE}
         verdict = body.get("verdict")
         if verdict not in verdicts:
             raise PageError(400, "verdict must be confirm or dismiss")
-        candidate = _text(body, "candidate_id")
+        candidate = text(body, "candidate_id")
         await self._on_screen(session, body, candidate)
-        receipt = await self.call(
+        receipt = await self.cad.call(
             session,
             "Adjudicate",
             cad_pb2.Adjudication(
                 candidate_id=candidate,
                 verdict=verdicts[verdict],
-                idempotency_key=_text(body, "key"),
-                note=_text(body, "note", required=False),
+                idempotency_key=text(body, "key"),
+                note=text(body, "note", required=False),
             ),
         )
         return await self._receipt(session, receipt)
@@ -629,11 +518,11 @@ class ReviewApp:
             "conflict": receipt.conflict,
             "replayed": receipt.replayed,
             "reviewed": reviewed,
-            "notices": _notices(receipt.notices),
+            "notices": notices_json(receipt.notices),
         }
 
     async def progress(self, request: Request, session: Session) -> Any:
-        stats = await self.call(session, "GetReviewStats", cad_pb2.ReviewStatsRequest())
+        stats = await self.cad.call(session, "GetReviewStats", cad_pb2.ReviewStatsRequest())
         return {
             "reviewer": session.reviewer,
             "reviewed": session.reviewed,
@@ -650,134 +539,6 @@ class ReviewApp:
                 for v in stats.versions
             ],
         }
-
-
-class _HeadersMiddleware:
-    """Security headers on every response (pure ASGI: streaming and static files untouched)."""
-
-    def __init__(self, app: Any, https: bool = False) -> None:
-        self.app = app
-        self.headers = [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
-        if https:
-            self.headers.append((b"strict-transport-security", HSTS.encode()))
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                headers = [
-                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"cache-control"
-                ]
-                headers += self.headers
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-def _notices(notices: Any) -> list[dict[str, str]]:
-    """Disagreements to tell the reviewer of (each comes once from the server)."""
-    return [
-        {
-            "candidate_id": n.candidate_id,
-            "request_id": n.request_id,
-            "yours": LABELS.get(n.your_label, "unlabeled"),
-            "other_reviewer": n.other_reviewer,
-            "theirs": LABELS.get(n.their_label, "unlabeled"),
-        }
-        for n in notices
-    ]
-
-
-def _page_error(exc: grpc.RpcError) -> PageError:
-    code, details = exc.code(), exc.details() or ""
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return PageError(
-            503,
-            "The CAD server is not reachable right now, so nothing was recorded. "
-            "Try again in a moment; if it persists, tell ops.",
-        )
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return PageError(401, SIGNIN_MESSAGES["revoked"], signin="revoked")
-    statuses = {
-        grpc.StatusCode.PERMISSION_DENIED: 403,
-        grpc.StatusCode.NOT_FOUND: 404,
-        grpc.StatusCode.INVALID_ARGUMENT: 400,
-        grpc.StatusCode.ALREADY_EXISTS: 409,
-        grpc.StatusCode.FAILED_PRECONDITION: 409,
-        grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    }
-    return PageError(statuses.get(code, 502), f"The CAD server answered: {details}")
-
-
-def _json_error(exc: PageError) -> JSONResponse:
-    return JSONResponse({"error": exc.message, "signin": exc.signin}, status_code=exc.status)
-
-
-def _csrf_ok(given: str, expected: str) -> None:
-    if not expected or not given or not hmac.compare_digest(given, expected):
-        raise PageError(403, "This form has expired (CSRF check failed). Reload the page.")
-
-
-def _same_site(request: Request) -> None:
-    """Refuse a request another site's page made (its browser says so in Sec-Fetch-Site)."""
-    site = request.headers.get("sec-fetch-site")
-    if site is not None and site not in ("same-origin", "none"):
-        raise PageError(403, "Requests from other sites are refused.")
-
-
-def _same_origin(request: Request) -> None:
-    """Refuse a state-changing request sent from another site's page."""
-    site = request.headers.get("sec-fetch-site")
-    if site is not None and site not in ("same-origin", "none"):
-        raise PageError(403, "Requests from other sites are refused.")
-    origin = request.headers.get("origin")
-    if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
-        raise PageError(403, "Requests from other sites are refused.")
-
-
-async def _read_body(request: Request) -> bytes:
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-        raise PageError(413, "The request is too large.")
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise PageError(413, "The request is too large.")
-    return body
-
-
-async def _form(request: Request) -> dict[str, str]:
-    body = await _read_body(request)
-    try:
-        fields = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=20)
-    except (UnicodeDecodeError, ValueError):
-        raise PageError(400, "The form could not be read.") from None
-    return {k: v[0] for k, v in fields.items()}
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
-    body = await _read_body(request)
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
-        raise PageError(400, "The request body is not JSON.") from None
-    if not isinstance(data, dict):
-        raise PageError(400, "The request body must be a JSON object.")
-    return data
-
-
-def _text(body: dict[str, Any], name: str, required: bool = True) -> str:
-    value = body.get(name, "")
-    if not isinstance(value, str) or (required and not value):
-        raise PageError(400, f"{name} is missing")
-    return value
-
-
-def _box(box: cad_pb2.Box) -> dict[str, float]:
-    return {"x": box.x, "y": box.y, "width": box.width, "height": box.height}
 
 
 def create_app(settings: ReviewUiSettings, channel: grpc.Channel | None = None) -> ReviewApp:

@@ -377,7 +377,7 @@ def test_another_sites_page_cannot_read_an_archived_frame(world: World) -> None:
 def test_https_responses_carry_hsts() -> None:
     import asyncio
 
-    from reviewui.app import _HeadersMiddleware
+    from reviewui.security import HeadersMiddleware
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -389,7 +389,7 @@ def test_https_responses_carry_hsts() -> None:
         async def send(message: dict[str, Any]) -> None:
             sent.append(message)
 
-        asyncio.run(_HeadersMiddleware(app, https=https)({"type": "http"}, None, send))
+        asyncio.run(HeadersMiddleware(app, https=https)({"type": "http"}, None, send))
         return dict(sent[0]["headers"])
 
     assert headers_of(True)[b"strict-transport-security"].startswith(b"max-age=")
@@ -410,7 +410,7 @@ def test_sign_in_attempts_are_limited(tmp_path: Path) -> None:
 
 
 def test_the_attempt_window_forgets_old_failures() -> None:
-    from reviewui.app import SignInAttempts
+    from reviewui.security import SignInAttempts
 
     attempts = SignInAttempts(limit=2, window_s=0.0)  # every failure is already out of the window
     for _ in range(5):
