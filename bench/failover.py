@@ -41,7 +41,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bench.launch import server_process
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.labels.store import open_store
-from service.labels.store.sql import holder_name
+from service.labels.store.leases import holder_name
 from tests.helpers import dicom_bytes, publish_tiny
 from tests.pg import TempPostgres
 

@@ -494,9 +494,9 @@ def test_event_times_come_from_the_database_clock_on_postgresql(
 ) -> None:
     """Replicas' clocks differ; label order and labeled(since) must not: on PostgreSQL every
     event time is the database's (SQLite lives on one machine, whose clock it uses)."""
-    import service.labels.store.sql as sql
+    import service.labels.store.core as core
 
-    monkeypatch.setattr(sql, "now", lambda: "1999-01-01T00:00:00.000000+00:00")  # a skewed replica
+    monkeypatch.setattr(core, "now", lambda: "1999-01-01T00:00:00.000000+00:00")  # a skewed replica
     add_image(store, "r-clock", n=1)
     receipt = store.add_label("r-clock-0", 1, "dr.a", "", "k-clock", "body")
     audit = store.add_audit("pin", "ops", "cad")

@@ -18,7 +18,7 @@ import torch
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.errors import LeaseHeld
 from service.labels.store import open_store
-from service.labels.store.sql import holder_name
+from service.labels.store.leases import holder_name
 from service.models.registry import WEIGHTS_FILE, ModelRegistry
 from service.rpc.server import ServerThread
 from tests.conftest import make_settings

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from service.aift import candidate_probability, candidate_stats
 from service.labels.archive import ImageArchive
 from service.labels.store import SqlLabelStore, open_store
-from service.labels.store.sql import Lease, holder_name
+from service.labels.store.leases import Lease, holder_name
 from service.models.batcher import SerialBatcher
 from service.models.model import SessionOptions, load_model
 from service.models.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry, VersionInfo, utc_now

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from service.errors import LeaseHeld
 from service.labels.store import open_store
-from service.labels.store.sql import Lease, holder_name
+from service.labels.store.leases import Lease, holder_name
 from service.models.registry import ModelRegistry
 from trainer.data import ids_hash_of, labeled_examples
 from trainer.round import ROUNDS_FILE, TRAINER_LEASE, RoundReport, run_round

@@ -92,7 +92,7 @@ class ModelRegistry:
     def with_pins_in(self, store: Any, cache: Path | None = None) -> ModelRegistry:
         """This registry with its pin kept in ``store`` (a label store); ``cache``: a local
         file remembering the last pin read, for outages of the store."""
-        from service.labels.store.sql import StorePins
+        from service.labels.store.pins import StorePins
 
         self.pins = StorePins(store, self.name, self.file_pinned, cache)
         return self

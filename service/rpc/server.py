@@ -28,7 +28,7 @@ from service.labels.archive import ImageArchive, PruneReport, prune
 from service.labels.review import Recorder, ReviewService, UidHasher
 from service.labels.spool import RecordSpool
 from service.labels.store import open_store
-from service.labels.store.sql import holder_name
+from service.labels.store.leases import holder_name
 from service.logs import configure_logging
 from service.metrics import ServiceMetrics
 from service.models.batcher import BatchingConfig, DynamicBatcher

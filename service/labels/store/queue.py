@@ -1,0 +1,300 @@
+"""The annotation queue in SQL: ranked off an index per variant with a LIMIT, random order off a
+random-key index, claims per reviewer, re-scored predictions; and the labeled export."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+
+from service.aift.scoring import (
+    PAPER_ALPHA,
+    Variant,
+)
+from service.labels.store.connections import POSTGRES, SQLITE
+from service.labels.store.core import StoreCore
+from service.labels.store.records import (
+    ImageRecord,
+    LabeledCandidate,
+    QueueEntry,
+)
+from service.labels.store.rows import (
+    _CANDIDATE_COLUMNS,
+    _IMAGE_COLUMNS,
+    _probs_blob,
+    _queue_entry,
+    _ranking_terms,
+    candidate_record,
+    random_key,
+)
+
+log = logging.getLogger(__name__)
+
+
+class QueueQueries(StoreCore):
+    """The queue, export and metrics queries of :class:`SqlLabelStore`."""
+
+    # ------------------------------------------------------------------ queue, export, metrics
+
+    def unlabeled(self) -> list[QueueEntry]:
+        """Every classified candidate without a label, with its patch predictions."""
+        rows = self._query(
+            "SELECT c.candidate_id, c.request_id, c.x, c.y, c.width, c.height, c.probability, "
+            "c.model_version, i.frame_index, i.source_id, c.patch_probs, c.patch_shape, "
+            "i.sha256, c.recipe, i.study_uid "
+            "FROM candidates c JOIN images i ON i.request_id = c.request_id "
+            "WHERE c.label IS NULL AND c.origin = 'model' AND c.patch_probs IS NOT NULL "
+            "ORDER BY c.created, c.candidate_id"
+        )
+        return [_queue_entry(r) for r in rows]
+
+    def claim(
+        self, candidate_ids: Sequence[str], reviewer: str, seconds: float, limit: int
+    ) -> list[str]:
+        """Claim for ``reviewer``, in the given order, the first ``limit`` of these candidates
+        that are unlabeled and not claimed by another reviewer (or whose claim has ended), so
+        that two reviewers asking at once never get the same item. PostgreSQL: one statement
+        that locks the rows it takes and skips rows another transaction holds (``FOR UPDATE
+        SKIP LOCKED``: a reviewer never waits on another's claim); SQLite, whose writers are
+        serialised: one conditional update per candidate. Returns the ids claimed, in order."""
+        ids = list(candidate_ids)
+
+        def body(cur: Any) -> list[str]:
+            now_ = self._now(cur)
+            until = (datetime.fromisoformat(now_) + timedelta(seconds=seconds)).isoformat()
+            free = (
+                "label IS NULL AND (claimed_until IS NULL OR claimed_until < ? OR claimed_by = ?)"
+            )
+            if self.dialect is POSTGRES:
+                cur.execute(
+                    self._sql(
+                        "UPDATE candidates SET claimed_by = ?, claimed_until = ? "
+                        "WHERE candidate_id IN (SELECT candidate_id FROM candidates "
+                        f"WHERE candidate_id = ANY(?) AND {free} "
+                        "ORDER BY array_position(?, candidate_id) LIMIT ? "
+                        "FOR UPDATE SKIP LOCKED) RETURNING candidate_id"
+                    ),
+                    (reviewer, until, ids, now_, reviewer, ids, limit),
+                )
+                got = {r[0] for r in cur.fetchall()}
+                return [cid for cid in ids if cid in got]
+            taken: list[str] = []
+            for cid in ids:
+                if len(taken) >= limit:
+                    break
+                cur.execute(
+                    self._sql(
+                        "UPDATE candidates SET claimed_by = ?, claimed_until = ? "
+                        f"WHERE candidate_id = ? AND {free}"
+                    ),
+                    (reviewer, until, cid, now_, reviewer),
+                )
+                if cur.rowcount == 1:
+                    taken.append(cid)
+            return taken
+
+        return self._run(body)
+
+    def release_claims(self, reviewer: str, candidate_ids: Sequence[str] = ()) -> int:
+        """End ``reviewer``'s claims on these candidates (a skip), or on every candidate when
+        none are given (a sign-out); another reviewer's claims are left alone. Returns how
+        many ended."""
+        ids = list(candidate_ids)
+
+        def body(cur: Any) -> int:
+            released = 0
+            where = "claimed_by = ?" + (" AND candidate_id = ?" if ids else "")
+            for cid in ids or [""]:
+                cur.execute(
+                    self._sql(
+                        "UPDATE candidates SET claimed_by = NULL, claimed_until = NULL "
+                        f"WHERE {where}"
+                    ),
+                    (reviewer, cid) if cid else (reviewer,),
+                )
+                released += int(cur.rowcount)
+            return released
+
+        return self._run(body)
+
+    def random_unlabeled(
+        self, seed: int, limit: int, unclaimed_for: str | None = None
+    ) -> list[tuple[QueueEntry, float]]:
+        """``limit`` unlabeled candidates in a seeded random order read off an index (the
+        candidates' fixed random keys from a seed's starting point, wrapping round): a random
+        sample without reading the pool. Score: the key."""
+        start = random_key(f"seed:{seed}")
+        rows: list[tuple[Any, ...]] = []
+        for where in ("c.random_key >= ?", "c.random_key < ?"):
+
+            def body(cur: Any, where: str = where, wanted: int = limit - len(rows)) -> list[Any]:
+                claims, claim_params = "", tuple[Any, ...]()
+                if unclaimed_for is not None:
+                    claims = (
+                        "AND (c.claimed_until IS NULL OR c.claimed_until < ? OR c.claimed_by = ?) "
+                    )
+                    claim_params = (self._now(cur), unclaimed_for)
+                cur.execute(
+                    self._sql(
+                        "SELECT c.candidate_id, c.request_id, c.x, c.y, c.width, c.height, "
+                        "c.probability, c.model_version, i.frame_index, i.source_id, "
+                        "c.patch_probs, c.patch_shape, i.sha256, c.recipe, i.study_uid, "
+                        "c.random_key FROM candidates c JOIN images i ON i.request_id = "
+                        "c.request_id WHERE c.label IS NULL AND c.origin = 'model' AND "
+                        f"c.patch_probs IS NOT NULL AND {where} {claims}"
+                        "ORDER BY c.random_key, c.candidate_id LIMIT ?"
+                    ),
+                    (start, *claim_params, wanted),
+                )
+                return list(cur.fetchall())
+
+            rows += self._run(body)
+            if len(rows) >= limit:
+                break
+        return [(_queue_entry(r), float(r[15])) for r in rows]
+
+    def ranked_unlabeled(
+        self, spec: Variant, limit: int, unclaimed_for: str | None = None
+    ) -> list[tuple[QueueEntry, float]]:
+        """The top ``limit`` unlabeled candidates by an AIFT variant, ranked in SQL from the
+        stored terms (``lambda1 * E + lambda2 * D`` over all patches, or over the
+        alpha-majority ones), best first, ties by candidate id. A named variant reads its own
+        index, so the cost does not grow with the pool; other weights scan the stored numbers
+        (never the patch predictions).
+
+        Raises:
+            ValueError: ``spec.alpha`` is neither 1 nor the paper's (no stored terms for it).
+        """
+        if spec.alpha == 1.0:
+            e, d = "c.entropy", "c.diversity"
+        elif spec.alpha == PAPER_ALPHA:
+            e, d = "c.entropy_alpha", "c.diversity_alpha"
+        else:
+            raise ValueError(f"no stored ranking terms for alpha {spec.alpha}")
+        named = {(1.0, 0.0): e, (0.0, 1.0): d, (1.0, 1.0): f"{e} + {d}"}
+        expression = named.get((spec.lambda1, spec.lambda2))
+        params: tuple[Any, ...] = ()
+        hint = ""
+        if expression is None:
+            expression, params = f"? * {e} + ? * {d}", (spec.lambda1, spec.lambda2)
+        elif self.dialect is SQLITE:
+            # without ANALYZE statistics SQLite prefers the (label, origin) index and sorts
+            # every unlabeled row; the variant's own index answers with the LIMIT alone
+            index = {"c.entropy": "entropy", "c.diversity": "diversity"}.get(expression)
+            index = (
+                index
+                or {
+                    "c.entropy_alpha": "entropy_alpha",
+                    "c.diversity_alpha": "diversity_alpha",
+                    "c.entropy + c.diversity": "entropy_diversity",
+                    "c.entropy_alpha + c.diversity_alpha": "entropy_diversity_alpha",
+                }[expression]
+            )
+            hint = f" INDEXED BY queue_{index}"
+
+        def body(cur: Any) -> list[tuple[Any, ...]]:
+            claims, claim_params = "", tuple[Any, ...]()
+            if unclaimed_for is not None:  # others' live claims are not offered
+                claims = "AND (c.claimed_until IS NULL OR c.claimed_until < ? OR c.claimed_by = ?) "
+                claim_params = (self._now(cur), unclaimed_for)
+            cur.execute(
+                self._sql(
+                    "SELECT c.candidate_id, c.request_id, c.x, c.y, c.width, c.height, "
+                    "c.probability, c.model_version, i.frame_index, i.source_id, c.patch_probs, "
+                    f"c.patch_shape, i.sha256, c.recipe, i.study_uid, ({expression}) AS ranking "
+                    f"FROM candidates c{hint} JOIN images i ON i.request_id = c.request_id "
+                    "WHERE c.label IS NULL AND c.origin = 'model' AND c.patch_probs IS NOT NULL "
+                    f"{claims}ORDER BY ({expression}) DESC, c.candidate_id LIMIT ?"
+                ),
+                (*params, *claim_params, *params, limit),
+            )
+            return list(cur.fetchall())
+
+        rows = self._run(body)
+        return [(_queue_entry(r), float(r[15])) for r in rows]
+
+    def update_predictions(
+        self, version: str, rows: Sequence[tuple[str, np.ndarray, float, float, float, float]]
+    ) -> None:
+        """Store a re-scoring of unlabeled candidates by model ``version``.
+
+        ``rows``: (candidate_id, patch_probs, probability, entropy, diversity, score). The
+        candidate's ``model_version`` (the model that served it) is kept for live precision.
+        """
+
+        all_terms = _ranking_terms([r[1] for r in rows], [r[3] for r in rows], [r[4] for r in rows])
+
+        def body(cur: Any) -> None:
+            for (cid, probs, probability, _, _, score), terms in zip(rows, all_terms, strict=True):
+                blob, shape = _probs_blob(probs)
+                entropy, diversity, entropy_alpha, diversity_alpha = terms
+                cur.execute(
+                    self._sql(
+                        "UPDATE candidates SET patch_probs = ?, patch_shape = ?, probability = ?, "
+                        "entropy = ?, diversity = ?, score = ?, scored_version = ?, "
+                        "entropy_alpha = ?, diversity_alpha = ? "
+                        "WHERE candidate_id = ? AND label IS NULL"
+                    ),
+                    (
+                        blob,
+                        shape,
+                        probability,
+                        entropy,
+                        diversity,
+                        score,
+                        version,
+                        entropy_alpha,
+                        diversity_alpha,
+                        cid,
+                    ),
+                )
+
+        self._run(body)
+
+    def scored_versions(self) -> dict[str, int]:
+        """How many unlabeled candidates each model version last scored."""
+        rows = self._query(
+            "SELECT scored_version, COUNT(*) FROM candidates WHERE label IS NULL AND origin = 'model' "
+            "GROUP BY scored_version"
+        )
+        return {str(v): int(n) for v, n in rows}
+
+    def count_unlabeled(self) -> int:
+        rows = self._query(
+            "SELECT COUNT(*) FROM candidates WHERE label IS NULL AND origin = 'model'"
+        )
+        return int(rows[0][0])
+
+    def labeled(self, since: str = "") -> Iterator[LabeledCandidate]:
+        """Labeled candidates with their image references, in label order."""
+        rows = self._query(
+            f"SELECT {', '.join('c.' + n.strip() for n in _CANDIDATE_COLUMNS.split(','))}, "
+            f"{', '.join('i.' + n.strip() for n in _IMAGE_COLUMNS.split(','))}, "
+            "c.label, c.conflict, c.label_event_id, c.labeled_at, c.events, c.adjudicated "
+            "FROM candidates c JOIN images i ON i.request_id = c.request_id "
+            "WHERE c.label IS NOT NULL AND c.labeled_at > ? ORDER BY c.labeled_at, c.candidate_id",
+            (since,),
+        )
+        for r in rows:
+            yield LabeledCandidate(
+                candidate_record(r[:17]),
+                ImageRecord(*r[17:32]),
+                int(r[32]),
+                bool(r[33]),
+                r[34],
+                r[35],
+                int(r[36]),
+                bool(r[37]),
+            )
+
+    def precision_by_version(self) -> dict[str, tuple[int, int]]:
+        """Per served model version: (confirmed, dismissed) among its reviewed candidates."""
+        rows = self._query(
+            "SELECT model_version, SUM(CASE WHEN label = 1 THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN label = 0 THEN 1 ELSE 0 END) FROM candidates "
+            "WHERE origin = 'model' AND label IS NOT NULL GROUP BY model_version"
+        )
+        return {str(v): (int(tp), int(fp)) for v, tp, fp in rows}
