@@ -206,6 +206,7 @@ def _print_metrics(port: int) -> None:
             print("  " + line)
 
 
+# long: the demo's script, step by step as the user reads its output, top to bottom
 def run_demo(workdir: str | None = None, log_level: str = "WARNING") -> int:
     """Run the demo; returns the process exit code."""
     from trainer.bootstrap import init_model

@@ -349,6 +349,7 @@ def _experiment_moved(args: argparse.Namespace | None = None) -> int:
     return 2
 
 
+# long: declarative, one add_argument per flag; a split would only scatter the command line
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cad", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

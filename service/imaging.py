@@ -333,16 +333,42 @@ def decode_dicom(
             names the missing plugin.
         LimitExceeded: the frame is larger than ``limits.max_pixels``.
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
+    from pydicom.pixels import pixel_array
 
     limits = limits or ImageLimits()
     if window is not None:
         window.validate()
+    ds = _read_dicom(data)
+    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise InvalidInput("the DICOM file has no pixel data (no PixelData element)")
+    syntax = _check_transfer_syntax(ds)
+    with _stage("read the DICOM image attributes", syntax):
+        frames, photometric, bits = _dicom_frame_attributes(ds, frame_index, window, limits)
+    with _stage("decode the DICOM pixel data", syntax):
+        arr = pixel_array(ds, index=frame_index if frames > 1 else None)
+    with _stage("apply the DICOM lookup tables and window", syntax):
+        if arr.ndim == 3 and arr.shape[0] == 1 and frames == 1 and arr.shape[-1] != 3:
+            arr = arr[0]
+        pixels = _dicom_to_rgb(ds, arr, photometric, bits, window)
+        source = SourceRef(
+            kind="dicom",
+            study_uid=_uid(ds, "StudyInstanceUID"),
+            series_uid=_uid(ds, "SeriesInstanceUID"),
+            sop_instance_uid=_uid(ds, "SOPInstanceUID"),
+            modality=str(ds.get("Modality", "") or "")[:16],
+            frames=frames,
+        )
+    return DecodedImage(np.ascontiguousarray(pixels), frame_index, source)
+
+
+def _read_dicom(data: bytes) -> Any:
+    """The parsed dataset; InvalidInput for anything that is not a readable DICOM file."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
     _quiet_pydicom()
     try:
-        ds = pydicom.dcmread(io.BytesIO(data))
+        return pydicom.dcmread(io.BytesIO(data))
     except InvalidDicomError:
         raise InvalidInput(
             "not a DICOM Part 10 file: the 'DICM' prefix and file meta information are missing"
@@ -353,66 +379,65 @@ def decode_dicom(
         raise InvalidInput(
             f"could not parse the DICOM file: {type(exc).__name__}: {scrub(str(exc))}"
         ) from None
-    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise InvalidInput("the DICOM file has no pixel data (no PixelData element)")
-    syntax = _check_transfer_syntax(ds)
-    with _stage("read the DICOM image attributes", syntax):
-        missing = [k for k in ("Rows", "Columns") if ds.get(k) in (None, "")]
-        if missing:
-            raise InvalidInput(
-                f"the DICOM image has no {' and no '.join(missing)} attribute: its size is unknown"
-            )
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        _check_size(rows, cols, limits)
-        frames = _positive_int(ds, "NumberOfFrames", "(0028,0008)", 1)
-        if frames > limits.max_frames:
-            raise LimitExceeded(f"DICOM has {frames} frames, over the limit of {limits.max_frames}")
-        if not 0 <= frame_index < frames:
-            raise InvalidInput(
-                f"frame_index {frame_index} is out of range: the DICOM file has {frames} frame(s)"
-            )
-        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "").upper()
-        bits = _positive_int(ds, "BitsStored", "(0028,0101)", 8)
-        _check_header(ds, photometric, window)
-    with _stage("decode the DICOM pixel data", syntax):
-        arr = pixel_array(ds, index=frame_index if frames > 1 else None)
-    with _stage("apply the DICOM lookup tables and window", syntax):
-        if arr.ndim == 3 and arr.shape[0] == 1 and frames == 1 and arr.shape[-1] != 3:
-            arr = arr[0]
-        if photometric.startswith("MONOCHROME"):
-            if arr.ndim != 2:
-                raise InvalidInput(
-                    f"the {photometric} pixel data has {arr.ndim} dimensions, not 2 (one frame)"
-                )
-            values = apply_modality_lut(arr, ds)
-            if window is None:
-                window = _dataset_window(ds)
-                if window is None and "VOILUTSequence" in ds:
-                    values = apply_voi_lut(values, ds)
-            gray8 = gray_to_8bit(values, window)
-            if photometric == "MONOCHROME1":
-                gray8 = 255 - gray8
-            pixels = _to_rgb(gray8)
-        elif photometric == "PALETTE COLOR":
-            lut_rgb = apply_color_lut(arr, ds)
-            pixels = _color_to_8bit(lut_rgb, _palette_bits(ds, lut_rgb))
-        else:  # RGB, and YBR_* which pydicom converts to RGB when decoding
-            if arr.ndim != 3 or arr.shape[-1] != 3:
-                named = photometric if photometric in _PHOTOMETRIC_TERMS else "not a defined term"
-                raise UnsupportedImage(
-                    f"unsupported photometric interpretation (0028,0004) ({named}): "
-                    "send MONOCHROME1/2, RGB, YBR or PALETTE COLOR"
-                )
-            pixels = _color_to_8bit(arr, bits)
-        source = SourceRef(
-            kind="dicom",
-            study_uid=_uid(ds, "StudyInstanceUID"),
-            series_uid=_uid(ds, "SeriesInstanceUID"),
-            sop_instance_uid=_uid(ds, "SOPInstanceUID"),
-            modality=str(ds.get("Modality", "") or "")[:16],
-            frames=frames,
+
+
+def _dicom_frame_attributes(
+    ds: Any, frame_index: int, window: Window | None, limits: ImageLimits
+) -> tuple[int, str, int]:
+    """(frames, photometric interpretation, bits stored), each checked: the size within the
+    limits, the frame in range, the header values the decoding will use."""
+    missing = [k for k in ("Rows", "Columns") if ds.get(k) in (None, "")]
+    if missing:
+        raise InvalidInput(
+            f"the DICOM image has no {' and no '.join(missing)} attribute: its size is unknown"
         )
-    return DecodedImage(np.ascontiguousarray(pixels), frame_index, source)
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    _check_size(rows, cols, limits)
+    frames = _positive_int(ds, "NumberOfFrames", "(0028,0008)", 1)
+    if frames > limits.max_frames:
+        raise LimitExceeded(f"DICOM has {frames} frames, over the limit of {limits.max_frames}")
+    if not 0 <= frame_index < frames:
+        raise InvalidInput(
+            f"frame_index {frame_index} is out of range: the DICOM file has {frames} frame(s)"
+        )
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "").upper()
+    bits = _positive_int(ds, "BitsStored", "(0028,0101)", 8)
+    _check_header(ds, photometric, window)
+    return frames, photometric, bits
+
+
+def _dicom_to_rgb(
+    ds: Any, arr: npt.NDArray[Any], photometric: str, bits: int, window: Window | None
+) -> RGB8:
+    """One decoded frame to 8-bit RGB: gray through the Modality LUT and the window (the
+    request's, else the dataset's, else its VOI LUT, else min..max); palette colour through its
+    LUT; RGB (and YBR, which pydicom converts) scaled to 8 bits."""
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+
+    if photometric.startswith("MONOCHROME"):
+        if arr.ndim != 2:
+            raise InvalidInput(
+                f"the {photometric} pixel data has {arr.ndim} dimensions, not 2 (one frame)"
+            )
+        values = apply_modality_lut(arr, ds)
+        if window is None:
+            window = _dataset_window(ds)
+            if window is None and "VOILUTSequence" in ds:
+                values = apply_voi_lut(values, ds)
+        gray8 = gray_to_8bit(values, window)
+        if photometric == "MONOCHROME1":
+            gray8 = 255 - gray8
+        return _to_rgb(gray8)
+    if photometric == "PALETTE COLOR":
+        lut_rgb = apply_color_lut(arr, ds)
+        return _color_to_8bit(lut_rgb, _palette_bits(ds, lut_rgb))
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        named = photometric if photometric in _PHOTOMETRIC_TERMS else "not a defined term"
+        raise UnsupportedImage(
+            f"unsupported photometric interpretation (0028,0004) ({named}): "
+            "send MONOCHROME1/2, RGB, YBR or PALETTE COLOR"
+        )
+    return _color_to_8bit(arr, bits)
 
 
 def _check_transfer_syntax(ds: object) -> str:

@@ -18,6 +18,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
 class ServiceMetrics:
     """Every metric the inference server exports."""
 
+    # long: declarative, one definition per metric with its help text, read as a catalogue
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.requests = Counter(

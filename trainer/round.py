@@ -41,8 +41,8 @@ from trainer.data import (
     unsettled_count,
 )
 from trainer.evaluate import Evaluation, evaluate
-from trainer.export import ExportCheckFailed, export_and_check
-from trainer.finetune import candidate_probabilities, fine_tune
+from trainer.export import ExportCheckFailed, ExportReport, export_and_check
+from trainer.finetune import TrainResult, candidate_probabilities, fine_tune
 from trainer.network import CadNet
 from trainer.presets import PRESETS, trained_layers
 from trainer.settings import TrainerSettings
@@ -323,26 +323,10 @@ def _round(
     archive: ImageArchive,
     progress: bool,
 ) -> RoundReport:
-    input_size = parent.manifest.input_size
-    source = PatchSource(archive, input_size, settings.recipe_override)
-    examples = labeled_examples(store)
-    train = [e for e in examples if split_of(e.source_key, settings.val_fraction) == "train"]
-    val = [e for e in examples if split_of(e.source_key, settings.val_fraction) == "val"]
-    report = RoundReport(
-        "skipped",
-        "",
-        parent.version,
-        labels=len(examples),
-        train=len(train),
-        val=len(val),
-        labels_sha256=ids_hash(examples),
-        unsettled=unsettled_count(store),
-    )
-    if report.unsettled:
-        log.info(
-            "%d labeled candidates left out: reviewers disagree and nobody adjudicated them",
-            report.unsettled,
-        )
+    """One round in named steps: split the labels, choose the training set, fine-tune,
+    validate, export and check parity, gate against the parent, publish with a manifest."""
+    source = PatchSource(archive, parent.manifest.input_size, settings.recipe_override)
+    examples, train, val, report = _split(store, settings, parent)
     if len({e.label for e in train}) < 2:
         report.reason = "the training split needs labels of both classes"
         return report
@@ -372,7 +356,75 @@ def _round(
         settings.seed,
         progress,
     )
+    report.metrics = _validation_metrics(net, parent_net, val, source, settings, result, progress)
 
+    with tempfile.TemporaryDirectory(prefix="cad-round-") as tmp:
+        onnx_path = Path(tmp) / MODEL_FILE
+        try:
+            export = _export(net, onnx_path, val or train_set, source, settings, progress)
+        except ExportCheckFailed as exc:
+            report.outcome, report.reason = "rejected", f"export check failed: {exc}"
+            return report
+        report.metrics["parity_max_abs_diff"] = export.max_abs_diff
+        gate, refused = _gate(report.metrics, settings, parent, len(val))
+        if refused:
+            report.outcome, report.reason = "rejected", refused
+            return report
+        weights_path = Path(tmp) / WEIGHTS_FILE
+        torch.save(net.state_dict(), weights_path)
+        manifest = _manifest(
+            parent,
+            settings,
+            sets={"examples": examples, "train": train, "val": val, "trained_on": train_set},
+            round_kind="scratch" if settings.scratch else ("first" if first else "later"),
+            schedule=asdict(schedule),
+            patches_seen=result.patches_seen,
+            metrics=report.metrics,
+            gate=gate,
+            export=export,
+        )
+        info = registry.publish({MODEL_FILE: onnx_path, WEIGHTS_FILE: weights_path}, manifest)
+    report.outcome, report.version, report.reason = "published", info.version, gate
+    return report
+
+
+def _split(
+    store: SqlLabelStore, settings: TrainerSettings, parent: VersionInfo
+) -> tuple[list[Example], list[Example], list[Example], RoundReport]:
+    """The settled labels, split into train and validation by source (a study, a video), and
+    the round's report so far."""
+    examples = labeled_examples(store)
+    train = [e for e in examples if split_of(e.source_key, settings.val_fraction) == "train"]
+    val = [e for e in examples if split_of(e.source_key, settings.val_fraction) == "val"]
+    report = RoundReport(
+        "skipped",
+        "",
+        parent.version,
+        labels=len(examples),
+        train=len(train),
+        val=len(val),
+        labels_sha256=ids_hash(examples),
+        unsettled=unsettled_count(store),
+    )
+    if report.unsettled:
+        log.info(
+            "%d labeled candidates left out: reviewers disagree and nobody adjudicated them",
+            report.unsettled,
+        )
+    return examples, train, val, report
+
+
+def _validation_metrics(
+    net: CadNet,
+    parent_net: CadNet,
+    val: Sequence[Example],
+    source: PatchSource,
+    settings: TrainerSettings,
+    result: TrainResult,
+    progress: bool,
+) -> dict[str, Any]:
+    """The new and the parent network on the validation split (None where it has none), and
+    the training losses; NaN (a one-class split) as None."""
     new_eval = _evaluate(net, val, source, settings, "validating new", progress) if val else None
     old_eval = (
         _evaluate(parent_net, val, source, settings, "validating parent", progress) if val else None
@@ -383,89 +435,101 @@ def _round(
         "parent_val_auc": old_eval.auc if old_eval else None,
         "train_loss": result.losses,
     }
-    metrics = {
-        k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()
-    }
-    report.metrics = metrics
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
 
-    with tempfile.TemporaryDirectory(prefix="cad-round-") as tmp:
-        onnx_path = Path(tmp) / MODEL_FILE
-        try:
-            with tqdm(
-                total=1, desc="ONNX export + parity check", disable=not progress, leave=False
-            ) as bar:
-                export = export_and_check(
-                    net,
-                    onnx_path,
-                    input_size,
-                    settings.parity_tolerance,
-                    _val_patches(val or train_set, source),
-                )
-                bar.update()
-        except ExportCheckFailed as exc:
-            report.outcome, report.reason = "rejected", f"export check failed: {exc}"
-            return report
-        metrics["parity_max_abs_diff"] = export.max_abs_diff
-        new_auc, old_auc = metrics["val_auc"], metrics["parent_val_auc"]
-        if new_auc is None or old_auc is None:
-            if not settings.allow_unvalidated:
-                report.outcome = "rejected"
-                report.reason = (
-                    f"validation split cannot be scored ({len(val)} labels, needs both classes); "
-                    "not publishing an unvalidated model"
-                )
-                return report
-            gate = "UNVALIDATED: published because allow_unvalidated is set"
-        elif new_auc < old_auc - settings.auc_tolerance:
-            report.outcome = "rejected"
-            report.reason = (
-                f"val AUC {new_auc:.4f} is below the current v{parent.version}'s {old_auc:.4f} "
-                f"by more than {settings.auc_tolerance}"
-            )
-            return report
-        else:
-            gate = f"val AUC {new_auc:.4f} >= {old_auc:.4f} - {settings.auc_tolerance}"
-        weights_path = Path(tmp) / WEIGHTS_FILE
-        torch.save(net.state_dict(), weights_path)
-        inherited = parent.manifest
-        manifest = dict(
-            architecture=inherited.architecture,
-            classes=list(inherited.classes),
-            input_size=inherited.input_size,
-            input_name=inherited.input_name,
-            output_name=inherited.output_name,
-            recipe=inherited.recipe,
-            pretrained=inherited.pretrained.as_dict(),
-            parent_version=parent.version,
-            labels={
-                "count": len(examples),
-                "ids_sha256": ids_hash(examples),
-                "until": max(e.labeled_at for e in examples),
-                "train": len(train),
-                "val": len(val),
-                "trained_on": len(train_set),
-            },
-            training={
-                "preset": settings.preset,
-                "round": "scratch" if settings.scratch else ("first" if first else "later"),
-                "schedule": asdict(schedule),
-                "depth": settings.depth,
-                "hq": settings.hq,
-                "batch_size": settings.train_batch_size,
-                "seed": settings.seed,
-                "val_fraction": settings.val_fraction,
-                "patches_seen": result.patches_seen,
-            },
-            metrics=metrics,
-            gate=gate,
-            export={
-                "opset": export.opset,
-                "parity_max_abs_diff": export.max_abs_diff,
-                "fc6_fold": export.fc6_fold,
-                "parity_patches": export.checked_patches,
-                "torch": torch.__version__,
-            },
+
+def _export(
+    net: CadNet,
+    onnx_path: Path,
+    check_on: Sequence[Example],
+    source: PatchSource,
+    settings: TrainerSettings,
+    progress: bool,
+) -> ExportReport:
+    """Export to ONNX and check its parity with the network on real patches."""
+    with tqdm(total=1, desc="ONNX export + parity check", disable=not progress, leave=False) as bar:
+        export = export_and_check(
+            net,
+            onnx_path,
+            source.input_size,
+            settings.parity_tolerance,
+            _val_patches(check_on, source),
         )
-        info = registry.publish({MODEL_FILE: onnx_path, WEIGHTS_FILE: weights_path}, manifest)
-    report.outcome, report.version, report.reason = "published", info.version, gate
-    return report
+        bar.update()
+    return export
+
+
+def _gate(
+    metrics: dict[str, Any], settings: TrainerSettings, parent: VersionInfo, val_count: int
+) -> tuple[str, str]:
+    """(what the gate says, why the model is refused: "" to publish). A model is published only
+    when its validation AUC is not below the parent's by more than the tolerance."""
+    new_auc, old_auc = metrics["val_auc"], metrics["parent_val_auc"]
+    if new_auc is None or old_auc is None:
+        if not settings.allow_unvalidated:
+            return "", (
+                f"validation split cannot be scored ({val_count} labels, needs both classes); "
+                "not publishing an unvalidated model"
+            )
+        return "UNVALIDATED: published because allow_unvalidated is set", ""
+    if new_auc < old_auc - settings.auc_tolerance:
+        return "", (
+            f"val AUC {new_auc:.4f} is below the current v{parent.version}'s {old_auc:.4f} "
+            f"by more than {settings.auc_tolerance}"
+        )
+    return f"val AUC {new_auc:.4f} >= {old_auc:.4f} - {settings.auc_tolerance}", ""
+
+
+def _manifest(
+    parent: VersionInfo,
+    settings: TrainerSettings,
+    sets: dict[str, Sequence[Example]],
+    round_kind: str,
+    schedule: dict[str, Any],
+    patches_seen: int,
+    metrics: dict[str, Any],
+    gate: str,
+    export: ExportReport,
+) -> dict[str, Any]:
+    """The new version's manifest: inherited from the parent, with its labels, training,
+    metrics, gate and export recorded."""
+    inherited = parent.manifest
+    examples = sets["examples"]
+    return dict(
+        architecture=inherited.architecture,
+        classes=list(inherited.classes),
+        input_size=inherited.input_size,
+        input_name=inherited.input_name,
+        output_name=inherited.output_name,
+        recipe=inherited.recipe,
+        pretrained=inherited.pretrained.as_dict(),
+        parent_version=parent.version,
+        labels={
+            "count": len(examples),
+            "ids_sha256": ids_hash(examples),
+            "until": max(e.labeled_at for e in examples),
+            "train": len(sets["train"]),
+            "val": len(sets["val"]),
+            "trained_on": len(sets["trained_on"]),
+        },
+        training={
+            "preset": settings.preset,
+            "round": round_kind,
+            "schedule": schedule,
+            "depth": settings.depth,
+            "hq": settings.hq,
+            "batch_size": settings.train_batch_size,
+            "seed": settings.seed,
+            "val_fraction": settings.val_fraction,
+            "patches_seen": patches_seen,
+        },
+        metrics=metrics,
+        gate=gate,
+        export={
+            "opset": export.opset,
+            "parity_max_abs_diff": export.max_abs_diff,
+            "fc6_fold": export.fc6_fold,
+            "parity_patches": export.checked_patches,
+            "torch": torch.__version__,
+        },
+    )

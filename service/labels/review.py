@@ -298,88 +298,60 @@ class ReviewService:
         reviewer for ``claim_s`` seconds: other reviewers' queues skip it until a verdict or
         the claim ends, and two reviewers asking at once get different items.
         """
-        variant = variant or DEFAULT_VARIANT
-        if variant != RANDOM and variant not in VARIANTS:
-            raise InvalidInput(
-                f"unknown variant {quote(variant)}; known: {', '.join(QUEUE_ORDERS)}"
-            )
-        finite(omega, "omega", 0.0, MAX_QUEUE_WEIGHT)
-        if omega and omega < 1:
-            raise InvalidInput(f"omega must be 0 (off) or >= 1, got {omega}")
-        for k in ("lambda1", "lambda2"):
-            if overrides and k in overrides:
-                finite(overrides[k], k, 0.0, MAX_QUEUE_WEIGHT)
-        spec: Variant | str = variant
-        if overrides and variant != RANDOM:
-            alpha = overrides.get("alpha", VARIANTS[variant].alpha)
-            if not 0 < alpha <= 1:
-                raise InvalidInput(f"alpha must be in (0, 1], got {alpha}")
-            spec = replace(
-                VARIANTS[variant],
-                alpha=alpha,
-                lambda1=overrides.get("lambda1", VARIANTS[variant].lambda1),
-                lambda2=overrides.get("lambda2", VARIANTS[variant].lambda2),
-            )
-        limit = limit or DEFAULT_QUEUE_LIMIT
-        if limit > MAX_QUEUE_LIMIT:
-            raise InvalidInput(f"limit {limit} is over the maximum of {MAX_QUEUE_LIMIT}")
-        ranked = VARIANTS[variant] if isinstance(spec, str) and spec != RANDOM else spec
-        claims = bool(reviewer) and claim_s > 0
-        if isinstance(ranked, Variant) and not omega and ranked.alpha in (1.0, PAPER_ALPHA):
+        variant, spec, limit = _queue_request(variant, limit, omega, overrides)
+        claimant = reviewer if reviewer and claim_s > 0 else ""
+        if isinstance(spec, Variant) and not omega and spec.alpha in (1.0, PAPER_ALPHA):
             # ranked where the data is: the stored terms, an index per named variant, a LIMIT
-            if not claims:
-                items = self.store.ranked_unlabeled(ranked, limit)
-                return QueueResult(variant, self._unlabeled(), items)
-            window = 2 * limit + 20
-            for _attempt in range(4):  # others may claim some of the window meanwhile
-                offered = self.store.ranked_unlabeled(ranked, window, unclaimed_for=reviewer)
-                taken = set(
-                    self.store.claim([e.candidate_id for e, _ in offered], reviewer, claim_s, limit)
-                )
-                if len(taken) >= limit or len(offered) < window:
-                    break
-                window *= 4
-            items = [(e, s) for e, s in offered if e.candidate_id in taken]
+            items = self._ranked(spec, limit, claimant, claim_s)
             return QueueResult(variant, self._unlabeled(), items)
         unlabeled = self._unlabeled()
         if unlabeled > SCORE_ALL_MAX:
             # a large pool is never read whole: random order off the random-key index; ACFT
             # sampling and other alphas within the top SCORE_WINDOW by the same weights at the
             # nearest stored alpha, scored exactly there
-            if variant == RANDOM:
+            if spec == RANDOM:
                 window_items = self.store.random_unlabeled(
-                    seed, 2 * limit + 20 if claims else limit, reviewer if claims else None
+                    seed, 2 * limit + 20 if claimant else limit, claimant or None
                 )
-                return self._claimed(variant, unlabeled, window_items, reviewer, claim_s, limit)
-            assert isinstance(ranked, Variant)
-            stock = replace(ranked, alpha=1.0 if ranked.alpha == 1.0 else PAPER_ALPHA)
+                return self._claimed(variant, unlabeled, window_items, claimant, claim_s, limit)
+            assert isinstance(spec, Variant)
+            stock = replace(spec, alpha=1.0 if spec.alpha == 1.0 else PAPER_ALPHA)
             window = max(SCORE_WINDOW, math.ceil(omega * limit))
             entries = [e for e, _ in self.store.ranked_unlabeled(stock, window)]
         else:
             # a pool this size is scored whole, exactly (the experiment's pools are)
             entries = self.store.unlabeled()
-        scores = np.zeros(len(entries))
-        if variant == RANDOM:
-            scores = np.random.default_rng(seed).random(len(entries))
-        else:
-            by_shape: dict[tuple[int, ...], list[int]] = {}
-            for i, e in enumerate(entries):
-                by_shape.setdefault(e.patch_probs.shape, []).append(i)
-            for indices in by_shape.values():
-                stacked = np.stack([entries[i].patch_probs for i in indices])
-                scores[indices] = aift_scores(stacked, spec)
-        if omega and variant != RANDOM:
+        scores = _scores(entries, spec, seed)
+        if omega and spec != RANDOM:
             picked = select_for_labeling(scores, limit, omega, np.random.default_rng(seed))
             order = sorted(picked, key=lambda i: (-scores[i], entries[i].candidate_id))
         else:
             order = sorted(range(len(entries)), key=lambda i: (-scores[i], entries[i].candidate_id))
-        if claims:  # in ranked order, the first ones nobody else holds
+        if claimant:  # in ranked order, the first ones nobody else holds
             taken = set(
-                self.store.claim([entries[i].candidate_id for i in order], reviewer, claim_s, limit)
+                self.store.claim([entries[i].candidate_id for i in order], claimant, claim_s, limit)
             )
             order = [i for i in order if entries[i].candidate_id in taken]
         items = [(entries[i], float(scores[i])) for i in order[:limit]]
         return QueueResult(variant, unlabeled, items)
+
+    def _ranked(
+        self, spec: Variant, limit: int, claimant: str, claim_s: float
+    ) -> list[tuple[QueueEntry, float]]:
+        """The top ``limit`` by a stored variant, read off its index; with a ``claimant``, the
+        first ones nobody else holds, claimed (the window widens while others hold it)."""
+        if not claimant:
+            return self.store.ranked_unlabeled(spec, limit)
+        window = 2 * limit + 20
+        for _attempt in range(4):  # others may claim some of the window meanwhile
+            offered = self.store.ranked_unlabeled(spec, window, unclaimed_for=claimant)
+            taken = set(
+                self.store.claim([e.candidate_id for e, _ in offered], claimant, claim_s, limit)
+            )
+            if len(taken) >= limit or len(offered) < window:
+                break
+            window *= 4
+        return [(e, s) for e, s in offered if e.candidate_id in taken]
 
     def _claimed(
         self,
@@ -471,3 +443,52 @@ class ReviewService:
 
     def export(self, since: str = "") -> Iterator[LabeledCandidate]:
         return self.store.labeled(since)
+
+
+def _queue_request(
+    variant: str, limit: int, omega: float, overrides: dict[str, float] | None
+) -> tuple[str, Variant | str, int]:
+    """A queue request checked: (variant name, what ranks it: a Variant with any overridden
+    weights, or RANDOM; the item count)."""
+    variant = variant or DEFAULT_VARIANT
+    if variant != RANDOM and variant not in VARIANTS:
+        raise InvalidInput(f"unknown variant {quote(variant)}; known: {', '.join(QUEUE_ORDERS)}")
+    finite(omega, "omega", 0.0, MAX_QUEUE_WEIGHT)
+    if omega and omega < 1:
+        raise InvalidInput(f"omega must be 0 (off) or >= 1, got {omega}")
+    for k in ("lambda1", "lambda2"):
+        if overrides and k in overrides:
+            finite(overrides[k], k, 0.0, MAX_QUEUE_WEIGHT)
+    limit = limit or DEFAULT_QUEUE_LIMIT
+    if limit > MAX_QUEUE_LIMIT:
+        raise InvalidInput(f"limit {limit} is over the maximum of {MAX_QUEUE_LIMIT}")
+    if variant == RANDOM:
+        return variant, RANDOM, limit
+    stock = VARIANTS[variant]
+    if not overrides:
+        return variant, stock, limit
+    alpha = overrides.get("alpha", stock.alpha)
+    if not 0 < alpha <= 1:
+        raise InvalidInput(f"alpha must be in (0, 1], got {alpha}")
+    spec = replace(
+        stock,
+        alpha=alpha,
+        lambda1=overrides.get("lambda1", stock.lambda1),
+        lambda2=overrides.get("lambda2", stock.lambda2),
+    )
+    return variant, spec, limit
+
+
+def _scores(entries: list[QueueEntry], spec: Variant | str, seed: int) -> np.ndarray:
+    """Each entry's score: its AIFT score by ``spec`` (patches of one shape scored together),
+    or a seeded random number for RANDOM."""
+    if spec == RANDOM:
+        return np.random.default_rng(seed).random(len(entries))
+    assert isinstance(spec, Variant)
+    scores = np.zeros(len(entries))
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, e in enumerate(entries):
+        by_shape.setdefault(e.patch_probs.shape, []).append(i)
+    for indices in by_shape.values():
+        scores[indices] = aift_scores(np.stack([entries[i].patch_probs for i in indices]), spec)
+    return scores

@@ -53,6 +53,33 @@ HEARTBEAT_S = 15.0
 INFERENCE = cad_pb2.DESCRIPTOR.services_by_name["CadInference"].full_name
 
 
+def session_options(settings: ServerSettings) -> SessionOptions:
+    """How the server's ONNX Runtime sessions are made, from its settings."""
+    return SessionOptions(
+        tuple(select_providers(settings.providers)),
+        settings.intra_op_threads,
+        graph_optimization=settings.graph_optimization,
+        optimized_cache=settings.optimized_model_cache,
+        io_binding=settings.io_binding,
+        spinning=settings.intra_op_spinning,
+        batch_buckets=settings.batch_buckets,
+        max_batch=settings.batch_max_size,
+        cpu_mem_arena=settings.cpu_mem_arena,
+        patch_sampling=settings.patch_sampling,
+    )
+
+
+def batching_config(settings: ServerSettings) -> BatchingConfig:
+    """The dynamic batcher's configuration, from the server's settings."""
+    return BatchingConfig(
+        preferred_batch=min(settings.batch_size, settings.batch_max_size),
+        max_batch=settings.batch_max_size,
+        max_queue_delay_s=settings.batch_max_queue_delay_ms / 1000,
+        max_queue_requests=settings.batch_max_queue_requests,
+        runners=settings.batch_runners,
+    )
+
+
 class CadServer:
     """One server process's gRPC server, metrics endpoint and model manager."""
 
@@ -64,21 +91,9 @@ class CadServer:
             open_health=settings.auth_open_health,
             open_reflection=settings.auth_open_reflection,
         )
-        providers = select_providers(settings.providers)
         self.models = ModelManager(
             ModelRegistry(settings.registry_root, settings.model_name),
-            SessionOptions(
-                tuple(providers),
-                settings.intra_op_threads,
-                graph_optimization=settings.graph_optimization,
-                optimized_cache=settings.optimized_model_cache,
-                io_binding=settings.io_binding,
-                spinning=settings.intra_op_spinning,
-                batch_buckets=settings.batch_buckets,
-                max_batch=settings.batch_max_size,
-                cpu_mem_arena=settings.cpu_mem_arena,
-                patch_sampling=settings.patch_sampling,
-            ),
+            session_options(settings),
             self.metrics,
             precision=settings.precision,
             max_auc_drop={"int8": settings.int8_max_auc_drop, "fp16": settings.fp16_max_auc_drop},
@@ -113,16 +128,7 @@ class CadServer:
         self.review = ReviewService(
             self.store, self.metrics, settings.max_note_chars, self.archive, settings.queue_claim_s
         )
-        self.batcher = DynamicBatcher(
-            BatchingConfig(
-                preferred_batch=min(settings.batch_size, settings.batch_max_size),
-                max_batch=settings.batch_max_size,
-                max_queue_delay_s=settings.batch_max_queue_delay_ms / 1000,
-                max_queue_requests=settings.batch_max_queue_requests,
-                runners=settings.batch_runners,
-            ),
-            self.metrics,
-        )
+        self.batcher = DynamicBatcher(batching_config(settings), self.metrics)
         self.classifier = Classifier(
             self.models,
             self.metrics,
