@@ -41,7 +41,7 @@ from bench.serving import (
     ort_ceiling,
 )
 from service.aift import Box, extract_patches, parse_recipe
-from service.models.model import SessionOptions
+from service.models.providers import SessionOptions
 
 H100 = ROOT / "docs" / "bench" / "serving-cuda-h100.json"
 SIZE = 224

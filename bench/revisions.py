@@ -33,7 +33,7 @@ from bench.serving import (
     ort_ceiling,
     server_env,
 )
-from service.models.model import SessionOptions, select_providers
+from service.models.providers import SessionOptions, select_providers
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,7 +48,8 @@ import numpy as np
 
 from bench.launch import server_process
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.models.model import SessionOptions, load_model, select_providers
+from service.models.model import load_model
+from service.models.providers import SessionOptions, select_providers
 from service.models.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -232,9 +232,9 @@ def _audit(
 
 def _model_rollback(args: argparse.Namespace) -> int:
     from service.errors import ModelRejected, NotFound
-    from service.models.inference import ModelManager
     from service.models.lifecycle import AuditListener
-    from service.models.model import SessionOptions
+    from service.models.manager import ModelManager
+    from service.models.providers import SessionOptions
 
     def sink(action: str, actor: str, target: str, detail: dict[str, Any]) -> None:
         _audit(args, action, target, {**detail, "via": "cli"}, actor)

@@ -16,7 +16,8 @@ from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.errors import DeadlineExceeded, LimitExceeded
 from service.metrics import ServiceMetrics
 from service.models.batcher import BatchingConfig, DynamicBatcher
-from service.models.model import LoadedModel, SessionOptions, load_model
+from service.models.model import LoadedModel, load_model
+from service.models.providers import SessionOptions
 from service.models.registry import ModelRegistry
 from service.rpc.server import ServerThread
 from tests.conftest import make_settings

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from service.models.batcher import SerialBatcher
-from service.models.model import SessionOptions, batch_buckets, load_model
+from service.models.model import load_model
+from service.models.providers import SessionOptions, batch_buckets
 from service.models.registry import ModelRegistry
 from tests.helpers import publish_tiny
 
@@ -119,12 +120,13 @@ def test_bad_options_are_named() -> None:
 
 
 def test_the_cpu_memory_arena_setting_reaches_the_session(info) -> None:
-    from service.models.model import _session_options
+    from service.models.providers import ort_session_options
     from service.settings import ServerSettings
 
-    assert _session_options(SessionOptions(), "all").enable_cpu_mem_arena is True
+    assert ort_session_options(SessionOptions(), "all").enable_cpu_mem_arena is True
     assert (
-        _session_options(SessionOptions(cpu_mem_arena=False), "all").enable_cpu_mem_arena is False
+        ort_session_options(SessionOptions(cpu_mem_arena=False), "all").enable_cpu_mem_arena
+        is False
     )
     assert ServerSettings(cpu_mem_arena="false").cpu_mem_arena is False  # CAD_CPU_MEM_ARENA
     # Without the arena the probabilities are the same.

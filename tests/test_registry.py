@@ -11,9 +11,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service.metrics import ServiceMetrics
-from service.models.inference import ModelManager
+from service.models.manager import ModelManager
 from service.models.manifest import ManifestError
-from service.models.model import SessionOptions
+from service.models.providers import SessionOptions
 from service.models.registry import MODEL_FILE, ModelRegistry, sha256_file
 from tests.helpers import TINY_MANIFEST, make_tiny_onnx, manifest_of, publish_tiny
 

@@ -179,7 +179,7 @@ def test_auto_cuts_on_the_host_on_a_cpu(spatial_registry: Path) -> None:
 
 
 def _cuda_usable() -> bool:
-    from service.models.model import CUDA, select_providers
+    from service.models.providers import CUDA, select_providers
 
     return select_providers("auto")[0] == CUDA
 
@@ -199,7 +199,8 @@ def test_a_real_squeezenet_gives_the_same_probabilities_on_both_paths(
     tmp_path: Path, providers: tuple[str, ...]
 ) -> None:
     from cadcli.main import main
-    from service.models.model import SessionOptions, load_model
+    from service.models.model import load_model
+    from service.models.providers import SessionOptions
 
     root = tmp_path / "registry"
     with pytest.MonkeyPatch.context() as mp:  # no hub cache, no network: the shipped weights

@@ -28,7 +28,8 @@ from service.labels.archive import ImageArchive
 from service.labels.store import SqlLabelStore, open_store
 from service.labels.store.leases import Lease, holder_name
 from service.models.batcher import SerialBatcher
-from service.models.model import SessionOptions, load_model
+from service.models.model import load_model
+from service.models.providers import SessionOptions
 from service.models.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry, VersionInfo, utc_now
 from trainer.data import (
     Example,

@@ -66,7 +66,7 @@ from service.models.inference import (
     ModelManager,
 )
 from service.models.lifecycle import MemoryTrimListener
-from service.models.model import SessionOptions
+from service.models.providers import SessionOptions
 from service.models.registry import ModelRegistry
 from trainer.bootstrap import init_model
 from trainer.data import Example, PatchSource, labels_of

@@ -32,9 +32,10 @@ from service.labels.store.leases import holder_name
 from service.logs import configure_logging
 from service.metrics import ServiceMetrics
 from service.models.batcher import BatchingConfig, DynamicBatcher
-from service.models.inference import Classifier, ModelManager
+from service.models.inference import Classifier
 from service.models.lifecycle import AuditListener, CallbackListener, MemoryTrimListener
-from service.models.model import SessionOptions, select_providers
+from service.models.manager import ModelManager
+from service.models.providers import SessionOptions, select_providers
 from service.models.registry import ModelRegistry, utc_now
 from service.rpc.auth import AccessPolicy, ReloadingTokenTable
 from service.rpc.interceptors import ErrorAndMetricsInterceptor
