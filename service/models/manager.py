@@ -103,7 +103,7 @@ class ModelManager:
         return True
 
     def _load(self, version: int) -> LoadedModel:
-        """Load and check a version (or its int8 variant); a failure is remembered as refused.
+        """Load and check a version (or its int8 or fp16 variant); a failure is remembered as refused.
 
         Raises:
             ModelRejected: it fails its checks (announced to the listeners).

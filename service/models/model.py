@@ -71,7 +71,7 @@ class LoadedModel:
 
     @property
     def precision(self) -> str:
-        """fp32, or the variant's name (int8) when a variant is served."""
+        """fp32, or the variant's name (int8, fp16) when a variant is served."""
         return self.info.manifest.variant
 
     @property

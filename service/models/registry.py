@@ -5,7 +5,7 @@ Layout::
     <root>/<model>/<version>/model.onnx
     <root>/<model>/<version>/manifest.json
     <root>/<model>/<version>/weights.pt        (torch state dict the trainer continues from)
-    <root>/<model>/<version>/variants/<name>/  (e.g. int8: model.onnx + manifest.json)
+    <root>/<model>/<version>/variants/<name>/  (int8, fp16: model.onnx + manifest.json)
 
 Versions are positive integers. A version is published by writing every file
 into a hidden temporary folder beside the versions, fsyncing files and folder,
@@ -189,7 +189,7 @@ class ModelRegistry:
     def publish_variant(
         self, version: int, variant: str, model: Path, manifest: Mapping[str, Any]
     ) -> VersionInfo:
-        """Atomically add a variant (e.g. ``int8``) of a published version: its own model.onnx and
+        """Atomically add a variant (``int8``, ``fp16``) of a published version: its own model.onnx and
         manifest under ``<version>/variants/<variant>/``. Variants are immutable like versions.
 
         Raises:
