@@ -150,6 +150,7 @@ def _train_and_swap(
     settings: ServerSettings,
     ct_request: cad_pb2.ClassifyRequest,
     ct: cad_pb2.ClassifyResponse,
+    preset: str,
 ) -> None:
     """One AIFT round on the reviewer's labels; the running server picks the new version up."""
     from trainer.round import run_round
@@ -165,6 +166,7 @@ def _train_and_swap(
             archive_root=settings.archive_root,
             val_fraction=0.0,
             allow_unvalidated=True,
+            preset=preset,
         ),
         progress=False,
     )
@@ -206,6 +208,26 @@ def _print_metrics(port: int) -> None:
             print("  " + line)
 
 
+def demo_start() -> tuple[str, str, str]:
+    """(architecture, learning preset, why): ImageNet AlexNet where torchvision's weights are on
+    this machine (the torch hub cache), else the ImageNet SqueezeNet v1.0 the package ships, so
+    the demo's probabilities, entropy and diversity differ between candidates and the queue's
+    order means something. Nothing is downloaded."""
+    from trainer.weights import WeightsUnavailable, resolve
+
+    try:
+        found = resolve("alexnet", "imagenet")
+    except WeightsUnavailable:
+        return (
+            "squeezenet1_0",
+            "polyp-squeezenet",
+            "ImageNet SqueezeNet v1.0, shipped with the package (no ImageNet AlexNet weights on "
+            "this machine)",
+        )
+    assert found is not None
+    return "alexnet", "polyp", f"ImageNet AlexNet ({found.found}: {found.path})"
+
+
 # long: the demo's script, step by step as the user reads its output, top to bottom
 def run_demo(workdir: str | None = None, log_level: str = "WARNING") -> int:
     """Run the demo; returns the process exit code."""
@@ -216,9 +238,15 @@ def run_demo(workdir: str | None = None, log_level: str = "WARNING") -> int:
     logging.getLogger("trainer.network").setLevel(logging.INFO)
     with tempfile.TemporaryDirectory(prefix="cad-demo-") as tmp:
         root = Path(workdir or tmp) / "registry"
-        print(f"[1/7] bootstrapping the model into {root}")
+        architecture, preset, why = demo_start()
+        print(f"[1/7] bootstrapping the model into {root}: {why}")
         t0 = time.perf_counter()
-        info = init_model(TrainerSettings(registry_root=root), force=True)
+        info = init_model(
+            TrainerSettings(
+                registry_root=root, architecture=architecture, weights="imagenet", preset=preset
+            ),
+            force=True,
+        )
         parity = info.manifest.export.parity_max_abs_diff if info.manifest.export else float("nan")
         print(
             f"      version {info.version}, pretrained: {info.manifest.pretrained.source}, "
@@ -282,7 +310,7 @@ def run_demo(workdir: str | None = None, log_level: str = "WARNING") -> int:
                     )
                 print(f"      {len(frames)} frames in {elapsed:.2f}s")
                 _review(channel, ct)
-                _train_and_swap(channel, root, settings, ct_request, ct)
+                _train_and_swap(channel, root, settings, ct_request, ct, preset)
             print("[7/7] metrics")
             _print_metrics(server.metrics_port)
         print("\nserver stopped cleanly; demo done.")

@@ -31,7 +31,13 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "CT slice: model v1, recipe polyp" in out
     assert out.count("(model v1)") == 8
     assert "cad_candidates_total 14.0" in out  # 3 CT + 8 video + the CT again on v2
-    assert "RANDOM INITIALISATION" in result.stderr
+    # an ImageNet start the machine has, said which: the queue's order means something
+    assert "ImageNet SqueezeNet v1.0, shipped with the package" in out  # no hub cache here
+    assert "pretrained: imagenet" in out and "RANDOM INITIALISATION" not in result.stderr
+    ct_rows = [line.split() for line in out.splitlines() if line.strip().startswith("ct-")][:3]
+    probabilities = {row[2] for row in ct_rows}
+    diversities = {row[5] for row in ct_rows}
+    assert len(ct_rows) == 3 and len(probabilities) == 3 and len(diversities) > 1, ct_rows
     assert "MISSED FINDING on the CT slice" in out and out.count("origin=") == 4
     assert 'cad_corrections_total{verdict="false_positive"} 2.0' in out
     assert "round: published (v2, parent v1)" in out
