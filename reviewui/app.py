@@ -395,6 +395,14 @@ class ReviewApp:
         return request_id
 
     async def verdict(self, request: Request, session: Session) -> Any:
+        """Confirm or dismiss the candidate on screen (a correction)."""
+        return await self._verdict(request, session, "SubmitCorrection", cad_pb2.Correction)
+
+    async def _verdict(
+        self, request: Request, session: Session, method: str, message: Any
+    ) -> dict[str, Any]:
+        """A verdict (``confirm`` or ``dismiss``) on the candidate drawn on screen, sent as
+        ``method`` (a correction or an adjudication)."""
         body = await json_body(request)
         verdicts = {"confirm": cad_pb2.TRUE_POSITIVE, "dismiss": cad_pb2.FALSE_POSITIVE}
         verdict = body.get("verdict")
@@ -404,8 +412,8 @@ class ReviewApp:
         await self._on_screen(session, body, candidate)
         receipt = await self.cad.call(
             session,
-            "SubmitCorrection",
-            cad_pb2.Correction(
+            method,
+            message(
                 candidate_id=candidate,
                 verdict=verdicts[verdict],
                 idempotency_key=text(body, "key"),
@@ -484,24 +492,7 @@ class ReviewApp:
 
     async def adjudicate(self, request: Request, session: Session) -> Any:
         """The final verdict on a disagreement, by a reviewer who gave none on it."""
-        body = await json_body(request)
-        verdicts = {"confirm": cad_pb2.TRUE_POSITIVE, "dismiss": cad_pb2.FALSE_POSITIVE}
-        verdict = body.get("verdict")
-        if verdict not in verdicts:
-            raise PageError(400, "verdict must be confirm or dismiss")
-        candidate = text(body, "candidate_id")
-        await self._on_screen(session, body, candidate)
-        receipt = await self.cad.call(
-            session,
-            "Adjudicate",
-            cad_pb2.Adjudication(
-                candidate_id=candidate,
-                verdict=verdicts[verdict],
-                idempotency_key=text(body, "key"),
-                note=text(body, "note", required=False),
-            ),
-        )
-        return await self._receipt(session, receipt)
+        return await self._verdict(request, session, "Adjudicate", cad_pb2.Adjudication)
 
     async def _receipt(
         self, session: Session, receipt: cad_pb2.CorrectionReceipt, counts: int = 1
