@@ -32,6 +32,7 @@ TOOLS = all(Path(p).exists() for p in (DOCKER, "/usr/sbin/dockerd", "/usr/sbin/d
 CAN = TOOLS and os.geteuid() == 0
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(
         not CAN and not os.environ.get("CI"),
         reason="needs root, docker.io and debootstrap (.ci/run installs them)",

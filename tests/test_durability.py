@@ -6,11 +6,14 @@ import threading
 from pathlib import Path
 
 import grpc
+import pytest
 
 from bench.launch import server_process
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.labels.store import open_store
 from tests.helpers import publish_tiny
+
+pytestmark = pytest.mark.slow  # the fast tier leaves it out (README)
 
 
 def test_acknowledged_corrections_survive_kill_9(tmp_path: Path, store_url: str) -> None:

@@ -11,6 +11,8 @@ import pytest
 
 from tests.pg import pg_bin
 
+pytestmark = pytest.mark.slow  # the fast tier leaves it out (README)
+
 
 @pytest.mark.skipif(pg_bin() is None, reason="PostgreSQL server binaries are not installed")
 def test_the_serving_tier_survives_database_outages_a_killed_replica_and_a_publish(

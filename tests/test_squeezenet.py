@@ -33,8 +33,6 @@ from trainer.settings import TrainerSettings
 from trainer.trunk import TrunkCache, trunk_digest
 from trainer.weights import KNOWN, SHIPPED_DIR, build_initial, file_sha256
 
-pytestmark = pytest.mark.slow
-
 BOXES = [(0, 0, 10, 10), (20, 20, 30, 30), (2, 30, 12, 12), (30, 5, 25, 25), (10, 10, 20, 20)]
 FILES = [
     "CT_small.dcm",
@@ -220,6 +218,7 @@ def test_init_publishes_an_imagenet_squeezenet(world: World) -> None:
     assert m.export.parity_max_abs_diff <= 1e-4
 
 
+@pytest.mark.slow
 def test_served_probabilities_equal_torch_and_a_round_keeps_the_architecture(world: World) -> None:
     settings = make_settings(world.root)
     info = ModelRegistry(world.root, "cad").get(1)

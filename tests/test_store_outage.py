@@ -30,6 +30,8 @@ from tests.pg import TempPostgres, pg_bin
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
+pytestmark = pytest.mark.slow  # the fast tier leaves it out (README)
+
 
 @pytest.fixture(scope="module")
 def pg() -> Iterator[TempPostgres]:

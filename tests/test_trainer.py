@@ -33,8 +33,6 @@ from trainer.round import ROUNDS_FILE, TRAINER_LEASE, run_round
 from trainer.settings import TrainerSettings
 from trainer.watch import TrainerMetrics, Watcher
 
-pytestmark = pytest.mark.slow
-
 FILES = [
     "CT_small.dcm",
     "693_UNCR.dcm",
@@ -128,6 +126,7 @@ def test_split_is_decided_once_per_source() -> None:
     assert 0.2 < first.count("val") / len(keys) < 0.3
 
 
+@pytest.mark.slow
 def test_world_has_sources_on_both_sides(world: World) -> None:
     from trainer.data import labeled_examples
 
@@ -137,6 +136,7 @@ def test_world_has_sources_on_both_sides(world: World) -> None:
     assert sides == {"train", "val"}
 
 
+@pytest.mark.slow
 def test_first_round_publishes_a_child_and_rescores_the_pool(world: World) -> None:
     report = run_round(world.settings(), progress=False)
     assert report.outcome == "published", report.reason
@@ -162,6 +162,7 @@ def test_first_round_publishes_a_child_and_rescores_the_pool(world: World) -> No
     assert json.loads(lines[-1])["outcome"] == "published"
 
 
+@pytest.mark.slow
 def test_later_round_continues_from_the_previous_version(world: World) -> None:
     registry = ModelRegistry(world.root, "cad")
     parent = registry.latest()
@@ -181,6 +182,7 @@ def test_later_round_continues_from_the_previous_version(world: World) -> None:
     )
 
 
+@pytest.mark.slow
 def test_round_without_rescore_leaves_the_pool_scores_alone(world: World) -> None:
     store = open_store(world.store_url)
     before = store.scored_versions()
@@ -207,6 +209,7 @@ def test_decoded_image_cache_returns_the_archived_pixels(world: World, tmp_path:
         cached_image(ImageArchive(tmp_path / "empty"), sha)
 
 
+@pytest.mark.slow
 def test_gate_rejects_a_worse_model_and_records_why(world: World) -> None:
     registry = ModelRegistry(world.root, "cad")
     versions = registry.versions()
@@ -219,6 +222,7 @@ def test_gate_rejects_a_worse_model_and_records_why(world: World) -> None:
     )
 
 
+@pytest.mark.slow
 def test_failed_export_check_is_never_published(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -249,6 +253,7 @@ def test_failed_export_check_is_never_published(
     assert registry.versions() == versions
 
 
+@pytest.mark.slow
 def test_unscorable_validation_is_refused_unless_allowed(world: World) -> None:
     registry = ModelRegistry(world.root, "cad")
     versions = registry.versions()
@@ -257,6 +262,7 @@ def test_unscorable_validation_is_refused_unless_allowed(world: World) -> None:
     assert registry.versions() == versions
 
 
+@pytest.mark.slow
 def test_watch_runs_a_round_when_enough_labels_arrive(world: World) -> None:
     metrics = TrainerMetrics(__import__("prometheus_client").CollectorRegistry())
     assert (
@@ -274,6 +280,7 @@ def test_watch_runs_a_round_when_enough_labels_arrive(world: World) -> None:
     assert r.get_sample_value("cad_trainer_new_labels") == 0
 
 
+@pytest.mark.slow
 def test_watch_does_not_retrain_on_the_labels_of_a_rejected_round(tmp_path: Path) -> None:
     """The real watcher through a rejection, on a world of its own whose serving version (v1)
     was trained on none of the 32 labels: the same labels never start a second round, in the
@@ -385,6 +392,7 @@ def test_fine_tuning_is_seeded_and_reproducible(world: World) -> None:
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 
+@pytest.mark.slow
 def test_cli_round_and_model_commands(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     from cadcli.main import main
 
@@ -424,6 +432,7 @@ def test_cli_round_and_model_commands(world: World, capsys: pytest.CaptureFixtur
     assert ModelRegistry(world.root, "cad").pinned() is None
 
 
+@pytest.mark.slow
 def test_quantize_command_publishes_an_int8_variant_from_the_label_store(world: World) -> None:
     from cadcli.main import main as cad
 
