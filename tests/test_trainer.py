@@ -155,6 +155,7 @@ def test_first_round_publishes_a_child_and_rescores_the_pool(world: World) -> No
     assert m.metrics["val"]["auc_low"] <= m.metrics["val_auc"] <= m.metrics["val"]["auc_high"]
     assert m.export.parity_max_abs_diff <= 1e-4 and m.recipe == "polyp:4"
     assert m.export.fc6_fold == 36  # 64 px: fc6 applied to the 1x1 map, not its 36 copies
+    assert (m.training["device"], m.training["precision"]) == ("cpu", "fp32")  # no CUDA here
     store = open_store(world.store_url)
     assert store.scored_versions() == {str(report.version): world.unlabeled}  # queue refreshed
     store.close()
@@ -510,3 +511,74 @@ def test_a_second_trainer_is_refused_while_one_holds_the_lease(
             pass
     finally:
         store.close()
+
+
+def test_the_device_setting_names_what_torch_sees(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CAD_DEVICE: auto picks CUDA only where torch sees a usable device; cuda named on a machine
+    without one is an error that says so; anything else is refused by the settings."""
+    from pydantic import ValidationError
+
+    from trainer.device import resolve_device
+    from trainer.settings import TrainerSettings
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="torch sees 0 usable CUDA device"):
+        resolve_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto") == torch.device("cuda")
+    with pytest.raises(ValueError, match="torch sees 1 usable CUDA device"):
+        resolve_device("cuda:1")
+    monkeypatch.setenv("CAD_DEVICE", "gpu")
+    with pytest.raises(ValidationError, match="device"):
+        TrainerSettings()
+    monkeypatch.setenv("CAD_DEVICE", "cuda:0")
+    assert TrainerSettings().device == "cuda:0"
+
+
+def _fine_tuned(world: World, device: str, depth: str) -> tuple[dict, list]:
+    """A seeded fine-tune of a 64-px AlexNet on ``device``, and its scores on the examples."""
+    from service.labels.archive import ImageArchive
+    from trainer.data import PatchSource, labeled_examples
+    from trainer.finetune import candidate_probabilities, fine_tune
+    from trainer.trunk import TrunkCache
+
+    store = open_store(world.store_url)
+    examples = labeled_examples(store)[:8]
+    store.close()
+    source = PatchSource(ImageArchive(world.archive), 64)
+    torch.manual_seed(0)
+    net = CadNet(input_size=64).to(device)
+    schedule = Schedule(0.9, 1e-3, 1e-2, 0.95, 1)
+    fine_tune(net, examples, source, schedule, depth, 16, seed=5, progress=False)
+    probs = candidate_probabilities(net, examples, source, progress=False, depth=depth)
+    TrunkCache().clear()
+    return {k: v.cpu() for k, v in net.state_dict().items()}, probs
+
+
+def test_the_trainer_runs_where_the_network_is(world: World) -> None:
+    """Tensors follow the network: on the CPU the results are exactly those of a network that
+    was never moved; the scores come back as numpy arrays whatever the device."""
+    moved, probs = _fine_tuned(world, "cpu", "fc6")
+    assert all(isinstance(p, np.ndarray) and p.shape[1] == 2 for p in probs)
+    again, probs_again = _fine_tuned(world, "cpu", "fc6")
+    assert all(torch.equal(moved[k], again[k]) for k in moved)
+    assert all(np.array_equal(a, b) for a, b in zip(probs, probs_again, strict=True))
+
+
+CUDA_USABLE = torch.cuda.is_available() and torch.cuda.device_count() > 0
+
+
+@pytest.mark.skipif(not CUDA_USABLE, reason="no usable CUDA device")
+@pytest.mark.parametrize("depth", ["fc6", "conv1"])
+def test_a_cuda_round_trains_to_the_cpus_result_within_noise(world: World, depth: str) -> None:
+    """The same seeded fine-tune on CUDA and on the CPU: the same network within floating-point
+    noise (cuDNN's kernels sum in another order), and the same scores within 1e-3."""
+    on_cpu, cpu_probs = _fine_tuned(world, "cpu", depth)
+    on_gpu, gpu_probs = _fine_tuned(world, "cuda", depth)
+    for k in on_cpu:
+        assert torch.allclose(on_cpu[k].float(), on_gpu[k].float(), atol=1e-3), k
+    for a, b in zip(cpu_probs, gpu_probs, strict=True):
+        assert np.abs(a - b).max() <= 1e-3

@@ -11,6 +11,7 @@ from torch import nn
 from tqdm import tqdm
 
 from trainer.data import Example, PatchSource, balanced_epoch, batches, labels_of
+from trainer.device import device_of
 from trainer.network import CadNet
 from trainer.presets import Schedule, trained_layers
 from trainer.trunk import CACHE, TrunkCache, is_trivial, trunk_digest
@@ -51,15 +52,21 @@ class SplitNet:
         self.source = source
         self.cache = cache if not is_trivial(self.trunk) else None
         self.digest = trunk_digest(self.trunk) if self.cache is not None else ""
+        self.device = device_of(net)
+        """Where the net is: its inputs go there."""
 
     def inputs(self, example: Example) -> torch.Tensor:
         """The top's input for one candidate's patches."""
         if self.cache is None:
             with torch.no_grad():
                 self.trunk.eval()
-                return self.trunk(torch.from_numpy(self.source.patches(example)))
+                return self.trunk(torch.from_numpy(self.source.patches(example)).to(self.device))
         return self.cache.features(
-            self.trunk, self.digest, self.source.key(example), lambda: self.source.patches(example)
+            self.trunk,
+            self.digest,
+            self.source.key(example),
+            lambda: self.source.patches(example),
+            self.device,
         )
 
     def train(self) -> None:
@@ -117,7 +124,7 @@ def fine_tune(
             x = torch.cat(parts)
             y = torch.cat(
                 [
-                    torch.full((len(p),), labels[i], dtype=torch.long)
+                    torch.full((len(p),), labels[i], dtype=torch.long, device=split.device)
                     for p, i in zip(parts, batch, strict=True)
                 ]
             )
@@ -151,6 +158,7 @@ def candidate_probabilities(
     holds exactly what the trunk computes), and the top runs on batches of about ``batch_size``
     patches gathered across candidates."""
     net.eval()
+    device = device_of(net)
     split = SplitNet(net, depth, source) if depth else None
     out: list[np.ndarray] = []
     pending: list[torch.Tensor] = []
@@ -159,7 +167,7 @@ def candidate_probabilities(
         if not pending:
             return
         assert split is not None
-        probs = torch.softmax(split.top(torch.cat(pending)), dim=1).numpy()
+        probs = torch.softmax(split.top(torch.cat(pending)), dim=1).cpu().numpy()
         start = 0
         for part in pending:
             out.append(probs[start : start + len(part)])
@@ -172,10 +180,10 @@ def candidate_probabilities(
             if sum(len(p) for p in pending) >= batch_size:
                 flush()
         else:
-            patches = torch.from_numpy(source.patches(ex))
+            patches = torch.from_numpy(source.patches(ex)).to(device)
             probs = torch.cat(
                 [torch.softmax(net(chunk), dim=1) for chunk in patches.split(batch_size)]
             )
-            out.append(probs.numpy())
+            out.append(probs.cpu().numpy())
     flush()
     return out

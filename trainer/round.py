@@ -41,6 +41,7 @@ from trainer.data import (
     unlabeled_examples,
     unsettled_count,
 )
+from trainer.device import device_name, resolve_device
 from trainer.evaluate import Evaluation, evaluate
 from trainer.export import ExportCheckFailed, ExportReport, export_and_check
 from trainer.finetune import TrainResult, candidate_probabilities, fine_tune
@@ -160,6 +161,7 @@ def rescore_pool(
     registry: ModelRegistry,
     progress: bool = True,
     depth: str | None = None,
+    device: str = "cpu",
 ) -> int:
     """Score every unlabeled candidate with the version servers follow; the queue reads it.
 
@@ -182,7 +184,7 @@ def rescore_pool(
             missing,
         )
     if depth is not None:
-        net = load_net(info)
+        net = load_net(info).to(resolve_device(device))
         if not is_trivial(net.split(depth)[0]):
             source = PatchSource(archive, info.manifest.input_size)
             probs = candidate_probabilities(
@@ -305,7 +307,7 @@ def run_round(
             )
         if settings.rescore:
             report.metrics["pool_rescored"] = rescore_pool(
-                store, archive, registry, progress, settings.depth
+                store, archive, registry, progress, settings.depth, settings.device
             )
     finally:
         store.close()
@@ -332,7 +334,8 @@ def _round(
         report.reason = "the training split needs labels of both classes"
         return report
 
-    net = load_net(parent)
+    device = resolve_device(settings.device)
+    net = load_net(parent).to(device)
     trained_layers(net.architecture, settings.depth)  # a depth this architecture has, or ValueError
     parent_net = copy.deepcopy(net)
     first = parent.manifest.training is None
@@ -358,6 +361,7 @@ def _round(
         progress,
     )
     report.metrics = _validation_metrics(net, parent_net, val, source, settings, result, progress)
+    net.cpu()  # export and its parity check run on the CPU, whatever trained it
 
     with tempfile.TemporaryDirectory(prefix="cad-round-") as tmp:
         onnx_path = Path(tmp) / MODEL_FILE
@@ -378,6 +382,7 @@ def _round(
             settings,
             sets={"examples": examples, "train": train, "val": val, "trained_on": train_set},
             round_kind="scratch" if settings.scratch else ("first" if first else "later"),
+            device=device_name(device),
             schedule=asdict(schedule),
             patches_seen=result.patches_seen,
             metrics=report.metrics,
@@ -486,6 +491,7 @@ def _manifest(
     settings: TrainerSettings,
     sets: dict[str, Sequence[Example]],
     round_kind: str,
+    device: str,
     schedule: dict[str, Any],
     patches_seen: int,
     metrics: dict[str, Any],
@@ -523,6 +529,8 @@ def _manifest(
             "seed": settings.seed,
             "val_fraction": settings.val_fraction,
             "patches_seen": patches_seen,
+            "device": device,
+            "precision": "fp32",
         },
         metrics=metrics,
         gate=gate,

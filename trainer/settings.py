@@ -46,6 +46,12 @@ class TrainerSettings(BaseSettings):
         "sqlite:///data/labels.sqlite3", description="Label store (as the server's)."
     )
     archive_root: Path = Field(Path("data/archive"), description="Image archive (as the server's).")
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="Where rounds train, evaluate and re-score: auto (CUDA when torch sees one, "
+        "else cpu), cpu, cuda or cuda:N. Export and its parity check run on the CPU.",
+    )
     preset: Literal["polyp", "frames", "pe", "polyp-squeezenet"] = Field(
         "polyp",
         description="Learning parameters: Table 3's polyp, frames or pe, or polyp-squeezenet "

@@ -67,18 +67,24 @@ class TrunkCache:
 
     @torch.no_grad()
     def features(
-        self, trunk: Trunk, digest: str, key: Hashable, patches: Callable[[], np.ndarray]
+        self,
+        trunk: Trunk,
+        digest: str,
+        key: Hashable,
+        patches: Callable[[], np.ndarray],
+        device: torch.device | None = None,
     ) -> torch.Tensor:
-        """The trunk's output on one candidate's patches (computed on a miss; read-only)."""
+        """The trunk's output on one candidate's patches (computed on a miss; read-only), on
+        ``device`` (the trunk's; an entry computed elsewhere is copied there)."""
         full = (digest, key)
         with self._lock:
             hit = self._entries.get(full)
             if hit is not None:
                 self._entries.move_to_end(full)
                 self.hits += 1
-                return hit
+                return hit if device is None else hit.to(device)
         trunk.eval()
-        out = trunk(torch.from_numpy(patches())).contiguous()
+        out = trunk(torch.from_numpy(patches()).to(device or "cpu")).contiguous()
         size = out.numel() * out.element_size()
         with self._lock:
             self.misses += 1

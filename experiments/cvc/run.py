@@ -70,6 +70,7 @@ from service.models.providers import SessionOptions
 from service.models.registry import ModelRegistry
 from trainer.bootstrap import init_model
 from trainer.data import Example, PatchSource, labels_of
+from trainer.device import resolve_device
 from trainer.evaluate import average_precision, roc_auc
 from trainer.finetune import candidate_probabilities
 from trainer.round import load_net, run_round
@@ -398,8 +399,9 @@ class Experiment:
         info = registry.get(version)
         examples = self.test_examples(template)
         source = PatchSource(ImageArchive(template / "test-archive"), info.manifest.input_size)
+        net = load_net(info).to(resolve_device(TrainerSettings().device))  # CAD_DEVICE, as rounds
         probs = candidate_probabilities(
-            load_net(info), examples, source, batch_size=256, progress=False, depth=depth
+            net, examples, source, batch_size=256, progress=False, depth=depth
         )
         return (
             labels_of(examples),
