@@ -364,6 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the reviewers' web page (options: see cad review-ui --help)",
         add_help=False,
     )
+    sub.add_parser(
+        "dicom-gateway",
+        help="take images from a PACS by C-STORE, send results back as DICOM SRs "
+        "(options: see cad dicom-gateway --help)",
+        add_help=False,
+    )
 
     model = sub.add_parser("model", help="model registry commands")
     model_sub = model.add_subparsers(dest="model_command", required=True)
@@ -489,6 +495,10 @@ def main(argv: list[str] | None = None) -> int:
         from reviewui.app import main as review_ui_main
 
         return review_ui_main(argv[1:])
+    if argv[:1] == ["dicom-gateway"]:
+        from gateway.app import main as gateway_main
+
+        return gateway_main(argv[1:])
     if argv[:1] == ["experiment"]:
         return _experiment_moved()
     args = build_parser().parse_args(argv)

@@ -3,8 +3,8 @@
 The one way the reference is written: the table between the ``settings:begin`` and
 ``settings:end`` markers in README.md is replaced by one row per environment variable of the
 server (``ServerSettings``), the trainer (``TrainerSettings``), the container health check
-(``HealthcheckSettings``), the ``cad model`` commands (``CliSettings``) and the review page
-(``ReviewUiSettings``), with its default as the code has it. ``tests/test_deploy.py``
+(``HealthcheckSettings``), the ``cad model`` commands (``CliSettings``), the review page
+(``ReviewUiSettings``) and the DICOM gateway (``GatewaySettings``), with its default as the code has it. ``tests/test_deploy.py``
 renders it again and fails on any difference, so the docs cannot drift from the code.
 
 Usage: ``python scripts/gen_settings_docs.py [--check]``
@@ -27,6 +27,7 @@ END = "<!-- settings:end -->"
 def _classes() -> list[tuple[str, Any]]:
     sys.path.insert(0, str(ROOT))
     from cadcli.settings import CliSettings
+    from gateway.settings import GatewaySettings
     from reviewui.settings import ReviewUiSettings
     from service.rpc.healthcheck import HealthcheckSettings
     from service.settings import ServerSettings
@@ -38,6 +39,7 @@ def _classes() -> list[tuple[str, Any]]:
         ("health check", HealthcheckSettings),
         ("cad model", CliSettings),
         ("review page", ReviewUiSettings),
+        ("DICOM gateway", GatewaySettings),
     ]
 
 

@@ -1,0 +1,329 @@
+"""``cad dicom-gateway``: a PACS sends images by C-STORE; each is classified through the CAD
+server's Classify RPC (so the archive, the review queue and the metrics see it like any other
+request) and the results go back as a TID 1500 SR by C-STORE to the configured destination.
+
+Nothing is lost between those steps: the storage handler only writes the instance to the
+durable ``inbox`` folder and acknowledges; a worker classifies it and writes the SR to the
+``outbox`` folder; a sender delivers the outbox, retrying with back-off until the destination
+takes it (a restart picks up both folders where they were). An instance seen before (its SOP
+Instance UID) is acknowledged and not classified again; an SR, the gateway's own or another
+CAD's, is never classified as an image. Logs name counts, frames and AE titles, never a UID or
+a patient attribute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from pydicom import dcmread
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import
+
+from gateway.settings import GatewaySettings
+from gateway.sr import Finding, build_sr
+from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
+from service.durable import write_atomic
+from service.logs import configure_logging
+from service.rpc.channel import client_channel
+from service.settings import from_flags
+
+log = logging.getLogger(__name__)
+
+SR_MODALITY = "SR"
+SUCCESS, OUT_OF_RESOURCES = 0x0000, 0xA700
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+"""Comprehensive 3D SR Storage: what the gateway sends."""
+
+
+@dataclass
+class GatewayStats:
+    """What the gateway has done since it started (what its tests and an operator read)."""
+
+    received: int = 0
+    duplicates: int = 0
+    reports_ignored: int = 0
+    classified: int = 0
+    failed: int = 0
+    sent: int = 0
+    send_failures: int = 0
+    receipt_to_sent_s: list[float] = field(default_factory=list)
+
+
+def _key(uid: str) -> str:
+    """A file name for an instance that does not carry its UID (folders are not logs, but a
+    listing should not show them either)."""
+    return hashlib.sha256(uid.encode()).hexdigest()[:32]
+
+
+def parse_destination(text: str) -> tuple[str, str, int] | None:
+    """``AE@host:port`` -> (AE, host, port); "" -> None."""
+    if not text:
+        return None
+    try:
+        ae, rest = text.split("@", 1)
+        host, port = rest.rsplit(":", 1)
+        return ae, host, int(port)
+    except ValueError:
+        raise ValueError(f"destination {text!r}: write it as AE@host:port") from None
+
+
+class Gateway:
+    """The SCP, the classifying worker and the sender, in one process."""
+
+    def __init__(self, settings: GatewaySettings, channel: grpc.Channel | None = None) -> None:
+        self.settings = settings
+        self.destination = parse_destination(settings.destination)
+        self.channel = channel or client_channel(
+            settings.server, settings.tls_ca, settings.tls_server_name
+        )
+        self.stub = cad_pb2_grpc.CadInferenceStub(self.channel)
+        self.token = settings.token_file.read_text().strip() if settings.token_file else ""
+        root = settings.spool_dir
+        self.inbox, self.outbox, self.seen, self.failed = (
+            root / "inbox",
+            root / "outbox",
+            root / "seen",
+            root / "failed",
+        )
+        for folder in (self.inbox, self.outbox, self.seen, self.failed):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.stats = GatewayStats()
+        self.device_uid = _device_uid(root)
+        self._wake = threading.Condition()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._server: Any = None
+        self.port = 0
+        self.ae = AE(ae_title=settings.ae_title)
+        self.ae.supported_contexts = AllStoragePresentationContexts
+        self.ae.add_supported_context(Verification)
+        self.sender_ae = AE(ae_title=settings.ae_title)
+        self.sender_ae.add_requested_context(COMPREHENSIVE_3D_SR)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> Gateway:
+        handlers: list[Any] = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, lambda _e: SUCCESS),
+        ]
+        self._server = self.ae.start_server(
+            (self.settings.host, self.settings.port), block=False, evt_handlers=handlers
+        )
+        self.port = self._server.server_address[1]
+        for name, loop in (("classify", self._classify_loop), ("send", self._send_loop)):
+            thread = threading.Thread(target=loop, name=f"cad-gateway-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info(
+            "DICOM gateway %s listening on %s:%d; SRs to %s",
+            self.settings.ae_title,
+            self.settings.host,
+            self.port,
+            self.destination[0] if self.destination else "the outbox only",
+        )
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._notify()
+        if self._server is not None:
+            self._server.shutdown()
+        for thread in self._threads:
+            thread.join(30)
+        self.channel.close()
+
+    def __enter__(self) -> Gateway:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _notify(self) -> None:
+        with self._wake:
+            self._wake.notify_all()
+
+    def _wait(self, seconds: float) -> None:
+        with self._wake:
+            self._wake.wait(seconds)
+
+    # ------------------------------------------------------------------ receiving
+
+    def _on_store(self, event: Any) -> int:
+        """Queue and acknowledge; the worker does the rest."""
+        try:
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+        except Exception:  # noqa: BLE001 (a peer's malformed data set: refused, not raised)
+            log.warning("a C-STORE from %s could not be decoded", event.assoc.requestor.ae_title)
+            return 0xC210
+        uid = str(getattr(ds, "SOPInstanceUID", "") or "")
+        if not uid:
+            return 0xC210
+        if str(getattr(ds, "Modality", "")) == SR_MODALITY:
+            self.stats.reports_ignored += 1  # never classify a report (ours or another CAD's)
+            return SUCCESS
+        marker = self.seen / _key(uid)
+        if marker.exists():
+            self.stats.duplicates += 1
+            return SUCCESS
+        buffer = io.BytesIO()
+        try:
+            ds.save_as(buffer, enforce_file_format=True)
+            write_atomic(self.inbox / f"{_key(uid)}.dcm", buffer.getvalue())
+            write_atomic(marker, f"{time.time()}\n".encode())
+        except OSError as exc:
+            log.error("an image could not be queued (%s); the sender is told to retry", exc)
+            return OUT_OF_RESOURCES
+        self.stats.received += 1
+        self._notify()
+        return SUCCESS
+
+    # ------------------------------------------------------------------ classifying
+
+    def _classify_loop(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            pending = sorted(self.inbox.glob("*.dcm"), key=lambda p: p.stat().st_mtime_ns)
+            if not pending:
+                self._wait(5.0)
+                continue
+            try:
+                self._classify(pending[0])
+                backoff = 0.5
+            except grpc.RpcError as exc:
+                if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+                    log.warning("an image was refused by the CAD server: %s", exc.details())
+                    pending[0].replace(self.failed / pending[0].name)
+                    self.stats.failed += 1
+                    continue
+                log.warning("the CAD server did not answer (%s); retrying", exc.code().name)
+                self._wait(backoff)
+                backoff = min(backoff * 2, self.settings.retry_max_s)
+            except Exception as exc:  # noqa: BLE001 (an image it cannot read: set aside, not retried)
+                log.warning("an image could not be classified (%s); set aside", type(exc).__name__)
+                pending[0].replace(self.failed / pending[0].name)
+                self.stats.failed += 1
+
+    def _classify(self, path: Path) -> None:
+        """Every frame of the image as one candidate (recipe ``frame``), then its SR."""
+        data = path.read_bytes()
+        ds = dcmread(io.BytesIO(data))
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        findings, version = [], ""
+        for frame in range(frames):
+            reply = self.stub.Classify(
+                cad_pb2.ClassifyRequest(
+                    dicom=data,
+                    frame_index=frame,
+                    recipe="frame",
+                    candidates=[
+                        cad_pb2.Candidate(
+                            client_id=f"frame-{frame + 1}",
+                            box=cad_pb2.Box(x=0, y=0, width=cols, height=rows),
+                        )
+                    ],
+                ),
+                timeout=self.settings.rpc_timeout_s,
+                metadata=[("authorization", f"Bearer {self.token}")] if self.token else None,
+            )
+            version = reply.model_version
+            (result,) = reply.results
+            findings.append(Finding(frame, 0, 0, cols, rows, result.probability))
+        sr = build_sr(ds, findings, version, self.device_uid)
+        buffer = io.BytesIO()
+        sr.save_as(buffer, enforce_file_format=True)
+        received = path.stat().st_mtime
+        write_atomic(self.outbox / f"{int(received * 1e6)}-{path.stem}.dcm", buffer.getvalue())
+        path.unlink()
+        self.stats.classified += 1
+        log.info("classified an image of %d frame(s) with model v%s", frames, version)
+        self._notify()
+
+    # ------------------------------------------------------------------ sending
+
+    def _send_loop(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            pending = sorted(self.outbox.glob("*.dcm"))
+            if not pending or self.destination is None:
+                self._wait(5.0)
+                continue
+            try:
+                sent = self._send(pending[0])
+            except Exception as exc:  # noqa: BLE001 (a network or peer fault: kept, retried)
+                log.warning("an SR could not be sent (%s); retrying", type(exc).__name__)
+                sent = False
+            if sent:
+                backoff = 0.5
+                continue
+            self.stats.send_failures += 1
+            self._wait(backoff)
+            backoff = min(backoff * 2, self.settings.retry_max_s)
+
+    def _send(self, path: Path) -> bool:
+        """C-STORE one SR to the destination; True once it took it (the file is then gone)."""
+        assert self.destination is not None
+        ae_title, host, port = self.destination
+        ds = dcmread(path)
+        assoc = self.sender_ae.associate(host, port, ae_title=ae_title)
+        if not assoc.is_established:
+            log.warning(
+                "the destination %s at %s:%d does not answer; retrying", ae_title, host, port
+            )
+            return False
+        try:
+            status = assoc.send_c_store(ds)
+        finally:
+            assoc.release()
+        code = getattr(status, "Status", None)
+        if code != SUCCESS:
+            log.warning("the destination %s refused an SR (status %s); retrying", ae_title, code)
+            return False
+        received_us = int(path.name.split("-", 1)[0])
+        self.stats.receipt_to_sent_s.append(time.time() - received_us / 1e6)
+        path.unlink()
+        self.stats.sent += 1
+        return True
+
+
+def _device_uid(root: Path) -> str:
+    """The gateway's device observer UID: made once, kept beside its folders."""
+    from pydicom.uid import generate_uid
+
+    path = root / "device-uid"
+    if not path.exists():
+        write_atomic(path, generate_uid().encode())
+    return path.read_text().strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``cad dicom-gateway``: receive images by C-STORE, send CAD results back as SRs."""
+    parser = argparse.ArgumentParser(prog="cad dicom-gateway", description=main.__doc__)
+    parser.add_argument("--ae-title", help="the gateway's AE title (CAD_GATEWAY_AE_TITLE)")
+    parser.add_argument("--port", type=int, help="DICOM port (CAD_GATEWAY_PORT)")
+    parser.add_argument("--server", help="CAD server host:port (CAD_GATEWAY_SERVER)")
+    parser.add_argument("--destination", help="AE@host:port for SRs (CAD_GATEWAY_DESTINATION)")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    settings = from_flags(GatewaySettings, args, ("ae_title", "port", "server", "destination"))
+    gateway = Gateway(settings).start()
+    print(f"DICOM gateway {settings.ae_title} on {settings.host}:{gateway.port}")
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        gateway.stop()
+    return 0

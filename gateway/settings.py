@@ -1,0 +1,52 @@
+"""Settings of the DICOM gateway (``CAD_GATEWAY_*``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    """Where the gateway takes DICOM in, which CAD server classifies, where the SRs go."""
+
+    model_config = SettingsConfigDict(env_prefix="CAD_GATEWAY_", extra="ignore")
+
+    ae_title: str = Field("CADGW", max_length=16, description="The gateway's own AE title.")
+    host: str = Field("127.0.0.1", description="DICOM bind address of the gateway.")
+    port: int = Field(11112, ge=0, le=65535, description="DICOM port of the gateway; 0 picks one.")
+    server: str = Field(
+        "127.0.0.1:50051", description="gRPC address (host:port) of the CAD server it calls."
+    )
+    token_file: Path | None = Field(
+        None, description="File holding the gateway's own infer token for the CAD server."
+    )
+    tls_ca: Path | None = Field(
+        None, description="PEM CA that signed the CAD server's certificate: connect with TLS."
+    )
+    tls_server_name: str | None = Field(
+        None, description="Name in the CAD server's certificate, when not the host."
+    )
+    destination: str = Field(
+        "",
+        description="Where SRs are sent by C-STORE, as AE@host:port (a PACS); empty: kept in "
+        "the outgoing folder only.",
+    )
+    spool_dir: Path = Field(
+        Path("data/gateway"),
+        description="Durable folders: received images waiting to be classified, SRs waiting "
+        "to be sent, and the instances already seen (a duplicate is answered once).",
+    )
+    mode: Literal["frame"] = Field(
+        "frame",
+        description="Where candidates come from: frame (every frame of an image is one "
+        "candidate, recipe frame).",
+    )
+    rpc_timeout_s: float = Field(
+        60.0, gt=0, description="Longest the gateway waits for one Classify call."
+    )
+    retry_max_s: float = Field(
+        60.0, gt=0, description="Longest wait between retries of a failed classification or send."
+    )

@@ -1,0 +1,139 @@
+"""CAD results as a DICOM Comprehensive 3D SR with TID 1500 as its root (IHE AI Results): one
+TID 1410 planar ROI group per candidate, its region as an image SCOORD on the source instance
+(and frame), a finding, and the model's probability (DCM 122157) with the algorithm's name and
+version; the CAD device as observer. Built and read with highdicom."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+ALGORITHM = "cad-aift"
+SERIES_NUMBER = 9901
+"""The series the gateway's SRs go in, one new series per SR, in the source's study."""
+UNITLESS = hd.sr.CodedConcept("1", "UCUM", "no units")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One classified candidate: the frame (0-based), its box in pixels, P(finding)."""
+
+    frame_index: int
+    x: float
+    y: float
+    width: float
+    height: float
+    probability: float
+
+
+def build_sr(
+    source: Dataset,
+    findings: Sequence[Finding],
+    model_version: str,
+    device_uid: str,
+    device_name: str = "cad-dicom-gateway",
+) -> hd.sr.Comprehensive3DSR:
+    """The SR of ``findings`` on ``source``, in its study, a new series."""
+    algorithm = hd.sr.AlgorithmIdentification(name=ALGORITHM, version=model_version)
+    frames = int(getattr(source, "NumberOfFrames", 1) or 1)
+    groups = []
+    for i, f in enumerate(findings):
+        x0, y0, x1, y1 = f.x, f.y, f.x + f.width, f.y + f.height
+        region = hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]),
+            source_image=hd.sr.SourceImageForRegion(
+                referenced_sop_class_uid=source.SOPClassUID,
+                referenced_sop_instance_uid=source.SOPInstanceUID,
+                referenced_frame_numbers=[f.frame_index + 1] if frames > 1 else None,
+            ),
+        )
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=generate_uid(), identifier=f"candidate {i + 1}"
+                ),
+                referenced_region=region,
+                finding_type=codes.DCM.Finding,
+                algorithm_id=algorithm,
+                measurements=[
+                    hd.sr.Measurement(
+                        name=codes.DCM.Probability,
+                        value=float(f.probability),
+                        unit=UNITLESS,
+                        algorithm_id=algorithm,
+                    )
+                ],
+            )
+        )
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device_uid, name=device_name, model_name=f"{ALGORITHM} {model_version}"
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.SCT.ImagingProcedure,
+        imaging_measurements=groups,
+    )
+    return hd.sr.Comprehensive3DSR(
+        evidence=[source],
+        content=report,
+        series_instance_uid=generate_uid(),
+        series_number=SERIES_NUMBER,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="cad-aift",
+        is_complete=True,
+    )
+
+
+def read_findings(ds: Dataset) -> list[tuple[str, int | None, np.ndarray, float, str]]:
+    """What an SR of :func:`build_sr` says, read back with highdicom: per region group the
+    referenced instance, frame number (1-based, None for a single-frame image), the region's
+    points, the probability and the algorithm version."""
+    sr = hd.sr.Comprehensive3DSR.from_dataset(ds)
+    report: Any = sr.content  # a MeasurementReport once read
+    out = []
+    for group in report.get_planar_roi_measurement_groups():
+        region = group.roi
+        ref = region.ContentSequence[0].ReferencedSOPSequence[0]  # the SELECTED FROM image
+        frames = getattr(ref, "ReferencedFrameNumber", None)
+        frame = (
+            int(frames if not isinstance(frames, list | tuple) else frames[0]) if frames else None
+        )
+        (measurement,) = group.get_measurements(name=codes.DCM.Probability)
+        out.append(
+            (
+                str(ref.ReferencedSOPInstanceUID),
+                frame,
+                np.asarray(region.value, dtype=float),
+                float(measurement.value),
+                _text_item(group, codes.DCM.AlgorithmVersion.value),
+            )
+        )
+    return out
+
+
+def _text_item(item: Any, code_value: str) -> str:
+    """The text of the first content item below ``item`` (an item, or a sequence of them: a
+    highdicom template) named by ``code_value`` ("" if none)."""
+    children = getattr(item, "ContentSequence", []) if isinstance(item, Dataset) else list(item)
+    for child in children:
+        name = (
+            child.ConceptNameCodeSequence[0].CodeValue if "ConceptNameCodeSequence" in child else ""
+        )
+        if name == code_value and "TextValue" in child:
+            return str(child.TextValue)
+        found = _text_item(child, code_value)
+        if found:
+            return found
+    return ""

@@ -1,0 +1,208 @@
+"""The DICOM gateway: results as TID 1500 SRs that highdicom reads back, and the whole loop
+against a real Orthanc (Debian's ``orthanc``): Orthanc routes an image to the gateway, the
+gateway classifies it through a real CAD server and stores an SR back into the study."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+
+from gateway.app import Gateway
+from gateway.settings import GatewaySettings
+from gateway.sr import Finding, build_sr, read_findings
+from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
+from service.rpc.server import ServerThread
+from tests.conftest import make_settings
+from tests.helpers import publish_tiny
+from tests.orthanc import ORTHANC, Orthanc, free_port
+from tests.review_world import TOKENS, token_file
+
+needs_orthanc = pytest.mark.skipif(
+    ORTHANC is None and not os.environ.get("CI"),
+    reason="needs Debian's orthanc (.ci/run installs it)",
+)
+
+
+def roundtrip(ds: object) -> object:
+    buffer = io.BytesIO()
+    ds.save_as(buffer)  # type: ignore[attr-defined]
+    buffer.seek(0)
+    return dcmread(buffer)
+
+
+def test_an_sr_reads_back_with_its_regions_probabilities_frames_and_references() -> None:
+    ct = dcmread(get_testdata_file("CT_small.dcm"))
+    sr = roundtrip(
+        build_sr(
+            ct,
+            [Finding(0, 10, 20, 30, 40, 0.73), Finding(0, 50.5, 60, 20, 20, 0.125)],
+            "3",
+            "1.2.3",
+        )
+    )
+    assert sr.Modality == "SR" and sr.StudyInstanceUID == ct.StudyInstanceUID  # the same study
+    assert sr.SeriesInstanceUID != ct.SeriesInstanceUID  # a new series
+    assert sr.PatientID == ct.PatientID  # as DICOM requires, and nowhere else
+    found = read_findings(sr)
+    assert [(uid, frame, p, version) for uid, frame, _, p, version in found] == [
+        (ct.SOPInstanceUID, None, 0.73, "3"),
+        (ct.SOPInstanceUID, None, 0.125, "3"),
+    ]
+    np.testing.assert_allclose(
+        found[1][2], [[50.5, 60], [70.5, 60], [70.5, 80], [50.5, 80], [50.5, 60]]
+    )
+    video = dcmread(get_testdata_file("emri_small.dcm"))  # multi-frame: regions name their frame
+    frames = roundtrip(build_sr(video, [Finding(i, 0, 0, 64, 64, 0.5) for i in (0, 3)], "3", "1.2"))
+    assert [frame for _, frame, _, _, _ in read_findings(frames)] == [1, 4]
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f} s"
+        time.sleep(0.1)
+
+
+@dataclass
+class Loop:
+    server: ServerThread
+    gateway: Gateway
+    orthanc: Orthanc
+
+
+@contextmanager
+def loop(tmp: Path, start_orthanc: bool = True) -> Iterator[Loop]:
+    publish_tiny(tmp / "registry", tmp / "build", recipe="frame")
+    settings = make_settings(tmp / "registry", auth_tokens_file=token_file(tmp / "tokens.json"))
+    (tmp / "gateway-token").write_text(TOKENS["tower-3"])
+    gateway_port = free_port()
+    orthanc = Orthanc(tmp / "orthanc", gateway_port)
+    with ServerThread(settings) as server:
+        server.refresh_models()
+        gateway = Gateway(
+            GatewaySettings(
+                port=gateway_port,
+                server=server.address,
+                token_file=tmp / "gateway-token",
+                destination=f"ORTHANC@127.0.0.1:{orthanc.dicom_port}",
+                spool_dir=tmp / "gateway",
+                retry_max_s=1.0,
+            )
+        )
+        try:
+            if start_orthanc:
+                orthanc.start()
+            with gateway:
+                yield Loop(server, gateway, orthanc)
+        finally:
+            orthanc.stop()
+
+
+def c_store(port: int, ds: object, ae_title: str = "CADGW") -> int:
+    """Send one instance to the gateway as a modality would; its status."""
+    from pynetdicom import AE, StoragePresentationContexts
+
+    ae = AE(ae_title="TESTSCU")
+    ae.requested_contexts = StoragePresentationContexts
+    assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(ds).Status)
+    finally:
+        assoc.release()
+
+
+def classify_whole_frames(
+    address: str, data: bytes, frames: int, size: tuple[int, int]
+) -> list[float]:
+    """What the CAD server answers for each whole frame, asked directly."""
+    rows, cols = size
+    with grpc.insecure_channel(address) as channel:
+        stub = cad_pb2_grpc.CadInferenceStub(channel)
+        return [
+            stub.Classify(
+                cad_pb2.ClassifyRequest(
+                    dicom=data,
+                    frame_index=f,
+                    recipe="frame",
+                    candidates=[
+                        cad_pb2.Candidate(box=cad_pb2.Box(x=0, y=0, width=cols, height=rows))
+                    ],
+                ),
+                timeout=60,
+                metadata=[("authorization", f"Bearer {TOKENS['tower-3']}")],
+            )
+            .results[0]
+            .probability
+            for f in range(frames)
+        ]
+
+
+@pytest.mark.slow
+@needs_orthanc
+def test_orthanc_routes_an_image_and_gets_the_sr_back_in_its_study(tmp_path: Path) -> None:
+    ct_bytes = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    video_bytes = Path(get_testdata_file("emri_small.dcm")).read_bytes()
+    with loop(tmp_path) as w:
+        w.orthanc.post("/instances", ct_bytes)
+        wait_for(lambda: len(w.orthanc.reports()) == 1, "the CT slice's SR in Orthanc")
+        (report,) = [dcmread(io.BytesIO(f)) for f in w.orthanc.reports()]
+        ct = dcmread(io.BytesIO(ct_bytes))
+        assert report.StudyInstanceUID == ct.StudyInstanceUID
+        ((uid, frame, region, probability, version),) = read_findings(report)
+        assert (uid, frame, version) == (ct.SOPInstanceUID, None, "1")
+        np.testing.assert_allclose(region[2], [ct.Columns, ct.Rows])
+        (direct,) = classify_whole_frames(w.server.address, ct_bytes, 1, (ct.Rows, ct.Columns))
+        assert probability == pytest.approx(direct, abs=1e-6)
+
+        # the same instance again, and an SR: both acknowledged, neither classified
+        assert c_store(w.gateway.port, ct) == 0x0000
+        assert c_store(w.gateway.port, report) == 0x0000
+        assert (w.gateway.stats.duplicates, w.gateway.stats.reports_ignored) == (1, 1)
+        assert w.gateway.stats.classified == 1
+
+        # whole-frame mode on a multi-frame image: one region per frame, each naming its frame
+        w.orthanc.post("/instances", video_bytes)
+        wait_for(lambda: len(w.orthanc.reports()) == 2, "the multi-frame image's SR")
+        video = dcmread(io.BytesIO(video_bytes))
+        frames = int(video.NumberOfFrames)
+        mine = [
+            dcmread(io.BytesIO(f))
+            for f in w.orthanc.reports()
+            if dcmread(io.BytesIO(f)).StudyInstanceUID == video.StudyInstanceUID
+        ]
+        found = read_findings(mine[0])
+        assert [f[1] for f in found] == list(range(1, frames + 1))
+        direct = classify_whole_frames(
+            w.server.address, video_bytes, frames, (video.Rows, video.Columns)
+        )
+        np.testing.assert_allclose([f[3] for f in found], direct, atol=1e-6)
+        assert w.gateway.stats.classified == 2 and w.gateway.stats.failed == 0
+
+
+@pytest.mark.slow
+@needs_orthanc
+def test_an_sr_the_pacs_could_not_take_is_delivered_once_it_is_back(tmp_path: Path) -> None:
+    """Orthanc down when the SR is ready: the gateway keeps it and retries; started again, it
+    holds exactly one SR. A modality sends the image straight to the gateway."""
+    ct = dcmread(get_testdata_file("CT_small.dcm"))
+    with loop(tmp_path, start_orthanc=False) as w:
+        assert c_store(w.gateway.port, ct) == 0x0000
+        wait_for(lambda: w.gateway.stats.send_failures >= 2, "failed sends while Orthanc is down")
+        assert w.gateway.stats.classified == 1 and w.gateway.stats.sent == 0
+        w.orthanc.start()
+        wait_for(lambda: w.gateway.stats.sent == 1, "the SR delivered after the restart")
+        (report,) = w.orthanc.reports()
+        assert dcmread(io.BytesIO(report)).StudyInstanceUID == ct.StudyInstanceUID
+        assert not list(w.gateway.outbox.glob("*.dcm"))  # nothing left to send
