@@ -5,6 +5,7 @@ gateway classifies it through a real CAD server and stores an SR back into the s
 from __future__ import annotations
 
 import io
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -151,7 +152,10 @@ def classify_whole_frames(
 
 @pytest.mark.slow
 @needs_orthanc
-def test_orthanc_routes_an_image_and_gets_the_sr_back_in_its_study(tmp_path: Path) -> None:
+def test_orthanc_routes_an_image_and_gets_the_sr_back_in_its_study(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="gateway")
     ct_bytes = Path(get_testdata_file("CT_small.dcm")).read_bytes()
     video_bytes = Path(get_testdata_file("emri_small.dcm")).read_bytes()
     with loop(tmp_path) as w:
@@ -189,6 +193,14 @@ def test_orthanc_routes_an_image_and_gets_the_sr_back_in_its_study(tmp_path: Pat
         )
         np.testing.assert_allclose([f[3] for f in found], direct, atol=1e-6)
         assert w.gateway.stats.classified == 2 and w.gateway.stats.failed == 0
+    # the gateway's log names no patient, study, series or instance
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("gateway"))
+    assert "classified an image" in logged
+    for ds in (ct, video):
+        for keyword in ("PatientName", "PatientID", "StudyInstanceUID", "SeriesInstanceUID"):
+            value = str(ds.get(keyword, "") or "")
+            assert not value or value not in logged, keyword
+        assert ds.SOPInstanceUID not in logged
 
 
 @pytest.mark.slow
