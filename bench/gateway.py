@@ -48,6 +48,7 @@ def run(images: int) -> dict[str, object]:
                     destination=f"ORTHANC@127.0.0.1:{orthanc.dicom_port}",
                     spool_dir=tmp / "gateway",
                     retry_max_s=1.0,
+                    metrics_port=-1,
                 )
                 with Gateway(settings) as gateway:
                     ct = dcmread(get_testdata_file("CT_small.dcm"))

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from pydicom import dcmread
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import
@@ -42,6 +43,49 @@ SR_MODALITY = "SR"
 SUCCESS, OUT_OF_RESOURCES = 0x0000, 0xA700
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 """Comprehensive 3D SR Storage: what the gateway sends."""
+
+
+class GatewayMetrics:
+    """The gateway's Prometheus metrics (its own registry; ``/metrics`` on ``metrics_port``)."""
+
+    def __init__(self, registry: CollectorRegistry, inbox: Path, outbox: Path) -> None:
+        self.registry = registry
+        self.received = Counter(
+            "cad_gateway_images_received",
+            "Images received by C-STORE and queued",
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            "cad_gateway_duplicates",
+            "Instances received again (acknowledged, not classified again)",
+            registry=registry,
+        )
+        self.reports_ignored = Counter(
+            "cad_gateway_reports_ignored", "SRs received (never classified)", registry=registry
+        )
+        self.classify_failures = Counter(
+            "cad_gateway_classify_failures",
+            "Images the CAD server refused or that could not be read (set aside)",
+            registry=registry,
+        )
+        self.sent = Counter("cad_gateway_srs_sent", "SRs the destination took", registry=registry)
+        self.send_failures = Counter(
+            "cad_gateway_send_failures", "SR sends that failed (retried)", registry=registry
+        )
+        self.receipt_to_sr = Histogram(
+            "cad_gateway_receipt_to_sr_seconds",
+            "From an image's receipt to the destination's acceptance of its SR",
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+            registry=registry,
+        )
+        queue = Gauge(
+            "cad_gateway_queue_depth",
+            "Instances waiting: images to classify (inbox), SRs to send (outbox)",
+            ["queue"],
+            registry=registry,
+        )
+        queue.labels("inbox").set_function(lambda: len(list(inbox.glob("*.dcm"))))
+        queue.labels("outbox").set_function(lambda: len(list(outbox.glob("*.dcm"))))
 
 
 @dataclass
@@ -97,11 +141,14 @@ class Gateway:
         for folder in (self.inbox, self.outbox, self.seen, self.failed):
             folder.mkdir(parents=True, exist_ok=True)
         self.stats = GatewayStats()
+        self.metrics = GatewayMetrics(CollectorRegistry(), self.inbox, self.outbox)
+        self.metrics_port = 0
         self.device_uid = _device_uid(root)
         self._wake = threading.Condition()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._server: Any = None
+        self._metrics_http: Any = None
         self.port = 0
         self.ae = AE(ae_title=settings.ae_title)
         self.ae.supported_contexts = AllStoragePresentationContexts
@@ -120,6 +167,12 @@ class Gateway:
             (self.settings.host, self.settings.port), block=False, evt_handlers=handlers
         )
         self.port = self._server.server_address[1]
+        if self.settings.metrics_port >= 0:
+            http, _ = start_http_server(
+                self.settings.metrics_port, self.settings.host, registry=self.metrics.registry
+            )
+            self._metrics_http = http
+            self.metrics_port = http.server_port
         for name, loop in (("classify", self._classify_loop), ("send", self._send_loop)):
             thread = threading.Thread(target=loop, name=f"cad-gateway-{name}", daemon=True)
             thread.start()
@@ -138,6 +191,8 @@ class Gateway:
         self._notify()
         if self._server is not None:
             self._server.shutdown()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
         for thread in self._threads:
             thread.join(30)
         self.channel.close()
@@ -170,11 +225,13 @@ class Gateway:
         if not uid:
             return 0xC210
         if str(getattr(ds, "Modality", "")) == SR_MODALITY:
-            self.stats.reports_ignored += 1  # never classify a report (ours or another CAD's)
+            self.stats.reports_ignored += 1
+            self.metrics.reports_ignored.inc()  # never classify a report (ours or another CAD's)
             return SUCCESS
         marker = self.seen / _key(uid)
         if marker.exists():
             self.stats.duplicates += 1
+            self.metrics.duplicates.inc()
             return SUCCESS
         buffer = io.BytesIO()
         try:
@@ -185,6 +242,7 @@ class Gateway:
             log.error("an image could not be queued (%s); the sender is told to retry", exc)
             return OUT_OF_RESOURCES
         self.stats.received += 1
+        self.metrics.received.inc()
         self._notify()
         return SUCCESS
 
@@ -205,6 +263,7 @@ class Gateway:
                     log.warning("an image was refused by the CAD server: %s", exc.details())
                     pending[0].replace(self.failed / pending[0].name)
                     self.stats.failed += 1
+                    self.metrics.classify_failures.inc()
                     continue
                 log.warning("the CAD server did not answer (%s); retrying", exc.code().name)
                 self._wait(backoff)
@@ -213,6 +272,7 @@ class Gateway:
                 log.warning("an image could not be classified (%s); set aside", type(exc).__name__)
                 pending[0].replace(self.failed / pending[0].name)
                 self.stats.failed += 1
+                self.metrics.classify_failures.inc()
 
     def _classify(self, path: Path) -> None:
         """Every frame of the image as one candidate (recipe ``frame``), then its SR."""
@@ -268,6 +328,7 @@ class Gateway:
                 backoff = 0.5
                 continue
             self.stats.send_failures += 1
+            self.metrics.send_failures.inc()
             self._wait(backoff)
             backoff = min(backoff * 2, self.settings.retry_max_s)
 
@@ -292,8 +353,10 @@ class Gateway:
             return False
         received_us = int(path.name.split("-", 1)[0])
         self.stats.receipt_to_sent_s.append(time.time() - received_us / 1e6)
+        self.metrics.receipt_to_sr.observe(self.stats.receipt_to_sent_s[-1])
         path.unlink()
         self.stats.sent += 1
+        self.metrics.sent.inc()
         return True
 
 

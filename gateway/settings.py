@@ -17,6 +17,9 @@ class GatewaySettings(BaseSettings):
     ae_title: str = Field("CADGW", max_length=16, description="The gateway's own AE title.")
     host: str = Field("127.0.0.1", description="DICOM bind address of the gateway.")
     port: int = Field(11112, ge=0, le=65535, description="DICOM port of the gateway; 0 picks one.")
+    metrics_port: int = Field(
+        9465, ge=-1, le=65535, description="Prometheus /metrics port; 0 picks one, -1 disables."
+    )
     server: str = Field(
         "127.0.0.1:50051", description="gRPC address (host:port) of the CAD server it calls."
     )

@@ -8,6 +8,7 @@ import io
 import logging
 import os
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -99,6 +100,7 @@ def loop(tmp: Path, start_orthanc: bool = True) -> Iterator[Loop]:
                 destination=f"ORTHANC@127.0.0.1:{orthanc.dicom_port}",
                 spool_dir=tmp / "gateway",
                 retry_max_s=1.0,
+                metrics_port=0,
             )
         )
         try:
@@ -193,8 +195,17 @@ def test_orthanc_routes_an_image_and_gets_the_sr_back_in_its_study(
         )
         np.testing.assert_allclose([f[3] for f in found], direct, atol=1e-6)
         assert w.gateway.stats.classified == 2 and w.gateway.stats.failed == 0
+        wait_for(lambda: w.gateway.stats.sent == 2, "both SRs counted as sent")
+        with urllib.request.urlopen(f"http://127.0.0.1:{w.gateway.metrics_port}/metrics") as r:
+            metrics = r.read().decode()
+        assert "cad_gateway_images_received_total 2.0" in metrics
+        assert "cad_gateway_srs_sent_total 2.0" in metrics
+        assert "cad_gateway_duplicates_total 1.0" in metrics
+        assert 'cad_gateway_queue_depth{queue="outbox"} 0.0' in metrics
+        assert "cad_gateway_receipt_to_sr_seconds_count 2.0" in metrics
     # the gateway's log names no patient, study, series or instance
     logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("gateway"))
+    logged += metrics
     assert "classified an image" in logged
     for ds in (ct, video):
         for keyword in ("PatientName", "PatientID", "StudyInstanceUID", "SeriesInstanceUID"):
