@@ -35,6 +35,7 @@ COPY service ./service
 COPY trainer ./trainer
 COPY cadcli ./cadcli
 COPY reviewui ./reviewui
+COPY gateway ./gateway
 # The project's wheel, and its dependencies for the CPU serving image (onnxruntime in place of
 # onnxruntime-gpu), read from pyproject.toml so the two lists cannot drift.
 # constraints.txt is the lock (scripts/lock.sh): every pip install below takes its releases.
@@ -51,7 +52,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     CAD_STORE_URL=sqlite:////data/labels.sqlite3 \
     CAD_ARCHIVE_ROOT=/data/archive
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin cad \
-    && mkdir -p /models /data/archive /data/spool && chown cad /models /data /data/archive /data/spool
+    && mkdir -p /models /data/archive /data/spool /data/gateway \
+    && chown cad /models /data /data/archive /data/spool /data/gateway
 
 # ---------------------------------------------------------------- the project on CPU (no torch)
 FROM runtime AS cpu
@@ -96,6 +98,13 @@ EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-m", "reviewui.healthcheck"]
 ENTRYPOINT ["cad", "review-ui"]
+
+# ---------------------------------------------------------------- DICOM gateway (PACS in and out)
+FROM cpu AS dicom-gateway
+ENV CAD_GATEWAY_HOST=0.0.0.0 CAD_GATEWAY_PORT=11112 CAD_GATEWAY_SPOOL_DIR=/data/gateway
+USER 10001
+EXPOSE 11112 9465
+ENTRYPOINT ["cad", "dicom-gateway"]
 
 # ---------------------------------------------------------------- trainer image
 FROM runtime AS trainer

@@ -189,6 +189,8 @@ def test_the_server_image_is_small_non_root_and_without_torch(
     probe = "import importlib.util as u; print(u.find_spec('torch'), u.find_spec('onnxruntime') is not None)"
     assert docker("run", "--rm", "--entrypoint", "python", server_image, "-c", probe) == "None True"
     assert docker("run", "--rm", "--entrypoint", "id", server_image, "-u") == "10001"
+    gateway = docker("run", "--rm", "--entrypoint", "cad", server_image, "dicom-gateway", "--help")
+    assert "C-STORE" in gateway  # the DICOM gateway ships in the CPU images (its own target too)
     left = docker("run", "--rm", "--entrypoint", "sh", server_image, "-c", "ls -A /wheels | wc -l")
     assert left == "0"  # the wheels were mounted for the install, never copied into a layer
 

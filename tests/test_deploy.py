@@ -256,7 +256,13 @@ def test_compose_wires_server_trainer_postgres_prometheus_grafana() -> None:
     unknown = [k for k in ui["environment"] if not review_ui_setting(k)]
     assert not unknown, f"the review UI is given variables it does not read: {unknown}"
     assert ui["environment"]["CAD_REVIEW_UI_TLS_CA"]  # it calls the server over TLS
-    for name in ("server", "review-ui", "trainer"):
+    gateway = services["dicom-gateway"]
+    assert gateway["build"]["target"] == "dicom-gateway"
+    from gateway.settings import GatewaySettings
+
+    fields = {f"CAD_GATEWAY_{name.upper()}" for name in GatewaySettings.model_fields}
+    assert set(gateway["environment"]) <= fields, "the gateway is given variables it does not read"
+    for name in ("server", "review-ui", "trainer", "dicom-gateway"):
         assert set(services[name].get("secrets", [])) <= set(compose["secrets"]), name
     for volume in services["prometheus"]["volumes"] + services["grafana"]["volumes"]:
         assert (DEPLOY / volume.split(":")[0]).exists(), volume
@@ -307,9 +313,11 @@ def test_kubernetes_manifests() -> None:
     (ui_container,) = ui["containers"]
     assert ui_container["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert {p["name"] for p in services["cad-review-ui"]["ports"]} == {"https"}
-    assert all(
-        c["spec"]["accessModes"] == ["ReadWriteMany"] for c in by_kind["PersistentVolumeClaim"]
-    )
+    claims = {c["metadata"]["name"]: c["spec"] for c in by_kind["PersistentVolumeClaim"]}
+    own = claims.pop("cad-dicom-gateway")  # the gateway's queues: one pod's, never shared
+    assert own["accessModes"] == ["ReadWriteOnce"]
+    assert deployments["cad-dicom-gateway"]["spec"]["strategy"]["type"] == "Recreate"
+    assert all(c["accessModes"] == ["ReadWriteMany"] for c in claims.values())  # shared
     maps = {m["metadata"]["name"]: m["data"] for m in by_kind["ConfigMap"]}
     config, ui_config = maps["cad-settings"], maps["cad-review-ui-settings"]
     unknown = [k for k in config if not known_setting(k)]
