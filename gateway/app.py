@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import json
 import logging
 import threading
 import time
@@ -30,7 +31,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import
 
 from gateway.settings import GatewaySettings
-from gateway.sr import Finding, build_sr
+from gateway.sr import Finding, Region, build_sr, regions_of
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.durable import write_atomic
 from service.logs import configure_logging
@@ -95,6 +96,8 @@ class GatewayStats:
     received: int = 0
     duplicates: int = 0
     reports_ignored: int = 0
+    upstream_reports: int = 0
+    unpaired: int = 0
     classified: int = 0
     failed: int = 0
     sent: int = 0
@@ -132,13 +135,14 @@ class Gateway:
         self.stub = cad_pb2_grpc.CadInferenceStub(self.channel)
         self.token = settings.token_file.read_text().strip() if settings.token_file else ""
         root = settings.spool_dir
-        self.inbox, self.outbox, self.seen, self.failed = (
+        self.inbox, self.outbox, self.seen, self.failed, self.regions = (
             root / "inbox",
             root / "outbox",
             root / "seen",
             root / "failed",
+            root / "regions",
         )
-        for folder in (self.inbox, self.outbox, self.seen, self.failed):
+        for folder in (self.inbox, self.outbox, self.seen, self.failed, self.regions):
             folder.mkdir(parents=True, exist_ok=True)
         self.stats = GatewayStats()
         self.metrics = GatewayMetrics(CollectorRegistry(), self.inbox, self.outbox)
@@ -147,6 +151,10 @@ class Gateway:
         self._wake = threading.Condition()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._callers = {
+            **{ae.strip(): "frame" for ae in settings.frame_callers.split(",") if ae.strip()},
+            **{ae.strip(): "sr" for ae in settings.sr_callers.split(",") if ae.strip()},
+        }
         self._server: Any = None
         self._metrics_http: Any = None
         self.port = 0
@@ -224,18 +232,35 @@ class Gateway:
         uid = str(getattr(ds, "SOPInstanceUID", "") or "")
         if not uid:
             return 0xC210
-        if str(getattr(ds, "Modality", "")) == SR_MODALITY:
-            self.stats.reports_ignored += 1
-            self.metrics.reports_ignored.inc()  # never classify a report (ours or another CAD's)
-            return SUCCESS
+        caller = str(event.assoc.requestor.ae_title).strip()
         marker = self.seen / _key(uid)
-        if marker.exists():
+        if marker.exists():  # received before, or one of the gateway's own SRs
             self.stats.duplicates += 1
             self.metrics.duplicates.inc()
+            return SUCCESS
+        if str(getattr(ds, "Modality", "")) == SR_MODALITY:  # never classified as an image
+            if self.mode_of(caller) != "sr":
+                self.stats.reports_ignored += 1
+                self.metrics.reports_ignored.inc()
+                return SUCCESS
+            try:
+                self._keep_regions(regions_of(ds))
+                write_atomic(marker, f"{time.time()}\n".encode())
+            except OSError as exc:
+                log.error(
+                    "an SR's regions could not be kept (%s); the sender is told to retry", exc
+                )
+                return OUT_OF_RESOURCES
+            self.stats.upstream_reports += 1
+            self._notify()
             return SUCCESS
         buffer = io.BytesIO()
         try:
             ds.save_as(buffer, enforce_file_format=True)
+            write_atomic(
+                self.inbox / f"{_key(uid)}.json",
+                json.dumps({"caller": caller}).encode(),
+            )
             write_atomic(self.inbox / f"{_key(uid)}.dcm", buffer.getvalue())
             write_atomic(marker, f"{time.time()}\n".encode())
         except OSError as exc:
@@ -248,67 +273,120 @@ class Gateway:
 
     # ------------------------------------------------------------------ classifying
 
+    def mode_of(self, caller: str) -> str:
+        """Where the candidates of ``caller``'s images come from: ``frame`` or ``sr``."""
+        return self._callers.get(caller, self.settings.mode)
+
+    def _keep_regions(self, regions: list[Region]) -> None:
+        """An upstream SR's regions, kept per referenced instance (merged with earlier ones)."""
+        by_instance: dict[str, list[Region]] = {}
+        for r in regions:
+            by_instance.setdefault(r.sop_instance_uid, []).append(r)
+        for uid, found in by_instance.items():
+            path = self.regions / f"{_key(uid)}.json"
+            kept = json.loads(path.read_text()) if path.exists() else []
+            kept += [[r.frame_index, r.x, r.y, r.width, r.height] for r in found]
+            write_atomic(path, json.dumps(kept).encode())
+
     def _classify_loop(self) -> None:
         backoff = 0.5
         while not self._stop.is_set():
             pending = sorted(self.inbox.glob("*.dcm"), key=lambda p: p.stat().st_mtime_ns)
-            if not pending:
-                self._wait(5.0)
-                continue
-            try:
-                self._classify(pending[0])
-                backoff = 0.5
-            except grpc.RpcError as exc:
-                if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
-                    log.warning("an image was refused by the CAD server: %s", exc.details())
-                    pending[0].replace(self.failed / pending[0].name)
-                    self.stats.failed += 1
-                    self.metrics.classify_failures.inc()
-                    continue
-                log.warning("the CAD server did not answer (%s); retrying", exc.code().name)
-                self._wait(backoff)
-                backoff = min(backoff * 2, self.settings.retry_max_s)
-            except Exception as exc:  # noqa: BLE001 (an image it cannot read: set aside, not retried)
-                log.warning("an image could not be classified (%s); set aside", type(exc).__name__)
-                pending[0].replace(self.failed / pending[0].name)
-                self.stats.failed += 1
-                self.metrics.classify_failures.inc()
+            done_any = False
+            for path in pending:
+                try:
+                    done_any |= self._classify(path)
+                    backoff = 0.5
+                except grpc.RpcError as exc:
+                    code = exc.code()
+                    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+                        log.warning("an image was refused by the CAD server: %s", exc.details())
+                        self._set_aside(path)
+                        continue
+                    log.warning("the CAD server did not answer (%s); retrying", code.name)
+                    self._wait(backoff)
+                    backoff = min(backoff * 2, self.settings.retry_max_s)
+                    break
+                except Exception as exc:  # noqa: BLE001 (an image it cannot read: set aside)
+                    log.warning(
+                        "an image could not be classified (%s); set aside", type(exc).__name__
+                    )
+                    self._set_aside(path)
+            if not done_any:
+                self._wait(1.0 if pending else 5.0)
 
-    def _classify(self, path: Path) -> None:
-        """Every frame of the image as one candidate (recipe ``frame``), then its SR."""
+    def _set_aside(self, path: Path) -> None:
+        path.replace(self.failed / path.name)
+        path.with_suffix(".json").unlink(missing_ok=True)
+        self.stats.failed += 1
+        self.metrics.classify_failures.inc()
+
+    def _classify(self, path: Path) -> bool:
+        """Classify one received image and write its SR; False while it waits for the SR that
+        names its candidates. Whole-frame: every frame one candidate (recipe ``frame``); from
+        an SR: its regions, on their frames, with the model's recipe."""
+        sidecar = path.with_suffix(".json")
+        meta = json.loads(sidecar.read_text()) if sidecar.exists() else {"caller": ""}
         data = path.read_bytes()
         ds = dcmread(io.BytesIO(data))
         frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
         rows, cols = int(ds.Rows), int(ds.Columns)
+        if self.mode_of(meta["caller"]) == "sr":
+            kept = self.regions / f"{path.stem}.json"
+            if not kept.exists():
+                if time.time() - path.stat().st_mtime < self.settings.pair_wait_s:
+                    return False  # its SR may still come
+                log.warning(
+                    "an image waited %.0f s for its SR; set aside", self.settings.pair_wait_s
+                )
+                path.replace(self.failed / path.name)
+                sidecar.unlink(missing_ok=True)
+                self.stats.unpaired += 1
+                return True
+            boxes = [tuple(r) for r in json.loads(kept.read_text())]
+            recipe = ""
+        else:
+            boxes = [(f, 0.0, 0.0, float(cols), float(rows)) for f in range(frames)]
+            recipe = "frame"
         findings, version = [], ""
-        for frame in range(frames):
+        for frame in sorted({int(b[0]) for b in boxes}):
+            mine = [b for b in boxes if int(b[0]) == frame]
             reply = self.stub.Classify(
                 cad_pb2.ClassifyRequest(
                     dicom=data,
                     frame_index=frame,
-                    recipe="frame",
+                    recipe=recipe,
                     candidates=[
                         cad_pb2.Candidate(
-                            client_id=f"frame-{frame + 1}",
-                            box=cad_pb2.Box(x=0, y=0, width=cols, height=rows),
+                            client_id=f"frame-{frame + 1}-{i + 1}",
+                            box=cad_pb2.Box(x=b[1], y=b[2], width=b[3], height=b[4]),
                         )
+                        for i, b in enumerate(mine)
                     ],
                 ),
                 timeout=self.settings.rpc_timeout_s,
                 metadata=[("authorization", f"Bearer {self.token}")] if self.token else None,
             )
             version = reply.model_version
-            (result,) = reply.results
-            findings.append(Finding(frame, 0, 0, cols, rows, result.probability))
+            for b, result in zip(mine, reply.results, strict=True):
+                findings.append(Finding(frame, b[1], b[2], b[3], b[4], result.probability))
         sr = build_sr(ds, findings, version, self.device_uid)
         buffer = io.BytesIO()
         sr.save_as(buffer, enforce_file_format=True)
         received = path.stat().st_mtime
+        write_atomic(self.seen / _key(str(sr.SOPInstanceUID)), b"ours\n")  # never taken as input
         write_atomic(self.outbox / f"{int(received * 1e6)}-{path.stem}.dcm", buffer.getvalue())
         path.unlink()
+        sidecar.unlink(missing_ok=True)
         self.stats.classified += 1
-        log.info("classified an image of %d frame(s) with model v%s", frames, version)
+        log.info(
+            "classified an image: %d candidate(s) on %d frame(s), model v%s",
+            len(findings),
+            frames,
+            version,
+        )
         self._notify()
+        return True
 
     # ------------------------------------------------------------------ sending
 

@@ -42,10 +42,23 @@ class GatewaySettings(BaseSettings):
         description="Durable folders: received images waiting to be classified, SRs waiting "
         "to be sent, and the instances already seen (a duplicate is answered once).",
     )
-    mode: Literal["frame"] = Field(
+    mode: Literal["frame", "sr"] = Field(
         "frame",
-        description="Where candidates come from: frame (every frame of an image is one "
-        "candidate, recipe frame).",
+        description="Where an image's candidates come from, unless its sender is named in "
+        "sr_callers or frame_callers: frame (every frame one candidate, recipe frame) or sr (the "
+        "regions of an upstream CAD's SR that references the image).",
+    )
+    sr_callers: str = Field(
+        "", description="Comma-separated AE titles whose images take their candidates from an SR."
+    )
+    frame_callers: str = Field(
+        "", description="Comma-separated AE titles whose images are classified whole-frame."
+    )
+    pair_wait_s: float = Field(
+        600.0,
+        gt=0,
+        description="Longest an image waits for the SR that names its candidates (and an SR for "
+        "its images); then it is set aside, unclassified, and counted.",
     )
     rpc_timeout_s: float = Field(
         60.0, gt=0, description="Longest the gateway waits for one Classify call."

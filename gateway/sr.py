@@ -39,6 +39,7 @@ def build_sr(
     model_version: str,
     device_uid: str,
     device_name: str = "cad-dicom-gateway",
+    manufacturer: str = "cad-aift",
 ) -> hd.sr.Comprehensive3DSR:
     """The SR of ``findings`` on ``source``, in its study, a new series."""
     algorithm = hd.sr.AlgorithmIdentification(name=ALGORITHM, version=model_version)
@@ -91,7 +92,7 @@ def build_sr(
         series_number=SERIES_NUMBER,
         sop_instance_uid=generate_uid(),
         instance_number=1,
-        manufacturer="cad-aift",
+        manufacturer=manufacturer,
         is_complete=True,
     )
 
@@ -137,3 +138,46 @@ def _text_item(item: Any, code_value: str) -> str:
         if found:
             return found
     return ""
+
+
+@dataclass(frozen=True)
+class Region:
+    """An image region an upstream SR names: the instance, the frame (0-based), the box."""
+
+    sop_instance_uid: str
+    frame_index: int
+    x: float
+    y: float
+    width: float
+    height: float
+
+
+def regions_of(ds: Dataset) -> list[Region]:
+    """Every image region (SCOORD) of any SR, as the bounding box of its points, with the image
+    (and frame) it was selected from: the candidates an upstream CAD proposes."""
+    found: list[Region] = []
+
+    def walk(item: Any) -> None:
+        for child in getattr(item, "ContentSequence", []):
+            if getattr(child, "ValueType", "") == "SCOORD" and "GraphicData" in child:
+                points = np.asarray(child.GraphicData, dtype=float).reshape(-1, 2)
+                for ref_item in getattr(child, "ContentSequence", []):
+                    for ref in getattr(ref_item, "ReferencedSOPSequence", []):
+                        frames = getattr(ref, "ReferencedFrameNumber", None) or [1]
+                        frames = frames if isinstance(frames, list | tuple) else [frames]
+                        (x0, y0), (x1, y1) = points.min(0), points.max(0)
+                        for frame in frames:
+                            found.append(
+                                Region(
+                                    str(ref.ReferencedSOPInstanceUID),
+                                    int(frame) - 1,
+                                    float(x0),
+                                    float(y0),
+                                    float(x1 - x0),
+                                    float(y1 - y0),
+                                )
+                            )
+            walk(child)
+
+    walk(ds)
+    return found

@@ -23,6 +23,14 @@ function OnStoredInstance(instanceId, tags, metadata, origin)
    end
 end
 """
+ROUTE_WITH_REPORTS = """
+function OnStoredInstance(instanceId, tags, metadata, origin)
+   if tags['Manufacturer'] ~= 'cad-aift' then
+      SendToModality(instanceId, 'cadgw')
+   end
+end
+"""
+"""Images and other CADs' SRs to the gateway (its own SRs stay)."""
 
 
 def free_port() -> int:
@@ -34,11 +42,13 @@ def free_port() -> int:
 class Orthanc:
     """One Orthanc process; ``start``/``stop`` may be called again (a PACS restart)."""
 
-    def __init__(self, folder: Path, gateway_port: int, ae_title: str = "ORTHANC") -> None:
+    def __init__(
+        self, folder: Path, gateway_port: int, ae_title: str = "ORTHANC", route: str = ROUTE
+    ) -> None:
         self.folder, self.ae_title = folder, ae_title
         self.http_port, self.dicom_port = free_port(), free_port()
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "route.lua").write_text(ROUTE)
+        (folder / "route.lua").write_text(route)
         config = {
             "Name": "cad-test",
             "StorageDirectory": str(folder / "storage"),

@@ -27,7 +27,7 @@ from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.rpc.server import ServerThread
 from tests.conftest import make_settings
 from tests.helpers import publish_tiny
-from tests.orthanc import ORTHANC, Orthanc, free_port
+from tests.orthanc import ORTHANC, ROUTE, ROUTE_WITH_REPORTS, Orthanc, free_port
 from tests.review_world import TOKENS, token_file
 
 needs_orthanc = pytest.mark.skipif(
@@ -84,12 +84,14 @@ class Loop:
 
 
 @contextmanager
-def loop(tmp: Path, start_orthanc: bool = True) -> Iterator[Loop]:
+def loop(
+    tmp: Path, start_orthanc: bool = True, route: str = ROUTE, **gateway: object
+) -> Iterator[Loop]:
     publish_tiny(tmp / "registry", tmp / "build", recipe="frame")
     settings = make_settings(tmp / "registry", auth_tokens_file=token_file(tmp / "tokens.json"))
     (tmp / "gateway-token").write_text(TOKENS["tower-3"])
     gateway_port = free_port()
-    orthanc = Orthanc(tmp / "orthanc", gateway_port)
+    orthanc = Orthanc(tmp / "orthanc", gateway_port, route=route)
     with ServerThread(settings) as server:
         server.refresh_models()
         gateway = Gateway(
@@ -101,6 +103,7 @@ def loop(tmp: Path, start_orthanc: bool = True) -> Iterator[Loop]:
                 spool_dir=tmp / "gateway",
                 retry_max_s=1.0,
                 metrics_port=0,
+                **gateway,  # type: ignore[arg-type]
             )
         )
         try:
@@ -172,11 +175,16 @@ def test_orthanc_routes_an_image_and_gets_the_sr_back_in_its_study(
         (direct,) = classify_whole_frames(w.server.address, ct_bytes, 1, (ct.Rows, ct.Columns))
         assert probability == pytest.approx(direct, abs=1e-6)
 
-        # the same instance again, and an SR: both acknowledged, neither classified
+        # the same instance again, the gateway's own SR, another CAD's SR from a whole-frame
+        # caller: all acknowledged, none classified
         assert c_store(w.gateway.port, ct) == 0x0000
-        assert c_store(w.gateway.port, report) == 0x0000
-        assert (w.gateway.stats.duplicates, w.gateway.stats.reports_ignored) == (1, 1)
-        assert w.gateway.stats.classified == 1
+        assert c_store(w.gateway.port, report) == 0x0000  # its own: known, never input
+        assert (w.gateway.stats.duplicates, w.gateway.stats.reports_ignored) == (2, 0)
+        other = roundtrip(
+            build_sr(ct, [Finding(0, 1, 1, 9, 9, 0.5)], "9", "1.2.9", manufacturer="x")
+        )
+        assert c_store(w.gateway.port, other) == 0x0000
+        assert w.gateway.stats.reports_ignored == 1 and w.gateway.stats.classified == 1
 
         # whole-frame mode on a multi-frame image: one region per frame, each naming its frame
         w.orthanc.post("/instances", video_bytes)
@@ -200,7 +208,7 @@ def test_orthanc_routes_an_image_and_gets_the_sr_back_in_its_study(
             metrics = r.read().decode()
         assert "cad_gateway_images_received_total 2.0" in metrics
         assert "cad_gateway_srs_sent_total 2.0" in metrics
-        assert "cad_gateway_duplicates_total 1.0" in metrics
+        assert "cad_gateway_duplicates_total 2.0" in metrics
         assert 'cad_gateway_queue_depth{queue="outbox"} 0.0' in metrics
         assert "cad_gateway_receipt_to_sr_seconds_count 2.0" in metrics
     # the gateway's log names no patient, study, series or instance
@@ -229,3 +237,74 @@ def test_an_sr_the_pacs_could_not_take_is_delivered_once_it_is_back(tmp_path: Pa
         (report,) = w.orthanc.reports()
         assert dcmread(io.BytesIO(report)).StudyInstanceUID == ct.StudyInstanceUID
         assert not list(w.gateway.outbox.glob("*.dcm"))  # nothing left to send
+
+
+def classify_boxes(address: str, data: bytes, boxes: list[tuple[float, ...]]) -> list[float]:
+    """The CAD server's answer for boxes on frame 0, with the model's own recipe."""
+    with grpc.insecure_channel(address) as channel:
+        reply = cad_pb2_grpc.CadInferenceStub(channel).Classify(
+            cad_pb2.ClassifyRequest(
+                dicom=data,
+                candidates=[
+                    cad_pb2.Candidate(box=cad_pb2.Box(x=x, y=y, width=w, height=h))
+                    for x, y, w, h in boxes
+                ],
+            ),
+            timeout=60,
+            metadata=[("authorization", f"Bearer {TOKENS['tower-3']}")],
+        )
+    return [r.probability for r in reply.results]
+
+
+@pytest.mark.slow
+@needs_orthanc
+def test_an_upstream_cads_sr_names_the_candidates_whichever_arrives_first(tmp_path: Path) -> None:
+    """A caller whose candidates come from an upstream CAD's SR: the gateway pairs each image
+    with the SR that references it, the SR first (CT) or the image first (MR), and its SR
+    carries one region group per upstream region, with the CAD server's probabilities."""
+    ct_bytes = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    mr_bytes = Path(get_testdata_file("MR_small.dcm")).read_bytes()
+    ct, mr = dcmread(io.BytesIO(ct_bytes)), dcmread(io.BytesIO(mr_bytes))
+    boxes = {
+        "ct": [(10.0, 20.0, 30.0, 40.0), (60.0, 60.0, 24.0, 24.0)],
+        "mr": [(8.0, 8.0, 32.0, 32.0)],
+    }
+
+    def upstream(ds: object, found: list[tuple[float, ...]]) -> bytes:
+        sr = build_sr(
+            ds,  # type: ignore[arg-type]
+            [Finding(0, *b, 0.5) for b in found],
+            "7",
+            "1.2.826.0.1.3680043.10.9999",
+            device_name="upstream-cad",
+            manufacturer="upstream-cad",
+        )
+        buffer = io.BytesIO()
+        sr.save_as(buffer, enforce_file_format=True)
+        return buffer.getvalue()
+
+    with loop(tmp_path, route=ROUTE_WITH_REPORTS, sr_callers="ORTHANC") as w:
+        w.orthanc.post("/instances", upstream(ct, boxes["ct"]))  # the SR first
+        wait_for(lambda: w.gateway.stats.upstream_reports == 1, "the CT's upstream SR")
+        w.orthanc.post("/instances", ct_bytes)
+        w.orthanc.post("/instances", mr_bytes)  # the image first
+        wait_for(lambda: w.gateway.stats.received == 2, "both images received")
+        wait_for(lambda: w.gateway.stats.classified == 1, "the CT classified")
+        assert len(list(w.gateway.inbox.glob("*.dcm"))) == 1  # the MR waits for its SR
+        w.orthanc.post("/instances", upstream(mr, boxes["mr"]))
+        wait_for(lambda: w.gateway.stats.sent == 2, "both SRs stored in Orthanc")
+        ours = [
+            dcmread(io.BytesIO(f))
+            for f in w.orthanc.reports()
+            if dcmread(io.BytesIO(f)).Manufacturer == "cad-aift"
+        ]
+        assert len(ours) == 2
+        for name, ds, data in (("ct", ct, ct_bytes), ("mr", mr, mr_bytes)):
+            (report,) = [r for r in ours if r.StudyInstanceUID == ds.StudyInstanceUID]
+            found = read_findings(report)
+            assert [f[0] for f in found] == [ds.SOPInstanceUID] * len(boxes[name])
+            got = [(f[2][:, 0].min(), f[2][:, 1].min()) for f in found]
+            assert got == [(b[0], b[1]) for b in boxes[name]]
+            direct = classify_boxes(w.server.address, data, boxes[name])
+            np.testing.assert_allclose([f[3] for f in found], direct, atol=1e-6)
+        assert w.gateway.stats.unpaired == 0 and w.gateway.stats.reports_ignored == 0
