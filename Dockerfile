@@ -103,7 +103,7 @@ ENTRYPOINT ["cad", "review-ui"]
 FROM cpu AS dicom-gateway
 ENV CAD_GATEWAY_HOST=0.0.0.0 CAD_GATEWAY_PORT=11112 CAD_GATEWAY_SPOOL_DIR=/data/gateway
 USER 10001
-EXPOSE 11112 9465
+EXPOSE 11112 9466
 ENTRYPOINT ["cad", "dicom-gateway"]
 
 # ---------------------------------------------------------------- trainer image

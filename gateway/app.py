@@ -20,6 +20,8 @@ import json
 import logging
 import threading
 import time
+import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,8 +114,8 @@ def _key(uid: str) -> str:
 
 
 def parse_destination(text: str) -> tuple[str, str, int] | None:
-    """``AE@host:port`` -> (AE, host, port); "" -> None."""
-    if not text:
+    """``AE@host:port`` -> (AE, host, port); "" or a DICOMweb URL -> None."""
+    if not text or text.startswith(("http://", "https://")):
         return None
     try:
         ae, rest = text.split("@", 1)
@@ -129,6 +131,12 @@ class Gateway:
     def __init__(self, settings: GatewaySettings, channel: grpc.Channel | None = None) -> None:
         self.settings = settings
         self.destination = parse_destination(settings.destination)
+        self.stow_url = (
+            settings.destination.rstrip("/") + "/studies"
+            if settings.destination.startswith(("http://", "https://"))
+            else ""
+        )
+        """STOW-RS: SRs are POSTed here (a DICOMweb service root + /studies) instead of C-STORE."""
         self.channel = channel or client_channel(
             settings.server, settings.tls_ca, settings.tls_server_name
         )
@@ -394,7 +402,7 @@ class Gateway:
         backoff = 0.5
         while not self._stop.is_set():
             pending = sorted(self.outbox.glob("*.dcm"))
-            if not pending or self.destination is None:
+            if not pending or (self.destination is None and not self.stow_url):
                 self._wait(5.0)
                 continue
             try:
@@ -411,7 +419,12 @@ class Gateway:
             backoff = min(backoff * 2, self.settings.retry_max_s)
 
     def _send(self, path: Path) -> bool:
-        """C-STORE one SR to the destination; True once it took it (the file is then gone)."""
+        """C-STORE (or STOW-RS) one SR to the destination; True once it took it (the file is
+        then gone)."""
+        if self.stow_url:
+            if not self._stow(path.read_bytes()):
+                return False
+            return self._sent(path)
         assert self.destination is not None
         ae_title, host, port = self.destination
         ds = dcmread(path)
@@ -429,6 +442,34 @@ class Gateway:
         if code != SUCCESS:
             log.warning("the destination %s refused an SR (status %s); retrying", ae_title, code)
             return False
+        return self._sent(path)
+
+    def _stow(self, data: bytes) -> bool:
+        """POST one instance to the STOW-RS URL (multipart/related, application/dicom)."""
+        boundary = uuid.uuid4().hex
+        body = (
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            + data
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        request = urllib.request.Request(
+            self.stow_url,
+            data=body,
+            method="POST",
+            headers={
+                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                "Accept": "application/dicom+json",
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.settings.rpc_timeout_s) as response:
+                ok = 200 <= response.status < 300
+        except OSError as exc:  # refused, unreachable, or an HTTP error status
+            log.warning("the DICOMweb destination did not take an SR (%s); retrying", exc)
+            return False
+        return ok
+
+    def _sent(self, path: Path) -> bool:
         received_us = int(path.name.split("-", 1)[0])
         self.stats.receipt_to_sent_s.append(time.time() - received_us / 1e6)
         self.metrics.receipt_to_sr.observe(self.stats.receipt_to_sent_s[-1])

@@ -18,7 +18,7 @@ class GatewaySettings(BaseSettings):
     host: str = Field("127.0.0.1", description="DICOM bind address of the gateway.")
     port: int = Field(11112, ge=0, le=65535, description="DICOM port of the gateway; 0 picks one.")
     metrics_port: int = Field(
-        9465, ge=-1, le=65535, description="Prometheus /metrics port; 0 picks one, -1 disables."
+        9466, ge=-1, le=65535, description="Prometheus /metrics port; 0 picks one, -1 disables."
     )
     server: str = Field(
         "127.0.0.1:50051", description="gRPC address (host:port) of the CAD server it calls."
@@ -34,8 +34,8 @@ class GatewaySettings(BaseSettings):
     )
     destination: str = Field(
         "",
-        description="Where SRs are sent by C-STORE, as AE@host:port (a PACS); empty: kept in "
-        "the outgoing folder only.",
+        description="Where SRs are sent: AE@host:port (C-STORE to a PACS), or a DICOMweb service "
+        "root http(s)://.../dicom-web (STOW-RS); empty: kept in the outgoing folder only.",
     )
     spool_dir: Path = Field(
         Path("data/gateway"),

@@ -16,20 +16,12 @@ from typing import Any
 ORTHANC = shutil.which("Orthanc") or (
     "/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None
 )
-ROUTE = """
-function OnStoredInstance(instanceId, tags, metadata, origin)
-   if tags['Modality'] ~= 'SR' then
-      SendToModality(instanceId, 'cadgw')
-   end
-end
-"""
-ROUTE_WITH_REPORTS = """
-function OnStoredInstance(instanceId, tags, metadata, origin)
-   if tags['Manufacturer'] ~= 'cad-aift' then
-      SendToModality(instanceId, 'cadgw')
-   end
-end
-"""
+EXAMPLE = Path(__file__).resolve().parent.parent / "deploy" / "orthanc"
+"""The Orthanc example configuration and routing scripts of deploy/orthanc."""
+DICOMWEB = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+"""Debian's orthanc-dicomweb: STOW-RS, QIDO-RS and WADO-RS under /dicom-web/."""
+ROUTE = (EXAMPLE / "route.lua").read_text()
+ROUTE_WITH_REPORTS = (EXAMPLE / "route-with-reports.lua").read_text()
 """Images and other CADs' SRs to the gateway (its own SRs stay)."""
 
 
@@ -43,7 +35,12 @@ class Orthanc:
     """One Orthanc process; ``start``/``stop`` may be called again (a PACS restart)."""
 
     def __init__(
-        self, folder: Path, gateway_port: int, ae_title: str = "ORTHANC", route: str = ROUTE
+        self,
+        folder: Path,
+        gateway_port: int,
+        ae_title: str = "ORTHANC",
+        route: str = ROUTE,
+        dicomweb: bool = False,
     ) -> None:
         self.folder, self.ae_title = folder, ae_title
         self.http_port, self.dicom_port = free_port(), free_port()
@@ -60,7 +57,8 @@ class Orthanc:
             "AuthenticationEnabled": False,
             "DicomModalities": {"cadgw": ["CADGW", "127.0.0.1", gateway_port]},
             "LuaScripts": [str(folder / "route.lua")],
-            "Plugins": [],
+            "Plugins": [DICOMWEB] if dicomweb else [],
+            "DicomWeb": {"Enable": dicomweb, "Root": "/dicom-web/"},
         }
         (folder / "orthanc.json").write_text(json.dumps(config))
         self.process: subprocess.Popen[bytes] | None = None
@@ -104,6 +102,15 @@ class Orthanc:
         request = urllib.request.Request(self.url + path, data=data, method="POST")
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
+
+    def qido(self, path: str) -> list[dict[str, Any]]:
+        """A QIDO-RS search (``/dicom-web/...``), its DICOM JSON."""
+        request = urllib.request.Request(
+            self.url + "/dicom-web" + path, headers={"Accept": "application/dicom+json"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body = response.read()
+        return json.loads(body) if body.strip() else []
 
     def reports(self) -> list[bytes]:
         """Every SR instance Orthanc holds, as DICOM files."""

@@ -85,13 +85,13 @@ class Loop:
 
 @contextmanager
 def loop(
-    tmp: Path, start_orthanc: bool = True, route: str = ROUTE, **gateway: object
+    tmp: Path, start_orthanc: bool = True, route: str = ROUTE, stow: bool = False, **gateway: object
 ) -> Iterator[Loop]:
     publish_tiny(tmp / "registry", tmp / "build", recipe="frame")
     settings = make_settings(tmp / "registry", auth_tokens_file=token_file(tmp / "tokens.json"))
     (tmp / "gateway-token").write_text(TOKENS["tower-3"])
     gateway_port = free_port()
-    orthanc = Orthanc(tmp / "orthanc", gateway_port, route=route)
+    orthanc = Orthanc(tmp / "orthanc", gateway_port, route=route, dicomweb=stow)
     with ServerThread(settings) as server:
         server.refresh_models()
         gateway = Gateway(
@@ -99,7 +99,9 @@ def loop(
                 port=gateway_port,
                 server=server.address,
                 token_file=tmp / "gateway-token",
-                destination=f"ORTHANC@127.0.0.1:{orthanc.dicom_port}",
+                destination=f"{orthanc.url}/dicom-web"
+                if stow
+                else f"ORTHANC@127.0.0.1:{orthanc.dicom_port}",
                 spool_dir=tmp / "gateway",
                 retry_max_s=1.0,
                 metrics_port=0,
@@ -308,3 +310,35 @@ def test_an_upstream_cads_sr_names_the_candidates_whichever_arrives_first(tmp_pa
             direct = classify_boxes(w.server.address, data, boxes[name])
             np.testing.assert_allclose([f[3] for f in found], direct, atol=1e-6)
         assert w.gateway.stats.unpaired == 0 and w.gateway.stats.reports_ignored == 0
+
+
+@pytest.mark.slow
+@needs_orthanc
+def test_srs_go_by_stow_rs_and_are_found_by_qido_rs(tmp_path: Path) -> None:
+    """A DICOMweb destination (Orthanc's DICOMweb plugin): the SR is stored by STOW-RS and a
+    QIDO-RS search of the study finds it, an SR series beside the image's."""
+    ct_bytes = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    ct = dcmread(io.BytesIO(ct_bytes))
+    with loop(tmp_path, stow=True) as w:
+        w.orthanc.post("/instances", ct_bytes)  # routed to the gateway by C-STORE, as before
+        wait_for(lambda: w.gateway.stats.sent == 1, "the SR stored by STOW-RS")
+        series = w.orthanc.qido(f"/studies/{ct.StudyInstanceUID}/series?Modality=SR")
+        assert len(series) == 1 and series[0]["00080060"]["Value"] == ["SR"]
+        (report,) = w.orthanc.reports()
+        ((uid, _, _, probability, version),) = read_findings(dcmread(io.BytesIO(report)))
+        assert (uid, version) == (ct.SOPInstanceUID, "1") and 0 <= probability <= 1
+
+
+def test_the_orthanc_example_points_at_the_gateway_as_it_starts() -> None:
+    """deploy/orthanc/orthanc.json names the gateway with its default AE title and port, loads
+    the routing script the tests run, and serves DICOMweb (what STOW-RS needs)."""
+    import json
+
+    from tests.orthanc import EXAMPLE
+
+    config = json.loads((EXAMPLE / "orthanc.json").read_text())
+    defaults = GatewaySettings()
+    ae_title, _, port = config["DicomModalities"]["cadgw"]
+    assert (ae_title, port) == (defaults.ae_title, defaults.port)
+    assert [Path(p).name for p in config["LuaScripts"]] == ["route.lua"]
+    assert config["DicomWeb"]["Enable"] and "SendToModality" in (EXAMPLE / "route.lua").read_text()
