@@ -130,6 +130,8 @@ class Gateway:
 
     def __init__(self, settings: GatewaySettings, channel: grpc.Channel | None = None) -> None:
         self.settings = settings
+        # highdicom logs the source instance's UID at INFO while it builds an SR: never logged
+        logging.getLogger("highdicom").setLevel(logging.WARNING)
         self.destination = parse_destination(settings.destination)
         self.stow_url = (
             settings.destination.rstrip("/") + "/studies"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import logging
 import sqlite3
+import time
 from pathlib import Path
 
 import grpc
@@ -186,3 +187,61 @@ def test_no_identifying_value_is_logged_stored_or_echoed(
     for uid in uids:  # UIDs are stored hashed, and never logged
         assert uid not in stored and uid not in haystacks["logs"], uid
     assert "h:" in stored  # the hashed UIDs are there instead
+
+
+def test_the_dicom_gateway_logs_and_counts_no_identifying_value(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same files, with the same identifying values, sent to the DICOM gateway by C-STORE:
+    its log, its metrics and its bookkeeping (what it has seen, the regions it keeps) name none
+    of them. The SRs it writes carry the patient and study as DICOM requires, and go nowhere
+    else."""
+    from prometheus_client import generate_latest
+    from pynetdicom import AE, StoragePresentationContexts
+
+    from gateway.app import Gateway
+    from gateway.settings import GatewaySettings
+    from tests.helpers import publish_tiny
+
+    caplog.set_level(logging.DEBUG)
+    publish_tiny(tmp_path / "registry", tmp_path / "build", recipe="frame")
+    sent: list[dict[str, str]] = []
+    with ServerThread(make_settings(tmp_path / "registry")) as server:
+        server.refresh_models()
+        settings = GatewaySettings(
+            port=0, server=server.address, spool_dir=tmp_path / "gateway", metrics_port=-1
+        )
+        with Gateway(settings) as gateway:
+            ae = AE(ae_title="PHISCU")
+            ae.requested_contexts = StoragePresentationContexts
+            assoc = ae.associate("127.0.0.1", gateway.port, ae_title="CADGW")
+            assert assoc.is_established
+            for n, name in enumerate(FILES):
+                data, uids = with_phi(name, n)
+                sent.append(uids)
+                assert assoc.send_c_store(pydicom.dcmread(io.BytesIO(data))).Status == 0
+            assoc.release()
+            deadline = time.monotonic() + 120
+            while gateway.stats.classified + gateway.stats.failed < len(FILES):
+                assert time.monotonic() < deadline, "the gateway did not finish"
+                time.sleep(0.05)
+            assert gateway.stats.classified >= 3
+            written = [generate_latest(gateway.metrics.registry).decode()]
+            for folder in (gateway.seen, gateway.regions):
+                for path in folder.rglob("*"):
+                    written.append(path.name + path.read_text())
+            (ours,) = {p.read_bytes() for p in list(gateway.outbox.glob("*.dcm"))[:1]}
+    # the gateway's own log and its libraries' (pynetdicom, highdicom) at INFO and above
+    logged = "\n".join(
+        f"{r.name} {r.getMessage()}"
+        for r in caplog.records
+        if r.name.startswith(("gateway", "pynetdicom", "highdicom")) and r.levelno >= logging.INFO
+    )
+    haystack = logged + "\n".join(written)
+    assert "classified an image" in logged
+    for keyword, value in PHI.items():
+        assert value not in haystack, keyword
+    for uids in sent:
+        for keyword, uid in uids.items():
+            assert uid not in haystack, keyword
+    assert PHI["PatientName"].encode() in ours  # the SR itself: as DICOM requires
