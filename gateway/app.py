@@ -205,6 +205,9 @@ class Gateway:
         return self
 
     def stop(self) -> None:
+        """Stop receiving, finish the current step, keep the folders (idempotent)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._notify()
         if self._server is not None:

@@ -91,7 +91,7 @@ def loop(
     settings = make_settings(tmp / "registry", auth_tokens_file=token_file(tmp / "tokens.json"))
     (tmp / "gateway-token").write_text(TOKENS["tower-3"])
     gateway_port = free_port()
-    orthanc = Orthanc(tmp / "orthanc", gateway_port, route=route, dicomweb=stow)
+    orthanc = Orthanc(tmp / "orthanc", gateway_port, route=route, dicomweb=True)
     with ServerThread(settings) as server:
         server.refresh_models()
         gateway = Gateway(
@@ -227,18 +227,23 @@ def test_orthanc_routes_an_image_and_gets_the_sr_back_in_its_study(
 @pytest.mark.slow
 @needs_orthanc
 def test_an_sr_the_pacs_could_not_take_is_delivered_once_it_is_back(tmp_path: Path) -> None:
-    """Orthanc down when the SR is ready: the gateway keeps it and retries; started again, it
-    holds exactly one SR. A modality sends the image straight to the gateway."""
+    """Orthanc down when the SR is ready: the gateway keeps it and retries; the gateway itself
+    restarts; once Orthanc is up again it holds exactly one SR. A modality sends the image
+    straight to the gateway."""
     ct = dcmread(get_testdata_file("CT_small.dcm"))
     with loop(tmp_path, start_orthanc=False) as w:
         assert c_store(w.gateway.port, ct) == 0x0000
         wait_for(lambda: w.gateway.stats.send_failures >= 2, "failed sends while Orthanc is down")
         assert w.gateway.stats.classified == 1 and w.gateway.stats.sent == 0
-        w.orthanc.start()
-        wait_for(lambda: w.gateway.stats.sent == 1, "the SR delivered after the restart")
-        (report,) = w.orthanc.reports()
-        assert dcmread(io.BytesIO(report)).StudyInstanceUID == ct.StudyInstanceUID
-        assert not list(w.gateway.outbox.glob("*.dcm"))  # nothing left to send
+        w.gateway.stop()  # the gateway restarts too: the SR waits in its outbox on disk
+        assert len(list(w.gateway.outbox.glob("*.dcm"))) == 1
+        with Gateway(w.gateway.settings) as again:
+            w.orthanc.start()
+            wait_for(lambda: again.stats.sent == 1, "the SR delivered after both restarts")
+            (report,) = w.orthanc.reports()
+            assert dcmread(io.BytesIO(report)).StudyInstanceUID == ct.StudyInstanceUID
+            assert not list(again.outbox.glob("*.dcm"))  # nothing left to send
+            assert again.stats.classified == 0  # not classified again
 
 
 def classify_boxes(address: str, data: bytes, boxes: list[tuple[float, ...]]) -> list[float]:
@@ -302,6 +307,9 @@ def test_an_upstream_cads_sr_names_the_candidates_whichever_arrives_first(tmp_pa
         ]
         assert len(ours) == 2
         for name, ds, data in (("ct", ct, ct_bytes), ("mr", mr, mr_bytes)):
+            # found as a PACS client would: QIDO-RS, the study's SR series (ours and upstream)
+            found_series = w.orthanc.qido(f"/studies/{ds.StudyInstanceUID}/series?Modality=SR")
+            assert len(found_series) == 2
             (report,) = [r for r in ours if r.StudyInstanceUID == ds.StudyInstanceUID]
             found = read_findings(report)
             assert [f[0] for f in found] == [ds.SOPInstanceUID] * len(boxes[name])
