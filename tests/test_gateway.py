@@ -117,6 +117,21 @@ def loop(
             orthanc.stop()
 
 
+def c_echo(port: int, ae_title: str = "CADGW") -> int:
+    """C-ECHO the gateway as a PACS checking the node would; its status."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_echo().Status)
+    finally:
+        assoc.release()
+
+
 def c_store(port: int, ds: object, ae_title: str = "CADGW") -> int:
     """Send one instance to the gateway as a modality would; its status."""
     from pynetdicom import AE, StoragePresentationContexts
@@ -200,6 +215,7 @@ def test_orthanc_routes_an_image_and_gets_the_sr_back_in_its_study(
         ]
         found = read_findings(mine[0])
         assert [f[1] for f in found] == list(range(1, frames + 1))
+        assert len(w.orthanc.qido(f"/studies/{video.StudyInstanceUID}/series?Modality=SR")) == 1
         direct = classify_whole_frames(
             w.server.address, video_bytes, frames, (video.Rows, video.Columns)
         )
@@ -227,11 +243,13 @@ def test_orthanc_routes_an_image_and_gets_the_sr_back_in_its_study(
 @pytest.mark.slow
 @needs_orthanc
 def test_an_sr_the_pacs_could_not_take_is_delivered_once_it_is_back(tmp_path: Path) -> None:
-    """Orthanc down when the SR is ready: the gateway keeps it and retries; the gateway itself
-    restarts; once Orthanc is up again it holds exactly one SR. A modality sends the image
-    straight to the gateway."""
+    """Orthanc stopped when the SR is ready: the gateway keeps it and retries; the gateway
+    itself restarts; once Orthanc is started again it holds exactly one SR. A modality sends the
+    image straight to the gateway."""
     ct = dcmread(get_testdata_file("CT_small.dcm"))
-    with loop(tmp_path, start_orthanc=False) as w:
+    with loop(tmp_path) as w:
+        w.orthanc.stop()  # the PACS goes down
+        assert c_echo(w.gateway.port) == 0x0000  # the gateway answers a verification
         assert c_store(w.gateway.port, ct) == 0x0000
         wait_for(lambda: w.gateway.stats.send_failures >= 2, "failed sends while Orthanc is down")
         assert w.gateway.stats.classified == 1 and w.gateway.stats.sent == 0
