@@ -29,8 +29,7 @@ from gateway.settings import GatewaySettings
 from service.rpc.server import ServerThread
 from tests.conftest import make_settings
 from tests.helpers import publish_tiny
-from tests.orthanc import Orthanc, free_port
-from tests.test_gateway import c_store
+from tests.orthanc import Orthanc, c_store, free_port
 
 
 def run(images: int) -> dict[str, object]:

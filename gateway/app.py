@@ -22,6 +22,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ from service.rpc.channel import client_channel
 from service.settings import from_flags
 
 log = logging.getLogger(__name__)
+# highdicom logs the source instance's UID at INFO while it builds an SR: never logged
+logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 SR_MODALITY = "SR"
 SUCCESS, OUT_OF_RESOURCES = 0x0000, 0xA700
@@ -104,7 +107,8 @@ class GatewayStats:
     failed: int = 0
     sent: int = 0
     send_failures: int = 0
-    receipt_to_sent_s: list[float] = field(default_factory=list)
+    receipt_to_sent_s: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
+    """The most recent receipt-to-SR times (bounded: a gateway runs for months)."""
 
 
 def _key(uid: str) -> str:
@@ -130,8 +134,6 @@ class Gateway:
 
     def __init__(self, settings: GatewaySettings, channel: grpc.Channel | None = None) -> None:
         self.settings = settings
-        # highdicom logs the source instance's UID at INFO while it builds an SR: never logged
-        logging.getLogger("highdicom").setLevel(logging.WARNING)
         self.destination = parse_destination(settings.destination)
         self.stow_url = (
             settings.destination.rstrip("/") + "/studies"
@@ -159,6 +161,8 @@ class Gateway:
         self.metrics_port = 0
         self.device_uid = _device_uid(root)
         self._wake = threading.Condition()
+        self._regions_lock = threading.Lock()
+        """Associations store in threads of their own: one SR's regions merged at a time."""
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._callers = {
@@ -295,11 +299,12 @@ class Gateway:
         by_instance: dict[str, list[Region]] = {}
         for r in regions:
             by_instance.setdefault(r.sop_instance_uid, []).append(r)
-        for uid, found in by_instance.items():
-            path = self.regions / f"{_key(uid)}.json"
-            kept = json.loads(path.read_text()) if path.exists() else []
-            kept += [[r.frame_index, r.x, r.y, r.width, r.height] for r in found]
-            write_atomic(path, json.dumps(kept).encode())
+        with self._regions_lock:
+            for uid, found in by_instance.items():
+                path = self.regions / f"{_key(uid)}.json"
+                kept = json.loads(path.read_text()) if path.exists() else []
+                kept += [[r.frame_index, r.x, r.y, r.width, r.height] for r in found]
+                write_atomic(path, json.dumps(kept).encode())
 
     def _classify_loop(self) -> None:
         backoff = 0.5

@@ -366,9 +366,6 @@ class ReviewApp:
         try:
             same_site(request)
             reply = await self.cad.review_image(session, request_id)
-            if not reply.png:  # cached without its image: fetch it whole
-                self.cad.forget(sid, request_id)
-                reply = await self.cad.review_image(session, request_id)
             await self._sessions("mark_shown", sid, request_id)  # this page has the frame now
         except PageError as exc:
             if exc.signin:

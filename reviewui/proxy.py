@@ -124,9 +124,8 @@ class CadProxy:
                 self._images.popitem(last=False)
         return reply
 
-    def forget(self, sid: str, request_id: str | None = None) -> None:
-        """Drop a session's cached frames (one of them, or all at sign-out)."""
+    def forget(self, sid: str) -> None:
+        """Drop a session's cached frames (sign-out)."""
         with self._images_lock:
             for key in [k for k in self._images if k[0] == sid]:
-                if request_id is None or key[1] == request_id:
-                    del self._images[key]
+                del self._images[key]

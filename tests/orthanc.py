@@ -120,3 +120,32 @@ class Orthanc:
             for instance in self.get(f"/series/{s}/instances"):
                 files.append(self.get(f"/instances/{instance['ID']}/file"))
         return files
+
+
+def c_echo(port: int, ae_title: str = "CADGW") -> int:
+    """C-ECHO the gateway as a PACS checking the node would; its status."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_echo().Status)
+    finally:
+        assoc.release()
+
+
+def c_store(port: int, ds: object, ae_title: str = "CADGW") -> int:
+    """Send one instance to the gateway as a modality would; its status."""
+    from pynetdicom import AE, StoragePresentationContexts
+
+    ae = AE(ae_title="TESTSCU")
+    ae.requested_contexts = StoragePresentationContexts
+    assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(ds).Status)
+    finally:
+        assoc.release()

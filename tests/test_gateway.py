@@ -27,7 +27,15 @@ from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.rpc.server import ServerThread
 from tests.conftest import make_settings
 from tests.helpers import publish_tiny
-from tests.orthanc import ORTHANC, ROUTE, ROUTE_WITH_REPORTS, Orthanc, free_port
+from tests.orthanc import (
+    ORTHANC,
+    ROUTE,
+    ROUTE_WITH_REPORTS,
+    Orthanc,
+    c_echo,
+    c_store,
+    free_port,
+)
 from tests.review_world import TOKENS, token_file
 
 needs_orthanc = pytest.mark.skipif(
@@ -115,35 +123,6 @@ def loop(
                 yield Loop(server, gateway, orthanc)
         finally:
             orthanc.stop()
-
-
-def c_echo(port: int, ae_title: str = "CADGW") -> int:
-    """C-ECHO the gateway as a PACS checking the node would; its status."""
-    from pynetdicom import AE
-    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-
-    ae = AE(ae_title="TESTSCU")
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
-    assert assoc.is_established
-    try:
-        return int(assoc.send_c_echo().Status)
-    finally:
-        assoc.release()
-
-
-def c_store(port: int, ds: object, ae_title: str = "CADGW") -> int:
-    """Send one instance to the gateway as a modality would; its status."""
-    from pynetdicom import AE, StoragePresentationContexts
-
-    ae = AE(ae_title="TESTSCU")
-    ae.requested_contexts = StoragePresentationContexts
-    assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
-    assert assoc.is_established
-    try:
-        return int(assoc.send_c_store(ds).Status)
-    finally:
-        assoc.release()
 
 
 def classify_whole_frames(
