@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-SPLIT = Path(__file__).resolve().parent / "split.json"
+HERE = Path(__file__).resolve().parent
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,14 +17,17 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run (or resume) the experiment, then write the report")
     run.add_argument(
         "--preset",
-        choices=["quick", "standard", "paper"],
+        choices=["quick", "standard", "peak", "paper"],
         default="quick",
-        help="quick: <= 30 min on 2 cores; standard: <= 3 h, 5 seeds; paper: AlexNet 227 px (GPU)",
+        help="quick: <= 30 min on 2 cores; standard: <= 3 h, 5 seeds, 100 labels; peak: labels "
+        "doubling to the whole pool, 5 seeds, with a validation split; paper: AlexNet 227 px (GPU)",
     )
     run.add_argument("--out", default="results/cvc-quick")
     run.add_argument("--data", help="CVC-ClinicDB folder (default ../shared/data/cvc-clinicdb)")
     run.add_argument(
-        "--split", default=str(SPLIT), help="JSON file with pool and test sequence lists"
+        "--split",
+        help="JSON file with pool, test (and validation) sequence lists (default: the preset's, "
+        "split.json or split-peak.json beside this module)",
     )
     run.add_argument("--pool", type=int, nargs="+", help="pool sequences (overrides --split)")
     run.add_argument("--test", type=int, nargs="+", help="test sequences (overrides --split)")
@@ -62,12 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         print(write_report(out))
         return 0
-    split = Split.from_file(Path(args.split))
+    preset = PRESETS[args.preset]
+    split = Split.from_file(Path(args.split) if args.split else HERE / preset.split)
     if args.pool:
         split.pool = args.pool
     if args.test:
         split.test = args.test
-    preset = PRESETS[args.preset]
     seeds = args.seeds if args.seeds is not None else list(preset.seeds)
     if args.rounds:
         preset = replace(preset, rounds=args.rounds)

@@ -94,6 +94,8 @@ CSV_FIELDS = (
     "train_loss",
     "version",
     "seconds",
+    "val_auc",
+    "val_ap",
 )
 CANDIDATE_SEED = 20170721  # the generated candidates are the same for every method and seed
 
@@ -138,6 +140,30 @@ class ExperimentPreset:
     control_rounds: int = 0
     """Rounds of the control (0: ``rounds``); it covers the same labels in fewer, larger rounds
     (each AlexNet round writes ~0.3 GB of model files)."""
+    split: str = "split.json"
+    """The split file beside this module that the preset runs on unless told otherwise."""
+    doubling_cap: int = 0
+    """When set, the labels double every round (b, b, 2b, 4b, ... new labels, so 2b, 4b, 8b, ...
+    in all) with no round adding more than this, until the pool is exhausted; ``rounds`` (when
+    not 0) is then a limit. 0: ``rounds`` rounds of ``b``."""
+
+
+def label_schedule(b: int, rounds: int, pool_size: int, doubling_cap: int = 0) -> list[int]:
+    """The labels in hand after each round (cumulative), the same for every method.
+
+    Fixed: ``rounds`` rounds of ``b``. Doubling (``doubling_cap`` > 0): b, 2b, 4b, ... in all,
+    each round adding at most ``doubling_cap``, the last round taking what is left of the pool;
+    ``rounds`` > 0 stops it earlier. Never more than the pool."""
+    if b < 1 or pool_size < 1:
+        raise ValueError(f"a schedule needs b >= 1 and a pool (b={b}, pool={pool_size})")
+    if doubling_cap < 0 or (not doubling_cap and rounds < 1):
+        raise ValueError("a fixed schedule needs rounds >= 1; a doubling one a cap >= 1")
+    if not doubling_cap:
+        return [min(pool_size, r * b) for r in range(1, rounds + 1)]
+    out = [min(b, pool_size)]
+    while out[-1] < pool_size and (not rounds or len(out) < rounds):
+        out.append(min(pool_size, out[-1] + min(out[-1], doubling_cap)))
+    return out
 
 
 STUDY_METHODS = (
@@ -152,6 +178,15 @@ STUDY_METHODS = (
     "entropy_acft",
     "entropy_alpha_acft",
     CONTROL,
+)
+
+PEAK_METHODS = (
+    RANDOM,
+    "scratch",
+    "entropy_alpha",
+    "entropy_diversity_alpha",
+    "entropy_alpha_acft",
+    "entropy_diversity_alpha_acft",
 )
 
 PRESETS = {
@@ -215,6 +250,26 @@ PRESETS = {
             ratio=10.0,
             methods=(*METHODS, "entropy_acft", "entropy_alpha_acft"),
         ),
+        # The paper's measure on 2 CPU cores: labels double each round (10, 20, 40, ... 1,280,
+        # then the rest of the pool), so every curve reaches the whole pool; 5 paired seeds.
+        ExperimentPreset(
+            "peak",
+            112,
+            "polyp-inside:8",
+            0,
+            10,
+            0,
+            (0, 1, 2, 3, 4),
+            "polyp-squeezenet",
+            "fire9",
+            128,
+            architecture="squeezenet1_0",
+            weights="imagenet",
+            ratio=10.0,
+            methods=PEAK_METHODS,
+            split="split-peak.json",
+            doubling_cap=2560,
+        ),
     )
 }
 
@@ -223,11 +278,23 @@ PRESETS = {
 class Split:
     pool: list[int]
     test: list[int]
+    validation: list[int] = field(default_factory=list)
+    """Pool sequences held out of the pool to choose methods on (scored every round, never labelled)."""
 
     @classmethod
     def from_file(cls, path: Path) -> Split:
         data = json.loads(path.read_text())
-        return cls([int(s) for s in data["pool"]], [int(s) for s in data["test"]])
+        return cls(
+            [int(s) for s in data["pool"]],
+            [int(s) for s in data["test"]],
+            [int(s) for s in data.get("validation", [])],
+        )
+
+    def check(self) -> None:
+        sets = {"pool": self.pool, "test": self.test, "validation": self.validation}
+        for a, b in (("pool", "test"), ("pool", "validation"), ("test", "validation")):
+            if overlap := set(sets[a]) & set(sets[b]):
+                raise ValueError(f"sequences {sorted(overlap)} are in both {a} and {b}")
 
 
 @dataclass
@@ -276,8 +343,7 @@ class Experiment:
     ) -> None:
         if (template / "ready.json").is_file():
             return
-        if overlap := set(self.split.pool) & set(self.split.test):
-            raise ValueError(f"sequences {sorted(overlap)} are in both pool and test")
+        self.split.check()
         shutil.rmtree(template, ignore_errors=True)
         registry_root = template / "registry"
         info = init_model(
@@ -326,27 +392,15 @@ class Experiment:
             )
             truth.update({r.candidate_id: int(r.client_id) for r in outcome.results})
         store.close()
-        # The test sequences: archived once (decoded as the server decodes), scored by every method.
+        # The test (and validation) sequences: archived once (decoded as the server decodes),
+        # scored by every method after every round.
         test_archive = ImageArchive(template / "test-archive")
-        tests = []
-        shas: dict[int, str] = {}
-        for c in self._generate(self.split.test, CANDIDATE_SEED + 1):
-            if c.frame.frame not in shas:
-                shas[c.frame.frame] = test_archive.put(
-                    decode_encoded(c.frame.path.read_bytes()).pixels
-                )[0]
-            b = c.box
-            tests.append(
-                {
-                    "sha": shas[c.frame.frame],
-                    "box": [b.x, b.y, b.width, b.height],
-                    "label": c.label,
-                    "kind": c.kind,
-                    "sequence": c.frame.sequence,
-                }
-            )
-        test_archive.close()
+        tests = self._archive(test_archive, self.split.test, CANDIDATE_SEED + 1)
         (template / "test.json").write_text(json.dumps(tests))
+        if self.split.validation:
+            held = self._archive(test_archive, self.split.validation, CANDIDATE_SEED + 2)
+            (template / "validation.json").write_text(json.dumps(held))
+        test_archive.close()
         (template / "truth.json").write_text(json.dumps(truth))
         kinds: dict[str, int] = {}
         for c in pool:
@@ -362,6 +416,7 @@ class Experiment:
                     "pool_kinds": kinds,
                     "test_candidates": len(tests),
                     "test_positives": sum(t["label"] for t in tests),
+                    "validation_candidates": len(held) if self.split.validation else 0,
                     "architecture": architecture,
                     "pretrained": info.manifest.pretrained.as_dict(),
                 },
@@ -369,53 +424,97 @@ class Experiment:
             )
         )
 
+    def _archive(
+        self, archive: ImageArchive, sequences: Sequence[int], seed: int
+    ) -> list[dict[str, object]]:
+        shas: dict[int, str] = {}
+        rows: list[dict[str, object]] = []
+        for c in self._generate(sequences, seed):
+            if c.frame.frame not in shas:
+                shas[c.frame.frame] = archive.put(decode_encoded(c.frame.path.read_bytes()).pixels)[
+                    0
+                ]
+            b = c.box
+            rows.append(
+                {
+                    "sha": shas[c.frame.frame],
+                    "box": [b.x, b.y, b.width, b.height],
+                    "label": c.label,
+                    "kind": c.kind,
+                    "sequence": c.frame.sequence,
+                }
+            )
+        return rows
+
     # ------------------------------------------------------------------ evaluation
 
-    def test_examples(self, template: Path) -> list[Example]:
-        key = str(template)
+    def test_examples(self, template: Path, name: str = "test") -> list[Example]:
+        """The held-out candidates of ``name`` (``test`` or ``validation``; none when absent)."""
+        key = f"{template}:{name}"
         if key not in self._test:
-            rows = json.loads((template / "test.json").read_text())
+            path = template / f"{name}.json"
+            rows = json.loads(path.read_text()) if path.is_file() else []
             self._test[key] = [
                 Example(
-                    f"test-{i}",
+                    f"{name}-{i}",
                     r["sha"],
                     Box(*r["box"]),
                     self.preset.recipe,
                     int(r["label"]),
-                    f"test:{r['sequence']}",
+                    f"{name}:{r['sequence']}",
                 )
                 for i, r in enumerate(rows)
             ]
         return self._test[key]
 
-    def test_scores(
-        self, registry_root: Path, template: Path, depth: str
-    ) -> tuple[list[int], np.ndarray, int]:
-        """Candidate probabilities of the version servers follow, on the test candidates."""
+    def held_out_scores(
+        self, registry_root: Path, template: Path, depth: str, names: Sequence[str] = ("test",)
+    ) -> tuple[dict[str, tuple[list[int], np.ndarray]], int]:
+        """Candidate probabilities of the version servers follow, per held-out set."""
         registry = ModelRegistry(registry_root, "cad")
         version = registry.target()
         if version is None:
             raise RuntimeError(f"no model version in {registry_root} to test")
         info = registry.get(version)
-        examples = self.test_examples(template)
         source = PatchSource(ImageArchive(template / "test-archive"), info.manifest.input_size)
         net = load_net(info).to(resolve_device(TrainerSettings().device))  # CAD_DEVICE, as rounds
-        probs = candidate_probabilities(
-            net, examples, source, batch_size=256, progress=False, depth=depth
+        out = {}
+        for name in names:
+            examples = self.test_examples(template, name)
+            if not examples:
+                continue
+            probs = candidate_probabilities(
+                net, examples, source, batch_size=256, progress=False, depth=depth
+            )
+            out[name] = (labels_of(examples), np.array([candidate_probability(p) for p in probs]))
+        return out, version
+
+    def evaluate(
+        self, registry_root: Path, template: Path | None = None, depth: str | None = None
+    ) -> dict[str, object]:
+        """The CSV columns of a round's evaluation: test (and validation) AUC and AP, version."""
+        scores, version = self.held_out_scores(
+            registry_root,
+            template or self.template,
+            depth or self.preset.depth,
+            ("test", "validation"),
         )
-        return (
-            labels_of(examples),
-            np.array([candidate_probability(p) for p in probs]),
-            version,
-        )
+        row: dict[str, object] = {"version": version, "val_auc": "", "val_ap": ""}
+        for name, prefix in (("test", "test"), ("validation", "val")):
+            if name in scores:
+                labels, probs = scores[name]
+                row[f"{prefix}_auc"] = f"{roc_auc(labels, probs):.6f}"
+                row[f"{prefix}_ap"] = f"{average_precision(labels, probs):.6f}"
+        return row
 
     def test_auc(
         self, registry_root: Path, template: Path | None = None, depth: str | None = None
     ) -> tuple[float, float, int]:
-        labels, scores, version = self.test_scores(
+        scores, version = self.held_out_scores(
             registry_root, template or self.template, depth or self.preset.depth
         )
-        return roc_auc(labels, scores), average_precision(labels, scores), version
+        labels, probs = scores["test"]
+        return roc_auc(labels, probs), average_precision(labels, probs), version
 
     # ------------------------------------------------------------------ runs
 
@@ -429,8 +528,12 @@ class Experiment:
     def _append(self, row: dict[str, object]) -> None:
         path = self.out / "curves.csv"
         new = not path.is_file()
+        fields: Sequence[str] = CSV_FIELDS
+        if not new:  # a run begun before a column was added keeps its header
+            with path.open() as fh:
+                fields = next(csv.reader(fh), None) or CSV_FIELDS
         with path.open("a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+            writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
             if new:
                 writer.writeheader()
             writer.writerow(row)
@@ -451,6 +554,16 @@ class Experiment:
         if not any(truth[c] for c in picks):
             picks[-1] = next(c for c in order if truth[c])
         return picks
+
+    def schedule(self, method: str, pool_size: int) -> list[int]:
+        """Labels in hand after each round of ``method`` (the whole pool at once for ``full``)."""
+        p = self.preset
+        if method == FULL:
+            return [pool_size]
+        if method == CONTROL and p.control_rounds and not p.doubling_cap:
+            per_round = p.b * p.rounds // p.control_rounds
+            return label_schedule(per_round, p.control_rounds, pool_size)
+        return label_schedule(p.b, p.rounds, pool_size, p.doubling_cap)
 
     def depth_of(self, method: str) -> str:
         return "conv1" if method == CONTROL else self.preset.depth
@@ -487,27 +600,21 @@ class Experiment:
         if not ws.exists():
             _clone(template, ws)
         truth = json.loads((ws / "truth.json").read_text())
-        rounds = 1 if method == FULL else self.preset.rounds
-        per_round = self.preset.b
-        if method == CONTROL and self.preset.control_rounds:
-            rounds = self.preset.control_rounds
-            per_round = self.preset.b * self.preset.rounds // rounds
+        schedule = self.schedule(method, len(truth))
+        rounds = len(schedule)
         depth = self.depth_of(method)
         if 0 not in done and method != FULL:
-            auc, ap, version = self.test_auc(ws / "registry", template, depth)
             self._append(
                 {
                     "method": method,
                     "seed": seed,
                     "round": 0,
                     "labels": 0,
-                    "test_auc": f"{auc:.6f}",
-                    "test_ap": f"{ap:.6f}",
                     "positives": 0,
                     "train_loss_first": "",
                     "train_loss": "",
-                    "version": version,
                     "seconds": 0,
+                    **self.evaluate(ws / "registry", template, depth),
                 }
             )
         variant, omega = variant_of(method)
@@ -525,11 +632,11 @@ class Experiment:
             try:
                 review = ReviewService(store, ServiceMetrics(CollectorRegistry()))
                 have = sum(1 for _ in store.labeled())
-                need = (len(truth) if method == FULL else r * per_round) - have
+                need = schedule[r - 1] - have
                 if (
                     r == 1 and method != FULL
                 ):  # the seed's starting labels, the same for every method
-                    for candidate_id in self.starting_set(review, truth, seed, per_round):
+                    for candidate_id in self.starting_set(review, truth, seed, schedule[0]):
                         verdict = "TRUE_POSITIVE" if truth[candidate_id] else "FALSE_POSITIVE"
                         review.submit_correction(
                             candidate_id, verdict, "oracle", f"oracle-{candidate_id}"
@@ -556,7 +663,7 @@ class Experiment:
             if report.outcome != "published":
                 log.info("%s seed %d round %d: %s", method, seed, r, report.reason)
             losses = report.metrics.get("train_loss") or []
-            auc, ap, version = self.test_auc(ws / "registry", template, depth)
+            evaluation = self.evaluate(ws / "registry", template, depth)
             registry = ModelRegistry(ws / "registry", "cad")
             for old in registry.versions():
                 if old not in (1, registry.latest()):
@@ -567,13 +674,11 @@ class Experiment:
                     "seed": seed,
                     "round": r,
                     "labels": len(labeled),
-                    "test_auc": f"{auc:.6f}",
-                    "test_ap": f"{ap:.6f}",
                     "positives": sum(1 for x in labeled if x.label == 1),
                     "train_loss_first": f"{losses[0]:.5f}" if losses else "",
                     "train_loss": f"{losses[-1]:.5f}" if losses else "",
-                    "version": version,
                     "seconds": f"{time.perf_counter() - t0:.1f}",
+                    **evaluation,
                 }
             )
 
@@ -603,10 +708,10 @@ def run_all(
     for name, note in degenerate_variants(parse_recipe(exp.preset.recipe).count, variants).items():
         log.warning("%s %s", name, note)
     exp.prepare(control=CONTROL in methods)
-    jobs = [(m, s) for s in seeds for m in methods if m != CONTROL]
+    # The whole-pool reference first: every later measure is a share of it.
+    jobs = [(FULL, seeds[0])] if reference else []
+    jobs += [(m, s) for s in seeds for m in methods if m != CONTROL]
     if CONTROL in methods:
         jobs.append((CONTROL, seeds[0]))  # one seed: the control, not a contender
-    if reference:
-        jobs.append((FULL, seeds[0]))
     for method, seed in tqdm(jobs, desc="experiment", unit="run", disable=not exp.progress):
         exp.run(method, seed)
