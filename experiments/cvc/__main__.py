@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="WARNING")
     report = sub.add_parser("report", help="CSV -> plot, savings table, summary")
     report.add_argument("--out", default="results/cvc-quick")
+    report.add_argument(
+        "--seconds-per-label",
+        type=float,
+        help="reviewer seconds per label for the time-saved table (default 10, an assumption)",
+    )
     report.add_argument("--log-level", default="WARNING")
     return parser
 
@@ -63,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level)
     out = Path(args.out)
     if args.command == "report":
-        print(write_report(out))
+        print(write_report(out, args.seconds_per_label))
         return 0
     preset = PRESETS[args.preset]
     split = Split.from_file(Path(args.split) if args.split else HERE / preset.split)

@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from service.aift import RANDOM
+from experiments.cvc.peak import SECONDS_PER_LABEL, write_peak
+from service.aift import RANDOM, VARIANTS
 from service.models.registry import ModelRegistry
 
 TARGET_SHARE = 0.95
@@ -314,11 +315,38 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(out: Path) -> str:
-    """Write curves.png, summary.md and summary.json next to curves.csv; return the Markdown."""
+def _queue_orders(methods: list[str]) -> list[str]:
+    """The methods of a run that are annotation-queue orders a server could default to."""
+    return [m for m in methods if m in VARIANTS or m.removesuffix("_acft") in VARIANTS]
+
+
+def _doubles(out: Path) -> bool:
+    """Whether the run's preset doubles its labels (the template's record says)."""
+    ready = out / "template" / "ready.json"
+    if not ready.is_file():
+        ready = out / "pool.json"
+    if not ready.is_file():
+        return False
+    return bool(json.loads(ready.read_text()).get("preset", {}).get("doubling_cap"))
+
+
+def write_report(out: Path, seconds_per_label: float | None = None) -> str:
+    """Write curves.png, summary.md and summary.json next to curves.csv (and peak.png when the
+    run has a whole-pool reference); return the Markdown. A run whose labels double leads with
+    the labels to the whole-pool performance; the fixed-horizon table follows."""
     summary = summarise(out)
     plot(summary, out / "curves.png")
     text = markdown(summary)
+    doubling = _doubles(out)
+    if doubling:
+        peak = write_peak(
+            out,
+            _queue_orders(list(summary["methods"])),
+            seconds_per_label if seconds_per_label is not None else SECONDS_PER_LABEL,
+        )
+        if peak:
+            text = peak[0] + "\n## Every round: test AUC, fixed targets\n\n" + text
+            summary["peak"] = peak[1]
     (out / "summary.md").write_text(text)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return text

@@ -531,7 +531,7 @@ class Experiment:
         fields: Sequence[str] = CSV_FIELDS
         if not new:  # a run begun before a column was added keeps its header
             with path.open() as fh:
-                fields = next(csv.reader(fh), None) or CSV_FIELDS
+                fields = next(csv.reader(fh), []) or CSV_FIELDS
         with path.open("a", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
             if new:
