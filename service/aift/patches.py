@@ -21,6 +21,8 @@ Recipes (``docs/method.md``):
 - ``frame``: 8 crops of the box (the client sends the whole frame as the box
   for frame classification): the full box first, then random crops of 75-100%
   of its sides at random positions.
+- ``pe``: not a box on an image but a point in a CT volume: 54 vessel-aligned
+  2-channel patches (:mod:`service.aift.vessel`).
 
 A recipe spec may end in ``:m`` to keep the first ``m`` patches (``polyp:8``).
 """
@@ -35,6 +37,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import numpy.typing as npt
 
+from service.aift.vessel import PE_FULL_COUNT
 from service.errors import InvalidInput
 from service.validation import MAX_RECIPE_CHARS, bounded, box_values, quote
 
@@ -72,9 +75,13 @@ class Recipe:
     """Keep only the first ``limit`` patches (``name:limit``)."""
     inside: bool = False
     """Shift each region to lie inside the image where it fits (no zero padding)."""
+    vessel: bool = False
+    """Vessel-aligned patches of a point in a CT volume (``pe``), not of a box on an image."""
 
     @property
     def full_count(self) -> int:
+        if self.vessel:
+            return PE_FULL_COUNT
         if self.crops:
             return self.crops
         return len(self.scales) * (8 if self.dihedral else 1)
@@ -96,8 +103,27 @@ RECIPES: dict[str, Recipe] = {
         Recipe("polyp-inside", scales=(1.0, 1.2, 1.5), shift=0.1, dihedral=True, inside=True),
         Recipe("single"),
         Recipe("frame", crops=8),
+        Recipe("pe", vessel=True),
     )
 }
+
+
+def require_image_recipe(recipe: Recipe) -> None:
+    """InvalidInput for a volume recipe where a box on an image is classified."""
+    if recipe.vessel:
+        raise InvalidInput(
+            f"recipe {quote(recipe.name)} classifies points in CT volumes: send the series and "
+            "its 3D candidates with ClassifyVolume"
+        )
+
+
+def require_volume_recipe(recipe: Recipe) -> None:
+    """InvalidInput for an image recipe where a point in a CT volume is classified."""
+    if not recipe.vessel:
+        raise InvalidInput(
+            f"recipe {quote(recipe.name)} cuts boxes on 2D images; a CT volume's candidates "
+            "need a volume recipe (pe)"
+        )
 
 
 def parse_recipe(spec: str, default: str = "polyp") -> Recipe:
@@ -262,6 +288,7 @@ def extract_patches(
     """
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) image, got {image.shape}")
+    require_image_recipe(recipe)
     validate_box(box, image.shape[0], image.shape[1])
     regions = _regions(
         box, recipe, image.shape[0], image.shape[1]
@@ -312,6 +339,7 @@ def patch_affines(height: int, width: int, box: Box, recipe: Recipe) -> npt.NDAr
     :func:`extract_patches` (which stays the reference), up to float32 rounding of the points.
     """
     validate_box(box, height, width)
+    require_image_recipe(recipe)
     regions = _regions(box, recipe, height, width)[: recipe.count]
     variants = range(8) if recipe.dihedral else range(1)
     out = np.empty((len(variants) * len(regions), 2, 3), dtype=np.float64)

@@ -17,7 +17,12 @@ import numpy as np
 import numpy.typing as npt
 
 from service.aift import Box, candidate_stats, parse_recipe, validate_box
-from service.aift.patches import PatchBuffers, extract_many, patch_affines
+from service.aift.patches import (
+    PatchBuffers,
+    extract_many,
+    patch_affines,
+    require_image_recipe,
+)
 from service.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -189,6 +194,7 @@ class Classifier:
                 "(setting CAD_MAX_CANDIDATES)"
             )
         recipe = parse_recipe(request.recipe, model.default_recipe)
+        require_image_recipe(recipe)
         image = decode_image(request.image, request.frame_index, request.window, self.limits)
         for i, cand in enumerate(request.candidates):
             try:
