@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,10 @@ def test_a_rerun_resumes_at_a_doubling_round(tmp_path: Path) -> None:
     from experiments.cvc.run import PRESETS, Experiment, Split
 
     exp = Experiment(tmp_path, PRESETS["peak"], Split([1], [3], [4]), progress=False)
+    assert exp.schedule("random", 2300) == [10, 20, 40, 80, 160, 320, 640]  # the preset's 7
+    exp = Experiment(
+        tmp_path, replace(PRESETS["peak"], rounds=0), Split([1], [3], [4]), progress=False
+    )
     plan = exp.schedule("random", 2300)
     assert plan == [10, 20, 40, 80, 160, 320, 640, 1280, 2300]
     have = 640  # killed after round 7 had labelled, before it trained
