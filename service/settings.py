@@ -135,6 +135,21 @@ class ServerSettings(BaseSettings):
     max_candidates: int = Field(
         256, ge=1, description="Most candidates in one request (RESOURCE_EXHAUSTED over it)."
     )
+    max_volume_voxels: int = Field(
+        160_000_000,
+        ge=1,
+        description="Largest CT volume of a ClassifyVolume request, slices x rows x columns "
+        "(RESOURCE_EXHAUSTED over it; 160 M is about 600 slices of 512 x 512).",
+    )
+    max_series_instances: int = Field(
+        2_000, ge=1, description="Most DICOM instances in one ClassifyVolume series."
+    )
+    max_series_bytes: int = Field(
+        1_500_000_000,
+        ge=1,
+        description="Most bytes of DICOM one ClassifyVolume upload may stream in (refused as "
+        "soon as the upload passes it, before the series is assembled).",
+    )
     stream_max_inflight: int = Field(
         4, ge=1, description="Frames of one ClassifyStream being processed or waiting to be sent."
     )

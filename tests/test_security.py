@@ -137,6 +137,19 @@ def test_missing_unknown_and_wrong_role_tokens(
             )
             == 2
         )
+        # A client-streaming upload (a CT series) is authorised like every other call.
+        upload = [cad_pb2.VolumeChunk(header=cad_pb2.VolumeHeader())]
+        assert code_of(infer.ClassifyVolume, iter(upload), timeout=10) == (
+            grpc.StatusCode.UNAUTHENTICATED
+        )
+        assert (
+            code_of(infer.ClassifyVolume, iter(upload), timeout=10, metadata=bearer("review"))
+            == grpc.StatusCode.PERMISSION_DENIED
+        )
+        assert (  # through to the handler: the empty upload is the caller's mistake
+            code_of(infer.ClassifyVolume, iter(upload), timeout=10, metadata=bearer("infer"))
+            == grpc.StatusCode.INVALID_ARGUMENT
+        )
     metrics = secured.server.metrics.registry
     assert (
         metrics.get_sample_value(

@@ -170,7 +170,7 @@ class Classifier:
         batch = batcher.max_batch
         self.chunk_patches = 4 * batch
         """Patches cut and predicted at a time: bounds the memory of a large request."""
-        self._buffers = PatchBuffers(2 * batch)
+        self.buffers = PatchBuffers(2 * batch)
         """Each worker thread cuts its patches into its own reused array (no fresh 43 MB per request);
         it blocks until the model has run on them, so the array is free again when it asks next."""
 
@@ -215,7 +215,7 @@ class Classifier:
                 affines = np.concatenate([patch_affines(h, w, b, recipe) for b in chunk])
                 patches = ImagePatches(image.pixels, affines)
             else:
-                out = self._buffers.get(len(chunk) * recipe.count, model.input_size)
+                out = self.buffers.get(len(chunk) * recipe.count, model.input_size)
                 patches = extract_many(image.pixels, chunk, recipe, model.input_size, out=out)
             probs.append(self.batcher.predict(model, patches, request.deadline))
         all_probs = np.concatenate(probs).reshape(count, recipe.count, -1)

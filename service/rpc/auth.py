@@ -38,6 +38,7 @@ INFER, REVIEW, ADMIN = ROLES
 METHOD_ROLES: dict[str, str] = {
     "/cad.v1.CadInference/Classify": INFER,
     "/cad.v1.CadInference/ClassifyStream": INFER,
+    "/cad.v1.CadInference/ClassifyVolume": INFER,
     "/cad.v1.ModelAdmin/GetModel": INFER,
     "/cad.v1.ModelAdmin/ListVersions": INFER,
     "/cad.v1.ModelAdmin/GetVersion": INFER,

@@ -29,6 +29,7 @@ from service.models.inference import (
 )
 from service.models.model import LoadedModel
 from service.models.registry import VersionInfo
+from service.models.volume_inference import VolumeCandidateInput, VolumeInput, VolumeOutcome
 
 _BYTES_PER_SAMPLE = {cad_pb2.RawImage.UINT8: 1, cad_pb2.RawImage.UINT16: 2}
 
@@ -95,6 +96,72 @@ def classify_response(outcome: ClassifyOutcome) -> cad_pb2.ClassifyResponse:
                 entropy=r.entropy,
                 diversity=r.diversity,
                 score=r.score,
+            )
+            for r in outcome.results
+        ],
+    )
+
+
+def _point(p: cad_pb2.Point3D) -> tuple[float, float, float]:
+    return (p.x, p.y, p.z)
+
+
+def volume_input(
+    header: cad_pb2.VolumeHeader, instances: list[bytes], deadline: float | None = None
+) -> VolumeInput:
+    """VolumeHeader + the streamed instances -> VolumeInput (assembly runs in a worker)."""
+    window = (
+        Window(header.window.center, header.window.width) if header.HasField("window") else None
+    )
+    candidates = []
+    for c in header.candidates:
+        which = c.WhichOneof("location")
+        candidates.append(
+            VolumeCandidateInput(
+                validation.bounded(c.client_id, "candidate client_id", validation.MAX_ID_CHARS),
+                _point(c.patient_mm) if which == "patient_mm" else None,
+                _point(c.voxel) if which == "voxel" else None,
+                _point(c.vessel_direction) if c.HasField("vessel_direction") else None,
+            )
+        )
+    return VolumeInput(
+        instances=instances,
+        candidates=candidates,
+        recipe=header.recipe,
+        window=window,
+        source_id=validation.bounded(header.source_id, "source_id", validation.MAX_ID_CHARS),
+        deadline=deadline,
+    )
+
+
+def _p3(v: Sequence[float]) -> cad_pb2.Point3D:
+    return cad_pb2.Point3D(x=v[0], y=v[1], z=v[2])
+
+
+def volume_response(outcome: VolumeOutcome) -> cad_pb2.ClassifyVolumeResponse:
+    k, j, i = outcome.volume.shape
+    return cad_pb2.ClassifyVolumeResponse(
+        request_id=outcome.request_id,
+        model_version=str(outcome.model_version),
+        recipe=outcome.recipe,
+        slices=k,
+        rows=j,
+        columns=i,
+        spacing_mm=list(outcome.volume.spacing),
+        results=[
+            cad_pb2.VolumeResult(
+                candidate_id=r.candidate_id,
+                client_id=r.client_id,
+                probability=r.probability,
+                patches=r.patches,
+                entropy=r.entropy,
+                diversity=r.diversity,
+                score=r.score,
+                patient_mm=_p3(r.patient_mm),
+                voxel=_p3(r.voxel),
+                vessel_direction=_p3(r.axis.direction),
+                direction_estimated=r.axis.estimated,
+                direction_scale_mm=r.axis.scale_mm,
             )
             for r in outcome.results
         ],

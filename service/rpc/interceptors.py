@@ -128,13 +128,19 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
+        if handler.stream_unary:  # the request iterator in, one answer out: as unary
+            return grpc.stream_unary_rpc_method_handler(
+                self._unary(handler.stream_unary, method, full, metadata),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(
                 self._streaming(handler.stream_stream, method, full, metadata),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        return handler
+        raise TypeError(f"{full}: a handler of no known kind would skip authorisation")
 
     def _unary(
         self, behavior: Callable[..., Any], method: str, full: str, metadata: Any

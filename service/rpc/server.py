@@ -37,10 +37,12 @@ from service.models.lifecycle import AuditListener, CallbackListener, MemoryTrim
 from service.models.manager import ModelManager
 from service.models.providers import SessionOptions, select_providers
 from service.models.registry import ModelRegistry, utc_now
+from service.models.volume_inference import VolumeClassifier
 from service.rpc.auth import AccessPolicy, ReloadingTokenTable
 from service.rpc.interceptors import ErrorAndMetricsInterceptor
 from service.rpc.servicers import CadInferenceServicer, CadReviewServicer, ModelAdminServicer
 from service.settings import ServerSettings, from_flags
+from service.volumes import VolumeLimits
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +140,14 @@ class CadServer:
             self.batcher,
             self.recorder,
         )
+        self.volumes = VolumeClassifier(
+            self.classifier,
+            VolumeLimits(
+                settings.max_volume_voxels,
+                settings.max_series_instances,
+                settings.max_series_bytes,
+            ),
+        )
         self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="cad-worker")
         self.replica_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._started = utc_now()
@@ -199,7 +209,7 @@ class CadServer:
         )
         cad_pb2_grpc.add_CadInferenceServicer_to_server(
             CadInferenceServicer(
-                self.classifier, self.executor, self.metrics, s.stream_max_inflight
+                self.classifier, self.executor, self.metrics, s.stream_max_inflight, self.volumes
             ),
             server,
         )

@@ -18,6 +18,7 @@ from service.labels.store.records import AuditEvent
 from service.metrics import ServiceMetrics
 from service.models.inference import Classifier, ClassifyOutcome
 from service.models.registry import VersionInfo
+from service.models.volume_inference import VolumeClassifier
 from service.rpc import converters
 from service.rpc.auth import PermissionDenied, current_identity
 
@@ -46,11 +47,13 @@ class CadInferenceServicer(cad_pb2_grpc.CadInferenceServicer):
         executor: Executor,
         metrics: ServiceMetrics,
         stream_max_inflight: int,
+        volumes: VolumeClassifier | None = None,
     ) -> None:
         self.classifier = classifier
         self.executor = executor
         self.metrics = metrics
         self.stream_max_inflight = stream_max_inflight
+        self.volumes = volumes or VolumeClassifier(classifier)
 
     async def _classify(
         self, request: cad_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
@@ -131,6 +134,44 @@ class CadInferenceServicer(cad_pb2_grpc.CadInferenceServicer):
                 if leftover is not None:
                     leftover.cancel()
             gauge.dec(held)
+
+    async def ClassifyVolume(  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[cad_pb2.VolumeChunk],
+        context: grpc.aio.ServicerContext,
+    ) -> cad_pb2.ClassifyVolumeResponse:
+        """A CT series streamed in (the header first), classified once it is all here; an
+        upload over the series byte limit is refused as it passes it, not after."""
+        limits = self.volumes.limits
+        header: cad_pb2.VolumeHeader | None = None
+        instances: list[bytes] = []
+        size = 0
+        async for chunk in request_iterator:
+            if chunk.HasField("header"):
+                if header is not None:
+                    raise InvalidInput("the upload has two headers: send the header once, first")
+                if instances:
+                    raise InvalidInput("the header must come in the upload's first message")
+                header = chunk.header
+            elif header is None:
+                raise InvalidInput("the upload's first message must carry the header")
+            for blob in chunk.instances:
+                size += len(blob)
+                if size > limits.max_series_bytes or len(instances) >= limits.max_slices:
+                    raise LimitExceeded(
+                        f"the series passed {limits.max_series_bytes} bytes or "
+                        f"{limits.max_slices} instances (settings CAD_MAX_SERIES_BYTES, "
+                        "CAD_MAX_SERIES_INSTANCES)"
+                    )
+                instances.append(blob)
+        if header is None:
+            raise InvalidInput("the upload is empty: send a header and the series' instances")
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        domain_request = converters.volume_input(header, instances, deadline)
+        loop = asyncio.get_running_loop()
+        outcome = await loop.run_in_executor(self.executor, self.volumes.classify, domain_request)
+        return converters.volume_response(outcome)
 
 
 class ModelAdminServicer(cad_pb2_grpc.ModelAdminServicer):

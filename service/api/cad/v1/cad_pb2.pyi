@@ -133,6 +133,96 @@ class ClassifyResponse(_message.Message):
     image_width: int
     def __init__(self, request_id: _Optional[str] = ..., model_version: _Optional[str] = ..., frame_index: _Optional[int] = ..., results: _Optional[_Iterable[_Union[CandidateResult, _Mapping]]] = ..., recipe: _Optional[str] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ...) -> None: ...
 
+class Point3D(_message.Message):
+    __slots__ = ("x", "y", "z")
+    X_FIELD_NUMBER: _ClassVar[int]
+    Y_FIELD_NUMBER: _ClassVar[int]
+    Z_FIELD_NUMBER: _ClassVar[int]
+    x: float
+    y: float
+    z: float
+    def __init__(self, x: _Optional[float] = ..., y: _Optional[float] = ..., z: _Optional[float] = ...) -> None: ...
+
+class VolumeCandidate(_message.Message):
+    __slots__ = ("client_id", "patient_mm", "voxel", "vessel_direction")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PATIENT_MM_FIELD_NUMBER: _ClassVar[int]
+    VOXEL_FIELD_NUMBER: _ClassVar[int]
+    VESSEL_DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    patient_mm: Point3D
+    voxel: Point3D
+    vessel_direction: Point3D
+    def __init__(self, client_id: _Optional[str] = ..., patient_mm: _Optional[_Union[Point3D, _Mapping]] = ..., voxel: _Optional[_Union[Point3D, _Mapping]] = ..., vessel_direction: _Optional[_Union[Point3D, _Mapping]] = ...) -> None: ...
+
+class VolumeHeader(_message.Message):
+    __slots__ = ("candidates", "recipe", "window", "source_id")
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    candidates: _containers.RepeatedCompositeFieldContainer[VolumeCandidate]
+    recipe: str
+    window: Window
+    source_id: str
+    def __init__(self, candidates: _Optional[_Iterable[_Union[VolumeCandidate, _Mapping]]] = ..., recipe: _Optional[str] = ..., window: _Optional[_Union[Window, _Mapping]] = ..., source_id: _Optional[str] = ...) -> None: ...
+
+class VolumeChunk(_message.Message):
+    __slots__ = ("header", "instances")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    header: VolumeHeader
+    instances: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, header: _Optional[_Union[VolumeHeader, _Mapping]] = ..., instances: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class VolumeResult(_message.Message):
+    __slots__ = ("candidate_id", "client_id", "probability", "patches", "entropy", "diversity", "score", "patient_mm", "voxel", "vessel_direction", "direction_estimated", "direction_scale_mm")
+    CANDIDATE_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    PATCHES_FIELD_NUMBER: _ClassVar[int]
+    ENTROPY_FIELD_NUMBER: _ClassVar[int]
+    DIVERSITY_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    PATIENT_MM_FIELD_NUMBER: _ClassVar[int]
+    VOXEL_FIELD_NUMBER: _ClassVar[int]
+    VESSEL_DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_ESTIMATED_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_SCALE_MM_FIELD_NUMBER: _ClassVar[int]
+    candidate_id: str
+    client_id: str
+    probability: float
+    patches: int
+    entropy: float
+    diversity: float
+    score: float
+    patient_mm: Point3D
+    voxel: Point3D
+    vessel_direction: Point3D
+    direction_estimated: bool
+    direction_scale_mm: float
+    def __init__(self, candidate_id: _Optional[str] = ..., client_id: _Optional[str] = ..., probability: _Optional[float] = ..., patches: _Optional[int] = ..., entropy: _Optional[float] = ..., diversity: _Optional[float] = ..., score: _Optional[float] = ..., patient_mm: _Optional[_Union[Point3D, _Mapping]] = ..., voxel: _Optional[_Union[Point3D, _Mapping]] = ..., vessel_direction: _Optional[_Union[Point3D, _Mapping]] = ..., direction_estimated: _Optional[bool] = ..., direction_scale_mm: _Optional[float] = ...) -> None: ...
+
+class ClassifyVolumeResponse(_message.Message):
+    __slots__ = ("request_id", "model_version", "recipe", "results", "slices", "rows", "columns", "spacing_mm")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    SLICES_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    SPACING_MM_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    model_version: str
+    recipe: str
+    results: _containers.RepeatedCompositeFieldContainer[VolumeResult]
+    slices: int
+    rows: int
+    columns: int
+    spacing_mm: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, request_id: _Optional[str] = ..., model_version: _Optional[str] = ..., recipe: _Optional[str] = ..., results: _Optional[_Iterable[_Union[VolumeResult, _Mapping]]] = ..., slices: _Optional[int] = ..., rows: _Optional[int] = ..., columns: _Optional[int] = ..., spacing_mm: _Optional[_Iterable[float]] = ...) -> None: ...
+
 class GetModelRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -44,6 +44,11 @@ class CadInferenceStub:
                 request_serializer=cad_dot_v1_dot_cad__pb2.ClassifyRequest.SerializeToString,
                 response_deserializer=cad_dot_v1_dot_cad__pb2.ClassifyResponse.FromString,
                 _registered_method=True)
+        self.ClassifyVolume = channel.stream_unary(
+                '/cad.v1.CadInference/ClassifyVolume',
+                request_serializer=cad_dot_v1_dot_cad__pb2.VolumeChunk.SerializeToString,
+                response_deserializer=cad_dot_v1_dot_cad__pb2.ClassifyVolumeResponse.FromString,
+                _registered_method=True)
 
 
 class CadInferenceServicer:
@@ -62,6 +67,14 @@ class CadInferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClassifyVolume(self, request_iterator, context):
+        """One CT series and its 3D candidates (pulmonary embolism): the series
+        streams in, one answer comes back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CadInferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +87,11 @@ def add_CadInferenceServicer_to_server(servicer, server):
                     servicer.ClassifyStream,
                     request_deserializer=cad_dot_v1_dot_cad__pb2.ClassifyRequest.FromString,
                     response_serializer=cad_dot_v1_dot_cad__pb2.ClassifyResponse.SerializeToString,
+            ),
+            'ClassifyVolume': grpc.stream_unary_rpc_method_handler(
+                    servicer.ClassifyVolume,
+                    request_deserializer=cad_dot_v1_dot_cad__pb2.VolumeChunk.FromString,
+                    response_serializer=cad_dot_v1_dot_cad__pb2.ClassifyVolumeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -130,6 +148,33 @@ class CadInference:
             '/cad.v1.CadInference/ClassifyStream',
             cad_dot_v1_dot_cad__pb2.ClassifyRequest.SerializeToString,
             cad_dot_v1_dot_cad__pb2.ClassifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClassifyVolume(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/cad.v1.CadInference/ClassifyVolume',
+            cad_dot_v1_dot_cad__pb2.VolumeChunk.SerializeToString,
+            cad_dot_v1_dot_cad__pb2.ClassifyVolumeResponse.FromString,
             options,
             channel_credentials,
             insecure,
