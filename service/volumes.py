@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -86,47 +87,81 @@ class Volume:
         ks, js, is_ = self.shape
         return -0.5 <= i <= is_ - 0.5 and -0.5 <= j <= js - 0.5 and -0.5 <= k <= ks - 0.5
 
+    @cached_property
+    def padded(self) -> npt.NDArray[np.float32]:
+        """The voxels with a border of air, kept for sampling (made once per volume)."""
+        return pad(self.hu, AIR_HU)
+
     def sample(self, xyz: npt.ArrayLike) -> npt.NDArray[np.float32]:
         """Trilinear HU at patient points ``(..., 3)``; air outside the volume."""
-        ijk = self.to_voxel(xyz)
-        return trilinear(self.hu, ijk, AIR_HU)
+        return self.sample_voxels(self.to_voxel(xyz))
+
+    def sample_voxels(self, ijk: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+        """Trilinear HU at fractional voxel indices ``(..., 3)`` (i, j, k); air outside."""
+        return trilinear(self.hu, ijk, AIR_HU, self.padded)
+
+
+def pad(grid: npt.NDArray[np.float32], outside: float) -> npt.NDArray[np.float32]:
+    """``grid`` with one voxel of ``outside`` around it (what :func:`trilinear` samples)."""
+    return np.pad(grid, 1, constant_values=np.float32(outside))
+
+
+_CHUNK = 1 << 20
 
 
 def trilinear(
-    grid: npt.NDArray[np.float32], ijk: npt.NDArray[np.float64], outside: float
+    grid: npt.NDArray[np.float32],
+    ijk: npt.NDArray[np.floating],
+    outside: float,
+    padded: npt.NDArray[np.float32] | None = None,
 ) -> npt.NDArray[np.float32]:
     """Trilinear interpolation of ``grid[k, j, i]`` at fractional ``(..., 3)`` (i, j, k) points;
-    each of the 8 taps outside the grid counts as ``outside``."""
+    each of the 8 taps outside the grid counts as ``outside``. ``padded``: :func:`pad` of the
+    grid, when the caller keeps one.
+
+    The 8 neighbours are 8 ``np.take`` gathers at fixed offsets from each point's flat index in
+    the padded grid (faster than fancy indexing or a strided 2 x 2 x 2 view), then 7 lerps."""
+    if padded is None:
+        padded = pad(grid, outside)
     shape = ijk.shape[:-1]
     pts = ijk.reshape(-1, 3)
-    base = np.floor(pts)
-    frac = (pts - base).astype(np.float32)
-    lo = base.astype(np.int64)
-    ks, js, is_ = grid.shape
-    flat = grid.reshape(-1)
-    out = np.zeros(len(pts), dtype=np.float32)
-    # Per axis: the two taps' clipped indices, weights and whether they lie inside.
-    taps = []
-    for axis, (n, stride) in enumerate(((is_, 1), (js, is_), (ks, is_ * js))):
-        i0 = lo[:, axis]
-        i1 = i0 + 1
-        f = frac[:, axis]
-        taps.append(
-            (
-                (np.clip(i0, 0, n - 1) * stride, 1.0 - f, (i0 >= 0) & (i0 < n)),
-                (np.clip(i1, 0, n - 1) * stride, f, (i1 >= 0) & (i1 < n)),
-            )
-        )
-    for ti, wi, mi in taps[0]:
-        for tj, wj, mj in taps[1]:
-            wij, tij, mij = wi * wj, ti + tj, mi & mj
-            for tk, wk, mk in taps[2]:
-                values = flat[tij + tk]
-                inside = mij & mk
-                if not inside.all():
-                    values = np.where(inside, values, np.float32(outside))
-                out += (wij * wk) * values
+    out = np.empty(len(pts), dtype=np.float32)
+    for start in range(0, len(pts), _CHUNK):
+        p = pts[start : start + _CHUNK].astype(np.float32)
+        out[start : start + len(p)] = _trilinear_chunk(padded, p, outside)
     return out.reshape(shape)
+
+
+def _lerp(
+    lo: npt.NDArray[np.float32], hi: npt.NDArray[np.float32], t: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float32]:
+    """``lo + (hi - lo) * t``, in ``hi``'s memory."""
+    hi -= lo
+    hi *= t
+    hi += lo
+    return hi
+
+
+def _trilinear_chunk(
+    padded: npt.NDArray[np.float32], p: npt.NDArray[np.float32], outside: float
+) -> npt.NDArray[np.float32]:
+    big_k, big_j, big_i = padded.shape
+    flat = padded.reshape(-1)
+    base = np.floor(p)
+    frac = p - base
+    b = base.astype(np.int64) + 1  # index into the padded grid
+    inside = np.ones(len(p), dtype=bool)
+    for axis, n in enumerate((big_i, big_j, big_k)):
+        inside &= (b[:, axis] >= 0) & (b[:, axis] <= n - 2)
+        np.clip(b[:, axis], 0, n - 2, out=b[:, axis])
+    idx = (b[:, 2] * big_j + b[:, 1]) * big_i + b[:, 0]
+    fi, fj, fk = frac[:, 0], frac[:, 1], frac[:, 2]
+    rows = []
+    for offset in (0, big_i, big_j * big_i, big_j * big_i + big_i):  # (dj, dk) corners
+        rows.append(_lerp(np.take(flat, idx + offset), np.take(flat, idx + (offset + 1)), fi))
+    values = _lerp(_lerp(rows[0], rows[1], fj), _lerp(rows[2], rows[3], fj), fk)
+    values[~inside] = outside
+    return values
 
 
 # ----------------------------------------------------------------------------- assembly

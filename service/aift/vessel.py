@@ -177,15 +177,19 @@ def extract_pe_patches(
     if out is None:
         out = np.empty((count, 3, size, size), dtype=np.float32)
     specs = pe_patch_specs(count)
-    points = np.empty((len(specs), 2, size, size, 3))
+    # The planes are laid out in voxel indices directly (the affine is linear): no per-point
+    # patient-to-voxel transform, float32 throughout.
+    points = np.empty((len(specs), 2, size, size, 3), dtype=np.float32)
+    to_voxel = np.linalg.inv(volume.affine[:3, :3])
     u0 = _perpendicular(a)
     v0 = np.cross(a, u0)
     for n, (width, shift, angle) in enumerate(specs):
         u = math.cos(angle) * u0 + math.sin(angle) * v0
-        at = centre + shift * width * a
-        points[n, 0] = plane_points(at, u, np.cross(a, u), width, size)
-        points[n, 1] = plane_points(at, u, a, width, size)
-    planes = window_to_8bit(volume.sample(points), window)  # one resampling pass for all
+        at = volume.to_voxel(centre + shift * width * a)
+        h = to_voxel @ u
+        points[n, 0] = plane_points(at, h, to_voxel @ np.cross(a, u), width, size)
+        points[n, 1] = plane_points(at, h, to_voxel @ a, width, size)
+    planes = window_to_8bit(volume.sample_voxels(points), window)  # one pass for all
     out[:, 0] = planes[:, 0]
     out[:, 1] = planes[:, 1]
     out[:, 2] = planes[:, 1]
