@@ -146,6 +146,22 @@ def pe_planes(
     return cross, longitudinal
 
 
+def review_planes(
+    volume: Volume, point_mm: npt.ArrayLike, axis: npt.ArrayLike, width_mm: float, size: int
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """The three vessel-aligned planes a reviewer looks at, in HU: the cross-section and the two
+    orthogonal longitudinal views (axis down the rows), each ``width_mm`` wide."""
+    a = unit(axis, "vessel direction")
+    u = _perpendicular(a)
+    v = np.cross(a, u)
+    centre = np.asarray(point_mm, dtype=np.float64)
+    return (
+        volume.sample(plane_points(centre, u, v, width_mm, size)),
+        volume.sample(plane_points(centre, u, a, width_mm, size)),
+        volume.sample(plane_points(centre, v, a, width_mm, size)),
+    )
+
+
 def pe_patch_specs(count: int) -> list[tuple[float, float, float]]:
     """(width mm, shift along the axis as a fraction of the width, rotation in radians) of the
     first ``count`` patches, rotation-major."""
