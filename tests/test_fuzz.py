@@ -16,6 +16,7 @@ examples every time; a few hundred in all) and ``long`` (thousands, random), run
 
 from __future__ import annotations
 
+import functools
 import io
 import string
 from collections.abc import Iterator
@@ -381,3 +382,81 @@ def test_export_audit_and_version_fields(
     answered(stubs.channel, admin.GetVersion, cad_pb2.GetVersionRequest(version=version))
     image = cad_pb2.ReviewImageRequest(request_id=version)
     answered(stubs.channel, review.GetReviewImage, image)
+
+
+@functools.cache
+def _series() -> tuple[bytes, ...]:
+    from tests.ct import real_ct_series
+
+    return tuple(real_ct_series(4, series_uid="1.2.826.0.1.3680043.8.498.77"))
+
+
+points = st.builds(cad_pb2.Point3D, x=any_double, y=any_double, z=any_double)
+plain_point = cad_pb2.Point3D(x=64, y=64, z=1.5)
+
+
+@st.composite
+def volume_candidates(draw: st.DrawFn) -> cad_pb2.VolumeCandidate:
+    c = cad_pb2.VolumeCandidate(client_id=draw(any_text))
+    where = draw(st.sampled_from(["voxel", "patient_mm", "none"]))
+    point = draw(st.one_of(st.just(plain_point), points))
+    if where == "voxel":
+        c.voxel.CopyFrom(point)
+    elif where == "patient_mm":
+        c.patient_mm.CopyFrom(point)
+    if draw(st.booleans()):
+        c.vessel_direction.CopyFrom(draw(points))
+    return c
+
+
+@st.composite
+def series_uploads(draw: st.DrawFn) -> list[cad_pb2.VolumeChunk]:
+    """A real CT series (CT_small as 4 slices) with instances mutated, dropped, repeated,
+    reordered or replaced by other DICOM files, split over messages, with any header fields."""
+    instances = list(_series())
+    for _ in range(draw(st.integers(0, 3))):
+        if not instances:
+            break
+        action = draw(st.sampled_from(["mutate", "drop", "repeat", "foreign"]))
+        i = draw(st.integers(0, len(instances) - 1))
+        if action == "mutate":
+            instances[i] = mutated(instances[i], draw)
+        elif action == "drop":
+            instances.pop(i)
+        elif action == "repeat":
+            instances.append(instances[i])
+        else:
+            instances[i] = draw(dicom_files())
+    instances = draw(st.permutations(instances)) if instances else []
+    header = cad_pb2.VolumeHeader(
+        candidates=draw(st.lists(volume_candidates(), max_size=4)),
+        recipe=draw(st.one_of(st.sampled_from(["", "pe", "pe:9", "pe:54", "polyp"]), any_text)),
+        source_id=draw(any_text),
+    )
+    if draw(st.booleans()):
+        header.window.CopyFrom(cad_pb2.Window(center=draw(any_double), width=draw(any_double)))
+    split = draw(st.integers(1, 4))
+    chunks = [cad_pb2.VolumeChunk(header=header, instances=instances[:split])]
+    chunks += [
+        cad_pb2.VolumeChunk(instances=instances[s : s + split])
+        for s in range(split, len(instances), split)
+    ]
+    order = draw(st.sampled_from(["as is", "no header", "header twice", "empty"]))
+    if order == "no header":
+        chunks[0].ClearField("header")
+    elif order == "header twice":
+        chunks.append(cad_pb2.VolumeChunk(header=header))
+    elif order == "empty":
+        chunks = []
+    return chunks
+
+
+@given(upload=series_uploads())
+def test_series_uploads(
+    stubs: Stubs, inference: cad_pb2_grpc.CadInferenceStub, upload: list[cad_pb2.VolumeChunk]
+) -> None:
+    answered(
+        stubs.channel,
+        lambda chunks, timeout: inference.ClassifyVolume(iter(chunks), timeout=timeout),
+        upload,
+    )

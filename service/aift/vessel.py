@@ -51,7 +51,8 @@ class VesselAxis:
 
 def unit(v: npt.ArrayLike, what: str = "direction") -> npt.NDArray[np.float64]:
     a = np.asarray(v, dtype=np.float64)
-    n = float(np.linalg.norm(a))
+    with np.errstate(over="ignore"):  # 1e200 and the like: an infinite norm, refused below
+        n = float(np.linalg.norm(a)) if a.shape == (3,) else math.nan
     if a.shape != (3,) or not math.isfinite(n) or n < 1e-9:
         raise InvalidInput(f"the {what} must be 3 finite numbers, not all 0")
     a = a / n
