@@ -150,3 +150,17 @@ def test_fp32_ceiling_counts_the_models_flops_against_a_matrix_product() -> None
     assert min(rates) > 0 and f["sgemm_gflops_best"] == max(rates)
     assert f["ort_vs_sgemm"] == pytest.approx(f["needed_for_2x_eager_vs_sgemm"])
     assert f["needed_for_2x_eager_vs_ort"] == pytest.approx(1.0)
+
+
+@pytest.mark.slow  # builds an AlexNet and exports it
+def test_pe_benchmark_runs_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import pe
+
+    out = tmp_path / "pe.json"
+    assert pe.main(["--size", "64", "--repeats", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["pe_s_per_candidate"] > 0 and result["polyp_s_per_candidate"] > 0
+    assert result["pe_vs_polyp_per_patch"] == pytest.approx(
+        (result["pe_s_per_candidate"] / 54) / (result["polyp_s_per_candidate"] / 24)
+    )
+    assert "PE / polyp" in capsys.readouterr().out
