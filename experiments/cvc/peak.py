@@ -146,6 +146,7 @@ def summarise_set(rows: list[dict[str, str]], prefix: str) -> dict[str, Any] | N
                 "per_seed_alc_log": {
                     s: alc(labels, values[i], log=True) for i, s in enumerate(seed_ids)
                 },
+                "per_seed_curve": {s: values[i].tolist() for i, s in enumerate(seed_ids)},
                 "to_level": {
                     str(level): labels_to_reach(list(labels), list(mean), level * reference[metric])
                     for level in LEVELS
@@ -172,9 +173,18 @@ def summarise_set(rows: list[dict[str, str]], prefix: str) -> dict[str, Any] | N
             if not rnd or name == RANDOM:
                 continue
             common = [s for s in m["seed_ids"] if s in rnd["seed_ids"]]
-            for key in ("per_seed_alc", "per_seed_alc_log"):
-                diffs = np.array([mm[key][s] - rnd[metric][key][s] for s in common])
-                mm[f"paired_{key[9:]}"] = paired(diffs)
+            # Over the rounds both have finished (a run still going has fewer).
+            n = min(len(m["labels"]), len(rnd["labels"]))
+            grid = np.array(m["labels"][:n])
+            for key, log in (("alc", False), ("alc_log", True)):
+                diffs = np.array(
+                    [
+                        alc(grid, np.array(mm["per_seed_curve"][s][:n]), log)
+                        - alc(grid, np.array(rnd[metric]["per_seed_curve"][s][:n]), log)
+                        for s in common
+                    ]
+                )
+                mm[f"paired_{key}"] = paired(diffs)
             mm["paired_to_level"] = {
                 lv: _paired_labels(
                     mm["per_seed_to_level"][lv], rnd[metric]["per_seed_to_level"][lv]
@@ -219,7 +229,9 @@ def choose_default(val: dict[str, Any] | None, candidates: list[str]) -> dict[st
     scored = [
         (ms[c]["auc"]["paired_alc_log"]["mean"], c)
         for c in candidates
-        if c in ms and "paired_alc_log" in ms[c]["auc"]
+        if c in ms
+        and "paired_alc_log" in ms[c]["auc"]
+        and not math.isnan(ms[c]["auc"]["paired_alc_log"]["mean"])
     ]
     if not scored:
         return {"method": None, "reason": "no candidate has paired validation results"}
@@ -305,7 +317,7 @@ def markdown_set(s: dict[str, Any], title: str, seconds_per_label: float) -> str
     lines += [
         "",
         "Areas under the learning curve (mean AUC over the schedule, from the first trained round "
-        "to the whole pool), on a linear and a log2-label axis; paired differences to Random: mean "
+        "to the last), on a linear and a log2-label axis; paired differences to Random: mean "
         "± std over seeds, seeds won, verdict (a tie when mean ± 2 standard errors holds 0). "
         "Polyps per 100 labels: among the labels in hand at 80 and 320 labels.",
         "",
@@ -385,10 +397,13 @@ def plot(sets: dict[str, dict[str, Any]], path: Path) -> None:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("labels (log scale)")
         ax.set_ylabel(f"{SETS[key]} {'AUC' if metric == 'auc' else 'average precision'}")
-        low = min(
-            (min(v for lab, v in zip(m["labels"], m[metric]["mean"], strict=True) if lab > 0))
+        trained = [
+            v
             for m in s["methods"].values()
-        )
+            for lab, v in zip(m["labels"], m[metric]["mean"], strict=True)
+            if lab > 0
+        ]
+        low = min(trained, default=ref - 0.1)
         ax.set_ylim(max(0.0, low - 0.02), min(1.0, ref + 0.04))
         ax.set_title(f"{SETS[key]} sequences: {metric.upper()} (mean ± std)", fontsize=10)
         ax.grid(alpha=0.3, which="both")
