@@ -175,12 +175,12 @@ def summarise_set(rows: list[dict[str, str]], prefix: str) -> dict[str, Any] | N
             common = [s for s in m["seed_ids"] if s in rnd["seed_ids"]]
             # Over the rounds both have finished (a run still going has fewer).
             n = min(len(m["labels"]), len(rnd["labels"]))
-            grid = np.array(m["labels"][:n])
+            common_labels = np.array(m["labels"][:n])
             for key, log in (("alc", False), ("alc_log", True)):
                 diffs = np.array(
                     [
-                        alc(grid, np.array(mm["per_seed_curve"][s][:n]), log)
-                        - alc(grid, np.array(rnd[metric]["per_seed_curve"][s][:n]), log)
+                        alc(common_labels, np.array(mm["per_seed_curve"][s][:n]), log)
+                        - alc(common_labels, np.array(rnd[metric]["per_seed_curve"][s][:n]), log)
                         for s in common
                     ]
                 )
