@@ -46,7 +46,7 @@ from reviewui.security import (
 )
 from reviewui.sessions import MemorySessions, Session, Sessions, StoreSessions
 from reviewui.settings import ReviewUiSettings
-from service.aift import QUEUE_ORDERS, RANDOM
+from service.aift import DEFAULT_VARIANT, QUEUE_ORDERS, RANDOM
 from service.api.cad.v1 import cad_pb2
 from service.errors import StoreUnavailable
 from service.labels.store import open_store
@@ -60,7 +60,7 @@ SESSION_COOKIE = "cad_review_session"
 SIGNIN_COOKIE = "cad_review_signin"
 CSRF_HEADER = "x-csrf-token"
 RANKING_NAMES = {
-    "entropy_diversity_alpha": "Most informative first (uncertain and inconsistent; default)",
+    "entropy_diversity_alpha": "Most informative first (uncertain and inconsistent)",
     "entropy_diversity": "Most informative first, all views (uncertain and inconsistent)",
     "entropy_alpha": "Most uncertain first",
     "entropy": "Most uncertain first, all views",
@@ -189,8 +189,9 @@ class ReviewApp:
         if session is None:
             return RedirectResponse("/signin", status_code=303)
         variants = "".join(
-            f'<option value="{v}"{" selected" if v == "entropy_diversity_alpha" else ""}>'
-            f"{html.escape(RANKING_NAMES[v])} ({v})</option>"
+            f'<option value="{v}"{" selected" if v == DEFAULT_VARIANT else ""}>'
+            f"{html.escape(RANKING_NAMES[v])} ({v}{'; default' if v == DEFAULT_VARIANT else ''})"
+            "</option>"
             for v in QUEUE_ORDERS
         )
         text = self._templates["review.html"]
@@ -297,7 +298,7 @@ class ReviewApp:
             log.warning("a session could not be ended: the label store is unreachable")
 
     async def queue(self, request: Request, session: Session) -> Any:
-        variant = request.query_params.get("variant", "entropy_diversity_alpha")
+        variant = request.query_params.get("variant", DEFAULT_VARIANT)
         if variant not in QUEUE_ORDERS:
             raise PageError(400, f"unknown variant; choose one of {', '.join(QUEUE_ORDERS)}")
         try:

@@ -116,9 +116,10 @@ def summarise_set(rows: list[dict[str, str]], prefix: str) -> dict[str, Any] | N
     by = _curves([r for r in rows if r["method"] != FULL])
     methods: dict[str, dict[str, Any]] = {}
     for method, seeds in by.items():
-        # Only the rounds every seed has finished (a run still going adds its seeds' rounds later).
-        n_rounds = min(len(v) for v in seeds.values())
-        seed_ids = sorted(seeds)
+        # Only the seeds that have finished as many rounds as the furthest one: a report of a run
+        # still going leaves out the seeds it is in the middle of.
+        n_rounds = max(len(v) for v in seeds.values())
+        seed_ids = sorted(s for s, v in seeds.items() if len(v) == n_rounds)
         grid = {
             col: np.array([[_num(seeds[s][i].get(col)) for i in range(n_rounds)] for s in seed_ids])
             for col in ("labels", col_auc, col_ap, "positives")
