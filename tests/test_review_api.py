@@ -118,11 +118,7 @@ def test_missed_finding_queue_and_export(server: ServerThread, channel: grpc.Cha
         assert err.value.code() == expected
 
     queue = review.GetAnnotationQueue(cad_pb2.QueueRequest(limit=3), timeout=10)
-    assert (
-        queue.variant == "entropy_diversity_alpha"
-        and queue.unlabeled == 4
-        and len(queue.items) == 3
-    )
+    assert queue.variant == "entropy_alpha" and queue.unlabeled == 4 and len(queue.items) == 3
     by_id = {r.candidate_id: r for r in response.results}
     for item in queue.items:
         assert item.request_id == response.request_id and item.source_id == "ws-7"

@@ -98,7 +98,7 @@ def test_candidate_stats_report_mean_probability_and_default_score() -> None:
     probs = table1_probs()
     stats = candidate_stats(probs)
     np.testing.assert_allclose(stats.probability, probs.mean(axis=1))
-    np.testing.assert_allclose(stats.score, aift_scores(probs, "entropy_diversity_alpha"))
+    np.testing.assert_allclose(stats.score, aift_scores(probs, "entropy_alpha"))
     np.testing.assert_allclose(stats.diversity, aift_scores(probs, "diversity"))
     assert np.all(stats.entropy >= 0) and np.all(stats.diversity >= 0)
 

@@ -370,7 +370,21 @@ def plot(sets: dict[str, dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = [(k, metric) for k in sets for metric in ("auc", "ap")]
-    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5.2 * (len(panels) + 1), 5), dpi=100)
+    rows = len(sets)
+    fig, grid = plt.subplots(rows, 3, figsize=(16, 5.2 * rows), dpi=100, squeeze=False)
+    # Each set's AUC and AP in its row; the polyps panel top right.
+    axes = [grid[r, c] for r in range(rows) for c in range(2)] + [grid[0, 2]]
+    for r in range(1, rows):
+        grid[r, 2].axis("off")
+    schedule = sorted(
+        {
+            lab
+            for s in sets.values()
+            for m in s["methods"].values()
+            for lab in m["labels"]
+            if lab > 0
+        }
+    )
     colours: dict[str, Any] = {}
     for ax, (key, metric) in zip(axes, panels, strict=False):
         s = sets[key]
@@ -396,6 +410,7 @@ def plot(sets: dict[str, dict[str, Any]], path: Path) -> None:
         for lv, ls in ((0.99, "--"), (0.975, ":")):
             ax.axhline(lv * ref, color="grey", lw=0.8, ls=ls, label=f"{lv:.1%} of whole pool")
         ax.set_xscale("log", base=2)
+        ax.set_xticks(schedule, [f"{v:.0f}" for v in schedule])
         ax.set_xlabel("labels (log scale)")
         ax.set_ylabel(f"{SETS[key]} {'AUC' if metric == 'auc' else 'average precision'}")
         trained = [
@@ -417,6 +432,7 @@ def plot(sets: dict[str, dict[str, Any]], path: Path) -> None:
         keep = x > 0
         ax.plot(x[keep], y[keep], marker="o", ms=3, color=colours.get(name), label=name)
     ax.set_xscale("log", base=2)
+    ax.set_xticks(schedule, [f"{v:.0f}" for v in schedule])
     ax.set_xlabel("labels (log scale)")
     ax.set_ylabel("polyps per 100 labels in hand")
     ax.set_title("what reviewers were shown", fontsize=10)
