@@ -174,6 +174,23 @@ class Classifier:
         """Each worker thread cuts its patches into its own reused array (no fresh 43 MB per request);
         it blocks until the model has run on them, so the array is free again when it asks next."""
 
+    def admit(self, count: int, deadline: float | None, what: str) -> int:
+        """The checks every classification passes before any work: the deadline not yet passed,
+        1 to ``max_candidates`` candidates (``what`` names one in the message). Returns count."""
+        if deadline is not None and time.monotonic() >= deadline:
+            self.metrics.batch_refused.labels("deadline").inc()
+            raise DeadlineExceeded("the request's deadline passed before it was started")
+        if count == 0:
+            raise InvalidInput(
+                f"the request has no candidates; send at least one {what} to classify"
+            )
+        if count > self.max_candidates:
+            raise LimitExceeded(
+                f"{count} candidates is over the limit of {self.max_candidates} per request "
+                "(setting CAD_MAX_CANDIDATES)"
+            )
+        return count
+
     def classify(self, request: ClassifyInput) -> ClassifyOutcome:
         """Classify every candidate of one image.
 
@@ -182,17 +199,7 @@ class Classifier:
             InvalidInput / LimitExceeded: the request is malformed or too large; nothing ran.
         """
         model = self.models.require()
-        if request.deadline is not None and time.monotonic() >= request.deadline:
-            self.metrics.batch_refused.labels("deadline").inc()
-            raise DeadlineExceeded("the request's deadline passed before it was started")
-        count = len(request.candidates)
-        if count == 0:
-            raise InvalidInput("the request has no candidates; send at least one box to classify")
-        if count > self.max_candidates:
-            raise LimitExceeded(
-                f"{count} candidates is over the limit of {self.max_candidates} per request "
-                "(setting CAD_MAX_CANDIDATES)"
-            )
+        count = self.admit(len(request.candidates), request.deadline, "box")
         recipe = parse_recipe(request.recipe, model.default_recipe)
         require_image_recipe(recipe)
         image = decode_image(request.image, request.frame_index, request.window, self.limits)

@@ -9,7 +9,6 @@ AIFT statistics come back. Synchronous and free of protobuf: the transport runs 
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import numpy.typing as npt
 from service.aift import candidate_stats, parse_recipe
 from service.aift.patches import require_volume_recipe
 from service.aift.vessel import PE_WINDOW, VesselAxis, extract_pe_patches, unit, vessel_axis
-from service.errors import DeadlineExceeded, InvalidInput, LimitExceeded
+from service.errors import InvalidInput
 from service.imaging import Window
 from service.models.inference import Classifier
 from service.volumes import Volume, VolumeLimits, assemble_series
@@ -111,17 +110,7 @@ class VolumeClassifier:
         DeadlineExceeded; nothing is run on the model before the whole request is checked."""
         c = self.classifier
         model = c.models.require()
-        if request.deadline is not None and time.monotonic() >= request.deadline:
-            c.metrics.batch_refused.labels("deadline").inc()
-            raise DeadlineExceeded("the request's deadline passed before it was started")
-        count = len(request.candidates)
-        if count == 0:
-            raise InvalidInput("the request has no candidates; send at least one 3D point")
-        if count > c.max_candidates:
-            raise LimitExceeded(
-                f"{count} candidates is over the limit of {c.max_candidates} per request "
-                "(setting CAD_MAX_CANDIDATES)"
-            )
+        count = c.admit(len(request.candidates), request.deadline, "3D point")
         recipe = parse_recipe(request.recipe, "pe")
         require_volume_recipe(recipe)
         window = PE_WINDOW
