@@ -37,6 +37,7 @@ from service.imaging import (
 
 AIR_HU = -1024.0
 """What lies outside the scanned volume (air): the value resampling pads with."""
+HU_MIN, HU_MAX = -32768.0, 32767.0
 
 
 @dataclass(frozen=True)
@@ -429,4 +430,54 @@ def _stack(
     for k, s in enumerate(slices):
         np.multiply(s.pixels, s.slope, out=hu[k], casting="unsafe")
         hu[k] += np.float32(s.intercept)
+    # Whole HU in the int16 range, as every CT's stored values with slope 1 are: the archive keeps
+    # a candidate's block losslessly in 16 bits, so training samples what serving sampled.
+    np.rint(hu, out=hu)
+    np.clip(hu, HU_MIN, HU_MAX, out=hu)
     return Volume(hu, affine, series_uid, study_uid, tuple(s.sop_uid for s in slices))
+
+
+# ----------------------------------------------------------------------------- candidate blocks
+
+
+def block_around(volume: Volume, point_mm: npt.ArrayLike, reach_mm: float) -> Volume:
+    """The voxels every sample within ``reach_mm`` of a point needs (its trilinear taps
+    included), with the affine of their corner: sampling the block anywhere within reach gives
+    what sampling the whole volume gives (air outside the volume in both)."""
+    lin = volume.affine[:3, :3]
+    centre = volume.to_voxel(point_mm)
+    half = reach_mm * np.linalg.norm(np.linalg.inv(lin), axis=1) + 1.0  # per index axis
+    dims = np.array([volume.shape[2], volume.shape[1], volume.shape[0]])
+    lo = np.clip(np.floor(centre - half).astype(np.int64), 0, dims)
+    hi = np.clip(np.ceil(centre + half).astype(np.int64) + 1, 0, dims)
+    if np.any(hi <= lo):
+        raise InvalidInput("the candidate's surroundings lie outside the volume")
+    sub = volume.hu[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]]
+    affine = volume.affine.copy()
+    affine[:3, 3] = volume.to_patient(lo.astype(np.float64))
+    return Volume(
+        np.ascontiguousarray(sub),
+        affine,
+        volume.series_uid,
+        volume.study_uid,
+        volume.sop_instance_uids[lo[2] : hi[2]],
+    )
+
+
+def hu_to_rgb(hu: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
+    """Whole HU ``(k, j, i)`` as an 8-bit RGB image ``(k * j, i, 3)`` the archive stores as a PNG,
+    losslessly: red the high byte of HU + 32768, green the low byte, blue 0."""
+    v = (np.clip(np.rint(hu), HU_MIN, HU_MAX).astype(np.int32) + 32768).reshape(-1, hu.shape[2])
+    out = np.zeros((*v.shape, 3), dtype=np.uint8)
+    out[..., 0] = v >> 8
+    out[..., 1] = v & 0xFF
+    return out
+
+
+def rgb_to_hu(pixels: npt.NDArray[np.uint8], shape: Sequence[int]) -> npt.NDArray[np.float32]:
+    """:func:`hu_to_rgb` undone: HU ``shape`` (k, j, i)."""
+    k, j, i = (int(n) for n in shape)
+    if pixels.shape != (k * j, i, 3):
+        raise ValueError(f"an archived block of {shape} is {k * j}x{i} pixels, not {pixels.shape}")
+    v = (pixels[..., 0].astype(np.int32) << 8) | pixels[..., 1].astype(np.int32)
+    return (v - 32768).astype(np.float32).reshape(k, j, i)

@@ -231,3 +231,97 @@ def test_real_ct_candidates_are_classified(stub: cad_pb2_grpc.CadInferenceStub) 
     assert reply.results[0].patches == 9 and 0 < reply.results[0].probability < 1
     assert reply.results[0].direction_estimated
     assert list(reply.spacing_mm) == pytest.approx([0.661468, 0.661468, 5.0], abs=1e-5)
+
+
+def test_pe_candidates_are_kept_for_review_and_training(
+    served: ServerThread, stub: cad_pb2_grpc.CadInferenceStub, registry_dir: Path, tube
+) -> None:
+    """A classified series' candidates reach the queue; the review image is their three planes;
+    a verdict becomes a label; the trainer cuts the same patches from the archived block."""
+    import io
+
+    from PIL import Image
+
+    from service.aift.vessel import REVIEW_PANEL, review_box
+    from service.labels.archive import ImageArchive
+    from service.labels.store import open_store
+    from trainer.data import PatchSource, labeled_examples, unlabeled_examples
+
+    data, centre, direction, _ = tube
+    header = cad_pb2.VolumeHeader(
+        source_id="ctpa-review",
+        candidates=[
+            cad_pb2.VolumeCandidate(client_id="clot", patient_mm=p3(centre)),
+            cad_pb2.VolumeCandidate(
+                client_id="along",
+                patient_mm=p3(centre + 7 * direction),
+                vessel_direction=p3(direction),
+            ),
+        ],
+    )
+    reply = stub.ClassifyVolume(upload(header, data), timeout=60)
+    ids = [r.candidate_id for r in reply.results]
+    with grpc.insecure_channel(served.address) as channel:
+        review = cad_pb2_grpc.CadReviewStub(channel)
+        queue = review.GetAnnotationQueue(cad_pb2.QueueRequest(limit=50), timeout=30)
+        queued = {item.candidate_id: item for item in queue.items}
+        assert set(ids) <= set(queued)
+        clot = queued[ids[0]]
+        assert clot.request_id == ids[0] and clot.source_id == "ctpa-review"
+        shown = review.GetReviewImage(cad_pb2.ReviewImageRequest(request_id=ids[0]), timeout=30)
+        picture = np.asarray(Image.open(io.BytesIO(shown.png)).convert("RGB"))
+        assert picture.shape == (REVIEW_PANEL, 3 * REVIEW_PANEL, 3)
+        # The cross-section: the clot (40 HU) at the centre inside the contrast ring (300 HU).
+        c = REVIEW_PANEL // 2
+        assert abs(int(picture[c, c, 0]) - round((40 + 250) * 255 / 700)) <= 3
+        mm = REVIEW_PANEL / 30  # pixels per mm
+        yy, xx = np.mgrid[:REVIEW_PANEL, :REVIEW_PANEL]
+        r = np.hypot(yy - c, xx - c) / mm
+        ring = picture[:, :REVIEW_PANEL, 0][(r > 2.0) & (r < 3.0)]
+        assert ring.max() > picture[c, c, 0] + 50  # brighter contrast around the dark clot
+        assert picture[:, :REVIEW_PANEL, 0][r > 6].max() == 0  # lung (-800 HU) below the window
+        box = shown.candidates[0].box
+        assert (box.x, box.y, box.width, box.height) == pytest.approx(review_box())
+        receipt = review.SubmitCorrection(
+            cad_pb2.Correction(
+                candidate_id=ids[0], verdict=cad_pb2.TRUE_POSITIVE, reviewer="dr.lung"
+            ),
+            timeout=30,
+        )
+        assert receipt.event_id
+        with pytest.raises(grpc.RpcError) as err:
+            review.AddMissedFinding(
+                cad_pb2.MissedFinding(
+                    request_id=ids[0],
+                    box=cad_pb2.Box(x=10, y=10, width=20, height=20),
+                    reviewer="dr.lung",
+                ),
+                timeout=30,
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "3D point" in (err.value.details() or "")
+    # The trainer's view: the label, and the patches serving cut, again from the archive.
+    settings = served.server.settings
+    store = open_store(settings.store_url)
+    try:
+        labeled = [e for e in labeled_examples(store) if e.candidate_id == ids[0]]
+        pool = {e.candidate_id: e for e in unlabeled_examples(store)}
+    finally:
+        store.close()
+    assert len(labeled) == 1 and labeled[0].label == 1 and labeled[0].recipe == "pe"
+    assert ids[1] in pool and pool[ids[1]].geometry
+    source = PatchSource(ImageArchive(settings.archive_root), SIZE)
+    volume = assemble_series(data)
+    est = reply.results[0].vessel_direction
+    served_patches = extract_pe_patches(volume, centre, [est.x, est.y, est.z], 54, SIZE)
+    again = source.patches(labeled[0])
+    assert again.shape == served_patches.shape
+    assert np.abs(again - served_patches).max() < 1e-2  # 0..255 scale: the same patches
+    along = source.patches(pool[ids[1]])
+    assert (
+        np.abs(
+            along - extract_pe_patches(volume, centre + 7 * direction, direction, 54, SIZE)
+        ).max()
+        < 1e-2
+    )
+    assert source.key(labeled[0]) != source.key(pool[ids[1]])

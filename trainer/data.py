@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.aift import Box, Recipe, extract_patches, parse_recipe
+from service.aift.vessel import PeGeometry, archived_pe_patches
 from service.labels.archive import ImageArchive
 from service.labels.store import SqlLabelStore
 
@@ -29,6 +30,8 @@ class Example:
     source_key: str
     """Study UID, else video/source id, else request id: what the split is decided by."""
     labeled_at: str = ""
+    geometry: str = ""
+    """A PE candidate's point, axis and voxel block (JSON); empty for a box on an image."""
 
 
 def labels_of(examples: Sequence[Example]) -> list[int]:
@@ -67,6 +70,7 @@ def labeled_examples(store: SqlLabelStore) -> list[Example]:
             x.label,
             source_key(x.image.study_uid, x.image.source_id, x.image.request_id),
             x.labeled_at,
+            x.candidate.geometry,
         )
         for x in store.labeled()
         if not x.conflict or x.adjudicated
@@ -79,7 +83,7 @@ def unsettled_count(store: SqlLabelStore) -> int:
 
 
 def unlabeled_examples(store: SqlLabelStore) -> list[Example]:
-    """Every unlabeled classified candidate (the pool)."""
+    """Every unlabeled classified candidate (the pool); a PE candidate with its geometry."""
     return [
         Example(
             e.candidate_id,
@@ -88,6 +92,9 @@ def unlabeled_examples(store: SqlLabelStore) -> list[Example]:
             e.recipe,
             None,
             source_key(e.study_uid, e.source_id, e.request_id),
+            geometry=store.get_candidate(e.candidate_id).geometry
+            if parse_recipe(e.recipe).vessel
+            else "",
         )
         for e in store.unlabeled()
     ]
@@ -145,16 +152,23 @@ class PatchSource:
     def key(self, example: Example) -> tuple[str, tuple[float, ...], str, int]:
         """What determines a candidate's patches (the trunk cache's key)."""
         b = example.box
-        return (
-            example.image_sha256,
-            (b.x, b.y, b.width, b.height),
-            self.recipe(example).spec,
-            self.input_size,
-        )
+        where: tuple[float, ...] = (b.x, b.y, b.width, b.height)
+        if example.geometry:  # a PE candidate: its point and axis in its block
+            g = PeGeometry.from_json(example.geometry)
+            where = (*g.point_mm, *g.axis)
+        return (example.image_sha256, where, self.recipe(example).spec, self.input_size)
 
     def patches(self, example: Example) -> np.ndarray:
         image = cached_image(self.archive, example.image_sha256)
-        return extract_patches(image, example.box, self.recipe(example), self.input_size)
+        recipe = self.recipe(example)
+        if recipe.vessel:  # cut again from the archived voxel block, as serving cut them
+            if not example.geometry:
+                raise ValueError(
+                    f"{example.candidate_id}: a {recipe.name} candidate has no geometry"
+                )
+            geometry = PeGeometry.from_json(example.geometry)
+            return archived_pe_patches(image, geometry, recipe.count, self.input_size)
+        return extract_patches(image, example.box, recipe, self.input_size)
 
 
 def balanced_epoch(labels: Sequence[int], rng: np.random.Generator) -> np.ndarray:

@@ -22,6 +22,7 @@ matched to the vessel's radius).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -29,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.errors import InvalidInput
-from service.volumes import Volume
+from service.volumes import Volume, block_around, hu_to_rgb, rgb_to_hu
 
 PE_WIDTHS_MM = (10.0, 15.0, 20.0)
 PE_SHIFTS = (-0.2, 0.0, 0.2)
@@ -211,3 +212,112 @@ def extract_pe_patches(
     out[:, 1] = planes[:, 1]
     out[:, 2] = planes[:, 1]
     return out
+
+
+# ------------------------------------------------------------------ a PE candidate, kept for review
+
+REVIEW_WIDTH_MM = 30.0
+REVIEW_PANEL = 256
+"""Pixels per review plane (the montage is 3 panels side by side)."""
+BLOCK_REACH_MM = 22.0
+"""How far from the candidate the archived block reaches: every ``pe`` patch (20 mm wide, moved
+20% along the axis: 14.7 mm at its corners) and the 30 mm review planes (21.2 mm)."""
+VOLUME_SOURCE = "ct-volume"
+"""``source_kind`` of a PE candidate's archived image: its voxel block, not a picture."""
+
+
+@dataclass(frozen=True)
+class PeGeometry:
+    """Where a PE candidate is, in its archived voxel block (stored with the candidate as JSON)."""
+
+    point_mm: tuple[float, float, float]
+    axis: tuple[float, float, float]
+    estimated: bool
+    scale_mm: float
+    window: tuple[float, float]
+    affine: tuple[float, ...]
+    """The block's 4 x 4 voxel-to-patient affine, row-major."""
+    shape: tuple[int, int, int]
+    """The block's (slices, rows, columns)."""
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "kind": "pe",
+                "point_mm": self.point_mm,
+                "axis": self.axis,
+                "estimated": self.estimated,
+                "scale_mm": self.scale_mm,
+                "window": self.window,
+                "affine": self.affine,
+                "shape": self.shape,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> PeGeometry:
+        d = json.loads(text)
+        if d.get("kind") != "pe":
+            raise ValueError("not the geometry of a PE candidate")
+        return cls(
+            tuple(d["point_mm"]),
+            tuple(d["axis"]),
+            bool(d["estimated"]),
+            float(d["scale_mm"]),
+            tuple(d["window"]),
+            tuple(float(v) for v in d["affine"]),
+            tuple(int(v) for v in d["shape"]),  # type: ignore[arg-type]
+        )
+
+    def block(self, pixels: npt.NDArray[np.uint8]) -> Volume:
+        """The archived block (:func:`service.volumes.hu_to_rgb` pixels) as a volume."""
+        return Volume(rgb_to_hu(pixels, self.shape), np.array(self.affine).reshape(4, 4))
+
+
+def keep_candidate(
+    volume: Volume,
+    point_mm: npt.ArrayLike,
+    axis: VesselAxis,
+    window: tuple[float, float],
+) -> tuple[npt.NDArray[np.uint8], PeGeometry]:
+    """What the archive and the store keep of a PE candidate: its voxel block as lossless 8-bit
+    RGB pixels, and its geometry in that block."""
+    block = block_around(volume, point_mm, BLOCK_REACH_MM)
+    p = np.asarray(point_mm, dtype=np.float64)
+    geometry = PeGeometry(
+        (float(p[0]), float(p[1]), float(p[2])),
+        axis.direction,
+        axis.estimated,
+        axis.scale_mm,
+        (float(window[0]), float(window[1])),
+        tuple(float(v) for v in block.affine.reshape(-1)),
+        block.shape,
+    )
+    return hu_to_rgb(block.hu), geometry
+
+
+def review_montage(pixels: npt.NDArray[np.uint8], geometry: PeGeometry) -> npt.NDArray[np.uint8]:
+    """The three review planes of an archived PE candidate side by side (cross-section, then the
+    two longitudinal views, axis down), 30 mm wide each, in the candidate's window: RGB8
+    ``(REVIEW_PANEL, 3 * REVIEW_PANEL, 3)``."""
+    planes = review_planes(
+        geometry.block(pixels), geometry.point_mm, geometry.axis, REVIEW_WIDTH_MM, REVIEW_PANEL
+    )
+    gray = np.concatenate([window_to_8bit(p, geometry.window) for p in planes], axis=1)
+    return np.repeat(np.rint(gray).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def review_box() -> tuple[float, float, float, float]:
+    """Where the candidate is drawn on :func:`review_montage`: the smallest patch (10 mm) around
+    the centre of the cross-section. (x, y, width, height) in montage pixels."""
+    side = PE_WIDTHS_MM[0] / REVIEW_WIDTH_MM * REVIEW_PANEL
+    return (REVIEW_PANEL - side) / 2, (REVIEW_PANEL - side) / 2, side, side
+
+
+def archived_pe_patches(
+    pixels: npt.NDArray[np.uint8], geometry: PeGeometry, count: int, size: int
+) -> npt.NDArray[np.float32]:
+    """A PE candidate's patches cut again from its archived block: what serving cut."""
+    return extract_pe_patches(
+        geometry.block(pixels), geometry.point_mm, geometry.axis, count, size, geometry.window
+    )

@@ -16,8 +16,16 @@ import numpy as np
 
 from service.aift import QUEUE_ORDERS, RANDOM, VARIANTS, Box, Variant, aift_scores
 from service.aift.scoring import DEFAULT_VARIANT, PAPER_ALPHA, select_for_labeling
+from service.aift.vessel import (
+    REVIEW_PANEL,
+    VOLUME_SOURCE,
+    PeGeometry,
+    keep_candidate,
+    review_box,
+    review_montage,
+)
 from service.errors import InvalidInput, NotFound, StoreUnavailable
-from service.labels.archive import ImageArchive
+from service.labels.archive import ImageArchive, encode_png
 from service.labels.spool import RecordSpool
 from service.labels.store.records import (
     CandidateRecord,
@@ -32,6 +40,7 @@ from service.labels.store.records import (
 from service.labels.store.sql import SqlLabelStore
 from service.metrics import ServiceMetrics
 from service.models.inference import ClassifyOutcome
+from service.models.volume_inference import VolumeOutcome
 from service.validation import MAX_QUEUE_WEIGHT, box_values, finite, quote
 
 log = logging.getLogger(__name__)
@@ -128,6 +137,16 @@ class Recorder:
             )
             for i, r in enumerate(outcome.results)
         ]
+        self._keep(image, candidates, outcome.image.pixels, outcome.image.png)
+
+    def _keep(
+        self,
+        image: ImageRecord,
+        candidates: list[CandidateRecord],
+        pixels: np.ndarray,
+        png: bytes | None,
+    ) -> None:
+        """The rows into the store (or the spool while it is down), after their archived image."""
         spool = self.spool
         if spool is not None and (spool.pending or not self.store.available):
             # behind earlier spooled records (order), or the store is known down: no waiting
@@ -142,7 +161,51 @@ class Recorder:
             return
         # a pruner on another replica may have removed a blob of the same content between the
         # put and the row: now that the row exists it cannot any more, so put it back if gone
-        self.archive.ensure(sha, outcome.image.pixels, outcome.image.png)
+        self.archive.ensure(image.sha256, pixels, png)
+
+    def record_volume(self, outcome: VolumeOutcome, patch_probs: np.ndarray) -> None:
+        """A CT series' candidates, each as its own archived image (its voxel block, kept
+        losslessly) with its geometry: reviewers see its three planes, and training cuts its
+        patches from the block as serving cut them from the series."""
+        volume = outcome.volume
+        x, y, w, h = review_box()
+        for i, r in enumerate(outcome.results):
+            pixels, geometry = keep_candidate(volume, r.patient_mm, r.axis, outcome.window)
+            sha, size = self.archive.put(pixels)
+            image = ImageRecord(
+                request_id=r.candidate_id,  # one archived block, one candidate
+                sha256=sha,
+                size_bytes=size,
+                height=REVIEW_PANEL,  # what the review page shows: the montage of its planes
+                width=3 * REVIEW_PANEL,
+                frame_index=0,
+                source_kind=VOLUME_SOURCE,
+                source_id=outcome.source_id,
+                study_uid=self.uid(volume.study_uid),
+                series_uid=self.uid(volume.series_uid),
+                sop_instance_uid="",
+                modality="CT",
+                recipe=outcome.recipe,
+                model_version=str(outcome.model_version),
+            )
+            candidate = CandidateRecord(
+                candidate_id=r.candidate_id,
+                request_id=r.candidate_id,
+                client_id=r.client_id,
+                x=x,
+                y=y,
+                width=w,
+                height=h,
+                recipe=outcome.recipe,
+                model_version=str(outcome.model_version),
+                probability=r.probability,
+                entropy=r.entropy,
+                diversity=r.diversity,
+                score=r.score,
+                patch_probs=patch_probs[i],
+                geometry=geometry.to_json(),
+            )
+            self._keep(image, [candidate], pixels, None)
 
     def write_spooled(self, image: ImageRecord, candidates: list[CandidateRecord]) -> None:
         """Write one spooled record to the store (:meth:`RecordSpool.drain`)."""
@@ -244,6 +307,11 @@ class ReviewService:
         values = box_values(box.x, box.y, box.width, box.height)
         reviewer, key = self._common(reviewer, note, key)
         image = self.store.get_image(request_id)
+        if image.source_kind == VOLUME_SOURCE:
+            raise InvalidInput(
+                "a missed finding in a CT volume is a 3D point; marking one on the planes of a "
+                "PE candidate is not supported yet: send it to ClassifyVolume as a candidate"
+            )
         if (
             box.x < 0
             or box.y < 0
@@ -383,7 +451,11 @@ class ReviewService:
             raise NotFound(
                 f"the image of request {quote(request_id)} is no longer archived (retention)"
             ) from None
-        return ReviewImage(image, png, self.store.candidates_of(request_id))
+        candidates = self.store.candidates_of(request_id)
+        if image.source_kind == VOLUME_SOURCE:  # a voxel block: shown as its three planes
+            geometry = PeGeometry.from_json(candidates[0].candidate.geometry)
+            png = encode_png(review_montage(self.archive.get(image.sha256), geometry))
+        return ReviewImage(image, png, candidates)
 
     def retract(self, event_id: str, reviewer: str, key: str) -> Receipt:
         """Undo one's own latest verdict or missed finding on a candidate (a retraction event)."""

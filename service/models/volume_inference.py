@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -68,6 +69,7 @@ class VolumeOutcome:
     volume: Volume
     results: list[VolumeCandidateResult]
     source_id: str = ""
+    window: tuple[float, float] = PE_WINDOW
 
 
 def _vec(v: npt.ArrayLike) -> Vec3:
@@ -98,12 +100,27 @@ def locate(volume: Volume, candidate: VolumeCandidateInput, index: int) -> tuple
     return _vec(mm), _vec(ijk)
 
 
+class VolumeRecorder(Protocol):
+    """Where a volume classification is kept (:class:`service.labels.review.Recorder`)."""
+
+    def record_volume(
+        self, outcome: VolumeOutcome, patch_probs: npt.NDArray[np.float32]
+    ) -> None: ...
+
+
 class VolumeClassifier:
     """CT series + 3D candidates -> probability and AIFT scores per candidate."""
 
-    def __init__(self, classifier: Classifier, limits: VolumeLimits | None = None) -> None:
+    def __init__(
+        self,
+        classifier: Classifier,
+        limits: VolumeLimits | None = None,
+        recorder: VolumeRecorder | None = None,
+    ) -> None:
         self.classifier = classifier
         self.limits = limits or VolumeLimits()
+        self.recorder = recorder
+        """Optional; keeps every candidate for review before the answer is sent."""
 
     def classify(self, request: VolumeInput) -> VolumeOutcome:
         """Raises ModelUnavailable, InvalidInput, UnsupportedImage, LimitExceeded or
@@ -164,6 +181,9 @@ class VolumeClassifier:
             )
             for i, cand in enumerate(request.candidates)
         ]
-        return VolumeOutcome(
-            request_id, model.version, recipe.spec, volume, results, request.source_id
+        outcome = VolumeOutcome(
+            request_id, model.version, recipe.spec, volume, results, request.source_id, window
         )
+        if self.recorder is not None:
+            self.recorder.record_volume(outcome, all_probs)  # durable before the answer
+        return outcome

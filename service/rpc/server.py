@@ -147,6 +147,7 @@ class CadServer:
                 settings.max_series_instances,
                 settings.max_series_bytes,
             ),
+            self.recorder,
         )
         self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="cad-worker")
         self.replica_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"

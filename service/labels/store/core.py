@@ -278,7 +278,7 @@ class StoreCore:
         )
         cur.execute(
             self._sql(
-                f"INSERT INTO candidates ({_CANDIDATE_INSERT}) VALUES ({', '.join('?' * 21)})"
+                f"INSERT INTO candidates ({_CANDIDATE_INSERT}) VALUES ({', '.join('?' * 22)})"
             ),
             (
                 c.candidate_id,
@@ -298,6 +298,7 @@ class StoreCore:
                 shape,
                 c.origin,
                 c.created or created,
+                c.geometry,
                 c.model_version,
                 entropy_alpha,
                 diversity_alpha,

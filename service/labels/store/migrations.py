@@ -201,4 +201,10 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        10,
+        "candidates that are not boxes on an image (pulmonary embolism points in CT volumes) "
+        "keep where they are as JSON",
+        ["ALTER TABLE candidates ADD COLUMN geometry TEXT NOT NULL DEFAULT ''"],
+    ),
 ]

@@ -24,6 +24,8 @@ from service.labels.store.records import (
 from service.labels.store.rows import (
     _CANDIDATE_COLUMNS,
     _IMAGE_COLUMNS,
+    CANDIDATE_WIDTH,
+    IMAGE_WIDTH,
     _probs_blob,
     _queue_entry,
     _ranking_terms,
@@ -278,16 +280,18 @@ class QueueQueries(StoreCore):
             "WHERE c.label IS NOT NULL AND c.labeled_at > ? ORDER BY c.labeled_at, c.candidate_id",
             (since,),
         )
+        n = CANDIDATE_WIDTH
+        m = n + IMAGE_WIDTH
         for r in rows:
             yield LabeledCandidate(
-                candidate_record(r[:17]),
-                ImageRecord(*r[17:32]),
-                int(r[32]),
-                bool(r[33]),
-                r[34],
-                r[35],
-                int(r[36]),
-                bool(r[37]),
+                candidate_record(r[:n]),
+                ImageRecord(*r[n:m]),
+                int(r[m]),
+                bool(r[m + 1]),
+                r[m + 2],
+                r[m + 3],
+                int(r[m + 4]),
+                bool(r[m + 5]),
             )
 
     def precision_by_version(self) -> dict[str, tuple[int, int]]:

@@ -50,6 +50,9 @@ class CandidateRecord:
     patch_probs: npt.NDArray[np.float32] | None
     origin: str = "model"
     created: str = ""
+    geometry: str = ""
+    """A candidate that is not a box on its image: where it is, as JSON (a PE candidate's point,
+    vessel axis and voxel block: :class:`service.aift.vessel.PeGeometry`); empty for boxes."""
 
 
 @dataclass(frozen=True)

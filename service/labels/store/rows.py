@@ -29,11 +29,14 @@ _IMAGE_COLUMNS = (
     "request_id, sha256, size_bytes, height, width, frame_index, source_kind, source_id, "
     "study_uid, series_uid, sop_instance_uid, modality, recipe, model_version, created"
 )
+IMAGE_WIDTH = len(_IMAGE_COLUMNS.split(","))
 _CANDIDATE_COLUMNS = (
     "candidate_id, request_id, client_id, x, y, width, height, recipe, model_version, "
-    "probability, entropy, diversity, score, patch_probs, patch_shape, origin, created"
+    "probability, entropy, diversity, score, patch_probs, patch_shape, origin, created, geometry"
 )
 _CANDIDATE_FIELDS = tuple(name.strip() for name in _CANDIDATE_COLUMNS.split(","))
+CANDIDATE_WIDTH = len(_CANDIDATE_FIELDS)
+"""How many columns :func:`candidate_record` reads: a query's further columns start here."""
 _CANDIDATE_INSERT = (
     _CANDIDATE_COLUMNS + ", scored_version, entropy_alpha, diversity_alpha, random_key"
 )
@@ -103,4 +106,10 @@ def candidate_record(row: Sequence[Any]) -> CandidateRecord:
     values = list(row)
     probs = _probs_array(values[13], values[14])
     fields = dict(zip(_CANDIDATE_FIELDS[:13], values[:13], strict=True))
-    return CandidateRecord(**fields, patch_probs=probs, origin=values[15], created=values[16])
+    return CandidateRecord(
+        **fields,
+        patch_probs=probs,
+        origin=values[15],
+        created=values[16],
+        geometry=values[17] or "",
+    )

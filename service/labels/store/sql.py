@@ -49,6 +49,7 @@ from service.labels.store.records import (
 from service.labels.store.rows import (
     _CANDIDATE_COLUMNS,
     _IMAGE_COLUMNS,
+    CANDIDATE_WIDTH,
     _ranking_terms,
     candidate_record,
 )
@@ -136,8 +137,10 @@ class SqlLabelStore(LabelEvents, QueueQueries):
             "WHERE request_id = ? ORDER BY created, candidate_id",
             (request_id,),
         )
+        n = CANDIDATE_WIDTH
         return [
-            ImageCandidate(candidate_record(r[:17]), r[17], r[18] or "", bool(r[19])) for r in rows
+            ImageCandidate(candidate_record(r[:n]), r[n], r[n + 1] or "", bool(r[n + 2]))
+            for r in rows
         ]
 
     # ------------------------------------------------------------------ audit trail
