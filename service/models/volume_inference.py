@@ -128,7 +128,9 @@ class VolumeClassifier:
         c = self.classifier
         model = c.models.require()
         count = c.admit(len(request.candidates), request.deadline, "3D point")
-        recipe = parse_recipe(request.recipe, "pe")
+        served = model.default_recipe  # a PE model's own (pe:9, say), else the full pe recipe
+        default = served if served and parse_recipe(served).vessel else "pe"
+        recipe = parse_recipe(request.recipe, default)
         require_volume_recipe(recipe)
         window = PE_WINDOW
         if request.window is not None:
