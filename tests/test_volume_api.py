@@ -289,26 +289,39 @@ def test_pe_candidates_are_kept_for_review_and_training(
             timeout=30,
         )
         assert receipt.event_id
-        with pytest.raises(grpc.RpcError) as err:
+        # A missed clot marked on the first longitudinal view, 4 mm down the vessel: a point.
+        down = REVIEW_PANEL / 2 + 4 * mm
+        missed = review.AddMissedFinding(
+            cad_pb2.MissedFinding(
+                request_id=ids[0],
+                box=cad_pb2.Box(x=1.5 * REVIEW_PANEL - 5, y=down - 5, width=10, height=10),
+                reviewer="dr.lung",
+            ),
+            timeout=30,
+        )
+        assert missed.candidate_id.startswith(ids[0] + "-m")
+        with pytest.raises(grpc.RpcError) as err:  # 10 mm away: outside what the block holds
             review.AddMissedFinding(
                 cad_pb2.MissedFinding(
                     request_id=ids[0],
-                    box=cad_pb2.Box(x=10, y=10, width=20, height=20),
+                    box=cad_pb2.Box(x=c + 10 * mm - 5, y=c - 5, width=10, height=10),
                     reviewer="dr.lung",
                 ),
                 timeout=30,
             )
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "3D point" in (err.value.details() or "")
+        assert "up to 7 mm" in (err.value.details() or "")
     # The trainer's view: the label, and the patches serving cut, again from the archive.
     settings = served.server.settings
     store = open_store(settings.store_url)
     try:
         labeled = [e for e in labeled_examples(store) if e.candidate_id == ids[0]]
+        marked = [e for e in labeled_examples(store) if e.candidate_id == missed.candidate_id]
         pool = {e.candidate_id: e for e in unlabeled_examples(store)}
     finally:
         store.close()
     assert len(labeled) == 1 and labeled[0].label == 1 and labeled[0].recipe == "pe"
+    assert len(marked) == 1 and marked[0].label == 1 and marked[0].geometry
     assert ids[1] in pool and pool[ids[1]].geometry
     source = PatchSource(ImageArchive(settings.archive_root), SIZE)
     volume = assemble_series(data)
@@ -325,3 +338,11 @@ def test_pe_candidates_are_kept_for_review_and_training(
         < 1e-2
     )
     assert source.key(labeled[0]) != source.key(pool[ids[1]])
+    axis = np.array([est.x, est.y, est.z])
+    assert (
+        np.abs(
+            source.patches(marked[0])
+            - extract_pe_patches(volume, centre + 4 * axis, axis, 54, SIZE)
+        ).max()
+        < 1e-2
+    )

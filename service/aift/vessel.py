@@ -321,3 +321,52 @@ def archived_pe_patches(
     return extract_pe_patches(
         geometry.block(pixels), geometry.point_mm, geometry.axis, count, size, geometry.window
     )
+
+
+MISSED_REACH_MM = BLOCK_REACH_MM - 15.0
+"""How far from its candidate a missed finding marked on the planes may lie: its own patches
+(reaching 14.7 mm) must stay inside the candidate's archived block."""
+
+
+def _panel_axes(
+    geometry: PeGeometry,
+) -> list[tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]:
+    """(horizontal, vertical) of each review panel, as :func:`review_planes` lays them out."""
+    a = unit(geometry.axis, "vessel direction")
+    u = _perpendicular(a)
+    v = np.cross(a, u)
+    return [(u, v), (u, a), (v, a)]
+
+
+def point_on_planes(geometry: PeGeometry, x: float, y: float) -> PeGeometry:
+    """The geometry of a finding a reviewer marked at (x, y) on :func:`review_montage`: the
+    same block and vessel axis, the point where the click lies in the patient.
+
+    Raises:
+        InvalidInput: the click is off the planes, or farther than MISSED_REACH_MM from the
+            candidate (mark it there only if it is this candidate's vessel; else send it to
+            ClassifyVolume as a candidate of its own).
+    """
+    panel = int(x // REVIEW_PANEL)
+    if not (0 <= panel < 3 and 0 <= y < REVIEW_PANEL and x >= 0):
+        raise InvalidInput("the marked point is not on one of the three planes")
+    mm = REVIEW_WIDTH_MM / REVIEW_PANEL
+    th = (x - panel * REVIEW_PANEL - REVIEW_PANEL / 2) * mm
+    tv = (y - REVIEW_PANEL / 2) * mm
+    if math.hypot(th, tv) > MISSED_REACH_MM:
+        raise InvalidInput(
+            f"the marked point is {math.hypot(th, tv):.1f} mm from the candidate; on its planes "
+            f"a missed finding may be marked up to {MISSED_REACH_MM:.0f} mm from it (farther: "
+            "send the point to ClassifyVolume)"
+        )
+    h, v = _panel_axes(geometry)[panel]
+    p = np.asarray(geometry.point_mm) + th * h + tv * v
+    return PeGeometry(
+        (float(p[0]), float(p[1]), float(p[2])),
+        geometry.axis,
+        False,
+        0.0,
+        geometry.window,
+        geometry.affine,
+        geometry.shape,
+    )

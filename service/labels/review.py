@@ -21,6 +21,7 @@ from service.aift.vessel import (
     VOLUME_SOURCE,
     PeGeometry,
     keep_candidate,
+    point_on_planes,
     review_box,
     review_montage,
 )
@@ -307,11 +308,12 @@ class ReviewService:
         values = box_values(box.x, box.y, box.width, box.height)
         reviewer, key = self._common(reviewer, note, key)
         image = self.store.get_image(request_id)
-        if image.source_kind == VOLUME_SOURCE:
-            raise InvalidInput(
-                "a missed finding in a CT volume is a 3D point; marking one on the planes of a "
-                "PE candidate is not supported yet: send it to ClassifyVolume as a candidate"
-            )
+        geometry = ""
+        if image.source_kind == VOLUME_SOURCE:  # a point clicked on a PE candidate's planes
+            shown = self.store.candidates_of(request_id)[0].candidate
+            cx, cy = box.x + box.width / 2, box.y + box.height / 2
+            marked = point_on_planes(PeGeometry.from_json(shown.geometry), cx, cy)
+            geometry = marked.to_json()
         if (
             box.x < 0
             or box.y < 0
@@ -342,6 +344,7 @@ class ReviewService:
             score=None,
             patch_probs=None,
             origin="missed",
+            geometry=geometry,
         )
         receipt = self.store.add_missed(candidate, reviewer, note, key, digest)
         if not receipt.replayed:
