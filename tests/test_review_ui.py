@@ -499,3 +499,76 @@ def test_a_skipped_item_goes_back_to_the_other_reviewers_at_once(world: World) -
     status, theirs = smith.api("/api/queue?variant=entropy&limit=200")
     assert held <= {i["candidate_id"] for i in theirs["items"]}
     assert smith.form("/signout", {"csrf": smith.page_csrf()})[0] == 303  # nothing left held
+
+
+def test_a_pe_candidate_is_reviewed_on_its_three_planes(tmp_path: Path) -> None:
+    """A CT series classified by a CAD client: the page shows each PE candidate as its three
+    vessel-aligned planes, takes a verdict on it and a missed finding marked on a plane (a world
+    of its own: the module's queue stays as the other tests expect it)."""
+    with review_world(tmp_path) as world:
+        _review_a_pe_candidate(world)
+
+
+def _review_a_pe_candidate(world: World) -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from bench.ctpa import series_bytes, tube_volume
+    from service.aift.vessel import REVIEW_PANEL
+
+    aff = np.diag([0.7, 0.7, 1.5, 1.0])
+    hu, centre, _ = tube_volume((16, 48, 48), aff, [24, 24, 8], (0.3, -0.5, 0.81))
+    with grpc.insecure_channel(world.server.address) as channel:
+        reply = cad_pb2_grpc.CadInferenceStub(channel).ClassifyVolume(
+            iter(
+                [
+                    cad_pb2.VolumeChunk(
+                        header=cad_pb2.VolumeHeader(
+                            candidates=[
+                                cad_pb2.VolumeCandidate(
+                                    client_id="pe",
+                                    patient_mm=cad_pb2.Point3D(
+                                        x=centre[0], y=centre[1], z=centre[2]
+                                    ),
+                                )
+                            ]
+                        ),
+                        instances=series_bytes(hu, aff),
+                    )
+                ]
+            ),
+            timeout=60,
+            metadata=[("authorization", f"Bearer {TOKENS['tower-3']}")],
+        )
+    cid = reply.results[0].candidate_id
+    browser, csrf = signed_in(world, "dr.smith")
+    status, image = browser.api(f"/api/image/{cid}")
+    assert status == 200 and (image["width"], image["height"]) == (3 * REVIEW_PANEL, REVIEW_PANEL)
+    status, _, png = browser.request("GET", f"/api/image/{cid}/png")
+    planes = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
+    assert status == 200 and planes.shape == (REVIEW_PANEL, 3 * REVIEW_PANEL)
+    assert planes[:, REVIEW_PANEL // 2].max() > 150  # the contrast-filled vessel
+    token = {"X-CSRF-Token": csrf}
+    status, verdict = browser.api(
+        "/api/verdict",
+        {"candidate_id": cid, "verdict": "confirm", "key": "pe-1", "request_id": cid},
+        **token,
+    )
+    assert status == 200 and verdict["label"] == "finding"
+    status, missed = browser.api(
+        "/api/missed",
+        {
+            "request_id": cid,
+            "key": "pe-missed",
+            "box": {
+                "x": 1.5 * REVIEW_PANEL - 4,
+                "y": REVIEW_PANEL / 2 + 20,
+                "width": 8,
+                "height": 8,
+            },
+        },
+        **token,
+    )
+    assert status == 200, missed
