@@ -48,6 +48,7 @@ def series_bytes(
     hu: npt.NDArray[np.float32],
     affine: npt.NDArray[np.float64],
     series_uid: str = "1.2.826.0.1.3680043.8.498.1",
+    frame_of_reference_uid: str = "1.2.826.0.1.3680043.8.498.3",
 ) -> list[bytes]:
     """Single-frame CT instances (int16 stored, intercept -1024) of ``hu[k, j, i]`` placed by
     ``affine`` (its i and j columns: IOP times PixelSpacing; k: the slice step)."""
@@ -67,6 +68,12 @@ def series_bytes(
         ds.file_meta.MediaStorageSOPInstanceUID = uid
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, uid
         ds.Modality = "CT"
+        ds.PatientName, ds.PatientID = "Synthetic^Vessel", "CTPA-SYNTHETIC"
+        ds.PatientBirthDate, ds.PatientSex = "", "O"
+        ds.StudyDate, ds.StudyTime, ds.StudyID = "20261206", "120000", "1"
+        ds.AccessionNumber, ds.ReferringPhysicianName = "", ""
+        ds.SeriesNumber, ds.Manufacturer = 1, "synthetic"
+        ds.FrameOfReferenceUID = frame_of_reference_uid
         ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.2"
         ds.SeriesInstanceUID = series_uid
         ds.InstanceNumber = k + 1

@@ -34,7 +34,16 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import
 
 from gateway.settings import GatewaySettings
-from gateway.sr import Finding, Region, build_sr, regions_of
+from gateway.sr import (
+    Finding,
+    Finding3D,
+    Point3D,
+    Region,
+    build_sr,
+    build_volume_sr,
+    points_of,
+    regions_of,
+)
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.durable import write_atomic
 from service.logs import configure_logging
@@ -262,6 +271,7 @@ class Gateway:
                 return SUCCESS
             try:
                 self._keep_regions(regions_of(ds))
+                self._keep_points(points_of(ds))
                 write_atomic(marker, f"{time.time()}\n".encode())
             except OSError as exc:
                 log.error(
@@ -276,7 +286,14 @@ class Gateway:
             ds.save_as(buffer, enforce_file_format=True)
             write_atomic(
                 self.inbox / f"{_key(uid)}.json",
-                json.dumps({"caller": caller}).encode(),
+                json.dumps(
+                    {
+                        "caller": caller,
+                        "modality": str(getattr(ds, "Modality", "") or ""),
+                        "series": str(getattr(ds, "SeriesInstanceUID", "") or ""),
+                        "for": str(getattr(ds, "FrameOfReferenceUID", "") or ""),
+                    }
+                ).encode(),
             )
             write_atomic(self.inbox / f"{_key(uid)}.dcm", buffer.getvalue())
             write_atomic(marker, f"{time.time()}\n".encode())
@@ -306,12 +323,29 @@ class Gateway:
                 kept += [[r.frame_index, r.x, r.y, r.width, r.height] for r in found]
                 write_atomic(path, json.dumps(kept).encode())
 
+    def _points_path(self, frame_of_reference: str) -> Path:
+        return self.regions / f"for-{_key(frame_of_reference)}.json"
+
+    def _keep_points(self, points: list[Point3D]) -> None:
+        """An upstream SR's 3D points (PE candidates), kept per frame of reference."""
+        by_frame: dict[str, list[Point3D]] = {}
+        for p in points:
+            by_frame.setdefault(p.frame_of_reference_uid, []).append(p)
+        with self._regions_lock:
+            for uid, found in by_frame.items():
+                path = self._points_path(uid)
+                kept = json.loads(path.read_text()) if path.exists() else []
+                kept += [[p.x, p.y, p.z] for p in found]
+                write_atomic(path, json.dumps(kept).encode())
+
     def _classify_loop(self) -> None:
         backoff = 0.5
         while not self._stop.is_set():
             pending = sorted(self.inbox.glob("*.dcm"), key=lambda p: p.stat().st_mtime_ns)
             done_any = False
             for path in pending:
+                if not path.exists():  # classified with its series a moment ago
+                    continue
                 try:
                     done_any |= self._classify(path)
                     backoff = 0.5
@@ -351,6 +385,9 @@ class Gateway:
         rows, cols = int(ds.Rows), int(ds.Columns)
         if self.mode_of(meta["caller"]) == "sr":
             kept = self.regions / f"{path.stem}.json"
+            points = self._points_path(meta.get("for", ""))
+            if not kept.exists() and meta.get("modality") == "CT" and points.exists():
+                return self._classify_series(meta["series"], meta["for"])
             if not kept.exists():
                 if time.time() - path.stat().st_mtime < self.settings.pair_wait_s:
                     return False  # its SR may still come
@@ -402,6 +439,70 @@ class Gateway:
             len(findings),
             frames,
             version,
+        )
+        self._notify()
+        return True
+
+    def _classify_series(self, series: str, frame_of_reference: str) -> bool:
+        """A CT series whose upstream SR named 3D points (PE candidates): classified as one
+        volume once no instance of it has arrived for ``series_quiet_s``; one SR for the
+        series, its points with their probabilities. False while the series may still grow."""
+        files = []
+        for sidecar in self.inbox.glob("*.json"):
+            meta = json.loads(sidecar.read_text())
+            if meta.get("series") == series and sidecar.with_suffix(".dcm").exists():
+                files.append(sidecar.with_suffix(".dcm"))
+        if not files:
+            return False
+        newest = max(f.stat().st_mtime for f in files)
+        if time.time() - newest < self.settings.series_quiet_s:
+            return False
+        with self._regions_lock:
+            kept = json.loads(self._points_path(frame_of_reference).read_text())
+        points = [Point3D(frame_of_reference, *p) for p in kept]
+        blobs = [f.read_bytes() for f in files]
+        header = cad_pb2.VolumeHeader(
+            source_id=f"series:{_key(series)}",
+            candidates=[
+                cad_pb2.VolumeCandidate(
+                    client_id=f"point-{i + 1}",
+                    patient_mm=cad_pb2.Point3D(x=p.x, y=p.y, z=p.z),
+                )
+                for i, p in enumerate(points)
+            ],
+        )
+        chunks = [cad_pb2.VolumeChunk(header=header)]
+        chunks += [cad_pb2.VolumeChunk(instances=[b]) for b in blobs]  # one instance a message
+        try:
+            reply = self.stub.ClassifyVolume(
+                iter(chunks),
+                timeout=self.settings.rpc_timeout_s,
+                metadata=[("authorization", f"Bearer {self.token}")] if self.token else None,
+            )
+        except grpc.RpcError as exc:
+            if exc.code() not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+                raise  # the server is away: retried
+            log.warning("a CT series was refused by the CAD server: %s", exc.details())
+            for f in files:
+                self._set_aside(f)
+            return True
+        datasets = [dcmread(io.BytesIO(b)) for b in blobs]
+        findings = [Finding3D(p, r.probability) for p, r in zip(points, reply.results, strict=True)]
+        sr = build_volume_sr(datasets, findings, reply.model_version, self.device_uid)
+        buffer = io.BytesIO()
+        sr.save_as(buffer, enforce_file_format=True)
+        write_atomic(self.seen / _key(str(sr.SOPInstanceUID)), b"ours\n")
+        received = min(f.stat().st_mtime for f in files)
+        write_atomic(self.outbox / f"{int(received * 1e6)}-{_key(series)}.dcm", buffer.getvalue())
+        for f in files:
+            f.unlink()
+            f.with_suffix(".json").unlink(missing_ok=True)
+        self.stats.classified += 1
+        log.info(
+            "classified a CT series: %d point(s) in %d instance(s), model v%s",
+            len(points),
+            len(files),
+            reply.model_version,
         )
         self._notify()
         return True

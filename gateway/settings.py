@@ -60,6 +60,12 @@ class GatewaySettings(BaseSettings):
         description="Longest an image waits for the SR that names its candidates (and an SR for "
         "its images); then it is set aside, unclassified, and counted.",
     )
+    series_quiet_s: float = Field(
+        5.0,
+        gt=0,
+        description="A CT series whose upstream SR names 3D points (PE candidates) is classified "
+        "as one volume once no instance of it has arrived for this long.",
+    )
     rpc_timeout_s: float = Field(
         60.0, gt=0, description="Longest the gateway waits for one Classify call."
     )

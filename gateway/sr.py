@@ -181,3 +181,121 @@ def regions_of(ds: Dataset) -> list[Region]:
 
     walk(ds)
     return found
+
+
+# ------------------------------------------------------------------ points in a CT volume (PE)
+
+
+@dataclass(frozen=True)
+class Point3D:
+    """A 3D point an SR names (SCOORD3D): patient mm in a frame of reference."""
+
+    frame_of_reference_uid: str
+    x: float
+    y: float
+    z: float
+
+
+@dataclass(frozen=True)
+class Finding3D:
+    """One classified PE candidate: its point and P(finding)."""
+
+    point: Point3D
+    probability: float
+
+
+def points_of(ds: Dataset) -> list[Point3D]:
+    """Every SCOORD3D of any SR (a point, or the centroid of a shape), with its frame of
+    reference: the PE candidates an upstream CAD proposes in a CT series."""
+    found: list[Point3D] = []
+
+    def walk(item: Any) -> None:
+        for child in getattr(item, "ContentSequence", []):
+            if getattr(child, "ValueType", "") == "SCOORD3D" and "GraphicData" in child:
+                found.append(_point(child))
+            walk(child)
+
+    walk(ds)
+    return found
+
+
+def _point(item: Dataset) -> Point3D:
+    pts = np.asarray(item.GraphicData, dtype=float).reshape(-1, 3)
+    x, y, z = pts.mean(axis=0)
+    return Point3D(
+        str(getattr(item, "ReferencedFrameOfReferenceUID", "")), float(x), float(y), float(z)
+    )
+
+
+def build_volume_sr(
+    series: Sequence[Dataset],
+    findings: Sequence[Finding3D],
+    model_version: str,
+    device_uid: str,
+    device_name: str = "cad-dicom-gateway",
+    manufacturer: str = "cad-aift",
+) -> hd.sr.Comprehensive3DSR:
+    """The SR of PE ``findings`` in the CT ``series`` (its instances are the evidence): one TID
+    1410 group per candidate, its point as an SCOORD3D POINT in the series' frame of reference,
+    a finding and the model's probability."""
+    algorithm = hd.sr.AlgorithmIdentification(name=ALGORITHM, version=model_version)
+    groups = []
+    for i, f in enumerate(findings):
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=generate_uid(), identifier=f"candidate {i + 1}"
+                ),
+                referenced_region=hd.sr.ImageRegion3D(
+                    graphic_type=hd.sr.GraphicTypeValues3D.POINT,
+                    graphic_data=np.array([[f.point.x, f.point.y, f.point.z]]),
+                    frame_of_reference_uid=f.point.frame_of_reference_uid,
+                ),
+                finding_type=codes.DCM.Finding,
+                algorithm_id=algorithm,
+                measurements=[
+                    hd.sr.Measurement(
+                        name=codes.DCM.Probability,
+                        value=float(f.probability),
+                        unit=UNITLESS,
+                        algorithm_id=algorithm,
+                    )
+                ],
+            )
+        )
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device_uid, name=device_name, model_name=f"{ALGORITHM} {model_version}"
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.SCT.ImagingProcedure,
+        imaging_measurements=groups,
+    )
+    return hd.sr.Comprehensive3DSR(
+        evidence=list(series),
+        content=report,
+        series_instance_uid=generate_uid(),
+        series_number=SERIES_NUMBER,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer=manufacturer,
+        is_complete=True,
+    )
+
+
+def read_points(ds: Dataset) -> list[tuple[Point3D, float, str]]:
+    """What an SR of :func:`build_volume_sr` says: per group its point, the probability and the
+    algorithm version."""
+    sr = hd.sr.Comprehensive3DSR.from_dataset(ds)
+    report: Any = sr.content
+    out = []
+    for group in report.get_planar_roi_measurement_groups():
+        point = _point(group.roi)  # the SCOORD3D the group is about
+        (measurement,) = group.get_measurements(name=codes.DCM.Probability)
+        out.append(
+            (point, float(measurement.value), _text_item(group, codes.DCM.AlgorithmVersion.value))
+        )
+    return out

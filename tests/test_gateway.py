@@ -347,3 +347,78 @@ def test_the_orthanc_example_points_at_the_gateway_as_it_starts() -> None:
     assert (ae_title, port) == (defaults.ae_title, defaults.port)
     assert [Path(p).name for p in config["LuaScripts"]] == ["route.lua"]
     assert config["DicomWeb"]["Enable"] and "SendToModality" in (EXAMPLE / "route.lua").read_text()
+
+
+@pytest.mark.slow
+@needs_orthanc
+def test_a_ctpa_series_and_its_upstream_points_get_one_sr_with_a_probability_per_point(
+    tmp_path: Path,
+) -> None:
+    """A CT series and an upstream CAD's SR naming 3D points (SCOORD3D, PE candidates) in its
+    frame of reference, routed by the PACS: the gateway waits for the whole series, classifies
+    it as one volume and sends one SR, each point with the CAD server's probability."""
+    from pydicom.uid import generate_uid
+
+    from bench.ctpa import series_bytes, tube_volume
+    from gateway.sr import Finding3D, Point3D, build_volume_sr, read_points
+
+    aff = np.diag([0.7, 0.7, 1.5, 1.0])
+    hu, centre, direction = tube_volume((12, 40, 40), aff, [20, 20, 6], (0.3, -0.5, 0.81))
+    frame_of_reference = generate_uid()
+    data = series_bytes(hu, aff, generate_uid(), frame_of_reference)
+    slices = [dcmread(io.BytesIO(b)) for b in data]
+    points = [Point3D(frame_of_reference, *p) for p in (centre, centre + 5 * direction)]
+    upstream = build_volume_sr(
+        slices,
+        [Finding3D(p, 0.5) for p in points],
+        "7",
+        "1.2.826.0.1.3680043.10.9999",
+        device_name="upstream-cad",
+        manufacturer="upstream-cad",
+    )
+    buffer = io.BytesIO()
+    upstream.save_as(buffer, enforce_file_format=True)
+    with loop(tmp_path, route=ROUTE_WITH_REPORTS, sr_callers="ORTHANC", series_quiet_s=1.0) as w:
+        for blob in data[::-1]:
+            w.orthanc.post("/instances", blob)
+        # every slice in before the points: the series is whole when it is classified, however
+        # slowly the PACS forwards (the quiet period only guards a series still arriving)
+        wait_for(lambda: w.gateway.stats.received == len(data), "the series received")
+        assert w.gateway.stats.classified == 0  # the slices wait for the SR naming the points
+        w.orthanc.post("/instances", buffer.getvalue())
+        wait_for(lambda: w.gateway.stats.sent == 1, "the series' SR stored in Orthanc")
+        ours = [
+            dcmread(io.BytesIO(f))
+            for f in w.orthanc.reports()
+            if dcmread(io.BytesIO(f)).Manufacturer == "cad-aift"
+        ]
+        assert len(ours) == 1 and ours[0].StudyInstanceUID == slices[0].StudyInstanceUID
+        found = read_points(ours[0])
+        assert [p for p, _, _ in found] == [
+            Point3D(frame_of_reference, *np.float32([p.x, p.y, p.z]).tolist()) for p in points
+        ]
+        with grpc.insecure_channel(w.server.address) as channel:
+            direct = cad_pb2_grpc.CadInferenceStub(channel).ClassifyVolume(
+                iter(
+                    [
+                        cad_pb2.VolumeChunk(
+                            header=cad_pb2.VolumeHeader(
+                                candidates=[
+                                    cad_pb2.VolumeCandidate(
+                                        patient_mm=cad_pb2.Point3D(x=p.x, y=p.y, z=p.z)
+                                    )
+                                    for p in points
+                                ]
+                            ),
+                            instances=data,
+                        )
+                    ]
+                ),
+                timeout=60,
+                metadata=[("authorization", f"Bearer {TOKENS['tower-3']}")],
+            )
+        np.testing.assert_allclose(
+            [prob for _, prob, _ in found], [r.probability for r in direct.results], atol=1e-4
+        )
+        assert w.gateway.stats.classified == 1 and w.gateway.stats.unpaired == 0
+        assert not list(w.gateway.inbox.glob("*.dcm"))  # every slice went with its series
