@@ -571,3 +571,71 @@ def test_two_reviewers_in_two_browsers_get_disjoint_items_and_a_third_settles_th
             "dr.lee",
             "clear polyp on review",
         )
+
+
+def test_a_pe_candidate_is_shown_as_its_three_planes_in_chromium(
+    browser: Any, tmp_path: Path
+) -> None:
+    """A PE candidate from a CT series: the page draws its three vessel-aligned planes with the
+    candidate boxed on the cross-section, and a verdict on it is recorded."""
+    import grpc
+    import numpy as np
+
+    from bench.ctpa import series_bytes, tube_volume
+    from service.aift.vessel import REVIEW_PANEL, review_box
+    from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
+
+    aff = np.diag([0.7, 0.7, 1.5, 1.0])
+    hu, centre, _ = tube_volume((16, 48, 48), aff, [24, 24, 8], (0.3, -0.5, 0.81))
+    with review_world(tmp_path) as world:
+        with grpc.insecure_channel(world.server.address) as channel:
+            reply = cad_pb2_grpc.CadInferenceStub(channel).ClassifyVolume(
+                iter(
+                    [
+                        cad_pb2.VolumeChunk(
+                            header=cad_pb2.VolumeHeader(
+                                candidates=[
+                                    cad_pb2.VolumeCandidate(
+                                        client_id="pe",
+                                        patient_mm=cad_pb2.Point3D(
+                                            x=centre[0], y=centre[1], z=centre[2]
+                                        ),
+                                    )
+                                ]
+                            ),
+                            instances=series_bytes(hu, aff),
+                        )
+                    ]
+                ),
+                timeout=60,
+                metadata=[("authorization", f"Bearer {TOKENS['tower-3']}")],
+            )
+        pe = reply.results[0].candidate_id
+        browser.get(world.ui.url + "/")
+        wait(browser, lambda d: d.current_url.endswith("/signin"), "the sign-in page")
+        browser.find_element("id", "token").send_keys(TOKENS["dr.jones"])
+        browser.find_element("id", "signin-button").click()
+        wait(browser, lambda d: d.find_elements("id", "load"), "the review page")
+        browser.find_element("id", "limit").clear()
+        browser.find_element("id", "limit").send_keys("10")
+        browser.find_element("id", "load").click()
+        k = 1
+        wait(browser, at_item(browser, k), "the first item")
+        while current(browser)["candidate_id"] != pe:  # dismiss the 2D items before it
+            browser.find_element("tag name", "body").send_keys("d")
+            k += 1
+            wait(browser, at_item(browser, k), f"item {k}")
+        image = browser.execute_script("return cadReview.state.image;")
+        assert (image["width"], image["height"]) == (3 * REVIEW_PANEL, REVIEW_PANEL)
+        scale = browser.execute_script("return cadReview.state.k;")
+        x, y, w, h = review_box()
+        # the candidate's box on the cross-section (at a fractional scale its 2-px line covers
+        # the rows around its edge, one of them fully)
+        column = round((x + w / 2) * scale)
+        edges = [pixel(browser, column, round(y * scale) + d)[:3] for d in (-1, 0, 1)]
+        assert [255, 213, 74] in edges, edges
+        # the contrast-filled vessel across the middle of the first longitudinal view
+        middle = pixel(browser, round(1.5 * REVIEW_PANEL * scale), round(40 * scale))
+        assert middle[0] > 150, middle
+        browser.find_element("id", "confirm").click()
+        wait(browser, lambda d: history(d) and history(d)[0].startswith("Confirmed"), "the verdict")
