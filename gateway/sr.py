@@ -56,24 +56,41 @@ def build_sr(
                 referenced_frame_numbers=[f.frame_index + 1] if frames > 1 else None,
             ),
         )
-        groups.append(
-            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=generate_uid(), identifier=f"candidate {i + 1}"
-                ),
-                referenced_region=region,
-                finding_type=codes.DCM.Finding,
+        groups.append(_group(i, region, algorithm, f.probability))
+    return _report([source], groups, model_version, device_uid, device_name, manufacturer)
+
+
+def _group(
+    i: int, region: Any, algorithm: hd.sr.AlgorithmIdentification, probability: float
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """Candidate ``i``'s TID 1410 group: its region, a finding, the model's probability."""
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=generate_uid(), identifier=f"candidate {i + 1}"
+        ),
+        referenced_region=region,
+        finding_type=codes.DCM.Finding,
+        algorithm_id=algorithm,
+        measurements=[
+            hd.sr.Measurement(
+                name=codes.DCM.Probability,
+                value=float(probability),
+                unit=UNITLESS,
                 algorithm_id=algorithm,
-                measurements=[
-                    hd.sr.Measurement(
-                        name=codes.DCM.Probability,
-                        value=float(f.probability),
-                        unit=UNITLESS,
-                        algorithm_id=algorithm,
-                    )
-                ],
             )
-        )
+        ],
+    )
+
+
+def _report(
+    evidence: list[Dataset],
+    groups: list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations],
+    model_version: str,
+    device_uid: str,
+    device_name: str,
+    manufacturer: str,
+) -> hd.sr.Comprehensive3DSR:
+    """The TID 1500 SR of ``groups``, the device as observer, in the evidence's study."""
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -86,7 +103,7 @@ def build_sr(
         imaging_measurements=groups,
     )
     return hd.sr.Comprehensive3DSR(
-        evidence=[source],
+        evidence=evidence,
         content=report,
         series_instance_uid=generate_uid(),
         series_number=SERIES_NUMBER,
@@ -239,51 +256,20 @@ def build_volume_sr(
     1410 group per candidate, its point as an SCOORD3D POINT in the series' frame of reference,
     a finding and the model's probability."""
     algorithm = hd.sr.AlgorithmIdentification(name=ALGORITHM, version=model_version)
-    groups = []
-    for i, f in enumerate(findings):
-        groups.append(
-            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=generate_uid(), identifier=f"candidate {i + 1}"
-                ),
-                referenced_region=hd.sr.ImageRegion3D(
-                    graphic_type=hd.sr.GraphicTypeValues3D.POINT,
-                    graphic_data=np.array([[f.point.x, f.point.y, f.point.z]]),
-                    frame_of_reference_uid=f.point.frame_of_reference_uid,
-                ),
-                finding_type=codes.DCM.Finding,
-                algorithm_id=algorithm,
-                measurements=[
-                    hd.sr.Measurement(
-                        name=codes.DCM.Probability,
-                        value=float(f.probability),
-                        unit=UNITLESS,
-                        algorithm_id=algorithm,
-                    )
-                ],
-            )
+    groups = [
+        _group(
+            i,
+            hd.sr.ImageRegion3D(
+                graphic_type=hd.sr.GraphicTypeValues3D.POINT,
+                graphic_data=np.array([[f.point.x, f.point.y, f.point.z]]),
+                frame_of_reference_uid=f.point.frame_of_reference_uid,
+            ),
+            algorithm,
+            f.probability,
         )
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=device_uid, name=device_name, model_name=f"{ALGORITHM} {model_version}"
-        ),
-    )
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=codes.SCT.ImagingProcedure,
-        imaging_measurements=groups,
-    )
-    return hd.sr.Comprehensive3DSR(
-        evidence=list(series),
-        content=report,
-        series_instance_uid=generate_uid(),
-        series_number=SERIES_NUMBER,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer=manufacturer,
-        is_complete=True,
-    )
+        for i, f in enumerate(findings)
+    ]
+    return _report(list(series), groups, model_version, device_uid, device_name, manufacturer)
 
 
 def read_points(ds: Dataset) -> list[tuple[Point3D, float, str]]:

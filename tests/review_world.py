@@ -129,6 +129,28 @@ def classify_examples(address: str) -> tuple[cad_pb2.ClassifyResponse, cad_pb2.C
     return ct, frame
 
 
+def classify_pe(address: str) -> str:
+    """A CT series (a synthetic vessel with a clot) and one PE candidate at the clot, as a CT
+    workstation sends them; the candidate's id."""
+    import numpy as np
+
+    from bench.ctpa import series_bytes, tube_volume
+
+    aff = np.diag([0.7, 0.7, 1.5, 1.0])
+    hu, centre, _ = tube_volume((16, 48, 48), aff, [24, 24, 8], (0.3, -0.5, 0.81))
+    point = cad_pb2.Point3D(x=centre[0], y=centre[1], z=centre[2])
+    header = cad_pb2.VolumeHeader(
+        candidates=[cad_pb2.VolumeCandidate(client_id="pe", patient_mm=point)]
+    )
+    with grpc.insecure_channel(address) as channel:
+        reply = cad_pb2_grpc.CadInferenceStub(channel).ClassifyVolume(
+            iter([cad_pb2.VolumeChunk(header=header, instances=series_bytes(hu, aff))]),
+            timeout=60,
+            metadata=[("authorization", f"Bearer {TOKENS['tower-3']}")],
+        )
+    return str(reply.results[0].candidate_id)
+
+
 @contextmanager
 def review_world(
     tmp: Path, extra_tokens: list[dict[str, object]] | None = None, **ui: object

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from service.labels.store import open_store
-from tests.review_world import TOKENS, World, review_world
+from tests.review_world import TOKENS, World, classify_pe, review_world
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -578,39 +578,10 @@ def test_a_pe_candidate_is_shown_as_its_three_planes_in_chromium(
 ) -> None:
     """A PE candidate from a CT series: the page draws its three vessel-aligned planes with the
     candidate boxed on the cross-section, and a verdict on it is recorded."""
-    import grpc
-    import numpy as np
-
-    from bench.ctpa import series_bytes, tube_volume
     from service.aift.vessel import REVIEW_PANEL, review_box
-    from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 
-    aff = np.diag([0.7, 0.7, 1.5, 1.0])
-    hu, centre, _ = tube_volume((16, 48, 48), aff, [24, 24, 8], (0.3, -0.5, 0.81))
     with review_world(tmp_path) as world:
-        with grpc.insecure_channel(world.server.address) as channel:
-            reply = cad_pb2_grpc.CadInferenceStub(channel).ClassifyVolume(
-                iter(
-                    [
-                        cad_pb2.VolumeChunk(
-                            header=cad_pb2.VolumeHeader(
-                                candidates=[
-                                    cad_pb2.VolumeCandidate(
-                                        client_id="pe",
-                                        patient_mm=cad_pb2.Point3D(
-                                            x=centre[0], y=centre[1], z=centre[2]
-                                        ),
-                                    )
-                                ]
-                            ),
-                            instances=series_bytes(hu, aff),
-                        )
-                    ]
-                ),
-                timeout=60,
-                metadata=[("authorization", f"Bearer {TOKENS['tower-3']}")],
-            )
-        pe = reply.results[0].candidate_id
+        pe = classify_pe(world.server.address)
         browser.get(world.ui.url + "/")
         wait(browser, lambda d: d.current_url.endswith("/signin"), "the sign-in page")
         browser.find_element("id", "token").send_keys(TOKENS["dr.jones"])

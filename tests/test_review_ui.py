@@ -20,7 +20,7 @@ from reviewui.sessions import MemorySessions, StoreSessions
 from reviewui.settings import ReviewUiSettings
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.labels.store import open_store
-from tests.review_world import TOKENS, World, review_ui, review_world
+from tests.review_world import TOKENS, World, classify_pe, review_ui, review_world
 
 
 class Browser:
@@ -515,34 +515,9 @@ def _review_a_pe_candidate(world: World) -> None:
     import numpy as np
     from PIL import Image
 
-    from bench.ctpa import series_bytes, tube_volume
     from service.aift.vessel import REVIEW_PANEL
 
-    aff = np.diag([0.7, 0.7, 1.5, 1.0])
-    hu, centre, _ = tube_volume((16, 48, 48), aff, [24, 24, 8], (0.3, -0.5, 0.81))
-    with grpc.insecure_channel(world.server.address) as channel:
-        reply = cad_pb2_grpc.CadInferenceStub(channel).ClassifyVolume(
-            iter(
-                [
-                    cad_pb2.VolumeChunk(
-                        header=cad_pb2.VolumeHeader(
-                            candidates=[
-                                cad_pb2.VolumeCandidate(
-                                    client_id="pe",
-                                    patient_mm=cad_pb2.Point3D(
-                                        x=centre[0], y=centre[1], z=centre[2]
-                                    ),
-                                )
-                            ]
-                        ),
-                        instances=series_bytes(hu, aff),
-                    )
-                ]
-            ),
-            timeout=60,
-            metadata=[("authorization", f"Bearer {TOKENS['tower-3']}")],
-        )
-    cid = reply.results[0].candidate_id
+    cid = classify_pe(world.server.address)
     browser, csrf = signed_in(world, "dr.smith")
     status, image = browser.api(f"/api/image/{cid}")
     assert status == 200 and (image["width"], image["height"]) == (3 * REVIEW_PANEL, REVIEW_PANEL)

@@ -66,7 +66,8 @@ def alc(labels: np.ndarray, values: np.ndarray, log: bool = False) -> float:
 
 
 def paired(diffs: np.ndarray) -> dict[str, Any]:
-    """Mean, std, wins and verdict of per-seed differences (a 95% interval holding 0: a tie)."""
+    """Mean, std, wins and verdict of per-seed differences (a 95% interval holding 0: a tie);
+    the one rule every table of the experiment uses."""
     n = len(diffs)
     mean = float(diffs.mean()) if n else math.nan
     sd = float(diffs.std(ddof=1)) if n > 1 else math.nan

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.cvc.peak import SECONDS_PER_LABEL, write_peak
+from experiments.cvc.peak import SECONDS_PER_LABEL, paired, write_peak
 from service.aift import RANDOM, VARIANTS
 from service.models.registry import ModelRegistry
 
@@ -177,25 +177,7 @@ def summarise(out: Path) -> dict[str, Any]:
             common = [s for s in m["seed_ids"] if s in rnd["per_seed_alc"]]
             diffs = np.array([m["per_seed_alc"][s] - rnd["per_seed_alc"][s] for s in common])
             if len(diffs):
-                mean, sd = (
-                    float(diffs.mean()),
-                    float(diffs.std(ddof=1)) if len(diffs) > 1 else math.nan,
-                )
-                half = 2 * sd / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
-                verdict = (
-                    "n/a (one seed)"
-                    if math.isnan(half)
-                    else "tie"
-                    if abs(mean) <= half
-                    else ("better" if mean > 0 else "worse")
-                )
-                m["paired_alc_vs_random"] = {
-                    "mean": mean,
-                    "std": sd,
-                    "wins": int((diffs > 0).sum()),
-                    "seeds": len(diffs),
-                    "verdict": verdict,
-                }
+                m["paired_alc_vs_random"] = paired(diffs)
     return {
         "initial_model": initial_model(out),
         "reference_auc": reference,
