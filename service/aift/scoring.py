@@ -61,8 +61,8 @@ VARIANTS: dict[str, Variant] = {
 DEFAULT_VARIANT = "entropy_alpha"
 """The annotation queue's order when a reviewer asks for none, and the ``score`` every
 classification returns: chosen on the validation sequences of the CVC-ClinicDB peak run (labels
-doubling to 640, 5 paired seeds): the largest paired log-axis ALC gain over Random (+0.027 +-
-0.026, 5 of 5 seeds, outside seed noise); see docs/results.md. It was entropy_diversity_alpha."""
+doubling to 1,280, 5 paired seeds): the largest paired log-axis ALC gain over Random (+0.024 +-
+0.022, 5 of 5 seeds, outside seed noise); see docs/results.md. It was entropy_diversity_alpha."""
 RANDOM = "random"
 """The annotation queue's other order: IFT Random, the paper's baseline (no AIFT score)."""
 QUEUE_ORDERS = (*VARIANTS, RANDOM)
