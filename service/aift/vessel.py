@@ -104,6 +104,27 @@ def _perpendicular(axis: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return u / np.linalg.norm(u)
 
 
+def vessel_frame(
+    a: npt.NDArray[np.float64], angle: float = 0.0
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Two unit vectors normal to the unit axis ``a`` and to each other, turned by ``angle``
+    radians around it: ``u`` (across every view) and ``v = a x u`` (the cross-section's other
+    side). The one frame patches, review planes and marked points share."""
+    u0 = _perpendicular(a)
+    u = math.cos(angle) * u0 + math.sin(angle) * np.cross(a, u0)
+    return u, np.cross(a, u)
+
+
+def review_axes(
+    axis: npt.ArrayLike,
+) -> list[tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]:
+    """(horizontal, vertical) of the three review planes: the cross-section, then the two
+    longitudinal views with the axis down the rows."""
+    a = unit(axis, "vessel direction")
+    u, v = vessel_frame(a)
+    return [(u, v), (u, a), (v, a)]
+
+
 def plane_points(
     centre: npt.NDArray[np.float64],
     horizontal: npt.NDArray[np.float64],
@@ -137,10 +158,7 @@ def pe_planes(
     """HU of the cross-sectional and the longitudinal plane (``size x size`` each) at a point,
     ``width_mm`` wide, rotated by ``angle`` radians around the axis."""
     a = unit(axis, "vessel direction")
-    u0 = _perpendicular(a)
-    v0 = np.cross(a, u0)
-    u = math.cos(angle) * u0 + math.sin(angle) * v0
-    v = np.cross(a, u)
+    u, v = vessel_frame(a, angle)
     centre = np.asarray(point_mm, dtype=np.float64)
     cross = volume.sample(plane_points(centre, u, v, width_mm, size))
     # The axis runs down the longitudinal view (rows), u across it.
@@ -153,15 +171,11 @@ def review_planes(
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """The three vessel-aligned planes a reviewer looks at, in HU: the cross-section and the two
     orthogonal longitudinal views (axis down the rows), each ``width_mm`` wide."""
-    a = unit(axis, "vessel direction")
-    u = _perpendicular(a)
-    v = np.cross(a, u)
     centre = np.asarray(point_mm, dtype=np.float64)
-    return (
-        volume.sample(plane_points(centre, u, v, width_mm, size)),
-        volume.sample(plane_points(centre, u, a, width_mm, size)),
-        volume.sample(plane_points(centre, v, a, width_mm, size)),
+    p0, p1, p2 = (
+        volume.sample(plane_points(centre, h, v, width_mm, size)) for h, v in review_axes(axis)
     )
+    return p0, p1, p2
 
 
 def pe_patch_specs(count: int) -> list[tuple[float, float, float]]:
@@ -199,13 +213,11 @@ def extract_pe_patches(
     # patient-to-voxel transform, float32 throughout.
     points = np.empty((len(specs), 2, size, size, 3), dtype=np.float32)
     to_voxel = np.linalg.inv(volume.affine[:3, :3])
-    u0 = _perpendicular(a)
-    v0 = np.cross(a, u0)
     for n, (width, shift, angle) in enumerate(specs):
-        u = math.cos(angle) * u0 + math.sin(angle) * v0
+        u, v = vessel_frame(a, angle)
         at = volume.to_voxel(centre + shift * width * a)
         h = to_voxel @ u
-        points[n, 0] = plane_points(at, h, to_voxel @ np.cross(a, u), width, size)
+        points[n, 0] = plane_points(at, h, to_voxel @ v, width, size)
         points[n, 1] = plane_points(at, h, to_voxel @ a, width, size)
     planes = window_to_8bit(volume.sample_voxels(points), window)  # one pass for all
     out[:, 0] = planes[:, 0]
@@ -328,16 +340,6 @@ MISSED_REACH_MM = BLOCK_REACH_MM - 15.0
 (reaching 14.7 mm) must stay inside the candidate's archived block."""
 
 
-def _panel_axes(
-    geometry: PeGeometry,
-) -> list[tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]:
-    """(horizontal, vertical) of each review panel, as :func:`review_planes` lays them out."""
-    a = unit(geometry.axis, "vessel direction")
-    u = _perpendicular(a)
-    v = np.cross(a, u)
-    return [(u, v), (u, a), (v, a)]
-
-
 def point_on_planes(geometry: PeGeometry, x: float, y: float) -> PeGeometry:
     """The geometry of a finding a reviewer marked at (x, y) on :func:`review_montage`: the
     same block and vessel axis, the point where the click lies in the patient.
@@ -359,7 +361,7 @@ def point_on_planes(geometry: PeGeometry, x: float, y: float) -> PeGeometry:
             f"a missed finding may be marked up to {MISSED_REACH_MM:.0f} mm from it (farther: "
             "send the point to ClassifyVolume)"
         )
-    h, v = _panel_axes(geometry)[panel]
+    h, v = review_axes(geometry.axis)[panel]
     p = np.asarray(geometry.point_mm) + th * h + tv * v
     return PeGeometry(
         (float(p[0]), float(p[1]), float(p[2])),
