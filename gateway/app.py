@@ -9,6 +9,18 @@ takes it (a restart picks up both folders where they were). An instance seen bef
 Instance UID) is acknowledged and not classified again; an SR, the gateway's own or another
 CAD's, is never classified as an image. Logs name counts, frames and AE titles, never a UID or
 a patient attribute.
+
+What may send, and what is classified: associations from callers outside
+``CAD_GATEWAY_CALLING_AES`` or calling another AE title are refused and counted; objects of a SOP
+class the server cannot classify (RT Dose, Segmentation, PDF, presentation states, ECG ...) are
+acknowledged, ignored and counted. Compressed images are accepted in every transfer syntax the
+server decodes. Received objects are written to disk as they arrive, never held whole in memory;
+each frame is sent as a file of its own (``gateway.frames``), a few frames of one object per
+turn, so a long cine never holds up the images behind it. A refusal for the object's own sake
+(INVALID_ARGUMENT, RESOURCE_EXHAUSTED, ...) sets it aside at once with a counted reason; a
+failure of its own (a deadline) is retried ``CAD_GATEWAY_MAX_ATTEMPTS`` times; only the server
+being away pauses everything. Every ``Classify`` carries an idempotency key derived from the
+instance and frame, so an object sent again after a crash is recorded once.
 """
 
 from __future__ import annotations
@@ -30,9 +42,27 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from pydicom import dcmread
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    JPEG2000,
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, AllStoragePresentationContexts, _config, build_context, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import
 
+from gateway.frames import frame_count, frame_file, read_header
 from gateway.settings import GatewaySettings
 from gateway.sr import (
     Finding,
@@ -45,7 +75,7 @@ from gateway.sr import (
     regions_of,
 )
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.durable import write_atomic
+from service.durable import copy_atomic, write_atomic
 from service.logs import configure_logging
 from service.rpc.channel import client_channel
 from service.settings import from_flags
@@ -58,6 +88,81 @@ SR_MODALITY = "SR"
 SUCCESS, OUT_OF_RESOURCES = 0x0000, 0xA700
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 """Comprehensive 3D SR Storage: what the gateway sends."""
+
+TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    DeflatedExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+]
+"""What the gateway accepts: every transfer syntax the CAD server decodes (pydicom with the
+pylibjpeg plugins the package installs). Video syntaxes (MPEG, HEVC) are not decoded there."""
+
+CLASSIFIABLE = {
+    "1.2.840.10008.5.1.4.1.1.2": "CT Image",
+    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image",
+    "1.2.840.10008.5.1.4.1.1.4": "MR Image",
+    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image",
+    "1.2.840.10008.5.1.4.1.1.1": "Computed Radiography Image",
+    "1.2.840.10008.5.1.4.1.1.1.1": "Digital X-Ray Image, for presentation",
+    "1.2.840.10008.5.1.4.1.1.1.1.1": "Digital X-Ray Image, for processing",
+    "1.2.840.10008.5.1.4.1.1.1.2": "Digital Mammography X-Ray Image, for presentation",
+    "1.2.840.10008.5.1.4.1.1.12.1": "X-Ray Angiographic Image",
+    "1.2.840.10008.5.1.4.1.1.6.1": "Ultrasound Image",
+    "1.2.840.10008.5.1.4.1.1.3.1": "Ultrasound Multi-frame Image",
+    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image",
+    "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture Image",
+    "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture Image",
+    "1.2.840.10008.5.1.4.1.1.7.4": "Multi-frame True Color Secondary Capture Image",
+    "1.2.840.10008.5.1.4.1.1.77.1.1": "VL Endoscopic Image",
+    "1.2.840.10008.5.1.4.1.1.77.1.4": "VL Photographic Image",
+}
+"""The SOP classes classified by default (``CAD_GATEWAY_SOP_CLASSES`` replaces the list): images
+whose pixels the server decodes frame by frame. Not here, so acknowledged and ignored: RT, SEG,
+encapsulated PDF, presentation states, waveforms, video endoscopy (MPEG) and every other class."""
+
+SR_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.88.11",
+    "1.2.840.10008.5.1.4.1.1.88.22",
+    "1.2.840.10008.5.1.4.1.1.88.33",
+    COMPREHENSIVE_3D_SR,
+    "1.2.840.10008.5.1.4.1.1.88.35",
+}
+"""Structured reports: read for an upstream CAD's regions (callers in sr mode), never classified."""
+
+SERVER_AWAY = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+}
+"""Answers that say nothing about the object: every object would get them, so all wait."""
+
+REFUSED = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNIMPLEMENTED,
+}
+"""Refusals of the object itself: it is set aside at once, never retried."""
+
+
+def refused_for_good(code: grpc.StatusCode, details: str) -> bool:
+    """True when the server refused the object itself. RESOURCE_EXHAUSTED also answers a full
+    inference queue, which says "retry" in its message (service.models.batcher): that one is
+    load, not the object, and is retried."""
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "retry" in (details or "").lower():
+        return False
+    return code in REFUSED
 
 
 class GatewayMetrics:
@@ -81,6 +186,36 @@ class GatewayMetrics:
         self.classify_failures = Counter(
             "cad_gateway_classify_failures",
             "Images the CAD server refused or that could not be read (set aside)",
+            registry=registry,
+        )
+        self.set_aside = Counter(
+            "cad_gateway_set_aside",
+            "Objects set aside unclassified, by reason (the server's status, unreadable, "
+            "unpaired, attempts)",
+            ["reason"],
+            registry=registry,
+        )
+        self.ignored = Counter(
+            "cad_gateway_ignored",
+            "Objects acknowledged and not classified, by reason (sop_class: not an image the "
+            "server classifies)",
+            ["reason"],
+            registry=registry,
+        )
+        self.associations_refused = Counter(
+            "cad_gateway_associations_refused",
+            "Associations refused, by reason (calling_ae, called_ae, other)",
+            ["reason"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "cad_gateway_classify_retries",
+            "Classifications of an object that failed for a reason of its own and were retried",
+            registry=registry,
+        )
+        self.expired = Counter(
+            "cad_gateway_set_aside_deleted",
+            "Set-aside objects deleted after CAD_GATEWAY_FAILED_RETENTION_DAYS",
             registry=registry,
         )
         self.sent = Counter("cad_gateway_srs_sent", "SRs the destination took", registry=registry)
@@ -116,8 +251,27 @@ class GatewayStats:
     failed: int = 0
     sent: int = 0
     send_failures: int = 0
+    ignored: int = 0
+    refused_associations: int = 0
+    set_aside: dict[str, int] = field(default_factory=dict)
+    """Objects set aside unclassified, by reason."""
+    retries: int = 0
     receipt_to_sent_s: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
     """The most recent receipt-to-SR times (bounded: a gateway runs for months)."""
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:  # classified with its series meanwhile
+        return 0
+
+
+def idempotency_key(instance: str, frame: int, boxes: list[tuple[float, ...]]) -> str:
+    """The key of one frame's Classify: the same instance (its key, not its UID), frame and
+    candidates give the same key, so a retry after a crash is recorded once by the server."""
+    text = json.dumps([instance, frame, [list(b) for b in boxes]])
+    return "dicom-gateway:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def _key(uid: str) -> str:
@@ -136,6 +290,14 @@ def parse_destination(text: str) -> tuple[str, str, int] | None:
         return ae, host, int(port)
     except ValueError:
         raise ValueError(f"destination {text!r}: write it as AE@host:port") from None
+
+
+@dataclass
+class _Retry:
+    """An object whose last attempt failed for a reason of its own: when it may go again."""
+
+    attempts: int
+    next_at: float
 
 
 class Gateway:
@@ -178,12 +340,27 @@ class Gateway:
             **{ae.strip(): "frame" for ae in settings.frame_callers.split(",") if ae.strip()},
             **{ae.strip(): "sr" for ae in settings.sr_callers.split(",") if ae.strip()},
         }
+        self.calling_aes = [ae.strip() for ae in settings.calling_aes.split(",") if ae.strip()]
+        self.sop_classes = {
+            uid.strip() for uid in settings.sop_classes.split(",") if uid.strip()
+        } or set(CLASSIFIABLE)
+        self._retry: dict[str, _Retry] = {}
+        """Objects waiting to be tried again (by file stem); a restart tries them at once."""
+        self._purged_at = 0.0
         self._server: Any = None
         self._metrics_http: Any = None
         self.port = 0
+        # Received objects go to a file as their P-DATA arrives, never into memory whole
+        # (pynetdicom's switch is process-wide; the gateway is a process of its own).
+        _config.STORE_RECV_CHUNKED_DATASET = True
         self.ae = AE(ae_title=settings.ae_title)
-        self.ae.supported_contexts = AllStoragePresentationContexts
+        self.ae.supported_contexts = [
+            build_context(str(cx.abstract_syntax), list[str | UID](TRANSFER_SYNTAXES))
+            for cx in AllStoragePresentationContexts
+        ]
         self.ae.add_supported_context(Verification)
+        self.ae.require_called_aet = True
+        self.ae.require_calling_aet = self.calling_aes
         self.sender_ae = AE(ae_title=settings.ae_title)
         self.sender_ae.add_requested_context(COMPREHENSIVE_3D_SR)
 
@@ -193,6 +370,7 @@ class Gateway:
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, lambda _e: SUCCESS),
+            (evt.EVT_REJECTED, self._on_rejected),
         ]
         self._server = self.ae.start_server(
             (self.settings.host, self.settings.port), block=False, evt_handlers=handlers
@@ -215,6 +393,11 @@ class Gateway:
             self.port,
             self.destination[0] if self.destination else "the outbox only",
         )
+        if not self.calling_aes:
+            log.warning(
+                "any calling AE title may send to the gateway: set CAD_GATEWAY_CALLING_AES to the "
+                "PACS and modalities that may"
+            )
         return self
 
     def stop(self) -> None:
@@ -247,15 +430,25 @@ class Gateway:
 
     # ------------------------------------------------------------------ receiving
 
+    def _on_rejected(self, event: Any) -> None:
+        """An association refused by pynetdicom's checks: counted, the caller's AE logged."""
+        calling = str(event.assoc.requestor.ae_title).strip()
+        if self.calling_aes and calling not in self.calling_aes:
+            reason = "calling_ae"
+        elif str(event.assoc.requestor.primitive.called_ae_title).strip() != self.settings.ae_title:
+            reason = "called_ae"
+        else:
+            reason = "other"
+        self.stats.refused_associations += 1
+        self.metrics.associations_refused.labels(reason).inc()
+        log.warning("an association from %r was refused (%s)", calling, reason)
+
     def _on_store(self, event: Any) -> int:
-        """Queue and acknowledge; the worker does the rest."""
-        try:
-            ds = event.dataset
-            ds.file_meta = event.file_meta
-        except Exception:  # noqa: BLE001 (a peer's malformed data set: refused, not raised)
-            log.warning("a C-STORE from %s could not be decoded", event.assoc.requestor.ae_title)
-            return 0xC210
-        uid = str(getattr(ds, "SOPInstanceUID", "") or "")
+        """Queue and acknowledge; the worker does the rest. The object arrives as a file
+        (``event.dataset_path``): it is read for its attributes and copied, never held whole."""
+        request = event.request
+        uid = str(request.AffectedSOPInstanceUID or "")
+        sop_class = str(request.AffectedSOPClassUID or "")
         if not uid:
             return 0xC210
         caller = str(event.assoc.requestor.ae_title).strip()
@@ -264,26 +457,22 @@ class Gateway:
             self.stats.duplicates += 1
             self.metrics.duplicates.inc()
             return SUCCESS
-        if str(getattr(ds, "Modality", "")) == SR_MODALITY:  # never classified as an image
-            if self.mode_of(caller) != "sr":
-                self.stats.reports_ignored += 1
-                self.metrics.reports_ignored.inc()
-                return SUCCESS
-            try:
-                self._keep_regions(regions_of(ds))
-                self._keep_points(points_of(ds))
-                write_atomic(marker, f"{time.time()}\n".encode())
-            except OSError as exc:
-                log.error(
-                    "an SR's regions could not be kept (%s); the sender is told to retry", exc
-                )
-                return OUT_OF_RESOURCES
-            self.stats.upstream_reports += 1
-            self._notify()
-            return SUCCESS
-        buffer = io.BytesIO()
+        received = Path(event.dataset_path)
         try:
-            ds.save_as(buffer, enforce_file_format=True)
+            ds = dcmread(received, stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 (a peer's malformed data set: refused, not raised)
+            log.warning("a C-STORE from %s could not be decoded", caller)
+            return 0xC210
+        if sop_class in SR_CLASSES or str(getattr(ds, "Modality", "")) == SR_MODALITY:
+            return self._on_report(ds, caller, marker)  # never classified as an image
+        if sop_class not in self.sop_classes:
+            self.stats.ignored += 1
+            self.metrics.ignored.labels("sop_class").inc()
+            log.info(
+                "an object of SOP class %s from %s is not classified; ignored", sop_class, caller
+            )
+            return SUCCESS
+        try:
             write_atomic(
                 self.inbox / f"{_key(uid)}.json",
                 json.dumps(
@@ -292,16 +481,34 @@ class Gateway:
                         "modality": str(getattr(ds, "Modality", "") or ""),
                         "series": str(getattr(ds, "SeriesInstanceUID", "") or ""),
                         "for": str(getattr(ds, "FrameOfReferenceUID", "") or ""),
+                        "uid": _key(uid),
                     }
                 ).encode(),
             )
-            write_atomic(self.inbox / f"{_key(uid)}.dcm", buffer.getvalue())
+            copy_atomic(received, self.inbox / f"{_key(uid)}.dcm")
             write_atomic(marker, f"{time.time()}\n".encode())
         except OSError as exc:
             log.error("an image could not be queued (%s); the sender is told to retry", exc)
             return OUT_OF_RESOURCES
         self.stats.received += 1
         self.metrics.received.inc()
+        self._notify()
+        return SUCCESS
+
+    def _on_report(self, header: Dataset, caller: str, marker: Path) -> int:
+        """An SR: an upstream CAD's regions kept (callers in sr mode), else ignored."""
+        if self.mode_of(caller) != "sr":
+            self.stats.reports_ignored += 1
+            self.metrics.reports_ignored.inc()
+            return SUCCESS
+        try:
+            self._keep_regions(regions_of(header))
+            self._keep_points(points_of(header))
+            write_atomic(marker, f"{time.time()}\n".encode())
+        except OSError as exc:
+            log.error("an SR's regions could not be kept (%s); the sender is told to retry", exc)
+            return OUT_OF_RESOURCES
+        self.stats.upstream_reports += 1
         self._notify()
         return SUCCESS
 
@@ -341,76 +548,141 @@ class Gateway:
     def _classify_loop(self) -> None:
         backoff = 0.5
         while not self._stop.is_set():
-            pending = sorted(self.inbox.glob("*.dcm"), key=lambda p: p.stat().st_mtime_ns)
+            self._purge_set_aside()
+            pending = sorted(self.inbox.glob("*.dcm"), key=_mtime)
             done_any = False
+            now = time.time()
             for path in pending:
+                if self._stop.is_set():
+                    return
                 if not path.exists():  # classified with its series a moment ago
                     continue
+                retry = self._retry.get(path.stem)
+                if retry is not None and retry.next_at > now:
+                    continue  # its own failure: the others go first meanwhile
                 try:
                     done_any |= self._classify(path)
                     backoff = 0.5
                 except grpc.RpcError as exc:
-                    code = exc.code()
-                    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
-                        log.warning("an image was refused by the CAD server: %s", exc.details())
-                        self._set_aside(path)
-                        continue
-                    log.warning("the CAD server did not answer (%s); retrying", code.name)
-                    self._wait(backoff)
-                    backoff = min(backoff * 2, self.settings.retry_max_s)
-                    break
+                    code, details = exc.code(), exc.details() or ""
+                    if code in SERVER_AWAY:
+                        log.warning("the CAD server did not answer (%s); retrying", code.name)
+                        self._wait(backoff)
+                        backoff = min(backoff * 2, self.settings.retry_max_s)
+                        break
+                    if refused_for_good(code, details):
+                        log.warning("an image was refused by the CAD server: %s", details)
+                        self._set_aside(path, code.name.lower())
+                    else:
+                        self._failed_once(path, code.name)
+                    done_any = True
                 except Exception as exc:  # noqa: BLE001 (an image it cannot read: set aside)
                     log.warning(
                         "an image could not be classified (%s); set aside", type(exc).__name__
                     )
-                    self._set_aside(path)
+                    self._set_aside(path, "unreadable")
+                    done_any = True
             if not done_any:
                 self._wait(1.0 if pending else 5.0)
 
-    def _set_aside(self, path: Path) -> None:
-        path.replace(self.failed / path.name)
+    def _failed_once(self, path: Path, why: str) -> None:
+        """A failure of the object's own (a deadline, a server error): tried again after a
+        back-off while the others go on, set aside after ``max_attempts``."""
+        retry = self._retry.get(path.stem) or _Retry(0, 0.0)
+        retry.attempts += 1
+        if retry.attempts >= self.settings.max_attempts:
+            log.warning("an image failed %d times (%s); set aside", retry.attempts, why)
+            self._set_aside(path, "attempts")
+            return
+        retry.next_at = time.time() + min(2.0**retry.attempts, self.settings.retry_max_s)
+        self._retry[path.stem] = retry
+        self.stats.retries += 1
+        self.metrics.retries.inc()
+        log.warning("an image failed (%s, attempt %d); retried later", why, retry.attempts)
+
+    def _set_aside(self, path: Path, reason: str) -> None:
+        """Out of the queue, unclassified, with its reason beside it and counted; deleted after
+        ``failed_retention_days``."""
+        self._retry.pop(path.stem, None)
+        if path.exists():
+            path.replace(self.failed / path.name)
+            write_atomic((self.failed / path.name).with_suffix(".reason"), reason.encode())
         path.with_suffix(".json").unlink(missing_ok=True)
+        path.with_suffix(".progress").unlink(missing_ok=True)
         self.stats.failed += 1
+        self.stats.set_aside[reason] = self.stats.set_aside.get(reason, 0) + 1
         self.metrics.classify_failures.inc()
+        self.metrics.set_aside.labels(reason).inc()
+
+    def _purge_set_aside(self) -> None:
+        """Delete set-aside objects older than the retention (checked once a minute)."""
+        now = time.time()
+        if now - self._purged_at < 60:
+            return
+        self._purged_at = now
+        horizon = now - self.settings.failed_retention_days * 86400
+        for path in self.failed.iterdir():
+            try:
+                if path.stat().st_mtime < horizon:
+                    path.unlink()
+                    if path.suffix == ".dcm":
+                        self.metrics.expired.inc()
+            except FileNotFoundError:
+                continue
+
+    def _candidates(
+        self, path: Path, meta: dict[str, Any], frames: int, rows: int, cols: int
+    ) -> tuple[list[tuple[float, ...]], str] | bool:
+        """The boxes to classify on ``path`` and their recipe; or True/False when the object
+        was handled another way (classified with its series, set aside) or must wait."""
+        sidecar = path.with_suffix(".json")
+        if self.mode_of(meta["caller"]) != "sr":
+            return [(f, 0.0, 0.0, float(cols), float(rows)) for f in range(frames)], "frame"
+        kept = self.regions / f"{path.stem}.json"
+        points = self._points_path(meta.get("for", ""))
+        if not kept.exists() and meta.get("modality") == "CT" and points.exists():
+            return self._classify_series(meta["series"], meta["for"])
+        if not kept.exists():
+            if time.time() - path.stat().st_mtime < self.settings.pair_wait_s:
+                return False  # its SR may still come
+            log.warning("an image waited %.0f s for its SR; set aside", self.settings.pair_wait_s)
+            self._set_aside(path, "unpaired")
+            sidecar.unlink(missing_ok=True)
+            self.stats.unpaired += 1
+            return True
+        return [tuple(r) for r in json.loads(kept.read_text())], ""
 
     def _classify(self, path: Path) -> bool:
-        """Classify one received image and write its SR; False while it waits for the SR that
-        names its candidates. Whole-frame: every frame one candidate (recipe ``frame``); from
-        an SR: its regions, on their frames, with the model's recipe."""
+        """A turn of one received object: up to ``frames_per_turn`` of its frames classified,
+        each sent as a file of its own; once every frame is, its SR written. False while it
+        waits for the SR that names its candidates. Whole-frame: every frame one candidate
+        (recipe ``frame``); from an SR: its regions, on their frames, with the model's recipe.
+        What a turn found is kept beside the object (``.progress``): a restart goes on."""
         sidecar = path.with_suffix(".json")
         meta = json.loads(sidecar.read_text()) if sidecar.exists() else {"caller": ""}
-        data = path.read_bytes()
-        ds = dcmread(io.BytesIO(data))
-        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        ds = read_header(path)
+        frames = frame_count(ds)
         rows, cols = int(ds.Rows), int(ds.Columns)
-        if self.mode_of(meta["caller"]) == "sr":
-            kept = self.regions / f"{path.stem}.json"
-            points = self._points_path(meta.get("for", ""))
-            if not kept.exists() and meta.get("modality") == "CT" and points.exists():
-                return self._classify_series(meta["series"], meta["for"])
-            if not kept.exists():
-                if time.time() - path.stat().st_mtime < self.settings.pair_wait_s:
-                    return False  # its SR may still come
-                log.warning(
-                    "an image waited %.0f s for its SR; set aside", self.settings.pair_wait_s
-                )
-                path.replace(self.failed / path.name)
-                sidecar.unlink(missing_ok=True)
-                self.stats.unpaired += 1
-                return True
-            boxes = [tuple(r) for r in json.loads(kept.read_text())]
-            recipe = ""
-        else:
-            boxes = [(f, 0.0, 0.0, float(cols), float(rows)) for f in range(frames)]
-            recipe = "frame"
-        findings, version = [], ""
-        for frame in sorted({int(b[0]) for b in boxes}):
+        found = self._candidates(path, meta, frames, rows, cols)
+        if isinstance(found, bool):
+            return found
+        boxes, recipe = found
+        progress_path = path.with_suffix(".progress")
+        progress: dict[str, Any] = (
+            json.loads(progress_path.read_text())
+            if progress_path.exists()
+            else {"version": "", "frames": {}}
+        )
+        todo = [f for f in sorted({int(b[0]) for b in boxes}) if str(f) not in progress["frames"]]
+        for frame in todo[: self.settings.frames_per_turn]:
             mine = [b for b in boxes if int(b[0]) == frame]
             reply = self.stub.Classify(
                 cad_pb2.ClassifyRequest(
-                    dicom=data,
-                    frame_index=frame,
+                    dicom=frame_file(path, ds, frame),
+                    frame_index=0,  # the frame is sent as a file of its own
                     recipe=recipe,
+                    source_id=f"dicom-gateway frame {frame + 1}" if frames > 1 else "",
+                    idempotency_key=idempotency_key(meta.get("uid") or path.stem, frame, mine),
                     candidates=[
                         cad_pb2.Candidate(
                             client_id=f"frame-{frame + 1}-{i + 1}",
@@ -422,9 +694,21 @@ class Gateway:
                 timeout=self.settings.rpc_timeout_s,
                 metadata=[("authorization", f"Bearer {self.token}")] if self.token else None,
             )
-            version = reply.model_version
-            for b, result in zip(mine, reply.results, strict=True):
-                findings.append(Finding(frame, b[1], b[2], b[3], b[4], result.probability))
+            if progress["version"] and reply.model_version != progress["version"]:
+                progress = {"version": "", "frames": {}}  # a new model: one SR, one version
+            progress["version"] = reply.model_version
+            progress["frames"][str(frame)] = [r.probability for r in reply.results]
+        remaining = [f for f in todo if str(f) not in progress["frames"]]
+        if remaining:
+            write_atomic(progress_path, json.dumps(progress).encode(), sync=False)
+            return True
+        findings = []
+        for frame in sorted({int(b[0]) for b in boxes}):
+            mine = [b for b in boxes if int(b[0]) == frame]
+            probabilities = progress["frames"][str(frame)]
+            for b, p in zip(mine, probabilities, strict=True):
+                findings.append(Finding(frame, b[1], b[2], b[3], b[4], p))
+        version = progress["version"]
         sr = build_sr(ds, findings, version, self.device_uid)
         buffer = io.BytesIO()
         sr.save_as(buffer, enforce_file_format=True)
@@ -433,6 +717,8 @@ class Gateway:
         write_atomic(self.outbox / f"{int(received * 1e6)}-{path.stem}.dcm", buffer.getvalue())
         path.unlink()
         sidecar.unlink(missing_ok=True)
+        progress_path.unlink(missing_ok=True)
+        self._retry.pop(path.stem, None)
         self.stats.classified += 1
         log.info(
             "classified an image: %d candidate(s) on %d frame(s), model v%s",
@@ -480,11 +766,11 @@ class Gateway:
                 metadata=[("authorization", f"Bearer {self.token}")] if self.token else None,
             )
         except grpc.RpcError as exc:
-            if exc.code() not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
-                raise  # the server is away: retried
+            if not refused_for_good(exc.code(), exc.details() or ""):
+                raise  # the server is away, or a failure of its own: retried
             log.warning("a CT series was refused by the CAD server: %s", exc.details())
             for f in files:
-                self._set_aside(f)
+                self._set_aside(f, exc.code().name.lower())
             return True
         datasets = [dcmread(io.BytesIO(b)) for b in blobs]
         findings = [Finding3D(p, r.probability) for p, r in zip(points, reply.results, strict=True)]
@@ -527,7 +813,9 @@ class Gateway:
             self.stats.send_failures += 1
             self.metrics.send_failures.inc()
             self._wait(backoff)
-            backoff = min(backoff * 2, self.settings.retry_max_s)
+            # capped low: an attempt at an absent destination costs a refused connection, and
+            # the first SR should go soon after it is back (not a minute later)
+            backoff = min(backoff * 2, self.settings.send_retry_max_s)
 
     def _send(self, path: Path) -> bool:
         """C-STORE (or STOW-RS) one SR to the destination; True once it took it (the file is

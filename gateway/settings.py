@@ -14,7 +14,23 @@ class GatewaySettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CAD_GATEWAY_", extra="ignore")
 
-    ae_title: str = Field("CADGW", max_length=16, description="The gateway's own AE title.")
+    ae_title: str = Field(
+        "CADGW",
+        max_length=16,
+        description="The gateway's own AE title; an association that calls another is refused.",
+    )
+    calling_aes: str = Field(
+        "",
+        description="Comma-separated AE titles allowed to send to the gateway (the PACS, the "
+        "modalities); any other caller's association is refused and counted. Empty: any caller "
+        "(said as a warning at start-up; set it in production).",
+    )
+    sop_classes: str = Field(
+        "",
+        description="Comma-separated SOP Class UIDs the gateway classifies; empty: the images "
+        "the CAD server decodes (gateway.app.CLASSIFIABLE). Anything else is acknowledged, "
+        "ignored and counted (SRs are read for their regions, never classified).",
+    )
     host: str = Field("127.0.0.1", description="DICOM bind address of the gateway.")
     port: int = Field(11112, ge=0, le=65535, description="DICOM port of the gateway; 0 picks one.")
     metrics_port: int = Field(
@@ -70,5 +86,29 @@ class GatewaySettings(BaseSettings):
         60.0, gt=0, description="Longest the gateway waits for one Classify call."
     )
     retry_max_s: float = Field(
-        60.0, gt=0, description="Longest wait between retries of a failed classification or send."
+        60.0, gt=0, description="Longest wait between retries while the CAD server is away."
+    )
+    send_retry_max_s: float = Field(
+        5.0,
+        gt=0,
+        description="Longest wait between attempts to deliver an SR while the destination is "
+        "away: the first SR goes within this long of its return.",
+    )
+    max_attempts: int = Field(
+        5,
+        ge=1,
+        description="Attempts at one object that fail for a reason of its own (a deadline, a "
+        "server error) before it is set aside; the server being away counts for none.",
+    )
+    frames_per_turn: int = Field(
+        8,
+        ge=1,
+        description="Frames of one object classified before the next object gets its turn: a "
+        "long cine never holds up the images behind it.",
+    )
+    failed_retention_days: float = Field(
+        7.0,
+        gt=0,
+        description="Objects set aside (refused, unreadable, unpaired) are kept this long for an "
+        "operator to look at, then deleted: they hold patient data.",
     )

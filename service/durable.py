@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -25,6 +26,20 @@ def write_atomic(path: Path, data: bytes, sync: bool = True) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     with tmp.open("wb") as fh:
         fh.write(data)
+        fh.flush()
+        if sync:
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    if sync:
+        fsync_path(path.parent)
+
+
+def copy_atomic(source: Path, path: Path, sync: bool = True) -> None:
+    """Copy the file ``source`` to ``path`` as :func:`write_atomic` writes bytes: streamed, so a
+    file of any size costs a buffer of memory, and readers see no file or the whole copy."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with source.open("rb") as src, tmp.open("wb") as fh:
+        shutil.copyfileobj(src, fh, 1 << 20)
         fh.flush()
         if sync:
             os.fsync(fh.fileno())

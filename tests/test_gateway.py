@@ -93,34 +93,41 @@ class Loop:
 
 @contextmanager
 def loop(
-    tmp: Path, start_orthanc: bool = True, route: str = ROUTE, stow: bool = False, **gateway: object
+    tmp: Path,
+    start_orthanc: bool = True,
+    route: str = ROUTE,
+    stow: bool = False,
+    server: dict[str, object] | None = None,
+    **gateway: object,
 ) -> Iterator[Loop]:
+    """A real CAD server (a tiny frame model; ``server``: its settings overridden), the gateway
+    and a real Orthanc as its destination and source."""
     publish_tiny(tmp / "registry", tmp / "build", recipe="frame")
-    settings = make_settings(tmp / "registry", auth_tokens_file=token_file(tmp / "tokens.json"))
+    settings = make_settings(
+        tmp / "registry", auth_tokens_file=token_file(tmp / "tokens.json"), **(server or {})
+    )
     (tmp / "gateway-token").write_text(TOKENS["tower-3"])
     gateway_port = free_port()
     orthanc = Orthanc(tmp / "orthanc", gateway_port, route=route, dicomweb=True)
-    with ServerThread(settings) as server:
-        server.refresh_models()
-        gateway = Gateway(
-            GatewaySettings(
-                port=gateway_port,
-                server=server.address,
-                token_file=tmp / "gateway-token",
-                destination=f"{orthanc.url}/dicom-web"
-                if stow
-                else f"ORTHANC@127.0.0.1:{orthanc.dicom_port}",
-                spool_dir=tmp / "gateway",
-                retry_max_s=1.0,
-                metrics_port=0,
-                **gateway,  # type: ignore[arg-type]
-            )
-        )
+    with ServerThread(settings) as cad:
+        cad.refresh_models()
+        values: dict[str, object] = {
+            "port": gateway_port,
+            "server": cad.address,
+            "token_file": tmp / "gateway-token",
+            "destination": f"{orthanc.url}/dicom-web"
+            if stow
+            else f"ORTHANC@127.0.0.1:{orthanc.dicom_port}",
+            "spool_dir": tmp / "gateway",
+            "retry_max_s": 1.0,
+            "metrics_port": 0,
+        }
+        gw = Gateway(GatewaySettings(**{**values, **gateway}))  # type: ignore[arg-type]
         try:
             if start_orthanc:
                 orthanc.start()
-            with gateway:
-                yield Loop(server, gateway, orthanc)
+            with gw:
+                yield Loop(cad, gw, orthanc)
         finally:
             orthanc.stop()
 

@@ -82,6 +82,9 @@ class ClassifyInput:
     source_id: str = ""
     deadline: float | None = None
     """The client's deadline as a :func:`time.monotonic` time (None: no deadline)."""
+    request_id: str = ""
+    """Given (from an idempotency key): a retry is answered and recorded under the same id;
+    empty: a new one."""
 
 
 @dataclass(frozen=True)
@@ -230,7 +233,7 @@ class Classifier:
         self.metrics.candidates.inc(count)
         self.metrics.patches.inc(count * recipe.count)
 
-        request_id = uuid.uuid4().hex
+        request_id = request.request_id or uuid.uuid4().hex
         results = [
             CandidateResult(
                 candidate_id=f"{request_id}-{i}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 
@@ -51,11 +52,12 @@ def _image(request: cad_pb2.ClassifyRequest) -> ImageInput:
 
 
 def classify_input(
-    request: cad_pb2.ClassifyRequest, deadline: float | None = None
+    request: cad_pb2.ClassifyRequest, deadline: float | None = None, caller: str = ""
 ) -> ClassifyInput:
     """ClassifyRequest -> ClassifyInput (no decoding here; that runs in a worker).
 
-    ``deadline``: the call's deadline as a :func:`time.monotonic` time."""
+    ``deadline``: the call's deadline as a :func:`time.monotonic` time. ``caller``: the token's
+    identity, which scopes an idempotency key (two callers' keys never name one request)."""
     window = (
         Window(request.window.center, request.window.width) if request.HasField("window") else None
     )
@@ -76,7 +78,17 @@ def classify_input(
         window=window,
         source_id=validation.bounded(request.source_id, "source_id", validation.MAX_ID_CHARS),
         deadline=deadline,
+        request_id=keyed_request_id(caller, request.idempotency_key),
     )
+
+
+def keyed_request_id(caller: str, key: str) -> str:
+    """The request_id an idempotency key names for ``caller`` ("" without a key): a retry of a
+    request gets its request_id and candidate_ids again, so the store keeps it once."""
+    if not key:
+        return ""
+    validation.bounded(key, "idempotency_key", validation.MAX_ID_CHARS)
+    return hashlib.sha256(f"classify\0{caller}\0{key}".encode()).hexdigest()[:32]
 
 
 def classify_response(outcome: ClassifyOutcome) -> cad_pb2.ClassifyResponse:

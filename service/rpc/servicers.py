@@ -60,7 +60,10 @@ class CadInferenceServicer(cad_pb2_grpc.CadInferenceServicer):
     ) -> ClassifyOutcome:
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        domain_request = converters.classify_input(request, deadline)
+        identity = current_identity.get()
+        domain_request = converters.classify_input(
+            request, deadline, identity.name if identity is not None else ""
+        )
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, self.classifier.classify, domain_request)
 

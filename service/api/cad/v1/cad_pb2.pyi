@@ -78,7 +78,7 @@ class Window(_message.Message):
     def __init__(self, center: _Optional[float] = ..., width: _Optional[float] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("dicom", "encoded", "raw", "frame_index", "candidates", "recipe", "window", "source_id")
+    __slots__ = ("dicom", "encoded", "raw", "frame_index", "candidates", "recipe", "window", "source_id", "idempotency_key")
     DICOM_FIELD_NUMBER: _ClassVar[int]
     ENCODED_FIELD_NUMBER: _ClassVar[int]
     RAW_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,7 @@ class ClassifyRequest(_message.Message):
     RECIPE_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     dicom: bytes
     encoded: bytes
     raw: RawImage
@@ -95,7 +96,8 @@ class ClassifyRequest(_message.Message):
     recipe: str
     window: Window
     source_id: str
-    def __init__(self, dicom: _Optional[bytes] = ..., encoded: _Optional[bytes] = ..., raw: _Optional[_Union[RawImage, _Mapping]] = ..., frame_index: _Optional[int] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., recipe: _Optional[str] = ..., window: _Optional[_Union[Window, _Mapping]] = ..., source_id: _Optional[str] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, dicom: _Optional[bytes] = ..., encoded: _Optional[bytes] = ..., raw: _Optional[_Union[RawImage, _Mapping]] = ..., frame_index: _Optional[int] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., recipe: _Optional[str] = ..., window: _Optional[_Union[Window, _Mapping]] = ..., source_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class CandidateResult(_message.Message):
     __slots__ = ("candidate_id", "client_id", "probability", "patches", "entropy", "diversity", "score")
