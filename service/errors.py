@@ -39,6 +39,17 @@ class Settled(CadError):
     """The candidate's label was settled by adjudication and is final (FAILED_PRECONDITION)."""
 
 
+class NotDisputed(CadError):
+    """Adjudication asked of a candidate its reviewers do not disagree on (FAILED_PRECONDITION):
+    nothing to settle yet."""
+
+
+class PermissionDenied(CadError):
+    """The caller may not do this: the token lacks the role the call needs, or the act is
+    someone else's (another reviewer's event; settling a disagreement one took part in)
+    (PERMISSION_DENIED)."""
+
+
 class LeaseHeld(CadError):
     """Another process holds a lease this work needs (one trainer, one pruner at a time); the
     message names the holder (FAILED_PRECONDITION)."""

@@ -246,6 +246,16 @@ def _numbers(ds: Any, keyword: str, low: float, high: float) -> list[float]:
     return out
 
 
+def rescale(ds: Any) -> tuple[float, float]:
+    """(RescaleSlope, RescaleIntercept), 1 and 0 when absent, each checked: the one rule for an
+    image and for a volume's slices (a zero slope makes every pixel one value: refused)."""
+    slopes = _numbers(ds, "RescaleSlope", -_SLOPE_RANGE, _SLOPE_RANGE)
+    if any(v == 0 for v in slopes):
+        raise InvalidInput("DICOM attribute RescaleSlope (0028,1053) is zero")
+    intercepts = _numbers(ds, "RescaleIntercept", -_INTERCEPT_RANGE, _INTERCEPT_RANGE)
+    return (slopes or [1.0])[0], (intercepts or [0.0])[0]
+
+
 def _check_lut_items(ds: Any, keyword: str) -> None:
     for item in ds.get(keyword) or []:
         if "LUTDescriptor" not in item or "LUTData" not in item:
@@ -257,10 +267,7 @@ def _check_lut_items(ds: Any, keyword: str) -> None:
 def _check_header(ds: Any, photometric: str, window: Window | None) -> None:
     """Every header value the pixels are transformed with, checked before it is used."""
     if photometric.startswith("MONOCHROME"):
-        slopes = _numbers(ds, "RescaleSlope", -_SLOPE_RANGE, _SLOPE_RANGE)
-        if any(v == 0 for v in slopes):
-            raise InvalidInput("DICOM attribute RescaleSlope (0028,1053) is zero")
-        _numbers(ds, "RescaleIntercept", -_INTERCEPT_RANGE, _INTERCEPT_RANGE)
+        rescale(ds)
         _check_lut_items(ds, "ModalityLUTSequence")
         if window is None:
             _numbers(ds, "WindowCenter", -MAX_WINDOW, MAX_WINDOW)

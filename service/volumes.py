@@ -17,7 +17,8 @@ than CT; a volume over :class:`VolumeLimits` is LimitExceeded.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.errors import InvalidInput, LimitExceeded
+from service.errors import INTERRUPTS, CadError, InvalidInput, LimitExceeded
 from service.imaging import (
     _check_transfer_syntax,
     _numbers,
@@ -33,11 +34,14 @@ from service.imaging import (
     _read_dicom,
     _stage,
     _uid,
+    rescale,
 )
 
 AIR_HU = -1024.0
 """What lies outside the scanned volume (air): the value resampling pads with."""
 HU_MIN, HU_MAX = -32768.0, 32767.0
+MIN_SLICES = 2
+"""Fewer is no volume: a single slice has no extent along its normal."""
 
 
 @dataclass(frozen=True)
@@ -187,10 +191,29 @@ def _vector(ds: Any, keyword: str, count: int, where: str) -> npt.NDArray[np.flo
     return np.array(values, dtype=np.float64)
 
 
-def _rescale(ds: Any) -> tuple[float, float]:
-    slope = _numbers(ds, "RescaleSlope", -1e6, 1e6) or [1.0]
-    intercept = _numbers(ds, "RescaleIntercept", -1e9, 1e9) or [0.0]
-    return slope[0], intercept[0]
+def _spacing(ds: Any, where: str) -> npt.NDArray[np.float64]:
+    """PixelSpacing: two positive distances in mm (a zero or negative one is no geometry)."""
+    spacing = _vector(ds, "PixelSpacing", 2, where)
+    if (spacing <= 0).any():
+        raise InvalidInput(
+            f"{where} has a PixelSpacing (0028,0030) that is not two positive distances in mm"
+        )
+    return spacing
+
+
+@contextmanager
+def _reading(where: str) -> Iterator[None]:
+    """One instance's header read: a value pydicom cannot parse (a damaged VR, a length that
+    does not fit it) is InvalidInput naming the instance, as for a 2D image, never INTERNAL."""
+    try:
+        yield
+    except (CadError, *INTERRUPTS):
+        raise
+    except Exception as exc:  # noqa: BLE001 (pydicom raises many types on damaged elements)
+        raise InvalidInput(
+            f"{where}: a header attribute could not be read ({type(exc).__name__}); the file "
+            "is damaged or not what its header declares"
+        ) from None
 
 
 def _item(ds: Any, sequence: str) -> Any:
@@ -237,12 +260,12 @@ def _enhanced_slices(
                 "its geometry in the patient is unknown"
             )
         o = _vector(orient, "ImageOrientationPatient", 6, here)
-        s = _vector(measures, "PixelSpacing", 2, here)
+        s = _spacing(measures, here)
         if orientation is None or spacing is None:
             orientation, spacing = o, s
         _same_grid(orientation, spacing, o, s, here)
         transform = _functional(shared, group, "PixelValueTransformationSequence")
-        slope, intercept = _rescale(transform) if transform is not None else _rescale(ds)
+        slope, intercept = rescale(transform) if transform is not None else rescale(ds)
         slices.append(
             _Slice(
                 _vector(plane, "ImagePositionPatient", 3, here),
@@ -288,66 +311,83 @@ def assemble_series(instances: Sequence[bytes], limits: VolumeLimits | None = No
     orientation = spacing = None
     size: tuple[int, int] | None = None
     series: set[str] = set()
-    study = ""
+    studies: set[str] = set()
     for n, data in enumerate(instances):
-        ds = _read_dicom(data)
         where = f"instance {n}"
-        if str(ds.get("Modality", "") or "") != "CT":
-            raise InvalidInput(f"{where} is not CT (Modality): volumes are CT series in HU")
-        if "PixelData" not in ds:
-            raise InvalidInput(f"{where} has no pixel data")
-        series.add(_uid(ds, "SeriesInstanceUID"))
-        study = study or _uid(ds, "StudyInstanceUID")
-        rows = _positive_int(ds, "Rows", "(0028,0010)", 0)
-        cols = _positive_int(ds, "Columns", "(0028,0011)", 0)
-        if not rows or not cols:
-            raise InvalidInput(f"{where} has no Rows or Columns: its size is unknown")
-        if size is not None and size != (rows, cols):
-            raise InvalidInput(
-                f"{where} is {cols}x{rows} pixels where the first slice is "
-                f"{size[1]}x{size[0]}: a series of differing sizes is not one volume"
-            )
-        size = (rows, cols)
-        frames = _positive_int(ds, "NumberOfFrames", "(0028,0008)", 1)
-        if frames > 1 or "PerFrameFunctionalGroupsSequence" in ds:
-            if len(instances) > 1:
+        with _reading(where):
+            ds = _read_dicom(data)
+            if str(ds.get("Modality", "") or "") != "CT":
+                raise InvalidInput(f"{where} is not CT (Modality): volumes are CT series in HU")
+            if "PixelData" not in ds:
+                raise InvalidInput(f"{where} has no pixel data")
+            series.add(_uid(ds, "SeriesInstanceUID"))
+            studies.add(_uid(ds, "StudyInstanceUID"))
+            rows = _positive_int(ds, "Rows", "(0028,0010)", 0)
+            cols = _positive_int(ds, "Columns", "(0028,0011)", 0)
+            if not rows or not cols:
+                raise InvalidInput(f"{where} has no Rows or Columns: its size is unknown")
+            if size is not None and size != (rows, cols):
                 raise InvalidInput(
-                    "an enhanced multi-frame CT is a whole series: send it alone, not with "
-                    "other instances"
+                    f"{where} is {cols}x{rows} pixels where the first slice is "
+                    f"{size[1]}x{size[0]}: a series of differing sizes is not one volume"
                 )
-            if frames * rows * cols > limits.max_voxels:
-                raise LimitExceeded(_voxel_message(frames, rows, cols, limits))
-            slices, orientation, spacing, size = _enhanced_slices(ds, frames, n)
-            break
-        if len(instances) * rows * cols > limits.max_voxels:
-            raise LimitExceeded(_voxel_message(len(instances), rows, cols, limits))
-        o = _vector(ds, "ImageOrientationPatient", 6, where)
-        s = _vector(ds, "PixelSpacing", 2, where)
-        if orientation is None or spacing is None:
-            orientation, spacing = o, s
-        _same_grid(orientation, spacing, o, s, where)
-        syntax = _check_transfer_syntax(ds)
-        with _stage("decode the DICOM pixel data", syntax):
-            arr = pixel_array(ds)
-        if arr.ndim != 2:
-            raise InvalidInput(f"{where}: the pixel data is not one grayscale slice")
-        slope, intercept = _rescale(ds)
-        slices.append(
-            _Slice(
-                _vector(ds, "ImagePositionPatient", 3, where),
-                arr,
-                slope,
-                intercept,
-                _uid(ds, "SOPInstanceUID"),
+            size = (rows, cols)
+            frames = _positive_int(ds, "NumberOfFrames", "(0028,0008)", 1)
+            if frames > 1 or "PerFrameFunctionalGroupsSequence" in ds:
+                if len(instances) > 1:
+                    raise InvalidInput(
+                        "an enhanced multi-frame CT is a whole series: send it alone, not with "
+                        "other instances"
+                    )
+                if frames * rows * cols > limits.max_voxels:
+                    raise LimitExceeded(_voxel_message(frames, rows, cols, limits))
+                slices, orientation, spacing, size = _enhanced_slices(ds, frames, n)
+                break
+            if len(instances) * rows * cols > limits.max_voxels:
+                raise LimitExceeded(_voxel_message(len(instances), rows, cols, limits))
+            o = _vector(ds, "ImageOrientationPatient", 6, where)
+            s = _spacing(ds, where)
+            if orientation is None or spacing is None:
+                orientation, spacing = o, s
+            _same_grid(orientation, spacing, o, s, where)
+            syntax = _check_transfer_syntax(ds)
+            with _stage("decode the DICOM pixel data", syntax):
+                arr = pixel_array(ds)
+            if arr.ndim != 2:
+                raise InvalidInput(f"{where}: the pixel data is not one grayscale slice")
+            slope, intercept = rescale(ds)
+            slices.append(
+                _Slice(
+                    _vector(ds, "ImagePositionPatient", 3, where),
+                    arr,
+                    slope,
+                    intercept,
+                    _uid(ds, "SOPInstanceUID"),
+                )
             )
-        )
     if len(series) > 1:
         raise InvalidInput(
             f"the instances belong to {len(series)} series (SeriesInstanceUID): send one series "
             "per request"
         )
+    if len(studies) > 1:
+        raise InvalidInput(
+            f"the instances name {len(studies)} studies (StudyInstanceUID): one series lies in "
+            "one study"
+        )
+    uids = [s.sop_uid for s in slices]
+    if len(instances) > 1 and len(set(uids)) < len(uids):  # (an enhanced CT's frames share one)
+        raise InvalidInput(
+            f"{len(uids) - len(set(uids))} instance(s) repeat another's SOPInstanceUID: the "
+            "same instance sent twice, or slices that are not instances of their own"
+        )
+    if len(slices) < MIN_SLICES:
+        raise InvalidInput(
+            f"the series has {len(slices)} slice: a volume needs at least {MIN_SLICES} (the "
+            "patches reach along the vessel, across slices); send the whole series"
+        )
     assert orientation is not None and spacing is not None and size is not None
-    return _stack(slices, orientation, spacing, series.pop(), study)
+    return _stack(slices, orientation, spacing, series.pop(), studies.pop())
 
 
 def _check_counts(instances: Sequence[bytes], limits: VolumeLimits) -> None:

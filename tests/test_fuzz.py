@@ -43,7 +43,11 @@ ACTIONABLE = {
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.NOT_FOUND,
 }
-REVIEW_ACTIONABLE = ACTIONABLE | {grpc.StatusCode.ALREADY_EXISTS}
+REVIEW_ACTIONABLE = ACTIONABLE | {
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.FAILED_PRECONDITION,  # settled, or nothing to settle
+    grpc.StatusCode.PERMISSION_DENIED,  # another reviewer's event
+}
 
 # One small real file per transfer syntax and photometric kind the bundled data has.
 DICOM_BASES = [

@@ -13,7 +13,15 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service.aift import Box, aift_scores
-from service.errors import AlreadyExists, InvalidInput, LeaseHeld, NotFound, Settled
+from service.errors import (
+    AlreadyExists,
+    InvalidInput,
+    LeaseHeld,
+    NotDisputed,
+    NotFound,
+    PermissionDenied,
+    Settled,
+)
 from service.labels.archive import ImageArchive, prune
 from service.labels.review import ReviewService
 from service.labels.store import CandidateRecord, ImageRecord, SqlLabelStore, open_store
@@ -637,13 +645,15 @@ def test_a_disagreement_is_told_to_both_reviewers_and_settled_by_a_third(
     assert [(v.reviewer, v.label_after) for v in conflict.verdicts] == [("dr.a", 1), ("dr.b", 0)]
     assert [e.candidate_id for e in labeled_examples(store)] == ["d1-1"]
     assert unsettled_count(store) == 1
-    with pytest.raises(InvalidInput, match="gave a verdict"):
+    with pytest.raises(PermissionDenied, match="gave a verdict"):  # PERMISSION_DENIED
         review.adjudicate("d1-0", "TRUE_POSITIVE", "dr.a", "k-adj-a")
-    with pytest.raises(InvalidInput, match="no disagreement"):
+    with pytest.raises(NotDisputed, match="no disagreement"):  # FAILED_PRECONDITION
         review.adjudicate("d1-1", "TRUE_POSITIVE", "dr.c", "k-adj-x")
     settled = review.adjudicate("d1-0", "TRUE_POSITIVE", "dr.c", "k-adj", note="clear polyp")
     assert settled.event.kind == "adjudication" and settled.event.label_after == 1
     assert review.adjudicate("d1-0", "TRUE_POSITIVE", "dr.c", "k-adj", note="clear polyp").replayed
+    with pytest.raises(Settled, match="is an adjudication: it settled candidate"):
+        review.retract(settled.event.event_id, "dr.c", "k-undo-adj")  # final, and said so
     assert review.conflicts() == []
     # final: what the trainer and the export use; later corrections are refused
     assert {e.candidate_id: e.label for e in labeled_examples(store)} == {"d1-0": 1, "d1-1": 0}
@@ -665,7 +675,7 @@ def test_undo_is_a_retraction_of_ones_own_latest_event(
     assert "u1-0" in {e.candidate_id for e in store.unlabeled()}  # back in the queue
     assert [x.candidate.candidate_id for x in store.labeled()] == []
     again = review.submit_correction("u1-0", "FALSE_POSITIVE", "dr.a", "k-2").event
-    with pytest.raises(InvalidInput, match="dr.a's, not dr.b's"):
+    with pytest.raises(PermissionDenied, match="dr.a's, not dr.b's"):
         review.retract(again.event_id, "dr.b", "k-x")
     clash = review.submit_correction("u1-0", "TRUE_POSITIVE", "dr.b", "k-3").event
     assert clash.conflict and review.conflicts()

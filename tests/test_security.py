@@ -552,6 +552,13 @@ def test_queue_claims_belong_to_the_token_identity(registry_root: Path, tmp_path
         assert given.released == 1
         lee_again = queue(cad_pb2.QueueRequest(limit=3), timeout=10, metadata=lee_meta)
         assert mine[0] in {i.candidate_id for i in lee_again.items}
+        for blank in ([""], [mine[1], ""], ["", ""]):  # an empty id: a clear refusal, not INTERNAL
+            with pytest.raises(grpc.RpcError) as err:
+                release(
+                    cad_pb2.ClaimRelease(candidate_ids=blank), timeout=10, metadata=bearer("review")
+                )
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "is empty: name each candidate" in (err.value.details() or "")
         assert (
             code_of(release, cad_pb2.ClaimRelease(), timeout=10, metadata=bearer("infer"))
             == grpc.StatusCode.PERMISSION_DENIED
@@ -612,7 +619,7 @@ def test_disagreements_are_told_to_both_and_settled_over_grpc(
             timeout=10,
             metadata=as_("dr.lee"),
         )
-        assert refused == grpc.StatusCode.INVALID_ARGUMENT  # one of the two cannot settle it
+        assert refused == grpc.StatusCode.PERMISSION_DENIED  # one of the two cannot settle it
         settled = review.Adjudicate(
             cad_pb2.Adjudication(
                 candidate_id=cid, verdict=cad_pb2.TRUE_POSITIVE, idempotency_key="adj-1"

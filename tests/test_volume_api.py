@@ -346,3 +346,70 @@ def test_pe_candidates_are_kept_for_review_and_training(
         ).max()
         < 1e-2
     )
+
+
+def _edit(blob: bytes, **changes: object) -> bytes:
+    import io
+
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(blob))
+    for keyword, value in changes.items():
+        setattr(ds, keyword, value)
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()
+
+
+def _damaged_vr(blob: bytes, tag: tuple[int, int], vr: bytes) -> bytes:
+    """``blob`` with the two VR bytes of element ``tag`` replaced (explicit VR little endian)."""
+    key = tag[0].to_bytes(2, "little") + tag[1].to_bytes(2, "little")
+    at = blob.index(key, 132 + 12)  # past the preamble and the file meta's group length
+    return blob[: at + 4] + vr + blob[at + 6 :]
+
+
+ELEMENTS = {
+    "Modality": (0x0008, 0x0060),
+    "SeriesInstanceUID": (0x0020, 0x000E),
+    "ImagePositionPatient": (0x0020, 0x0032),
+    "PixelSpacing": (0x0028, 0x0030),
+}
+
+
+@pytest.mark.parametrize(
+    ("case", "says"),
+    [
+        ("zero PixelSpacing", "PixelSpacing (0028,0030) that is not two positive"),
+        ("negative PixelSpacing", "PixelSpacing (0028,0030) that is not two positive"),
+        *[(f"VR XX in {k}", "instance 2: a header attribute could not be read") for k in ELEMENTS],
+        *[(f"VR FD in {k}", "") for k in ELEMENTS],  # read as doubles: refused for what they say
+        ("RescaleSlope 0", "RescaleSlope (0028,1053) is zero"),
+        ("one SOPInstanceUID", "repeat another's SOPInstanceUID"),
+        ("two studies", "name 2 studies"),
+        ("one slice", "a volume needs at least 2"),
+    ],
+)
+def test_a_damaged_or_inconsistent_series_is_invalid_argument_never_internal(
+    stub: cad_pb2_grpc.CadInferenceStub, case: str, says: str
+) -> None:
+    data = real_ct_series(5)
+    if case == "zero PixelSpacing":
+        data[2] = _edit(data[2], PixelSpacing=[0, 0.66])
+    elif case == "negative PixelSpacing":
+        data = [_edit(b, PixelSpacing=[-0.66, 0.66]) for b in data]
+    elif case.startswith("VR "):
+        vr, keyword = case.split()[1], case.split()[-1]
+        data[2] = _damaged_vr(data[2], ELEMENTS[keyword], vr.encode())
+    elif case == "RescaleSlope 0":
+        data[2] = _edit(data[2], RescaleSlope=0)
+    elif case == "one SOPInstanceUID":
+        data = [_edit(b, SOPInstanceUID="1.2.826.0.1.3680043.99.7") for b in data]
+    elif case == "two studies":
+        data[3] = _edit(data[3], StudyInstanceUID="1.2.826.0.1.3680043.99.8")
+    elif case == "one slice":
+        data = data[:1]
+    one = [cad_pb2.VolumeCandidate(client_id="a", voxel=p3([60, 60, 0]))]
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ClassifyVolume(upload(cad_pb2.VolumeHeader(candidates=one), data), timeout=60)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert says in (err.value.details() or ""), err.value.details()

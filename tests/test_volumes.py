@@ -167,7 +167,7 @@ def test_mixed_series_and_inconsistent_slices_are_refused() -> None:
     other = real_ct_series(1, series_uid="1.2.3.4")
     with pytest.raises(InvalidInput, match="2 series"):
         assemble_series(data + other)
-    with pytest.raises(InvalidInput, match="one position"):
+    with pytest.raises(InvalidInput, match="repeat another's SOPInstanceUID: the same instance"):
         assemble_series(data + data[:1])
 
     def edited(blob: bytes, **changes) -> bytes:
@@ -177,6 +177,9 @@ def test_mixed_series_and_inconsistent_slices_are_refused() -> None:
         buf = io.BytesIO()
         ds.save_as(buf)
         return buf.getvalue()
+
+    with pytest.raises(InvalidInput, match="one position"):  # another instance at one position
+        assemble_series(data + [edited(data[0], SOPInstanceUID="1.2.826.0.1.3680043.99.1")])
 
     tilted = edited(data[2], ImageOrientationPatient=[1, 0, 0, 0, 0.8, 0.6])
     with pytest.raises(InvalidInput, match="mixed orientations"):

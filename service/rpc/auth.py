@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.errors import CadError
+from service.errors import CadError, PermissionDenied
 
 ROLES = ("infer", "review", "admin")
 
@@ -65,10 +65,6 @@ log = logging.getLogger(__name__)
 
 class Unauthenticated(CadError):
     """No token, or one the server does not know (UNAUTHENTICATED)."""
-
-
-class PermissionDenied(CadError):
-    """The token's identity lacks the role the call needs (PERMISSION_DENIED)."""
 
 
 @dataclass(frozen=True)

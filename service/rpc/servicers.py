@@ -326,6 +326,11 @@ class CadReviewServicer(cad_pb2_grpc.CadReviewServicer):
     ) -> cad_pb2.ClaimReleaseReply:
         identity = current_identity.get()  # claims are the authenticated reviewer's own
         ids = [converters.identifier(c, "candidate_ids") for c in request.candidate_ids]
+        if "" in ids:
+            raise InvalidInput(
+                f"candidate_ids[{ids.index('')}] is empty: name each candidate to release, or send "
+                "none to release all of yours"
+            )
         released = await self._run(
             self.review.release_claims, identity.name if identity else "", ids
         )

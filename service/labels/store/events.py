@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from service.errors import (
-    InvalidInput,
+    NotDisputed,
     NotFound,
+    PermissionDenied,
     Settled,
 )
 from service.labels.store.core import IdempotencyConflict, StoreCore
@@ -155,14 +156,15 @@ class LabelEvents(StoreCore):
         finding: no label, so it is neither trained on nor exported).
 
         Raises:
-            NotFound: no such event. InvalidInput: another reviewer's event. Settled: someone
-            labeled the candidate since, or it was adjudicated.
+            NotFound: no such event. PermissionDenied: another reviewer's event. Settled:
+            someone labeled the candidate since, it was adjudicated, or the event is the
+            adjudication itself (final).
         """
 
         def write(cur: Any) -> LabelEvent:
             cur.execute(
                 self._sql(
-                    "SELECT candidate_id, reviewer, label_before, conflict FROM label_events "
+                    "SELECT candidate_id, reviewer, label_before, conflict, kind FROM label_events "
                     "WHERE event_id = ?"
                 ),
                 (event_id,),
@@ -170,9 +172,17 @@ class LabelEvents(StoreCore):
             row = cur.fetchone()
             if row is None:
                 raise NotFound(f"unknown event_id {quote(event_id)}")
-            candidate_id, author, label_before, made_conflict = row
+            candidate_id, author, label_before, made_conflict, kind = row
             if author != reviewer:
-                raise InvalidInput(f"event {quote(event_id)} is {author}'s, not {reviewer}'s")
+                raise PermissionDenied(
+                    f"event {quote(event_id)} is {author}'s, not {reviewer}'s: a reviewer undoes "
+                    "only their own"
+                )
+            if kind == "adjudication":
+                raise Settled(
+                    f"event {quote(event_id)} is an adjudication: it settled candidate "
+                    f"{quote(candidate_id)} for good and cannot be undone"
+                )
             cur.execute(
                 self._sql(
                     "SELECT label_event_id, events, adjudicated, label FROM candidates "
@@ -286,13 +296,16 @@ class LabelEvents(StoreCore):
             if adjudicated:
                 raise Settled(f"candidate {quote(candidate_id)} was settled already")
             if not conflict:
-                raise InvalidInput(f"candidate {quote(candidate_id)} has no disagreement to settle")
+                raise NotDisputed(
+                    f"candidate {quote(candidate_id)} has no disagreement to settle (its reviewers "
+                    "agree, or one has reviewed it)"
+                )
             cur.execute(
                 self._sql("SELECT DISTINCT reviewer FROM label_events WHERE candidate_id = ?"),
                 (candidate_id,),
             )
             if adjudicator in {r[0] for r in cur.fetchall()}:
-                raise InvalidInput(
+                raise PermissionDenied(
                     f"{adjudicator} gave a verdict on {quote(candidate_id)}: a reviewer who "
                     "gave none settles it"
                 )

@@ -115,7 +115,7 @@ class QueueQueries(StoreCore):
                         "UPDATE candidates SET claimed_by = NULL, claimed_until = NULL "
                         f"WHERE {where}"
                     ),
-                    (reviewer, cid) if cid else (reviewer,),
+                    (reviewer, cid) if ids else (reviewer,),
                 )
                 released += int(cur.rowcount)
             return released

@@ -590,15 +590,17 @@ class CadReviewServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Adjudicate(self, request, context):
-        """Settle a disagreement: any reviewer who gave no verdict on the candidate; final (later
-        corrections are FAILED_PRECONDITION), and what ExportLabels and the trainer use.
+        """Settle a disagreement: any reviewer who gave no verdict on the candidate (one who did:
+        PERMISSION_DENIED); final (later corrections are FAILED_PRECONDITION), and what
+        ExportLabels and the trainer use. A candidate nobody disputes: FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Retract(self, request, context):
-        """Undo: FAILED_PRECONDITION when someone labeled the candidate since, or it was settled.
+        """Undo one's own latest event (another reviewer's: PERMISSION_DENIED); FAILED_PRECONDITION
+        when someone labeled the candidate since, it was settled, or the event is an adjudication.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
