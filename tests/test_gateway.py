@@ -37,6 +37,7 @@ from tests.orthanc import (
     free_port,
 )
 from tests.review_world import TOKENS, token_file
+from tests.srcheck import sr_problems
 
 needs_orthanc = pytest.mark.skipif(
     ORTHANC is None and not os.environ.get("CI"),
@@ -128,8 +129,22 @@ def loop(
                 orthanc.start()
             with gw:
                 yield Loop(cad, gw, orthanc)
+            check_srs(tmp / "checked", orthanc, gw)
         finally:
             orthanc.stop()
+
+
+def check_srs(folder: Path, orthanc: Orthanc, gateway: Gateway) -> None:
+    """Every SR the test produced, in the PACS and still in the outbox, through dciodvfy, dsrdump
+    and pixelmed's DicomSRValidator: an error in the gateway's own content fails the test."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = sorted(gateway.outbox.glob("*.dcm"))
+    if orthanc.process is not None and orthanc.process.poll() is None:
+        for i, data in enumerate(orthanc.reports()):
+            (folder / f"pacs-{i}.dcm").write_bytes(data)
+            paths.append(folder / f"pacs-{i}.dcm")
+    problems = sr_problems(paths)
+    assert not problems, "\n".join(problems)
 
 
 def classify_whole_frames(
