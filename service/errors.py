@@ -63,5 +63,9 @@ class AlreadyExists(CadError):
     """An idempotency key was reused with a different request body (ALREADY_EXISTS)."""
 
 
+class Cancelled(CadError):
+    """The client cancelled the call; its work was stopped at the next check (CANCELLED)."""
+
+
 class DeadlineExceeded(CadError):
     """The client's deadline passed before the work was done; it was dropped (DEADLINE_EXCEEDED)."""

@@ -64,6 +64,11 @@ class ServiceMetrics:
             registry=registry,
         )
         self.candidates = Counter("cad_candidates", "Candidates classified.", registry=registry)
+        self.cancelled = Counter(
+            "cad_requests_cancelled",
+            "Classifications their client cancelled; the work stopped at its next check.",
+            registry=registry,
+        )
         self.patches = Counter("cad_patches", "Patches classified.", registry=registry)
         self.model = Info(
             "cad_model",

@@ -4,6 +4,7 @@ with vessel-aligned patches, and every malformed upload answered with a status."
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -413,3 +414,51 @@ def test_a_damaged_or_inconsistent_series_is_invalid_argument_never_internal(
         stub.ClassifyVolume(upload(cad_pb2.VolumeHeader(candidates=one), data), timeout=60)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
     assert says in (err.value.details() or ""), err.value.details()
+
+
+def test_a_cancelled_volume_request_stops_its_work_at_the_next_candidate(
+    served: ServerThread, stub: cad_pb2_grpc.CadInferenceStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import service.models.volume_inference as volume_inference
+
+    cancelled_calls = served.server.metrics.registry.get_sample_value
+    before = cancelled_calls("cad_requests_cancelled_total") or 0.0
+    started, finished = threading.Event(), threading.Event()
+    axes: list[int] = []
+    ended: list[str] = []
+    real_axis = volume_inference.vessel_axis
+
+    def axis(volume, point_mm):  # type: ignore[no-untyped-def]
+        axes.append(1)
+        if len(axes) == 1:  # the first of 8 candidates: the client cancels meanwhile
+            started.set()
+            deadline = time.monotonic() + 60
+            while (cancelled_calls("cad_requests_cancelled_total") or 0.0) <= before:
+                assert time.monotonic() < deadline, "the server never saw the cancellation"
+                time.sleep(0.01)
+        return real_axis(volume, point_mm)
+
+    real_classify = served.server.volumes.classify
+
+    def classify(request):  # type: ignore[no-untyped-def]
+        try:
+            return real_classify(request)
+        except BaseException as exc:
+            ended.append(type(exc).__name__)
+            raise
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(volume_inference, "vessel_axis", axis)
+    monkeypatch.setattr(served.server.volumes, "classify", classify)
+    eight = [cad_pb2.VolumeCandidate(client_id=f"c{i}", voxel=p3([60, 60, 2])) for i in range(8)]
+    call = stub.ClassifyVolume.future(
+        upload(cad_pb2.VolumeHeader(candidates=eight), real_ct_series(5)), timeout=60
+    )
+    assert started.wait(60)
+    call.cancel()
+    assert finished.wait(60)
+    assert ended == ["Cancelled"]  # stopped, not finished for nobody
+    assert len(axes) == 1  # no other candidate's axis was estimated after the cancellation

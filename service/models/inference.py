@@ -7,6 +7,7 @@ Synchronous and free of protobuf and asyncio: the transport runs
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from service.aift.patches import (
     require_image_recipe,
 )
 from service.errors import (
+    Cancelled,
     DeadlineExceeded,
     InvalidInput,
     LimitExceeded,
@@ -85,6 +87,8 @@ class ClassifyInput:
     request_id: str = ""
     """Given (from an idempotency key): a retry is answered and recorded under the same id;
     empty: a new one."""
+    cancelled: threading.Event | None = None
+    """Set when the client cancels: the work stops at its next check (:func:`still_wanted`)."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,15 @@ class ClassifyOutcome:
     image: DecodedImage
     results: list[CandidateResult]
     source_id: str = ""
+
+
+def still_wanted(deadline: float | None, cancelled: threading.Event | None) -> None:
+    """Between stages of a request's work: stop when its client cancelled it or its deadline
+    passed (a cancelled request no longer burns CPU-seconds for nobody)."""
+    if cancelled is not None and cancelled.is_set():
+        raise Cancelled("the client cancelled the request; its work was stopped")
+    if deadline is not None and time.monotonic() >= deadline:
+        raise DeadlineExceeded("the request's deadline passed while it was being worked on")
 
 
 def decode_image(
@@ -218,6 +231,7 @@ class Classifier:
         per_chunk = max(1, self.chunk_patches // recipe.count)
         probs = []
         for start in range(0, count, per_chunk):
+            still_wanted(request.deadline, request.cancelled)
             chunk = boxes[start : start + per_chunk]
             patches: npt.NDArray[np.float32] | ImagePatches
             if model.samples_on_device:  # the image and an affine map per patch, cut there

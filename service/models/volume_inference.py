@@ -9,6 +9,7 @@ AIFT statistics come back. Synchronous and free of protobuf: the transport runs 
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from service.aift.patches import require_volume_recipe
 from service.aift.vessel import PE_WINDOW, VesselAxis, extract_pe_patches, unit, vessel_axis
 from service.errors import InvalidInput
 from service.imaging import Window
-from service.models.inference import Classifier
+from service.models.inference import Classifier, still_wanted
 from service.volumes import Volume, VolumeLimits, assemble_series
 
 Vec3 = tuple[float, float, float]
@@ -45,6 +46,8 @@ class VolumeInput:
     window: Window | None = None
     source_id: str = ""
     deadline: float | None = None
+    cancelled: threading.Event | None = None
+    """Set when the client cancels: the work stops at its next check."""
 
 
 @dataclass(frozen=True)
@@ -136,10 +139,13 @@ class VolumeClassifier:
         if request.window is not None:
             request.window.validate()
             window = (request.window.center, request.window.width)
+        going = lambda: still_wanted(request.deadline, request.cancelled)  # noqa: E731
         volume = assemble_series(request.instances, self.limits)
+        going()
         located = [locate(volume, cand, i) for i, cand in enumerate(request.candidates)]
         axes = []
         for i, (cand, (mm, _)) in enumerate(zip(request.candidates, located, strict=True)):
+            going()  # each axis is a Hessian at three scales: check between them
             if cand.direction is None:
                 axes.append(vessel_axis(volume, mm))
                 continue
@@ -153,6 +159,7 @@ class VolumeClassifier:
             chunk = range(start, min(count, start + per_chunk))
             out = c.buffers.get(len(chunk) * recipe.count, model.input_size)
             for n, k in enumerate(chunk):
+                going()
                 extract_pe_patches(
                     volume,
                     located[k][0],

@@ -16,6 +16,7 @@ from service.errors import (
     INTERRUPTS,
     AlreadyExists,
     CadError,
+    Cancelled,
     DeadlineExceeded,
     InvalidInput,
     LeaseHeld,
@@ -46,6 +47,7 @@ _STATUS: list[tuple[type[CadError], grpc.StatusCode]] = [
     (Settled, grpc.StatusCode.FAILED_PRECONDITION),
     (NotDisputed, grpc.StatusCode.FAILED_PRECONDITION),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (Cancelled, grpc.StatusCode.CANCELLED),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
@@ -23,6 +25,7 @@ from service.rpc import converters
 from service.rpc.auth import PermissionDenied, current_identity
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def acting_as(claimed: str, what: str) -> str:
@@ -64,8 +67,24 @@ class CadInferenceServicer(cad_pb2_grpc.CadInferenceServicer):
         domain_request = converters.classify_input(
             request, deadline, identity.name if identity is not None else ""
         )
+        return await self._cancellable(self.classifier.classify, domain_request)
+
+    async def _cancellable(self, work: Callable[[R], T], request: R) -> T:
+        """``work(request)`` in a worker thread; when the client cancels the call, the request's
+        ``cancelled`` event is set, so the worker stops at its next check instead of finishing
+        work nobody will read."""
+        cancelled = threading.Event()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self.classifier.classify, domain_request)
+        try:
+            return await loop.run_in_executor(
+                self.executor,
+                work,
+                dataclasses.replace(request, cancelled=cancelled),  # type: ignore[type-var]
+            )
+        except asyncio.CancelledError:
+            cancelled.set()
+            self.metrics.cancelled.inc()
+            raise
 
     async def Classify(  # noqa: N802 (gRPC method name)
         self, request: cad_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
@@ -172,8 +191,7 @@ class CadInferenceServicer(cad_pb2_grpc.CadInferenceServicer):
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         domain_request = converters.volume_input(header, instances, deadline)
-        loop = asyncio.get_running_loop()
-        outcome = await loop.run_in_executor(self.executor, self.volumes.classify, domain_request)
+        outcome = await self._cancellable(self.volumes.classify, domain_request)
         return converters.volume_response(outcome)
 
 
