@@ -62,6 +62,7 @@ from pydicom.uid import (
 from pynetdicom import AE, AllStoragePresentationContexts, _config, build_context, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import
 
+from gateway.catchup import OrthancCatchUp
 from gateway.frames import frame_count, frame_file, read_header
 from gateway.settings import GatewaySettings
 from gateway.sr import (
@@ -344,6 +345,20 @@ class Gateway:
         self.sop_classes = {
             uid.strip() for uid in settings.sop_classes.split(",") if uid.strip()
         } or set(CLASSIFIABLE)
+        self._accept_lock = threading.Lock()
+        self.catch_up = (
+            OrthancCatchUp(
+                settings.catch_up,
+                root,
+                self.has_seen,
+                self.accept,
+                settings.catch_up_caller or (self.calling_aes or ["ORTHANC"])[0],
+                settings.catch_up_delay_s,
+                settings.catch_up_credentials_file,
+            )
+            if settings.catch_up
+            else None
+        )
         self._retry: dict[str, _Retry] = {}
         """Objects waiting to be tried again (by file stem); a restart tries them at once."""
         self._purged_at = 0.0
@@ -382,7 +397,10 @@ class Gateway:
             )
             self._metrics_http = http
             self.metrics_port = http.server_port
-        for name, loop in (("classify", self._classify_loop), ("send", self._send_loop)):
+        loops = [("classify", self._classify_loop), ("send", self._send_loop)]
+        if self.catch_up is not None:
+            loops.append(("catch-up", self._catch_up_loop))
+        for name, loop in loops:
             thread = threading.Thread(target=loop, name=f"cad-gateway-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -448,48 +466,59 @@ class Gateway:
         (``event.dataset_path``): it is read for its attributes and copied, never held whole."""
         request = event.request
         uid = str(request.AffectedSOPInstanceUID or "")
-        sop_class = str(request.AffectedSOPClassUID or "")
         if not uid:
             return 0xC210
         caller = str(event.assoc.requestor.ae_title).strip()
-        marker = self.seen / _key(uid)
-        if marker.exists():  # received before, or one of the gateway's own SRs
-            self.stats.duplicates += 1
-            self.metrics.duplicates.inc()
-            return SUCCESS
-        received = Path(event.dataset_path)
+        return self.accept(Path(event.dataset_path), caller, uid, str(request.AffectedSOPClassUID))
+
+    def has_seen(self, uid: str) -> bool:
+        """An instance received (or caught up with) before, or one of the gateway's own SRs."""
+        return (self.seen / _key(uid)).exists()
+
+    def accept(self, received: Path, caller: str, uid: str = "", sop_class: str = "") -> int:
+        """One instance as ``caller`` sent it (a C-STORE, or the catch-up from the PACS): queued,
+        read for its regions, ignored or refused; its DIMSE status. One at a time, so that the
+        push and the catch-up never queue one instance twice."""
         try:
             ds = dcmread(received, stop_before_pixels=True)
         except Exception:  # noqa: BLE001 (a peer's malformed data set: refused, not raised)
             log.warning("a C-STORE from %s could not be decoded", caller)
             return 0xC210
-        if sop_class in SR_CLASSES or str(getattr(ds, "Modality", "")) == SR_MODALITY:
-            return self._on_report(ds, caller, marker)  # never classified as an image
-        if sop_class not in self.sop_classes:
-            self.stats.ignored += 1
-            self.metrics.ignored.labels("sop_class").inc()
-            log.info(
-                "an object of SOP class %s from %s is not classified; ignored", sop_class, caller
-            )
-            return SUCCESS
-        try:
-            write_atomic(
-                self.inbox / f"{_key(uid)}.json",
-                json.dumps(
-                    {
-                        "caller": caller,
-                        "modality": str(getattr(ds, "Modality", "") or ""),
-                        "series": str(getattr(ds, "SeriesInstanceUID", "") or ""),
-                        "for": str(getattr(ds, "FrameOfReferenceUID", "") or ""),
-                        "uid": _key(uid),
-                    }
-                ).encode(),
-            )
-            copy_atomic(received, self.inbox / f"{_key(uid)}.dcm")
-            write_atomic(marker, f"{time.time()}\n".encode())
-        except OSError as exc:
-            log.error("an image could not be queued (%s); the sender is told to retry", exc)
-            return OUT_OF_RESOURCES
+        uid = uid or str(getattr(ds, "SOPInstanceUID", "") or "")
+        sop_class = sop_class or str(getattr(ds, "SOPClassUID", "") or "")
+        if not uid:
+            return 0xC210
+        with self._accept_lock:
+            marker = self.seen / _key(uid)
+            if marker.exists():  # received before, or one of the gateway's own SRs
+                self.stats.duplicates += 1
+                self.metrics.duplicates.inc()
+                return SUCCESS
+            if sop_class in SR_CLASSES or str(getattr(ds, "Modality", "")) == SR_MODALITY:
+                return self._on_report(ds, caller, marker)  # never classified as an image
+            if sop_class not in self.sop_classes:
+                self.stats.ignored += 1
+                self.metrics.ignored.labels("sop_class").inc()
+                log.info("an object of SOP class %s from %s is not classified", sop_class, caller)
+                return SUCCESS
+            try:
+                write_atomic(
+                    self.inbox / f"{_key(uid)}.json",
+                    json.dumps(
+                        {
+                            "caller": caller,
+                            "modality": str(getattr(ds, "Modality", "") or ""),
+                            "series": str(getattr(ds, "SeriesInstanceUID", "") or ""),
+                            "for": str(getattr(ds, "FrameOfReferenceUID", "") or ""),
+                            "uid": _key(uid),
+                        }
+                    ).encode(),
+                )
+                copy_atomic(received, self.inbox / f"{_key(uid)}.dcm")
+                write_atomic(marker, f"{time.time()}\n".encode())
+            except OSError as exc:
+                log.error("an image could not be queued (%s); the sender is told to retry", exc)
+                return OUT_OF_RESOURCES
         self.stats.received += 1
         self.metrics.received.inc()
         self._notify()
@@ -511,6 +540,17 @@ class Gateway:
         self.stats.upstream_reports += 1
         self._notify()
         return SUCCESS
+
+    def _catch_up_loop(self) -> None:
+        """Every ``catch_up_interval_s``: what the PACS stored and did not push (see
+        :mod:`gateway.catchup`)."""
+        assert self.catch_up is not None
+        while not self._stop.is_set():
+            try:
+                self.catch_up.poll()
+            except OSError as exc:  # the PACS away, or an instance not queued: next time
+                log.warning("catching up with the PACS failed (%s); retrying", exc)
+            self._stop.wait(self.settings.catch_up_interval_s)
 
     # ------------------------------------------------------------------ classifying
 

@@ -25,6 +25,29 @@ class GatewaySettings(BaseSettings):
         "modalities); any other caller's association is refused and counted. Empty: any caller "
         "(said as a warning at start-up; set it in production).",
     )
+    catch_up: str = Field(
+        "",
+        description="Orthanc's REST root (http://pacs:8042): the gateway reads its change log and "
+        "fetches every instance it stored that the routing did not deliver (the gateway down, "
+        "killed or restarting); empty: push only (gateway.catchup says why both).",
+    )
+    catch_up_credentials_file: Path | None = Field(
+        None, description="File holding user:password for Orthanc's REST API, if it asks."
+    )
+    catch_up_caller: str = Field(
+        "",
+        description="The AE title instances fetched by the catch-up count as sent by (their mode, "
+        "frame or sr); empty: the first of calling_aes, else ORTHANC.",
+    )
+    catch_up_interval_s: float = Field(
+        10.0, gt=0, description="How often the catch-up reads the PACS's change log."
+    )
+    catch_up_delay_s: float = Field(
+        30.0,
+        ge=0,
+        description="A stored instance younger than this is left to the push (nothing is "
+        "downloaded twice while the gateway is up).",
+    )
     sop_classes: str = Field(
         "",
         description="Comma-separated SOP Class UIDs the gateway classifies; empty: the images "

@@ -61,15 +61,21 @@ def build_sr(
 
 
 def _group(
-    i: int, region: Any, algorithm: hd.sr.AlgorithmIdentification, probability: float
+    i: int,
+    region: Any,
+    algorithm: hd.sr.AlgorithmIdentification,
+    probability: float,
+    finding: Any = codes.SCT.PolypOfColon,
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    """Candidate ``i``'s TID 1410 group: its region, a finding, the model's probability."""
+    """Candidate ``i``'s TID 1410 group: its region, what the model looks for (a polyp of the
+    colon on images, a pulmonary embolism in CT volumes), the model's probability that it is
+    there."""
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=generate_uid(), identifier=f"candidate {i + 1}"
         ),
         referenced_region=region,
-        finding_type=codes.DCM.Finding,
+        finding_type=finding,
         algorithm_id=algorithm,
         measurements=[
             hd.sr.Measurement(
@@ -102,16 +108,56 @@ def _report(
         procedure_reported=codes.SCT.ImagingProcedure,
         imaging_measurements=groups,
     )
+    sources = sorted(str(d.SOPInstanceUID) for d in evidence)
     return hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report,
-        series_instance_uid=generate_uid(),
+        # one SR series per source series and model version, so that a study's results show as
+        # one "CAD results" series in a viewer, not one anonymous series per image; the same
+        # result made twice (a gateway killed before it could forget the image) has the same
+        # UID, and the PACS keeps it once
+        series_instance_uid=generate_uid(
+            entropy_srcs=["series", device_uid, model_version, str(evidence[0].SeriesInstanceUID)]
+        ),
         series_number=SERIES_NUMBER,
-        sop_instance_uid=generate_uid(),
+        series_description=f"CAD results, {ALGORITHM} model v{model_version}"[:64],
+        sop_instance_uid=generate_uid(entropy_srcs=["sr", device_uid, model_version, *sources]),
         instance_number=1,
         manufacturer=manufacturer,
+        manufacturer_model_name=device_name,
+        software_versions=f"{device_name} {_package_version()}"[:64],
+        contributing_equipment=[algorithm_equipment(model_version, manufacturer)],
         is_complete=True,
     )
+
+
+def algorithm_equipment(model_version: str, manufacturer: str) -> hd.ContributingEquipment:
+    """The algorithm as Contributing Equipment (IHE AI Results): its name, the model version as
+    its software version, and a Device UID that changes with every published model (as MONAI
+    Deploy's SR writer does), so a result names the exact model that made it."""
+    equipment = hd.ContributingEquipment(
+        manufacturer=manufacturer,
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=ALGORITHM,
+        software_versions=f"model v{model_version}"[:64],
+        contribution_description="Probabilities of a finding per candidate (AIFT model)",
+    )
+    equipment.DeviceUID = model_device_uid(model_version)
+    return equipment
+
+
+def model_device_uid(model_version: str) -> str:
+    """The Device UID of one model version of the algorithm (the same everywhere)."""
+    return str(generate_uid(entropy_srcs=["device", ALGORITHM, model_version]))
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cad-aift")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def read_findings(ds: Dataset) -> list[tuple[str, int | None, np.ndarray, float, str]]:
@@ -266,6 +312,7 @@ def build_volume_sr(
             ),
             algorithm,
             f.probability,
+            codes.SCT.PulmonaryEmbolism,
         )
         for i, f in enumerate(findings)
     ]

@@ -386,3 +386,95 @@ def test_an_sr_is_retried_within_seconds_however_long_the_destination_was_away(
     assert gateway.stats.send_failures == 12
     assert max(waits) == 5.0  # never a minute: the first SR goes within 5 s of the return
     gateway.channel.close()
+
+
+# ---------------------------------------------------------------- stored while the gateway was down
+
+
+@pytest.mark.slow
+@needs_orthanc
+def test_every_image_stored_in_the_pacs_gets_exactly_one_sr_across_a_kill_9_mid_burst(
+    tmp_path: Path,
+) -> None:
+    """A real ``cad dicom-gateway`` process, killed with SIGKILL after a third of a 30-image burst
+    routed by Orthanc's shipped route.lua; the rest of the burst is stored while it is down, then
+    it is started again: it catches up through Orthanc's change log."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.orthanc import Orthanc
+    from tests.review_world import TOKENS, token_file
+
+    publish_tiny(tmp_path / "registry", tmp_path / "build", recipe="frame")
+    settings = make_settings(
+        tmp_path / "registry", auth_tokens_file=token_file(tmp_path / "tokens.json")
+    )
+    (tmp_path / "gateway-token").write_text(TOKENS["tower-3"])
+    port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", port)
+    spool = tmp_path / "gateway"
+    burst = ct_series(30)
+    log = (tmp_path / "gateway.log").open("ab")
+
+    with ServerThread(settings) as server:
+        server.refresh_models()
+        env = {
+            **os.environ,
+            "CAD_GATEWAY_PORT": str(port),
+            "CAD_GATEWAY_SERVER": server.address,
+            "CAD_GATEWAY_TOKEN_FILE": str(tmp_path / "gateway-token"),
+            "CAD_GATEWAY_DESTINATION": f"ORTHANC@127.0.0.1:{orthanc.dicom_port}",
+            "CAD_GATEWAY_SPOOL_DIR": str(spool),
+            "CAD_GATEWAY_METRICS_PORT": "-1",
+            "CAD_GATEWAY_CALLING_AES": "ORTHANC",
+            "CAD_GATEWAY_CATCH_UP": orthanc.url,
+            "CAD_GATEWAY_CATCH_UP_INTERVAL_S": "1",
+            "CAD_GATEWAY_CATCH_UP_DELAY_S": "2",
+            "CAD_GATEWAY_RETRY_MAX_S": "1",
+            "CAD_GATEWAY_SEND_RETRY_MAX_S": "1",
+        }
+
+        def start_gateway() -> subprocess.Popen[bytes]:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "cadcli.main", "dicom-gateway"],
+                env=env,
+                stdout=log,
+                stderr=log,
+            )
+
+            def answers() -> bool:
+                assert process.poll() is None, (tmp_path / "gateway.log").read_text()[-2000:]
+                assoc = associate(port, calling="ORTHANC")
+                if assoc.is_established:
+                    assoc.release()
+                    return True
+                return False
+
+            wait_for(answers, "the gateway answering")
+            return process
+
+        try:
+            orthanc.start()
+            gateway = start_gateway()
+            wait_for((spool / "catchup-cursor").exists, "the catch-up's cursor at the log's end")
+            for ds in burst[:10]:
+                orthanc.post("/instances", part10(ds))
+            wait_for(lambda: len(orthanc.reports()) >= 3, "the first SRs")
+            gateway.send_signal(signal.SIGKILL)  # mid-burst: some classified, some not
+            gateway.wait(30)
+            for ds in burst[10:]:  # stored while the gateway is down: route.lua's push fails
+                orthanc.post("/instances", part10(ds))
+            gateway = start_gateway()
+            wait_for(lambda: len(orthanc.reports()) >= 30, "an SR for every image", 180)
+            reports = [dcmread(io.BytesIO(b)) for b in orthanc.reports()]
+            sources = [uid for sr in reports for uid, _, _, _, _ in read_findings(sr)]
+            assert sorted(sources) == sorted(ds.SOPInstanceUID for ds in burst)  # one each
+            assert image_rows(server) == 30  # and each recorded once in the label store
+            assert len({sr.SeriesInstanceUID for sr in reports}) == 1  # one results series
+            gateway.send_signal(signal.SIGTERM)
+            gateway.wait(30)
+        finally:
+            if "gateway" in locals() and gateway.poll() is None:
+                gateway.kill()
+            orthanc.stop()
