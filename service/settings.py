@@ -150,6 +150,17 @@ class ServerSettings(BaseSettings):
         description="Most bytes of DICOM one ClassifyVolume upload may stream in (refused as "
         "soon as the upload passes it, before the series is assembled).",
     )
+    max_series_bytes_in_flight: int = Field(
+        3_000_000_000,
+        ge=1,
+        description="Most bytes all ClassifyVolume uploads together may hold at once (on disk, "
+        "see series_spool_dir); an upload that would pass it is RESOURCE_EXHAUSTED (retry later).",
+    )
+    series_spool_dir: Path | None = Field(
+        None,
+        description="Where uploads wait, as unlinked temporary files, until their series is "
+        "assembled; empty: the system's temporary folder.",
+    )
     stream_max_inflight: int = Field(
         4, ge=1, description="Frames of one ClassifyStream being processed or waiting to be sent."
     )

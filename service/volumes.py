@@ -365,6 +365,13 @@ def assemble_series(instances: Sequence[bytes], limits: VolumeLimits | None = No
                     _uid(ds, "SOPInstanceUID"),
                 )
             )
+    _one_series(series, studies, slices, len(instances))
+    assert orientation is not None and spacing is not None and size is not None
+    return _stack(slices, orientation, spacing, series.pop(), studies.pop())
+
+
+def _one_series(series: set[str], studies: set[str], slices: list[_Slice], instances: int) -> None:
+    """The instances make one series of one study, each instance once, enough slices."""
     if len(series) > 1:
         raise InvalidInput(
             f"the instances belong to {len(series)} series (SeriesInstanceUID): send one series "
@@ -376,7 +383,7 @@ def assemble_series(instances: Sequence[bytes], limits: VolumeLimits | None = No
             "one study"
         )
     uids = [s.sop_uid for s in slices]
-    if len(instances) > 1 and len(set(uids)) < len(uids):  # (an enhanced CT's frames share one)
+    if instances > 1 and len(set(uids)) < len(uids):  # (an enhanced CT's frames share one)
         raise InvalidInput(
             f"{len(uids) - len(set(uids))} instance(s) repeat another's SOPInstanceUID: the "
             "same instance sent twice, or slices that are not instances of their own"
@@ -386,8 +393,6 @@ def assemble_series(instances: Sequence[bytes], limits: VolumeLimits | None = No
             f"the series has {len(slices)} slice: a volume needs at least {MIN_SLICES} (the "
             "patches reach along the vessel, across slices); send the whole series"
         )
-    assert orientation is not None and spacing is not None and size is not None
-    return _stack(slices, orientation, spacing, series.pop(), studies.pop())
 
 
 def _check_counts(instances: Sequence[bytes], limits: VolumeLimits) -> None:
@@ -397,7 +402,10 @@ def _check_counts(instances: Sequence[bytes], limits: VolumeLimits) -> None:
         raise LimitExceeded(
             f"{len(instances)} instances is over the limit of {limits.max_slices} per series"
         )
-    if (total := sum(len(b) for b in instances)) > limits.max_series_bytes:
+    total = getattr(instances, "nbytes", None)  # an upload spilled to disk knows its size
+    if total is None:
+        total = sum(len(b) for b in instances)
+    if total > limits.max_series_bytes:
         raise LimitExceeded(
             f"the series is {total} bytes, over the limit of {limits.max_series_bytes}"
         )

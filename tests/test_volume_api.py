@@ -462,3 +462,40 @@ def test_a_cancelled_volume_request_stops_its_work_at_the_next_candidate(
     assert finished.wait(60)
     assert ended == ["Cancelled"]  # stopped, not finished for nobody
     assert len(axes) == 1  # no other candidate's axis was estimated after the cancellation
+
+
+def test_uploads_together_stay_within_the_servers_budget_and_release_it(
+    registry_dir: Path,
+) -> None:
+    import threading
+
+    series = real_ct_series(2)  # about 39 KB an instance
+    budget = len(series[0]) * 2 + len(series[0]) // 2  # one whole upload and half another
+    settings = make_settings(registry_dir, max_series_bytes_in_flight=budget)
+    one = [cad_pb2.VolumeCandidate(client_id="a", voxel=p3([60, 60, 0]))]
+    go_on = threading.Event()
+
+    def held_open():  # type: ignore[no-untyped-def]
+        yield cad_pb2.VolumeChunk(header=cad_pb2.VolumeHeader(candidates=one), instances=series)
+        go_on.wait(60)  # the upload stays open, its bytes held, until the other is answered
+
+    with ServerThread(settings) as server, grpc.insecure_channel(server.address) as channel:
+        server.refresh_models()
+        stub = cad_pb2_grpc.CadInferenceStub(channel)
+        first = stub.ClassifyVolume.future(held_open(), timeout=60)
+        uploads = server.server.servicer_uploads
+        deadline = time.monotonic() + 60
+        while uploads.held < 2 * len(series[0]):  # the first upload's bytes have arrived
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ClassifyVolume(upload(cad_pb2.VolumeHeader(candidates=one), series), timeout=60)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "CAD_MAX_SERIES_BYTES_IN_FLIGHT" in (err.value.details() or "")
+        go_on.set()
+        assert len(first.result(timeout=60).results) == 1  # the first one is classified
+        again = stub.ClassifyVolume(
+            upload(cad_pb2.VolumeHeader(candidates=one), series), timeout=60
+        )
+        assert len(again.results) == 1  # once it is done, its bytes are free for the next
+        assert uploads.held == 0

@@ -119,7 +119,7 @@ def _point(p: cad_pb2.Point3D) -> tuple[float, float, float]:
 
 
 def volume_input(
-    header: cad_pb2.VolumeHeader, instances: list[bytes], deadline: float | None = None
+    header: cad_pb2.VolumeHeader, instances: Sequence[bytes], deadline: float | None = None
 ) -> VolumeInput:
     """VolumeHeader + the streamed instances -> VolumeInput (assembly runs in a worker)."""
     window = (

@@ -42,6 +42,7 @@ from service.rpc.auth import AccessPolicy, ReloadingTokenTable
 from service.rpc.interceptors import ErrorAndMetricsInterceptor
 from service.rpc.servicers import CadInferenceServicer, CadReviewServicer, ModelAdminServicer
 from service.settings import ServerSettings, from_flags
+from service.uploads import UploadBudget, tune_malloc
 from service.volumes import VolumeLimits
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,8 @@ class CadServer:
             self.recorder,
         )
         self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="cad-worker")
+        self.servicer_uploads = UploadBudget(settings.max_series_bytes_in_flight)
+        """Bytes all ClassifyVolume uploads hold together (read by ops and the tests)."""
         self.replica_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._started = utc_now()
         self._beat_state: tuple[int | None, str] | None = None
@@ -200,6 +203,14 @@ class CadServer:
         """Bind, start serving, load the model in the background. Returns the gRPC port."""
         s = self.settings
         self._loop = asyncio.get_running_loop()
+        tune_malloc()  # large buffers (uploads, frames) are returned to the system when freed
+        if s.max_series_bytes_in_flight < s.max_series_bytes:
+            log.warning(
+                "CAD_MAX_SERIES_BYTES_IN_FLIGHT (%d) is below CAD_MAX_SERIES_BYTES (%d): a "
+                "series of the largest size allowed can never be uploaded",
+                s.max_series_bytes_in_flight,
+                s.max_series_bytes,
+            )
         limit = s.max_message_bytes
         server = grpc.aio.server(
             interceptors=[ErrorAndMetricsInterceptor(self.metrics, self.policy)],
@@ -210,7 +221,13 @@ class CadServer:
         )
         cad_pb2_grpc.add_CadInferenceServicer_to_server(
             CadInferenceServicer(
-                self.classifier, self.executor, self.metrics, s.stream_max_inflight, self.volumes
+                self.classifier,
+                self.executor,
+                self.metrics,
+                s.stream_max_inflight,
+                self.volumes,
+                self.servicer_uploads,
+                s.series_spool_dir,
             ),
             server,
         )

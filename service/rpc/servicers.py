@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -23,6 +24,7 @@ from service.models.registry import VersionInfo
 from service.models.volume_inference import VolumeClassifier
 from service.rpc import converters
 from service.rpc.auth import PermissionDenied, current_identity
+from service.uploads import SpilledInstances, UploadBudget, return_memory
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -51,12 +53,17 @@ class CadInferenceServicer(cad_pb2_grpc.CadInferenceServicer):
         metrics: ServiceMetrics,
         stream_max_inflight: int,
         volumes: VolumeClassifier | None = None,
+        uploads: UploadBudget | None = None,
+        series_spool: Path | None = None,
     ) -> None:
         self.classifier = classifier
         self.executor = executor
         self.metrics = metrics
         self.stream_max_inflight = stream_max_inflight
         self.volumes = volumes or VolumeClassifier(classifier)
+        self.uploads = uploads or UploadBudget(3 * self.volumes.limits.max_series_bytes)
+        """Bytes all ClassifyVolume uploads together hold (CAD_MAX_SERIES_BYTES_IN_FLIGHT)."""
+        self.series_spool = series_spool
 
     async def _classify(
         self, request: cad_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
@@ -166,33 +173,45 @@ class CadInferenceServicer(cad_pb2_grpc.CadInferenceServicer):
         upload over the series byte limit is refused as it passes it, not after."""
         limits = self.volumes.limits
         header: cad_pb2.VolumeHeader | None = None
-        instances: list[bytes] = []
-        size = 0
-        async for chunk in request_iterator:
-            if chunk.HasField("header"):
-                if header is not None:
-                    raise InvalidInput("the upload has two headers: send the header once, first")
-                if instances:
-                    raise InvalidInput("the header must come in the upload's first message")
-                header = chunk.header
-            elif header is None:
-                raise InvalidInput("the upload's first message must carry the header")
-            for blob in chunk.instances:
-                size += len(blob)
-                if size > limits.max_series_bytes or len(instances) >= limits.max_slices:
-                    raise LimitExceeded(
-                        f"the series passed {limits.max_series_bytes} bytes or "
-                        f"{limits.max_slices} instances (settings CAD_MAX_SERIES_BYTES, "
-                        "CAD_MAX_SERIES_INSTANCES)"
-                    )
-                instances.append(blob)
-        if header is None:
-            raise InvalidInput("the upload is empty: send a header and the series' instances")
-        remaining = context.time_remaining()
-        deadline = None if remaining is None else time.monotonic() + remaining
-        domain_request = converters.volume_input(header, instances, deadline)
-        outcome = await self._cancellable(self.volumes.classify, domain_request)
-        return converters.volume_response(outcome)
+        instances = SpilledInstances(self.series_spool)  # on disk as they come, not in memory
+        size = reserved = 0
+        try:
+            async for chunk in request_iterator:
+                if chunk.HasField("header"):
+                    if header is not None:
+                        raise InvalidInput(
+                            "the upload has two headers: send the header once, first"
+                        )
+                    if len(instances):
+                        raise InvalidInput("the header must come in the upload's first message")
+                    header = chunk.header
+                elif header is None:
+                    raise InvalidInput("the upload's first message must carry the header")
+                for blob in chunk.instances:
+                    size += len(blob)
+                    if size > limits.max_series_bytes or len(instances) >= limits.max_slices:
+                        raise LimitExceeded(
+                            f"the series passed {limits.max_series_bytes} bytes or "
+                            f"{limits.max_slices} instances (settings CAD_MAX_SERIES_BYTES, "
+                            "CAD_MAX_SERIES_INSTANCES)"
+                        )
+                    self.uploads.reserve(len(blob))  # server-wide, across every upload
+                    reserved += len(blob)
+                    instances.append(blob)
+                del chunk  # the message's memory goes now, not with the next one
+            if header is None:
+                raise InvalidInput("the upload is empty: send a header and the series' instances")
+            remaining = context.time_remaining()
+            deadline = None if remaining is None else time.monotonic() + remaining
+            domain_request = converters.volume_input(header, instances, deadline)
+            outcome = await self._cancellable(self.volumes.classify, domain_request)
+            return converters.volume_response(outcome)
+        finally:
+            self.uploads.release(reserved)
+            instances.close()
+            # what the upload's messages and assembly freed goes back to the system, refused
+            # or not (glibc keeps freed heap otherwise: the process stays gigabytes large)
+            await asyncio.get_running_loop().run_in_executor(self.executor, return_memory)
 
 
 class ModelAdminServicer(cad_pb2_grpc.ModelAdminServicer):

@@ -173,16 +173,7 @@ class LabelEvents(StoreCore):
             if row is None:
                 raise NotFound(f"unknown event_id {quote(event_id)}")
             candidate_id, author, label_before, made_conflict, kind = row
-            if author != reviewer:
-                raise PermissionDenied(
-                    f"event {quote(event_id)} is {author}'s, not {reviewer}'s: a reviewer undoes "
-                    "only their own"
-                )
-            if kind == "adjudication":
-                raise Settled(
-                    f"event {quote(event_id)} is an adjudication: it settled candidate "
-                    f"{quote(candidate_id)} for good and cannot be undone"
-                )
+            _may_retract(event_id, candidate_id, author, kind, reviewer)
             cur.execute(
                 self._sql(
                     "SELECT label_event_id, events, adjudicated, label FROM candidates "
@@ -409,3 +400,17 @@ class LabelEvents(StoreCore):
             f"SELECT {_EVENT_COLUMNS} FROM label_events {where} ORDER BY created, seq", params
         )
         return [self._event(r) for r in rows]
+
+
+def _may_retract(event_id: str, candidate_id: str, author: str, kind: str, reviewer: str) -> None:
+    """Only one's own event, and never an adjudication (it is final)."""
+    if author != reviewer:
+        raise PermissionDenied(
+            f"event {quote(event_id)} is {author}'s, not {reviewer}'s: a reviewer undoes only "
+            "their own"
+        )
+    if kind == "adjudication":
+        raise Settled(
+            f"event {quote(event_id)} is an adjudication: it settled candidate "
+            f"{quote(candidate_id)} for good and cannot be undone"
+        )
