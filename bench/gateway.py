@@ -48,6 +48,7 @@ def run(images: int) -> dict[str, object]:
                     spool_dir=tmp / "gateway",
                     retry_max_s=1.0,
                     metrics_port=-1,
+                    sr_grouping="image",  # each image's receipt-to-SR, not its series'
                 )
                 with Gateway(settings) as gateway:
                     ct = dcmread(get_testdata_file("CT_small.dcm"))

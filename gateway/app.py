@@ -70,6 +70,7 @@ from gateway.sr import (
     Finding3D,
     Point3D,
     Region,
+    build_series_sr,
     build_sr,
     build_volume_sr,
     points_of,
@@ -319,14 +320,22 @@ class Gateway:
         self.stub = cad_pb2_grpc.CadInferenceStub(self.channel)
         self.token = settings.token_file.read_text().strip() if settings.token_file else ""
         root = settings.spool_dir
-        self.inbox, self.outbox, self.seen, self.failed, self.regions = (
+        self.inbox, self.outbox, self.seen, self.failed, self.regions, self.results = (
             root / "inbox",
             root / "outbox",
             root / "seen",
             root / "failed",
             root / "regions",
+            root / "results",
         )
-        for folder in (self.inbox, self.outbox, self.seen, self.failed, self.regions):
+        for folder in (
+            self.inbox,
+            self.outbox,
+            self.seen,
+            self.failed,
+            self.regions,
+            self.results,
+        ):
             folder.mkdir(parents=True, exist_ok=True)
         self.stats = GatewayStats()
         self.metrics = GatewayMetrics(CollectorRegistry(), self.inbox, self.outbox)
@@ -622,8 +631,9 @@ class Gateway:
                     )
                     self._set_aside(path, "unreadable")
                     done_any = True
+            done_any |= self._flush_results()
             if not done_any:
-                self._wait(1.0 if pending else 5.0)
+                self._wait(1.0 if pending or any(self.results.iterdir()) else 5.0)
 
     def _failed_once(self, path: Path, why: str) -> None:
         """A failure of the object's own (a deadline, a server error): tried again after a
@@ -749,12 +759,12 @@ class Gateway:
             for b, p in zip(mine, probabilities, strict=True):
                 findings.append(Finding(frame, b[1], b[2], b[3], b[4], p))
         version = progress["version"]
-        sr = build_sr(ds, findings, version, self.device_uid)
-        buffer = io.BytesIO()
-        sr.save_as(buffer, enforce_file_format=True)
         received = path.stat().st_mtime
-        write_atomic(self.seen / _key(str(sr.SOPInstanceUID)), b"ours\n")  # never taken as input
-        write_atomic(self.outbox / f"{int(received * 1e6)}-{path.stem}.dcm", buffer.getvalue())
+        if self.settings.sr_grouping == "image":
+            sr = build_sr(ds, findings, version, self.device_uid)
+            self._to_outbox(sr, received, path.stem)
+        else:  # kept until its series is complete: one SR for the series
+            self._keep_result(path, version, received, findings)
         path.unlink()
         sidecar.unlink(missing_ok=True)
         progress_path.unlink(missing_ok=True)
@@ -768,6 +778,74 @@ class Gateway:
         )
         self._notify()
         return True
+
+    def _to_outbox(self, sr: Any, received: float, name: str) -> None:
+        """An SR into the outbox (its UID first marked as the gateway's own: never input)."""
+        buffer = io.BytesIO()
+        sr.save_as(buffer, enforce_file_format=True)
+        write_atomic(self.seen / _key(str(sr.SOPInstanceUID)), b"ours\n")
+        write_atomic(self.outbox / f"{int(received * 1e6)}-{name}.dcm", buffer.getvalue())
+
+    def _keep_result(
+        self, path: Path, version: str, received: float, findings: list[Finding]
+    ) -> None:
+        """One image's findings, kept with its header (no pixels) in its series' group (per
+        model version) until the series is complete (:meth:`_flush_results`)."""
+        header = dcmread(path, stop_before_pixels=True)
+        series = str(getattr(header, "SeriesInstanceUID", "") or "") or path.stem
+        group = self.results / _key(f"{series}\0{version}")
+        group.mkdir(exist_ok=True)
+        buffer = io.BytesIO()
+        header.save_as(buffer, enforce_file_format=True)
+        write_atomic(group / f"{path.stem}.dcm", buffer.getvalue())
+        kept = [[f.frame_index, f.x, f.y, f.width, f.height, f.probability] for f in findings]
+        write_atomic(
+            group / f"{path.stem}.json",  # last: a group's .json files are its complete results
+            json.dumps(
+                {"series": series, "version": version, "received": received, "findings": kept}
+            ).encode(),
+        )
+
+    def _flush_results(self) -> bool:
+        """One SR per series whose images are all classified and which has been quiet for
+        ``series_quiet_s`` (no image of it waiting, none classified that recently). An image
+        of the series arriving later gets an SR of its own in the same SR series."""
+        groups = [g for g in self.results.iterdir() if g.is_dir()]
+        if not groups:
+            return False
+        waiting = set()
+        for sidecar in self.inbox.glob("*.json"):
+            try:
+                waiting.add(json.loads(sidecar.read_text()).get("series"))
+            except (OSError, ValueError):
+                continue
+        done = False
+        now = time.time()
+        for group in groups:
+            items = sorted(group.glob("*.json"))
+            if not items:
+                continue
+            kept = [json.loads(p.read_text()) for p in items]
+            newest = max(p.stat().st_mtime for p in items)
+            if kept[0]["series"] in waiting or now - newest < self.settings.series_quiet_s:
+                continue
+            images = [
+                (
+                    dcmread(p.with_suffix(".dcm")),
+                    [Finding(int(f[0]), *f[1:]) for f in k["findings"]],
+                )
+                for p, k in zip(items, kept, strict=True)
+            ]
+            sr = build_series_sr(images, kept[0]["version"], self.device_uid)
+            self._to_outbox(sr, min(k["received"] for k in kept), group.name)
+            for leftover in group.iterdir():
+                leftover.unlink()
+            group.rmdir()
+            log.info("an SR for %d image(s) of one series", len(images))
+            done = True
+        if done:
+            self._notify()
+        return done
 
     def _classify_series(self, series: str, frame_of_reference: str) -> bool:
         """A CT series whose upstream SR named 3D points (PE candidates): classified as one
@@ -815,11 +893,8 @@ class Gateway:
         datasets = [dcmread(io.BytesIO(b)) for b in blobs]
         findings = [Finding3D(p, r.probability) for p, r in zip(points, reply.results, strict=True)]
         sr = build_volume_sr(datasets, findings, reply.model_version, self.device_uid)
-        buffer = io.BytesIO()
-        sr.save_as(buffer, enforce_file_format=True)
-        write_atomic(self.seen / _key(str(sr.SOPInstanceUID)), b"ours\n")
         received = min(f.stat().st_mtime for f in files)
-        write_atomic(self.outbox / f"{int(received * 1e6)}-{_key(series)}.dcm", buffer.getvalue())
+        self._to_outbox(sr, received, _key(series))
         for f in files:
             f.unlink()
             f.with_suffix(".json").unlink(missing_ok=True)

@@ -99,11 +99,18 @@ class GatewaySettings(BaseSettings):
         description="Longest an image waits for the SR that names its candidates (and an SR for "
         "its images); then it is set aside, unclassified, and counted.",
     )
+    sr_grouping: Literal["series", "image"] = Field(
+        "series",
+        description="One SR per series (IHE AI Results: a workstation shows a series' results as "
+        "one object; written once the series has been quiet for series_quiet_s) or per image "
+        "(each SR as soon as its image is classified: a live feed that reads results at once).",
+    )
     series_quiet_s: float = Field(
         5.0,
         gt=0,
-        description="A CT series whose upstream SR names 3D points (PE candidates) is classified "
-        "as one volume once no instance of it has arrived for this long.",
+        description="A series is complete once no instance of it has arrived for this long: its "
+        "SR is written (sr_grouping series), or, a CT series whose upstream SR names 3D points "
+        "(PE candidates), it is classified as one volume.",
     )
     rpc_timeout_s: float = Field(
         60.0, gt=0, description="Longest the gateway waits for one Classify call."

@@ -41,23 +41,40 @@ def build_sr(
     device_name: str = "cad-dicom-gateway",
     manufacturer: str = "cad-aift",
 ) -> hd.sr.Comprehensive3DSR:
-    """The SR of ``findings`` on ``source``, in its study, a new series."""
+    """The SR of ``findings`` on ``source``, in its study."""
+    return build_series_sr(
+        [(source, findings)], model_version, device_uid, device_name, manufacturer
+    )
+
+
+def build_series_sr(
+    images: Sequence[tuple[Dataset, Sequence[Finding]]],
+    model_version: str,
+    device_uid: str,
+    device_name: str = "cad-dicom-gateway",
+    manufacturer: str = "cad-aift",
+) -> hd.sr.Comprehensive3DSR:
+    """One SR of the findings on several images of one series (each image with its own), in
+    their study: a reading workstation shows a series' results as one object (IHE AI Results).
+    The images' headers are enough (their pixel data is not read)."""
     algorithm = hd.sr.AlgorithmIdentification(name=ALGORITHM, version=model_version)
-    frames = int(getattr(source, "NumberOfFrames", 1) or 1)
-    groups = []
-    for i, f in enumerate(findings):
-        x0, y0, x1, y1 = f.x, f.y, f.x + f.width, f.y + f.height
-        region = hd.sr.ImageRegion(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-            graphic_data=np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]),
-            source_image=hd.sr.SourceImageForRegion(
-                referenced_sop_class_uid=source.SOPClassUID,
-                referenced_sop_instance_uid=source.SOPInstanceUID,
-                referenced_frame_numbers=[f.frame_index + 1] if frames > 1 else None,
-            ),
-        )
-        groups.append(_group(i, region, algorithm, f.probability))
-    return _report([source], groups, model_version, device_uid, device_name, manufacturer)
+    groups: list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations] = []
+    for source, findings in images:
+        frames = int(getattr(source, "NumberOfFrames", 1) or 1)
+        for f in findings:
+            x0, y0, x1, y1 = f.x, f.y, f.x + f.width, f.y + f.height
+            region = hd.sr.ImageRegion(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                graphic_data=np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]),
+                source_image=hd.sr.SourceImageForRegion(
+                    referenced_sop_class_uid=source.SOPClassUID,
+                    referenced_sop_instance_uid=source.SOPInstanceUID,
+                    referenced_frame_numbers=[f.frame_index + 1] if frames > 1 else None,
+                ),
+            )
+            groups.append(_group(len(groups), region, algorithm, f.probability))
+    sources = [source for source, _ in images]
+    return _report(sources, groups, model_version, device_uid, device_name, manufacturer)
 
 
 def _group(

@@ -122,6 +122,7 @@ def loop(
             "spool_dir": tmp / "gateway",
             "retry_max_s": 1.0,
             "metrics_port": 0,
+            "series_quiet_s": 0.5,  # a series' SR soon after its last image
         }
         gw = Gateway(GatewaySettings(**{**values, **gateway}))  # type: ignore[arg-type]
         try:

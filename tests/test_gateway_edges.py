@@ -28,7 +28,7 @@ from pynetdicom import AE, StoragePresentationContexts, build_context
 from gateway.app import Gateway
 from gateway.frames import frame_count, frame_file, read_header
 from gateway.settings import GatewaySettings
-from gateway.sr import read_findings
+from gateway.sr import model_device_uid, read_findings
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.rpc.server import ServerThread
 from tests.conftest import make_settings
@@ -128,13 +128,23 @@ def test_a_compressed_series_routed_by_orthanc_gets_one_sr_per_image_with_the_se
     with loop(tmp_path) as world:
         for ds in series:
             world.orthanc.post("/instances", part10(ds))
-        wait_for(lambda: len(world.orthanc.reports()) == len(series), "an SR for every image")
+        wait_for(lambda: len(world.orthanc.reports()) == 3, "an SR for each of the 3 series")
         reports = [dcmread(io.BytesIO(b)) for b in world.orthanc.reports()]
         by_source = {}
-        for sr in reports:
-            ((uid, _, _, p, _),) = read_findings(sr)
-            by_source[uid] = p
-        assert set(by_source) == {ds.SOPInstanceUID for ds in series}  # one each, none lost
+        for sr in reports:  # one result object per series, each image's finding in it
+            found = read_findings(sr)
+            series_of = {ds.SOPInstanceUID: ds.SeriesInstanceUID for ds in series}
+            (one_series,) = {series_of[uid] for uid, *_ in found}
+            assert len(found) == sum(ds.SeriesInstanceUID == one_series for ds in series)
+            for uid, _, _, p, _ in found:
+                by_source[uid] = p
+            assert sr.SeriesDescription == "CAD results, cad-aift model v1"
+            (algorithm,) = [
+                e for e in sr.ContributingEquipmentSequence if e.ManufacturerModelName == "cad-aift"
+            ]
+            assert algorithm.DeviceUID == model_device_uid("1")
+            assert algorithm.SoftwareVersions == "model v1"
+        assert sorted(by_source) == sorted(ds.SOPInstanceUID for ds in series)  # one each
         uncompressed = Path(get_testdata_file("CT_small.dcm")).read_bytes()
         (expected,) = classify_whole_frames(world.server.address, uncompressed, 1, (128, 128))
         for p in by_source.values():  # lossless: the same pixels, the same answer
@@ -158,6 +168,7 @@ def test_a_long_cine_is_sent_frame_by_frame_and_the_images_behind_it_are_not_hel
         server={"max_message_bytes": 4 * 1024 * 1024},
         destination="",
         frames_per_turn=8,
+        sr_grouping="image",  # an SR per image: when each was classified shows in the outbox
     ) as world:
         assert store_all(world.gateway.port, [cine, *behind]) == [0] * 11
         outbox = world.gateway.outbox
@@ -188,7 +199,11 @@ def test_an_object_the_server_refuses_is_set_aside_at_once_with_its_reason_and_c
         destination="",
     ) as world:
         assert store_all(world.gateway.port, [cine, *behind]) == [0] * 4
-        wait_for(lambda: len(list(world.gateway.outbox.glob("*.dcm"))) == 3, "the CT SRs")
+        wait_for(lambda: len(list(world.gateway.outbox.glob("*.dcm"))) == 1, "the CT SR")
+        (sr,) = [dcmread(p) for p in world.gateway.outbox.glob("*.dcm")]
+        assert sorted(uid for uid, *_ in read_findings(sr)) == sorted(
+            ds.SOPInstanceUID for ds in behind
+        )
         wait_for(lambda: world.gateway.stats.set_aside, "the cine set aside")
         assert world.gateway.stats.set_aside == {"resource_exhausted": 1}
         assert world.gateway.stats.retries == 0  # refused for good: never retried
@@ -354,6 +369,7 @@ def test_an_image_classified_again_after_a_gateway_crash_is_recorded_once(tmp_pa
         restarted = Gateway(gateway.settings)  # the same folders, as after a restart
         with restarted:
             wait_for(lambda: restarted.stats.classified == 1, "the image classified again")
+            wait_for(lambda: any(restarted.outbox.glob("*.dcm")), "its SR")
         assert image_rows(world.server) == 1  # recorded once, not twice
         assert len(list(restarted.outbox.glob("*.dcm"))) == 1
 
@@ -433,6 +449,7 @@ def test_every_image_stored_in_the_pacs_gets_exactly_one_sr_across_a_kill_9_mid_
             "CAD_GATEWAY_CATCH_UP_DELAY_S": "2",
             "CAD_GATEWAY_RETRY_MAX_S": "1",
             "CAD_GATEWAY_SEND_RETRY_MAX_S": "1",
+            "CAD_GATEWAY_SERIES_QUIET_S": "1",
         }
 
         def start_gateway() -> subprocess.Popen[bytes]:
@@ -460,16 +477,23 @@ def test_every_image_stored_in_the_pacs_gets_exactly_one_sr_across_a_kill_9_mid_
             wait_for((spool / "catchup-cursor").exists, "the catch-up's cursor at the log's end")
             for ds in burst[:10]:
                 orthanc.post("/instances", part10(ds))
-            wait_for(lambda: len(orthanc.reports()) >= 3, "the first SRs")
+            wait_for(
+                lambda: len(list((spool / "results").glob("*/*.json"))) >= 3,
+                "the first images classified",
+            )
             gateway.send_signal(signal.SIGKILL)  # mid-burst: some classified, some not
             gateway.wait(30)
             for ds in burst[10:]:  # stored while the gateway is down: route.lua's push fails
                 orthanc.post("/instances", part10(ds))
             gateway = start_gateway()
-            wait_for(lambda: len(orthanc.reports()) >= 30, "an SR for every image", 180)
+
+            def sources() -> list[str]:
+                reports = [dcmread(io.BytesIO(b)) for b in orthanc.reports()]
+                return [uid for sr in reports for uid, _, _, _, _ in read_findings(sr)]
+
+            wait_for(lambda: len(sources()) >= 30, "an SR for every image", 180)
             reports = [dcmread(io.BytesIO(b)) for b in orthanc.reports()]
-            sources = [uid for sr in reports for uid, _, _, _, _ in read_findings(sr)]
-            assert sorted(sources) == sorted(ds.SOPInstanceUID for ds in burst)  # one each
+            assert sorted(sources()) == sorted(ds.SOPInstanceUID for ds in burst)  # one each
             assert image_rows(server) == 30  # and each recorded once in the label store
             assert len({sr.SeriesInstanceUID for sr in reports}) == 1  # one results series
             gateway.send_signal(signal.SIGTERM)
