@@ -94,11 +94,13 @@ class OrthancCatchUp:
         now = time.monotonic()
         while True:
             page = self._get(f"/changes?since={cursor}&limit={PAGE}")
-            for change in page.get("Changes", []):
+            changes = page.get("Changes", [])
+            for change in changes:  # a whole page ages together, not one change per poll
+                self._first_seen.setdefault(int(change["Seq"]), now)
+            for change in changes:
                 seq = int(change["Seq"])
                 if change.get("ChangeType") == "NewInstance":
-                    first = self._first_seen.setdefault(seq, now)
-                    if now - first < self.delay_s:
+                    if now - self._first_seen[seq] < self.delay_s:
                         return queued  # young: the push may still be delivering it
                     queued += self._take(str(change["ID"]))
                 self._first_seen.pop(seq, None)

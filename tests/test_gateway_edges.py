@@ -496,6 +496,9 @@ def test_every_image_stored_in_the_pacs_gets_exactly_one_sr_across_a_kill_9_mid_
             assert sorted(sources()) == sorted(ds.SOPInstanceUID for ds in burst)  # one each
             assert image_rows(server) == 30  # and each recorded once in the label store
             assert len({sr.SeriesInstanceUID for sr in reports}) == 1  # one results series
+            caught = (tmp_path / "gateway.log").read_text().count("caught up with an instance")
+            assert caught >= 1  # what route.lua's push lost came through the change log
+            print(f"kill -9 mid-burst: 30/30 images, {len(reports)} SR(s), {caught} caught up")
             gateway.send_signal(signal.SIGTERM)
             gateway.wait(30)
         finally:

@@ -465,13 +465,18 @@ def test_a_cancelled_volume_request_stops_its_work_at_the_next_candidate(
 
 
 def test_uploads_together_stay_within_the_servers_budget_and_release_it(
-    registry_dir: Path,
+    registry_dir: Path, tmp_path: Path
 ) -> None:
     import threading
 
     series = real_ct_series(2)  # about 39 KB an instance
     budget = len(series[0]) * 2 + len(series[0]) // 2  # one whole upload and half another
-    settings = make_settings(registry_dir, max_series_bytes_in_flight=budget)
+    settings = make_settings(  # a second server beside the module's: a store of its own
+        registry_dir,
+        max_series_bytes_in_flight=budget,
+        store_url=f"sqlite:///{tmp_path / 'labels.sqlite3'}",
+        archive_root=tmp_path / "archive",
+    )
     one = [cad_pb2.VolumeCandidate(client_id="a", voxel=p3([60, 60, 0]))]
     go_on = threading.Event()
 
@@ -499,3 +504,23 @@ def test_uploads_together_stay_within_the_servers_budget_and_release_it(
         )
         assert len(again.results) == 1  # once it is done, its bytes are free for the next
         assert uploads.held == 0
+
+
+def test_a_candidate_on_the_volumes_outer_face_is_inside_and_beyond_it_is_refused(
+    stub: cad_pb2_grpc.CadInferenceStub,
+) -> None:
+    """Inside means within the voxels' own extent: indices -0.5 to size - 0.5 (the proto says
+    so); half a voxel beyond the outer centres is the edge, a little more is outside."""
+    data = real_ct_series(5)
+
+    def classify(voxel: list[float]) -> cad_pb2.ClassifyVolumeResponse:
+        one = [cad_pb2.VolumeCandidate(client_id="edge", voxel=p3(voxel))]
+        return stub.ClassifyVolume(upload(cad_pb2.VolumeHeader(candidates=one), data), timeout=60)
+
+    assert len(classify([-0.5, 60, 2]).results) == 1
+    assert len(classify([60, 60, 4.5]).results) == 1
+    for beyond in ([-0.6, 60, 2], [60, 60, 4.6]):
+        with pytest.raises(grpc.RpcError) as err:
+            classify(beyond)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "outside the volume" in (err.value.details() or "")
