@@ -31,7 +31,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, build_context
 
-from bench.launch import ROOT
+from bench.launch import ROOT, emit, revision_tree
 from bench.memory import memory_mb
 from service.rpc.server import ServerThread
 from tests.conftest import make_settings
@@ -152,25 +152,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cad-bench-oversized-") as tmp:
         work = Path(tmp)
         publish_tiny(work / "registry", work / "build", recipe="frame")
-        baseline = work / "baseline-tree"
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", str(baseline), args.baseline_ref],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
         results: dict[str, Any] = {}
-        try:
-            with ServerThread(make_settings(work / "registry")) as server:
-                server.refresh_models()
-                for name, tree in (("baseline", baseline), ("current", ROOT)):
-                    (work / name).mkdir()
-                    results[name] = run_tree(tree, work / name, server.address, args)
-                    print(name, json.dumps(results[name]), file=sys.stderr)
-        finally:
-            subprocess.run(
-                ["git", "worktree", "remove", "--force", str(baseline)], cwd=ROOT, check=False
-            )
+        with (
+            revision_tree(args.baseline_ref, work / "baseline-tree") as baseline,
+            ServerThread(make_settings(work / "registry")) as server,
+        ):
+            server.refresh_models()
+            for name, tree in (("baseline", baseline), ("current", ROOT)):
+                (work / name).mkdir()
+                results[name] = run_tree(tree, work / name, server.address, args)
+                print(name, json.dumps(results[name]), file=sys.stderr)
     report = {
         "machine": f"{os.cpu_count()} CPUs",
         "baseline_ref": args.baseline_ref,
@@ -178,10 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         f"slices; SRs watched for {args.timeout:.0f} s",
         **results,
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
     return 0
 
 

@@ -69,3 +69,31 @@ def server_process(
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=30)
+
+
+def emit(report: dict[str, object], out: Path | None) -> None:
+    """Print a benchmark's JSON report, and write it to ``out`` when given."""
+    import json
+
+    text = json.dumps(report, indent=2)
+    print(text)
+    if out is not None:
+        out.write_text(text + "\n")
+
+
+@contextmanager
+def revision_tree(ref: str, where: Path) -> Iterator[Path]:
+    """Revision ``ref`` of this repository checked out at ``where`` (a git worktree, removed on
+    exit): the baseline a benchmark runs beside this checkout."""
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(where), ref],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield where
+    finally:
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(where)],
+            capture_output=True,
+        )

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.launch import server_process
+from bench.launch import revision_tree, server_process
 from bench.serving import (
     MAX_BATCH,
     ROOT,
@@ -48,38 +48,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "revisions.json")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="cad-revisions-"))
-    base_tree = work / "base"
-    subprocess.run(
-        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base_tree), args.base],
-        check=True,
-        capture_output=True,
-    )
-    base_sha = subprocess.run(
-        ["git", "-C", str(base_tree), "rev-parse", "--short", "HEAD"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    results: dict[str, Any] = {"base": base_sha, "clients": args.clients, "turns": []}
     try:
-        info = build_model(work).get(1)
-        env = server_env(work, args.providers)
-        requests = dicom_requests() + frame_requests(9)
-        options = SessionOptions(tuple(select_providers(args.providers)))
-        for r in range(args.rounds):
-            order = [("base", base_tree), ("head", ROOT)]
-            for name, tree in order if r % 2 == 0 else order[::-1]:
-                ceiling = ort_ceiling(info, options, MAX_BATCH, args.seconds)
-                log(f"round {r + 1}, {name}: raw ONNX Runtime {ceiling:.1f} patches/s ...")
-                with server_process(env, tree=tree) as (_proc, address):
-                    level = load(address, requests, args.clients, args.seconds)
-                log(f"  server {level['patches_per_s']:.1f} patches/s")
-                results["turns"].append({"round": r + 1, "server": name, "ort": ceiling, **level})
+        with revision_tree(args.base, work / "base") as base_tree:
+            base_sha = subprocess.run(
+                ["git", "-C", str(base_tree), "rev-parse", "--short", "HEAD"],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            results: dict[str, Any] = {"base": base_sha, "clients": args.clients, "turns": []}
+            info = build_model(work).get(1)
+            env = server_env(work, args.providers)
+            requests = dicom_requests() + frame_requests(9)
+            options = SessionOptions(tuple(select_providers(args.providers)))
+            for r in range(args.rounds):
+                order = [("base", base_tree), ("head", ROOT)]
+                for name, tree in order if r % 2 == 0 else order[::-1]:
+                    ceiling = ort_ceiling(info, options, MAX_BATCH, args.seconds)
+                    log(f"round {r + 1}, {name}: raw ONNX Runtime {ceiling:.1f} patches/s ...")
+                    with server_process(env, tree=tree) as (_proc, address):
+                        level = load(address, requests, args.clients, args.seconds)
+                    log(f"  server {level['patches_per_s']:.1f} patches/s")
+                    results["turns"].append(
+                        {"round": r + 1, "server": name, "ort": ceiling, **level}
+                    )
     finally:
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_tree)],
-            capture_output=True,
-        )
         shutil.rmtree(work, ignore_errors=True)
     turns = results["turns"]
     rate = {(t["round"], t["server"]): t["patches_per_s"] for t in turns}

@@ -17,8 +17,6 @@ peak (VmHWM). Printed: each figure, and the ratio of this checkout's to the base
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,7 +26,7 @@ from typing import Any
 
 import grpc
 
-from bench.launch import ROOT, server_process
+from bench.launch import ROOT, emit, revision_tree, server_process
 from bench.memory import memory_mb
 from bench.serving import build_model, log, server_env
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
@@ -96,25 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cad-bench-uploads-") as tmp:
         work = Path(tmp)
         build_model(work)
-        baseline = work / "baseline"
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", str(baseline), args.baseline_ref],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
-        try:
-            results: dict[str, Any] = {}
+        results: dict[str, Any] = {}
+        with revision_tree(args.baseline_ref, work / "baseline") as baseline:
             for name, tree in (("baseline", baseline), ("current", ROOT)):
                 log(f"{name} ({args.baseline_ref if name == 'baseline' else 'this checkout'}):")
                 run_dir = work / f"run-{name}"
                 run_dir.mkdir()
                 (run_dir / "registry").symlink_to(work / "registry")
                 results[name] = run_tree(tree, run_dir, args)
-        finally:
-            subprocess.run(
-                ["git", "worktree", "remove", "--force", str(baseline)], cwd=ROOT, check=False
-            )
     ratios = {
         phase: round(results["current"][phase]["rss_mb"] / results["baseline"][phase]["rss_mb"], 2)
         for phase in ("idle", "after_refused", "after_concurrent")
@@ -134,10 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         **results,
         "ratio_current_to_baseline_rss": ratios,
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
     return 0
 
 

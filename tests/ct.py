@@ -53,3 +53,15 @@ def real_ct_series(slices: int = 6, step_mm: float = 5.0, series_uid: str = "") 
         ds.save_as(buf)
         out.append(buf.getvalue())
     return out
+
+
+def edited_instance(blob: bytes, **changes: object) -> bytes:
+    """A DICOM file with attributes set (keyword=value), written back."""
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(blob))
+    for keyword, value in changes.items():
+        setattr(ds, keyword, value)
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()

@@ -19,7 +19,7 @@ from service.models.registry import ModelRegistry
 from service.rpc.server import ServerThread
 from service.volumes import assemble_series
 from tests.conftest import make_settings
-from tests.ct import real_ct_series
+from tests.ct import edited_instance, real_ct_series
 from tests.helpers import dicom_bytes, publish_tiny
 
 SIZE = 32
@@ -349,19 +349,6 @@ def test_pe_candidates_are_kept_for_review_and_training(
     )
 
 
-def _edit(blob: bytes, **changes: object) -> bytes:
-    import io
-
-    import pydicom
-
-    ds = pydicom.dcmread(io.BytesIO(blob))
-    for keyword, value in changes.items():
-        setattr(ds, keyword, value)
-    buffer = io.BytesIO()
-    ds.save_as(buffer)
-    return buffer.getvalue()
-
-
 def _damaged_vr(blob: bytes, tag: tuple[int, int], vr: bytes) -> bytes:
     """``blob`` with the two VR bytes of element ``tag`` replaced (explicit VR little endian)."""
     key = tag[0].to_bytes(2, "little") + tag[1].to_bytes(2, "little")
@@ -395,18 +382,18 @@ def test_a_damaged_or_inconsistent_series_is_invalid_argument_never_internal(
 ) -> None:
     data = real_ct_series(5)
     if case == "zero PixelSpacing":
-        data[2] = _edit(data[2], PixelSpacing=[0, 0.66])
+        data[2] = edited_instance(data[2], PixelSpacing=[0, 0.66])
     elif case == "negative PixelSpacing":
-        data = [_edit(b, PixelSpacing=[-0.66, 0.66]) for b in data]
+        data = [edited_instance(b, PixelSpacing=[-0.66, 0.66]) for b in data]
     elif case.startswith("VR "):
         vr, keyword = case.split()[1], case.split()[-1]
         data[2] = _damaged_vr(data[2], ELEMENTS[keyword], vr.encode())
     elif case == "RescaleSlope 0":
-        data[2] = _edit(data[2], RescaleSlope=0)
+        data[2] = edited_instance(data[2], RescaleSlope=0)
     elif case == "one SOPInstanceUID":
-        data = [_edit(b, SOPInstanceUID="1.2.826.0.1.3680043.99.7") for b in data]
+        data = [edited_instance(b, SOPInstanceUID="1.2.826.0.1.3680043.99.7") for b in data]
     elif case == "two studies":
-        data[3] = _edit(data[3], StudyInstanceUID="1.2.826.0.1.3680043.99.8")
+        data[3] = edited_instance(data[3], StudyInstanceUID="1.2.826.0.1.3680043.99.8")
     elif case == "one slice":
         data = data[:1]
     one = [cad_pb2.VolumeCandidate(client_id="a", voxel=p3([60, 60, 0]))]

@@ -23,7 +23,7 @@ from service.aift.vessel import (
 )
 from service.errors import InvalidInput, LimitExceeded
 from service.volumes import Volume, VolumeLimits, assemble_series
-from tests.ct import ENHANCED_CT, dicom_test_file, real_ct_series
+from tests.ct import ENHANCED_CT, dicom_test_file, edited_instance, real_ct_series
 
 TILT = rotation([1.0, 2.0, 3.0], 0.4)  # a tilted ImageOrientationPatient
 DIRECTION = (0.3, -0.5, 0.81)  # the vessel, oblique to every patient axis
@@ -170,13 +170,7 @@ def test_mixed_series_and_inconsistent_slices_are_refused() -> None:
     with pytest.raises(InvalidInput, match="repeat another's SOPInstanceUID: the same instance"):
         assemble_series(data + data[:1])
 
-    def edited(blob: bytes, **changes) -> bytes:
-        ds = pydicom.dcmread(io.BytesIO(blob))
-        for k, v in changes.items():
-            setattr(ds, k, v)
-        buf = io.BytesIO()
-        ds.save_as(buf)
-        return buf.getvalue()
+    edited = edited_instance
 
     with pytest.raises(InvalidInput, match="one position"):  # another instance at one position
         assemble_series(data + [edited(data[0], SOPInstanceUID="1.2.826.0.1.3680043.99.1")])
