@@ -44,6 +44,8 @@ class Frame:
     sequence: int
     path: Path
     polyps: tuple[Box, ...]
+    mask_path: Path | None = None
+    """Its polyp mask; None: ``<root>/masks/<frame>.png`` (CVC-ClinicDB's layout)."""
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,7 @@ def polyp_mask(root: Path, frame: Frame) -> np.ndarray:
     """The frame's ground-truth polyp mask (a pixel is polyp where its value is > 127)."""
     from PIL import Image
 
-    mask = np.asarray(Image.open(root / "masks" / f"{frame.frame}.png"))
+    mask = np.asarray(Image.open(frame.mask_path or root / "masks" / f"{frame.frame}.png"))
     return (mask.max(axis=2) if mask.ndim == 3 else mask) > 127
 
 
@@ -307,8 +309,12 @@ def generate_pool(
     sizes: list[tuple[float, float]] | None = None,
     jitter: float = 0.05,
     tries: int = 300,
+    relative_sizes: list[tuple[float, float]] | None = None,
 ) -> list[GeneratedCandidate]:
-    """Candidates like a CAD's candidate generator proposes (see the module docstring)."""
+    """Candidates like a CAD's candidate generator proposes (see the module docstring).
+
+    ``relative_sizes``: negatives' sizes as fractions of the frame's width and height (for
+    images of many resolutions, such as Kvasir-SEG's) instead of ``sizes`` in pixels."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -329,7 +335,10 @@ def generate_pool(
         negatives = _FrameNegatives(fr, fov, mask, max_polyp, min_fov)
         add = negatives.add
 
-        def size() -> tuple[float, float]:
+        def size(width: float = W, height: float = H) -> tuple[float, float]:
+            if relative_sizes:  # this frame's size, bound now (the loop moves on)
+                fw, fh = relative_sizes[int(rng.integers(len(relative_sizes)))]
+                return fw * width, fh * height
             return sizes[int(rng.integers(len(sizes)))]
 
         _HardNegatives(negatives, rng, size, tries, n_hard).place(per_kind, pixels)

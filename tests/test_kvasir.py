@@ -1,0 +1,63 @@
+"""Kvasir-SEG as the new site (issue 38): the images, their fixed split, and CAD-like candidates
+from the same generator as CVC-ClinicDB's, scaled to each image's resolution."""
+
+from __future__ import annotations
+
+import pytest
+
+from experiments.cvc.pool import iou, polyp_mask
+from experiments.kvasir.data import (
+    DEFAULT_ROOT,
+    FRACTIONS,
+    candidates,
+    load_images,
+    load_split,
+    make_split,
+)
+
+needs_data = pytest.mark.skipif(
+    not (DEFAULT_ROOT / "polyp_boxes.csv").is_file(),
+    reason="../shared/data/kvasir-seg is not beside this checkout",
+)
+
+
+def test_the_split_is_a_seeded_partition_by_image_id() -> None:
+    ids = [f"img{i:04d}" for i in range(1000)]
+    split = make_split(ids)
+    assert split == make_split(list(reversed(ids)))  # by id, whatever the listing order
+    assert {k: len(v) for k, v in split.items()} == {
+        k: round(f * 1000) for k, f in FRACTIONS.items()
+    }
+    parts = [set(v) for v in split.values()]
+    assert set().union(*parts) == set(ids) and sum(map(len, parts)) == 1000  # disjoint, whole
+    assert make_split(ids, seed=1) != split
+
+
+@needs_data
+def test_the_kept_split_is_the_seeded_split_of_the_images() -> None:
+    frames, ids = load_images()
+    assert len(frames) == 1000 and all(f.polyps for f in frames)  # every image shows a polyp
+    assert load_split() == make_split(ids)
+
+
+@needs_data
+def test_candidates_are_polyps_and_negatives_off_them_at_the_images_own_scale() -> None:
+    frames, _ = load_images()
+    from PIL import Image
+
+    chosen = frames[:4]
+    found = candidates(chosen, seed=3)
+    for fr in chosen:
+        mine = [c for c in found if c.frame == fr]
+        positives = [c for c in mine if c.label == 1]
+        negatives = [c for c in mine if c.label == 0]
+        assert len(positives) == len(fr.polyps)
+        assert len(negatives) == round(10 * len(fr.polyps))  # about 10 per polyp
+        width, height = Image.open(fr.path).size
+        mask = polyp_mask(DEFAULT_ROOT, fr)
+        assert mask.shape == (height, width)  # the image's own (JPEG) mask
+        for c in negatives:
+            b = c.box
+            assert 0 <= b.x and b.x + b.width <= width and 0 <= b.y and b.y + b.height <= height
+            assert all(iou(b, p) < 0.1 for p in fr.polyps)
+    assert {c.kind for c in found} >= {"polyp", "near", "random"}
