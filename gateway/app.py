@@ -30,6 +30,7 @@ import hashlib
 import io
 import json
 import logging
+import shutil
 import threading
 import time
 import urllib.request
@@ -663,8 +664,12 @@ class Gateway:
         for path in self.failed.iterdir():
             try:
                 if path.stat().st_mtime < horizon:
-                    path.unlink()
-                    if path.suffix == ".dcm":
+                    counted = path.suffix == ".dcm" or path.is_dir()
+                    if path.is_dir():  # a series' results whose SR could not be built
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink()
+                    if counted:
                         self.metrics.expired.inc()
             except FileNotFoundError:
                 continue
@@ -818,18 +823,24 @@ class Gateway:
             newest = max(p.stat().st_mtime for p in items)
             if kept[0]["series"] in waiting or now - newest < self.settings.series_quiet_s:
                 continue
-            images = [
-                (
-                    dcmread(p.with_suffix(".dcm")),
-                    [Finding(int(f[0]), *f[1:]) for f in k["findings"]],
-                )
-                for p, k in zip(items, kept, strict=True)
-            ]
-            sr = build_series_sr(images, kept[0]["version"], self.device_uid)
-            self._to_outbox(sr, min(k["received"] for k in kept), group.name)
-            for leftover in group.iterdir():
-                leftover.unlink()
-            group.rmdir()
+            try:
+                images = [
+                    (
+                        dcmread(p.with_suffix(".dcm")),
+                        [Finding(int(f[0]), *f[1:]) for f in k["findings"]],
+                    )
+                    for p, k in zip(items, kept, strict=True)
+                ]
+                sr = build_series_sr(images, kept[0]["version"], self.device_uid)
+                self._to_outbox(sr, min(k["received"] for k in kept), group.name)
+            except Exception as exc:  # noqa: BLE001 (one series' SR never stops the others)
+                log.warning("a series' SR could not be built (%s); set aside", type(exc).__name__)
+                group.replace(self.failed / f"results-{group.name}")
+                write_atomic(self.failed / f"results-{group.name}.reason", b"sr")
+                self.stats.set_aside["sr"] = self.stats.set_aside.get("sr", 0) + 1
+                self.metrics.set_aside.labels("sr").inc()
+                continue
+            shutil.rmtree(group)
             log.info("an SR for %d image(s) of one series", len(images))
             done = True
         if done:

@@ -28,7 +28,7 @@ from pynetdicom import AE, StoragePresentationContexts, build_context
 from gateway.app import Gateway
 from gateway.frames import frame_count, frame_file, read_header
 from gateway.settings import GatewaySettings
-from gateway.sr import model_device_uid, read_findings
+from gateway.sr import Finding, model_device_uid, read_findings
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.rpc.server import ServerThread
 from tests.conftest import make_settings
@@ -505,3 +505,26 @@ def test_every_image_stored_in_the_pacs_gets_exactly_one_sr_across_a_kill_9_mid_
             if "gateway" in locals() and gateway.poll() is None:
                 gateway.kill()
             orthanc.stop()
+
+
+def test_a_series_whose_sr_cannot_be_built_is_set_aside_and_the_others_get_theirs(
+    tmp_path: Path,
+) -> None:
+    gateway = Gateway(GatewaySettings(spool_dir=tmp_path, series_quiet_s=0.01, metrics_port=-1))
+    ct = Path(get_testdata_file("CT_small.dcm"))
+    gateway._keep_result(ct, "4", 1.0, [Finding(0, 0, 0, 128, 128, 0.25)])
+    broken = gateway.results / "broken"
+    broken.mkdir()
+    (broken / "x.dcm").write_bytes(b"not DICOM")
+    (broken / "x.json").write_text(
+        '{"series": "9.9", "version": "4", "received": 1.0, "findings": [[0, 0, 0, 8, 8, 0.5]]}'
+    )
+    for path in gateway.results.glob("*/*"):
+        os.utime(path, (1.0, 1.0))  # long quiet
+    assert gateway._flush_results()
+    (sr,) = [dcmread(p) for p in gateway.outbox.glob("*.dcm")]
+    assert [uid for uid, *_ in read_findings(sr)] == [dcmread(ct).SOPInstanceUID]
+    assert gateway.stats.set_aside == {"sr": 1}
+    assert (gateway.failed / "results-broken.reason").read_text() == "sr"
+    assert not any(gateway.results.iterdir())
+    gateway.channel.close()
