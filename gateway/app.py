@@ -786,8 +786,8 @@ class Gateway:
         """One image's findings, kept with its header (no pixels) in its series' group (per
         model version) until the series is complete (:meth:`_flush_results`)."""
         header = dcmread(path, stop_before_pixels=True)
-        series = str(getattr(header, "SeriesInstanceUID", "") or "") or path.stem
-        group = self.results / _key(f"{series}\0{version}")
+        series = _key(str(getattr(header, "SeriesInstanceUID", "") or "") or path.stem)
+        group = self.results / _key(f"{series}\0{version}")  # (bookkeeping names no UID)
         group.mkdir(exist_ok=True)
         buffer = io.BytesIO()
         header.save_as(buffer, enforce_file_format=True)
@@ -810,7 +810,7 @@ class Gateway:
         waiting = set()
         for sidecar in self.inbox.glob("*.json"):
             try:
-                waiting.add(json.loads(sidecar.read_text()).get("series"))
+                waiting.add(_key(json.loads(sidecar.read_text()).get("series") or sidecar.stem))
             except (OSError, ValueError):
                 continue
         done = False

@@ -209,7 +209,11 @@ def test_the_dicom_gateway_logs_and_counts_no_identifying_value(
     with ServerThread(make_settings(tmp_path / "registry")) as server:
         server.refresh_models()
         settings = GatewaySettings(
-            port=0, server=server.address, spool_dir=tmp_path / "gateway", metrics_port=-1
+            port=0,
+            server=server.address,
+            spool_dir=tmp_path / "gateway",
+            metrics_port=-1,
+            series_quiet_s=0.5,
         )
         with Gateway(settings) as gateway:
             ae = AE(ae_title="PHISCU")
@@ -226,6 +230,9 @@ def test_the_dicom_gateway_logs_and_counts_no_identifying_value(
                 assert time.monotonic() < deadline, "the gateway did not finish"
                 time.sleep(0.05)
             assert gateway.stats.classified >= 3
+            while any(gateway.results.iterdir()) or not any(gateway.outbox.glob("*.dcm")):
+                assert time.monotonic() < deadline, "no SR: the series never completed"
+                time.sleep(0.05)  # each series' SR once it has been quiet a moment
             written = [generate_latest(gateway.metrics.registry).decode()]
             for folder in (gateway.seen, gateway.regions):
                 for path in folder.rglob("*"):
