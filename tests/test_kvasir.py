@@ -3,6 +3,8 @@ from the same generator as CVC-ClinicDB's, scaled to each image's resolution."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from experiments.cvc.pool import iou, polyp_mask
@@ -61,3 +63,24 @@ def test_candidates_are_polyps_and_negatives_off_them_at_the_images_own_scale() 
             assert 0 <= b.x and b.x + b.width <= width and 0 <= b.y and b.y + b.height <= height
             assert all(iou(b, p) < 0.1 for p in fr.polyps)
     assert {c.kind for c in found} >= {"polyp", "near", "random"}
+
+
+@needs_data
+@pytest.mark.slow
+def test_the_experiment_runs_its_rounds_on_the_new_sites_images(tmp_path: Path) -> None:
+    """The CVC-ClinicDB experiment's tiny preset on 6 pool and 3 test images of Kvasir-SEG:
+    every method's rounds, from one initial model, on this site's candidates."""
+    import csv
+
+    from experiments.cvc.run import ExperimentPreset, Split, run_all
+    from experiments.kvasir.run import KvasirExperiment, kvasir_split
+
+    full = kvasir_split()
+    assert (len(full.pool), len(full.validation), len(full.test)) == (600, 150, 250)
+    preset = ExperimentPreset("tiny", 64, "polyp:2", 1, 4, 2, (0,), batch_size=16, ratio=3.0)
+    split = Split(pool=full.pool[:6], test=full.test[:3])
+    exp = KvasirExperiment(tmp_path, preset, split, progress=False)
+    run_all(exp, ["entropy_alpha", "random"], [0])
+    rows = list(csv.DictReader((tmp_path / "curves.csv").open()))
+    assert [r["labels"] for r in rows if r["method"] == "random"] == ["0", "4", "8"]
+    assert len({r["test_auc"] for r in rows if r["round"] == "0"}) == 1
