@@ -23,7 +23,14 @@ def build_parser() -> argparse.ArgumentParser:
         "doubling to the whole pool, 5 seeds, with a validation split; paper: AlexNet 227 px (GPU)",
     )
     run.add_argument("--out", default="results/cvc-quick")
-    run.add_argument("--data", help="CVC-ClinicDB folder (default ../shared/data/cvc-clinicdb)")
+    run.add_argument(
+        "--site",
+        choices=["cvc-clinicdb", "kvasir-seg"],
+        default="cvc-clinicdb",
+        help="whose images: CVC-ClinicDB (the development site) or Kvasir-SEG (a new site: its "
+        "images, experiments/kvasir/split.json and candidates)",
+    )
+    run.add_argument("--data", help="the site's folder (default ../shared/data/<site>)")
     run.add_argument(
         "--split",
         help="JSON file with pool, test (and validation) sequence lists (default: the preset's, "
@@ -71,15 +78,24 @@ def main(argv: list[str] | None = None) -> int:
         print(write_report(out, args.seconds_per_label))
         return 0
     preset = PRESETS[args.preset]
-    split = Split.from_file(Path(args.split) if args.split else HERE / preset.split)
-    if args.pool:
-        split.pool = args.pool
-    if args.test:
-        split.test = args.test
     seeds = args.seeds if args.seeds is not None else list(preset.seeds)
     if args.rounds:
         preset = replace(preset, rounds=args.rounds)
-    exp = Experiment(out, preset, split, Path(args.data) if args.data else DEFAULT_ROOT)
+    exp: Experiment
+    if args.site == "kvasir-seg":
+        from experiments.kvasir.data import DEFAULT_ROOT as KVASIR_ROOT
+        from experiments.kvasir.run import KvasirExperiment, kvasir_split
+
+        root = Path(args.data) if args.data else KVASIR_ROOT
+        site_split = kvasir_split(root, Path(args.split) if args.split else None)
+        exp = KvasirExperiment(out, preset, site_split, root)
+    else:
+        split = Split.from_file(Path(args.split) if args.split else HERE / preset.split)
+        if args.pool:
+            split.pool = args.pool
+        if args.test:
+            split.test = args.test
+        exp = Experiment(out, preset, split, Path(args.data) if args.data else DEFAULT_ROOT)
     run_all(exp, args.methods or list(preset.methods), seeds, reference=not args.no_reference)
     print(write_report(out))
     return 0
