@@ -439,8 +439,11 @@ def plot(sets: dict[str, dict[str, Any]], path: Path) -> None:
     ax.set_title("what reviewers were shown", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
+    from experiments.cvc.report import site_of
+
     fig.suptitle(
-        "Labels to the whole-pool performance: AIFT vs IFT Random on CVC-ClinicDB", fontsize=11
+        f"Labels to the whole-pool performance: AIFT vs IFT Random on {site_of(path.parent)}",
+        fontsize=11,
     )
     fig.tight_layout()
     fig.savefig(path)

@@ -190,6 +190,13 @@ def summarise(out: Path) -> dict[str, Any]:
     }
 
 
+def site_of(out: Path) -> str:
+    """The data set a run's images came from (``site.json`` beside its curves; CVC-ClinicDB's
+    runs have none), for titles."""
+    path = out / "site.json"
+    return str(json.loads(path.read_text())["site"]) if path.is_file() else "CVC-ClinicDB"
+
+
 def plot(summary: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -238,7 +245,9 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     )  # round 0 (the untrained head, the same for every method) may fall below
     axes[0].set_title(f"AUC, mean ± std over seeds (axis from {low:.2f})", fontsize=10)
     axes[0].legend(fontsize=7, loc="lower right")
-    fig.suptitle("AIFT vs IFT Random on CVC-ClinicDB (held-out sequences)", fontsize=11)
+    site = site_of(path.parent)
+    held_out = "held-out sequences" if site == "CVC-ClinicDB" else "held-out images"
+    fig.suptitle(f"AIFT vs IFT Random on {site} ({held_out})", fontsize=11)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -11,6 +11,7 @@ of CVC-ClinicDB's development sequences) instead of ImageNet weights.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,11 @@ class KvasirExperiment(Experiment):
     """:class:`~experiments.cvc.run.Experiment` on Kvasir-SEG's images."""
 
     data_root: Path = DEFAULT_ROOT
+
+    def prepare(self, control: bool = False) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "site.json").write_text(json.dumps({"site": "Kvasir-SEG"}) + "\n")
+        super().prepare(control)
 
     def _frames(self, sequences: Sequence[int]) -> list[Frame]:
         wanted = set(sequences)
