@@ -67,6 +67,10 @@ RANKING_NAMES = {
     "diversity_alpha": "Most inconsistent between views first",
     "diversity": "Most inconsistent between views first, all views",
     RANDOM: "Random order",
+    "margin": "Closest to the fence first (margin)",
+    "bald": "Where the model disagrees with itself first (BALD, after a re-scoring)",
+    "coreset": "Least like anything labelled first (Core-Set, after a re-scoring)",
+    "typiclust": "Most typical of unlabelled groups first (TypiClust, after a re-scoring)",
 }
 """What a clinician reads for each ranking; the AIFT variant stays visible as a detail."""
 STORE_DOWN = (

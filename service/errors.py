@@ -44,6 +44,10 @@ class NotDisputed(CadError):
     nothing to settle yet."""
 
 
+class NotScored(CadError):
+    """A queue order whose keys the trainer has not written yet (FAILED_PRECONDITION)."""
+
+
 class PermissionDenied(CadError):
     """The caller may not do this: the token lacks the role the call needs, or the act is
     someone else's (another reviewer's event; settling a disagreement one took part in)

@@ -13,12 +13,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service.aift import Box, aift_scores
+from service.aift.baselines import margin_scores
 from service.errors import (
     AlreadyExists,
     InvalidInput,
     LeaseHeld,
     NotDisputed,
     NotFound,
+    NotScored,
     PermissionDenied,
     Settled,
 )
@@ -210,6 +212,38 @@ def test_queue_ranks_unlabeled_candidates_by_the_chosen_variant(
     assert first == again and first != other
     with pytest.raises(InvalidInput):
         review.annotation_queue(5, "magic")
+
+
+def test_the_literature_baselines_are_served_from_the_store(
+    review: ReviewService, store: SqlLabelStore
+) -> None:
+    ids = add_image(store, "b1", n=5, seed=3)
+    p = [0.9, 0.52, 0.2, 0.45, 0.05]
+    patches = [np.tile([[1 - q, q]], (24, 1)).astype(np.float32) for q in p]
+    store.update_predictions(
+        "2", [(c, x, q, 0.0, 0.0, 0.0) for c, x, q in zip(ids, patches, p, strict=True)]
+    )
+    review.submit_correction(ids[1], "FALSE_POSITIVE", "dr.a", "k")
+    margin = review.annotation_queue(10, "margin").items
+    assert [e.candidate_id for e, _ in margin] == [ids[3], ids[2], ids[0], ids[4]]
+    expected = margin_scores(np.stack([patches[i] for i in (3, 2, 0, 4)]))
+    np.testing.assert_allclose([s for _, s in margin], expected, rtol=1e-6)
+    with pytest.raises(NotScored):  # no keys written yet: said, not an empty queue
+        review.annotation_queue(5, "bald")
+    store.put_queue_keys("bald", "2", [(ids[0], 0.1), (ids[4], 0.7), (ids[1], 0.9)])
+    bald = [e.candidate_id for e, _ in review.annotation_queue(5, "bald").items]
+    assert bald == [ids[4], ids[0]]  # the labelled one and the unkeyed ones are not offered
+    store.put_queue_keys("bald", "3", [(ids[2], 0.3)])  # a re-scoring replaces them all
+    assert store.queue_key_versions("bald") == {"3": 1}
+    assert [e.candidate_id for e, _ in review.annotation_queue(5, "bald").items] == [ids[2]]
+    a = review.annotation_queue(2, "margin", reviewer="dr.a", claim_s=60).items
+    b = review.annotation_queue(2, "margin", reviewer="dr.b", claim_s=60).items
+    assert [e.candidate_id for e, _ in a] == [ids[3], ids[2]]
+    assert [e.candidate_id for e, _ in b] == [ids[0], ids[4]]  # claims hold for baselines too
+    with pytest.raises(InvalidInput):
+        review.annotation_queue(5, "margin", omega=5)
+    with pytest.raises(ValueError):
+        store.put_queue_keys("margin", "3", [])
 
 
 def test_export_since_and_precision_by_version(

@@ -32,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--data", help="the site's folder (default ../shared/data/<site>)")
     run.add_argument(
+        "--start",
+        help="a new site's runs start from this vendor model folder (made by the vendor command) "
+        "instead of ImageNet weights",
+    )
+    run.add_argument(
         "--split",
         help="JSON file with pool, test (and validation) sequence lists (default: the preset's, "
         "split.json or split-peak.json beside this module)",
@@ -45,6 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-reference", action="store_true", help="skip fine-tuning on the whole pool"
     )
     run.add_argument("--log-level", default="WARNING")
+    vendor = sub.add_parser(
+        "vendor",
+        help="fine-tune the vendor model on every CVC-ClinicDB development sequence (resumable)",
+    )
+    vendor.add_argument("--out", default="results/vendor")
+    vendor.add_argument(
+        "--data", help="CVC-ClinicDB's folder (default ../shared/data/cvc-clinicdb)"
+    )
+    vendor.add_argument("--log-level", default="WARNING")
     report = sub.add_parser("report", help="CSV -> plot, savings table, summary")
     report.add_argument("--out", default="results/cvc-quick")
     report.add_argument(
@@ -77,18 +91,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         print(write_report(out, args.seconds_per_label))
         return 0
+    if args.command == "vendor":
+        from experiments.kvasir.vendor import VENDOR_FILE, build_vendor
+
+        model = build_vendor(out, Path(args.data) if args.data else DEFAULT_ROOT)
+        print(f"vendor model: {model}\n{(model / VENDOR_FILE).read_text()}")
+        return 0
     preset = PRESETS[args.preset]
     seeds = args.seeds if args.seeds is not None else list(preset.seeds)
     if args.rounds:
         preset = replace(preset, rounds=args.rounds)
     exp: Experiment
+    if args.start and args.site != "kvasir-seg":
+        print("--start: a vendor start is for a new site (--site kvasir-seg)", file=sys.stderr)
+        return 2
     if args.site == "kvasir-seg":
         from experiments.kvasir.data import DEFAULT_ROOT as KVASIR_ROOT
         from experiments.kvasir.run import KvasirExperiment, kvasir_split
 
         root = Path(args.data) if args.data else KVASIR_ROOT
         site_split = kvasir_split(root, Path(args.split) if args.split else None)
-        exp = KvasirExperiment(out, preset, site_split, root)
+        exp = KvasirExperiment(
+            out, preset, site_split, root, start=Path(args.start) if args.start else None
+        )
     else:
         split = Split.from_file(Path(args.split) if args.split else HERE / preset.split)
         if args.pool:

@@ -67,7 +67,7 @@ from service.models.inference import (
 )
 from service.models.lifecycle import MemoryTrimListener
 from service.models.providers import SessionOptions
-from service.models.registry import ModelRegistry
+from service.models.registry import ModelRegistry, VersionInfo
 from trainer.bootstrap import init_model
 from trainer.data import Example, PatchSource, labels_of
 from trainer.device import resolve_device
@@ -348,15 +348,7 @@ class Experiment:
         self.split.check()
         shutil.rmtree(template, ignore_errors=True)
         registry_root = template / "registry"
-        info = init_model(
-            TrainerSettings(
-                registry_root=registry_root,
-                input_size=input_size,
-                recipe=self.preset.recipe,
-                architecture=architecture,
-                weights=weights,
-            )
-        )
+        info = self._initial(registry_root, architecture, weights, input_size)
         store = open_store(f"sqlite:///{template / 'labels.sqlite3'}")
         metrics = ServiceMetrics(CollectorRegistry())
         models = ModelManager(
@@ -423,6 +415,20 @@ class Experiment:
                     "pretrained": info.manifest.pretrained.as_dict(),
                 },
                 indent=2,
+            )
+        )
+
+    def _initial(
+        self, registry_root: Path, architecture: str, weights: str | None, input_size: int
+    ) -> VersionInfo:
+        """Version 1 of a template's registry, every run's start: the preset's initial weights."""
+        return init_model(
+            TrainerSettings(
+                registry_root=registry_root,
+                input_size=input_size,
+                recipe=self.preset.recipe,
+                architecture=architecture,
+                weights=weights,
             )
         )
 

@@ -4,6 +4,12 @@ Serving, training and benchmarks all call these functions, so the patch the
 server classified is exactly the patch the trainer learns from.
 """
 
+from service.aift.baselines import (
+    BASELINES,
+    KEYED,
+    MARGIN,
+    QUEUE_ORDERS,
+)
 from service.aift.patches import (
     RECIPES,
     Box,
@@ -15,7 +21,6 @@ from service.aift.patches import (
 from service.aift.scoring import (
     DEFAULT_VARIANT,
     EPS,
-    QUEUE_ORDERS,
     RANDOM,
     VARIANTS,
     CandidateStats,
@@ -29,6 +34,9 @@ from service.aift.scoring import (
 )
 
 __all__ = [
+    "BASELINES",
+    "KEYED",
+    "MARGIN",
     "DEFAULT_VARIANT",
     "EPS",
     "QUEUE_ORDERS",

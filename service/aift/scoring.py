@@ -65,8 +65,6 @@ doubling to 1,280, 5 paired seeds): the largest paired log-axis ALC gain over Ra
 0.022, 5 of 5 seeds, outside seed noise); see docs/results.md. It was entropy_diversity_alpha."""
 RANDOM = "random"
 """The annotation queue's other order: IFT Random, the paper's baseline (no AIFT score)."""
-QUEUE_ORDERS = (*VARIANTS, RANDOM)
-"""Every order the annotation queue can be asked for."""
 
 
 def as_class_probs(probs: npt.ArrayLike) -> FloatArray:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from service.aift import QUEUE_ORDERS, RANDOM, VARIANTS, Box, Variant, aift_scores
+from service.aift import BASELINES, KEYED, QUEUE_ORDERS, RANDOM, VARIANTS, Box, Variant, aift_scores
 from service.aift.scoring import DEFAULT_VARIANT, PAPER_ALPHA, select_for_labeling
 from service.aift.vessel import (
     REVIEW_PANEL,
@@ -25,7 +25,7 @@ from service.aift.vessel import (
     review_box,
     review_montage,
 )
-from service.errors import InvalidInput, NotFound, StoreUnavailable
+from service.errors import InvalidInput, NotFound, NotScored, StoreUnavailable
 from service.labels.archive import ImageArchive, encode_png
 from service.labels.spool import RecordSpool
 from service.labels.store.records import (
@@ -371,6 +371,14 @@ class ReviewService:
         """
         variant, spec, limit = _queue_request(variant, limit, omega, overrides)
         claimant = reviewer if reviewer and claim_s > 0 else ""
+        if variant in BASELINES:
+            if variant in KEYED and not self.store.queue_key_versions(variant):
+                raise NotScored(
+                    f"no {variant} keys yet: the trainer writes them when it re-scores the pool "
+                    f"with CAD_QUEUE_KEYS including {variant}"
+                )
+            items = self._ranked(variant, limit, claimant, claim_s)
+            return QueueResult(variant, self._unlabeled(), items)
         if isinstance(spec, Variant) and not omega and spec.alpha in (1.0, PAPER_ALPHA):
             # ranked where the data is: the stored terms, an index per named variant, a LIMIT
             items = self._ranked(spec, limit, claimant, claim_s)
@@ -407,15 +415,22 @@ class ReviewService:
         return QueueResult(variant, unlabeled, items)
 
     def _ranked(
-        self, spec: Variant, limit: int, claimant: str, claim_s: float
+        self, spec: Variant | str, limit: int, claimant: str, claim_s: float
     ) -> list[tuple[QueueEntry, float]]:
-        """The top ``limit`` by a stored variant, read off its index; with a ``claimant``, the
-        first ones nobody else holds, claimed (the window widens while others hold it)."""
+        """The top ``limit`` by a stored variant (or a baseline's stored key), read off its
+        index; with a ``claimant``, the first ones nobody else holds, claimed (the window widens
+        while others hold it)."""
+
+        def read(n: int, unclaimed_for: str | None = None) -> list[tuple[QueueEntry, float]]:
+            if isinstance(spec, str):
+                return self.store.keyed_unlabeled(spec, n, unclaimed_for)
+            return self.store.ranked_unlabeled(spec, n, unclaimed_for)
+
         if not claimant:
-            return self.store.ranked_unlabeled(spec, limit)
+            return read(limit)
         window = 2 * limit + 20
         for _attempt in range(4):  # others may claim some of the window meanwhile
-            offered = self.store.ranked_unlabeled(spec, window, unclaimed_for=claimant)
+            offered = read(window, claimant)
             taken = set(
                 self.store.claim([e.candidate_id for e, _ in offered], claimant, claim_s, limit)
             )
@@ -526,8 +541,10 @@ def _queue_request(
     """A queue request checked: (variant name, what ranks it: a Variant with any overridden
     weights, or RANDOM; the item count)."""
     variant = variant or DEFAULT_VARIANT
-    if variant != RANDOM and variant not in VARIANTS:
+    if variant not in QUEUE_ORDERS:
         raise InvalidInput(f"unknown variant {quote(variant)}; known: {', '.join(QUEUE_ORDERS)}")
+    if variant in BASELINES and (omega or overrides):
+        raise InvalidInput(f"omega, alpha and lambdas apply to the AIFT variants, not {variant}")
     finite(omega, "omega", 0.0, MAX_QUEUE_WEIGHT)
     if omega and omega < 1:
         raise InvalidInput(f"omega must be 0 (off) or >= 1, got {omega}")
@@ -537,8 +554,8 @@ def _queue_request(
     limit = limit or DEFAULT_QUEUE_LIMIT
     if limit > MAX_QUEUE_LIMIT:
         raise InvalidInput(f"limit {limit} is over the maximum of {MAX_QUEUE_LIMIT}")
-    if variant == RANDOM:
-        return variant, RANDOM, limit
+    if variant == RANDOM or variant in BASELINES:
+        return variant, variant, limit
     stock = VARIANTS[variant]
     if not overrides:
         return variant, stock, limit

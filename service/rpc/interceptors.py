@@ -25,6 +25,7 @@ from service.errors import (
     ModelUnavailable,
     NotDisputed,
     NotFound,
+    NotScored,
     Settled,
     StoreUnavailable,
 )
@@ -46,6 +47,7 @@ _STATUS: list[tuple[type[CadError], grpc.StatusCode]] = [
     (LeaseHeld, grpc.StatusCode.FAILED_PRECONDITION),
     (Settled, grpc.StatusCode.FAILED_PRECONDITION),
     (NotDisputed, grpc.StatusCode.FAILED_PRECONDITION),
+    (NotScored, grpc.StatusCode.FAILED_PRECONDITION),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (Cancelled, grpc.StatusCode.CANCELLED),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),

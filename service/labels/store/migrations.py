@@ -207,4 +207,21 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "keep where they are as JSON",
         ["ALTER TABLE candidates ADD COLUMN geometry TEXT NOT NULL DEFAULT ''"],
     ),
+    (
+        11,
+        "the literature baselines as queue orders: margin off an index on the stored "
+        "probability; BALD, Core-Set and TypiClust keys the trainer writes when it re-scores",
+        [
+            "CREATE INDEX queue_margin ON candidates ((0.5 - ABS(probability - 0.5)), "
+            "candidate_id) WHERE label IS NULL AND origin = 'model' AND patch_probs IS NOT NULL",
+            """CREATE TABLE queue_keys (
+                method TEXT NOT NULL,
+                candidate_id TEXT NOT NULL,
+                sort_key DOUBLE PRECISION NOT NULL,
+                model_version TEXT NOT NULL,
+                PRIMARY KEY (method, candidate_id)
+            )""",
+            "CREATE INDEX queue_keys_order ON queue_keys (method, sort_key)",
+        ],
+    ),
 ]

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from service.aift.baselines import KEYED, MARGIN
 from service.aift.scoring import (
     PAPER_ALPHA,
     Variant,
@@ -217,6 +218,73 @@ class QueueQueries(StoreCore):
 
         rows = self._run(body)
         return [(_queue_entry(r), float(r[15])) for r in rows]
+
+    def keyed_unlabeled(
+        self, method: str, limit: int, unclaimed_for: str | None = None
+    ) -> list[tuple[QueueEntry, float]]:
+        """The top ``limit`` unlabeled candidates by a literature baseline
+        (:mod:`service.aift.baselines`), best first, ties by candidate id: ``margin`` off its
+        index on the stored probability (score ``1 - |2p - 1|``); the others by the keys the
+        trainer wrote for them (:meth:`put_queue_keys`), candidates without one left out.
+
+        Raises:
+            ValueError: ``method`` is not a baseline.
+        """
+        if method == MARGIN:
+            join, order, params = "", "(0.5 - ABS(c.probability - 0.5))", tuple[Any, ...]()
+            score = f"2 * {order}"
+        elif method in KEYED:
+            join = "JOIN queue_keys k ON k.candidate_id = c.candidate_id AND k.method = ? "
+            order, score, params = "k.sort_key", "k.sort_key", (method,)
+        else:
+            raise ValueError(f"{method!r} is not a baseline order")
+
+        def body(cur: Any) -> list[tuple[Any, ...]]:
+            claims, claim_params = "", tuple[Any, ...]()
+            if unclaimed_for is not None:
+                claims = "AND (c.claimed_until IS NULL OR c.claimed_until < ? OR c.claimed_by = ?) "
+                claim_params = (self._now(cur), unclaimed_for)
+            cur.execute(
+                self._sql(
+                    "SELECT c.candidate_id, c.request_id, c.x, c.y, c.width, c.height, "
+                    "c.probability, c.model_version, i.frame_index, i.source_id, c.patch_probs, "
+                    f"c.patch_shape, i.sha256, c.recipe, i.study_uid, {score} AS ranking "
+                    f"FROM candidates c {join}JOIN images i ON i.request_id = c.request_id "
+                    "WHERE c.label IS NULL AND c.origin = 'model' AND c.patch_probs IS NOT NULL "
+                    f"{claims}ORDER BY {order} DESC, c.candidate_id LIMIT ?"
+                ),
+                (*params, *claim_params, limit),
+            )
+            return list(cur.fetchall())
+
+        rows = self._run(body)
+        return [(_queue_entry(r), float(r[15])) for r in rows]
+
+    def put_queue_keys(self, method: str, version: str, keys: Sequence[tuple[str, float]]) -> None:
+        """Replace a keyed baseline's keys (candidate id, key; higher is asked first) with a
+        re-scoring's by model ``version``, in one transaction: the queue never mixes two."""
+        if method not in KEYED:
+            raise ValueError(f"{method!r} keeps no keys; keyed orders: {', '.join(KEYED)}")
+
+        def body(cur: Any) -> None:
+            cur.execute(self._sql("DELETE FROM queue_keys WHERE method = ?"), (method,))
+            cur.executemany(
+                self._sql(
+                    "INSERT INTO queue_keys (method, candidate_id, sort_key, model_version) "
+                    "VALUES (?, ?, ?, ?)"
+                ),
+                [(method, cid, float(k), version) for cid, k in keys],
+            )
+
+        self._run(body)
+
+    def queue_key_versions(self, method: str) -> dict[str, int]:
+        """How many keys of a keyed baseline each model version wrote (empty: none yet)."""
+        rows = self._query(
+            "SELECT model_version, COUNT(*) FROM queue_keys WHERE method = ? GROUP BY model_version",
+            (method,),
+        )
+        return {str(v): int(n) for v, n in rows}
 
     def update_predictions(
         self, version: str, rows: Sequence[tuple[str, np.ndarray, float, float, float, float]]

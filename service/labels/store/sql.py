@@ -318,6 +318,13 @@ class SqlLabelStore(LabelEvents, QueueQueries):
             row = cur.fetchone()
             if row is None or row[0]:
                 return False
+            cur.execute(
+                self._sql(
+                    "DELETE FROM queue_keys WHERE candidate_id IN "
+                    "(SELECT candidate_id FROM candidates WHERE request_id = ?)"
+                ),
+                (request_id,),
+            )
             cur.execute(self._sql("DELETE FROM candidates WHERE request_id = ?"), (request_id,))
             cur.execute(self._sql("DELETE FROM images WHERE request_id = ?"), (request_id,))
             return True
