@@ -582,3 +582,71 @@ def test_a_cuda_round_trains_to_the_cpus_result_within_noise(world: World, depth
         assert torch.allclose(on_cpu[k].float(), on_gpu[k].float(), atol=1e-3), k
     for a, b in zip(cpu_probs, gpu_probs, strict=True):
         assert np.abs(a - b).max() <= 1e-3
+
+
+def test_keyed_baselines_are_written_for_the_pool_and_served_in_their_order(
+    world: World,
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from service.labels.archive import ImageArchive
+    from service.labels.review import ReviewService
+    from service.metrics import ServiceMetrics
+    from trainer.round import keyed_methods, write_queue_keys
+
+    with pytest.raises(ValueError, match="magic"):
+        keyed_methods("bald, magic")
+    with pytest.raises(ValueError, match="margin"):
+        run_round(world.settings(queue_keys="margin"), progress=False)  # before any work
+    store = open_store(world.store_url)
+    registry = ModelRegistry(world.root, "cad").with_pins_in(store)
+    try:
+        settings = world.settings(queue_keys="bald,coreset,typiclust", queue_keys_budget=3)
+        keyed = write_queue_keys(
+            store,
+            ImageArchive(world.archive),
+            registry,
+            keyed_methods(settings.queue_keys),
+            settings,
+            progress=False,
+        )
+        assert keyed == world.unlabeled
+        review = ReviewService(store, ServiceMetrics(CollectorRegistry()))
+        version = str(registry.target())
+        for method in ("bald", "coreset", "typiclust"):
+            assert store.queue_key_versions(method) == {version: world.unlabeled}
+            items = review.annotation_queue(100, method).items
+            assert len(items) == world.unlabeled
+            keys = [s for _, s in items]
+            assert keys == sorted(keys, reverse=True)
+        bald = [s for _, s in review.annotation_queue(100, "bald").items]
+        assert min(bald) >= 0 and max(bald) > 0  # dropout made the passes differ
+        coreset = [s for _, s in review.annotation_queue(100, "coreset").items]
+        assert sum(k > 1 for k in coreset) == 3  # the budget's picks rank above the rest
+    finally:
+        store.close()
+
+
+def test_candidate_views_sample_dropout_and_refuse_a_top_without_one(tmp_path: Path) -> None:
+    from service.aift.patches import Box
+    from service.labels.archive import ImageArchive
+    from trainer.baselines import NoDropout, candidate_views
+    from trainer.data import Example, PatchSource
+
+    archive = ImageArchive(tmp_path / "archive")
+    rng = np.random.default_rng(0)
+    sha, _ = archive.put(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8))
+    examples = [
+        Example(f"c{i}", sha, Box(10 + 5 * i, 10, 30, 30), "polyp:4", 0, "s") for i in range(3)
+    ]
+    net = CadNet(input_size=64, architecture="squeezenet1_0")
+    source = PatchSource(archive, 64)
+    views = candidate_views(net, examples, source, "fire9", passes=8, seed=3, progress=False)
+    assert views.features.shape == (3, 512) and views.samples is not None
+    assert views.samples.shape == (3, 8, 2)
+    assert np.ptp(views.samples[:, :, 1], axis=1).max() > 0  # the masks differ
+    again = candidate_views(net, examples, source, "fire9", passes=8, seed=3, progress=False)
+    np.testing.assert_array_equal(views.samples, again.samples)  # seeded
+    np.testing.assert_array_equal(views.features, again.features)  # features: no dropout
+    with pytest.raises(NoDropout):
+        candidate_views(CadNet(input_size=64), examples, source, "fc8", passes=4)

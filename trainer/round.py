@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from service.aift import candidate_probability, candidate_stats
+from service.aift import KEYED, candidate_probability, candidate_stats
 from service.labels.archive import ImageArchive
 from service.labels.store import SqlLabelStore, open_store
 from service.labels.store.leases import Lease, holder_name
@@ -31,6 +31,7 @@ from service.models.batcher import SerialBatcher
 from service.models.model import load_model
 from service.models.providers import SessionOptions
 from service.models.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry, VersionInfo, utc_now
+from trainer.baselines import queue_keys
 from trainer.data import (
     Example,
     PatchSource,
@@ -230,6 +231,52 @@ def rescore_pool(
     return len(rows)
 
 
+def keyed_methods(text: str) -> list[str]:
+    """``CAD_QUEUE_KEYS`` as a list, checked.
+
+    Raises:
+        ValueError: a name that is not a keyed baseline.
+    """
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in KEYED]
+    if unknown:
+        raise ValueError(f"CAD_QUEUE_KEYS: {', '.join(unknown)} not keyed; choose from {KEYED}")
+    return methods
+
+
+def write_queue_keys(
+    store: SqlLabelStore,
+    archive: ImageArchive,
+    registry: ModelRegistry,
+    methods: Sequence[str],
+    settings: TrainerSettings,
+    progress: bool = True,
+) -> int:
+    """Write the keyed baselines' keys for the unlabelled pool under the version servers follow
+    (:func:`trainer.baselines.queue_keys`); returns the candidates keyed."""
+    version = registry.target()
+    if version is None or not methods:
+        return 0
+    info = registry.get(version)
+    pool, _ = _archived(sorted(unlabeled_examples(store), key=lambda e: e.image_sha256), archive)
+    labeled, _ = _archived(labeled_examples(store), archive)
+    net = load_net(info).to(resolve_device(settings.device))
+    keys = queue_keys(
+        methods,
+        net,
+        pool,
+        labeled,
+        PatchSource(archive, info.manifest.input_size),
+        settings.depth,
+        settings.queue_keys_budget,
+        settings.seed,
+        progress,
+    )
+    for method, rows in keys.items():
+        store.put_queue_keys(method, str(version), rows)
+    return len(pool)
+
+
 def _archived(pool: list[Example], archive: ImageArchive) -> tuple[list[Example], int]:
     """The candidates whose image is archived (pruned, or lost with the last unsynced frames in a
     power cut, otherwise), and how many are not."""
@@ -266,6 +313,7 @@ def run_round(
     Raises:
         LeaseHeld: another trainer holds the lease (the message names it).
     """
+    keyed_methods(settings.queue_keys)  # a misspelt baseline fails before any work
     if lease is None:
         store = open_store(settings.store_url)
         try:
@@ -309,6 +357,11 @@ def run_round(
             report.metrics["pool_rescored"] = rescore_pool(
                 store, archive, registry, progress, settings.depth, settings.device
             )
+            methods = keyed_methods(settings.queue_keys)
+            if methods:
+                report.metrics["queue_keys"] = write_queue_keys(
+                    store, archive, registry, methods, settings, progress
+                )
     finally:
         store.close()
     report.duration_s = time.perf_counter() - t0

@@ -102,6 +102,17 @@ class TrainerSettings(BaseSettings):
         description="After the round, re-score the unlabeled pool with the serving version (the "
         "annotation queue ranks by these scores; experiments switch it off where nothing reads them).",
     )
+    queue_keys: str = Field(
+        "",
+        description="Comma-separated keyed baselines (bald, coreset, typiclust) whose queue keys "
+        "the trainer writes after each re-scoring, so reviewers can be served in their order; "
+        "empty: none (margin needs none).",
+    )
+    queue_keys_budget: int = Field(
+        100,
+        ge=1,
+        description="The batch Core-Set and TypiClust plan for: about the labels of a round.",
+    )
     recipe_override: str = Field(
         "", description="Train on this recipe instead of each candidate's own."
     )

@@ -45,6 +45,8 @@ from experiments.cvc.pool import (
     load_frames,
 )
 from service.aift import (
+    BASELINES,
+    KEYED,
     RANDOM,
     VARIANTS,
     Box,
@@ -73,7 +75,7 @@ from trainer.data import Example, PatchSource, labels_of
 from trainer.device import resolve_device
 from trainer.evaluate import average_precision, roc_auc
 from trainer.finetune import candidate_probabilities
-from trainer.round import load_net, run_round
+from trainer.round import load_net, run_round, write_queue_keys
 from trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -110,7 +112,7 @@ def variant_of(method: str) -> tuple[str, float]:
 
 
 def known_method(method: str) -> bool:
-    return variant_of(method)[0] in (*VARIANTS, RANDOM)
+    return variant_of(method)[0] in (*VARIANTS, RANDOM, *BASELINES)
 
 
 @dataclass(frozen=True)
@@ -563,6 +565,25 @@ class Experiment:
             picks[-1] = next(c for c in order if truth[c])
         return picks
 
+    def typiclust_start(
+        self, ws: Path, review: ReviewService, truth: dict[str, int], seed: int, size: int
+    ) -> list[str]:
+        """Round 1's labels chosen by TypiClust on the initial model's features (the cold start),
+        the last swapped for the first polyp in its order if it holds none (a round needs both
+        classes), as :meth:`starting_set` does."""
+        settings = self._settings(ws, "typiclust", seed, budget=size)
+        store = review.store
+        registry = ModelRegistry(settings.registry_root, "cad")
+        write_queue_keys(
+            store, ImageArchive(settings.archive_root), registry, ["typiclust"], settings, False
+        )
+        queue = review.annotation_queue(min(len(truth), MAX_QUEUE_LIMIT), "typiclust")
+        order = [entry.candidate_id for entry, _ in queue.items]
+        picks = order[:size]
+        if not any(truth[c] for c in picks):
+            picks[-1] = next(c for c in order if truth[c])
+        return picks
+
     def schedule(self, method: str, pool_size: int) -> list[int]:
         """Labels in hand after each round of ``method`` (the whole pool at once for ``full``)."""
         p = self.preset
@@ -576,8 +597,12 @@ class Experiment:
     def depth_of(self, method: str) -> str:
         return "conv1" if method == CONTROL else self.preset.depth
 
-    def _settings(self, ws: Path, method: str, seed: int, rescore: bool = True) -> TrainerSettings:
+    def _settings(
+        self, ws: Path, method: str, seed: int, rescore: bool = True, budget: int = 100
+    ) -> TrainerSettings:
         return TrainerSettings(
+            queue_keys=method if method in KEYED else "",
+            queue_keys_budget=max(1, budget),
             registry_root=ws / "registry",
             store_url=f"sqlite:///{ws / 'labels.sqlite3'}",
             archive_root=ws / "archive",
@@ -641,10 +666,12 @@ class Experiment:
                 review = ReviewService(store, ServiceMetrics(CollectorRegistry()))
                 have = sum(1 for _ in store.labeled())
                 need = schedule[r - 1] - have
-                if (
-                    r == 1 and method != FULL
-                ):  # the seed's starting labels, the same for every method
-                    for candidate_id in self.starting_set(review, truth, seed, schedule[0]):
+                if r == 1 and method == "typiclust":  # the cold start picks round 1 itself
+                    picks = self.typiclust_start(ws, review, truth, seed, schedule[0])
+                elif r == 1 and method != FULL:  # the seed's starting labels, every method's
+                    picks = self.starting_set(review, truth, seed, schedule[0])
+                if r == 1 and method != FULL:
+                    for candidate_id in picks:
                         verdict = "TRUE_POSITIVE" if truth[candidate_id] else "FALSE_POSITIVE"
                         review.submit_correction(
                             candidate_id, verdict, "oracle", f"oracle-{candidate_id}"
@@ -665,9 +692,12 @@ class Experiment:
                 labeled = list(store.labeled())
             finally:
                 store.close()
-            # Only the AIFT variants' next queue reads the pool's scores; the last round has no next queue.
-            rescore = variant in VARIANTS and r < rounds
-            report = run_round(self._settings(ws, method, seed, rescore=rescore), progress=False)
+            # Random's next queue reads no scores; the last round has no next queue.
+            rescore = variant != RANDOM and r < rounds
+            budget = schedule[r] - schedule[r - 1] if r < rounds else 1
+            report = run_round(
+                self._settings(ws, method, seed, rescore=rescore, budget=budget), progress=False
+            )
             if report.outcome != "published":
                 log.info("%s seed %d round %d: %s", method, seed, r, report.reason)
             losses = report.metrics.get("train_loss") or []
