@@ -10,6 +10,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from service.errors import StoreUnavailable
+from service.measures import auc_ci, roc_auc
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
@@ -151,6 +152,7 @@ class ServiceMetrics:
         count_unlabeled: Callable[[], int],
         precision_by_version: Callable[[], dict[str, tuple[int, int]]],
         reachable: Callable[[], bool] = lambda: True,
+        audit_slice: Callable[[], dict[str, tuple[list[int], list[float]]]] | None = None,
     ) -> None:
         """Metrics read from the label store at scrape time (shared by all replicas). While the
         store is unreachable they are left out (NaN, no series), never a failed scrape."""
@@ -173,6 +175,17 @@ class ServiceMetrics:
 
         self.queue_depth.set_function(depth)
         self.registry.register(_PrecisionCollector(precision))
+        if audit_slice is not None:
+
+            def scores() -> dict[str, tuple[list[int], list[float]]]:
+                if not reachable():
+                    return {}
+                try:
+                    return audit_slice()
+                except StoreUnavailable:
+                    return {}
+
+            self.registry.register(_AuditSliceCollector(scores))
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
@@ -203,3 +216,35 @@ class _PrecisionCollector(Collector):
             reviewed.add_metric([version, "dismissed"], dismissed)
         yield precision
         yield reviewed
+
+
+class _AuditSliceCollector(Collector):
+    """Each model version's AUC on the audit slice's labels (the uniform random sample no ranking
+    chose and no round trained on), with its bootstrap 95% interval: the unbiased yardstick."""
+
+    def __init__(self, source: Callable[[], dict[str, tuple[list[int], list[float]]]]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        auc = GaugeMetricFamily(
+            "cad_audit_slice_auc",
+            "ROC AUC of each model version on the audit slice's labels (the probabilities it gave "
+            "them), with the bootstrap 95% interval's bounds: bound=estimate|low|high.",
+            labels=["version", "bound"],
+        )
+        labels = GaugeMetricFamily(
+            "cad_audit_slice_labels",
+            "Labelled audit-slice candidates by the version that scored them and by label.",
+            labels=["version", "label"],
+        )
+        for version, (y, p) in sorted(self.source().items()):
+            positives = sum(y)
+            labels.add_metric([version, "finding"], positives)
+            labels.add_metric([version, "not_finding"], len(y) - positives)
+            if 0 < positives < len(y):
+                low, high = auc_ci(y, p, n_boot=400)
+                auc.add_metric([version, "estimate"], roc_auc(y, p))
+                auc.add_metric([version, "low"], low)
+                auc.add_metric([version, "high"], high)
+        yield auc
+        yield labels

@@ -225,6 +225,15 @@ class ServerSettings(BaseSettings):
         description="How long an annotation-queue item handed to an authenticated reviewer stays "
         "theirs: other reviewers' queues skip it until a verdict or the claim ends (0: no claims).",
     )
+    audit_fraction: float = Field(
+        0.0,
+        ge=0,
+        le=0.5,
+        description="The audit slice: this share of the model's candidates, drawn uniformly when "
+        "recorded, is served to reviewers at random places in every queue, never chosen by a "
+        "ranking and never trained on; the gate and cad_audit_slice_auc measure each version on "
+        "it, an unbiased yardstick (the shipped deployments set 0.05; 0: none).",
+    )
     max_note_chars: int = Field(2000, ge=0, description="Longest reviewer note accepted.")
     grace_s: float = Field(5.0, ge=0, description="Shutdown grace period for in-flight calls.")
     tls_cert_file: Path | None = Field(

@@ -246,6 +246,58 @@ def test_the_literature_baselines_are_served_from_the_store(
         store.put_queue_keys("margin", "3", [])
 
 
+def test_the_audit_slice_is_uniform_served_at_random_and_measured_by_version(
+    review: ReviewService, store: SqlLabelStore
+) -> None:
+    from service.labels.store.rows import in_audit_slice
+
+    store.audit_fraction = 0.2
+    ids: list[str] = []
+    for k in range(40):
+        ids += add_image(store, f"audit-{k}", n=10, seed=k)
+    store.audit_fraction = 0.0  # later records (none here) would not join
+    member = {c for c in ids if in_audit_slice(c, 0.2)}
+    assert 60 <= len(member) <= 100  # 400 candidates at 0.2: 80 expected (fixed ids: no flake)
+    everything = review.annotation_queue(1000, "entropy").items
+    order = [e.candidate_id for e, _ in everything]
+    assert not member & set(order)  # a ranking never chooses from the slice
+    assert len(order) == 400 - len(member)
+    # membership does not follow the score: the slice's scores spread like the pool's
+    scores = aift_scores(np.stack([store.get_candidate(c).patch_probs for c in ids]), "entropy")
+    rank = {c: r for r, c in enumerate(np.array(ids)[np.argsort(-scores, kind="stable")])}
+    mean_rank = np.mean([rank[c] for c in member]) / len(ids)
+    assert 0.35 < mean_rank < 0.65
+    store.audit_fraction = 0.2  # the server's setting also governs serving
+    queue = review.annotation_queue(50, "entropy", seed=7).items
+    served = [e.candidate_id for e, _ in queue]
+    audit_items = [c for c in served if c in member]
+    assert len(served) == 50 and 3 <= len(audit_items) <= 20
+    ranked_part = [c for c in served if c not in member]
+    assert ranked_part == order[: len(ranked_part)]  # the rest is the ranking, in order
+    values = [s for _, s in queue]
+    assert values == sorted(values, reverse=True)  # nothing in the scores gives them away
+    # labelled audit items are measured per version, settled ones only
+    for i, c in enumerate(audit_items):
+        review.submit_correction(c, "TRUE_POSITIVE" if i % 2 else "FALSE_POSITIVE", "dr.a", c)
+    by_version = store.audit_slice_scores()
+    assert list(by_version) == ["1"] and len(by_version["1"][0]) == len(audit_items)
+    assert {x.candidate.candidate_id for x in store.labeled() if x.audit_slice} == set(audit_items)
+    store.audit_fraction = 0.0
+    from prometheus_client import generate_latest
+
+    from service.measures import roc_auc
+
+    scraped = ServiceMetrics(CollectorRegistry())
+    scraped.bind_store(
+        store.count_unlabeled, store.precision_by_version, audit_slice=store.audit_slice_scores
+    )
+    text = generate_latest(scraped.registry).decode()
+    y, p = by_version["1"]
+    assert f'cad_audit_slice_labels{{label="finding",version="1"}} {float(sum(y))}' in text
+    assert f'cad_audit_slice_auc{{bound="estimate",version="1"}} {roc_auc(y, p)}' in text
+    assert 'bound="low"' in text and 'bound="high"' in text
+
+
 def test_export_since_and_precision_by_version(
     review: ReviewService, store: SqlLabelStore, metrics: ServiceMetrics
 ) -> None:

@@ -28,7 +28,8 @@ from trainer.data import PatchSource, labeled_examples, unlabeled_examples
 from trainer.finetune import SplitNet, candidate_probabilities, param_groups
 from trainer.network import CadNet, depths_of
 from trainer.presets import Schedule
-from trainer.round import load_net, rescore_pool, run_round
+from trainer.rescore import load_net, rescore_pool
+from trainer.round import run_round
 from trainer.settings import TrainerSettings
 from trainer.trunk import TrunkCache, trunk_digest
 from trainer.weights import KNOWN, SHIPPED_DIR, build_initial, file_sha256

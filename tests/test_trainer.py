@@ -19,13 +19,13 @@ from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.errors import LeaseHeld
 from service.labels.store import open_store
 from service.labels.store.leases import holder_name
+from service.measures import auc_ci, roc_auc, sensitivity_at_fpr
 from service.models.registry import WEIGHTS_FILE, ModelRegistry
 from service.rpc.server import ServerThread
 from tests.conftest import make_settings
 from tests.helpers import dicom_bytes
 from trainer.bootstrap import init_model
 from trainer.data import balanced_epoch, split_of
-from trainer.evaluate import auc_ci, roc_auc, sensitivity_at_fpr
 from trainer.finetune import param_groups
 from trainer.network import CadNet
 from trainer.presets import PRESETS, Schedule
@@ -592,7 +592,7 @@ def test_keyed_baselines_are_written_for_the_pool_and_served_in_their_order(
     from service.labels.archive import ImageArchive
     from service.labels.review import ReviewService
     from service.metrics import ServiceMetrics
-    from trainer.round import keyed_methods, write_queue_keys
+    from trainer.rescore import keyed_methods, write_queue_keys
 
     with pytest.raises(ValueError, match="magic"):
         keyed_methods("bald, magic")
@@ -650,3 +650,55 @@ def test_candidate_views_sample_dropout_and_refuse_a_top_without_one(tmp_path: P
     np.testing.assert_array_equal(views.features, again.features)  # features: no dropout
     with pytest.raises(NoDropout):
         candidate_views(CadNet(input_size=64), examples, source, "fc8", passes=4)
+
+
+def test_the_gate_holds_a_version_to_the_audit_slice_once_it_has_enough_labels(
+    world: World,
+) -> None:
+    from trainer.round import _gate
+
+    registry = ModelRegistry(world.root, "cad")
+    parent = registry.get(1)
+    settings = world.settings(auc_tolerance=0.01, audit_min_labels=30)
+    base = {"val_auc": 0.9, "parent_val_auc": 0.9}
+    worse = {
+        "audit_auc": 0.80,
+        "parent_audit_auc": 0.85,
+        "audit": {"auc_low": 0.7, "auc_high": 0.9},
+    }
+    said, refused = _gate({**base, **worse, "audit_labels": 12}, settings, parent, 40)
+    assert not refused and "audit slice AUC 0.8000 [0.700, 0.900] on 12 labels (reported)" in said
+    said, refused = _gate({**base, **worse, "audit_labels": 40}, settings, parent, 40)
+    assert not said and "audit-slice AUC 0.8000" in refused and "40 labels" in refused
+    better = {**worse, "audit_auc": 0.86}
+    said, refused = _gate({**base, **better, "audit_labels": 40}, settings, parent, 40)
+    assert not refused and "audit slice AUC 0.8600" in said
+
+
+@pytest.mark.slow
+def test_a_round_never_trains_on_the_audit_slice_and_reports_it(world: World) -> None:
+    from trainer.data import ids_hash, labeled_examples
+
+    store = open_store(world.store_url)
+    labeled = labeled_examples(store)
+    chosen = [e.candidate_id for e in labeled if e.label == 1][:3] + [
+        e.candidate_id for e in labeled if e.label == 0
+    ][:5]
+    mark = "UPDATE candidates SET audit_slice = ? WHERE candidate_id IN ({})".format(
+        ", ".join("?" * len(chosen))
+    )
+    store._query(mark, (1, *chosen))  # as if recorded with CAD_AUDIT_FRACTION
+    try:
+        kept = labeled_examples(store)
+        assert {e.candidate_id for e in kept}.isdisjoint(chosen) and len(kept) == len(labeled) - 8
+        report = run_round(world.settings(depth="fc8", rescore=False), progress=False)
+        assert report.outcome == "published", report.reason
+        assert report.audit == 8 and report.labels == len(kept)
+        assert report.metrics["audit_labels"] == 8 and report.metrics["audit_auc"] is not None
+        assert "audit slice AUC" in report.reason and "(reported)" in report.reason
+        m = ModelRegistry(world.root, "cad").get(report.version).manifest  # type: ignore[arg-type]
+        assert m.labels.count == len(kept) and m.labels.ids_sha256 == ids_hash(kept)
+        assert "audit slice 8 labels" in report.summary()
+    finally:
+        store._query(mark, (0, *chosen))
+        store.close()

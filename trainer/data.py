@@ -58,9 +58,11 @@ def split_of(key: str, val_fraction: float, salt: str = "cad-split-v1") -> str:
     return "val" if u < val_fraction else "train"
 
 
-def labeled_examples(store: SqlLabelStore) -> list[Example]:
+def labeled_examples(store: SqlLabelStore, audit_slice: bool = False) -> list[Example]:
     """Every labeled candidate, in label order, but those reviewers disagree on and nobody has
-    adjudicated yet (:func:`unsettled_count` says how many): an adjudicated label is used."""
+    adjudicated yet (:func:`unsettled_count` says how many): an adjudicated label is used.
+    Outside the audit slice (what a round may train and validate on), or with ``audit_slice``
+    the slice's labels only (what it is measured on, never trained on)."""
     return [
         Example(
             x.candidate.candidate_id,
@@ -73,7 +75,7 @@ def labeled_examples(store: SqlLabelStore) -> list[Example]:
             x.candidate.geometry,
         )
         for x in store.labeled()
-        if not x.conflict or x.adjudicated
+        if (not x.conflict or x.adjudicated) and x.audit_slice == audit_slice
     ]
 
 

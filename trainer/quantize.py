@@ -16,11 +16,11 @@ import numpy as np
 import numpy.typing as npt
 
 from service.aift import candidate_probability
+from service.measures import roc_auc
 from service.models.batcher import SerialBatcher
 from service.models.model import load_model
 from service.models.providers import SessionOptions
 from service.models.registry import MODEL_FILE, ModelRegistry, VersionInfo, sha256_file
-from trainer.evaluate import roc_auc
 from trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)

@@ -23,15 +23,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from service.aift import KEYED, candidate_probability, candidate_stats
+from service.aift import candidate_probability
 from service.labels.archive import ImageArchive
 from service.labels.store import SqlLabelStore, open_store
 from service.labels.store.leases import Lease, holder_name
-from service.models.batcher import SerialBatcher
-from service.models.model import load_model
-from service.models.providers import SessionOptions
+from service.measures import Evaluation, evaluate
 from service.models.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry, VersionInfo, utc_now
-from trainer.baselines import queue_keys
 from trainer.data import (
     Example,
     PatchSource,
@@ -39,17 +36,15 @@ from trainer.data import (
     labeled_examples,
     labels_of,
     split_of,
-    unlabeled_examples,
     unsettled_count,
 )
 from trainer.device import device_name, resolve_device
-from trainer.evaluate import Evaluation, evaluate
 from trainer.export import ExportCheckFailed, ExportReport, export_and_check
 from trainer.finetune import TrainResult, candidate_probabilities, fine_tune
 from trainer.network import CadNet
 from trainer.presets import PRESETS, trained_layers
+from trainer.rescore import archived, keyed_methods, load_net, rescore_pool, write_queue_keys
 from trainer.settings import TrainerSettings
-from trainer.trunk import is_trivial
 
 log = logging.getLogger(__name__)
 ROUNDS_FILE = "rounds.jsonl"
@@ -70,6 +65,8 @@ class RoundReport:
     """:func:`trainer.data.ids_hash` of the labels the round saw (what ``cad train watch`` compares)."""
     unsettled: int = 0
     """Labeled candidates left out: reviewers disagree and nobody has adjudicated them yet."""
+    audit: int = 0
+    """Settled labels of the audit slice: measured on, never trained on."""
     metrics: dict[str, Any] = field(default_factory=dict)
     duration_s: float = 0.0
     started: str = field(default_factory=utc_now)
@@ -84,8 +81,14 @@ class RoundReport:
             f"round: {self.outcome} ({target}, parent v{self.parent_version}); labels {self.labels} "
             f"(train {self.train}, val {self.val})"
             + (f", {self.unsettled} disputed left out until adjudicated" if self.unsettled else "")
-            + f"; val AUC {fmt(auc)} vs parent {fmt(parent_auc)}; "
-            f"{self.duration_s:.1f}s; {self.reason}"
+            + f"; val AUC {fmt(auc)} vs parent {fmt(parent_auc)}"
+            + (
+                f"; audit slice {self.audit} labels, AUC {fmt(m.get('audit_auc'))} vs parent "
+                f"{fmt(m.get('parent_audit_auc'))}"
+                if self.audit
+                else ""
+            )
+            + f"; {self.duration_s:.1f}s; {self.reason}"
         )
 
 
@@ -95,14 +98,6 @@ def _record(registry: ModelRegistry, report: RoundReport) -> None:
         fh.write(json.dumps(asdict(report), sort_keys=True, default=str) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def load_net(info: VersionInfo) -> CadNet:
-    """A published version's torch network (architecture, classes and input size from its
-    manifest)."""
-    net = CadNet(len(info.manifest.classes), info.manifest.input_size, info.manifest.architecture)
-    net.load_state_dict(torch.load(info.path / WEIGHTS_FILE, map_location="cpu", weights_only=True))
-    return net.eval()
 
 
 def _evaluate(
@@ -154,151 +149,6 @@ def _val_patches(
         chunks.append(p)
         total += len(p)
     return np.concatenate(chunks)[:limit] if chunks else None
-
-
-def rescore_pool(
-    store: SqlLabelStore,
-    archive: ImageArchive,
-    registry: ModelRegistry,
-    progress: bool = True,
-    depth: str | None = None,
-    device: str = "cpu",
-) -> int:
-    """Score every unlabeled candidate with the version servers follow; the queue reads it.
-
-    With a tuning ``depth`` that leaves a frozen trunk, the version's torch network scores
-    through the trunk cache (the trunk is the one every round at that depth shares, so only the
-    top runs); otherwise its ONNX model does, as servers run it. Parity between the two is
-    checked at every export (max |dp| <= the parity tolerance).
-    """
-    version = registry.target()
-    if version is None:
-        return 0
-    info = registry.get(version)
-    pool = sorted(
-        unlabeled_examples(store), key=lambda e: e.image_sha256
-    )  # each image decoded once
-    pool, missing = _archived(pool, archive)
-    if missing:
-        log.warning(
-            "re-scoring: %d unlabeled candidates have no archived image and keep their old scores",
-            missing,
-        )
-    if depth is not None:
-        net = load_net(info).to(resolve_device(device))
-        if not is_trivial(net.split(depth)[0]):
-            source = PatchSource(archive, info.manifest.input_size)
-            probs = candidate_probabilities(
-                net,
-                pool,
-                source,
-                batch_size=256,
-                progress=progress,
-                desc=f"re-scoring pool with v{version}",
-                depth=depth,
-            )
-            rows = [_score_row(e, p) for e, p in zip(pool, probs, strict=True)]
-            store.update_predictions(str(version), rows)
-            return len(rows)
-    model = load_model(info, SessionOptions())
-    batcher = SerialBatcher(256)
-    source = PatchSource(archive, model.input_size)
-    rows = []
-    chunk: list[tuple[Example, np.ndarray]] = []
-
-    def flush() -> None:
-        if not chunk:
-            return
-        probs = batcher.predict(model, np.concatenate([p for _, p in chunk]))
-        start = 0
-        for e, p in chunk:
-            rows.append(_score_row(e, probs[start : start + len(p)]))
-            start += len(p)
-        chunk.clear()
-
-    for e in tqdm(
-        pool,
-        desc=f"re-scoring pool with v{version}",
-        unit="cand",
-        disable=not progress,
-        leave=False,
-    ):
-        chunk.append((e, source.patches(e)))
-        if sum(len(p) for _, p in chunk) >= 256:
-            flush()
-    flush()
-    store.update_predictions(str(version), rows)
-    return len(rows)
-
-
-def keyed_methods(text: str) -> list[str]:
-    """``CAD_QUEUE_KEYS`` as a list, checked.
-
-    Raises:
-        ValueError: a name that is not a keyed baseline.
-    """
-    methods = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in KEYED]
-    if unknown:
-        raise ValueError(f"CAD_QUEUE_KEYS: {', '.join(unknown)} not keyed; choose from {KEYED}")
-    return methods
-
-
-def write_queue_keys(
-    store: SqlLabelStore,
-    archive: ImageArchive,
-    registry: ModelRegistry,
-    methods: Sequence[str],
-    settings: TrainerSettings,
-    progress: bool = True,
-) -> int:
-    """Write the keyed baselines' keys for the unlabelled pool under the version servers follow
-    (:func:`trainer.baselines.queue_keys`); returns the candidates keyed."""
-    version = registry.target()
-    if version is None or not methods:
-        return 0
-    info = registry.get(version)
-    pool, _ = _archived(sorted(unlabeled_examples(store), key=lambda e: e.image_sha256), archive)
-    labeled, _ = _archived(labeled_examples(store), archive)
-    net = load_net(info).to(resolve_device(settings.device))
-    keys = queue_keys(
-        methods,
-        net,
-        pool,
-        labeled,
-        PatchSource(archive, info.manifest.input_size),
-        settings.depth,
-        settings.queue_keys_budget,
-        settings.seed,
-        progress,
-    )
-    for method, rows in keys.items():
-        store.put_queue_keys(method, str(version), rows)
-    return len(pool)
-
-
-def _archived(pool: list[Example], archive: ImageArchive) -> tuple[list[Example], int]:
-    """The candidates whose image is archived (pruned, or lost with the last unsynced frames in a
-    power cut, otherwise), and how many are not."""
-    present: dict[str, bool] = {}
-    kept = [
-        e
-        for e in pool
-        if present.setdefault(e.image_sha256, archive.path(e.image_sha256).is_file())
-    ]
-    return kept, len(pool) - len(kept)
-
-
-def _score_row(e: Example, probs: np.ndarray) -> tuple[str, np.ndarray, float, float, float, float]:
-    st = candidate_stats(probs[None])
-    return (
-        e.candidate_id,
-        probs,
-        float(st.probability[0]),
-        float(st.entropy[0]),
-        float(st.diversity[0]),
-        float(st.score[0]),
-    )
 
 
 def run_round(
@@ -383,6 +233,8 @@ def _round(
     validate, export and check parity, gate against the parent, publish with a manifest."""
     source = PatchSource(archive, parent.manifest.input_size, settings.recipe_override)
     examples, train, val, report = _split(store, settings, parent)
+    audit, _ = archived(labeled_examples(store, audit_slice=True), archive)
+    report.audit = len(audit)
     if len({e.label for e in train}) < 2:
         report.reason = "the training split needs labels of both classes"
         return report
@@ -414,6 +266,7 @@ def _round(
         progress,
     )
     report.metrics = _validation_metrics(net, parent_net, val, source, settings, result, progress)
+    report.metrics.update(_audit_metrics(net, parent_net, audit, source, settings, progress))
     net.cpu()  # export and its parity check run on the CPU, whatever trained it
 
     with tempfile.TemporaryDirectory(prefix="cad-round-") as tmp:
@@ -497,6 +350,28 @@ def _validation_metrics(
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
 
 
+def _audit_metrics(
+    net: CadNet,
+    parent_net: CadNet,
+    audit: Sequence[Example],
+    source: PatchSource,
+    settings: TrainerSettings,
+    progress: bool,
+) -> dict[str, Any]:
+    """The new and the parent network on the audit slice's labels: the unbiased yardstick (a
+    uniform random sample of the pool; the rest of the labels are what a ranking chose)."""
+    if len({e.label for e in audit}) < 2:
+        return {"audit_labels": len(audit), "audit_auc": None, "parent_audit_auc": None}
+    new_eval = _evaluate(net, audit, source, settings, "audit slice, new", progress)
+    old_eval = _evaluate(parent_net, audit, source, settings, "audit slice, parent", progress)
+    return {
+        "audit_labels": len(audit),
+        "audit_auc": new_eval.auc,
+        "audit": new_eval.as_dict(),
+        "parent_audit_auc": old_eval.auc,
+    }
+
+
 def _export(
     net: CadNet,
     onnx_path: Path,
@@ -536,7 +411,24 @@ def _gate(
             f"val AUC {new_auc:.4f} is below the current v{parent.version}'s {old_auc:.4f} "
             f"by more than {settings.auc_tolerance}"
         )
-    return f"val AUC {new_auc:.4f} >= {old_auc:.4f} - {settings.auc_tolerance}", ""
+    said = f"val AUC {new_auc:.4f} >= {old_auc:.4f} - {settings.auc_tolerance}"
+    audit, parent_audit = metrics.get("audit_auc"), metrics.get("parent_audit_auc")
+    if audit is None or parent_audit is None:
+        return said, ""
+    labels = metrics.get("audit_labels", 0)
+    low, high = (
+        (metrics.get("audit") or {}).get("auc_low"),
+        (metrics.get("audit") or {}).get("auc_high"),
+    )
+    interval = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+    if labels < settings.audit_min_labels:
+        return f"{said}; audit slice AUC {audit:.4f}{interval} on {labels} labels (reported)", ""
+    if audit < parent_audit - settings.auc_tolerance:
+        return "", (
+            f"audit-slice AUC {audit:.4f}{interval} on {labels} labels is below the current "
+            f"v{parent.version}'s {parent_audit:.4f} by more than {settings.auc_tolerance}"
+        )
+    return f"{said}; audit slice AUC {audit:.4f}{interval} >= {parent_audit:.4f} - tolerance", ""
 
 
 def _manifest(

@@ -102,6 +102,12 @@ class TrainerSettings(BaseSettings):
         description="After the round, re-score the unlabeled pool with the serving version (the "
         "annotation queue ranks by these scores; experiments switch it off where nothing reads them).",
     )
+    audit_min_labels: int = Field(
+        30,
+        ge=1,
+        description="The gate also holds a new version to its parent's AUC on the audit slice "
+        "once the slice has this many settled labels of both classes (fewer: reported only).",
+    )
     queue_keys: str = Field(
         "",
         description="Comma-separated keyed baselines (bald, coreset, typiclust) whose queue keys "

@@ -56,8 +56,10 @@ from service.aift import (
 )
 from service.imaging import ImageLimits, decode_encoded
 from service.labels.archive import ImageArchive
-from service.labels.review import MAX_QUEUE_LIMIT, Recorder, ReviewService
+from service.labels.ordering import MAX_QUEUE_LIMIT
+from service.labels.review import Recorder, ReviewService
 from service.labels.store import open_store
+from service.measures import average_precision, roc_auc
 from service.metrics import ServiceMetrics
 from service.models.batcher import SerialBatcher
 from service.models.inference import (
@@ -73,9 +75,9 @@ from service.models.registry import ModelRegistry, VersionInfo
 from trainer.bootstrap import init_model
 from trainer.data import Example, PatchSource, labels_of
 from trainer.device import resolve_device
-from trainer.evaluate import average_precision, roc_auc
 from trainer.finetune import candidate_probabilities
-from trainer.round import load_net, run_round, write_queue_keys
+from trainer.rescore import load_net, write_queue_keys
+from trainer.round import run_round
 from trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from service.aift import BASELINES, KEYED, QUEUE_ORDERS, RANDOM, VARIANTS, Box, Variant, aift_scores
-from service.aift.scoring import DEFAULT_VARIANT, PAPER_ALPHA, select_for_labeling
+from service.aift import BASELINES, KEYED, RANDOM, Box, Variant
+from service.aift.scoring import PAPER_ALPHA, select_for_labeling
 from service.aift.vessel import (
     REVIEW_PANEL,
     VOLUME_SOURCE,
@@ -27,6 +27,13 @@ from service.aift.vessel import (
 )
 from service.errors import InvalidInput, NotFound, NotScored, StoreUnavailable
 from service.labels.archive import ImageArchive, encode_png
+from service.labels.ordering import (
+    DEFAULT_QUEUE_LIMIT,
+    MAX_QUEUE_LIMIT,
+    interleave,
+    queue_request,
+    scores_of,
+)
 from service.labels.spool import RecordSpool
 from service.labels.store.records import (
     CandidateRecord,
@@ -38,22 +45,21 @@ from service.labels.store.records import (
     QueueEntry,
     Receipt,
 )
+from service.labels.store.rows import random_key
 from service.labels.store.sql import SqlLabelStore
 from service.metrics import ServiceMetrics
 from service.models.inference import ClassifyOutcome
 from service.models.volume_inference import VolumeOutcome
-from service.validation import MAX_QUEUE_WEIGHT, box_values, finite, quote
+from service.validation import box_values, quote
 
 log = logging.getLogger(__name__)
 
 VERDICT_LABELS = {"TRUE_POSITIVE": 1, "FALSE_POSITIVE": 0}
-DEFAULT_QUEUE_LIMIT = 20
 SCORE_ALL_MAX = 20_000
 """Up to this many unlabeled candidates, random order, ACFT sampling and custom alphas score
 the whole pool exactly; above it they are bounded (see :meth:`ReviewService.annotation_queue`)."""
 SCORE_WINDOW = 5_000
 """Above :data:`SCORE_ALL_MAX`: how many of the best by the stored terms are scored exactly."""
-MAX_QUEUE_LIMIT = 1000
 
 
 def body_hash(**fields: object) -> str:
@@ -368,15 +374,67 @@ class ReviewService:
         With a ``reviewer`` and ``claim_s > 0`` each item handed out is claimed for that
         reviewer for ``claim_s`` seconds: other reviewers' queues skip it until a verdict or
         the claim ends, and two reviewers asking at once get different items.
+
+        With an audit slice (the store's ``audit_fraction``), each place in the queue is, with
+        that probability, an audit item instead: a uniform random draw from the slice, never
+        chosen by the ranking (the rankings do not see the slice), placed where the ranking's
+        item would have been and carrying its neighbour's score, so nothing tells it apart.
         """
-        variant, spec, limit = _queue_request(variant, limit, omega, overrides)
+        variant, spec, limit = queue_request(variant, limit, omega, overrides)
         claimant = reviewer if reviewer and claim_s > 0 else ""
+        if variant in KEYED and not self.store.queue_key_versions(variant):
+            raise NotScored(
+                f"no {variant} keys yet: the trainer writes them when it re-scores the pool "
+                f"with CAD_QUEUE_KEYS including {variant}"
+            )
+        slots = self._audit_slots(limit, seed)
+        if not slots:
+            return self._queue(variant, spec, limit, seed, omega, claimant, claim_s)
+        ranked = (
+            self._queue(variant, spec, limit - len(slots), seed, omega, claimant, claim_s)
+            if limit > len(slots)
+            else QueueResult(variant, self._unlabeled(), [])
+        )
+        audit = self._audit_items(len(slots), seed, claimant, claim_s)
+        return QueueResult(variant, ranked.unlabeled, interleave(ranked.items, audit, slots))
+
+    def _audit_slots(self, limit: int, seed: int) -> list[int]:
+        """The places of a queue of ``limit`` that are audit items: each independently with the
+        slice's probability, from a draw of its own for this seed and queue depth."""
+        fraction = self.store.audit_fraction
+        if fraction <= 0:
+            return []
+        depth = self._unlabeled()
+        return [i for i in range(limit) if random_key(f"audit-slot:{seed}:{depth}:{i}") < fraction]
+
+    def _audit_items(
+        self, n: int, seed: int, claimant: str, claim_s: float
+    ) -> list[tuple[QueueEntry, float]]:
+        """``n`` unlabeled audit-slice candidates drawn uniformly (off the random-key index from a
+        starting point of this draw's own), claimed when a reviewer asks."""
+        draw = int(random_key(f"audit-draw:{seed}:{self._unlabeled()}") * (1 << 31))
+        offered = self.store.random_unlabeled(
+            draw, 2 * n + 20 if claimant else n, claimant or None, audit_slice=True
+        )
+        if claimant:
+            taken = set(
+                self.store.claim([e.candidate_id for e, _ in offered], claimant, claim_s, n)
+            )
+            offered = [(e, s) for e, s in offered if e.candidate_id in taken]
+        return offered[:n]
+
+    def _queue(
+        self,
+        variant: str,
+        spec: Variant | str,
+        limit: int,
+        seed: int,
+        omega: float,
+        claimant: str,
+        claim_s: float,
+    ) -> QueueResult:
+        """The queue by the ranking alone (outside the audit slice)."""
         if variant in BASELINES:
-            if variant in KEYED and not self.store.queue_key_versions(variant):
-                raise NotScored(
-                    f"no {variant} keys yet: the trainer writes them when it re-scores the pool "
-                    f"with CAD_QUEUE_KEYS including {variant}"
-                )
             items = self._ranked(variant, limit, claimant, claim_s)
             return QueueResult(variant, self._unlabeled(), items)
         if isinstance(spec, Variant) and not omega and spec.alpha in (1.0, PAPER_ALPHA):
@@ -399,8 +457,8 @@ class ReviewService:
             entries = [e for e, _ in self.store.ranked_unlabeled(stock, window)]
         else:
             # a pool this size is scored whole, exactly (the experiment's pools are)
-            entries = self.store.unlabeled()
-        scores = _scores(entries, spec, seed)
+            entries = self.store.unlabeled(audit_slice=False)
+        scores = scores_of(entries, spec, seed)
         if omega and spec != RANDOM:
             picked = select_for_labeling(scores, limit, omega, np.random.default_rng(seed))
             order = sorted(picked, key=lambda i: (-scores[i], entries[i].candidate_id))
@@ -533,54 +591,3 @@ class ReviewService:
 
     def export(self, since: str = "") -> Iterator[LabeledCandidate]:
         return self.store.labeled(since)
-
-
-def _queue_request(
-    variant: str, limit: int, omega: float, overrides: dict[str, float] | None
-) -> tuple[str, Variant | str, int]:
-    """A queue request checked: (variant name, what ranks it: a Variant with any overridden
-    weights, or RANDOM; the item count)."""
-    variant = variant or DEFAULT_VARIANT
-    if variant not in QUEUE_ORDERS:
-        raise InvalidInput(f"unknown variant {quote(variant)}; known: {', '.join(QUEUE_ORDERS)}")
-    if variant in BASELINES and (omega or overrides):
-        raise InvalidInput(f"omega, alpha and lambdas apply to the AIFT variants, not {variant}")
-    finite(omega, "omega", 0.0, MAX_QUEUE_WEIGHT)
-    if omega and omega < 1:
-        raise InvalidInput(f"omega must be 0 (off) or >= 1, got {omega}")
-    for k in ("lambda1", "lambda2"):
-        if overrides and k in overrides:
-            finite(overrides[k], k, 0.0, MAX_QUEUE_WEIGHT)
-    limit = limit or DEFAULT_QUEUE_LIMIT
-    if limit > MAX_QUEUE_LIMIT:
-        raise InvalidInput(f"limit {limit} is over the maximum of {MAX_QUEUE_LIMIT}")
-    if variant == RANDOM or variant in BASELINES:
-        return variant, variant, limit
-    stock = VARIANTS[variant]
-    if not overrides:
-        return variant, stock, limit
-    alpha = overrides.get("alpha", stock.alpha)
-    if not 0 < alpha <= 1:
-        raise InvalidInput(f"alpha must be in (0, 1], got {alpha}")
-    spec = replace(
-        stock,
-        alpha=alpha,
-        lambda1=overrides.get("lambda1", stock.lambda1),
-        lambda2=overrides.get("lambda2", stock.lambda2),
-    )
-    return variant, spec, limit
-
-
-def _scores(entries: list[QueueEntry], spec: Variant | str, seed: int) -> np.ndarray:
-    """Each entry's score: its AIFT score by ``spec`` (patches of one shape scored together),
-    or a seeded random number for RANDOM."""
-    if spec == RANDOM:
-        return np.random.default_rng(seed).random(len(entries))
-    assert isinstance(spec, Variant)
-    scores = np.zeros(len(entries))
-    by_shape: dict[tuple[int, ...], list[int]] = {}
-    for i, e in enumerate(entries):
-        by_shape.setdefault(e.patch_probs.shape, []).append(i)
-    for indices in by_shape.values():
-        scores[indices] = aift_scores(np.stack([entries[i].patch_probs for i in indices]), spec)
-    return scores

@@ -27,7 +27,7 @@ from service.imaging import ImageLimits
 from service.labels.archive import ImageArchive, PruneReport, prune
 from service.labels.review import Recorder, ReviewService, UidHasher
 from service.labels.spool import RecordSpool
-from service.labels.store import open_store
+from service.labels.store import SqlLabelStore, open_store
 from service.labels.store.leases import holder_name
 from service.logs import configure_logging
 from service.metrics import ServiceMetrics
@@ -84,6 +84,15 @@ def batching_config(settings: ServerSettings) -> BatchingConfig:
     )
 
 
+def _open_store(settings: ServerSettings) -> SqlLabelStore:
+    """The label store as this server's settings say (it may be down at start)."""
+    store = open_store(
+        settings.store_url, settings.store_pool_size, settings.store_timeout_s, require=False
+    )
+    store.audit_fraction = settings.audit_fraction
+    return store
+
+
 class CadServer:
     """One server process's gRPC server, metrics endpoint and model manager."""
 
@@ -102,9 +111,7 @@ class CadServer:
             precision=settings.precision,
             max_auc_drop={"int8": settings.int8_max_auc_drop, "fp16": settings.fp16_max_auc_drop},
         )
-        self.store = open_store(
-            settings.store_url, settings.store_pool_size, settings.store_timeout_s, require=False
-        )
+        self.store = _open_store(settings)
         self.metrics.store_up.set(1 if self.store.available else 0)
         for listener in (  # after the metrics listener the manager made; the store exists now
             AuditListener(self.store.add_audit),
@@ -119,6 +126,7 @@ class CadServer:
             self.store.count_unlabeled,
             self.store.precision_by_version,
             lambda: self.store.available,
+            self.store.audit_slice_scores,
         )
         archive = settings.archive_root
         self.spool = RecordSpool(

@@ -24,6 +24,7 @@ from service.labels.store.rows import (
     _probs_array,
     _probs_blob,
     _ranking_terms,
+    in_audit_slice,
     random_key,
 )
 
@@ -59,6 +60,9 @@ class StoreCore:
         self._migrated = False
         self._migrate_lock = threading.Lock()
         self.available = True
+        self.audit_fraction = 0.0
+        """The share of the model's candidates that join the audit slice when recorded (the
+        server's ``CAD_AUDIT_FRACTION``; 0: none)."""
         """False from an operation that found the store unreachable until one that reached it."""
         self.last_error = ""
         self.unavailable_since: float | None = None
@@ -278,7 +282,7 @@ class StoreCore:
         )
         cur.execute(
             self._sql(
-                f"INSERT INTO candidates ({_CANDIDATE_INSERT}) VALUES ({', '.join('?' * 22)})"
+                f"INSERT INTO candidates ({_CANDIDATE_INSERT}) VALUES ({', '.join('?' * 23)})"
             ),
             (
                 c.candidate_id,
@@ -303,5 +307,6 @@ class StoreCore:
                 entropy_alpha,
                 diversity_alpha,
                 random_key(c.candidate_id),
+                int(c.origin == "model" and in_audit_slice(c.candidate_id, self.audit_fraction)),
             ),
         )

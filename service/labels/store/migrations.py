@@ -224,4 +224,15 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "CREATE INDEX queue_keys_order ON queue_keys (method, sort_key)",
         ],
     ),
+    (
+        12,
+        "the audit slice: a uniform random fraction of the model's candidates, decided when they "
+        "are recorded, served to reviewers at random and never trained on",
+        [
+            "ALTER TABLE candidates ADD COLUMN audit_slice INTEGER NOT NULL DEFAULT 0",
+            "CREATE INDEX queue_audit_slice ON candidates (random_key, candidate_id) "
+            "WHERE audit_slice = 1 AND label IS NULL AND origin = 'model' "
+            "AND patch_probs IS NOT NULL",
+        ],
+    ),
 ]

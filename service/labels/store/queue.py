@@ -42,15 +42,17 @@ class QueueQueries(StoreCore):
 
     # ------------------------------------------------------------------ queue, export, metrics
 
-    def unlabeled(self) -> list[QueueEntry]:
-        """Every classified candidate without a label, with its patch predictions."""
+    def unlabeled(self, audit_slice: bool = True) -> list[QueueEntry]:
+        """Every classified candidate without a label, with its patch predictions (without the
+        audit slice's when ``audit_slice`` is false: what a ranking may choose from)."""
         rows = self._query(
             "SELECT c.candidate_id, c.request_id, c.x, c.y, c.width, c.height, c.probability, "
             "c.model_version, i.frame_index, i.source_id, c.patch_probs, c.patch_shape, "
             "i.sha256, c.recipe, i.study_uid "
             "FROM candidates c JOIN images i ON i.request_id = c.request_id "
             "WHERE c.label IS NULL AND c.origin = 'model' AND c.patch_probs IS NOT NULL "
-            "ORDER BY c.created, c.candidate_id"
+            + ("" if audit_slice else "AND c.audit_slice = 0 ")
+            + "ORDER BY c.created, c.candidate_id"
         )
         return [_queue_entry(r) for r in rows]
 
@@ -124,11 +126,12 @@ class QueueQueries(StoreCore):
         return self._run(body)
 
     def random_unlabeled(
-        self, seed: int, limit: int, unclaimed_for: str | None = None
+        self, seed: int, limit: int, unclaimed_for: str | None = None, audit_slice: bool = False
     ) -> list[tuple[QueueEntry, float]]:
         """``limit`` unlabeled candidates in a seeded random order read off an index (the
         candidates' fixed random keys from a seed's starting point, wrapping round): a random
-        sample without reading the pool. Score: the key."""
+        sample without reading the pool. Score: the key. Outside the audit slice, or (with
+        ``audit_slice``) inside it only."""
         start = random_key(f"seed:{seed}")
         rows: list[tuple[Any, ...]] = []
         for where in ("c.random_key >= ?", "c.random_key < ?"):
@@ -147,10 +150,10 @@ class QueueQueries(StoreCore):
                         "c.patch_probs, c.patch_shape, i.sha256, c.recipe, i.study_uid, "
                         "c.random_key FROM candidates c JOIN images i ON i.request_id = "
                         "c.request_id WHERE c.label IS NULL AND c.origin = 'model' AND "
-                        f"c.patch_probs IS NOT NULL AND {where} {claims}"
+                        f"c.patch_probs IS NOT NULL AND c.audit_slice = ? AND {where} {claims}"
                         "ORDER BY c.random_key, c.candidate_id LIMIT ?"
                     ),
-                    (start, *claim_params, wanted),
+                    (int(audit_slice), start, *claim_params, wanted),
                 )
                 return list(cur.fetchall())
 
@@ -210,7 +213,7 @@ class QueueQueries(StoreCore):
                     f"c.patch_shape, i.sha256, c.recipe, i.study_uid, ({expression}) AS ranking "
                     f"FROM candidates c{hint} JOIN images i ON i.request_id = c.request_id "
                     "WHERE c.label IS NULL AND c.origin = 'model' AND c.patch_probs IS NOT NULL "
-                    f"{claims}ORDER BY ({expression}) DESC, c.candidate_id LIMIT ?"
+                    f"AND c.audit_slice = 0 {claims}ORDER BY ({expression}) DESC, c.candidate_id LIMIT ?"
                 ),
                 (*params, *claim_params, *params, limit),
             )
@@ -251,7 +254,7 @@ class QueueQueries(StoreCore):
                     f"c.patch_shape, i.sha256, c.recipe, i.study_uid, {score} AS ranking "
                     f"FROM candidates c {join}JOIN images i ON i.request_id = c.request_id "
                     "WHERE c.label IS NULL AND c.origin = 'model' AND c.patch_probs IS NOT NULL "
-                    f"{claims}ORDER BY {order} DESC, c.candidate_id LIMIT ?"
+                    f"AND c.audit_slice = 0 {claims}ORDER BY {order} DESC, c.candidate_id LIMIT ?"
                 ),
                 (*params, *claim_params, limit),
             )
@@ -343,8 +346,8 @@ class QueueQueries(StoreCore):
         rows = self._query(
             f"SELECT {', '.join('c.' + n.strip() for n in _CANDIDATE_COLUMNS.split(','))}, "
             f"{', '.join('i.' + n.strip() for n in _IMAGE_COLUMNS.split(','))}, "
-            "c.label, c.conflict, c.label_event_id, c.labeled_at, c.events, c.adjudicated "
-            "FROM candidates c JOIN images i ON i.request_id = c.request_id "
+            "c.label, c.conflict, c.label_event_id, c.labeled_at, c.events, c.adjudicated, "
+            "c.audit_slice FROM candidates c JOIN images i ON i.request_id = c.request_id "
             "WHERE c.label IS NOT NULL AND c.labeled_at > ? ORDER BY c.labeled_at, c.candidate_id",
             (since,),
         )
@@ -360,7 +363,23 @@ class QueueQueries(StoreCore):
                 r[m + 3],
                 int(r[m + 4]),
                 bool(r[m + 5]),
+                bool(r[m + 6]),
             )
+
+    def audit_slice_scores(self) -> dict[str, tuple[list[int], list[float]]]:
+        """The audit slice's settled labels and the probability each was given, grouped by the
+        model version that gave it (the last to score the candidate before its label)."""
+        rows = self._query(
+            "SELECT COALESCE(scored_version, model_version), label, probability FROM candidates "
+            "WHERE audit_slice = 1 AND label IS NOT NULL AND probability IS NOT NULL "
+            "AND (conflict = 0 OR adjudicated = 1) ORDER BY candidate_id"
+        )
+        out: dict[str, tuple[list[int], list[float]]] = {}
+        for version, label, probability in rows:
+            y, p = out.setdefault(str(version), ([], []))
+            y.append(int(label))
+            p.append(float(probability))
+        return out
 
     def precision_by_version(self) -> dict[str, tuple[int, int]]:
         """Per served model version: (confirmed, dismissed) among its reviewed candidates."""

@@ -120,6 +120,8 @@ class LabeledCandidate:
     events: int
     adjudicated: bool = False
     """The label is an adjudicator's final verdict on a disagreement."""
+    audit_slice: bool = False
+    """The candidate is in the audit slice: served at random, measured on, never trained on."""
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ _CANDIDATE_FIELDS = tuple(name.strip() for name in _CANDIDATE_COLUMNS.split(",")
 CANDIDATE_WIDTH = len(_CANDIDATE_FIELDS)
 """How many columns :func:`candidate_record` reads: a query's further columns start here."""
 _CANDIDATE_INSERT = (
-    _CANDIDATE_COLUMNS + ", scored_version, entropy_alpha, diversity_alpha, random_key"
+    _CANDIDATE_COLUMNS + ", scored_version, entropy_alpha, diversity_alpha, random_key, audit_slice"
 )
 _EVENT_COLUMNS = (
     "event_id, candidate_id, seq, kind, label_before, label_after, reviewer, note, "
@@ -56,6 +56,12 @@ def _probs_blob(probs: np.ndarray | None) -> tuple[bytes | None, str | None]:
 def random_key(text: str) -> float:
     """A fixed pseudo-random number in [0, 1) for a candidate id (random queue order)."""
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "big") / float(1 << 56)
+
+
+def in_audit_slice(candidate_id: str, fraction: float) -> bool:
+    """Whether a model candidate joins the audit slice: a pseudo-random number of its id of its
+    own (independent of the queue's random key and of every score) below ``fraction``."""
+    return fraction > 0 and random_key(f"audit-slice:{candidate_id}") < fraction
 
 
 Terms = tuple[float | None, float | None, float | None, float | None]

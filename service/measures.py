@@ -1,4 +1,5 @@
-"""Candidate-level evaluation: ROC AUC with a bootstrap 95% CI, sensitivity at a fixed FPR."""
+"""Candidate-level measures, one implementation for the trainer, the server and experiments:
+ROC AUC with a bootstrap 95% CI, average precision, sensitivity at a fixed FPR."""
 
 from __future__ import annotations
 
