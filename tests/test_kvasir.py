@@ -84,3 +84,57 @@ def test_the_experiment_runs_its_rounds_on_the_new_sites_images(tmp_path: Path) 
     rows = list(csv.DictReader((tmp_path / "curves.csv").open()))
     assert [r["labels"] for r in rows if r["method"] == "random"] == ["0", "4", "8"]
     assert len({r["test_auc"] for r in rows if r["round"] == "0"}) == 1
+
+
+def test_the_explanation_counts_sources_kinds_and_near_duplicates_per_round(
+    tmp_path: Path,
+) -> None:
+    import numpy as np
+
+    from experiments.cvc.explain import _key, explain_run
+    from service.labels.store import CandidateRecord, ImageRecord, open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'labels.sqlite3'}")
+    boxes = {
+        "a": [(0, 0, 10, 10), (1, 1, 10, 10), (50, 50, 10, 10)],  # two near-duplicates
+        "b": [(0, 0, 20, 20)],
+    }
+    kinds = {}
+    order = []
+    for n, (image, bs) in enumerate(boxes.items()):
+        store.record_classification(
+            ImageRecord(image, f"sha-{image}", 1, 100, 100, n, "image", f"cvc-seq-{n}"),
+            [
+                CandidateRecord(
+                    f"{image}{i}",
+                    image,
+                    "0",
+                    *b,
+                    "polyp",
+                    "1",
+                    0.5,
+                    1.0,
+                    0.0,
+                    1.0,
+                    np.full((4, 2), 0.5, dtype=np.float32),
+                )
+                for i, b in enumerate(bs)
+            ],
+        )
+        for i, b in enumerate(bs):
+            kinds[_key(f"cvc-seq-{n}", n, b)] = ("polyp", "near", "random", "edge")[len(kinds)]
+            order.append(f"{image}{i}")
+    from prometheus_client import CollectorRegistry
+
+    from service.labels.review import ReviewService
+    from service.metrics import ServiceMetrics
+
+    review = ReviewService(store, ServiceMetrics(CollectorRegistry()))
+    for c in order:  # round 1: a0, a1, a2; round 2: b0
+        review.submit_correction(c, "FALSE_POSITIVE", "oracle", c)
+    store.close()
+    rows = explain_run(tmp_path, [3, 4], kinds)
+    assert [(r["new"], r["sources"], r["max_per_source"]) for r in rows] == [(3, 1, 3), (1, 1, 1)]
+    assert (rows[0]["polyp"], rows[0]["near"], rows[0]["random"]) == (1, 1, 1)
+    assert rows[0]["near_duplicates"] == 2 and rows[1]["near_duplicates"] == 0
+    assert rows[1]["edge"] == 1

@@ -14,7 +14,7 @@ HERE = Path(__file__).resolve().parent
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m experiments.cvc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run (or resume) the experiment, then write the report")
+    run = argparse.ArgumentParser(add_help=False)  # what run and explain share
     run.add_argument(
         "--preset",
         choices=["quick", "standard", "peak", "paper"],
@@ -46,10 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--methods", nargs="+")
     run.add_argument("--seeds", type=int, nargs="+")
     run.add_argument("--rounds", type=int)
+    run.add_argument("--log-level", default="WARNING")
+    common = run
+    run = sub.add_parser(
+        "run", parents=[common], help="run (or resume) the experiment, then write the report"
+    )
     run.add_argument(
         "--no-reference", action="store_true", help="skip fine-tuning on the whole pool"
     )
-    run.add_argument("--log-level", default="WARNING")
+    sub.add_parser(
+        "explain",
+        parents=[common],
+        help="what each ranking chose, round by round: sources, kinds, near-duplicates "
+        "(explain.csv, explain.md)",
+    )
     vendor = sub.add_parser(
         "vendor",
         help="fine-tune the vendor model on every CVC-ClinicDB development sequence (resumable)",
@@ -121,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.test:
             split.test = args.test
         exp = Experiment(out, preset, split, Path(args.data) if args.data else DEFAULT_ROOT)
+    if args.command == "explain":
+        from experiments.cvc.explain import explain
+
+        path = explain(exp, args.methods)
+        print((path.parent / "explain.md").read_text())
+        return 0
     run_all(exp, args.methods or list(preset.methods), seeds, reference=not args.no_reference)
     print(write_report(out))
     return 0
