@@ -180,3 +180,20 @@ def test_a_peak_run_report_leads_with_labels_to_the_whole_pool(tmp_path: Path) -
     assert (tmp_path / "peak.png").stat().st_size > 10_000
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["peak"]["default"]["method"] == "entropy_alpha"
+
+
+def test_a_new_site_report_shows_its_own_labels_against_day_one_and_the_whole_pool(
+    tmp_path: Path,
+) -> None:
+    from experiments.cvc.report import write_report
+
+    curves = {}
+    for seed in range(2):
+        curves[("random", seed)] = [0.91, 0.80, 0.90, 0.97, 1.00]
+        curves[("margin", seed)] = [0.91, 0.85, 0.99, 1.00, 1.00]
+    _write(tmp_path, curves, full=1.0)
+    (tmp_path / "pool.json").write_text(json.dumps({"preset": {"doubling_cap": 2560}}))
+    (tmp_path / "site.json").write_text(json.dumps({"site": "Kvasir-SEG", "start": "vendor"}))
+    text = write_report(tmp_path)
+    assert "![Kvasir-SEG: AUC against its own labels](site.png)" in text
+    assert (tmp_path / "site.png").stat().st_size > 10_000

@@ -450,6 +450,65 @@ def plot(sets: dict[str, dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_site(s: dict[str, Any], path: Path, site: str, methods: list[str]) -> None:
+    """The plot for a hospital's manager: test AUC against the labels this site's reviewers give
+    (log axis), for Random and the named methods, with the vendor model's day-one AUC (no local
+    label) and the AUC of fine-tuning on every pool label as lines, and where each method stays
+    at or above 97.5% of the latter."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=100)
+    ref, pool = s["reference"]["auc"], s["reference"]["labels"]
+    day_one = None
+    for name in [RANDOM, *[m for m in methods if m != RANDOM]]:
+        m = s["methods"].get(name)
+        if m is None:
+            continue
+        x, y = np.array(m["labels"]), np.array(m["auc"]["mean"])
+        if day_one is None and len(x) and x[0] == 0:
+            day_one = float(y[0])
+        keep = x > 0
+        style: dict[str, Any] = {"color": "black", "lw": 2.4} if name == RANDOM else {"lw": 1.8}
+        (line,) = ax.plot(
+            x[keep], y[keep], marker="o", ms=4, label=f"{name} ({m['seeds']} seeds)", **style
+        )
+        reach = m["auc"]["to_level"].get("0.975")
+        if reach:
+            ax.axvline(reach, color=line.get_color(), lw=0.8, ls=":")
+    ax.axhline(ref, color="grey", lw=1.4, label=f"every pool label ({pool:.0f}): AUC {ref:.3f}")
+    ax.axhline(
+        0.975 * ref,
+        color="grey",
+        lw=0.9,
+        ls=":",
+        label="97.5% of that (dotted verticals: where each method stays above it)",
+    )
+    if day_one is not None:
+        ax.axhline(
+            day_one,
+            color="tab:red",
+            lw=1.4,
+            ls="--",
+            label=f"day one, the vendor model with no local label: AUC {day_one:.3f}",
+        )
+    ax.set_xscale("log", base=2)
+    ticks = sorted({lab for m in s["methods"].values() for lab in m["labels"] if lab > 0})
+    ax.set_xticks(ticks, [f"{v:.0f}" for v in ticks])
+    ax.set_xlabel("labels given by this hospital's reviewers (log scale)")
+    ax.set_ylabel("AUC on this hospital's held-out test images")
+    low = min([day_one or ref] + [v for m in s["methods"].values() for v in m["auc"]["mean"][1:]])
+    ax.set_ylim(max(0.0, low - 0.02), min(1.0, ref + 0.03))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"{site}: how many of its own labels the model needs", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def write_peak(
     out: Path, candidates: list[str], seconds_per_label: float = SECONDS_PER_LABEL
 ) -> tuple[str, dict[str, Any]] | None:
@@ -462,6 +521,15 @@ def write_peak(
         return None
     plot(sets, out / "peak.png")
     choice = choose_default(sets.get("val"), candidates)
+    from experiments.cvc.report import site_of
+
+    site_plot = []
+    if (out / "site.json").is_file():
+        shown = [m for m in (choice["method"], "entropy_alpha") if m] + [
+            m for m in ("margin", "bald", "coreset", "typiclust") if m in sets["test"]["methods"]
+        ]
+        plot_site(sets["test"], out / "site.png", site_of(out), list(dict.fromkeys(shown)))
+        site_plot = [f"![{site_of(out)}: AUC against its own labels](site.png)", ""]
     parts = [
         "## Labels to the whole-pool performance",
         "",
@@ -469,6 +537,7 @@ def write_peak(
         + (f"**{choice['method']}**: {choice['reason']}." if choice["method"] else choice["reason"])
         + "",
         "",
+        *site_plot,
         "![labels to the whole-pool performance](peak.png)",
         "",
     ]
