@@ -70,6 +70,8 @@ class RoundReport:
     metrics: dict[str, Any] = field(default_factory=dict)
     duration_s: float = 0.0
     started: str = field(default_factory=utc_now)
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds per step (train, validate, export, rescore, queue_keys): where a round's time goes."""
 
     def summary(self) -> str:
         m = self.metrics
@@ -204,14 +206,18 @@ def run_round(
                 {"reason": report.reason, "labels": report.labels},
             )
         if settings.rescore:
+            t = time.perf_counter()
             report.metrics["pool_rescored"] = rescore_pool(
                 store, archive, registry, progress, settings.depth, settings.device
             )
+            report.timings["rescore"] = time.perf_counter() - t
             methods = keyed_methods(settings.queue_keys)
             if methods:
+                t = time.perf_counter()
                 report.metrics["queue_keys"] = write_queue_keys(
                     store, archive, registry, methods, settings, progress
                 )
+                report.timings["queue_keys"] = time.perf_counter() - t
     finally:
         store.close()
     report.duration_s = time.perf_counter() - t0
@@ -255,6 +261,7 @@ def _round(
     if len({e.label for e in train_set}) < 2:
         report.reason = "the HQ training set has a single class"
         return report
+    t = time.perf_counter()
     result = fine_tune(
         net,
         train_set,
@@ -265,8 +272,12 @@ def _round(
         settings.seed,
         progress,
     )
+    report.timings["train"] = time.perf_counter() - t
+    t = time.perf_counter()
     report.metrics = _validation_metrics(net, parent_net, val, source, settings, result, progress)
     report.metrics.update(_audit_metrics(net, parent_net, audit, source, settings, progress))
+    report.timings["validate"] = time.perf_counter() - t
+    t = time.perf_counter()
     net.cpu()  # export and its parity check run on the CPU, whatever trained it
 
     with tempfile.TemporaryDirectory(prefix="cad-round-") as tmp:
@@ -296,6 +307,7 @@ def _round(
             export=export,
         )
         info = registry.publish({MODEL_FILE: onnx_path, WEIGHTS_FILE: weights_path}, manifest)
+    report.timings["export"] = time.perf_counter() - t
     report.outcome, report.version, report.reason = "published", info.version, gate
     return report
 

@@ -552,6 +552,18 @@ class Experiment:
             fh.flush()
             os.fsync(fh.fileno())
 
+    def _timing(self, method: str, seed: int, r: int, seconds: dict[str, float]) -> None:
+        """One line of timings.csv: where a round's time went (queue and labels, training,
+        validation, export, re-scoring, baseline keys, held-out evaluation)."""
+        path = self.out / "timings.csv"
+        steps = ("queue", "train", "validate", "export", "rescore", "queue_keys", "evaluate")
+        new = not path.is_file()
+        with path.open("a", newline="") as fh:
+            writer = csv.writer(fh)
+            if new:
+                writer.writerow(["method", "seed", "round", *[f"{k}_s" for k in steps]])
+            writer.writerow([method, seed, r, *[f"{seconds.get(k, 0.0):.1f}" for k in steps]])
+
     def starting_set(
         self, review: ReviewService, truth: dict[str, int], seed: int, size: int = 0
     ) -> list[str]:
@@ -694,6 +706,7 @@ class Experiment:
                 labeled = list(store.labeled())
             finally:
                 store.close()
+            t_queue = time.perf_counter() - t0
             # Random's next queue reads no scores; the last round has no next queue.
             rescore = variant != RANDOM and r < rounds
             budget = schedule[r] - schedule[r - 1] if r < rounds else 1
@@ -703,7 +716,14 @@ class Experiment:
             if report.outcome != "published":
                 log.info("%s seed %d round %d: %s", method, seed, r, report.reason)
             losses = report.metrics.get("train_loss") or []
+            t_eval = time.perf_counter()
             evaluation = self.evaluate(ws / "registry", template, depth)
+            self._timing(
+                method,
+                seed,
+                r,
+                {**report.timings, "evaluate": time.perf_counter() - t_eval, "queue": t_queue},
+            )
             registry = ModelRegistry(ws / "registry", "cad")
             for old in registry.versions():
                 if old not in (1, registry.latest()):
