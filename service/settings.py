@@ -225,6 +225,13 @@ class ServerSettings(BaseSettings):
         description="How long an annotation-queue item handed to an authenticated reviewer stays "
         "theirs: other reviewers' queues skip it until a verdict or the claim ends (0: no claims).",
     )
+    queue_max_per_source: int = Field(
+        0,
+        ge=0,
+        description="A ranked annotation queue hands out at most this many candidates of one "
+        "source (a study, else a video or image source) at once, the next best of other sources "
+        "in their place, so one long examination cannot fill it (0: no cap).",
+    )
     audit_fraction: float = Field(
         0.0,
         ge=0,

@@ -56,6 +56,7 @@ def add_image(
     version: str = "1",
     sha: str | None = None,
     created: str = "",
+    study: str = "1.2.3",
 ) -> list[str]:
     rng = np.random.default_rng(seed)
     store.record_classification(
@@ -68,7 +69,7 @@ def add_image(
             0,
             "dicom",
             "src",
-            "1.2.3",
+            study,
             "1.2.3.4",
             "1.2.3.4.5",
             "CT",
@@ -296,6 +297,35 @@ def test_the_audit_slice_is_uniform_served_at_random_and_measured_by_version(
     assert f'cad_audit_slice_labels{{label="finding",version="1"}} {float(sum(y))}' in text
     assert f'cad_audit_slice_auc{{bound="estimate",version="1"}} {roc_auc(y, p)}' in text
     assert 'bound="low"' in text and 'bound="high"' in text
+
+
+def test_a_ranked_queue_takes_at_most_the_cap_from_one_source(
+    review: ReviewService, store: SqlLabelStore
+) -> None:
+    ids = {k: add_image(store, f"cap-{k}", n=6, seed=k, study=f"1.9.{k}") for k in range(3)}
+    source_of = {c: k for k, cs in ids.items() for c in cs}
+    for variant in ("entropy", "margin", "entropy_alpha"):
+        full = [e.candidate_id for e, _ in review.annotation_queue(100, variant).items]
+        capped = [
+            e.candidate_id for e, _ in review.annotation_queue(5, variant, per_source=2).items
+        ]
+        counts = {k: sum(source_of[c] == k for c in capped) for k in ids}
+        assert len(capped) == 5 and max(counts.values()) == 2
+        expected, seen = [], dict.fromkeys(ids, 0)  # greedy in ranked order
+        for c in full:
+            if seen[source_of[c]] < 2:
+                seen[source_of[c]] += 1
+                expected.append(c)
+        assert capped == expected[:5]
+    a = review.annotation_queue(3, "entropy", reviewer="dr.a", claim_s=60, per_source=1).items
+    b = review.annotation_queue(3, "entropy", reviewer="dr.b", claim_s=60, per_source=1).items
+    assert len({source_of[e.candidate_id] for e, _ in a}) == 3  # one per source, claimed
+    assert len(b) == 3 and not {e.candidate_id for e, _ in a} & {e.candidate_id for e, _ in b}
+    review.per_source = 1  # the server's setting is the default
+    assert len(review.annotation_queue(10, "entropy").items) == 3  # 3 sources, one each
+    review.per_source = 0
+    with pytest.raises(InvalidInput):
+        review.annotation_queue(3, "entropy", per_source=-1)
 
 
 def test_export_since_and_precision_by_version(

@@ -17,6 +17,7 @@ import numpy as np
 from service.aift import Box, Recipe, extract_patches, parse_recipe
 from service.aift.vessel import PeGeometry, archived_pe_patches
 from service.labels.archive import ImageArchive
+from service.labels.ordering import source_key
 from service.labels.store import SqlLabelStore
 
 
@@ -41,14 +42,6 @@ def labels_of(examples: Sequence[Example]) -> list[int]:
     if missing:
         raise ValueError(f"{missing} of {len(labels)} examples have no label")
     return [int(label) for label in labels if label is not None]
-
-
-def source_key(study_uid: str, source_id: str, request_id: str) -> str:
-    return (
-        f"study:{study_uid}"
-        if study_uid
-        else (f"source:{source_id}" if source_id else f"request:{request_id}")
-    )
 
 
 def split_of(key: str, val_fraction: float, salt: str = "cad-split-v1") -> str:

@@ -84,6 +84,9 @@ log = logging.getLogger(__name__)
 
 SCRATCH, FULL, CONTROL = "scratch", "full", "random_alexnet"
 ACFT = "_acft"
+SPREAD = "_spread"
+"""A method ending so takes each batch spread over the pool's sources: at most
+ceil(batch / sources) of one source (the queue's per-source cap), the next best elsewhere."""
 ACFT_OMEGA = 5.0
 METHODS = (*VARIANTS, RANDOM, SCRATCH)
 CSV_FIELDS = (
@@ -105,7 +108,10 @@ CANDIDATE_SEED = 20170721  # the generated candidates are the same for every met
 
 
 def variant_of(method: str) -> tuple[str, float]:
-    """The annotation queue's variant and omega for a method (``entropy_acft`` -> entropy, 5)."""
+    """The annotation queue's variant and omega for a method (``entropy_acft`` -> entropy, 5;
+    ``margin_spread`` -> margin, 0: spread over sources, :func:`spreads`)."""
+    if method.endswith(SPREAD):
+        return variant_of(method[: -len(SPREAD)])
     if method.endswith(ACFT):
         return method[: -len(ACFT)], ACFT_OMEGA
     if method in (RANDOM, SCRATCH, FULL, CONTROL):
@@ -615,7 +621,7 @@ class Experiment:
         self, ws: Path, method: str, seed: int, rescore: bool = True, budget: int = 100
     ) -> TrainerSettings:
         return TrainerSettings(
-            queue_keys=method if method in KEYED else "",
+            queue_keys=variant_of(method)[0] if variant_of(method)[0] in KEYED else "",
             queue_keys_budget=max(1, budget),
             registry_root=ws / "registry",
             store_url=f"sqlite:///{ws / 'labels.sqlite3'}",
@@ -680,7 +686,7 @@ class Experiment:
                 review = ReviewService(store, ServiceMetrics(CollectorRegistry()))
                 have = sum(1 for _ in store.labeled())
                 need = schedule[r - 1] - have
-                if r == 1 and method == "typiclust":  # the cold start picks round 1 itself
+                if r == 1 and variant == "typiclust":  # the cold start picks round 1 itself
                     picks = self.typiclust_start(ws, review, truth, seed, schedule[0])
                 elif r == 1 and method != FULL:  # the seed's starting labels, every method's
                     picks = self.starting_set(review, truth, seed, schedule[0])
@@ -692,8 +698,10 @@ class Experiment:
                         )
                     need = 0
                 while need > 0:
+                    batch = min(need, 1000)
+                    cap = -(-batch // len(self.split.pool)) if method.endswith(SPREAD) else 0
                     queue = review.annotation_queue(
-                        min(need, 1000), variant, seed=seed * 1000 + r, omega=omega
+                        batch, variant, seed=seed * 1000 + r, omega=omega, per_source=cap
                     )
                     if not queue.items:
                         break

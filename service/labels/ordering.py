@@ -93,3 +93,27 @@ def scores_of(entries: list[QueueEntry], spec: Variant | str, seed: int) -> np.n
     for indices in by_shape.values():
         scores[indices] = aift_scores(np.stack([entries[i].patch_probs for i in indices]), spec)
     return scores
+
+
+def source_key(study_uid: str, source_id: str, request_id: str) -> str:
+    """What a candidate's source is: its study, else its video or image source, else its request
+    (the trainer splits train/validation by it; the queue caps candidates per source by it)."""
+    return (
+        f"study:{study_uid}"
+        if study_uid
+        else (f"source:{source_id}" if source_id else f"request:{request_id}")
+    )
+
+
+def cap_per_source(
+    items: list[tuple[QueueEntry, float]], cap: int
+) -> list[tuple[QueueEntry, float]]:
+    """``items`` in their order, but at most ``cap`` of one source (the first ones)."""
+    seen: dict[str, int] = {}
+    out = []
+    for e, score in items:
+        key = source_key(e.study_uid, e.source_id, e.request_id)
+        if seen.get(key, 0) < cap:
+            seen[key] = seen.get(key, 0) + 1
+            out.append((e, score))
+    return out

@@ -30,6 +30,7 @@ from service.labels.archive import ImageArchive, encode_png
 from service.labels.ordering import (
     DEFAULT_QUEUE_LIMIT,
     MAX_QUEUE_LIMIT,
+    cap_per_source,
     interleave,
     queue_request,
     scores_of,
@@ -255,6 +256,9 @@ class ReviewService:
         claim_s: float = 0.0,
     ) -> None:
         self.claim_s = claim_s
+        self.per_source = 0
+        """The most candidates of one source (a study, else a video or image source) a ranked
+        queue hands out at once (the server's ``CAD_QUEUE_MAX_PER_SOURCE``; 0: no cap)."""
         self._count: tuple[float, int] | None = None
         """How long a queue item handed to an authenticated reviewer stays theirs (0: no claims)."""
         self.store = store
@@ -366,8 +370,13 @@ class ReviewService:
         overrides: dict[str, float] | None = None,
         reviewer: str = "",
         claim_s: float = 0.0,
+        per_source: int | None = None,
     ) -> QueueResult:
         """The top ``limit`` unlabeled candidates by the chosen AIFT variant (or random).
+
+        ``per_source`` (default: :attr:`per_source`): a ranked queue (not random order, not the
+        audit slice) takes at most this many candidates of one source, the next best of other
+        sources in their place, so one examination or video cannot fill a batch (0: no cap).
 
         ``omega >= 1`` samples them from the top ``omega * limit`` in proportion to score
         (ACFT); ``overrides`` may set ``alpha``, ``lambda1``, ``lambda2`` of the variant.
@@ -382,6 +391,9 @@ class ReviewService:
         """
         variant, spec, limit = queue_request(variant, limit, omega, overrides)
         claimant = reviewer if reviewer and claim_s > 0 else ""
+        cap = self.per_source if per_source is None else per_source
+        if cap < 0:
+            raise InvalidInput(f"per_source must be 0 (no cap) or more, got {cap}")
         if variant in KEYED and not self.store.queue_key_versions(variant):
             raise NotScored(
                 f"no {variant} keys yet: the trainer writes them when it re-scores the pool "
@@ -389,9 +401,9 @@ class ReviewService:
             )
         slots = self._audit_slots(limit, seed)
         if not slots:
-            return self._queue(variant, spec, limit, seed, omega, claimant, claim_s)
+            return self._queue(variant, spec, limit, seed, omega, claimant, claim_s, cap)
         ranked = (
-            self._queue(variant, spec, limit - len(slots), seed, omega, claimant, claim_s)
+            self._queue(variant, spec, limit - len(slots), seed, omega, claimant, claim_s, cap)
             if limit > len(slots)
             else QueueResult(variant, self._unlabeled(), [])
         )
@@ -432,14 +444,15 @@ class ReviewService:
         omega: float,
         claimant: str,
         claim_s: float,
+        cap: int = 0,
     ) -> QueueResult:
-        """The queue by the ranking alone (outside the audit slice)."""
+        """The queue by the ranking alone (outside the audit slice), ``cap`` per source."""
         if variant in BASELINES:
-            items = self._ranked(variant, limit, claimant, claim_s)
+            items = self._ranked(variant, limit, claimant, claim_s, cap)
             return QueueResult(variant, self._unlabeled(), items)
         if isinstance(spec, Variant) and not omega and spec.alpha in (1.0, PAPER_ALPHA):
             # ranked where the data is: the stored terms, an index per named variant, a LIMIT
-            items = self._ranked(spec, limit, claimant, claim_s)
+            items = self._ranked(spec, limit, claimant, claim_s, cap)
             return QueueResult(variant, self._unlabeled(), items)
         unlabeled = self._unlabeled()
         if unlabeled > SCORE_ALL_MAX:
@@ -464,6 +477,9 @@ class ReviewService:
             order = sorted(picked, key=lambda i: (-scores[i], entries[i].candidate_id))
         else:
             order = sorted(range(len(entries)), key=lambda i: (-scores[i], entries[i].candidate_id))
+        if cap and spec != RANDOM:
+            kept = {id(e) for e, _ in cap_per_source([(entries[i], 0.0) for i in order], cap)}
+            order = [i for i in order if id(entries[i]) in kept]
         if claimant:  # in ranked order, the first ones nobody else holds
             taken = set(
                 self.store.claim([entries[i].candidate_id for i in order], claimant, claim_s, limit)
@@ -473,29 +489,33 @@ class ReviewService:
         return QueueResult(variant, unlabeled, items)
 
     def _ranked(
-        self, spec: Variant | str, limit: int, claimant: str, claim_s: float
+        self, spec: Variant | str, limit: int, claimant: str, claim_s: float, cap: int = 0
     ) -> list[tuple[QueueEntry, float]]:
         """The top ``limit`` by a stored variant (or a baseline's stored key), read off its
-        index; with a ``claimant``, the first ones nobody else holds, claimed (the window widens
-        while others hold it)."""
+        index, at most ``cap`` per source when set; with a ``claimant``, the first ones nobody
+        else holds, claimed (the window widens while others hold it or the cap skips it)."""
 
         def read(n: int, unclaimed_for: str | None = None) -> list[tuple[QueueEntry, float]]:
             if isinstance(spec, str):
                 return self.store.keyed_unlabeled(spec, n, unclaimed_for)
             return self.store.ranked_unlabeled(spec, n, unclaimed_for)
 
-        if not claimant:
+        if not claimant and not cap:
             return read(limit)
         window = 2 * limit + 20
-        for _attempt in range(4):  # others may claim some of the window meanwhile
-            offered = read(window, claimant)
-            taken = set(
-                self.store.claim([e.candidate_id for e, _ in offered], claimant, claim_s, limit)
-            )
-            if len(taken) >= limit or len(offered) < window:
+        for _attempt in range(5):  # others may claim some of the window meanwhile
+            raw = read(window, claimant or None)
+            offered = cap_per_source(raw, cap) if cap else raw
+            if claimant:
+                ids = [e.candidate_id for e, _ in offered]
+                taken = set(self.store.claim(ids, claimant, claim_s, limit))
+                result = [(e, s) for e, s in offered if e.candidate_id in taken]
+            else:
+                result = offered[:limit]
+            if len(result) >= limit or len(raw) < window:
                 break
             window *= 4
-        return [(e, s) for e, s in offered if e.candidate_id in taken]
+        return result
 
     def _claimed(
         self,

@@ -93,6 +93,15 @@ def _open_store(settings: ServerSettings) -> SqlLabelStore:
     return store
 
 
+def _review_service(
+    settings: ServerSettings, store: SqlLabelStore, metrics: ServiceMetrics, archive: ImageArchive
+) -> ReviewService:
+    """The review domain as this server's settings say (claims, the per-source cap)."""
+    review = ReviewService(store, metrics, settings.max_note_chars, archive, settings.queue_claim_s)
+    review.per_source = settings.queue_max_per_source
+    return review
+
+
 class CadServer:
     """One server process's gRPC server, metrics endpoint and model manager."""
 
@@ -137,9 +146,7 @@ class CadServer:
         self.recorder = Recorder(self.store, self.archive, uid_hasher(settings), self.spool)
         # the pin lives in the store (registries are mounted read-only on servers)
         self.models.registry.with_pins_in(self.store, self.spool.folder / "last-pin.json")
-        self.review = ReviewService(
-            self.store, self.metrics, settings.max_note_chars, self.archive, settings.queue_claim_s
-        )
+        self.review = _review_service(settings, self.store, self.metrics, self.archive)
         self.batcher = DynamicBatcher(batching_config(settings), self.metrics)
         self.classifier = Classifier(
             self.models,
