@@ -568,7 +568,7 @@ def test_a_pruner_racing_a_writer_never_leaves_a_row_pointing_at_a_deleted_file(
     """Another replica records a frame whose image (same content) a pruner is deleting: in
     both orders the row that ends up stored has its file."""
     from service.imaging import DecodedImage
-    from service.labels.review import Recorder
+    from service.labels.recorder import Recorder
     from service.models.inference import CandidateResult, ClassifyOutcome
 
     archive = ImageArchive(tmp_path / "archive")

@@ -14,7 +14,8 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -239,8 +240,7 @@ def _round(
     validate, export and check parity, gate against the parent, publish with a manifest."""
     source = PatchSource(archive, parent.manifest.input_size, settings.recipe_override)
     examples, train, val, report = _split(store, settings, parent)
-    audit, _ = archived(labeled_examples(store, audit_slice=True), archive)
-    report.audit = len(audit)
+    audit = _audit_slice(store, archive, report)
     if len({e.label for e in train}) < 2:
         report.reason = "the training split needs labels of both classes"
         return report
@@ -261,23 +261,17 @@ def _round(
     if len({e.label for e in train_set}) < 2:
         report.reason = "the HQ training set has a single class"
         return report
-    t = time.perf_counter()
-    result = fine_tune(
-        net,
-        train_set,
-        source,
-        schedule,
-        settings.depth,
-        settings.train_batch_size,
-        settings.seed,
-        progress,
-    )
-    report.timings["train"] = time.perf_counter() - t
-    t = time.perf_counter()
-    report.metrics = _validation_metrics(net, parent_net, val, source, settings, result, progress)
-    report.metrics.update(_audit_metrics(net, parent_net, audit, source, settings, progress))
-    report.timings["validate"] = time.perf_counter() - t
-    t = time.perf_counter()
+    with _timed(report, "train"):
+        result = fine_tune(
+            net, train_set, source, schedule, settings.depth, settings.train_batch_size,
+            settings.seed, progress,
+        )  # fmt: skip
+    with _timed(report, "validate"):
+        report.metrics = _validation_metrics(
+            net, parent_net, val, source, settings, result, progress
+        )
+        report.metrics.update(_audit_metrics(net, parent_net, audit, source, settings, progress))
+    started_export = time.perf_counter()
     net.cpu()  # export and its parity check run on the CPU, whatever trained it
 
     with tempfile.TemporaryDirectory(prefix="cad-round-") as tmp:
@@ -307,9 +301,26 @@ def _round(
             export=export,
         )
         info = registry.publish({MODEL_FILE: onnx_path, WEIGHTS_FILE: weights_path}, manifest)
-    report.timings["export"] = time.perf_counter() - t
+    report.timings["export"] = time.perf_counter() - started_export
     report.outcome, report.version, report.reason = "published", info.version, gate
     return report
+
+
+def _audit_slice(store: SqlLabelStore, archive: ImageArchive, report: RoundReport) -> list[Example]:
+    """The audit slice's settled labels (archived ones), counted in the report."""
+    audit, _ = archived(labeled_examples(store, audit_slice=True), archive)
+    report.audit = len(audit)
+    return audit
+
+
+@contextmanager
+def _timed(report: RoundReport, step: str) -> Iterator[None]:
+    """Add the seconds the block takes to ``report.timings[step]``."""
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        report.timings[step] = report.timings.get(step, 0.0) + time.perf_counter() - t
 
 
 def _split(

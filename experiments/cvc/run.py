@@ -57,7 +57,8 @@ from service.aift import (
 from service.imaging import ImageLimits, decode_encoded
 from service.labels.archive import ImageArchive
 from service.labels.ordering import MAX_QUEUE_LIMIT
-from service.labels.review import Recorder, ReviewService
+from service.labels.recorder import Recorder
+from service.labels.review import ReviewService
 from service.labels.store import open_store
 from service.measures import average_precision, roc_auc
 from service.metrics import ServiceMetrics

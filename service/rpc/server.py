@@ -25,7 +25,8 @@ from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.errors import LeaseHeld, StoreUnavailable
 from service.imaging import ImageLimits
 from service.labels.archive import ImageArchive, PruneReport, prune
-from service.labels.review import Recorder, ReviewService, UidHasher
+from service.labels.recorder import Recorder, UidHasher
+from service.labels.review import ReviewService
 from service.labels.spool import RecordSpool
 from service.labels.store import SqlLabelStore, open_store
 from service.labels.store.leases import holder_name
