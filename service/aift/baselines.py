@@ -69,17 +69,24 @@ def _sq_distances(a: FloatArray, b: FloatArray) -> FloatArray:
     return np.maximum(d, 0.0)
 
 
+def _start(
+    features: npt.ArrayLike, labeled: npt.ArrayLike
+) -> tuple[FloatArray, npt.NDArray[np.bool_], FloatArray]:
+    """The features as float64, the labelled rows as a mask, and every key at -inf."""
+    x = np.asarray(features, dtype=np.float64)
+    mask = np.zeros(len(x), dtype=bool)
+    mask[np.asarray(labeled)] = True
+    return x, mask, np.full(len(x), -np.inf)
+
+
 def kcenter_greedy(features: npt.ArrayLike, labeled: npt.ArrayLike, budget: int) -> FloatArray:
     """Core-Set keys of the unlabelled rows of ``features`` (``(n, d)``; ``labeled``: a boolean
     mask or indices). The first ``budget`` picks of k-centre greedy get keys ``n + budget - i``
     (pick ``i``, 0 first), every other unlabelled row its distance to the nearest centre (below
     any pick's key after scaling into ``[0, 1)``), labelled rows -inf. Ties go to the lower index.
     With no labelled row the first centre is the row nearest the mean (deterministic)."""
-    x = np.asarray(features, dtype=np.float64)
+    x, mask, keys = _start(features, labeled)
     n = len(x)
-    mask = np.zeros(n, dtype=bool)
-    mask[np.asarray(labeled)] = True
-    keys = np.full(n, -np.inf)
     if n == 0 or mask.all():
         return keys
     first = 0
@@ -170,11 +177,8 @@ def typiclust_keys(
     clusters; each cluster with no labelled row, largest first (ties: lower cluster index), gives
     its most typical row a key ``n + budget - i``; every other unlabelled row its typicality
     within its cluster scaled into ``[0, 1)``; labelled rows -inf."""
-    x = np.asarray(features, dtype=np.float64)
+    x, mask, keys = _start(features, labeled)
     n = len(x)
-    mask = np.zeros(n, dtype=bool)
-    mask[np.asarray(labeled)] = True
-    keys = np.full(n, -np.inf)
     if n == 0 or mask.all():
         return keys
     k = min(int(mask.sum()) + budget, max_clusters, n)

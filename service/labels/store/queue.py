@@ -201,26 +201,10 @@ class QueueQueries(StoreCore):
             )
             hint = f" INDEXED BY queue_{index}"
 
-        def body(cur: Any) -> list[tuple[Any, ...]]:
-            claims, claim_params = "", tuple[Any, ...]()
-            if unclaimed_for is not None:  # others' live claims are not offered
-                claims = "AND (c.claimed_until IS NULL OR c.claimed_until < ? OR c.claimed_by = ?) "
-                claim_params = (self._now(cur), unclaimed_for)
-            cur.execute(
-                self._sql(
-                    "SELECT c.candidate_id, c.request_id, c.x, c.y, c.width, c.height, "
-                    "c.probability, c.model_version, i.frame_index, i.source_id, c.patch_probs, "
-                    f"c.patch_shape, i.sha256, c.recipe, i.study_uid, ({expression}) AS ranking "
-                    f"FROM candidates c{hint} JOIN images i ON i.request_id = c.request_id "
-                    "WHERE c.label IS NULL AND c.origin = 'model' AND c.patch_probs IS NOT NULL "
-                    f"AND c.audit_slice = 0 {claims}ORDER BY ({expression}) DESC, c.candidate_id LIMIT ?"
-                ),
-                (*params, *claim_params, *params, limit),
-            )
-            return list(cur.fetchall())
-
-        rows = self._run(body)
-        return [(_queue_entry(r), float(r[15])) for r in rows]
+        return self._top_unlabeled(
+            f"({expression})", f"candidates c{hint} ", f"({expression})", params, params,
+            limit, unclaimed_for,
+        )  # fmt: skip
 
     def keyed_unlabeled(
         self, method: str, limit: int, unclaimed_for: str | None = None
@@ -242,6 +226,26 @@ class QueueQueries(StoreCore):
         else:
             raise ValueError(f"{method!r} is not a baseline order")
 
+        return self._top_unlabeled(
+            score, f"candidates c {join}", order, params, (), limit, unclaimed_for
+        )
+
+    def _top_unlabeled(
+        self,
+        ranking: str,
+        source: str,
+        order: str,
+        head_params: tuple[Any, ...],
+        order_params: tuple[Any, ...],
+        limit: int,
+        unclaimed_for: str | None,
+    ) -> list[tuple[QueueEntry, float]]:
+        """The top ``limit`` unlabeled candidates outside the audit slice by ``order`` (SQL,
+        descending; ties by candidate id), from ``source`` (``candidates c`` with an index hint
+        or a join), each with its ``ranking`` (SQL); ``head_params`` fill the placeholders of
+        ``ranking`` and ``source``, ``order_params`` those of ``order``. Others' live claims are
+        not offered to ``unclaimed_for``."""
+
         def body(cur: Any) -> list[tuple[Any, ...]]:
             claims, claim_params = "", tuple[Any, ...]()
             if unclaimed_for is not None:
@@ -251,12 +255,12 @@ class QueueQueries(StoreCore):
                 self._sql(
                     "SELECT c.candidate_id, c.request_id, c.x, c.y, c.width, c.height, "
                     "c.probability, c.model_version, i.frame_index, i.source_id, c.patch_probs, "
-                    f"c.patch_shape, i.sha256, c.recipe, i.study_uid, {score} AS ranking "
-                    f"FROM candidates c {join}JOIN images i ON i.request_id = c.request_id "
+                    f"c.patch_shape, i.sha256, c.recipe, i.study_uid, {ranking} AS ranking "
+                    f"FROM {source}JOIN images i ON i.request_id = c.request_id "
                     "WHERE c.label IS NULL AND c.origin = 'model' AND c.patch_probs IS NOT NULL "
                     f"AND c.audit_slice = 0 {claims}ORDER BY {order} DESC, c.candidate_id LIMIT ?"
                 ),
-                (*params, *claim_params, limit),
+                (*head_params, *claim_params, *order_params, limit),
             )
             return list(cur.fetchall())
 
