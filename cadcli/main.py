@@ -110,6 +110,48 @@ def _train_round(args: argparse.Namespace) -> int:
     return 0 if report.outcome != "rejected" or not args.fail_on_reject else 3
 
 
+def _shard(text: str) -> tuple[int, int]:
+    """``I/N`` (0-based I) as a pair, or argparse's error."""
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N such as 0/4, got {text!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"shard {text}: need 0 <= I < N")
+    return index, count
+
+
+def _train_rescore(args: argparse.Namespace) -> int:
+    _require_torch("train rescore")
+    from service.labels.archive import ImageArchive
+    from service.labels.store import open_store
+    from service.logs import configure_logging
+    from service.models.registry import ModelRegistry
+    from trainer.rescore import rescore_pool
+
+    configure_logging(args.log_level)
+    settings = _trainer_settings(args)
+    store = open_store(settings.store_url)
+    try:
+        registry = ModelRegistry(settings.registry_root, settings.model_name).with_pins_in(store)
+        done = rescore_pool(
+            store,
+            ImageArchive(settings.archive_root),
+            registry,
+            depth=args.depth,
+            device=settings.device,
+            page_size=args.page_size,
+            shard=args.shard,
+            again=args.again,
+        )
+        version = registry.target()
+    finally:
+        store.close()
+    part = f" (shard {args.shard[0]}/{args.shard[1]})" if args.shard else ""
+    print(f"re-scored {done} unlabeled candidates with v{version}{part}")
+    return 0
+
+
 def _train_watch(args: argparse.Namespace) -> int:
     _require_torch("train watch")
     from service.logs import configure_logging
@@ -464,6 +506,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_options(round_)
     round_.add_argument("--fail-on-reject", action="store_true", help="exit 3 if the gate rejects")
     round_.set_defaults(func=_train_round)
+    rescore = train_sub.add_parser(
+        "rescore",
+        help="score the unlabeled pool with the serving version, a page at a time; goes on where "
+        "a stopped one stopped",
+    )
+    for flag, kw in (
+        ("--registry", {"help": "registry root (CAD_REGISTRY_ROOT)"}),
+        ("--store-url", {"help": "label store URL (CAD_STORE_URL)"}),
+        ("--archive-root", {"help": "image archive (CAD_ARCHIVE_ROOT)"}),
+        ("--depth", {"help": "score through the trunk cache at this tuning depth (torch)"}),
+    ):
+        rescore.add_argument(flag, **kw)  # type: ignore[arg-type]
+    rescore.add_argument(
+        "--shard",
+        type=_shard,
+        help="I/N: only the I-th (from 0) of N disjoint parts of the pool (N workers, e.g. a "
+        "Kubernetes Indexed Job with I = $JOB_COMPLETION_INDEX)",
+    )
+    rescore.add_argument("--page-size", type=int, default=2048, help="candidates per page")
+    rescore.add_argument(
+        "--again", action="store_true", help="also candidates this version has scored already"
+    )
+    rescore.add_argument("--log-level", default="INFO")
+    rescore.set_defaults(func=_train_rescore)
     watch_ = train_sub.add_parser("watch", help="run a round whenever enough new labels arrive")
     _add_training_options(watch_)
     watch_.add_argument("--min-new-labels", type=int)

@@ -328,6 +328,39 @@ def test_a_ranked_queue_takes_at_most_the_cap_from_one_source(
         review.annotation_queue(3, "entropy", per_source=-1)
 
 
+def test_the_pool_is_read_in_pages_by_key_and_its_shards_cover_it_exactly_once(
+    review: ReviewService, store: SqlLabelStore
+) -> None:
+    ids = []
+    for k in range(12):
+        ids += add_image(store, f"pool-{k}", n=5, seed=k)
+    review.submit_correction(ids[0], "TRUE_POSITIVE", "dr.a", "k")
+    pool = sorted(ids[1:])
+
+    def walk(**kw: Any) -> list[str]:
+        seen, after = [], ""
+        while page := store.pool_page(after, 7, **kw):
+            seen += [r.candidate_id for r in page]
+            after = page[-1].candidate_id
+        return seen
+
+    assert walk() == pool and store.pool_count() == len(pool)
+    for n in (1, 2, 3, 5):
+        shards = [walk(shard=(i, n)) for i in range(n)]
+        assert sorted(c for part in shards for c in part) == pool  # each exactly once
+        assert [store.pool_count(shard=(i, n)) for i in range(n)] == [len(p) for p in shards]
+    assert all(len(walk(shard=(i, 3))) > 5 for i in range(3))  # a fair share each
+    with pytest.raises(ValueError):
+        store.pool_page("", 5, shard=(3, 3))
+    # what a version already scored is left out: a stopped re-scoring goes on
+    first = pool[:20]
+    store.update_predictions(
+        "7", [(c, store.get_candidate(c).patch_probs, 0.5, 1.0, 1.0, 1.0) for c in first]
+    )
+    assert walk(skip_version="7") == pool[20:] and store.pool_count("7") == len(pool) - 20
+    assert walk(skip_version="8") == pool
+
+
 def test_export_since_and_precision_by_version(
     review: ReviewService, store: SqlLabelStore, metrics: ServiceMetrics
 ) -> None:

@@ -702,3 +702,56 @@ def test_a_round_never_trains_on_the_audit_slice_and_reports_it(world: World) ->
     finally:
         store._query(mark, (0, *chosen))
         store.close()
+
+
+def test_a_stopped_rescoring_goes_on_where_it_stopped_and_shards_share_it(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.labels.archive import ImageArchive
+    from trainer.rescore import rescore_pool
+
+    store = open_store(world.store_url)
+    archive = ImageArchive(world.archive)
+    registry = ModelRegistry(world.root, "cad").with_pins_in(store)
+    target = str(registry.target())
+    pool = [e.candidate_id for e in store.unlabeled()]
+    n = len(pool)
+
+    def reset() -> None:  # as if an older version had scored the whole pool
+        store.update_predictions(
+            "0", [(c, store.get_candidate(c).patch_probs, 0.5, 1.0, 1.0, 1.0) for c in pool]
+        )
+
+    try:
+        reset()
+        real, calls = store.update_predictions, []
+
+        def dies_on_the_second_page(version: str, rows: object) -> None:
+            calls.append(version)
+            if len(calls) == 2:
+                raise RuntimeError("killed")
+            real(version, rows)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(store, "update_predictions", dies_on_the_second_page)
+        with pytest.raises(RuntimeError, match="killed"):
+            rescore_pool(store, archive, registry, progress=False, page_size=3)
+        monkeypatch.undo()
+        assert store.pool_count(target) == n - 3  # the first page's scores were kept
+        assert rescore_pool(store, archive, registry, progress=False, page_size=3) == n - 3
+        assert store.pool_count(target) == 0 and store.scored_versions() == {target: n}
+        assert rescore_pool(store, archive, registry, progress=False) == 0  # nothing left
+        reset()
+        parts = [
+            rescore_pool(store, archive, registry, progress=False, shard=(i, 2)) for i in range(2)
+        ]
+        assert sum(parts) == n and store.scored_versions() == {target: n}
+    finally:
+        store.close()
+    from cadcli.main import main
+
+    common = ["--registry", str(world.root), "--store-url", world.store_url]
+    common += ["--archive-root", str(world.archive)]
+    for shard in ("0/2", "1/2"):
+        assert main(["train", "rescore", *common, "--shard", shard, "--again"]) == 0
+    with pytest.raises(SystemExit):
+        main(["train", "rescore", *common, "--shard", "2/2"])

@@ -4,15 +4,17 @@ writes), and the keyed baselines' queue keys beside it; and a published version'
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from service.aift import KEYED, candidate_stats
+from service.aift import KEYED, Box, candidate_stats
 from service.labels.archive import ImageArchive
+from service.labels.ordering import source_key
 from service.labels.store import SqlLabelStore
+from service.labels.store.records import PoolRow
 from service.models.batcher import SerialBatcher
 from service.models.model import load_model
 from service.models.providers import SessionOptions
@@ -36,6 +38,11 @@ def load_net(info: VersionInfo) -> CadNet:
     return net.eval()
 
 
+RESCORE_PAGE = 2048
+"""Candidates per page of a re-scoring: read, scored and written together; memory is bounded
+by it, not by the pool."""
+
+
 def rescore_pool(
     store: SqlLabelStore,
     archive: ImageArchive,
@@ -43,8 +50,18 @@ def rescore_pool(
     progress: bool = True,
     depth: str | None = None,
     device: str = "cpu",
+    page_size: int = RESCORE_PAGE,
+    shard: tuple[int, int] | None = None,
+    again: bool = False,
 ) -> int:
     """Score every unlabeled candidate with the version servers follow; the queue reads it.
+    Returns how many were scored.
+
+    The pool is read a page at a time (keyset pagination on the candidate id), scored, and the
+    page's scores written before the next is read, so memory does not grow with the pool. A
+    candidate that version already scored (at Classify time, or by a re-scoring that was stopped)
+    is left out unless ``again``: a restarted re-scoring goes on where it stopped. ``shard``
+    ``(i, n)``: only the i-th of n disjoint parts of the pool (workers share a re-scoring).
 
     With a tuning ``depth`` that leaves a frozen trunk, the version's torch network scores
     through the trunk cache (the trunk is the one every round at that depth shares, so only the
@@ -55,60 +72,88 @@ def rescore_pool(
     if version is None:
         return 0
     info = registry.get(version)
-    pool = sorted(
-        unlabeled_examples(store), key=lambda e: e.image_sha256
-    )  # each image decoded once
-    pool, missing = archived(pool, archive)
+    skip = None if again else str(version)
+    score = _scorer(info, archive, depth, device)
+    done = missing = 0
+    after = ""
+    with tqdm(
+        total=store.pool_count(skip, shard),
+        desc=f"re-scoring pool with v{version}",
+        unit="cand",
+        disable=not progress,
+        leave=False,
+    ) as bar:
+        while True:
+            page = store.pool_page(after, page_size, skip, shard)
+            if not page:
+                break
+            after = page[-1].candidate_id
+            pool, lost = archived(
+                sorted(map(_example, page), key=lambda e: e.image_sha256), archive
+            )
+            missing += lost
+            if pool:
+                rows = [_score_row(e, p) for e, p in zip(pool, score(pool), strict=True)]
+                store.update_predictions(str(version), rows)
+            done += len(pool)
+            bar.update(len(page))
     if missing:
         log.warning(
             "re-scoring: %d unlabeled candidates have no archived image and keep their old scores",
             missing,
         )
+    return done
+
+
+def _example(row: PoolRow) -> Example:
+    return Example(
+        row.candidate_id,
+        row.image_sha256,
+        Box(row.x, row.y, row.width, row.height),
+        row.recipe,
+        None,
+        source_key(row.study_uid, row.source_id, row.request_id),
+        geometry=row.geometry,
+    )
+
+
+def _scorer(
+    info: VersionInfo, archive: ImageArchive, depth: str | None, device: str
+) -> Callable[[list[Example]], list[np.ndarray]]:
+    """Patch probabilities of a list of candidates under a version: through the trunk cache by
+    its torch network at a ``depth`` with a frozen trunk, else by its ONNX model."""
     if depth is not None:
         net = load_net(info).to(resolve_device(device))
         if not is_trivial(net.split(depth)[0]):
             source = PatchSource(archive, info.manifest.input_size)
-            probs = candidate_probabilities(
-                net,
-                pool,
-                source,
-                batch_size=256,
-                progress=progress,
-                desc=f"re-scoring pool with v{version}",
-                depth=depth,
+            return lambda pool: candidate_probabilities(
+                net, pool, source, batch_size=256, progress=False, depth=depth
             )
-            rows = [_score_row(e, p) for e, p in zip(pool, probs, strict=True)]
-            store.update_predictions(str(version), rows)
-            return len(rows)
     model = load_model(info, SessionOptions())
     batcher = SerialBatcher(256)
-    source = PatchSource(archive, model.input_size)
-    rows = []
-    chunk: list[tuple[Example, np.ndarray]] = []
+    onnx_source = PatchSource(archive, model.input_size)
 
-    def flush() -> None:
-        if not chunk:
-            return
-        probs = batcher.predict(model, np.concatenate([p for _, p in chunk]))
-        start = 0
-        for e, p in chunk:
-            rows.append(_score_row(e, probs[start : start + len(p)]))
-            start += len(p)
-        chunk.clear()
+    def by_onnx(pool: list[Example]) -> list[np.ndarray]:
+        out: list[np.ndarray] = []
+        chunk: list[np.ndarray] = []
 
-    for e in tqdm(
-        pool,
-        desc=f"re-scoring pool with v{version}",
-        unit="cand",
-        disable=not progress,
-        leave=False,
-    ):
-        chunk.append((e, source.patches(e)))
-        if sum(len(p) for _, p in chunk) >= 256:
-            flush()
-    flush()
-    store.update_predictions(str(version), rows)
-    return len(rows)
+        def flush() -> None:
+            if chunk:
+                probs = batcher.predict(model, np.concatenate(chunk))
+                start = 0
+                for p in chunk:
+                    out.append(probs[start : start + len(p)])
+                    start += len(p)
+                chunk.clear()
+
+        for e in pool:
+            chunk.append(onnx_source.patches(e))
+            if sum(len(p) for p in chunk) >= 256:
+                flush()
+        flush()
+        return out
+
+    return by_onnx
 
 
 def keyed_methods(text: str) -> list[str]:

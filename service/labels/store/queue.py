@@ -20,6 +20,7 @@ from service.labels.store.core import StoreCore
 from service.labels.store.records import (
     ImageRecord,
     LabeledCandidate,
+    PoolRow,
     QueueEntry,
 )
 from service.labels.store.rows import (
@@ -292,6 +293,51 @@ class QueueQueries(StoreCore):
             (method,),
         )
         return {str(v): int(n) for v, n in rows}
+
+    def _pool_where(
+        self, skip_version: str | None, shard: tuple[int, int] | None
+    ) -> tuple[str, tuple[Any, ...]]:
+        where = "c.label IS NULL AND c.origin = 'model' AND c.patch_probs IS NOT NULL " + (
+            "AND (c.scored_version IS NULL OR c.scored_version <> ?) " if skip_version else ""
+        )
+        params: tuple[Any, ...] = (skip_version,) if skip_version else ()
+        if shard is not None:
+            index, count = shard
+            if not 0 <= index < count:
+                raise ValueError(f"shard {index}/{count}: the index must be in 0..{count - 1}")
+            # the candidates' fixed random keys, uniform in [0, 1), cut into ``count`` intervals:
+            # every candidate falls in exactly one shard, whatever the shards' order or timing
+            where += "AND c.random_key >= ? AND c.random_key < ? "
+            params += (index / count, (index + 1) / count if index + 1 < count else 2.0)
+        return where, params
+
+    def pool_page(
+        self,
+        after: str,
+        limit: int,
+        skip_version: str | None = None,
+        shard: tuple[int, int] | None = None,
+    ) -> list[PoolRow]:
+        """The next ``limit`` unlabeled candidates after candidate id ``after`` (keyset
+        pagination: each page is an index range, never an OFFSET), without their patch
+        predictions; those ``skip_version`` already scored left out (a re-scoring that was
+        stopped goes on where it stopped); only shard ``(i, n)`` of the pool when given."""
+        where, params = self._pool_where(skip_version, shard)
+        rows = self._query(
+            "SELECT c.candidate_id, c.request_id, c.x, c.y, c.width, c.height, c.recipe, "
+            "c.geometry, i.sha256, i.source_id, i.study_uid FROM candidates c JOIN images i "
+            f"ON i.request_id = c.request_id WHERE c.candidate_id > ? AND {where}"
+            "ORDER BY c.candidate_id LIMIT ?",
+            (after, *params, limit),
+        )
+        return [PoolRow(*r) for r in rows]
+
+    def pool_count(
+        self, skip_version: str | None = None, shard: tuple[int, int] | None = None
+    ) -> int:
+        """How many candidates :meth:`pool_page` would go through (a progress total)."""
+        where, params = self._pool_where(skip_version, shard)
+        return int(self._query(f"SELECT COUNT(*) FROM candidates c WHERE {where}", params)[0][0])
 
     def update_predictions(
         self, version: str, rows: Sequence[tuple[str, np.ndarray, float, float, float, float]]

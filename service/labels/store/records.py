@@ -155,3 +155,20 @@ class AuditEvent:
     """publish, publish_variant, round_rejected, swap, pin, unpin, correction, missed_finding."""
     target: str
     detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PoolRow:
+    """An unlabeled candidate as re-scoring reads it: where it is, not what was predicted."""
+
+    candidate_id: str
+    request_id: str
+    x: float
+    y: float
+    width: float
+    height: float
+    recipe: str
+    geometry: str
+    image_sha256: str
+    source_id: str
+    study_uid: str
