@@ -1,0 +1,250 @@
+"""A round's re-scoring of the unlabeled pool against its size, this checkout against a baseline
+revision in the same run (issue 39).
+
+    .venv/bin/python -m bench.rescore --sizes 100000 --out docs/bench/rescore-cpu.json
+
+For each backend (SQLite; a throwaway PostgreSQL where its binaries are installed) and pool size,
+the store is filled with ``size`` unlabeled candidates of 8 patches (100 per image, 1 image in 100
+distinct 64x64 synthetic images in the archive), a SqueezeNet version 2 is published, and each
+revision's re-scoring (``--baseline-ref``, checked out as a git worktree, then this checkout) runs
+in a child process of its own: the version scores the whole pool, and the store is reset to
+version 1's scores between the two. The network's arithmetic is taken out (the batcher's predict
+answers a constant), so what is measured is what the pool's size costs: reading the pool,
+cutting every patch, writing every score; the network's own rate is measured apart, on real
+patches, per core. Printed per revision: wall time, peak RSS (VmHWM), store round trips,
+candidates and patches per second; the ratio of this checkout's to the baseline's; and the
+extrapolation to 30 million candidates (assumptions in the report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.launch import ROOT, emit, revision_tree
+from service.labels.archive import ImageArchive
+from service.labels.store import CandidateRecord, ImageRecord, open_store
+
+PER_IMAGE = 100
+PATCHES = 8
+IMAGES = 100
+
+DRIVER = r"""
+import json, sys, time
+import numpy as np
+from service.labels.archive import ImageArchive
+from service.labels.store import open_store
+from service.labels.store.core import StoreCore
+from service.models.batcher import SerialBatcher
+from service.models.registry import ModelRegistry
+
+url, archive, registry = sys.argv[1:4]
+SerialBatcher.predict = lambda self, model, x: np.tile(
+    np.array([[0.7, 0.3]], dtype=np.float32), (len(x), 1)
+)
+trips = [0]
+real_run = StoreCore._run
+def counted(self, body):
+    trips[0] += 1
+    return real_run(self, body)
+StoreCore._run = counted
+try:
+    from trainer.rescore import rescore_pool
+except ImportError:
+    from trainer.round import rescore_pool
+store = open_store(url)
+t0 = time.perf_counter()
+done = rescore_pool(store, ImageArchive(archive), ModelRegistry(registry, "cad"), progress=False)
+wall = time.perf_counter() - t0
+store.close()
+hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
+print(json.dumps({"scored": done, "wall_s": wall, "round_trips": trips[0],
+                  "peak_rss_mb": int(hwm.split()[1]) / 1024}))
+"""
+
+
+def fill(url: str, archive_root: Path, n: int) -> None:
+    """``n`` unlabeled candidates scored by version 1, over ``IMAGES`` archived images."""
+    archive = ImageArchive(archive_root)
+    rng = np.random.default_rng(0)
+    shas = [
+        archive.put(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))[0] for _ in range(IMAGES)
+    ]
+    store = open_store(url)
+    try:
+        for b in range(n // PER_IMAGE):
+            rid = f"r{b:08d}"
+            p = rng.random((PER_IMAGE, PATCHES)).astype(np.float32)
+            probs = np.stack([1 - p, p], -1)
+            store.record_classification(
+                ImageRecord(rid, shas[b % IMAGES], 1, 64, 64, 0, "raw", f"exam-{b}"),
+                [
+                    CandidateRecord(
+                        f"{rid}-{i:03d}",
+                        rid,
+                        "",
+                        4,
+                        4,
+                        24,
+                        24,
+                        "polyp:8",
+                        "1",
+                        0.5,
+                        0,
+                        0,
+                        0,
+                        probs[i],
+                    )  # fmt: skip
+                    for i in range(PER_IMAGE)
+                ],
+                durable=False,
+            )
+    finally:
+        store.close()
+
+
+def reset(url: str) -> None:
+    store = open_store(url)
+    try:
+        store._run(lambda cur: cur.execute("UPDATE candidates SET scored_version = '1'"))
+    finally:
+        store.close()
+
+
+def run_revision(tree: Path, url: str, archive: Path, registry: Path) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(tree), "CAD_TRUNK_CACHE_MB": "64"}
+    out = subprocess.run(
+        [sys.executable, "-c", DRIVER, url, str(archive), str(registry)],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode:
+        raise RuntimeError(f"re-scoring in {tree} failed:\n{out.stderr[-2000:]}")
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def network_rate(registry: Path) -> dict[str, float]:
+    """The published network's own rate on real 64-px patches, one intra-op thread (a core)."""
+    from service.models.model import load_model
+    from service.models.providers import SessionOptions
+    from service.models.registry import ModelRegistry
+
+    info = ModelRegistry(registry, "cad").get(2)
+    model = load_model(info, SessionOptions(intra_op_threads=1))
+    x = np.random.default_rng(1).integers(0, 255, (256, 3, 64, 64)).astype(np.float32)
+    model.run(x[:16])
+    t0 = time.perf_counter()
+    for _ in range(4):
+        model.run(x)
+    return {"patches_per_s_per_core": round(1024 / (time.perf_counter() - t0), 1)}
+
+
+def publish(registry: Path) -> None:
+    """Version 1 (what scored the pool) and version 2 (what re-scores it): SqueezeNet, 64 px."""
+    from trainer.bootstrap import init_model
+    from trainer.settings import TrainerSettings
+
+    for _ in range(2):
+        init_model(
+            TrainerSettings(
+                registry_root=registry,
+                input_size=64,
+                recipe="polyp:8",
+                architecture="squeezenet1_0",
+                weights="random",
+            ),
+            force=True,
+        )
+
+
+def bench(sizes: list[int], backends: list[str], baseline_ref: str) -> dict[str, Any]:
+    report: dict[str, Any] = {"baseline_ref": baseline_ref, "cores": os.cpu_count(), "runs": []}
+    with tempfile.TemporaryDirectory(prefix="bench-rescore-") as tmp_name:
+        tmp = Path(tmp_name)
+        registry = tmp / "registry"
+        publish(registry)
+        report["network"] = network_rate(registry)
+        with revision_tree(baseline_ref, tmp / "baseline") as baseline:
+            for backend in backends:
+                pg = None
+                if backend == "sqlite":
+                    url = f"sqlite:///{tmp / 'labels.sqlite3'}"
+                else:
+                    from tests.pg import TempPostgres
+
+                    pg = TempPostgres().start()
+                    url = pg.new_database()
+                try:
+                    filled = 0
+                    for size in sorted(sizes):
+                        t0 = time.perf_counter()
+                        fill(url, tmp / "archive", size - filled)
+                        filled = size
+                        row: dict[str, Any] = {
+                            "backend": backend,
+                            "unlabeled": size,
+                            "fill_s": round(time.perf_counter() - t0, 1),
+                        }
+                        for name, tree in (("baseline", baseline), ("this", ROOT)):
+                            reset(url)
+                            r = run_revision(tree, url, tmp / "archive", registry)
+                            r["candidates_per_s"] = round(r["scored"] / r["wall_s"], 1)
+                            r["patches_per_s"] = round(PATCHES * r["scored"] / r["wall_s"], 1)
+                            row[name] = r
+                        row["ratio_this_to_baseline"] = {
+                            k: round(row["this"][k] / row["baseline"][k], 3)
+                            for k in ("wall_s", "peak_rss_mb", "round_trips")
+                        }
+                        print(json.dumps(row), flush=True)
+                        report["runs"].append(row)
+                finally:
+                    if pg is not None:
+                        pg.stop()
+    report["extrapolation"] = extrapolate(report)
+    return report
+
+
+def extrapolate(report: dict[str, Any]) -> dict[str, Any]:
+    """Hours for a re-scoring of 30 million candidates on one core: the network's measured rate
+    at 8 patches per candidate plus the measured per-candidate cost of this checkout's pool
+    handling at the largest size, both assumed linear (the pages make memory flat)."""
+    rate = report["network"]["patches_per_s_per_core"]
+    largest = max(report["runs"], key=lambda r: r["unlabeled"])
+    per_candidate = largest["this"]["wall_s"] / largest["this"]["scored"]
+    n = 30_000_000
+    hours = n * (PATCHES / rate + per_candidate) / 3600
+    return {
+        "candidates": n,
+        "assumptions": "8 patches per candidate at the measured network rate on one core, "
+        "SqueezeNet at 64 px; pool handling at the largest measured size's rate per candidate; "
+        "both linear in the pool",
+        "hours_one_core": round(hours, 1),
+        "hours_16_cores": round(hours / 16, 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000])
+    parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"])
+    parser.add_argument("--baseline-ref", default="5338d89")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    emit(bench(args.sizes, args.backends, args.baseline_ref), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
