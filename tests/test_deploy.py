@@ -454,7 +454,12 @@ def test_kubernetes_manifests_validate_against_the_openapi_schemas() -> None:
         "Service/cad-server",
         "PodDisruptionBudget/cad-server",
         "NetworkPolicy/cad-server",
+        "Job/cad-rescore",
     } <= set(checked)
+    (job,) = k8s_docs()["Job"]  # the pool's re-scoring shared by an Indexed Job's workers
+    assert job["spec"]["completionMode"] == "Indexed"
+    command = " ".join(job["spec"]["template"]["spec"]["containers"][0]["command"])
+    assert f'--shard "${{JOB_COMPLETION_INDEX}}/{job["spec"]["completions"]}"' in command
     broken = next(yaml.safe_load_all((DEPLOY / "k8s" / "server.yaml").read_text()))
     broken["spec"]["replicas"] = "three"
     with pytest.raises(kubernetes_validate.ValidationError):
