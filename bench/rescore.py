@@ -48,6 +48,7 @@ from service.models.batcher import SerialBatcher
 from service.models.registry import ModelRegistry
 
 url, archive, registry = sys.argv[1:4]
+shard = tuple(int(v) for v in sys.argv[4].split("/")) if len(sys.argv) > 4 else None
 SerialBatcher.predict = lambda self, model, x: np.tile(
     np.array([[0.7, 0.3]], dtype=np.float32), (len(x), 1)
 )
@@ -63,7 +64,10 @@ except ImportError:
     from trainer.round import rescore_pool
 store = open_store(url)
 t0 = time.perf_counter()
-done = rescore_pool(store, ImageArchive(archive), ModelRegistry(registry, "cad"), progress=False)
+kw = {"shard": shard} if shard else {}
+done = rescore_pool(
+    store, ImageArchive(archive), ModelRegistry(registry, "cad"), progress=False, **kw
+)
 wall = time.perf_counter() - t0
 store.close()
 hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
@@ -120,19 +124,38 @@ def reset(url: str) -> None:
         store.close()
 
 
-def run_revision(tree: Path, url: str, archive: Path, registry: Path) -> dict[str, Any]:
+def run_revision(
+    tree: Path, url: str, archive: Path, registry: Path, workers: int = 1
+) -> dict[str, Any]:
+    """One re-scoring of the whole pool by ``workers`` processes at once (shard i/workers each,
+    this checkout only when more than one); wall time is the last one's end."""
     env = {**os.environ, "PYTHONPATH": str(tree), "CAD_TRUNK_CACHE_MB": "64"}
-    out = subprocess.run(
-        [sys.executable, "-c", DRIVER, url, str(archive), str(registry)],
-        cwd=tree,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if out.returncode:
-        raise RuntimeError(f"re-scoring in {tree} failed:\n{out.stderr[-2000:]}")
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    shards = [[f"{i}/{workers}"] for i in range(workers)] if workers > 1 else [[]]
+    t0 = time.perf_counter()
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", DRIVER, url, str(archive), str(registry), *shard],
+            cwd=tree,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for shard in shards
+    ]
+    results = []
+    for child in children:
+        out, err = child.communicate()
+        if child.returncode:
+            raise RuntimeError(f"re-scoring in {tree} failed:\n{err[-2000:]}")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    wall = time.perf_counter() - t0
+    return {
+        "scored": sum(r["scored"] for r in results),
+        "wall_s": wall if workers > 1 else results[0]["wall_s"],
+        "round_trips": sum(r["round_trips"] for r in results),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
+    }
 
 
 def network_rate(registry: Path) -> dict[str, float]:
@@ -207,6 +230,11 @@ def bench(sizes: list[int], backends: list[str], baseline_ref: str) -> dict[str,
                             k: round(row["this"][k] / row["baseline"][k], 3)
                             for k in ("wall_s", "peak_rss_mb", "round_trips")
                         }
+                        reset(url)
+                        two = run_revision(ROOT, url, tmp / "archive", registry, workers=2)
+                        assert two["scored"] == size  # the shards covered the pool once
+                        row["this_2_workers"] = two
+                        row["wall_2_workers_to_1"] = round(two["wall_s"] / row["this"]["wall_s"], 3)
                         print(json.dumps(row), flush=True)
                         report["runs"].append(row)
                 finally:
