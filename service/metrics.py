@@ -141,6 +141,12 @@ class ServiceMetrics:
             "Spooled classification records written to the label store once it was back.",
             registry=registry,
         )
+        self.queue_top_oldest = Gauge(
+            "cad_queue_top_oldest_scored_version",
+            "The oldest model version that scored any of the default queue's top 20 items (below "
+            "the served version: the re-scoring after a publish has not reached the queue's top).",
+            registry=registry,
+        )
         self.spool_dropped = Counter(
             "cad_spool_dropped",
             "Classification records dropped because the spool was full (answered, not recorded).",
@@ -153,6 +159,7 @@ class ServiceMetrics:
         precision_by_version: Callable[[], dict[str, tuple[int, int]]],
         reachable: Callable[[], bool] = lambda: True,
         audit_slice: Callable[[], dict[str, tuple[list[int], list[float]]]] | None = None,
+        top_versions: Callable[[], list[str]] | None = None,
     ) -> None:
         """Metrics read from the label store at scrape time (shared by all replicas). While the
         store is unreachable they are left out (NaN, no series), never a failed scrape."""
@@ -174,6 +181,18 @@ class ServiceMetrics:
                 return {}
 
         self.queue_depth.set_function(depth)
+        if top_versions is not None:
+
+            def oldest() -> float:
+                if not reachable():
+                    return math.nan
+                try:
+                    versions = [int(v) for v in top_versions() if v.isdigit()]
+                except StoreUnavailable:
+                    return math.nan
+                return float(min(versions)) if versions else math.nan
+
+            self.queue_top_oldest.set_function(oldest)
         self.registry.register(_PrecisionCollector(precision))
         if audit_slice is not None:
 

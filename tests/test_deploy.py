@@ -71,7 +71,7 @@ def test_promtool_accepts_the_rules_and_their_unit_tests_pass() -> None:
         capture_output=True,
         text=True,
     )
-    assert check.returncode == 0 and "11 rules found" in check.stdout, check.stdout + check.stderr
+    assert check.returncode == 0 and "12 rules found" in check.stdout, check.stdout + check.stderr
     unit = subprocess.run(
         [tool("promtool"), "test", "rules", "alerts_test.yml"],
         cwd=ROOT / "tests" / "prometheus",
@@ -191,7 +191,7 @@ def test_real_prometheus_scrapes_the_service(prometheus: tuple[str, ServerThread
             break
         assert time.monotonic() < deadline, "the rules were never evaluated"
         time.sleep(0.25)
-    assert len(rules) == 11 and all(r["health"] == "ok" for r in rules), rules
+    assert len(rules) == 12 and all(r["health"] == "ok" for r in rules), rules
     assert not [r for r in rules if r["state"] == "firing"]  # a healthy server fires nothing
     # Every query of the Grafana dashboard is valid PromQL for this Prometheus.
     dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "cad.json").read_text())

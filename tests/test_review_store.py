@@ -359,6 +359,29 @@ def test_the_pool_is_read_in_pages_by_key_and_its_shards_cover_it_exactly_once(
     )
     assert walk(skip_version="7") == pool[20:] and store.pool_count("7") == len(pool) - 20
     assert walk(skip_version="8") == pool
+    # what the queue's top was scored by, for the alert on a re-scoring that never got there
+    from prometheus_client import generate_latest
+
+    from service.aift import VARIANTS
+
+    scraped = ServiceMetrics(CollectorRegistry())
+    top = VARIANTS["entropy_alpha"]
+    scraped.bind_store(
+        store.count_unlabeled,
+        store.precision_by_version,
+        top_versions=lambda: store.top_scored_versions(top),
+    )
+    versions = store.top_scored_versions(top)
+    assert len(versions) == 20 and set(versions) <= {"1", "7"}
+    oldest = min(int(v) for v in versions)
+    assert (
+        f"cad_queue_top_oldest_scored_version {float(oldest)}"
+        in generate_latest(scraped.registry).decode()
+    )
+    store.update_predictions(
+        "9", [(c, store.get_candidate(c).patch_probs, 0.5, 1.0, 1.0, 1.0) for c in pool]
+    )
+    assert "cad_queue_top_oldest_scored_version 9.0" in generate_latest(scraped.registry).decode()
 
 
 def test_export_since_and_precision_by_version(

@@ -40,6 +40,16 @@ class TrainerMetrics:
         self.labels_used = Gauge(
             "cad_trainer_labels_used", "Labels the last round trained on.", registry=registry
         )
+        self.rescored = Gauge(
+            "cad_trainer_rescored_candidates",
+            "Unlabeled candidates the last round re-scored (what the version had not scored yet).",
+            registry=registry,
+        )
+        self.audit_labels = Gauge(
+            "cad_trainer_audit_slice_labels",
+            "Audit-slice labels the last round measured on (never trained on).",
+            registry=registry,
+        )
         self.pending = Gauge(
             "cad_trainer_new_labels",
             "Labels not yet used by the serving version.",
@@ -50,6 +60,9 @@ class TrainerMetrics:
         self.rounds.labels(report.outcome).inc()
         self.duration.observe(report.duration_s)
         self.labels_used.set(report.labels)
+        self.audit_labels.set(report.audit)
+        if "pool_rescored" in report.metrics:
+            self.rescored.set(report.metrics["pool_rescored"])
         if report.metrics.get("val_auc") is not None:
             self.last_auc.set(report.metrics["val_auc"])
 

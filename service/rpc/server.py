@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+from service.aift import DEFAULT_VARIANT, VARIANTS
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.errors import LeaseHeld, StoreUnavailable
 from service.imaging import ImageLimits
@@ -137,6 +138,7 @@ class CadServer:
             self.store.precision_by_version,
             lambda: self.store.available,
             self.store.audit_slice_scores,
+            lambda: self.store.top_scored_versions(VARIANTS[DEFAULT_VARIANT]),
         )
         archive = settings.archive_root
         self.spool = RecordSpool(

@@ -385,6 +385,18 @@ class QueueQueries(StoreCore):
         )
         return {str(v): int(n) for v, n in rows}
 
+    def top_scored_versions(self, spec: Variant, limit: int = 20) -> list[str]:
+        """The model versions that last scored the top ``limit`` of the queue by ``spec``."""
+        ids = [e.candidate_id for e, _ in self.ranked_unlabeled(spec, limit)]
+        if not ids:
+            return []
+        rows = self._query(
+            "SELECT COALESCE(scored_version, model_version) FROM candidates "
+            f"WHERE candidate_id IN ({', '.join('?' * len(ids))})",
+            ids,
+        )
+        return [str(r[0]) for r in rows]
+
     def count_unlabeled(self) -> int:
         rows = self._query(
             "SELECT COUNT(*) FROM candidates WHERE label IS NULL AND origin = 'model'"
