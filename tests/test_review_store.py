@@ -453,8 +453,14 @@ def test_retention_prunes_only_unlabeled_images(
         shas[rid] = sha
         add_image(store, rid, n=1, sha=sha, created=old if rid.startswith("old") else "")
     review.submit_correction("old-labeled-0", "FALSE_POSITIVE", "dr.a", "k")
+    store.put_queue_keys("bald", "1", [("old-unlabeled-0", 1.0), ("new-2-0", 0.5)])
     report = prune(store, archive, max_age_s=30 * 24 * 3600, max_unlabeled_bytes=None)
     assert report.images_removed == 1 and not archive.path(shas["old-unlabeled"]).exists()
+    # the forgotten image's candidate leaves the pool and every queue with it
+    assert store.queue_key_versions("bald") == {"1": 1}
+    assert "old-unlabeled-0" not in [r.candidate_id for r in store.pool_page("", 100)]
+    queued = [e.candidate_id for e, _ in review.annotation_queue(100, "random").items]
+    assert "old-unlabeled-0" not in queued and "new-2-0" in queued
     assert archive.path(shas["old-labeled"]).exists()
     with pytest.raises(NotFound):
         store.get_candidate("old-unlabeled-0")
