@@ -76,8 +76,9 @@ print(json.dumps({"scored": done, "wall_s": wall, "round_trips": trips[0],
 """
 
 
-def fill(url: str, archive_root: Path, n: int) -> None:
-    """``n`` unlabeled candidates scored by version 1, over ``IMAGES`` archived images."""
+def fill(url: str, archive_root: Path, n: int, start: int = 0) -> None:
+    """``n`` more unlabeled candidates (after the first ``start``) scored by version 1, over
+    ``IMAGES`` archived images."""
     archive = ImageArchive(archive_root)
     rng = np.random.default_rng(0)
     shas = [
@@ -85,7 +86,7 @@ def fill(url: str, archive_root: Path, n: int) -> None:
     ]
     store = open_store(url)
     try:
-        for b in range(n // PER_IMAGE):
+        for b in range(start // PER_IMAGE, (start + n) // PER_IMAGE):
             rid = f"r{b:08d}"
             p = rng.random((PER_IMAGE, PATCHES)).astype(np.float32)
             probs = np.stack([1 - p, p], -1)
@@ -213,7 +214,7 @@ def bench(sizes: list[int], backends: list[str], baseline_ref: str) -> dict[str,
                     filled = 0
                     for size in sorted(sizes):
                         t0 = time.perf_counter()
-                        fill(url, tmp / "archive", size - filled)
+                        fill(url, tmp / "archive", size - filled, filled)
                         filled = size
                         row: dict[str, Any] = {
                             "backend": backend,
@@ -223,6 +224,7 @@ def bench(sizes: list[int], backends: list[str], baseline_ref: str) -> dict[str,
                         for name, tree in (("baseline", baseline), ("this", ROOT)):
                             reset(url)
                             r = run_revision(tree, url, tmp / "archive", registry)
+                            assert r["scored"] == size, r  # the whole pool, once
                             r["candidates_per_s"] = round(r["scored"] / r["wall_s"], 1)
                             r["patches_per_s"] = round(PATCHES * r["scored"] / r["wall_s"], 1)
                             row[name] = r
