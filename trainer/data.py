@@ -19,6 +19,7 @@ from service.aift.vessel import PeGeometry, archived_pe_patches
 from service.labels.archive import ImageArchive
 from service.labels.ordering import source_key
 from service.labels.store import SqlLabelStore
+from service.labels.store.records import PoolRow
 
 
 @dataclass(frozen=True)
@@ -77,22 +78,28 @@ def unsettled_count(store: SqlLabelStore) -> int:
     return sum(1 for x in store.labeled() if x.conflict and not x.adjudicated)
 
 
-def unlabeled_examples(store: SqlLabelStore) -> list[Example]:
-    """Every unlabeled classified candidate (the pool); a PE candidate with its geometry."""
-    return [
-        Example(
-            e.candidate_id,
-            e.image_sha256,
-            Box(e.x, e.y, e.width, e.height),
-            e.recipe,
-            None,
-            source_key(e.study_uid, e.source_id, e.request_id),
-            geometry=store.get_candidate(e.candidate_id).geometry
-            if parse_recipe(e.recipe).vessel
-            else "",
-        )
-        for e in store.unlabeled()
-    ]
+def pool_example(row: PoolRow) -> Example:
+    """An unlabeled candidate of a pool page as the trainer scores it."""
+    return Example(
+        row.candidate_id,
+        row.image_sha256,
+        Box(row.x, row.y, row.width, row.height),
+        row.recipe,
+        None,
+        source_key(row.study_uid, row.source_id, row.request_id),
+        geometry=row.geometry,
+    )
+
+
+def unlabeled_examples(store: SqlLabelStore, page: int = 4096) -> list[Example]:
+    """Every unlabeled classified candidate (the pool), read a page at a time by key; a PE
+    candidate with its geometry."""
+    out: list[Example] = []
+    after = ""
+    while rows := store.pool_page(after, page):
+        out += map(pool_example, rows)
+        after = rows[-1].candidate_id
+    return out
 
 
 def ids_hash(examples: Sequence[Example]) -> str:

@@ -10,17 +10,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from service.aift import KEYED, Box, candidate_stats
+from service.aift import KEYED, candidate_stats
 from service.labels.archive import ImageArchive
-from service.labels.ordering import source_key
 from service.labels.store import SqlLabelStore
-from service.labels.store.records import PoolRow
 from service.models.batcher import SerialBatcher
 from service.models.model import load_model
 from service.models.providers import SessionOptions
 from service.models.registry import WEIGHTS_FILE, ModelRegistry, VersionInfo
 from trainer.baselines import queue_keys
-from trainer.data import Example, PatchSource, labeled_examples, unlabeled_examples
+from trainer.data import Example, PatchSource, labeled_examples, pool_example, unlabeled_examples
 from trainer.device import resolve_device
 from trainer.finetune import candidate_probabilities
 from trainer.network import CadNet
@@ -89,7 +87,7 @@ def rescore_pool(
                 break
             after = page[-1].candidate_id
             pool, lost = archived(
-                sorted(map(_example, page), key=lambda e: e.image_sha256), archive
+                sorted(map(pool_example, page), key=lambda e: e.image_sha256), archive
             )
             missing += lost
             if pool:
@@ -103,18 +101,6 @@ def rescore_pool(
             missing,
         )
     return done
-
-
-def _example(row: PoolRow) -> Example:
-    return Example(
-        row.candidate_id,
-        row.image_sha256,
-        Box(row.x, row.y, row.width, row.height),
-        row.recipe,
-        None,
-        source_key(row.study_uid, row.source_id, row.request_id),
-        geometry=row.geometry,
-    )
 
 
 def _scorer(
