@@ -143,6 +143,8 @@ def _train_rescore(args: argparse.Namespace) -> int:
             page_size=args.page_size,
             shard=args.shard,
             again=args.again,
+            budget=settings.rescore_budget if args.budget is None else args.budget,
+            order=settings.rescore_order,
         )
         version = registry.target()
     finally:
@@ -525,6 +527,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Kubernetes Indexed Job with I = $JOB_COMPLETION_INDEX)",
     )
     rescore.add_argument("--page-size", type=int, default=2048, help="candidates per page")
+    rescore.add_argument(
+        "--budget",
+        type=int,
+        help="at most this many: the top of the ranking, the newest, a random sample "
+        "(CAD_RESCORE_BUDGET; 0: the whole pool)",
+    )
     rescore.add_argument(
         "--again", action="store_true", help="also candidates this version has scored already"
     )

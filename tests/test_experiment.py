@@ -83,6 +83,27 @@ def test_tiny_experiment_runs_resumes_and_reports(tmp_path: Path) -> None:
     )  # no ImageNet AlexNet in tests
 
 
+def test_a_budgeted_run_measures_its_queue_top_against_exact_rescoring(tmp_path: Path) -> None:
+    from experiments.cvc.budget import BUDGET_SHARE
+    from experiments.cvc.report import write_report
+    from experiments.cvc.run import Experiment, ExperimentPreset, Split, run_all
+
+    preset = ExperimentPreset("tiny", 64, "polyp:2", 1, 4, 3, (0,), batch_size=16)
+    exp = Experiment(tmp_path, preset, Split(pool=[10, 23], test=[4]), progress=False)
+    run_all(exp, ["entropy_alpha", "entropy_alpha_budget"], [0], reference=False)
+    rows = list(csv.DictReader((tmp_path / "budget.csv").open()))
+    assert [r["round"] for r in rows] == ["1", "2"]  # every round that re-scores; the last does not
+    for r in rows:
+        pool = int(r["pool"])
+        # a fifth of the run's candidates, not the whole pool
+        assert 0 < int(r["rescored"]) <= BUDGET_SHARE * 2 * pool < pool
+        assert int(r["rescored"]) + int(r["exact_rescored"]) == pool  # the copy scored the rest
+        assert 0.0 <= float(r["top20"]) <= 1.0 and 0.0 <= float(r["top100"]) <= 1.0
+    text = write_report(tmp_path)
+    assert "Budgeted re-scoring against exact re-scoring" in text
+    assert "| entropy_alpha_budget | 2 |" in text
+
+
 def test_variants_that_majority_selection_degenerates_are_named() -> None:
     from experiments.cvc.run import PRESETS
     from service.aift import aift_scores, degenerate_variants, parse_recipe

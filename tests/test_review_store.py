@@ -384,6 +384,23 @@ def test_the_pool_is_read_in_pages_by_key_and_its_shards_cover_it_exactly_once(
     assert "cad_queue_top_oldest_scored_version 9.0" in generate_latest(scraped.registry).decode()
 
 
+def test_a_budgeted_rescoring_finds_the_newest_arrivals_and_named_candidates_off_the_pool(
+    review: ReviewService, store: SqlLabelStore
+) -> None:
+    ids = []
+    for k in range(6):
+        ids += add_image(store, f"recent-{k}", n=3, seed=k, created=f"2026-12-0{k + 1}T00:00:00")
+    review.submit_correction(ids[-1], "TRUE_POSITIVE", "dr.a", "k")
+    # newest first; the labelled one is no longer in the pool
+    assert store.newest_unlabeled(4) == ["recent-5-1", "recent-5-0", "recent-4-2", "recent-4-1"]
+    assert len(store.newest_unlabeled(100)) == len(ids) - 1
+    asked = [ids[-1], ids[3], "no-such-candidate", ids[0], ids[3]]
+    assert [r.candidate_id for r in store.pool_rows(asked)] == [ids[0], ids[3]]
+    store.update_predictions("7", [(ids[0], store.get_candidate(ids[0]).patch_probs, 0.5, 1, 1, 1)])
+    assert [r.candidate_id for r in store.pool_rows(asked, skip_version="7")] == [ids[3]]
+    assert store.pool_rows([]) == []
+
+
 def test_export_since_and_precision_by_version(
     review: ReviewService, store: SqlLabelStore, metrics: ServiceMetrics
 ) -> None:
@@ -910,3 +927,20 @@ def test_a_large_pool_is_never_read_whole(
     rest = review.annotation_queue(40, "random", seed=5, reviewer="dr.s", claim_s=600)
     assert not {e.candidate_id for e, _ in claimed.items} & {e.candidate_id for e, _ in rest.items}
     assert len(rest.items) == 31  # everything dr.r does not hold
+
+
+def test_a_pool_sample_is_uniform_seeded_and_moves_past_what_a_version_scored(
+    store: SqlLabelStore,
+) -> None:
+    ids = []
+    for k in range(20):
+        ids += add_image(store, f"sample-{k}", n=5, seed=k)
+    a, b = store.pool_sample(1, 30), store.pool_sample(2, 30)
+    assert len(set(a)) == 30 and a == store.pool_sample(1, 30) and a != b
+    assert sorted(store.pool_sample(1, 500)) == sorted(ids)  # wraps round to the whole pool
+    assert len({c.split("-")[1] for c in a}) > 10  # spread over images, not a run of one
+    store.update_predictions(
+        "7", [(c, store.get_candidate(c).patch_probs, 0.5, 1, 1, 1) for c in a]
+    )
+    again = store.pool_sample(1, 30, skip_version="7")
+    assert len(again) == 30 and not set(again) & set(a)

@@ -755,3 +755,52 @@ def test_a_stopped_rescoring_goes_on_where_it_stopped_and_shards_share_it(
         assert main(["train", "rescore", *common, "--shard", shard, "--again"]) == 0
     with pytest.raises(SystemExit):
         main(["train", "rescore", *common, "--shard", "2/2"])
+
+
+def test_a_budgeted_rescoring_refreshes_the_top_the_newest_and_a_sample_within_its_budget(
+    world: World,
+) -> None:
+    from service.aift import VARIANTS
+    from service.labels.archive import ImageArchive
+    from trainer.rescore import budgeted_selection, rescore_pool
+
+    store = open_store(world.store_url)
+    archive = ImageArchive(world.archive)
+    registry = ModelRegistry(world.root, "cad").with_pins_in(store)
+    version = registry.target()
+    assert version is not None
+    target = str(version)
+    pool = [e.candidate_id for e in store.unlabeled()]
+    n = len(pool)
+    assert n >= 8
+    try:  # as if an older version had scored the whole pool
+        store.update_predictions(
+            "0", [(c, store.get_candidate(c).patch_probs, 0.5, 1.0, 1.0, 1.0) for c in pool]
+        )
+        top = [e.candidate_id for e, _ in store.ranked_unlabeled(VARIANTS["entropy_alpha"], 2)]
+        newest = store.newest_unlabeled(1)
+        chosen = budgeted_selection(store, version, 4)
+        assert len(chosen) == len(set(chosen)) == 4
+        assert set(top) | set(newest) <= set(chosen)  # the top half, the newest quarter
+        assert len(budgeted_selection(store, version, n + 10, "margin")) == n  # never more
+        assert rescore_pool(store, archive, registry, progress=False, budget=4) == 4
+        assert store.scored_versions() == {target: 4, "0": n - 4}
+        unscored = {r.candidate_id for r in store.pool_rows(pool, skip_version=target)}
+        assert set(pool) - unscored == set(chosen)
+        with pytest.raises(ValueError, match="shard"):
+            rescore_pool(store, archive, registry, progress=False, budget=4, shard=(0, 2))
+        with pytest.raises(ValueError, match="AIFT variant or margin"):
+            rescore_pool(store, archive, registry, progress=False, budget=4, order="bald")
+    finally:
+        store.close()
+    from cadcli.main import main
+
+    common = ["--registry", str(world.root), "--store-url", world.store_url]
+    common += ["--archive-root", str(world.archive)]
+    assert main(["train", "rescore", *common, "--budget", "3"]) == 0
+    store = open_store(world.store_url)
+    try:
+        # the sample's two are always new, the top one unless the top is fresh already
+        assert 6 <= store.scored_versions()[target] <= 7
+    finally:
+        store.close()

@@ -4,15 +4,17 @@ writes), and the keyed baselines' queue keys beside it; and a published version'
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from service.aift import KEYED, candidate_stats
+from service.aift import DEFAULT_VARIANT, KEYED, VARIANTS, candidate_stats
+from service.aift.baselines import MARGIN
 from service.labels.archive import ImageArchive
 from service.labels.store import SqlLabelStore
+from service.labels.store.records import PoolRow
 from service.models.batcher import SerialBatcher
 from service.models.model import load_model
 from service.models.providers import SessionOptions
@@ -51,8 +53,10 @@ def rescore_pool(
     page_size: int = RESCORE_PAGE,
     shard: tuple[int, int] | None = None,
     again: bool = False,
+    budget: int = 0,
+    order: str = DEFAULT_VARIANT,
 ) -> int:
-    """Score every unlabeled candidate with the version servers follow; the queue reads it.
+    """Score the unlabeled candidates with the version servers follow; the queue reads it.
     Returns how many were scored.
 
     The pool is read a page at a time (keyset pagination on the candidate id), scored, and the
@@ -60,32 +64,44 @@ def rescore_pool(
     candidate that version already scored (at Classify time, or by a re-scoring that was stopped)
     is left out unless ``again``: a restarted re-scoring goes on where it stopped. ``shard``
     ``(i, n)``: only the i-th of n disjoint parts of the pool (workers share a re-scoring).
+    ``budget`` > 0: at most that many, chosen by :func:`budgeted_selection` (the work of a round
+    no longer grows with the pool; the others keep the scores they had).
 
     With a tuning ``depth`` that leaves a frozen trunk, the version's torch network scores
     through the trunk cache (the trunk is the one every round at that depth shares, so only the
     top runs); otherwise its ONNX model does, as servers run it. Parity between the two is
     checked at every export (max |dp| <= the parity tolerance).
+
+    Raises:
+        ValueError: a budget with a shard (a budgeted re-scoring is one worker's), or an
+            ``order`` the store cannot rank by.
     """
+    if budget and shard is not None:
+        raise ValueError("a budgeted re-scoring is not sharded: choose a budget or a shard")
     version = registry.target()
     if version is None:
         return 0
     info = registry.get(version)
     skip = None if again else str(version)
+    if budget:
+        chosen = store.pool_rows(budgeted_selection(store, version, budget, order), skip)
+        total = len(chosen)
+        pages: Iterator[list[PoolRow]] = (
+            chosen[i : i + page_size] for i in range(0, len(chosen), page_size)
+        )
+    else:
+        total = store.pool_count(skip, shard)
+        pages = _pool_pages(store, page_size, skip, shard)
     score = _scorer(info, archive, depth, device)
     done = missing = 0
-    after = ""
     with tqdm(
-        total=store.pool_count(skip, shard),
+        total=total,
         desc=f"re-scoring pool with v{version}",
         unit="cand",
         disable=not progress,
         leave=False,
     ) as bar:
-        while True:
-            page = store.pool_page(after, page_size, skip, shard)
-            if not page:
-                break
-            after = page[-1].candidate_id
+        for page in pages:
             pool, lost = archived(
                 sorted(map(pool_example, page), key=lambda e: e.image_sha256), archive
             )
@@ -101,6 +117,66 @@ def rescore_pool(
             missing,
         )
     return done
+
+
+def _pool_pages(
+    store: SqlLabelStore, page_size: int, skip: str | None, shard: tuple[int, int] | None
+) -> Iterator[list[PoolRow]]:
+    after = ""
+    while page := store.pool_page(after, page_size, skip, shard):
+        after = page[-1].candidate_id
+        yield page
+
+
+TOP_SHARE, RECENT_SHARE = 0.5, 0.25
+"""A budgeted re-scoring's parts: the top of the ranking, the newest arrivals, and (the rest) a
+uniform random sample."""
+
+
+def budgeted_selection(
+    store: SqlLabelStore,
+    version: int,
+    budget: int,
+    order: str = DEFAULT_VARIANT,
+    skip_scored: bool = True,
+) -> list[str]:
+    """At most ``budget`` candidate ids to re-score after version ``version`` was published,
+    read off the store's indexes (the cost does not grow with the pool):
+
+    - the top ``TOP_SHARE`` of the budget by ``order``, the ranking reviewers are served: the
+      only items a queue serves, so stale scores there are the ones that matter, and an item
+      whose score falls under the new version leaves the top;
+    - the ``RECENT_SHARE`` newest arrivals (those recorded before the servers swapped were
+      scored by the old version at Classify time);
+    - the rest a uniform random sample (the pool's random keys from a starting point the
+      version sets): items that rise under the new version are found in proportion to the
+      sample, and over rounds the sample walks the whole pool.
+
+    With ``skip_scored``, the newest and the sample leave out what ``version`` already scored
+    (the top is the top whoever scored it): a repeated budgeted re-scoring moves on. Each id
+    appears once.
+
+    Raises:
+        ValueError: ``order`` is neither an AIFT variant nor margin.
+    """
+    skip = str(version) if skip_scored else None
+    top_n = int(budget * TOP_SHARE)
+    recent_n = int(budget * RECENT_SHARE)
+    if order in VARIANTS:
+        top = store.ranked_unlabeled(VARIANTS[order], top_n) if top_n else []
+    elif order == MARGIN:
+        top = store.keyed_unlabeled(MARGIN, top_n) if top_n else []
+    else:
+        raise ValueError(f"budgeted re-scoring ranks by an AIFT variant or margin, not {order!r}")
+    chosen = dict.fromkeys(entry.candidate_id for entry, _ in top)
+    chosen.update(dict.fromkeys(store.newest_unlabeled(recent_n, skip) if recent_n else []))
+    if budget > len(chosen):
+        # a few more than the rest: some of the sample may be chosen already
+        for cid in store.pool_sample(version, budget, skip):
+            if len(chosen) >= budget:
+                break
+            chosen.setdefault(cid)
+    return list(chosen)[:budget]
 
 
 def _scorer(

@@ -209,7 +209,14 @@ def run_round(
         if settings.rescore:
             t = time.perf_counter()
             report.metrics["pool_rescored"] = rescore_pool(
-                store, archive, registry, progress, settings.depth, settings.device
+                store,
+                archive,
+                registry,
+                progress,
+                settings.depth,
+                settings.device,
+                budget=settings.rescore_budget,
+                order=settings.rescore_order,
             )
             report.timings["rescore"] = time.perf_counter() - t
             methods = keyed_methods(settings.queue_keys)

@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.aift import DEFAULT_VARIANT
+
 
 class TrainerSettings(BaseSettings):
     """Settings of ``cad model ...`` and ``cad train ...``."""
@@ -101,6 +103,18 @@ class TrainerSettings(BaseSettings):
         True,
         description="After the round, re-score the unlabeled pool with the serving version (the "
         "annotation queue ranks by these scores; experiments switch it off where nothing reads them).",
+    )
+    rescore_budget: int = Field(
+        0,
+        ge=0,
+        description="Candidates a round re-scores at most (0: the whole pool). Half the top of "
+        "the queue's ranking, a quarter the newest arrivals, the rest a uniform random sample; "
+        "the others keep the scores they had (docs/performance.md).",
+    )
+    rescore_order: str = Field(
+        DEFAULT_VARIANT,
+        description="The ranking whose top a budgeted re-scoring refreshes first: the order "
+        "reviewers are served (an AIFT variant or margin).",
     )
     audit_min_labels: int = Field(
         30,

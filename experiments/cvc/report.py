@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments.cvc.budget import write as write_budget
 from experiments.cvc.peak import SECONDS_PER_LABEL, paired, write_peak
 from service.aift import RANDOM, VARIANTS
 from service.models.registry import ModelRegistry
@@ -338,6 +339,9 @@ def write_report(out: Path, seconds_per_label: float | None = None) -> str:
         if peak:
             text = peak[0] + "\n## Every round: test AUC, fixed targets\n\n" + text
             summary["peak"] = peak[1]
+    budgeted = write_budget(out)
+    if budgeted:
+        text += "\n" + budgeted
     (out / "summary.md").write_text(text)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return text

@@ -37,6 +37,8 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 from tqdm import tqdm
 
+from experiments.cvc.budget import BUDGET, budget_of, measure_overlap
+from experiments.cvc.budget import append as append_budget
 from experiments.cvc.pool import (
     DEFAULT_ROOT,
     GeneratedCandidate,
@@ -113,6 +115,8 @@ def variant_of(method: str) -> tuple[str, float]:
     ``margin_spread`` -> margin, 0: spread over sources, :func:`spreads`)."""
     if method.endswith(SPREAD):
         return variant_of(method[: -len(SPREAD)])
+    if method.endswith(BUDGET):
+        return variant_of(method[: -len(BUDGET)])
     if method.endswith(ACFT):
         return method[: -len(ACFT)], ACFT_OMEGA
     if method in (RANDOM, SCRATCH, FULL, CONTROL):
@@ -619,9 +623,16 @@ class Experiment:
         return "conv1" if method == CONTROL else self.preset.depth
 
     def _settings(
-        self, ws: Path, method: str, seed: int, rescore: bool = True, budget: int = 100
+        self,
+        ws: Path,
+        method: str,
+        seed: int,
+        rescore: bool = True,
+        budget: int = 100,
+        rescore_budget: int = 0,
     ) -> TrainerSettings:
         return TrainerSettings(
+            rescore_budget=rescore_budget,
             queue_keys=variant_of(method)[0] if variant_of(method)[0] in KEYED else "",
             queue_keys_budget=max(1, budget),
             registry_root=ws / "registry",
@@ -719,9 +730,14 @@ class Experiment:
             # Random's next queue reads no scores; the last round has no next queue.
             rescore = variant != RANDOM and r < rounds
             budget = schedule[r] - schedule[r - 1] if r < rounds else 1
+            rescore_budget = budget_of(len(truth)) if method.endswith(BUDGET) else 0
             report = run_round(
-                self._settings(ws, method, seed, rescore=rescore, budget=budget), progress=False
+                self._settings(ws, method, seed, rescore, budget, rescore_budget), progress=False
             )
+            if rescore_budget and rescore:  # how the budgeted queue's top compares with exact
+                budget_row = {"method": method, "seed": seed, "round": r}
+                budget_row["rescored"] = report.metrics.get("pool_rescored", 0)
+                append_budget(self.out, budget_row | measure_overlap(ws, variant, depth))
             if report.outcome != "published":
                 log.info("%s seed %d round %d: %s", method, seed, r, report.reason)
             losses = report.metrics.get("train_loss") or []

@@ -235,4 +235,14 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "AND patch_probs IS NOT NULL",
         ],
     ),
+    (
+        13,
+        "budgeted re-scoring refreshes the newest arrivals of the pool: an index on when they "
+        "were recorded",
+        [
+            "CREATE INDEX queue_recent ON candidates (created, candidate_id) "
+            "WHERE label IS NULL AND origin = 'model' AND patch_probs IS NOT NULL "
+            "AND audit_slice = 0",
+        ],
+    ),
 ]

@@ -339,6 +339,59 @@ class QueueQueries(StoreCore):
         where, params = self._pool_where(skip_version, shard)
         return int(self._query(f"SELECT COUNT(*) FROM candidates c WHERE {where}", params)[0][0])
 
+    def newest_unlabeled(self, limit: int, skip_version: str | None = None) -> list[str]:
+        """The ids of the ``limit`` most recently recorded unlabeled candidates outside the audit
+        slice, newest first, off an index (a budgeted re-scoring refreshes recent arrivals);
+        those ``skip_version`` already scored left out."""
+        where, params = self._pool_where(skip_version, None)
+        rows = self._query(
+            f"SELECT c.candidate_id FROM candidates c WHERE {where}AND c.audit_slice = 0 "
+            "ORDER BY c.created DESC, c.candidate_id DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [str(r[0]) for r in rows]
+
+    def pool_sample(self, seed: int, limit: int, skip_version: str | None = None) -> list[str]:
+        """The ids of ``limit`` unlabeled candidates outside the audit slice, a uniform random
+        sample read off the random-key index from a seed's starting point, wrapping round;
+        those ``skip_version`` already scored left out (a repeated sample moves on)."""
+        start = random_key(f"seed:{seed}")
+        where, params = self._pool_where(skip_version, None)
+        ids: list[str] = []
+        for part in ("c.random_key >= ?", "c.random_key < ?"):
+            ids += [
+                str(r[0])
+                for r in self._query(
+                    f"SELECT c.candidate_id FROM candidates c WHERE {where}AND c.audit_slice = 0 "
+                    f"AND {part} ORDER BY c.random_key, c.candidate_id LIMIT ?",
+                    (*params, start, limit - len(ids)),
+                )
+            ]
+            if len(ids) >= limit:
+                break
+        return ids
+
+    def pool_rows(
+        self, candidate_ids: Sequence[str], skip_version: str | None = None
+    ) -> list[PoolRow]:
+        """These candidates as :meth:`pool_page` reads them, in id order; those no longer in the
+        pool (labelled or forgotten since) and those ``skip_version`` already scored left out."""
+        ids = sorted(set(candidate_ids))
+        where, params = self._pool_where(skip_version, None)
+        out: list[PoolRow] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            rows = self._query(
+                "SELECT c.candidate_id, c.request_id, c.x, c.y, c.width, c.height, c.recipe, "
+                "c.geometry, i.sha256, i.source_id, i.study_uid FROM candidates c JOIN images i "
+                f"ON i.request_id = c.request_id WHERE c.candidate_id IN ({marks}) AND {where}"
+                "ORDER BY c.candidate_id",
+                (*chunk, *params),
+            )
+            out += [PoolRow(*r) for r in rows]
+        return out
+
     def update_predictions(
         self, version: str, rows: Sequence[tuple[str, np.ndarray, float, float, float, float]]
     ) -> None:
