@@ -26,7 +26,15 @@ BUDGET = "_budget"
 BUDGET_SHARE = 0.2
 """The budget of a ``_budget`` method: this share of the pool's candidates per round."""
 TOPS = (20, 100)
-FIELDS: tuple[str, ...] = ("method", "seed", "round", "pool", "rescored", "exact_rescored", "exact_seconds")
+FIELDS: tuple[str, ...] = (
+    "method",
+    "seed",
+    "round",
+    "pool",
+    "rescored",
+    "exact_rescored",
+    "exact_seconds",
+)
 FIELDS += tuple(f"top{k}" for k in TOPS)
 
 
