@@ -34,6 +34,7 @@ from bench.launch import ROOT, emit, revision_tree
 from service.labels.archive import ImageArchive
 from service.labels.store import CandidateRecord, ImageRecord, open_store
 
+MODES = ("exact", "workers", "budget")
 PER_IMAGE = 100
 PATCHES = 8
 IMAGES = 100
@@ -47,8 +48,8 @@ from service.labels.store.core import StoreCore
 from service.models.batcher import SerialBatcher
 from service.models.registry import ModelRegistry
 
-url, archive, registry = sys.argv[1:4]
-shard = tuple(int(v) for v in sys.argv[4].split("/")) if len(sys.argv) > 4 else None
+url, archive, registry, shard, budget = sys.argv[1:6]
+shard = tuple(int(v) for v in shard.split("/")) if shard else None
 SerialBatcher.predict = lambda self, model, x: np.tile(
     np.array([[0.7, 0.3]], dtype=np.float32), (len(x), 1)
 )
@@ -65,6 +66,8 @@ except ImportError:
 store = open_store(url)
 t0 = time.perf_counter()
 kw = {"shard": shard} if shard else {}
+if int(budget):
+    kw["budget"] = int(budget)
 done = rescore_pool(
     store, ImageArchive(archive), ModelRegistry(registry, "cad"), progress=False, **kw
 )
@@ -126,12 +129,14 @@ def reset(url: str) -> None:
 
 
 def run_revision(
-    tree: Path, url: str, archive: Path, registry: Path, workers: int = 1
+    tree: Path, url: str, archive: Path, registry: Path, workers: int = 1, budget: int = 0
 ) -> dict[str, Any]:
     """One re-scoring of the whole pool by ``workers`` processes at once (shard i/workers each,
-    this checkout only when more than one); wall time is the last one's end."""
+    this checkout only when more than one), or of at most ``budget`` candidates (this checkout
+    only); wall time is the last one's end."""
     env = {**os.environ, "PYTHONPATH": str(tree), "CAD_TRUNK_CACHE_MB": "64"}
-    shards = [[f"{i}/{workers}"] for i in range(workers)] if workers > 1 else [[]]
+    shards = [[f"{i}/{workers}"] for i in range(workers)] if workers > 1 else [[""]]
+    shards = [[*shard, str(budget)] for shard in shards]
     t0 = time.perf_counter()
     children = [
         subprocess.Popen(
@@ -193,8 +198,19 @@ def publish(registry: Path) -> None:
         )
 
 
-def bench(sizes: list[int], backends: list[str], baseline_ref: str) -> dict[str, Any]:
-    report: dict[str, Any] = {"baseline_ref": baseline_ref, "cores": os.cpu_count(), "runs": []}
+def bench(
+    sizes: list[int],
+    backends: list[str],
+    baseline_ref: str,
+    modes: tuple[str, ...] = MODES,
+    budget: int = 10_000,
+) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "baseline_ref": baseline_ref,
+        "cores": os.cpu_count(),
+        "modes": list(modes),
+        "runs": [],
+    }
     with tempfile.TemporaryDirectory(prefix="bench-rescore-") as tmp_name:
         tmp = Path(tmp_name)
         registry = tmp / "registry"
@@ -221,28 +237,38 @@ def bench(sizes: list[int], backends: list[str], baseline_ref: str) -> dict[str,
                             "unlabeled": size,
                             "fill_s": round(time.perf_counter() - t0, 1),
                         }
-                        for name, tree in (("baseline", baseline), ("this", ROOT)):
+                        if "exact" in modes:
+                            for name, tree in (("baseline", baseline), ("this", ROOT)):
+                                reset(url)
+                                r = run_revision(tree, url, tmp / "archive", registry)
+                                assert r["scored"] == size, r  # the whole pool, once
+                                r["candidates_per_s"] = round(r["scored"] / r["wall_s"], 1)
+                                r["patches_per_s"] = round(PATCHES * r["scored"] / r["wall_s"], 1)
+                                row[name] = r
+                            row["ratio_this_to_baseline"] = {
+                                k: round(row["this"][k] / row["baseline"][k], 3)
+                                for k in ("wall_s", "peak_rss_mb", "round_trips")
+                            }
+                        if "workers" in modes:
                             reset(url)
-                            r = run_revision(tree, url, tmp / "archive", registry)
-                            assert r["scored"] == size, r  # the whole pool, once
-                            r["candidates_per_s"] = round(r["scored"] / r["wall_s"], 1)
-                            r["patches_per_s"] = round(PATCHES * r["scored"] / r["wall_s"], 1)
-                            row[name] = r
-                        row["ratio_this_to_baseline"] = {
-                            k: round(row["this"][k] / row["baseline"][k], 3)
-                            for k in ("wall_s", "peak_rss_mb", "round_trips")
-                        }
-                        reset(url)
-                        two = run_revision(ROOT, url, tmp / "archive", registry, workers=2)
-                        assert two["scored"] == size  # the shards covered the pool once
-                        row["this_2_workers"] = two
-                        row["wall_2_workers_to_1"] = round(two["wall_s"] / row["this"]["wall_s"], 3)
+                            two = run_revision(ROOT, url, tmp / "archive", registry, workers=2)
+                            assert two["scored"] == size  # the shards covered the pool once
+                            row["this_2_workers"] = two
+                            if "this" in row:
+                                ratio = two["wall_s"] / row["this"]["wall_s"]
+                                row["wall_2_workers_to_1"] = round(ratio, 3)
+                        if "budget" in modes:
+                            reset(url)
+                            r = run_revision(ROOT, url, tmp / "archive", registry, budget=budget)
+                            assert r["scored"] == min(budget, size), r
+                            row["this_budgeted"] = {"budget": budget, **r}
                         print(json.dumps(row), flush=True)
                         report["runs"].append(row)
                 finally:
                     if pg is not None:
                         pg.stop()
-    report["extrapolation"] = extrapolate(report)
+    if "exact" in modes:
+        report["extrapolation"] = extrapolate(report)
     return report
 
 
@@ -270,9 +296,19 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000])
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"])
     parser.add_argument("--baseline-ref", default="5338d89")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=MODES,
+        default=list(MODES),
+        help="exact: the whole pool, baseline and this checkout; workers: 2 shards at once; "
+        "budget: a budgeted re-scoring (--budget candidates)",
+    )
+    parser.add_argument("--budget", type=int, default=10_000)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    emit(bench(args.sizes, args.backends, args.baseline_ref), args.out)
+    report = bench(args.sizes, args.backends, args.baseline_ref, tuple(args.modes), args.budget)
+    emit(report, args.out)
     return 0
 
 
