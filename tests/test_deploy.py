@@ -516,6 +516,8 @@ def test_enum_like_settings_fail_at_start_with_the_allowed_values() -> None:
 
     import pydantic
 
+    from service.aift import VARIANTS
+    from service.aift.baselines import MARGIN
     from service.settings import ServerSettings
     from trainer.network import ARCHITECTURES
     from trainer.presets import PRESETS
@@ -527,6 +529,7 @@ def test_enum_like_settings_fail_at_start_with_the_allowed_values() -> None:
         (ServerSettings, "io_binding", "yes"),
         (TrainerSettings, "preset", "polyps"),
         (TrainerSettings, "architecture", "resnet"),
+        (TrainerSettings, "rescore_order", "bald"),
     ):
         with pytest.raises(pydantic.ValidationError) as err:
             cls(**{field: bad})
@@ -534,6 +537,8 @@ def test_enum_like_settings_fail_at_start_with_the_allowed_values() -> None:
     # The literal types name exactly what the code implements.
     assert set(typing.get_args(TrainerSettings.model_fields["preset"].annotation)) == set(PRESETS)
     assert typing.get_args(TrainerSettings.model_fields["architecture"].annotation) == ARCHITECTURES
+    orders = set(typing.get_args(TrainerSettings.model_fields["rescore_order"].annotation))
+    assert orders == {*VARIANTS, MARGIN}  # what a budgeted re-scoring can rank by
 
 
 def test_no_module_reads_a_cad_variable_behind_the_settings_classes_back() -> None:

@@ -111,7 +111,15 @@ class TrainerSettings(BaseSettings):
         "the queue's ranking, a quarter the newest arrivals, the rest a uniform random sample; "
         "the others keep the scores they had (docs/performance.md).",
     )
-    rescore_order: str = Field(
+    rescore_order: Literal[
+        "entropy",
+        "entropy_alpha",
+        "diversity",
+        "diversity_alpha",
+        "entropy_diversity",
+        "entropy_diversity_alpha",
+        "margin",
+    ] = Field(
         DEFAULT_VARIANT,
         description="The ranking whose top a budgeted re-scoring refreshes first: the order "
         "reviewers are served (an AIFT variant or margin).",
