@@ -516,7 +516,7 @@ def test_enum_like_settings_fail_at_start_with_the_allowed_values() -> None:
 
     import pydantic
 
-    from service.aift import VARIANTS
+    from service.aift import DEFAULT_VARIANT, VARIANTS
     from service.aift.baselines import MARGIN
     from service.settings import ServerSettings
     from trainer.network import ARCHITECTURES
@@ -539,6 +539,7 @@ def test_enum_like_settings_fail_at_start_with_the_allowed_values() -> None:
     assert typing.get_args(TrainerSettings.model_fields["architecture"].annotation) == ARCHITECTURES
     orders = set(typing.get_args(TrainerSettings.model_fields["rescore_order"].annotation))
     assert orders == {*VARIANTS, MARGIN}  # what a budgeted re-scoring can rank by
+    assert TrainerSettings().rescore_order == DEFAULT_VARIANT
 
 
 def test_no_module_reads_a_cad_variable_behind_the_settings_classes_back() -> None:

@@ -9,8 +9,6 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.aift import DEFAULT_VARIANT
-
 
 class TrainerSettings(BaseSettings):
     """Settings of ``cad model ...`` and ``cad train ...``."""
@@ -120,7 +118,7 @@ class TrainerSettings(BaseSettings):
         "entropy_diversity_alpha",
         "margin",
     ] = Field(
-        DEFAULT_VARIANT,
+        "entropy_alpha",  # DEFAULT_VARIANT, the order reviewers get unasked
         description="The ranking whose top a budgeted re-scoring refreshes first: the order "
         "reviewers are served (an AIFT variant or margin).",
     )
