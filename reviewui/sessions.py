@@ -4,8 +4,9 @@ any replica of the review UI behind a load balancer serves any reviewer.
 A session is known by an unguessable id that lives only in the reviewer's HttpOnly cookie.
 What a session needs besides (the reviewer's token, forwarded on every call to the CAD server)
 is kept so that neither side alone gives it away:
-- the store keeps a hash of the id, never the id, and the token sealed with a key derived from
-  the id (a reader of the database cannot call the CAD server as a reviewer);
+- the store keeps a hash of the id, never the id, and the token sealed (AES-256-GCM from the
+  ``cryptography`` package, its key derived from the id by HKDF) so that a reader of the
+  database cannot call the CAD server as a reviewer;
 - the browser keeps the id, never the token.
 The CSRF token is derived from the id, so it needs no storage either.
 
@@ -18,12 +19,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
 import secrets
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from service.labels.store import SqlLabelStore
 
@@ -126,42 +133,38 @@ def _hash(sid: str) -> str:
     return hashlib.sha256(b"cad-review session id\0" + sid.encode()).hexdigest()
 
 
-def _keys(sid: str) -> tuple[bytes, bytes]:
-    root = hashlib.sha256(b"cad-review session key\0" + sid.encode()).digest()
-    return (
-        hmac.new(root, b"encrypt", hashlib.sha256).digest(),
-        hmac.new(root, b"authenticate", hashlib.sha256).digest(),
-    )
+SEALED = "aesgcm1:"
+"""The prefix of a token sealed by :func:`seal`. Rows sealed otherwise (the hand-made HMAC
+keystream before it) are not opened: that session ends and the reviewer signs in again."""
+_HKDF_INFO = b"cad-review sealed token v1"
 
 
-def _stream(key: bytes, n: int) -> bytes:
-    blocks = (hmac.new(key, i.to_bytes(4, "big"), hashlib.sha256).digest() for i in range(n))
-    return b"".join(blocks)
+def _key(sid: str) -> AESGCM:
+    """The AES-256-GCM key of one session, derived from its id (HKDF-SHA256): a reader of the
+    store, which keeps only the id's hash, cannot derive it."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO)
+    return AESGCM(hkdf.derive(sid.encode()))
 
 
 def seal(token: str, sid: str) -> str:
-    """The token encrypted and authenticated with keys derived from the session id (a fresh
-    id per session, so each key seals one message: an HMAC-SHA256 keystream and tag)."""
-    enc, mac = _keys(sid)
-    data = token.encode()
-    stream = _stream(enc, -(-len(data) // 32))
-    sealed = bytes(a ^ b for a, b in zip(data, stream, strict=False))
-    tag = hmac.new(mac, sealed, hashlib.sha256).digest()[:16]
-    return base64.b64encode(sealed + tag).decode()
+    """The token encrypted and authenticated (AES-256-GCM from ``cryptography``, a fresh random
+    96-bit nonce) with a key derived from the session id, bound to the id's hash as associated
+    data: a row copied to another session, or changed, does not open."""
+    nonce = os.urandom(12)
+    sealed = _key(sid).encrypt(nonce, token.encode(), _hash(sid).encode())
+    return SEALED + base64.b64encode(nonce + sealed).decode()
 
 
 def unseal(text: str, sid: str) -> str | None:
-    """The token, or None when ``text`` was not sealed for this id."""
-    enc, mac = _keys(sid)
+    """The token, or None when ``text`` was not sealed by :func:`seal` for this id (changed,
+    another session's, or sealed the old way)."""
+    if not text.startswith(SEALED):
+        return None
     try:
-        raw = base64.b64decode(text.encode(), validate=True)
-    except ValueError:
+        raw = base64.b64decode(text[len(SEALED) :].encode(), validate=True)
+        return _key(sid).decrypt(raw[:12], raw[12:], _hash(sid).encode()).decode()
+    except (ValueError, InvalidTag):
         return None
-    sealed, tag = raw[:-16], raw[-16:]
-    if not hmac.compare_digest(tag, hmac.new(mac, sealed, hashlib.sha256).digest()[:16]):
-        return None
-    stream = _stream(enc, -(-len(sealed) // 32))
-    return bytes(a ^ b for a, b in zip(sealed, stream, strict=False)).decode()
 
 
 class StoreSessions:

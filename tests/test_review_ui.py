@@ -459,6 +459,65 @@ def test_replicas_share_sign_ins_through_the_store(store_url: str, tmp_path: Pat
             assert a.api("/api/progress")[0] == 401 and b.api("/api/progress")[0] == 401
 
 
+def test_a_sealed_token_changed_swapped_or_sealed_the_old_way_ends_the_session(
+    store_url: str,
+) -> None:
+    """The reviewer's token is sealed with AES-GCM (``cryptography``) under a key derived from
+    the session id: a row changed in the database, or copied from another session, does not
+    open and ends the session (the reviewer signs in again); so does a row sealed the old way
+    (the hand-made keystream before it); the same token sealed twice differs (fresh nonces)."""
+    import base64
+
+    from reviewui.sessions import SEALED, seal, unseal
+
+    assert seal("tok", "sid-1") != seal("tok", "sid-1")
+    assert unseal(seal("tok", "sid-1"), "sid-1") == "tok"
+    assert unseal(seal("tok", "sid-1"), "sid-2") is None
+    store = open_store(store_url)
+    try:
+        sessions = StoreSessions(store, idle_s=3600, max_s=36000)
+
+        def row(sid: str) -> str:
+            from reviewui.sessions import _hash
+
+            found = store._query(
+                "SELECT sealed_token FROM review_sessions WHERE session_hash = ?", (_hash(sid),)
+            )
+            return str(found[0][0]) if found else ""
+
+        def put(sid: str, sealed: str) -> None:
+            from reviewui.sessions import _hash
+
+            store.run(
+                lambda cur: cur.execute(
+                    store.sql("UPDATE review_sessions SET sealed_token = ? WHERE session_hash = ?"),
+                    (sealed, _hash(sid)),
+                )
+            )
+
+        a, _ = sessions.create("token-of-dr-a", "dr.a")
+        b, _ = sessions.create("token-of-dr-b", "dr.b")
+        got = sessions.get(a)
+        assert got is not None and got.token == "token-of-dr-a"
+        assert row(a).startswith(SEALED) and "token-of-dr-a" not in row(a)
+        # one bit of the ciphertext changed
+        raw = bytearray(base64.b64decode(row(a)[len(SEALED) :]))
+        raw[-1] ^= 1
+        put(a, SEALED + base64.b64encode(bytes(raw)).decode())
+        assert sessions.get(a) is None and row(a) == ""  # refused, and the sign-in is gone
+        # dr.b's sealed token copied into another session's row
+        c, _ = sessions.create("token-of-dr-c", "dr.c")
+        put(c, row(b))
+        assert sessions.get(c) is None
+        again = sessions.get(b)
+        assert again is not None and again.token == "token-of-dr-b"  # b's own row still opens
+        # a row sealed before this release: the session ends, the reviewer signs in again
+        put(b, base64.b64encode(b"x" * 40).decode())
+        assert sessions.get(b) is None
+    finally:
+        store.close()
+
+
 def test_sign_ins_survive_a_store_outage_and_say_so_meanwhile(tmp_path: Path) -> None:
     from tests.pg import TempPostgres
 
