@@ -25,11 +25,12 @@ import torch
 from tqdm import tqdm
 
 from service.aift import candidate_probability
+from service.clock import utc_now
 from service.labels.archive import ImageArchive
 from service.labels.store import SqlLabelStore, open_store
 from service.labels.store.leases import Lease, holder_name
 from service.measures import Evaluation, evaluate
-from service.models.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry, VersionInfo, utc_now
+from service.models.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry, VersionInfo
 from trainer.data import (
     Example,
     PatchSource,

@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from service.clock import utc_now
 from service.durable import write_atomic
 from service.errors import StoreUnavailable
 from service.labels.store.records import CandidateRecord, ImageRecord
 from service.metrics import ServiceMetrics
-from service.models.registry import utc_now
 
 log = logging.getLogger(__name__)
 

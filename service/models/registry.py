@@ -21,10 +21,10 @@ import shutil
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
+from service.clock import utc_now
 from service.durable import fsync_path, write_atomic
 from service.models.manifest import (
     Manifest,
@@ -48,11 +48,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def utc_now(timespec: str = "seconds") -> str:
-    """The current UTC time, ISO 8601 (the one clock format of registry and store)."""
-    return datetime.now(timezone.utc).isoformat(timespec=timespec)
 
 
 @dataclass(frozen=True)
@@ -90,11 +85,10 @@ class ModelRegistry:
         store), else ``pinned.json`` in the registry."""
 
     def with_pins_in(self, store: Any, cache: Path | None = None) -> ModelRegistry:
-        """This registry with its pin kept in ``store`` (a label store); ``cache``: a local
-        file remembering the last pin read, for outages of the store."""
-        from service.labels.store.pins import StorePins
-
-        self.pins = StorePins(store, self.name, self.file_pinned, cache)
+        """This registry with its pin kept in ``store`` (a label store, which builds the pin
+        store: the registry imports no store); ``cache``: a local file remembering the last pin
+        read, for outages of the store."""
+        self.pins = store.pins_for(self.name, self.file_pinned, cache)
         return self
 
     def versions(self) -> list[int]:

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from service.aift import DEFAULT_VARIANT, VARIANTS
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
+from service.clock import utc_now
 from service.errors import LeaseHeld, StoreUnavailable
 from service.imaging import ImageLimits
 from service.labels.archive import ImageArchive, PruneReport, prune
@@ -38,7 +39,7 @@ from service.models.inference import Classifier
 from service.models.lifecycle import AuditListener, CallbackListener, MemoryTrimListener
 from service.models.manager import ModelManager
 from service.models.providers import SessionOptions, select_providers
-from service.models.registry import ModelRegistry, utc_now
+from service.models.registry import ModelRegistry
 from service.models.volume_inference import VolumeClassifier
 from service.rpc.auth import AccessPolicy, ReloadingTokenTable
 from service.rpc.interceptors import ErrorAndMetricsInterceptor

@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from service.models.registry import utc_now
+from service.clock import utc_now
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from service.errors import (
     AlreadyExists,
@@ -27,9 +27,6 @@ from service.labels.store.rows import (
     in_audit_slice,
     random_key,
 )
-
-if TYPE_CHECKING:
-    from service.labels.store.leases import Lease
 
 log = logging.getLogger(__name__)
 
@@ -186,12 +183,6 @@ class StoreCore:
 
     def close(self) -> None:
         self._connections.close()
-
-    def lease(self, name: str, holder: str) -> Lease:
-        """An exclusive lease on ``name`` (``with store.lease(...)``, or acquire/release)."""
-        from service.labels.store.leases import Lease  # leases build on this module
-
-        return Lease(self, name, holder)
 
     def migrate(self) -> list[int]:
         """Apply pending numbered migrations; returns those applied now."""

@@ -22,7 +22,7 @@ import json
 import logging
 import sqlite3
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,8 @@ from service.labels.store.connections import (
     _postgres_outage,
 )
 from service.labels.store.events import LabelEvents
+from service.labels.store.leases import Lease
+from service.labels.store.pins import StorePins
 from service.labels.store.queue import QueueQueries
 from service.labels.store.records import (
     AuditEvent,
@@ -64,6 +66,16 @@ class SqlLabelStore(LabelEvents, QueueQueries):
     Thread-safe: SQLite through one connection under a lock; PostgreSQL through a pool
     (PostgreSQL row locks serialise writers across threads and replicas).
     """
+
+    def lease(self, name: str, holder: str) -> Lease:
+        """An exclusive lease on ``name`` (``with store.lease(...)``, or acquire/release)."""
+        return Lease(self, name, holder)
+
+    def pins_for(
+        self, model: str, legacy: Callable[[], int | None], cache: Path | None = None
+    ) -> StorePins:
+        """The pin store of ``model`` in this store (:meth:`ModelRegistry.with_pins_in`)."""
+        return StorePins(self, model, legacy, cache)
 
     # ------------------------------------------------------------------ classification records
 
