@@ -6,10 +6,12 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from service.settings import ClientSettings
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(ClientSettings):
     """Where the gateway takes DICOM in, which CAD server classifies, where the SRs go."""
 
     model_config = SettingsConfigDict(env_prefix="CAD_GATEWAY_", extra="ignore")
@@ -59,17 +61,8 @@ class GatewaySettings(BaseSettings):
     metrics_port: int = Field(
         9466, ge=-1, le=65535, description="Prometheus /metrics port; 0 picks one, -1 disables."
     )
-    server: str = Field(
-        "127.0.0.1:50051", description="gRPC address (host:port) of the CAD server it calls."
-    )
     token_file: Path | None = Field(
         None, description="File holding the gateway's own infer token for the CAD server."
-    )
-    tls_ca: Path | None = Field(
-        None, description="PEM CA that signed the CAD server's certificate: connect with TLS."
-    )
-    tls_server_name: str | None = Field(
-        None, description="Name in the CAD server's certificate, when not the host."
     )
     destination: str = Field(
         "",

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from service.settings import ClientSettings
 
 
-class ReviewUiSettings(BaseSettings):
+class ReviewUiSettings(ClientSettings):
     """The reviewer's web page: where it listens, which CAD server it talks to, and how."""
 
     model_config = SettingsConfigDict(env_prefix="CAD_REVIEW_UI_", extra="ignore")
@@ -16,15 +18,6 @@ class ReviewUiSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="HTTP bind address of the review page.")
     port: int = Field(
         8080, ge=0, le=65535, description="HTTP port of the review page; 0 picks one."
-    )
-    server: str = Field(
-        "127.0.0.1:50051", description="gRPC address (host:port) of the CAD server it talks to."
-    )
-    tls_ca: Path | None = Field(
-        None, description="PEM CA that signed the CAD server's certificate: connect with TLS."
-    )
-    tls_server_name: str | None = Field(
-        None, description="Name in the CAD server's certificate, when not the host."
     )
     tls_client_cert: Path | None = Field(
         None, description="Client certificate for a server that requires mutual TLS."

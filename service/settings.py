@@ -1,4 +1,6 @@
-"""Server settings: one class, read once in ``main`` from ``CAD_*`` environment variables."""
+"""Settings: the groups several processes share (registry, store, client of the CAD server),
+the server's own class, and the one way flags become settings. Each process reads its class
+once in ``main`` from ``CAD_*`` environment variables (its own prefix where it has one)."""
 
 from __future__ import annotations
 
@@ -37,13 +39,45 @@ def from_flags(
     return cls(**overrides)
 
 
-class ServerSettings(BaseSettings):
+class RegistrySettings(BaseSettings):
+    """Where published models are: every process that serves, trains or pins one."""
+
+    registry_root: Path = Field(Path("registry"), description="Model registry root folder.")
+    model_name: str = Field("cad", description="Model name, a folder under the registry.")
+
+
+class StoreSettings(BaseSettings):
+    """The label store and the image archive beside it: the server writes them, the trainer
+    reads them; both must name the same ones."""
+
+    store_url: str = Field(
+        "sqlite:///data/labels.sqlite3",
+        description="Label store: sqlite:///path (embedded, WAL) or postgresql://user@host/db.",
+    )
+    archive_root: Path = Field(
+        Path("data/archive"), description="Content-addressed image archive folder."
+    )
+
+
+class ClientSettings(BaseSettings):
+    """How a process reaches the CAD server over gRPC (the review page, the DICOM gateway)."""
+
+    server: str = Field(
+        "127.0.0.1:50051", description="gRPC address (host:port) of the CAD server it calls."
+    )
+    tls_ca: Path | None = Field(
+        None, description="PEM CA that signed the CAD server's certificate: connect with TLS."
+    )
+    tls_server_name: str | None = Field(
+        None, description="Name in the CAD server's certificate, when not the host."
+    )
+
+
+class ServerSettings(RegistrySettings, StoreSettings):
     """Settings of the inference server. Every field reads ``CAD_<FIELD>`` from the environment."""
 
     model_config = SettingsConfigDict(env_prefix="CAD_", extra="ignore")
 
-    registry_root: Path = Field(Path("registry"), description="Model registry root folder.")
-    model_name: str = Field("cad", description="Model to serve, a folder under the registry.")
     host: str = Field("0.0.0.0", description="gRPC bind address.")
     port: int = Field(50051, description="gRPC port; 0 picks a free one.")
     metrics_host: str = Field("0.0.0.0", description="Prometheus HTTP bind address.")
@@ -167,10 +201,6 @@ class ServerSettings(BaseSettings):
     poll_interval_s: float = Field(
         2.0, gt=0, description="How often the registry is checked for new versions."
     )
-    store_url: str = Field(
-        "sqlite:///data/labels.sqlite3",
-        description="Label store: sqlite:///path (embedded, WAL) or postgresql://user@host/db.",
-    )
     store_pool_size: int = Field(
         8, ge=1, description="Most PostgreSQL connections one server process holds (a pool)."
     )
@@ -196,9 +226,6 @@ class ServerSettings(BaseSettings):
         ge=1,
         description="Most records the spool holds; more are answered but not recorded "
         "(cad_spool_dropped_total).",
-    )
-    archive_root: Path = Field(
-        Path("data/archive"), description="Content-addressed image archive folder."
     )
     record_sync: Literal["each", "background"] = Field(
         "background",

@@ -7,16 +7,16 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from service.settings import RegistrySettings, StoreSettings
 
 
-class TrainerSettings(BaseSettings):
+class TrainerSettings(RegistrySettings, StoreSettings):
     """Settings of ``cad model ...`` and ``cad train ...``."""
 
     model_config = SettingsConfigDict(env_prefix="CAD_", extra="ignore")
 
-    registry_root: Path = Field(Path("registry"), description="Model registry root folder.")
-    model_name: str = Field("cad", description="Model name, a folder under the registry.")
     architecture: Literal["alexnet", "squeezenet1_0"] = Field(
         "alexnet", description="init: alexnet or squeezenet1_0 (rounds keep the parent's)."
     )
@@ -42,10 +42,6 @@ class TrainerSettings(BaseSettings):
     parity_tolerance: float = Field(
         1e-4, gt=0, description="Max |p_onnx - p_torch| accepted when exporting."
     )
-    store_url: str = Field(
-        "sqlite:///data/labels.sqlite3", description="Label store (as the server's)."
-    )
-    archive_root: Path = Field(Path("data/archive"), description="Image archive (as the server's).")
     device: str = Field(
         "auto",
         pattern=r"^(auto|cpu|cuda(:\d+)?)$",
