@@ -64,17 +64,23 @@ try:
 except ImportError:
     from trainer.round import rescore_pool
 store = open_store(url)
-t0 = time.perf_counter()
 kw = {"shard": shard} if shard else {}
+selection_s = None
 if int(budget):
     kw["budget"] = int(budget)
+    from trainer.rescore import budgeted_selection
+    t = time.perf_counter()
+    budgeted_selection(store, 2, int(budget))  # what the budget reads off the indexes, alone
+    selection_s = time.perf_counter() - t
+    trips[0] = 0
+t0 = time.perf_counter()
 done = rescore_pool(
     store, ImageArchive(archive), ModelRegistry(registry, "cad"), progress=False, **kw
 )
 wall = time.perf_counter() - t0
 store.close()
 hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
-print(json.dumps({"scored": done, "wall_s": wall, "round_trips": trips[0],
+print(json.dumps({"scored": done, "wall_s": wall, "round_trips": trips[0], "selection_s": selection_s,
                   "peak_rss_mb": int(hwm.split()[1]) / 1024}))
 """
 

@@ -53,7 +53,7 @@ class GatewaySettings(ClientSettings):
     sop_classes: str = Field(
         "",
         description="Comma-separated SOP Class UIDs the gateway classifies; empty: the images "
-        "the CAD server decodes (gateway.app.CLASSIFIABLE). Anything else is acknowledged, "
+        "the CAD server decodes (gateway.policy.CLASSIFIABLE). Anything else is acknowledged, "
         "ignored and counted (SRs are read for their regions, never classified).",
     )
     host: str = Field("127.0.0.1", description="DICOM bind address of the gateway.")

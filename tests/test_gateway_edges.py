@@ -225,7 +225,7 @@ def test_set_aside_objects_are_deleted_after_their_retention(tmp_path: Path) -> 
     two_days_ago = old.stat().st_mtime - 2 * 86400
     os.utime(old, (two_days_ago, two_days_ago))
     os.utime(old.with_suffix(".reason"), (two_days_ago, two_days_ago))
-    gateway._purge_set_aside()
+    gateway.classifier.purge_set_aside()
     assert sorted(p.name for p in gateway.failed.iterdir()) == ["new.dcm"]
     gateway.channel.close()
 
@@ -395,10 +395,10 @@ def test_an_sr_is_retried_within_seconds_however_long_the_destination_was_away(
     def record(seconds: float) -> None:  # the waits the sender plans, without waiting
         waits.append(seconds)
         if len(waits) >= 12:
-            gateway._stop.set()
+            gateway.spool.stop.set()
 
-    gateway._wait = record  # type: ignore[method-assign]
-    gateway._send_loop()
+    gateway.spool.wait = record  # type: ignore[method-assign]
+    gateway.sender.loop()
     assert gateway.stats.send_failures == 12
     assert max(waits) == 5.0  # never a minute: the first SR goes within 5 s of the return
     gateway.channel.close()
@@ -512,7 +512,7 @@ def test_a_series_whose_sr_cannot_be_built_is_set_aside_and_the_others_get_their
 ) -> None:
     gateway = Gateway(GatewaySettings(spool_dir=tmp_path, series_quiet_s=0.01, metrics_port=-1))
     ct = Path(get_testdata_file("CT_small.dcm"))
-    gateway._keep_result(ct, "4", 1.0, [Finding(0, 0, 0, 128, 128, 0.25)])
+    gateway.classifier.keep_result(ct, "4", 1.0, [Finding(0, 0, 0, 128, 128, 0.25)])
     broken = gateway.results / "broken"
     broken.mkdir()
     (broken / "x.dcm").write_bytes(b"not DICOM")
@@ -521,7 +521,7 @@ def test_a_series_whose_sr_cannot_be_built_is_set_aside_and_the_others_get_their
     )
     for path in gateway.results.glob("*/*"):
         os.utime(path, (1.0, 1.0))  # long quiet
-    assert gateway._flush_results()
+    assert gateway.classifier.flush_results()
     (sr,) = [dcmread(p) for p in gateway.outbox.glob("*.dcm")]
     assert [uid for uid, *_ in read_findings(sr)] == [dcmread(ct).SOPInstanceUID]
     assert gateway.stats.set_aside == {"sr": 1}

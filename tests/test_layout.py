@@ -9,7 +9,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PRODUCT = ("service", "trainer", "reviewui", "cadcli")
+PRODUCT = ("service", "trainer", "reviewui", "gateway", "cadcli")
 MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 80
 
