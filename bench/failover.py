@@ -38,12 +38,12 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.launch import server_process
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.labels.store import open_store
 from service.labels.store.leases import holder_name
-from tests.helpers import dicom_bytes, publish_tiny
-from tests.pg import TempPostgres
+from support.helpers import dicom_bytes, publish_tiny
+from support.launch import server_process
+from support.pg import TempPostgres
 
 log = logging.getLogger("bench.failover")
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -27,9 +27,8 @@ from pydicom.uid import generate_uid
 from gateway.app import Gateway
 from gateway.settings import GatewaySettings
 from service.rpc.server import ServerThread
-from tests.conftest import make_settings
-from tests.helpers import publish_tiny
-from tests.orthanc import Orthanc, c_store, free_port
+from support.helpers import make_settings, publish_tiny
+from support.orthanc import Orthanc, c_store, free_port
 
 
 def run(images: int) -> dict[str, object]:

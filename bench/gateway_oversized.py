@@ -34,9 +34,8 @@ from pynetdicom import AE, build_context
 from bench.launch import ROOT, emit, revision_tree
 from bench.memory import memory_mb
 from service.rpc.server import ServerThread
-from tests.conftest import make_settings
-from tests.helpers import publish_tiny
-from tests.orthanc import free_port
+from support.helpers import make_settings, publish_tiny
+from support.orthanc import free_port
 
 CALLER = "MODALITY"
 

@@ -32,9 +32,9 @@ from typing import Any
 
 import grpc
 
-from bench.launch import server_process
 from bench.serving import build_model, dicom_requests, frame_requests, log, server_env
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
+from support.launch import server_process
 
 CONFIGS: dict[str, dict[str, str]] = {
     "default": {},

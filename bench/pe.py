@@ -59,7 +59,7 @@ def _classifiers(work: Path, size: int) -> tuple[Any, Any]:
 
 
 def _ctpa_series() -> tuple[list[bytes], list[np.ndarray], np.ndarray]:
-    from bench.ctpa import series_bytes, tube_volume
+    from support.ctpa import series_bytes, tube_volume
 
     aff = np.diag([0.7, 0.7, 1.0, 1.0])
     aff[:3, 3] = (-90.0, -90.0, -32.0)

@@ -154,9 +154,9 @@ def grpc_measure(url: str, work: Path, calls: int, reviewers: int) -> dict[str, 
     Classify load; Classify alone first, as the baseline of the same run."""
     import grpc
 
-    from bench.launch import server_process
     from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-    from tests.helpers import publish_tiny
+    from support.helpers import publish_tiny
+    from support.launch import server_process
 
     registry = work / "registry"
     if not registry.exists():
@@ -260,7 +260,7 @@ def run(
             if backend == "sqlite":
                 url = f"sqlite:///{Path(tmp) / 'labels.sqlite3'}"
             else:
-                from tests.pg import TempPostgres
+                from support.pg import TempPostgres
 
                 pg = TempPostgres().start()
                 url = pg.new_database()

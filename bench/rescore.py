@@ -228,7 +228,7 @@ def bench(
                 if backend == "sqlite":
                     url = f"sqlite:///{tmp / 'labels.sqlite3'}"
                 else:
-                    from tests.pg import TempPostgres
+                    from support.pg import TempPostgres
 
                     pg = TempPostgres().start()
                     url = pg.new_database()

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.launch import revision_tree, server_process
+from bench.launch import revision_tree
 from bench.serving import (
     MAX_BATCH,
     ROOT,
@@ -34,6 +34,7 @@ from bench.serving import (
     server_env,
 )
 from service.models.providers import SessionOptions, select_providers
+from support.launch import server_process
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,11 +46,11 @@ from typing import Any
 import grpc
 import numpy as np
 
-from bench.launch import server_process
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.models.model import load_model
 from service.models.providers import SessionOptions, select_providers
 from service.models.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry
+from support.launch import server_process
 
 ROOT = Path(__file__).resolve().parent.parent
 CVC = ROOT.parent / "shared" / "data" / "cvc-clinicdb"

@@ -26,10 +26,11 @@ from typing import Any
 
 import grpc
 
-from bench.launch import ROOT, emit, revision_tree, server_process
+from bench.launch import ROOT, emit, revision_tree
 from bench.memory import memory_mb
 from bench.serving import build_model, log, server_env
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
+from support.launch import server_process
 
 MB = 1024 * 1024
 PIECE = 8 * MB

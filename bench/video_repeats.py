@@ -16,7 +16,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bench.launch import server_process
 from bench.serving import (
     build_model,
     dicom_requests,
@@ -28,6 +27,7 @@ from bench.serving import (
     server_env,
     video,
 )
+from support.launch import server_process
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,9 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bench.ctpa import rotation, series_bytes, tube_volume
     from service.aift.vessel import PE_WINDOW, VesselAxis, review_planes, vessel_axis
     from service.volumes import assemble_series
+    from support.ctpa import rotation, series_bytes, tube_volume
     from tests.ct import ENHANCED_CT, dicom_test_file
 
     aff = np.eye(4)

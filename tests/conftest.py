@@ -15,9 +15,8 @@ from hypothesis import settings as hypothesis_settings
 
 from service.api.cad.v1 import cad_pb2_grpc
 from service.rpc.server import ServerThread
-from service.settings import ServerSettings
-from tests.helpers import publish_tiny
-from tests.pg import TempPostgres
+from support.helpers import make_settings, publish_tiny
+from support.pg import TempPostgres
 
 CI_FUZZ_EXAMPLES = 300
 """Examples per fuzz test in CI (9 tests: 2,700 examples, about a minute)."""
@@ -57,23 +56,6 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'labels.sqlite3'}"
     return request.getfixturevalue("postgres").new_database()
-
-
-def make_settings(root: Path, **overrides: object) -> ServerSettings:
-    values: dict[str, object] = {
-        "registry_root": root,
-        "host": "127.0.0.1",
-        "port": 0,
-        "metrics_host": "127.0.0.1",
-        "metrics_port": 0,
-        "providers": "auto",
-        "poll_interval_s": 3600.0,  # tests refresh explicitly; no timing dependence
-        "grace_s": 1.0,
-        "store_url": f"sqlite:///{root}-labels.sqlite3",
-        "archive_root": Path(f"{root}-archive"),
-    }
-    values.update(overrides)
-    return ServerSettings(**values)  # type: ignore[arg-type]
 
 
 @contextmanager

@@ -1,5 +1,5 @@
 """CT series for tests: real CT from pydicom's test files (CT_small.dcm, 128 x 128;
-eCT_Supplemental.dcm, an enhanced CT of 2 frames), and the synthetic vessels of bench.ctpa."""
+eCT_Supplemental.dcm, an enhanced CT of 2 frames), and the synthetic vessels of support.ctpa."""
 
 from __future__ import annotations
 

@@ -21,8 +21,7 @@ from reviewui.app import ReviewApp, create_app
 from reviewui.settings import ReviewUiSettings
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.rpc.server import ServerThread
-from tests.conftest import make_settings
-from tests.helpers import dicom_bytes, publish_tiny
+from support.helpers import dicom_bytes, make_settings, publish_tiny
 
 TOKENS = {
     "dr.jones": "jones-review-token-0123456789",
@@ -134,7 +133,7 @@ def classify_pe(address: str) -> str:
     workstation sends them; the candidate's id."""
     import numpy as np
 
-    from bench.ctpa import series_bytes, tube_volume
+    from support.ctpa import series_bytes, tube_volume
 
     aff = np.diag([0.7, 0.7, 1.5, 1.0])
     hu, centre, _ = tube_volume((16, 48, 48), aff, [24, 24, 8], (0.3, -0.5, 0.81))

@@ -20,8 +20,7 @@ from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.imaging import Window, decode_dicom
 from service.models.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry, sha256_file
 from service.rpc.server import ServerThread
-from tests.conftest import make_settings
-from tests.helpers import dicom_bytes
+from support.helpers import dicom_bytes, make_settings
 from trainer.bootstrap import RegistryNotEmpty, init_model
 from trainer.export import export_and_check, export_form
 from trainer.network import CadNet, Probabilities

@@ -13,8 +13,8 @@ from PIL import Image
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.rpc.server import ServerThread
+from support.helpers import dicom_bytes, dicom_path
 from tests import conftest
-from tests.helpers import dicom_bytes, dicom_path
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED

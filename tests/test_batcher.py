@@ -20,8 +20,7 @@ from service.models.model import LoadedModel, load_model
 from service.models.providers import SessionOptions
 from service.models.registry import ModelRegistry
 from service.rpc.server import ServerThread
-from tests.conftest import make_settings
-from tests.helpers import block_model_runs, publish_tiny
+from support.helpers import block_model_runs, make_settings, publish_tiny
 
 
 class Recorder:

@@ -20,7 +20,7 @@ from bench.serving import (
 )
 from service.models.registry import ModelRegistry
 from service.rpc.server import ServerThread
-from tests.conftest import make_settings
+from support.helpers import make_settings
 
 
 def test_load_generator_and_video_stream_against_a_real_server(registry_root: Path) -> None:

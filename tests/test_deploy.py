@@ -23,7 +23,7 @@ from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.rpc.healthcheck import HealthcheckSettings
 from service.rpc.server import ServerThread
 from service.settings import ServerSettings
-from tests.conftest import make_settings
+from support.helpers import make_settings
 from trainer.settings import TrainerSettings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,10 +8,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from bench.launch import server_process
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.labels.store import open_store
-from tests.helpers import publish_tiny
+from support.helpers import publish_tiny
+from support.launch import server_process
 
 pytestmark = pytest.mark.slow  # the fast tier leaves it out (README)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pg import pg_bin
+from support.pg import pg_bin
 
 pytestmark = pytest.mark.slow  # the fast tier leaves it out (README)
 

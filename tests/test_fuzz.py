@@ -31,8 +31,8 @@ from PIL import Image
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.rpc.server import ServerThread
+from support.helpers import dicom_bytes, with_raw
 from tests.conftest import Stubs, limited_server
-from tests.helpers import dicom_bytes, with_raw
 
 pytestmark = pytest.mark.fuzz
 

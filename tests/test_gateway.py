@@ -25,9 +25,8 @@ from gateway.settings import GatewaySettings
 from gateway.sr import Finding, build_sr, read_findings
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.rpc.server import ServerThread
-from tests.conftest import make_settings
-from tests.helpers import publish_tiny
-from tests.orthanc import (
+from support.helpers import make_settings, publish_tiny
+from support.orthanc import (
     ORTHANC,
     ROUTE,
     ROUTE_WITH_REPORTS,
@@ -362,7 +361,7 @@ def test_the_orthanc_example_points_at_the_gateway_as_it_starts() -> None:
     the routing script the tests run, and serves DICOMweb (what STOW-RS needs)."""
     import json
 
-    from tests.orthanc import EXAMPLE
+    from support.orthanc import EXAMPLE
 
     config = json.loads((EXAMPLE / "orthanc.json").read_text())
     defaults = GatewaySettings()
@@ -382,8 +381,8 @@ def test_a_ctpa_series_and_its_upstream_points_get_one_sr_with_a_probability_per
     it as one volume and sends one SR, each point with the CAD server's probability."""
     from pydicom.uid import generate_uid
 
-    from bench.ctpa import series_bytes, tube_volume
     from gateway.sr import Finding3D, Point3D, build_volume_sr, read_points
+    from support.ctpa import series_bytes, tube_volume
 
     aff = np.diag([0.7, 0.7, 1.5, 1.0])
     hu, centre, direction = tube_volume((12, 40, 40), aff, [20, 20, 6], (0.3, -0.5, 0.81))

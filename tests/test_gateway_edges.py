@@ -31,9 +31,8 @@ from gateway.settings import GatewaySettings
 from gateway.sr import Finding, model_device_uid, read_findings
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.rpc.server import ServerThread
-from tests.conftest import make_settings
-from tests.helpers import publish_tiny
-from tests.orthanc import free_port
+from support.helpers import make_settings, publish_tiny
+from support.orthanc import free_port
 from tests.test_gateway import classify_whole_frames, loop, needs_orthanc, wait_for
 
 CINE = "color3d_jpeg_baseline.dcm"
@@ -419,7 +418,7 @@ def test_every_image_stored_in_the_pacs_gets_exactly_one_sr_across_a_kill_9_mid_
     import subprocess
     import sys
 
-    from tests.orthanc import Orthanc
+    from support.orthanc import Orthanc
     from tests.review_world import TOKENS, token_file
 
     publish_tiny(tmp_path / "registry", tmp_path / "build", recipe="frame")

@@ -16,8 +16,7 @@ from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.labels.store import open_store
 from service.models.registry import MODEL_FILE, ModelRegistry
 from service.rpc.server import ServerThread
-from tests.conftest import make_settings
-from tests.helpers import block_model_runs, publish_tiny
+from support.helpers import block_model_runs, make_settings, publish_tiny
 
 RAW = cad_pb2.RawImage(
     height=24, width=24, channels=1, pixel_type=cad_pb2.RawImage.UINT8, pixels=bytes(range(24)) * 24

@@ -20,7 +20,7 @@ from service.imaging import (
     decode_raw,
     png_image_chunks,
 )
-from tests.helpers import dicom_bytes, dicom_path
+from support.helpers import dicom_bytes, dicom_path
 
 
 def _gray(image: np.ndarray) -> np.ndarray:

@@ -131,3 +131,15 @@ def _cycles_of(sources: dict[str, str]) -> list[list[str]]:
             path.write_text(text)
             paths[name] = path
         return import_cycles(paths)
+
+
+def test_benchmarks_and_the_support_package_never_import_the_tests() -> None:
+    """Fixtures both start for real (PostgreSQL, Orthanc, tiny models, synthetic CT) live in
+    ``support``; a benchmark that imported ``tests`` would run the suite's conftest."""
+    offenders = []
+    for package, banned in (("bench", ("tests",)), ("support", ("tests", "bench"))):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for name in _runtime_imports(ast.parse(path.read_text())):
+                if name.split(".")[0] in banned:
+                    offenders.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert offenders == []

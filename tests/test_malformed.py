@@ -23,8 +23,8 @@ from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.imaging import decode_dicom, scrub
 from service.rpc.server import ServerThread
 from service.validation import MAX_ID_CHARS, MAX_STATUS_CHARS, parse_time, quote
+from support.helpers import dicom_bytes, dicom_path, with_raw
 from tests.conftest import Stubs, limited_server
-from tests.helpers import dicom_bytes, dicom_path, with_raw
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED

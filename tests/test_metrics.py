@@ -12,7 +12,7 @@ import pytest
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.rpc.server import ServerThread
-from tests.helpers import dicom_bytes
+from support.helpers import dicom_bytes
 
 
 def scrape(server: ServerThread) -> str:

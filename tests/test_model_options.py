@@ -11,7 +11,7 @@ from service.models.batcher import SerialBatcher
 from service.models.model import load_model
 from service.models.providers import SessionOptions, batch_buckets
 from service.models.registry import ModelRegistry
-from tests.helpers import publish_tiny
+from support.helpers import publish_tiny
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from tests.helpers import publish_tiny
+from support.helpers import publish_tiny
 
 ROOT = Path(__file__).resolve().parent.parent
 FORBIDDEN = ("torch", "torchvision", "trainer", "cadcli")

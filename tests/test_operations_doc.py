@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 from service.rpc.server import ServerThread
-from tests.conftest import make_settings
-from tests.helpers import publish_tiny
+from support.helpers import make_settings, publish_tiny
 from tests.review_world import TOKENS, png_bytes, token_file
 
 ROOT = Path(__file__).resolve().parent.parent

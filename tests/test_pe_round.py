@@ -10,11 +10,11 @@ import grpc
 import numpy as np
 import pytest
 
-from bench.ctpa import rotation, series_bytes, tube_volume
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.models.registry import ModelRegistry
 from service.rpc.server import ServerThread
-from tests.conftest import make_settings
+from support.ctpa import rotation, series_bytes, tube_volume
+from support.helpers import make_settings
 
 pytestmark = pytest.mark.slow
 

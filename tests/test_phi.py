@@ -18,8 +18,7 @@ from prometheus_client import generate_latest
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.rpc.server import ServerThread
-from tests.conftest import make_settings
-from tests.helpers import dicom_path
+from support.helpers import dicom_path, make_settings
 
 pytestmark = pytest.mark.slow
 
@@ -201,7 +200,7 @@ def test_the_dicom_gateway_logs_and_counts_no_identifying_value(
 
     from gateway.app import Gateway
     from gateway.settings import GatewaySettings
-    from tests.helpers import publish_tiny
+    from support.helpers import publish_tiny
 
     caplog.set_level(logging.DEBUG)
     publish_tiny(tmp_path / "registry", tmp_path / "build", recipe="frame")

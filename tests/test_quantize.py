@@ -12,8 +12,7 @@ import pytest
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.models.registry import ModelRegistry
 from service.rpc.server import ServerThread
-from tests.conftest import make_settings
-from tests.helpers import publish_tiny
+from support.helpers import make_settings, publish_tiny
 from trainer.quantize import quantize_version
 
 

@@ -15,7 +15,7 @@ from service.models.manager import ModelManager
 from service.models.manifest import ManifestError
 from service.models.providers import SessionOptions
 from service.models.registry import MODEL_FILE, ModelRegistry, sha256_file
-from tests.helpers import TINY_MANIFEST, make_tiny_onnx, manifest_of, publish_tiny
+from support.helpers import TINY_MANIFEST, make_tiny_onnx, manifest_of, publish_tiny
 
 
 def test_publish_numbers_versions_and_records_checksums(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from service.aift.patches import extract_many
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.imaging import Window, decode_dicom
 from service.rpc.server import ServerThread
-from tests.helpers import dicom_bytes
+from support.helpers import dicom_bytes
 
 
 def classify(channel: grpc.Channel, n: int = 3) -> cad_pb2.ClassifyResponse:

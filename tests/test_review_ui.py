@@ -519,7 +519,7 @@ def test_a_sealed_token_changed_swapped_or_sealed_the_old_way_ends_the_session(
 
 
 def test_sign_ins_survive_a_store_outage_and_say_so_meanwhile(tmp_path: Path) -> None:
-    from tests.pg import TempPostgres
+    from support.pg import TempPostgres
 
     try:
         pg = TempPostgres().start()

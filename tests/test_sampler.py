@@ -22,8 +22,7 @@ from service.imaging import Window, decode_dicom, decode_encoded
 from service.models.registry import MODEL_FILE, ModelRegistry
 from service.models.sampler import AFFINES, IMAGES, INDEX, ImagePatches, pack, sampler_graph
 from service.rpc.server import ServerThread
-from tests.conftest import make_settings
-from tests.helpers import dicom_bytes, make_tiny_onnx
+from support.helpers import dicom_bytes, make_settings, make_tiny_onnx
 
 PATCH_TOLERANCE = 0.05
 """Largest difference of a patch pixel (values 0..255) between the two paths: the graph computes

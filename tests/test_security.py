@@ -16,8 +16,7 @@ from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.labels.store import open_store
 from service.rpc.auth import TokenTable, token_sha256
 from service.rpc.server import ServerThread
-from tests.conftest import make_settings
-from tests.helpers import publish_tiny
+from support.helpers import make_settings, publish_tiny
 from tests.tls import Pki, make_pki
 
 TOKENS = {

@@ -21,8 +21,7 @@ from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.imaging import Window, decode_dicom
 from service.models.registry import ModelRegistry
 from service.rpc.server import ServerThread
-from tests.conftest import make_settings
-from tests.helpers import block_model_runs, dicom_bytes, publish_tiny
+from support.helpers import block_model_runs, dicom_bytes, make_settings, publish_tiny
 
 
 def cand(cid: str, x: float, y: float, w: float, h: float) -> cad_pb2.Candidate:

@@ -22,8 +22,7 @@ from service.labels.archive import ImageArchive
 from service.labels.store import open_store
 from service.models.registry import WEIGHTS_FILE, ModelRegistry
 from service.rpc.server import ServerThread
-from tests.conftest import make_settings
-from tests.helpers import dicom_bytes
+from support.helpers import dicom_bytes, make_settings
 from trainer.data import PatchSource, labeled_examples, unlabeled_examples
 from trainer.finetune import SplitNet, candidate_probabilities, param_groups
 from trainer.network import CadNet, depths_of

@@ -24,8 +24,8 @@ from service.labels.spool import RecordSpool
 from service.labels.store import CandidateRecord, ImageRecord, open_store
 from service.metrics import ServiceMetrics
 from service.rpc.server import ServerThread
-from tests.conftest import make_settings
-from tests.pg import TempPostgres, pg_bin
+from support.helpers import make_settings
+from support.pg import TempPostgres, pg_bin
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -256,7 +256,7 @@ def test_a_pin_over_grpc_reaches_every_replica_without_writing_the_registry(
     """Servers mount the registry read-only: PinVersion keeps the pin in the label store, where
     the other replicas and the CLI read it (and they converge on it)."""
     from cadcli.main import main
-    from tests.helpers import publish_tiny
+    from support.helpers import publish_tiny
 
     publish_tiny(registry_root, tmp_path / "b")  # version 2
     before = sorted(p.name for p in (registry_root / "cad").iterdir())

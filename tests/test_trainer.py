@@ -22,8 +22,7 @@ from service.labels.store.leases import holder_name
 from service.measures import auc_ci, roc_auc, sensitivity_at_fpr
 from service.models.registry import WEIGHTS_FILE, ModelRegistry
 from service.rpc.server import ServerThread
-from tests.conftest import make_settings
-from tests.helpers import dicom_bytes
+from support.helpers import dicom_bytes, make_settings
 from trainer.bootstrap import init_model
 from trainer.data import balanced_epoch, split_of
 from trainer.finetune import param_groups

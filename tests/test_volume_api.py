@@ -12,15 +12,14 @@ import grpc
 import numpy as np
 import pytest
 
-from bench.ctpa import rotation, series_bytes, tube_volume
 from service.aift.vessel import extract_pe_patches
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.models.registry import ModelRegistry
 from service.rpc.server import ServerThread
 from service.volumes import assemble_series
-from tests.conftest import make_settings
+from support.ctpa import rotation, series_bytes, tube_volume
+from support.helpers import dicom_bytes, make_settings, publish_tiny
 from tests.ct import edited_instance, real_ct_series
-from tests.helpers import dicom_bytes, publish_tiny
 
 SIZE = 32
 DIRECTION = (0.3, -0.5, 0.81)

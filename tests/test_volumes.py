@@ -11,7 +11,6 @@ import numpy as np
 import pydicom
 import pytest
 
-from bench.ctpa import rotation, series_bytes, tube_volume
 from service.aift import parse_recipe
 from service.aift.patches import extract_patches
 from service.aift.vessel import (
@@ -23,6 +22,7 @@ from service.aift.vessel import (
 )
 from service.errors import InvalidInput, LimitExceeded
 from service.volumes import Volume, VolumeLimits, assemble_series
+from support.ctpa import rotation, series_bytes, tube_volume
 from tests.ct import ENHANCED_CT, dicom_test_file, edited_instance, real_ct_series
 
 TILT = rotation([1.0, 2.0, 3.0], 0.4)  # a tilted ImageOrientationPatient

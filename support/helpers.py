@@ -10,6 +10,7 @@ import numpy as np
 
 from cadcli.demo import sample_dicom as dicom_path
 from service.models.registry import MODEL_FILE, ModelRegistry, VersionInfo
+from service.settings import ServerSettings
 
 
 def dicom_bytes(name: str) -> bytes:
@@ -142,3 +143,20 @@ def with_raw(name: str, **values: str | bytes) -> bytes:
     out = io.BytesIO()
     ds.save_as(out)
     return out.getvalue()
+
+
+def make_settings(root: Path, **overrides: object) -> ServerSettings:
+    values: dict[str, object] = {
+        "registry_root": root,
+        "host": "127.0.0.1",
+        "port": 0,
+        "metrics_host": "127.0.0.1",
+        "metrics_port": 0,
+        "providers": "auto",
+        "poll_interval_s": 3600.0,  # tests refresh explicitly; no timing dependence
+        "grace_s": 1.0,
+        "store_url": f"sqlite:///{root}-labels.sqlite3",
+        "archive_root": Path(f"{root}-archive"),
+    }
+    values.update(overrides)
+    return ServerSettings(**values)  # type: ignore[arg-type]
