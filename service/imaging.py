@@ -198,7 +198,7 @@ value is whatever the modality wrote, and is not echoed)."""
 
 
 @contextmanager
-def _stage(what: str, syntax: str) -> Iterator[None]:
+def decoding_stage(what: str, syntax: str) -> Iterator[None]:
     """Contain one decoding stage: any failure in it, ``BaseException`` subclasses from native
     decoder plugins included (a Rust panic is one), becomes InvalidInput naming the stage and
     the transfer syntax, never the decoder's message or stack (they may quote element values
@@ -218,7 +218,7 @@ _SLOPE_RANGE = 1e6
 _INTERCEPT_RANGE = 1e9
 
 
-def _numbers(ds: Any, keyword: str, low: float, high: float) -> list[float]:
+def dicom_numbers(ds: Any, keyword: str, low: float, high: float) -> list[float]:
     """The numeric values of a decimal-string attribute, each finite and in [low, high].
 
     Messages name the attribute and its tag, never its value (it is whatever the modality
@@ -249,10 +249,10 @@ def _numbers(ds: Any, keyword: str, low: float, high: float) -> list[float]:
 def rescale(ds: Any) -> tuple[float, float]:
     """(RescaleSlope, RescaleIntercept), 1 and 0 when absent, each checked: the one rule for an
     image and for a volume's slices (a zero slope makes every pixel one value: refused)."""
-    slopes = _numbers(ds, "RescaleSlope", -_SLOPE_RANGE, _SLOPE_RANGE)
+    slopes = dicom_numbers(ds, "RescaleSlope", -_SLOPE_RANGE, _SLOPE_RANGE)
     if any(v == 0 for v in slopes):
         raise InvalidInput("DICOM attribute RescaleSlope (0028,1053) is zero")
-    intercepts = _numbers(ds, "RescaleIntercept", -_INTERCEPT_RANGE, _INTERCEPT_RANGE)
+    intercepts = dicom_numbers(ds, "RescaleIntercept", -_INTERCEPT_RANGE, _INTERCEPT_RANGE)
     return (slopes or [1.0])[0], (intercepts or [0.0])[0]
 
 
@@ -270,8 +270,8 @@ def _check_header(ds: Any, photometric: str, window: Window | None) -> None:
         rescale(ds)
         _check_lut_items(ds, "ModalityLUTSequence")
         if window is None:
-            _numbers(ds, "WindowCenter", -MAX_WINDOW, MAX_WINDOW)
-            _numbers(ds, "WindowWidth", -MAX_WINDOW, MAX_WINDOW)
+            dicom_numbers(ds, "WindowCenter", -MAX_WINDOW, MAX_WINDOW)
+            dicom_numbers(ds, "WindowWidth", -MAX_WINDOW, MAX_WINDOW)
             _check_lut_items(ds, "VOILUTSequence")
     elif photometric == "PALETTE COLOR":
         for color in ("Red", "Green", "Blue"):
@@ -302,7 +302,7 @@ def _palette_bits(ds: Any, lut_rgb: npt.NDArray[np.number]) -> int:
     return 8 if int(full.max()) <= 255 else 16
 
 
-def _positive_int(ds: Any, keyword: str, tag: str, default: int) -> int:
+def positive_int(ds: Any, keyword: str, tag: str, default: int) -> int:
     if keyword not in ds or ds[keyword].value in (None, ""):
         return default
     try:
@@ -321,7 +321,7 @@ def _quiet_pydicom() -> None:
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 
-def _uid(ds: object, name: str) -> str:
+def uid_text(ds: object, name: str) -> str:
     return str(getattr(ds, name, "") or "")
 
 
@@ -345,30 +345,30 @@ def decode_dicom(
     limits = limits or ImageLimits()
     if window is not None:
         window.validate()
-    ds = _read_dicom(data)
+    ds = read_dicom(data)
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise InvalidInput("the DICOM file has no pixel data (no PixelData element)")
-    syntax = _check_transfer_syntax(ds)
-    with _stage("read the DICOM image attributes", syntax):
+    syntax = check_transfer_syntax(ds)
+    with decoding_stage("read the DICOM image attributes", syntax):
         frames, photometric, bits = _dicom_frame_attributes(ds, frame_index, window, limits)
-    with _stage("decode the DICOM pixel data", syntax):
+    with decoding_stage("decode the DICOM pixel data", syntax):
         arr = pixel_array(ds, index=frame_index if frames > 1 else None)
-    with _stage("apply the DICOM lookup tables and window", syntax):
+    with decoding_stage("apply the DICOM lookup tables and window", syntax):
         if arr.ndim == 3 and arr.shape[0] == 1 and frames == 1 and arr.shape[-1] != 3:
             arr = arr[0]
         pixels = _dicom_to_rgb(ds, arr, photometric, bits, window)
         source = SourceRef(
             kind="dicom",
-            study_uid=_uid(ds, "StudyInstanceUID"),
-            series_uid=_uid(ds, "SeriesInstanceUID"),
-            sop_instance_uid=_uid(ds, "SOPInstanceUID"),
+            study_uid=uid_text(ds, "StudyInstanceUID"),
+            series_uid=uid_text(ds, "SeriesInstanceUID"),
+            sop_instance_uid=uid_text(ds, "SOPInstanceUID"),
             modality=str(ds.get("Modality", "") or "")[:16],
             frames=frames,
         )
     return DecodedImage(np.ascontiguousarray(pixels), frame_index, source)
 
 
-def _read_dicom(data: bytes) -> Any:
+def read_dicom(data: bytes) -> Any:
     """The parsed dataset; InvalidInput for anything that is not a readable DICOM file."""
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -400,7 +400,7 @@ def _dicom_frame_attributes(
         )
     rows, cols = int(ds.Rows), int(ds.Columns)
     _check_size(rows, cols, limits)
-    frames = _positive_int(ds, "NumberOfFrames", "(0028,0008)", 1)
+    frames = positive_int(ds, "NumberOfFrames", "(0028,0008)", 1)
     if frames > limits.max_frames:
         raise LimitExceeded(f"DICOM has {frames} frames, over the limit of {limits.max_frames}")
     if not 0 <= frame_index < frames:
@@ -408,7 +408,7 @@ def _dicom_frame_attributes(
             f"frame_index {frame_index} is out of range: the DICOM file has {frames} frame(s)"
         )
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "").upper()
-    bits = _positive_int(ds, "BitsStored", "(0028,0101)", 8)
+    bits = positive_int(ds, "BitsStored", "(0028,0101)", 8)
     _check_header(ds, photometric, window)
     return frames, photometric, bits
 
@@ -447,7 +447,7 @@ def _dicom_to_rgb(
     return _color_to_8bit(arr, bits)
 
 
-def _check_transfer_syntax(ds: object) -> str:
+def check_transfer_syntax(ds: object) -> str:
     """The transfer syntax's name for messages; UnsupportedImage if it cannot be decoded."""
     from pydicom.pixels import get_decoder
     from pydicom.uid import UID

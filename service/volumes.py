@@ -28,13 +28,13 @@ import numpy.typing as npt
 
 from service.errors import INTERRUPTS, CadError, InvalidInput, LimitExceeded
 from service.imaging import (
-    _check_transfer_syntax,
-    _numbers,
-    _positive_int,
-    _read_dicom,
-    _stage,
-    _uid,
+    check_transfer_syntax,
+    decoding_stage,
+    dicom_numbers,
+    positive_int,
+    read_dicom,
     rescale,
+    uid_text,
 )
 
 AIR_HU = -1024.0
@@ -182,7 +182,7 @@ class _Slice:
 
 
 def _vector(ds: Any, keyword: str, count: int, where: str) -> npt.NDArray[np.float64]:
-    values = _numbers(ds, keyword, -1e6, 1e6)
+    values = dicom_numbers(ds, keyword, -1e6, 1e6)
     if len(values) != count:
         raise InvalidInput(
             f"{where} has no usable {keyword} ({count} numbers needed): "
@@ -243,8 +243,8 @@ def _enhanced_slices(
             f"instance {index}: {frames} frames but {len(per_frame)} per-frame functional "
             "groups; each frame needs its position"
         )
-    syntax = _check_transfer_syntax(ds)
-    with _stage("decode the DICOM pixel data", syntax):
+    syntax = check_transfer_syntax(ds)
+    with decoding_stage("decode the DICOM pixel data", syntax):
         arr = pixel_array(ds)
     if arr.ndim != 3 or arr.shape[0] != frames:
         raise InvalidInput(f"instance {index}: the pixel data is not {frames} grayscale frames")
@@ -272,7 +272,7 @@ def _enhanced_slices(
                 arr[f],
                 slope,
                 intercept,
-                _uid(ds, "SOPInstanceUID"),
+                uid_text(ds, "SOPInstanceUID"),
             )
         )
     assert orientation is not None and spacing is not None
@@ -315,15 +315,15 @@ def assemble_series(instances: Sequence[bytes], limits: VolumeLimits | None = No
     for n, data in enumerate(instances):
         where = f"instance {n}"
         with _reading(where):
-            ds = _read_dicom(data)
+            ds = read_dicom(data)
             if str(ds.get("Modality", "") or "") != "CT":
                 raise InvalidInput(f"{where} is not CT (Modality): volumes are CT series in HU")
             if "PixelData" not in ds:
                 raise InvalidInput(f"{where} has no pixel data")
-            series.add(_uid(ds, "SeriesInstanceUID"))
-            studies.add(_uid(ds, "StudyInstanceUID"))
-            rows = _positive_int(ds, "Rows", "(0028,0010)", 0)
-            cols = _positive_int(ds, "Columns", "(0028,0011)", 0)
+            series.add(uid_text(ds, "SeriesInstanceUID"))
+            studies.add(uid_text(ds, "StudyInstanceUID"))
+            rows = positive_int(ds, "Rows", "(0028,0010)", 0)
+            cols = positive_int(ds, "Columns", "(0028,0011)", 0)
             if not rows or not cols:
                 raise InvalidInput(f"{where} has no Rows or Columns: its size is unknown")
             if size is not None and size != (rows, cols):
@@ -332,7 +332,7 @@ def assemble_series(instances: Sequence[bytes], limits: VolumeLimits | None = No
                     f"{size[1]}x{size[0]}: a series of differing sizes is not one volume"
                 )
             size = (rows, cols)
-            frames = _positive_int(ds, "NumberOfFrames", "(0028,0008)", 1)
+            frames = positive_int(ds, "NumberOfFrames", "(0028,0008)", 1)
             if frames > 1 or "PerFrameFunctionalGroupsSequence" in ds:
                 if len(instances) > 1:
                     raise InvalidInput(
@@ -350,8 +350,8 @@ def assemble_series(instances: Sequence[bytes], limits: VolumeLimits | None = No
             if orientation is None or spacing is None:
                 orientation, spacing = o, s
             _same_grid(orientation, spacing, o, s, where)
-            syntax = _check_transfer_syntax(ds)
-            with _stage("decode the DICOM pixel data", syntax):
+            syntax = check_transfer_syntax(ds)
+            with decoding_stage("decode the DICOM pixel data", syntax):
                 arr = pixel_array(ds)
             if arr.ndim != 2:
                 raise InvalidInput(f"{where}: the pixel data is not one grayscale slice")
@@ -362,7 +362,7 @@ def assemble_series(instances: Sequence[bytes], limits: VolumeLimits | None = No
                     arr,
                     slope,
                     intercept,
-                    _uid(ds, "SOPInstanceUID"),
+                    uid_text(ds, "SOPInstanceUID"),
                 )
             )
     _one_series(series, studies, slices, len(instances))

@@ -143,3 +143,18 @@ def test_benchmarks_and_the_support_package_never_import_the_tests() -> None:
                 if name.split(".")[0] in banned:
                     offenders.append(f"{path.relative_to(ROOT)} imports {name}")
     assert offenders == []
+
+
+def test_no_private_name_is_imported_from_another_module_of_the_product() -> None:
+    """A ``_name`` is its module's own: what another module needs is public (named without the
+    underscore), so a reader knows what a change can break."""
+    modules = {_module_name(p) for p in product_modules()}
+    offenders = [
+        f"{path.relative_to(ROOT)}: {node.module}.{alias.name}"
+        for path in product_modules()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.module in modules
+        for alias in node.names
+        if alias.name.startswith("_") and not alias.name.startswith("__")
+    ]
+    assert offenders == []

@@ -45,7 +45,7 @@ POSTGRES = Dialect(
     "postgresql", "%s", " FOR UPDATE", "BEGIN", "", "SET LOCAL synchronous_commit = off", ""
 )
 
-_PG_NOW = (
+PG_NOW = (
     "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"
 )
 """PostgreSQL's clock in the format of :func:`now`."""
@@ -107,7 +107,7 @@ class PostgresPool:
                 self.url, autocommit=True, connect_timeout=max(1, math.ceil(self.timeout_s))
             )
         except psycopg.OperationalError as exc:
-            raise ConnectFailed(_first(exc)) from None
+            raise ConnectFailed(first_message_line(exc)) from None
 
     def _checkout(self) -> Any:
         while True:
@@ -151,7 +151,7 @@ class PostgresPool:
             conn.close()
 
 
-def _postgres_outage(exc: BaseException) -> str:
+def postgres_outage(exc: BaseException) -> str:
     """``refused``: no connection could be had (trying again at once is pointless); ``lost``: a
     lent connection broke; "": not an outage (a constraint, a syntax error...)."""
     import psycopg
@@ -167,7 +167,7 @@ def _postgres_outage(exc: BaseException) -> str:
     return "lost" if state is None or state.startswith(("08", "57P")) else ""
 
 
-def _first(exc: BaseException) -> str:
+def first_message_line(exc: BaseException) -> str:
     """The first line of an exception's message (psycopg's run over several)."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

@@ -15,17 +15,24 @@ from service.errors import (
     AlreadyExists,
     StoreUnavailable,
 )
-from service.labels.store.connections import _PG_NOW, POSTGRES, Connections, Dialect, _first, now
+from service.labels.store.connections import (
+    PG_NOW,
+    POSTGRES,
+    Connections,
+    Dialect,
+    first_message_line,
+    now,
+)
 from service.labels.store.migrations import MIGRATIONS
 from service.labels.store.records import CandidateRecord
 from service.labels.store.rows import (
-    _CANDIDATE_INSERT,
+    CANDIDATE_INSERT,
     Terms,
-    _probs_array,
-    _probs_blob,
-    _ranking_terms,
     in_audit_slice,
+    probs_array,
+    probs_blob,
     random_key,
+    ranking_terms,
 )
 
 log = logging.getLogger(__name__)
@@ -130,11 +137,13 @@ class StoreCore:
                 if not kind:
                     raise
                 if attempt == 1 and kind == "lost":
-                    log.warning("label store: %s; retrying on a fresh connection", _first(exc))
+                    log.warning(
+                        "label store: %s; retrying on a fresh connection", first_message_line(exc)
+                    )
                     continue
                 self._mark_down(exc)
                 raise StoreUnavailable(
-                    f"the label store is unreachable ({_first(exc)}); nothing was stored, "
+                    f"the label store is unreachable ({first_message_line(exc)}); nothing was stored, "
                     "retry later"
                 ) from None
             self._mark_up()
@@ -143,10 +152,10 @@ class StoreCore:
 
     def _mark_down(self, exc: BaseException) -> None:
         if self.available:
-            log.error("label store unreachable: %s", _first(exc))
+            log.error("label store unreachable: %s", first_message_line(exc))
             self.unavailable_since = time.monotonic()
         self.available = False
-        self.last_error = _first(exc)
+        self.last_error = first_message_line(exc)
 
     def _mark_up(self) -> None:
         if not self.available:
@@ -159,7 +168,7 @@ class StoreCore:
         order by one clock; SQLite is on this machine, whose clock it is."""
         if self.dialect is not POSTGRES:
             return now()
-        cur.execute(_PG_NOW)
+        cur.execute(PG_NOW)
         return str(cur.fetchone()[0])
 
     def db_now(self) -> str:
@@ -238,8 +247,8 @@ class StoreCore:
             )
             if not rows:
                 break
-            terms = _ranking_terms(
-                [_probs_array(r[1], r[2]) for r in rows], [r[3] for r in rows], [r[4] for r in rows]
+            terms = ranking_terms(
+                [probs_array(r[1], r[2]) for r in rows], [r[3] for r in rows], [r[4] for r in rows]
             )
             updates = [(*t, random_key(r[0]), r[0]) for t, r in zip(terms, rows, strict=True)]
 
@@ -265,15 +274,15 @@ class StoreCore:
     def _insert_candidate(
         self, cur: Any, c: CandidateRecord, created: str, terms: Terms | None = None
     ) -> None:
-        """``terms``: the candidate's ranking terms (:func:`_ranking_terms`); computed here when
+        """``terms``: the candidate's ranking terms (:func:`ranking_terms`); computed here when
         not given."""
-        blob, shape = _probs_blob(c.patch_probs)
+        blob, shape = probs_blob(c.patch_probs)
         entropy, diversity, entropy_alpha, diversity_alpha = (
-            terms or _ranking_terms([c.patch_probs], [c.entropy], [c.diversity])[0]
+            terms or ranking_terms([c.patch_probs], [c.entropy], [c.diversity])[0]
         )
         cur.execute(
             self._sql(
-                f"INSERT INTO candidates ({_CANDIDATE_INSERT}) VALUES ({', '.join('?' * 23)})"
+                f"INSERT INTO candidates ({CANDIDATE_INSERT}) VALUES ({', '.join('?' * 23)})"
             ),
             (
                 c.candidate_id,

@@ -22,7 +22,7 @@ from service.labels.store.records import (
     LabelEvent,
     Receipt,
 )
-from service.labels.store.rows import _CANDIDATE_COLUMNS, _EVENT_COLUMNS, candidate_record
+from service.labels.store.rows import CANDIDATE_COLUMNS, EVENT_COLUMNS, candidate_record
 from service.validation import quote
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class LabelEvents(StoreCore):
 
     def _replay(self, cur: Any, key: str, body_sha256: str) -> Receipt | None:
         cur.execute(
-            self._sql(f"SELECT {_EVENT_COLUMNS} FROM label_events WHERE idempotency_key = ?"),
+            self._sql(f"SELECT {EVENT_COLUMNS} FROM label_events WHERE idempotency_key = ?"),
             (key,),
         )
         row = cur.fetchone()
@@ -256,7 +256,7 @@ class LabelEvents(StoreCore):
     def conflicts(self, limit: int = 100) -> list[Conflict]:
         """Candidates reviewers disagree on that nobody has adjudicated, oldest first."""
         rows = self._query(
-            f"SELECT {_CANDIDATE_COLUMNS} FROM candidates WHERE conflict = 1 AND adjudicated = 0 "
+            f"SELECT {CANDIDATE_COLUMNS} FROM candidates WHERE conflict = 1 AND adjudicated = 0 "
             "ORDER BY labeled_at, candidate_id LIMIT ?",
             (limit,),
         )
@@ -374,9 +374,7 @@ class LabelEvents(StoreCore):
 
     def _insert_event(self, cur: Any, e: LabelEvent) -> None:
         cur.execute(
-            self._sql(
-                f"INSERT INTO label_events ({_EVENT_COLUMNS}) VALUES ({', '.join('?' * 12)})"
-            ),
+            self._sql(f"INSERT INTO label_events ({EVENT_COLUMNS}) VALUES ({', '.join('?' * 12)})"),
             (
                 e.event_id,
                 e.candidate_id,
@@ -397,7 +395,7 @@ class LabelEvents(StoreCore):
         """Label events, oldest first (all, or one candidate's)."""
         where, params = ("WHERE candidate_id = ?", (candidate_id,)) if candidate_id else ("", ())
         rows = self._query(
-            f"SELECT {_EVENT_COLUMNS} FROM label_events {where} ORDER BY created, seq", params
+            f"SELECT {EVENT_COLUMNS} FROM label_events {where} ORDER BY created, seq", params
         )
         return [self._event(r) for r in rows]
 

@@ -16,7 +16,7 @@ from service.errors import (
     LeaseHeld,
     StoreUnavailable,
 )
-from service.labels.store.connections import SQLITE, _first
+from service.labels.store.connections import SQLITE, first_message_line
 from service.labels.store.core import StoreCore
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class Lease:
             )
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(
-                f"the label store is unreachable ({_first(exc)}); the {self.name} lease "
+                f"the label store is unreachable ({first_message_line(exc)}); the {self.name} lease "
                 "could not be taken"
             ) from None
         got = conn.execute(

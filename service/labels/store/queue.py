@@ -24,15 +24,15 @@ from service.labels.store.records import (
     QueueEntry,
 )
 from service.labels.store.rows import (
-    _CANDIDATE_COLUMNS,
-    _IMAGE_COLUMNS,
+    CANDIDATE_COLUMNS,
     CANDIDATE_WIDTH,
+    IMAGE_COLUMNS,
     IMAGE_WIDTH,
-    _probs_blob,
-    _queue_entry,
-    _ranking_terms,
     candidate_record,
+    probs_blob,
+    queue_entry,
     random_key,
+    ranking_terms,
 )
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class QueueQueries(StoreCore):
             + ("" if audit_slice else "AND c.audit_slice = 0 ")
             + "ORDER BY c.created, c.candidate_id"
         )
-        return [_queue_entry(r) for r in rows]
+        return [queue_entry(r) for r in rows]
 
     def claim(
         self, candidate_ids: Sequence[str], reviewer: str, seconds: float, limit: int
@@ -161,7 +161,7 @@ class QueueQueries(StoreCore):
             rows += self._run(body)
             if len(rows) >= limit:
                 break
-        return [(_queue_entry(r), float(r[15])) for r in rows]
+        return [(queue_entry(r), float(r[15])) for r in rows]
 
     def ranked_unlabeled(
         self, spec: Variant, limit: int, unclaimed_for: str | None = None
@@ -266,7 +266,7 @@ class QueueQueries(StoreCore):
             return list(cur.fetchall())
 
         rows = self._run(body)
-        return [(_queue_entry(r), float(r[15])) for r in rows]
+        return [(queue_entry(r), float(r[15])) for r in rows]
 
     def put_queue_keys(self, method: str, version: str, keys: Sequence[tuple[str, float]]) -> None:
         """Replace a keyed baseline's keys (candidate id, key; higher is asked first) with a
@@ -401,11 +401,11 @@ class QueueQueries(StoreCore):
         candidate's ``model_version`` (the model that served it) is kept for live precision.
         """
 
-        all_terms = _ranking_terms([r[1] for r in rows], [r[3] for r in rows], [r[4] for r in rows])
+        all_terms = ranking_terms([r[1] for r in rows], [r[3] for r in rows], [r[4] for r in rows])
 
         def body(cur: Any) -> None:
             for (cid, probs, probability, _, _, score), terms in zip(rows, all_terms, strict=True):
-                blob, shape = _probs_blob(probs)
+                blob, shape = probs_blob(probs)
                 entropy, diversity, entropy_alpha, diversity_alpha = terms
                 cur.execute(
                     self._sql(
@@ -459,8 +459,8 @@ class QueueQueries(StoreCore):
     def labeled(self, since: str = "") -> Iterator[LabeledCandidate]:
         """Labeled candidates with their image references, in label order."""
         rows = self._query(
-            f"SELECT {', '.join('c.' + n.strip() for n in _CANDIDATE_COLUMNS.split(','))}, "
-            f"{', '.join('i.' + n.strip() for n in _IMAGE_COLUMNS.split(','))}, "
+            f"SELECT {', '.join('c.' + n.strip() for n in CANDIDATE_COLUMNS.split(','))}, "
+            f"{', '.join('i.' + n.strip() for n in IMAGE_COLUMNS.split(','))}, "
             "c.label, c.conflict, c.label_event_id, c.labeled_at, c.events, c.adjudicated, "
             "c.audit_slice FROM candidates c JOIN images i ON i.request_id = c.request_id "
             "WHERE c.label IS NOT NULL AND c.labeled_at > ? ORDER BY c.labeled_at, c.candidate_id",

@@ -25,28 +25,28 @@ from service.labels.store.records import (
 log = logging.getLogger(__name__)
 
 
-_IMAGE_COLUMNS = (
+IMAGE_COLUMNS = (
     "request_id, sha256, size_bytes, height, width, frame_index, source_kind, source_id, "
     "study_uid, series_uid, sop_instance_uid, modality, recipe, model_version, created"
 )
-IMAGE_WIDTH = len(_IMAGE_COLUMNS.split(","))
-_CANDIDATE_COLUMNS = (
+IMAGE_WIDTH = len(IMAGE_COLUMNS.split(","))
+CANDIDATE_COLUMNS = (
     "candidate_id, request_id, client_id, x, y, width, height, recipe, model_version, "
     "probability, entropy, diversity, score, patch_probs, patch_shape, origin, created, geometry"
 )
-_CANDIDATE_FIELDS = tuple(name.strip() for name in _CANDIDATE_COLUMNS.split(","))
+_CANDIDATE_FIELDS = tuple(name.strip() for name in CANDIDATE_COLUMNS.split(","))
 CANDIDATE_WIDTH = len(_CANDIDATE_FIELDS)
 """How many columns :func:`candidate_record` reads: a query's further columns start here."""
-_CANDIDATE_INSERT = (
-    _CANDIDATE_COLUMNS + ", scored_version, entropy_alpha, diversity_alpha, random_key, audit_slice"
+CANDIDATE_INSERT = (
+    CANDIDATE_COLUMNS + ", scored_version, entropy_alpha, diversity_alpha, random_key, audit_slice"
 )
-_EVENT_COLUMNS = (
+EVENT_COLUMNS = (
     "event_id, candidate_id, seq, kind, label_before, label_after, reviewer, note, "
     "idempotency_key, body_sha256, conflict, created"
 )
 
 
-def _probs_blob(probs: np.ndarray | None) -> tuple[bytes | None, str | None]:
+def probs_blob(probs: np.ndarray | None) -> tuple[bytes | None, str | None]:
     if probs is None:
         return None, None
     arr = np.ascontiguousarray(probs, dtype="<f4")
@@ -67,7 +67,7 @@ def in_audit_slice(candidate_id: str, fraction: float) -> bool:
 Terms = tuple[float | None, float | None, float | None, float | None]
 
 
-def _ranking_terms(
+def ranking_terms(
     probs: Sequence[np.ndarray | None],
     entropy: Sequence[float | None],
     diversity: Sequence[float | None],
@@ -92,17 +92,17 @@ def _ranking_terms(
     return terms
 
 
-def _queue_entry(r: Sequence[Any]) -> QueueEntry:
+def queue_entry(r: Sequence[Any]) -> QueueEntry:
     """A queue entry from a row of candidate_id .. source_id, patch_probs, patch_shape, sha256,
     recipe, study_uid (the order every queue query reads them in)."""
-    probs = _probs_array(r[10], r[11])
+    probs = probs_array(r[10], r[11])
     assert probs is not None  # queue queries read candidates with predictions only
     return QueueEntry(
         r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], probs, r[12], r[13], r[14]
     )
 
 
-def _probs_array(blob: Any, shape: str | None) -> np.ndarray | None:
+def probs_array(blob: Any, shape: str | None) -> np.ndarray | None:
     if blob is None or shape is None:
         return None
     return np.frombuffer(bytes(blob), dtype="<f4").reshape(json.loads(shape))
@@ -110,7 +110,7 @@ def _probs_array(blob: Any, shape: str | None) -> np.ndarray | None:
 
 def candidate_record(row: Sequence[Any]) -> CandidateRecord:
     values = list(row)
-    probs = _probs_array(values[13], values[14])
+    probs = probs_array(values[13], values[14])
     fields = dict(zip(_CANDIDATE_FIELDS[:13], values[:13], strict=True))
     return CandidateRecord(
         **fields,

@@ -36,7 +36,7 @@ from service.labels.store.connections import (
     SQLITE,
     PostgresPool,
     SqliteConnection,
-    _postgres_outage,
+    postgres_outage,
 )
 from service.labels.store.events import LabelEvents
 from service.labels.store.leases import Lease
@@ -49,11 +49,11 @@ from service.labels.store.records import (
     ImageRecord,
 )
 from service.labels.store.rows import (
-    _CANDIDATE_COLUMNS,
-    _IMAGE_COLUMNS,
+    CANDIDATE_COLUMNS,
     CANDIDATE_WIDTH,
-    _ranking_terms,
+    IMAGE_COLUMNS,
     candidate_record,
+    ranking_terms,
 )
 from service.validation import quote
 
@@ -87,7 +87,7 @@ class SqlLabelStore(LabelEvents, QueueQueries):
         ``durable=False``: a relaxed commit (survives a crash of the process; a power cut can lose
         it unless a later durable commit, such as any label, came first)."""
         given = image.created
-        terms = _ranking_terms(
+        terms = ranking_terms(
             [c.patch_probs for c in candidates],
             [c.entropy for c in candidates],
             [c.diversity for c in candidates],
@@ -97,7 +97,7 @@ class SqlLabelStore(LabelEvents, QueueQueries):
             created = given or self._now(cur)
             cur.execute(
                 self._sql(
-                    f"INSERT INTO images ({_IMAGE_COLUMNS}) VALUES ({', '.join('?' * 15)}) "
+                    f"INSERT INTO images ({IMAGE_COLUMNS}) VALUES ({', '.join('?' * 15)}) "
                     "ON CONFLICT (request_id) DO NOTHING"
                 ),
                 (
@@ -127,7 +127,7 @@ class SqlLabelStore(LabelEvents, QueueQueries):
 
     def get_image(self, request_id: str) -> ImageRecord:
         rows = self._query(
-            f"SELECT {_IMAGE_COLUMNS} FROM images WHERE request_id = ?", (request_id,)
+            f"SELECT {IMAGE_COLUMNS} FROM images WHERE request_id = ?", (request_id,)
         )
         if not rows:
             raise NotFound(f"no archived image for request_id {quote(request_id)}")
@@ -135,7 +135,7 @@ class SqlLabelStore(LabelEvents, QueueQueries):
 
     def get_candidate(self, candidate_id: str) -> CandidateRecord:
         rows = self._query(
-            f"SELECT {_CANDIDATE_COLUMNS} FROM candidates WHERE candidate_id = ?", (candidate_id,)
+            f"SELECT {CANDIDATE_COLUMNS} FROM candidates WHERE candidate_id = ?", (candidate_id,)
         )
         if not rows:
             raise NotFound(f"unknown candidate_id {quote(candidate_id)}")
@@ -145,7 +145,7 @@ class SqlLabelStore(LabelEvents, QueueQueries):
         """Every candidate recorded on a request's image, model-proposed and missed, with its
         current label, in the order they were recorded."""
         rows = self._query(
-            f"SELECT {_CANDIDATE_COLUMNS}, label, label_reviewer, conflict FROM candidates "
+            f"SELECT {CANDIDATE_COLUMNS}, label, label_reviewer, conflict FROM candidates "
             "WHERE request_id = ? ORDER BY created, candidate_id",
             (request_id,),
         )
@@ -376,7 +376,7 @@ def open_store(
             PostgresPool(url, pool_size, timeout_s),
             POSTGRES,
             (psycopg.errors.IntegrityError,),
-            outage=_postgres_outage,
+            outage=postgres_outage,
             migrate=False,
         )
         store.url = url
