@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -168,9 +168,10 @@ def unseal(text: str, sid: str) -> str | None:
 
 
 class StoreSessions:
-    """Sign-ins in the label store (tables ``review_sessions`` and ``review_session_frames``),
-    shared by every replica of the review UI. ``seen`` is written at most every ``idle_s / 20``
-    seconds per session, so a session may end up to 5% of ``idle_s`` early, never late."""
+    """Sign-ins in the label store (its repository of sign-in rows,
+    :class:`service.labels.store.sessions.ReviewSessionRows`), shared by every replica of the
+    review UI. ``seen`` is written at most every ``idle_s / 20`` seconds per session, so a
+    session may end up to 5% of ``idle_s`` early, never late."""
 
     def __init__(
         self,
@@ -180,96 +181,39 @@ class StoreSessions:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store, self.idle_s, self.max_s, self.clock = store, idle_s, max_s, clock
-
-    def _run(self, text: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        def body(cur: Any) -> list[tuple[Any, ...]]:
-            cur.execute(self.store.sql(text), params)
-            return list(cur.fetchall()) if cur.description else []
-
-        return self.store.run(body)
+        self.rows = store.review_sessions
 
     def create(self, token: str, reviewer: str) -> tuple[str, Session]:
         now = self.clock()
         sid = secrets.token_urlsafe(32)
-
-        def body(cur: Any) -> None:
-            cur.execute(  # ended sign-ins go (their frames with them)
-                self.store.sql("DELETE FROM review_sessions WHERE seen < ? OR started < ?"),
-                (now - self.idle_s, now - self.max_s),
-            )
-            cur.execute(
-                self.store.sql(
-                    "INSERT INTO review_sessions (session_hash, reviewer, sealed_token, started, "
-                    "seen, reviewed) VALUES (?, ?, ?, ?, ?, 0)"
-                ),
-                (_hash(sid), reviewer, seal(token, sid), now, now),
-            )
-
-        self.store.run(body)
+        self.rows.create(_hash(sid), reviewer, seal(token, sid), now, self.idle_s, self.max_s)
         return sid, Session(token, reviewer, csrf_of(sid), now, now, sid=sid)
 
     def get(self, sid: str | None) -> Session | None:
         if not sid:
             return None
         now = self.clock()
-        rows = self._run(
-            "SELECT reviewer, sealed_token, started, seen, reviewed FROM review_sessions "
-            "WHERE session_hash = ?",
-            (_hash(sid),),
-        )
-        if not rows:
+        row = self.rows.get(_hash(sid))
+        if row is None:
             return None
-        reviewer, sealed, started, seen, reviewed = rows[0]
+        reviewer, sealed, started, seen, reviewed = row
         token = unseal(sealed, sid)
         if token is None or now - seen > self.idle_s or now - started > self.max_s:
             self.drop(sid)
             return None
         if now - seen >= self.idle_s / 20:
-            self._run(
-                "UPDATE review_sessions SET seen = ? WHERE session_hash = ? AND seen < ?",
-                (now, _hash(sid), now),
-            )
-        return Session(token, reviewer, csrf_of(sid), started, now, int(reviewed), sid=sid)
+            self.rows.touch(_hash(sid), now)
+        return Session(token, reviewer, csrf_of(sid), started, now, reviewed, sid=sid)
 
     def drop(self, sid: str | None) -> None:
         if sid:
-            self._run("DELETE FROM review_sessions WHERE session_hash = ?", (_hash(sid),))
+            self.rows.drop(_hash(sid))
 
     def count(self, sid: str, delta: int) -> int:
-        def body(cur: Any) -> int:
-            cur.execute(
-                self.store.sql(
-                    "UPDATE review_sessions SET reviewed = CASE WHEN reviewed + ? < 0 THEN 0 "
-                    "ELSE reviewed + ? END WHERE session_hash = ?"
-                ),
-                (delta, delta, _hash(sid)),
-            )
-            cur.execute(
-                self.store.sql("SELECT reviewed FROM review_sessions WHERE session_hash = ?"),
-                (_hash(sid),),
-            )
-            row = cur.fetchone()
-            return int(row[0]) if row else 0
-
-        return self.store.run(body)
+        return self.rows.count(_hash(sid), delta)
 
     def mark_shown(self, sid: str, request_id: str) -> None:
-        def body(cur: Any) -> None:
-            cur.execute(
-                self.store.sql(
-                    "INSERT INTO review_session_frames (session_hash, request_id, shown) "
-                    "SELECT session_hash, ?, ? FROM review_sessions WHERE session_hash = ? "
-                    "ON CONFLICT (session_hash, request_id) DO NOTHING"
-                ),
-                (request_id, self.clock(), _hash(sid)),
-            )
-
-        self.store.run(body)
+        self.rows.mark_shown(_hash(sid), request_id, self.clock())
 
     def was_shown(self, sid: str, request_id: str) -> bool:
-        return bool(
-            self._run(
-                "SELECT 1 FROM review_session_frames WHERE session_hash = ? AND request_id = ?",
-                (_hash(sid), request_id),
-            )
-        )
+        return self.rows.was_shown(_hash(sid), request_id)

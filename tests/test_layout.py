@@ -158,3 +158,18 @@ def test_no_private_name_is_imported_from_another_module_of_the_product() -> Non
         if alias.name.startswith("_") and not alias.name.startswith("__")
     ]
     assert offenders == []
+
+
+def test_the_review_page_writes_no_sql_of_its_own() -> None:
+    """The page is a gRPC client; its sign-ins go through the store's repository of sign-in rows
+    (``service.labels.store.sessions``), whose tables the store's migrations own."""
+    import re
+
+    sql = re.compile(r"\b(SELECT|INSERT INTO|UPDATE \w+ SET|DELETE FROM|CREATE TABLE)\b")
+    found = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in sorted((ROOT / "reviewui").rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if sql.search(line)
+    ]
+    assert found == []

@@ -55,6 +55,7 @@ from service.labels.store.rows import (
     candidate_record,
     ranking_terms,
 )
+from service.labels.store.sessions import ReviewSessionRows
 from service.validation import quote
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,11 @@ class SqlLabelStore(LabelEvents, QueueQueries):
     Thread-safe: SQLite through one connection under a lock; PostgreSQL through a pool
     (PostgreSQL row locks serialise writers across threads and replicas).
     """
+
+    @property
+    def review_sessions(self) -> ReviewSessionRows:
+        """The review page's sign-in rows (:mod:`service.labels.store.sessions`)."""
+        return ReviewSessionRows(self)
 
     def lease(self, name: str, holder: str) -> Lease:
         """An exclusive lease on ``name`` (``with store.lease(...)``, or acquire/release)."""
