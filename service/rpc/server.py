@@ -21,32 +21,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
-from service.aift import DEFAULT_VARIANT, VARIANTS
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.clock import utc_now
 from service.errors import LeaseHeld, StoreUnavailable
-from service.imaging import ImageLimits
-from service.labels.archive import ImageArchive, PruneReport, prune
-from service.labels.recorder import Recorder, UidHasher
-from service.labels.review import ReviewService
-from service.labels.spool import RecordSpool
-from service.labels.store import SqlLabelStore, open_store
+from service.labels.archive import PruneReport, prune
 from service.labels.store.leases import holder_name
 from service.logs import configure_logging
-from service.metrics import ServiceMetrics
-from service.models.batcher import BatchingConfig, DynamicBatcher
-from service.models.inference import Classifier
-from service.models.lifecycle import AuditListener, CallbackListener, MemoryTrimListener
-from service.models.manager import ModelManager
-from service.models.providers import SessionOptions, select_providers
-from service.models.registry import ModelRegistry
-from service.models.volume_inference import VolumeClassifier
-from service.rpc.auth import AccessPolicy, ReloadingTokenTable
 from service.rpc.interceptors import ErrorAndMetricsInterceptor
 from service.rpc.servicers import CadInferenceServicer, CadReviewServicer, ModelAdminServicer
+from service.rpc.wiring import compose
 from service.settings import ServerSettings, from_flags
 from service.uploads import UploadBudget, tune_malloc
-from service.volumes import VolumeLimits
 
 log = logging.getLogger(__name__)
 
@@ -60,115 +45,17 @@ HEARTBEAT_S = 15.0
 INFERENCE = cad_pb2.DESCRIPTOR.services_by_name["CadInference"].full_name
 
 
-def session_options(settings: ServerSettings) -> SessionOptions:
-    """How the server's ONNX Runtime sessions are made, from its settings."""
-    return SessionOptions(
-        tuple(select_providers(settings.providers)),
-        settings.intra_op_threads,
-        graph_optimization=settings.graph_optimization,
-        optimized_cache=settings.optimized_model_cache,
-        io_binding=settings.io_binding,
-        spinning=settings.intra_op_spinning,
-        batch_buckets=settings.batch_buckets,
-        max_batch=settings.batch_max_size,
-        cpu_mem_arena=settings.cpu_mem_arena,
-        patch_sampling=settings.patch_sampling,
-    )
-
-
-def batching_config(settings: ServerSettings) -> BatchingConfig:
-    """The dynamic batcher's configuration, from the server's settings."""
-    return BatchingConfig(
-        preferred_batch=min(settings.batch_size, settings.batch_max_size),
-        max_batch=settings.batch_max_size,
-        max_queue_delay_s=settings.batch_max_queue_delay_ms / 1000,
-        max_queue_requests=settings.batch_max_queue_requests,
-        runners=settings.batch_runners,
-    )
-
-
-def _open_store(settings: ServerSettings) -> SqlLabelStore:
-    """The label store as this server's settings say (it may be down at start)."""
-    store = open_store(
-        settings.store_url, settings.store_pool_size, settings.store_timeout_s, require=False
-    )
-    store.audit_fraction = settings.audit_fraction
-    return store
-
-
-def _review_service(
-    settings: ServerSettings, store: SqlLabelStore, metrics: ServiceMetrics, archive: ImageArchive
-) -> ReviewService:
-    """The review domain as this server's settings say (claims, the per-source cap)."""
-    review = ReviewService(store, metrics, settings.max_note_chars, archive, settings.queue_claim_s)
-    review.per_source = settings.queue_max_per_source
-    return review
-
-
 class CadServer:
     """One server process's gRPC server, metrics endpoint and model manager."""
 
     def __init__(self, settings: ServerSettings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
-        self.metrics = ServiceMetrics(registry or CollectorRegistry())
-        self.policy = AccessPolicy(
-            ReloadingTokenTable(settings.auth_tokens_file) if settings.auth_tokens_file else None,
-            open_health=settings.auth_open_health,
-            open_reflection=settings.auth_open_reflection,
-        )
-        self.models = ModelManager(
-            ModelRegistry(settings.registry_root, settings.model_name),
-            session_options(settings),
-            self.metrics,
-            precision=settings.precision,
-            max_auc_drop={"int8": settings.int8_max_auc_drop, "fp16": settings.fp16_max_auc_drop},
-        )
-        self.store = _open_store(settings)
-        self.metrics.store_up.set(1 if self.store.available else 0)
-        for listener in (  # after the metrics listener the manager made; the store exists now
-            AuditListener(self.store.add_audit),
-            MemoryTrimListener(),
-            CallbackListener(lambda _model: self._update_health()),
-        ):
-            self.models.add_listener(listener)
-        self.archive = ImageArchive(
-            settings.archive_root, settings.record_sync, settings.record_sync_interval_ms / 1000
-        )
-        self.metrics.bind_store(
-            self.store.count_unlabeled,
-            self.store.precision_by_version,
-            lambda: self.store.available,
-            self.store.audit_slice_scores,
-            lambda: self.store.top_scored_versions(VARIANTS[DEFAULT_VARIANT]),
-        )
-        archive = settings.archive_root
-        self.spool = RecordSpool(
-            settings.spool_dir or archive.with_name(f"{archive.name}-spool"),
-            settings.spool_max_records,
-            self.metrics,
-        )
-        self.recorder = Recorder(self.store, self.archive, uid_hasher(settings), self.spool)
-        # the pin lives in the store (registries are mounted read-only on servers)
-        self.models.registry.with_pins_in(self.store, self.spool.folder / "last-pin.json")
-        self.review = _review_service(settings, self.store, self.metrics, self.archive)
-        self.batcher = DynamicBatcher(batching_config(settings), self.metrics)
-        self.classifier = Classifier(
-            self.models,
-            self.metrics,
-            ImageLimits(settings.max_image_pixels, settings.max_frames),
-            settings.max_candidates,
-            self.batcher,
-            self.recorder,
-        )
-        self.volumes = VolumeClassifier(
-            self.classifier,
-            VolumeLimits(
-                settings.max_volume_voxels,
-                settings.max_series_instances,
-                settings.max_series_bytes,
-            ),
-            self.recorder,
-        )
+        parts = compose(settings, registry, on_model_change=lambda: self._update_health())
+        self.parts = parts
+        self.metrics, self.policy, self.models = parts.metrics, parts.policy, parts.models
+        self.store, self.archive, self.spool = parts.store, parts.archive, parts.spool
+        self.recorder, self.review, self.batcher = parts.recorder, parts.review, parts.batcher
+        self.classifier, self.volumes = parts.classifier, parts.volumes
         self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="cad-worker")
         self.servicer_uploads = UploadBudget(settings.max_series_bytes_in_flight)
         """Bytes all ClassifyVolume uploads hold together (read by ops and the tests)."""
@@ -466,16 +353,6 @@ class ServerThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def uid_hasher(s: ServerSettings) -> UidHasher | None:
-    if not s.hash_uids:
-        return None
-    if s.uid_hash_key_file is None:
-        raise ValueError(
-            "CAD_HASH_UIDS needs CAD_UID_HASH_KEY_FILE (a secret shared by all replicas)"
-        )
-    return UidHasher(s.uid_hash_key_file.read_bytes().strip())
 
 
 def server_credentials(s: ServerSettings) -> grpc.ServerCredentials | None:
