@@ -167,6 +167,7 @@ def run_revision(
         "wall_s": wall if workers > 1 else results[0]["wall_s"],
         "round_trips": sum(r["round_trips"] for r in results),
         "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
+        **({"selection_s": results[0]["selection_s"]} if results[0].get("selection_s") else {}),
     }
 
 
