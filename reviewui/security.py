@@ -116,11 +116,19 @@ def same_site(request: Request) -> None:
 
 
 def same_origin(request: Request) -> None:
-    """Refuse a state-changing request sent from another site's page (as :func:`same_site`, and
-    by its Origin header too, which every browser sends on a POST)."""
+    """Refuse a state-changing request that does not show it comes from this page: it must
+    carry this page's own Origin (every browser sends one on a POST), or, without one, say
+    ``Sec-Fetch-Site: same-origin``. A request that says neither (a script outside a browser
+    replaying a cookie) is refused like one from another site."""
     same_site(request)
     origin = request.headers.get("origin")
-    if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+    if origin is None:
+        if request.headers.get("sec-fetch-site") != "same-origin":
+            raise PageError(
+                403, "Refused: the request did not say it came from this page (no Origin header)."
+            )
+        return
+    if origin != f"{request.url.scheme}://{request.url.netloc}":
         raise PageError(403, "Requests from other sites are refused.")
 
 

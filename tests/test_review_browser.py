@@ -188,7 +188,10 @@ def run_the_sitting(driver: Any, world: World) -> None:
     driver.find_element("id", "confirm").click()
     wait(driver, at_item(driver, 2), "the second item")
     assert history(driver)[0].startswith("Confirmed") and note in history(driver)[0]
-    assert "candidate 1 of " in history(driver)[0] and " on frame 1 " in history(driver)[0]
+    assert (
+        "candidate 1 of " in history(driver)[0]
+        and " on image 1 of this queue" in history(driver)[0]
+    )
     assert driver.execute_script("return window.pwned === undefined;")
     second = current(driver)
 
@@ -610,3 +613,35 @@ def test_a_pe_candidate_is_shown_as_its_three_planes_in_chromium(
         assert middle[0] > 150, middle
         browser.find_element("id", "confirm").click()
         wait(browser, lambda d: history(d) and history(d)[0].startswith("Confirmed"), "the verdict")
+
+
+def test_an_empty_queue_says_the_rest_is_with_other_reviewers_and_the_page_names_things_once(
+    browser: Any, tmp_path: Path
+) -> None:
+    """With every item claimed by another reviewer the page said "Load it again for more" beside
+    a queue depth of 5; the M hint vanished after the first item; "frame 1 (frame 0)" mixed the
+    page's count with the frame index. Now the empty queue says who has the rest and when it
+    comes back, the key hint stays on the button, and each number has its own name."""
+    with review_world(tmp_path) as world, chromium(tmp_path / "second-profile") as other:
+        sign_in(browser, world, "dr.jones")
+        sign_in(other, world, "dr.smith")
+        browser.find_element("id", "load").click()  # dr.jones takes every item (20 asked, 5 there)
+        wait(browser, at_item(browser, 1), "dr.jones's first item")
+        assert len(browser.execute_script("return cadReview.state.items;")) == 5
+        position = text_of(browser, "position")
+        assert " on image 1 of this queue (frame 0" in position and "on frame" not in position
+        assert browser.find_element("css selector", "#draw kbd").text == "M"
+        browser.find_element("tag name", "body").send_keys("d")  # a verdict: the next item
+        wait(browser, at_item(browser, 2), "dr.jones's second item")
+        assert browser.find_element("css selector", "#draw kbd").text == "M"  # still there
+        browser.find_element("tag name", "body").send_keys("m")  # drawing, then cancelled
+        assert browser.find_element("css selector", "#draw kbd").text == "M"
+        browser.find_element("tag name", "body").send_keys("m")
+
+        other.find_element("id", "load").click()  # dr.smith: nothing left that is free
+        wait(other, lambda d: d.find_element("id", "empty").is_displayed(), "the empty queue")
+        wait(other, lambda d: "other reviewers" in text_of(d, "empty"), "the reason")
+        said = text_of(other, "empty")
+        assert "the 4 unlabeled item(s) left are being reviewed by other reviewers" in said
+        assert "when its claim ends (the first at" in said and "Load the queue again" in said
+        assert "Load it again for more" not in said

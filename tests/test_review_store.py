@@ -944,3 +944,20 @@ def test_a_pool_sample_is_uniform_seeded_and_moves_past_what_a_version_scored(
     )
     again = store.pool_sample(1, 30, skip_version="7")
     assert len(again) == 30 and not set(again) & set(a)
+
+
+def test_others_claims_are_counted_with_when_the_first_ends(
+    review: ReviewService, store: SqlLabelStore
+) -> None:
+    ids = add_image(store, "claimed", n=4)
+    assert store.others_claims("dr.b") == (0, "")
+    assert store.claim(ids[:2], "dr.a", 600, 10) == ids[:2]
+    assert store.claim(ids[2:3], "dr.c", 60, 10) == ids[2:3]
+    count, first = store.others_claims("dr.b")
+    # the first to end is dr.c's (60 s), before dr.a's (600 s), which is all dr.c sees
+    assert count == 3 and "" < first < store.others_claims("dr.c")[1]
+    assert store.others_claims("dr.a")[0] == 1  # dr.c's, not dr.a's own
+    review.submit_correction(ids[0], "TRUE_POSITIVE", "dr.a", "k-claimed")
+    assert store.others_claims("dr.b")[0] == 2  # a labelled item is nobody's claim any more
+    store.release_claims("dr.c")
+    assert store.others_claims("dr.b")[0] == 1

@@ -41,6 +41,9 @@ class Browser:
     ) -> tuple[int, dict[str, str], bytes]:
         conn = http.client.HTTPConnection(self.netloc, timeout=30)
         sent = dict(headers or {})
+        if method == "POST" and "Origin" not in sent:  # as a browser does on every POST
+            sent["Origin"] = f"http://{self.netloc}"
+        sent = {k: v for k, v in sent.items() if v}  # "" leaves a header out
         if self.cookies:
             sent["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
         conn.request(method, path, body=body, headers=sent)
@@ -158,9 +161,16 @@ def test_state_changing_requests_without_the_csrf_token_are_refused(world: World
     assert browser.api("/api/verdict", body, **cross)[0] == 403
     fetched = {"X-CSRF-Token": csrf, "Sec-Fetch-Site": "cross-site"}
     assert browser.api("/api/verdict", body, **fetched)[0] == 403
+    # a valid cookie and token but no Origin (a script replaying them): refused, said why
+    status, refused = browser.api("/api/verdict", body, **{"X-CSRF-Token": csrf, "Origin": ""})
+    assert status == 403 and "no Origin header" in refused["error"]
     missed = {"request_id": world.dicom_request, "box": {"x": 1, "y": 1, "width": 5, "height": 5}}
     assert browser.api("/api/missed", {**missed, "key": "csrf-test-2"})[0] == 403
     assert events(world, cid) == []  # nothing recorded by any of them
+    # Without an Origin, a browser's Sec-Fetch-Site: same-origin says the same
+    same = {"X-CSRF-Token": csrf, "Origin": "", "Sec-Fetch-Site": "same-origin"}
+    assert browser.api("/api/verdict", {**body, "key": "csrf-test-3"}, **same)[0] == 200
+    assert len(events(world, cid)) == 1
     # Sign-out is state-changing too: without the token the session stays.
     assert browser.form("/signout", {"csrf": "guess"})[0] == 403
     assert browser.request("GET", "/")[0] == 200
@@ -191,6 +201,9 @@ def test_a_verdict_is_recorded_once_under_the_reviewers_identity(world: World) -
         "/api/verdict", {**body, "request_id": world.png_request}, **token
     )
     assert status == 409 and "not on the frame on your screen" in refused["error"]
+    # a valid cookie and token but no Origin (a script replaying them): refused, said why
+    status, refused = browser.api("/api/verdict", body, **{"X-CSRF-Token": csrf, "Origin": ""})
+    assert status == 403 and "no Origin header" in refused["error"]
     missed = {"request_id": world.dicom_request, "box": {"x": 1, "y": 1, "width": 5, "height": 5}}
     assert browser.api("/api/missed", {**missed, "key": "unseen-box"}, **token)[0] == 409
     assert events(world, cid) == []

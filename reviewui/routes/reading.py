@@ -125,6 +125,8 @@ async def progress(app: ReviewApp, request: Request, session: Session) -> Any:
         "reviewer": session.reviewer,
         "reviewed": session.reviewed,
         "unlabeled": stats.unlabeled,
+        "claimed_by_others": stats.claimed_by_others,
+        "claims_end": stats.claims_end,
         "versions": [
             {
                 "model_version": v.model_version,

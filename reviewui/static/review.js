@@ -57,9 +57,25 @@
     return value === null || value === undefined ? "n/a" : Number(value).toFixed(digits);
   }
 
+  function endOfQueue() {
+    // what is left, and why this reviewer gets none of it: the rest may be claimed by others
+    const p = state.progress;
+    if (p && p.claimed_by_others > 0 && p.claimed_by_others >= p.unlabeled) {
+      const until = p.claims_end ? new Date(p.claims_end) : null;
+      return "Nothing is left for you: the " + p.claimed_by_others + " unlabeled item(s) left " +
+        "are being reviewed by other reviewers now. An item comes back when its reviewer skips " +
+        "it or signs out" + (until && !isNaN(until) ? ", or when its claim ends (the first at " +
+        until.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) + ")" : "") +
+        ". Load the queue again then.";
+    }
+    if (p && p.unlabeled === 0) return "The queue is empty: every candidate has a label.";
+    return "You have reached the end of this queue. Load it again for more.";
+  }
+
   async function refreshProgress() {
     try {
       const p = await api("/api/progress");
+      state.progress = p;
       const versions = p.versions.map((v) =>
         "v" + v.model_version + " " + (v.precision === null ? "n/a" :
           Math.round(100 * v.precision) + "% (" + v.confirmed + " of " + (v.confirmed + v.dismissed) + ")"));
@@ -90,6 +106,10 @@
       }
       start("queue", [].concat(...frames.values()));
       tell(q.notices);
+      if (!state.items.length) {
+        await refreshProgress();
+        $("empty").textContent = endOfQueue();
+      }
       $("empty").hidden = state.items.length > 0;
       $("work").hidden = state.items.length === 0;
       if (state.items.length) await show();
@@ -152,10 +172,11 @@
   }
 
   function where(item) {
-    // the frame and candidate in words: "candidate 2 of 3 on frame 4 (source …1a2b, frame 0)"
-    const source = item.source_id ? "source …" + item.source_id.slice(-8) + ", " : "";
-    return "candidate " + item.ordinal + " of " + item.ofFrame + " on frame " + item.frameNo +
-      " (" + source + "frame " + (item.frame_index || 0) + ")";
+    // one name for each: the page's own count of the images it serves ("image 4 of this
+    // queue") and where that image is in its source ("frame 0 of source …1a2b")
+    const source = item.source_id ? " of source …" + item.source_id.slice(-8) : "";
+    return "candidate " + item.ordinal + " of " + item.ofFrame + " on image " + item.frameNo +
+      " of this queue (frame " + (item.frame_index || 0) + source + ")";
   }
 
   async function show() {
@@ -165,8 +186,10 @@
       $("work").hidden = true;
       $("empty").hidden = false;
       $("empty").textContent = state.mode === "adjudicate"
-        ? "Every disagreement shown has been settled." :
-        "You have reached the end of this queue. Load it again for more.";
+        ? "Every disagreement shown has been settled." : endOfQueue();
+      refreshProgress().then(() => {
+        if (state.mode === "queue" && !state.items[state.index]) $("empty").textContent = endOfQueue();
+      });
       return;
     }
     stopDrawing();
@@ -363,7 +386,7 @@
   function startDrawing() {
     state.drawing = !state.drawing;
     canvas.classList.toggle("drawing", state.drawing);
-    $("draw").textContent = state.drawing ? "Cancel drawing" : "Mark missed finding";
+    drawButton(state.drawing ? "Cancel drawing" : "Mark missed finding");
     if (!state.drawing) {
       state.missed = null;
       $("save-missed").disabled = true;
@@ -412,12 +435,19 @@
     return true;
   }
 
+  function drawButton(words) {
+    // the words and the key that does the same: M toggles drawing either way
+    const key = document.createElement("kbd");
+    key.textContent = "M";
+    $("draw").replaceChildren(words + " ", key);
+  }
+
   function stopDrawing() {
     state.drawing = false;
     state.drag = null;
     state.missed = null;
     canvas.classList.remove("drawing");
-    $("draw").textContent = "Mark missed finding";
+    drawButton("Mark missed finding");
     $("save-missed").disabled = true;
   }
 

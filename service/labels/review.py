@@ -441,5 +441,9 @@ class ReviewService:
         """The queue depth and, per model version, (confirmed, dismissed) model candidates."""
         return self._unlabeled(), self.store.precision_by_version()
 
+    def others_claims(self, reviewer: str) -> tuple[int, str]:
+        """Unlabeled items other reviewers hold claims on, and when the first claim ends."""
+        return self.store.others_claims(reviewer)
+
     def export(self, since: str = "") -> Iterator[LabeledCandidate]:
         return self.store.labeled(since)

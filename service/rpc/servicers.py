@@ -421,9 +421,14 @@ class CadReviewServicer(cad_pb2_grpc.CadReviewServicer):
     ) -> cad_pb2.ReviewStats:
         identity = current_identity.get()
         unlabeled, precision = await self._run(self.review.stats)
+        others, claims_end = await self._run(
+            self.review.others_claims, identity.name if identity else ""
+        )
         return cad_pb2.ReviewStats(
             reviewer=identity.name if identity else "",
             unlabeled=unlabeled,
+            claimed_by_others=others,
+            claims_end=claims_end,
             versions=[
                 cad_pb2.VersionPrecision(model_version=v, confirmed=tp, dismissed=fp)
                 for v, (tp, fp) in sorted(precision.items(), key=lambda kv: _version_key(kv[0]))

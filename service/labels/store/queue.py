@@ -339,6 +339,23 @@ class QueueQueries(StoreCore):
         where, params = self._pool_where(skip_version, shard)
         return int(self._query(f"SELECT COUNT(*) FROM candidates c WHERE {where}", params)[0][0])
 
+    def others_claims(self, reviewer: str) -> tuple[int, str]:
+        """How many unlabeled candidates reviewers other than ``reviewer`` hold live claims on,
+        and when the first of those claims ends (ISO 8601; "" when none)."""
+
+        def body(cur: Any) -> tuple[int, str]:
+            cur.execute(
+                self._sql(
+                    "SELECT COUNT(*), MIN(claimed_until) FROM candidates WHERE label IS NULL "
+                    "AND claimed_until IS NOT NULL AND claimed_until >= ? AND claimed_by <> ?"
+                ),
+                (self._now(cur), reviewer),
+            )
+            count, first = cur.fetchone()
+            return int(count), str(first or "")
+
+        return self._run(body)
+
     def newest_unlabeled(self, limit: int, skip_version: str | None = None) -> list[str]:
         """The ids of the ``limit`` most recently recorded unlabeled candidates outside the audit
         slice, newest first, off an index (a budgeted re-scoring refreshes recent arrivals);

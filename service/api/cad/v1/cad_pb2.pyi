@@ -496,14 +496,18 @@ class VersionPrecision(_message.Message):
     def __init__(self, model_version: _Optional[str] = ..., confirmed: _Optional[int] = ..., dismissed: _Optional[int] = ...) -> None: ...
 
 class ReviewStats(_message.Message):
-    __slots__ = ("reviewer", "unlabeled", "versions")
+    __slots__ = ("reviewer", "unlabeled", "versions", "claimed_by_others", "claims_end")
     REVIEWER_FIELD_NUMBER: _ClassVar[int]
     UNLABELED_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    CLAIMED_BY_OTHERS_FIELD_NUMBER: _ClassVar[int]
+    CLAIMS_END_FIELD_NUMBER: _ClassVar[int]
     reviewer: str
     unlabeled: int
     versions: _containers.RepeatedCompositeFieldContainer[VersionPrecision]
-    def __init__(self, reviewer: _Optional[str] = ..., unlabeled: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[VersionPrecision, _Mapping]]] = ...) -> None: ...
+    claimed_by_others: int
+    claims_end: str
+    def __init__(self, reviewer: _Optional[str] = ..., unlabeled: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[VersionPrecision, _Mapping]]] = ..., claimed_by_others: _Optional[int] = ..., claims_end: _Optional[str] = ...) -> None: ...
 
 class ReviewImageRequest(_message.Message):
     __slots__ = ("request_id", "labels_only")
