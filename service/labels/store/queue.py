@@ -356,14 +356,20 @@ class QueueQueries(StoreCore):
 
         return self._run(body)
 
+    def _hint(self, index: str) -> str:
+        """SQLite: read this index (without ANALYZE statistics it prefers the (label, origin)
+        index and sorts every unlabeled row, a cost that grows with the pool); PostgreSQL plans
+        from its statistics."""
+        return f" INDEXED BY {index}" if self.dialect is SQLITE else ""
+
     def newest_unlabeled(self, limit: int, skip_version: str | None = None) -> list[str]:
         """The ids of the ``limit`` most recently recorded unlabeled candidates outside the audit
         slice, newest first, off an index (a budgeted re-scoring refreshes recent arrivals);
         those ``skip_version`` already scored left out."""
         where, params = self._pool_where(skip_version, None)
         rows = self._query(
-            f"SELECT c.candidate_id FROM candidates c WHERE {where}AND c.audit_slice = 0 "
-            "ORDER BY c.created DESC, c.candidate_id DESC LIMIT ?",
+            f"SELECT c.candidate_id FROM candidates c{self._hint('queue_recent')} WHERE {where}"
+            "AND c.audit_slice = 0 ORDER BY c.created DESC, c.candidate_id DESC LIMIT ?",
             (*params, limit),
         )
         return [str(r[0]) for r in rows]
@@ -379,8 +385,9 @@ class QueueQueries(StoreCore):
             ids += [
                 str(r[0])
                 for r in self._query(
-                    f"SELECT c.candidate_id FROM candidates c WHERE {where}AND c.audit_slice = 0 "
-                    f"AND {part} ORDER BY c.random_key, c.candidate_id LIMIT ?",
+                    f"SELECT c.candidate_id FROM candidates c{self._hint('queue_random')} "
+                    f"WHERE {where}AND c.audit_slice = 0 AND {part} "
+                    "ORDER BY c.random_key, c.candidate_id LIMIT ?",
                     (*params, start, limit - len(ids)),
                 )
             ]
