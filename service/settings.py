@@ -246,6 +246,12 @@ class ServerSettings(RegistrySettings, StoreSettings):
         description="Oldest unlabeled images are forgotten above this total (None: no cap).",
     )
     retention_interval_s: float = Field(3600.0, gt=0, description="How often retention runs.")
+    queue_fresh_first: bool = Field(
+        False,
+        description="Ranked queues take the candidates the serving version scored first: set it "
+        "where the trainer re-scores with a budget (CAD_RESCORE_BUDGET), whose untouched "
+        "candidates keep an older version's scores.",
+    )
     queue_claim_s: float = Field(
         600.0,
         ge=0,

@@ -961,3 +961,31 @@ def test_others_claims_are_counted_with_when_the_first_ends(
     assert store.others_claims("dr.b")[0] == 2  # a labelled item is nobody's claim any more
     store.release_claims("dr.c")
     assert store.others_claims("dr.b")[0] == 1
+
+
+def test_a_fresh_first_queue_ranks_what_the_serving_version_scored_before_older_scores(
+    review: ReviewService, store: SqlLabelStore
+) -> None:
+    """Scores of two versions are not comparable (an untrained first version calls everything
+    uncertain): with ``fresh`` the candidates that version scored come first, in their order."""
+    from service.aift import VARIANTS
+
+    ids = []
+    for k in range(4):
+        ids += add_image(store, f"fresh-{k}", n=5, seed=k)
+    unsure = np.full((24, 2), 0.5, dtype=np.float32)  # as uncertain as can be
+    store.update_predictions("6", [(c, unsure, 0.5, 1, 1, 1) for c in ids[:10]])
+    sure = np.tile(np.array([[0.9, 0.1]], dtype=np.float32), (24, 1))
+    fresh = ids[10:]
+    store.update_predictions("7", [(c, sure + 0.01 * i, 0.1, 1, 1, 1) for i, c in enumerate(fresh)])
+    spec = VARIANTS["entropy_alpha"]
+    mixed = [e.candidate_id for e, _ in store.ranked_unlabeled(spec, 5)]
+    assert set(mixed) <= set(ids[:10])  # the stale, "uncertain" ones win a mixed ranking
+    first = [e.candidate_id for e, _ in store.ranked_unlabeled(spec, 5, fresh="7")]
+    exact = [e.candidate_id for e, _ in store.ranked_unlabeled(spec, 20) if e.candidate_id in fresh]
+    assert first == exact[:5]  # version 7's own top, in its order
+    spill = [e.candidate_id for e, _ in store.ranked_unlabeled(spec, 12, fresh="7")]
+    assert spill[:10] == exact and set(spill[10:]) <= set(ids[:10])  # then the others
+    review.fresh_version = lambda: "7"
+    served = review.annotation_queue(3, "entropy_alpha").items
+    assert [e.candidate_id for e, _ in served] == exact[:3]

@@ -84,7 +84,13 @@ def rescore_pool(
     info = registry.get(version)
     skip = None if again else str(version)
     if budget:
-        chosen = store.pool_rows(budgeted_selection(store, version, budget, order), skip)
+        previous = max((v for v in registry.versions() if v < version), default=None)
+        chosen = store.pool_rows(
+            budgeted_selection(
+                store, version, budget, order, previous=None if previous is None else str(previous)
+            ),
+            skip,
+        )
         total = len(chosen)
         pages: Iterator[list[PoolRow]] = (
             chosen[i : i + page_size] for i in range(0, len(chosen), page_size)
@@ -139,13 +145,14 @@ def budgeted_selection(
     budget: int,
     order: str = DEFAULT_VARIANT,
     skip_scored: bool = True,
+    previous: str | None = None,
 ) -> list[str]:
     """At most ``budget`` candidate ids to re-score after version ``version`` was published,
     read off the store's indexes (the cost does not grow with the pool):
 
-    - the top ``TOP_SHARE`` of the budget by ``order``, the ranking reviewers are served: the
-      only items a queue serves, so stale scores there are the ones that matter, and an item
-      whose score falls under the new version leaves the top;
+    - the top ``TOP_SHARE`` of the budget by ``order``, the ranking reviewers are served, those
+      the ``previous`` version scored first (as a queue with ``CAD_QUEUE_FRESH_FIRST`` serves
+      them): the items a queue serves, so stale scores there are the ones that matter;
     - the ``RECENT_SHARE`` newest arrivals (those recorded before the servers swapped were
       scored by the old version at Classify time);
     - the rest a uniform random sample (the pool's random keys from a starting point the
@@ -163,7 +170,8 @@ def budgeted_selection(
     top_n = int(budget * TOP_SHARE)
     recent_n = int(budget * RECENT_SHARE)
     if order in VARIANTS:
-        top = store.ranked_unlabeled(VARIANTS[order], top_n) if top_n else []
+        # the top as the queue serves it: the previous version's fresh scores first
+        top = store.ranked_unlabeled(VARIANTS[order], top_n, fresh=previous) if top_n else []
     elif order == MARGIN:
         top = store.keyed_unlabeled(MARGIN, top_n) if top_n else []
     else:

@@ -1,6 +1,7 @@
 """Budgeted re-scoring against exact re-scoring (issue 39): a method ending ``_budget`` re-scores
 at most ``BUDGET_SHARE`` of the pool after each round (``CAD_RESCORE_BUDGET``:
-:func:`trainer.rescore.budgeted_selection`), the rest keeping the scores they had. After each
+:func:`trainer.rescore.budgeted_selection`), the rest keeping the scores they had, and its queue
+ranks what the serving version scored first (``CAD_QUEUE_FRESH_FIRST``). After each
 such round a copy of the run's store is re-scored exactly, and the queue's top 20 and 100 under
 the two are compared; the report sets the budgeted method's learning curve beside its exact
 twin's, paired by seed (``budget.csv``, ``budget.md``, ``budget.json``).
@@ -64,8 +65,9 @@ def measure_overlap(ws: Path, variant: str, depth: str | None) -> dict[str, Any]
             spec = VARIANTS[variant]
             top = max(TOPS)
             pool = store.pool_count()
-            budgeted = [e.candidate_id for e, _ in store.ranked_unlabeled(spec, top)]
             registry = ModelRegistry(ws / "registry", "cad").with_pins_in(store)
+            fresh = str(registry.target())  # the budgeted queue as served: fresh scores first
+            budgeted = [e.candidate_id for e, _ in store.ranked_unlabeled(spec, top, fresh=fresh)]
             t = time.perf_counter()
             exact_rescored = rescore_pool(
                 store, ImageArchive(ws / "archive"), registry, progress=False, depth=depth

@@ -696,6 +696,9 @@ class Experiment:
             store = open_store(f"sqlite:///{ws / 'labels.sqlite3'}")
             try:
                 review = ReviewService(store, ServiceMetrics(CollectorRegistry()))
+                if method.endswith(BUDGET):  # as a server with CAD_QUEUE_FRESH_FIRST serves
+                    target = ModelRegistry(ws / "registry", "cad").target()
+                    review.fresh_version = lambda target=target: str(target)
                 have = sum(1 for _ in store.labeled())
                 need = schedule[r - 1] - have
                 if r == 1 and variant == "typiclust":  # the cold start picks round 1 itself

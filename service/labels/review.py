@@ -9,7 +9,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -89,6 +89,10 @@ class ReviewService:
     ) -> None:
         self.claim_s = claim_s
         self.per_source = 0
+        self.fresh_version: Callable[[], str | None] | None = None
+        """When set: ranked queues take the candidates this version scored first (the serving
+        version, where the trainer re-scores with a budget: older versions' scores are not
+        comparable with its own)."""
         """The most candidates of one source (a study, else a video or image source) a ranked
         queue hands out at once (the server's ``CAD_QUEUE_MAX_PER_SOURCE``; 0: no cap)."""
         self._count: tuple[float, int] | None = None
@@ -330,7 +334,8 @@ class ReviewService:
         def read(n: int, unclaimed_for: str | None = None) -> list[tuple[QueueEntry, float]]:
             if isinstance(spec, str):
                 return self.store.keyed_unlabeled(spec, n, unclaimed_for)
-            return self.store.ranked_unlabeled(spec, n, unclaimed_for)
+            fresh = self.fresh_version() if self.fresh_version is not None else None
+            return self.store.ranked_unlabeled(spec, n, unclaimed_for, fresh)
 
         if not claimant and not cap:
             return read(limit)

@@ -95,6 +95,8 @@ def compose(
     # the pin lives in the store (registries are mounted read-only on servers)
     models.registry.with_pins_in(store, spool.folder / "last-pin.json")
     review = review_service(settings, store, metrics, archive)
+    if settings.queue_fresh_first:
+        review.fresh_version = lambda: str(models.current.version) if models.current else None
     batcher = DynamicBatcher(batching_config(settings), metrics)
     classifier = Classifier(
         models,

@@ -245,4 +245,15 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "AND audit_slice = 0",
         ],
     ),
+    (
+        14,
+        "a queue that ranks the candidates the serving version scored first (a budgeted "
+        "re-scoring leaves older versions' scores, which are not comparable): the default "
+        "ranking by version",
+        [
+            "CREATE INDEX queue_fresh ON candidates (scored_version, (entropy_alpha) DESC, "
+            "candidate_id) WHERE label IS NULL AND origin = 'model' AND patch_probs IS NOT NULL "
+            "AND audit_slice = 0",
+        ],
+    ),
 ]

@@ -164,7 +164,11 @@ class QueueQueries(StoreCore):
         return [(queue_entry(r), float(r[15])) for r in rows]
 
     def ranked_unlabeled(
-        self, spec: Variant, limit: int, unclaimed_for: str | None = None
+        self,
+        spec: Variant,
+        limit: int,
+        unclaimed_for: str | None = None,
+        fresh: str | None = None,
     ) -> list[tuple[QueueEntry, float]]:
         """The top ``limit`` unlabeled candidates by an AIFT variant, ranked in SQL from the
         stored terms (``lambda1 * E + lambda2 * D`` over all patches, or over the
@@ -172,9 +176,26 @@ class QueueQueries(StoreCore):
         index, so the cost does not grow with the pool; other weights scan the stored numbers
         (never the patch predictions).
 
+        ``fresh``: the candidates version ``fresh`` scored first, in their order, then the
+        others (scores of different versions are not comparable: an earlier version may call
+        everything uncertain). Off an index on (scored_version, entropy_alpha) for the default
+        ranking; a scan of the variant's index for the others.
+
         Raises:
             ValueError: ``spec.alpha`` is neither 1 nor the paper's (no stored terms for it).
         """
+        if fresh is not None:
+            first = self._ranked(spec, limit, unclaimed_for, fresh)
+            if len(first) >= limit:
+                return first
+            taken = {e.candidate_id for e, _ in first}
+            rest = self._ranked(spec, limit + len(first), unclaimed_for, None)
+            return (first + [(e, r) for e, r in rest if e.candidate_id not in taken])[:limit]
+        return self._ranked(spec, limit, unclaimed_for, None)
+
+    def _ranked(
+        self, spec: Variant, limit: int, unclaimed_for: str | None, scored_by: str | None
+    ) -> list[tuple[QueueEntry, float]]:
         if spec.alpha == 1.0:
             e, d = "c.entropy", "c.diversity"
         elif spec.alpha == PAPER_ALPHA:
@@ -201,10 +222,12 @@ class QueueQueries(StoreCore):
                 }[expression]
             )
             hint = f" INDEXED BY queue_{index}"
+            if scored_by is not None and index == "entropy_alpha":
+                hint = " INDEXED BY queue_fresh"
 
         return self._top_unlabeled(
             f"({expression})", f"candidates c{hint} ", f"({expression})", params, params,
-            limit, unclaimed_for,
+            limit, unclaimed_for, scored_by,
         )  # fmt: skip
 
     def keyed_unlabeled(
@@ -240,14 +263,18 @@ class QueueQueries(StoreCore):
         order_params: tuple[Any, ...],
         limit: int,
         unclaimed_for: str | None,
+        scored_by: str | None = None,
     ) -> list[tuple[QueueEntry, float]]:
         """The top ``limit`` unlabeled candidates outside the audit slice by ``order`` (SQL,
         descending; ties by candidate id), from ``source`` (``candidates c`` with an index hint
         or a join), each with its ``ranking`` (SQL); ``head_params`` fill the placeholders of
         ``ranking`` and ``source``, ``order_params`` those of ``order``. Others' live claims are
-        not offered to ``unclaimed_for``."""
+        not offered to ``unclaimed_for``; ``scored_by``: only candidates that version scored."""
 
         def body(cur: Any) -> list[tuple[Any, ...]]:
+            fresh, fresh_params = "", tuple[Any, ...]()
+            if scored_by is not None:
+                fresh, fresh_params = "AND c.scored_version = ? ", (scored_by,)
             claims, claim_params = "", tuple[Any, ...]()
             if unclaimed_for is not None:
                 claims = "AND (c.claimed_until IS NULL OR c.claimed_until < ? OR c.claimed_by = ?) "
@@ -259,9 +286,10 @@ class QueueQueries(StoreCore):
                     f"c.patch_shape, i.sha256, c.recipe, i.study_uid, {ranking} AS ranking "
                     f"FROM {source}JOIN images i ON i.request_id = c.request_id "
                     "WHERE c.label IS NULL AND c.origin = 'model' AND c.patch_probs IS NOT NULL "
-                    f"AND c.audit_slice = 0 {claims}ORDER BY {order} DESC, c.candidate_id LIMIT ?"
+                    f"AND c.audit_slice = 0 {fresh}{claims}ORDER BY {order} DESC, c.candidate_id "
+                    "LIMIT ?"
                 ),
-                (*head_params, *claim_params, *order_params, limit),
+                (*head_params, *fresh_params, *claim_params, *order_params, limit),
             )
             return list(cur.fetchall())
 
