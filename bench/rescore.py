@@ -78,9 +78,17 @@ done = rescore_pool(
     store, ImageArchive(archive), ModelRegistry(registry, "cad"), progress=False, **kw
 )
 wall = time.perf_counter() - t0
+fresh_queue_s = None
+if int(budget):  # the queue a fresh-first server serves now: version 2's own top, off its index
+    from service.aift import VARIANTS
+    t = time.perf_counter()
+    top = store.ranked_unlabeled(VARIANTS["entropy_alpha"], 20, fresh="2")
+    fresh_queue_s = time.perf_counter() - t
+    assert len(top) == 20
 store.close()
 hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
 print(json.dumps({"scored": done, "wall_s": wall, "round_trips": trips[0], "selection_s": selection_s,
+                  "fresh_queue_s": fresh_queue_s,
                   "peak_rss_mb": int(hwm.split()[1]) / 1024}))
 """
 
@@ -167,7 +175,7 @@ def run_revision(
         "wall_s": wall if workers > 1 else results[0]["wall_s"],
         "round_trips": sum(r["round_trips"] for r in results),
         "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
-        **({"selection_s": results[0]["selection_s"]} if results[0].get("selection_s") else {}),
+        **{k: results[0][k] for k in ("selection_s", "fresh_queue_s") if results[0].get(k)},
     }
 
 
