@@ -133,16 +133,22 @@ class ReviewApp:
         except StoreUnavailable:
             raise PageError(503, STORE_DOWN) from None
 
+    async def signed_in(self, request: Request) -> tuple[str, Session]:
+        """The request's session id and session; PageError 401 (sign in again) without one, 503
+        while the store that keeps sessions is down."""
+        sid, session = await self.session(request)
+        if session is None or sid is None:
+            raise PageError(401, SIGNIN_MESSAGES["expired"], signin="expired")
+        return sid, session
+
     def api(
         self, handler: Callable[[Request, Session], Awaitable[Any]], changes: bool = False
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             try:
-                sid, session = await self.session(request)
+                sid, session = await self.signed_in(request)
             except PageError as exc:
                 return json_error(exc)
-            if session is None or sid is None:
-                return json_error(PageError(401, SIGNIN_MESSAGES["expired"], signin="expired"))
             try:
                 same_site(request)  # reads too: another site's page gets nothing
                 if changes:

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from reviewui.proxy import LABELS, box_json, notices_json
-from reviewui.security import SIGNIN_MESSAGES, PageError, json_error, same_site
+from reviewui.security import PageError, json_error, same_site
 from reviewui.sessions import Session
 from service.aift import DEFAULT_VARIANT, QUEUE_ORDERS
 from service.api.cad.v1 import cad_pb2
@@ -102,11 +102,9 @@ async def image(app: ReviewApp, request: Request, session: Session) -> Any:
 
 async def png(app: ReviewApp, request: Request) -> Response:
     try:
-        sid, session = await app.session(request)
+        sid, session = await app.signed_in(request)
     except PageError as exc:
         return json_error(exc)
-    if session is None or sid is None:
-        return json_error(PageError(401, SIGNIN_MESSAGES["expired"], signin="expired"))
     request_id = request.path_params["request_id"]
     try:
         same_site(request)
