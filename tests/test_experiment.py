@@ -83,6 +83,7 @@ def test_tiny_experiment_runs_resumes_and_reports(tmp_path: Path) -> None:
     )  # no ImageNet AlexNet in tests
 
 
+@needs_data
 def test_a_budgeted_run_measures_its_queue_top_against_exact_rescoring(tmp_path: Path) -> None:
     from experiments.cvc.budget import BUDGET_SHARE
     from experiments.cvc.report import write_report
