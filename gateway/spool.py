@@ -55,10 +55,8 @@ class Spool:
             by_instance.setdefault(r.sop_instance_uid, []).append(r)
         with self.regions_lock:
             for uid, found in by_instance.items():
-                path = self.regions / f"{file_key(uid)}.json"
-                kept = json.loads(path.read_text()) if path.exists() else []
-                kept += [[r.frame_index, r.x, r.y, r.width, r.height] for r in found]
-                write_atomic(path, json.dumps(kept).encode())
+                rows = [[r.frame_index, r.x, r.y, r.width, r.height] for r in found]
+                _append(self.regions / f"{file_key(uid)}.json", rows)
 
     def keep_points(self, points: list[Point3D]) -> None:
         """An upstream SR's 3D points (PE candidates), kept per frame of reference."""
@@ -67,7 +65,10 @@ class Spool:
             by_frame.setdefault(p.frame_of_reference_uid, []).append(p)
         with self.regions_lock:
             for uid, found in by_frame.items():
-                path = self.points_path(uid)
-                kept = json.loads(path.read_text()) if path.exists() else []
-                kept += [[p.x, p.y, p.z] for p in found]
-                write_atomic(path, json.dumps(kept).encode())
+                _append(self.points_path(uid), [[p.x, p.y, p.z] for p in found])
+
+
+def _append(path: Path, rows: list[list[float]]) -> None:
+    """``rows`` added to the JSON list kept in ``path`` (written whole, atomically)."""
+    kept = json.loads(path.read_text()) if path.exists() else []
+    write_atomic(path, json.dumps(kept + rows).encode())

@@ -256,4 +256,13 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "AND audit_slice = 0",
         ],
     ),
+    (
+        15,
+        "the live claims of unlabeled candidates, indexed: a reviewer's progress says how many "
+        "items others hold without counting the pool",
+        [
+            "CREATE INDEX claims ON candidates (claimed_until) "
+            "WHERE label IS NULL AND claimed_until IS NOT NULL",
+        ],
+    ),
 ]

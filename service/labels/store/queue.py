@@ -37,6 +37,14 @@ from service.labels.store.rows import (
 
 log = logging.getLogger(__name__)
 
+POOL_SELECT = (
+    "SELECT c.candidate_id, c.request_id, c.x, c.y, c.width, c.height, c.recipe, c.geometry, "
+    "i.sha256, i.source_id, i.study_uid FROM candidates c JOIN images i "
+    "ON i.request_id = c.request_id"
+)
+"""An unlabeled candidate as re-scoring reads it (:class:`PoolRow`): where it is, not what was
+predicted."""
+
 
 class QueueQueries(StoreCore):
     """The queue, export and metrics queries of :class:`SqlLabelStore`."""
@@ -352,10 +360,7 @@ class QueueQueries(StoreCore):
         stopped goes on where it stopped); only shard ``(i, n)`` of the pool when given."""
         where, params = self._pool_where(skip_version, shard)
         rows = self._query(
-            "SELECT c.candidate_id, c.request_id, c.x, c.y, c.width, c.height, c.recipe, "
-            "c.geometry, i.sha256, i.source_id, i.study_uid FROM candidates c JOIN images i "
-            f"ON i.request_id = c.request_id WHERE c.candidate_id > ? AND {where}"
-            "ORDER BY c.candidate_id LIMIT ?",
+            f"{POOL_SELECT} WHERE c.candidate_id > ? AND {where}ORDER BY c.candidate_id LIMIT ?",
             (after, *params, limit),
         )
         return [PoolRow(*r) for r in rows]
@@ -369,13 +374,15 @@ class QueueQueries(StoreCore):
 
     def others_claims(self, reviewer: str) -> tuple[int, str]:
         """How many unlabeled candidates reviewers other than ``reviewer`` hold live claims on,
-        and when the first of those claims ends (ISO 8601; "" when none)."""
+        and when the first of those claims ends (ISO 8601; "" when none). Read off the index of
+        claims (every progress refresh asks: it must not count the pool)."""
 
         def body(cur: Any) -> tuple[int, str]:
             cur.execute(
                 self._sql(
-                    "SELECT COUNT(*), MIN(claimed_until) FROM candidates WHERE label IS NULL "
-                    "AND claimed_until IS NOT NULL AND claimed_until >= ? AND claimed_by <> ?"
+                    f"SELECT COUNT(*), MIN(claimed_until) FROM candidates{self._hint('claims')} "
+                    "WHERE label IS NULL AND claimed_until IS NOT NULL AND claimed_until >= ? "
+                    "AND claimed_by <> ?"
                 ),
                 (self._now(cur), reviewer),
             )
@@ -435,9 +442,7 @@ class QueueQueries(StoreCore):
             chunk = ids[start : start + 500]
             marks = ", ".join("?" * len(chunk))
             rows = self._query(
-                "SELECT c.candidate_id, c.request_id, c.x, c.y, c.width, c.height, c.recipe, "
-                "c.geometry, i.sha256, i.source_id, i.study_uid FROM candidates c JOIN images i "
-                f"ON i.request_id = c.request_id WHERE c.candidate_id IN ({marks}) AND {where}"
+                f"{POOL_SELECT} WHERE c.candidate_id IN ({marks}) AND {where}"
                 "ORDER BY c.candidate_id",
                 (*chunk, *params),
             )

@@ -92,13 +92,19 @@ class Receipt:
 
 
 @dataclass(frozen=True)
-class QueueEntry:
+class CandidatePlace:
+    """Which candidate, on which frame, where: what every reading of the pool starts with."""
+
     candidate_id: str
     request_id: str
     x: float
     y: float
     width: float
     height: float
+
+
+@dataclass(frozen=True)
+class QueueEntry(CandidatePlace):
     probability: float
     model_version: str
     frame_index: int
@@ -158,15 +164,9 @@ class AuditEvent:
 
 
 @dataclass(frozen=True)
-class PoolRow:
+class PoolRow(CandidatePlace):
     """An unlabeled candidate as re-scoring reads it: where it is, not what was predicted."""
 
-    candidate_id: str
-    request_id: str
-    x: float
-    y: float
-    width: float
-    height: float
     recipe: str
     geometry: str
     image_sha256: str
