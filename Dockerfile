@@ -31,6 +31,7 @@ ARG PIP_TRUSTED_HOST
 ARG PIP_FIND_LINKS
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
+COPY cad ./cad
 COPY service ./service
 COPY trainer ./trainer
 COPY cadcli ./cadcli

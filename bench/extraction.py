@@ -8,7 +8,7 @@ candidates are cut into 72 patches (``polyp`` recipe, 224 px), from 1..N threads
 
 1. into a fresh array per request (what the server did until it kept one per worker thread);
 2. into one array per thread, reused request after request (what the server does now,
-   ``service.aift.patches.PatchBuffers``).
+   ``cad.aift.patches.PatchBuffers``).
 
 It prints requests/s, ms per request and microseconds of one core per patch for each, their
 ratio; the model itself per patch (raw ONNX Runtime on this CPU at batch 64) for comparison; and
@@ -40,8 +40,8 @@ from bench.serving import (
     log,
     ort_ceiling,
 )
-from service.aift import Box, extract_patches, parse_recipe
-from service.models.providers import SessionOptions
+from cad.aift import Box, extract_patches, parse_recipe
+from cad.models.providers import SessionOptions
 
 H100 = ROOT / "docs" / "bench" / "serving-cuda-h100.json"
 SIZE = 224
@@ -49,7 +49,7 @@ SIZE = 224
 
 def decoded_requests(frames: int) -> list[tuple[np.ndarray, list[Box]]]:
     """(pixels, boxes) of the serving benchmark's requests, decoded as the server decodes them."""
-    from service.imaging import ImageLimits, decode_dicom, decode_encoded
+    from cad.imaging import ImageLimits, decode_dicom, decode_encoded
 
     out = []
     for req in frame_requests(frames) + dicom_requests():

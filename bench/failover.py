@@ -38,9 +38,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cad.labels.store import open_store
+from cad.labels.store.leases import holder_name
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.labels.store import open_store
-from service.labels.store.leases import holder_name
 from support.helpers import dicom_bytes, publish_tiny
 from support.launch import server_process
 from support.pg import TempPostgres

@@ -34,12 +34,12 @@ from bench.serving import build_model, log
 def _classifiers(work: Path, size: int) -> tuple[Any, Any]:
     from prometheus_client import CollectorRegistry
 
-    from service.imaging import ImageLimits
-    from service.metrics import ServiceMetrics
-    from service.models.batcher import SerialBatcher
-    from service.models.inference import Classifier, ModelManager
-    from service.models.providers import SessionOptions
-    from service.models.volume_inference import VolumeClassifier
+    from cad.imaging import ImageLimits
+    from cad.metrics import ServiceMetrics
+    from cad.models.batcher import SerialBatcher
+    from cad.models.inference import Classifier, ModelManager
+    from cad.models.providers import SessionOptions
+    from cad.models.volume_inference import VolumeClassifier
 
     if size == 224:
         registry = build_model(work)
@@ -48,7 +48,7 @@ def _classifiers(work: Path, size: int) -> tuple[Any, Any]:
         from trainer.settings import TrainerSettings
 
         init_model(TrainerSettings(registry_root=work / "registry", input_size=size))
-        from service.models.registry import ModelRegistry
+        from cad.models.registry import ModelRegistry
 
         registry = ModelRegistry(work / "registry", "cad")
     metrics = ServiceMetrics(CollectorRegistry())
@@ -86,11 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench-pe.json")
     args = parser.parse_args(argv)
 
-    from service.aift import Box
-    from service.aift.vessel import extract_pe_patches, vessel_axis
-    from service.models.inference import CandidateInput, ClassifyInput, EncodedImage
-    from service.models.volume_inference import VolumeCandidateInput, VolumeInput
-    from service.volumes import assemble_series
+    from cad.aift import Box
+    from cad.aift.vessel import extract_pe_patches, vessel_axis
+    from cad.models.inference import CandidateInput, ClassifyInput, EncodedImage
+    from cad.models.volume_inference import VolumeCandidateInput, VolumeInput
+    from cad.volumes import assemble_series
 
     with tempfile.TemporaryDirectory() as tmp:
         classifier, volumes = _classifiers(Path(tmp), args.size)

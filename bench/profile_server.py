@@ -69,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runners", type=int, default=1)
     args = parser.parse_args(argv)
 
-    from service import inference
-    from service.models.batcher import DynamicBatcher
-    from service.models.model import LoadedModel
+    from cad.models import inference
+    from cad.models.batcher import DynamicBatcher
+    from cad.models.model import LoadedModel
     from service.rpc.server import ServerThread
     from service.settings import ServerSettings
 

@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from service.aift import VARIANTS, aift_scores
-from service.aift.scoring import DEFAULT_VARIANT
-from service.labels.store import CandidateRecord, ImageRecord, SqlLabelStore, open_store
+from cad.aift import VARIANTS, aift_scores
+from cad.aift.scoring import DEFAULT_VARIANT
+from cad.labels.store import CandidateRecord, ImageRecord, SqlLabelStore, open_store
 
 PER_IMAGE = 100
 PATCHES = 8

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from bench.launch import ROOT, emit, revision_tree
-from service.labels.archive import ImageArchive
-from service.labels.store import CandidateRecord, ImageRecord, open_store
+from cad.labels.archive import ImageArchive
+from cad.labels.store import CandidateRecord, ImageRecord, open_store
 
 MODES = ("exact", "workers", "budget")
 PER_IMAGE = 100
@@ -42,11 +42,11 @@ IMAGES = 100
 DRIVER = r"""
 import json, sys, time
 import numpy as np
-from service.labels.archive import ImageArchive
-from service.labels.store import open_store
-from service.labels.store.core import StoreCore
-from service.models.batcher import SerialBatcher
-from service.models.registry import ModelRegistry
+from cad.labels.archive import ImageArchive
+from cad.labels.store import open_store
+from cad.labels.store.core import StoreCore
+from cad.models.batcher import SerialBatcher
+from cad.models.registry import ModelRegistry
 
 url, archive, registry, shard, budget = sys.argv[1:6]
 shard = tuple(int(v) for v in shard.split("/")) if shard else None
@@ -80,7 +80,7 @@ done = rescore_pool(
 wall = time.perf_counter() - t0
 fresh_queue_s = None
 if int(budget):  # the queue a fresh-first server serves now: version 2's own top, off its index
-    from service.aift import VARIANTS
+    from cad.aift import VARIANTS
     t = time.perf_counter()
     top = store.ranked_unlabeled(VARIANTS["entropy_alpha"], 20, fresh="2")
     fresh_queue_s = time.perf_counter() - t
@@ -181,9 +181,9 @@ def run_revision(
 
 def network_rate(registry: Path) -> dict[str, float]:
     """The published network's own rate on real 64-px patches, one intra-op thread (a core)."""
-    from service.models.model import load_model
-    from service.models.providers import SessionOptions
-    from service.models.registry import ModelRegistry
+    from cad.models.model import load_model
+    from cad.models.providers import SessionOptions
+    from cad.models.registry import ModelRegistry
 
     info = ModelRegistry(registry, "cad").get(2)
     model = load_model(info, SessionOptions(intra_op_threads=1))

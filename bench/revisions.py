@@ -33,7 +33,7 @@ from bench.serving import (
     ort_ceiling,
     server_env,
 )
-from service.models.providers import SessionOptions, select_providers
+from cad.models.providers import SessionOptions, select_providers
 from support.launch import server_process
 
 

@@ -46,10 +46,10 @@ from typing import Any
 import grpc
 import numpy as np
 
+from cad.models.model import load_model
+from cad.models.providers import SessionOptions, select_providers
+from cad.models.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.models.model import load_model
-from service.models.providers import SessionOptions, select_providers
-from service.models.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry
 from support.launch import server_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -349,8 +349,8 @@ def load(
 def model_input_bytes(requests: list[cad_pb2.ClassifyRequest], size: int) -> dict[str, float]:
     """Mean bytes per request handed to the model: cut float32 patches (host path) against the
     decoded 8-bit image once plus a 2x3 float32 map and an int64 index per patch (graph path)."""
-    from service.aift.patches import parse_recipe
-    from service.imaging import decode_dicom, decode_encoded
+    from cad.aift.patches import parse_recipe
+    from cad.imaging import decode_dicom, decode_encoded
 
     host, graph = [], []
     for req in requests:
@@ -420,7 +420,7 @@ def video(address: str, frames: list[bytes], fps: float | None, count: int) -> d
 
 
 def pool_scoring_ratio(patches_per_s: float, n: int = 100_000, m: int = 24) -> dict[str, float]:
-    from service.aift import candidate_stats
+    from cad.aift import candidate_stats
 
     rng = np.random.default_rng(0)
     p = rng.uniform(0, 1, (n, m)).astype(np.float32)
@@ -485,10 +485,10 @@ def reduced_precision(
     precision: str = "int8",
 ) -> dict[str, Any]:
     """Make and publish the ``precision`` variant, compare throughput and CVC-ClinicDB AUC."""
+    from cad.aift import parse_recipe
+    from cad.aift.patches import extract_many
+    from cad.imaging import decode_encoded
     from experiments.cvc.pool import generate, load_frames
-    from service.aift import parse_recipe
-    from service.aift.patches import extract_many
-    from service.imaging import decode_encoded
     from trainer.quantize import quantize_version
 
     if not CVC.is_dir():

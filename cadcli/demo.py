@@ -24,8 +24,8 @@ from pathlib import Path
 
 import grpc
 
+from cad.logs import configure_logging
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.logs import configure_logging
 from service.rpc.server import ServerThread
 from service.settings import ServerSettings
 
@@ -73,7 +73,7 @@ def _print_results(title: str, response: cad_pb2.ClassifyResponse) -> None:
 def _video_frames() -> Iterator[cad_pb2.ClassifyRequest]:
     from PIL import Image
 
-    from service.imaging import decode_dicom
+    from cad.imaging import decode_dicom
 
     data = sample_dicom(VIDEO_FILE).read_bytes()
     for index in range(VIDEO_FRAMES):

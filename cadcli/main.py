@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.settings import from_flags
+from cad.settings import from_flags
 
 if TYPE_CHECKING:  # imported where used: `cad serve` never imports torch
-    from service.models.registry import ModelRegistry
+    from cad.models.registry import ModelRegistry
     from trainer.settings import TrainerSettings
 
 
@@ -31,7 +31,7 @@ def _require_torch(command: str) -> None:
 
 def _model_init(args: argparse.Namespace) -> int:
     _require_torch("model init")
-    from service.logs import configure_logging
+    from cad.logs import configure_logging
     from trainer.bootstrap import RegistryNotEmpty, init_model
     from trainer.settings import TrainerSettings
     from trainer.weights import WeightsUnavailable
@@ -101,7 +101,7 @@ def _trainer_settings(args: argparse.Namespace, **extra: object) -> TrainerSetti
 
 def _train_round(args: argparse.Namespace) -> int:
     _require_torch("train round")
-    from service.logs import configure_logging
+    from cad.logs import configure_logging
     from trainer.round import run_round
 
     configure_logging(args.log_level)
@@ -123,10 +123,10 @@ def _shard(text: str) -> tuple[int, int]:
 
 def _train_rescore(args: argparse.Namespace) -> int:
     _require_torch("train rescore")
-    from service.labels.archive import ImageArchive
-    from service.labels.store import open_store
-    from service.logs import configure_logging
-    from service.models.registry import ModelRegistry
+    from cad.labels.archive import ImageArchive
+    from cad.labels.store import open_store
+    from cad.logs import configure_logging
+    from cad.models.registry import ModelRegistry
     from trainer.rescore import rescore_pool
 
     configure_logging(args.log_level)
@@ -156,7 +156,7 @@ def _train_rescore(args: argparse.Namespace) -> int:
 
 def _train_watch(args: argparse.Namespace) -> int:
     _require_torch("train watch")
-    from service.logs import configure_logging
+    from cad.logs import configure_logging
     from trainer.watch import watch
 
     configure_logging(args.log_level)
@@ -165,7 +165,7 @@ def _train_watch(args: argparse.Namespace) -> int:
 
 
 def _registry(args: argparse.Namespace) -> ModelRegistry:
-    from service.models.registry import ModelRegistry
+    from cad.models.registry import ModelRegistry
     from service.settings import ServerSettings
 
     s = ServerSettings()
@@ -174,7 +174,7 @@ def _registry(args: argparse.Namespace) -> ModelRegistry:
     )
     url = _store_url(args)
     if url:  # the pin lives in the label store, where the servers read it
-        from service.labels.store import open_store
+        from cad.labels.store import open_store
 
         registry.with_pins_in(open_store(url))
     return registry
@@ -187,7 +187,7 @@ def _store_url(args: argparse.Namespace) -> str:
 
 
 def _model_quantize(args: argparse.Namespace) -> int:
-    from service.logs import configure_logging
+    from cad.logs import configure_logging
     from trainer.quantize import quantize_from_store
 
     configure_logging(args.log_level)
@@ -265,7 +265,7 @@ def _audit(
             file=sys.stderr,
         )
         return
-    from service.labels.store import open_store
+    from cad.labels.store import open_store
 
     store = open_store(url)
     try:
@@ -275,10 +275,10 @@ def _audit(
 
 
 def _model_rollback(args: argparse.Namespace) -> int:
-    from service.errors import ModelRejected, NotFound
-    from service.models.lifecycle import AuditListener
-    from service.models.manager import ModelManager
-    from service.models.providers import SessionOptions
+    from cad.errors import ModelRejected, NotFound
+    from cad.models.lifecycle import AuditListener
+    from cad.models.manager import ModelManager
+    from cad.models.providers import SessionOptions
 
     def sink(action: str, actor: str, target: str, detail: dict[str, Any]) -> None:
         _audit(args, action, target, {**detail, "via": "cli"}, actor)
@@ -305,8 +305,8 @@ def _model_rollback(args: argparse.Namespace) -> int:
 def _model_prune(args: argparse.Namespace) -> int:
     """Remove old versions: all but the newest --keep, never the pinned or followed one or one a
     server reported serving within --replica-window-s (the store's replicas table)."""
-    from service.labels.store import open_store
-    from service.models.registry import ModelRegistry, plan_prune
+    from cad.labels.store import open_store
+    from cad.models.registry import ModelRegistry, plan_prune
     from service.settings import ServerSettings
 
     url = _store_url(args)
@@ -581,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         from cadcli.demo import run_demo
 
         return run_demo(args.workdir, args.log_level)
-    from service.errors import LeaseHeld, StoreUnavailable
+    from cad.errors import LeaseHeld, StoreUnavailable
 
     try:
         return int(args.func(args))

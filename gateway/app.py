@@ -41,6 +41,9 @@ from pydicom.uid import UID
 from pynetdicom import AE, AllStoragePresentationContexts, _config, build_context, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import
 
+from cad.durable import copy_atomic, write_atomic
+from cad.logs import configure_logging
+from cad.settings import from_flags
 from gateway.catchup import OrthancCatchUp
 from gateway.classify import Classifier
 from gateway.metrics import GatewayMetrics, GatewayStats
@@ -58,10 +61,7 @@ from gateway.settings import GatewaySettings
 from gateway.spool import Spool
 from gateway.sr import points_of, regions_of
 from service.api.cad.v1 import cad_pb2_grpc
-from service.durable import copy_atomic, write_atomic
-from service.logs import configure_logging
 from service.rpc.channel import client_channel
-from service.settings import from_flags
 
 log = logging.getLogger(__name__)
 # highdicom logs the source instance's UID at INFO while it builds an SR: never logged

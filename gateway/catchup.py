@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from service.durable import write_atomic
+from cad.durable import write_atomic
 
 log = logging.getLogger(__name__)
 

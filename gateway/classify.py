@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 from pydicom import dcmread
 
+from cad.durable import write_atomic
 from gateway.frames import frame_count, frame_file, read_header
 from gateway.metrics import GatewayMetrics, GatewayStats
 from gateway.policy import SERVER_AWAY, file_key, idempotency_key, refused_for_good
@@ -33,7 +34,6 @@ from gateway.sr import (
     build_volume_sr,
 )
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.durable import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -86,7 +86,7 @@ REFUSED = {
 
 def refused_for_good(code: grpc.StatusCode, details: str) -> bool:
     """True when the server refused the object itself. RESOURCE_EXHAUSTED also answers a full
-    inference queue, which says "retry" in its message (service.models.batcher): that one is
+    inference queue, which says "retry" in its message (cad.models.batcher): that one is
     load, not the object, and is retried."""
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "retry" in (details or "").lower():
         return False

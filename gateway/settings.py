@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from service.settings import ClientSettings
+from cad.settings import ClientSettings
 
 
 class GatewaySettings(ClientSettings):

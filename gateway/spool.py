@@ -8,9 +8,9 @@ import json
 import threading
 from pathlib import Path
 
+from cad.durable import write_atomic
 from gateway.policy import file_key
 from gateway.sr import Point3D, Region
-from service.durable import write_atomic
 
 
 class Spool:

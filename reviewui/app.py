@@ -27,6 +27,11 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from cad.aift import DEFAULT_VARIANT, QUEUE_ORDERS, RANDOM
+from cad.errors import StoreUnavailable
+from cad.labels.store import open_store
+from cad.logs import configure_logging
+from cad.settings import from_flags
 from reviewui.proxy import CadProxy
 from reviewui.routes import labels, reading, signin
 from reviewui.routes.signin import SESSION_COOKIE, STORE_DOWN
@@ -42,11 +47,6 @@ from reviewui.security import (
 )
 from reviewui.sessions import MemorySessions, Session, Sessions, StoreSessions
 from reviewui.settings import ReviewUiSettings
-from service.aift import DEFAULT_VARIANT, QUEUE_ORDERS, RANDOM
-from service.errors import StoreUnavailable
-from service.labels.store import open_store
-from service.logs import configure_logging
-from service.settings import from_flags
 
 log = logging.getLogger(__name__)
 

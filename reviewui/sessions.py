@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from service.labels.store import SqlLabelStore
+from cad.labels.store import SqlLabelStore
 
 
 @dataclass
@@ -169,7 +169,7 @@ def unseal(text: str, sid: str) -> str | None:
 
 class StoreSessions:
     """Sign-ins in the label store (its repository of sign-in rows,
-    :class:`service.labels.store.sessions.ReviewSessionRows`), shared by every replica of the
+    :class:`cad.labels.store.sessions.ReviewSessionRows`), shared by every replica of the
     review UI. ``seen`` is written at most every ``idle_s / 20`` seconds per session, so a
     session may end up to 5% of ``idle_s`` early, never late."""
 

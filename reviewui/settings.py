@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from service.settings import ClientSettings
+from cad.settings import ClientSettings
 
 
 class ReviewUiSettings(ClientSettings):

@@ -66,7 +66,7 @@ def default_text(field: Any) -> str:
 
 
 def _groups() -> list[tuple[str, Any]]:
-    from service.settings import ClientSettings, RegistrySettings, StoreSettings
+    from cad.settings import ClientSettings, RegistrySettings, StoreSettings
 
     return [
         ("the model registry", RegistrySettings),

@@ -1,1 +1,2 @@
-"""CAD inference service: gRPC transport over a numpy-only domain (no torch here)."""
+"""The CAD inference server: the gRPC transport (``rpc``: server, servicers, converters,
+interceptors, auth) and the wiring of a server over the domain in :mod:`cad`."""

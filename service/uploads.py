@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, overload
 
-from service.errors import LimitExceeded
+from cad.errors import LimitExceeded
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cad.models.registry import MODEL_FILE, ModelRegistry, VersionInfo
 from cadcli.demo import sample_dicom as dicom_path
-from service.models.registry import MODEL_FILE, ModelRegistry, VersionInfo
 from service.settings import ServerSettings
 
 

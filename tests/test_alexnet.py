@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from service.aift import Box, parse_recipe
-from service.aift.patches import extract_many
+from cad.aift import Box, parse_recipe
+from cad.aift.patches import extract_many
+from cad.imaging import Window, decode_dicom
+from cad.models.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry, sha256_file
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.imaging import Window, decode_dicom
-from service.models.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry, sha256_file
 from service.rpc.server import ServerThread
 from support.helpers import dicom_bytes, make_settings
 from trainer.bootstrap import RegistryNotEmpty, init_model

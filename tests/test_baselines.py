@@ -1,11 +1,11 @@
-"""The literature baselines' defining properties, each on a toy pool (service.aift.baselines)."""
+"""The literature baselines' defining properties, each on a toy pool (cad.aift.baselines)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from service.aift.baselines import (
+from cad.aift.baselines import (
     bald_scores,
     kcenter_greedy,
     kmeans,
@@ -13,7 +13,7 @@ from service.aift.baselines import (
     typicality,
     typiclust_keys,
 )
-from service.aift.scoring import aift_scores
+from cad.aift.scoring import aift_scores
 
 
 def test_margin_asks_first_where_the_two_classes_are_closest() -> None:

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from cad.errors import DeadlineExceeded, LimitExceeded
+from cad.metrics import ServiceMetrics
+from cad.models.batcher import BatchingConfig, DynamicBatcher
+from cad.models.model import LoadedModel, load_model
+from cad.models.providers import SessionOptions
+from cad.models.registry import ModelRegistry
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.errors import DeadlineExceeded, LimitExceeded
-from service.metrics import ServiceMetrics
-from service.models.batcher import BatchingConfig, DynamicBatcher
-from service.models.model import LoadedModel, load_model
-from service.models.providers import SessionOptions
-from service.models.registry import ModelRegistry
 from service.rpc.server import ServerThread
 from support.helpers import block_model_runs, make_settings, publish_tiny
 

@@ -18,7 +18,7 @@ from bench.serving import (
     render,
     video,
 )
-from service.models.registry import ModelRegistry
+from cad.models.registry import ModelRegistry
 from service.rpc.server import ServerThread
 from support.helpers import make_settings
 

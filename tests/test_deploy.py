@@ -503,7 +503,7 @@ def test_the_settings_reference_is_generated_from_the_code() -> None:
     page = (ROOT / "docs" / "settings.md").read_text()
     assert gen.with_reference(page) == page, "run scripts/gen_settings_docs.py"
     # a shared group is declared once: no process declares a field of a group it does not use
-    from service.settings import ClientSettings, RegistrySettings, StoreSettings
+    from cad.settings import ClientSettings, RegistrySettings, StoreSettings
 
     for group in (ClientSettings, RegistrySettings, StoreSettings):
         users = [c for _, c in gen._classes() if issubclass(c, group)]
@@ -525,8 +525,8 @@ def test_enum_like_settings_fail_at_start_with_the_allowed_values() -> None:
 
     import pydantic
 
-    from service.aift import DEFAULT_VARIANT, VARIANTS
-    from service.aift.baselines import MARGIN
+    from cad.aift import DEFAULT_VARIANT, VARIANTS
+    from cad.aift.baselines import MARGIN
     from service.settings import ServerSettings
     from trainer.network import ARCHITECTURES
     from trainer.presets import PRESETS
@@ -557,7 +557,7 @@ def test_no_module_reads_a_cad_variable_behind_the_settings_classes_back() -> No
     direct = re.compile(r"(environ(\.get)?\(|getenv\(|environ\[)\s*[\"']CAD_")
     offenders = [
         f"{path.relative_to(ROOT)}:{number}"
-        for package in ("service", "trainer", "cadcli")
+        for package in ("cad", "service", "trainer", "cadcli")
         for path in (ROOT / package).rglob("*.py")
         for number, line in enumerate(path.read_text().splitlines(), 1)
         if direct.search(line)
@@ -566,14 +566,15 @@ def test_no_module_reads_a_cad_variable_behind_the_settings_classes_back() -> No
 
 
 def test_flags_reach_settings_one_way(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every process turns its flags into settings through service.settings.from_flags: a flag
+    """Every process turns its flags into settings through cad.settings.from_flags: a flag
     given wins over the environment, a flag left off (None, an unset store_true) does not, and
     0 is a value (port 0 picks a free one)."""
     import argparse
 
+    from cad.settings import from_flags
     from cadcli.main import _trainer_settings, build_parser
     from reviewui.settings import ReviewUiSettings
-    from service.settings import ServerSettings, from_flags
+    from service.settings import ServerSettings
 
     monkeypatch.setenv("CAD_PORT", "6000")
     monkeypatch.setenv("CAD_METRICS_PORT", "7000")

@@ -8,8 +8,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from cad.labels.store import open_store
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.labels.store import open_store
 from support.helpers import publish_tiny
 from support.launch import server_process
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cad.labels.store import open_store
+from cad.models.registry import ModelRegistry
 from experiments.cvc.pool import DEFAULT_ROOT, field_of_view, generate, iou, load_frames
-from service.labels.store import open_store
-from service.models.registry import ModelRegistry
 
 pytestmark = pytest.mark.slow
 
@@ -106,8 +106,8 @@ def test_a_budgeted_run_measures_its_queue_top_against_exact_rescoring(tmp_path:
 
 
 def test_variants_that_majority_selection_degenerates_are_named() -> None:
+    from cad.aift import aift_scores, degenerate_variants, parse_recipe
     from experiments.cvc.run import PRESETS
-    from service.aift import aift_scores, degenerate_variants, parse_recipe
 
     for name in ("quick", "standard", "paper"):  # 8+ patches per candidate: alpha keeps 2 or more
         assert degenerate_variants(parse_recipe(PRESETS[name].recipe).count) == {}
@@ -217,7 +217,7 @@ def test_the_experiment_lives_apart_from_the_product() -> None:
     import sys
 
     root = Path(__file__).resolve().parent.parent
-    for package in ("service", "trainer", "reviewui", "cadcli"):
+    for package in ("cad", "service", "trainer", "reviewui", "cadcli"):
         for path in (root / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 names = (

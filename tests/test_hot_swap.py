@@ -12,9 +12,9 @@ import grpc
 import numpy as np
 import pytest
 
+from cad.labels.store import open_store
+from cad.models.registry import MODEL_FILE, ModelRegistry
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.labels.store import open_store
-from service.models.registry import MODEL_FILE, ModelRegistry
 from service.rpc.server import ServerThread
 from support.helpers import block_model_runs, make_settings, publish_tiny
 

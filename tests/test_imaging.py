@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from pydicom.pixels import apply_modality_lut, pixel_array
 
-from service.errors import InvalidInput, LimitExceeded, UnsupportedImage
-from service.imaging import (
+from cad.errors import InvalidInput, LimitExceeded, UnsupportedImage
+from cad.imaging import (
     ImageLimits,
     Window,
     apply_window,
@@ -157,7 +157,7 @@ def test_rgb_png_upload_is_kept_for_the_archive_without_its_metadata(tmp_path) -
     the text/time/EXIF chunks that could carry patient data are gone, the pixels are the same."""
     from PIL import PngImagePlugin
 
-    from service.labels.archive import ImageArchive
+    from cad.labels.archive import ImageArchive
 
     rgb = np.random.default_rng(2).integers(0, 256, (24, 40, 3), dtype=np.uint8)
     info = PngImagePlugin.PngInfo()

@@ -91,8 +91,8 @@ def test_the_explanation_counts_sources_kinds_and_near_duplicates_per_round(
 ) -> None:
     import numpy as np
 
+    from cad.labels.store import CandidateRecord, ImageRecord, open_store
     from experiments.cvc.explain import _key, explain_run
-    from service.labels.store import CandidateRecord, ImageRecord, open_store
 
     store = open_store(f"sqlite:///{tmp_path / 'labels.sqlite3'}")
     boxes = {
@@ -126,8 +126,8 @@ def test_the_explanation_counts_sources_kinds_and_near_duplicates_per_round(
             order.append(f"{image}{i}")
     from prometheus_client import CollectorRegistry
 
-    from service.labels.review import ReviewService
-    from service.metrics import ServiceMetrics
+    from cad.labels.review import ReviewService
+    from cad.metrics import ServiceMetrics
 
     review = ReviewService(store, ServiceMetrics(CollectorRegistry()))
     for c in order:  # round 1: a0, a1, a2; round 2: b0

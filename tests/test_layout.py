@@ -9,7 +9,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PRODUCT = ("service", "trainer", "reviewui", "gateway", "cadcli")
+PRODUCT = ("cad", "service", "trainer", "reviewui", "gateway", "cadcli")
 MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 80
 
@@ -162,7 +162,7 @@ def test_no_private_name_is_imported_from_another_module_of_the_product() -> Non
 
 def test_the_review_page_writes_no_sql_of_its_own() -> None:
     """The page is a gRPC client; its sign-ins go through the store's repository of sign-in rows
-    (``service.labels.store.sessions``), whose tables the store's migrations own."""
+    (``cad.labels.store.sessions``), whose tables the store's migrations own."""
     import re
 
     sql = re.compile(r"\b(SELECT|INSERT INTO|UPDATE \w+ SET|DELETE FROM|CREATE TABLE)\b")
@@ -173,3 +173,18 @@ def test_the_review_page_writes_no_sql_of_its_own() -> None:
         if sql.search(line)
     ]
     assert found == []
+
+
+def test_the_domain_package_knows_no_transport_and_no_process() -> None:
+    """``cad`` is the library every process builds on: no gRPC, no protobuf messages, and no
+    import of the server, trainer, review page, gateway or command line that build on it."""
+    banned = ("grpc", "google", "service", "trainer", "reviewui", "gateway", "cadcli")
+    offenders = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in sorted((ROOT / "cad").rglob("*.py"))
+        for name in _runtime_imports(ast.parse(path.read_text()))
+        if name.split(".")[0] in banned
+    ]
+    assert offenders == []
+    # ... and the detector bites: a module that imported a servicer would be named
+    assert [n for n in _runtime_imports(ast.parse("import grpc\n")) if n in banned] == ["grpc"]

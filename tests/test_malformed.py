@@ -19,10 +19,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from cad.imaging import decode_dicom, scrub
+from cad.validation import MAX_ID_CHARS, MAX_STATUS_CHARS, parse_time, quote
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.imaging import decode_dicom, scrub
 from service.rpc.server import ServerThread
-from service.validation import MAX_ID_CHARS, MAX_STATUS_CHARS, parse_time, quote
 from support.helpers import dicom_bytes, dicom_path, with_raw
 from tests.conftest import Stubs, limited_server
 

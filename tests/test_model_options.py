@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.models.batcher import SerialBatcher
-from service.models.model import load_model
-from service.models.providers import SessionOptions, batch_buckets
-from service.models.registry import ModelRegistry
+from cad.models.batcher import SerialBatcher
+from cad.models.model import load_model
+from cad.models.providers import SessionOptions, batch_buckets
+from cad.models.registry import ModelRegistry
 from support.helpers import publish_tiny
 
 
@@ -120,7 +120,7 @@ def test_bad_options_are_named() -> None:
 
 
 def test_the_cpu_memory_arena_setting_reaches_the_session(info) -> None:
-    from service.models.providers import ort_session_options
+    from cad.models.providers import ort_session_options
     from service.settings import ServerSettings
 
     assert ort_session_options(SessionOptions(), "all").enable_cpu_mem_arena is True

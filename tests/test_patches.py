@@ -7,9 +7,9 @@ import threading
 import numpy as np
 import pytest
 
-from service.aift import Box, extract_patches, parse_recipe, validate_box
-from service.aift.patches import PatchBuffers, extract_many, resample_region
-from service.errors import InvalidInput
+from cad.aift import Box, extract_patches, parse_recipe, validate_box
+from cad.aift.patches import PatchBuffers, extract_many, resample_region
+from cad.errors import InvalidInput
 
 
 @pytest.fixture

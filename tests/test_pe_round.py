@@ -10,8 +10,8 @@ import grpc
 import numpy as np
 import pytest
 
+from cad.models.registry import ModelRegistry
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.models.registry import ModelRegistry
 from service.rpc.server import ServerThread
 from support.ctpa import rotation, series_bytes, tube_volume
 from support.helpers import make_settings
@@ -95,7 +95,7 @@ def test_a_round_fine_tunes_on_pe_labels(tmp_path: Path, monkeypatch: pytest.Mon
     assert manifest.labels.count == 6
     assert manifest.recipe == "pe:9"
     # The unlabeled candidate was scored again by the new version, from its archived block.
-    from service.labels.store import open_store
+    from cad.labels.store import open_store
 
     store = open_store(settings.store_url)
     try:

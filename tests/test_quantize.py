@@ -9,8 +9,8 @@ import grpc
 import numpy as np
 import pytest
 
+from cad.models.registry import ModelRegistry
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.models.registry import ModelRegistry
 from service.rpc.server import ServerThread
 from support.helpers import make_settings, publish_tiny
 from trainer.quantize import quantize_version

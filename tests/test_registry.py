@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from service.metrics import ServiceMetrics
-from service.models.manager import ModelManager
-from service.models.manifest import ManifestError
-from service.models.providers import SessionOptions
-from service.models.registry import MODEL_FILE, ModelRegistry, sha256_file
+from cad.metrics import ServiceMetrics
+from cad.models.manager import ModelManager
+from cad.models.manifest import ManifestError
+from cad.models.providers import SessionOptions
+from cad.models.registry import MODEL_FILE, ModelRegistry, sha256_file
 from support.helpers import TINY_MANIFEST, make_tiny_onnx, manifest_of, publish_tiny
 
 
@@ -100,7 +100,7 @@ def test_newest_good_version_is_chosen_when_the_latest_is_broken(tmp_path: Path)
 def test_listeners_hear_every_swap_refusal_pin_and_unpin_even_when_one_fails(
     tmp_path: Path,
 ) -> None:
-    from service.models.lifecycle import ModelListener
+    from cad.models.lifecycle import ModelListener
 
     heard: list[tuple] = []
 
@@ -220,7 +220,7 @@ def test_the_manifest_reads_back_typed_and_round_trips(tmp_path: Path) -> None:
 
 
 def test_a_version_that_fails_its_checks_is_never_pinned_even_briefly(tmp_path: Path) -> None:
-    from service.errors import ModelRejected
+    from cad.errors import ModelRejected
 
     root = tmp_path / "reg"
     publish_tiny(root, tmp_path / "b")
@@ -245,8 +245,8 @@ def test_a_version_that_fails_its_checks_is_never_pinned_even_briefly(tmp_path: 
 def test_model_prune_keeps_the_pinned_followed_and_served_versions(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from cad.labels.store import open_store
     from cadcli.main import main
-    from service.labels.store import open_store
 
     root = tmp_path / "registry"
     for _ in range(6):

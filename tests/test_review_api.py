@@ -8,10 +8,10 @@ import grpc
 import numpy as np
 import pytest
 
-from service.aift import Box, parse_recipe
-from service.aift.patches import extract_many
+from cad.aift import Box, parse_recipe
+from cad.aift.patches import extract_many
+from cad.imaging import Window, decode_dicom
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.imaging import Window, decode_dicom
 from service.rpc.server import ServerThread
 from support.helpers import dicom_bytes
 
@@ -257,7 +257,7 @@ def test_review_image_of_a_png_is_the_upload_without_its_metadata(channel: grpc.
 
     from PIL import Image, PngImagePlugin
 
-    from service.imaging import png_image_chunks
+    from cad.imaging import png_image_chunks
 
     info = PngImagePlugin.PngInfo()
     info.add_text("PatientName", "SMITH^JOHN")

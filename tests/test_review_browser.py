@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from service.labels.store import open_store
+from cad.labels.store import open_store
 from tests.review_world import TOKENS, World, classify_pe, review_world
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -581,7 +581,7 @@ def test_a_pe_candidate_is_shown_as_its_three_planes_in_chromium(
 ) -> None:
     """A PE candidate from a CT series: the page draws its three vessel-aligned planes with the
     candidate boxed on the cross-section, and a verdict on it is recorded."""
-    from service.aift.vessel import REVIEW_PANEL, review_box
+    from cad.aift.vessel import REVIEW_PANEL, review_box
 
     with review_world(tmp_path) as world:
         pe = classify_pe(world.server.address)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from service.aift import Box, aift_scores
-from service.aift.baselines import margin_scores
-from service.errors import (
+from cad.aift import Box, aift_scores
+from cad.aift.baselines import margin_scores
+from cad.errors import (
     AlreadyExists,
     InvalidInput,
     LeaseHeld,
@@ -24,10 +24,10 @@ from service.errors import (
     PermissionDenied,
     Settled,
 )
-from service.labels.archive import ImageArchive, prune
-from service.labels.review import ReviewService
-from service.labels.store import CandidateRecord, ImageRecord, SqlLabelStore, open_store
-from service.metrics import ServiceMetrics
+from cad.labels.archive import ImageArchive, prune
+from cad.labels.review import ReviewService
+from cad.labels.store import CandidateRecord, ImageRecord, SqlLabelStore, open_store
+from cad.metrics import ServiceMetrics
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def add_image(
 
 
 def test_migrations_are_numbered_and_idempotent(store: SqlLabelStore) -> None:
-    from service.labels.store.migrations import MIGRATIONS
+    from cad.labels.store.migrations import MIGRATIONS
 
     assert [m[0] for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
     assert store.schema_version() == len(MIGRATIONS) >= 3  # 3: audit_events
@@ -250,7 +250,7 @@ def test_the_literature_baselines_are_served_from_the_store(
 def test_the_audit_slice_is_uniform_served_at_random_and_measured_by_version(
     review: ReviewService, store: SqlLabelStore
 ) -> None:
-    from service.labels.store.rows import in_audit_slice
+    from cad.labels.store.rows import in_audit_slice
 
     store.audit_fraction = 0.2
     ids: list[str] = []
@@ -286,7 +286,7 @@ def test_the_audit_slice_is_uniform_served_at_random_and_measured_by_version(
     store.audit_fraction = 0.0
     from prometheus_client import generate_latest
 
-    from service.measures import roc_auc
+    from cad.measures import roc_auc
 
     scraped = ServiceMetrics(CollectorRegistry())
     scraped.bind_store(
@@ -362,7 +362,7 @@ def test_the_pool_is_read_in_pages_by_key_and_its_shards_cover_it_exactly_once(
     # what the queue's top was scored by, for the alert on a re-scoring that never got there
     from prometheus_client import generate_latest
 
-    from service.aift import VARIANTS
+    from cad.aift import VARIANTS
 
     scraped = ServiceMetrics(CollectorRegistry())
     top = VARIANTS["entropy_alpha"]
@@ -491,7 +491,7 @@ def test_retention_prunes_only_unlabeled_images(
 def test_queue_with_custom_parameters_and_acft_sampling(
     review: ReviewService, store: SqlLabelStore
 ) -> None:
-    from service.aift import Variant
+    from cad.aift import Variant
 
     add_image(store, "r1", n=12, seed=3)
     custom = review.annotation_queue(
@@ -513,16 +513,16 @@ def test_queue_with_custom_parameters_and_acft_sampling(
 @pytest.fixture
 def fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Every path the archive fsyncs, in order."""
-    import service.labels.archive
+    import cad.labels.archive
 
     calls: list[Path] = []
-    real = service.labels.archive.fsync_path
+    real = cad.labels.archive.fsync_path
 
     def recording(path: Path) -> None:
         real(path)
         calls.append(Path(path))
 
-    monkeypatch.setattr(service.labels.archive, "fsync_path", recording)
+    monkeypatch.setattr(cad.labels.archive, "fsync_path", recording)
     return calls
 
 
@@ -548,10 +548,10 @@ def test_background_archive_fsyncs_in_batches_and_on_close(
 def test_background_syncer_fsyncs_without_being_asked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import service.labels.archive
+    import cad.labels.archive
 
     done = threading.Event()
-    real = service.labels.archive.fsync_path
+    real = cad.labels.archive.fsync_path
     archive = ImageArchive(tmp_path / "archive", fsync="background", sync_interval_s=0.01)
     sha, _ = archive.put(np.zeros((8, 8, 3), dtype=np.uint8))
 
@@ -560,7 +560,7 @@ def test_background_syncer_fsyncs_without_being_asked(
         if Path(path) == archive.path(sha).parent:
             done.set()
 
-    monkeypatch.setattr(service.labels.archive, "fsync_path", recording)
+    monkeypatch.setattr(cad.labels.archive, "fsync_path", recording)
     archive.put(np.ones((8, 8, 3), dtype=np.uint8))  # wakes the syncer
     assert done.wait(30) and archive.pending == 0
     archive.close()
@@ -646,9 +646,9 @@ def test_a_pruner_racing_a_writer_never_leaves_a_row_pointing_at_a_deleted_file(
 ) -> None:
     """Another replica records a frame whose image (same content) a pruner is deleting: in
     both orders the row that ends up stored has its file."""
-    from service.imaging import DecodedImage
-    from service.labels.recorder import Recorder
-    from service.models.inference import CandidateResult, ClassifyOutcome
+    from cad.imaging import DecodedImage
+    from cad.labels.recorder import Recorder
+    from cad.models.inference import CandidateResult, ClassifyOutcome
 
     archive = ImageArchive(tmp_path / "archive")
     pixels = np.full((8, 8, 3), 7, dtype=np.uint8)
@@ -697,7 +697,7 @@ def test_event_times_come_from_the_database_clock_on_postgresql(
 ) -> None:
     """Replicas' clocks differ; label order and labeled(since) must not: on PostgreSQL every
     event time is the database's (SQLite lives on one machine, whose clock it uses)."""
-    import service.labels.store.core as core
+    import cad.labels.store.core as core
 
     monkeypatch.setattr(core, "now", lambda: "1999-01-01T00:00:00.000000+00:00")  # a skewed replica
     add_image(store, "r-clock", n=1)
@@ -717,7 +717,7 @@ def test_the_queue_is_ranked_in_sql_exactly_as_scoring_every_candidate_would(
     """Named variants and custom weights come from the stored terms with a LIMIT, in the order
     and with the scores that scoring every unlabeled candidate's patches gives; a named variant
     reads its own index (its cost does not grow with the pool)."""
-    from service.aift import VARIANTS, Variant
+    from cad.aift import VARIANTS, Variant
 
     for i in range(6):
         add_image(store, f"r{i}", n=7, seed=i)
@@ -894,7 +894,7 @@ def test_a_large_pool_is_never_read_whole(
 ) -> None:
     """Above SCORE_ALL_MAX unlabeled candidates: random order off its index, ACFT sampling and
     other alphas within a window of the best by the stored terms; small pools stay exact."""
-    import service.labels.review as review_module
+    import cad.labels.review as review_module
 
     for i in range(4):
         add_image(store, f"big{i}", n=10, seed=i)  # 40 unlabeled
@@ -968,7 +968,7 @@ def test_a_fresh_first_queue_ranks_what_the_serving_version_scored_before_older_
 ) -> None:
     """Scores of two versions are not comparable (an untrained first version calls everything
     uncertain): with ``fresh`` the candidates that version scored come first, in their order."""
-    from service.aift import VARIANTS
+    from cad.aift import VARIANTS
 
     ids = []
     for k in range(4):

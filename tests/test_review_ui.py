@@ -16,10 +16,10 @@ from urllib.parse import urlencode, urlparse
 import grpc
 import pytest
 
+from cad.labels.store import open_store
 from reviewui.sessions import MemorySessions, StoreSessions
 from reviewui.settings import ReviewUiSettings
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.labels.store import open_store
 from tests.review_world import TOKENS, World, classify_pe, review_ui, review_world
 
 
@@ -587,7 +587,7 @@ def _review_a_pe_candidate(world: World) -> None:
     import numpy as np
     from PIL import Image
 
-    from service.aift.vessel import REVIEW_PANEL
+    from cad.aift.vessel import REVIEW_PANEL
 
     cid = classify_pe(world.server.address)
     browser, csrf = signed_in(world, "dr.smith")

@@ -16,11 +16,11 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from service.aift.patches import Box, extract_many, parse_recipe, patch_affines
+from cad.aift.patches import Box, extract_many, parse_recipe, patch_affines
+from cad.imaging import Window, decode_dicom, decode_encoded
+from cad.models.registry import MODEL_FILE, ModelRegistry
+from cad.models.sampler import AFFINES, IMAGES, INDEX, ImagePatches, pack, sampler_graph
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.imaging import Window, decode_dicom, decode_encoded
-from service.models.registry import MODEL_FILE, ModelRegistry
-from service.models.sampler import AFFINES, IMAGES, INDEX, ImagePatches, pack, sampler_graph
 from service.rpc.server import ServerThread
 from support.helpers import dicom_bytes, make_settings, make_tiny_onnx
 
@@ -178,7 +178,7 @@ def test_auto_cuts_on_the_host_on_a_cpu(spatial_registry: Path) -> None:
 
 
 def _cuda_usable() -> bool:
-    from service.models.providers import CUDA, select_providers
+    from cad.models.providers import CUDA, select_providers
 
     return select_providers("auto")[0] == CUDA
 
@@ -197,9 +197,9 @@ def _cuda_usable() -> bool:
 def test_a_real_squeezenet_gives_the_same_probabilities_on_both_paths(
     tmp_path: Path, providers: tuple[str, ...]
 ) -> None:
+    from cad.models.model import load_model
+    from cad.models.providers import SessionOptions
     from cadcli.main import main
-    from service.models.model import load_model
-    from service.models.providers import SessionOptions
 
     root = tmp_path / "registry"
     with pytest.MonkeyPatch.context() as mp:  # no hub cache, no network: the shipped weights

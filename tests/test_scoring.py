@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.aift import EPS, VARIANTS, aift_scores, candidate_stats, total_diversity
-from service.aift.scoring import majority_count, majority_patches
+from cad.aift import EPS, VARIANTS, aift_scores, candidate_stats, total_diversity
+from cad.aift.scoring import majority_count, majority_patches
 
 # Table 1 of Zhou et al. CVPR 2017 (docs/method.md): patch probabilities and the six scores.
 TABLE1 = {
@@ -61,7 +61,7 @@ def test_closed_form_matches_the_r_matrix_for_multiclass() -> None:
     logits = rng.normal(size=(20, 9, 4)) * 3
     probs = np.exp(logits) / np.exp(logits).sum(axis=2, keepdims=True)
     for lambda1, lambda2 in ((1, 0), (0, 1), (1, 1), (0.3, 2.0)):
-        from service.aift import Variant
+        from cad.aift import Variant
 
         ours = aift_scores(probs, Variant("x", lambda1, lambda2))
         np.testing.assert_allclose(ours, brute_force(probs, lambda1, lambda2), rtol=1e-9, atol=1e-9)
@@ -78,7 +78,7 @@ def test_majority_uses_the_dominant_class_in_multiclass() -> None:
 
 def test_binary_majority_keeps_bottom_patches_when_mean_is_not_above_half() -> None:
     probs = np.array([[0.1, 0.2, 0.9, 0.8]])  # mean 0.5 -> bottom
-    from service.aift.scoring import as_class_probs
+    from cad.aift.scoring import as_class_probs
 
     kept = majority_patches(as_class_probs(probs), 0.5)
     np.testing.assert_allclose(sorted(kept[0, :, 1]), [0.1, 0.2])
@@ -120,7 +120,7 @@ def test_bad_shapes_are_rejected() -> None:
 
 
 def test_selection_top_b_and_acft_randomised() -> None:
-    from service.aift.scoring import select_for_labeling
+    from cad.aift.scoring import select_for_labeling
 
     scores = np.array([0.1, 5.0, 3.0, 0.0, 4.0, 2.0, 1.0])
     np.testing.assert_array_equal(select_for_labeling(scores, 3), [1, 4, 2])
@@ -140,7 +140,7 @@ def test_selection_top_b_and_acft_randomised() -> None:
 def test_acft_selection_with_fewer_positive_scores_than_b() -> None:
     # Found by the fuzz suite: numpy refuses to draw b items without replacement when fewer
     # than b have non-zero probability (GetAnnotationQueue answered INTERNAL).
-    from service.aift.scoring import select_for_labeling
+    from cad.aift.scoring import select_for_labeling
 
     scores = np.array([0.0, 2.0, 0.0, 0.0, 1.0, 0.0])
     for seed in range(20):
@@ -153,7 +153,7 @@ def test_acft_selection_with_fewer_positive_scores_than_b() -> None:
 
 
 def test_candidate_probability_is_the_mean_finding_class_over_patches() -> None:
-    from service.aift import candidate_probability, candidate_stats
+    from cad.aift import candidate_probability, candidate_stats
 
     one = np.array([[0.9, 0.1], [0.5, 0.5], [0.0, 1.0]])  # one candidate, 3 patches
     assert candidate_probability(one) == pytest.approx(1.6 / 3)

@@ -12,8 +12,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from cad.labels.store import open_store
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.labels.store import open_store
 from service.rpc.auth import TokenTable, token_sha256
 from service.rpc.server import ServerThread
 from support.helpers import make_settings, publish_tiny
@@ -457,8 +457,8 @@ def test_cli_rollback_refuses_a_version_servers_would_refuse(
 ) -> None:
     """The same load check as the PinVersion RPC: a version whose model file no longer matches
     its manifest's checksum is not pinned, and nothing is audited."""
+    from cad.models.registry import MODEL_FILE, ModelRegistry
     from cadcli.main import main as cad
-    from service.models.registry import MODEL_FILE, ModelRegistry
 
     info = publish_tiny(registry_root, tmp_path / "b")
     (info.path / MODEL_FILE).write_bytes(b"not an onnx model")

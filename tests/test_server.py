@@ -15,11 +15,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
-from service.aift import Box, candidate_stats, parse_recipe
-from service.aift.patches import extract_many
+from cad.aift import Box, candidate_stats, parse_recipe
+from cad.aift.patches import extract_many
+from cad.imaging import Window, decode_dicom
+from cad.models.registry import ModelRegistry
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.imaging import Window, decode_dicom
-from service.models.registry import ModelRegistry
 from service.rpc.server import ServerThread
 from support.helpers import block_model_runs, dicom_bytes, make_settings, publish_tiny
 

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from service.aift import Box, extract_patches, parse_recipe
+from cad.aift import Box, extract_patches, parse_recipe
+from cad.imaging import decode_dicom
+from cad.labels.archive import ImageArchive
+from cad.labels.store import open_store
+from cad.models.registry import WEIGHTS_FILE, ModelRegistry
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.imaging import decode_dicom
-from service.labels.archive import ImageArchive
-from service.labels.store import open_store
-from service.models.registry import WEIGHTS_FILE, ModelRegistry
 from service.rpc.server import ServerThread
 from support.helpers import dicom_bytes, make_settings
 from trainer.data import PatchSource, labeled_examples, unlabeled_examples

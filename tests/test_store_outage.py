@@ -18,11 +18,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from bench.failover import request
+from cad.errors import LeaseHeld, StoreUnavailable
+from cad.labels.spool import RecordSpool
+from cad.labels.store import CandidateRecord, ImageRecord, open_store
+from cad.metrics import ServiceMetrics
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.errors import LeaseHeld, StoreUnavailable
-from service.labels.spool import RecordSpool
-from service.labels.store import CandidateRecord, ImageRecord, open_store
-from service.metrics import ServiceMetrics
 from service.rpc.server import ServerThread
 from support.helpers import make_settings
 from support.pg import TempPostgres, pg_bin
@@ -200,7 +200,7 @@ def test_the_spool_is_ordered_bounded_single_owner_and_writes_once_after_a_crash
     # a crash after the store took the first record but before its file was removed
     store = open_store(f"sqlite:///{tmp_path / 'labels.sqlite3'}")
     first = sorted(folder.glob("*.record.json"))[0]
-    from service.labels.spool import _decode
+    from cad.labels.spool import _decode
 
     store.record_classification(*_decode(first.read_bytes()))
     spool.close()

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
+from cad.errors import LeaseHeld
+from cad.labels.store import open_store
+from cad.labels.store.leases import holder_name
+from cad.measures import auc_ci, roc_auc, sensitivity_at_fpr
+from cad.models.registry import WEIGHTS_FILE, ModelRegistry
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.errors import LeaseHeld
-from service.labels.store import open_store
-from service.labels.store.leases import holder_name
-from service.measures import auc_ci, roc_auc, sensitivity_at_fpr
-from service.models.registry import WEIGHTS_FILE, ModelRegistry
 from service.rpc.server import ServerThread
 from support.helpers import dicom_bytes, make_settings
 from trainer.bootstrap import init_model
@@ -195,7 +195,7 @@ def test_round_without_rescore_leaves_the_pool_scores_alone(world: World) -> Non
 
 
 def test_decoded_image_cache_returns_the_archived_pixels(world: World, tmp_path: Path) -> None:
-    from service.labels.archive import ImageArchive
+    from cad.labels.archive import ImageArchive
     from trainer.data import cached_image, labeled_examples
 
     store = open_store(world.store_url)
@@ -371,7 +371,7 @@ def test_fine_tuning_is_seeded_and_reproducible(world: World) -> None:
     examples = labeled_examples(store)[:8]
     store.close()
     source = PatchSource(
-        __import__("service.labels.archive", fromlist=["ImageArchive"]).ImageArchive(world.archive),
+        __import__("cad.labels.archive", fromlist=["ImageArchive"]).ImageArchive(world.archive),
         64,
     )
     states = []
@@ -539,7 +539,7 @@ def test_the_device_setting_names_what_torch_sees(monkeypatch: pytest.MonkeyPatc
 
 def _fine_tuned(world: World, device: str, depth: str) -> tuple[dict, list]:
     """A seeded fine-tune of a 64-px AlexNet on ``device``, and its scores on the examples."""
-    from service.labels.archive import ImageArchive
+    from cad.labels.archive import ImageArchive
     from trainer.data import PatchSource, labeled_examples
     from trainer.finetune import candidate_probabilities, fine_tune
     from trainer.trunk import TrunkCache
@@ -588,9 +588,9 @@ def test_keyed_baselines_are_written_for_the_pool_and_served_in_their_order(
 ) -> None:
     from prometheus_client import CollectorRegistry
 
-    from service.labels.archive import ImageArchive
-    from service.labels.review import ReviewService
-    from service.metrics import ServiceMetrics
+    from cad.labels.archive import ImageArchive
+    from cad.labels.review import ReviewService
+    from cad.metrics import ServiceMetrics
     from trainer.rescore import keyed_methods, write_queue_keys
 
     with pytest.raises(ValueError, match="magic"):
@@ -627,8 +627,8 @@ def test_keyed_baselines_are_written_for_the_pool_and_served_in_their_order(
 
 
 def test_candidate_views_sample_dropout_and_refuse_a_top_without_one(tmp_path: Path) -> None:
-    from service.aift.patches import Box
-    from service.labels.archive import ImageArchive
+    from cad.aift.patches import Box
+    from cad.labels.archive import ImageArchive
     from trainer.baselines import NoDropout, candidate_views
     from trainer.data import Example, PatchSource
 
@@ -706,7 +706,7 @@ def test_a_round_never_trains_on_the_audit_slice_and_reports_it(world: World) ->
 def test_a_stopped_rescoring_goes_on_where_it_stopped_and_shards_share_it(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service.labels.archive import ImageArchive
+    from cad.labels.archive import ImageArchive
     from trainer.rescore import rescore_pool
 
     store = open_store(world.store_url)
@@ -759,8 +759,8 @@ def test_a_stopped_rescoring_goes_on_where_it_stopped_and_shards_share_it(
 def test_a_budgeted_rescoring_refreshes_the_top_the_newest_and_a_sample_within_its_budget(
     world: World,
 ) -> None:
-    from service.aift import VARIANTS
-    from service.labels.archive import ImageArchive
+    from cad.aift import VARIANTS
+    from cad.labels.archive import ImageArchive
     from trainer.rescore import budgeted_selection, rescore_pool
 
     store = open_store(world.store_url)

@@ -12,11 +12,11 @@ import grpc
 import numpy as np
 import pytest
 
-from service.aift.vessel import extract_pe_patches
+from cad.aift.vessel import extract_pe_patches
+from cad.models.registry import ModelRegistry
+from cad.volumes import assemble_series
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.models.registry import ModelRegistry
 from service.rpc.server import ServerThread
-from service.volumes import assemble_series
 from support.ctpa import rotation, series_bytes, tube_volume
 from support.helpers import dicom_bytes, make_settings, publish_tiny
 from tests.ct import edited_instance, real_ct_series
@@ -242,9 +242,9 @@ def test_pe_candidates_are_kept_for_review_and_training(
 
     from PIL import Image
 
-    from service.aift.vessel import REVIEW_PANEL, review_box
-    from service.labels.archive import ImageArchive
-    from service.labels.store import open_store
+    from cad.aift.vessel import REVIEW_PANEL, review_box
+    from cad.labels.archive import ImageArchive
+    from cad.labels.store import open_store
     from trainer.data import PatchSource, labeled_examples, unlabeled_examples
 
     data, centre, direction, _ = tube
@@ -407,7 +407,7 @@ def test_a_cancelled_volume_request_stops_its_work_at_the_next_candidate(
 ) -> None:
     import threading
 
-    import service.models.volume_inference as volume_inference
+    import cad.models.volume_inference as volume_inference
 
     cancelled_calls = served.server.metrics.registry.get_sample_value
     before = cancelled_calls("cad_requests_cancelled_total") or 0.0

@@ -11,17 +11,17 @@ import numpy as np
 import pydicom
 import pytest
 
-from service.aift import parse_recipe
-from service.aift.patches import extract_patches
-from service.aift.vessel import (
+from cad.aift import parse_recipe
+from cad.aift.patches import extract_patches
+from cad.aift.vessel import (
     PE_WINDOW,
     extract_pe_patches,
     pe_patch_specs,
     pe_planes,
     vessel_axis,
 )
-from service.errors import InvalidInput, LimitExceeded
-from service.volumes import Volume, VolumeLimits, assemble_series
+from cad.errors import InvalidInput, LimitExceeded
+from cad.volumes import Volume, VolumeLimits, assemble_series
 from support.ctpa import rotation, series_bytes, tube_volume
 from tests.ct import ENHANCED_CT, dicom_test_file, edited_instance, real_ct_series
 
@@ -132,7 +132,7 @@ def test_the_pe_recipe_has_the_papers_patches() -> None:
 
 
 def _box():
-    from service.aift import Box
+    from cad.aift import Box
 
     return Box(1, 1, 4, 4)
 

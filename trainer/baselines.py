@@ -1,6 +1,6 @@
 """The keyed literature baselines' inputs and keys: penultimate features and dropout samples of
 every unlabelled candidate under the version servers follow, turned into the queue's keys by
-:mod:`service.aift.baselines` and written to the store (``CAD_QUEUE_KEYS``).
+:mod:`cad.aift.baselines` and written to the store (``CAD_QUEUE_KEYS``).
 
 The network's top (above its tuning depth) is split at its last dropout: the part below runs once
 in eval mode and its output, averaged over space and over the candidate's patches, is the
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from service.aift.baselines import (
+from cad.aift.baselines import (
     BALD,
     CORESET,
     KEYED,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from service.aift import parse_recipe
-from service.models.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry, VersionInfo
+from cad.aift import parse_recipe
+from cad.models.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry, VersionInfo
 from trainer.export import export_and_check
 from trainer.network import CLASSES
 from trainer.settings import TrainerSettings

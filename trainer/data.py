@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.aift import Box, Recipe, extract_patches, parse_recipe
-from service.aift.vessel import PeGeometry, archived_pe_patches
-from service.labels.archive import ImageArchive
-from service.labels.ordering import source_key
-from service.labels.store import SqlLabelStore
-from service.labels.store.records import PoolRow
+from cad.aift import Box, Recipe, extract_patches, parse_recipe
+from cad.aift.vessel import PeGeometry, archived_pe_patches
+from cad.labels.archive import ImageArchive
+from cad.labels.ordering import source_key
+from cad.labels.store import SqlLabelStore
+from cad.labels.store.records import PoolRow
 
 
 @dataclass(frozen=True)

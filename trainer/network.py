@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torchvision.models import AlexNet, SqueezeNet, alexnet, squeezenet1_0
 
-from service.models.manifest import CLASSES
+from cad.models.manifest import CLASSES
 
 log = logging.getLogger(__name__)
 

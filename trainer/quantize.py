@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from service.aift import candidate_probability
-from service.measures import roc_auc
-from service.models.batcher import SerialBatcher
-from service.models.model import load_model
-from service.models.providers import SessionOptions
-from service.models.registry import MODEL_FILE, ModelRegistry, VersionInfo, sha256_file
+from cad.aift import candidate_probability
+from cad.measures import roc_auc
+from cad.models.batcher import SerialBatcher
+from cad.models.model import load_model
+from cad.models.providers import SessionOptions
+from cad.models.registry import MODEL_FILE, ModelRegistry, VersionInfo, sha256_file
 from trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -187,9 +187,9 @@ def quantize_from_store(
     patches are cut with the version's recipe so all have the same count."""
     from tqdm import tqdm
 
-    from service.aift import parse_recipe
-    from service.labels.archive import ImageArchive
-    from service.labels.store import open_store
+    from cad.aift import parse_recipe
+    from cad.labels.archive import ImageArchive
+    from cad.labels.store import open_store
     from trainer.data import PatchSource, labeled_examples
 
     registry = ModelRegistry(settings.registry_root, settings.model_name)

@@ -10,15 +10,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from service.aift import DEFAULT_VARIANT, KEYED, VARIANTS, candidate_stats
-from service.aift.baselines import MARGIN
-from service.labels.archive import ImageArchive
-from service.labels.store import SqlLabelStore
-from service.labels.store.records import PoolRow
-from service.models.batcher import SerialBatcher
-from service.models.model import load_model
-from service.models.providers import SessionOptions
-from service.models.registry import WEIGHTS_FILE, ModelRegistry, VersionInfo
+from cad.aift import DEFAULT_VARIANT, KEYED, VARIANTS, candidate_stats
+from cad.aift.baselines import MARGIN
+from cad.labels.archive import ImageArchive
+from cad.labels.store import SqlLabelStore
+from cad.labels.store.records import PoolRow
+from cad.models.batcher import SerialBatcher
+from cad.models.model import load_model
+from cad.models.providers import SessionOptions
+from cad.models.registry import WEIGHTS_FILE, ModelRegistry, VersionInfo
 from trainer.baselines import queue_keys
 from trainer.data import Example, PatchSource, labeled_examples, pool_example, unlabeled_examples
 from trainer.device import resolve_device

@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from service.aift import candidate_probability
-from service.clock import utc_now
-from service.labels.archive import ImageArchive
-from service.labels.store import SqlLabelStore, open_store
-from service.labels.store.leases import Lease, holder_name
-from service.measures import Evaluation, evaluate
-from service.models.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry, VersionInfo
+from cad.aift import candidate_probability
+from cad.clock import utc_now
+from cad.labels.archive import ImageArchive
+from cad.labels.store import SqlLabelStore, open_store
+from cad.labels.store.leases import Lease, holder_name
+from cad.measures import Evaluation, evaluate
+from cad.models.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry, VersionInfo
 from trainer.data import (
     Example,
     PatchSource,

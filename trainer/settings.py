@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from service.settings import RegistrySettings, StoreSettings
+from cad.settings import RegistrySettings, StoreSettings
 
 
 class TrainerSettings(RegistrySettings, StoreSettings):

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from service.errors import LeaseHeld
-from service.labels.store import open_store
-from service.labels.store.leases import Lease, holder_name
-from service.models.registry import ModelRegistry
+from cad.errors import LeaseHeld
+from cad.labels.store import open_store
+from cad.labels.store.leases import Lease, holder_name
+from cad.models.registry import ModelRegistry
 from trainer.data import ids_hash_of, labeled_examples
 from trainer.round import ROUNDS_FILE, TRAINER_LEASE, RoundReport, run_round
 from trainer.settings import TrainerSettings

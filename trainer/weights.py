@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from service.models.manifest import Pretrained
+from cad.models.manifest import Pretrained
 from trainer.network import DEFAULT_ARCHITECTURE, CadNet
 
 log = logging.getLogger(__name__)

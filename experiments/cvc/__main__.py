@@ -91,10 +91,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    from cad.logs import configure_logging
     from experiments.cvc.pool import DEFAULT_ROOT
     from experiments.cvc.report import write_report
     from experiments.cvc.run import PRESETS, Experiment, Split, run_all
-    from service.logs import configure_logging
 
     configure_logging(args.log_level)
     out = Path(args.out)

@@ -46,10 +46,10 @@ def budget_of(pool_size: int) -> int:
 def measure_overlap(ws: Path, variant: str, depth: str | None) -> dict[str, Any]:
     """The queue's top 20 and 100 by ``variant`` as the budgeted re-scoring left them, and their
     share found again once a copy of the run's store is re-scored exactly."""
-    from service.aift import VARIANTS
-    from service.labels.archive import ImageArchive
-    from service.labels.store import open_store
-    from service.models.registry import ModelRegistry
+    from cad.aift import VARIANTS
+    from cad.labels.archive import ImageArchive
+    from cad.labels.store import open_store
+    from cad.models.registry import ModelRegistry
     from trainer.rescore import rescore_pool
 
     with tempfile.TemporaryDirectory(dir=ws) as tmp:

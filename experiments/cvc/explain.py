@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from cad.aift import Box
+from cad.labels.store import open_store
 from experiments.cvc.pool import iou
 from experiments.cvc.run import CANDIDATE_SEED, Experiment
-from service.aift import Box
-from service.labels.store import open_store
 
 KINDS = ("polyp", "near", "specular", "bump", "edge", "random")
 FIELDS = (

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from service.aift import RANDOM
+from cad.aift import RANDOM
 
 LEVELS = (0.95, 0.975, 0.99, 1.0)
 FULL = "full"

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.aift import Box
+from cad.aift import Box
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[3] / "shared" / "data" / "cvc-clinicdb"
 

@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from cad.aift import RANDOM, VARIANTS
+from cad.models.registry import ModelRegistry
 from experiments.cvc.budget import write as write_budget
 from experiments.cvc.peak import SECONDS_PER_LABEL, paired, write_peak
-from service.aift import RANDOM, VARIANTS
-from service.models.registry import ModelRegistry
 
 TARGET_SHARE = 0.95
 FULL = "full"

@@ -37,16 +37,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 from tqdm import tqdm
 
-from experiments.cvc.budget import BUDGET, budget_of, measure_overlap
-from experiments.cvc.budget import append as append_budget
-from experiments.cvc.pool import (
-    DEFAULT_ROOT,
-    GeneratedCandidate,
-    generate,
-    generate_pool,
-    load_frames,
-)
-from service.aift import (
+from cad.aift import (
     BASELINES,
     KEYED,
     RANDOM,
@@ -56,25 +47,34 @@ from service.aift import (
     degenerate_variants,
     parse_recipe,
 )
-from service.imaging import ImageLimits, decode_encoded
-from service.labels.archive import ImageArchive
-from service.labels.ordering import MAX_QUEUE_LIMIT
-from service.labels.recorder import Recorder
-from service.labels.review import ReviewService
-from service.labels.store import open_store
-from service.measures import average_precision, roc_auc
-from service.metrics import ServiceMetrics
-from service.models.batcher import SerialBatcher
-from service.models.inference import (
+from cad.imaging import ImageLimits, decode_encoded
+from cad.labels.archive import ImageArchive
+from cad.labels.ordering import MAX_QUEUE_LIMIT
+from cad.labels.recorder import Recorder
+from cad.labels.review import ReviewService
+from cad.labels.store import open_store
+from cad.measures import average_precision, roc_auc
+from cad.metrics import ServiceMetrics
+from cad.models.batcher import SerialBatcher
+from cad.models.inference import (
     CandidateInput,
     Classifier,
     ClassifyInput,
     EncodedImage,
     ModelManager,
 )
-from service.models.lifecycle import MemoryTrimListener
-from service.models.providers import SessionOptions
-from service.models.registry import ModelRegistry, VersionInfo
+from cad.models.lifecycle import MemoryTrimListener
+from cad.models.providers import SessionOptions
+from cad.models.registry import ModelRegistry, VersionInfo
+from experiments.cvc.budget import BUDGET, budget_of, measure_overlap
+from experiments.cvc.budget import append as append_budget
+from experiments.cvc.pool import (
+    DEFAULT_ROOT,
+    GeneratedCandidate,
+    generate,
+    generate_pool,
+    load_frames,
+)
 from trainer.bootstrap import init_model
 from trainer.data import Example, PatchSource, labels_of
 from trainer.device import resolve_device

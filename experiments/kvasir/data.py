@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cad.aift import Box
 from experiments.cvc.pool import Frame, GeneratedCandidate, generate_pool
-from service.aift import Box
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[3] / "shared" / "data" / "kvasir-seg"
 SPLIT_FILE = Path(__file__).resolve().parent / "split.json"

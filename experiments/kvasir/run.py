@@ -17,11 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.cvc.pool import Frame, GeneratedCandidate
-from experiments.cvc.run import Experiment, Split
-from experiments.kvasir.data import DEFAULT_ROOT, candidates, load_images, load_split
-from service.models.manifest import parse_manifest
-from service.models.registry import (
+from cad.models.manifest import parse_manifest
+from cad.models.registry import (
     MANIFEST_FILE,
     MODEL_FILE,
     WEIGHTS_FILE,
@@ -29,6 +26,9 @@ from service.models.registry import (
     VersionInfo,
     sha256_file,
 )
+from experiments.cvc.pool import Frame, GeneratedCandidate
+from experiments.cvc.run import Experiment, Split
+from experiments.kvasir.data import DEFAULT_ROOT, candidates, load_images, load_split
 
 
 def kvasir_split(root: Path = DEFAULT_ROOT, path: Path | None = None) -> Split:

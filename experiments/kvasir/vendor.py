@@ -17,9 +17,9 @@ import json
 import shutil
 from pathlib import Path
 
+from cad.models.registry import MANIFEST_FILE, MODEL_FILE, WEIGHTS_FILE, ModelRegistry
 from experiments.cvc.pool import DEFAULT_ROOT as CVC_ROOT
 from experiments.cvc.run import FULL, PRESETS, Experiment, Split, run_all
-from service.models.registry import MANIFEST_FILE, MODEL_FILE, WEIGHTS_FILE, ModelRegistry
 
 CVC_SPLIT = Path(__file__).resolve().parents[1] / "cvc" / "split-peak.json"
 VENDOR_FILE = "vendor.json"

@@ -11,10 +11,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from cad.aift import DEFAULT_VARIANT, QUEUE_ORDERS
 from reviewui.proxy import LABELS, box_json, notices_json
 from reviewui.security import PageError, json_error, same_site
 from reviewui.sessions import Session
-from service.aift import DEFAULT_VARIANT, QUEUE_ORDERS
 from service.api.cad.v1 import cad_pb2
 
 if TYPE_CHECKING:

@@ -17,10 +17,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from cad.errors import StoreUnavailable
 from reviewui.security import SIGNIN_MESSAGES, PageError, csrf_ok, form, json_error, same_origin
 from reviewui.sessions import Session
 from service.api.cad.v1 import cad_pb2
-from service.errors import StoreUnavailable
 
 if TYPE_CHECKING:
     from reviewui.app import ReviewApp

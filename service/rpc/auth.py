@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.errors import CadError, PermissionDenied
+from cad.errors import CadError, PermissionDenied
 
 ROLES = ("infer", "review", "admin")
 

@@ -6,20 +6,19 @@ import hashlib
 import json
 from collections.abc import Sequence
 
-from service import validation
-from service.aift import Box
-from service.api.cad.v1 import cad_pb2
-from service.errors import InvalidInput
-from service.imaging import Window
-from service.labels.review import QueueResult, ReviewImage
-from service.labels.store.records import (
+from cad import validation
+from cad.aift import Box
+from cad.errors import InvalidInput
+from cad.imaging import Window
+from cad.labels.review import QueueResult, ReviewImage
+from cad.labels.store.records import (
     AuditEvent,
     Conflict,
     ConflictNotice,
     LabeledCandidate,
     Receipt,
 )
-from service.models.inference import (
+from cad.models.inference import (
     CandidateInput,
     ClassifyInput,
     ClassifyOutcome,
@@ -28,9 +27,10 @@ from service.models.inference import (
     ImageInput,
     RawPixels,
 )
-from service.models.model import LoadedModel
-from service.models.registry import VersionInfo
-from service.models.volume_inference import VolumeCandidateInput, VolumeInput, VolumeOutcome
+from cad.models.model import LoadedModel
+from cad.models.registry import VersionInfo
+from cad.models.volume_inference import VolumeCandidateInput, VolumeInput, VolumeOutcome
+from service.api.cad.v1 import cad_pb2
 
 _BYTES_PER_SAMPLE = {cad_pb2.RawImage.UINT8: 1, cad_pb2.RawImage.UINT16: 2}
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from service.errors import (
+from cad.errors import (
     INTERRUPTS,
     AlreadyExists,
     CadError,
@@ -29,9 +29,9 @@ from service.errors import (
     Settled,
     StoreUnavailable,
 )
-from service.metrics import ServiceMetrics
+from cad.metrics import ServiceMetrics
+from cad.validation import MAX_STATUS_CHARS
 from service.rpc.auth import AccessPolicy, PermissionDenied, Unauthenticated, current_identity
-from service.validation import MAX_STATUS_CHARS
 
 log = logging.getLogger(__name__)
 

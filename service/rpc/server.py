@@ -21,16 +21,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+from cad.clock import utc_now
+from cad.errors import LeaseHeld, StoreUnavailable
+from cad.labels.archive import PruneReport, prune
+from cad.labels.store.leases import holder_name
+from cad.logs import configure_logging
+from cad.settings import from_flags
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.clock import utc_now
-from service.errors import LeaseHeld, StoreUnavailable
-from service.labels.archive import PruneReport, prune
-from service.labels.store.leases import holder_name
-from service.logs import configure_logging
 from service.rpc.interceptors import ErrorAndMetricsInterceptor
 from service.rpc.servicers import CadInferenceServicer, CadReviewServicer, ModelAdminServicer
 from service.rpc.wiring import compose
-from service.settings import ServerSettings, from_flags
+from service.settings import ServerSettings
 from service.uploads import UploadBudget, tune_malloc
 
 log = logging.getLogger(__name__)

@@ -13,15 +13,15 @@ from typing import Any, TypeVar
 
 import grpc
 
-from service import validation
+from cad import validation
+from cad.errors import InvalidInput, LimitExceeded, NotFound
+from cad.labels.review import ReviewService
+from cad.labels.store.records import AuditEvent
+from cad.metrics import ServiceMetrics
+from cad.models.inference import Classifier, ClassifyOutcome
+from cad.models.registry import VersionInfo
+from cad.models.volume_inference import VolumeClassifier
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
-from service.errors import InvalidInput, LimitExceeded, NotFound
-from service.labels.review import ReviewService
-from service.labels.store.records import AuditEvent
-from service.metrics import ServiceMetrics
-from service.models.inference import Classifier, ClassifyOutcome
-from service.models.registry import VersionInfo
-from service.models.volume_inference import VolumeClassifier
 from service.rpc import converters
 from service.rpc.auth import PermissionDenied, current_identity
 from service.uploads import SpilledInstances, UploadBudget, return_memory

@@ -10,24 +10,24 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from service.aift import DEFAULT_VARIANT, VARIANTS
-from service.imaging import ImageLimits
-from service.labels.archive import ImageArchive
-from service.labels.recorder import Recorder, UidHasher
-from service.labels.review import ReviewService
-from service.labels.spool import RecordSpool
-from service.labels.store import SqlLabelStore, open_store
-from service.metrics import ServiceMetrics
-from service.models.batcher import BatchingConfig, DynamicBatcher
-from service.models.inference import Classifier
-from service.models.lifecycle import AuditListener, CallbackListener, MemoryTrimListener
-from service.models.manager import ModelManager
-from service.models.providers import SessionOptions, select_providers
-from service.models.registry import ModelRegistry
-from service.models.volume_inference import VolumeClassifier
+from cad.aift import DEFAULT_VARIANT, VARIANTS
+from cad.imaging import ImageLimits
+from cad.labels.archive import ImageArchive
+from cad.labels.recorder import Recorder, UidHasher
+from cad.labels.review import ReviewService
+from cad.labels.spool import RecordSpool
+from cad.labels.store import SqlLabelStore, open_store
+from cad.metrics import ServiceMetrics
+from cad.models.batcher import BatchingConfig, DynamicBatcher
+from cad.models.inference import Classifier
+from cad.models.lifecycle import AuditListener, CallbackListener, MemoryTrimListener
+from cad.models.manager import ModelManager
+from cad.models.providers import SessionOptions, select_providers
+from cad.models.registry import ModelRegistry
+from cad.models.volume_inference import VolumeClassifier
+from cad.volumes import VolumeLimits
 from service.rpc.auth import AccessPolicy, ReloadingTokenTable
 from service.settings import ServerSettings
-from service.volumes import VolumeLimits
 
 
 @dataclass
