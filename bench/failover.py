@@ -376,7 +376,7 @@ class Scenario:
         t = self.tally
         store = open_store(self.url)
         try:
-            by_key = {e.idempotency_key: e for e in store.events()}
+            by_key = {e.idempotency_key: e for e in store.labels.events()}
             lost = [
                 key
                 for key, (cid, label) in t.corrections.items()

@@ -59,7 +59,7 @@ def fill(store: SqlLabelStore, n: int, start: int = 0, seed: int = 0) -> None:
 
 def old_queue(store: SqlLabelStore, limit: int) -> list[str]:
     """Before migration 5: every unlabeled candidate loaded and scored, then sorted."""
-    entries = store.unlabeled()
+    entries = store.queue.unlabeled()
     if not entries:
         return []
     scores = aift_scores(np.stack([e.patch_probs for e in entries]), DEFAULT_VARIANT)
@@ -68,7 +68,9 @@ def old_queue(store: SqlLabelStore, limit: int) -> list[str]:
 
 
 def new_queue(store: SqlLabelStore, limit: int) -> list[str]:
-    return [e.candidate_id for e, _ in store.ranked_unlabeled(VARIANTS[DEFAULT_VARIANT], limit)]
+    return [
+        e.candidate_id for e, _ in store.queue.ranked_unlabeled(VARIANTS[DEFAULT_VARIANT], limit)
+    ]
 
 
 def percentiles(values: list[float]) -> dict[str, float]:

@@ -42,11 +42,18 @@ IMAGES = 100
 DRIVER = r"""
 import json, sys, time
 import numpy as np
-from cad.labels.archive import ImageArchive
-from cad.labels.store import open_store
-from cad.labels.store.core import StoreCore
-from cad.models.batcher import SerialBatcher
-from cad.models.registry import ModelRegistry
+try:
+    from cad.labels.archive import ImageArchive
+    from cad.labels.store import open_store
+    from cad.labels.store.core import StoreCore
+    from cad.models.batcher import SerialBatcher
+    from cad.models.registry import ModelRegistry
+except ImportError:  # a revision from before the domain package (issue 40)
+    from service.labels.archive import ImageArchive
+    from service.labels.store import open_store
+    from service.labels.store.core import StoreCore
+    from service.models.batcher import SerialBatcher
+    from service.models.registry import ModelRegistry
 
 url, archive, registry, shard, budget = sys.argv[1:6]
 shard = tuple(int(v) for v in shard.split("/")) if shard else None
@@ -80,9 +87,12 @@ done = rescore_pool(
 wall = time.perf_counter() - t0
 fresh_queue_s = None
 if int(budget):  # the queue a fresh-first server serves now: version 2's own top, off its index
-    from cad.aift import VARIANTS
+    try:
+        from cad.aift import VARIANTS
+    except ImportError:
+        from service.aift import VARIANTS
     t = time.perf_counter()
-    top = store.ranked_unlabeled(VARIANTS["entropy_alpha"], 20, fresh="2")
+    top = getattr(store, "queue", store).ranked_unlabeled(VARIANTS["entropy_alpha"], 20, fresh="2")
     fresh_queue_s = time.perf_counter() - t
     assert len(top) == 20
 store.close()

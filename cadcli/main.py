@@ -269,7 +269,7 @@ def _audit(
 
     store = open_store(url)
     try:
-        store.add_audit(action, actor or _cli_actor(args), target, detail)
+        store.fleet.add_audit(action, actor or _cli_actor(args), target, detail)
     finally:
         store.close()
 
@@ -324,7 +324,9 @@ def _model_prune(args: argparse.Namespace) -> int:
             Path(args.registry) if args.registry else s.registry_root, args.name or s.model_name
         ).with_pins_in(store)
         served: dict[int, str] = {}
-        for replica_id, version, host, seen in store.replicas(registry.name, args.replica_window_s):
+        for replica_id, version, host, seen in store.fleet.replicas(
+            registry.name, args.replica_window_s
+        ):
             if version is not None:
                 served.setdefault(version, f"replica {replica_id} on {host} (seen {seen})")
         try:
@@ -339,7 +341,7 @@ def _model_prune(args: argparse.Namespace) -> int:
                 print(f"would remove {v:>5}")
                 continue
             registry.remove(v)
-            store.add_audit(
+            store.fleet.add_audit(
                 "prune_version", _cli_actor(args), f"{registry.name}/v{v}", {"keep": args.keep}
             )
             print(f"removed {v:>5}")

@@ -87,7 +87,7 @@ def test_acknowledged_corrections_survive_kill_9(tmp_path: Path, store_url: str)
 
     store = open_store(store_url)
     try:
-        events = {e.idempotency_key: e for e in store.events()}
+        events = {e.idempotency_key: e for e in store.labels.events()}
         for key, (event_id, cid, label) in acked.items():
             assert key in events, f"acknowledged correction {key} was lost"
             assert (events[key].event_id, events[key].candidate_id, events[key].label_after) == (
@@ -96,7 +96,7 @@ def test_acknowledged_corrections_survive_kill_9(tmp_path: Path, store_url: str)
                 label,
             )
         # No half-written correction: every candidate's events are contiguous and its label is the last one's.
-        exported = {x.candidate.candidate_id: x for x in store.labeled()}
+        exported = {x.candidate.candidate_id: x for x in store.queue.labeled()}
         for cid in ids:
             mine = sorted(
                 (e for e in events.values() if e.candidate_id == cid), key=lambda e: e.seq

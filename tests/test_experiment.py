@@ -63,7 +63,7 @@ def test_tiny_experiment_runs_resumes_and_reports(tmp_path: Path) -> None:
     def labeled(method: str) -> set[str]:
         store = open_store(f"sqlite:///{tmp_path / 'runs' / f'{method}-s0' / 'labels.sqlite3'}")
         try:
-            events = store.events()
+            events = store.labels.events()
             assert {e.reviewer for e in events} == {"oracle"}
             return {e.candidate_id for e in events}
         finally:

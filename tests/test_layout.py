@@ -188,3 +188,20 @@ def test_the_domain_package_knows_no_transport_and_no_process() -> None:
     assert offenders == []
     # ... and the detector bites: a module that imported a servicer would be named
     assert [n for n in _runtime_imports(ast.parse("import grpc\n")) if n in banned] == ["grpc"]
+
+
+def test_the_label_store_is_one_database_object_with_a_repository_per_area() -> None:
+    """No mixins: the store is its database object (transactions, retries, migrations, the
+    classification records) and reaches each area through a repository that shares its pool."""
+    from cad.labels.store.core import Repository, StoreCore
+    from cad.labels.store.events import LabelEvents
+    from cad.labels.store.fleet import FleetRows
+    from cad.labels.store.queue import QueueQueries
+    from cad.labels.store.sql import SqlLabelStore
+
+    assert SqlLabelStore.__bases__ == (StoreCore,)
+    for repository in (LabelEvents, QueueQueries, FleetRows):
+        assert repository.__bases__ == (Repository,)
+        assert not issubclass(repository, StoreCore)
+    public = {n for n in vars(SqlLabelStore) | vars(StoreCore) if not n.startswith("_")}
+    assert len(public) <= 20, sorted(public)

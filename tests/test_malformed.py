@@ -276,7 +276,7 @@ def test_nothing_over_a_limit_was_stored(
     # The correction attempts above were all refused: no label from them exists.
     labeled = list(review.ExportLabels(cad_pb2.ExportRequest(), timeout=30))
     assert all(len(item.candidate_id) <= MAX_ID_CHARS for item in labeled)
-    assert all(len(e.actor) <= 128 for e in served.server.store.audit(limit=10_000))
+    assert all(len(e.actor) <= 128 for e in served.server.store.fleet.audit(limit=10_000))
 
 
 def test_messages_quote_at_most_a_short_sanitised_prefix() -> None:

@@ -255,8 +255,8 @@ def test_model_prune_keeps_the_pinned_followed_and_served_versions(
     store = open_store(url)
     registry = ModelRegistry(root, "cad").with_pins_in(store)
     registry.pin(2, "ops", "rollback")
-    store.heartbeat("replica-a", "cad", 3, "fp32", "host-a", "2026-01-01T00:00:00+00:00")
-    store.heartbeat("replica-old", "cad", 4, "fp32", "host-b", "2026-01-01T00:00:00+00:00")
+    store.fleet.heartbeat("replica-a", "cad", 3, "fp32", "host-a", "2026-01-01T00:00:00+00:00")
+    store.fleet.heartbeat("replica-old", "cad", 4, "fp32", "host-b", "2026-01-01T00:00:00+00:00")
     store._query(
         "UPDATE replicas SET seen = '2020-01-01T00:00:00+00:00' WHERE replica_id = ?",
         ("replica-old",),
@@ -271,6 +271,6 @@ def test_model_prune_keeps_the_pinned_followed_and_served_versions(
     # 5 and 6: the newest two; 2: pinned; 3: served by replica-a; 4's replica went silent
     assert registry.versions() == [2, 3, 5, 6], out
     assert "served by replica replica-a" in out and "pinned" in out
-    pruned = [e for e in store.audit(action="prune_version")]
+    pruned = [e for e in store.fleet.audit(action="prune_version")]
     assert sorted(e.target for e in pruned) == ["cad/v1", "cad/v4"]
     store.close()

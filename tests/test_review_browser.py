@@ -241,7 +241,7 @@ def run_the_sitting(driver: Any, world: World) -> None:
     try:
         rows = [
             (e.candidate_id, e.seq, e.kind, e.label_after, e.reviewer, e.note)
-            for e in store.events()
+            for e in store.labels.events()
         ]
         missed = [
             c for c in store.candidates_of(fourth["request_id"]) if c.candidate.origin == "missed"
@@ -320,7 +320,7 @@ def test_a_second_key_press_or_a_held_key_does_not_label_the_next_item(
         wait(browser, at_item(browser, 3), "the third item")
         store = open_store(world.store_url)
         try:
-            labeled = {e.candidate_id: e.label_after for e in store.events()}
+            labeled = {e.candidate_id: e.label_after for e in store.labels.events()}
         finally:
             store.close()
         assert labeled == {first["candidate_id"]: 0}, labeled  # the second item: no verdict
@@ -383,13 +383,13 @@ def test_undo_takes_back_a_missed_box_and_the_skip_it_follows(browser: Any, tmp_
         assert current(browser)["candidate_id"] == second["candidate_id"]
         store = open_store(world.store_url)
         try:
-            kinds = [(e.candidate_id, e.kind, e.label_after) for e in store.events()]
+            kinds = [(e.candidate_id, e.kind, e.label_after) for e in store.labels.events()]
             missed = [
                 c
                 for c in store.candidates_of(second["request_id"])
                 if c.candidate.origin == "missed"
             ]
-            labels = {x.candidate.candidate_id: x.label for x in store.labeled()}
+            labels = {x.candidate.candidate_id: x.label for x in store.queue.labeled()}
         finally:
             store.close()
         assert labels == {first["candidate_id"]: 0}  # the first verdict stands, untouched
@@ -445,7 +445,7 @@ def test_no_verdict_lands_on_an_item_that_was_never_drawn(browser: Any, tmp_path
         assert status == 409 and "never shown on your screen" in error
         store = open_store(world.store_url)
         try:
-            assert store.events() == []  # nothing recorded for the item never drawn
+            assert store.labels.events() == []  # nothing recorded for the item never drawn
         finally:
             store.close()
 
@@ -563,9 +563,9 @@ def test_two_reviewers_in_two_browsers_get_disjoint_items_and_a_third_settles_th
 
         store = open_store(world.store_url)
         try:
-            (settled,) = [x for x in store.labeled() if x.candidate.candidate_id == disputed]
-            final = store.events(disputed)[-1]
-            assert store.conflicts() == []
+            (settled,) = [x for x in store.queue.labeled() if x.candidate.candidate_id == disputed]
+            final = store.labels.events(disputed)[-1]
+            assert store.labels.conflicts() == []
         finally:
             store.close()
         assert settled.label == 1 and settled.adjudicated

@@ -44,7 +44,7 @@ def metrics() -> ServiceMetrics:
 
 @pytest.fixture
 def review(store: SqlLabelStore, metrics: ServiceMetrics) -> ReviewService:
-    metrics.bind_store(store.count_unlabeled, store.precision_by_version)
+    metrics.bind_store(store.queue.count_unlabeled, store.queue.precision_by_version)
     return ReviewService(store, metrics, max_note_chars=100)
 
 
@@ -130,7 +130,7 @@ def test_corrections_are_append_only_with_conflicts(
     assert same.event.label_before == 0 and not same.event.conflict  # same reviewer: no conflict
     other = review.submit_correction("r1-0", "FALSE_POSITIVE", "dr.b", "k3")
     assert other.event.conflict and other.event.seq == 3
-    events = store.events("r1-0")
+    events = store.labels.events("r1-0")
     assert [(e.reviewer, e.label_before, e.label_after) for e in events] == [
         ("dr.a", None, 0),
         ("dr.a", 0, 1),
@@ -153,7 +153,7 @@ def test_idempotent_retry_returns_the_same_receipt(
     assert b.replayed and not a.replayed and b.event == a.event
     with pytest.raises(AlreadyExists, match="key-1"):
         review.submit_correction("r1-1", "FALSE_POSITIVE", "dr.a", "key-1", "note")
-    assert len(store.events()) == 1
+    assert len(store.labels.events()) == 1
 
 
 @pytest.mark.parametrize(
@@ -173,7 +173,7 @@ def test_bad_corrections_write_nothing(
     add_image(store, "r1")
     with pytest.raises(error):
         review.submit_correction(*args)
-    assert store.events() == [] and store.count_unlabeled() == 3
+    assert store.labels.events() == [] and store.queue.count_unlabeled() == 3
 
 
 def test_missed_finding_creates_a_positive_candidate(
@@ -185,13 +185,13 @@ def test_missed_finding_creates_a_positive_candidate(
     assert c.origin == "missed" and c.request_id == "r1" and (c.x, c.y) == (50, 40)
     assert receipt.event.label_after == 1 and receipt.event.kind == "missed"
     assert review.add_missed_finding("r1", Box(50, 40, 30, 30), "dr.a", "m1").replayed
-    assert store.count_unlabeled() == 3  # missed findings are labels, not queue entries
+    assert store.queue.count_unlabeled() == 3  # missed findings are labels, not queue entries
     with pytest.raises(NotFound):
         review.add_missed_finding("unknown", Box(1, 1, 5, 5), "dr.a", "m2")
     for bad in (Box(1, 1, 0, 5), Box(110, 10, 20, 20), Box(-1, 0, 5, 5)):
         with pytest.raises(InvalidInput):
             review.add_missed_finding("r1", bad, "dr.a", "m3")
-    assert len(store.events()) == 1
+    assert len(store.labels.events()) == 1
 
 
 def test_queue_ranks_unlabeled_candidates_by_the_chosen_variant(
@@ -221,7 +221,7 @@ def test_the_literature_baselines_are_served_from_the_store(
     ids = add_image(store, "b1", n=5, seed=3)
     p = [0.9, 0.52, 0.2, 0.45, 0.05]
     patches = [np.tile([[1 - q, q]], (24, 1)).astype(np.float32) for q in p]
-    store.update_predictions(
+    store.queue.update_predictions(
         "2", [(c, x, q, 0.0, 0.0, 0.0) for c, x, q in zip(ids, patches, p, strict=True)]
     )
     review.submit_correction(ids[1], "FALSE_POSITIVE", "dr.a", "k")
@@ -231,11 +231,11 @@ def test_the_literature_baselines_are_served_from_the_store(
     np.testing.assert_allclose([s for _, s in margin], expected, rtol=1e-6)
     with pytest.raises(NotScored):  # no keys written yet: said, not an empty queue
         review.annotation_queue(5, "bald")
-    store.put_queue_keys("bald", "2", [(ids[0], 0.1), (ids[4], 0.7), (ids[1], 0.9)])
+    store.queue.put_queue_keys("bald", "2", [(ids[0], 0.1), (ids[4], 0.7), (ids[1], 0.9)])
     bald = [e.candidate_id for e, _ in review.annotation_queue(5, "bald").items]
     assert bald == [ids[4], ids[0]]  # the labelled one and the unkeyed ones are not offered
-    store.put_queue_keys("bald", "3", [(ids[2], 0.3)])  # a re-scoring replaces them all
-    assert store.queue_key_versions("bald") == {"3": 1}
+    store.queue.put_queue_keys("bald", "3", [(ids[2], 0.3)])  # a re-scoring replaces them all
+    assert store.queue.queue_key_versions("bald") == {"3": 1}
     assert [e.candidate_id for e, _ in review.annotation_queue(5, "bald").items] == [ids[2]]
     a = review.annotation_queue(2, "margin", reviewer="dr.a", claim_s=60).items
     b = review.annotation_queue(2, "margin", reviewer="dr.b", claim_s=60).items
@@ -244,7 +244,7 @@ def test_the_literature_baselines_are_served_from_the_store(
     with pytest.raises(InvalidInput):
         review.annotation_queue(5, "margin", omega=5)
     with pytest.raises(ValueError):
-        store.put_queue_keys("margin", "3", [])
+        store.queue.put_queue_keys("margin", "3", [])
 
 
 def test_the_audit_slice_is_uniform_served_at_random_and_measured_by_version(
@@ -280,9 +280,11 @@ def test_the_audit_slice_is_uniform_served_at_random_and_measured_by_version(
     # labelled audit items are measured per version, settled ones only
     for i, c in enumerate(audit_items):
         review.submit_correction(c, "TRUE_POSITIVE" if i % 2 else "FALSE_POSITIVE", "dr.a", c)
-    by_version = store.audit_slice_scores()
+    by_version = store.queue.audit_slice_scores()
     assert list(by_version) == ["1"] and len(by_version["1"][0]) == len(audit_items)
-    assert {x.candidate.candidate_id for x in store.labeled() if x.audit_slice} == set(audit_items)
+    assert {x.candidate.candidate_id for x in store.queue.labeled() if x.audit_slice} == set(
+        audit_items
+    )
     store.audit_fraction = 0.0
     from prometheus_client import generate_latest
 
@@ -290,7 +292,9 @@ def test_the_audit_slice_is_uniform_served_at_random_and_measured_by_version(
 
     scraped = ServiceMetrics(CollectorRegistry())
     scraped.bind_store(
-        store.count_unlabeled, store.precision_by_version, audit_slice=store.audit_slice_scores
+        store.queue.count_unlabeled,
+        store.queue.precision_by_version,
+        audit_slice=store.queue.audit_slice_scores,
     )
     text = generate_latest(scraped.registry).decode()
     y, p = by_version["1"]
@@ -339,25 +343,25 @@ def test_the_pool_is_read_in_pages_by_key_and_its_shards_cover_it_exactly_once(
 
     def walk(**kw: Any) -> list[str]:
         seen, after = [], ""
-        while page := store.pool_page(after, 7, **kw):
+        while page := store.queue.pool_page(after, 7, **kw):
             seen += [r.candidate_id for r in page]
             after = page[-1].candidate_id
         return seen
 
-    assert walk() == pool and store.pool_count() == len(pool)
+    assert walk() == pool and store.queue.pool_count() == len(pool)
     for n in (1, 2, 3, 5):
         shards = [walk(shard=(i, n)) for i in range(n)]
         assert sorted(c for part in shards for c in part) == pool  # each exactly once
-        assert [store.pool_count(shard=(i, n)) for i in range(n)] == [len(p) for p in shards]
+        assert [store.queue.pool_count(shard=(i, n)) for i in range(n)] == [len(p) for p in shards]
     assert all(len(walk(shard=(i, 3))) > 5 for i in range(3))  # a fair share each
     with pytest.raises(ValueError):
-        store.pool_page("", 5, shard=(3, 3))
+        store.queue.pool_page("", 5, shard=(3, 3))
     # what a version already scored is left out: a stopped re-scoring goes on
     first = pool[:20]
-    store.update_predictions(
+    store.queue.update_predictions(
         "7", [(c, store.get_candidate(c).patch_probs, 0.5, 1.0, 1.0, 1.0) for c in first]
     )
-    assert walk(skip_version="7") == pool[20:] and store.pool_count("7") == len(pool) - 20
+    assert walk(skip_version="7") == pool[20:] and store.queue.pool_count("7") == len(pool) - 20
     assert walk(skip_version="8") == pool
     # what the queue's top was scored by, for the alert on a re-scoring that never got there
     from prometheus_client import generate_latest
@@ -367,18 +371,18 @@ def test_the_pool_is_read_in_pages_by_key_and_its_shards_cover_it_exactly_once(
     scraped = ServiceMetrics(CollectorRegistry())
     top = VARIANTS["entropy_alpha"]
     scraped.bind_store(
-        store.count_unlabeled,
-        store.precision_by_version,
-        top_versions=lambda: store.top_scored_versions(top),
+        store.queue.count_unlabeled,
+        store.queue.precision_by_version,
+        top_versions=lambda: store.queue.top_scored_versions(top),
     )
-    versions = store.top_scored_versions(top)
+    versions = store.queue.top_scored_versions(top)
     assert len(versions) == 20 and set(versions) <= {"1", "7"}
     oldest = min(int(v) for v in versions)
     assert (
         f"cad_queue_top_oldest_scored_version {float(oldest)}"
         in generate_latest(scraped.registry).decode()
     )
-    store.update_predictions(
+    store.queue.update_predictions(
         "9", [(c, store.get_candidate(c).patch_probs, 0.5, 1.0, 1.0, 1.0) for c in pool]
     )
     assert "cad_queue_top_oldest_scored_version 9.0" in generate_latest(scraped.registry).decode()
@@ -392,13 +396,20 @@ def test_a_budgeted_rescoring_finds_the_newest_arrivals_and_named_candidates_off
         ids += add_image(store, f"recent-{k}", n=3, seed=k, created=f"2026-12-0{k + 1}T00:00:00")
     review.submit_correction(ids[-1], "TRUE_POSITIVE", "dr.a", "k")
     # newest first; the labelled one is no longer in the pool
-    assert store.newest_unlabeled(4) == ["recent-5-1", "recent-5-0", "recent-4-2", "recent-4-1"]
-    assert len(store.newest_unlabeled(100)) == len(ids) - 1
+    assert store.queue.newest_unlabeled(4) == [
+        "recent-5-1",
+        "recent-5-0",
+        "recent-4-2",
+        "recent-4-1",
+    ]
+    assert len(store.queue.newest_unlabeled(100)) == len(ids) - 1
     asked = [ids[-1], ids[3], "no-such-candidate", ids[0], ids[3]]
-    assert [r.candidate_id for r in store.pool_rows(asked)] == [ids[0], ids[3]]
-    store.update_predictions("7", [(ids[0], store.get_candidate(ids[0]).patch_probs, 0.5, 1, 1, 1)])
-    assert [r.candidate_id for r in store.pool_rows(asked, skip_version="7")] == [ids[3]]
-    assert store.pool_rows([]) == []
+    assert [r.candidate_id for r in store.queue.pool_rows(asked)] == [ids[0], ids[3]]
+    store.queue.update_predictions(
+        "7", [(ids[0], store.get_candidate(ids[0]).patch_probs, 0.5, 1, 1, 1)]
+    )
+    assert [r.candidate_id for r in store.queue.pool_rows(asked, skip_version="7")] == [ids[3]]
+    assert store.queue.pool_rows([]) == []
 
 
 def test_export_since_and_precision_by_version(
@@ -416,7 +427,7 @@ def test_export_since_and_precision_by_version(
         exported[0].image.sha256 == "sha-r1" and exported[0].image.sop_instance_uid == "1.2.3.4.5"
     )
     assert [x.candidate.candidate_id for x in review.export(since=cut)] == [b[1]]
-    assert store.precision_by_version() == {"1": (1, 1), "2": (2, 0)}
+    assert store.queue.precision_by_version() == {"1": (1, 1), "2": (2, 0)}
     r = metrics.registry
     assert r.get_sample_value("cad_model_live_precision", {"version": "1"}) == 0.5
     assert r.get_sample_value("cad_model_live_precision", {"version": "2"}) == 1.0
@@ -446,7 +457,7 @@ def test_concurrent_reviewers_never_lose_or_duplicate_events(
     for t in threads:
         t.join()
     assert errors == []
-    events = store.events()
+    events = store.labels.events()
     assert len(events) == 40
     for cid in ("r1-0", "r1-1"):
         mine = [e for e in events if e.candidate_id == cid]
@@ -470,12 +481,12 @@ def test_retention_prunes_only_unlabeled_images(
         shas[rid] = sha
         add_image(store, rid, n=1, sha=sha, created=old if rid.startswith("old") else "")
     review.submit_correction("old-labeled-0", "FALSE_POSITIVE", "dr.a", "k")
-    store.put_queue_keys("bald", "1", [("old-unlabeled-0", 1.0), ("new-2-0", 0.5)])
+    store.queue.put_queue_keys("bald", "1", [("old-unlabeled-0", 1.0), ("new-2-0", 0.5)])
     report = prune(store, archive, max_age_s=30 * 24 * 3600, max_unlabeled_bytes=None)
     assert report.images_removed == 1 and not archive.path(shas["old-unlabeled"]).exists()
     # the forgotten image's candidate leaves the pool and every queue with it
-    assert store.queue_key_versions("bald") == {"1": 1}
-    assert "old-unlabeled-0" not in [r.candidate_id for r in store.pool_page("", 100)]
+    assert store.queue.queue_key_versions("bald") == {"1": 1}
+    assert "old-unlabeled-0" not in [r.candidate_id for r in store.queue.pool_page("", 100)]
     queued = [e.candidate_id for e, _ in review.annotation_queue(100, "random").items]
     assert "old-unlabeled-0" not in queued and "new-2-0" in queued
     assert archive.path(shas["old-labeled"]).exists()
@@ -612,21 +623,21 @@ def test_relaxed_classification_commits_then_durable_again(
     query = "PRAGMA synchronous" if store.dialect.name == "sqlite" else "SHOW synchronous_commit"
     assert str(store._query(query)[0][0]) in ("2", "on")  # FULL / on
     review.submit_correction("relaxed-0", "TRUE_POSITIVE", "dr.a", "k")
-    assert store.events("relaxed-0")[0].label_after == 1
+    assert store.labels.events("relaxed-0")[0].label_after == 1
 
 
 def test_the_audit_action_filter_finds_events_behind_the_limit(store: SqlLabelStore) -> None:
     """GetAuditTrail(action="pin") must find a pin behind many other events (the filter was
     applied after the LIMIT, so it returned nothing)."""
     for i in range(6):
-        store.add_audit("swap", "server", "cad", {"version": i})
-    pin = store.add_audit("pin", "ops", "cad", {"version": 2})
+        store.fleet.add_audit("swap", "server", "cad", {"version": i})
+    pin = store.fleet.add_audit("pin", "ops", "cad", {"version": 2})
     add_image(store, "r1")
-    store.add_label("r1-0", 1, "dr.a", "", "k-audit", "body")
-    assert [e.event_id for e in store.audit(action="pin", limit=3)] == [pin.event_id]
-    assert [e.action for e in store.audit(action="correction", limit=3)] == ["correction"]
-    assert store.audit(action="missed_finding", limit=3) == []
-    assert len(store.audit(limit=3)) == 3 and len(store.audit()) == 8
+    store.labels.add_label("r1-0", 1, "dr.a", "", "k-audit", "body")
+    assert [e.event_id for e in store.fleet.audit(action="pin", limit=3)] == [pin.event_id]
+    assert [e.action for e in store.fleet.audit(action="correction", limit=3)] == ["correction"]
+    assert store.fleet.audit(action="missed_finding", limit=3) == []
+    assert len(store.fleet.audit(limit=3)) == 3 and len(store.fleet.audit()) == 8
 
 
 def test_a_lease_is_exclusive_names_its_holder_and_is_released(store: SqlLabelStore) -> None:
@@ -701,8 +712,8 @@ def test_event_times_come_from_the_database_clock_on_postgresql(
 
     monkeypatch.setattr(core, "now", lambda: "1999-01-01T00:00:00.000000+00:00")  # a skewed replica
     add_image(store, "r-clock", n=1)
-    receipt = store.add_label("r-clock-0", 1, "dr.a", "", "k-clock", "body")
-    audit = store.add_audit("pin", "ops", "cad")
+    receipt = store.labels.add_label("r-clock-0", 1, "dr.a", "", "k-clock", "body")
+    audit = store.fleet.add_audit("pin", "ops", "cad")
     times = [receipt.event.created, audit.created, store.get_image("r-clock").created]
     if store.dialect.name == "postgresql":
         assert not [t for t in times if t.startswith("1999")], times
@@ -721,13 +732,13 @@ def test_the_queue_is_ranked_in_sql_exactly_as_scoring_every_candidate_would(
 
     for i in range(6):
         add_image(store, f"r{i}", n=7, seed=i)
-    entries = store.unlabeled()
+    entries = store.queue.unlabeled()
     probs = np.stack([e.patch_probs for e in entries])
     specs = [*VARIANTS.values(), Variant("custom", 0.3, 2.0), Variant("custom_a", 1.0, 0.5, 0.25)]
     for spec in specs:
         scores = aift_scores(probs, spec)
         expected = sorted(range(len(entries)), key=lambda i: (-scores[i], entries[i].candidate_id))
-        got = store.ranked_unlabeled(spec, 10)
+        got = store.queue.ranked_unlabeled(spec, 10)
         assert [e.candidate_id for e, _ in got] == [entries[i].candidate_id for i in expected[:10]]
         # the same sums (stored terms summed once per record vs once over the pool): equal up to
         # the last bits of a float, whatever the processor's vector width
@@ -852,11 +863,11 @@ def test_a_disagreement_is_told_to_both_reviewers_and_settled_by_a_third(
     assert review.conflicts() == []
     # final: what the trainer and the export use; later corrections are refused
     assert {e.candidate_id: e.label for e in labeled_examples(store)} == {"d1-0": 1, "d1-1": 0}
-    (exported,) = [x for x in store.labeled() if x.candidate.candidate_id == "d1-0"]
+    (exported,) = [x for x in store.queue.labeled() if x.candidate.candidate_id == "d1-0"]
     assert exported.label == 1 and exported.adjudicated and exported.conflict
     with pytest.raises(Settled):
         review.submit_correction("d1-0", "FALSE_POSITIVE", "dr.b", "k-b3")
-    assert [e.action for e in store.audit(action="adjudication")] == ["adjudication"]
+    assert [e.action for e in store.fleet.audit(action="adjudication")] == ["adjudication"]
 
 
 def test_undo_is_a_retraction_of_ones_own_latest_event(
@@ -867,8 +878,8 @@ def test_undo_is_a_retraction_of_ones_own_latest_event(
     undone = review.retract(first.event_id, "dr.a", "k-undo")
     assert undone.event.kind == "retraction" and undone.event.label_after == -1
     assert review.retract(first.event_id, "dr.a", "k-undo").replayed  # a retried undo: once
-    assert "u1-0" in {e.candidate_id for e in store.unlabeled()}  # back in the queue
-    assert [x.candidate.candidate_id for x in store.labeled()] == []
+    assert "u1-0" in {e.candidate_id for e in store.queue.unlabeled()}  # back in the queue
+    assert [x.candidate.candidate_id for x in store.queue.labeled()] == []
     again = review.submit_correction("u1-0", "FALSE_POSITIVE", "dr.a", "k-2").event
     with pytest.raises(PermissionDenied, match="dr.a's, not dr.b's"):
         review.retract(again.event_id, "dr.b", "k-x")
@@ -878,9 +889,9 @@ def test_undo_is_a_retraction_of_ones_own_latest_event(
         review.retract(again.event_id, "dr.a", "k-y")  # dr.b labeled it since
     review.retract(clash.event_id, "dr.b", "k-z")  # dr.b takes theirs back: no dispute left
     assert review.conflicts() == []
-    (x,) = [x for x in store.labeled() if x.candidate.candidate_id == "u1-0"]
+    (x,) = [x for x in store.queue.labeled() if x.candidate.candidate_id == "u1-0"]
     assert x.label == 0 and not x.conflict  # dr.a's verdict stands again
-    assert [e.kind for e in store.events("u1-0")] == [
+    assert [e.kind for e in store.labels.events("u1-0")] == [
         "correction",
         "retraction",
         "correction",
@@ -908,7 +919,7 @@ def test_a_large_pool_is_never_read_whole(
     def no_full_read() -> None:
         raise AssertionError("the whole pool was read")
 
-    monkeypatch.setattr(store, "unlabeled", no_full_read)
+    monkeypatch.setattr(store.queue, "unlabeled", no_full_read)
     bounded = review.annotation_queue(4, "entropy", seed=3, omega=2)
     assert [e.candidate_id for e, _ in bounded.items] == exact_omega and bounded.unlabeled == 40
     alpha = review.annotation_queue(5, "entropy", overrides={"alpha": 0.5})
@@ -935,14 +946,14 @@ def test_a_pool_sample_is_uniform_seeded_and_moves_past_what_a_version_scored(
     ids = []
     for k in range(20):
         ids += add_image(store, f"sample-{k}", n=5, seed=k)
-    a, b = store.pool_sample(1, 30), store.pool_sample(2, 30)
-    assert len(set(a)) == 30 and a == store.pool_sample(1, 30) and a != b
-    assert sorted(store.pool_sample(1, 500)) == sorted(ids)  # wraps round to the whole pool
+    a, b = store.queue.pool_sample(1, 30), store.queue.pool_sample(2, 30)
+    assert len(set(a)) == 30 and a == store.queue.pool_sample(1, 30) and a != b
+    assert sorted(store.queue.pool_sample(1, 500)) == sorted(ids)  # wraps round to the whole pool
     assert len({c.split("-")[1] for c in a}) > 10  # spread over images, not a run of one
-    store.update_predictions(
+    store.queue.update_predictions(
         "7", [(c, store.get_candidate(c).patch_probs, 0.5, 1, 1, 1) for c in a]
     )
-    again = store.pool_sample(1, 30, skip_version="7")
+    again = store.queue.pool_sample(1, 30, skip_version="7")
     assert len(again) == 30 and not set(again) & set(a)
 
 
@@ -950,17 +961,17 @@ def test_others_claims_are_counted_with_when_the_first_ends(
     review: ReviewService, store: SqlLabelStore
 ) -> None:
     ids = add_image(store, "claimed", n=4)
-    assert store.others_claims("dr.b") == (0, "")
-    assert store.claim(ids[:2], "dr.a", 600, 10) == ids[:2]
-    assert store.claim(ids[2:3], "dr.c", 60, 10) == ids[2:3]
-    count, first = store.others_claims("dr.b")
+    assert store.queue.others_claims("dr.b") == (0, "")
+    assert store.queue.claim(ids[:2], "dr.a", 600, 10) == ids[:2]
+    assert store.queue.claim(ids[2:3], "dr.c", 60, 10) == ids[2:3]
+    count, first = store.queue.others_claims("dr.b")
     # the first to end is dr.c's (60 s), before dr.a's (600 s), which is all dr.c sees
-    assert count == 3 and "" < first < store.others_claims("dr.c")[1]
-    assert store.others_claims("dr.a")[0] == 1  # dr.c's, not dr.a's own
+    assert count == 3 and "" < first < store.queue.others_claims("dr.c")[1]
+    assert store.queue.others_claims("dr.a")[0] == 1  # dr.c's, not dr.a's own
     review.submit_correction(ids[0], "TRUE_POSITIVE", "dr.a", "k-claimed")
-    assert store.others_claims("dr.b")[0] == 2  # a labelled item is nobody's claim any more
-    store.release_claims("dr.c")
-    assert store.others_claims("dr.b")[0] == 1
+    assert store.queue.others_claims("dr.b")[0] == 2  # a labelled item is nobody's claim any more
+    store.queue.release_claims("dr.c")
+    assert store.queue.others_claims("dr.b")[0] == 1
 
 
 def test_a_fresh_first_queue_ranks_what_the_serving_version_scored_before_older_scores(
@@ -974,17 +985,21 @@ def test_a_fresh_first_queue_ranks_what_the_serving_version_scored_before_older_
     for k in range(4):
         ids += add_image(store, f"fresh-{k}", n=5, seed=k)
     unsure = np.full((24, 2), 0.5, dtype=np.float32)  # as uncertain as can be
-    store.update_predictions("6", [(c, unsure, 0.5, 1, 1, 1) for c in ids[:10]])
+    store.queue.update_predictions("6", [(c, unsure, 0.5, 1, 1, 1) for c in ids[:10]])
     sure = np.tile(np.array([[0.9, 0.1]], dtype=np.float32), (24, 1))
     fresh = ids[10:]
-    store.update_predictions("7", [(c, sure + 0.01 * i, 0.1, 1, 1, 1) for i, c in enumerate(fresh)])
+    store.queue.update_predictions(
+        "7", [(c, sure + 0.01 * i, 0.1, 1, 1, 1) for i, c in enumerate(fresh)]
+    )
     spec = VARIANTS["entropy_alpha"]
-    mixed = [e.candidate_id for e, _ in store.ranked_unlabeled(spec, 5)]
+    mixed = [e.candidate_id for e, _ in store.queue.ranked_unlabeled(spec, 5)]
     assert set(mixed) <= set(ids[:10])  # the stale, "uncertain" ones win a mixed ranking
-    first = [e.candidate_id for e, _ in store.ranked_unlabeled(spec, 5, fresh="7")]
-    exact = [e.candidate_id for e, _ in store.ranked_unlabeled(spec, 20) if e.candidate_id in fresh]
+    first = [e.candidate_id for e, _ in store.queue.ranked_unlabeled(spec, 5, fresh="7")]
+    exact = [
+        e.candidate_id for e, _ in store.queue.ranked_unlabeled(spec, 20) if e.candidate_id in fresh
+    ]
     assert first == exact[:5]  # version 7's own top, in its order
-    spill = [e.candidate_id for e, _ in store.ranked_unlabeled(spec, 12, fresh="7")]
+    spill = [e.candidate_id for e, _ in store.queue.ranked_unlabeled(spec, 12, fresh="7")]
     assert spill[:10] == exact and set(spill[10:]) <= set(ids[:10])  # then the others
     review.fresh_version = lambda: "7"
     served = review.annotation_queue(3, "entropy_alpha").items

@@ -113,7 +113,7 @@ def signed_in(world: World, who: str = "dr.jones") -> tuple[Browser, str]:
 def events(world: World, candidate_id: str) -> list[Any]:
     store = open_store(world.store_url)
     try:
-        return store.events(candidate_id)
+        return store.labels.events(candidate_id)
     finally:
         store.close()
 

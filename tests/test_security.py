@@ -187,7 +187,7 @@ def test_reviewer_is_the_tokens_identity(secured: ServerThread) -> None:
             metadata=bearer("review"),
         )
         assert receipt.event_id
-    events = secured.server.store.events(result.candidate_id)
+    events = secured.server.store.labels.events(result.candidate_id)
     assert [e.reviewer for e in events] == ["dr.jones"]
 
 
@@ -443,7 +443,7 @@ def test_cli_rollback_is_audited(registry_root: Path, tmp_path: Path) -> None:
     )
     assert cad(["model", "unpin", "--registry", str(registry_root), "--store-url", url]) == 0
     store = open_store(url)
-    trail = [(e.action, e.actor, e.target) for e in store.audit()]
+    trail = [(e.action, e.actor, e.target) for e in store.fleet.audit()]
     store.close()
     assert (
         trail[0] == ("pin", "ops.kim", "cad/v1")
@@ -480,7 +480,7 @@ def test_cli_rollback_refuses_a_version_servers_would_refuse(
     assert "servers would refuse it" in capsys.readouterr().err
     assert ModelRegistry(registry_root, "cad").pinned() is None
     store = open_store(url)
-    assert list(store.audit()) == []
+    assert list(store.fleet.audit()) == []
     store.close()
 
 

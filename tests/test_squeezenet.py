@@ -292,9 +292,9 @@ def test_served_probabilities_equal_torch_and_a_round_keeps_the_architecture(wor
         archive = ImageArchive(world.archive)
         registry = ModelRegistry(world.root, "cad")
         rescore_pool(store, archive, registry, progress=False, depth="fire9")
-        via_cache = {e.candidate_id: e.patch_probs for e in store.unlabeled()}
+        via_cache = {e.candidate_id: e.patch_probs for e in store.queue.unlabeled()}
         rescore_pool(store, archive, registry, progress=False, again=True)  # the ONNX path
-        via_onnx = {e.candidate_id: e.patch_probs for e in store.unlabeled()}
+        via_onnx = {e.candidate_id: e.patch_probs for e in store.queue.unlabeled()}
         assert via_cache.keys() == via_onnx.keys() and len(via_cache) == len(FILES)
         assert max(float(np.abs(via_cache[k] - via_onnx[k]).max()) for k in via_cache) <= 1e-4
         examples = labeled_examples(store)[:3] + unlabeled_examples(store)[:2]

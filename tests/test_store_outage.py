@@ -59,14 +59,14 @@ def test_a_dead_database_is_unavailable_and_the_store_reconnects_by_itself(
 ) -> None:
     store = open_store(up.new_database(), timeout_s=1.0)
     try:
-        store.add_audit("pin", "ops", "cad", {"version": 1})
+        store.fleet.add_audit("pin", "ops", "cad", {"version": 1})
         up.crash()
         with pytest.raises(StoreUnavailable, match="label store is unreachable"):
-            store.audit()
+            store.fleet.audit()
         assert not store.available and not store.ping()
         up.restart()
         # the same store object, no reopening: its dead connections are replaced
-        assert [e.action for e in store.audit()] == ["pin"]
+        assert [e.action for e in store.fleet.audit()] == ["pin"]
         assert store.available
     finally:
         store.close()
@@ -164,7 +164,7 @@ def test_classify_answers_through_an_outage_records_once_after_and_reviews_are_u
         # frames of a stream are processed side by side)
         created = [check.get_image(r.request_id).created for r in during[:3]]
         assert created == sorted(created) and len(set(created)) == 3
-        assert sum(1 for _ in check.labeled()) == 1
+        assert sum(1 for _ in check.queue.labeled()) == 1
     finally:
         check.close()
 
@@ -282,6 +282,6 @@ def test_a_pin_over_grpc_reaches_every_replica_without_writing_the_registry(
         assert main(["model", "unpin", "--registry", str(registry_root), "--store-url", url]) == 0
         a.refresh_models(), b.refresh_models()
         assert a.server.models.current.version == b.server.models.current.version == 2
-        trail = [e.action for e in open_store(url).audit()]
+        trail = [e.action for e in open_store(url).fleet.audit()]
         assert "pin" in trail and "unpin" in trail
     assert sorted(p.name for p in (registry_root / "cad").iterdir()) == before  # nothing written

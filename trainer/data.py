@@ -68,14 +68,14 @@ def labeled_examples(store: SqlLabelStore, audit_slice: bool = False) -> list[Ex
             x.labeled_at,
             x.candidate.geometry,
         )
-        for x in store.labeled()
+        for x in store.queue.labeled()
         if (not x.conflict or x.adjudicated) and x.audit_slice == audit_slice
     ]
 
 
 def unsettled_count(store: SqlLabelStore) -> int:
     """Labeled candidates left out of training: reviewers disagree and nobody adjudicated."""
-    return sum(1 for x in store.labeled() if x.conflict and not x.adjudicated)
+    return sum(1 for x in store.queue.labeled() if x.conflict and not x.adjudicated)
 
 
 def pool_example(row: PoolRow) -> Example:
@@ -96,7 +96,7 @@ def unlabeled_examples(store: SqlLabelStore, page: int = 4096) -> list[Example]:
     candidate with its geometry."""
     out: list[Example] = []
     after = ""
-    while rows := store.pool_page(after, page):
+    while rows := store.queue.pool_page(after, page):
         out += map(pool_example, rows)
         after = rows[-1].candidate_id
     return out

@@ -225,7 +225,7 @@ def quantize_from_store(
     )
     store = open_store(settings.store_url)
     try:
-        store.add_audit(
+        store.fleet.add_audit(
             "publish_variant",
             settings.actor,
             f"{registry.name}/v{version}/{precision}",

@@ -189,7 +189,7 @@ def run_round(
         preset = PRESETS[settings.preset]
         report = _round(settings, registry, parent, preset, store, archive, progress)
         if report.outcome == "published":
-            store.add_audit(
+            store.fleet.add_audit(
                 "publish",
                 settings.actor,
                 f"{registry.name}/v{report.version}",
@@ -201,7 +201,7 @@ def run_round(
                 },
             )
         elif report.outcome == "rejected":
-            store.add_audit(
+            store.fleet.add_audit(
                 "round_rejected",
                 settings.actor,
                 f"{registry.name}/v{report.parent_version}",

@@ -138,7 +138,7 @@ class ReviewService:
             self.archive.make_durable(
                 self.store.get_image(self.store.get_candidate(candidate_id).request_id).sha256
             )
-        receipt = self.store.add_label(
+        receipt = self.store.labels.add_label(
             candidate_id, VERDICT_LABELS[verdict], reviewer, note, key, digest
         )
         if not receipt.replayed:
@@ -192,7 +192,7 @@ class ReviewService:
             origin="missed",
             geometry=geometry,
         )
-        receipt = self.store.add_missed(candidate, reviewer, note, key, digest)
+        receipt = self.store.labels.add_missed(candidate, reviewer, note, key, digest)
         if not receipt.replayed:
             self.metrics.missed_findings.inc()
         return receipt
@@ -230,7 +230,7 @@ class ReviewService:
         cap = self.per_source if per_source is None else per_source
         if cap < 0:
             raise InvalidInput(f"per_source must be 0 (no cap) or more, got {cap}")
-        if variant in KEYED and not self.store.queue_key_versions(variant):
+        if variant in KEYED and not self.store.queue.queue_key_versions(variant):
             raise NotScored(
                 f"no {variant} keys yet: the trainer writes them when it re-scores the pool "
                 f"with CAD_QUEUE_KEYS including {variant}"
@@ -261,12 +261,12 @@ class ReviewService:
         """``n`` unlabeled audit-slice candidates drawn uniformly (off the random-key index from a
         starting point of this draw's own), claimed when a reviewer asks."""
         draw = int(random_key(f"audit-draw:{seed}:{self._unlabeled()}") * (1 << 31))
-        offered = self.store.random_unlabeled(
+        offered = self.store.queue.random_unlabeled(
             draw, 2 * n + 20 if claimant else n, claimant or None, audit_slice=True
         )
         if claimant:
             taken = set(
-                self.store.claim([e.candidate_id for e, _ in offered], claimant, claim_s, n)
+                self.store.queue.claim([e.candidate_id for e, _ in offered], claimant, claim_s, n)
             )
             offered = [(e, s) for e, s in offered if e.candidate_id in taken]
         return offered[:n]
@@ -296,17 +296,17 @@ class ReviewService:
             # sampling and other alphas within the top SCORE_WINDOW by the same weights at the
             # nearest stored alpha, scored exactly there
             if spec == RANDOM:
-                window_items = self.store.random_unlabeled(
+                window_items = self.store.queue.random_unlabeled(
                     seed, 2 * limit + 20 if claimant else limit, claimant or None
                 )
                 return self._claimed(variant, unlabeled, window_items, claimant, claim_s, limit)
             assert isinstance(spec, Variant)
             stock = replace(spec, alpha=1.0 if spec.alpha == 1.0 else PAPER_ALPHA)
             window = max(SCORE_WINDOW, math.ceil(omega * limit))
-            entries = [e for e, _ in self.store.ranked_unlabeled(stock, window)]
+            entries = [e for e, _ in self.store.queue.ranked_unlabeled(stock, window)]
         else:
             # a pool this size is scored whole, exactly (the experiment's pools are)
-            entries = self.store.unlabeled(audit_slice=False)
+            entries = self.store.queue.unlabeled(audit_slice=False)
         scores = scores_of(entries, spec, seed)
         if omega and spec != RANDOM:
             picked = select_for_labeling(scores, limit, omega, np.random.default_rng(seed))
@@ -318,7 +318,9 @@ class ReviewService:
             order = [i for i in order if id(entries[i]) in kept]
         if claimant:  # in ranked order, the first ones nobody else holds
             taken = set(
-                self.store.claim([entries[i].candidate_id for i in order], claimant, claim_s, limit)
+                self.store.queue.claim(
+                    [entries[i].candidate_id for i in order], claimant, claim_s, limit
+                )
             )
             order = [i for i in order if entries[i].candidate_id in taken]
         items = [(entries[i], float(scores[i])) for i in order[:limit]]
@@ -333,9 +335,9 @@ class ReviewService:
 
         def read(n: int, unclaimed_for: str | None = None) -> list[tuple[QueueEntry, float]]:
             if isinstance(spec, str):
-                return self.store.keyed_unlabeled(spec, n, unclaimed_for)
+                return self.store.queue.keyed_unlabeled(spec, n, unclaimed_for)
             fresh = self.fresh_version() if self.fresh_version is not None else None
-            return self.store.ranked_unlabeled(spec, n, unclaimed_for, fresh)
+            return self.store.queue.ranked_unlabeled(spec, n, unclaimed_for, fresh)
 
         if not claimant and not cap:
             return read(limit)
@@ -345,7 +347,7 @@ class ReviewService:
             offered = cap_per_source(raw, cap) if cap else raw
             if claimant:
                 ids = [e.candidate_id for e, _ in offered]
-                taken = set(self.store.claim(ids, claimant, claim_s, limit))
+                taken = set(self.store.queue.claim(ids, claimant, claim_s, limit))
                 result = [(e, s) for e, s in offered if e.candidate_id in taken]
             else:
                 result = offered[:limit]
@@ -365,7 +367,9 @@ class ReviewService:
     ) -> QueueResult:
         if reviewer and claim_s > 0:
             taken = set(
-                self.store.claim([e.candidate_id for e, _ in offered], reviewer, claim_s, limit)
+                self.store.queue.claim(
+                    [e.candidate_id for e, _ in offered], reviewer, claim_s, limit
+                )
             )
             offered = [(e, s) for e, s in offered if e.candidate_id in taken]
         return QueueResult(variant, unlabeled, offered[:limit])
@@ -396,7 +400,7 @@ class ReviewService:
             raise InvalidInput("event_id must not be empty")
         reviewer, key = self._common(reviewer, "", key)
         digest = body_hash(kind="retraction", event_id=event_id, reviewer=reviewer)
-        receipt = self.store.retract(event_id, reviewer, key, digest)
+        receipt = self.store.labels.retract(event_id, reviewer, key, digest)
         return receipt
 
     def release_claims(self, reviewer: str, candidate_ids: Sequence[str] = ()) -> int:
@@ -408,7 +412,7 @@ class ReviewService:
             raise InvalidInput(
                 f"{len(candidate_ids)} candidates is over the maximum of {MAX_QUEUE_LIMIT}"
             )
-        return self.store.release_claims(reviewer.strip(), candidate_ids)
+        return self.store.queue.release_claims(reviewer.strip(), candidate_ids)
 
     def _unlabeled(self) -> int:
         """The queue depth, for a reply: counted afresh, except that a large pool's count
@@ -416,20 +420,20 @@ class ReviewService:
         cached = self._count
         if cached is not None and cached[1] > SCORE_ALL_MAX and time.monotonic() - cached[0] < 5:
             return cached[1]
-        count = self.store.count_unlabeled()
+        count = self.store.queue.count_unlabeled()
         self._count = (time.monotonic(), count)
         return count
 
     def notices(self, reviewer: str) -> list[ConflictNotice]:
         """Disagreements ``reviewer`` has not been told of yet (each is told once)."""
-        return self.store.take_notices(reviewer.strip()) if reviewer.strip() else []
+        return self.store.labels.take_notices(reviewer.strip()) if reviewer.strip() else []
 
     def conflicts(self, limit: int = 0) -> list[Conflict]:
         """Disputed candidates nobody has settled, oldest first."""
         limit = limit or DEFAULT_QUEUE_LIMIT
         if limit > MAX_QUEUE_LIMIT:
             raise InvalidInput(f"limit {limit} is over the maximum of {MAX_QUEUE_LIMIT}")
-        return self.store.conflicts(limit)
+        return self.store.labels.conflicts(limit)
 
     def adjudicate(
         self, candidate_id: str, verdict: str, adjudicator: str, key: str, note: str = ""
@@ -438,17 +442,17 @@ class ReviewService:
         adjudicator, key, digest = self._verdict(
             "adjudication", candidate_id, verdict, adjudicator, key, note
         )
-        return self.store.adjudicate(
+        return self.store.labels.adjudicate(
             candidate_id, VERDICT_LABELS[verdict], adjudicator, note, key, digest
         )
 
     def stats(self) -> tuple[int, dict[str, tuple[int, int]]]:
         """The queue depth and, per model version, (confirmed, dismissed) model candidates."""
-        return self._unlabeled(), self.store.precision_by_version()
+        return self._unlabeled(), self.store.queue.precision_by_version()
 
     def others_claims(self, reviewer: str) -> tuple[int, str]:
         """Unlabeled items other reviewers hold claims on, and when the first claim ends."""
-        return self.store.others_claims(reviewer)
+        return self.store.queue.others_claims(reviewer)
 
     def export(self, since: str = "") -> Iterator[LabeledCandidate]:
-        return self.store.labeled(since)
+        return self.store.queue.labeled(since)

@@ -64,16 +64,18 @@ def measure_overlap(ws: Path, variant: str, depth: str | None) -> dict[str, Any]
         try:
             spec = VARIANTS[variant]
             top = max(TOPS)
-            pool = store.pool_count()
+            pool = store.queue.pool_count()
             registry = ModelRegistry(ws / "registry", "cad").with_pins_in(store)
             fresh = str(registry.target())  # the budgeted queue as served: fresh scores first
-            budgeted = [e.candidate_id for e, _ in store.ranked_unlabeled(spec, top, fresh=fresh)]
+            budgeted = [
+                e.candidate_id for e, _ in store.queue.ranked_unlabeled(spec, top, fresh=fresh)
+            ]
             t = time.perf_counter()
             exact_rescored = rescore_pool(
                 store, ImageArchive(ws / "archive"), registry, progress=False, depth=depth
             )
             seconds = time.perf_counter() - t
-            exact = [e.candidate_id for e, _ in store.ranked_unlabeled(spec, top)]
+            exact = [e.candidate_id for e, _ in store.queue.ranked_unlabeled(spec, top)]
         finally:
             store.close()
     out: dict[str, Any] = {

@@ -61,7 +61,7 @@ def explain_run(
     """One run's rounds (``schedule``: labels in hand after each round)."""
     store = open_store(f"sqlite:///{ws / 'labels.sqlite3'}")
     try:
-        labeled = list(store.labeled())
+        labeled = list(store.queue.labeled())
     finally:
         store.close()
     rows = []

@@ -699,7 +699,7 @@ class Experiment:
                 if method.endswith(BUDGET):  # as a server with CAD_QUEUE_FRESH_FIRST serves
                     target = ModelRegistry(ws / "registry", "cad").target()
                     review.fresh_version = lambda target=target: str(target)
-                have = sum(1 for _ in store.labeled())
+                have = sum(1 for _ in store.queue.labeled())
                 need = schedule[r - 1] - have
                 if r == 1 and variant == "typiclust":  # the cold start picks round 1 itself
                     picks = self.typiclust_start(ws, review, truth, seed, schedule[0])
@@ -726,7 +726,7 @@ class Experiment:
                             entry.candidate_id, verdict, "oracle", f"oracle-{entry.candidate_id}"
                         )
                     need -= len(queue.items)
-                labeled = list(store.labeled())
+                labeled = list(store.queue.labeled())
             finally:
                 store.close()
             t_queue = time.perf_counter() - t0

@@ -139,7 +139,7 @@ class CadServer:
             server,
         )
         cad_pb2_grpc.add_ModelAdminServicer_to_server(
-            ModelAdminServicer(self.classifier, self.executor, self.store.audit), server
+            ModelAdminServicer(self.classifier, self.executor, self.store.fleet.audit), server
         )
         cad_pb2_grpc.add_CadReviewServicer_to_server(
             CadReviewServicer(self.review, self.executor), server
@@ -227,7 +227,7 @@ class CadServer:
         if state == self._beat_state and not due:
             return
         try:
-            self.store.heartbeat(
+            self.store.fleet.heartbeat(
                 self.replica_id,
                 self.models.registry.name,
                 state[0],
@@ -293,7 +293,7 @@ class CadServer:
         self.batcher.close()  # after the workers: requests they still wait on finish first
         self.archive.close()  # fsyncs the blobs still pending
         with contextlib.suppress(StoreUnavailable):
-            self.store.forget_replica(self.replica_id)
+            self.store.fleet.forget_replica(self.replica_id)
         self.spool.close()
         self.store.close()
 

@@ -70,7 +70,7 @@ def compose(
     store = open_server_store(settings)
     metrics.store_up.set(1 if store.available else 0)
     for listener in (  # after the metrics listener the manager made; the store exists now
-        AuditListener(store.add_audit),
+        AuditListener(store.fleet.add_audit),
         MemoryTrimListener(),
         CallbackListener(lambda _model: on_model_change()),
     ):
@@ -79,11 +79,11 @@ def compose(
         settings.archive_root, settings.record_sync, settings.record_sync_interval_ms / 1000
     )
     metrics.bind_store(
-        store.count_unlabeled,
-        store.precision_by_version,
+        store.queue.count_unlabeled,
+        store.queue.precision_by_version,
         lambda: store.available,
-        store.audit_slice_scores,
-        lambda: store.top_scored_versions(VARIANTS[DEFAULT_VARIANT]),
+        store.queue.audit_slice_scores,
+        lambda: store.queue.top_scored_versions(VARIANTS[DEFAULT_VARIANT]),
     )
     root = settings.archive_root
     spool = RecordSpool(

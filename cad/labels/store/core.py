@@ -310,3 +310,27 @@ class StoreCore:
                 int(c.origin == "model" and in_audit_slice(c.candidate_id, self.audit_fraction)),
             ),
         )
+
+
+class Repository:
+    """One area's operations (label events, the queue, the fleet's pins and audit, ...) over the
+    store's one database object: the transactions, the retry on a lost connection, the outage
+    state and the clock are the database's (:class:`StoreCore`); a repository holds no state of
+    its own, so any number of them share one pool."""
+
+    def __init__(self, db: StoreCore) -> None:
+        self.db = db
+        self.dialect = db.dialect
+        self._integrity_errors = db._integrity_errors
+
+    def _sql(self, text: str) -> str:
+        return self.db._sql(text)
+
+    def _run(self, body: Callable[[Any], T], relaxed: bool = False) -> T:
+        return self.db._run(body, relaxed)
+
+    def _query(self, text: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.db._query(text, params)
+
+    def _now(self, cur: Any) -> str:
+        return self.db._now(cur)

@@ -14,7 +14,7 @@ from cad.errors import (
     PermissionDenied,
     Settled,
 )
-from cad.labels.store.core import IdempotencyConflict, StoreCore
+from cad.labels.store.core import IdempotencyConflict, Repository
 from cad.labels.store.records import (
     CandidateRecord,
     Conflict,
@@ -28,8 +28,9 @@ from cad.validation import quote
 log = logging.getLogger(__name__)
 
 
-class LabelEvents(StoreCore):
-    """The label events of :class:`SqlLabelStore`."""
+class LabelEvents(Repository):
+    """The label events (``store.labels``): corrections, missed findings, retractions and
+    adjudications, and the disagreements between them."""
 
     # ------------------------------------------------------------------ label events
 
@@ -355,7 +356,7 @@ class LabelEvents(StoreCore):
                 False,
                 self._now(cur),
             )
-            self._insert_candidate(cur, candidate, event.created)
+            self.db._insert_candidate(cur, candidate, event.created)
             self._insert_event(cur, event)
             cur.execute(
                 self._sql(

@@ -51,7 +51,7 @@ class StorePins:
 
     def pinned(self) -> int | None:
         try:
-            found, version = self.store.get_pin(self.model)
+            found, version = self.store.fleet.get_pin(self.model)
         except StoreUnavailable:
             if self.cache is not None and self.cache.exists():
                 try:
@@ -65,10 +65,10 @@ class StorePins:
         return version
 
     def pin(self, version: int, actor: str, reason: str) -> None:
-        self.store.set_pin(self.model, version, actor, reason)
+        self.store.fleet.set_pin(self.model, version, actor, reason)
         self._remember(version)
 
     def unpin(self, actor: str = "") -> bool:
-        was = self.store.set_pin(self.model, None, actor, "unpin")
+        was = self.store.fleet.set_pin(self.model, None, actor, "unpin")
         self._remember(None)
         return was is not None

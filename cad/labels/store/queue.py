@@ -16,7 +16,7 @@ from cad.aift.scoring import (
     Variant,
 )
 from cad.labels.store.connections import POSTGRES, SQLITE
-from cad.labels.store.core import StoreCore
+from cad.labels.store.core import Repository
 from cad.labels.store.records import (
     ImageRecord,
     LabeledCandidate,
@@ -46,8 +46,9 @@ POOL_SELECT = (
 predicted."""
 
 
-class QueueQueries(StoreCore):
-    """The queue, export and metrics queries of :class:`SqlLabelStore`."""
+class QueueQueries(Repository):
+    """The annotation queue and its claims, the pool's re-scoring and the labeled export
+    (``store.queue``)."""
 
     # ------------------------------------------------------------------ queue, export, metrics
 
