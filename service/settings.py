@@ -196,6 +196,12 @@ class ServerSettings(RegistrySettings, StoreSettings):
         description="How long an annotation-queue item handed to an authenticated reviewer stays "
         "theirs: other reviewers' queues skip it until a verdict or the claim ends (0: no claims).",
     )
+    queue_whole_frames: bool = Field(
+        True,
+        description="A reviewer who claims items is handed each frame the queue picks whole: its "
+        "other unlabeled candidates come with it, in a row, claimed together (false: candidate by "
+        "candidate, a frame's candidates possibly split between reviewers).",
+    )
     queue_max_per_source: int = Field(
         0,
         ge=0,

@@ -128,6 +128,37 @@ def classify_examples(address: str) -> tuple[cad_pb2.ClassifyResponse, cad_pb2.C
     return ct, frame
 
 
+def classify_frames(address: str, frames: int, per_frame: int = 3) -> dict[str, list[str]]:
+    """``frames`` video frames of one source with ``per_frame`` candidates each, as a
+    colonoscopy CAD sends them: request id -> its candidate ids."""
+    rng = np.random.default_rng(11)
+    out: dict[str, list[str]] = {}
+    with grpc.insecure_channel(address) as channel:
+        stub = cad_pb2_grpc.CadInferenceStub(channel)
+        for f in range(frames):
+            pixels = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
+            buf = io.BytesIO()
+            Image.fromarray(pixels).save(buf, format="PNG")
+            reply = stub.Classify(
+                cad_pb2.ClassifyRequest(
+                    encoded=buf.getvalue(),
+                    source_id="video-7",
+                    frame_index=f,
+                    candidates=[
+                        cad_pb2.Candidate(
+                            client_id=f"v{f}-{k}",
+                            box=cad_pb2.Box(x=6 + 38 * k, y=20 + 9 * k, width=30, height=30),
+                        )
+                        for k in range(per_frame)
+                    ],
+                ),
+                timeout=30,
+                metadata=[("authorization", f"Bearer {TOKENS['tower-3']}")],
+            )
+            out[reply.request_id] = [r.candidate_id for r in reply.results]
+    return out
+
+
 def classify_pe(address: str) -> str:
     """A CT series (a synthetic vessel with a clot) and one PE candidate at the clot, as a CT
     workstation sends them; the candidate's id."""
@@ -152,11 +183,15 @@ def classify_pe(address: str) -> str:
 
 @contextmanager
 def review_world(
-    tmp: Path, extra_tokens: list[dict[str, object]] | None = None, **ui: object
+    tmp: Path,
+    extra_tokens: list[dict[str, object]] | None = None,
+    server: dict[str, object] | None = None,
+    **ui: object,
 ) -> Iterator[World]:
+    """``server``: settings of the CAD server beyond the defaults; ``ui``: the page's."""
     publish_tiny(tmp / "registry", tmp / "build")
     tokens = token_file(tmp / "tokens.json", extra_tokens)
-    settings = make_settings(tmp / "registry", auth_tokens_file=tokens, workers=2)
+    settings = make_settings(tmp / "registry", auth_tokens_file=tokens, workers=2, **(server or {}))
     with ServerThread(settings) as server:
         server.refresh_models()
         ct, frame = classify_examples(server.address)

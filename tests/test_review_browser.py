@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from cad.labels.store import open_store
-from tests.review_world import TOKENS, World, classify_pe, review_world
+from tests.review_world import TOKENS, World, classify_frames, classify_pe, review_world
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -511,7 +512,8 @@ def test_two_reviewers_in_two_browsers_get_disjoint_items_and_a_third_settles_th
         wait(other, at_item(other, 1), "dr.smith's first item")
         ids = "return cadReview.state.items.map(i => i.candidate_id);"
         jones_items, smith_items = browser.execute_script(ids), other.execute_script(ids)
-        assert len(jones_items) == 2 and len(smith_items) == 3
+        # each gets one frame whole (the CT slice's 3 candidates or the video frame's 2)
+        assert sorted([len(jones_items), len(smith_items)]) == [2, 3]
         assert not set(jones_items) & set(smith_items)  # disjoint: each item has one reviewer
         assert set(jones_items) | set(smith_items) == set(world.candidates)
 
@@ -645,3 +647,71 @@ def test_an_empty_queue_says_the_rest_is_with_other_reviewers_and_the_page_names
         assert "the 4 unlabeled item(s) left are being reviewed by other reviewers" in said
         assert "when its claim ends (the first at" in said and "Load the queue again" in said
         assert "Load it again for more" not in said
+
+
+def test_two_reviewers_at_once_each_review_whole_frames_in_a_row(
+    browser: Any, tmp_path: Path
+) -> None:
+    """Claims were taken per candidate, so two reviewers got candidates of the same frames, each
+    "candidate 1 of 1" on a frame that shows two other dashed boxes. Now each reviewer is handed
+    whole frames, their candidates in a row ("candidate k of n", n the frame's own), and no frame
+    is split between the two. The same sitting is timed both ways (printed: items per minute and
+    frames fetched per item; a timing is reported, never asserted)."""
+    measured: dict[str, dict[str, float]] = {}
+    for whole in (False, True):
+        mode = "whole frames" if whole else "candidate by candidate"
+        with (
+            review_world(tmp_path / mode, server={"queue_whole_frames": whole}) as world,
+            chromium(tmp_path / f"second-{whole}") as other,
+        ):
+            frames = classify_frames(world.server.address, 6)  # 6 video frames of 3
+            frame_of = {c: rid for rid, ids in frames.items() for c in ids}
+            frame_of.update({c: world.dicom_request for c in world.candidates[:3]})
+            frame_of.update({c: world.png_request for c in world.candidates[3:]})
+            size = {rid: sum(1 for f in frame_of.values() if f == rid) for rid in frame_of.values()}
+            screens = {}
+            for driver, who in ((browser, "dr.jones"), (other, "dr.smith")):
+                sign_in(driver, world, who)
+                driver.find_element("id", "limit").clear()
+                driver.find_element("id", "limit").send_keys("6")
+                driver.find_element("id", "load").click()
+                wait(driver, at_item(driver, 1), f"{who}'s first item")
+                screens[who] = driver.execute_script(
+                    "return cadReview.state.items.map(i => [i.candidate_id, i.ordinal, i.ofFrame]);"
+                )
+            on = {who: {frame_of[c] for c, _, _ in items} for who, items in screens.items()}
+            split = on["dr.jones"] & on["dr.smith"]
+            if whole:
+                assert not split  # no frame between two reviewers
+                for items in screens.values():
+                    ids = [c for c, _, _ in items]
+                    order = list(dict.fromkeys(frame_of[c] for c in ids))
+                    assert [frame_of[c] for c in ids] == [f for f in order for _ in range(size[f])]
+                    assert all(of == size[frame_of[c]] for c, _, of in items)  # "k of n", n whole
+                    assert [k for _, k, _ in items] == [
+                        k for f in order for k in range(1, size[f] + 1)
+                    ]
+                assert "candidate 1 of " + str(
+                    size[frame_of[screens["dr.jones"][0][0]]]
+                ) in text_of(browser, "position")
+            # dr.jones works through the queue: one verdict per item, as fast as the page allows
+            n = len(screens["dr.jones"])
+            start = time.perf_counter()
+            for k in range(1, n + 1):
+                wait(browser, at_item(browser, k), f"item {k}")
+                browser.find_element("tag name", "body").send_keys("d")
+            wait(browser, lambda d: d.find_element("id", "empty").is_displayed(), "the end")
+            seconds = time.perf_counter() - start
+            fetched = browser.execute_script(
+                "return performance.getEntriesByType('resource')"
+                ".filter(e => e.name.endsWith('/png')).length;"
+            )
+            measured[mode] = {
+                "items": n,
+                "frames_split_between_reviewers": len(split),
+                "items_per_minute": round(60 * n / seconds, 1),
+                "frames_fetched_per_item": round(fetched / n, 2),
+            }
+            browser.find_element("id", "signout-button").click()
+            wait(browser, lambda d: "/signin" in d.current_url, "signed out")
+    print(f"whole frames, measured in Chromium: {measured}")

@@ -237,6 +237,7 @@ def test_the_literature_baselines_are_served_from_the_store(
     store.queue.put_queue_keys("bald", "3", [(ids[2], 0.3)])  # a re-scoring replaces them all
     assert store.queue.queue_key_versions("bald") == {"3": 1}
     assert [e.candidate_id for e, _ in review.annotation_queue(5, "bald").items] == [ids[2]]
+    review.whole_frames = False  # the baselines' own order, claimed candidate by candidate
     a = review.annotation_queue(2, "margin", reviewer="dr.a", claim_s=60).items
     b = review.annotation_queue(2, "margin", reviewer="dr.b", claim_s=60).items
     assert [e.candidate_id for e, _ in a] == [ids[3], ids[2]]
@@ -321,6 +322,7 @@ def test_a_ranked_queue_takes_at_most_the_cap_from_one_source(
                 seen[source_of[c]] += 1
                 expected.append(c)
         assert capped == expected[:5]
+    review.whole_frames = False  # the cap counts candidates (each frame of 6 is one source)
     a = review.annotation_queue(3, "entropy", reviewer="dr.a", claim_s=60, per_source=1).items
     b = review.annotation_queue(3, "entropy", reviewer="dr.b", claim_s=60, per_source=1).items
     assert len({source_of[e.candidate_id] for e, _ in a}) == 3  # one per source, claimed
@@ -772,6 +774,8 @@ def test_two_reviewers_asking_at_once_get_disjoint_claimed_items(
         add_image(store, f"q{i}", n=8, seed=i)  # 40 unlabeled
     stores = [open_store(store_url) for _ in range(2)]
     services = [ReviewService(s, metrics) for s in stores]
+    for service in services:  # claims candidate by candidate (whole frames: the test below)
+        service.whole_frames = False
     barrier = threading.Barrier(2)
     got: dict[str, list[str]] = {}
 
@@ -934,6 +938,7 @@ def test_a_large_pool_is_never_read_whole(
     again = [e.candidate_id for e, _ in review.annotation_queue(9, "random", seed=5).items]
     other = [e.candidate_id for e, _ in review.annotation_queue(9, "random", seed=6).items]
     assert first == again and len(set(first)) == 9 and first != other
+    review.whole_frames = False  # claims of candidates off the random-key index
     claimed = review.annotation_queue(9, "random", seed=5, reviewer="dr.r", claim_s=600)
     rest = review.annotation_queue(40, "random", seed=5, reviewer="dr.s", claim_s=600)
     assert not {e.candidate_id for e, _ in claimed.items} & {e.candidate_id for e, _ in rest.items}
@@ -1004,3 +1009,87 @@ def test_a_fresh_first_queue_ranks_what_the_serving_version_scored_before_older_
     review.fresh_version = lambda: "7"
     served = review.annotation_queue(3, "entropy_alpha").items
     assert [e.candidate_id for e, _ in served] == exact[:3]
+
+
+def test_a_reviewer_is_handed_each_frame_whole_and_no_frame_is_split_between_two(
+    store: SqlLabelStore, store_url: str, metrics: ServiceMetrics
+) -> None:
+    """Claims used to be per candidate, so two reviewers asking at once each got one or two
+    candidates of the same frames. Now a reviewer gets the frames the ranking picks whole (its
+    best candidate first, in a row), up to the limit unless the first frame alone is larger; a
+    frame another reviewer holds part of is not handed out; picks whose frame did not fit go
+    back at once."""
+    frames = {f"w{i}": add_image(store, f"w{i}", n=3, seed=10 + i) for i in range(8)}
+    frame_of = {cid: rid for rid, ids in frames.items() for cid in ids}
+    stores = [open_store(store_url) for _ in range(2)]
+    services = [ReviewService(s, metrics) for s in stores]
+
+    def held() -> list[tuple[str, int]]:
+        rows = store._run(
+            lambda cur: cur.execute(
+                "SELECT claimed_by, COUNT(*) FROM candidates WHERE claimed_by IS NOT NULL "
+                "GROUP BY claimed_by ORDER BY claimed_by"
+            ).fetchall()
+        )
+        return [(r[0], int(r[1])) for r in rows]
+
+    def whole_and_in_a_row(ids: list[str]) -> list[str]:
+        served = list(dict.fromkeys(frame_of[c] for c in ids))
+        assert [frame_of[c] for c in ids] == [f for f in served for _ in range(3)]
+        return served
+
+    try:
+        scores = {e.candidate_id: s for e, s in services[0].annotation_queue(24, "entropy").items}
+        # one reviewer: the two best frames whole (a third would pass the limit of 7)
+        first = [
+            e.candidate_id
+            for e, _ in services[0]
+            .annotation_queue(7, "entropy", reviewer="dr.a", claim_s=600)
+            .items
+        ]
+        assert len(first) == 6
+        served = whole_and_in_a_row(first)
+        best_of = {f: max(scores[c] for c in frames[f]) for f in frames}
+        assert served == sorted(frames, key=lambda f: -best_of[f])[:2]  # by their best candidate
+        assert all(scores[c] == best_of[frame_of[c]] for c in first[::3])  # that one first
+        assert held() == [("dr.a", 6)]  # what was not served is not held
+        # a frame another reviewer holds part of is not handed out
+        third = sorted(frames, key=lambda f: -best_of[f])[2]
+        stores[1].queue.claim([frames[third][1]], "dr.z", 600, 1)
+        nxt = [
+            e.candidate_id
+            for e, _ in services[1]
+            .annotation_queue(3, "entropy", reviewer="dr.b", claim_s=600)
+            .items
+        ]
+        assert len(nxt) == 3 and third not in whole_and_in_a_row(nxt)
+        stores[1].queue.release_claims("dr.z")
+        # two reviewers asking at once: whole frames each, never one frame between the two
+        barrier = threading.Barrier(2)
+        got: dict[str, list[str]] = {}
+
+        def ask(name: str, service: ReviewService) -> None:
+            barrier.wait()
+            result = service.annotation_queue(6, "entropy", reviewer=name, claim_s=600)
+            got[name] = [e.candidate_id for e, _ in result.items]
+
+        threads = [
+            threading.Thread(target=ask, args=(n, s))
+            for n, s in zip(("dr.c", "dr.d"), services, strict=True)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        c_frames, d_frames = whole_and_in_a_row(got["dr.c"]), whole_and_in_a_row(got["dr.d"])
+        assert not set(c_frames) & set(d_frames) and len(got["dr.c"]) <= 6
+        assert not {frame_of[c] for c in first + nxt} & set(c_frames + d_frames)
+        mine = {"dr.a": 6, "dr.b": 3, "dr.c": len(got["dr.c"]), "dr.d": len(got["dr.d"])}
+        assert dict(held()) == {k: n for k, n in mine.items() if n}  # held only what was served
+        # candidate by candidate when the server says so (CAD_QUEUE_WHOLE_FRAMES=false)
+        services[1].whole_frames = False
+        one = services[1].annotation_queue(1, "entropy", reviewer="dr.e", claim_s=600)
+        assert len(one.items) == 1
+    finally:
+        for s in stores:
+            s.close()

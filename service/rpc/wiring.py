@@ -161,6 +161,7 @@ def review_service(
     """The review domain as this server's settings say (claims, the per-source cap)."""
     review = ReviewService(store, metrics, settings.max_note_chars, archive, settings.queue_claim_s)
     review.per_source = settings.queue_max_per_source
+    review.whole_frames = settings.queue_whole_frames
     return review
 
 

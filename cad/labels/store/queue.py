@@ -305,6 +305,61 @@ class QueueQueries(Repository):
         rows = self._run(body)
         return [(queue_entry(r), float(r[15])) for r in rows]
 
+    def on_frames(
+        self, request_ids: Sequence[str], unclaimed_for: str | None = None
+    ) -> list[QueueEntry]:
+        """The unlabeled candidates outside the audit slice on these frames (requests), without
+        those another reviewer's live claim holds from ``unclaimed_for``: frame by frame in the
+        given order, then by candidate id. What a reviewer is handed with a frame the ranking
+        picked (off the index on ``request_id``)."""
+        frames = list(dict.fromkeys(request_ids))
+        if not frames:
+            return []
+
+        def body(cur: Any) -> list[tuple[Any, ...]]:
+            claims, claim_params = "", tuple[Any, ...]()
+            if unclaimed_for is not None:
+                claims = "AND (c.claimed_until IS NULL OR c.claimed_until < ? OR c.claimed_by = ?) "
+                claim_params = (self._now(cur), unclaimed_for)
+            marks = ", ".join("?" * len(frames))
+            cur.execute(
+                self._sql(
+                    "SELECT c.candidate_id, c.request_id, c.x, c.y, c.width, c.height, "
+                    "c.probability, c.model_version, i.frame_index, i.source_id, c.patch_probs, "
+                    "c.patch_shape, i.sha256, c.recipe, i.study_uid "
+                    "FROM candidates c JOIN images i ON i.request_id = c.request_id "
+                    f"WHERE c.request_id IN ({marks}) AND c.label IS NULL AND c.origin = 'model' "
+                    f"AND c.patch_probs IS NOT NULL AND c.audit_slice = 0 {claims}"
+                    "ORDER BY c.candidate_id"
+                ),
+                (*frames, *claim_params),
+            )
+            return list(cur.fetchall())
+
+        place = {rid: k for k, rid in enumerate(frames)}
+        entries = [queue_entry(r) for r in self._run(body)]
+        return sorted(entries, key=lambda e: (place[e.request_id], e.candidate_id))
+
+    def held_by_others(self, request_ids: Sequence[str], reviewer: str) -> set[str]:
+        """Those of these frames on which a reviewer other than ``reviewer`` holds a live claim
+        on an unlabeled candidate (a frame is handed out whole or not at all)."""
+        frames = list(dict.fromkeys(request_ids))
+        if not frames:
+            return set()
+
+        def body(cur: Any) -> list[tuple[Any, ...]]:
+            marks = ", ".join("?" * len(frames))
+            cur.execute(
+                self._sql(
+                    f"SELECT DISTINCT request_id FROM candidates WHERE request_id IN ({marks}) "
+                    "AND label IS NULL AND claimed_until >= ? AND claimed_by <> ?"
+                ),
+                (*frames, self._now(cur), reviewer),
+            )
+            return list(cur.fetchall())
+
+        return {r[0] for r in self._run(body)}
+
     def put_queue_keys(self, method: str, version: str, keys: Sequence[tuple[str, float]]) -> None:
         """Replace a keyed baseline's keys (candidate id, key; higher is asked first) with a
         re-scoring's by model ``version``, in one transaction: the queue never mixes two."""
