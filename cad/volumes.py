@@ -529,3 +529,9 @@ def rgb_to_hu(pixels: npt.NDArray[np.uint8], shape: Sequence[int]) -> npt.NDArra
         raise ValueError(f"an archived block of {shape} is {k * j}x{i} pixels, not {pixels.shape}")
     v = (pixels[..., 0].astype(np.int32) << 8) | pixels[..., 1].astype(np.int32)
     return (v - 32768).astype(np.float32).reshape(k, j, i)
+
+
+def nearest_slice(volume: Volume, point_mm: Sequence[float]) -> int:
+    """The 0-based index, in the series' slice order, of the slice nearest ``point_mm``."""
+    k = float(volume.to_voxel(np.asarray(point_mm, dtype=np.float64))[2])
+    return int(min(max(round(k), 0), volume.shape[0] - 1))

@@ -101,10 +101,19 @@ class CadProxy:
         return await run_in_threadpool(self._call, session, method, request)
 
     async def review_image(
-        self, session: Session, request_id: str, fresh: bool = False
+        self,
+        session: Session,
+        request_id: str,
+        fresh: bool = False,
+        view: cad_pb2.ReviewImageRequest | None = None,
     ) -> cad_pb2.ReviewImage:
         """A frame's image and candidates, as this session last fetched them (``fresh``: the
-        labels as they are now, the PNG kept from before when there is one)."""
+        labels as they are now, the PNG kept from before when there is one). ``view``: a CT
+        volume candidate's planes in another window or with the cross-section moved along the
+        vessel, asked for afresh (not kept)."""
+        if view is not None:
+            view.request_id = request_id
+            return await self.call(session, "GetReviewImage", view)  # type: ignore[no-any-return]
         key = (session.sid, request_id)
         with self._images_lock:
             cached = self._images.get(key)

@@ -19,6 +19,7 @@ from tests.review_world import TOKENS, World, classify_frames, classify_pe, revi
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "review-ui.png"
+PE_SCREENSHOT = SCREENSHOT.with_name("review-pe.png")
 
 pytestmark = [
     pytest.mark.slow,
@@ -66,16 +67,26 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         yield driver
 
 
-def wait(driver: Any, condition: Any, what: str, timeout: float = 30) -> Any:
+def wait(driver: Any, condition: Any, what: str, timeout: float = 30, reason: Any = None) -> Any:
     """Poll ``condition`` until it holds. An element found on a page the browser is leaving (a
-    sign-out navigates) goes stale between finding and reading it: that poll is retried."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    sign-out navigates) goes stale between finding and reading it: that poll is retried.
+    ``reason(driver)``: what the page says, added to the failure when it never holds."""
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+        TimeoutException,
+    )
     from selenium.webdriver.support.ui import WebDriverWait
 
     retried = (NoSuchElementException, StaleElementReferenceException)
-    return WebDriverWait(driver, timeout, poll_frequency=0.05, ignored_exceptions=retried).until(
-        condition, what
-    )
+    try:
+        return WebDriverWait(
+            driver, timeout, poll_frequency=0.05, ignored_exceptions=retried
+        ).until(condition, what)
+    except TimeoutException:
+        if reason is None:
+            raise
+        raise TimeoutException(f"{what}; the page says: {reason(driver)!r}") from None
 
 
 def text_of(driver: Any, element_id: str) -> str:
@@ -293,9 +304,12 @@ def test_the_work_area_is_hidden_until_the_queue_loads_and_after_its_end(
         browser.find_element("id", "limit").clear()
         browser.find_element("id", "limit").send_keys("1")
         browser.find_element("id", "load").click()
-        wait(browser, at_item(browser, 1), "the only item")
+        wait(browser, at_item(browser, 1), "the first item")
         assert browser.find_element("id", "work").is_displayed()
-        browser.find_element("tag name", "body").send_keys("d")
+        n = len(browser.execute_script("return cadReview.state.items;"))  # one frame, whole
+        for k in range(1, n + 1):
+            wait(browser, at_item(browser, k), f"item {k}")
+            browser.find_element("tag name", "body").send_keys("d")
         wait(browser, lambda d: d.find_element("id", "empty").is_displayed(), "the end")
         assert "end of this queue" in text_of(browser, "empty")
         assert not browser.find_element("id", "work").is_displayed()
@@ -578,12 +592,14 @@ def test_two_reviewers_in_two_browsers_get_disjoint_items_and_a_third_settles_th
         )
 
 
-def test_a_pe_candidate_is_shown_as_its_three_planes_in_chromium(
-    browser: Any, tmp_path: Path
-) -> None:
-    """A PE candidate from a CT series: the page draws its three vessel-aligned planes with the
-    candidate boxed on the cross-section, and a verdict on it is recorded."""
-    from cad.aift.vessel import REVIEW_PANEL, review_box
+def test_a_pe_candidate_is_read_like_a_ct_in_chromium(browser: Any, tmp_path: Path) -> None:
+    """A PE candidate was three unnamed planes with a box on the first only, "candidate 1 of 1
+    on frame 1 (source ..., frame 0)", a fixed window, and a 2D box for a missed PE. Now the
+    planes are named and the candidate marked on each; the page says it is a CT volume
+    candidate and where (series, slice, patient mm); the reader sets the window (CTPA first) and
+    moves the cross-section along the vessel within the archived block; a missed PE is a point
+    clicked on a plane, within the reach the page states."""
+    from cad.aift.vessel import MISSED_REACH_MM, REVIEW_PANEL, REVIEW_SCROLL_MM, review_box
 
     with review_world(tmp_path) as world:
         pe = classify_pe(world.server.address)
@@ -598,21 +614,110 @@ def test_a_pe_candidate_is_shown_as_its_three_planes_in_chromium(
         k = 1
         wait(browser, at_item(browser, k), "the first item")
         while current(browser)["candidate_id"] != pe:  # dismiss the 2D items before it
+            assert not browser.find_element("id", "volume-tools").is_displayed()
             browser.find_element("tag name", "body").send_keys("d")
             k += 1
             wait(browser, at_item(browser, k), f"item {k}")
         image = browser.execute_script("return cadReview.state.image;")
         assert (image["width"], image["height"]) == (3 * REVIEW_PANEL, REVIEW_PANEL)
+        volume = image["volume"]
+        # what it is and where: a CT volume candidate, its series, slice and place in the patient
+        position = text_of(browser, "position")
+        assert "PE candidate 1 of 1 in a CT volume (series …" in position, position
+        assert "frame" not in position and ", slice " in position and ") mm patient" in position
+        assert 0 < volume["slice_index"] < 16  # the synthetic series has 16 slices
+        assert browser.find_element("id", "volume-tools").is_displayed()
+        assert text_of(browser, "volume-where").startswith("A PE candidate of a CT series")
+        assert browser.find_element("id", "window-preset").get_attribute("value") == "100,700"
         scale = browser.execute_script("return cadReview.state.k;")
         x, y, w, h = review_box()
-        # the candidate's box on the cross-section (at a fractional scale its 2-px line covers
-        # the rows around its edge, one of them fully)
-        column = round((x + w / 2) * scale)
-        edges = [pixel(browser, column, round(y * scale) + d)[:3] for d in (-1, 0, 1)]
-        assert [255, 213, 74] in edges, edges
-        # the contrast-filled vessel across the middle of the first longitudinal view
-        middle = pixel(browser, round(1.5 * REVIEW_PANEL * scale), round(40 * scale))
-        assert middle[0] > 150, middle
+        # the candidate marked on each of the three planes (a 2-px line at a fractional scale
+        # covers the rows around its edge, one of them fully)
+        for panel in range(3):
+            column = round((panel * REVIEW_PANEL + x + w / 2) * scale)
+            edges = [pixel(browser, column, round(y * scale) + d)[:3] for d in (-1, 0, 1)]
+            assert [255, 213, 74] in edges, (panel, edges)
+        # each plane named on it: white text on a dark band at its top left
+        for panel in range(3):
+            band = [
+                pixel(browser, round(panel * REVIEW_PANEL * scale) + dx, 10) for dx in range(6, 60)
+            ]
+            assert any(p[:3] == [255, 255, 255] for p in band), panel
+        # the contrast-filled vessel across the middle of the first longitudinal view, bright in
+        # the CTPA window; in a window far above it (C 1000, W 100) it goes black
+        middle = (round(1.5 * REVIEW_PANEL * scale), round(40 * scale))
+        assert pixel(browser, *middle)[0] > 150
+        browser.find_element("id", "window-center").clear()
+        browser.find_element("id", "window-center").send_keys("1000")
+        browser.find_element("id", "window-width").clear()
+        browser.find_element("id", "window-width").send_keys("100")
+        browser.find_element("id", "window-apply").click()
+        wait(browser, lambda d: pixel(d, *middle)[0] < 20, "the planes in the new window")
+        assert "window C 1000, W 100" in text_of(browser, "scroll-where")
+        browser.find_element("id", "window-preset").send_keys("Lung")
+        wait(browser, lambda d: "window C -600, W 1500" in text_of(d, "scroll-where"), "lung")
+        # the cross-section moves along the vessel one mm a key, up to the block's limit
+        body = browser.find_element("tag name", "body")
+        for step in range(1, int(REVIEW_SCROLL_MM) + 2):
+            body.send_keys("]")
+            shown = min(step, int(REVIEW_SCROLL_MM))
+            said = f"at +{shown}.0 mm along"
+            wait(browser, lambda d, said=said: said in text_of(d, "scroll-where"), "moved")
+        assert browser.find_element("id", "scroll-on").get_attribute("disabled") is not None
+        assert f"up to ±{REVIEW_SCROLL_MM:g} mm" in text_of(browser, "scroll-where")
+        body.send_keys("[")
+        wait(browser, lambda d: "at +4.0 mm along" in text_of(d, "scroll-where"), "moved back")
+        # a missed PE: a point on a plane (the cross-section back on the candidate), the reach said
+        body.send_keys("m")
+        wait(browser, lambda d: f"within {MISSED_REACH_MM:g} mm" in text_of(d, "message"), "hint")
+        wait(browser, lambda d: "at +0.0 mm along" in text_of(d, "scroll-where"), "back at 0")
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.keys import Keys
+
+        canvas = browser.find_element("id", "image")
+
+        def click_at(px: float, py: float) -> None:
+            """A real click at image pixel (px, py). WebDriver offsets count from the canvas's
+            in-view centre (the middle of its visible part), so that is what they start from."""
+            browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", canvas)
+            left, top, width, height, view_w, view_h = browser.execute_script(
+                "const r = arguments[0].getBoundingClientRect(); "
+                "return [r.left, r.top, r.width, r.height, innerWidth, innerHeight];",
+                canvas,
+            )
+            cx = (max(left, 0) + min(left + width, view_w)) / 2
+            cy = (max(top, 0) + min(top + height, view_h)) / 2
+            dx = left + px / image["width"] * width - cx
+            dy = top + py / image["height"] * height - cy
+            ActionChains(browser).move_to_element_with_offset(
+                canvas, round(dx), round(dy)
+            ).click().perform()
+
+        click_at(1.5 * REVIEW_PANEL + 2, REVIEW_PANEL / 2 + 6)  # on the first view along it
+        assert browser.find_element("id", "save-missed").text == "Save point"
+        browser.execute_script("window.scrollTo(0, 0);")
+        browser.save_screenshot(str(PE_SCREENSHOT))  # the planes named, marked, the point, reach
+        assert browser.find_element("id", "save-missed").is_enabled()
+        browser.find_element("id", "save-missed").click()
+        wait(
+            browser,
+            lambda d: history(d) and "missed finding" in history(d)[0],
+            "saved",
+            reason=lambda d: text_of(d, "message"),
+        )
+        store = open_store(world.store_url)
+        try:
+            (missed,) = [c for c in store.candidates_of(pe) if c.candidate.origin == "missed"]
+        finally:
+            store.close()
+        assert '"kind": "pe"' in missed.candidate.geometry  # a point in the patient, on its vessel
+        wait(browser, at_item(browser, k), "the candidate shown again, keys live")
+        body.send_keys("m")
+        wait(browser, lambda d: f"within {MISSED_REACH_MM:g} mm" in text_of(d, "message"), "hint")
+        click_at(0.5 * REVIEW_PANEL + 110, REVIEW_PANEL / 2)  # 12.9 mm out: too far
+        browser.find_element("id", "save-missed").click()
+        wait(browser, lambda d: "mm from the candidate" in text_of(d, "message"), "refused")
+        body.send_keys(Keys.ESCAPE)
         browser.find_element("id", "confirm").click()
         wait(browser, lambda d: history(d) and history(d)[0].startswith("Confirmed"), "the verdict")
 

@@ -566,7 +566,9 @@ def test_a_skipped_item_goes_back_to_the_other_reviewers_at_once(world: World) -
     status, reply = jones.api("/api/skip", {"candidate_id": skipped}, **{"X-CSRF-Token": csrf})
     assert status == 200 and reply["released"] == 1
     status, theirs = smith.api("/api/queue?variant=entropy&limit=200")
-    assert skipped in {i["candidate_id"] for i in theirs["items"]}
+    # frames are handed out whole: the skipped item waits while dr.jones holds the rest of its
+    # frame (it comes back when they are labeled or given back), never split between two
+    assert skipped not in {i["candidate_id"] for i in theirs["items"]}
     assert jones.form("/signout", {"csrf": csrf})[0] == 303  # a sign-out gives back the rest
     status, theirs = smith.api("/api/queue?variant=entropy&limit=200")
     assert held <= {i["candidate_id"] for i in theirs["items"]}
@@ -597,6 +599,23 @@ def _review_a_pe_candidate(world: World) -> None:
     planes = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
     assert status == 200 and planes.shape == (REVIEW_PANEL, 3 * REVIEW_PANEL)
     assert planes[:, REVIEW_PANEL // 2].max() > 150  # the contrast-filled vessel
+    # where it is, as a CT reader names it, and the limits the page works within
+    volume = image["volume"]
+    assert volume["series_uid"] and 0 < volume["slice_index"] < 16
+    assert volume["window"] == volume["candidate_window"] == [100.0, 700.0]  # CTPA
+    assert (volume["scroll_limit_mm"], volume["missed_reach_mm"]) == (5.0, 7.0)
+    # another window, drawn from the archived HU: far above the vessel, everything is black
+    status, _, dark = browser.request("GET", f"/api/image/{cid}/png?center=1000&width=100")
+    assert status == 200 and np.asarray(Image.open(io.BytesIO(dark)).convert("L")).max() == 0
+    # the cross-section moved along the vessel: that plane changes, the two views do not
+    status, _, moved = browser.request("GET", f"/api/image/{cid}/png?offset=4")
+    shifted = np.asarray(Image.open(io.BytesIO(moved)).convert("L"))
+    assert status == 200 and np.array_equal(shifted[:, REVIEW_PANEL:], planes[:, REVIEW_PANEL:])
+    assert not np.array_equal(shifted[:, :REVIEW_PANEL], planes[:, :REVIEW_PANEL])
+    for bad, said in (("offset=6", "up to 5 mm along the vessel"), ("center=x", "must be numbers"),
+                      ("center=40&width=0", "window width")):  # fmt: skip
+        status, reply = browser.api(f"/api/image/{cid}/png?{bad}")
+        assert status == 400 and said in reply["error"], (bad, reply)
     token = {"X-CSRF-Token": csrf}
     status, verdict = browser.api(
         "/api/verdict",

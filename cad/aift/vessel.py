@@ -308,14 +308,44 @@ def keep_candidate(
     return hu_to_rgb(block.hu), geometry
 
 
-def review_montage(pixels: npt.NDArray[np.uint8], geometry: PeGeometry) -> npt.NDArray[np.uint8]:
+REVIEW_SCROLL_MM = 5.0
+"""How far along the vessel a reader may move the cross-section from the candidate: its
+corners (21.2 mm out at the candidate) stay inside the archived block (BLOCK_REACH_MM) up to
+about 5 mm."""
+
+
+def review_montage(
+    pixels: npt.NDArray[np.uint8],
+    geometry: PeGeometry,
+    window: tuple[float, float] | None = None,
+    offset_mm: float = 0.0,
+) -> npt.NDArray[np.uint8]:
     """The three review planes of an archived PE candidate side by side (cross-section, then the
-    two longitudinal views, axis down), 30 mm wide each, in the candidate's window: RGB8
-    ``(REVIEW_PANEL, 3 * REVIEW_PANEL, 3)``."""
-    planes = review_planes(
-        geometry.block(pixels), geometry.point_mm, geometry.axis, REVIEW_WIDTH_MM, REVIEW_PANEL
+    two longitudinal views, axis down), 30 mm wide each: RGB8 ``(REVIEW_PANEL, 3 *
+    REVIEW_PANEL, 3)``. ``window``: (centre, width) in HU (default: the candidate's own);
+    ``offset_mm``: the cross-section moved that far along the vessel (within
+    ±REVIEW_SCROLL_MM), the longitudinal views staying centred on the candidate.
+
+    Raises:
+        InvalidInput: an offset beyond REVIEW_SCROLL_MM, or a window of no width.
+    """
+    if not math.isfinite(offset_mm) or abs(offset_mm) > REVIEW_SCROLL_MM + 1e-9:
+        raise InvalidInput(
+            f"the cross-section may move up to {REVIEW_SCROLL_MM:.0f} mm along the vessel from "
+            f"the candidate (the archived block ends beyond), not {offset_mm} mm"
+        )
+    centre, width = window if window is not None else geometry.window
+    if not (math.isfinite(centre) and math.isfinite(width) and 1.0 <= width <= 10000.0):
+        raise InvalidInput(f"window width must be between 1 and 10000 HU, got {width}")
+    block = geometry.block(pixels)
+    planes = list(
+        review_planes(block, geometry.point_mm, geometry.axis, REVIEW_WIDTH_MM, REVIEW_PANEL)
     )
-    gray = np.concatenate([window_to_8bit(p, geometry.window) for p in planes], axis=1)
+    if offset_mm:
+        axis = unit(geometry.axis, "vessel direction")
+        moved = np.asarray(geometry.point_mm, dtype=np.float64) + offset_mm * axis
+        planes[0] = review_planes(block, moved, geometry.axis, REVIEW_WIDTH_MM, REVIEW_PANEL)[0]
+    gray = np.concatenate([window_to_8bit(p, (centre, width)) for p in planes], axis=1)
     return np.repeat(np.rint(gray).astype(np.uint8)[..., None], 3, axis=2)
 
 

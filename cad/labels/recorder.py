@@ -17,6 +17,7 @@ from cad.labels.store.records import CandidateRecord, ImageRecord
 from cad.labels.store.sql import SqlLabelStore
 from cad.models.inference import ClassifyOutcome
 from cad.models.volume_inference import VolumeOutcome
+from cad.volumes import nearest_slice
 
 log = logging.getLogger(__name__)
 
@@ -133,18 +134,20 @@ class Recorder:
         for i, r in enumerate(outcome.results):
             pixels, geometry = keep_candidate(volume, r.patient_mm, r.axis, outcome.window)
             sha, size = self.archive.put(pixels)
+            k = nearest_slice(volume, r.patient_mm)  # where a reader finds it in the series
+            sop = volume.sop_instance_uids[k] if k < len(volume.sop_instance_uids) else ""
             image = ImageRecord(
                 request_id=r.candidate_id,  # one archived block, one candidate
                 sha256=sha,
                 size_bytes=size,
                 height=REVIEW_PANEL,  # what the review page shows: the montage of its planes
                 width=3 * REVIEW_PANEL,
-                frame_index=0,
+                frame_index=k,
                 source_kind=VOLUME_SOURCE,
                 source_id=outcome.source_id,
                 study_uid=self.uid(volume.study_uid),
                 series_uid=self.uid(volume.series_uid),
-                sop_instance_uid="",
+                sop_instance_uid=self.uid(sop) if sop else "",
                 modality="CT",
                 recipe=outcome.recipe,
                 model_version=str(outcome.model_version),

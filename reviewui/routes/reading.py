@@ -97,7 +97,40 @@ async def image(app: ReviewApp, request: Request, session: Session) -> Any:
             }
             for c in reply.candidates
         ],
+        "volume": volume_json(reply.volume) if reply.HasField("volume") else None,
     }
+
+
+def volume_json(v: cad_pb2.VolumeView) -> dict[str, Any]:
+    """Where a CT volume candidate is and the limits the reader works within."""
+    return {
+        "series_uid": v.series_uid,
+        "slice_index": v.slice_index,
+        "sop_instance_uid": v.sop_instance_uid,
+        "point_mm": [v.point_mm.x, v.point_mm.y, v.point_mm.z],
+        "window": [v.window.center, v.window.width],
+        "candidate_window": [v.candidate_window.center, v.candidate_window.width],
+        "scroll_limit_mm": v.scroll_limit_mm,
+        "mm_per_pixel": v.mm_per_pixel,
+        "missed_reach_mm": v.missed_reach_mm,
+        "panel": v.panel,
+    }
+
+
+def view_of(request: Request) -> cad_pb2.ReviewImageRequest | None:
+    """A volume candidate's view from the PNG's query (``center``, ``width``, ``offset``), or
+    None: the image as it was first served."""
+    q = request.query_params
+    if not any(k in q for k in ("center", "width", "offset")):
+        return None
+    try:
+        view = cad_pb2.ReviewImageRequest(offset_mm=float(q.get("offset", "0")))
+        if "center" in q or "width" in q:
+            view.window.center = float(q.get("center", "nan"))
+            view.window.width = float(q.get("width", "nan"))
+    except ValueError:
+        raise PageError(400, "center, width and offset must be numbers") from None
+    return view
 
 
 async def png(app: ReviewApp, request: Request) -> Response:
@@ -108,7 +141,7 @@ async def png(app: ReviewApp, request: Request) -> Response:
     request_id = request.path_params["request_id"]
     try:
         same_site(request)
-        reply = await app.cad.review_image(session, request_id)
+        reply = await app.cad.review_image(session, request_id, view=view_of(request))
         await app.sessions_call("mark_shown", sid, request_id)  # this page has the frame now
     except PageError as exc:
         if exc.signin:

@@ -13,7 +13,9 @@
     drawing: false, drag: null, missed: null, missedKey: null, drawn: null, keysFrom: 0,
     mode: "queue", // or "adjudicate": settling disagreements
     bitmaps: new Map(), // request id -> decoded frame: each frame is fetched and decoded once
+    view: null, // a CT volume candidate's planes as shown: { center, width, offset } (mm)
   };
+  const PLANE_NAMES = ["Cross-section", "Along the vessel (1)", "Along the vessel (2)"];
   const BITMAPS_KEPT = 4;
 
   function newKey() {
@@ -171,7 +173,22 @@
     return bitmap;
   }
 
+  function mm(v) {
+    return (v >= 0 ? "+" : "") + v.toFixed(1);
+  }
+
+  function volumeWhere(volume) {
+    // a CT reader's names: the series, the slice in it, the position in the patient (mm)
+    const p = volume.point_mm;
+    return "series …" + volume.series_uid.slice(-12) + ", slice " + (volume.slice_index + 1) +
+      " of its slice order, at (" + p.map((v) => v.toFixed(1)).join(", ") + ") mm patient";
+  }
+
   function where(item) {
+    if (item.volume) {
+      return "PE candidate " + item.ordinal + " of " + item.ofFrame + " in a CT volume (" +
+        volumeWhere(item.volume) + ")";
+    }
     // one name for each: the page's own count of the images it serves ("image 4 of this
     // queue") and where that image is in its source ("frame 0 of source …1a2b")
     const source = item.source_id ? " of source …" + item.source_id.slice(-8) : "";
@@ -203,6 +220,8 @@
       if (state.items[state.index] !== item) return; // moved on meanwhile
       state.image = image;
       state.bitmap = bitmap;
+      item.volume = image.volume;
+      showVolumeTools(image.volume);
       $("note").value = "";
       $("position").textContent = (state.index + 1) + " of " + state.items.length + " · " + where(item);
       $("probability").textContent = fmt(item.probability, 3);
@@ -223,6 +242,130 @@
     }
   }
 
+  function showVolumeTools(volume) {
+    $("volume-tools").hidden = !volume;
+    if (!volume) {
+      state.view = null;
+      return;
+    }
+    state.view = { center: volume.window[0], width: volume.window[1], offset: 0 };
+    const preset = volume.window.join(",");
+    const known = Array.from($("window-preset").options).some((o) => o.value === preset);
+    $("window-preset").value = known ? preset : "custom";
+    $("window-center").value = volume.window[0];
+    $("window-width").value = volume.window[1];
+    $("volume-where").textContent = "A PE candidate of a CT series: " + volumeWhere(volume) + ".";
+    scrollWhere();
+  }
+
+  function scrollWhere() {
+    const v = state.view, volume = state.image && state.image.volume;
+    if (!v || !volume) return;
+    $("scroll-where").textContent = "Cross-section at " + mm(v.offset) + " mm along the vessel " +
+      "from the candidate (up to ±" + volume.scroll_limit_mm + " mm: the archived block ends " +
+      "there) · window C " + v.center + ", W " + v.width + ".";
+    $("scroll-back").disabled = v.offset <= -volume.scroll_limit_mm;
+    $("scroll-on").disabled = v.offset >= volume.scroll_limit_mm;
+  }
+
+  // A new window or cross-section: the planes drawn again by the server, from the archived HU.
+  async function refreshPlanes() {
+    const item = state.items[state.index], v = state.view;
+    if (!item || !v) return;
+    const url = "/api/image/" + encodeURIComponent(item.request_id) + "/png?center=" +
+      encodeURIComponent(v.center) + "&width=" + encodeURIComponent(v.width) +
+      "&offset=" + encodeURIComponent(v.offset);
+    try {
+      const r = await fetch(url, { credentials: "same-origin" });
+      if (!r.ok) {
+        const data = await r.json().catch(() => ({}));
+        throw new Error(data.error || "The planes could not be drawn.");
+      }
+      const bitmap = await createImageBitmap(await r.blob());
+      if (state.items[state.index] !== item) return;
+      state.bitmap = bitmap;
+      scrollWhere();
+      draw();
+    } catch (err) {
+      say(err.message);
+    }
+  }
+
+  function scroll(step) {
+    const v = state.view, volume = state.image && state.image.volume;
+    if (!v || !volume) return;
+    const next = Math.max(-volume.scroll_limit_mm, Math.min(volume.scroll_limit_mm, v.offset + step));
+    if (next === v.offset) return;
+    v.offset = next;
+    refreshPlanes();
+  }
+
+  function applyWindow() {
+    const v = state.view;
+    if (!v) return;
+    const center = Number($("window-center").value), width = Number($("window-width").value);
+    if (!isFinite(center) || !isFinite(width) || width < 1) {
+      say("The window needs a centre and a width of at least 1 HU.");
+      return;
+    }
+    v.center = center;
+    v.width = width;
+    refreshPlanes();
+  }
+
+  // The three planes named, and the candidate marked on each: boxed on the cross-section (dashed
+  // while the cross-section is moved off it), boxed at the centre of both views along the vessel,
+  // where a line shows the cross-section's place.
+  function drawVolume(ctx, k, item, volume) {
+    const panel = volume.panel, v = state.view || { offset: 0 };
+    const b = item.box;
+    ctx.lineWidth = 2;
+    ctx.strokeStyle = "#ffd54a";
+    for (let i = 0; i < 3; i++) {
+      ctx.setLineDash(i === 0 && v.offset !== 0 ? [6, 4] : []);
+      ctx.strokeRect((b.x + i * panel) * k, b.y * k, b.width * k, b.height * k);
+    }
+    ctx.setLineDash([]);
+    const row = (panel / 2 + v.offset / volume.mm_per_pixel) * k;
+    ctx.strokeStyle = "#80deea";
+    ctx.lineWidth = 1;
+    for (let i = 1; i < 3; i++) {
+      ctx.beginPath();
+      ctx.moveTo(i * panel * k, row);
+      ctx.lineTo((i + 1) * panel * k, row);
+      ctx.stroke();
+    }
+    if (state.drawing) { // how far from the candidate a missed finding may be marked
+      ctx.setLineDash([4, 4]);
+      ctx.strokeStyle = "#4dd0e1";
+      const r = (volume.missed_reach_mm / volume.mm_per_pixel) * k;
+      for (let i = 0; i < 3; i++) {
+        ctx.beginPath();
+        ctx.arc((i + 0.5) * panel * k, (panel / 2) * k, r, 0, 2 * Math.PI);
+        ctx.stroke();
+      }
+      ctx.setLineDash([]);
+    }
+    ctx.font = Math.max(11, Math.round(13 * k)) + "px sans-serif";
+    ctx.textBaseline = "top";
+    for (let i = 0; i < 3; i++) {
+      const text = PLANE_NAMES[i] + (i === 0 ? " " + mm(v.offset) + " mm" : "");
+      const w = ctx.measureText(text).width + 8;
+      ctx.fillStyle = "rgba(0,0,0,0.65)";
+      ctx.fillRect(i * panel * k + 2, 2, w, Math.max(15, 17 * k));
+      ctx.fillStyle = "#fff";
+      ctx.fillText(text, i * panel * k + 6, 4);
+    }
+    ctx.strokeStyle = "#000";
+    ctx.lineWidth = 2;
+    for (let i = 1; i < 3; i++) {
+      ctx.beginPath();
+      ctx.moveTo(i * panel * k, 0);
+      ctx.lineTo(i * panel * k, panel * k);
+      ctx.stroke();
+    }
+  }
+
   function draw() {
     const item = state.items[state.index];
     const image = state.image;
@@ -236,6 +379,21 @@
     const ctx = canvas.getContext("2d");
     ctx.drawImage(state.bitmap, 0, 0, canvas.width, canvas.height);
     const rect = (b) => ctx.strokeRect(b.x * k, b.y * k, b.width * k, b.height * k);
+    if (image.volume) {
+      drawVolume(ctx, k, item, image.volume);
+      const point = state.missed;
+      if (point) { // the missed finding: a cross at the point clicked
+        const cx = (point.x + point.width / 2) * k, cy = (point.y + point.height / 2) * k;
+        ctx.strokeStyle = "#4dd0e1";
+        ctx.lineWidth = 2;
+        ctx.beginPath();
+        ctx.moveTo(cx - 8, cy); ctx.lineTo(cx + 8, cy);
+        ctx.moveTo(cx, cy - 8); ctx.lineTo(cx, cy + 8);
+        ctx.stroke();
+      }
+      drawZoom(item.box);
+      return;
+    }
     for (const c of image.candidates) {
       if (c.candidate_id === item.candidate_id) continue;
       const savedMissed = c.origin === "missed" && c.label !== "unlabeled";
@@ -391,6 +549,18 @@
       state.missed = null;
       $("save-missed").disabled = true;
       draw();
+    } else if (state.image && state.image.volume) {
+      const volume = state.image.volume;
+      $("save-missed").textContent = "Save point";
+      say("Click the missed clot on one of the three planes (or move the cross with the arrow " +
+        "keys), then save it (Enter): a point within " + volume.missed_reach_mm + " mm of this " +
+        "candidate, the dashed circles (the archived block ends beyond). Farther away: send it " +
+        "to the CAD as a candidate of its own.", "info");
+      if (state.view && state.view.offset !== 0) { // a point is read on the candidate's planes
+        state.view.offset = 0;
+        refreshPlanes();
+      }
+      draw();
     } else {
       say("Drag a box around the finding the model missed, or place it with the arrow keys " +
         "(Shift+arrows: size), then save it (Enter).", "info");
@@ -414,6 +584,11 @@
     const step = steps[event.key];
     if (!step) return false;
     const image = state.image;
+    if (!state.missed && image.volume) { // a point, starting at the candidate
+      const c = image.volume.panel / 2;
+      state.missed = { x: c - 1, y: c - 1, width: 2, height: 2 };
+      state.missedKey = newKey();
+    }
     if (!state.missed) {
       const side = Math.max(4, Math.round(Math.min(image.width, image.height) / 8));
       state.missed = {
@@ -423,7 +598,7 @@
       state.missedKey = newKey();
     }
     const b = state.missed;
-    if (event.shiftKey) {
+    if (event.shiftKey && !image.volume) {
       b.width = Math.min(image.width - b.x, Math.max(2, b.width + step[0]));
       b.height = Math.min(image.height - b.y, Math.max(2, b.height + step[1]));
     } else {
@@ -449,11 +624,19 @@
     canvas.classList.remove("drawing");
     drawButton("Mark missed finding");
     $("save-missed").disabled = true;
+    $("save-missed").textContent = "Save box";
   }
 
   canvas.addEventListener("mousedown", (event) => {
     if (!state.drawing) return;
     const p = toImage(event);
+    if (state.image && state.image.volume) { // a point on a plane, not a box on the mosaic
+      state.missed = { x: p.x - 1, y: p.y - 1, width: 2, height: 2 };
+      state.missedKey = newKey();
+      $("save-missed").disabled = false;
+      draw();
+      return;
+    }
     state.drag = { x: p.x, y: p.y, width: 0, height: 0, x0: p.x, y0: p.y };
   });
   canvas.addEventListener("mousemove", (event) => {
@@ -509,6 +692,22 @@
   $("skip").addEventListener("click", skip);
   $("draw").addEventListener("click", startDrawing);
   $("save-missed").addEventListener("click", saveMissed);
+  $("window-preset").addEventListener("change", () => {
+    const value = $("window-preset").value;
+    if (value === "custom") return;
+    const [center, width] = value.split(",").map(Number);
+    $("window-center").value = center;
+    $("window-width").value = width;
+    applyWindow();
+  });
+  $("window-apply").addEventListener("click", applyWindow);
+  $("scroll-back").addEventListener("click", () => scroll(-1));
+  $("scroll-on").addEventListener("click", () => scroll(1));
+  canvas.addEventListener("wheel", (event) => {
+    if (!state.view) return;
+    event.preventDefault();
+    scroll(event.deltaY > 0 ? 1 : -1);
+  }, { passive: false });
   document.addEventListener("keydown", (event) => {
     const tag = event.target.tagName;
     if (tag === "INPUT" || tag === "TEXTAREA" || tag === "SELECT") return;
@@ -523,6 +722,7 @@
     const actions = {
       c: () => submit("confirm"), d: () => submit("dismiss"), u: undo, s: skip,
       m: () => { if (state.mode === "queue") startDrawing(); },
+      "[": () => scroll(-1), "]": () => scroll(1),
     };
     const action = actions[event.key.toLowerCase()];
     if (action) {

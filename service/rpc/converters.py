@@ -10,7 +10,7 @@ from cad import validation
 from cad.aift import Box
 from cad.errors import InvalidInput
 from cad.imaging import Window
-from cad.labels.review import QueueResult, ReviewImage
+from cad.labels.review import QueueResult, ReviewImage, VolumeView
 from cad.labels.store.records import (
     AuditEvent,
     Conflict,
@@ -360,7 +360,24 @@ def review_image(result: ReviewImage) -> cad_pb2.ReviewImage:
             )
             for c in result.candidates
         ],
+        volume=volume_view(result.volume) if result.volume is not None else None,
     )  # fmt: skip
+
+
+def volume_view(v: VolumeView) -> cad_pb2.VolumeView:
+    return cad_pb2.VolumeView(
+        series_uid=v.series_uid,
+        slice_index=v.slice_index,
+        sop_instance_uid=v.sop_instance_uid,
+        point_mm=cad_pb2.Point3D(x=v.point_mm[0], y=v.point_mm[1], z=v.point_mm[2]),
+        window=cad_pb2.Window(center=v.window[0], width=v.window[1]),
+        candidate_window=cad_pb2.Window(center=v.candidate_window[0], width=v.candidate_window[1]),
+        offset_mm=v.offset_mm,
+        scroll_limit_mm=v.scroll_limit_mm,
+        mm_per_pixel=v.mm_per_pixel,
+        missed_reach_mm=v.missed_reach_mm,
+        panel=v.panel,
+    )
 
 
 def labeled_candidate(item: LabeledCandidate) -> cad_pb2.LabeledCandidate:

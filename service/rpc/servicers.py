@@ -412,8 +412,17 @@ class CadReviewServicer(cad_pb2_grpc.CadReviewServicer):
         self, request: cad_pb2.ReviewImageRequest, context: grpc.aio.ServicerContext
     ) -> cad_pb2.ReviewImage:
         request_id = converters.identifier(request.request_id, "request_id")
+        window = None
+        if request.HasField("window"):
+            window = (request.window.center, request.window.width)
         return converters.review_image(
-            await self._run(self.review.review_image, request_id, request.labels_only)
+            await self._run(
+                self.review.review_image,
+                request_id,
+                request.labels_only,
+                window,
+                request.offset_mm,
+            )
         )
 
     async def GetReviewStats(  # noqa: N802

@@ -510,12 +510,42 @@ class ReviewStats(_message.Message):
     def __init__(self, reviewer: _Optional[str] = ..., unlabeled: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[VersionPrecision, _Mapping]]] = ..., claimed_by_others: _Optional[int] = ..., claims_end: _Optional[str] = ...) -> None: ...
 
 class ReviewImageRequest(_message.Message):
-    __slots__ = ("request_id", "labels_only")
+    __slots__ = ("request_id", "labels_only", "window", "offset_mm")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     LABELS_ONLY_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_MM_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     labels_only: bool
-    def __init__(self, request_id: _Optional[str] = ..., labels_only: _Optional[bool] = ...) -> None: ...
+    window: Window
+    offset_mm: float
+    def __init__(self, request_id: _Optional[str] = ..., labels_only: _Optional[bool] = ..., window: _Optional[_Union[Window, _Mapping]] = ..., offset_mm: _Optional[float] = ...) -> None: ...
+
+class VolumeView(_message.Message):
+    __slots__ = ("series_uid", "slice_index", "sop_instance_uid", "point_mm", "window", "candidate_window", "offset_mm", "scroll_limit_mm", "mm_per_pixel", "missed_reach_mm", "panel")
+    SERIES_UID_FIELD_NUMBER: _ClassVar[int]
+    SLICE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    POINT_MM_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_MM_FIELD_NUMBER: _ClassVar[int]
+    SCROLL_LIMIT_MM_FIELD_NUMBER: _ClassVar[int]
+    MM_PER_PIXEL_FIELD_NUMBER: _ClassVar[int]
+    MISSED_REACH_MM_FIELD_NUMBER: _ClassVar[int]
+    PANEL_FIELD_NUMBER: _ClassVar[int]
+    series_uid: str
+    slice_index: int
+    sop_instance_uid: str
+    point_mm: Point3D
+    window: Window
+    candidate_window: Window
+    offset_mm: float
+    scroll_limit_mm: float
+    mm_per_pixel: float
+    missed_reach_mm: float
+    panel: int
+    def __init__(self, series_uid: _Optional[str] = ..., slice_index: _Optional[int] = ..., sop_instance_uid: _Optional[str] = ..., point_mm: _Optional[_Union[Point3D, _Mapping]] = ..., window: _Optional[_Union[Window, _Mapping]] = ..., candidate_window: _Optional[_Union[Window, _Mapping]] = ..., offset_mm: _Optional[float] = ..., scroll_limit_mm: _Optional[float] = ..., mm_per_pixel: _Optional[float] = ..., missed_reach_mm: _Optional[float] = ..., panel: _Optional[int] = ...) -> None: ...
 
 class ReviewCandidate(_message.Message):
     __slots__ = ("candidate_id", "box", "probability", "label", "labeled_by", "conflict", "model_version", "origin", "score", "entropy", "diversity")
@@ -544,7 +574,7 @@ class ReviewCandidate(_message.Message):
     def __init__(self, candidate_id: _Optional[str] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., probability: _Optional[float] = ..., label: _Optional[_Union[LabelState, str]] = ..., labeled_by: _Optional[str] = ..., conflict: _Optional[bool] = ..., model_version: _Optional[str] = ..., origin: _Optional[str] = ..., score: _Optional[float] = ..., entropy: _Optional[float] = ..., diversity: _Optional[float] = ...) -> None: ...
 
 class ReviewImage(_message.Message):
-    __slots__ = ("request_id", "png", "width", "height", "frame_index", "model_version", "recipe", "candidates")
+    __slots__ = ("request_id", "png", "width", "height", "frame_index", "model_version", "recipe", "candidates", "volume")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PNG_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -553,6 +583,7 @@ class ReviewImage(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     png: bytes
     width: int
@@ -561,7 +592,8 @@ class ReviewImage(_message.Message):
     model_version: str
     recipe: str
     candidates: _containers.RepeatedCompositeFieldContainer[ReviewCandidate]
-    def __init__(self, request_id: _Optional[str] = ..., png: _Optional[bytes] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frame_index: _Optional[int] = ..., model_version: _Optional[str] = ..., recipe: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[ReviewCandidate, _Mapping]]] = ...) -> None: ...
+    volume: VolumeView
+    def __init__(self, request_id: _Optional[str] = ..., png: _Optional[bytes] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frame_index: _Optional[int] = ..., model_version: _Optional[str] = ..., recipe: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[ReviewCandidate, _Mapping]]] = ..., volume: _Optional[_Union[VolumeView, _Mapping]] = ...) -> None: ...
 
 class ListVersionsRequest(_message.Message):
     __slots__ = ()
