@@ -44,6 +44,7 @@ from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from support.helpers import dicom_bytes, publish_tiny
 from support.launch import server_process
 from support.pg import TempPostgres
+from support.pgfailover import AutoFailoverCluster
 
 log = logging.getLogger("bench.failover")
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -89,6 +90,12 @@ class Tally:
     health: list[tuple[float, int, int]] = field(default_factory=list)
     """(monotonic time, replica, status of the whole server) samples."""
     spool_peak: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    replica_of: dict[str, int] = field(default_factory=dict)
+    """Request id -> the replica that answered it."""
+    writes: list[tuple[float, int]] = field(default_factory=list)
+    """(monotonic time, replica) of each acknowledged correction: a write to the primary."""
+    latency: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
+    """Unary Classify seconds, by replica."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def answer(self, replica: int, rpc: str, response: cad_pb2.ClassifyResponse) -> None:
@@ -96,6 +103,7 @@ class Tally:
             self.answered[self.phase] += 1
             self.answered[f"{rpc}:total"] += 1
             self.records.append((response.request_id, [r.candidate_id for r in response.results]))
+            self.replica_of[response.request_id] = replica
             self.versions[replica] = response.model_version
 
     def error(self, rpc: str, code: grpc.StatusCode) -> None:
@@ -104,11 +112,26 @@ class Tally:
 
 
 class Scenario:
-    def __init__(self, work: Path, say: Callable[[str], None] = print) -> None:
+    """``replicated``: the database is a pg_auto_failover formation (a monitor, a primary and a
+    synchronous standby, ``support.pgfailover``) reached by a multi-host URI; its primary dies
+    instead of a stopped server, the old primary rejoins as a standby, then a planned
+    switchover. The third replica records classifications with ``CAD_RECORD_SYNC=background``
+    so that what a crash costs that setting is measured beside the others' ``each``."""
+
+    def __init__(
+        self, work: Path, say: Callable[[str], None] = print, replicated: bool = False
+    ) -> None:
         self.work = work
         self.say = say
-        self.pg = TempPostgres().start()
-        self.url = self.pg.new_database()
+        self.replicated = replicated
+        self.cluster: AutoFailoverCluster | None = None
+        self.pg: TempPostgres | None = None
+        if replicated:
+            self.cluster = AutoFailoverCluster().start()
+            self.url = self.cluster.uri
+        else:
+            self.pg = TempPostgres().start()
+            self.url = self.pg.new_database()
         self.registry = work / "registry"
         publish_tiny(self.registry, work / "build")
         self.stop = threading.Event()
@@ -125,7 +148,8 @@ class Scenario:
                     "CAD_POLL_INTERVAL_S": "0.5",
                     "CAD_STORE_PROBE_INTERVAL_S": "0.5",
                     "CAD_STORE_TIMEOUT_S": "1.0",
-                    "CAD_RECORD_SYNC": "each",  # every acknowledged record must be found after
+                    # every acknowledged record must be found after ("background": measured)
+                    "CAD_RECORD_SYNC": "background" if replicated and i == 2 else "each",
                     "CAD_PROVIDERS": "cpu",
                     "CAD_INTRA_OP_THREADS": "1",
                     "CAD_WORKERS": "2",
@@ -158,7 +182,12 @@ class Scenario:
         while not self.stop.is_set():
             try:
                 stub = cad_pb2_grpc.CadInferenceStub(self.channel(replica))
-                self.tally.answer(replica.index, "Classify", stub.Classify(request(), timeout=10))
+                t0 = time.perf_counter()
+                response = stub.Classify(request(), timeout=10)
+                took = time.perf_counter() - t0
+                self.tally.answer(replica.index, "Classify", response)
+                with self.tally.lock:
+                    self.tally.latency[replica.index].append(took)
             except grpc.RpcError as exc:
                 self.tally.error("Classify", exc.code())
             self.stop.wait(0.05)  # pacing: about 15 frames a second per client
@@ -212,6 +241,7 @@ class Scenario:
                 with self.tally.lock:
                     self.tally.corrections[key] = (receipt.candidate_id, label)
                     self.tally.answered["SubmitCorrection:total"] += 1
+                    self.tally.writes.append((time.monotonic(), replica.index))
                 pending.pop(0)
             except grpc.RpcError as exc:
                 # UNAVAILABLE: the store or the replica is down; NOT_FOUND: the candidate's
@@ -276,6 +306,7 @@ class Scenario:
                 self.tally.answered["Classify:total"] + self.tally.answered["ClassifyStream:total"]
             )
         down = time.monotonic()
+        assert self.pg is not None
         self.pg.crash()
         self.wait_until(
             f"every replica to say NOT_SERVING in {name}",
@@ -301,6 +332,105 @@ class Scenario:
             "recover_s": recover,
         }
 
+    def first_writes(self, since: float) -> dict[int, float]:
+        """Seconds from ``since`` to each replica's first acknowledged correction after it."""
+        first: dict[int, float] = {}
+        with self.tally.lock:
+            for t, index in self.tally.writes:
+                if t >= since and index not in first:
+                    first[index] = round(t - since, 2)
+        return first
+
+    def failover(self, name: str) -> dict[str, Any]:
+        """The primary's host dies (its keeper and postmaster, SIGKILL); the monitor promotes
+        the standby; the replicas find it through the multi-host URI by themselves. A trainer
+        holding its lease (an advisory lock on the old primary) is checked across it."""
+        assert self.cluster is not None
+        (primary,) = self.cluster.primaries()
+        trainer_a = open_store(self.url)
+        trainer_b = open_store(self.url)
+        lease_a = trainer_a.lease("trainer", holder_name("trainer A")).acquire()
+        self.say(f"{name}: kill -9 the primary {primary} (keeper and postmaster)")
+        with self.tally.lock:
+            self.tally.phase = name
+        down = time.monotonic()
+        self.cluster.kill(primary)
+        promoted_after = self.cluster.wait(
+            "the standby's promotion", lambda: bool(self.cluster and self.cluster.primaries())
+        )
+        promoted = time.monotonic()
+        (new_primary,) = self.cluster.primaries()
+        self.wait_until(
+            f"every replica ready after {name}",
+            lambda: all(self.ready_since(r.index, promoted) is not None for r in self.replicas),
+        )
+        ready = [round(self.ready_since(r.index, promoted) - promoted, 2) for r in self.replicas]  # type: ignore[operator]
+        self.wait_until(
+            f"a correction through every replica after {name}",
+            lambda: len(self.first_writes(promoted)) == REPLICAS,
+        )
+        # the lease: the old primary took trainer A's lock with it; whoever takes it on the new
+        # primary holds it alone, and A learns so at its next check, before more work
+        lease = {"b_took_it": False, "a_told": ""}
+        try:
+            trainer_b.lease("trainer", holder_name("trainer B")).acquire()
+            lease["b_took_it"] = True
+            lease_a.ensure()
+            lease["a_told"] = "still held (a second holder)"
+        except Exception as exc:  # LeaseHeld is what A must be told
+            lease["a_told"] = type(exc).__name__
+        finally:
+            trainer_a.close()
+            trainer_b.close()
+        with self.tally.lock:
+            self.tally.phase = f"after {name}"
+        first = self.first_writes(down)
+        self.say(
+            f"  {new_primary} promoted {promoted_after:.1f} s after the kill; first write "
+            f"{min(first.values())} s after it; replicas ready {ready} s after promotion"
+        )
+        return {
+            "old_primary": primary,
+            "new_primary": new_primary,
+            "promoted_after_kill_s": round(promoted_after, 1),
+            "first_write_after_kill_s": min(first.values()),
+            "replicas_ready_after_promotion_s": ready,
+            "replicas_first_write_after_promotion_s": [
+                self.first_writes(promoted)[r.index] for r in self.replicas
+            ],
+            "lease": lease,
+        }
+
+    def rejoin_and_switch(self, old: str) -> dict[str, Any]:
+        """The old primary's host comes back: it rejoins as a standby; then a planned
+        switchover hands the primary back to it."""
+        assert self.cluster is not None
+        self.cluster.rejoin(old)
+        rejoined = self.cluster.wait(
+            f"{old} to rejoin as a standby",
+            lambda: bool(self.cluster and self.cluster.states().get(old) == "secondary"),
+        )
+        with self.tally.lock:
+            self.tally.phase = "switchover"
+        began = time.monotonic()
+        self.cluster.switchover()
+        switched = time.monotonic()
+        self.wait_until(
+            "a correction through every replica after the switchover",
+            lambda: len(self.first_writes(switched)) == REPLICAS,
+        )
+        with self.tally.lock:
+            self.tally.phase = "after switchover"
+        self.say(f"  {old} rejoined after {rejoined:.1f} s; switchover {switched - began:.1f} s")
+        return {
+            "rejoined_as_standby_s": round(rejoined, 1),
+            "switchover_s": round(switched - began, 1),
+            "primary_after": self.cluster.primaries(),
+            "replicas_first_write_after_switchover_s": [
+                self.first_writes(switched)[r.index] for r in self.replicas
+            ],
+        }
+
     def run(self) -> dict[str, Any]:
         began = time.monotonic()
         for replica in self.replicas:
@@ -319,8 +449,12 @@ class Scenario:
         for thread in self.threads:
             thread.start()
         self.wait_until("the first corrections", lambda: len(self.tally.corrections) >= 3)
-        result: dict[str, Any] = {"outages": {}}
-        result["outages"]["outage-1"] = self.outage("outage-1", 6)
+        result: dict[str, Any] = {"outages": {}, "database": "single"}
+        if self.replicated:
+            result["database"] = "pg_auto_failover: a monitor, a primary and a synchronous standby"
+            result["failover"] = self.failover("failover")
+        else:
+            result["outages"]["outage-1"] = self.outage("outage-1", 6)
 
         victim = self.replicas[REPLICAS - 1]
         self.say(f"SIGKILL replica {victim.index} (pid {victim.proc.pid})")  # type: ignore[union-attr]
@@ -353,7 +487,10 @@ class Scenario:
         self.say(
             f"version {version} published; every replica served it after {result['converge_s']} s"
         )
-        result["outages"]["outage-2"] = self.outage("outage-2", 6)
+        if self.replicated:
+            result["rejoin"] = self.rejoin_and_switch(result["failover"]["old_primary"])
+        else:
+            result["outages"]["outage-2"] = self.outage("outage-2", 6)
 
         self.wait_until(
             "every spool to be written to the store",
@@ -392,6 +529,8 @@ class Scenario:
                     stored = []
                 if sorted(stored) != sorted(candidate_ids):
                     missing.append(request_id)
+            by_replica = Counter(t.replica_of[r] for r in missing)
+            answered = Counter(t.replica_of[r] for r, _ in t.records)
             images = store._query("SELECT COUNT(*) FROM images")[0][0]
         finally:
             store.close()
@@ -402,6 +541,12 @@ class Scenario:
             "corrections_lost": len(lost),
             "records_acknowledged": len(t.records),
             "records_missing": len(missing),
+            "records_missing_by_replica": [by_replica[r.index] for r in self.replicas],
+            "records_by_replica": [answered[r.index] for r in self.replicas],
+            "record_sync_by_replica": [r.env["CAD_RECORD_SYNC"] for r in self.replicas],
+            "classify_p50_p95_ms_by_replica": [
+                [round(1000 * q, 1) for q in percentiles(t.latency[r.index])] for r in self.replicas
+            ],
             "images_in_store": int(images),
             "errors": dict(sorted(t.errors.items())),
             "internal_errors": sum(n for k, n in t.errors.items() if k.endswith(":INTERNAL")),
@@ -413,11 +558,21 @@ class Scenario:
         for channel in self.channels.values():
             channel.close()
         self.exits.close()
-        self.pg.stop()
+        if self.pg is not None:
+            self.pg.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
 
 
-def run(work: Path, say: Callable[[str], None] = print) -> dict[str, Any]:
-    scenario = Scenario(work, say)
+def percentiles(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return (0.0, 0.0)
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+
+
+def run(work: Path, say: Callable[[str], None] = print, replicated: bool = False) -> dict[str, Any]:
+    scenario = Scenario(work, say, replicated)
     try:
         return scenario.run()
     finally:
@@ -427,10 +582,15 @@ def run(work: Path, say: Callable[[str], None] = print) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", help="write the result as JSON here")
+    parser.add_argument(
+        "--replicated",
+        action="store_true",
+        help="a pg_auto_failover formation whose primary dies, rejoins, and switches over",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="failover-") as tmp:
-        result = run(Path(tmp))
+        result = run(Path(tmp), replicated=args.replicated)
     result["machine"] = f"{os.cpu_count()} CPUs"
     text = json.dumps(result, indent=2)
     print(text)

@@ -113,7 +113,7 @@ class CadProxy:
         vessel, asked for afresh (not kept)."""
         if view is not None:
             view.request_id = request_id
-            return await self.call(session, "GetReviewImage", view)  # type: ignore[no-any-return]
+            return await self.call(session, "GetReviewImage", view)
         key = (session.sid, request_id)
         with self._images_lock:
             cached = self._images.get(key)

@@ -185,13 +185,15 @@ def classify_pe(address: str) -> str:
 def review_world(
     tmp: Path,
     extra_tokens: list[dict[str, object]] | None = None,
-    server: dict[str, object] | None = None,
+    server_settings: dict[str, object] | None = None,
     **ui: object,
 ) -> Iterator[World]:
-    """``server``: settings of the CAD server beyond the defaults; ``ui``: the page's."""
+    """``server_settings``: the CAD server's beyond the defaults; ``ui``: the page's."""
     publish_tiny(tmp / "registry", tmp / "build")
     tokens = token_file(tmp / "tokens.json", extra_tokens)
-    settings = make_settings(tmp / "registry", auth_tokens_file=tokens, workers=2, **(server or {}))
+    settings = make_settings(
+        tmp / "registry", auth_tokens_file=tokens, workers=2, **(server_settings or {})
+    )
     with ServerThread(settings) as server:
         server.refresh_models()
         ct, frame = classify_examples(server.address)

@@ -196,11 +196,12 @@ def test_the_label_store_is_one_database_object_with_a_repository_per_area() -> 
     from cad.labels.store.core import Repository, StoreCore
     from cad.labels.store.events import LabelEvents
     from cad.labels.store.fleet import FleetRows
+    from cad.labels.store.pool import PoolRows
     from cad.labels.store.queue import QueueQueries
     from cad.labels.store.sql import SqlLabelStore
 
     assert SqlLabelStore.__bases__ == (StoreCore,)
-    for repository in (LabelEvents, QueueQueries, FleetRows):
+    for repository in (LabelEvents, QueueQueries, PoolRows, FleetRows):
         assert repository.__bases__ == (Repository,)
         assert not issubclass(repository, StoreCore)
     public = {n for n in vars(SqlLabelStore) | vars(StoreCore) if not n.startswith("_")}

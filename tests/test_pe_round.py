@@ -99,7 +99,7 @@ def test_a_round_fine_tunes_on_pe_labels(tmp_path: Path, monkeypatch: pytest.Mon
 
     store = open_store(settings.store_url)
     try:
-        assert store.queue.scored_versions() == {str(registry.latest()): 1}
+        assert store.pool.scored_versions() == {str(registry.latest()): 1}
     finally:
         store.close()
     assert report.metrics["pool_rescored"] == 1

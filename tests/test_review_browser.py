@@ -766,7 +766,7 @@ def test_two_reviewers_at_once_each_review_whole_frames_in_a_row(
     for whole in (False, True):
         mode = "whole frames" if whole else "candidate by candidate"
         with (
-            review_world(tmp_path / mode, server={"queue_whole_frames": whole}) as world,
+            review_world(tmp_path / mode, server_settings={"queue_whole_frames": whole}) as world,
             chromium(tmp_path / f"second-{whole}") as other,
         ):
             frames = classify_frames(world.server.address, 6)  # 6 video frames of 3

@@ -221,7 +221,7 @@ def test_the_literature_baselines_are_served_from_the_store(
     ids = add_image(store, "b1", n=5, seed=3)
     p = [0.9, 0.52, 0.2, 0.45, 0.05]
     patches = [np.tile([[1 - q, q]], (24, 1)).astype(np.float32) for q in p]
-    store.queue.update_predictions(
+    store.pool.update_predictions(
         "2", [(c, x, q, 0.0, 0.0, 0.0) for c, x, q in zip(ids, patches, p, strict=True)]
     )
     review.submit_correction(ids[1], "FALSE_POSITIVE", "dr.a", "k")
@@ -345,25 +345,25 @@ def test_the_pool_is_read_in_pages_by_key_and_its_shards_cover_it_exactly_once(
 
     def walk(**kw: Any) -> list[str]:
         seen, after = [], ""
-        while page := store.queue.pool_page(after, 7, **kw):
+        while page := store.pool.pool_page(after, 7, **kw):
             seen += [r.candidate_id for r in page]
             after = page[-1].candidate_id
         return seen
 
-    assert walk() == pool and store.queue.pool_count() == len(pool)
+    assert walk() == pool and store.pool.pool_count() == len(pool)
     for n in (1, 2, 3, 5):
         shards = [walk(shard=(i, n)) for i in range(n)]
         assert sorted(c for part in shards for c in part) == pool  # each exactly once
-        assert [store.queue.pool_count(shard=(i, n)) for i in range(n)] == [len(p) for p in shards]
+        assert [store.pool.pool_count(shard=(i, n)) for i in range(n)] == [len(p) for p in shards]
     assert all(len(walk(shard=(i, 3))) > 5 for i in range(3))  # a fair share each
     with pytest.raises(ValueError):
-        store.queue.pool_page("", 5, shard=(3, 3))
+        store.pool.pool_page("", 5, shard=(3, 3))
     # what a version already scored is left out: a stopped re-scoring goes on
     first = pool[:20]
-    store.queue.update_predictions(
+    store.pool.update_predictions(
         "7", [(c, store.get_candidate(c).patch_probs, 0.5, 1.0, 1.0, 1.0) for c in first]
     )
-    assert walk(skip_version="7") == pool[20:] and store.queue.pool_count("7") == len(pool) - 20
+    assert walk(skip_version="7") == pool[20:] and store.pool.pool_count("7") == len(pool) - 20
     assert walk(skip_version="8") == pool
     # what the queue's top was scored by, for the alert on a re-scoring that never got there
     from prometheus_client import generate_latest
@@ -384,7 +384,7 @@ def test_the_pool_is_read_in_pages_by_key_and_its_shards_cover_it_exactly_once(
         f"cad_queue_top_oldest_scored_version {float(oldest)}"
         in generate_latest(scraped.registry).decode()
     )
-    store.queue.update_predictions(
+    store.pool.update_predictions(
         "9", [(c, store.get_candidate(c).patch_probs, 0.5, 1.0, 1.0, 1.0) for c in pool]
     )
     assert "cad_queue_top_oldest_scored_version 9.0" in generate_latest(scraped.registry).decode()
@@ -398,20 +398,20 @@ def test_a_budgeted_rescoring_finds_the_newest_arrivals_and_named_candidates_off
         ids += add_image(store, f"recent-{k}", n=3, seed=k, created=f"2026-12-0{k + 1}T00:00:00")
     review.submit_correction(ids[-1], "TRUE_POSITIVE", "dr.a", "k")
     # newest first; the labelled one is no longer in the pool
-    assert store.queue.newest_unlabeled(4) == [
+    assert store.pool.newest_unlabeled(4) == [
         "recent-5-1",
         "recent-5-0",
         "recent-4-2",
         "recent-4-1",
     ]
-    assert len(store.queue.newest_unlabeled(100)) == len(ids) - 1
+    assert len(store.pool.newest_unlabeled(100)) == len(ids) - 1
     asked = [ids[-1], ids[3], "no-such-candidate", ids[0], ids[3]]
-    assert [r.candidate_id for r in store.queue.pool_rows(asked)] == [ids[0], ids[3]]
-    store.queue.update_predictions(
+    assert [r.candidate_id for r in store.pool.pool_rows(asked)] == [ids[0], ids[3]]
+    store.pool.update_predictions(
         "7", [(ids[0], store.get_candidate(ids[0]).patch_probs, 0.5, 1, 1, 1)]
     )
-    assert [r.candidate_id for r in store.queue.pool_rows(asked, skip_version="7")] == [ids[3]]
-    assert store.queue.pool_rows([]) == []
+    assert [r.candidate_id for r in store.pool.pool_rows(asked, skip_version="7")] == [ids[3]]
+    assert store.pool.pool_rows([]) == []
 
 
 def test_export_since_and_precision_by_version(
@@ -488,7 +488,7 @@ def test_retention_prunes_only_unlabeled_images(
     assert report.images_removed == 1 and not archive.path(shas["old-unlabeled"]).exists()
     # the forgotten image's candidate leaves the pool and every queue with it
     assert store.queue.queue_key_versions("bald") == {"1": 1}
-    assert "old-unlabeled-0" not in [r.candidate_id for r in store.queue.pool_page("", 100)]
+    assert "old-unlabeled-0" not in [r.candidate_id for r in store.pool.pool_page("", 100)]
     queued = [e.candidate_id for e, _ in review.annotation_queue(100, "random").items]
     assert "old-unlabeled-0" not in queued and "new-2-0" in queued
     assert archive.path(shas["old-labeled"]).exists()
@@ -951,14 +951,14 @@ def test_a_pool_sample_is_uniform_seeded_and_moves_past_what_a_version_scored(
     ids = []
     for k in range(20):
         ids += add_image(store, f"sample-{k}", n=5, seed=k)
-    a, b = store.queue.pool_sample(1, 30), store.queue.pool_sample(2, 30)
-    assert len(set(a)) == 30 and a == store.queue.pool_sample(1, 30) and a != b
-    assert sorted(store.queue.pool_sample(1, 500)) == sorted(ids)  # wraps round to the whole pool
+    a, b = store.pool.pool_sample(1, 30), store.pool.pool_sample(2, 30)
+    assert len(set(a)) == 30 and a == store.pool.pool_sample(1, 30) and a != b
+    assert sorted(store.pool.pool_sample(1, 500)) == sorted(ids)  # wraps round to the whole pool
     assert len({c.split("-")[1] for c in a}) > 10  # spread over images, not a run of one
-    store.queue.update_predictions(
+    store.pool.update_predictions(
         "7", [(c, store.get_candidate(c).patch_probs, 0.5, 1, 1, 1) for c in a]
     )
-    again = store.queue.pool_sample(1, 30, skip_version="7")
+    again = store.pool.pool_sample(1, 30, skip_version="7")
     assert len(again) == 30 and not set(again) & set(a)
 
 
@@ -990,10 +990,10 @@ def test_a_fresh_first_queue_ranks_what_the_serving_version_scored_before_older_
     for k in range(4):
         ids += add_image(store, f"fresh-{k}", n=5, seed=k)
     unsure = np.full((24, 2), 0.5, dtype=np.float32)  # as uncertain as can be
-    store.queue.update_predictions("6", [(c, unsure, 0.5, 1, 1, 1) for c in ids[:10]])
+    store.pool.update_predictions("6", [(c, unsure, 0.5, 1, 1, 1) for c in ids[:10]])
     sure = np.tile(np.array([[0.9, 0.1]], dtype=np.float32), (24, 1))
     fresh = ids[10:]
-    store.queue.update_predictions(
+    store.pool.update_predictions(
         "7", [(c, sure + 0.01 * i, 0.1, 1, 1, 1) for i, c in enumerate(fresh)]
     )
     spec = VARIANTS["entropy_alpha"]

@@ -156,9 +156,7 @@ def test_first_round_publishes_a_child_and_rescores_the_pool(world: World) -> No
     assert m.export.fc6_fold == 36  # 64 px: fc6 applied to the 1x1 map, not its 36 copies
     assert (m.training["device"], m.training["precision"]) == ("cpu", "fp32")  # no CUDA here
     store = open_store(world.store_url)
-    assert store.queue.scored_versions() == {
-        str(report.version): world.unlabeled
-    }  # queue refreshed
+    assert store.pool.scored_versions() == {str(report.version): world.unlabeled}  # queue refreshed
     store.close()
     lines = (registry.model_dir / ROUNDS_FILE).read_text().splitlines()
     assert json.loads(lines[-1])["outcome"] == "published"
@@ -187,12 +185,12 @@ def test_later_round_continues_from_the_previous_version(world: World) -> None:
 @pytest.mark.slow
 def test_round_without_rescore_leaves_the_pool_scores_alone(world: World) -> None:
     store = open_store(world.store_url)
-    before = store.queue.scored_versions()
+    before = store.pool.scored_versions()
     store.close()
     report = run_round(world.settings(depth="fc8", rescore=False), progress=False)
     assert report.outcome == "published" and "pool_rescored" not in report.metrics
     store = open_store(world.store_url)
-    assert store.queue.scored_versions() == before  # still scored by the version before this round
+    assert store.pool.scored_versions() == before  # still scored by the version before this round
     store.close()
 
 
@@ -719,13 +717,13 @@ def test_a_stopped_rescoring_goes_on_where_it_stopped_and_shards_share_it(
     n = len(pool)
 
     def reset() -> None:  # as if an older version had scored the whole pool
-        store.queue.update_predictions(
+        store.pool.update_predictions(
             "0", [(c, store.get_candidate(c).patch_probs, 0.5, 1.0, 1.0, 1.0) for c in pool]
         )
 
     try:
         reset()
-        real, calls = store.queue.update_predictions, []
+        real, calls = store.pool.update_predictions, []
 
         def dies_on_the_second_page(version: str, rows: object) -> None:
             calls.append(version)
@@ -733,19 +731,19 @@ def test_a_stopped_rescoring_goes_on_where_it_stopped_and_shards_share_it(
                 raise RuntimeError("killed")
             real(version, rows)  # type: ignore[arg-type]
 
-        monkeypatch.setattr(store.queue, "update_predictions", dies_on_the_second_page)
+        monkeypatch.setattr(store.pool, "update_predictions", dies_on_the_second_page)
         with pytest.raises(RuntimeError, match="killed"):
             rescore_pool(store, archive, registry, progress=False, page_size=3)
         monkeypatch.undo()
-        assert store.queue.pool_count(target) == n - 3  # the first page's scores were kept
+        assert store.pool.pool_count(target) == n - 3  # the first page's scores were kept
         assert rescore_pool(store, archive, registry, progress=False, page_size=3) == n - 3
-        assert store.queue.pool_count(target) == 0 and store.queue.scored_versions() == {target: n}
+        assert store.pool.pool_count(target) == 0 and store.pool.scored_versions() == {target: n}
         assert rescore_pool(store, archive, registry, progress=False) == 0  # nothing left
         reset()
         parts = [
             rescore_pool(store, archive, registry, progress=False, shard=(i, 2)) for i in range(2)
         ]
-        assert sum(parts) == n and store.queue.scored_versions() == {target: n}
+        assert sum(parts) == n and store.pool.scored_versions() == {target: n}
     finally:
         store.close()
     from cadcli.main import main
@@ -775,20 +773,20 @@ def test_a_budgeted_rescoring_refreshes_the_top_the_newest_and_a_sample_within_i
     n = len(pool)
     assert n >= 8
     try:  # as if an older version had scored the whole pool
-        store.queue.update_predictions(
+        store.pool.update_predictions(
             "0", [(c, store.get_candidate(c).patch_probs, 0.5, 1.0, 1.0, 1.0) for c in pool]
         )
         top = [
             e.candidate_id for e, _ in store.queue.ranked_unlabeled(VARIANTS["entropy_alpha"], 2)
         ]
-        newest = store.queue.newest_unlabeled(1)
+        newest = store.pool.newest_unlabeled(1)
         chosen = budgeted_selection(store, version, 4)
         assert len(chosen) == len(set(chosen)) == 4
         assert set(top) | set(newest) <= set(chosen)  # the top half, the newest quarter
         assert len(budgeted_selection(store, version, n + 10, "margin")) == n  # never more
         assert rescore_pool(store, archive, registry, progress=False, budget=4) == 4
-        assert store.queue.scored_versions() == {target: 4, "0": n - 4}
-        unscored = {r.candidate_id for r in store.queue.pool_rows(pool, skip_version=target)}
+        assert store.pool.scored_versions() == {target: 4, "0": n - 4}
+        unscored = {r.candidate_id for r in store.pool.pool_rows(pool, skip_version=target)}
         assert set(pool) - unscored == set(chosen)
         with pytest.raises(ValueError, match="shard"):
             rescore_pool(store, archive, registry, progress=False, budget=4, shard=(0, 2))
@@ -804,6 +802,6 @@ def test_a_budgeted_rescoring_refreshes_the_top_the_newest_and_a_sample_within_i
     store = open_store(world.store_url)
     try:
         # the sample's two are always new, the top one unless the top is fresh already
-        assert 6 <= store.queue.scored_versions()[target] <= 7
+        assert 6 <= store.pool.scored_versions()[target] <= 7
     finally:
         store.close()

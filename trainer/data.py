@@ -96,7 +96,7 @@ def unlabeled_examples(store: SqlLabelStore, page: int = 4096) -> list[Example]:
     candidate with its geometry."""
     out: list[Example] = []
     after = ""
-    while rows := store.queue.pool_page(after, page):
+    while rows := store.pool.pool_page(after, page):
         out += map(pool_example, rows)
         after = rows[-1].candidate_id
     return out

@@ -85,7 +85,7 @@ def rescore_pool(
     skip = None if again else str(version)
     if budget:
         previous = max((v for v in registry.versions() if v < version), default=None)
-        chosen = store.queue.pool_rows(
+        chosen = store.pool.pool_rows(
             budgeted_selection(
                 store, version, budget, order, previous=None if previous is None else str(previous)
             ),
@@ -96,7 +96,7 @@ def rescore_pool(
             chosen[i : i + page_size] for i in range(0, len(chosen), page_size)
         )
     else:
-        total = store.queue.pool_count(skip, shard)
+        total = store.pool.pool_count(skip, shard)
         pages = _pool_pages(store, page_size, skip, shard)
     score = _scorer(info, archive, depth, device)
     done = missing = 0
@@ -114,7 +114,7 @@ def rescore_pool(
             missing += lost
             if pool:
                 rows = [_score_row(e, p) for e, p in zip(pool, score(pool), strict=True)]
-                store.queue.update_predictions(str(version), rows)
+                store.pool.update_predictions(str(version), rows)
             done += len(pool)
             bar.update(len(page))
     if missing:
@@ -129,7 +129,7 @@ def _pool_pages(
     store: SqlLabelStore, page_size: int, skip: str | None, shard: tuple[int, int] | None
 ) -> Iterator[list[PoolRow]]:
     after = ""
-    while page := store.queue.pool_page(after, page_size, skip, shard):
+    while page := store.pool.pool_page(after, page_size, skip, shard):
         after = page[-1].candidate_id
         yield page
 
@@ -177,10 +177,10 @@ def budgeted_selection(
     else:
         raise ValueError(f"budgeted re-scoring ranks by an AIFT variant or margin, not {order!r}")
     chosen = dict.fromkeys(entry.candidate_id for entry, _ in top)
-    chosen.update(dict.fromkeys(store.queue.newest_unlabeled(recent_n, skip) if recent_n else []))
+    chosen.update(dict.fromkeys(store.pool.newest_unlabeled(recent_n, skip) if recent_n else []))
     if budget > len(chosen):
         # a few more than the rest: some of the sample may be chosen already
-        for cid in store.queue.pool_sample(version, budget, skip):
+        for cid in store.pool.pool_sample(version, budget, skip):
             if len(chosen) >= budget:
                 break
             chosen.setdefault(cid)

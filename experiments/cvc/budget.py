@@ -64,7 +64,7 @@ def measure_overlap(ws: Path, variant: str, depth: str | None) -> dict[str, Any]
         try:
             spec = VARIANTS[variant]
             top = max(TOPS)
-            pool = store.queue.pool_count()
+            pool = store.pool.pool_count()
             registry = ModelRegistry(ws / "registry", "cad").with_pins_in(store)
             fresh = str(registry.target())  # the budgeted queue as served: fresh scores first
             budgeted = [

@@ -18,6 +18,7 @@ from cad.errors import (
 from cad.labels.store.connections import (
     PG_NOW,
     POSTGRES,
+    SQLITE,
     Connections,
     Dialect,
     first_message_line,
@@ -334,3 +335,9 @@ class Repository:
 
     def _now(self, cur: Any) -> str:
         return self.db._now(cur)
+
+    def _hint(self, index: str) -> str:
+        """SQLite: read this index (without ANALYZE statistics it prefers the (label, origin)
+        index and sorts every unlabeled row, a cost that grows with the pool); PostgreSQL plans
+        from its statistics."""
+        return f" INDEXED BY {index}" if self.dialect is SQLITE else ""

@@ -13,11 +13,12 @@ the caller gets :class:`~cad.errors.StoreUnavailable` (UNAVAILABLE), never an in
 The store by job: ``connections`` (dialects, the pool), ``core`` (the database object:
 transactions, retries, migrations; the base of every repository), ``rows`` (records to rows),
 and one repository per area, each reached from the store: ``events`` (``store.labels``: label
-events, disagreements), ``queue`` (``store.queue``: the annotation queue, claims, re-scoring,
-export), ``fleet`` (``store.fleet``: pins, the audit trail, replicas), ``sessions``
-(``store.review_sessions``), ``leases`` (``store.lease(name, holder)``) and ``pins`` (a
-registry's pin store, ``store.pins_for``). This module keeps the classification records and
-retention, and opens a store.
+events, disagreements), ``queue`` (``store.queue``: the annotation queue, claims, export),
+``pool`` (``store.pool``: the unlabeled pool as re-scoring reads and writes it), ``fleet``
+(``store.fleet``: pins, the audit trail, replicas), ``sessions`` (``store.review_sessions``),
+``leases`` (``store.lease(name, holder)``) and ``pins`` (a registry's pin store,
+``store.pins_for``). This module keeps the classification records and retention, and opens a
+store.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from cad.labels.store.events import LabelEvents
 from cad.labels.store.fleet import FleetRows
 from cad.labels.store.leases import Lease
 from cad.labels.store.pins import StorePins
+from cad.labels.store.pool import PoolRows
 from cad.labels.store.queue import QueueQueries
 from cad.labels.store.records import (
     CandidateRecord,
@@ -70,9 +72,9 @@ class SqlLabelStore(StoreCore):
     (PostgreSQL row locks serialise writers across threads and replicas).
 
     The one database object; its areas are repositories over it: ``labels`` (label events),
-    ``queue`` (the queue, claims, re-scoring, export), ``fleet`` (pins, audit, replicas),
-    ``review_sessions``, and a ``lease`` by name. It keeps the classification records (images
-    and their candidates) and retention itself.
+    ``queue`` (the queue, claims, export), ``pool`` (re-scoring's reads and writes), ``fleet``
+    (pins, audit, replicas), ``review_sessions``, and a ``lease`` by name. It keeps the
+    classification records (images and their candidates) and retention itself.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -80,6 +82,7 @@ class SqlLabelStore(StoreCore):
         self.labels = LabelEvents(self)
         self.queue = QueueQueries(self)
         self.fleet = FleetRows(self)
+        self.pool = PoolRows(self)
 
     @property
     def review_sessions(self) -> ReviewSessionRows:
