@@ -161,6 +161,7 @@ class Scenario:
         ]
         self.exits = contextlib.ExitStack()
         self.channels: dict[str, grpc.Channel] = {}
+        self.channels_lock = threading.Lock()
         self.threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------------ processes
@@ -171,10 +172,14 @@ class Scenario:
         replica.starts += 1
 
     def channel(self, replica: Replica) -> grpc.Channel:
-        address = replica.address
-        if address not in self.channels:
-            self.channels[address] = grpc.insecure_channel(address)
-        return self.channels[address]
+        """One channel per address, made once: the client threads ask at the same moment after
+        a replica's restart, and a channel made twice is closed when the loser is collected
+        (an RPC on it then fails with "closed channel", not with a status)."""
+        with self.channels_lock:
+            address = replica.address
+            if address not in self.channels:
+                self.channels[address] = grpc.insecure_channel(address)
+            return self.channels[address]
 
     # ------------------------------------------------------------------ clients
 
@@ -356,7 +361,8 @@ class Scenario:
         down = time.monotonic()
         self.cluster.kill(primary)
         promoted_after = self.cluster.wait(
-            "the standby's promotion", lambda: bool(self.cluster and self.cluster.primaries())
+            "the standby's promotion",
+            lambda: bool(self.cluster and self.cluster.primaries() not in ([], [primary])),
         )
         promoted = time.monotonic()
         (new_primary,) = self.cluster.primaries()
@@ -407,8 +413,12 @@ class Scenario:
         assert self.cluster is not None
         self.cluster.rejoin(old)
         rejoined = self.cluster.wait(
-            f"{old} to rejoin as a standby",
-            lambda: bool(self.cluster and self.cluster.states().get(old) == "secondary"),
+            f"{old} to rejoin as a standby (and the primary to have it)",
+            lambda: bool(
+                self.cluster
+                and sorted(self.cluster.states().values()) == ["primary", "secondary"]
+                and self.cluster.states().get(old) == "secondary"
+            ),
         )
         with self.tally.lock:
             self.tally.phase = "switchover"

@@ -194,6 +194,34 @@ def test_round_without_rescore_leaves_the_pool_scores_alone(world: World) -> Non
     store.close()
 
 
+@pytest.mark.slow
+def test_a_round_whose_lease_was_taken_meanwhile_publishes_nothing(world: World) -> None:
+    """A database failover takes the trainer's advisory lock with the old primary; another
+    trainer may take the lease on the new one while this round fine-tunes. The round checks its
+    lease again just before publishing: refused, it publishes nothing (bench/failover.py
+    --replicated shows the refusal on a real failover)."""
+    from cad.errors import LeaseHeld
+    from cad.models.registry import ModelRegistry
+
+    class TakenMeanwhile:
+        """Ours at the round's start; another trainer's by its end."""
+
+        checks = 0
+
+        def ensure(self) -> None:
+            self.checks += 1
+            if self.checks > 1:
+                raise LeaseHeld("the trainer lease is held by cad train watch on trainer-b")
+
+    settings = world.settings(depth="fc8", rescore=False)
+    before = ModelRegistry(settings.registry_root, "cad").versions()
+    lease = TakenMeanwhile()
+    with pytest.raises(LeaseHeld, match="trainer-b"):
+        run_round(settings, progress=False, lease=lease)  # type: ignore[arg-type]
+    assert lease.checks == 2  # at the start, and before the publish
+    assert ModelRegistry(settings.registry_root, "cad").versions() == before
+
+
 def test_decoded_image_cache_returns_the_archived_pixels(world: World, tmp_path: Path) -> None:
     from cad.labels.archive import ImageArchive
     from trainer.data import cached_image, labeled_examples

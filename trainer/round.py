@@ -187,7 +187,7 @@ def run_round(
             raise RuntimeError(f"{registry.model_dir} has no model yet: run `cad model init` first")
         parent = registry.get(parent_version)
         preset = PRESETS[settings.preset]
-        report = _round(settings, registry, parent, preset, store, archive, progress)
+        report = _round(settings, registry, parent, preset, store, archive, progress, lease)
         if report.outcome == "published":
             store.fleet.add_audit(
                 "publish",
@@ -243,9 +243,13 @@ def _round(
     store: SqlLabelStore,
     archive: ImageArchive,
     progress: bool,
+    lease: Lease | None = None,
 ) -> RoundReport:
     """One round in named steps: split the labels, choose the training set, fine-tune,
-    validate, export and check parity, gate against the parent, publish with a manifest."""
+    validate, export and check parity, gate against the parent, publish with a manifest.
+    ``lease``: checked again just before the publish (a database failover takes an advisory
+    lock with the old primary, and another trainer may hold it now: then LeaseHeld, nothing
+    published)."""
     source = PatchSource(archive, parent.manifest.input_size, settings.recipe_override)
     examples, train, val, report = _split(store, settings, parent)
     audit = _audit_slice(store, archive, report)
@@ -308,6 +312,8 @@ def _round(
             gate=gate,
             export=export,
         )
+        if lease is not None:
+            lease.ensure()  # still ours after minutes of fine-tuning, or nothing is published
         info = registry.publish({MODEL_FILE: onnx_path, WEIGHTS_FILE: weights_path}, manifest)
     report.timings["export"] = time.perf_counter() - started_export
     report.outcome, report.version, report.reason = "published", info.version, gate
