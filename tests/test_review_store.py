@@ -765,6 +765,29 @@ def test_the_queue_is_ranked_in_sql_exactly_as_scoring_every_candidate_would(
     assert "queue_entropy_diversity_alpha" in plan and "TEMP B-TREE" not in plan, plan
 
 
+def ask_at_once(
+    services: list[ReviewService], names: tuple[str, str], limit: int
+) -> dict[str, list[str]]:
+    """Two reviewers ask for a queue at the same moment (a thread each, released together), each
+    through a service of their own, as two replicas would: the ids each got, by name."""
+    barrier = threading.Barrier(len(names))
+    got: dict[str, list[str]] = {}
+
+    def ask(name: str, service: ReviewService) -> None:
+        barrier.wait()
+        result = service.annotation_queue(limit, "entropy", reviewer=name, claim_s=600)
+        got[name] = [e.candidate_id for e, _ in result.items]
+
+    threads = [
+        threading.Thread(target=ask, args=(n, s)) for n, s in zip(names, services, strict=True)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return got
+
+
 def test_two_reviewers_asking_at_once_get_disjoint_claimed_items(
     store: SqlLabelStore, store_url: str, metrics: ServiceMetrics
 ) -> None:
@@ -776,23 +799,8 @@ def test_two_reviewers_asking_at_once_get_disjoint_claimed_items(
     services = [ReviewService(s, metrics) for s in stores]
     for service in services:  # claims candidate by candidate (whole frames: the test below)
         service.whole_frames = False
-    barrier = threading.Barrier(2)
-    got: dict[str, list[str]] = {}
-
-    def ask(name: str, service: ReviewService) -> None:
-        barrier.wait()
-        result = service.annotation_queue(15, "entropy", reviewer=name, claim_s=600)
-        got[name] = [e.candidate_id for e, _ in result.items]
-
     try:
-        threads = [
-            threading.Thread(target=ask, args=(n, s))
-            for n, s in zip(("dr.a", "dr.b"), services, strict=True)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
+        got = ask_at_once(services, ("dr.a", "dr.b"), 15)
         assert len(got["dr.a"]) == len(got["dr.b"]) == 15
         assert not set(got["dr.a"]) & set(got["dr.b"])  # nobody gets another's item
         best = [e.candidate_id for e, _ in services[0].annotation_queue(40, "entropy").items]
@@ -1065,22 +1073,7 @@ def test_a_reviewer_is_handed_each_frame_whole_and_no_frame_is_split_between_two
         assert len(nxt) == 3 and third not in whole_and_in_a_row(nxt)
         stores[1].queue.release_claims("dr.z")
         # two reviewers asking at once: whole frames each, never one frame between the two
-        barrier = threading.Barrier(2)
-        got: dict[str, list[str]] = {}
-
-        def ask(name: str, service: ReviewService) -> None:
-            barrier.wait()
-            result = service.annotation_queue(6, "entropy", reviewer=name, claim_s=600)
-            got[name] = [e.candidate_id for e, _ in result.items]
-
-        threads = [
-            threading.Thread(target=ask, args=(n, s))
-            for n, s in zip(("dr.c", "dr.d"), services, strict=True)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
+        got = ask_at_once(services, ("dr.c", "dr.d"), 6)
         c_frames, d_frames = whole_and_in_a_row(got["dr.c"]), whole_and_in_a_row(got["dr.d"])
         assert not set(c_frames) & set(d_frames) and len(got["dr.c"]) <= 6
         assert not {frame_of[c] for c in first + nxt} & set(c_frames + d_frames)
