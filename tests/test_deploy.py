@@ -231,6 +231,16 @@ def test_dockerfile_has_the_four_targets_and_a_safe_serving_image() -> None:
             for arg in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST"):
                 assert f"ARG {arg}\n" in stage, (stage.split("\n", 1)[0], arg)
     assert 'ENTRYPOINT ["cad", "review-ui"]' in ui and "COPY reviewui ./reviewui" in text
+    # every package the wheel installs is in the build context and copied into the build stage
+    import tomllib
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"
+    ]["find"]["include"]
+    context = (ROOT / ".dockerignore").read_text().splitlines()
+    for package in (p.rstrip("*") for p in include):
+        assert f"!{package}/" in context, f".dockerignore leaves {package}/ out of the build"
+        assert f"COPY {package} ./{package}" in text, f"the build stage does not copy {package}"
 
 
 def review_ui_setting(name: str) -> bool:
