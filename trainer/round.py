@@ -235,6 +235,7 @@ def run_round(
     return report
 
 
+# long: the round's steps in order, each one call and its timing; cut further it reads worse
 def _round(
     settings: TrainerSettings,
     registry: ModelRegistry,
@@ -246,10 +247,8 @@ def _round(
     lease: Lease | None = None,
 ) -> RoundReport:
     """One round in named steps: split the labels, choose the training set, fine-tune,
-    validate, export and check parity, gate against the parent, publish with a manifest.
-    ``lease``: checked again just before the publish (a database failover takes an advisory
-    lock with the old primary, and another trainer may hold it now: then LeaseHeld, nothing
-    published)."""
+    validate, export and check parity, gate against the parent, publish with a manifest
+    (``lease`` checked again first: a failover may have handed it to another trainer)."""
     source = PatchSource(archive, parent.manifest.input_size, settings.recipe_override)
     examples, train, val, report = _split(store, settings, parent)
     audit = _audit_slice(store, archive, report)
