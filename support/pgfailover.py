@@ -123,6 +123,13 @@ class AutoFailoverCluster:
         return f"postgresql://postgres@127.0.0.1:{self.ports[name]}/{self.database}"
 
     def start(self, timeout: float = 180) -> AutoFailoverCluster:
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()  # nothing left running from a formation that did not come up
+            raise
+
+    def _start(self, timeout: float) -> AutoFailoverCluster:
         monitor = str(self.base / "monitor")
         self._ctl("create", "monitor", "--pgdata", monitor, "--pgport", str(self.monitor_port),
                   "--hostname", "127.0.0.1", "--auth", "trust", "--no-ssl")  # fmt: skip
