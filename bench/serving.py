@@ -488,7 +488,7 @@ def reduced_precision(
     from cad.aift import parse_recipe
     from cad.aift.patches import extract_many
     from cad.imaging import decode_encoded
-    from experiments.cvc.pool import generate, load_frames
+    from support.cvc import generate, load_frames
     from trainer.quantize import quantize_version
 
     if not CVC.is_dir():

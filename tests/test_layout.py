@@ -134,10 +134,15 @@ def _cycles_of(sources: dict[str, str]) -> list[list[str]]:
 
 
 def test_benchmarks_and_the_support_package_never_import_the_tests() -> None:
-    """Fixtures both start for real (PostgreSQL, Orthanc, tiny models, synthetic CT) live in
-    ``support``; a benchmark that imported ``tests`` would run the suite's conftest."""
+    """Fixtures both start for real (PostgreSQL, Orthanc, tiny models, synthetic CT, the CVC data
+    set's reader) live in ``support``; a benchmark that imported ``tests`` would run the suite's
+    conftest, one that imported ``experiments`` would lean on research code."""
     offenders = []
-    for package, banned in (("bench", ("tests",)), ("support", ("tests", "bench"))):
+    banned_from = (
+        ("bench", ("tests", "experiments")),
+        ("support", ("tests", "bench", "experiments")),
+    )
+    for package, banned in banned_from:
         for path in sorted((ROOT / package).rglob("*.py")):
             for name in _runtime_imports(ast.parse(path.read_text())):
                 if name.split(".")[0] in banned:
