@@ -374,6 +374,7 @@ class Scenario:
         self.wait_until(
             f"a correction through every replica after {name}",
             lambda: len(self.first_writes(promoted)) == REPLICAS,
+            timeout=180,
         )
         # the lease: the old primary took trainer A's lock with it; whoever takes it on the new
         # primary holds it alone, and A learns so at its next check, before more work
@@ -428,6 +429,7 @@ class Scenario:
         self.wait_until(
             "a correction through every replica after the switchover",
             lambda: len(self.first_writes(switched)) == REPLICAS,
+            timeout=180,  # the one reviewer goes round the replicas; a loaded machine is slow
         )
         with self.tally.lock:
             self.tally.phase = "after switchover"

@@ -57,15 +57,18 @@ def grow_to_frames(
         e.candidate_id for rid in chosen for e, _ in by_frame[rid] if e.candidate_id not in picked
     ]
     taken = set(queue.claim(added, claimant, claim_s, len(added))) if added else set()
+    mine = picked | taken
+    # whole: every unlabeled candidate of the frame (outside the audit slice) is this reviewer's
+    # now, read after the claims (another reviewer may have claimed or let go of one meanwhile)
+    everything = queue.on_frames(chosen)
     whole = {
         rid
         for rid in chosen
-        if all(e.candidate_id in picked or e.candidate_id in taken for e, _ in by_frame[rid])
+        if all(e.candidate_id in mine for e in everything if e.request_id == rid)
     }
-    whole -= queue.held_by_others(sorted(whole), claimant)  # another took part meanwhile
+    whole -= queue.held_by_others(sorted(whole), claimant)  # nor an audit item of it elsewhere
     served = [pair for rid in chosen if rid in whole for pair in by_frame[rid]]
     kept = {e.candidate_id for e, _ in served}
-    mine = picked | taken
     if mine - kept:  # not served: back to the other reviewers at once
         queue.release_claims(claimant, sorted(mine - kept))
     return served

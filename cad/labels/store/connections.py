@@ -129,6 +129,9 @@ class PostgresPool:
             conn = self._checkout()
             try:
                 yield conn
+            except BaseException:
+                conn.close()  # after any failure a fresh connection (a demoted primary's goes)
+                raise
             finally:
                 from psycopg.pq import TransactionStatus
 
@@ -159,6 +162,10 @@ def postgres_outage(exc: BaseException) -> str:
     if isinstance(exc, ConnectFailed):
         return "refused"
     if isinstance(exc, psycopg.InterfaceError):
+        return "lost"
+    if getattr(exc, "sqlstate", None) == "25006":
+        # read_only_sql_transaction: this connection's server was the primary and is a standby
+        # now (a switchover); a fresh connection finds the new primary (target_session_attrs)
         return "lost"
     if not isinstance(exc, psycopg.OperationalError):
         return ""
