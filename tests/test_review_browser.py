@@ -544,7 +544,12 @@ def test_two_reviewers_in_two_browsers_get_disjoint_items_and_a_third_settles_th
             store.close()
         disputed = jones_items[0]  # on dr.jones's screen all along
         other.find_element("id", "load").click()
-        wait(other, at_item(other, 1), "dr.smith's queue again")
+        # the reloaded queue, not the one still on screen while the reload is on its way
+        wait(
+            other,
+            lambda d: disputed in d.execute_script(ids) and at_item(d, 1)(d),
+            "dr.smith's queue again, with dr.jones's items whose claims ended",
+        )
         k = other.execute_script(ids).index(disputed)
         for step in range(k):
             other.find_element("tag name", "body").send_keys("s")
