@@ -341,10 +341,11 @@ def review_montage(
     planes = list(
         review_planes(block, geometry.point_mm, geometry.axis, REVIEW_WIDTH_MM, REVIEW_PANEL)
     )
-    if offset_mm:
+    if offset_mm:  # the cross-section alone, moved along the vessel
         axis = unit(geometry.axis, "vessel direction")
         moved = np.asarray(geometry.point_mm, dtype=np.float64) + offset_mm * axis
-        planes[0] = review_planes(block, moved, geometry.axis, REVIEW_WIDTH_MM, REVIEW_PANEL)[0]
+        across, down = review_axes(axis)[0]
+        planes[0] = block.sample(plane_points(moved, across, down, REVIEW_WIDTH_MM, REVIEW_PANEL))
     gray = np.concatenate([window_to_8bit(p, (centre, width)) for p in planes], axis=1)
     return np.repeat(np.rint(gray).astype(np.uint8)[..., None], 3, axis=2)
 

@@ -25,6 +25,7 @@ from cad.labels.store.rows import (
     CANDIDATE_WIDTH,
     IMAGE_COLUMNS,
     IMAGE_WIDTH,
+    QUEUE_ENTRY_COLUMNS,
     candidate_record,
     queue_entry,
     random_key,
@@ -43,15 +44,23 @@ class QueueQueries(Repository):
         """Every classified candidate without a label, with its patch predictions (without the
         audit slice's when ``audit_slice`` is false: what a ranking may choose from)."""
         rows = self._query(
-            "SELECT c.candidate_id, c.request_id, c.x, c.y, c.width, c.height, c.probability, "
-            "c.model_version, i.frame_index, i.source_id, c.patch_probs, c.patch_shape, "
-            "i.sha256, c.recipe, i.study_uid "
+            f"SELECT {QUEUE_ENTRY_COLUMNS} "
             "FROM candidates c JOIN images i ON i.request_id = c.request_id "
             "WHERE c.label IS NULL AND c.origin = 'model' AND c.patch_probs IS NOT NULL "
             + ("" if audit_slice else "AND c.audit_slice = 0 ")
             + "ORDER BY c.created, c.candidate_id"
         )
         return [queue_entry(r) for r in rows]
+
+    def _unclaimed(self, cur: Any, reviewer: str | None) -> tuple[str, tuple[Any, ...]]:
+        """The condition (and its parameters) that leaves out the candidates another reviewer's
+        live claim holds from ``reviewer`` (None: no condition)."""
+        if reviewer is None:
+            return "", ()
+        return (
+            "AND (c.claimed_until IS NULL OR c.claimed_until < ? OR c.claimed_by = ?) ",
+            (self._now(cur), reviewer),
+        )
 
     def claim(
         self, candidate_ids: Sequence[str], reviewer: str, seconds: float, limit: int
@@ -134,17 +143,10 @@ class QueueQueries(Repository):
         for where in ("c.random_key >= ?", "c.random_key < ?"):
 
             def body(cur: Any, where: str = where, wanted: int = limit - len(rows)) -> list[Any]:
-                claims, claim_params = "", tuple[Any, ...]()
-                if unclaimed_for is not None:
-                    claims = (
-                        "AND (c.claimed_until IS NULL OR c.claimed_until < ? OR c.claimed_by = ?) "
-                    )
-                    claim_params = (self._now(cur), unclaimed_for)
+                claims, claim_params = self._unclaimed(cur, unclaimed_for)
                 cur.execute(
                     self._sql(
-                        "SELECT c.candidate_id, c.request_id, c.x, c.y, c.width, c.height, "
-                        "c.probability, c.model_version, i.frame_index, i.source_id, "
-                        "c.patch_probs, c.patch_shape, i.sha256, c.recipe, i.study_uid, "
+                        f"SELECT {QUEUE_ENTRY_COLUMNS}, "
                         "c.random_key FROM candidates c JOIN images i ON i.request_id = "
                         "c.request_id WHERE c.label IS NULL AND c.origin = 'model' AND "
                         f"c.patch_probs IS NOT NULL AND c.audit_slice = ? AND {where} {claims}"
@@ -271,15 +273,10 @@ class QueueQueries(Repository):
             fresh, fresh_params = "", tuple[Any, ...]()
             if scored_by is not None:
                 fresh, fresh_params = "AND c.scored_version = ? ", (scored_by,)
-            claims, claim_params = "", tuple[Any, ...]()
-            if unclaimed_for is not None:
-                claims = "AND (c.claimed_until IS NULL OR c.claimed_until < ? OR c.claimed_by = ?) "
-                claim_params = (self._now(cur), unclaimed_for)
+            claims, claim_params = self._unclaimed(cur, unclaimed_for)
             cur.execute(
                 self._sql(
-                    "SELECT c.candidate_id, c.request_id, c.x, c.y, c.width, c.height, "
-                    "c.probability, c.model_version, i.frame_index, i.source_id, c.patch_probs, "
-                    f"c.patch_shape, i.sha256, c.recipe, i.study_uid, {ranking} AS ranking "
+                    f"SELECT {QUEUE_ENTRY_COLUMNS}, {ranking} AS ranking "
                     f"FROM {source}JOIN images i ON i.request_id = c.request_id "
                     "WHERE c.label IS NULL AND c.origin = 'model' AND c.patch_probs IS NOT NULL "
                     f"AND c.audit_slice = 0 {fresh}{claims}ORDER BY {order} DESC, c.candidate_id "
@@ -304,16 +301,11 @@ class QueueQueries(Repository):
             return []
 
         def body(cur: Any) -> list[tuple[Any, ...]]:
-            claims, claim_params = "", tuple[Any, ...]()
-            if unclaimed_for is not None:
-                claims = "AND (c.claimed_until IS NULL OR c.claimed_until < ? OR c.claimed_by = ?) "
-                claim_params = (self._now(cur), unclaimed_for)
+            claims, claim_params = self._unclaimed(cur, unclaimed_for)
             marks = ", ".join("?" * len(frames))
             cur.execute(
                 self._sql(
-                    "SELECT c.candidate_id, c.request_id, c.x, c.y, c.width, c.height, "
-                    "c.probability, c.model_version, i.frame_index, i.source_id, c.patch_probs, "
-                    "c.patch_shape, i.sha256, c.recipe, i.study_uid "
+                    f"SELECT {QUEUE_ENTRY_COLUMNS} "
                     "FROM candidates c JOIN images i ON i.request_id = c.request_id "
                     f"WHERE c.request_id IN ({marks}) AND c.label IS NULL AND c.origin = 'model' "
                     f"AND c.patch_probs IS NOT NULL AND c.audit_slice = 0 {claims}"

@@ -92,9 +92,16 @@ def ranking_terms(
     return terms
 
 
+QUEUE_ENTRY_COLUMNS = (
+    "c.candidate_id, c.request_id, c.x, c.y, c.width, c.height, c.probability, c.model_version, "
+    "i.frame_index, i.source_id, c.patch_probs, c.patch_shape, i.sha256, c.recipe, i.study_uid"
+)
+"""What every queue query reads (``candidates c`` joined to ``images i``), in the order
+:func:`queue_entry` takes them; a query may add columns after them."""
+
+
 def queue_entry(r: Sequence[Any]) -> QueueEntry:
-    """A queue entry from a row of candidate_id .. source_id, patch_probs, patch_shape, sha256,
-    recipe, study_uid (the order every queue query reads them in)."""
+    """A queue entry from a row of :data:`QUEUE_ENTRY_COLUMNS`."""
     probs = probs_array(r[10], r[11])
     assert probs is not None  # queue queries read candidates with predictions only
     return QueueEntry(
