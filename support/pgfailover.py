@@ -26,6 +26,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from support.pg import pg_bin
@@ -168,7 +169,7 @@ class AutoFailoverCluster:
                 autocommit=True,
                 connect_timeout=2,
             ) as conn:
-                conn.execute(text)  # type: ignore[arg-type]
+                conn.execute(text)
             return True
         except psycopg.Error:
             return False
@@ -194,10 +195,10 @@ class AutoFailoverCluster:
         """The nodes that take writes now (the monitor's word)."""
         return [n for n, s in self.states().items() if s in ("primary", "wait_primary", "single")]
 
-    def wait(self, what: str, check: object, timeout: float = 120) -> float:
+    def wait(self, what: str, check: Callable[[], bool], timeout: float = 120) -> float:
         """Poll ``check`` until it holds; the seconds it took (RuntimeError after ``timeout``)."""
         t0 = time.monotonic()
-        while not check():  # type: ignore[operator]
+        while not check():
             if time.monotonic() - t0 > timeout:
                 raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
             time.sleep(0.1)

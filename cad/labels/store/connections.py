@@ -123,14 +123,16 @@ class PostgresPool:
 
     @contextmanager
     def connection(self) -> Iterator[Any]:
+        import psycopg
+
         if not self._slots.acquire(timeout=self.timeout_s):
             raise ConnectFailed(f"all {self.max_size} label store connections stayed busy")
         try:
             conn = self._checkout()
             try:
                 yield conn
-            except BaseException:
-                conn.close()  # after any failure a fresh connection (a demoted primary's goes)
+            except psycopg.Error:
+                conn.close()  # after a database error a fresh one (a demoted primary's goes)
                 raise
             finally:
                 from psycopg.pq import TransactionStatus
