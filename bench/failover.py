@@ -379,14 +379,19 @@ class Scenario:
         # the lease: the old primary took trainer A's lock with it; whoever takes it on the new
         # primary holds it alone, and A learns so at its next check, before more work
         lease = {"b_took_it": False, "a_told": ""}
+        lease_b = trainer_b.lease("trainer", holder_name("trainer B"))
         try:
-            trainer_b.lease("trainer", holder_name("trainer B")).acquire()
+            lease_b.acquire()
             lease["b_took_it"] = True
             lease_a.ensure()
             lease["a_told"] = "still held (a second holder)"
         except Exception as exc:  # LeaseHeld is what A must be told
             lease["a_told"] = type(exc).__name__
         finally:
+            # a lease holds its lock on a connection of its own, not the store's: release both
+            # (B's was left to the garbage collector, and a later lease was refused by it)
+            lease_a.release()
+            lease_b.release()
             trainer_a.close()
             trainer_b.close()
         with self.tally.lock:
