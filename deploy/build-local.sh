@@ -4,6 +4,8 @@
 #
 #   deploy/build-local.sh                       # server and trainer
 #   BUILD_TARGETS="server review-ui" deploy/build-local.sh
+#   BUILD_TARGETS="server trainer review-ui dicom-gateway postgres prometheus pacs" \
+#     deploy/build-local.sh                     # everything deploy/compose.local.yaml runs
 #
 # 1. Uses the Docker daemon DOCKER_HOST points at if one answers; otherwise starts a private
 #    dockerd (overlay2, no iptables, no bridge) with its images under BUILD_DOCKER_DATA_ROOT
@@ -174,7 +176,12 @@ for target in $TARGETS; do
   image="cad-$target:$TAG"
   say "building $image"
   start=$(date +%s)
-  DOCKER_BUILDKIT=1 "$DOCKER" build --network host --progress plain "${BUILD_ARGS[@]}" \
+  case "$target" in
+    # the registry images' stand-ins and the demo PACS, from Debian's packages
+    postgres | prometheus | pacs) file=(-f "$ROOT/deploy/local/Dockerfile" --build-arg "BASE_IMAGE=$BASE") ;;
+    *) file=() ;;
+  esac
+  DOCKER_BUILDKIT=1 "$DOCKER" build --network host --progress plain "${BUILD_ARGS[@]}" "${file[@]}" \
     --target "$target" -t "$image" "$ROOT" >"$WORK/build-$target.log" 2>&1 \
     || { tail -40 "$WORK/build-$target.log" >&2; exit 1; }
   size="$("$DOCKER" image inspect --format '{{.Size}}' "$image")"

@@ -8,23 +8,32 @@ outside CI. Everything it starts it stops; everything it makes is under one temp
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
 
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
+from tests.review_http import Browser
 from tests.review_world import png_bytes
+from tests.stack import prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = "/usr/bin/docker"  # Debian's client: it drives the daemon's built-in BuildKit
@@ -39,6 +48,10 @@ pytestmark = [
     ),
     pytest.mark.timeout(1800),
 ]
+
+
+TARGETS = ("server", "trainer", "review-ui", "dicom-gateway", "postgres", "prometheus", "pacs")
+"""The images deploy/compose.yaml with deploy/compose.local.yaml runs."""
 
 
 @dataclass
@@ -129,22 +142,24 @@ def unmount_below(folder: Path) -> None:
 
 @pytest.fixture(scope="module")
 def images(docker: Docker) -> dict[str, str]:
-    """The server and trainer images, built by deploy/build-local.sh into the private daemon."""
+    """Every image deploy/compose.local.yaml runs, built by deploy/build-local.sh into the private
+    daemon: the CAD images and the Debian-built PostgreSQL, Prometheus and demo PACS."""
     started = time.monotonic()
     result = subprocess.run(
         ["bash", str(ROOT / "deploy" / "build-local.sh")],
-        env={**docker.env, "BUILD_TARGETS": "server trainer", "BUILD_TAG": "test"},
+        env={**docker.env, "BUILD_TARGETS": " ".join(TARGETS), "BUILD_TAG": "test"},
         capture_output=True,
         text=True,
         timeout=1500,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     print(result.stdout)
-    print(f"base, server and trainer images in {time.monotonic() - started:.0f} s")
+    print(f"the base and {len(TARGETS)} images in {time.monotonic() - started:.0f} s")
     listed = docker("images", "--format", "{{.Repository}}:{{.Tag}} {{.Size}}")
     print(listed)
-    assert "cad-server:test" in listed and "cad-trainer:test" in listed, listed
-    return {"server": "cad-server:test", "trainer": "cad-trainer:test"}
+    for target in TARGETS:
+        assert f"cad-{target}:test" in listed, listed
+    return {target: f"cad-{target}:test" for target in TARGETS}
 
 
 @pytest.fixture(scope="module")
@@ -278,3 +293,101 @@ def test_a_server_container_without_a_model_is_not_serving(
     )
     assert "no versions" in logs.stdout + logs.stderr  # and it says why
     docker("rm", "-f", container)
+
+
+def test_the_compose_stack_classifies_through_the_pacs_takes_a_correction_and_is_scraped(
+    docker: Docker, images: dict[str, str], tmp_path: Path
+) -> None:
+    """deploy/compose.yaml with deploy/compose.local.yaml, as a user starts it (`docker-compose up`,
+    Debian's 1.29): PostgreSQL, the model's first version, the server, the trainer, the review
+    page, the gateway with a demo Orthanc, Prometheus. From outside: an image stored in the PACS
+    comes back as an SR in its study; a reviewer signs in to the page over HTTPS, is served the
+    image's candidate and dismisses it; Prometheus has scraped the three CAD processes and counts
+    the SR and the correction. Then `down -v`."""
+    assert shutil.which("docker-compose"), "needs Debian's docker-compose (.ci/run installs it)"
+    for target, image in images.items():  # the compose files name the :local tags
+        docker("tag", image, f"cad-{target}:local")
+    stack = prepare(tmp_path, docker.env)
+    try:
+        stack.compose("up", "-d", "--no-build")
+
+        def healthy() -> bool:
+            listed = stack.compose("ps", timeout=60)
+            assert "Exit 1" not in listed and "Restarting" not in listed, listed + stack.logs()
+            return (
+                all(
+                    f"_{s}_1" in line and "(healthy)" in line
+                    for s in ("server", "review-ui", "postgres")
+                    for line in listed.splitlines()
+                    if f"_{s}_1 " in line
+                )
+                and listed.count("(healthy)") == 3
+            )
+
+        wait_for(healthy, "the server, the review page and PostgreSQL healthy", timeout=300)
+        # a modality stores a CT slice in the PACS; the routing sends it to the gateway
+        pacs = f"http://127.0.0.1:{stack.port('pacs', 8042)}"
+        auth = "Basic " + base64.b64encode(f"cad:{stack.orthanc_password}".encode()).decode()
+
+        def orthanc(path: str, body: bytes | None = None) -> Any:
+            request = urllib.request.Request(
+                pacs + path, data=body, headers={"Authorization": auth}
+            )
+            with urllib.request.urlopen(request, timeout=30) as reply:
+                return json.loads(reply.read())
+
+        ct = dcmread(get_testdata_file("CT_small.dcm"))
+        stored = orthanc("/instances", Path(get_testdata_file("CT_small.dcm")).read_bytes())
+        assert stored["Status"] == "Success"
+        find = json.dumps({"Level": "Instance", "Query": {"Modality": "SR"}}).encode()
+        wait_for(lambda: orthanc("/tools/find", find), "the SR back in the PACS", timeout=180)
+        (sr_id,) = orthanc("/tools/find", find)
+        tags = orthanc(f"/instances/{sr_id}/simplified-tags")
+        assert tags["StudyInstanceUID"] == ct.StudyInstanceUID  # in the image's own study
+        assert tags["ContentTemplateSequence"][0]["TemplateIdentifier"] == "1500"
+
+        # a reviewer on the review page, over HTTPS with the stack's own CA
+        tls = ssl.create_default_context(cafile=str(tmp_path / "pki" / "ca.pem"))
+        page = Browser(f"https://127.0.0.1:{stack.port('review-ui', 8080)}", tls=tls)
+        status, headers, _ = page.sign_in(stack.tokens["dr.compose"])
+        assert status == 303 and headers["location"] == "/"
+        csrf = page.page_csrf()
+        status, queue = page.api("/api/queue?limit=10")
+        assert status == 200 and len(queue["items"]) == 1, queue
+        (item,) = queue["items"]
+        assert page.request("GET", f"/api/image/{item['request_id']}/png")[0] == 200
+        body = {
+            "candidate_id": item["candidate_id"],
+            "request_id": item["request_id"],
+            "verdict": "dismiss",
+            "key": "compose-smoke-1",
+        }
+        status, receipt = page.api("/api/verdict", body, **{"X-CSRF-Token": csrf})
+        assert status == 200 and receipt["label"] == "no finding", receipt
+
+        # Prometheus scraped the server, the trainer and the gateway, and counts both
+        prometheus = f"http://127.0.0.1:{stack.port('prometheus', 9090)}"
+
+        def query(expr: str) -> float:
+            url = f"{prometheus}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
+            with urllib.request.urlopen(url, timeout=30) as reply:
+                result = json.loads(reply.read())["data"]["result"]
+            return sum(float(r["value"][1]) for r in result)
+
+        wanted = {
+            "count(up == 1)": 3.0,
+            "sum(cad_gateway_srs_sent_total)": 1.0,
+            'sum(cad_corrections_total{verdict="false_positive"})': 1.0,
+        }
+        seen: dict[str, float] = {}
+
+        def scraped() -> bool:
+            seen.update({expr: query(expr) for expr in wanted})
+            return all(seen[expr] >= n for expr, n in wanted.items())
+
+        wait_for(scraped, "Prometheus to scrape the counts", timeout=120)
+    except BaseException:
+        print(stack.logs())
+        raise
+    finally:
+        stack.compose("down", "-v", "--remove-orphans", timeout=300, check=False)

@@ -434,16 +434,25 @@ def test_images_are_tagged_with_the_project_version_and_postgres_is_described() 
     reason="needs Debian's docker-compose (.ci/run installs it)",
 )
 def test_compose_file_is_valid_for_debians_docker_compose() -> None:
-    """docker-compose 1.29 (Debian's) reads the file: no top-level ``name:`` and nothing else it
-    refuses; Compose v2 reads the same file."""
-    result = subprocess.run(
-        ["docker-compose", "-f", str(DEPLOY / "compose.yaml"), "config", "-q"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "name" not in yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    """docker-compose 1.29 (Debian's) reads the file, alone and with compose.local.yaml on top:
+    no top-level ``name:`` and nothing else it refuses; Compose v2 reads the same files. The local
+    stack leaves Grafana out (no Debian package) and adds the demo PACS."""
+    for files in (["compose.yaml"], ["compose.yaml", "compose.local.yaml"]):
+        result = subprocess.run(
+            ["docker-compose", *(a for f in files for a in ("-f", str(DEPLOY / f))), "config"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        services = yaml.safe_load(result.stdout)["services"]
+        if len(files) == 2:
+            assert services["grafana"]["profiles"] == ["grafana"]
+            assert services["postgres"]["image"] == "cad-postgres:local"
+            assert "pacs" in services
+        else:
+            assert "pacs" not in services and "profiles" not in services["grafana"]
+        assert "name" not in yaml.safe_load((DEPLOY / files[-1]).read_text())
 
 
 def test_kubernetes_manifests_validate_against_the_openapi_schemas() -> None:

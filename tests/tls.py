@@ -95,3 +95,14 @@ def make_pki(d: Path) -> Pki:
         d / "client.key",
         d / "other-ca.pem",
     )
+
+
+def make_named_pki(d: Path, leaves: dict[str, list[str]]) -> Path:
+    """A CA (``ca.pem``) and, for each leaf, ``<leaf>.pem``/``<leaf>.key``, a server certificate
+    for the given DNS names and IP addresses. Returns the CA's path."""
+    d.mkdir(parents=True, exist_ok=True)
+    _ca(d, "ca")
+    for leaf, names in leaves.items():
+        sans = ",".join(f"IP:{n}" if n[0].isdigit() else f"DNS:{n}" for n in names)
+        _leaf(d, leaf, "ca", f"subjectAltName={sans}\nextendedKeyUsage=serverAuth\n")
+    return d / "ca.pem"
