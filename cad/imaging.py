@@ -207,7 +207,7 @@ def decoding_stage(what: str, syntax: str) -> Iterator[None]:
         yield
     except (CadError, *INTERRUPTS):
         raise
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001  damaged data: InvalidInput
         raise InvalidInput(
             f"could not {what} (transfer syntax {syntax}): {type(exc).__name__}; "
             "the file's data is damaged or not what its header declares"
@@ -382,7 +382,7 @@ def read_dicom(data: bytes) -> Any:
         ) from None
     except INTERRUPTS:
         raise
-    except BaseException as exc:  # pydicom raises many types on damaged files
+    except BaseException as exc:  # noqa: BLE001  pydicom raises many types on damaged files
         raise InvalidInput(
             f"could not parse the DICOM file: {type(exc).__name__}: {scrub(str(exc))}"
         ) from None
@@ -495,14 +495,14 @@ def decode_encoded(
         if isinstance(exc, Image.DecompressionBombError):
             raise LimitExceeded(f"encoded image is too large: {exc}") from None
         raise InvalidInput("encoded image is neither a PNG nor a JPEG Pillow can read") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  damaged data: InvalidInput
         raise InvalidInput(f"could not read the encoded image: {exc}") from None
     if img.format not in ("PNG", "JPEG"):
         raise InvalidInput(f"encoded image must be PNG or JPEG, got {img.format}")
     _check_size(img.height, img.width, limits)
     try:
         img.load()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  damaged data: InvalidInput
         raise InvalidInput(f"could not decode the {img.format} image: {exc}") from None
     png = None
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):

@@ -10,7 +10,7 @@ quotes more than :data:`QUOTE_CHARS` characters of what a client sent.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from cad.errors import InvalidInput
 
@@ -98,5 +98,5 @@ def parse_time(text: str, field: str = "since") -> str:
             "(for example 2026-12-01 or 2026-12-01T08:30:00+00:00)"
         ) from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")

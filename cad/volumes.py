@@ -275,7 +275,7 @@ def _enhanced_slices(
                 uid_text(ds, "SOPInstanceUID"),
             )
         )
-    assert orientation is not None and spacing is not None
+    assert orientation is not None and spacing is not None  # noqa: S101  an invariant, not input checking
     return slices, orientation, spacing, (int(ds.Rows), int(ds.Columns))
 
 
@@ -366,7 +366,7 @@ def assemble_series(instances: Sequence[bytes], limits: VolumeLimits | None = No
                 )
             )
     _one_series(series, studies, slices, len(instances))
-    assert orientation is not None and spacing is not None and size is not None
+    assert orientation is not None and spacing is not None and size is not None  # noqa: S101  an invariant, not input checking
     return _stack(slices, orientation, spacing, series.pop(), studies.pop())
 
 

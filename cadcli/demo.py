@@ -224,7 +224,7 @@ def demo_start() -> tuple[str, str, str]:
             "ImageNet SqueezeNet v1.0, shipped with the package (no ImageNet AlexNet weights on "
             "this machine)",
         )
-    assert found is not None
+    assert found is not None  # noqa: S101  an invariant, not input checking
     return "alexnet", "polyp", f"ImageNet AlexNet ({found.found}: {found.path})"
 
 

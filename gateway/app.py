@@ -287,7 +287,7 @@ class Gateway:
     def _catch_up_loop(self) -> None:
         """Every ``catch_up_interval_s``: what the PACS stored and did not push (see
         :mod:`gateway.catchup`)."""
-        assert self.catch_up is not None
+        assert self.catch_up is not None  # noqa: S101  an invariant, not input checking
         while not self.spool.stop.is_set():
             try:
                 self.catch_up.poll()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from cad.settings import ClientSettings
@@ -135,3 +135,13 @@ class GatewaySettings(ClientSettings):
         description="Objects set aside (refused, unreadable, unpaired) are kept this long for an "
         "operator to look at, then deleted: they hold patient data.",
     )
+
+    @field_validator("catch_up")
+    @classmethod
+    def _http_only(cls, value: str) -> str:
+        """The catch-up speaks HTTP to the PACS: nothing else is opened (no file: URLs)."""
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError(
+                f"catch_up must be an http(s):// URL of Orthanc's REST root, not {value!r}"
+            )
+        return value

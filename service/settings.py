@@ -16,9 +16,9 @@ class ServerSettings(RegistrySettings, StoreSettings):
 
     model_config = SettingsConfigDict(env_prefix="CAD_", extra="ignore")
 
-    host: str = Field("0.0.0.0", description="gRPC bind address.")
+    host: str = Field("0.0.0.0", description="gRPC bind address.")  # noqa: S104  in a container; CAD_HOST narrows it
     port: int = Field(50051, description="gRPC port; 0 picks a free one.")
-    metrics_host: str = Field("0.0.0.0", description="Prometheus HTTP bind address.")
+    metrics_host: str = Field("0.0.0.0", description="Prometheus HTTP bind address.")  # noqa: S104  in a container; CAD_HOST narrows it
     metrics_port: int = Field(
         9464, description="Prometheus /metrics port; 0 picks a free one, -1 disables."
     )

@@ -51,7 +51,8 @@ class SpilledInstances(Sequence[bytes]):
     when it is asked for. ``close`` (or the garbage collector) frees the disk."""
 
     def __init__(self, folder: Path | None = None) -> None:
-        self._file: Any = tempfile.TemporaryFile(prefix="cad-series-", dir=folder)
+        # held open across calls (an upload streams in): closed by close() or the collector
+        self._file: Any = tempfile.TemporaryFile(prefix="cad-series-", dir=folder)  # noqa: SIM115
         self._spans: list[tuple[int, int]] = []
         self.nbytes = 0
 

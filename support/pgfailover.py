@@ -18,6 +18,7 @@ formation keeps the defaults (``docs/operations.md``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -216,10 +217,8 @@ class AutoFailoverCluster:
         pid_file = self.base / name / "postmaster.pid"
         if pid_file.exists():
             pid = int(pid_file.read_text().split()[0])
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def rejoin(self, name: str) -> None:
         """Start a killed node's keeper again: it rejoins as a standby of the new primary

@@ -60,7 +60,7 @@ def test_candidates_are_polyps_and_negatives_off_them_at_the_images_own_scale() 
         assert mask.shape == (height, width)  # the image's own (JPEG) mask
         for c in negatives:
             b = c.box
-            assert 0 <= b.x and b.x + b.width <= width and 0 <= b.y and b.y + b.height <= height
+            assert b.x >= 0 and b.x + b.width <= width and b.y >= 0 and b.y + b.height <= height
             assert all(iou(b, p) < 0.1 for p in fr.polyps)
     assert {c.kind for c in found} >= {"polyp", "near", "random"}
 

@@ -105,20 +105,20 @@ def test_listeners_hear_every_swap_refusal_pin_and_unpin_even_when_one_fails(
     heard: list[tuple] = []
 
     class Recorder(ModelListener):
-        def on_swap(self, name, previous, model, pinned) -> None:  # noqa: ANN001
+        def on_swap(self, name, previous, model, pinned) -> None:
             heard.append(("swap", name, previous, model.version, pinned))
 
-        def on_refused(self, name, version, reason) -> None:  # noqa: ANN001
+        def on_refused(self, name, version, reason) -> None:
             heard.append(("refused", name, version))
 
-        def on_pin(self, name, version, actor, reason, previous) -> None:  # noqa: ANN001
+        def on_pin(self, name, version, actor, reason, previous) -> None:
             heard.append(("pin", version, actor, reason, previous))
 
-        def on_unpin(self, name, actor) -> None:  # noqa: ANN001
+        def on_unpin(self, name, actor) -> None:
             heard.append(("unpin", actor))
 
     class Broken(ModelListener):
-        def on_swap(self, name, previous, model, pinned) -> None:  # noqa: ANN001
+        def on_swap(self, name, previous, model, pinned) -> None:
             raise RuntimeError("audit store down")
 
     root = tmp_path / "reg"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -450,7 +450,7 @@ def test_concurrent_reviewers_never_lose_or_duplicate_events(
                 review.submit_correction(
                     f"r1-{i % 2}", verdict, f"dr.{worker}", f"w{worker}-{i}"
                 )  # retry
-        except BaseException as exc:  # pragma: no cover - reported below
+        except BaseException as exc:  # noqa: BLE001  pragma: no cover - reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
@@ -476,7 +476,7 @@ def test_retention_prunes_only_unlabeled_images(
     review: ReviewService, store: SqlLabelStore, tmp_path: Path
 ) -> None:
     archive = ImageArchive(tmp_path / "archive")
-    old = (datetime.now(timezone.utc) - timedelta(days=40)).isoformat()
+    old = (datetime.now(UTC) - timedelta(days=40)).isoformat()
     shas = {}
     for i, rid in enumerate(("old-unlabeled", "old-labeled", "new-1", "new-2")):
         sha, size = archive.put(np.full((8, 8, 3), i, dtype=np.uint8))

@@ -72,7 +72,7 @@ def secured(
         yield server
 
 
-def code_of(call, *args, **kwargs) -> grpc.StatusCode:  # noqa: ANN001
+def code_of(call, *args, **kwargs) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as err:
         call(*args, **kwargs)
     return err.value.code()

@@ -64,18 +64,18 @@ def test_shipped_imagenet_classifier_recognises_a_real_photo() -> None:
     with a clear margin (0.284 vs 0.241 for 'suit' when measured), and her uniform's classes
     (suit 834, mortarboard 667, academic gown 400) next. A random network does not do this."""
     import torchvision
-    import torchvision.transforms as T
+    import torchvision.transforms as transforms
     from matplotlib import cbook
     from PIL import Image
 
     with cbook.get_sample_data("grace_hopper.jpg") as fh:
         photo = Image.open(fh).convert("RGB")
-    x = T.Compose(
+    x = transforms.Compose(
         [
-            T.Resize(256),
-            T.CenterCrop(224),
-            T.ToTensor(),
-            T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+            transforms.Resize(256),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
         ]
     )(photo)[None]
     net = torchvision.models.squeezenet1_0()

@@ -8,6 +8,7 @@ server comes back by itself.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,10 +49,8 @@ def pg() -> Iterator[TempPostgres]:
 def up(pg: TempPostgres) -> Iterator[TempPostgres]:
     """The module's database, running again after the test whatever the test did to it."""
     yield pg
-    try:
+    with contextlib.suppress(Exception):  # it was running
         pg.restart()
-    except Exception:
-        pass  # it was running
 
 
 def test_a_dead_database_is_unavailable_and_the_store_reconnects_by_itself(

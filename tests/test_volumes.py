@@ -118,7 +118,7 @@ def test_the_pe_recipe_has_the_papers_patches() -> None:
     vol = assemble_series(data)
     patches = extract_pe_patches(vol, centre, direction, 54, 32)
     assert patches.shape == (54, 3, 32, 32) and patches.dtype == np.float32
-    assert 0.0 <= patches.min() and patches.max() <= 255.0
+    assert patches.min() >= 0.0 and patches.max() <= 255.0
     assert np.array_equal(patches[:, 1], patches[:, 2])  # 2 channels made 3
     assert not np.array_equal(patches[:, 0], patches[:, 1])
     # The window: contrast (300 HU) and lung (-800 HU) at the CTPA window's ends.

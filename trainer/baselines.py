@@ -156,7 +156,7 @@ def queue_keys(
     out: dict[str, list[tuple[str, float]]] = {}
     n = len(pool)
     if BALD in wanted:
-        assert views.samples is not None
+        assert views.samples is not None  # noqa: S101  an invariant, not input checking
         out[BALD] = list(zip(ids, bald_scores(views.samples[:n]).tolist(), strict=True))
     mask = np.zeros(len(views.features), dtype=bool)
     mask[n:] = True

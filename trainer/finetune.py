@@ -166,7 +166,7 @@ def candidate_probabilities(
     def flush() -> None:
         if not pending:
             return
-        assert split is not None
+        assert split is not None  # noqa: S101  an invariant, not input checking
         probs = torch.softmax(split.top(torch.cat(pending)), dim=1).cpu().numpy()
         start = 0
         for part in pending:

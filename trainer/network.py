@@ -130,7 +130,7 @@ class CadNet(nn.Module):
             self.backbone = squeezenet1_0(weights=None)
             head = nn.Conv2d(512, num_classes, kernel_size=1)
             nn.init.normal_(head.weight, mean=0.0, std=HEAD_INIT_STD)
-            assert head.bias is not None
+            assert head.bias is not None  # noqa: S101  an invariant, not input checking
             nn.init.zeros_(head.bias)
             self.backbone.classifier[1] = head
             self.backbone.classifier[2] = nn.Identity()

@@ -91,7 +91,7 @@ def vessel_axis(volume: Volume, point_mm: npt.ArrayLike) -> VesselAxis:
         strength = sigma**2 * float(np.abs(vals[order[1:]]).sum())
         if best is None or strength > best[0]:
             best = (strength, vecs[:, order[0]], sigma)
-    assert best is not None
+    assert best is not None  # noqa: S101  an invariant, not input checking
     d = unit(best[1])
     return VesselAxis((float(d[0]), float(d[1]), float(d[2])), best[2], True)
 

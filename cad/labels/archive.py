@@ -27,7 +27,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -224,7 +224,7 @@ def prune(
 ) -> PruneReport:
     """Forget unlabeled images older than ``max_age_s``, then the oldest unlabeled ones until
     their total size is at most ``max_unlabeled_bytes``. Labeled images are never pruned."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     images = store.unlabeled_images()
     total = sum(size for _, _, size, _ in images)
     removed = blobs = freed = 0

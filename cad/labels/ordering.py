@@ -85,7 +85,7 @@ def scores_of(entries: list[QueueEntry], spec: Variant | str, seed: int) -> np.n
     or a seeded random number for RANDOM."""
     if spec == RANDOM:
         return np.random.default_rng(seed).random(len(entries))
-    assert isinstance(spec, Variant)
+    assert isinstance(spec, Variant)  # noqa: S101  an invariant, not input checking
     scores = np.zeros(len(entries))
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for i, e in enumerate(entries):

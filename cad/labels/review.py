@@ -357,7 +357,7 @@ class ReviewService:
                     seed, 2 * limit + 20 if claimant else limit, claimant or None
                 )
                 return self._claimed(variant, unlabeled, window_items, claimant, claim_s, limit)
-            assert isinstance(spec, Variant)
+            assert isinstance(spec, Variant)  # noqa: S101  an invariant, not input checking
             stock = replace(spec, alpha=1.0 if spec.alpha == 1.0 else PAPER_ALPHA)
             window = max(SCORE_WINDOW, math.ceil(omega * limit))
             entries = [e for e, _ in self.store.queue.ranked_unlabeled(stock, window)]

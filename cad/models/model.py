@@ -8,6 +8,7 @@ the graph) and one output ``float32 [batch, K]`` of class probabilities
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -143,7 +144,7 @@ def _session(path: Path, sha256: str, options: SessionOptions, version: int) -> 
                 return ort.InferenceSession(
                     str(cache), ort_session_options(options, "disable"), providers=providers
                 ), True
-            except Exception as exc:  # a damaged cache entry is rebuilt, never fatal
+            except Exception as exc:  # noqa: BLE001  a damaged cache entry is rebuilt, never fatal
                 log.warning("optimised graph cache %s unusable (%s); rebuilding it", cache, exc)
                 cache.unlink(missing_ok=True)
     so = ort_session_options(options, options.graph_optimization)
@@ -154,7 +155,7 @@ def _session(path: Path, sha256: str, options: SessionOptions, version: int) -> 
         so.optimized_model_filepath = str(tmp)
     try:
         session = ort.InferenceSession(str(path), so, providers=providers)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  anything ONNX Runtime raises rejects the version
         raise ModelRejected(f"version {version}: ONNX Runtime cannot load it: {exc}") from None
     if tmp is not None and cache is not None and tmp.is_file():
         os.replace(tmp, cache)  # complete files only: a crash leaves a .tmp, never half a cache
@@ -183,7 +184,7 @@ def _sampler_session(path: Path, options: SessionOptions, version: int) -> Any:
         combined = with_sampler(proto).SerializeToString()
         so = ort_session_options(options, options.graph_optimization)
         return ort.InferenceSession(combined, so, providers=list(options.providers))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  anything ONNX Runtime raises rejects the version
         raise ModelRejected(f"version {version}: the patch sampling graph failed: {exc}") from None
 
 
@@ -241,7 +242,7 @@ def load_model(info: VersionInfo, options: SessionOptions) -> LoadedModel:
     warm = rng.uniform(0, 255, (2, 3, model.input_size, model.input_size)).astype(np.float32)
     try:
         probs = model.run(warm)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  anything ONNX Runtime raises rejects the version
         raise ModelRejected(f"version {info.version}: warm-up run failed: {exc}") from None
     if probs.shape != (2, model.num_classes) or not np.all(np.isfinite(probs)):
         raise ModelRejected(f"version {info.version}: warm-up produced non-finite outputs")
@@ -252,7 +253,7 @@ def load_model(info: VersionInfo, options: SessionOptions) -> LoadedModel:
             _check_sampler(model)
         except ModelRejected:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  anything ONNX Runtime raises rejects the version
             raise ModelRejected(
                 f"version {info.version}: the sampling graph failed: {exc}"
             ) from None
@@ -266,7 +267,7 @@ def load_model(info: VersionInfo, options: SessionOptions) -> LoadedModel:
                         np.zeros((8, 8, 3), np.uint8), np.zeros((1, 2, 3), np.float32)
                     )
                     model.run_images([tiny], size)
-            except Exception as exc:  # any runtime failure rejects the version
+            except Exception as exc:  # noqa: BLE001  any runtime failure rejects the version
                 raise ModelRejected(
                     f"version {info.version}: warm-up at batch {size} failed: {exc}"
                 ) from None
@@ -286,7 +287,5 @@ def release_memory() -> None:
     import gc
 
     gc.collect()
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).malloc_trim(0)  # the process's own symbols: no library search per swap
-    except (OSError, AttributeError):
-        pass

@@ -77,7 +77,7 @@ def preload_cuda_libraries() -> None:
         if preload is not None:
             try:
                 preload()
-            except Exception as exc:  # best effort; session creation reports real failures
+            except Exception as exc:  # noqa: BLE001  best effort; session creation reports real failures
                 log.debug("onnxruntime.preload_dlls failed: %s", exc)
 
 

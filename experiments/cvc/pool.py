@@ -240,7 +240,7 @@ def generate_pool(
         pixels = np.asarray(Image.open(fr.path).convert("RGB"))
         fov = field_of_view(pixels)
         mask = polyp_mask(root, fr)
-        H, W = mask.shape
+        h_px, w_px = mask.shape
         total = round(ratio * max(1, len(fr.polyps)))
         n_hard = round(total * hard_fraction)
         per_kind = {
@@ -250,7 +250,7 @@ def generate_pool(
         negatives = _FrameNegatives(fr, fov, mask, max_polyp, min_fov)
         add = negatives.add
 
-        def size(width: float = W, height: float = H) -> tuple[float, float]:
+        def size(width: float = w_px, height: float = h_px) -> tuple[float, float]:
             if relative_sizes:  # this frame's size, bound now (the loop moves on)
                 fw, fh = relative_sizes[int(rng.integers(len(relative_sizes)))]
                 return fw * width, fh * height
@@ -263,7 +263,8 @@ def generate_pool(
                 break
             w, h = size()
             got += add(
-                Box(float(rng.uniform(0, W - w)), float(rng.uniform(0, H - h)), w, h), "random"
+                Box(float(rng.uniform(0, w_px - w)), float(rng.uniform(0, h_px - h)), w, h),
+                "random",
             )
         out += negatives.candidates
     return out

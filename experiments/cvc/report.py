@@ -81,10 +81,10 @@ def _labels_to(labels: list[float], means: list[float], target: float | None) ->
         return None
     reached = None
     for lab, auc in zip(labels, means, strict=True):
-        if auc >= target - 1e-12:
-            reached = lab if reached is None else reached
-        else:
-            reached = None
+        if auc < target - 1e-12:
+            reached = None  # fell back below the target: not reached yet
+        elif reached is None:
+            reached = lab
     return reached
 
 

@@ -118,7 +118,7 @@ class PostgresPool:
             try:
                 conn.execute("")
                 return conn
-            except Exception:
+            except Exception:  # noqa: BLE001  any failure of the idle check means a dead connection
                 conn.close()  # died while idle (a database restart): the next one, or a new one
 
     @contextmanager

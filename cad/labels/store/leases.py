@@ -128,7 +128,7 @@ class Lease:
             try:
                 self._conn.execute("SELECT 1")
                 return
-            except Exception:
+            except Exception:  # noqa: BLE001  any failure of the check means the connection is gone
                 log.warning("lease %r: its connection was lost; taking it again", self.name)
             self.release()
             self._lost = True

@@ -103,7 +103,7 @@ QUEUE_ENTRY_COLUMNS = (
 def queue_entry(r: Sequence[Any]) -> QueueEntry:
     """A queue entry from a row of :data:`QUEUE_ENTRY_COLUMNS`."""
     probs = probs_array(r[10], r[11])
-    assert probs is not None  # queue queries read candidates with predictions only
+    assert probs is not None  # noqa: S101  queue queries read candidates with predictions only
     return QueueEntry(
         r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], probs, r[12], r[13], r[14]
     )
