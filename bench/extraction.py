@@ -49,7 +49,8 @@ SIZE = 224
 
 def decoded_requests(frames: int) -> list[tuple[np.ndarray, list[Box]]]:
     """(pixels, boxes) of the serving benchmark's requests, decoded as the server decodes them."""
-    from cad.imaging import ImageLimits, decode_dicom, decode_encoded
+    from cad.encoded import decode_encoded
+    from cad.imaging import ImageLimits, decode_dicom
 
     out = []
     for req in frame_requests(frames) + dicom_requests():

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from cad.aift.vessel import extract_pe_patches, vessel_axis
     from cad.models.inference import CandidateInput, ClassifyInput, EncodedImage
     from cad.models.volume_inference import VolumeCandidateInput, VolumeInput
-    from cad.volumes import assemble_series
+    from cad.series import assemble_series
 
     with tempfile.TemporaryDirectory() as tmp:
         classifier, volumes = _classifiers(Path(tmp), args.size)

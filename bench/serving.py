@@ -350,7 +350,8 @@ def model_input_bytes(requests: list[cad_pb2.ClassifyRequest], size: int) -> dic
     """Mean bytes per request handed to the model: cut float32 patches (host path) against the
     decoded 8-bit image once plus a 2x3 float32 map and an int64 index per patch (graph path)."""
     from cad.aift.patches import parse_recipe
-    from cad.imaging import decode_dicom, decode_encoded
+    from cad.encoded import decode_encoded
+    from cad.imaging import decode_dicom
 
     host, graph = [], []
     for req in requests:
@@ -487,7 +488,7 @@ def reduced_precision(
     """Make and publish the ``precision`` variant, compare throughput and CVC-ClinicDB AUC."""
     from cad.aift import parse_recipe
     from cad.aift.patches import extract_many
-    from cad.imaging import decode_encoded
+    from cad.encoded import decode_encoded
     from support.cvc import generate, load_frames
     from trainer.quantize import quantize_version
 

@@ -9,103 +9,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from cad.settings import from_flags
-
-if TYPE_CHECKING:  # imported where used: `cad serve` never imports torch
-    from cad.models.registry import ModelRegistry
-    from trainer.settings import TrainerSettings
-
-
-def _require_torch(command: str) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("torch") is None:
-        raise SystemExit(
-            f"cad {command}: PyTorch is not installed here (serving images carry none); "
-            "install the trainer extra: pip install 'cad-aift[train]'"
-        )
-
-
-def _model_init(args: argparse.Namespace) -> int:
-    _require_torch("model init")
-    from cad.logs import configure_logging
-    from trainer.bootstrap import RegistryNotEmpty, init_model
-    from trainer.settings import TrainerSettings
-    from trainer.weights import WeightsUnavailable
-
-    configure_logging(args.log_level)
-    settings = from_flags(
-        TrainerSettings,
-        args,
-        {
-            "registry": "registry_root",
-            "name": "model_name",
-            "weights": "weights",
-            "arch": "architecture",
-            "allow_download": "allow_download",
-            "input_size": "input_size",
-            "recipe": "recipe",
-        },
-    )
-    try:
-        info = init_model(settings, force=args.force)
-    except RegistryNotEmpty as exc:
-        if args.if_empty:
-            print(f"cad model init: nothing to do ({exc})")
-            return 0
-        print(f"cad model init: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, WeightsUnavailable, ValueError) as exc:
-        print(f"cad model init: {exc}", file=sys.stderr)
-        return 2
-    manifest, pre = info.manifest, info.manifest.pretrained
-    print(
-        f"published {manifest.name} version {info.version} ({manifest.architecture}) at {info.path}"
-    )
-    print(
-        f"pretrained: {pre.source}"
-        + (f" ({pre.found}: {pre.path}, {pre.licence})" if pre.path else "")
-        + f"  sha256: {manifest.sha256}"
-    )
-    return 0
-
-
-def _trainer_settings(args: argparse.Namespace, **extra: object) -> TrainerSettings:
-    from trainer.settings import TrainerSettings
-
-    flags = {
-        name: name
-        for name in (
-            "store_url",
-            "archive_root",
-            "preset",
-            "depth",
-            "seed",
-            "val_fraction",
-            "start_version",
-            "auc_tolerance",
-            "min_new_labels",
-            "watch_poll_s",
-            "hq",
-            "allow_unvalidated",
-        )
-    }
-    flags.update(
-        registry="registry_root", metrics_port="watch_metrics_port", batch_size="train_batch_size"
-    )
-    return from_flags(TrainerSettings, args, flags, **extra)
+from cadcli import model as model_commands
+from cadcli.settings import trainer_settings
 
 
 def _train_round(args: argparse.Namespace) -> int:
-    _require_torch("train round")
+    model_commands.require_torch("train round")
     from cad.logs import configure_logging
     from trainer.round import run_round
 
     configure_logging(args.log_level)
-    report = run_round(_trainer_settings(args))
+    report = run_round(trainer_settings(args))
     print(report.summary())
     return 0 if report.outcome != "rejected" or not args.fail_on_reject else 3
 
@@ -122,7 +37,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def _train_rescore(args: argparse.Namespace) -> int:
-    _require_torch("train rescore")
+    model_commands.require_torch("train rescore")
     from cad.labels.archive import ImageArchive
     from cad.labels.store import open_store
     from cad.logs import configure_logging
@@ -130,7 +45,7 @@ def _train_rescore(args: argparse.Namespace) -> int:
     from trainer.rescore import rescore_pool
 
     configure_logging(args.log_level)
-    settings = _trainer_settings(args)
+    settings = trainer_settings(args)
     store = open_store(settings.store_url)
     try:
         registry = ModelRegistry(settings.registry_root, settings.model_name).with_pins_in(store)
@@ -155,208 +70,12 @@ def _train_rescore(args: argparse.Namespace) -> int:
 
 
 def _train_watch(args: argparse.Namespace) -> int:
-    _require_torch("train watch")
+    model_commands.require_torch("train watch")
     from cad.logs import configure_logging
     from trainer.watch import watch
 
     configure_logging(args.log_level)
-    watch(_trainer_settings(args))
-    return 0
-
-
-def _registry(args: argparse.Namespace) -> ModelRegistry:
-    from cad.models.registry import ModelRegistry
-    from service.settings import ServerSettings
-
-    s = ServerSettings()
-    registry = ModelRegistry(
-        Path(args.registry) if args.registry else s.registry_root, args.name or s.model_name
-    )
-    url = _store_url(args)
-    if url:  # the pin lives in the label store, where the servers read it
-        from cad.labels.store import open_store
-
-        registry.with_pins_in(open_store(url))
-    return registry
-
-
-def _store_url(args: argparse.Namespace) -> str:
-    from cadcli.settings import CliSettings
-
-    return getattr(args, "store_url", None) or CliSettings().store_url or ""
-
-
-def _model_quantize(args: argparse.Namespace) -> int:
-    from cad.logs import configure_logging
-    from trainer.quantize import quantize_from_store
-
-    configure_logging(args.log_level)
-    try:
-        report = quantize_from_store(
-            _trainer_settings(args),
-            args.version,
-            args.calibration_patches,
-            precision=args.precision,
-        )
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
-        print(f"cad model quantize: {exc}", file=sys.stderr)
-        return 2
-    p = report.precision
-    print(
-        f"{p} variant of version {report.version}: AUC {report.auc_fp32:.4f} -> "
-        f"{report.auc_variant:.4f} (drop {report.auc_drop:+.4f}) on {report.eval_candidates} labeled "
-        f"candidates; servers with CAD_PRECISION={p} serve it only if the drop is within "
-        f"CAD_{p.upper()}_MAX_AUC_DROP"
-    )
-    return 0
-
-
-def _model_list(args: argparse.Namespace) -> int:
-    registry = _registry(args)
-    pinned, latest = registry.pinned(), registry.latest()
-    print(f"{'version':>7}  {'created':<25} {'parent':>6}  {'val AUC':>7}  {'labels':>6}  note")
-    for v in registry.versions():
-        m = registry.get(v).manifest
-        auc = m.val_auc
-        note = ("pinned " if v == pinned else "") + ("newest" if v == latest else "")
-        print(
-            f"{v:>7}  {m.created:<25} {m.parent_version or '-':>6}  "
-            f"{auc if auc is None else round(auc, 4)!s:>7}  {m.labels.count:>6}  {note}"
-        )
-    return 0
-
-
-def _model_show(args: argparse.Namespace) -> int:
-    import json
-
-    registry = _registry(args)
-    version = args.version or registry.target()
-    if version is None:
-        print(f"cad model show: no version of {registry.name} is published yet", file=sys.stderr)
-        return 2
-    try:
-        manifest = registry.get(int(version)).manifest
-        print(json.dumps(manifest.to_json(), indent=2, sort_keys=True))
-    except FileNotFoundError:
-        print(f"cad model show: no version {version}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def _cli_actor(args: argparse.Namespace) -> str:
-    import getpass
-    import socket
-
-    return getattr(args, "actor", "") or f"{getpass.getuser()}@{socket.gethostname()} (cli)"
-
-
-def _audit(
-    args: argparse.Namespace,
-    action: str,
-    target: str,
-    detail: dict[str, Any],
-    actor: str = "",
-) -> None:
-    """Record a CLI registry change in the label store's audit trail (CAD_STORE_URL / --store-url)."""
-    url = _store_url(args)
-    if not url:
-        print(
-            "note: no --store-url / CAD_STORE_URL, so this change is not in the audit trail",
-            file=sys.stderr,
-        )
-        return
-    from cad.labels.store import open_store
-
-    store = open_store(url)
-    try:
-        store.fleet.add_audit(action, actor or _cli_actor(args), target, detail)
-    finally:
-        store.close()
-
-
-def _model_rollback(args: argparse.Namespace) -> int:
-    from cad.errors import ModelRejected, NotFound
-    from cad.models.lifecycle import AuditListener
-    from cad.models.manager import ModelManager
-    from cad.models.providers import SessionOptions
-
-    def sink(action: str, actor: str, target: str, detail: dict[str, Any]) -> None:
-        _audit(args, action, target, {**detail, "via": "cli"}, actor)
-
-    # The PinVersion RPC's pin: the version is loaded and checked (checksum, signature, warm-up)
-    # as a server would before anything is pinned, and the pin is audited by the same listener.
-    manager = ModelManager(
-        _registry(args),
-        SessionOptions(),
-        listeners=[AuditListener(sink, swaps=False)],
-    )
-    try:
-        manager.pin(args.version, actor=_cli_actor(args), reason=args.reason)
-    except NotFound as exc:
-        print(f"cad model rollback: {exc}", file=sys.stderr)
-        return 2
-    except ModelRejected as exc:
-        print(f"cad model rollback: not pinned, servers would refuse it: {exc}", file=sys.stderr)
-        return 2
-    print(f"pinned version {args.version}; servers switch on their next registry poll")
-    return 0
-
-
-def _model_prune(args: argparse.Namespace) -> int:
-    """Remove old versions: all but the newest --keep, never the pinned or followed one or one a
-    server reported serving within --replica-window-s (the store's replicas table)."""
-    from cad.labels.store import open_store
-    from cad.models.registry import ModelRegistry, plan_prune
-    from service.settings import ServerSettings
-
-    url = _store_url(args)
-    if not url:
-        print(
-            "cad model prune: needs --store-url / CAD_STORE_URL: the pin and the versions servers "
-            "serve are kept there, and each removal is audited",
-            file=sys.stderr,
-        )
-        return 2
-    s = ServerSettings()
-    store = open_store(url)
-    try:
-        registry = ModelRegistry(
-            Path(args.registry) if args.registry else s.registry_root, args.name or s.model_name
-        ).with_pins_in(store)
-        served: dict[int, str] = {}
-        for replica_id, version, host, seen in store.fleet.replicas(
-            registry.name, args.replica_window_s
-        ):
-            if version is not None:
-                served.setdefault(version, f"replica {replica_id} on {host} (seen {seen})")
-        try:
-            doomed, kept = plan_prune(registry, args.keep, served)
-        except ValueError as exc:
-            print(f"cad model prune: {exc}", file=sys.stderr)
-            return 2
-        for v, why in sorted(kept.items()):
-            print(f"keep    {v:>5}  {why}")
-        for v in doomed:
-            if args.dry_run:
-                print(f"would remove {v:>5}")
-                continue
-            registry.remove(v)
-            store.fleet.add_audit(
-                "prune_version", _cli_actor(args), f"{registry.name}/v{v}", {"keep": args.keep}
-            )
-            print(f"removed {v:>5}")
-    finally:
-        store.close()
-    return 0
-
-
-def _model_unpin(args: argparse.Namespace) -> int:
-    registry = _registry(args)
-    if registry.unpin():
-        _audit(args, "unpin", registry.name, {"via": "cli"})
-        print("unpinned; servers follow the newest version")
-    else:
-        print("nothing was pinned")
+    watch(trainer_settings(args))
     return 0
 
 
@@ -450,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="succeed without publishing when versions exist (container init steps)",
     )
     init.add_argument("--log-level", default="INFO")
-    init.set_defaults(func=_model_init)
+    init.set_defaults(func=model_commands.init)
 
     quant = model_sub.add_parser(
         "quantize",
@@ -463,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--calibration-patches", type=int, default=512, help="int8 only")
     quant.add_argument("--precision", choices=["int8", "fp16"], default="int8")
     quant.add_argument("--log-level", default="INFO")
-    quant.set_defaults(func=_model_quantize)
+    quant.set_defaults(func=model_commands.quantize)
 
     for name, helptext in (
         ("list", "list versions"),
@@ -496,11 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--reason", default="")
         p.set_defaults(
             func={
-                "list": _model_list,
-                "show": _model_show,
-                "rollback": _model_rollback,
-                "unpin": _model_unpin,
-                "prune": _model_prune,
+                "list": model_commands.list_versions,
+                "show": model_commands.show,
+                "rollback": model_commands.rollback,
+                "unpin": model_commands.unpin,
+                "prune": model_commands.prune,
             }[name]
         )
 
@@ -579,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         return _experiment_moved()
     args = build_parser().parse_args(argv)
     if args.command == "demo":
-        _require_torch("demo")
+        model_commands.require_torch("demo")
         from cadcli.demo import run_demo
 
         return run_demo(args.workdir, args.log_level)

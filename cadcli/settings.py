@@ -1,9 +1,18 @@
-"""Settings of the ``cad model`` commands that are not the trainer's."""
+"""Settings of the ``cad model`` commands that are not the trainer's, and the trainer's own
+as a ``cad train`` or ``cad model`` command reads them."""
 
 from __future__ import annotations
 
+import argparse
+from typing import TYPE_CHECKING
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cad.settings import from_flags
+
+if TYPE_CHECKING:  # the trainer is imported where used: `cad serve` never imports torch
+    from trainer.settings import TrainerSettings
 
 
 class CliSettings(BaseSettings):
@@ -17,3 +26,31 @@ class CliSettings(BaseSettings):
         description="cad model commands: the label store where pins live (as servers read them) and "
         "whose audit trail records each change.",
     )
+
+
+def trainer_settings(args: argparse.Namespace, **extra: object) -> TrainerSettings:
+    """The trainer's settings from its environment, with the command's flags on top (a flag
+    given wins)."""
+    from trainer.settings import TrainerSettings
+
+    flags = {
+        name: name
+        for name in (
+            "store_url",
+            "archive_root",
+            "preset",
+            "depth",
+            "seed",
+            "val_fraction",
+            "start_version",
+            "auc_tolerance",
+            "min_new_labels",
+            "watch_poll_s",
+            "hq",
+            "allow_unvalidated",
+        )
+    }
+    flags.update(
+        registry="registry_root", metrics_port="watch_metrics_port", batch_size="train_batch_size"
+    )
+    return from_flags(TrainerSettings, args, flags, **extra)

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib.pyplot as plt
 
     from cad.aift.vessel import PE_WINDOW, VesselAxis, review_planes, vessel_axis
-    from cad.volumes import assemble_series
+    from cad.series import assemble_series
     from support.ctpa import rotation, series_bytes, tube_volume
     from tests.ct import ENHANCED_CT, dicom_test_file
 

@@ -591,7 +591,8 @@ def test_flags_reach_settings_one_way(monkeypatch: pytest.MonkeyPatch) -> None:
     import argparse
 
     from cad.settings import from_flags
-    from cadcli.main import _trainer_settings, build_parser
+    from cadcli.main import build_parser
+    from cadcli.settings import trainer_settings
     from reviewui.settings import ReviewUiSettings
     from service.settings import ServerSettings
 
@@ -612,7 +613,7 @@ def test_flags_reach_settings_one_way(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert (ui.host, ui.port, ui.server) == ("0.0.0.0", 8080, "cad:50051")
     monkeypatch.setenv("CAD_SEED", "7")
-    trainer = _trainer_settings(
+    trainer = trainer_settings(
         build_parser().parse_args(
             ["train", "round", "--registry", "/r", "--batch-size", "16", "--hq"]
         )

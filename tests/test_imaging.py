@@ -10,16 +10,9 @@ import pytest
 from PIL import Image
 from pydicom.pixels import apply_modality_lut, pixel_array
 
+from cad.encoded import decode_encoded, decode_raw, png_image_chunks
 from cad.errors import InvalidInput, LimitExceeded, UnsupportedImage
-from cad.imaging import (
-    ImageLimits,
-    Window,
-    apply_window,
-    decode_dicom,
-    decode_encoded,
-    decode_raw,
-    png_image_chunks,
-)
+from cad.imaging import ImageLimits, Window, apply_window, decode_dicom
 from support.helpers import dicom_bytes, dicom_path
 
 

@@ -257,7 +257,7 @@ def test_review_image_of_a_png_is_the_upload_without_its_metadata(channel: grpc.
 
     from PIL import Image, PngImagePlugin
 
-    from cad.imaging import png_image_chunks
+    from cad.encoded import png_image_chunks
 
     info = PngImagePlugin.PngInfo()
     info.add_text("PatientName", "SMITH^JOHN")

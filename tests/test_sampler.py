@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from cad.aift.patches import Box, extract_many, parse_recipe, patch_affines
-from cad.imaging import Window, decode_dicom, decode_encoded
+from cad.encoded import decode_encoded
+from cad.imaging import Window, decode_dicom
 from cad.models.registry import MODEL_FILE, ModelRegistry
 from cad.models.sampler import AFFINES, IMAGES, INDEX, ImagePatches, pack, sampler_graph
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc

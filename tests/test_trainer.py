@@ -682,7 +682,7 @@ def test_candidate_views_sample_dropout_and_refuse_a_top_without_one(tmp_path: P
 def test_the_gate_holds_a_version_to_the_audit_slice_once_it_has_enough_labels(
     world: World,
 ) -> None:
-    from trainer.round import _gate
+    from trainer.gate import gate_decision
 
     registry = ModelRegistry(world.root, "cad")
     parent = registry.get(1)
@@ -693,12 +693,12 @@ def test_the_gate_holds_a_version_to_the_audit_slice_once_it_has_enough_labels(
         "parent_audit_auc": 0.85,
         "audit": {"auc_low": 0.7, "auc_high": 0.9},
     }
-    said, refused = _gate({**base, **worse, "audit_labels": 12}, settings, parent, 40)
+    said, refused = gate_decision({**base, **worse, "audit_labels": 12}, settings, parent, 40)
     assert not refused and "audit slice AUC 0.8000 [0.700, 0.900] on 12 labels (reported)" in said
-    said, refused = _gate({**base, **worse, "audit_labels": 40}, settings, parent, 40)
+    said, refused = gate_decision({**base, **worse, "audit_labels": 40}, settings, parent, 40)
     assert not said and "audit-slice AUC 0.8000" in refused and "40 labels" in refused
     better = {**worse, "audit_auc": 0.86}
-    said, refused = _gate({**base, **better, "audit_labels": 40}, settings, parent, 40)
+    said, refused = gate_decision({**base, **better, "audit_labels": 40}, settings, parent, 40)
     assert not refused and "audit slice AUC 0.8600" in said
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from cad.aift.vessel import extract_pe_patches
 from cad.models.registry import ModelRegistry
-from cad.volumes import assemble_series
+from cad.series import assemble_series
 from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.rpc.server import ServerThread
 from support.ctpa import rotation, series_bytes, tube_volume

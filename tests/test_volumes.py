@@ -21,7 +21,8 @@ from cad.aift.vessel import (
     vessel_axis,
 )
 from cad.errors import InvalidInput, LimitExceeded
-from cad.volumes import Volume, VolumeLimits, assemble_series
+from cad.series import assemble_series
+from cad.volumes import Volume, VolumeLimits
 from support.ctpa import rotation, series_bytes, tube_volume
 from tests.ct import ENHANCED_CT, dicom_test_file, edited_instance, real_ct_series
 

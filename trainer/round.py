@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import os
 import tempfile
 import time
@@ -29,20 +28,19 @@ from cad.clock import utc_now
 from cad.labels.archive import ImageArchive
 from cad.labels.store import SqlLabelStore, open_store
 from cad.labels.store.leases import Lease, holder_name
-from cad.measures import Evaluation, evaluate
 from cad.models.registry import MODEL_FILE, WEIGHTS_FILE, ModelRegistry, VersionInfo
 from trainer.data import (
     Example,
     PatchSource,
     ids_hash,
     labeled_examples,
-    labels_of,
     split_of,
     unsettled_count,
 )
 from trainer.device import device_name, resolve_device
 from trainer.export import ExportCheckFailed, ExportReport, export_and_check
-from trainer.finetune import TrainResult, candidate_probabilities, fine_tune
+from trainer.finetune import candidate_probabilities, fine_tune
+from trainer.gate import audit_metrics, gate_decision, validation_metrics
 from trainer.network import CadNet
 from trainer.presets import PRESETS, trained_layers
 from trainer.rescore import archived, keyed_methods, load_net, rescore_pool, write_queue_keys
@@ -102,21 +100,6 @@ def _record(registry: ModelRegistry, report: RoundReport) -> None:
         fh.write(json.dumps(asdict(report), sort_keys=True, default=str) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def _evaluate(
-    net: CadNet,
-    examples: Sequence[Example],
-    source: PatchSource,
-    s: TrainerSettings,
-    desc: str,
-    progress: bool,
-) -> Evaluation:
-    probs = candidate_probabilities(
-        net, examples, source, desc=desc, progress=progress, depth=s.depth
-    )
-    scores = np.array([candidate_probability(p) for p in probs])
-    return evaluate(labels_of(examples), scores, fpr=s.fpr, seed=s.seed)
 
 
 def _hq_set(
@@ -278,10 +261,10 @@ def _round(
             settings.seed, progress,
         )  # fmt: skip
     with _timed(report, "validate"):
-        report.metrics = _validation_metrics(
+        report.metrics = validation_metrics(
             net, parent_net, val, source, settings, result, progress
         )
-        report.metrics.update(_audit_metrics(net, parent_net, audit, source, settings, progress))
+        report.metrics.update(audit_metrics(net, parent_net, audit, source, settings, progress))
     started_export = time.perf_counter()
     net.cpu()  # export and its parity check run on the CPU, whatever trained it
 
@@ -293,7 +276,7 @@ def _round(
             report.outcome, report.reason = "rejected", f"export check failed: {exc}"
             return report
         report.metrics["parity_max_abs_diff"] = export.max_abs_diff
-        gate, refused = _gate(report.metrics, settings, parent, len(val))
+        gate, refused = gate_decision(report.metrics, settings, parent, len(val))
         if refused:
             report.outcome, report.reason = "rejected", refused
             return report
@@ -362,52 +345,6 @@ def _split(
     return examples, train, val, report
 
 
-def _validation_metrics(
-    net: CadNet,
-    parent_net: CadNet,
-    val: Sequence[Example],
-    source: PatchSource,
-    settings: TrainerSettings,
-    result: TrainResult,
-    progress: bool,
-) -> dict[str, Any]:
-    """The new and the parent network on the validation split (None where it has none), and
-    the training losses; NaN (a one-class split) as None."""
-    new_eval = _evaluate(net, val, source, settings, "validating new", progress) if val else None
-    old_eval = (
-        _evaluate(parent_net, val, source, settings, "validating parent", progress) if val else None
-    )
-    metrics: dict[str, Any] = {
-        "val_auc": new_eval.auc if new_eval else None,
-        "val": new_eval.as_dict() if new_eval else None,
-        "parent_val_auc": old_eval.auc if old_eval else None,
-        "train_loss": result.losses,
-    }
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
-
-
-def _audit_metrics(
-    net: CadNet,
-    parent_net: CadNet,
-    audit: Sequence[Example],
-    source: PatchSource,
-    settings: TrainerSettings,
-    progress: bool,
-) -> dict[str, Any]:
-    """The new and the parent network on the audit slice's labels: the unbiased yardstick (a
-    uniform random sample of the pool; the rest of the labels are what a ranking chose)."""
-    if len({e.label for e in audit}) < 2:
-        return {"audit_labels": len(audit), "audit_auc": None, "parent_audit_auc": None}
-    new_eval = _evaluate(net, audit, source, settings, "audit slice, new", progress)
-    old_eval = _evaluate(parent_net, audit, source, settings, "audit slice, parent", progress)
-    return {
-        "audit_labels": len(audit),
-        "audit_auc": new_eval.auc,
-        "audit": new_eval.as_dict(),
-        "parent_audit_auc": old_eval.auc,
-    }
-
-
 def _export(
     net: CadNet,
     onnx_path: Path,
@@ -427,44 +364,6 @@ def _export(
         )
         bar.update()
     return export
-
-
-def _gate(
-    metrics: dict[str, Any], settings: TrainerSettings, parent: VersionInfo, val_count: int
-) -> tuple[str, str]:
-    """(what the gate says, why the model is refused: "" to publish). A model is published only
-    when its validation AUC is not below the parent's by more than the tolerance."""
-    new_auc, old_auc = metrics["val_auc"], metrics["parent_val_auc"]
-    if new_auc is None or old_auc is None:
-        if not settings.allow_unvalidated:
-            return "", (
-                f"validation split cannot be scored ({val_count} labels, needs both classes); "
-                "not publishing an unvalidated model"
-            )
-        return "UNVALIDATED: published because allow_unvalidated is set", ""
-    if new_auc < old_auc - settings.auc_tolerance:
-        return "", (
-            f"val AUC {new_auc:.4f} is below the current v{parent.version}'s {old_auc:.4f} "
-            f"by more than {settings.auc_tolerance}"
-        )
-    said = f"val AUC {new_auc:.4f} >= {old_auc:.4f} - {settings.auc_tolerance}"
-    audit, parent_audit = metrics.get("audit_auc"), metrics.get("parent_audit_auc")
-    if audit is None or parent_audit is None:
-        return said, ""
-    labels = metrics.get("audit_labels", 0)
-    low, high = (
-        (metrics.get("audit") or {}).get("auc_low"),
-        (metrics.get("audit") or {}).get("auc_high"),
-    )
-    interval = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
-    if labels < settings.audit_min_labels:
-        return f"{said}; audit slice AUC {audit:.4f}{interval} on {labels} labels (reported)", ""
-    if audit < parent_audit - settings.auc_tolerance:
-        return "", (
-            f"audit-slice AUC {audit:.4f}{interval} on {labels} labels is below the current "
-            f"v{parent.version}'s {parent_audit:.4f} by more than {settings.auc_tolerance}"
-        )
-    return f"{said}; audit slice AUC {audit:.4f}{interval} >= {parent_audit:.4f} - tolerance", ""
 
 
 def _manifest(

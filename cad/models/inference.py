@@ -24,20 +24,14 @@ from cad.aift.patches import (
     patch_affines,
     require_image_recipe,
 )
+from cad.encoded import decode_encoded, decode_raw
 from cad.errors import (
     Cancelled,
     DeadlineExceeded,
     InvalidInput,
     LimitExceeded,
 )
-from cad.imaging import (
-    DecodedImage,
-    ImageLimits,
-    Window,
-    decode_dicom,
-    decode_encoded,
-    decode_raw,
-)
+from cad.imaging import DecodedImage, ImageLimits, Window, decode_dicom
 from cad.metrics import ServiceMetrics
 from cad.models.manager import ModelManager
 from cad.models.model import LoadedModel

@@ -24,7 +24,8 @@ from cad.aift.vessel import PE_WINDOW, VesselAxis, extract_pe_patches, unit, ves
 from cad.errors import InvalidInput
 from cad.imaging import Window
 from cad.models.inference import Classifier, still_wanted
-from cad.volumes import Volume, VolumeLimits, assemble_series
+from cad.series import assemble_series
+from cad.volumes import Volume, VolumeLimits
 
 Vec3 = tuple[float, float, float]
 

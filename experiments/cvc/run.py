@@ -47,7 +47,8 @@ from cad.aift import (
     degenerate_variants,
     parse_recipe,
 )
-from cad.imaging import ImageLimits, decode_encoded
+from cad.encoded import decode_encoded
+from cad.imaging import ImageLimits
 from cad.labels.archive import ImageArchive
 from cad.labels.ordering import MAX_QUEUE_LIMIT
 from cad.labels.recorder import Recorder

@@ -10,7 +10,8 @@ from cad import validation
 from cad.aift import Box
 from cad.errors import InvalidInput
 from cad.imaging import Window
-from cad.labels.review import QueueResult, ReviewImage, VolumeView
+from cad.labels.images import ReviewImage, VolumeView
+from cad.labels.review import QueueResult
 from cad.labels.store.records import (
     AuditEvent,
     Conflict,
