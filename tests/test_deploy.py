@@ -532,7 +532,8 @@ def test_the_settings_reference_is_generated_from_the_code() -> None:
                 assert not set(group.model_fields) <= set(cls.model_fields), (cls, group)
     # ... and every CAD_* name the prose mentions is a real setting (or a prefix of some).
     known = {row[0] for row in gen.rows()}
-    for doc in ("README.md", "docs/performance.md", "docs/results.md"):
+    guides = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "docs" / "guides").glob("*.md"))]
+    for doc in ("README.md", "docs/index.md", "docs/performance.md", "docs/results.md", *guides):
         for name in set(re.findall(r"CAD_[A-Z0-9_]+", (ROOT / doc).read_text())):
             assert name in known or any(k.startswith(name) for k in known if name.endswith("_")), (
                 f"{doc} mentions {name}, which no settings class reads"

@@ -36,7 +36,9 @@ from service.rpc.auth import AccessPolicy, PermissionDenied, Unauthenticated, cu
 log = logging.getLogger(__name__)
 
 
-_STATUS: list[tuple[type[CadError], grpc.StatusCode]] = [
+# What each domain error answers as; the first match wins (the status-code reference page is
+# generated from this list by scripts/gen_reference_docs.py).
+STATUS_CODES: list[tuple[type[CadError], grpc.StatusCode]] = [
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
@@ -56,7 +58,7 @@ _STATUS: list[tuple[type[CadError], grpc.StatusCode]] = [
 
 
 def status_for(exc: CadError) -> grpc.StatusCode:
-    for cls, code in _STATUS:
+    for cls, code in STATUS_CODES:
         if isinstance(exc, cls):
             return code
     return grpc.StatusCode.INTERNAL

@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class CadInferenceStub:
-    """Missing associated documentation comment in .proto file."""
+    """What CAD clients call: an image, a video stream or a CT series in, a probability
+    per candidate out (the "infer" role).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -52,10 +54,13 @@ class CadInferenceStub:
 
 
 class CadInferenceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """What CAD clients call: an image, a video stream or a CT series in, a probability
+    per candidate out (the "infer" role).
+    """
 
     def Classify(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One image (DICOM, PNG/JPEG or raw pixels) and its candidates.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -102,7 +107,9 @@ def add_CadInferenceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class CadInference:
-    """Missing associated documentation comment in .proto file."""
+    """What CAD clients call: an image, a video stream or a CT series in, a probability
+    per candidate out (the "infer" role).
+    """
 
     @staticmethod
     def Classify(request,
@@ -187,7 +194,9 @@ class CadInference:
 
 
 class ModelAdminStub:
-    """Missing associated documentation comment in .proto file."""
+    """The model's versions: what is served, what is published, pins and the
+    audit trail.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -228,7 +237,9 @@ class ModelAdminStub:
 
 
 class ModelAdminServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The model's versions: what is served, what is published, pins and the
+    audit trail.
+    """
 
     def GetModel(self, request, context):
         """The version serving now.
@@ -238,7 +249,8 @@ class ModelAdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListVersions(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every published version, with the one served now and the pinned one.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -313,7 +325,9 @@ def add_ModelAdminServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ModelAdmin:
-    """Missing associated documentation comment in .proto file."""
+    """The model's versions: what is served, what is published, pins and the
+    audit trail.
+    """
 
     @staticmethod
     def GetModel(request,
@@ -479,7 +493,9 @@ class ModelAdmin:
 
 
 class CadReviewStub:
-    """Missing associated documentation comment in .proto file."""
+    """What reviewers' clients (the review page) call: corrections become labels (the
+    "review" role).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -540,28 +556,35 @@ class CadReviewStub:
 
 
 class CadReviewServicer:
-    """Missing associated documentation comment in .proto file."""
+    """What reviewers' clients (the review page) call: corrections become labels (the
+    "review" role).
+    """
 
     def SubmitCorrection(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Confirm or dismiss a candidate; idempotent under its key.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def AddMissedFinding(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A finding the CAD missed, drawn by the reviewer; idempotent under its key.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetAnnotationQueue(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The unlabeled candidates whose labels would teach the model most, ranked
+        (AIFT by default); a signed-in reviewer's items are theirs for a while.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ExportLabels(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every label, settled disagreements as settled, for training elsewhere.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -676,7 +699,9 @@ def add_CadReviewServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class CadReview:
-    """Missing associated documentation comment in .proto file."""
+    """What reviewers' clients (the review page) call: corrections become labels (the
+    "review" role).
+    """
 
     @staticmethod
     def SubmitCorrection(request,
