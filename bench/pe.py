@@ -106,13 +106,13 @@ def main(argv: list[str] | None = None) -> int:
             EncodedImage(buf.getvalue()),
             0,
             [CandidateInput(str(i), b) for i, b in enumerate(boxes)],
-            "polyp",
+            recipe="polyp",
         )
         series, points, direction = _ctpa_series()
         estimated = VolumeInput(
             series,
             [VolumeCandidateInput(str(i), tuple(p)) for i, p in enumerate(points)],  # type: ignore[arg-type]
-            "pe",
+            recipe="pe",
         )
         given = VolumeInput(
             series,
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                 VolumeCandidateInput(str(i), tuple(p), direction=tuple(direction))  # type: ignore[arg-type]
                 for i, p in enumerate(points)
             ],
-            "pe",
+            recipe="pe",
         )
         log(f"timing {args.repeats} requests of each kind at {args.size} px ...")
         t_polyp = _median_seconds(lambda: classifier.classify(polyp), args.repeats) / 3

@@ -692,7 +692,18 @@ def test_a_pruner_racing_a_writer_never_leaves_a_row_pointing_at_a_deleted_file(
         0,
         "single",
         DecodedImage(pixels, 0),
-        [CandidateResult("writer-2-0", "c", box, 0.5, 1, 0.1, 0.2, 0.3)],
+        [
+            CandidateResult(
+                "writer-2-0",
+                "c",
+                box,
+                probability=0.5,
+                patches=1,
+                entropy=0.1,
+                diversity=0.2,
+                score=0.3,
+            )
+        ],
     )
     recorder.record(outcome, np.full((1, 1, 2), 0.5, dtype=np.float32))
     assert store.get_image("writer-2").sha256 == sha and archive.path(sha).exists()

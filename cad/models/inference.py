@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -68,33 +68,47 @@ class CandidateInput:
     box: Box
 
 
-@dataclass(frozen=True)
-class ClassifyInput:
-    image: ImageInput
-    frame_index: int
-    candidates: Sequence[CandidateInput]
+@dataclass(frozen=True, kw_only=True)
+class RequestOptions:
+    """What any classification request adds to its image or series (keywords only): the patch
+    recipe, a window, where it comes from, and when its client stops waiting."""
+
     recipe: str = ""
     window: Window | None = None
     source_id: str = ""
     deadline: float | None = None
     """The client's deadline as a :func:`time.monotonic` time (None: no deadline)."""
-    request_id: str = ""
-    """Given (from an idempotency key): a retry is answered and recorded under the same id;
-    empty: a new one."""
     cancelled: threading.Event | None = None
     """Set when the client cancels: the work stops at its next check (:func:`still_wanted`)."""
 
 
 @dataclass(frozen=True)
-class CandidateResult:
-    candidate_id: str
-    client_id: str
-    box: Box
+class ClassifyInput(RequestOptions):
+    image: ImageInput
+    frame_index: int
+    candidates: Sequence[CandidateInput]
+    request_id: str = ""
+    """Given (from an idempotency key): a retry is answered and recorded under the same id;
+    empty: a new one."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CandidateScores:
+    """What the model says of one candidate (keywords only; :func:`scored` makes them): the
+    probability of a finding, over how many patches, and the AIFT scores."""
+
     probability: float
     patches: int
     entropy: float
     diversity: float
     score: float
+
+
+@dataclass(frozen=True)
+class CandidateResult(CandidateScores):
+    candidate_id: str
+    client_id: str
+    box: Box
 
 
 @dataclass(frozen=True)
@@ -106,6 +120,30 @@ class ClassifyOutcome:
     image: DecodedImage
     results: list[CandidateResult]
     source_id: str = ""
+
+
+def scored(
+    metrics: ServiceMetrics, chunks: list[npt.NDArray[np.float32]], count: int, per_candidate: int
+) -> tuple[npt.NDArray[np.float32], list[dict[str, Any]]]:
+    """The model's answers for ``count`` candidates of ``per_candidate`` patches each (in chunks,
+    in order): all patch probabilities, and each candidate's AIFT scores as a result's fields
+    (probability, patches, entropy, diversity, score); counted in the metrics. The one scoring
+    of an image's candidates and of a CT volume's."""
+    all_probs = np.concatenate(chunks).reshape(count, per_candidate, -1)
+    stats = candidate_stats(all_probs)
+    metrics.candidates.inc(count)
+    metrics.patches.inc(count * per_candidate)
+    scores = [
+        {
+            "probability": float(stats.probability[i]),
+            "patches": per_candidate,
+            "entropy": float(stats.entropy[i]),
+            "diversity": float(stats.diversity[i]),
+            "score": float(stats.score[i]),
+        }
+        for i in range(count)
+    ]
+    return all_probs, scores
 
 
 def still_wanted(deadline: float | None, cancelled: threading.Event | None) -> None:
@@ -236,23 +274,10 @@ class Classifier:
                 out = self.buffers.get(len(chunk) * recipe.count, model.input_size)
                 patches = extract_many(image.pixels, chunk, recipe, model.input_size, out=out)
             probs.append(self.batcher.predict(model, patches, request.deadline))
-        all_probs = np.concatenate(probs).reshape(count, recipe.count, -1)
-        stats = candidate_stats(all_probs)
-        self.metrics.candidates.inc(count)
-        self.metrics.patches.inc(count * recipe.count)
-
+        all_probs, scores = scored(self.metrics, probs, count, recipe.count)
         request_id = request.request_id or uuid.uuid4().hex
         results = [
-            CandidateResult(
-                candidate_id=f"{request_id}-{i}",
-                client_id=cand.client_id,
-                box=cand.box,
-                probability=float(stats.probability[i]),
-                patches=recipe.count,
-                entropy=float(stats.entropy[i]),
-                diversity=float(stats.diversity[i]),
-                score=float(stats.score[i]),
-            )
+            CandidateResult(f"{request_id}-{i}", cand.client_id, cand.box, **scores[i])
             for i, cand in enumerate(request.candidates)
         ]
         outcome = ClassifyOutcome(

@@ -9,7 +9,6 @@ AIFT statistics come back. Synchronous and free of protobuf: the transport runs 
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,12 +17,17 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from cad.aift import candidate_stats, parse_recipe
+from cad.aift import parse_recipe
 from cad.aift.patches import require_volume_recipe
 from cad.aift.vessel import PE_WINDOW, VesselAxis, extract_pe_patches, unit, vessel_axis
 from cad.errors import InvalidInput
-from cad.imaging import Window
-from cad.models.inference import Classifier, still_wanted
+from cad.models.inference import (
+    CandidateScores,
+    Classifier,
+    RequestOptions,
+    scored,
+    still_wanted,
+)
 from cad.series import assemble_series
 from cad.volumes import Volume, VolumeLimits
 
@@ -40,29 +44,18 @@ class VolumeCandidateInput:
 
 
 @dataclass(frozen=True)
-class VolumeInput:
+class VolumeInput(RequestOptions):
     instances: Sequence[bytes]
     candidates: Sequence[VolumeCandidateInput]
-    recipe: str = ""
-    window: Window | None = None
-    source_id: str = ""
-    deadline: float | None = None
-    cancelled: threading.Event | None = None
-    """Set when the client cancels: the work stops at its next check."""
 
 
 @dataclass(frozen=True)
-class VolumeCandidateResult:
+class VolumeCandidateResult(CandidateScores):
     candidate_id: str
     client_id: str
     patient_mm: Vec3
     voxel: Vec3
     axis: VesselAxis
-    probability: float
-    patches: int
-    entropy: float
-    diversity: float
-    score: float
 
 
 @dataclass(frozen=True)
@@ -171,23 +164,16 @@ class VolumeClassifier:
                     out=out[n * recipe.count : (n + 1) * recipe.count],
                 )
             probs.append(c.batcher.predict(model, out, request.deadline))
-        all_probs = np.concatenate(probs).reshape(count, recipe.count, -1)
-        stats = candidate_stats(all_probs)
-        c.metrics.candidates.inc(count)
-        c.metrics.patches.inc(count * recipe.count)
+        all_probs, scores = scored(c.metrics, probs, count, recipe.count)
         request_id = uuid.uuid4().hex
         results = [
             VolumeCandidateResult(
-                candidate_id=f"{request_id}-{i}",
-                client_id=cand.client_id,
-                patient_mm=located[i][0],
-                voxel=located[i][1],
-                axis=axes[i],
-                probability=float(stats.probability[i]),
-                patches=recipe.count,
-                entropy=float(stats.entropy[i]),
-                diversity=float(stats.diversity[i]),
-                score=float(stats.score[i]),
+                f"{request_id}-{i}",
+                cand.client_id,
+                located[i][0],
+                located[i][1],
+                axes[i],
+                **scores[i],
             )
             for i, cand in enumerate(request.candidates)
         ]

@@ -396,7 +396,7 @@ class Experiment:
                     EncodedImage(fr.path.read_bytes()),
                     fr.frame,
                     [CandidateInput(str(c.label), c.box) for c in cands],
-                    self.preset.recipe,
+                    recipe=self.preset.recipe,
                     source_id=f"cvc-seq-{fr.sequence}",
                 )
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
@@ -105,6 +106,16 @@ class _Call:
         self.metrics.request_latency.labels(self.method).observe(time.perf_counter() - self.start)
 
 
+_HANDLER_KINDS = (
+    ("unary_unary", grpc.unary_unary_rpc_method_handler, False),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler, True),
+    # the request iterator in, one answer out: wrapped as unary
+    ("stream_unary", grpc.stream_unary_rpc_method_handler, False),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler, True),
+)
+"""A handler's kinds: its attribute, grpc's constructor, whether its answers stream out."""
+
+
 class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
     """Authorises every call (bearer token and role, see :mod:`service.rpc.auth`), maps
     :class:`CadError` subclasses to status codes and records every call's outcome."""
@@ -124,54 +135,47 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
         full = handler_call_details.method
         method = full.rsplit("/", 1)[-1]
         metadata = handler_call_details.invocation_metadata
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method, full, metadata),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._streaming(handler.unary_stream, method, full, metadata),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary:  # the request iterator in, one answer out: as unary
-            return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary, method, full, metadata),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                self._streaming(handler.stream_stream, method, full, metadata),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+        for kind, make, streaming in _HANDLER_KINDS:
+            behavior = getattr(handler, kind)
+            if behavior:
+                wrap = self._streaming if streaming else self._unary
+                return make(
+                    wrap(behavior, method, full, metadata),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
         raise TypeError(f"{full}: a handler of no known kind would skip authorisation")
+
+    @contextlib.asynccontextmanager
+    async def _guarded(
+        self, method: str, full: str, metadata: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[_Call]:
+        """Around one call: authorise it, turn whatever it raises into a status, count it once."""
+        call = _Call(self.metrics, method)
+        try:
+            current_identity.set(self.policy.authorize(full, metadata))
+            yield call
+        except grpc.aio.AbortError:
+            call.aborted(context)
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            call.code = grpc.StatusCode.CANCELLED  # the client went away (mid-stream)
+            raise
+        except INTERRUPTS:
+            call.code = grpc.StatusCode.UNKNOWN
+            raise
+        except BaseException as exc:  # noqa: BLE001  every handler failure is mapped to a status and counted
+            await call.fail(context, exc)
+        finally:
+            call.done()
 
     def _unary(
         self, behavior: Callable[..., Any], method: str, full: str, metadata: Any
     ) -> Callable[..., Awaitable[Any]]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            call = _Call(self.metrics, method)
-            try:
-                current_identity.set(self.policy.authorize(full, metadata))
+            async with self._guarded(method, full, metadata, context):
                 result = behavior(request, context)
                 return await result if inspect.isawaitable(result) else result
-            except grpc.aio.AbortError:
-                call.aborted(context)
-                raise
-            except asyncio.CancelledError:
-                call.code = grpc.StatusCode.CANCELLED
-                raise
-            except INTERRUPTS:
-                call.code = grpc.StatusCode.UNKNOWN
-                raise
-            except BaseException as exc:  # noqa: BLE001  every handler failure is mapped to a status and counted
-                await call.fail(context, exc)
-            finally:
-                call.done()
 
         return wrapped
 
@@ -179,27 +183,12 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
         self, behavior: Callable[..., Any], method: str, full: str, metadata: Any
     ) -> Callable[..., AsyncIterator[Any]]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            call = _Call(self.metrics, method)
-            try:
-                current_identity.set(self.policy.authorize(full, metadata))
+            async with self._guarded(method, full, metadata, context):
                 result = behavior(request, context)
                 if inspect.isasyncgen(result):
                     async for response in result:
                         yield response
                 elif inspect.isawaitable(result):
                     await result
-            except grpc.aio.AbortError:
-                call.aborted(context)
-                raise
-            except (asyncio.CancelledError, GeneratorExit):
-                call.code = grpc.StatusCode.CANCELLED  # the client went away mid-stream
-                raise
-            except INTERRUPTS:
-                call.code = grpc.StatusCode.UNKNOWN
-                raise
-            except BaseException as exc:  # noqa: BLE001  every handler failure is mapped to a status and counted
-                await call.fail(context, exc)
-            finally:
-                call.done()
 
         return wrapped

@@ -34,6 +34,24 @@ class LabelEvents(Repository):
 
     # ------------------------------------------------------------------ label events
 
+    def _lock(self, cur: Any, candidate_id: str, columns: str) -> tuple[Any, ...]:
+        """``columns`` of a candidate's row, locked for the rest of the transaction (FOR UPDATE on
+        PostgreSQL; SQLite's write transaction holds the whole database).
+
+        Raises:
+            NotFound: no such candidate.
+        """
+        cur.execute(
+            self._sql(
+                f"SELECT {columns} FROM candidates WHERE candidate_id = ?" + self.dialect.for_update
+            ),
+            (candidate_id,),
+        )
+        row = cur.fetchone()
+        if row is None:
+            raise NotFound(f"unknown candidate_id {quote(candidate_id)}")
+        return tuple(row)
+
     def _replay(self, cur: Any, key: str, body_sha256: str) -> Receipt | None:
         cur.execute(
             self._sql(f"SELECT {EVENT_COLUMNS} FROM label_events WHERE idempotency_key = ?"),
@@ -79,25 +97,19 @@ class LabelEvents(Repository):
         """Append a correction event to an existing candidate and update its current label."""
 
         def write(cur: Any) -> LabelEvent:
-            cur.execute(
-                self._sql(
-                    "SELECT label, label_reviewer, events, conflict, request_id, adjudicated "
-                    "FROM candidates WHERE candidate_id = ?" + self.dialect.for_update
-                ),
-                (candidate_id,),
+            before, last_reviewer, events, old_conflict, request_id, adjudicated = self._lock(
+                cur,
+                candidate_id,
+                "label, label_reviewer, events, conflict, request_id, adjudicated",
             )
-            row = cur.fetchone()
-            if row is None:
-                raise NotFound(f"unknown candidate_id {quote(candidate_id)}")
-            before, last_reviewer, events, old_conflict, request_id, adjudicated = row
             if adjudicated:
                 raise Settled(
                     f"candidate {quote(candidate_id)} was settled by adjudication; its label is "
                     "final"
                 )
             conflict = before is not None and before != label and last_reviewer != reviewer
-            event = LabelEvent(
-                f"ev-{uuid.uuid4().hex}",
+            event = self._append_event(
+                cur,
                 candidate_id,
                 int(events) + 1,
                 "correction",
@@ -108,9 +120,7 @@ class LabelEvents(Repository):
                 key,
                 body_sha256,
                 conflict,
-                self._now(cur),
             )
-            self._insert_event(cur, event)
             cur.execute(
                 self._sql(
                     "UPDATE candidates SET label = ?, label_reviewer = ?, label_event_id = ?, "
@@ -175,14 +185,9 @@ class LabelEvents(Repository):
                 raise NotFound(f"unknown event_id {quote(event_id)}")
             candidate_id, author, label_before, made_conflict, kind = row
             _may_retract(event_id, candidate_id, author, kind, reviewer)
-            cur.execute(
-                self._sql(
-                    "SELECT label_event_id, events, adjudicated, label FROM candidates "
-                    "WHERE candidate_id = ?" + self.dialect.for_update
-                ),
-                (candidate_id,),
+            latest, events, adjudicated, label = self._lock(
+                cur, candidate_id, "label_event_id, events, adjudicated, label"
             )
-            latest, events, adjudicated, label = cur.fetchone()
             if adjudicated or latest != event_id:
                 raise Settled(
                     f"candidate {quote(candidate_id)} was labeled again since event "
@@ -196,8 +201,8 @@ class LabelEvents(Repository):
                 (candidate_id, event_id),
             )
             before = cur.fetchone() if label_before is not None else None
-            event = LabelEvent(
-                f"ev-{uuid.uuid4().hex}",
+            event = self._append_event(
+                cur,
                 candidate_id,
                 int(events) + 1,
                 "retraction",
@@ -208,9 +213,7 @@ class LabelEvents(Repository):
                 key,
                 body_sha256,
                 False,
-                self._now(cur),
             )
-            self._insert_event(cur, event)
             cur.execute(
                 self._sql(
                     "UPDATE candidates SET label = ?, label_reviewer = ?, label_event_id = ?, "
@@ -274,17 +277,9 @@ class LabelEvents(Repository):
         """
 
         def write(cur: Any) -> LabelEvent:
-            cur.execute(
-                self._sql(
-                    "SELECT label, events, conflict, adjudicated FROM candidates "
-                    "WHERE candidate_id = ?" + self.dialect.for_update
-                ),
-                (candidate_id,),
+            before, events, conflict, adjudicated = self._lock(
+                cur, candidate_id, "label, events, conflict, adjudicated"
             )
-            row = cur.fetchone()
-            if row is None:
-                raise NotFound(f"unknown candidate_id {quote(candidate_id)}")
-            before, events, conflict, adjudicated = row
             if adjudicated:
                 raise Settled(f"candidate {quote(candidate_id)} was settled already")
             if not conflict:
@@ -301,8 +296,8 @@ class LabelEvents(Repository):
                     f"{adjudicator} gave a verdict on {quote(candidate_id)}: a reviewer who "
                     "gave none settles it"
                 )
-            event = LabelEvent(
-                f"ev-{uuid.uuid4().hex}",
+            event = self._append_event(
+                cur,
                 candidate_id,
                 int(events) + 1,
                 "adjudication",
@@ -313,9 +308,7 @@ class LabelEvents(Repository):
                 key,
                 body_sha256,
                 False,
-                self._now(cur),
             )
-            self._insert_event(cur, event)
             cur.execute(
                 self._sql(
                     "UPDATE candidates SET label = ?, label_reviewer = ?, label_event_id = ?, "
@@ -342,8 +335,10 @@ class LabelEvents(Repository):
             )
             if cur.fetchone() is None:
                 raise NotFound(f"no archived image for request_id {quote(candidate.request_id)}")
-            event = LabelEvent(
-                f"ev-{uuid.uuid4().hex}",
+            created = self._now(cur)
+            self.db._insert_candidate(cur, candidate, created)
+            event = self._append_event(
+                cur,
                 candidate.candidate_id,
                 1,
                 "missed",
@@ -354,10 +349,8 @@ class LabelEvents(Repository):
                 key,
                 body_sha256,
                 False,
-                self._now(cur),
+                created,
             )
-            self.db._insert_candidate(cur, candidate, event.created)
-            self._insert_event(cur, event)
             cur.execute(
                 self._sql(
                     "UPDATE candidates SET label = 1, label_reviewer = ?, label_event_id = ?, "
@@ -373,7 +366,37 @@ class LabelEvents(Repository):
 
         return self._with_idempotency(key, body_sha256, write)
 
-    def _insert_event(self, cur: Any, e: LabelEvent) -> None:
+    def _append_event(
+        self,
+        cur: Any,
+        candidate_id: str,
+        seq: int,
+        kind: str,
+        label_before: int | None,
+        label_after: int,
+        reviewer: str,
+        note: str,
+        key: str,
+        body_sha256: str,
+        conflict: bool,
+        created: str | None = None,
+    ) -> LabelEvent:
+        """A new event (its id made here, its time the database's now unless given) appended to
+        the log; the caller updates the candidate's row in the same transaction."""
+        e = LabelEvent(
+            f"ev-{uuid.uuid4().hex}",
+            candidate_id,
+            seq,
+            kind,
+            label_before,
+            label_after,
+            reviewer,
+            note,
+            key,
+            body_sha256,
+            conflict,
+            created or self._now(cur),
+        )
         cur.execute(
             self._sql(f"INSERT INTO label_events ({EVENT_COLUMNS}) VALUES ({', '.join('?' * 12)})"),
             (
@@ -391,6 +414,7 @@ class LabelEvents(Repository):
                 e.created,
             ),
         )
+        return e
 
     def events(self, candidate_id: str | None = None) -> list[LabelEvent]:
         """Label events, oldest first (all, or one candidate's)."""
