@@ -9,7 +9,7 @@ prints and writes what happened: requests answered during each outage, errors by
 spool's peak per replica, how long each replica took to be ready again after each outage, how
 long the replicas took to converge on the new version, and what was checked in the database
 afterwards (acknowledged corrections and classification records, each exactly once).
-``tests/test_failover.py`` runs the same scenario and asserts on its result.
+``tests/system/test_failover.py`` runs the same scenario and asserts on its result.
 
 The "trainer" here publishes a tiny model through the registry's publish (the path every round
 publishes through), holding the trainer lease as a round does; a real round on this 2-core

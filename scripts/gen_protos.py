@@ -1,7 +1,7 @@
 """Generate the Python gRPC code for ``protos/`` into ``service/api/``.
 
 The one way generated code is produced; it is committed, and
-``tests/test_protos.py`` regenerates it into a temporary folder and fails on
+``tests/repo/test_protos.py`` regenerates it into a temporary folder and fails on
 any difference.
 
 Usage: ``python scripts/gen_protos.py [--out DIR]`` (DIR defaults to

@@ -8,7 +8,7 @@
   (``service.rpc.interceptors.STATUS_CODES``), with the error's own description.
 
 ``docs/settings.md`` is generated the same way by ``scripts/gen_settings_docs.py``.
-``tests/test_docs.py`` renders the pages again and fails on any difference.
+``tests/repo/test_docs.py`` renders the pages again and fails on any difference.
 
 Usage: ``python scripts/gen_reference_docs.py [--check]``
 """

@@ -4,7 +4,7 @@ The one way the reference is written: the shared groups (registry, store, client
 server) once each, then one table per process of the settings of its own: the
 server (``ServerSettings``), the trainer (``TrainerSettings``), the container health check
 (``HealthcheckSettings``), the ``cad model`` commands (``CliSettings``), the review page
-(``ReviewUiSettings``) and the DICOM gateway (``GatewaySettings``), with its default as the code has it. ``tests/test_deploy.py``
+(``ReviewUiSettings``) and the DICOM gateway (``GatewaySettings``), with its default as the code has it. ``tests/repo/test_deploy.py``
 renders it again and fails on any difference, so the docs cannot drift from the code.
 
 Usage: ``python scripts/gen_settings_docs.py [--check]``

@@ -23,7 +23,7 @@ CI_FUZZ_EXAMPLES = 300
 LONG_FUZZ_EXAMPLES = 2000
 
 
-# Fuzz profiles (tests/test_fuzz.py). "ci", the default, is derandomised and keeps no example
+# Fuzz profiles (tests/integration/test_fuzz.py). "ci", the default, is derandomised and keeps no example
 # database, so every CI run sends the same examples; "long" is for a run by hand:
 #   .venv/bin/python -m pytest -m fuzz --hypothesis-profile=long
 _FUZZ = {

@@ -156,4 +156,4 @@ class TrainerSettings(RegistrySettings, StoreSettings):
 SHARED_ENV = frozenset({"CAD_REGISTRY_ROOT", "CAD_MODEL_NAME", "CAD_STORE_URL", "CAD_ARCHIVE_ROOT"})
 """The environment variables that the server and the trainer both read: the same storage. Every
 other trainer setting has a name of its own (``CAD_TRAIN_BATCH_SIZE``, not the server's
-``CAD_BATCH_SIZE``), so one ConfigMap can hold both (tests/test_settings.py checks)."""
+``CAD_BATCH_SIZE``), so one ConfigMap can hold both (tests/repo/test_deploy.py checks)."""

@@ -13,7 +13,7 @@ from service.rpc.server import ServerThread
 from support.helpers import make_settings, publish_tiny
 from tests.review_world import TOKENS, png_bytes, token_file
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_python_client_example_classifies_a_frame(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ buffers, and every field of the inference and review requests.
 Profiles (``tests/conftest.py``): ``ci`` (the default: derandomised, so CI runs the same
 examples every time; a few hundred in all) and ``long`` (thousands, random), run by hand:
 
-    .venv/bin/python -m pytest -m fuzz --hypothesis-profile=long tests/test_fuzz.py
+    .venv/bin/python -m pytest -m fuzz --hypothesis-profile=long tests/integration/test_fuzz.py
 """
 
 from __future__ import annotations

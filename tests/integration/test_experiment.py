@@ -216,7 +216,7 @@ def test_the_experiment_lives_apart_from_the_product() -> None:
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     for package in ("cad", "service", "trainer", "reviewui", "cadcli"):
         for path in (root / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):

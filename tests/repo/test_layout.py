@@ -1,14 +1,14 @@
 """The codebase stays one a maintainer can hold in their head: no module of the product over 500
 lines, no function over 80 lines without its reason written beside it (``# long: ...`` on the
 line above), no import cycle among its modules, and research kept out of the product
-(``tests/test_experiment.py``)."""
+(``tests/integration/test_experiment.py``)."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PRODUCT = ("cad", "service", "trainer", "reviewui", "gateway", "cadcli")
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80
@@ -211,3 +211,23 @@ def test_the_label_store_is_one_database_object_with_a_repository_per_area() -> 
         assert not issubclass(repository, StoreCore)
     public = {n for n in vars(SqlLabelStore) | vars(StoreCore) if not n.startswith("_")}
     assert len(public) <= 20, sorted(public)
+
+
+TEST_TIERS = {
+    "unit": "one module's logic, in process, no server, database or network",
+    "integration": "real components in one process: a gRPC server, SQLite and PostgreSQL, ONNX "
+    "Runtime, PyTorch training and export",
+    "system": "processes started, killed and restarted: the demo, failover, a browser, a PACS, "
+    "the images and the compose stack",
+    "repo": "the repository's own rules: layout, lock, generated code and docs, manifests",
+}
+"""The test tiers, one folder each under tests/ (the helpers they share stay in tests/)."""
+
+
+def test_every_test_is_in_a_tier_folder() -> None:
+    tests = ROOT / "tests"
+    assert not sorted(p.name for p in tests.glob("test_*.py")), "put it in a tier folder"
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert folders == set(TEST_TIERS), folders
+    for tier in TEST_TIERS:
+        assert list((tests / tier).glob("test_*.py")), tier

@@ -18,7 +18,7 @@ from tests.review_world import TOKENS, World, classify_frames, classify_pe, revi
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
-SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "review-ui.png"
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "review-ui.png"
 PE_SCREENSHOT = SCREENSHOT.with_name("review-pe.png")
 
 pytestmark = [

@@ -33,7 +33,7 @@ from service.api.cad.v1 import cad_pb2, cad_pb2_grpc
 from service.rpc.server import ServerThread
 from support.helpers import make_settings, publish_tiny
 from support.orthanc import free_port
-from tests.test_gateway import classify_whole_frames, loop, needs_orthanc, wait_for
+from tests.system.test_gateway import classify_whole_frames, loop, needs_orthanc, wait_for
 
 CINE = "color3d_jpeg_baseline.dcm"
 """pydicom's 120-frame ultrasound cine, JPEG baseline: 6.1 MB compressed, 110 MB decoded."""

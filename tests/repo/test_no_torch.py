@@ -11,7 +11,7 @@ from pathlib import Path
 
 from support.helpers import publish_tiny
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = ("torch", "torchvision", "trainer", "cadcli")
 
 

@@ -298,7 +298,7 @@ def test_the_server_process_freezes_its_start_up_objects_out_of_full_collections
         "CAD_ARCHIVE_ROOT": str(tmp_path / "a"),
         "CAD_POLL_INTERVAL_S": "3600",
     }
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen(
         [sys.executable, "-m", "service.rpc.server", "--port", "0", "--metrics-port", "-1"],
         cwd=root,

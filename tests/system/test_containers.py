@@ -35,7 +35,7 @@ from tests.review_http import Browser
 from tests.review_world import png_bytes
 from tests.stack import prepare
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCKER = "/usr/bin/docker"  # Debian's client: it drives the daemon's built-in BuildKit
 TOOLS = all(Path(p).exists() for p in (DOCKER, "/usr/sbin/dockerd", "/usr/sbin/debootstrap"))
 CAN = TOOLS and os.geteuid() == 0

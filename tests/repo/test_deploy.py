@@ -26,7 +26,7 @@ from service.settings import ServerSettings
 from support.helpers import make_settings
 from trainer.settings import TrainerSettings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 HEALTHCHECK_ENV = {
     f"CAD_HEALTHCHECK_{n.upper()}" for n in HealthcheckSettings.model_fields if n != "port"

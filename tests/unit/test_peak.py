@@ -72,7 +72,7 @@ def test_a_rerun_resumes_at_a_doubling_round(tmp_path: Path) -> None:
     assert [t - have for t in plan[7:]] == [640, 1660]  # what rounds 8 and 9 still ask for
     assert exp.schedule("full", 2300) == [2300]
     assert PRESETS["peak"].split == "split-peak.json"
-    split = Split.from_file(Path(__file__).parents[1] / "experiments" / "cvc" / "split-peak.json")
+    split = Split.from_file(Path(__file__).parents[2] / "experiments" / "cvc" / "split-peak.json")
     split.check()
     assert split.validation and not set(split.validation) & set(split.pool)
     with pytest.raises(ValueError, match="pool and validation"):
