@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--methods", nargs="+")
     run.add_argument("--seeds", type=int, nargs="+")
     run.add_argument("--rounds", type=int)
+    run.add_argument(
+        "--budget-share",
+        type=float,
+        help="methods ending _budget re-score this share of the pool a round (default 0.2)",
+    )
     run.add_argument("--log-level", default="WARNING")
     common = run
     run = sub.add_parser(
@@ -76,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="reviewer seconds per label for the time-saved table (default 10, an assumption)",
     )
+    report.add_argument("--budget-share", type=float, help="as the run was given it")
     report.add_argument("--log-level", default="WARNING")
     return parser
 
@@ -97,6 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     from experiments.cvc.run import PRESETS, Experiment, Split, run_all
 
     configure_logging(args.log_level)
+    if getattr(args, "budget_share", None) is not None:
+        if not 0 < args.budget_share <= 1:
+            print("--budget-share must be in (0, 1]", file=sys.stderr)
+            return 2
+        from experiments.cvc import budget
+
+        budget.BUDGET_SHARE = args.budget_share
     out = Path(args.out)
     if args.command == "report":
         print(write_report(out, args.seconds_per_label))
