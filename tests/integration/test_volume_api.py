@@ -456,7 +456,8 @@ def test_uploads_together_stay_within_the_servers_budget_and_release_it(
     import threading
 
     series = real_ct_series(2)  # about 39 KB an instance
-    budget = len(series[0]) * 2 + len(series[0]) // 2  # one whole upload and half another
+    whole = sum(len(blob) for blob in series)  # instances differ by a few bytes (their UIDs)
+    budget = whole + whole // 4  # one whole upload and about half another
     settings = make_settings(  # a second server beside the module's: a store of its own
         registry_dir,
         max_series_bytes_in_flight=budget,
@@ -476,7 +477,7 @@ def test_uploads_together_stay_within_the_servers_budget_and_release_it(
         first = stub.ClassifyVolume.future(held_open(), timeout=60)
         uploads = server.server.servicer_uploads
         deadline = time.monotonic() + 60
-        while uploads.held < 2 * len(series[0]):  # the first upload's bytes have arrived
+        while uploads.held < whole:  # all of the first upload's bytes have arrived
             assert time.monotonic() < deadline
             time.sleep(0.01)
         with pytest.raises(grpc.RpcError) as err:
