@@ -14,6 +14,9 @@ cutting every patch, writing every score; the network's own rate is measured apa
 patches, per core. Printed per revision: wall time, peak RSS (VmHWM), store round trips,
 candidates and patches per second; the ratio of this checkout's to the baseline's; and the
 extrapolation to 30 million candidates (assumptions in the report).
+
+``--modes prescreen --network real``: a budget chosen by a whole-pool pre-screen on
+``--prescreen`` patches a candidate, the network run for real (what a round costs end to end).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from bench.launch import ROOT, emit, revision_tree
 from cad.labels.archive import ImageArchive
 from cad.labels.store import CandidateRecord, ImageRecord, open_store
 
-MODES = ("exact", "workers", "budget")
+MODES = ("exact", "workers", "budget", "prescreen")
 PER_IMAGE = 100
 PATCHES = 8
 IMAGES = 100
@@ -42,29 +45,31 @@ IMAGES = 100
 DRIVER = r"""
 import json, sys, time
 import numpy as np
-try:
-    from cad.labels.archive import ImageArchive
-    from cad.labels.store import open_store
-    from cad.labels.store.core import StoreCore
-    from cad.models.batcher import SerialBatcher
-    from cad.models.registry import ModelRegistry
-except ImportError:  # a revision from before the domain package (issue 40)
+try:  # a revision from before the domain package (issue 40) first: this checkout's cad is
+    # installed, and would otherwise shadow the revision's own service.labels
     from service.labels.archive import ImageArchive
     from service.labels.store import open_store
     from service.labels.store.core import StoreCore
     from service.models.batcher import SerialBatcher
     from service.models.registry import ModelRegistry
+except ImportError:
+    from cad.labels.archive import ImageArchive
+    from cad.labels.store import open_store
+    from cad.labels.store.core import StoreCore
+    from cad.models.batcher import SerialBatcher
+    from cad.models.registry import ModelRegistry
 
-url, archive, registry, shard, budget = sys.argv[1:6]
+url, archive, registry, shard, budget, prescreen, network = sys.argv[1:8]
 shard = tuple(int(v) for v in shard.split("/")) if shard else None
-SerialBatcher.predict = lambda self, model, x: np.tile(
-    np.array([[0.7, 0.3]], dtype=np.float32), (len(x), 1)
-)
+if network != "real":
+    SerialBatcher.predict = lambda self, model, x: np.tile(
+        np.array([[0.7, 0.3]], dtype=np.float32), (len(x), 1)
+    )
 trips = [0]
 real_run = StoreCore._run
-def counted(self, body):
+def counted(self, body, *args, **kw):
     trips[0] += 1
-    return real_run(self, body)
+    return real_run(self, body, *args, **kw)
 StoreCore._run = counted
 try:
     from trainer.rescore import rescore_pool
@@ -73,7 +78,9 @@ except ImportError:
 store = open_store(url)
 kw = {"shard": shard} if shard else {}
 selection_s = None
-if int(budget):
+if int(prescreen):  # the choice is the pre-screen, inside the re-scoring's wall time
+    kw |= {"budget": int(budget), "prescreen": int(prescreen)}
+elif int(budget):
     kw["budget"] = int(budget)
     from trainer.rescore import budgeted_selection
     t = time.perf_counter()
@@ -88,9 +95,9 @@ wall = time.perf_counter() - t0
 fresh_queue_s = None
 if int(budget):  # the queue a fresh-first server serves now: version 2's own top, off its index
     try:
-        from cad.aift import VARIANTS
-    except ImportError:
         from service.aift import VARIANTS
+    except ImportError:
+        from cad.aift import VARIANTS
     t = time.perf_counter()
     top = getattr(store, "queue", store).ranked_unlabeled(VARIANTS["entropy_alpha"], 20, fresh="2")
     fresh_queue_s = time.perf_counter() - t
@@ -153,14 +160,23 @@ def reset(url: str) -> None:
 
 
 def run_revision(
-    tree: Path, url: str, archive: Path, registry: Path, workers: int = 1, budget: int = 0
+    tree: Path,
+    url: str,
+    archive: Path,
+    registry: Path,
+    workers: int = 1,
+    budget: int = 0,
+    prescreen: int = 0,
+    network: str = "constant",
 ) -> dict[str, Any]:
     """One re-scoring of the whole pool by ``workers`` processes at once (shard i/workers each,
     this checkout only when more than one), or of at most ``budget`` candidates (this checkout
-    only); wall time is the last one's end."""
+    only; chosen by a pre-screen on ``prescreen`` patches a candidate if > 0); wall time is the
+    last one's end. ``network``: "constant" takes the network's arithmetic out (a fixed answer),
+    "real" runs it."""
     env = {**os.environ, "PYTHONPATH": str(tree), "CAD_TRUNK_CACHE_MB": "64"}
     shards = [[f"{i}/{workers}"] for i in range(workers)] if workers > 1 else [[""]]
-    shards = [[*shard, str(budget)] for shard in shards]
+    shards = [[*shard, str(budget), str(prescreen), network] for shard in shards]
     t0 = time.perf_counter()
     children = [
         subprocess.Popen(
@@ -229,6 +245,8 @@ def bench(
     baseline_ref: str,
     modes: tuple[str, ...] = MODES,
     budget: int = 10_000,
+    prescreens: tuple[int, ...] = (1,),
+    network: str = "constant",
 ) -> dict[str, Any]:
     report: dict[str, Any] = {
         "baseline_ref": baseline_ref,
@@ -287,6 +305,27 @@ def bench(
                             r = run_revision(ROOT, url, tmp / "archive", registry, budget=budget)
                             assert r["scored"] == min(budget, size), r
                             row["this_budgeted"] = {"budget": budget, **r}
+                        for prescreen in prescreens if "prescreen" in modes else ():
+                            reset(url)
+                            r = run_revision(
+                                ROOT,
+                                url,
+                                tmp / "archive",
+                                registry,
+                                budget=budget,
+                                prescreen=prescreen,
+                                network=network,
+                            )
+                            assert r["scored"] == min(budget, size), r
+                            patches = size * prescreen + min(budget, size) * PATCHES
+                            row[f"this_prescreened_{prescreen}"] = {
+                                "budget": budget,
+                                "prescreen_patches": prescreen,
+                                "network": network,
+                                "patches": patches,
+                                "patches_per_s": round(patches / r["wall_s"], 1),
+                                **r,
+                            }
                         print(json.dumps(row), flush=True)
                         report["runs"].append(row)
                 finally:
@@ -327,12 +366,28 @@ def main() -> int:
         choices=MODES,
         default=list(MODES),
         help="exact: the whole pool, baseline and this checkout; workers: 2 shards at once; "
-        "budget: a budgeted re-scoring (--budget candidates)",
+        "budget: a budgeted re-scoring (--budget candidates); prescreen: a budget chosen by a "
+        "whole-pool pre-screen (--prescreen patches a candidate)",
     )
     parser.add_argument("--budget", type=int, default=10_000)
+    parser.add_argument("--prescreen", type=int, nargs="+", default=[1])
+    parser.add_argument(
+        "--network",
+        choices=("constant", "real"),
+        default="constant",
+        help="prescreen mode: take the network's arithmetic out (constant) or run it (real)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    report = bench(args.sizes, args.backends, args.baseline_ref, tuple(args.modes), args.budget)
+    report = bench(
+        args.sizes,
+        args.backends,
+        args.baseline_ref,
+        tuple(args.modes),
+        args.budget,
+        tuple(args.prescreen),
+        args.network,
+    )
     emit(report, args.out)
     return 0
 

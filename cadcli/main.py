@@ -60,6 +60,7 @@ def _train_rescore(args: argparse.Namespace) -> int:
             again=args.again,
             budget=settings.rescore_budget if args.budget is None else args.budget,
             order=settings.rescore_order,
+            prescreen=settings.rescore_prescreen if args.prescreen is None else args.prescreen,
         )
         version = registry.target()
     finally:
@@ -253,6 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="at most this many: the top of the ranking, the newest, a random sample "
         "(CAD_RESCORE_BUDGET; 0: the whole pool)",
+    )
+    rescore.add_argument(
+        "--prescreen",
+        type=int,
+        help="with a budget: choose it by a whole-pool pass on this many patches a candidate "
+        "(CAD_RESCORE_PRESCREEN; 0: off)",
     )
     rescore.add_argument(
         "--again", action="store_true", help="also candidates this version has scored already"

@@ -3,8 +3,10 @@ writes), and the keyed baselines' queue keys beside it; and a published version'
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -12,6 +14,8 @@ from tqdm import tqdm
 
 from cad.aift import DEFAULT_VARIANT, KEYED, VARIANTS, candidate_stats
 from cad.aift.baselines import MARGIN
+from cad.aift.patches import parse_recipe
+from cad.aift.scoring import aift_scores, candidate_probability
 from cad.labels.archive import ImageArchive
 from cad.labels.store import SqlLabelStore
 from cad.labels.store.records import PoolRow
@@ -55,6 +59,7 @@ def rescore_pool(
     again: bool = False,
     budget: int = 0,
     order: str = DEFAULT_VARIANT,
+    prescreen: int = 0,
 ) -> int:
     """Score the unlabeled candidates with the version servers follow; the queue reads it.
     Returns how many were scored.
@@ -65,7 +70,9 @@ def rescore_pool(
     is left out unless ``again``: a restarted re-scoring goes on where it stopped. ``shard``
     ``(i, n)``: only the i-th of n disjoint parts of the pool (workers share a re-scoring).
     ``budget`` > 0: at most that many, chosen by :func:`budgeted_selection` (the work of a round
-    no longer grows with the pool; the others keep the scores they had).
+    no longer grows with the pool; the others keep the scores they had). ``prescreen`` > 0 with
+    a budget: the ``budget`` are instead the top of a cheap pass over the whole pool that scores
+    each candidate on its first ``prescreen`` patches only (:func:`prescreened_selection`).
 
     With a tuning ``depth`` that leaves a frozen trunk, the version's torch network scores
     through the trunk cache (the trunk is the one every round at that depth shares, so only the
@@ -73,24 +80,27 @@ def rescore_pool(
     checked at every export (max |dp| <= the parity tolerance).
 
     Raises:
-        ValueError: a budget with a shard (a budgeted re-scoring is one worker's), or an
-            ``order`` the store cannot rank by.
+        ValueError: a budget with a shard (a budgeted re-scoring is one worker's), a
+            pre-screen without a budget, or an ``order`` the store cannot rank by.
     """
     if budget and shard is not None:
         raise ValueError("a budgeted re-scoring is not sharded: choose a budget or a shard")
+    if prescreen and not budget:
+        raise ValueError("a pre-screen chooses a budget's candidates: set a budget too")
     version = registry.target()
     if version is None:
         return 0
     info = registry.get(version)
     skip = None if again else str(version)
+    score = _scorer(info, archive, depth, device)
     if budget:
-        previous = max((v for v in registry.versions() if v < version), default=None)
-        chosen = store.pool.pool_rows(
-            budgeted_selection(
-                store, version, budget, order, previous=None if previous is None else str(previous)
-            ),
-            skip,
-        )
+        if prescreen:
+            ids = prescreened_selection(
+                store, archive, score, version, budget, prescreen, order, page_size, progress
+            )
+        else:
+            ids = budgeted_selection(store, version, budget, order, previous=_before(registry))
+        chosen = store.pool.pool_rows(ids, skip)
         total = len(chosen)
         pages: Iterator[list[PoolRow]] = (
             chosen[i : i + page_size] for i in range(0, len(chosen), page_size)
@@ -98,7 +108,20 @@ def rescore_pool(
     else:
         total = store.pool.pool_count(skip, shard)
         pages = _pool_pages(store, page_size, skip, shard)
-    score = _scorer(info, archive, depth, device)
+    return _score_pages(store, archive, score, version, pages, total, progress)
+
+
+def _score_pages(
+    store: SqlLabelStore,
+    archive: ImageArchive,
+    score: Callable[[list[Example]], list[np.ndarray]],
+    version: int,
+    pages: Iterator[list[PoolRow]],
+    total: int,
+    progress: bool,
+) -> int:
+    """Score ``pages`` of the pool with ``score`` and write each page's scores before the next
+    page is read; returns how many were scored."""
     done = missing = 0
     with tqdm(
         total=total,
@@ -123,6 +146,13 @@ def rescore_pool(
             missing,
         )
     return done
+
+
+def _before(registry: ModelRegistry) -> str | None:
+    """The version published before the one servers follow, if any."""
+    target = registry.target()
+    previous = max((v for v in registry.versions() if target and v < target), default=None)
+    return None if previous is None else str(previous)
 
 
 def _pool_pages(
@@ -185,6 +215,81 @@ def budgeted_selection(
                 break
             chosen.setdefault(cid)
     return list(chosen)[:budget]
+
+
+def prescreened_selection(
+    store: SqlLabelStore,
+    archive: ImageArchive,
+    score: Callable[[list[Example]], list[np.ndarray]],
+    version: int,
+    budget: int,
+    patches: int,
+    order: str = DEFAULT_VARIANT,
+    page_size: int = RESCORE_PAGE,
+    progress: bool = True,
+) -> list[str]:
+    """The ``budget`` candidates a whole-pool pre-screen ranks highest, best first: every
+    unlabeled candidate is scored by ``score`` (the new version) on its recipe's first
+    ``patches`` patches only, and ranked by ``order`` computed from those (a variant's entropy
+    and diversity over them, or margin from their mean). The pass reads the pool a page at a
+    time and keeps only the best ``budget`` (a heap), so memory is bounded by the budget; its
+    work is ``patches`` over the recipe's count of an exact re-scoring's. Candidates whose image
+    is not archived are left out. A stopped pass starts over (the version and the pool decide
+    the same choice again); the exact scoring after it goes on where it stopped.
+
+    Raises:
+        ValueError: ``order`` is neither an AIFT variant nor margin, or ``patches`` < 1.
+    """
+    if order not in VARIANTS and order != MARGIN:
+        raise ValueError(f"a pre-screen ranks by an AIFT variant or margin, not {order!r}")
+    if patches < 1:
+        raise ValueError(f"a pre-screen scores at least one patch a candidate, not {patches}")
+    best: list[tuple[float, _IdFirst]] = []  # a min-heap of the best ``budget``
+    with tqdm(
+        total=store.pool.pool_count(),
+        desc=f"pre-screening pool with v{version} ({patches} patches)",
+        unit="cand",
+        disable=not progress,
+        leave=False,
+    ) as bar:
+        for page in _pool_pages(store, page_size, None, None):
+            pool, _ = archived(
+                sorted(map(pool_example, page), key=lambda e: e.image_sha256), archive
+            )
+            short = [replace(e, recipe=first_patches(e.recipe, patches)) for e in pool]
+            for e, probs in zip(pool, score(short), strict=True):
+                item = (_proxy(probs, order), _IdFirst(e.candidate_id))
+                if len(best) < budget:
+                    heapq.heappush(best, item)
+                elif item > best[0]:
+                    heapq.heapreplace(best, item)
+            bar.update(len(page))
+    return [key.id for _, key in sorted(best, reverse=True)]
+
+
+class _IdFirst:
+    """A candidate id that ranks above larger ids: ties in the pre-screen break as the queue
+    breaks them (score descending, then id ascending)."""
+
+    __slots__ = ("id",)
+
+    def __init__(self, candidate_id: str) -> None:
+        self.id = candidate_id
+
+    def __lt__(self, other: _IdFirst) -> bool:
+        return self.id > other.id
+
+
+def first_patches(spec: str, patches: int) -> str:
+    """The recipe ``spec`` cut to its first ``patches`` patches (unchanged if it has no more)."""
+    recipe = parse_recipe(spec)
+    return spec if patches >= recipe.count else f"{recipe.name}:{patches}"
+
+
+def _proxy(probs: np.ndarray, order: str) -> float:
+    if order == MARGIN:
+        return -abs(float(candidate_probability(probs)) - 0.5)
+    return float(aift_scores(probs[None], order)[0])
 
 
 def _scorer(

@@ -201,6 +201,7 @@ def run_round(
                 settings.device,
                 budget=settings.rescore_budget,
                 order=settings.rescore_order,
+                prescreen=settings.rescore_prescreen,
             )
             report.timings["rescore"] = time.perf_counter() - t
             methods = keyed_methods(settings.queue_keys)

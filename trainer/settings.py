@@ -105,6 +105,14 @@ class TrainerSettings(RegistrySettings, StoreSettings):
         "the queue's ranking, a quarter the newest arrivals, the rest a uniform random sample; "
         "the others keep the scores they had (docs/performance.md).",
     )
+    rescore_prescreen: int = Field(
+        0,
+        ge=0,
+        description="With a budget: choose the budget's candidates by a pre-screen of the whole pool "
+        "on this many patches a candidate (0: off; the top, newest and a sample instead). Costs "
+        "this many over the recipe's patches of an exact re-scoring, and finds the exact top far "
+        "better (docs/performance.md).",
+    )
     rescore_order: Literal[
         "entropy",
         "entropy_alpha",

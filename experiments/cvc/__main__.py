@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="methods ending _budget re-score this share of the pool a round (default 0.2)",
     )
+    run.add_argument(
+        "--prescreen",
+        type=int,
+        help="methods ending _budget choose their share by a whole-pool pre-screen on this many "
+        "patches a candidate (CAD_RESCORE_PRESCREEN; default 0: top, newest and a sample)",
+    )
     run.add_argument("--log-level", default="WARNING")
     common = run
     run = sub.add_parser(
@@ -110,6 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         from experiments.cvc import budget
 
         budget.BUDGET_SHARE = args.budget_share
+    if getattr(args, "prescreen", None) is not None:
+        if args.prescreen < 0:
+            print("--prescreen must be 0 or more", file=sys.stderr)
+            return 2
+        from experiments.cvc import budget
+
+        budget.PRESCREEN = args.prescreen
     out = Path(args.out)
     if args.command == "report":
         print(write_report(out, args.seconds_per_label))

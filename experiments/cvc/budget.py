@@ -26,6 +26,8 @@ from experiments.cvc.peak import alc, paired
 BUDGET = "_budget"
 BUDGET_SHARE = 0.2
 """The budget of a ``_budget`` method: this share of the pool's candidates per round."""
+PRESCREEN = 0
+"""Patches a candidate of a ``_budget`` method's whole-pool pre-screen (0: none)."""
 TOPS = (20, 100)
 FIELDS: tuple[str, ...] = (
     "method",
@@ -120,7 +122,7 @@ def summarise(out: Path) -> dict[str, Any] | None:
     by: dict[str, dict[int, dict[int, dict[str, str]]]] = defaultdict(lambda: defaultdict(dict))
     for r in curves:
         by[r["method"]][int(r["seed"])][int(r["round"])] = r
-    result: dict[str, Any] = {"budget_share": BUDGET_SHARE, "methods": {}}
+    result: dict[str, Any] = {"budget_share": BUDGET_SHARE, "prescreen": PRESCREEN, "methods": {}}
     for method in sorted({r["method"] for r in overlap}):
         twin = method[: -len(BUDGET)]
         rows = [r for r in overlap if r["method"] == method]
@@ -161,9 +163,14 @@ def markdown(summary: dict[str, Any]) -> str:
     lines = [
         "## Budgeted re-scoring against exact re-scoring",
         "",
-        f"Each round re-scores at most {summary['budget_share']:.0%} of the pool: half the top of "
-        "the ranking, a quarter the newest arrivals, the rest a uniform sample; the others keep "
-        "their scores. Overlap: the share of the queue's top k after exact re-scoring (of a copy) "
+        f"Each round re-scores at most {summary['budget_share']:.0%} of the pool: "
+        + (
+            f"the top of a whole-pool pre-screen on {summary['prescreen']} patches a candidate"
+            if summary.get("prescreen")
+            else "half the top of the ranking, a quarter the newest arrivals, the rest a uniform "
+            "sample"
+        )
+        + "; the others keep their scores. Overlap: the share of the queue's top k after exact re-scoring (of a copy) "
         "that the budgeted queue held. Paired by seed against the same ranking re-scored "
         "exactly (a tie when mean ± 2 standard errors holds 0).",
         "",

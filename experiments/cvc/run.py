@@ -67,6 +67,7 @@ from cad.models.inference import (
 from cad.models.lifecycle import MemoryTrimListener
 from cad.models.providers import SessionOptions
 from cad.models.registry import ModelRegistry, VersionInfo
+from experiments.cvc import budget as budgeted
 from experiments.cvc.budget import BUDGET, budget_of, measure_overlap
 from experiments.cvc.budget import append as append_budget
 from experiments.cvc.pool import (
@@ -634,6 +635,7 @@ class Experiment:
     ) -> TrainerSettings:
         return TrainerSettings(
             rescore_budget=rescore_budget,
+            rescore_prescreen=budgeted.PRESCREEN if rescore_budget else 0,
             queue_keys=variant_of(method)[0] if variant_of(method)[0] in KEYED else "",
             queue_keys_budget=max(1, budget),
             registry_root=ws / "registry",

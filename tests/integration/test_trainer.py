@@ -833,3 +833,62 @@ def test_a_budgeted_rescoring_refreshes_the_top_the_newest_and_a_sample_within_i
         assert 6 <= store.pool.scored_versions()[target] <= 7
     finally:
         store.close()
+
+
+def test_a_prescreened_budget_rescores_the_top_of_a_cheap_whole_pool_pass(world: World) -> None:
+    """The pre-screen scores every unlabeled candidate on its first patches only and the budget
+    goes to its best; with every patch it chooses exactly the exact ranking's top."""
+    from cad.aift import VARIANTS
+    from cad.aift.patches import parse_recipe
+    from cad.labels.archive import ImageArchive
+    from trainer.rescore import first_patches, prescreened_selection, rescore_pool
+
+    store = open_store(world.store_url)
+    archive = ImageArchive(world.archive)
+    registry = ModelRegistry(world.root, "cad").with_pins_in(store)
+    version = registry.target()
+    assert version is not None
+    target = str(version)
+    pool = [e.candidate_id for e in store.queue.unlabeled()]
+    n = len(pool)
+    recipe = store.get_candidate(pool[0]).recipe
+    full = parse_recipe(recipe).count
+    assert n >= 8 and full >= 2
+    assert first_patches(recipe, 1) == f"{parse_recipe(recipe).name}:1"
+    assert first_patches(recipe, full + 5) == recipe
+    try:
+        # a stand-in network: candidate i is most uncertain for the largest i; it must be
+        # handed one patch a candidate
+        rank = {cid: i for i, cid in enumerate(sorted(pool))}
+        seen: list[int] = []
+
+        def score(examples):  # type: ignore[no-untyped-def]
+            seen.extend(parse_recipe(e.recipe).count for e in examples)
+            q = [0.9 - 0.4 * rank[e.candidate_id] / n for e in examples]
+            return [np.array([[1 - p, p]]) for p in q]
+
+        chosen = prescreened_selection(store, archive, score, version, 3, 1, page_size=3)
+        assert seen == [1] * n  # the whole pool, one patch each, across pages of 3
+        assert chosen == sorted(pool)[-3:][::-1]  # the three most uncertain, best first
+        with pytest.raises(ValueError, match="AIFT variant or margin"):
+            prescreened_selection(store, archive, score, version, 3, 1, order="bald")
+
+        # with the real version on every patch the budget is the exact ranking's top (as if
+        # an older version had scored the whole pool)
+        store.pool.update_predictions(
+            "0", [(c, store.get_candidate(c).patch_probs, 0.5, 1.0, 1.0, 1.0) for c in pool]
+        )
+        assert rescore_pool(store, archive, registry, progress=False, budget=3, prescreen=full) == 3
+        assert store.pool.scored_versions().get(target) == 3
+        prescreened = {r.candidate_id for r in store.pool.pool_rows(pool)} - {
+            r.candidate_id for r in store.pool.pool_rows(pool, skip_version=target)
+        }
+        rescore_pool(store, archive, registry, progress=False)  # the rest, exactly
+        exact = [
+            e.candidate_id for e, _ in store.queue.ranked_unlabeled(VARIANTS["entropy_alpha"], 3)
+        ]
+        assert prescreened == set(exact)
+        with pytest.raises(ValueError, match="budget"):
+            rescore_pool(store, archive, registry, progress=False, prescreen=1)
+    finally:
+        store.close()
