@@ -49,6 +49,7 @@ def _train_rescore(args: argparse.Namespace) -> int:
     store = open_store(settings.store_url)
     try:
         registry = ModelRegistry(settings.registry_root, settings.model_name).with_pins_in(store)
+        budget = settings.rescore_budget if args.budget is None else args.budget
         done = rescore_pool(
             store,
             ImageArchive(settings.archive_root),
@@ -58,9 +59,11 @@ def _train_rescore(args: argparse.Namespace) -> int:
             page_size=args.page_size,
             shard=args.shard,
             again=args.again,
-            budget=settings.rescore_budget if args.budget is None else args.budget,
+            budget=budget,
             order=settings.rescore_order,
-            prescreen=settings.rescore_prescreen if args.prescreen is None else args.prescreen,
+            prescreen=(settings.rescore_prescreen if budget else 0)
+            if args.prescreen is None
+            else args.prescreen,
         )
         version = registry.target()
     finally:
@@ -259,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--prescreen",
         type=int,
         help="with a budget: choose it by a whole-pool pass on this many patches a candidate "
-        "(CAD_RESCORE_PRESCREEN; 0: off)",
+        "(CAD_RESCORE_PRESCREEN, default 2; 0: off the indexes)",
     )
     rescore.add_argument(
         "--again", action="store_true", help="also candidates this version has scored already"

@@ -72,7 +72,8 @@ def rescore_pool(
     ``budget`` > 0: at most that many, chosen by :func:`budgeted_selection` (the work of a round
     no longer grows with the pool; the others keep the scores they had). ``prescreen`` > 0 with
     a budget: the ``budget`` are instead the top of a cheap pass over the whole pool that scores
-    each candidate on its first ``prescreen`` patches only (:func:`prescreened_selection`).
+    each candidate on its first ``prescreen`` patches only (:func:`prescreened_selection`); this
+    one shards: each of n workers pre-screens its part and scores its best ``budget / n``.
 
     With a tuning ``depth`` that leaves a frozen trunk, the version's torch network scores
     through the trunk cache (the trunk is the one every round at that depth shares, so only the
@@ -80,11 +81,14 @@ def rescore_pool(
     checked at every export (max |dp| <= the parity tolerance).
 
     Raises:
-        ValueError: a budget with a shard (a budgeted re-scoring is one worker's), a
-            pre-screen without a budget, or an ``order`` the store cannot rank by.
+        ValueError: a budget chosen off the indexes with a shard (that choice is one
+            worker's), a pre-screen without a budget, or an ``order`` the store cannot rank by.
     """
-    if budget and shard is not None:
-        raise ValueError("a budgeted re-scoring is not sharded: choose a budget or a shard")
+    if budget and not prescreen and shard is not None:
+        raise ValueError(
+            "a budget chosen off the indexes is not sharded: choose a budget or a shard, or "
+            "shard a pre-screened budget"
+        )
     if prescreen and not budget:
         raise ValueError("a pre-screen chooses a budget's candidates: set a budget too")
     version = registry.target()
@@ -95,8 +99,9 @@ def rescore_pool(
     score = _scorer(info, archive, depth, device)
     if budget:
         if prescreen:
+            part = budget if shard is None else -(-budget // shard[1])  # its share, rounded up
             ids = prescreened_selection(
-                store, archive, score, version, budget, prescreen, order, page_size, progress
+                store, archive, score, version, part, prescreen, order, page_size, progress, shard
             )
         else:
             ids = budgeted_selection(store, version, budget, order, previous=_before(registry))
@@ -227,6 +232,7 @@ def prescreened_selection(
     order: str = DEFAULT_VARIANT,
     page_size: int = RESCORE_PAGE,
     progress: bool = True,
+    shard: tuple[int, int] | None = None,
 ) -> list[str]:
     """The ``budget`` candidates a whole-pool pre-screen ranks highest, best first: every
     unlabeled candidate is scored by ``score`` (the new version) on its recipe's first
@@ -235,7 +241,9 @@ def prescreened_selection(
     time and keeps only the best ``budget`` (a heap), so memory is bounded by the budget; its
     work is ``patches`` over the recipe's count of an exact re-scoring's. Candidates whose image
     is not archived are left out. A stopped pass starts over (the version and the pool decide
-    the same choice again); the exact scoring after it goes on where it stopped.
+    the same choice again); the exact scoring after it goes on where it stopped. ``shard``: only
+    that part of the pool (the candidates' random keys cut into parts, as an exact re-scoring
+    shards), so that n workers each take the best of their part.
 
     Raises:
         ValueError: ``order`` is neither an AIFT variant nor margin, or ``patches`` < 1.
@@ -246,13 +254,13 @@ def prescreened_selection(
         raise ValueError(f"a pre-screen scores at least one patch a candidate, not {patches}")
     best: list[tuple[float, _IdFirst]] = []  # a min-heap of the best ``budget``
     with tqdm(
-        total=store.pool.pool_count(),
+        total=store.pool.pool_count(None, shard),
         desc=f"pre-screening pool with v{version} ({patches} patches)",
         unit="cand",
         disable=not progress,
         leave=False,
     ) as bar:
-        for page in _pool_pages(store, page_size, None, None):
+        for page in _pool_pages(store, page_size, None, shard):
             pool, _ = archived(
                 sorted(map(pool_example, page), key=lambda e: e.image_sha256), archive
             )

@@ -201,7 +201,7 @@ def run_round(
                 settings.device,
                 budget=settings.rescore_budget,
                 order=settings.rescore_order,
-                prescreen=settings.rescore_prescreen,
+                prescreen=settings.rescore_prescreen if settings.rescore_budget else 0,
             )
             report.timings["rescore"] = time.perf_counter() - t
             methods = keyed_methods(settings.queue_keys)

@@ -826,7 +826,7 @@ def test_a_budgeted_rescoring_refreshes_the_top_the_newest_and_a_sample_within_i
 
     common = ["--registry", str(world.root), "--store-url", world.store_url]
     common += ["--archive-root", str(world.archive)]
-    assert main(["train", "rescore", *common, "--budget", "3"]) == 0
+    assert main(["train", "rescore", *common, "--budget", "3", "--prescreen", "0"]) == 0
     store = open_store(world.store_url)
     try:
         # the sample's two are always new, the top one unless the top is fresh already
@@ -890,5 +890,27 @@ def test_a_prescreened_budget_rescores_the_top_of_a_cheap_whole_pool_pass(world:
         assert prescreened == set(exact)
         with pytest.raises(ValueError, match="budget"):
             rescore_pool(store, archive, registry, progress=False, prescreen=1)
+
+        # sharded: each of two workers pre-screens its part and scores its best half of the
+        # budget; together they score the budget, each candidate once
+        store.pool.update_predictions(
+            "0", [(c, store.get_candidate(c).patch_probs, 0.5, 1.0, 1.0, 1.0) for c in pool]
+        )
+        parts = [
+            prescreened_selection(store, archive, score, version, 2, 1, shard=(i, 2))
+            for i in range(2)
+        ]
+        shards = [
+            [r.candidate_id for r in store.pool.pool_page("", n, None, (i, 2))] for i in range(2)
+        ]
+        assert sorted(shards[0] + shards[1]) == sorted(pool)
+        # each part is its own shard's most uncertain two (the stand-in ranks by id)
+        assert parts == [sorted(mine)[-2:][::-1] for mine in shards]
+        done = [
+            rescore_pool(store, archive, registry, False, budget=4, prescreen=1, shard=(i, 2))
+            for i in range(2)
+        ]
+        assert done == [min(2, len(mine)) for mine in shards]
+        assert store.pool.scored_versions().get(target) == sum(done)
     finally:
         store.close()
