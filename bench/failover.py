@@ -285,7 +285,14 @@ class Scenario:
         t0 = time.monotonic()
         while not check():
             if time.monotonic() - t0 > timeout:
-                raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+                with self.tally.lock:  # what the clients saw meanwhile, to read the cause by
+                    seen = dict(self.tally.errors)
+                    writes = len(self.tally.writes)
+                    records = len(self.tally.records)
+                raise RuntimeError(
+                    f"timed out after {timeout:.0f} s waiting for {what} (errors by phase/call: "
+                    f"{seen}; {writes} corrections and {records} records acknowledged)"
+                )
             time.sleep(0.05)
         return time.monotonic() - t0
 
