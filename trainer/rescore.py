@@ -265,8 +265,8 @@ def prescreened_selection(
                 sorted(map(pool_example, page), key=lambda e: e.image_sha256), archive
             )
             short = [replace(e, recipe=first_patches(e.recipe, patches)) for e in pool]
-            for e, probs in zip(pool, score(short), strict=True):
-                item = (_proxy(probs, order), _IdFirst(e.candidate_id))
+            for e, proxy in zip(pool, _proxies(score(short), order), strict=True):
+                item = (proxy, _IdFirst(e.candidate_id))
                 if len(best) < budget:
                     heapq.heappush(best, item)
                 elif item > best[0]:
@@ -294,10 +294,20 @@ def first_patches(spec: str, patches: int) -> str:
     return spec if patches >= recipe.count else f"{recipe.name}:{patches}"
 
 
-def _proxy(probs: np.ndarray, order: str) -> float:
-    if order == MARGIN:
-        return -abs(float(candidate_probability(probs)) - 0.5)
-    return float(aift_scores(probs[None], order)[0])
+def _proxies(probs: list[np.ndarray], order: str) -> list[float]:
+    """``order``'s score of each candidate from its patch predictions: one vectorised pass per
+    patch-array shape (a page mixes recipes only where the pool does)."""
+    out = np.empty(len(probs))
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, p in enumerate(probs):
+        by_shape.setdefault(np.shape(p), []).append(i)
+    for indices in by_shape.values():
+        batch = np.stack([probs[i] for i in indices])
+        if order == MARGIN:
+            out[indices] = -np.abs(candidate_probability(batch) - 0.5)
+        else:
+            out[indices] = aift_scores(batch, order)
+    return out.tolist()
 
 
 def _scorer(

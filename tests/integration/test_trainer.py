@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from cad.errors import LeaseHeld
-from cad.labels.store import open_store
+from cad.labels.archive import ImageArchive
+from cad.labels.store import SqlLabelStore, open_store
 from cad.labels.store.leases import holder_name
 from cad.measures import auc_ci, roc_auc, sensitivity_at_fpr
 from cad.models.registry import WEIGHTS_FILE, ModelRegistry
@@ -745,9 +746,7 @@ def test_a_stopped_rescoring_goes_on_where_it_stopped_and_shards_share_it(
     n = len(pool)
 
     def reset() -> None:  # as if an older version had scored the whole pool
-        store.pool.update_predictions(
-            "0", [(c, store.get_candidate(c).patch_probs, 0.5, 1.0, 1.0, 1.0) for c in pool]
-        )
+        _scored_by_an_older_version(store, pool)
 
     try:
         reset()
@@ -784,26 +783,37 @@ def test_a_stopped_rescoring_goes_on_where_it_stopped_and_shards_share_it(
         main(["train", "rescore", *common, "--shard", "2/2"])
 
 
+def _rescoring_world(
+    world: World,
+) -> tuple[SqlLabelStore, ImageArchive, ModelRegistry, int, list[str]]:
+    """The world's store, archive, registry, the version servers follow and its unlabeled pool."""
+    store = open_store(world.store_url)
+    registry = ModelRegistry(world.root, "cad").with_pins_in(store)
+    version = registry.target()
+    assert version is not None
+    pool = [e.candidate_id for e in store.queue.unlabeled()]
+    return store, ImageArchive(world.archive), registry, version, pool
+
+
+def _scored_by_an_older_version(store: SqlLabelStore, pool: list[str]) -> None:
+    """As if version 0 had scored the whole pool (what a re-scoring then refreshes)."""
+    store.pool.update_predictions(
+        "0", [(c, store.get_candidate(c).patch_probs, 0.5, 1.0, 1.0, 1.0) for c in pool]
+    )
+
+
 def test_a_budgeted_rescoring_refreshes_the_top_the_newest_and_a_sample_within_its_budget(
     world: World,
 ) -> None:
     from cad.aift import VARIANTS
-    from cad.labels.archive import ImageArchive
     from trainer.rescore import budgeted_selection, rescore_pool
 
-    store = open_store(world.store_url)
-    archive = ImageArchive(world.archive)
-    registry = ModelRegistry(world.root, "cad").with_pins_in(store)
-    version = registry.target()
-    assert version is not None
+    store, archive, registry, version, pool = _rescoring_world(world)
     target = str(version)
-    pool = [e.candidate_id for e in store.queue.unlabeled()]
     n = len(pool)
     assert n >= 8
     try:  # as if an older version had scored the whole pool
-        store.pool.update_predictions(
-            "0", [(c, store.get_candidate(c).patch_probs, 0.5, 1.0, 1.0, 1.0) for c in pool]
-        )
+        _scored_by_an_older_version(store, pool)
         top = [
             e.candidate_id for e, _ in store.queue.ranked_unlabeled(VARIANTS["entropy_alpha"], 2)
         ]
@@ -840,16 +850,10 @@ def test_a_prescreened_budget_rescores_the_top_of_a_cheap_whole_pool_pass(world:
     goes to its best; with every patch it chooses exactly the exact ranking's top."""
     from cad.aift import VARIANTS
     from cad.aift.patches import parse_recipe
-    from cad.labels.archive import ImageArchive
     from trainer.rescore import first_patches, prescreened_selection, rescore_pool
 
-    store = open_store(world.store_url)
-    archive = ImageArchive(world.archive)
-    registry = ModelRegistry(world.root, "cad").with_pins_in(store)
-    version = registry.target()
-    assert version is not None
+    store, archive, registry, version, pool = _rescoring_world(world)
     target = str(version)
-    pool = [e.candidate_id for e in store.queue.unlabeled()]
     n = len(pool)
     recipe = store.get_candidate(pool[0]).recipe
     full = parse_recipe(recipe).count
@@ -875,9 +879,7 @@ def test_a_prescreened_budget_rescores_the_top_of_a_cheap_whole_pool_pass(world:
 
         # with the real version on every patch the budget is the exact ranking's top (as if
         # an older version had scored the whole pool)
-        store.pool.update_predictions(
-            "0", [(c, store.get_candidate(c).patch_probs, 0.5, 1.0, 1.0, 1.0) for c in pool]
-        )
+        _scored_by_an_older_version(store, pool)
         assert rescore_pool(store, archive, registry, progress=False, budget=3, prescreen=full) == 3
         assert store.pool.scored_versions().get(target) == 3
         prescreened = {r.candidate_id for r in store.pool.pool_rows(pool)} - {
@@ -893,9 +895,7 @@ def test_a_prescreened_budget_rescores_the_top_of_a_cheap_whole_pool_pass(world:
 
         # sharded: each of two workers pre-screens its part and scores its best half of the
         # budget; together they score the budget, each candidate once
-        store.pool.update_predictions(
-            "0", [(c, store.get_candidate(c).patch_probs, 0.5, 1.0, 1.0, 1.0) for c in pool]
-        )
+        _scored_by_an_older_version(store, pool)
         parts = [
             prescreened_selection(store, archive, score, version, 2, 1, shard=(i, 2))
             for i in range(2)
