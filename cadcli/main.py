@@ -64,6 +64,8 @@ def _train_rescore(args: argparse.Namespace) -> int:
             prescreen=(settings.rescore_prescreen if budget else 0)
             if args.prescreen is None
             else args.prescreen,
+            prescreen_precision=args.prescreen_precision or settings.rescore_prescreen_precision,
+            threads=settings.rescore_threads if args.threads is None else args.threads,
         )
         version = registry.target()
     finally:
@@ -263,6 +265,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="with a budget: choose it by a whole-pool pass on this many patches a candidate "
         "(CAD_RESCORE_PRESCREEN, default 2; 0: off the indexes)",
+    )
+    rescore.add_argument(
+        "--prescreen-precision",
+        choices=("fp32", "int8"),
+        help="the pre-screen's arithmetic (CAD_RESCORE_PRESCREEN_PRECISION, default fp32)",
+    )
+    rescore.add_argument(
+        "--threads",
+        type=int,
+        help="ONNX Runtime intra-op threads (CAD_RESCORE_THREADS; 0: one per core; 1 for each of "
+        "N workers on N cores)",
     )
     rescore.add_argument(
         "--again", action="store_true", help="also candidates this version has scored already"

@@ -97,6 +97,24 @@ def to_fp16(source: Path, target: Path) -> None:
     onnx.save(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True), str(target))
 
 
+def reduced_model(
+    info: VersionInfo, precision: str, calibration: npt.NDArray[np.float32], directory: Path
+) -> VersionInfo:
+    """``info``'s ``precision`` variant written to ``directory`` (not published), loadable like a
+    version; int8 is calibrated on ``calibration`` patches (0..255 float32, NCHW)."""
+    target = directory / MODEL_FILE
+    if precision == "int8":
+        input_name = load_model(info, SessionOptions()).input_name
+        quantize_onnx(info.model_path, target, input_name, calibration)
+    else:
+        to_fp16(info.model_path, target)
+    return VersionInfo(
+        info.version,
+        directory,
+        dataclasses.replace(info.manifest, sha256=sha256_file(target), variant=precision),
+    )
+
+
 def candidate_auc(
     info: VersionInfo,
     patches: npt.NDArray[np.float32],
@@ -133,18 +151,9 @@ def quantize_version(
     info = registry.get(version)
     calibrated = len(calibration) if precision == "int8" else 0
     with tempfile.TemporaryDirectory(prefix=f"cad-{precision}-") as tmp:
-        target = Path(tmp) / MODEL_FILE
-        if precision == "int8":
-            input_name = load_model(info, SessionOptions()).input_name
-            quantize_onnx(info.model_path, target, input_name, calibration)
-        else:
-            to_fp16(info.model_path, target)
+        probe = reduced_model(info, precision, calibration, Path(tmp))
+        target = probe.model_path
         auc_fp32 = candidate_auc(info, eval_patches, eval_labels, per_candidate)
-        probe = VersionInfo(
-            version,
-            Path(tmp),
-            dataclasses.replace(info.manifest, sha256=sha256_file(target), variant=precision),
-        )
         auc = candidate_auc(probe, eval_patches, eval_labels, per_candidate)
         report = QuantizeReport(version, precision, auc_fp32, auc, len(eval_labels), calibrated)
         registry.publish_variant(

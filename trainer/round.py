@@ -202,6 +202,8 @@ def run_round(
                 budget=settings.rescore_budget,
                 order=settings.rescore_order,
                 prescreen=settings.rescore_prescreen if settings.rescore_budget else 0,
+                prescreen_precision=settings.rescore_prescreen_precision,
+                threads=settings.rescore_threads,
             )
             report.timings["rescore"] = time.perf_counter() - t
             methods = keyed_methods(settings.queue_keys)

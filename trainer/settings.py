@@ -115,6 +115,18 @@ class TrainerSettings(RegistrySettings, StoreSettings):
         "patches of an exact re-scoring; at 2 of 8 it held 0.98 of the exact top 100 "
         "(docs/performance.md).",
     )
+    rescore_prescreen_precision: Literal["fp32", "int8"] = Field(
+        "fp32",
+        description="The pre-screen's arithmetic: int8 runs the version's int8 variant (the "
+        "published one, else one quantised for the pass on the pool's own patches), faster on a "
+        "CPU; the budget is scored in full precision either way (docs/performance.md).",
+    )
+    rescore_threads: int = Field(
+        0,
+        ge=0,
+        description="ONNX Runtime intra-op threads of a re-scoring (0: one per core). Set 1 where "
+        "N workers (cad train rescore --shard I/N) share N cores, or a pod's CPU limit.",
+    )
     rescore_order: Literal[
         "entropy",
         "entropy_alpha",

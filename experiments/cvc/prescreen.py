@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cad.aift import DEFAULT_VARIANT
+from cad.aift import DEFAULT_VARIANT, parse_recipe
 from cad.aift.scoring import aift_scores
 
 PATCHES = (1, 2, 4)
@@ -66,13 +66,98 @@ def recall_rows(run: Path, patches: tuple[int, ...] = PATCHES) -> list[dict[str,
     return out
 
 
+PRECISIONS = ("fp32", "int8")
+
+
+def live_rows(
+    run: Path, patches: tuple[int, ...] = (2,), precisions: tuple[str, ...] = PRECISIONS
+) -> list[dict[str, object]]:
+    """The same measure with the network run (``--live``): the run's latest version scores its
+    unlabeled pool exactly (every patch, fp32, its ONNX model as servers run it), and the
+    product's own pre-screen (:func:`trainer.rescore.prescreened_selection`, an int8 one
+    quantised as a round quantises it) chooses each share of the pool."""
+    from cad.labels.archive import ImageArchive
+    from cad.labels.store import open_store
+    from cad.models.registry import ModelRegistry
+    from trainer.data import pool_example
+    from trainer.rescore import (
+        RESCORE_PAGE,
+        _onnx_scorer,
+        _pool_pages,
+        _screening,
+        archived,
+        prescreened_selection,
+    )
+
+    archive = ImageArchive(run / "archive")
+    registry = ModelRegistry(run / "registry", "cad")
+    version = registry.latest()
+    if version is None:
+        print(f"{run}: no published version", file=sys.stderr)
+        return []
+    info = registry.get(version)
+    store = open_store(f"sqlite:///{run / 'labels.sqlite3'}")
+    try:
+        pool = [
+            e
+            for page in _pool_pages(store, RESCORE_PAGE, None, None)
+            for e in archived([pool_example(r) for r in page], archive)[0]
+        ]
+        exact_scores = aift_scores(np.stack(_onnx_scorer(info, archive)(pool)), DEFAULT_VARIANT)
+        order = np.lexsort(([e.candidate_id for e in pool], -exact_scores))  # the queue's order
+        exact = [pool[i].candidate_id for i in order]
+        out: list[dict[str, object]] = []
+        for precision in precisions:
+            for k in patches:
+                with _screening(registry, info, store, archive, k, precision, 0, None) as screen:
+                    score = screen or _onnx_scorer(info, archive)
+                    for share in SHARES:
+                        chosen = set(
+                            prescreened_selection(
+                                store, archive, score, version, int(share * len(pool)), k,
+                                progress=False,
+                            )
+                        )  # fmt: skip
+                        row: dict[str, object] = {
+                            "run": run.name,
+                            "pool": len(pool),
+                            "versions": str(version),
+                            "patches": k,
+                            "of_patches": parse_recipe(info.manifest.recipe).count,
+                            "precision": precision,
+                            "share": share,
+                        }
+                        for top in TOPS:
+                            found = len(chosen & set(exact[:top]))
+                            row[f"top{top}"] = f"{found / min(top, len(pool)):.2f}"
+                        out.append(row)
+    finally:
+        store.close()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (each with labels.sqlite3)")
     parser.add_argument("--patches", type=int, nargs="+", default=list(PATCHES))
+    parser.add_argument(
+        "--live",
+        action="store_true",
+        help="run the network: the latest version's exact ranking against the product's "
+        "pre-screen in each --precision (instead of reading stored predictions)",
+    )
+    parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
     parser.add_argument("--out", type=Path, help="write the rows to this CSV as well")
     args = parser.parse_args(argv)
-    rows = [r for run in args.runs for r in recall_rows(run, tuple(args.patches))]
+    rows = [
+        r
+        for run in args.runs
+        for r in (
+            live_rows(run, tuple(args.patches), tuple(args.precision))
+            if args.live
+            else recall_rows(run, tuple(args.patches))
+        )
+    ]
     if not rows:
         print("no runs", file=sys.stderr)
         return 2

@@ -802,6 +802,69 @@ def _scored_by_an_older_version(store: SqlLabelStore, pool: list[str]) -> None:
     )
 
 
+def test_an_int8_prescreen_screens_with_a_quantised_model_and_scores_the_budget_in_fp32(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CAD_RESCORE_PRESCREEN_PRECISION=int8: the whole-pool pass runs an int8 model (quantised
+    for the pass when the version has none published, the published one when it has), and the
+    budget it chooses is still scored by the version itself, exactly as a full-precision
+    re-scoring scores it."""
+    import onnx
+
+    import trainer.rescore as rescore
+    from cad.aift.patches import parse_recipe
+    from trainer.quantize import quantize_version
+
+    store, archive, registry, version, pool = _rescoring_world(world)
+    target = str(version)
+    screened: list[tuple[str | None, bool, list[str]]] = []
+    real = rescore._onnx_scorer
+
+    def recording(info, archive, threads=0):  # type: ignore[no-untyped-def]
+        ops = [node.op_type for node in onnx.load(str(info.model_path)).graph.node]
+        published = info.path.parent.name == "variants"
+        screened.append((info.manifest.variant, published, ops))
+        return real(info, archive, threads)
+
+    monkeypatch.setattr(rescore, "_onnx_scorer", recording)
+    try:
+        _scored_by_an_older_version(store, pool)
+        with pytest.raises(ValueError, match="fp32 or int8"):
+            rescore.rescore_pool(
+                store, archive, registry, False, budget=3, prescreen=1, prescreen_precision="fp16"
+            )
+        done = rescore.rescore_pool(
+            store, archive, registry, False, budget=3, prescreen=2, prescreen_precision="int8"
+        )
+        assert done == 3 and store.pool.scored_versions().get(target) == 3
+        # the exact scorer (the version, fp32), then the pre-screen's: quantised here
+        assert [(v, p) for v, p, _ in screened] == [("fp32", False), ("int8", False)]
+        assert "QuantizeLinear" not in screened[0][2] and "QuantizeLinear" in screened[1][2]
+        chosen = {r.candidate_id for r in store.pool.pool_rows(pool)} - {
+            r.candidate_id for r in store.pool.pool_rows(pool, skip_version=target)
+        }
+        budget_probs = {c: store.get_candidate(c).patch_probs for c in chosen}
+        rescore.rescore_pool(store, archive, registry, False, again=True)  # fp32, every one
+        for c, probs in budget_probs.items():
+            np.testing.assert_allclose(probs, store.get_candidate(c).patch_probs, atol=1e-6)
+
+        # a published int8 variant is the one the pre-screen runs
+        per = parse_recipe(store.get_candidate(pool[0]).recipe).count
+        size = registry.get(version).manifest.input_size
+        patches = np.stack(
+            [np.full((3, size, size), v, np.float32) for v in np.linspace(0, 255, 2 * per)]
+        )
+        quantize_version(registry, version, patches, patches[: 2 * per], [0, 1], per)
+        screened.clear()
+        _scored_by_an_older_version(store, pool)
+        rescore.rescore_pool(
+            store, archive, registry, False, budget=3, prescreen=1, prescreen_precision="int8"
+        )
+        assert [(v, p) for v, p, _ in screened] == [("fp32", False), ("int8", True)]
+    finally:
+        store.close()
+
+
 def test_a_budgeted_rescoring_refreshes_the_top_the_newest_and_a_sample_within_its_budget(
     world: World,
 ) -> None:
