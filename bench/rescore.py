@@ -213,13 +213,13 @@ def run_revision(
 
 def network_rate(registry: Path) -> dict[str, float]:
     """The published network's own rate on real 64-px patches, one intra-op thread (a core), in
-    the batches the re-scoring runs (:data:`trainer.rescore.ONNX_BATCH`): fp32, and int8
+    the batches the re-scoring runs (:data:`trainer.pool.ONNX_BATCH`): fp32, and int8
     quantised as a pre-screen quantises it."""
     from cad.models.model import load_model
     from cad.models.providers import SessionOptions
     from cad.models.registry import ModelRegistry
+    from trainer.pool import ONNX_BATCH
     from trainer.quantize import reduced_model
-    from trainer.rescore import ONNX_BATCH
 
     info = ModelRegistry(registry, "cad").get(2)
     x = np.random.default_rng(1).integers(0, 255, (512, 3, 64, 64)).astype(np.float32)

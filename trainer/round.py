@@ -42,8 +42,9 @@ from trainer.export import ExportCheckFailed, ExportReport, export_and_check
 from trainer.finetune import candidate_probabilities, fine_tune
 from trainer.gate import audit_metrics, gate_decision, validation_metrics
 from trainer.network import CadNet
+from trainer.pool import archived, load_net
 from trainer.presets import PRESETS, trained_layers
-from trainer.rescore import archived, keyed_methods, load_net, rescore_pool, write_queue_keys
+from trainer.rescore import keyed_methods, rescore_pool, write_queue_keys
 from trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -193,18 +194,12 @@ def run_round(
         if settings.rescore:
             t = time.perf_counter()
             report.metrics["pool_rescored"] = rescore_pool(
-                store,
-                archive,
-                registry,
-                progress,
-                settings.depth,
-                settings.device,
-                budget=settings.rescore_budget,
-                order=settings.rescore_order,
+                store, archive, registry, progress, settings.depth, settings.device,
+                budget=settings.rescore_budget, order=settings.rescore_order,
                 prescreen=settings.rescore_prescreen if settings.rescore_budget else 0,
                 prescreen_precision=settings.rescore_prescreen_precision,
                 threads=settings.rescore_threads,
-            )
+            )  # fmt: skip
             report.timings["rescore"] = time.perf_counter() - t
             methods = keyed_methods(settings.queue_keys)
             if methods:

@@ -74,20 +74,14 @@ def live_rows(
 ) -> list[dict[str, object]]:
     """The same measure with the network run (``--live``): the run's latest version scores its
     unlabeled pool exactly (every patch, fp32, its ONNX model as servers run it), and the
-    product's own pre-screen (:func:`trainer.rescore.prescreened_selection`, an int8 one
+    product's own pre-screen (:func:`trainer.prescreen.prescreened_selection`, an int8 one
     quantised as a round quantises it) chooses each share of the pool."""
     from cad.labels.archive import ImageArchive
     from cad.labels.store import open_store
     from cad.models.registry import ModelRegistry
     from trainer.data import pool_example
-    from trainer.rescore import (
-        RESCORE_PAGE,
-        _onnx_scorer,
-        _pool_pages,
-        _screening,
-        archived,
-        prescreened_selection,
-    )
+    from trainer.pool import RESCORE_PAGE, archived, onnx_scorer, pool_pages
+    from trainer.prescreen import prescreened_selection, screening
 
     archive = ImageArchive(run / "archive")
     registry = ModelRegistry(run / "registry", "cad")
@@ -100,17 +94,19 @@ def live_rows(
     try:
         pool = [
             e
-            for page in _pool_pages(store, RESCORE_PAGE, None, None)
+            for page in pool_pages(store, RESCORE_PAGE, None, None)
             for e in archived([pool_example(r) for r in page], archive)[0]
         ]
-        exact_scores = aift_scores(np.stack(_onnx_scorer(info, archive)(pool)), DEFAULT_VARIANT)
-        order = np.lexsort(([e.candidate_id for e in pool], -exact_scores))  # the queue's order
+        exact_scores = aift_scores(np.stack(onnx_scorer(info, archive)(pool)), DEFAULT_VARIANT)
+        order = np.lexsort(
+            (np.array([e.candidate_id for e in pool]), -exact_scores)
+        )  # the queue's order
         exact = [pool[i].candidate_id for i in order]
         out: list[dict[str, object]] = []
         for precision in precisions:
             for k in patches:
-                with _screening(registry, info, store, archive, k, precision, 0, None) as screen:
-                    score = screen or _onnx_scorer(info, archive)
+                with screening(registry, info, store, archive, k, precision, 0, None) as screen:
+                    score = screen or onnx_scorer(info, archive)
                     for share in SHARES:
                         chosen = set(
                             prescreened_selection(

@@ -81,7 +81,8 @@ from trainer.bootstrap import init_model
 from trainer.data import Example, PatchSource, labels_of
 from trainer.device import resolve_device
 from trainer.finetune import candidate_probabilities
-from trainer.rescore import load_net, write_queue_keys
+from trainer.pool import load_net
+from trainer.rescore import write_queue_keys
 from trainer.round import run_round
 from trainer.settings import TrainerSettings
 

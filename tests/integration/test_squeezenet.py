@@ -26,8 +26,9 @@ from support.helpers import dicom_bytes, make_settings
 from trainer.data import PatchSource, labeled_examples, unlabeled_examples
 from trainer.finetune import SplitNet, candidate_probabilities, param_groups
 from trainer.network import CadNet, depths_of
+from trainer.pool import load_net
 from trainer.presets import Schedule
-from trainer.rescore import load_net, rescore_pool
+from trainer.rescore import rescore_pool
 from trainer.round import run_round
 from trainer.settings import TrainerSettings
 from trainer.trunk import TrunkCache, trunk_digest

@@ -811,6 +811,7 @@ def test_an_int8_prescreen_screens_with_a_quantised_model_and_scores_the_budget_
     re-scoring scores it."""
     import onnx
 
+    import trainer.pool
     import trainer.rescore as rescore
     from cad.aift.patches import parse_recipe
     from trainer.quantize import quantize_version
@@ -818,7 +819,7 @@ def test_an_int8_prescreen_screens_with_a_quantised_model_and_scores_the_budget_
     store, archive, registry, version, pool = _rescoring_world(world)
     target = str(version)
     screened: list[tuple[str | None, bool, list[str]]] = []
-    real = rescore._onnx_scorer
+    real = trainer.pool.onnx_scorer
 
     def recording(info, archive, threads=0):  # type: ignore[no-untyped-def]
         ops = [node.op_type for node in onnx.load(str(info.model_path)).graph.node]
@@ -826,7 +827,7 @@ def test_an_int8_prescreen_screens_with_a_quantised_model_and_scores_the_budget_
         screened.append((info.manifest.variant, published, ops))
         return real(info, archive, threads)
 
-    monkeypatch.setattr(rescore, "_onnx_scorer", recording)
+    monkeypatch.setattr(trainer.pool, "onnx_scorer", recording)
     try:
         _scored_by_an_older_version(store, pool)
         with pytest.raises(ValueError, match="fp32 or int8"):
@@ -913,7 +914,8 @@ def test_a_prescreened_budget_rescores_the_top_of_a_cheap_whole_pool_pass(world:
     goes to its best; with every patch it chooses exactly the exact ranking's top."""
     from cad.aift import VARIANTS
     from cad.aift.patches import parse_recipe
-    from trainer.rescore import first_patches, prescreened_selection, rescore_pool
+    from trainer.prescreen import first_patches, prescreened_selection
+    from trainer.rescore import rescore_pool
 
     store, archive, registry, version, pool = _rescoring_world(world)
     target = str(version)
