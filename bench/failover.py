@@ -219,8 +219,10 @@ class Scenario:
         pending: list[tuple[str, str, int]] = []
         taken = 0
         turn = 0
+        fetch = True
         while not self.stop.is_set() or pending:
-            if not pending:
+            if (fetch or not pending) and not self.stop.is_set():
+                fetch = False
                 with self.tally.lock:
                     fresh = self.tally.records[taken : taken + 1]
                 if fresh:
@@ -252,7 +254,12 @@ class Scenario:
                 # UNAVAILABLE: the store or the replica is down; NOT_FOUND: the candidate's
                 # record still waits in a replica's spool. Both: the same key again, later.
                 self.tally.error("SubmitCorrection", exc.code())
-                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND):
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    # as a reviewer would, go on to the next item meanwhile: one record slow
+                    # to leave a spool must not hold back every correction after it
+                    pending.append(pending.pop(0))
+                    fetch = True
+                elif exc.code() != grpc.StatusCode.UNAVAILABLE:
                     pending.pop(0)
                 if self.stop.wait(0.2) and time.monotonic() > self.give_up:
                     break
