@@ -66,6 +66,9 @@ def _train_rescore(args: argparse.Namespace) -> int:
             else args.prescreen,
             prescreen_precision=args.prescreen_precision or settings.rescore_prescreen_precision,
             threads=settings.rescore_threads if args.threads is None else args.threads,
+            prescreen_window=settings.rescore_prescreen_window
+            if args.prescreen_window is None
+            else args.prescreen_window,
         )
         version = registry.target()
     finally:
@@ -270,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--prescreen-precision",
         choices=("fp32", "int8"),
         help="the pre-screen's arithmetic (CAD_RESCORE_PRESCREEN_PRECISION, default fp32)",
+    )
+    rescore.add_argument(
+        "--prescreen-window",
+        type=int,
+        help="screen only this many, chosen off the indexes (CAD_RESCORE_PRESCREEN_WINDOW; 0: "
+        "the whole pool)",
     )
     rescore.add_argument(
         "--threads",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import heapq
 import logging
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +22,7 @@ from cad.aift.patches import parse_recipe
 from cad.aift.scoring import aift_scores, candidate_probability
 from cad.labels.archive import ImageArchive
 from cad.labels.store import SqlLabelStore
+from cad.labels.store.records import PoolRow
 from cad.models.registry import ModelRegistry, VersionInfo
 from trainer.data import Example, PatchSource, pool_example
 from trainer.pool import RESCORE_PAGE, archived, pool_pages
@@ -47,6 +48,7 @@ def prescreened_selection(
     page_size: int = RESCORE_PAGE,
     progress: bool = True,
     shard: tuple[int, int] | None = None,
+    window: Sequence[str] | None = None,
 ) -> list[str]:
     """The ``budget`` candidates a whole-pool pre-screen ranks highest, best first: every
     unlabeled candidate is scored by ``score`` (the new version) on its recipe's first
@@ -57,24 +59,37 @@ def prescreened_selection(
     is not archived are left out. A stopped pass starts over (the version and the pool decide
     the same choice again); the exact scoring after it goes on where it stopped. ``shard``: only
     that part of the pool (the candidates' random keys cut into parts, as an exact re-scoring
-    shards), so that n workers each take the best of their part.
+    shards), so that n workers each take the best of their part. ``window``: only these
+    candidates (those still in the pool), not the whole pool: the pass then costs the window's
+    size, whatever the pool's.
 
     Raises:
-        ValueError: ``order`` is neither an AIFT variant nor margin, or ``patches`` < 1.
+        ValueError: ``order`` is neither an AIFT variant nor margin, ``patches`` < 1, or a
+            window with a shard.
     """
     if order not in VARIANTS and order != MARGIN:
         raise ValueError(f"a pre-screen ranks by an AIFT variant or margin, not {order!r}")
     if patches < 1:
         raise ValueError(f"a pre-screen scores at least one patch a candidate, not {patches}")
+    if window is not None and shard is not None:
+        raise ValueError("a pre-screen's window is one worker's: choose a window or a shard")
+    pages: Iterator[list[PoolRow]]
+    if window is None:
+        total = store.pool.pool_count(None, shard)
+        pages = pool_pages(store, page_size, None, shard)
+    else:
+        rows = store.pool.pool_rows(window)
+        total = len(rows)
+        pages = (rows[i : i + page_size] for i in range(0, len(rows), page_size))
     best: list[tuple[float, _IdFirst]] = []  # a min-heap of the best ``budget``
     with tqdm(
-        total=store.pool.pool_count(None, shard),
+        total=total,
         desc=f"pre-screening pool with v{version} ({patches} patches)",
         unit="cand",
         disable=not progress,
         leave=False,
     ) as bar:
-        for page in pool_pages(store, page_size, None, shard):
+        for page in pages:
             pool, _ = archived(
                 sorted(map(pool_example, page), key=lambda e: e.image_sha256), archive
             )

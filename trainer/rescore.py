@@ -41,6 +41,7 @@ def rescore_pool(
     prescreen: int = 0,
     prescreen_precision: str = "fp32",
     threads: int = 0,
+    prescreen_window: int = 0,
 ) -> int:
     """Score the unlabeled candidates with the version servers follow; the queue reads it.
     Returns how many were scored.
@@ -57,8 +58,9 @@ def rescore_pool(
     one shards: each of n workers pre-screens its part and scores its best ``budget / n``.
     ``prescreen_precision`` "int8": the pre-screen runs the version's int8 variant (the published
     one, else one quantised for this pass and calibrated on the pool's first page); the budget is
-    still scored in full precision. ``threads``: ONNX Runtime's intra-op threads (0: one per
-    core; 1 for each of N workers sharing N cores).
+    still scored in full precision. ``prescreen_window`` > 0: it screens only that many, chosen
+    as :func:`budgeted_selection` chooses (work no longer grows with the pool; not sharded).
+    ``threads``: ONNX Runtime's intra-op threads (0: one per core).
 
     With a tuning ``depth`` that leaves a frozen trunk, the version's torch network scores
     through the trunk cache (the trunk is the one every round at that depth shares, so only the
@@ -69,7 +71,7 @@ def rescore_pool(
         ValueError: a budget chosen off the indexes with a shard (that choice is one
             worker's), a pre-screen without a budget, or an ``order`` the store cannot rank by.
     """
-    _check(shard, budget, prescreen, prescreen_precision)
+    _check(shard, budget, prescreen, prescreen_precision, prescreen_window)
     version = registry.target()
     if version is None:
         return 0
@@ -79,12 +81,19 @@ def rescore_pool(
     if budget:
         if prescreen:
             part = budget if shard is None else -(-budget // shard[1])  # its share, rounded up
+            window = (
+                budgeted_selection(
+                    store, version, prescreen_window, order, False, _before(registry)
+                )
+                if prescreen_window
+                else None
+            )
             with screening(
                 registry, info, store, archive, prescreen, prescreen_precision, threads, shard
             ) as screen:
                 ids = prescreened_selection(
                     store, archive, screen or score, version, part, prescreen, order, page_size,
-                    progress, shard,
+                    progress, shard, window,
                 )  # fmt: skip
         else:
             ids = budgeted_selection(store, version, budget, order, previous=_before(registry))
@@ -100,9 +109,15 @@ def rescore_pool(
 
 
 def _check(
-    shard: tuple[int, int] | None, budget: int, prescreen: int, prescreen_precision: str
+    shard: tuple[int, int] | None,
+    budget: int,
+    prescreen: int,
+    prescreen_precision: str,
+    prescreen_window: int,
 ) -> None:
     """:func:`rescore_pool`'s refusals."""
+    if prescreen_window and (not prescreen or shard is not None):
+        raise ValueError("a pre-screen's window needs a pre-screen, and is not sharded")
     if budget and not prescreen and shard is not None:
         raise ValueError(
             "a budget chosen off the indexes is not sharded: choose a budget or a shard, or "

@@ -199,6 +199,7 @@ def run_round(
                 prescreen=settings.rescore_prescreen if settings.rescore_budget else 0,
                 prescreen_precision=settings.rescore_prescreen_precision,
                 threads=settings.rescore_threads,
+                prescreen_window=settings.rescore_prescreen_window,
             )  # fmt: skip
             report.timings["rescore"] = time.perf_counter() - t
             methods = keyed_methods(settings.queue_keys)

@@ -121,6 +121,14 @@ class TrainerSettings(RegistrySettings, StoreSettings):
         "published one, else one quantised for the pass on the pool's own patches), faster on a "
         "CPU; the budget is scored in full precision either way (docs/performance.md).",
     )
+    rescore_prescreen_window: int = Field(
+        0,
+        ge=0,
+        description="With a pre-screen: screen only this many candidates, chosen off the indexes "
+        "(half the top as served, a quarter the newest, the rest a moving sample), so a round's "
+        "work no longer grows with the pool (0: screen the whole pool). The exact top it keeps "
+        "falls as the window becomes a smaller share of the pool (docs/performance.md).",
+    )
     rescore_threads: int = Field(
         0,
         ge=0,

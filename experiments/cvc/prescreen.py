@@ -70,18 +70,25 @@ PRECISIONS = ("fp32", "int8")
 
 
 def live_rows(
-    run: Path, patches: tuple[int, ...] = (2,), precisions: tuple[str, ...] = PRECISIONS
+    run: Path,
+    patches: tuple[int, ...] = (2,),
+    precisions: tuple[str, ...] = PRECISIONS,
+    windows: tuple[float, ...] = (1.0,),
 ) -> list[dict[str, object]]:
     """The same measure with the network run (``--live``): the run's latest version scores its
     unlabeled pool exactly (every patch, fp32, its ONNX model as servers run it), and the
     product's own pre-screen (:func:`trainer.prescreen.prescreened_selection`, an int8 one
-    quantised as a round quantises it) chooses each share of the pool."""
+    quantised as a round quantises it) chooses each share of the pool. ``windows`` below 1: the
+    pre-screen screens only that share of the pool, chosen off the indexes as a round with
+    ``CAD_RESCORE_PRESCREEN_WINDOW`` chooses it (the version that scored the stored pool as
+    the previous one)."""
     from cad.labels.archive import ImageArchive
     from cad.labels.store import open_store
     from cad.models.registry import ModelRegistry
     from trainer.data import pool_example
     from trainer.pool import RESCORE_PAGE, archived, onnx_scorer, pool_pages
     from trainer.prescreen import prescreened_selection, screening
+    from trainer.rescore import budgeted_selection
 
     archive = ImageArchive(run / "archive")
     registry = ModelRegistry(run / "registry", "cad")
@@ -102,31 +109,38 @@ def live_rows(
             (np.array([e.candidate_id for e in pool]), -exact_scores)
         )  # the queue's order
         exact = [pool[i].candidate_id for i in order]
+        scored = store.pool.scored_versions()
+        previous = max(scored, key=lambda v: scored[v]) if scored else None
         out: list[dict[str, object]] = []
-        for precision in precisions:
-            for k in patches:
-                with screening(registry, info, store, archive, k, precision, 0, None) as screen:
-                    score = screen or onnx_scorer(info, archive)
-                    for share in SHARES:
-                        chosen = set(
-                            prescreened_selection(
-                                store, archive, score, version, int(share * len(pool)), k,
-                                progress=False,
-                            )
-                        )  # fmt: skip
-                        row: dict[str, object] = {
-                            "run": run.name,
-                            "pool": len(pool),
-                            "versions": str(version),
-                            "patches": k,
-                            "of_patches": parse_recipe(info.manifest.recipe).count,
-                            "precision": precision,
-                            "share": share,
-                        }
-                        for top in TOPS:
-                            found = len(chosen & set(exact[:top]))
-                            row[f"top{top}"] = f"{found / min(top, len(pool)):.2f}"
-                        out.append(row)
+        for precision, k, w in [(p, k, w) for p in precisions for k in patches for w in windows]:
+            window = (
+                budgeted_selection(store, version, int(w * len(pool)), DEFAULT_VARIANT, False,
+                                   previous)
+                if w < 1 else None
+            )  # fmt: skip
+            with screening(registry, info, store, archive, k, precision, 0, None) as screen:
+                score = screen or onnx_scorer(info, archive)
+                for share in (s for s in SHARES if s < w):
+                    chosen = set(
+                        prescreened_selection(
+                            store, archive, score, version, int(share * len(pool)), k,
+                            progress=False, window=window,
+                        )
+                    )  # fmt: skip
+                    row: dict[str, object] = {
+                        "run": run.name,
+                        "pool": len(pool),
+                        "versions": str(version),
+                        "patches": k,
+                        "of_patches": parse_recipe(info.manifest.recipe).count,
+                        "precision": precision,
+                        "window": w,
+                        "share": share,
+                    }
+                    for top in TOPS:
+                        found = len(chosen & set(exact[:top]))
+                        row[f"top{top}"] = f"{found / min(top, len(pool)):.2f}"
+                    out.append(row)
     finally:
         store.close()
     return out
@@ -143,13 +157,20 @@ def main(argv: list[str] | None = None) -> int:
         "pre-screen in each --precision (instead of reading stored predictions)",
     )
     parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
+    parser.add_argument(
+        "--window",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="--live: screen only this share of the pool, chosen off the indexes (1: all of it)",
+    )
     parser.add_argument("--out", type=Path, help="write the rows to this CSV as well")
     args = parser.parse_args(argv)
     rows = [
         r
         for run in args.runs
         for r in (
-            live_rows(run, tuple(args.patches), tuple(args.precision))
+            live_rows(run, tuple(args.patches), tuple(args.precision), tuple(args.window))
             if args.live
             else recall_rows(run, tuple(args.patches))
         )

@@ -915,7 +915,7 @@ def test_a_prescreened_budget_rescores_the_top_of_a_cheap_whole_pool_pass(world:
     from cad.aift import VARIANTS
     from cad.aift.patches import parse_recipe
     from trainer.prescreen import first_patches, prescreened_selection
-    from trainer.rescore import rescore_pool
+    from trainer.rescore import budgeted_selection, rescore_pool
 
     store, archive, registry, version, pool = _rescoring_world(world)
     target = str(version)
@@ -942,6 +942,15 @@ def test_a_prescreened_budget_rescores_the_top_of_a_cheap_whole_pool_pass(world:
         with pytest.raises(ValueError, match="AIFT variant or margin"):
             prescreened_selection(store, archive, score, version, 3, 1, order="bald")
 
+        # a window: only its candidates are screened (what a round costs no longer grows with
+        # the pool), and the budget is their best
+        window = sorted(pool)[:5]
+        seen.clear()
+        chosen = prescreened_selection(store, archive, score, version, 2, 1, window=window)
+        assert seen == [1] * 5 and chosen == window[-2:][::-1]
+        with pytest.raises(ValueError, match="window or a shard"):
+            prescreened_selection(store, archive, score, version, 2, 1, shard=(0, 2), window=window)
+
         # with the real version on every patch the budget is the exact ranking's top (as if
         # an older version had scored the whole pool)
         _scored_by_an_older_version(store, pool)
@@ -957,6 +966,19 @@ def test_a_prescreened_budget_rescores_the_top_of_a_cheap_whole_pool_pass(world:
         assert prescreened == set(exact)
         with pytest.raises(ValueError, match="budget"):
             rescore_pool(store, archive, registry, progress=False, prescreen=1)
+
+        # windowed in a round: the budget comes from the window chosen off the indexes
+        _scored_by_an_older_version(store, pool)
+        expected_window = budgeted_selection(store, version, 4, previous="0", skip_scored=False)
+        assert rescore_pool(store, archive, registry, False, budget=2, prescreen=1,
+                            prescreen_window=4) == 2  # fmt: skip
+        windowed = {r.candidate_id for r in store.pool.pool_rows(pool)} - {
+            r.candidate_id for r in store.pool.pool_rows(pool, skip_version=target)
+        }
+        assert len(windowed) == 2 and windowed <= set(expected_window)
+        with pytest.raises(ValueError, match="window"):
+            rescore_pool(store, archive, registry, False, budget=2, prescreen=1,
+                         prescreen_window=4, shard=(0, 2))  # fmt: skip
 
         # sharded: each of two workers pre-screens its part and scores its best half of the
         # budget; together they score the budget, each candidate once
