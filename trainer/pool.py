@@ -17,7 +17,7 @@ from cad.models.batcher import SerialBatcher
 from cad.models.model import load_model
 from cad.models.providers import SessionOptions
 from cad.models.registry import WEIGHTS_FILE, VersionInfo
-from trainer.data import Example, PatchSource
+from trainer.data import Example, PatchSource, pool_example
 from trainer.device import resolve_device
 from trainer.finetune import candidate_probabilities
 from trainer.network import CadNet
@@ -97,6 +97,17 @@ def onnx_scorer(
         return out
 
     return by_onnx
+
+
+def row_pages(rows: list[PoolRow], page_size: int) -> Iterator[list[PoolRow]]:
+    """``rows`` (already read) a page at a time."""
+    return (rows[i : i + page_size] for i in range(0, len(rows), page_size))
+
+
+def page_examples(page: list[PoolRow], archive: ImageArchive) -> tuple[list[Example], int]:
+    """A page of the pool as examples, those with an archived image only, sorted by image (so
+    each image is decoded once), and how many had none."""
+    return archived(sorted(map(pool_example, page), key=lambda e: e.image_sha256), archive)
 
 
 def archived(pool: list[Example], archive: ImageArchive) -> tuple[list[Example], int]:

@@ -24,8 +24,8 @@ from cad.labels.archive import ImageArchive
 from cad.labels.store import SqlLabelStore
 from cad.labels.store.records import PoolRow
 from cad.models.registry import ModelRegistry, VersionInfo
-from trainer.data import Example, PatchSource, pool_example
-from trainer.pool import RESCORE_PAGE, archived, pool_pages
+from trainer.data import Example, PatchSource
+from trainer.pool import RESCORE_PAGE, page_examples, pool_pages, row_pages
 from trainer.quantize import reduced_model
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def prescreened_selection(
     else:
         rows = store.pool.pool_rows(window)
         total = len(rows)
-        pages = (rows[i : i + page_size] for i in range(0, len(rows), page_size))
+        pages = row_pages(rows, page_size)
     best: list[tuple[float, _IdFirst]] = []  # a min-heap of the best ``budget``
     with tqdm(
         total=total,
@@ -90,9 +90,7 @@ def prescreened_selection(
         leave=False,
     ) as bar:
         for page in pages:
-            pool, _ = archived(
-                sorted(map(pool_example, page), key=lambda e: e.image_sha256), archive
-            )
+            pool, _ = page_examples(page, archive)
             short = [replace(e, recipe=first_patches(e.recipe, patches)) for e in pool]
             for e, proxy in zip(pool, _proxies(score(short), order), strict=True):
                 item = (proxy, _IdFirst(e.candidate_id))
@@ -188,7 +186,7 @@ def _calibration(
     out: list[np.ndarray] = []
     cut = 0
     for page in pool_pages(store, RESCORE_PAGE, None, shard):
-        pool, _ = archived(sorted(map(pool_example, page), key=lambda e: e.image_sha256), archive)
+        pool, _ = page_examples(page, archive)
         for e in pool:
             out.append(source.patches(replace(e, recipe=first_patches(e.recipe, patches))))
             cut += len(out[-1])

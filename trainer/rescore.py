@@ -17,9 +17,18 @@ from cad.labels.store import SqlLabelStore
 from cad.labels.store.records import PoolRow
 from cad.models.registry import ModelRegistry
 from trainer.baselines import queue_keys
-from trainer.data import Example, PatchSource, labeled_examples, pool_example, unlabeled_examples
+from trainer.data import Example, PatchSource, labeled_examples, unlabeled_examples
 from trainer.device import resolve_device
-from trainer.pool import RESCORE_PAGE, archived, load_net, pool_pages, score_row, scorer
+from trainer.pool import (
+    RESCORE_PAGE,
+    archived,
+    load_net,
+    page_examples,
+    pool_pages,
+    row_pages,
+    score_row,
+    scorer,
+)
 from trainer.prescreen import PRESCREEN_PRECISIONS, prescreened_selection, screening
 from trainer.settings import TrainerSettings
 
@@ -99,9 +108,7 @@ def rescore_pool(
             ids = budgeted_selection(store, version, budget, order, previous=_before(registry))
         chosen = store.pool.pool_rows(ids, skip)
         total = len(chosen)
-        pages: Iterator[list[PoolRow]] = (
-            chosen[i : i + page_size] for i in range(0, len(chosen), page_size)
-        )
+        pages: Iterator[list[PoolRow]] = row_pages(chosen, page_size)
     else:
         total = store.pool.pool_count(skip, shard)
         pages = pool_pages(store, page_size, skip, shard)
@@ -151,9 +158,7 @@ def _score_pages(
         leave=False,
     ) as bar:
         for page in pages:
-            pool, lost = archived(
-                sorted(map(pool_example, page), key=lambda e: e.image_sha256), archive
-            )
+            pool, lost = page_examples(page, archive)
             missing += lost
             if pool:
                 rows = [score_row(e, p) for e, p in zip(pool, score(pool), strict=True)]
