@@ -69,6 +69,9 @@ def _train_rescore(args: argparse.Namespace) -> int:
             prescreen_window=settings.rescore_prescreen_window
             if args.prescreen_window is None
             else args.prescreen_window,
+            window_top=settings.rescore_prescreen_window_top
+            if args.prescreen_window_top is None
+            else args.prescreen_window_top,
         )
         version = registry.target()
     finally:
@@ -279,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="screen only this many, chosen off the indexes (CAD_RESCORE_PRESCREEN_WINDOW; 0: "
         "the whole pool)",
+    )
+    rescore.add_argument(
+        "--prescreen-window-top",
+        type=float,
+        help="the window's share taken from the top as served (CAD_RESCORE_PRESCREEN_WINDOW_TOP, "
+        "default 0.5; 1: the previous version's top alone)",
     )
     rescore.add_argument(
         "--threads",

@@ -34,6 +34,10 @@ from trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
 
+TOP_SHARE, RECENT_SHARE = 0.5, 0.25
+"""A budgeted re-scoring's parts: the top of the ranking, the newest arrivals, and (the rest) a
+uniform random sample."""
+
 
 def rescore_pool(
     store: SqlLabelStore,
@@ -51,6 +55,7 @@ def rescore_pool(
     prescreen_precision: str = "fp32",
     threads: int = 0,
     prescreen_window: int = 0,
+    window_top: float = TOP_SHARE,
 ) -> int:
     """Score the unlabeled candidates with the version servers follow; the queue reads it.
     Returns how many were scored.
@@ -68,7 +73,8 @@ def rescore_pool(
     ``prescreen_precision`` "int8": the pre-screen runs the version's int8 variant (the published
     one, else one quantised for this pass and calibrated on the pool's first page); the budget is
     still scored in full precision. ``prescreen_window`` > 0: it screens only that many, chosen
-    as :func:`budgeted_selection` chooses (work no longer grows with the pool; not sharded).
+    as :func:`budgeted_selection` chooses (work no longer grows with the pool; not sharded),
+    ``window_top`` of it the top as served.
     ``threads``: ONNX Runtime's intra-op threads (0: one per core).
 
     With a tuning ``depth`` that leaves a frozen trunk, the version's torch network scores
@@ -81,6 +87,8 @@ def rescore_pool(
             worker's), a pre-screen without a budget, or an ``order`` the store cannot rank by.
     """
     _check(shard, budget, prescreen, prescreen_precision, prescreen_window)
+    if not 0.0 <= window_top <= 1.0:
+        raise ValueError(f"a window's share of the top is in [0, 1], not {window_top}")
     version = registry.target()
     if version is None:
         return 0
@@ -92,7 +100,7 @@ def rescore_pool(
             part = budget if shard is None else -(-budget // shard[1])  # its share, rounded up
             window = (
                 budgeted_selection(
-                    store, version, prescreen_window, order, False, _before(registry)
+                    store, version, prescreen_window, order, False, _before(registry), window_top
                 )
                 if prescreen_window
                 else None
@@ -180,11 +188,6 @@ def _before(registry: ModelRegistry) -> str | None:
     return None if previous is None else str(previous)
 
 
-TOP_SHARE, RECENT_SHARE = 0.5, 0.25
-"""A budgeted re-scoring's parts: the top of the ranking, the newest arrivals, and (the rest) a
-uniform random sample."""
-
-
 def budgeted_selection(
     store: SqlLabelStore,
     version: int,
@@ -192,15 +195,16 @@ def budgeted_selection(
     order: str = DEFAULT_VARIANT,
     skip_scored: bool = True,
     previous: str | None = None,
+    top_share: float = TOP_SHARE,
 ) -> list[str]:
     """At most ``budget`` candidate ids to re-score after version ``version`` was published,
     read off the store's indexes (the cost does not grow with the pool):
 
-    - the top ``TOP_SHARE`` of the budget by ``order``, the ranking reviewers are served, those
+    - the top ``top_share`` of the budget by ``order``, the ranking reviewers are served, those
       the ``previous`` version scored first (as a queue with ``CAD_QUEUE_FRESH_FIRST`` serves
       them): the items a queue serves, so stale scores there are the ones that matter;
-    - the ``RECENT_SHARE`` newest arrivals (those recorded before the servers swapped were
-      scored by the old version at Classify time);
+    - the ``RECENT_SHARE`` newest arrivals, less where ``top_share`` leaves less (those
+      recorded before the servers swapped were scored by the old version at Classify time);
     - the rest a uniform random sample (the pool's random keys from a starting point the
       version sets): items that rise under the new version are found in proportion to the
       sample, and over rounds the sample walks the whole pool.
@@ -213,8 +217,8 @@ def budgeted_selection(
         ValueError: ``order`` is neither an AIFT variant nor margin.
     """
     skip = str(version) if skip_scored else None
-    top_n = int(budget * TOP_SHARE)
-    recent_n = int(budget * RECENT_SHARE)
+    top_n = int(budget * top_share)
+    recent_n = int(budget * min(RECENT_SHARE, 1.0 - top_share))
     if order in VARIANTS:
         # the top as the queue serves it: the previous version's fresh scores first
         top = store.queue.ranked_unlabeled(VARIANTS[order], top_n, fresh=previous) if top_n else []

@@ -200,6 +200,7 @@ def run_round(
                 prescreen_precision=settings.rescore_prescreen_precision,
                 threads=settings.rescore_threads,
                 prescreen_window=settings.rescore_prescreen_window,
+                window_top=settings.rescore_prescreen_window_top,
             )  # fmt: skip
             report.timings["rescore"] = time.perf_counter() - t
             methods = keyed_methods(settings.queue_keys)

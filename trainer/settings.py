@@ -129,6 +129,14 @@ class TrainerSettings(RegistrySettings, StoreSettings):
         "work no longer grows with the pool (0: screen the whole pool). The exact top it keeps "
         "falls as the window becomes a smaller share of the pool (docs/performance.md).",
     )
+    rescore_prescreen_window_top: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="The share of a pre-screen's window taken from the top of the ranking as "
+        "served (the rest: up to a quarter the newest, then a moving sample). 1: the window is "
+        "the previous version's top alone (docs/performance.md).",
+    )
     rescore_threads: int = Field(
         0,
         ge=0,

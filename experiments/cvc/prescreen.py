@@ -74,6 +74,8 @@ def live_rows(
     patches: tuple[int, ...] = (2,),
     precisions: tuple[str, ...] = PRECISIONS,
     windows: tuple[float, ...] = (1.0,),
+    window_tops: tuple[float, ...] = (0.5,),
+    shares: tuple[float, ...] = SHARES,
 ) -> list[dict[str, object]]:
     """The same measure with the network run (``--live``): the run's latest version scores its
     unlabeled pool exactly (every patch, fp32, its ONNX model as servers run it), and the
@@ -81,7 +83,8 @@ def live_rows(
     quantised as a round quantises it) chooses each share of the pool. ``windows`` below 1: the
     pre-screen screens only that share of the pool, chosen off the indexes as a round with
     ``CAD_RESCORE_PRESCREEN_WINDOW`` chooses it (the version that scored the stored pool as
-    the previous one)."""
+    the previous one), ``window_tops`` its share taken from the top as served
+    (``CAD_RESCORE_PRESCREEN_WINDOW_TOP``)."""
     from cad.labels.archive import ImageArchive
     from cad.labels.store import open_store
     from cad.models.registry import ModelRegistry
@@ -112,15 +115,22 @@ def live_rows(
         scored = store.pool.scored_versions()
         previous = max(scored, key=lambda v: scored[v]) if scored else None
         out: list[dict[str, object]] = []
-        for precision, k, w in [(p, k, w) for p in precisions for k in patches for w in windows]:
+        grid = [
+            (p, k, w, t)
+            for p in precisions
+            for k in patches
+            for w in windows
+            for t in (window_tops if w < 1 else (0.0,))
+        ]
+        for precision, k, w, top_share in grid:
             window = (
                 budgeted_selection(store, version, int(w * len(pool)), DEFAULT_VARIANT, False,
-                                   previous)
+                                   previous, top_share)
                 if w < 1 else None
             )  # fmt: skip
             with screening(registry, info, store, archive, k, precision, 0, None) as screen:
                 score = screen or onnx_scorer(info, archive)
-                for share in (s for s in SHARES if s < w):
+                for share in (s for s in shares if s < w):
                     chosen = set(
                         prescreened_selection(
                             store, archive, score, version, int(share * len(pool)), k,
@@ -135,6 +145,7 @@ def live_rows(
                         "of_patches": parse_recipe(info.manifest.recipe).count,
                         "precision": precision,
                         "window": w,
+                        "window_top": top_share if w < 1 else "",
                         "share": share,
                     }
                     for top in TOPS:
@@ -164,13 +175,33 @@ def main(argv: list[str] | None = None) -> int:
         default=[1.0],
         help="--live: screen only this share of the pool, chosen off the indexes (1: all of it)",
     )
+    parser.add_argument(
+        "--window-top",
+        type=float,
+        nargs="+",
+        default=[0.5],
+        help="--live: each window's share taken from the top as served",
+    )
+    parser.add_argument(
+        "--shares",
+        type=float,
+        nargs="+",
+        help="--live: budgets as shares of the pool (default: 0.05 0.1 0.2)",
+    )
     parser.add_argument("--out", type=Path, help="write the rows to this CSV as well")
     args = parser.parse_args(argv)
     rows = [
         r
         for run in args.runs
         for r in (
-            live_rows(run, tuple(args.patches), tuple(args.precision), tuple(args.window))
+            live_rows(
+                run,
+                tuple(args.patches),
+                tuple(args.precision),
+                tuple(args.window),
+                tuple(args.window_top),
+                tuple(args.shares or SHARES),
+            )
             if args.live
             else recall_rows(run, tuple(args.patches))
         )

@@ -886,6 +886,16 @@ def test_a_budgeted_rescoring_refreshes_the_top_the_newest_and_a_sample_within_i
         assert len(chosen) == len(set(chosen)) == 4
         assert set(top) | set(newest) <= set(chosen)  # the top half, the newest quarter
         assert len(budgeted_selection(store, version, n + 10, "margin")) == n  # never more
+        # a window's top share: 1 takes the ranking's top alone, in the order served
+        served = [
+            e.candidate_id for e, _ in store.queue.ranked_unlabeled(VARIANTS["entropy_alpha"], 4)
+        ]
+        assert budgeted_selection(store, version, 4, skip_scored=False, top_share=1.0) == served
+        three = budgeted_selection(store, version, 4, skip_scored=False, top_share=0.75)
+        assert three[:3] == served[:3] and newest[0] in three  # the newest quarter stays
+        with pytest.raises(ValueError, match="share of the top"):
+            rescore_pool(store, archive, registry, False, budget=2, prescreen=1,
+                         prescreen_window=4, window_top=1.5)  # fmt: skip
         assert rescore_pool(store, archive, registry, progress=False, budget=4) == 4
         assert store.pool.scored_versions() == {target: 4, "0": n - 4}
         unscored = {r.candidate_id for r in store.pool.pool_rows(pool, skip_version=target)}
@@ -976,6 +986,18 @@ def test_a_prescreened_budget_rescores_the_top_of_a_cheap_whole_pool_pass(world:
             r.candidate_id for r in store.pool.pool_rows(pool, skip_version=target)
         }
         assert len(windowed) == 2 and windowed <= set(expected_window)
+        # a window of the top alone (CAD_RESCORE_PRESCREEN_WINDOW_TOP=1): the budget comes
+        # from the four the queue serves first
+        _scored_by_an_older_version(store, pool)
+        served = [
+            e.candidate_id for e, _ in store.queue.ranked_unlabeled(VARIANTS["entropy_alpha"], 4)
+        ]
+        assert rescore_pool(store, archive, registry, False, budget=2, prescreen=1,
+                            prescreen_window=4, window_top=1.0) == 2  # fmt: skip
+        windowed = {r.candidate_id for r in store.pool.pool_rows(pool)} - {
+            r.candidate_id for r in store.pool.pool_rows(pool, skip_version=target)
+        }
+        assert len(windowed) == 2 and windowed <= set(served)
         with pytest.raises(ValueError, match="window"):
             rescore_pool(store, archive, registry, False, budget=2, prescreen=1,
                          prescreen_window=4, shard=(0, 2))  # fmt: skip
