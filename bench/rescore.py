@@ -60,6 +60,7 @@ except ImportError:
     from cad.models.registry import ModelRegistry
 
 url, archive, registry, shard, budget, prescreen, network, precision, threads = sys.argv[1:10]
+window, window_top = (int(sys.argv[10]), float(sys.argv[11])) if len(sys.argv) > 11 else (0, 0.5)
 shard = tuple(int(v) for v in shard.split("/")) if shard else None
 if network != "real":
     SerialBatcher.predict = lambda self, model, x: np.tile(
@@ -81,6 +82,8 @@ selection_s = None
 if int(prescreen):  # the choice is the pre-screen, inside the re-scoring's wall time
     kw |= {"budget": int(budget), "prescreen": int(prescreen), "prescreen_precision": precision,
            "threads": int(threads)}
+    if window:  # a pre-screen of a window chosen off the indexes, not the whole pool
+        kw |= {"prescreen_window": window, "window_top": window_top}
 elif int(budget):
     kw["budget"] = int(budget)
     from trainer.rescore import budgeted_selection
@@ -170,18 +173,32 @@ def run_revision(
     prescreen: int = 0,
     network: str = "constant",
     precision: str = "fp32",
+    window: int = 0,
+    window_top: float = 0.5,
 ) -> dict[str, Any]:
     """One re-scoring of the whole pool by ``workers`` processes at once (shard i/workers each,
     this checkout only when more than one), or of at most ``budget`` candidates (this checkout
     only; chosen by a pre-screen on ``prescreen`` patches a candidate if > 0); wall time is the
     last one's end. ``network``: "constant" takes the network's arithmetic out (a fixed answer),
     "real" runs it. ``precision``: the pre-screen's (fp32, int8). Several pre-screening workers
-    run one ONNX Runtime thread each (the cores are theirs to share)."""
+    run one ONNX Runtime thread each (the cores are theirs to share). ``window`` > 0: the
+    pre-screen screens only that many (``CAD_RESCORE_PRESCREEN_WINDOW``), ``window_top`` of them
+    the top as served."""
     env = {**os.environ, "PYTHONPATH": str(tree), "CAD_TRUNK_CACHE_MB": "64"}
     shards = [[f"{i}/{workers}"] for i in range(workers)] if workers > 1 else [[""]]
     threads = "1" if workers > 1 else "0"
     shards = [
-        [*shard, str(budget), str(prescreen), network, precision, threads] for shard in shards
+        [
+            *shard,
+            str(budget),
+            str(prescreen),
+            network,
+            precision,
+            threads,
+            str(window),
+            str(window_top),
+        ]
+        for shard in shards
     ]
     t0 = time.perf_counter()
     children = [
@@ -269,6 +286,8 @@ def bench(
     network: str = "constant",
     precisions: tuple[str, ...] = ("fp32",),
     workers: tuple[int, ...] = (1,),
+    windows: tuple[int, ...] = (0,),
+    window_top: float = 0.5,
 ) -> dict[str, Any]:
     report: dict[str, Any] = {
         "baseline_ref": baseline_ref,
@@ -327,8 +346,14 @@ def bench(
                             r = run_revision(ROOT, url, tmp / "archive", registry, budget=budget)
                             assert r["scored"] == min(budget, size), r
                             row["this_budgeted"] = {"budget": budget, **r}
-                        for prescreen, precision, n in (
-                            [(p, q, w) for p in prescreens for q in precisions for w in workers]
+                        for prescreen, precision, n, window in (
+                            [
+                                (p, q, w, m)
+                                for p in prescreens
+                                for q in precisions
+                                for w in workers
+                                for m in windows
+                            ]
                             if "prescreen" in modes
                             else []
                         ):
@@ -343,17 +368,24 @@ def bench(
                                 prescreen=prescreen,
                                 network=network,
                                 precision=precision,
+                                window=window,
+                                window_top=window_top,
                             )
                             assert abs(r["scored"] - min(budget, size)) < n, r  # budget/n each
-                            patches = size * prescreen + r["scored"] * PATCHES
+                            screened = min(window, size) if window else size
+                            patches = screened * prescreen + r["scored"] * PATCHES
                             name = f"this_prescreened_{prescreen}" + (
                                 "" if (precision, n) == ("fp32", 1) else f"_{precision}_{n}w"
                             )
+                            if window:
+                                name += f"_window_{window}_top_{window_top:g}"
                             row[name] = {
                                 "budget": budget,
                                 "prescreen_patches": prescreen,
                                 "precision": precision,
                                 "workers": n,
+                                "window": window,
+                                "window_top": window_top if window else None,
                                 "network": network,
                                 "patches": patches,
                                 "patches_per_s": round(patches / r["wall_s"], 1),
@@ -425,6 +457,19 @@ def main() -> int:
         default=[1],
         help="prescreen mode: workers sharing it (shard I/N each, one ONNX Runtime thread each)",
     )
+    parser.add_argument(
+        "--prescreen-window",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="prescreen mode: screen only this many, chosen off the indexes (0: the whole pool)",
+    )
+    parser.add_argument(
+        "--prescreen-window-top",
+        type=float,
+        default=0.5,
+        help="prescreen mode: the window's share taken from the top as served",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     report = bench(
@@ -437,6 +482,8 @@ def main() -> int:
         args.network,
         tuple(args.prescreen_precision),
         tuple(args.prescreen_workers),
+        tuple(args.prescreen_window),
+        args.prescreen_window_top,
     )
     emit(report, args.out)
     return 0
