@@ -60,25 +60,22 @@ def prescreened_selection(
     the same choice again); the exact scoring after it goes on where it stopped. ``shard``: only
     that part of the pool (the candidates' random keys cut into parts, as an exact re-scoring
     shards), so that n workers each take the best of their part. ``window``: only these
-    candidates (those still in the pool), not the whole pool: the pass then costs the window's
-    size, whatever the pool's.
+    candidates (those still in the pool; with a shard, those of the window in it), not the
+    whole pool: the pass then costs the window's size, whatever the pool's.
 
     Raises:
-        ValueError: ``order`` is neither an AIFT variant nor margin, ``patches`` < 1, or a
-            window with a shard.
+        ValueError: ``order`` is neither an AIFT variant nor margin, or ``patches`` < 1.
     """
     if order not in VARIANTS and order != MARGIN:
         raise ValueError(f"a pre-screen ranks by an AIFT variant or margin, not {order!r}")
     if patches < 1:
         raise ValueError(f"a pre-screen scores at least one patch a candidate, not {patches}")
-    if window is not None and shard is not None:
-        raise ValueError("a pre-screen's window is one worker's: choose a window or a shard")
     pages: Iterator[list[PoolRow]]
     if window is None:
         total = store.pool.pool_count(None, shard)
         pages = pool_pages(store, page_size, None, shard)
     else:
-        rows = store.pool.pool_rows(window)
+        rows = store.pool.pool_rows(window, shard=shard)
         total = len(rows)
         pages = row_pages(rows, page_size)
     best: list[tuple[float, _IdFirst]] = []  # a min-heap of the best ``budget``

@@ -55,7 +55,7 @@ def rescore_pool(
     prescreen_precision: str = "fp32",
     threads: int = 0,
     prescreen_window: int = 0,
-    window_top: float = TOP_SHARE,
+    window_top: float = 1.0,  # CAD_RESCORE_PRESCREEN_WINDOW_TOP's default
 ) -> int:
     """Score the unlabeled candidates with the version servers follow; the queue reads it.
     Returns how many were scored.
@@ -73,8 +73,11 @@ def rescore_pool(
     ``prescreen_precision`` "int8": the pre-screen runs the version's int8 variant (the published
     one, else one quantised for this pass and calibrated on the pool's first page); the budget is
     still scored in full precision. ``prescreen_window`` > 0: it screens only that many, chosen
-    as :func:`budgeted_selection` chooses (work no longer grows with the pool; not sharded),
-    ``window_top`` of it the top as served.
+    as :func:`budgeted_selection` chooses (work no longer grows with the pool), ``window_top``
+    of it the top as served; with a shard, each worker chooses the window and screens its part
+    of it (workers started together choose the same window; one started after another has
+    written scores may choose a few past its end: a slightly different screen, never a
+    candidate scored twice, since the shards are disjoint).
     ``threads``: ONNX Runtime's intra-op threads (0: one per core).
 
     With a tuning ``depth`` that leaves a frozen trunk, the version's torch network scores
@@ -131,8 +134,8 @@ def _check(
     prescreen_window: int,
 ) -> None:
     """:func:`rescore_pool`'s refusals."""
-    if prescreen_window and (not prescreen or shard is not None):
-        raise ValueError("a pre-screen's window needs a pre-screen, and is not sharded")
+    if prescreen_window and not prescreen:
+        raise ValueError("a pre-screen's window needs a pre-screen")
     if budget and not prescreen and shard is not None:
         raise ValueError(
             "a budget chosen off the indexes is not sharded: choose a budget or a shard, or "

@@ -125,17 +125,18 @@ class TrainerSettings(RegistrySettings, StoreSettings):
         0,
         ge=0,
         description="With a pre-screen: screen only this many candidates, chosen off the indexes "
-        "(half the top as served, a quarter the newest, the rest a moving sample), so a round's "
+        "(the top as served: CAD_RESCORE_PRESCREEN_WINDOW_TOP), so a round's "
         "work no longer grows with the pool (0: screen the whole pool). The exact top it keeps "
         "falls as the window becomes a smaller share of the pool (docs/performance.md).",
     )
     rescore_prescreen_window_top: float = Field(
-        0.5,
+        1.0,
         ge=0.0,
         le=1.0,
         description="The share of a pre-screen's window taken from the top of the ranking as "
-        "served (the rest: up to a quarter the newest, then a moving sample). 1: the window is "
-        "the previous version's top alone (docs/performance.md).",
+        "served (the rest: up to a quarter the newest, then a moving sample). 1, the default: "
+        "the previous version's top alone, which kept more of the exact top at every window "
+        "and budget measured than 0.5 or 0.75 (docs/performance.md).",
     )
     rescore_threads: int = Field(
         0,

@@ -958,8 +958,13 @@ def test_a_prescreened_budget_rescores_the_top_of_a_cheap_whole_pool_pass(world:
         seen.clear()
         chosen = prescreened_selection(store, archive, score, version, 2, 1, window=window)
         assert seen == [1] * 5 and chosen == window[-2:][::-1]
-        with pytest.raises(ValueError, match="window or a shard"):
-            prescreened_selection(store, archive, score, version, 2, 1, shard=(0, 2), window=window)
+        # a window shared by two workers: each screens its shard's part of it, once
+        seen.clear()
+        halves = [
+            prescreened_selection(store, archive, score, version, 5, 1, shard=(i, 2), window=window)
+            for i in range(2)
+        ]
+        assert seen == [1] * 5 and sorted(halves[0] + halves[1]) == window
 
         # with the real version on every patch the budget is the exact ranking's top (as if
         # an older version had scored the whole pool)
@@ -979,9 +984,11 @@ def test_a_prescreened_budget_rescores_the_top_of_a_cheap_whole_pool_pass(world:
 
         # windowed in a round: the budget comes from the window chosen off the indexes
         _scored_by_an_older_version(store, pool)
-        expected_window = budgeted_selection(store, version, 4, previous="0", skip_scored=False)
+        expected_window = budgeted_selection(
+            store, version, 4, previous="0", skip_scored=False, top_share=0.5
+        )
         assert rescore_pool(store, archive, registry, False, budget=2, prescreen=1,
-                            prescreen_window=4) == 2  # fmt: skip
+                            prescreen_window=4, window_top=0.5) == 2  # fmt: skip
         windowed = {r.candidate_id for r in store.pool.pool_rows(pool)} - {
             r.candidate_id for r in store.pool.pool_rows(pool, skip_version=target)
         }
@@ -993,14 +1000,33 @@ def test_a_prescreened_budget_rescores_the_top_of_a_cheap_whole_pool_pass(world:
             e.candidate_id for e, _ in store.queue.ranked_unlabeled(VARIANTS["entropy_alpha"], 4)
         ]
         assert rescore_pool(store, archive, registry, False, budget=2, prescreen=1,
-                            prescreen_window=4, window_top=1.0) == 2  # fmt: skip
+                            prescreen_window=4) == 2  # fmt: skip
         windowed = {r.candidate_id for r in store.pool.pool_rows(pool)} - {
             r.candidate_id for r in store.pool.pool_rows(pool, skip_version=target)
         }
         assert len(windowed) == 2 and windowed <= set(served)
         with pytest.raises(ValueError, match="window"):
-            rescore_pool(store, archive, registry, False, budget=2, prescreen=1,
-                         prescreen_window=4, shard=(0, 2))  # fmt: skip
+            rescore_pool(store, archive, registry, False, budget=2, prescreen_window=4)
+        # two workers sharing the window: each scores at most its half of the budget, from its
+        # own shard's part of the window (a window chosen after the other worker wrote its
+        # scores may reach one past the first four), and no candidate twice
+        _scored_by_an_older_version(store, pool)
+        ranked = [
+            e.candidate_id for e, _ in store.queue.ranked_unlabeled(VARIANTS["entropy_alpha"], 5)
+        ]
+        done = [
+            rescore_pool(
+                store, archive, registry, False, budget=2, prescreen=1, prescreen_window=4,
+                shard=(i, 2),
+            )
+            for i in range(2)
+        ]  # fmt: skip
+        windowed = {r.candidate_id for r in store.pool.pool_rows(pool)} - {
+            r.candidate_id for r in store.pool.pool_rows(pool, skip_version=target)
+        }
+        assert sum(done) == len(windowed) and 1 <= len(windowed) <= 2
+        assert [len(store.pool.pool_rows(list(windowed), shard=(i, 2))) for i in range(2)] == done
+        assert windowed <= set(served) | set(ranked[4:5])
 
         # sharded: each of two workers pre-screens its part and scores its best half of the
         # budget; together they score the budget, each candidate once

@@ -101,12 +101,16 @@ class PoolRows(Repository):
         return ids
 
     def pool_rows(
-        self, candidate_ids: Sequence[str], skip_version: str | None = None
+        self,
+        candidate_ids: Sequence[str],
+        skip_version: str | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> list[PoolRow]:
         """These candidates as :meth:`pool_page` reads them, in id order; those no longer in the
-        pool (labelled or forgotten since) and those ``skip_version`` already scored left out."""
+        pool (labelled or forgotten since), those ``skip_version`` already scored and those
+        outside ``shard`` left out."""
         ids = sorted(set(candidate_ids))
-        where, params = self._pool_where(skip_version, None)
+        where, params = self._pool_where(skip_version, shard)
         out: list[PoolRow] = []
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
