@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="methods ending _budget choose their share by a whole-pool pre-screen on this many "
         "patches a candidate (CAD_RESCORE_PRESCREEN; default 0: top, newest and a sample)",
     )
+    run.add_argument(
+        "--budget-window",
+        type=float,
+        help="with --prescreen: screen only this share of the pool, the top as served "
+        "(CAD_RESCORE_PRESCREEN_WINDOW; default 0: the whole pool)",
+    )
     run.add_argument("--log-level", default="WARNING")
     common = run
     run = sub.add_parser(
@@ -88,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="reviewer seconds per label for the time-saved table (default 10, an assumption)",
     )
     report.add_argument("--budget-share", type=float, help="as the run was given it")
+    report.add_argument("--prescreen", type=int, help="as the run was given it")
+    report.add_argument("--budget-window", type=float, help="as the run was given it")
     report.add_argument("--log-level", default="WARNING")
     return parser
 
@@ -123,6 +131,13 @@ def main(argv: list[str] | None = None) -> int:
         from experiments.cvc import budget
 
         budget.PRESCREEN = args.prescreen
+    if getattr(args, "budget_window", None) is not None:
+        if not 0 <= args.budget_window <= 1:
+            print("--budget-window must be in [0, 1]", file=sys.stderr)
+            return 2
+        from experiments.cvc import budget
+
+        budget.WINDOW_SHARE = args.budget_window
     out = Path(args.out)
     if args.command == "report":
         print(write_report(out, args.seconds_per_label))

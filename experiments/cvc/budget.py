@@ -28,6 +28,9 @@ BUDGET_SHARE = 0.2
 """The budget of a ``_budget`` method: this share of the pool's candidates per round."""
 PRESCREEN = 0
 """Patches a candidate of a ``_budget`` method's whole-pool pre-screen (0: none)."""
+WINDOW_SHARE = 0.0
+"""With a pre-screen: it screens only a window of this share of the pool, the top as served
+(``CAD_RESCORE_PRESCREEN_WINDOW``; 0: the whole pool)."""
 TOPS = (20, 100)
 FIELDS: tuple[str, ...] = (
     "method",
@@ -43,6 +46,10 @@ FIELDS += tuple(f"top{k}" for k in TOPS)
 
 def budget_of(pool_size: int) -> int:
     return max(1, math.ceil(BUDGET_SHARE * pool_size))
+
+
+def window_of(pool_size: int) -> int:
+    return math.ceil(WINDOW_SHARE * pool_size) if PRESCREEN else 0
 
 
 def measure_overlap(ws: Path, variant: str, depth: str | None) -> dict[str, Any]:
@@ -122,7 +129,12 @@ def summarise(out: Path) -> dict[str, Any] | None:
     by: dict[str, dict[int, dict[int, dict[str, str]]]] = defaultdict(lambda: defaultdict(dict))
     for r in curves:
         by[r["method"]][int(r["seed"])][int(r["round"])] = r
-    result: dict[str, Any] = {"budget_share": BUDGET_SHARE, "prescreen": PRESCREEN, "methods": {}}
+    result: dict[str, Any] = {
+        "budget_share": BUDGET_SHARE,
+        "prescreen": PRESCREEN,
+        "window_share": WINDOW_SHARE if PRESCREEN else 0.0,
+        "methods": {},
+    }
     for method in sorted({r["method"] for r in overlap}):
         twin = method[: -len(BUDGET)]
         rows = [r for r in overlap if r["method"] == method]
@@ -165,7 +177,14 @@ def markdown(summary: dict[str, Any]) -> str:
         "",
         f"Each round re-scores at most {summary['budget_share']:.0%} of the pool: "
         + (
-            f"the top of a whole-pool pre-screen on {summary['prescreen']} patches a candidate"
+            (
+                f"the top of a pre-screen on {summary['prescreen']} patches a candidate of "
+                + (
+                    f"a window of {summary['window_share']:.0%} of the pool (the top as served)"
+                    if summary.get("window_share")
+                    else "the whole pool"
+                )
+            )
             if summary.get("prescreen")
             else "half the top of the ranking, a quarter the newest arrivals, the rest a uniform "
             "sample"

@@ -68,7 +68,7 @@ from cad.models.lifecycle import MemoryTrimListener
 from cad.models.providers import SessionOptions
 from cad.models.registry import ModelRegistry, VersionInfo
 from experiments.cvc import budget as budgeted
-from experiments.cvc.budget import BUDGET, budget_of, measure_overlap
+from experiments.cvc.budget import BUDGET, budget_of, measure_overlap, window_of
 from experiments.cvc.budget import append as append_budget
 from experiments.cvc.pool import (
     DEFAULT_ROOT,
@@ -633,10 +633,12 @@ class Experiment:
         rescore: bool = True,
         budget: int = 100,
         rescore_budget: int = 0,
+        rescore_window: int = 0,
     ) -> TrainerSettings:
         return TrainerSettings(
             rescore_budget=rescore_budget,
             rescore_prescreen=budgeted.PRESCREEN if rescore_budget else 0,
+            rescore_prescreen_window=rescore_window if rescore_budget else 0,
             queue_keys=variant_of(method)[0] if variant_of(method)[0] in KEYED else "",
             queue_keys_budget=max(1, budget),
             registry_root=ws / "registry",
@@ -738,8 +740,10 @@ class Experiment:
             rescore = variant != RANDOM and r < rounds
             budget = schedule[r] - schedule[r - 1] if r < rounds else 1
             rescore_budget = budget_of(len(truth)) if method.endswith(BUDGET) else 0
+            window = window_of(len(truth)) if rescore_budget else 0
             report = run_round(
-                self._settings(ws, method, seed, rescore, budget, rescore_budget), progress=False
+                self._settings(ws, method, seed, rescore, budget, rescore_budget, window),
+                progress=False,
             )
             if rescore_budget and rescore:  # how the budgeted queue's top compares with exact
                 budget_row = {"method": method, "seed": seed, "round": r}
