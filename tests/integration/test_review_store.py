@@ -390,6 +390,40 @@ def test_the_pool_is_read_in_pages_by_key_and_its_shards_cover_it_exactly_once(
     assert "cad_queue_top_oldest_scored_version 9.0" in generate_latest(scraped.registry).decode()
 
 
+def test_workers_read_a_window_by_shard_while_another_worker_reads_and_writes(
+    store: SqlLabelStore, store_url: str
+) -> None:
+    ids = []
+    for k in range(8):
+        ids += add_image(store, f"window-{k}", n=4, seed=k)
+    window = ids[::2]
+    parts = [[r.candidate_id for r in store.pool.pool_rows(window, shard=(i, 2))] for i in range(2)]
+    assert sorted(parts[0] + parts[1]) == sorted(window)  # each of the window once
+    assert set(parts[0]) == {
+        r.candidate_id for r in store.pool.pool_page("", 100, shard=(0, 2))
+    } & set(window)
+    # one worker's read (a window of half a million takes a while) is open while another
+    # worker reads its part and writes its scores: neither waits for it (SQLite took a write
+    # lock for every read, and a long one held the others past their busy timeout)
+    other = open_store(store_url)
+    try:
+
+        def long_read(cur: Any) -> tuple[int, list[str], int]:
+            cur.execute(store.sql("SELECT COUNT(*) FROM candidates"))
+            before = int(cur.fetchone()[0])
+            seen = [r.candidate_id for r in other.pool.pool_rows(window, shard=(1, 2))]
+            other.pool.update_predictions(
+                "7", [(c, other.get_candidate(c).patch_probs, 0.5, 1, 1, 1) for c in seen]
+            )
+            return before, seen, other.pool.pool_count("7")
+
+        before, seen, left = store._run(long_read, read=True)
+        assert before == len(ids) and seen == parts[1] and left == len(ids) - len(parts[1])
+    finally:
+        other.close()
+    assert store.pool.pool_rows(window, skip_version="7", shard=(1, 2)) == []
+
+
 def test_a_budgeted_rescoring_finds_the_newest_arrivals_and_named_candidates_off_the_pool(
     review: ReviewService, store: SqlLabelStore
 ) -> None:

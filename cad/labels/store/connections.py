@@ -33,6 +33,10 @@ class Dialect:
     relaxed_in_tx: str
     """Run right after BEGIN of a relaxed transaction."""
     relaxed_after: str
+    read_begin: str = "BEGIN"
+    """BEGIN of a read-only transaction: SQLite's deferred BEGIN takes no write lock, so a long
+    read (a re-scoring worker's window of half a million) does not hold the others' reads past
+    their busy timeout; WAL readers see one snapshot and never block a writer."""
 
 
 # A relaxed commit does not wait for the disk. Both engines write their log in order, so the next

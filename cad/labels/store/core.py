@@ -86,16 +86,16 @@ class StoreCore:
         return text.replace("?", self.dialect.param) if self.dialect.param != "?" else text
 
     @contextmanager
-    def _tx(self, relaxed: bool = False) -> Iterator[Any]:
+    def _tx(self, relaxed: bool = False, read: bool = False) -> Iterator[Any]:
         """One transaction on one connection, one attempt; ``relaxed``: its commit does not wait
-        for the disk (see Dialect)."""
+        for the disk (see Dialect); ``read``: it only reads (no write lock; see Dialect)."""
         d = self.dialect
         with self._connections.connection() as conn:
             cur = conn.cursor()
             if relaxed and d.relaxed_before:
                 cur.execute(d.relaxed_before)
             try:
-                cur.execute(d.begin)
+                cur.execute(d.read_begin if read else d.begin)
                 if relaxed and d.relaxed_in_tx:
                     cur.execute(d.relaxed_in_tx)
                 try:
@@ -110,12 +110,13 @@ class StoreCore:
                     cur.execute(d.relaxed_after)
                 cur.close()
 
-    def _run(self, body: Callable[[Any], T], relaxed: bool = False) -> T:
-        """Run ``body(cursor)`` in one transaction; on a lost connection once more on a fresh
-        one (every operation of this store is safe to repeat), then StoreUnavailable."""
+    def _run(self, body: Callable[[Any], T], relaxed: bool = False, read: bool = False) -> T:
+        """Run ``body(cursor)`` in one transaction (``read``: one that only reads); on a lost
+        connection once more on a fresh one (every operation of this store is safe to repeat),
+        then StoreUnavailable."""
         if not self._migrated:
             self.migrate()
-        return self._attempt(body, relaxed)
+        return self._attempt(body, relaxed, read)
 
     def run(self, body: Callable[[Any], T]) -> T:
         """Run ``body(cursor)`` in one transaction as this store's own operations are run (once
@@ -128,10 +129,10 @@ class StoreCore:
         """``text`` with ``?`` placeholders in this store's dialect."""
         return self._sql(text)
 
-    def _attempt(self, body: Callable[[Any], T], relaxed: bool = False) -> T:
+    def _attempt(self, body: Callable[[Any], T], relaxed: bool = False, read: bool = False) -> T:
         for attempt in (1, 2):
             try:
-                with self._tx(relaxed) as cur:
+                with self._tx(relaxed, read) as cur:
                     result = body(cur)
             except Exception as exc:
                 kind = self._outage(exc)
@@ -181,7 +182,7 @@ class StoreCore:
             cur.execute(self._sql(text), tuple(params))
             return list(cur.fetchall())
 
-        return self._run(body)
+        return self._run(body, read=True)
 
     def ping(self) -> bool:
         """Reach the store now (migrating it if it was unreachable at start). False: down."""
@@ -327,8 +328,8 @@ class Repository:
     def _sql(self, text: str) -> str:
         return self.db._sql(text)
 
-    def _run(self, body: Callable[[Any], T], relaxed: bool = False) -> T:
-        return self.db._run(body, relaxed)
+    def _run(self, body: Callable[[Any], T], relaxed: bool = False, read: bool = False) -> T:
+        return self.db._run(body, relaxed, read)
 
     def _query(self, text: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self.db._query(text, params)

@@ -286,7 +286,7 @@ class QueueQueries(Repository):
             )
             return list(cur.fetchall())
 
-        rows = self._run(body)
+        rows = self._run(body, read=True)
         return [(queue_entry(r), float(r[15])) for r in rows]
 
     def on_frames(
