@@ -89,9 +89,7 @@ def rescore_pool(
         ValueError: a budget chosen off the indexes with a shard (that choice is one
             worker's), a pre-screen without a budget, or an ``order`` the store cannot rank by.
     """
-    _check(shard, budget, prescreen, prescreen_precision, prescreen_window)
-    if not 0.0 <= window_top <= 1.0:
-        raise ValueError(f"a window's share of the top is in [0, 1], not {window_top}")
+    _check(shard, budget, prescreen, prescreen_precision, prescreen_window, window_top)
     version = registry.target()
     if version is None:
         return 0
@@ -101,13 +99,7 @@ def rescore_pool(
     if budget:
         if prescreen:
             part = budget if shard is None else -(-budget // shard[1])  # its share, rounded up
-            window = (
-                budgeted_selection(
-                    store, version, prescreen_window, order, False, _before(registry), window_top
-                )
-                if prescreen_window
-                else None
-            )
+            window = _window(store, registry, version, prescreen_window, order, window_top)
             with screening(
                 registry, info, store, archive, prescreen, prescreen_precision, threads, shard
             ) as screen:
@@ -132,8 +124,11 @@ def _check(
     prescreen: int,
     prescreen_precision: str,
     prescreen_window: int,
+    window_top: float,
 ) -> None:
     """:func:`rescore_pool`'s refusals."""
+    if not 0.0 <= window_top <= 1.0:
+        raise ValueError(f"a window's share of the top is in [0, 1], not {window_top}")
     if prescreen_window and not prescreen:
         raise ValueError("a pre-screen's window needs a pre-screen")
     if budget and not prescreen and shard is not None:
@@ -182,6 +177,20 @@ def _score_pages(
             missing,
         )
     return done
+
+
+def _window(
+    store: SqlLabelStore,
+    registry: ModelRegistry,
+    version: int,
+    size: int,
+    order: str,
+    top_share: float,
+) -> list[str] | None:
+    """A pre-screen's window of ``size`` chosen off the indexes (None: the whole pool)."""
+    if not size:
+        return None
+    return budgeted_selection(store, version, size, order, False, _before(registry), top_share)
 
 
 def _before(registry: ModelRegistry) -> str | None:
