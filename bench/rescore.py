@@ -60,7 +60,7 @@ except ImportError:
     from cad.models.registry import ModelRegistry
 
 url, archive, registry, shard, budget, prescreen, network, precision, threads = sys.argv[1:10]
-window, window_top = (int(sys.argv[10]), float(sys.argv[11])) if len(sys.argv) > 11 else (0, 1.0)
+window, window_top = (int(sys.argv[10]), float(sys.argv[11])) if len(sys.argv) > 11 else (0, 0.5)
 shard = tuple(int(v) for v in shard.split("/")) if shard else None
 if network != "real":
     SerialBatcher.predict = lambda self, model, x: np.tile(
@@ -174,7 +174,7 @@ def run_revision(
     network: str = "constant",
     precision: str = "fp32",
     window: int = 0,
-    window_top: float = 1.0,
+    window_top: float = 0.5,
 ) -> dict[str, Any]:
     """One re-scoring of the whole pool by ``workers`` processes at once (shard i/workers each,
     this checkout only when more than one), or of at most ``budget`` candidates (this checkout
@@ -287,7 +287,7 @@ def bench(
     precisions: tuple[str, ...] = ("fp32",),
     workers: tuple[int, ...] = (1,),
     windows: tuple[int, ...] = (0,),
-    window_top: float = 1.0,
+    window_top: float = 0.5,
 ) -> dict[str, Any]:
     report: dict[str, Any] = {
         "baseline_ref": baseline_ref,
@@ -467,7 +467,7 @@ def main() -> int:
     parser.add_argument(
         "--prescreen-window-top",
         type=float,
-        default=1.0,
+        default=0.5,
         help="prescreen mode: the window's share taken from the top as served",
     )
     parser.add_argument("--out", type=Path)

@@ -287,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--prescreen-window-top",
         type=float,
         help="the window's share taken from the top as served (CAD_RESCORE_PRESCREEN_WINDOW_TOP, "
-        "default 1: the previous version's top alone)",
+        "default 0.5; 1: the previous version's top alone)",
     )
     rescore.add_argument(
         "--threads",

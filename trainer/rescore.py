@@ -55,7 +55,7 @@ def rescore_pool(
     prescreen_precision: str = "fp32",
     threads: int = 0,
     prescreen_window: int = 0,
-    window_top: float = 1.0,  # CAD_RESCORE_PRESCREEN_WINDOW_TOP's default
+    window_top: float = TOP_SHARE,  # CAD_RESCORE_PRESCREEN_WINDOW_TOP's default
 ) -> int:
     """Score the unlabeled candidates with the version servers follow; the queue reads it.
     Returns how many were scored.

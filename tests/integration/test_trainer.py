@@ -984,11 +984,9 @@ def test_a_prescreened_budget_rescores_the_top_of_a_cheap_whole_pool_pass(world:
 
         # windowed in a round: the budget comes from the window chosen off the indexes
         _scored_by_an_older_version(store, pool)
-        expected_window = budgeted_selection(
-            store, version, 4, previous="0", skip_scored=False, top_share=0.5
-        )
+        expected_window = budgeted_selection(store, version, 4, previous="0", skip_scored=False)
         assert rescore_pool(store, archive, registry, False, budget=2, prescreen=1,
-                            prescreen_window=4, window_top=0.5) == 2  # fmt: skip
+                            prescreen_window=4) == 2  # fmt: skip
         windowed = {r.candidate_id for r in store.pool.pool_rows(pool)} - {
             r.candidate_id for r in store.pool.pool_rows(pool, skip_version=target)
         }
@@ -1000,7 +998,7 @@ def test_a_prescreened_budget_rescores_the_top_of_a_cheap_whole_pool_pass(world:
             e.candidate_id for e, _ in store.queue.ranked_unlabeled(VARIANTS["entropy_alpha"], 4)
         ]
         assert rescore_pool(store, archive, registry, False, budget=2, prescreen=1,
-                            prescreen_window=4) == 2  # fmt: skip
+                            prescreen_window=4, window_top=1.0) == 2  # fmt: skip
         windowed = {r.candidate_id for r in store.pool.pool_rows(pool)} - {
             r.candidate_id for r in store.pool.pool_rows(pool, skip_version=target)
         }
@@ -1017,7 +1015,7 @@ def test_a_prescreened_budget_rescores_the_top_of_a_cheap_whole_pool_pass(world:
         done = [
             rescore_pool(
                 store, archive, registry, False, budget=2, prescreen=1, prescreen_window=4,
-                shard=(i, 2),
+                window_top=1.0, shard=(i, 2),
             )
             for i in range(2)
         ]  # fmt: skip
