@@ -29,8 +29,9 @@ BUDGET_SHARE = 0.2
 PRESCREEN = 0
 """Patches a candidate of a ``_budget`` method's whole-pool pre-screen (0: none)."""
 WINDOW_SHARE = 0.0
-"""With a pre-screen: it screens only a window of this share of the pool, the top as served
-(``CAD_RESCORE_PRESCREEN_WINDOW``; 0: the whole pool)."""
+"""With a pre-screen: it screens only a window of this share of the pool, chosen off the indexes
+(``CAD_RESCORE_PRESCREEN_WINDOW``; ``CAD_RESCORE_PRESCREEN_WINDOW_TOP`` of it the top as served;
+0: the whole pool)."""
 TOPS = (20, 100)
 FIELDS: tuple[str, ...] = (
     "method",
@@ -180,7 +181,7 @@ def markdown(summary: dict[str, Any]) -> str:
             (
                 f"the top of a pre-screen on {summary['prescreen']} patches a candidate of "
                 + (
-                    f"a window of {summary['window_share']:.0%} of the pool (the top as served)"
+                    f"a window of {summary['window_share']:.0%} of the pool chosen off the indexes"
                     if summary.get("window_share")
                     else "the whole pool"
                 )
