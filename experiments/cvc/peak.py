@@ -221,28 +221,40 @@ def _paired_labels(own: dict[int, float | None], rnd: dict[int, float | None]) -
     }
 
 
+MIN_DEFAULT_SEEDS = 3
+"""A candidate for the default needs this many paired validation seeds (the pilot's three): a
+one-seed gain is not a product's evidence."""
+
+
 def choose_default(val: dict[str, Any] | None, candidates: list[str]) -> dict[str, Any]:
-    """The product's default ranking, chosen on the validation sequences: the candidate with the
-    highest mean paired log-axis AUC ALC gain over Random (the measure that weighs every doubling
-    of the labels alike); the reason says whether the choice is inside seed noise."""
+    """The product's default ranking, chosen on the validation sequences: among the candidates
+    with at least :data:`MIN_DEFAULT_SEEDS` paired seeds, the one with the highest mean paired
+    log-axis AUC ALC gain over Random (the measure that weighs every doubling of the labels
+    alike); the reason says whether the choice is inside seed noise and who had too few seeds."""
     if not val:
         return {"method": None, "reason": "no validation sequences in this run"}
     ms = val["methods"]
-    scored = [
-        (ms[c]["auc"]["paired_alc_log"]["mean"], c)
+    paired_ = {
+        c: ms[c]["auc"]["paired_alc_log"]
         for c in candidates
         if c in ms
         and "paired_alc_log" in ms[c]["auc"]
         and not math.isnan(ms[c]["auc"]["paired_alc_log"]["mean"])
-    ]
+    }
+    few = sorted(c for c, p in paired_.items() if p["seeds"] < MIN_DEFAULT_SEEDS)
+    scored = [(p["mean"], c) for c, p in paired_.items() if c not in few]
     if not scored:
-        return {"method": None, "reason": "no candidate has paired validation results"}
+        why = f"no candidate has {MIN_DEFAULT_SEEDS} paired validation seeds" if few else ""
+        return {"method": None, "reason": why or "no candidate has paired validation results"}
+    unseeded = (
+        f"; not considered, under {MIN_DEFAULT_SEEDS} paired seeds: {', '.join(few)}" if few else ""
+    )
     scored.sort(reverse=True)
     if scored[0][0] <= 0:
         return {
             "method": RANDOM,
             "ranking": [c for _, c in scored],
-            "reason": "no AIFT order gains over Random on the validation sequences",
+            "reason": "no queue order gains over Random on the validation sequences" + unseeded,
         }
     best = scored[0][1]
     pair = ms[best]["auc"]["paired_alc_log"]
@@ -255,6 +267,7 @@ def choose_default(val: dict[str, Any] | None, candidates: list[str]) -> dict[st
             f"highest mean paired validation log-ALC gain over Random ({pair['mean']:+.4f} ± "
             f"{pair['std']:.4f}, {pair['wins']}/{pair['seeds']} seeds, {pair['verdict']})"
             + (f"; then {', '.join(others)}" if others else "")
+            + unseeded
         ),
     }
 

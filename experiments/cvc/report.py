@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from cad.aift import RANDOM, VARIANTS
+from cad.aift import RANDOM
 from cad.models.registry import ModelRegistry
 from experiments.cvc.budget import write as write_budget
 from experiments.cvc.peak import SECONDS_PER_LABEL, paired, write_peak
@@ -308,8 +308,12 @@ def markdown(summary: dict[str, Any]) -> str:
 
 
 def _queue_orders(methods: list[str]) -> list[str]:
-    """The methods of a run that are annotation-queue orders a server could default to."""
-    return [m for m in methods if m in VARIANTS or m.removesuffix("_acft") in VARIANTS]
+    """The methods of a run that are annotation-queue orders a server could default to: the AIFT
+    variants (with their ACFT, spread and budget forms) and the literature's baselines, never
+    Random or the references."""
+    from experiments.cvc.run import known_method, variant_of
+
+    return [m for m in methods if known_method(m) and variant_of(m)[0] != RANDOM]
 
 
 def _doubles(out: Path) -> bool:

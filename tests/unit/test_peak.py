@@ -163,11 +163,34 @@ def test_no_gain_over_random_keeps_random(tmp_path: Path) -> None:
     assert choose_default(summarise_set(rows, "val"), ["entropy_alpha"])["method"] == "random"
 
 
+def test_the_default_is_any_servable_order_with_three_seeds(tmp_path: Path) -> None:
+    """A baseline the queue serves (margin) can be the default; a method with fewer than three
+    paired seeds is named and left out, however large its gain."""
+    from experiments.cvc.report import _queue_orders
+
+    curves = {}
+    for seed in range(3):
+        curves[("random", seed)] = [0.2, 0.80, 0.90, 0.97, 1.00]
+        curves[("entropy_alpha", seed)] = [0.2, 0.85, 0.93, 0.98, 1.00]
+        curves[("margin", seed)] = [0.2, 0.88, 0.97, 1.00, 1.00]
+    for seed in range(2):
+        curves[("entropy_alpha_spread", seed)] = [0.2, 0.99, 1.00, 1.00, 1.00]
+    _write(tmp_path, curves, full=1.0)
+    rows = list(csv.DictReader((tmp_path / "curves.csv").open()))
+    names = ["full", "random", "scratch", "entropy_alpha", "margin", "entropy_alpha_spread"]
+    candidates = _queue_orders(names)
+    assert candidates == ["entropy_alpha", "margin", "entropy_alpha_spread"]
+    choice = choose_default(summarise_set(rows, "val"), candidates)
+    assert choice["method"] == "margin"
+    assert choice["ranking"] == ["margin", "entropy_alpha"]
+    assert "under 3 paired seeds: entropy_alpha_spread" in choice["reason"]
+
+
 def test_a_peak_run_report_leads_with_labels_to_the_whole_pool(tmp_path: Path) -> None:
     from experiments.cvc.report import write_report
 
     curves = {}
-    for seed in range(2):
+    for seed in range(3):
         curves[("random", seed)] = [0.2, 0.80, 0.90, 0.97, 1.00]
         curves[("entropy_alpha", seed)] = [0.2, 0.85 + 0.01 * seed, 0.99, 1.00, 1.00]
     _write(tmp_path, curves, full=1.0)
@@ -175,7 +198,7 @@ def test_a_peak_run_report_leads_with_labels_to_the_whole_pool(tmp_path: Path) -
     text = write_report(tmp_path, seconds_per_label=36)
     assert text.startswith("## Labels to the whole-pool performance")
     assert "Default ranking chosen on the validation sequences: **entropy_alpha**" in text
-    assert "| entropy_alpha | 2 | 20 | 20 | 20 | 40 | 75% | 75% | 2/0/0 |" in text
+    assert "| entropy_alpha | 3 | 20 | 20 | 20 | 40 | 75% | 75% | 3/0/0 |" in text
     assert "36 s per label" in text and "| 20 | 0.2 | +0.6 h |" in text
     assert (tmp_path / "peak.png").stat().st_size > 10_000
     summary = json.loads((tmp_path / "summary.json").read_text())
