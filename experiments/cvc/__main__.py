@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", help="CVC-ClinicDB's folder (default ../shared/data/cvc-clinicdb)"
     )
     vendor.add_argument("--log-level", default="WARNING")
+    default = sub.add_parser(
+        "default",
+        help="the product's one default ranking over several sites' runs (their validation "
+        "splits): better than Random on one, worse on none",
+    )
+    default.add_argument("runs", nargs="+", help="run folders, each with its curves.csv")
+    default.add_argument("--log-level", default="WARNING")
     report = sub.add_parser("report", help="CSV -> plot, savings table, summary")
     report.add_argument("--out", default="results/cvc-quick")
     report.add_argument(
@@ -138,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         from experiments.cvc import budget
 
         budget.WINDOW_SHARE = args.budget_window
+    if args.command == "default":
+        from experiments.cvc.report import choose_for_sites
+
+        print(choose_for_sites([Path(r) for r in args.runs]))
+        return 0
     out = Path(args.out)
     if args.command == "report":
         print(write_report(out, args.seconds_per_label))

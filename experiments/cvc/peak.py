@@ -272,6 +272,54 @@ def choose_default(val: dict[str, Any] | None, candidates: list[str]) -> dict[st
     }
 
 
+def choose_across_sites(
+    vals: dict[str, dict[str, Any] | None], candidates: list[str]
+) -> dict[str, Any]:
+    """The product's one default when sites' validation splits disagree: an order run on every
+    site with at least :data:`MIN_DEFAULT_SEEDS` paired seeds, better than Random (the
+    2-standard-error rule on the paired log-axis gain) on at least one site and worse on none;
+    among those the highest mean gain over the sites; Random when no order qualifies. The
+    reason names every order left out and why."""
+    left_out: list[str] = []
+    eligible: list[tuple[float, str]] = []
+    for c in candidates:
+        pairs = {
+            site: (val["methods"][c]["auc"].get("paired_alc_log") if c in val["methods"] else None)
+            for site, val in vals.items()
+            if val
+        }
+        short = [
+            site for site in vals if (pairs.get(site) or {}).get("seeds", 0) < MIN_DEFAULT_SEEDS
+        ]
+        if short:
+            left_out.append(
+                f"{c} (fewer than {MIN_DEFAULT_SEEDS} paired seeds on {', '.join(short)})"
+            )
+            continue
+        verdicts = {site: p["verdict"] for site, p in pairs.items() if p}
+        worse = [site for site, v in verdicts.items() if v == "worse"]
+        if worse:
+            left_out.append(f"{c} (worse than Random on {', '.join(worse)})")
+        elif "better" not in verdicts.values():
+            left_out.append(f"{c} (better than Random on no site)")
+        else:
+            eligible.append((float(np.mean([p["mean"] for p in pairs.values() if p])), c))
+    why = f"; left out: {'; '.join(left_out)}" if left_out else ""
+    if not eligible:
+        return {
+            "method": RANDOM,
+            "reason": "no order is better than Random on one site and not worse on any" + why,
+        }
+    eligible.sort(reverse=True)
+    gain, best = eligible[0]
+    return {
+        "method": best,
+        "ranking": [c for _, c in eligible],
+        "reason": f"better than Random on a site and worse on none, mean gain over the sites "
+        f"{gain:+.4f}" + why,
+    }
+
+
 # ---------------------------------------------------------------------- presentation
 
 

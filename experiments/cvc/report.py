@@ -30,7 +30,14 @@ import numpy as np
 from cad.aift import RANDOM
 from cad.models.registry import ModelRegistry
 from experiments.cvc.budget import write as write_budget
-from experiments.cvc.peak import SECONDS_PER_LABEL, paired, write_peak
+from experiments.cvc.peak import (
+    SECONDS_PER_LABEL,
+    choose_across_sites,
+    choose_default,
+    paired,
+    summarise_set,
+    write_peak,
+)
 
 TARGET_SHARE = 0.95
 FULL = "full"
@@ -314,6 +321,25 @@ def _queue_orders(methods: list[str]) -> list[str]:
     from experiments.cvc.run import known_method, variant_of
 
     return [m for m in methods if known_method(m) and variant_of(m)[0] != RANDOM]
+
+
+def choose_for_sites(runs: list[Path]) -> str:
+    """The product's one default over several runs' validation splits
+    (:func:`experiments.cvc.peak.choose_across_sites`), as a few lines of text: each site's own
+    choice, then the rule's."""
+    vals: dict[str, dict[str, Any] | None] = {}
+    lines = []
+    for run in runs:
+        with (run / "curves.csv").open() as fh:
+            rows = list(csv.DictReader(fh))
+        val = summarise_set(rows, "val")
+        vals[run.name] = val
+        own = choose_default(val, _queue_orders(sorted({r["method"] for r in rows})))
+        lines.append(f"{run.name}: {own['method'] or '-'}: {own['reason']}")
+    candidates = sorted({m for v in vals.values() if v for m in _queue_orders(list(v["methods"]))})
+    choice = choose_across_sites(vals, candidates)
+    lines.append(f"across the sites: {choice['method']}: {choice['reason']}")
+    return "\n".join(lines)
 
 
 def _doubles(out: Path) -> bool:

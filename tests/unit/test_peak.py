@@ -186,6 +186,39 @@ def test_the_default_is_any_servable_order_with_three_seeds(tmp_path: Path) -> N
     assert "under 3 paired seeds: entropy_alpha_spread" in choice["reason"]
 
 
+def test_one_default_over_sites_is_better_on_one_and_worse_on_none(tmp_path: Path) -> None:
+    """Two sites disagree: the order better on one and tied on the other is the default; one
+    worse on a site, or not run on every site, is left out with its reason; none left: Random."""
+    from experiments.cvc.peak import choose_across_sites
+    from experiments.cvc.report import choose_for_sites
+
+    a, b = tmp_path / "site-a", tmp_path / "site-b"
+    a.mkdir()
+    b.mkdir()
+    curves_a, curves_b = {}, {}
+    for seed in range(3):
+        curves_a[("random", seed)] = [0.2, 0.80, 0.90, 0.97, 1.00]
+        curves_a[("entropy_alpha", seed)] = [0.2, 0.85, 0.95, 0.99, 1.00]  # better on a
+        curves_a[("margin", seed)] = [0.2, 0.90, 0.99, 1.00, 1.00]  # better on a
+        curves_a[("bald", seed)] = [0.2, 0.99, 1.00, 1.00, 1.00]  # a only
+        curves_b[("random", seed)] = [0.2, 0.80, 0.90, 0.97, 1.00]
+        tie = [0.03, -0.02, -0.01][seed]
+        curves_b[("entropy_alpha", seed)] = [0.2, 0.80 + tie, 0.90, 0.97, 1.00]  # a tie on b
+        curves_b[("margin", seed)] = [0.2, 0.70, 0.80, 0.90, 1.00]  # worse on b
+    _write(a, curves_a, full=1.0)
+    _write(b, curves_b, full=1.0)
+    vals = {}
+    for d in (a, b):
+        vals[d.name] = summarise_set(list(csv.DictReader((d / "curves.csv").open())), "val")
+    choice = choose_across_sites(vals, ["bald", "entropy_alpha", "margin"])
+    assert choice["method"] == "entropy_alpha" and choice["ranking"] == ["entropy_alpha"]
+    assert "margin (worse than Random on site-b)" in choice["reason"]
+    assert "bald (fewer than 3 paired seeds on site-b)" in choice["reason"]
+    assert choose_across_sites(vals, ["margin"])["method"] == "random"
+    text = choose_for_sites([a, b])
+    assert text.splitlines()[-1].startswith("across the sites: entropy_alpha: better than Random")
+
+
 def test_a_peak_run_report_leads_with_labels_to_the_whole_pool(tmp_path: Path) -> None:
     from experiments.cvc.report import write_report
 
